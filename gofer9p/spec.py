@@ -9,8 +9,8 @@ Rules (design.md §1):
 
 * ``root.path`` is relative to the bundle directory unless absolute; it must be a directory.
   ``root.readonly`` makes the root attach point read-only.
-* A 9P mount is a spec mount of type ``bind`` or with a ``bind``/``rbind`` option whose destination is
-  not under ``/proc``, ``/sys`` or ``/dev`` (those are the sandbox kernel's own filesystems).
+* A 9P mount is a spec mount of type ``bind`` or with a ``bind``/``rbind`` option whose
+  destination is not under ``/proc``, ``/sys`` or ``/dev`` (the sandbox kernel's own filesystems).
   It is read-only when its options say ``ro`` (the last of ``ro``/``rw`` wins, as with mount(8)).
 * Every error is a :class:`SpecError` whose message is one line naming the bad field, because the
   daemon prints it as its only line on stderr before exiting 2.
@@ -73,7 +73,7 @@ class NineMount:
 
 @attrs.frozen
 class Spec:
-    """What the gofer (``root_*``, ``mounts``) and the launcher (ids, mappings) need from a bundle."""
+    """What the gofer (``root_*``, ``mounts``) and the launcher (id mappings) need."""
 
     bundle: str
     root_path: str

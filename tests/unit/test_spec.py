@@ -90,7 +90,7 @@ def test_missing_bundle(tmp_path: Path) -> None:
 
 
 def test_missing_config(tmp_path: Path) -> None:
-    with pytest.raises(SpecError, match="has no config.json"):
+    with pytest.raises(SpecError, match=r"has no config\.json"):
         load_spec(tmp_path)
 
 
@@ -127,7 +127,10 @@ def test_bad_json(tmp_path: Path) -> None:
             "contains '..'",
         ),
         (
-            {"root": {"path": "rootfs"}, "mounts": [{"destination": "/", "type": "bind", "source": "/x"}]},
+            {
+                "root": {"path": "rootfs"},
+                "mounts": [{"destination": "/", "type": "bind", "source": "/x"}],
+            },
             "would hide the root",
         ),
         (
