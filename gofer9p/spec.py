@@ -180,9 +180,7 @@ def is_nine_mount(mtype: str | None, options: tuple[str, ...], destination: str)
     """Whether a (normalized) spec mount is served by the gofer rather than the sandbox kernel."""
     if mtype != "bind" and "bind" not in options and "rbind" not in options:
         return False
-    return not any(
-        destination == p or destination.startswith(p + "/") for p in _KERNEL_FS_PREFIXES
-    )
+    return not any(destination == p or destination.startswith(p + "/") for p in _KERNEL_FS_PREFIXES)
 
 
 def _parse_mount(m: Any, i: int, bundle: str) -> NineMount | None:
