@@ -1,0 +1,258 @@
+"""Confine the gofer process: chroot, capabilities, no_new_privs, seccomp.
+
+The gofer talks to an untrusted sandbox, so after setup it keeps only what serving files needs
+(design.md §1).  Order matters and is the daemon's job: ``chroot_into`` (needs CAP_SYS_CHROOT) ->
+open the attach points -> ``drop_capabilities`` -> ``set_no_new_privs`` -> ``install_seccomp``.
+
+Capabilities are **per thread** on Linux and a new thread copies its creator's; a seccomp filter
+is inherited the same way.  So everything here must run while the process has exactly one thread,
+before trio starts any worker thread: :func:`assert_single_threaded` checks that, and the filter
+is also loaded with TSYNC so that a thread we did not know about could not escape it.
+
+``prctl`` (python-prctl) and ``pyseccomp`` are imported lazily: importing pyseccomp runs
+``ldconfig -p`` to find libseccomp, which the error paths of the daemon should not pay for.  Both
+must be imported (see :func:`preload`) *before* the chroot: the library files are not inside it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from typing import Literal
+
+__all__ = [
+    "KEEP_CAPS",
+    "KEEP_CAPS_MASK",
+    "SECCOMP_MODES",
+    "ConfineError",
+    "SeccompMode",
+    "assert_single_threaded",
+    "chroot_into",
+    "drop_capabilities",
+    "install_seccomp",
+    "preload",
+    "set_no_new_privs",
+    "syscall_whitelist",
+]
+
+SeccompMode = Literal["kill", "log", "off"]
+SECCOMP_MODES: tuple[SeccompMode, ...] = ("kill", "log", "off")
+
+#: The capabilities the gofer keeps (numbers from linux/capability.h), as gVisor's gofer does:
+#: CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER, FSETID act on files for the sandbox's users;
+#: SYS_CHROOT is what chroot needed (kept so a re-exec or a test can check it, and harmless inside).
+KEEP_CAPS: tuple[int, ...] = (0, 1, 2, 3, 4, 18)
+KEEP_CAPS_MASK = sum(1 << c for c in KEEP_CAPS)  # 0x4001f
+
+_PR_CAPBSET_DROP = 24
+_PR_CAP_AMBIENT = 47
+_PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+
+class ConfineError(Exception):
+    """A confinement step failed; ``str(err)`` is one line for stderr."""
+
+
+def preload(seccomp_mode: SeccompMode = "kill", *, apply_caps: bool = True) -> None:
+    """Import the native libraries now, while the host's filesystem is still visible."""
+    if apply_caps:
+        import prctl  # noqa: F401
+    if seccomp_mode != "off":
+        import pyseccomp  # noqa: F401
+
+
+def assert_single_threaded() -> None:
+    """Raise :class:`ConfineError` unless this process has exactly one thread.
+
+    Reads ``/proc/self/task`` when it is visible (before the chroot) and always checks Python's own
+    count, so a stray thread cannot keep full capabilities or run unfiltered.
+    """
+    if threading.active_count() != 1:
+        raise ConfineError(f"{threading.active_count()} Python threads exist before confinement")
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return  # inside the chroot: no /proc; the Python count above is what we have
+    if len(tasks) != 1:
+        raise ConfineError(f"{len(tasks)} threads exist before confinement")
+
+
+def chroot_into(root: str) -> None:
+    """``umask(0)``; ``chroot(root)``; ``chdir("/")``.
+
+    umask 0 because the client sends full modes in Tlcreate/Tmkdir and the host must apply them
+    unchanged (the sandbox's own umask was already applied by its kernel).
+    """
+    os.umask(0)
+    try:
+        os.chroot(root)
+    except OSError as e:
+        raise ConfineError(f"chroot {root!r}: {e.strerror}") from None
+    os.chdir("/")
+
+
+def _cap_last_cap() -> int:
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            return int(f.read())
+    except OSError:
+        return 63  # drop every possible bit; PR_CAPBSET_DROP of an unknown cap is EINVAL, ignored
+
+
+def _libc_prctl(option: int, arg2: int, arg3: int = 0) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(option, ctypes.c_ulong(arg2), ctypes.c_ulong(arg3), 0, 0) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+def drop_capabilities(keep: tuple[int, ...] = KEEP_CAPS) -> None:
+    """Keep exactly ``keep`` in the effective, permitted and bounding sets of this thread.
+
+    The inheritable and ambient sets are cleared, so nothing survives an exec (which seccomp also
+    forbids).  The bounding set goes first: dropping from it needs CAP_SETPCAP, which the later
+    steps remove.  python-prctl knows only the caps its libcap knew, so the bounding set is dropped
+    up to the running kernel's ``cap_last_cap`` with raw prctl(2).
+    """
+    import prctl
+
+    try:
+        for cap in range(_cap_last_cap() + 1):
+            if cap in keep:
+                continue
+            try:
+                _libc_prctl(_PR_CAPBSET_DROP, cap)
+            except OSError as e:
+                if e.errno != errno.EINVAL:  # EINVAL: cap unknown to this kernel
+                    raise
+        try:
+            _libc_prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL)
+        except OSError as e:
+            if e.errno != errno.EINVAL:  # kernels before 4.3 have no ambient set
+                raise
+        prctl.cap_inheritable.limit()
+        prctl.cap_effective.limit(*keep)
+        prctl.cap_permitted.limit(*keep)
+    except OSError as e:
+        raise ConfineError(f"dropping capabilities: {e.strerror or e}") from None
+
+
+def set_no_new_privs() -> None:
+    """PR_SET_NO_NEW_PRIVS: no exec can ever grant privileges again (and seccomp requires it)."""
+    import prctl
+
+    try:
+        prctl.set_no_new_privs(1)
+    except OSError as e:
+        raise ConfineError(f"PR_SET_NO_NEW_PRIVS: {e.strerror or e}") from None
+
+
+# --- seccomp ---------------------------------------------------------------------------------
+
+# Syscalls allowed with any arguments.  Grouped by who needs them; a syscall unknown to the
+# installed libseccomp (too old for it) is skipped.  Keep this list tight: every entry is reachable
+# by a hostile client only through our own code, but the filter is what limits a bug in that code.
+# fmt: off
+_ALLOW: tuple[str, ...] = (
+    # attach/: every file operation is an *at call relative to a held fd
+    "openat", "close", "read", "write", "readv", "writev",
+    "pread64", "pwrite64", "preadv", "pwritev", "preadv2", "pwritev2",
+    "lseek", "fstat", "newfstatat", "statx", "getdents64",
+    "fsync", "fdatasync", "ftruncate", "truncate", "fallocate",
+    "fchmod", "fchmodat", "fchmodat2", "fchown", "fchownat", "utimensat",
+    "mkdirat", "mknodat", "symlinkat", "readlinkat", "linkat", "renameat", "renameat2",
+    "unlinkat", "faccessat", "faccessat2", "fstatfs", "statfs",
+    "getxattr", "lgetxattr", "fgetxattr", "listxattr", "llistxattr", "flistxattr",
+    "setxattr", "lsetxattr", "fsetxattr", "removexattr", "lremovexattr", "fremovexattr",
+    "flock", "dup", "dup3",
+    # server.py / trio: the epoll loop, its wakeup pair, the inherited stream sockets
+    "epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait", "epoll_pwait2",
+    "poll", "ppoll", "select", "pselect6", "eventfd2", "pipe2",
+    "recvfrom", "recvmsg", "sendto", "sendmsg", "shutdown",
+    "getsockopt", "setsockopt", "getsockname", "getpeername",
+    # memory (CPython's allocator, glibc malloc arenas, thread stacks)
+    "mmap", "munmap", "mprotect", "madvise", "brk", "mremap",
+    # threads (trio.to_thread workers) and their synchronisation
+    "futex", "set_robust_list", "rseq", "gettid", "getpid", "tgkill", "sched_yield",
+    "sched_getaffinity", "exit", "exit_group", "restart_syscall",
+    # signals (trio's signal receiver, Python's handlers)
+    "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "sigaltstack",
+    # time and randomness (usually vDSO; the syscalls are the fallback)
+    "clock_gettime", "clock_getres", "clock_nanosleep", "nanosleep", "gettimeofday", "getrandom",
+    # small process queries CPython and glibc make
+    "prlimit64", "uname", "getuid", "geteuid", "getgid", "getegid", "sysinfo", "getcwd",
+)
+# fmt: on
+
+# fcntl commands: fd flags, status flags, dup, POSIX and OFD record locks.  Not F_SETOWN/F_SETSIG/
+# F_SETLEASE/F_NOTIFY & co., which would let a bug aim signals or leases at other processes.
+_FCNTL_CMDS: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 7, 1030, 36, 37, 38)  # F_DUPFD .. F_OFD_SETLKW
+
+# ioctl requests: TCGETS (isatty, from io.open), FIONREAD, FIONBIO (socket.setblocking),
+# FIONCLEX/FIOCLEX.
+_IOCTL_REQS: tuple[int, ...] = (0x5401, 0x541B, 0x5421, 0x5450, 0x5451)
+
+# clone(2) is allowed only for threads: these bits must be exactly the thread set, which also
+# rules out every CLONE_NEW* namespace flag.
+_CLONE_THREAD_FLAGS = 0x00010000 | 0x00000100 | 0x00000200 | 0x00000400 | 0x00000800
+_CLONE_NS_FLAGS = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000
+_CLONE_NS_FLAGS |= 0x40000000 | 0x00000080
+_CLONE_MASK = _CLONE_THREAD_FLAGS | _CLONE_NS_FLAGS
+
+_AF_UNIX = 1
+
+
+def syscall_whitelist() -> list[str]:
+    """Every syscall name the filter can allow (some only with restricted arguments)."""
+    return sorted({*_ALLOW, "fcntl", "ioctl", "clone", "socketpair"})
+
+
+def install_seccomp(mode: SeccompMode) -> int:
+    """Load the whitelist filter into this process; return the number of syscalls it allows.
+
+    ``kill``: anything else kills the whole process with SIGSYS (SCMP_ACT_KILL_PROCESS).
+    ``log``: anything else is allowed and logged by the kernel (audit / dmesg), to find gaps.
+    ``off``: nothing is loaded.
+
+    clone3 returns ENOSYS: its flags live in memory a filter cannot read, and glibc then falls
+    back to clone(2), whose flags we *can* check (threads only, no namespaces, no fork).
+    """
+    if mode == "off":
+        return 0
+    if mode not in SECCOMP_MODES:
+        raise ConfineError(f"unknown seccomp mode {mode!r}")
+    import pyseccomp as sc
+
+    default = sc.KILL_PROCESS if mode == "kill" else sc.LOG
+    try:
+        f = sc.SyscallFilter(default)
+        f.set_attr(sc.Attr.ACT_BADARCH, sc.KILL_PROCESS)
+        f.set_attr(sc.Attr.CTL_TSYNC, 1)
+        f.set_attr(sc.Attr.CTL_NNP, 1)
+        allowed = 0
+        for name in _ALLOW:
+            if _resolve(sc, name) is None:
+                continue
+            f.add_rule(sc.ALLOW, name)
+            allowed += 1
+        for cmd in _FCNTL_CMDS:
+            f.add_rule(sc.ALLOW, "fcntl", sc.Arg(1, sc.EQ, cmd))
+        for req in _IOCTL_REQS:
+            f.add_rule(sc.ALLOW, "ioctl", sc.Arg(1, sc.MASKED_EQ, 0xFFFFFFFF, req))
+        f.add_rule(sc.ALLOW, "clone", sc.Arg(0, sc.MASKED_EQ, _CLONE_MASK, _CLONE_THREAD_FLAGS))
+        f.add_rule(sc.ALLOW, "socketpair", sc.Arg(0, sc.EQ, _AF_UNIX))
+        allowed += 4
+        if _resolve(sc, "clone3") is not None:
+            f.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
+        f.load()
+    except OSError as e:
+        raise ConfineError(f"installing seccomp filter: {e.strerror or e}") from None
+    return allowed
+
+
+def _resolve(sc: object, name: str) -> int | None:
+    nr = sc.resolve_syscall(sc.Arch.NATIVE, name)  # type: ignore[attr-defined]
+    return None if nr < 0 else int(nr)
