@@ -1,0 +1,34 @@
+"""Sans-IO 9P2000.L protocol: message classes, constants and the codec."""
+
+from . import constants
+from .codec import (
+    DIRENT_FIXED,
+    Dirent,
+    Framer,
+    FramingError,
+    ProtocolError,
+    decode,
+    decode_body,
+    decode_dirents,
+    encode,
+    encode_dirent,
+)
+from .messages import ALL_MESSAGES, BY_TYPE, Message, Qid
+
+__all__ = [
+    "ALL_MESSAGES",
+    "BY_TYPE",
+    "DIRENT_FIXED",
+    "Dirent",
+    "Framer",
+    "FramingError",
+    "Message",
+    "ProtocolError",
+    "Qid",
+    "constants",
+    "decode",
+    "decode_body",
+    "decode_dirents",
+    "encode",
+    "encode_dirent",
+]

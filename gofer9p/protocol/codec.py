@@ -1,0 +1,150 @@
+"""Sans-IO 9P2000.L codec: bytes in, message objects out, and back.
+
+Nothing here touches a socket or a file.  ``decode`` takes one whole frame,
+``Framer`` splits a byte stream into frames, ``encode`` builds one frame.
+
+Each message class declares its wire layout in ``FIELDS``; ``_codegen.py``
+turns the layouts into one specialised encoder and decoder per message, kept
+as the generated module ``_generated.py``.  Consecutive fixed-size
+fields are read or written with a single precompiled ``struct.Struct`` call,
+which is what makes the codec cheap enough for the server's hot path (a
+generic field-by-field interpreter costs several times more per message).
+
+A short or inconsistent frame raises ``ProtocolError`` naming the message and
+the field that did not fit; bytes left over after the last field are an error
+too, because a well-formed client never sends them and silently ignoring them
+would hide framing bugs.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
+
+from . import _generated  # specialised per-message code, see _codegen.py
+from . import constants as C
+from ._wire import _QID, _U32, HEADER
+from ._wire import ProtocolError as ProtocolError
+from .messages import Message, Qid
+
+Buffer = bytes | bytearray | memoryview
+
+_DIRENT = struct.Struct("<BIQQBH")
+DIRENT_FIXED = _DIRENT.size  # 24 bytes before the name
+
+
+class Dirent(NamedTuple):
+    """One Rreaddir entry."""
+
+    qid: Qid
+    offset: int
+    type: int
+    name: bytes
+
+
+DECODERS: dict[int, Callable[[Any, int], Message]] = _generated.DECODERS
+ENCODERS: dict[type, Callable[[Any], bytes]] = _generated.ENCODERS
+
+
+def decode_body(mtype: int, tag: int, body: Buffer) -> Message:
+    """Decode the body of a frame whose header was already parsed.
+
+    Unknown types raise ``ProtocolError(..., "type")``; the server answers them
+    with Rlerror because the frame boundary is still known.
+    """
+    dec = DECODERS.get(mtype)
+    if dec is None:
+        raise ProtocolError(f"type{mtype}", "type", f"unknown message type {mtype}")
+    return dec(body, tag)
+
+
+def decode(frame: Buffer) -> Message:
+    """Decode one whole frame (size field included)."""
+    if len(frame) < C.HEADER_SIZE:
+        raise ProtocolError("frame", "size", f"{len(frame)} bytes, shorter than the 7-byte header")
+    size, mtype, tag = HEADER.unpack_from(frame, 0)
+    if size != len(frame):
+        raise ProtocolError("frame", "size", f"size field {size} but frame is {len(frame)} bytes")
+    return decode_body(mtype, tag, memoryview(frame)[C.HEADER_SIZE :])
+
+
+def encode(msg: Message) -> bytes:
+    """Encode one message as a whole frame."""
+    return ENCODERS[type(msg)](msg)
+
+
+def encode_qid(q: Qid) -> bytes:
+    return _QID.pack(q.type, q.version, q.path)
+
+
+def encode_dirent(qid: Qid, offset: int, dtype: int, name: bytes) -> bytes:
+    """One Rreaddir entry: ``qid[13] offset[8] type[1] name[s]``."""
+    return _DIRENT.pack(qid.type, qid.version, qid.path, offset, dtype, len(name)) + name
+
+
+def iter_dirents(data: Buffer) -> Iterator[Dirent]:
+    """Entries of an Rreaddir payload; raises ProtocolError on a truncated entry."""
+    off = 0
+    n = len(data)
+    while off < n:
+        if off + DIRENT_FIXED > n:
+            raise ProtocolError("Rreaddir", "data", "truncated entry")
+        qt, qv, qp, offset, dtype, ln = _DIRENT.unpack_from(data, off)
+        off += DIRENT_FIXED
+        if off + ln > n:
+            raise ProtocolError("Rreaddir", "name", "entry name longer than data")
+        yield Dirent(Qid(qt, qv, qp), offset, dtype, bytes(data[off : off + ln]))
+        off += ln
+
+
+def decode_dirents(data: Buffer) -> list[Dirent]:
+    return list(iter_dirents(data))
+
+
+class FramingError(Exception):
+    """The byte stream cannot be split into frames: the connection must close."""
+
+
+class Framer:
+    """Splits a byte stream into whole frames (sans-IO).
+
+    Feed it received bytes with ``feed``; ``frames()`` yields memoryviews of
+    complete frames.  A size field below 7 or above ``max_size`` raises
+    ``FramingError``: after that the stream has no trustworthy boundaries.
+    """
+
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+        self._buf = bytearray()
+
+    def feed(self, data: Buffer) -> None:
+        self._buf += data
+
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def frames(self) -> list[memoryview]:
+        buf = self._buf
+        n = len(buf)
+        off = 0
+        out: list[memoryview] = []
+        while n - off >= 4:
+            (size,) = _U32.unpack_from(buf, off)
+            if size < C.HEADER_SIZE or size > self.max_size:
+                raise FramingError(f"frame size {size} outside [7, {self.max_size}]")
+            if n - off < size:
+                break
+            off += size
+        if off:
+            # hand out views of an immutable snapshot so that later feeds cannot
+            # move memory under them
+            chunk = bytes(buf[:off])
+            del buf[:off]
+            mv = memoryview(chunk)
+            pos = 0
+            while pos < off:
+                (size,) = _U32.unpack_from(chunk, pos)
+                out.append(mv[pos : pos + size])
+                pos += size
+        return out
