@@ -1,0 +1,340 @@
+"""The gofer daemon: ``gofer9p gofer --bundle DIR --io-fds 3 --io-fds 4 ...`` (design.md §1).
+
+A sandbox manager (see :mod:`gofer9p.launch`) spawns this process with one connected unix stream
+socket per attach point: the bundle's root first, then each 9P mount in spec order.  We check
+everything that can be checked while the host is still visible, then confine ourselves (chroot,
+capabilities, no_new_privs, seccomp) and only then start serving untrusted clients.
+
+Exit status:
+
+* 0 - every connection ended at EOF, or SIGTERM/SIGINT asked us to stop;
+* 1 - a connection ended on an I/O error (or an unexpected internal error);
+* 2 - could not start: bad flags, bad bundle, wrong/closed/non-socket fds, chroot or confinement
+  failure.  Exactly one line on stderr says why.
+* 70 - ``--panic-on-write`` caught a mutating request on a read-only attach point
+  (``AttachPoint.panic``).
+
+Nothing heavy is imported before the arguments, bundle and fds are validated, so the error paths
+answer fast; everything the server needs is imported *before* the chroot, since the Python library
+is not inside the sandbox root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import stat
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    from .attach import AttachPoint
+    from .confine import SeccompMode
+    from .server import ServerConfig
+    from .spec import Spec
+
+__all__ = ["EXIT_IO_ERROR", "EXIT_OK", "EXIT_SETUP", "DaemonError", "main", "run"]
+
+EXIT_OK = 0
+EXIT_IO_ERROR = 1
+EXIT_SETUP = 2
+
+log = logging.getLogger("gofer9p")
+
+
+class DaemonError(Exception):
+    """The daemon cannot start; ``str(err)`` is the one line printed on stderr."""
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``DaemonError``), not usage text + exit."""
+
+    def error(self, message: str) -> NoReturn:
+        raise DaemonError(message)
+
+
+def _parse_bool(v: str) -> bool:
+    low = v.lower()
+    if low in ("true", "1", "yes"):
+        return True
+    if low in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {v!r}")
+
+
+def build_parser(prog: str = "gofer9p gofer") -> argparse.ArgumentParser:
+    """The flags of ``gofer9p gofer`` (shared with the cli.py front)."""
+    p = _ArgumentParser(prog=prog, description="Serve an OCI bundle's root and 9P mounts.")
+    p.add_argument("--bundle", required=True, help="OCI bundle directory (holds config.json)")
+    p.add_argument(
+        "--io-fds",
+        action="append",
+        required=True,
+        metavar="N[,M...]",
+        help="inherited connected unix stream socket, one per attach point: root first, then "
+        "each 9P mount in spec order (repeat the flag or give a comma list)",
+    )
+    p.add_argument(
+        "--panic-on-write",
+        action="store_true",
+        help="abort the whole gofer on a mutating request to a read-only attach point",
+    )
+    p.add_argument(
+        "--apply-caps",
+        type=_parse_bool,
+        default=True,
+        metavar="true|false",
+        help="drop capabilities to the six the gofer needs (default true)",
+    )
+    p.add_argument("--seccomp", choices=("kill", "log", "off"), default="kill")
+    p.add_argument(
+        "--log-level", choices=("debug", "info", "warning", "error", "critical"), default="info"
+    )
+    p.add_argument("--log-file", help="append the log here instead of stderr")
+    return p
+
+
+def parse_io_fds(values: Sequence[str]) -> list[int]:
+    """``["3", "4,5"]`` -> ``[3, 4, 5]``; no negatives, no duplicates."""
+    fds: list[int] = []
+    for v in values:
+        for part in v.split(","):
+            part = part.strip()
+            try:
+                fd = int(part, 10)
+            except ValueError:
+                raise DaemonError(f"--io-fds: {part!r} is not a file descriptor number") from None
+            if fd < 0:
+                raise DaemonError(f"--io-fds: {fd} is negative")
+            if fd in fds:
+                raise DaemonError(f"--io-fds: fd {fd} given twice")
+            fds.append(fd)
+    return fds
+
+
+_FILE_KINDS = {
+    stat.S_IFREG: "a regular file",
+    stat.S_IFDIR: "a directory",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFIFO: "a pipe",
+    stat.S_IFLNK: "a symlink",
+}
+
+
+def check_io_fd(fd: int) -> socket.socket:
+    """Return a socket object owning ``fd`` if it is an open, connected unix stream socket.
+
+    On failure the fd is left open (the socket object is detached) and :class:`DaemonError`
+    names the fd and what is wrong with it.
+    """
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        raise DaemonError(f"--io-fds: fd {fd} is not open") from None
+    if not stat.S_ISSOCK(st.st_mode):
+        kind = _FILE_KINDS.get(stat.S_IFMT(st.st_mode), "not a socket")
+        raise DaemonError(f"--io-fds: fd {fd} is not a socket ({kind})")
+    sock = socket.socket(fileno=fd)  # takes ownership; detach() on every error path
+    try:
+        if sock.family != socket.AF_UNIX:
+            raise DaemonError(f"--io-fds: fd {fd} is not a unix socket ({sock.family.name})")
+        if sock.type != socket.SOCK_STREAM:
+            raise DaemonError(f"--io-fds: fd {fd} is not a stream socket ({sock.type.name})")
+        try:
+            sock.getpeername()
+        except OSError:
+            raise DaemonError(f"--io-fds: fd {fd} is not a connected socket") from None
+    except DaemonError:
+        sock.detach()
+        raise
+    return sock
+
+
+class _UTCFormatter(logging.Formatter):
+    """``2026-11-24T12:00:00.123Z gofer9p LEVEL message``: one line per event, UTC."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s gofer9p %(levelname)s %(message)s")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        t = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        return f"{t}.{int(record.msecs):03d}Z"
+
+    def format(self, record: logging.LogRecord) -> str:
+        # Keep one event on one line even when a message or traceback has newlines.
+        return super().format(record).replace("\n", " | ")
+
+
+def configure_logging(level: str, log_file: str | None) -> None:
+    """Route the ``gofer9p`` loggers to stderr or ``log_file`` (opened now, before the chroot)."""
+    handler: logging.Handler
+    if log_file:
+        try:
+            handler = logging.FileHandler(log_file, mode="a", encoding="utf-8")
+        except OSError as e:
+            raise DaemonError(f"--log-file {log_file!r}: {e.strerror}") from None
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_UTCFormatter())
+    log.handlers[:] = [handler]
+    log.setLevel(level.upper())
+    log.propagate = False
+
+
+def _open_attach_points(spec: Spec, panic_on_write: bool) -> list[AttachPoint]:
+    from .attach import AttachPoint
+
+    points = []
+    wanted = [("/", spec.root_readonly)] + [(m.destination, m.readonly) for m in spec.mounts]
+    for path, ro in wanted:
+        try:
+            points.append(AttachPoint.open(path, readonly=ro, panic_on_write=panic_on_write))
+        except OSError as e:
+            raise DaemonError(f"attach point {path!r}: {e.strerror or e}") from None
+    return points
+
+
+def _preload() -> None:
+    """Import everything serving needs while the host's Python library is still reachable."""
+    import trio
+
+    from . import attach, server  # noqa: F401
+
+    trio.lowlevel.current_clock  # noqa: B018 - touch trio's lazily bound lowlevel API
+
+
+def run(
+    argv: Sequence[str] | None = None,
+    *,
+    after_confine: Callable[[], None] | None = None,
+) -> int:
+    """The daemon; ``after_confine`` exists only for :mod:`gofer9p.testing.gofer_with_hooks`.
+
+    The release entry points (:func:`main`, ``python -m gofer9p.daemon``, ``gofer9p gofer``)
+    never pass it, so no flag or environment variable can reach a test hook.
+    """
+    try:
+        return _run(argv, after_confine)
+    except DaemonError as e:
+        print(f"gofer9p gofer: error: {e}", file=sys.stderr, flush=True)
+        if any(isinstance(h, logging.FileHandler) for h in log.handlers):
+            log.error("%s", e)  # the log file alone should also say why the gofer stopped
+        return EXIT_SETUP
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point for ``gofer9p gofer`` and ``python -m gofer9p.daemon``."""
+    return run(argv)
+
+
+def _run(argv: Sequence[str] | None, after_confine: Callable[[], None] | None) -> int:
+    from . import confine
+    from .spec import SpecError, load_spec
+
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    fds = parse_io_fds(args.io_fds)
+    configure_logging(args.log_level, args.log_file)
+    try:
+        spec = load_spec(args.bundle)
+    except SpecError as e:
+        raise DaemonError(str(e)) from None
+    socks = [check_io_fd(fd) for fd in fds]
+    if len(socks) != spec.attach_count:
+        for s in socks:
+            s.detach()
+        raise DaemonError(
+            f"got {len(socks)} --io-fds but the bundle has {spec.attach_count} attach points "
+            f"(root + {len(spec.mounts)} 9P mounts)"
+        )
+    seccomp_mode: SeccompMode = args.seccomp
+
+    try:
+        _preload()
+        confine.preload(seccomp_mode, apply_caps=args.apply_caps)
+        confine.assert_single_threaded()
+        confine.chroot_into(spec.root_path)
+        points = _open_attach_points(spec, args.panic_on_write)
+        if args.apply_caps:
+            confine.drop_capabilities()
+        confine.set_no_new_privs()
+        allowed = confine.install_seccomp(seccomp_mode)
+    except confine.ConfineError as e:
+        raise DaemonError(str(e)) from None
+
+    log.info(
+        "serving bundle %s root %s: %d attach points on fds %s; caps %s, seccomp %s%s%s",
+        spec.bundle,
+        spec.root_path,
+        len(points),
+        ",".join(map(str, fds)),
+        "dropped" if args.apply_caps else "kept",
+        seccomp_mode,
+        f" ({allowed} syscalls)" if allowed else "",
+        ", panic-on-write" if args.panic_on_write else "",
+    )
+    if after_confine is not None:
+        after_confine()
+
+    import trio
+
+    from .server import ServerConfig
+
+    try:
+        status = trio.run(_serve_all, fds, socks, points, ServerConfig())
+    except Exception:
+        log.critical("internal error", exc_info=True)
+        return EXIT_IO_ERROR
+    log.info("exiting with status %d", status)
+    return status
+
+
+async def _serve_all(
+    fds: list[int], socks: list[socket.socket], points: list[AttachPoint], config: ServerConfig
+) -> int:
+    """One server task per connection in one nursery; signals cancel them all."""
+    import signal
+
+    import trio
+
+    from .server import serve
+
+    failed = False
+    remaining = len(socks)
+
+    async with trio.open_nursery() as nursery:
+
+        async def watch_signals(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                task_status.started()
+                async for signum in signals:
+                    log.info("%s received: closing all connections", signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    return
+
+        async def serve_one(fd: int, sock: socket.socket, point: AttachPoint) -> None:
+            nonlocal failed, remaining
+            try:
+                await serve(sock, point, config, name=f"fd{fd}")
+            except OSError as e:
+                failed = True
+                log.error("fd%d: connection ended on an I/O error: %s", fd, e)
+            else:
+                log.info("fd%d: connection closed", fd)
+            finally:
+                remaining -= 1
+                if remaining == 0:
+                    nursery.cancel_scope.cancel()  # stops watch_signals
+
+        await nursery.start(watch_signals)
+        for fd, sock, point in zip(fds, socks, points, strict=True):
+            nursery.start_soon(serve_one, fd, sock, point)
+    return EXIT_IO_ERROR if failed else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Test-only entry points.  Nothing in the release code path imports this package."""

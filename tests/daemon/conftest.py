@@ -1,0 +1,93 @@
+"""Daemon tier: the real gofer process (root only): bundles, spawning, /proc inspection."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if Path(str(item.fspath)).parent == Path(__file__).parent:
+            item.add_marker(pytest.mark.daemon)
+            if os.geteuid() != 0:
+                item.add_marker(pytest.mark.skip(reason="daemon tests need root"))
+
+
+def gofer_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def make_bundle(
+    tmp: Path,
+    *,
+    root_readonly: bool = False,
+    mounts: Sequence[tuple[str, str, Sequence[str]]] = (),
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """A bundle at ``tmp/bundle`` with ``rootfs/`` holding ``hello.txt``; mounts are
+    ``(destination, source, options)`` bind mounts (sources relative to the bundle)."""
+    bundle = tmp / "bundle"
+    rootfs = bundle / "rootfs"
+    rootfs.mkdir(parents=True)
+    (rootfs / "hello.txt").write_text("hello from root\n")
+    doc: dict[str, Any] = {
+        "ociVersion": "1.0.2",
+        "root": {"path": "rootfs", "readonly": root_readonly},
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            *(
+                {"destination": d, "type": "bind", "source": s, "options": list(o)}
+                for d, s, o in mounts
+            ),
+        ],
+    }
+    doc.update(extra or {})
+    (bundle / "config.json").write_text(json.dumps(doc))
+    return bundle
+
+
+def run_daemon(
+    args: Sequence[str],
+    *,
+    pass_fds: Sequence[int] = (),
+    module: str = "gofer9p.daemon",
+    timeout: float = 30,
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        pass_fds=pass_fds,
+        env=gofer_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def proc_status(pid: int) -> dict[int, dict[str, str]]:
+    """``/proc/<pid>/task/<tid>/status`` of every thread, parsed into ``{tid: {key: value}}``."""
+    out: dict[int, dict[str, str]] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                text = f.read()
+        except FileNotFoundError:
+            continue  # thread exited meanwhile
+        fields = {}
+        for line in text.splitlines():
+            k, _, v = line.partition(":")
+            fields[k] = v.strip()
+        out[int(tid)] = fields
+    return out
