@@ -1,0 +1,602 @@
+"""The sandbox-manager side: bind mounts, socketpairs, spawning the gofer (design.md §1).
+
+A Python sandbox manager (and our own tests) starts a gofer like gVisor's ``createGoferProcess``:
+
+1. :func:`setup_fs` bind-mounts each 9P mount's source onto ``rootfs/destination`` (ro, nosuid,
+   nodev, noexec as the spec says), inside the *caller's* private mount namespace.  The caller
+   arranges that namespace (:func:`enter_private_mount_namespace`, or run under ``unshare -m``):
+   done in the host namespace the mounts would be visible, and propagated, host-wide.
+2. :func:`start_gofer` makes one socketpair per attach point (root first, then the 9P mounts in
+   spec order), hands the gofer ends to ``python -m gofer9p.daemon`` as fds 3, 4, ... and keeps the
+   sandbox ends.  Optionally the gofer runs in a new user namespace with the spec's id mappings.
+
+``gofer9p launch --bundle B`` (:func:`main`) does both, then serves each sandbox end on a unix
+socket path it prints, so a person can point a 9P client (or ``mount -t 9p -o trans=unix``) at it.
+
+mount(2), umount2(2) and unshare(2) are called through ctypes: no shelling out, exact flags, and
+errors we can report per mount.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import errno
+import fcntl
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Sequence
+from typing import IO, Any
+
+import attrs
+
+from .spec import IdMapping, NineMount, Spec, SpecError, load_spec
+
+__all__ = [
+    "GoferProcess",
+    "LaunchError",
+    "Undo",
+    "enter_private_mount_namespace",
+    "main",
+    "setup_fs",
+    "start_gofer",
+]
+
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+MNT_DETACH = 0x2
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUSER = 0x10000000
+
+#: statvfs f_flag bits (ST_*) have the same values as the MS_* flags for these four.
+_FLAG_OF_OPTION = {"ro": MS_RDONLY, "nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC}
+
+_libc: ctypes.CDLL | None = None
+
+
+def _lib() -> ctypes.CDLL:
+    global _libc
+    if _libc is None:
+        lib = ctypes.CDLL(None, use_errno=True)
+        lib.mount.argtypes = [
+            ctypes.c_char_p,
+            ctypes.c_char_p,
+            ctypes.c_char_p,
+            ctypes.c_ulong,
+            ctypes.c_void_p,
+        ]
+        lib.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+        lib.unshare.argtypes = [ctypes.c_int]
+        _libc = lib
+    return _libc
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"{what}: {os.strerror(e)}")
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int) -> None:
+    _check(
+        _lib().mount(
+            source.encode() if source is not None else None,
+            target.encode(),
+            fstype.encode() if fstype is not None else None,
+            flags,
+            None,
+        ),
+        f"mount {source or ''} on {target}",
+    )
+
+
+def _umount(target: str) -> None:
+    _check(_lib().umount2(target.encode(), MNT_DETACH), f"umount {target}")
+
+
+class LaunchError(Exception):
+    """setup_fs / start_gofer failed; ``str(err)`` is one line for the user."""
+
+
+def enter_private_mount_namespace() -> None:
+    """unshare(CLONE_NEWNS) and make every mount private, so nothing we mount leaks to the host.
+
+    Must be called while the process has one thread (unshare of the mount namespace shares the
+    fs struct otherwise and fails with EINVAL).
+    """
+    try:
+        _check(_lib().unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+        _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    except OSError as e:
+        raise LaunchError(f"cannot enter a private mount namespace: {e.strerror}") from None
+
+
+@attrs.define
+class Undo:
+    """Reverses :func:`setup_fs`: unmounts in reverse order, then removes created mount points.
+
+    Calling it twice is harmless; errors are collected and raised together at the end so one stuck
+    mount does not leave the others behind.
+    """
+
+    mounted: list[str] = attrs.field(factory=list)
+    created: list[tuple[str, bool]] = attrs.field(factory=list)  # (path, is_dir)
+
+    def __call__(self) -> None:
+        errors: list[str] = []
+        while self.mounted:
+            target = self.mounted.pop()
+            try:
+                _umount(target)
+            except OSError as e:
+                errors.append(str(e.strerror))
+        while self.created:
+            path, is_dir = self.created.pop()
+            try:
+                if is_dir:
+                    os.rmdir(path)
+                else:
+                    os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                errors.append(f"remove {path}: {e.strerror}")
+        if errors:
+            raise LaunchError("; ".join(errors))
+
+
+def setup_fs(spec: Spec) -> Undo:
+    """Bind-mount every 9P mount of ``spec`` into its rootfs; return the :class:`Undo`.
+
+    Mount points are resolved one component at a time with ``O_NOFOLLOW`` from the rootfs, so a
+    symlink planted in the (sandbox-writable) rootfs cannot redirect a bind mount onto the host;
+    missing components are created (directories, or an empty file for a file source).  The mount
+    itself targets ``/proc/self/fd/N`` of the resolved mount point (the runc way), and the
+    requested ro/nosuid/nodev/noexec are applied by a bind remount that keeps any flag the source
+    already had, then checked with statvfs.
+    """
+    undo = Undo()
+    try:
+        for m in spec.mounts:
+            _bind_one(spec.root_path, m, undo)
+    except BaseException:
+        try:
+            undo()
+        except LaunchError:
+            pass
+        raise
+    return undo
+
+
+def _bind_one(rootfs: str, m: NineMount, undo: Undo) -> None:
+    try:
+        src_st = os.stat(m.source)
+    except OSError as e:
+        raise LaunchError(f"mount {m.destination}: source {m.source!r}: {e.strerror}") from None
+    src_is_dir = stat.S_ISDIR(src_st.st_mode)
+    parts = [p for p in m.destination.split("/") if p]
+    target = os.path.join(rootfs, *parts)
+    dirfd = os.open(rootfs, os.O_PATH | os.O_DIRECTORY)
+    try:
+        path = rootfs
+        for name in parts[:-1]:
+            path = os.path.join(path, name)
+            dirfd = _step_dir(dirfd, name, path, m, undo)
+        last = parts[-1]
+        _make_mount_point(dirfd, last, target, src_is_dir, m, undo)
+        fd = os.open(last, os.O_PATH | os.O_NOFOLLOW, dir_fd=dirfd)
+        try:
+            flags = MS_BIND | (MS_REC if "rbind" in m.options else 0)
+            _mount(m.source, f"/proc/self/fd/{fd}", None, flags)
+        except OSError as e:
+            raise LaunchError(f"mount {m.destination}: {e.strerror}") from None
+        finally:
+            os.close(fd)
+        undo.mounted.append(target)
+        # Re-open by name: now it resolves to the root of the new mount, not the mount point.
+        fd = os.open(last, os.O_PATH | os.O_NOFOLLOW, dir_fd=dirfd)
+        try:
+            _apply_flags(fd, m)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(dirfd)
+
+
+def _step_dir(dirfd: int, name: str, path: str, m: NineMount, undo: Undo) -> int:
+    """Open (creating if missing) directory ``name`` under ``dirfd`` without following symlinks."""
+    try:
+        nfd = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dirfd)
+    except FileNotFoundError:
+        os.mkdir(name, 0o755, dir_fd=dirfd)
+        undo.created.append((path, True))
+        nfd = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dirfd)
+    except OSError as e:
+        os.close(dirfd)
+        if e.errno in (errno.ENOTDIR, errno.ELOOP):
+            raise LaunchError(
+                f"mount {m.destination}: {path!r} is a symlink or not a directory"
+            ) from None
+        raise LaunchError(f"mount {m.destination}: {path!r}: {e.strerror}") from None
+    os.close(dirfd)
+    return nfd
+
+
+def _make_mount_point(
+    dirfd: int, name: str, target: str, is_dir: bool, m: NineMount, undo: Undo
+) -> None:
+    try:
+        st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+    except FileNotFoundError:
+        if is_dir:
+            os.mkdir(name, 0o755, dir_fd=dirfd)
+        else:
+            os.close(
+                os.open(
+                    name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o644, dir_fd=dirfd
+                )
+            )
+        undo.created.append((target, is_dir))
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise LaunchError(f"mount {m.destination}: {target!r} is a symlink")
+    if stat.S_ISDIR(st.st_mode) != is_dir:
+        want = "a directory" if is_dir else "not a directory"
+        raise LaunchError(f"mount {m.destination}: {target!r} must be {want} like its source")
+
+
+def _apply_flags(fd: int, m: NineMount) -> None:
+    procpath = f"/proc/self/fd/{fd}"
+    wanted = 0
+    for opt in m.options:
+        wanted |= _FLAG_OF_OPTION.get(opt, 0)
+    if not m.readonly:
+        wanted &= ~MS_RDONLY  # a later "rw" cancels "ro"
+    if wanted:
+        # Keep the flags the bind already has (it inherits the source mount's): a bind remount
+        # sets the flag word whole, and clearing a locked flag would fail in a user namespace.
+        have = os.statvfs(procpath).f_flag & (MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        try:
+            _mount(None, procpath, None, MS_REMOUNT | MS_BIND | wanted | have)
+        except OSError as e:
+            raise LaunchError(f"mount {m.destination}: remount: {e.strerror}") from None
+    got = os.statvfs(procpath).f_flag
+    if got & wanted != wanted:
+        raise LaunchError(
+            f"mount {m.destination}: flags {got:#x} after remount lack {wanted & ~got:#x}"
+        )
+
+
+# --- spawning the gofer ----------------------------------------------------------------------
+
+
+@attrs.define(eq=False)
+class GoferProcess:
+    """A running gofer: the process, the sandbox ends (attach-point order), the fs undo."""
+
+    proc: subprocess.Popen[bytes]
+    sockets: list[socket.socket]
+    undo: Undo = attrs.field(factory=Undo)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self, timeout: float = 5.0) -> int:
+        """SIGTERM; SIGKILL after ``timeout``; reap; close the sandbox ends; undo the mounts.
+
+        Returns the gofer's exit status (negative: killed by that signal).
+        """
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for s in self.sockets:
+            s.close()
+        self.undo()
+        return self.proc.returncode
+
+    def __enter__(self) -> GoferProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _gofer_argv(
+    python: str,
+    module: str,
+    bundle: str,
+    n: int,
+    *,
+    panic_on_write: bool,
+    seccomp: str,
+    apply_caps: bool,
+    extra_args: Sequence[str],
+) -> list[str]:
+    argv = [python, "-m", module, "--bundle", bundle]
+    for i in range(n):
+        argv += ["--io-fds", str(3 + i)]
+    if panic_on_write:
+        argv.append("--panic-on-write")
+    argv += [f"--seccomp={seccomp}", f"--apply-caps={'true' if apply_caps else 'false'}"]
+    argv += list(extra_args)
+    return argv
+
+
+def _write_map(path: str, maps: Sequence[IdMapping]) -> None:
+    text = "".join(f"{m.container_id} {m.host_id} {m.size}\n" for m in maps)
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def start_gofer(
+    bundle: str | os.PathLike[str],
+    *,
+    panic_on_write: bool = False,
+    userns: bool | None = None,
+    seccomp: str = "kill",
+    apply_caps: bool = True,
+    extra_args: Sequence[str] = (),
+    python: str = sys.executable,
+    module: str = "gofer9p.daemon",
+    setup_mounts: bool = False,
+    env: dict[str, str] | None = None,
+    stderr: int | IO[Any] | None = None,
+) -> GoferProcess:
+    """Spawn a gofer for ``bundle``; return it with the sandbox ends of its connections.
+
+    The gofer ends of the socketpairs become fds 3, 4, ... in the child (``--io-fds 3 --io-fds 4
+    ...``): they are first duplicated above that range in the parent, so the child-side ``dup2``
+    can never overwrite one with another, and the target numbers are held open in the parent while
+    spawning so subprocess's own error pipe cannot land on them.
+
+    ``userns``: True runs the gofer in a new user namespace with the spec's
+    ``linux.uidMappings``/``gidMappings`` (written by this parent process, which must be
+    privileged); None means "if the spec has mappings".  ``setup_mounts`` runs :func:`setup_fs`
+    first (the caller must already be in a private mount namespace) and makes ``stop()`` undo it.
+    ``module`` lets tests run :mod:`gofer9p.testing.gofer_with_hooks` instead of the daemon.
+    """
+    try:
+        spec = load_spec(bundle)
+    except SpecError as e:
+        raise LaunchError(str(e)) from None
+    if userns is None:
+        userns = bool(spec.uid_mappings or spec.gid_mappings)
+    if userns and not (spec.uid_mappings and spec.gid_mappings):
+        raise LaunchError("userns needs both linux.uidMappings and linux.gidMappings in the spec")
+    undo = setup_fs(spec) if setup_mounts else Undo()
+
+    n = spec.attach_count
+    pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(n)]
+    targets = list(range(3, 3 + n))
+    high = [fcntl.fcntl(g.fileno(), fcntl.F_DUPFD_CLOEXEC, 3 + n) for _, g in pairs]
+    placeholders: list[int] = []
+    for t in targets:
+        try:
+            fcntl.fcntl(t, fcntl.F_GETFD)
+        except OSError:
+            ph = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            if ph != t:
+                os.dup2(ph, t, inheritable=False)
+                os.close(ph)
+            placeholders.append(t)
+    sync_r, sync_w = os.pipe()
+    go_r, go_w = os.pipe()
+    libc = _lib()  # loaded in the parent: the child must not dlopen between fork and exec
+
+    def child_setup() -> None:
+        # Runs in the child between fork and exec: only async-signal-safe-ish system calls.
+        for h, t in zip(high, targets, strict=True):
+            os.dup2(h, t)  # the new fd is inheritable: it survives the exec
+        if userns:
+            if libc.unshare(CLONE_NEWUSER) != 0:
+                os.write(sync_w, b"x")
+                os._exit(126)
+            os.write(sync_w, b"u" + os.getpid().to_bytes(4, "little"))
+            if os.read(go_r, 1) != b"g":
+                os._exit(126)
+            # Become root of the new namespace, so the exec keeps the namespace's capabilities.
+            os.setgroups([])
+            os.setresgid(0, 0, 0)
+            os.setresuid(0, 0, 0)
+
+    argv = _gofer_argv(
+        python,
+        module,
+        os.path.abspath(os.fspath(bundle)),
+        n,
+        panic_on_write=panic_on_write,
+        seccomp=seccomp,
+        apply_caps=apply_caps,
+        extra_args=extra_args,
+    )
+    result: list[subprocess.Popen[bytes] | BaseException] = []
+
+    def spawn() -> None:
+        try:
+            result.append(
+                subprocess.Popen(
+                    argv,
+                    pass_fds=targets,
+                    close_fds=True,
+                    preexec_fn=child_setup,
+                    env=env,
+                    stderr=stderr,
+                    stdin=subprocess.DEVNULL,
+                )
+            )
+        except BaseException as e:
+            result.append(e)
+            if userns:
+                os.write(sync_w, b"x")  # unblock the main thread's read: no child to map
+
+    try:
+        if userns:
+            # Popen blocks until the exec, but the child waits for us to write its id maps first:
+            # spawn from a helper thread and do the maps here.
+            spawner = threading.Thread(target=spawn, name="gofer9p-spawn")
+            spawner.start()
+            try:
+                msg = os.read(sync_r, 5)
+                if msg[:1] == b"u" and len(msg) == 5:
+                    pid = int.from_bytes(msg[1:], "little")
+                    _write_map(f"/proc/{pid}/uid_map", spec.uid_mappings)
+                    _write_map(f"/proc/{pid}/gid_map", spec.gid_mappings)
+                    os.write(go_w, b"g")
+            finally:
+                os.close(go_w)  # without the "g" the child exits 126 instead of exec'ing
+                go_w = -1
+                spawner.join()
+        else:
+            spawn()
+    except BaseException:
+        for a, g in pairs:
+            a.close()
+            g.close()
+        undo()
+        raise
+    finally:
+        for fd in (*high, *placeholders, sync_r, sync_w, go_r, go_w):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+    for _, g in pairs:
+        g.close()
+    out = result[0]
+    if isinstance(out, BaseException):
+        for a, _ in pairs:
+            a.close()
+        undo()
+        raise LaunchError(f"cannot start the gofer: {out}") from out
+    return GoferProcess(proc=out, sockets=[a for a, _ in pairs], undo=undo)
+
+
+# --- the ``gofer9p launch`` front --------------------------------------------------------------
+
+
+def _build_parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Set up a bundle's 9P mounts in a private mount namespace, start a gofer "
+        "and serve each attach point on a unix socket, until Ctrl-C.",
+    )
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--socket-dir", help="where to create the sockets (default: a new temp dir)")
+    p.add_argument("--panic-on-write", action="store_true")
+    p.add_argument("--seccomp", choices=("kill", "log", "off"), default="kill")
+    p.add_argument("--userns", action="store_true", help="run the gofer in a user namespace")
+    p.add_argument("--log-level", default="info")
+    return p
+
+
+def _sock_name(i: int, dest: str) -> str:
+    slug = dest.strip("/").replace("/", "_") or "root"
+    return f"{i}-{slug}.sock"
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str = "gofer9p launch") -> int:
+    """``gofer9p launch --bundle B``: prints ``attach <dest> unix:<path>`` lines, then ``ready``."""
+    args = _build_parser(prog).parse_args(argv)
+    try:
+        spec = load_spec(args.bundle)
+        enter_private_mount_namespace()
+        gofer = start_gofer(
+            args.bundle,
+            panic_on_write=args.panic_on_write,
+            seccomp=args.seccomp,
+            userns=args.userns,
+            setup_mounts=True,
+            extra_args=["--log-level", args.log_level],
+        )
+    except (SpecError, LaunchError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
+        return 2
+    sock_dir = args.socket_dir or tempfile.mkdtemp(prefix="gofer9p-launch-")
+    dests = ["/", *(m.destination for m in spec.mounts)]
+    paths = [os.path.join(sock_dir, _sock_name(i, d)) for i, d in enumerate(dests)]
+    try:
+        import trio
+
+        trio.run(_serve_paths, gofer, dests, paths)
+    finally:
+        status = gofer.stop()
+        for p in paths:
+            try:
+                os.unlink(p)
+            except OSError:
+                pass
+        if not args.socket_dir:
+            try:
+                os.rmdir(sock_dir)
+            except OSError:
+                pass
+    print(f"gofer exited with status {status}", flush=True)
+    return 0
+
+
+async def _serve_paths(gofer: GoferProcess, dests: list[str], paths: list[str]) -> None:
+    """Listen on each path; splice its one client to the matching sandbox end."""
+    import trio
+
+    async with trio.open_nursery() as nursery:
+        listeners = []
+        for dest, path, sand in zip(dests, paths, gofer.sockets, strict=True):
+            lsock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            await lsock.bind(path)
+            lsock.listen(1)
+            listeners.append(lsock)
+            print(f"attach {dest} unix:{path}", flush=True)
+            nursery.start_soon(_one_client, lsock, sand)
+        print("ready", flush=True)
+
+        async def watch() -> None:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as sigs:
+                async for _ in sigs:
+                    nursery.cancel_scope.cancel()
+                    return
+
+        async def gofer_exit() -> None:
+            await trio.to_thread.run_sync(gofer.proc.wait, abandon_on_cancel=True)
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(watch)
+        nursery.start_soon(gofer_exit)
+
+
+async def _one_client(lsock: Any, sand: socket.socket) -> None:
+    import trio
+
+    with lsock:
+        conn, _ = await lsock.accept()
+    sandbox = trio.SocketStream(trio.socket.from_stdlib_socket(sand))
+    client = trio.SocketStream(conn)
+
+    async def pump(src: trio.SocketStream, dst: trio.SocketStream) -> None:
+        try:
+            while data := await src.receive_some(65536):
+                await dst.send_all(data)
+            await dst.send_eof()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    async with trio.open_nursery() as n:
+        n.start_soon(pump, client, sandbox)
+        n.start_soon(pump, sandbox, client)
