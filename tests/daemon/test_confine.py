@@ -1,0 +1,134 @@
+"""gofer9p.confine in a throwaway process: exact capability sets, no_new_privs, the filter.
+
+The daemon tests check the same things on the real gofer; these pin down confine.py alone, so a
+failure says which layer broke.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from gofer9p.confine import KEEP_CAPS_MASK, syscall_whitelist
+
+from .conftest import REPO, gofer_env
+
+PRELUDE = """
+import json, os, sys, threading
+from gofer9p import confine
+mode = sys.argv[1]
+confine.preload(mode)
+confine.assert_single_threaded()
+confine.drop_capabilities()
+confine.set_no_new_privs()
+n = confine.install_seccomp(mode)
+def status():
+    keys = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp")
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/status") as f:
+            out[tid] = {k: v.strip() for k, _, v in (l.partition(":") for l in f) if k in keys}
+    return out
+"""
+
+
+def _run(mode: str, body: str) -> subprocess.CompletedProcess[str]:
+    code = PRELUDE + textwrap.dedent(body)
+    return subprocess.run(
+        [sys.executable, "-c", code, mode],
+        env=gofer_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_mask() -> None:
+    assert KEEP_CAPS_MASK == 0x4001F
+
+
+def test_every_thread_confined() -> None:
+    r = _run(
+        "kill",
+        """
+        box = {}
+        ev = threading.Event(); done = threading.Event()
+        def worker():
+            ev.set(); done.wait()
+        ts = [threading.Thread(target=worker) for _ in range(3)]
+        for t in ts: t.start()
+        ev.wait()
+        box = status()
+        done.set()
+        for t in ts: t.join()
+        print(json.dumps({"n": n, "status": box}))
+        """,
+    )
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["n"] > 80
+    assert len(out["status"]) == 4
+    for st in out["status"].values():
+        for k in ("CapPrm", "CapEff", "CapBnd"):
+            assert int(st[k], 16) == KEEP_CAPS_MASK, (k, st)
+        assert int(st["CapInh"], 16) == 0 and int(st["CapAmb"], 16) == 0
+        assert st["NoNewPrivs"] == "1"
+        assert st["Seccomp"] == "2"
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        "import socket; socket.socket(socket.AF_INET)",
+        "os.fork()",  # clone without CLONE_THREAD
+        "os.execv('/bin/true', ['true'])",
+        "import fcntl, struct; fcntl.ioctl(2, 0x5413, bytes(8))",  # TIOCGWINSZ: not allowed
+        "import fcntl; fcntl.fcntl(0, fcntl.F_SETOWN, 1)",
+        "import socket; socket.socketpair(socket.AF_INET)",
+        "os.setuid(0)",
+        "os.kill(os.getpid(), 0)",
+        "import ctypes; ctypes.CDLL(None).syscall(101, 0, 0, 0, 0)",  # ptrace
+        "import ctypes; ctypes.CDLL(None).syscall(272, 0x20000)",  # unshare(CLONE_NEWNS)
+    ],
+)
+def test_forbidden_kills_with_sigsys(call: str) -> None:
+    r = _run("kill", f"print('confined', flush=True)\n{call}\nprint('survived')")
+    assert r.stdout.strip() == "confined", r.stderr
+    assert r.returncode == -signal.SIGSYS, (r.returncode, r.stderr)
+
+
+def test_log_mode_allows_and_survives() -> None:
+    r = _run("log", "import socket; socket.socket(socket.AF_INET).close(); print('survived')")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "survived"
+
+
+def test_clone3_is_enosys_so_threads_use_clone() -> None:
+    r = _run(
+        "kill",
+        """
+        import ctypes, errno
+        libc = ctypes.CDLL(None, use_errno=True)
+        rc = libc.syscall(435, None, 0)
+        print(rc, errno.errorcode[ctypes.get_errno()])
+        """,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["-1", "ENOSYS"]
+
+
+def test_whitelist_names_resolve() -> None:
+    import pyseccomp
+
+    names = syscall_whitelist()
+    assert len(names) == len(set(names))
+    unknown = [n for n in names if pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, n) < 0]
+    assert unknown == []
+    for bad in ("execve", "socket", "ptrace", "mount", "setuid", "kill", "connect", "bind"):
+        assert bad not in names
