@@ -170,7 +170,10 @@ def setup_fs(spec: Spec) -> Undo:
     undo = Undo()
     try:
         for m in spec.mounts:
-            _bind_one(spec.root_path, m, undo)
+            try:
+                _bind_one(spec.root_path, m, undo)
+            except OSError as e:
+                raise LaunchError(f"mount {m.destination}: {e.strerror or e}") from None
     except BaseException:
         try:
             undo()
@@ -216,15 +219,17 @@ def _bind_one(rootfs: str, m: NineMount, undo: Undo) -> None:
 
 
 def _step_dir(dirfd: int, name: str, path: str, m: NineMount, undo: Undo) -> int:
-    """Open (creating if missing) directory ``name`` under ``dirfd`` without following symlinks."""
+    """Open (creating if missing) directory ``name`` under ``dirfd`` without following symlinks.
+
+    On success ``dirfd`` is closed and the new fd returned; on error ``dirfd`` is left open.
+    """
     try:
         nfd = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dirfd)
     except FileNotFoundError:
         os.mkdir(name, 0o755, dir_fd=dirfd)
         undo.created.append((path, True))
         nfd = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dirfd)
-    except OSError as e:
-        os.close(dirfd)
+    except OSError as e:  # dirfd stays open: the caller's ``finally`` closes it
         if e.errno in (errno.ENOTDIR, errno.ELOOP):
             raise LaunchError(
                 f"mount {m.destination}: {path!r} is a symlink or not a directory"
