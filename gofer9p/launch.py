@@ -362,6 +362,7 @@ def start_gofer(
     module: str = "gofer9p.daemon",
     setup_mounts: bool = False,
     env: dict[str, str] | None = None,
+    stdout: int | IO[Any] | None = None,
     stderr: int | IO[Any] | None = None,
 ) -> GoferProcess:
     """Spawn a gofer for ``bundle``; return it with the sandbox ends of its connections.
@@ -442,6 +443,7 @@ def start_gofer(
                     close_fds=True,
                     preexec_fn=child_setup,
                     env=env,
+                    stdout=stdout,
                     stderr=stderr,
                     stdin=subprocess.DEVNULL,
                 )
