@@ -1,0 +1,123 @@
+"""An attach point: the host directory one 9P connection serves, and its policy.
+
+The attach point is shared by every session (connection) serving the same
+directory, so it owns what must agree across them: the root fd, the
+read-only / panic-on-write policy, and the qid path map (a file must have the
+same qid path whichever connection asks).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import threading
+from typing import NoReturn
+
+from gofer9p.protocol.messages import Qid
+
+log = logging.getLogger("gofer9p.attach")
+
+_S_IFMT = 0o170000
+_S_IFDIR = stat.S_IFDIR
+_S_IFLNK = stat.S_IFLNK
+_INO_BITS = 56
+_INO_LIMIT = 1 << _INO_BITS
+_OVERFLOW_DEV = 0xFF  # device index reserved for (dev, ino) pairs that do not fit
+
+
+def qid_type(mode: int) -> int:
+    """The qid type bits of a file mode: DIR 0x80, SYMLINK 0x02, everything else FILE 0."""
+    fmt = mode & _S_IFMT
+    if fmt == _S_IFDIR:
+        return 0x80
+    if fmt == _S_IFLNK:
+        return 0x02
+    return 0
+
+
+class AttachPoint:
+    """A served host directory, held by an ``O_PATH|O_DIRECTORY`` fd.
+
+    ``readonly`` makes every mutating request fail with EROFS; with
+    ``panic_on_write`` such a request instead calls :meth:`panic` (a mutating
+    request on a read-only mount is a bug in the sandbox's overlay, and the
+    gofer must not keep serving a sandbox that is misbehaving that way).
+
+    Qid paths: ``ino | dev_index << 56``, where ``dev_index`` numbers the
+    devices in the order they are first seen (the root's device is 0, so qid
+    paths equal inode numbers on the common single-filesystem export).  An
+    inode number that does not fit in 56 bits, or a 256th device, gets a
+    sequential number in the reserved device index 0xFF instead, so paths are
+    unique for every (st_dev, st_ino) and stable for the process's life.
+    Qid version is always 0: Linux v9fs compares it when matching inodes, and a
+    version that changed with every write would make it allocate new inodes for
+    the same file.
+    """
+
+    def __init__(self, path: str, fd: int, *, readonly: bool, panic_on_write: bool) -> None:
+        self.path = path
+        self.fd = fd
+        self.readonly = readonly
+        self.panic_on_write = panic_on_write
+        st = os.fstat(fd)
+        self.root_dev = st.st_dev
+        self.root_ino = st.st_ino
+        self._lock = threading.Lock()
+        self._devs: dict[int, int] = {}
+        self._overflow: dict[tuple[int, int], int] = {}
+        self.root_qid = Qid(0x80, 0, self.qid_path(st.st_dev, st.st_ino))
+        # Ownership of created files is set only when we may chown (root in our
+        # user namespace); otherwise files simply belong to the gofer.
+        self.can_chown = os.geteuid() == 0
+
+    @classmethod
+    def open(cls, path: str, *, readonly: bool = False, panic_on_write: bool = False) -> AttachPoint:
+        """Open ``path`` (trusted configuration, so symlinks in it are followed)."""
+        fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            return cls(path, fd, readonly=readonly, panic_on_write=panic_on_write)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def close(self) -> None:
+        """Close the root fd (sessions using it must be finished)."""
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
+    def panic(self, reason: str) -> NoReturn:
+        """Log ``reason`` as critical and end the process at once with status 70.
+
+        ``os._exit``, not an exception: the point is to stop serving the
+        sandbox immediately, whatever the server's error handling would do.
+        """
+        log.critical("panic on %s: %s", self.path, reason)
+        logging.shutdown()
+        os._exit(70)
+
+    def qid_path(self, dev: int, ino: int) -> int:
+        """The unique, stable qid path of the file (dev, ino)."""
+        idx = self._devs.get(dev)
+        if idx is None:
+            with self._lock:
+                idx = self._devs.get(dev)
+                if idx is None:
+                    idx = len(self._devs)
+                    self._devs[dev] = idx
+        if ino < _INO_LIMIT and idx < _OVERFLOW_DEV:
+            return (idx << _INO_BITS) | ino
+        key = (dev, ino)
+        p = self._overflow.get(key)
+        if p is None:
+            with self._lock:
+                p = self._overflow.get(key)
+                if p is None:
+                    p = (_OVERFLOW_DEV << _INO_BITS) | len(self._overflow)
+                    self._overflow[key] = p
+        return p
+
+    def qid(self, st: os.stat_result) -> Qid:
+        """The qid of a file from its (l)stat result."""
+        return Qid(qid_type(st.st_mode), 0, self.qid_path(st.st_dev, st.st_ino))

@@ -1,0 +1,1348 @@
+"""One 9P2000.L connection's view of an attach point: the fid table and a handler per message.
+
+Security model.  The client is an untrusted sandbox.  Every fid holds an
+``O_PATH|O_NOFOLLOW`` fd of its file, and every host operation is an ``*at``
+call relative to a held fd with ``O_NOFOLLOW``/``AT_SYMLINK_NOFOLLOW`` (or
+``AT_EMPTY_PATH`` on the fid's own fd); no host path string is ever built
+from client input, and ``/proc/self/fd`` is never used (it is not mounted in the
+gofer's chroot).  Names are single components: empty, ``.``, names with ``/``
+or NUL are EINVAL, and ``..`` is only meaningful to Twalk, where it moves to
+the parent through the kernel (``openat(fd, "..")``) unless the fid already is
+the attach root, compared by (st_dev, st_ino).  That test uses the fd, not a
+remembered path, so it stays right when directories are renamed under a fid.
+Symlinks are never followed on the host: walking through one is ENOTDIR and
+opening one is ELOOP; the client resolves them with Treadlink.
+
+Permissions are not checked here.  Like gVisor's gofer and QEMU's passthrough
+backend, the gofer runs with DAC_OVERRIDE/FOWNER and the client (the sandbox's
+kernel, or the guest kernel with ``access=client``) enforces file permissions
+from the attributes we report.  What the gofer enforces is *which* files can be
+reached (the attach root) and the read-only policy.
+
+Names of non-directory files.  Some operations need the name of a fid's file
+in its directory (re-opening it for Tlopen, truncate, xattrs; Tremove, Tlink,
+Trename).  A non-directory fid keeps an ``O_PATH`` fd of the directory it was
+walked from plus its name; a directory fid keeps no parent fd (it can always
+reach its parent with ``openat(fd, "..")``).  The remembered name is a hint,
+verified by (st_dev, st_ino) before use; when it is stale (renamed behind our
+back) the parent directory is scanned for the inode.  Renames done through this
+session update the hints of every fid they affect.
+
+Concurrency.  The server calls most handlers inline in the trio thread and some
+(large reads/writes, fsync) in worker threads.  Each operation takes a
+reference on the fids it uses; Tclunk/Tremove take the fid out of the table at
+once and the fds are closed by whichever operation drops the last reference, so
+an fd is never closed (and its number reused) under an in-flight call.  The one
+session lock guards the table and reference counts only; no system call other
+than ``dup``/``close`` runs under it.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import pwd
+import stat
+import threading
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from gofer9p.attach import _sys
+from gofer9p.attach.point import AttachPoint
+from gofer9p.protocol import constants as C
+from gofer9p.protocol.messages import (
+    Message,
+    Qid,
+    Rattach,
+    Rauth,
+    Rclunk,
+    Rfsync,
+    Rgetattr,
+    Rgetlock,
+    Rlcreate,
+    Rlink,
+    Rlock,
+    Rlopen,
+    Rmkdir,
+    Rmknod,
+    Rreaddir,
+    Rreadlink,
+    Rremove,
+    Rrename,
+    Rrenameat,
+    Rsetattr,
+    Rstatfs,
+    Rsymlink,
+    Runlinkat,
+    Rwalk,
+    Rwrite,
+    Rxattrcreate,
+    Rxattrwalk,
+    Tattach,
+    Tauth,
+    Tclunk,
+    Tfsync,
+    Tgetattr,
+    Tgetlock,
+    Tlcreate,
+    Tlink,
+    Tlock,
+    Tlopen,
+    Tmkdir,
+    Tmknod,
+    Tread,
+    Treaddir,
+    Treadlink,
+    Tremove,
+    Trename,
+    Trenameat,
+    Tsetattr,
+    Tstatfs,
+    Tsymlink,
+    Tunlinkat,
+    Twalk,
+    Twrite,
+    Txattrcreate,
+    Txattrwalk,
+)
+
+__all__ = ["BLOCKING_IO_THRESHOLD", "XATTR_MAX", "Session", "is_blocking"]
+
+XATTR_MAX = 64 * 1024
+"""Largest xattr value or name list we hold for a client (the kernel's own limit)."""
+
+BLOCKING_IO_THRESHOLD = 64 * 1024
+"""Reads/writes larger than this are worth a worker thread (see :func:`is_blocking`)."""
+
+_DIRENT_BUFSIZE = 32 * 1024
+_MASK64 = (1 << 64) - 1
+_NS = 1_000_000_000
+
+_S_IFMT = 0o170000
+_DIR = stat.S_IFDIR
+_REG = stat.S_IFREG
+_LNK = stat.S_IFLNK
+_FIFO = stat.S_IFIFO
+_CHR = stat.S_IFCHR
+_BLK = stat.S_IFBLK
+
+_XNONE = 0
+_XREAD = 1  # Txattrwalk result: holds a value (or name list) for Tread
+_XWRITE = 2  # after Txattrcreate: collects Twrites, commits on Tclunk
+
+_O_PATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+_O_PATH_DIR = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+_O_DIR_READ = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_O_REOPEN = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_O_CREATE = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+_DT_QTYPE = {C.DT_DIR: 0x80, C.DT_LNK: 0x02}
+_FMT_DT = {
+    _DIR: C.DT_DIR, _REG: C.DT_REG, _LNK: C.DT_LNK, _FIFO: C.DT_FIFO,
+    _CHR: C.DT_CHR, _BLK: C.DT_BLK, stat.S_IFSOCK: C.DT_SOCK,
+}
+
+_fstat = os.fstat
+_close = os.close
+_preadv = os.preadv
+_pwrite = os.pwrite
+
+
+def _err(code: int) -> OSError:
+    return OSError(code, os.strerror(code))
+
+
+def _check_name(name: bytes) -> None:
+    """A name that creates or designates a directory entry: one real component."""
+    if not name or name == b"." or name == b".." or b"/" in name or b"\0" in name:
+        raise _err(errno.EINVAL)
+
+
+def _gid(gid: int) -> int:
+    return -1 if gid == C.NONUNAME else gid
+
+
+# Whether utimensat/fchmodat2 accept AT_EMPTY_PATH on this kernel; learnt on first use.
+_empty_path_ok = {"utimensat": True, "fchmodat2": True}
+
+
+class _Fid:
+    """What a fid stands for.  Plain slots: it is created on every walk.
+
+    ``fd`` is an O_PATH fd of the file (-1 for an xattr-read fid), ``parent``
+    an O_PATH fd of the directory it was reached from (non-directories only,
+    else -1), ``path`` the names from the attach root (a hint, see the module
+    docstring), ``ofd`` the open fd after Tlopen/Tlcreate.
+    """
+
+    __slots__ = (
+        "dbuf",
+        "dead",
+        "dev",
+        "dirlock",
+        "fd",
+        "fmt",
+        "ino",
+        "oacc",
+        "ofd",
+        "parent",
+        "path",
+        "qid",
+        "refs",
+        "retired",
+        "uid",
+        "xbuf",
+        "xflags",
+        "xlen",
+        "xmode",
+        "xname",
+        "xsize",
+    )
+
+    def __init__(
+        self, fd: int, parent: int, path: tuple[bytes, ...], uid: int,
+        dev: int, ino: int, fmt: int, qid: Qid,
+    ) -> None:
+        self.fd = fd
+        self.parent = parent
+        self.path = path
+        self.uid = uid
+        self.dev = dev
+        self.ino = ino
+        self.fmt = fmt
+        self.qid = qid
+        self.ofd = -1
+        self.oacc = 0
+        self.refs = 0
+        self.dead = False
+        self.retired: list[int] = []
+        self.dirlock: threading.Lock | None = None
+        self.dbuf: _sys.DirentBuffer | None = None
+        self.xmode = _XNONE
+        self.xname = b""
+        self.xbuf: bytes | bytearray = b""
+        self.xsize = 0
+        self.xlen = 0
+        self.xflags = 0
+
+    def close(self) -> None:
+        fds = [self.fd, self.parent, self.ofd, *self.retired]
+        self.fd = self.parent = self.ofd = -1
+        self.retired = []
+        for fd in fds:
+            if fd >= 0:
+                try:
+                    _close(fd)
+                except OSError:
+                    pass
+
+
+def is_blocking(m: Message) -> bool:
+    """Whether a request may block long enough to deserve a worker thread.
+
+    True for Tfsync, reads and writes above :data:`BLOCKING_IO_THRESHOLD`,
+    truncation (Tsetattr with SIZE, Tlopen/Tlcreate with O_TRUNC), which may
+    free many blocks.  Tlock never blocks: locks are taken with the
+    non-blocking F_OFD_SETLK and a conflict is answered BLOCKED (the Linux
+    client sleeps and retries), so nothing here ever waits on another lock.
+    """
+    t = type(m)
+    if t is Tread:
+        return m.count > BLOCKING_IO_THRESHOLD  # type: ignore[attr-defined,no-any-return]
+    if t is Twrite:
+        return len(m.data) > BLOCKING_IO_THRESHOLD  # type: ignore[attr-defined]
+    if t is Tfsync:
+        return True
+    if t is Tsetattr:
+        return bool(m.valid & C.SETATTR_SIZE)  # type: ignore[attr-defined]
+    if t is Tlopen or t is Tlcreate:
+        return bool(m.flags & C.L_O_TRUNC)  # type: ignore[attr-defined]
+    return False
+
+
+class Session:
+    """The fid table of one connection and a handler per T-message.
+
+    Handlers take the T-message and return the R-message (same tag) or raise
+    ``OSError``; the server turns its errno into Rlerror.  ``handlers`` maps
+    each T-message type to its handler, except Tversion, Tflush and Tread,
+    which the server owns (Tread through :meth:`read_into`).
+    """
+
+    def __init__(self, point: AttachPoint, *, max_fids: int = 16384, msize: int = 4 << 20) -> None:
+        self.point = point
+        self.max_fids = max_fids
+        self._ro = point.readonly
+        self._fids: dict[int, _Fid] = {}
+        self._lock = threading.Lock()
+        self._iomax = msize - C.IOHDRSZ
+        self.msize = msize
+        self.set_msize(msize)
+        T = C.MsgType
+        self.handlers: dict[int, Callable[..., Message]] = {
+            T.TATTACH: self.attach, T.TAUTH: self.auth, T.TWALK: self.walk,
+            T.TLOPEN: self.lopen, T.TLCREATE: self.lcreate, T.TSYMLINK: self.symlink,
+            T.TMKNOD: self.mknod, T.TRENAME: self.rename, T.TREADLINK: self.readlink,
+            T.TGETATTR: self.getattr, T.TSETATTR: self.setattr,
+            T.TXATTRWALK: self.xattrwalk, T.TXATTRCREATE: self.xattrcreate,
+            T.TREADDIR: self.readdir, T.TFSYNC: self.fsync, T.TLOCK: self.lock,
+            T.TGETLOCK: self.getlock, T.TLINK: self.link, T.TMKDIR: self.mkdir,
+            T.TRENAMEAT: self.renameat, T.TUNLINKAT: self.unlinkat, T.TWRITE: self.write,
+            T.TCLUNK: self.clunk, T.TREMOVE: self.remove, T.TSTATFS: self.statfs,
+        }
+
+    is_blocking = staticmethod(is_blocking)
+
+    # ------------------------------------------------------------------ table
+
+    def set_msize(self, msize: int) -> None:
+        """Record the negotiated msize; Treaddir counts are clamped to msize - 24."""
+        self.msize = msize
+        self._iomax = max(msize - C.IOHDRSZ, 0)
+
+    def fid_count(self) -> int:
+        return len(self._fids)
+
+    def reset(self) -> None:
+        """Clunk every fid (Tversion, disconnect).  Pending xattr writes are dropped."""
+        with self._lock:
+            fids = list(self._fids.values())
+            self._fids.clear()
+            for f in fids:
+                f.dead = True
+            idle = [f for f in fids if f.refs == 0]
+        for f in idle:
+            f.close()
+
+    def _get(self, fid: int) -> _Fid:
+        with self._lock:
+            f = self._fids.get(fid)
+            if f is None:
+                raise _err(errno.EBADF)
+            f.refs += 1
+        return f
+
+    def _put(self, f: _Fid) -> None:
+        with self._lock:
+            f.refs -= 1
+            if f.refs:
+                return
+            if not f.dead:
+                if not f.retired:
+                    return
+                retired, f.retired = f.retired, []
+            else:
+                retired = None
+        if retired is None:
+            f.close()
+        else:
+            for fd in retired:
+                _close(fd)
+
+    def _take(self, fid: int) -> _Fid:
+        """Remove ``fid`` from the table, returning it referenced (the caller _puts it)."""
+        with self._lock:
+            f = self._fids.pop(fid, None)
+            if f is None:
+                raise _err(errno.EBADF)
+            f.dead = True
+            f.refs += 1
+        return f
+
+    def _install(self, fid: int, nf: _Fid, replacing: _Fid | None) -> None:
+        """Put ``nf`` in the table as ``fid``; ``replacing`` is the fid's current
+        object when a walk/xattrwalk reuses its own fid number (the caller holds
+        a reference to it, so its fds are closed when that is dropped)."""
+        with self._lock:
+            cur = self._fids.get(fid)
+            if cur is not None and cur is not replacing:
+                code = errno.EBADF
+            elif cur is None and len(self._fids) >= self.max_fids:
+                code = errno.EMFILE
+            else:
+                self._fids[fid] = nf
+                if cur is not None:
+                    cur.dead = True
+                return
+        nf.close()
+        raise _err(code)
+
+    def _in_use(self, newfid: int, fid: int) -> None:
+        if newfid != fid and newfid in self._fids:
+            raise _err(errno.EBADF)
+
+    def _deny(self, what: str) -> NoReturn:
+        """The one place the read-only policy is applied to a mutating request."""
+        p = self.point
+        if p.panic_on_write:
+            p.panic(f"mutating request {what} on read-only attach point {p.path!r}")
+        raise _err(errno.EROFS)
+
+    # ----------------------------------------------------------- host helpers
+
+    def _is_root(self, f: _Fid) -> bool:
+        return f.ino == self.point.root_ino and f.dev == self.point.root_dev
+
+    def _locate(self, f: _Fid) -> tuple[int, bytes, bool]:
+        """The directory fd and name under which ``f``'s file is linked now.
+
+        Returns ``(dirfd, name, owned)``; the caller closes ``dirfd`` when
+        ``owned``.  EBUSY for the attach root (it has no name we may touch),
+        ENOENT when the file has no name left in that directory.
+        """
+        if self._is_root(f):
+            raise _err(errno.EBUSY)
+        if f.parent >= 0:
+            pfd, owned = f.parent, False
+        elif f.fmt == _DIR and f.fd >= 0:
+            pfd, owned = os.open(b"..", _O_PATH_DIR, dir_fd=f.fd), True
+        else:
+            raise _err(errno.EBADF)
+        try:
+            name = f.path[-1] if f.path else b""
+            if name:
+                try:
+                    st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+                    if st.st_ino == f.ino and st.st_dev == f.dev:
+                        return pfd, name, owned
+                except OSError:
+                    pass
+            name = self._find_name(pfd, f)
+            f.path = (*f.path[:-1], name)
+            return pfd, name, owned
+        except BaseException:
+            if owned:
+                _close(pfd)
+            raise
+
+    @staticmethod
+    def _find_name(pfd: int, f: _Fid) -> bytes:
+        """Scan directory ``pfd`` for a name linked to ``f``'s inode."""
+        dfd = os.open(b".", _O_DIR_READ, dir_fd=pfd)
+        try:
+            with os.scandir(dfd) as it:
+                for e in it:
+                    if e.inode() == f.ino:
+                        name = os.fsencode(e.name)
+                        try:
+                            st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+                        except OSError:
+                            continue
+                        if st.st_ino == f.ino and st.st_dev == f.dev:
+                            return name
+        finally:
+            _close(dfd)
+        raise _err(errno.ENOENT)
+
+    def _reopen(self, f: _Fid, hflags: int) -> int:
+        """Open ``f``'s file for I/O with host flags ``hflags`` (O_NOFOLLOW added).
+
+        Directories re-open ``"."`` relative to their own fd.  Other files are
+        opened by name in their directory, with O_NONBLOCK so that a FIFO (or
+        a name swapped for one) can never hang the gofer, and the result is
+        checked to be the fid's inode (ESTALE if the name was swapped).
+        Device nodes are never opened (EPERM): a sandbox must not reach host
+        devices through its file system.
+        """
+        fmt = f.fmt
+        if f.fd < 0:
+            raise _err(errno.EBADF)
+        if fmt == _DIR:
+            return os.open(b".", hflags | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=f.fd)
+        if fmt == _LNK:
+            raise _err(errno.ELOOP)
+        if fmt == _CHR or fmt == _BLK:
+            raise _err(errno.EPERM)
+        pfd, name, owned = self._locate(f)
+        try:
+            fd = os.open(name, hflags | _O_REOPEN, dir_fd=pfd)
+        finally:
+            if owned:
+                _close(pfd)
+        st = _fstat(fd)
+        if st.st_ino != f.ino or st.st_dev != f.dev:
+            _close(fd)
+            raise _err(errno.ESTALE)
+        return fd
+
+    def _new_entry(self, dfd: int, name: bytes, uid: int, gid: int, is_dir: bool) -> Qid:
+        """After creating ``name`` in ``dfd``: give it to (uid, gid), return its qid.
+
+        Ownership is applied only when the gofer may chown; if that fails the
+        new entry is removed again, so a failed request leaves nothing behind.
+        """
+        nfd = os.open(name, _O_PATH, dir_fd=dfd)
+        try:
+            if self.point.can_chown:
+                try:
+                    _sys.fchown_empty(nfd, uid, gid)
+                except OSError:
+                    try:
+                        if is_dir:
+                            os.rmdir(name, dir_fd=dfd)
+                        else:
+                            os.unlink(name, dir_fd=dfd)
+                    except OSError:
+                        pass
+                    raise
+            return self.point.qid(_fstat(nfd))
+        finally:
+            _close(nfd)
+
+    def _renamed(
+        self, old: tuple[bytes, ...], new: tuple[bytes, ...], dev: int, ino: int, newdir: int
+    ) -> None:
+        """Update the path hints (and non-directories' parent fds) after a rename."""
+        n = len(old)
+        stale: list[int] = []
+        with self._lock:
+            for g in self._fids.values():
+                p = g.path
+                if len(p) >= n and p[:n] == old:
+                    g.path = new + p[n:]
+                    if len(p) == n and g.parent >= 0 and g.ino == ino and g.dev == dev:
+                        try:
+                            nfd = os.dup(newdir)
+                        except OSError:
+                            continue
+                        if g.refs:
+                            g.retired.append(g.parent)
+                        else:
+                            stale.append(g.parent)
+                        g.parent = nfd
+        for fd in stale:
+            _close(fd)
+
+    def _walk_names(self, f: _Fid, names: Sequence[bytes]) -> tuple[list[Qid], _Fid | None]:
+        """Walk ``names`` from ``f`` one component at a time.
+
+        Returns the qids of the components walked and the new fid for the last
+        one, or ``None`` when a component after the first failed.  A failure
+        of the first component raises.
+        """
+        point = self.point
+        rdev, rino = point.root_dev, point.root_ino
+        qids: list[Qid] = []
+        cur, cur_owned = f.fd, False
+        prev, prev_owned = -1, False
+        dev, ino, fmt, qid = f.dev, f.ino, f.fmt, f.qid
+        path = list(f.path)
+        try:
+            for i, name in enumerate(names):
+                try:
+                    if fmt != _DIR:
+                        raise _err(errno.ENOTDIR)
+                    if name == b"..":
+                        if ino == rino and dev == rdev:
+                            path.clear()
+                            qids.append(point.root_qid)
+                            continue
+                        nfd = os.open(b"..", _O_PATH_DIR, dir_fd=cur)
+                    else:
+                        if not name or name == b"." or b"/" in name or b"\0" in name:
+                            raise _err(errno.EINVAL)
+                        nfd = os.open(name, _O_PATH, dir_fd=cur)
+                    try:
+                        st = _fstat(nfd)
+                    except BaseException:
+                        _close(nfd)
+                        raise
+                except OSError:
+                    if i == 0:
+                        raise
+                    return qids, None
+                if prev_owned:
+                    _close(prev)
+                prev, prev_owned = cur, cur_owned
+                cur, cur_owned = nfd, True
+                if name == b"..":
+                    if path:
+                        path.pop()
+                else:
+                    path.append(name)
+                dev, ino, fmt = st.st_dev, st.st_ino, st.st_mode & _S_IFMT
+                qid = point.qid(st)
+                qids.append(qid)
+            # Build the new fid; it takes over cur (and prev as parent of a non-directory).
+            parent = -1
+            if fmt != _DIR:
+                # The last step was a name (".." always yields a directory): prev
+                # is the directory holding it.
+                if prev_owned:
+                    parent, prev_owned = prev, False
+                else:
+                    parent = os.dup(prev)
+            if not cur_owned:
+                try:
+                    cur = os.dup(cur)
+                except BaseException:
+                    if parent >= 0:
+                        _close(parent)
+                    raise
+                cur_owned = True
+            nf = _Fid(cur, parent, tuple(path), f.uid, dev, ino, fmt, qid)
+            cur_owned = False
+            return qids, nf
+        finally:
+            if prev_owned:
+                _close(prev)
+            if cur_owned:
+                _close(cur)
+
+    # --------------------------------------------------------------- handlers
+
+    def auth(self, m: Tauth) -> Rauth:
+        """No authentication scheme: the connection itself is the credential.
+
+        EOPNOTSUPP, as QEMU answers; Linux v9fs never sends Tauth and attaches
+        with afid = NOFID.
+        """
+        raise _err(errno.EOPNOTSUPP)
+
+    def attach(self, m: Tattach) -> Rattach:
+        """Attach ``fid`` to the root (or to ``aname`` below it, walked like Twalk).
+
+        The uid (n_uname, else uname as a number, else a passwd name) becomes
+        the owner of files created through this fid and fids walked from it.
+        ``afid`` is ignored: there is no authentication to check.
+        """
+        uid = self._uid(m.n_uname, m.uname)
+        point = self.point
+        root = _Fid(os.dup(point.fd), -1, (), uid, point.root_dev, point.root_ino, _DIR, point.root_qid)
+        names = [n for n in m.aname.split(b"/") if n and n != b"."]
+        if names:
+            try:
+                if len(names) > C.MAXWELEM * 16:
+                    raise _err(errno.ENAMETOOLONG)
+                _, nf = self._walk_names(root, names)
+            finally:
+                root.close()
+            if nf is None:
+                raise _err(errno.ENOENT)
+        else:
+            nf = root
+        self._install(m.fid, nf, None)
+        return Rattach(m.tag, nf.qid)
+
+    @staticmethod
+    def _uid(n_uname: int, uname: bytes) -> int:
+        if n_uname != C.NONUNAME:
+            return n_uname
+        if uname.isdigit():
+            uid = int(uname)
+            if uid < C.NONUNAME:
+                return uid
+            raise _err(errno.EINVAL)
+        try:
+            return pwd.getpwnam(uname.decode("utf-8", "surrogateescape")).pw_uid
+        except (KeyError, ValueError, UnicodeError):
+            raise _err(errno.EINVAL) from None
+
+    def walk(self, m: Twalk) -> Rwalk:
+        """Walk (or clone, with no names) ``fid`` into ``newfid``.
+
+        Walking from an opened fid is allowed (QEMU allows it, and Linux walks
+        from open fids of unlinked files); the new fid is not opened.
+        ``newfid`` in use by another fid: EBADF.
+        """
+        names = m.wnames
+        if len(names) > C.MAXWELEM:
+            raise _err(errno.E2BIG)
+        f = self._get(m.fid)
+        try:
+            if f.xmode or f.fd < 0:
+                raise _err(errno.EBADF)
+            same = m.newfid == m.fid
+            if not same and m.newfid in self._fids:
+                raise _err(errno.EBADF)
+            if not names:
+                parent = os.dup(f.parent) if f.parent >= 0 else -1
+                try:
+                    fd = os.dup(f.fd)
+                except BaseException:
+                    if parent >= 0:
+                        _close(parent)
+                    raise
+                nf: _Fid | None = _Fid(fd, parent, f.path, f.uid, f.dev, f.ino, f.fmt, f.qid)
+                qids: list[Qid] = []
+            else:
+                qids, nf = self._walk_names(f, names)
+            if nf is not None:
+                self._install(m.newfid, nf, f if same else None)
+            return Rwalk(m.tag, qids)
+        finally:
+            self._put(f)
+
+    def clunk(self, m: Tclunk) -> Rclunk:
+        """Free ``fid``; an xattrcreate fid commits here and reports the commit's error."""
+        f = self._take(m.fid)
+        try:
+            if f.xmode == _XWRITE:
+                self._xattr_commit(f)
+        finally:
+            self._put(f)
+        return Rclunk(m.tag)
+
+    def remove(self, m: Tremove) -> Rremove:
+        """Unlink (or rmdir) the fid's file; the fid is clunked in every case."""
+        f = self._take(m.fid)
+        try:
+            if self._ro:
+                self._deny("remove")
+            if f.xmode == _XREAD:
+                raise _err(errno.EBADF)
+            pfd, name, owned = self._locate(f)
+            try:
+                if f.fmt == _DIR:
+                    os.rmdir(name, dir_fd=pfd)
+                else:
+                    os.unlink(name, dir_fd=pfd)
+            finally:
+                if owned:
+                    _close(pfd)
+        finally:
+            self._put(f)
+        return Rremove(m.tag)
+
+    def getattr(self, m: Tgetattr) -> Rgetattr:
+        """fstat of the fid's own fd.  ``valid`` = request_mask & BASIC (as gVisor;
+        btime/gen/data_version are not available and never reported valid)."""
+        f = self._get(m.fid)
+        try:
+            st = _fstat(f.fd)
+            qid = f.qid
+        finally:
+            self._put(f)
+        a = st.st_atime_ns
+        mt = st.st_mtime_ns
+        c = st.st_ctime_ns
+        return Rgetattr(
+            m.tag, m.request_mask & C.GETATTR_BASIC, qid, st.st_mode, st.st_uid, st.st_gid,
+            st.st_nlink, st.st_rdev, st.st_size, st.st_blksize, st.st_blocks,
+            (a // _NS) & _MASK64, a % _NS, (mt // _NS) & _MASK64, mt % _NS,
+            (c // _NS) & _MASK64, c % _NS, 0, 0, 0, 0,
+        )
+
+    def setattr(self, m: Tsetattr) -> Rsetattr:
+        """Apply every valid bit, in the order owner, mode, size, times.
+
+        Owner first so that a chown does not clear a set-uid bit the same
+        request sets; times last because truncation changes mtime.  CTIME alone
+        is a no-op (ctime changes with any change).
+        """
+        if self._ro:
+            self._deny("setattr")
+        valid = m.valid
+        f = self._get(m.fid)
+        try:
+            if f.fd < 0:
+                raise _err(errno.EBADF)
+            if valid & (C.SETATTR_UID | C.SETATTR_GID):
+                uid = m.uid if valid & C.SETATTR_UID else -1
+                gid = m.gid if valid & C.SETATTR_GID else -1
+                _sys.fchown_empty(f.fd, _gid(uid), _gid(gid))
+            if valid & C.SETATTR_MODE:
+                self._chmod(f, m.mode & 0o7777)
+            if valid & C.SETATTR_SIZE:
+                self._truncate(f, m.size)
+            if valid & (C.SETATTR_ATIME | C.SETATTR_MTIME):
+                self._utimes(f, m)
+        finally:
+            self._put(f)
+        return Rsetattr(m.tag)
+
+    def _chmod(self, f: _Fid, mode: int) -> None:
+        if f.fmt == _LNK:
+            return  # Linux symlinks have no mode of their own
+        if _empty_path_ok["fchmodat2"]:
+            try:
+                _sys.fchmod_empty(f.fd, mode)
+                return
+            except OSError as e:
+                if e.errno not in (errno.ENOSYS, errno.EINVAL):
+                    raise
+                _empty_path_ok["fchmodat2"] = False
+        if f.ofd >= 0:
+            os.fchmod(f.ofd, mode)
+            return
+        if f.fmt not in (_DIR, _REG, _FIFO):
+            # Without fchmodat2 a socket or device node can only be chmod-ed by a
+            # name lookup that follows symlinks: not on behalf of a sandbox.
+            raise _err(errno.EOPNOTSUPP)
+        fd = self._reopen(f, os.O_RDONLY)
+        try:
+            os.fchmod(fd, mode)
+        finally:
+            _close(fd)
+
+    def _truncate(self, f: _Fid, size: int) -> None:
+        try:
+            if f.ofd >= 0 and f.oacc in (C.L_O_WRONLY, C.L_O_RDWR):
+                os.ftruncate(f.ofd, size)
+                return
+            if f.fmt == _DIR:
+                raise _err(errno.EISDIR)
+            fd = self._reopen(f, os.O_WRONLY)
+            try:
+                os.ftruncate(fd, size)
+            finally:
+                _close(fd)
+        except OverflowError:
+            raise _err(errno.EINVAL) from None
+
+    def _utimes(self, f: _Fid, m: Tsetattr) -> None:
+        valid = m.valid
+        omit = (0, _sys.UTIME_OMIT)
+        now = (0, _sys.UTIME_NOW)
+        if valid & C.SETATTR_ATIME:
+            at = (m.atime_sec, m.atime_nsec) if valid & C.SETATTR_ATIME_SET else now
+        else:
+            at = omit
+        if valid & C.SETATTR_MTIME:
+            mt = (m.mtime_sec, m.mtime_nsec) if valid & C.SETATTR_MTIME_SET else now
+        else:
+            mt = omit
+        if _empty_path_ok["utimensat"]:
+            try:
+                _sys.utimensat(f.fd, b"", at, mt, _sys.AT_EMPTY_PATH | _sys.AT_SYMLINK_NOFOLLOW)
+                return
+            except OSError as e:
+                if e.errno not in (errno.ENOENT, errno.EINVAL):
+                    raise
+                _empty_path_ok["utimensat"] = False
+        if f.ofd >= 0:
+            _sys.utimensat(f.ofd, None, at, mt, 0)
+        elif f.fmt == _DIR:
+            fd = self._reopen(f, os.O_RDONLY)
+            try:
+                _sys.utimensat(fd, None, at, mt, 0)
+            finally:
+                _close(fd)
+        else:
+            pfd, name, owned = self._locate(f)
+            try:
+                _sys.utimensat(pfd, name, at, mt, _sys.AT_SYMLINK_NOFOLLOW)
+            finally:
+                if owned:
+                    _close(pfd)
+
+    def lopen(self, m: Tlopen) -> Rlopen:
+        """Open the fid's file for I/O (once per fid; a second Tlopen is EINVAL).
+
+        Flags are mapped bit by bit to the host's (see ``_sys.host_open_flags``);
+        O_CLOEXEC and O_NOFOLLOW are always added, so a symlink is ELOOP.
+        """
+        flags = m.flags
+        if self._ro and flags & (C.L_O_ACCMODE | C.L_O_TRUNC):
+            self._deny("lopen for writing")
+        hflags = _sys.host_open_flags(flags)
+        f = self._get(m.fid)
+        try:
+            if f.xmode or f.ofd >= 0:
+                raise _err(errno.EINVAL)
+            fmt = f.fmt
+            if fmt == _DIR and flags & (C.L_O_ACCMODE | C.L_O_TRUNC):
+                raise _err(errno.EISDIR)
+            ofd = self._reopen(f, hflags)
+            with self._lock:
+                taken = f.ofd >= 0
+                if not taken:
+                    f.ofd = ofd
+                    f.oacc = flags & C.L_O_ACCMODE
+                    if fmt == _DIR:
+                        f.dirlock = threading.Lock()
+            if taken:
+                _close(ofd)
+                raise _err(errno.EINVAL)
+            return Rlopen(m.tag, f.qid, 0)
+        finally:
+            self._put(f)
+
+    def lcreate(self, m: Tlcreate) -> Rlcreate:
+        """Create and open a regular file in the fid's directory; the fid becomes it.
+
+        O_CREAT|O_EXCL|O_NOFOLLOW are forced, the mode is ``mode & 0o7777``
+        (the daemon's umask is 0), and the file is given to (fid uid, gid).
+        """
+        if self._ro:
+            self._deny("lcreate")
+        name = m.name
+        _check_name(name)
+        hflags = (_sys.host_open_flags(m.flags) & ~os.O_DIRECTORY) | _O_CREATE
+        f = self._get(m.fid)
+        try:
+            if f.xmode or f.ofd >= 0:
+                raise _err(errno.EINVAL)
+            if f.fmt != _DIR:
+                raise _err(errno.ENOTDIR)
+            dfd = f.fd
+            ofd = os.open(name, hflags, m.mode & 0o7777, dir_fd=dfd)
+            try:
+                if self.point.can_chown:
+                    os.fchown(ofd, f.uid, _gid(m.gid))
+                st = _fstat(ofd)
+                nfd = os.dup(ofd)
+            except BaseException:
+                _close(ofd)
+                try:
+                    os.unlink(name, dir_fd=dfd)
+                except OSError:
+                    pass
+                raise
+            qid = self.point.qid(st)
+            with self._lock:
+                ok = f.ofd < 0 and f.fmt == _DIR and f.fd == dfd
+                if ok:
+                    if f.parent >= 0:
+                        f.retired.append(f.parent)
+                    f.parent = dfd
+                    f.fd = nfd
+                    f.ofd = ofd
+                    f.oacc = m.flags & C.L_O_ACCMODE
+                    f.path = (*f.path, name)
+                    f.dev, f.ino, f.fmt, f.qid = st.st_dev, st.st_ino, _REG, qid
+            if not ok:
+                _close(ofd)
+                _close(nfd)
+                raise _err(errno.EINVAL)
+            return Rlcreate(m.tag, qid, 0)
+        finally:
+            self._put(f)
+
+    def mkdir(self, m: Tmkdir) -> Rmkdir:
+        if self._ro:
+            self._deny("mkdir")
+        _check_name(m.name)
+        d = self._get(m.dfid)
+        try:
+            os.mkdir(m.name, m.mode & 0o7777, dir_fd=d.fd)
+            qid = self._new_entry(d.fd, m.name, d.uid, _gid(m.gid), True)
+        finally:
+            self._put(d)
+        return Rmkdir(m.tag, qid)
+
+    def mknod(self, m: Tmknod) -> Rmknod:
+        """mknod as requested (regular, FIFO, socket, char, block); whether device
+        nodes can be made is up to the gofer's capabilities (the daemon has no
+        CAP_MKNOD), and they are never opened (see ``_reopen``)."""
+        if self._ro:
+            self._deny("mknod")
+        _check_name(m.name)
+        d = self._get(m.dfid)
+        try:
+            mode = m.mode & (_S_IFMT | 0o7777)
+            os.mknod(m.name, mode, os.makedev(m.major, m.minor), dir_fd=d.fd)
+            qid = self._new_entry(d.fd, m.name, d.uid, _gid(m.gid), False)
+        finally:
+            self._put(d)
+        return Rmknod(m.tag, qid)
+
+    def symlink(self, m: Tsymlink) -> Rsymlink:
+        if self._ro:
+            self._deny("symlink")
+        _check_name(m.name)
+        if b"\0" in m.symtgt:
+            raise _err(errno.EINVAL)
+        d = self._get(m.fid)
+        try:
+            os.symlink(m.symtgt, m.name, dir_fd=d.fd)
+            qid = self._new_entry(d.fd, m.name, d.uid, _gid(m.gid), False)
+        finally:
+            self._put(d)
+        return Rsymlink(m.tag, qid)
+
+    def readlink(self, m: Treadlink) -> Rreadlink:
+        f = self._get(m.fid)
+        try:
+            if f.fmt != _LNK or f.fd < 0:
+                raise _err(errno.EINVAL)
+            target = os.readlink(b"", dir_fd=f.fd)
+        finally:
+            self._put(f)
+        return Rreadlink(m.tag, target)
+
+    def link(self, m: Tlink) -> Rlink:
+        """Hard-link fid's file into dfid as ``name`` (linkat without following)."""
+        if self._ro:
+            self._deny("link")
+        _check_name(m.name)
+        d = self._get(m.dfid)
+        try:
+            f = self._get(m.fid)
+            try:
+                if f.fmt == _DIR:
+                    raise _err(errno.EPERM)
+                pfd, oname, owned = self._locate(f)
+                try:
+                    os.link(oname, m.name, src_dir_fd=pfd, dst_dir_fd=d.fd, follow_symlinks=False)
+                finally:
+                    if owned:
+                        _close(pfd)
+            finally:
+                self._put(f)
+        finally:
+            self._put(d)
+        return Rlink(m.tag)
+
+    def rename(self, m: Trename) -> Rrename:
+        """Rename fid's file into dfid as ``name``; fids keep working (they hold fds)."""
+        if self._ro:
+            self._deny("rename")
+        _check_name(m.name)
+        d = self._get(m.dfid)
+        try:
+            f = self._get(m.fid)
+            try:
+                pfd, oname, owned = self._locate(f)
+                try:
+                    os.rename(oname, m.name, src_dir_fd=pfd, dst_dir_fd=d.fd)
+                finally:
+                    if owned:
+                        _close(pfd)
+                self._renamed(f.path, (*d.path, m.name), f.dev, f.ino, d.fd)
+            finally:
+                self._put(f)
+        finally:
+            self._put(d)
+        return Rrename(m.tag)
+
+    def renameat(self, m: Trenameat) -> Rrenameat:
+        if self._ro:
+            self._deny("renameat")
+        _check_name(m.oldname)
+        _check_name(m.newname)
+        od = self._get(m.olddirfid)
+        try:
+            nd = self._get(m.newdirfid)
+            try:
+                os.rename(m.oldname, m.newname, src_dir_fd=od.fd, dst_dir_fd=nd.fd)
+                try:
+                    st = os.stat(m.newname, dir_fd=nd.fd, follow_symlinks=False)
+                except OSError:
+                    pass
+                else:
+                    self._renamed(
+                        (*od.path, m.oldname), (*nd.path, m.newname), st.st_dev, st.st_ino, nd.fd
+                    )
+            finally:
+                self._put(nd)
+        finally:
+            self._put(od)
+        return Rrenameat(m.tag)
+
+    def unlinkat(self, m: Tunlinkat) -> Runlinkat:
+        """unlink, or rmdir with AT_REMOVEDIR (any other flag: EINVAL)."""
+        if self._ro:
+            self._deny("unlinkat")
+        _check_name(m.name)
+        if m.flags & ~C.AT_REMOVEDIR:
+            raise _err(errno.EINVAL)
+        d = self._get(m.dirfid)
+        try:
+            if m.flags & C.AT_REMOVEDIR:
+                os.rmdir(m.name, dir_fd=d.fd)
+            else:
+                os.unlink(m.name, dir_fd=d.fd)
+        finally:
+            self._put(d)
+        return Runlinkat(m.tag)
+
+    def read_into(self, fid: int, offset: int, view: memoryview) -> int:
+        """Tread: fill ``view`` from the fid at ``offset`` (preadv, no copy); bytes read.
+
+        An opened directory gives EISDIR (from the kernel), an unopened fid EBADF.
+        """
+        f = self._get(fid)
+        try:
+            ofd = f.ofd
+            if ofd < 0:
+                if f.xmode == _XREAD:
+                    buf = f.xbuf
+                    if offset >= len(buf):
+                        return 0
+                    n = min(len(view), len(buf) - offset)
+                    view[:n] = memoryview(buf)[offset:offset + n]
+                    return n
+                raise _err(errno.EBADF)
+            if f.fmt == _FIFO:
+                return os.readv(ofd, [view])
+            return _preadv(ofd, [view], offset)
+        except OverflowError:
+            raise _err(errno.EINVAL) from None
+        finally:
+            self._put(f)
+
+    def write(self, m: Twrite) -> Rwrite:
+        """pwrite on the open fd (appends anyway under O_APPEND), or fill an xattr fid."""
+        if self._ro:
+            self._deny("write")
+        f = self._get(m.fid)
+        try:
+            ofd = f.ofd
+            if ofd < 0:
+                if f.xmode == _XWRITE:
+                    return self._xattr_write(f, m)
+                raise _err(errno.EBADF)
+            if f.fmt == _FIFO:
+                n = os.write(ofd, m.data)
+            else:
+                n = _pwrite(ofd, m.data, m.offset)
+            return Rwrite(m.tag, n)
+        except OverflowError:
+            raise _err(errno.EINVAL) from None
+        finally:
+            self._put(f)
+
+    def readdir(self, m: Treaddir) -> Rreaddir:
+        """Whole entries from cookie ``offset`` up to ``count`` bytes (clamped to msize-24).
+
+        Cookies are the kernel's own ``d_off`` values (getdents64 + lseek),
+        which stay valid while entries are added or removed between calls.
+        "." and ".." are included (Linux passes them on); ".." of the attach
+        root reports the root itself.  A count too small for the next entry is
+        EINVAL (as getdents64 does), so a small buffer is never mistaken for
+        the end of the directory.
+        """
+        f = self._get(m.fid)
+        try:
+            if f.fmt != _DIR:
+                raise _err(errno.ENOTDIR)
+            lock = f.dirlock
+            if f.ofd < 0 or lock is None:
+                raise _err(errno.EBADF)
+            count = min(m.count, self._iomax)
+            with lock:
+                return Rreaddir(m.tag, self._readdir(f, m.offset, count))
+        finally:
+            self._put(f)
+
+    def _readdir(self, f: _Fid, offset: int, count: int) -> bytearray:
+        ofd = f.ofd
+        buf = f.dbuf
+        if buf is None:
+            buf = f.dbuf = _sys.DirentBuffer(_DIRENT_BUFSIZE)
+        try:
+            os.lseek(ofd, offset, os.SEEK_SET)
+        except OverflowError:
+            raise _err(errno.EINVAL) from None
+        point = self.point
+        qpath = point.qid_path
+        dev = f.dev
+        at_root = self._is_root(f)
+        data = buf.data
+        unpack = _sys.DIRENT64.unpack_from
+        pack = _sys.P9_DIRENT.pack
+        out = bytearray()
+        full = False
+        while not full:
+            n = buf.fill(ofd)
+            if n == 0:
+                break
+            pos = 0
+            while pos < n:
+                d_ino, d_off, reclen, dtype = unpack(data, pos)
+                end = data.index(0, pos + 19, pos + reclen)
+                name = bytes(data[pos + 19:end])
+                pos += reclen
+                if len(out) + 24 + len(name) > count:
+                    full = True
+                    break
+                if name == b".":
+                    q = f.qid
+                    out += pack(q.type, 0, q.path, d_off, dtype, 1)
+                elif name == b".." and at_root:
+                    q = point.root_qid
+                    out += pack(q.type, 0, q.path, d_off, dtype, 2)
+                else:
+                    if dtype == C.DT_UNKNOWN:
+                        try:
+                            st = os.stat(name, dir_fd=ofd, follow_symlinks=False)
+                            dtype = _FMT_DT.get(st.st_mode & _S_IFMT, C.DT_UNKNOWN)
+                        except OSError:
+                            pass
+                    out += pack(_DT_QTYPE.get(dtype, 0), 0, qpath(dev, d_ino), d_off, dtype, len(name))
+                out += name
+        if full and not out:
+            raise _err(errno.EINVAL)
+        return out
+
+    def fsync(self, m: Tfsync) -> Rfsync:
+        f = self._get(m.fid)
+        try:
+            if f.ofd < 0:
+                raise _err(errno.EBADF)
+            if m.datasync:
+                os.fdatasync(f.ofd)
+            else:
+                os.fsync(f.ofd)
+        finally:
+            self._put(f)
+        return Rfsync(m.tag)
+
+    def statfs(self, m: Tstatfs) -> Rstatfs:
+        """fstatvfs of the fid's fd.  ``type`` is V9FS_MAGIC, not the host's magic:
+        the client is looking at a 9P file system and must not apply host
+        file-system-specific assumptions (or learn what the host runs)."""
+        f = self._get(m.fid)
+        try:
+            s = os.statvfs(f.fd)
+        finally:
+            self._put(f)
+        return Rstatfs(
+            m.tag, _sys.V9FS_MAGIC, s.f_frsize or s.f_bsize, s.f_blocks, s.f_bfree, s.f_bavail,
+            s.f_files, s.f_ffree, s.f_fsid & _MASK64, s.f_namemax,
+        )
+
+    def lock(self, m: Tlock) -> Rlock:
+        """POSIX byte-range lock with an open-file-description (OFD) lock.
+
+        OFD locks belong to the open fd, i.e. to the fid, so two fids of this
+        gofer (two opens in the guest) really conflict, which process-owned
+        fcntl locks would not do.  Never waits: a conflict is BLOCKED, and the
+        Linux client retries when it asked for a blocking lock.  length 0 means
+        "to the end of the file", as for fcntl.
+        """
+        if m.type not in (C.LOCK_TYPE_RDLCK, C.LOCK_TYPE_WRLCK, C.LOCK_TYPE_UNLCK):
+            raise _err(errno.EINVAL)
+        f = self._get(m.fid)
+        try:
+            if f.ofd < 0:
+                raise _err(errno.EBADF)
+            req = self._flock(m.type, m.start, m.length)
+            try:
+                fcntl.fcntl(f.ofd, fcntl.F_OFD_SETLK, req)
+            except OSError as e:
+                if e.errno in (errno.EAGAIN, errno.EACCES):
+                    return Rlock(m.tag, C.LOCK_BLOCKED)
+                raise
+        finally:
+            self._put(f)
+        return Rlock(m.tag, C.LOCK_SUCCESS)
+
+    def getlock(self, m: Tgetlock) -> Rgetlock:
+        """F_OFD_GETLK: the first lock that would conflict, or type UNLCK."""
+        if m.type not in (C.LOCK_TYPE_RDLCK, C.LOCK_TYPE_WRLCK):
+            raise _err(errno.EINVAL)
+        f = self._get(m.fid)
+        try:
+            if f.ofd < 0:
+                raise _err(errno.EBADF)
+            res = fcntl.fcntl(f.ofd, fcntl.F_OFD_GETLK, self._flock(m.type, m.start, m.length))
+        finally:
+            self._put(f)
+        ltype, _, start, length, pid = _sys.FLOCK.unpack(res)
+        if ltype == C.LOCK_TYPE_UNLCK:
+            return Rgetlock(m.tag, C.LOCK_TYPE_UNLCK, m.start, m.length, m.proc_id, m.client_id)
+        return Rgetlock(m.tag, ltype, start, length, pid if pid > 0 else 0, b"")
+
+    @staticmethod
+    def _flock(ltype: int, start: int, length: int) -> bytes:
+        if start > 0x7FFFFFFFFFFFFFFF or length > 0x7FFFFFFFFFFFFFFF:
+            raise _err(errno.EINVAL)
+        return _sys.FLOCK.pack(ltype, os.SEEK_SET, start, length, 0)
+
+    # ------------------------------------------------------------------ xattrs
+
+    def _xattr_fd(self, f: _Fid) -> tuple[int, bool]:
+        """An fd that the f*xattr calls accept for ``f``'s file, or (-1, False).
+
+        O_PATH fds are refused by fgetxattr & co., so an unopened file is
+        re-opened read-only.  Symlinks, sockets and device nodes cannot be
+        re-opened safely: they are treated as having no xattrs.
+        """
+        if f.ofd >= 0:
+            return f.ofd, False
+        if f.fmt in (_DIR, _REG, _FIFO):
+            return self._reopen(f, os.O_RDONLY), True
+        return -1, False
+
+    def xattrwalk(self, m: Txattrwalk) -> Rxattrwalk:
+        """``newfid`` gets the value of xattr ``name`` (or, for "", the NUL-terminated
+        list of names) for Tread; the reply says its size."""
+        name = m.name
+        if b"\0" in name:
+            raise _err(errno.EINVAL)
+        f = self._get(m.fid)
+        try:
+            if f.xmode or f.fd < 0:
+                raise _err(errno.EBADF)
+            self._in_use(m.newfid, m.fid)
+            fd, owned = self._xattr_fd(f)
+            try:
+                if not name:
+                    data = b"".join(os.fsencode(n) + b"\0" for n in os.listxattr(fd)) if fd >= 0 else b""
+                elif fd < 0:
+                    raise _err(errno.ENODATA)
+                else:
+                    data = os.getxattr(fd, name)
+            finally:
+                if owned:
+                    _close(fd)
+            if len(data) > XATTR_MAX:
+                raise _err(errno.E2BIG)
+            nf = _Fid(-1, -1, f.path, f.uid, f.dev, f.ino, f.fmt, f.qid)
+            nf.xmode = _XREAD
+            nf.xbuf = data
+            self._install(m.newfid, nf, f if m.newfid == m.fid else None)
+            return Rxattrwalk(m.tag, len(data))
+        finally:
+            self._put(f)
+
+    def xattrcreate(self, m: Txattrcreate) -> Rxattrcreate:
+        """Turn ``fid`` into a write-only xattr fid; Twrites fill exactly
+        ``attr_size`` bytes and Tclunk commits (size 0: remove the xattr, which is
+        how Linux v9fs removes one)."""
+        if self._ro:
+            self._deny("xattrcreate")
+        name = m.name
+        if not name or b"\0" in name:
+            raise _err(errno.EINVAL)
+        if m.attr_size > XATTR_MAX:
+            raise _err(errno.E2BIG)
+        if m.flags & ~(C.XATTR_CREATE | C.XATTR_REPLACE) or m.flags == C.XATTR_CREATE | C.XATTR_REPLACE:
+            raise _err(errno.EINVAL)
+        f = self._get(m.fid)
+        try:
+            with self._lock:
+                ok = not f.xmode and f.fd >= 0
+                if ok:
+                    f.xmode = _XWRITE
+                    f.xname = name
+                    f.xsize = m.attr_size
+                    f.xbuf = bytearray(m.attr_size)
+                    f.xlen = 0
+                    f.xflags = m.flags
+            if not ok:
+                raise _err(errno.EBADF)
+        finally:
+            self._put(f)
+        return Rxattrcreate(m.tag)
+
+    def _xattr_write(self, f: _Fid, m: Twrite) -> Rwrite:
+        data = m.data
+        n = len(data)
+        end = m.offset + n
+        if end > f.xsize:
+            raise _err(errno.ERANGE)
+        buf = f.xbuf
+        assert isinstance(buf, bytearray)
+        buf[m.offset:end] = data
+        if end > f.xlen:
+            f.xlen = end
+        return Rwrite(m.tag, n)
+
+    def _xattr_commit(self, f: _Fid) -> None:
+        if f.xlen != f.xsize:
+            raise _err(errno.EINVAL)
+        fd, owned = self._xattr_fd(f)
+        if fd < 0:
+            raise _err(errno.EOPNOTSUPP)
+        try:
+            if f.xsize == 0:
+                os.removexattr(fd, f.xname)
+            else:
+                os.setxattr(fd, f.xname, bytes(f.xbuf), f.xflags)
+        finally:
+            if owned:
+                _close(fd)
