@@ -55,9 +55,11 @@ class ConfineError(Exception):
 
 
 def preload(seccomp_mode: SeccompMode = "kill", *, apply_caps: bool = True) -> None:
-    """Import the native libraries now, while the host's filesystem is still visible."""
-    if apply_caps:
-        import prctl  # noqa: F401
+    """Import the native libraries now, while the host's filesystem is still visible.
+
+    prctl is needed even with ``apply_caps=False``: no_new_privs is always set.
+    """
+    import prctl  # noqa: F401
     if seccomp_mode != "off":
         import pyseccomp  # noqa: F401
 
@@ -204,10 +206,15 @@ _CLONE_MASK = _CLONE_THREAD_FLAGS | _CLONE_NS_FLAGS
 
 _AF_UNIX = 1
 
+# prctl(2): only naming the calling thread (trio names its worker threads via
+# pthread_setname_np), and reading the name back.
+_PR_SET_NAME = 15
+_PR_GET_NAME = 16
+
 
 def syscall_whitelist() -> list[str]:
     """Every syscall name the filter can allow (some only with restricted arguments)."""
-    return sorted({*_ALLOW, "fcntl", "ioctl", "clone", "socketpair"})
+    return sorted({*_ALLOW, "fcntl", "ioctl", "clone", "socketpair", "prctl"})
 
 
 def install_seccomp(mode: SeccompMode) -> int:
@@ -244,7 +251,9 @@ def install_seccomp(mode: SeccompMode) -> int:
             f.add_rule(sc.ALLOW, "ioctl", sc.Arg(1, sc.MASKED_EQ, 0xFFFFFFFF, req))
         f.add_rule(sc.ALLOW, "clone", sc.Arg(0, sc.MASKED_EQ, _CLONE_MASK, _CLONE_THREAD_FLAGS))
         f.add_rule(sc.ALLOW, "socketpair", sc.Arg(0, sc.EQ, _AF_UNIX))
-        allowed += 4
+        for opt in (_PR_SET_NAME, _PR_GET_NAME):
+            f.add_rule(sc.ALLOW, "prctl", sc.Arg(0, sc.EQ, opt))
+        allowed += 5
         if _resolve(sc, "clone3") is not None:
             f.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
         f.load()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -91,3 +93,42 @@ def proc_status(pid: int) -> dict[int, dict[str, str]]:
             fields[k] = v.strip()
         out[int(tid)] = fields
     return out
+
+
+class Gofer:
+    """A gofer started with ``launch.start_gofer``, its stderr captured to a file."""
+
+    def __init__(self, tmp: Path, bundle: Path, **kw: Any) -> None:
+        from gofer9p.launch import start_gofer
+
+        self.log_path = tmp / f"gofer-{time.monotonic_ns()}.log"
+        self._log = open(self.log_path, "wb")  # closed in stop()
+        env = gofer_env()
+        env.update(kw.pop("env", {}))
+        self.gp = start_gofer(bundle, env=env, stderr=self._log, **kw)
+        self.proc = self.gp.proc
+        self.pid = self.gp.pid
+        self.sockets = self.gp.sockets
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, pattern: str, timeout: float = 15) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            m = re.search(pattern, self.log(), re.M)
+            if m:
+                return m
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{pattern!r} not logged; rc={self.proc.poll()}:\n{self.log()}"
+                )
+            time.sleep(0.02)
+
+    def wait(self, timeout: float = 15) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self) -> int:
+        rc = self.gp.stop()
+        self._log.close()
+        return rc

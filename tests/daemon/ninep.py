@@ -22,6 +22,7 @@ class NineP:
         self.sock.settimeout(15)
         self.tag = 0
         self.msize = msize
+        self.root_qid = b""
 
     def _recv_exact(self, n: int) -> bytes:
         buf = b""
@@ -103,6 +104,9 @@ class NineP:
         r = self.rpc(22, struct.pack("<I", fid))
         (n,) = struct.unpack("<H", r[:2])
         return r[2 : 2 + n]
+
+    def fsync(self, fid: int) -> None:
+        self.rpc(50, struct.pack("<II", fid, 0))
 
     def clunk(self, fid: int) -> None:
         self.rpc(120, struct.pack("<I", fid))

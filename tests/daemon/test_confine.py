@@ -95,6 +95,7 @@ def test_every_thread_confined() -> None:
         "os.kill(os.getpid(), 0)",
         "import ctypes; ctypes.CDLL(None).syscall(101, 0, 0, 0, 0)",  # ptrace
         "import ctypes; ctypes.CDLL(None).syscall(272, 0x20000)",  # unshare(CLONE_NEWNS)
+        "import ctypes; ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)",  # PR_SET_DUMPABLE
     ],
 )
 def test_forbidden_kills_with_sigsys(call: str) -> None:
@@ -107,6 +108,24 @@ def test_log_mode_allows_and_survives() -> None:
     r = _run("log", "import socket; socket.socket(socket.AF_INET).close(); print('survived')")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "survived"
+
+
+def test_threads_may_name_themselves() -> None:
+    r = _run(
+        "kill",
+        """
+        import ctypes
+        libc = ctypes.CDLL(None)
+        libc.pthread_self.restype = ctypes.c_ulong
+        libc.pthread_setname_np.argtypes = [ctypes.c_ulong, ctypes.c_char_p]
+        def name():
+            assert libc.pthread_setname_np(libc.pthread_self(), b"worker-x") == 0
+        t = threading.Thread(target=name); t.start(); t.join()
+        print("named")
+        """,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "named"
 
 
 def test_clone3_is_enosys_so_threads_use_clone() -> None:
