@@ -47,6 +47,10 @@ _utimensat = _libc.utimensat
 _utimensat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(_Timespec), ctypes.c_int]
 _utimensat.restype = ctypes.c_int
 
+_futimens = _libc.futimens
+_futimens.argtypes = [ctypes.c_int, ctypes.POINTER(_Timespec)]
+_futimens.restype = ctypes.c_int
+
 _fchownat = _libc.fchownat
 _fchownat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint, ctypes.c_int]
 _fchownat.restype = ctypes.c_int
@@ -65,6 +69,13 @@ def utimensat(
     """utimensat(2); a time is ``(sec, nsec)`` where nsec may be UTIME_NOW/UTIME_OMIT."""
     times = _Times(_Timespec(atime[0], atime[1]), _Timespec(mtime[0], mtime[1]))
     if _utimensat(dirfd, name, times, flags) < 0:
+        _raise()
+
+
+def futimens(fd: int, atime: tuple[int, int], mtime: tuple[int, int]) -> None:
+    """futimens(3) on an open (not O_PATH) fd; times as for :func:`utimensat`."""
+    times = _Times(_Timespec(atime[0], atime[1]), _Timespec(mtime[0], mtime[1]))
+    if _futimens(fd, times) < 0:
         _raise()
 
 

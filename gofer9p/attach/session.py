@@ -514,12 +514,15 @@ class Session:
         for fd in stale:
             _close(fd)
 
-    def _walk_names(self, f: _Fid, names: Sequence[bytes]) -> tuple[list[Qid], _Fid | None]:
+    def _walk_names(
+        self, f: _Fid, names: Sequence[bytes], partial: bool = True
+    ) -> tuple[list[Qid], _Fid | None]:
         """Walk ``names`` from ``f`` one component at a time.
 
         Returns the qids of the components walked and the new fid for the last
-        one, or ``None`` when a component after the first failed.  A failure
-        of the first component raises.
+        one, or ``None`` when a component after the first failed (Twalk's
+        partial result).  A failure of the first component, or of any one
+        when not ``partial``, raises.
         """
         point = self.point
         rdev, rino = point.root_dev, point.root_ino
@@ -549,7 +552,7 @@ class Session:
                         _close(nfd)
                         raise
                 except OSError:
-                    if i == 0:
+                    if i == 0 or not partial:
                         raise
                     return qids, None
                 if prev_owned:
@@ -615,11 +618,10 @@ class Session:
             try:
                 if len(names) > C.MAXWELEM * 16:
                     raise _err(errno.ENAMETOOLONG)
-                _, nf = self._walk_names(root, names)
+                _, nf = self._walk_names(root, names, partial=False)
             finally:
                 root.close()
-            if nf is None:
-                raise _err(errno.ENOENT)
+            assert nf is not None
         else:
             nf = root
         self._install(m.fid, nf, None)
@@ -755,26 +757,31 @@ class Session:
     def _chmod(self, f: _Fid, mode: int) -> None:
         if f.fmt == _LNK:
             return  # Linux symlinks have no mode of their own
+        unsupported = False
         if _empty_path_ok["fchmodat2"]:
             try:
                 _sys.fchmod_empty(f.fd, mode)
                 return
             except OSError as e:
+                # ENOSYS: kernel < 6.6; EINVAL: may be AT_EMPTY_PATH unsupported,
+                # known for sure only if the fallback below then succeeds.
                 if e.errno not in (errno.ENOSYS, errno.EINVAL):
                     raise
-                _empty_path_ok["fchmodat2"] = False
+                unsupported = True
         if f.ofd >= 0:
             os.fchmod(f.ofd, mode)
-            return
-        if f.fmt not in (_DIR, _REG, _FIFO):
+        elif f.fmt not in (_DIR, _REG, _FIFO):
             # Without fchmodat2 a socket or device node can only be chmod-ed by a
             # name lookup that follows symlinks: not on behalf of a sandbox.
             raise _err(errno.EOPNOTSUPP)
-        fd = self._reopen(f, os.O_RDONLY)
-        try:
-            os.fchmod(fd, mode)
-        finally:
-            _close(fd)
+        else:
+            fd = self._reopen(f, os.O_RDONLY)
+            try:
+                os.fchmod(fd, mode)
+            finally:
+                _close(fd)
+        if unsupported:
+            _empty_path_ok["fchmodat2"] = False
 
     def _truncate(self, f: _Fid, size: int) -> None:
         try:
@@ -803,20 +810,23 @@ class Session:
             mt = (m.mtime_sec, m.mtime_nsec) if valid & C.SETATTR_MTIME_SET else now
         else:
             mt = omit
+        unsupported = False
         if _empty_path_ok["utimensat"]:
             try:
                 _sys.utimensat(f.fd, b"", at, mt, _sys.AT_EMPTY_PATH | _sys.AT_SYMLINK_NOFOLLOW)
                 return
             except OSError as e:
+                # Kernels without AT_EMPTY_PATH support answer ENOENT or EINVAL;
+                # EINVAL may also be a bad time: decided by the fallback's result.
                 if e.errno not in (errno.ENOENT, errno.EINVAL):
                     raise
-                _empty_path_ok["utimensat"] = False
+                unsupported = True
         if f.ofd >= 0:
-            _sys.utimensat(f.ofd, None, at, mt, 0)
+            _sys.futimens(f.ofd, at, mt)
         elif f.fmt == _DIR:
             fd = self._reopen(f, os.O_RDONLY)
             try:
-                _sys.utimensat(fd, None, at, mt, 0)
+                _sys.futimens(fd, at, mt)
             finally:
                 _close(fd)
         else:
@@ -826,6 +836,8 @@ class Session:
             finally:
                 if owned:
                     _close(pfd)
+        if unsupported:
+            _empty_path_ok["utimensat"] = False
 
     def lopen(self, m: Tlopen) -> Rlopen:
         """Open the fid's file for I/O (once per fid; a second Tlopen is EINVAL).
