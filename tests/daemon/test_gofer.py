@@ -1,0 +1,300 @@
+"""The real confined gofer process, end to end over its inherited sockets.
+
+Bundle: rw root with ``hello.txt``; ``/ro`` (read-only 9P mount) and ``/rw`` (read-write) whose
+trees live in the rootfs, so the gofer is tested alone (launch's bind mounts: test_launch_cli.py).
+A secret file sits next to the rootfs, on the host, where no walk may reach.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gofer9p.confine import KEEP_CAPS_MASK
+
+from .conftest import Gofer, make_bundle, proc_status
+from .ninep import O_RDONLY, O_RDWR, NineP
+
+SERVING = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z gofer9p INFO serving bundle "
+
+
+@pytest.fixture
+def bundle(tmp_path: Path) -> Path:
+    b = make_bundle(
+        tmp_path,
+        mounts=[("/ro", "unused-ro", ["rbind", "ro"]), ("/rw", "unused-rw", ["rbind"])],
+    )
+    root = b / "rootfs"
+    (root / "ro").mkdir()
+    (root / "ro" / "ro.txt").write_text("read only tree\n")
+    (root / "rw").mkdir()
+    (root / "rw" / "rw.txt").write_text("read write tree\n")
+    (b / "secret.txt").write_text("host secret\n")
+    (root / "abs-escape").symlink_to(b / "secret.txt")
+    (root / "rel-escape").symlink_to("../secret.txt")
+    (root / "dir-escape").symlink_to(b)
+    return b
+
+
+@pytest.fixture
+def gofer(tmp_path: Path, bundle: Path) -> Iterator[Gofer]:
+    g = Gofer(tmp_path, bundle)
+    yield g
+    g.stop()
+
+
+def _clients(g: Gofer) -> list[NineP]:
+    """Version + attach fid 1 on every connection; the root qid is kept as ``c.root_qid``."""
+    cs = [NineP(s) for s in g.sockets]
+    for c in cs:
+        assert c.version() == (65536, b"9P2000.L")
+        c.root_qid = c.attach(1)
+    return cs
+
+
+def test_each_fd_serves_its_own_tree(gofer: Gofer, bundle: Path) -> None:
+    root, ro, rw = _clients(gofer)
+    assert root.read_file(1, b"hello.txt") == b"hello from root\n"
+    assert ro.read_file(1, b"ro.txt") == b"read only tree\n"
+    assert rw.read_file(1, b"rw.txt") == b"read write tree\n"
+    for c, absent in ((ro, b"hello.txt"), (rw, b"ro.txt"), (root, b"rw.txt")):
+        with pytest.raises(OSError) as ei:
+            c.walk(1, 2, absent)
+        assert ei.value.errno == errno.ENOENT
+    # The root tree includes the mounts' directories, as the sandbox's root would.
+    assert root.read_file(1, b"ro", b"ro.txt") == b"read only tree\n"
+    # The process is chrooted into the rootfs.
+    assert os.readlink(f"/proc/{gofer.pid}/root") == str(bundle / "rootfs")
+    gofer.wait_log(SERVING)
+
+
+def test_host_files_outside_rootfs_unreachable(gofer: Gofer) -> None:
+    root, ro, _ = _clients(gofer)
+    for c in (root, ro):
+        # ".." at the attach root stays there.
+        assert c.walk(1, 5, b"..") == [c.root_qid]
+        with pytest.raises(OSError):
+            c.walk(1, 7, b"..", b"..", b"secret.txt")
+        with pytest.raises(OSError):
+            c.walk(1, 8, b"..", b"bundle", b"secret.txt")
+        c.clunk(5)
+    with pytest.raises(OSError):
+        ro.walk(1, 9, b"..", b"hello.txt")  # the root's tree is above /ro's attach root
+    for link in (b"abs-escape", b"rel-escape"):
+        root.walk(1, 10, link)
+        target = root.readlink(10)
+        assert target in (b"../secret.txt",) or target.endswith(b"/secret.txt")
+        with pytest.raises(OSError):
+            root.lopen(10, O_RDONLY)  # symlinks are never followed on the host
+        root.clunk(10)
+    with pytest.raises(OSError):
+        root.walk(1, 11, b"dir-escape", b"secret.txt")
+    log = gofer.log()
+    assert "host secret" not in log
+
+
+def test_ro_mount_is_erofs_rw_mount_writes(gofer: Gofer, bundle: Path) -> None:
+    root, ro, rw = _clients(gofer)
+    for op in (
+        lambda: ro.write_file(1, (), b"new.txt", b"x"),
+        lambda: ro.mkdir(1, b"newdir"),
+    ):
+        with pytest.raises(OSError) as ei:
+            op()
+        assert ei.value.errno == errno.EROFS
+    ro.walk(1, 3, b"ro.txt")
+    with pytest.raises(OSError) as ei:
+        ro.lopen(3, O_RDWR)
+    assert ei.value.errno == errno.EROFS
+    rw.write_file(1, (), b"new.txt", b"written via 9P")
+    assert (bundle / "rootfs" / "rw" / "new.txt").read_text() == "written via 9P"
+    root.write_file(1, (), b"top.txt", b"root is rw")
+    assert (bundle / "rootfs" / "top.txt").read_text() == "root is rw"
+    assert not (bundle / "rootfs" / "ro" / "new.txt").exists()
+    assert gofer.proc.poll() is None
+
+
+def test_every_thread_confined(gofer: Gofer) -> None:
+    root, _, rw = _clients(gofer)
+    # O_TRUNC creates and fsync run in trio worker threads: make sure some exist.
+    for i in range(4):
+        rw.write_file(1, (), f"t{i}".encode(), b"x" * 100)
+    rw.walk(1, 4, b"t0")
+    rw.lopen(4, O_RDWR)
+    rw.fsync(4)
+    tasks = proc_status(gofer.pid)
+    assert len(tasks) >= 2, "no worker thread was started"
+    for tid, st in tasks.items():
+        for k in ("CapEff", "CapPrm", "CapBnd"):
+            assert int(st[k], 16) == KEEP_CAPS_MASK == 0x4001F, (tid, k, st[k])
+        assert int(st["CapInh"], 16) == 0 and int(st["CapAmb"], 16) == 0, tid
+        assert st["NoNewPrivs"] == "1", tid
+        assert st["Seccomp"] == "2", tid
+    assert root.read_file(1, b"hello.txt") == b"hello from root\n"
+
+
+def test_apply_caps_false_keeps_caps(tmp_path: Path, bundle: Path) -> None:
+    g = Gofer(tmp_path, bundle, apply_caps=False, seccomp="off")
+    try:
+        g.wait_log(SERVING + r".*caps kept, seccomp off")
+        st = proc_status(g.pid)[g.pid]
+        assert int(st["CapEff"], 16) != KEEP_CAPS_MASK
+        assert st["Seccomp"] == "0" and st["NoNewPrivs"] == "1"
+    finally:
+        g.stop()
+
+
+def test_exit_0_when_every_connection_ends(gofer: Gofer) -> None:
+    root, ro, rw = _clients(gofer)
+    root.sock.close()
+    ro.sock.close()
+    time.sleep(0.2)
+    assert gofer.proc.poll() is None  # one connection still open
+    assert rw.read_file(1, b"rw.txt") == b"read write tree\n"
+    rw.sock.close()
+    assert gofer.wait() == 0
+    assert re.search(r"gofer9p INFO exiting with status 0$", gofer.log(), re.M)
+
+
+def test_sigterm_exits_0(gofer: Gofer) -> None:
+    _clients(gofer)
+    gofer.proc.send_signal(signal.SIGTERM)
+    assert gofer.wait() == 0
+    assert "SIGTERM received" in gofer.log()
+
+
+def test_sigint_exits_0(gofer: Gofer) -> None:
+    gofer.wait_log(SERVING)
+    gofer.proc.send_signal(signal.SIGINT)
+    assert gofer.wait() == 0
+    assert "SIGINT received" in gofer.log()
+
+
+def test_panic_on_write(tmp_path: Path, bundle: Path) -> None:
+    g = Gofer(tmp_path, bundle, panic_on_write=True)
+    try:
+        root, ro, rw = _clients(g)
+        rw.write_file(1, (), b"fine.txt", b"rw writes still work")  # rw: unaffected
+        assert (bundle / "rootfs" / "rw" / "fine.txt").exists()
+        assert g.proc.poll() is None
+        with pytest.raises((EOFError, ConnectionError)):
+            ro.mkdir(1, b"boom")
+        rc = g.wait()
+        assert rc not in (0, None) and rc == 70, g.log()
+        assert "CRITICAL" in g.log()
+        for other in (root.sock, rw.sock):
+            other.settimeout(5)
+            assert other.recv(10) == b""  # EOF: the whole gofer is gone
+        assert not (bundle / "rootfs" / "ro" / "boom").exists()
+    finally:
+        g.stop()
+
+
+@pytest.mark.parametrize("call", ["socket", "fork", "ioctl", "setuid"])
+def test_forbidden_syscall_kills_with_sigsys(tmp_path: Path, bundle: Path, call: str) -> None:
+    g = Gofer(
+        tmp_path,
+        bundle,
+        module="gofer9p.testing.gofer_with_hooks",
+        env={"GOFER9P_TEST_FORBIDDEN_SYSCALL": call},
+    )
+    try:
+        root, _, _ = _clients(g)
+        g.wait_log(SERVING)
+        g.proc.send_signal(signal.SIGUSR1)
+        assert g.wait() == -signal.SIGSYS, g.log()
+        root.sock.settimeout(5)
+        assert root.sock.recv(10) == b""
+    finally:
+        g.stop()
+
+
+def test_clone3_answers_enosys(tmp_path: Path, bundle: Path) -> None:
+    g = Gofer(
+        tmp_path,
+        bundle,
+        module="gofer9p.testing.gofer_with_hooks",
+        env={"GOFER9P_TEST_FORBIDDEN_SYSCALL": "clone3"},
+    )
+    try:
+        g.wait_log(SERVING)
+        g.proc.send_signal(signal.SIGUSR1)
+        g.wait_log(r"^hook: clone3 survived -1 ENOSYS$")
+        assert g.proc.poll() is None
+    finally:
+        g.stop()
+
+
+def test_log_mode_lets_forbidden_syscall_through(tmp_path: Path, bundle: Path) -> None:
+    g = Gofer(
+        tmp_path,
+        bundle,
+        module="gofer9p.testing.gofer_with_hooks",
+        seccomp="log",
+        env={"GOFER9P_TEST_FORBIDDEN_SYSCALL": "socket"},
+    )
+    try:
+        g.wait_log(SERVING + r".*seccomp log")
+        g.proc.send_signal(signal.SIGUSR1)
+        g.wait_log(r"^hook: socket survived ok$")
+        assert g.proc.poll() is None
+    finally:
+        g.stop()
+
+
+def test_release_entry_point_has_no_hook(tmp_path: Path, bundle: Path) -> None:
+    """The env var means nothing to ``python -m gofer9p.daemon``: SIGUSR1 keeps its default."""
+    g = Gofer(tmp_path, bundle, env={"GOFER9P_TEST_FORBIDDEN_SYSCALL": "socket"})
+    try:
+        g.wait_log(SERVING)
+        g.proc.send_signal(signal.SIGUSR1)
+        assert g.wait() == -signal.SIGUSR1
+        assert "hook:" not in g.log()
+    finally:
+        g.stop()
+
+
+def test_user_namespace_gofer(tmp_path: Path) -> None:
+    b = make_bundle(
+        tmp_path,
+        extra={
+            "linux": {
+                "uidMappings": [{"containerID": 0, "hostID": 0, "size": 1}],
+                "gidMappings": [{"containerID": 0, "hostID": 0, "size": 1}],
+            }
+        },
+    )
+    g = Gofer(tmp_path, b)
+    try:
+        (c,) = _clients(g)
+        assert c.read_file(1, b"hello.txt") == b"hello from root\n"
+        assert os.readlink(f"/proc/{g.pid}/ns/user") != os.readlink("/proc/self/ns/user")
+        st = proc_status(g.pid)[g.pid]
+        assert int(st["CapEff"], 16) == KEEP_CAPS_MASK and st["Seccomp"] == "2"
+    finally:
+        g.stop()
+
+
+def test_startup_is_fast(tmp_path: Path, bundle: Path) -> None:
+    t0 = time.monotonic()
+    g = Gofer(tmp_path, bundle)
+    try:
+        g.wait_log(SERVING)
+        elapsed = time.monotonic() - t0
+    finally:
+        g.stop()
+    assert elapsed < 3.0, elapsed
+
+
+def test_socketpair_helper_sanity() -> None:
+    a, b = socket.socketpair()
+    a.close()
+    b.close()
