@@ -607,3 +607,7 @@ async def _one_client(lsock: Any, sand: socket.socket) -> None:
     async with trio.open_nursery() as n:
         n.start_soon(pump, client, sandbox)
         n.start_soon(pump, sandbox, client)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

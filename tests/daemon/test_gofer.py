@@ -103,13 +103,12 @@ def test_host_files_outside_rootfs_unreachable(gofer: Gofer) -> None:
 
 def test_ro_mount_is_erofs_rw_mount_writes(gofer: Gofer, bundle: Path) -> None:
     root, ro, rw = _clients(gofer)
-    for op in (
-        lambda: ro.write_file(1, (), b"new.txt", b"x"),
-        lambda: ro.mkdir(1, b"newdir"),
-    ):
-        with pytest.raises(OSError) as ei:
-            op()
-        assert ei.value.errno == errno.EROFS
+    with pytest.raises(OSError) as ei:
+        ro.write_file(1, (), b"new.txt", b"x")
+    assert ei.value.errno == errno.EROFS
+    with pytest.raises(OSError) as ei:
+        ro.mkdir(1, b"newdir")
+    assert ei.value.errno == errno.EROFS
     ro.walk(1, 3, b"ro.txt")
     with pytest.raises(OSError) as ei:
         ro.lopen(3, O_RDWR)

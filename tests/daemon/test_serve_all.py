@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import errno
 import socket
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import trio
@@ -29,8 +29,8 @@ async def _run(monkeypatch: pytest.MonkeyPatch, behaviours: list[str]) -> int:
         return await daemon._serve_all(
             list(range(len(behaviours))),
             socks,
-            [object()] * len(behaviours),
-            object(),  # type: ignore[list-item,arg-type]
+            [cast(Any, object())] * len(behaviours),
+            cast(Any, object()),
         )
     finally:
         for s in socks:
