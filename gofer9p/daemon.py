@@ -201,11 +201,22 @@ def _open_attach_points(spec: Spec, panic_on_write: bool) -> list[AttachPoint]:
 
 def _preload() -> None:
     """Import everything serving needs while the host's Python library is still reachable."""
-    import trio
+    import trio  # noqa: F401
 
     from . import attach, server  # noqa: F401
 
-    trio.lowlevel.current_clock  # noqa: B018 - touch trio's lazily bound lowlevel API
+
+class _LateImportWarner:
+    """A ``sys.meta_path`` finder that only reports: after the chroot, an import of a module not
+    yet loaded will usually fail (the library is outside the root), so say which one, once."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if name not in self.seen:
+            self.seen.add(name)
+            log.warning("module %s imported after the chroot; preload it in daemon._preload", name)
 
 
 def run(
@@ -277,6 +288,7 @@ def _run(argv: Sequence[str] | None, after_confine: Callable[[], None] | None) -
         f" ({allowed} syscalls)" if allowed else "",
         ", panic-on-write" if args.panic_on_write else "",
     )
+    sys.meta_path.insert(0, _LateImportWarner())
     if after_confine is not None:
         after_confine()
 

@@ -76,29 +76,36 @@ def test_each_fd_serves_its_own_tree(gofer: Gofer, bundle: Path) -> None:
     gofer.wait_log(SERVING)
 
 
+def _unreachable(c: NineP, *names: bytes) -> None:
+    """A walk that must not reach its end: Rlerror on the first name, or fewer qids (9P's
+    partial walk, after which newfid does not exist)."""
+    try:
+        qids = c.walk(1, 77, *names)
+    except OSError:
+        return
+    assert len(qids) < len(names), names
+
+
 def test_host_files_outside_rootfs_unreachable(gofer: Gofer) -> None:
     root, ro, _ = _clients(gofer)
     for c in (root, ro):
         # ".." at the attach root stays there.
         assert c.walk(1, 5, b"..") == [c.root_qid]
-        with pytest.raises(OSError):
-            c.walk(1, 7, b"..", b"..", b"secret.txt")
-        with pytest.raises(OSError):
-            c.walk(1, 8, b"..", b"bundle", b"secret.txt")
+        assert c.walk(1, 6, b"..", b"..", b"..") == [c.root_qid] * 3
         c.clunk(5)
-    with pytest.raises(OSError):
-        ro.walk(1, 9, b"..", b"hello.txt")  # the root's tree is above /ro's attach root
+        c.clunk(6)
+        _unreachable(c, b"..", b"..", b"secret.txt")
+        _unreachable(c, b"..", b"bundle", b"secret.txt")
+    _unreachable(ro, b"..", b"hello.txt")  # the root's tree is above /ro's attach root
     for link in (b"abs-escape", b"rel-escape"):
         root.walk(1, 10, link)
         target = root.readlink(10)
-        assert target in (b"../secret.txt",) or target.endswith(b"/secret.txt")
+        assert target == b"../secret.txt" or target.endswith(b"/secret.txt")
         with pytest.raises(OSError):
             root.lopen(10, O_RDONLY)  # symlinks are never followed on the host
         root.clunk(10)
-    with pytest.raises(OSError):
-        root.walk(1, 11, b"dir-escape", b"secret.txt")
-    log = gofer.log()
-    assert "host secret" not in log
+    _unreachable(root, b"dir-escape", b"secret.txt")
+    assert "host secret" not in gofer.log()
 
 
 def test_ro_mount_is_erofs_rw_mount_writes(gofer: Gofer, bundle: Path) -> None:
