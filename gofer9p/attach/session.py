@@ -384,12 +384,47 @@ class Session:
     def _is_root(self, f: _Fid) -> bool:
         return f.ino == self.point.root_ino and f.dev == self.point.root_dev
 
-    def _locate(self, f: _Fid) -> tuple[int, bytes, bool]:
+    def _inside(self, dfd: int) -> bool:
+        """Whether directory ``dfd`` is the attach root or below it.
+
+        Walks up with ``openat("..")`` until it meets the root (True) or the
+        top of the file system (False).  Only needed where a directory was
+        reached by going *up* or could have been moved by someone else: a
+        sandbox alone cannot move anything out of its tree (renames are
+        relative to fds inside it), but the host can, and a directory moved
+        out must not become a way to list, walk or change what is outside.
+        """
+        rdev, rino = self.point.root_dev, self.point.root_ino
+        st = _fstat(dfd)
+        cur, owned = dfd, False
+        try:
+            for _ in range(4096):
+                if st.st_ino == rino and st.st_dev == rdev:
+                    return True
+                nfd = os.open(b"..", _O_PATH_DIR, dir_fd=cur)
+                if owned:
+                    _close(cur)
+                cur, owned = nfd, True
+                nst = _fstat(nfd)
+                if nst.st_ino == st.st_ino and nst.st_dev == st.st_dev:
+                    return False  # "/" (or the chroot's root) is its own parent
+                st = nst
+            return False
+        finally:
+            if owned:
+                _close(cur)
+
+    def _locate(self, f: _Fid, mutating: bool = False) -> tuple[int, bytes, bool]:
         """The directory fd and name under which ``f``'s file is linked now.
 
         Returns ``(dirfd, name, owned)``; the caller closes ``dirfd`` when
         ``owned``.  EBUSY for the attach root (it has no name we may touch),
-        ENOENT when the file has no name left in that directory.
+        ENOENT when the file has no name left in that directory, or when that
+        directory is no longer inside the attach root (checked for
+        directories, whose parent is found by going up; before scanning a
+        directory; and when the caller is going to change the directory
+        entry, ``mutating``).  Re-opening a verified name of a non-directory
+        needs no such check: it is the very inode the fid already holds.
         """
         if self._is_root(f):
             raise _err(errno.EBUSY)
@@ -400,6 +435,9 @@ class Session:
         else:
             raise _err(errno.EBADF)
         try:
+            checked = owned or mutating
+            if checked and not self._inside(pfd):
+                raise _err(errno.ENOENT)
             name = f.path[-1] if f.path else b""
             if name:
                 try:
@@ -408,6 +446,8 @@ class Session:
                         return pfd, name, owned
                 except OSError:
                     pass
+            if not checked and not self._inside(pfd):
+                raise _err(errno.ENOENT)
             name = self._find_name(pfd, f)
             f.path = (*f.path[:-1], name)
             return pfd, name, owned
@@ -542,6 +582,10 @@ class Session:
                             qids.append(point.root_qid)
                             continue
                         nfd = os.open(b"..", _O_PATH_DIR, dir_fd=cur)
+                        if not self._inside(nfd):
+                            # Only if the host moved us out of the tree: clamp.
+                            _close(nfd)
+                            nfd = os.dup(point.fd)
                     else:
                         if not name or name == b"." or b"/" in name or b"\0" in name:
                             raise _err(errno.EINVAL)
@@ -559,12 +603,13 @@ class Session:
                     _close(prev)
                 prev, prev_owned = cur, cur_owned
                 cur, cur_owned = nfd, True
-                if name == b"..":
-                    if path:
-                        path.pop()
-                else:
-                    path.append(name)
                 dev, ino, fmt = st.st_dev, st.st_ino, st.st_mode & _S_IFMT
+                if name != b"..":
+                    path.append(name)
+                elif ino == rino and dev == rdev:
+                    path.clear()
+                elif path:
+                    path.pop()
                 qid = point.qid(st)
                 qids.append(qid)
             # Build the new fid; it takes over cur (and prev as parent of a non-directory).
@@ -694,7 +739,7 @@ class Session:
                 self._deny("remove")
             if f.xmode == _XREAD:
                 raise _err(errno.EBADF)
-            pfd, name, owned = self._locate(f)
+            pfd, name, owned = self._locate(f, mutating=True)
             try:
                 if f.fmt == _DIR:
                     os.rmdir(name, dir_fd=pfd)
@@ -830,7 +875,7 @@ class Session:
             finally:
                 _close(fd)
         else:
-            pfd, name, owned = self._locate(f)
+            pfd, name, owned = self._locate(f, mutating=True)
             try:
                 _sys.utimensat(pfd, name, at, mt, _sys.AT_SYMLINK_NOFOLLOW)
             finally:
@@ -985,7 +1030,7 @@ class Session:
             try:
                 if f.fmt == _DIR:
                     raise _err(errno.EPERM)
-                pfd, oname, owned = self._locate(f)
+                pfd, oname, owned = self._locate(f, mutating=True)
                 try:
                     os.link(oname, m.name, src_dir_fd=pfd, dst_dir_fd=d.fd, follow_symlinks=False)
                 finally:
@@ -1006,7 +1051,7 @@ class Session:
         try:
             f = self._get(m.fid)
             try:
-                pfd, oname, owned = self._locate(f)
+                pfd, oname, owned = self._locate(f, mutating=True)
                 try:
                     os.rename(oname, m.name, src_dir_fd=pfd, dst_dir_fd=d.fd)
                 finally:
@@ -1059,6 +1104,18 @@ class Session:
         finally:
             self._put(d)
         return Runlinkat(m.tag)
+
+    def read_blocks(self, fid: int) -> bool:
+        """Whether a Tread of ``fid`` should go to a worker thread whatever its size.
+
+        True for an open file that is neither a regular file nor a directory
+        (a FIFO: its fd is non-blocking, but what it does is up to another
+        process, so keep it off the event loop).  Unknown fids: False (the
+        read fails at once with EBADF).  Lock-free: a stale answer only
+        changes which thread runs the read.
+        """
+        f = self._fids.get(fid)
+        return f is not None and f.ofd >= 0 and f.fmt != _REG and f.fmt != _DIR
 
     def read_into(self, fid: int, offset: int, view: memoryview) -> int:
         """Tread: fill ``view`` from the fid at ``offset`` (preadv, no copy); bytes read.

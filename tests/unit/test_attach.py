@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import stat
 import struct
 import threading
@@ -318,6 +319,30 @@ def test_dotdot_when_dir_moved_out_of_attached_subtree(point: AttachPoint, root:
     s.reset()
 
 
+def test_directory_moved_out_by_the_host(s: Session, root: Path, tmp_path: Path) -> None:
+    """A sandbox cannot move anything out of its tree, but the host can: a fid left in
+    a directory moved out must not become a way to go up, list or change outside."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("secret")
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "a" / "b" / "f").write_text("f")
+    walk(s, 1, b"a", b"b")
+    walk(s, 2, b"a", b"b", b"f")
+    walk(s, 3, b"a")
+    os.rename(root / "a", outside / "a")
+    rq = s.point.root_qid
+    assert walk(s, 4, b"..", fid=1) == [rq]  # a's parent is outside: clamped
+    assert walk(s, 5, b"..", b"..", b"..", fid=1) == [rq] * 3
+    lopen(s, 4)
+    assert b"secret" not in [e[3] for e in readdir_all(s, 4)]
+    err(errno.ENOENT, s.remove, Tremove(1, 3))
+    err(errno.ENOENT, s.rename, Trename(1, 2, ROOT, b"stolen"))
+    err(errno.ENOENT, s.link, Tlink(1, ROOT, 2, b"stolen"))
+    assert sorted(os.listdir(outside)) == ["a", "secret"]
+    assert (outside / "a" / "b" / "f").exists() and not (root / "stolen").exists()
+
+
 def test_max_fids(point: AttachPoint) -> None:
     s = Session(point, max_fids=3)
     s.attach(Tattach(1, 0, NOFID, b"", b"", 0))
@@ -367,13 +392,24 @@ def test_getattr_device_node_rdev(s: Session, root: Path) -> None:
 # ----------------------------------------------------------------- setattr
 
 
+@pytest.fixture(params=[True, False], ids=["at_empty_path", "fallback"])
+def empty_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Run a test with AT_EMPTY_PATH utimensat/fchmodat2, and with the re-open fallbacks
+    used on kernels that lack them."""
+    from gofer9p.attach import session as sm
+
+    monkeypatch.setitem(sm._empty_path_ok, "utimensat", request.param)
+    monkeypatch.setitem(sm._empty_path_ok, "fchmodat2", request.param)
+    return bool(request.param)
+
+
 def _setattr(s: Session, fid: int, valid: int, **kw: int) -> None:
     args = dict(mode=0, uid=0, gid=0, size=0, atime_sec=0, atime_nsec=0, mtime_sec=0, mtime_nsec=0)
     args.update(kw)
     s.setattr(Tsetattr(1, fid, valid, **args))
 
 
-def test_setattr_mode_size_times(s: Session, root: Path) -> None:
+def test_setattr_mode_size_times(s: Session, root: Path, empty_path: bool) -> None:
     f = root / "f"
     f.write_bytes(b"0123456789")
     walk(s, 1, b"f")
@@ -399,7 +435,7 @@ def test_setattr_mode_size_times(s: Session, root: Path) -> None:
     err(errno.EINVAL, _setattr, s, 1, C.SETATTR_MTIME | C.SETATTR_MTIME_SET, mtime_nsec=2 * 10**9)
 
 
-def test_setattr_directory_and_symlink(s: Session, root: Path) -> None:
+def test_setattr_directory_and_symlink(s: Session, root: Path, empty_path: bool) -> None:
     (root / "d").mkdir(mode=0o755)
     (root / "l").symlink_to("nowhere")
     walk(s, 1, b"d")
@@ -411,6 +447,23 @@ def test_setattr_directory_and_symlink(s: Session, root: Path) -> None:
     # symlink: mode ignored, times on the link itself (never the target)
     _setattr(s, 2, C.SETATTR_MODE | C.SETATTR_MTIME | C.SETATTR_MTIME_SET, mode=0o600, mtime_sec=88)
     assert (root / "l").lstat().st_mtime == 88
+    # an open fid: mode and times through its open fd
+    (root / "f").write_text("x")
+    open_file(s, 3, b"f", C.L_O_RDONLY)
+    _setattr(s, 3, C.SETATTR_MODE | C.SETATTR_MTIME | C.SETATTR_MTIME_SET, mode=0o604, mtime_sec=99)
+    st = (root / "f").stat()
+    assert stat.S_IMODE(st.st_mode) == 0o604 and st.st_mtime == 99
+    # a socket: chmod works only where the kernel can do it on the O_PATH fd
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(root / "sock"))
+    sock.close()
+    walk(s, 4, b"sock")
+    if empty_path:
+        _setattr(s, 4, C.SETATTR_MODE, mode=0o600)
+        assert stat.S_IMODE((root / "sock").lstat().st_mode) == 0o600
+    else:
+        err(errno.EOPNOTSUPP, _setattr, s, 4, C.SETATTR_MODE, mode=0o600)
+    err(errno.ENXIO, s.lopen, Tlopen(1, 4, C.L_O_RDONLY))
 
 
 @needs_root
@@ -428,7 +481,7 @@ def test_setattr_owner(s: Session, root: Path) -> None:
     assert (root / "f").stat().st_uid == 1234  # not followed
 
 
-def test_setattr_size_on_open_and_unlinked_file(s: Session, root: Path) -> None:
+def test_setattr_size_on_open_and_unlinked_file(s: Session, root: Path, empty_path: bool) -> None:
     (root / "f").write_bytes(b"abcdef")
     open_file(s, 1, b"f", C.L_O_RDWR)
     s.unlinkat(Tunlinkat(1, ROOT, b"f", 0))
