@@ -44,12 +44,6 @@ async def test_auth_is_refused(connect_export: ConnectFn) -> None:
         await assert_fid_unknown(c, afid)
 
 
-async def test_attach_with_unknown_afid_fails(connect_export: ConnectFn) -> None:
-    async with connect_export(attach=False) as s:
-        with pytest.raises(P9Error):
-            await s.client.attach(uname=b"root", n_uname=0, afid=4242)
-
-
 async def test_attach_on_fid_in_use_fails_and_keeps_fid(server: Served) -> None:
     c = server.client
     sub = server.export / "d"
@@ -144,3 +138,14 @@ async def test_attach_after_clunk_of_root(server: Served) -> None:
         await c.walk(server.root, [])
     root = await c.attach(uname=b"root", n_uname=0)
     await c.getattr(root)
+
+
+async def test_first_attach_of_connection_as_other_uid(connect_export: ConnectFn) -> None:
+    """A connection whose only attach is uid 1234 creates 1234-owned files."""
+    async with connect_export(attach=False) as s:
+        u = await s.client.attach(uname=b"u", n_uname=1234)
+        st = await _created_owner(s, u, "f", 1234)
+        assert (st.st_uid, st.st_gid) == (1234, 1234)
+        fid = await s.client.walk_to(u, "pub/f")
+        attr = await s.client.getattr(fid)
+        assert (attr.uid, attr.gid) == (1234, 1234)

@@ -118,10 +118,10 @@ async def test_readdir_cookies_survive_concurrent_changes(server: Served) -> Non
     e = server.export
     stable = {f"s{i:03d}".encode() for i in range(400)}
     doomed = [f"v{i:03d}" for i in range(100)]
-    for n in stable:
-        (e / n.decode()).write_bytes(b"")
-    for n in doomed:
-        (e / n).write_bytes(b"")
+    for name in stable:
+        (e / name.decode()).write_bytes(b"")
+    for doomed_name in doomed:
+        (e / doomed_name).write_bytes(b"")
     c = server.client
     fid = await open_path(c, server.root, "")
     seen: list[bytes] = []
@@ -133,10 +133,10 @@ async def test_readdir_cookies_survive_concurrent_changes(server: Served) -> Non
         seen.extend(x.name for x in ents)
         offset = ents[-1].offset
     # change the directory between two pages, from the host and through 9P
-    for n in doomed[:50]:
-        (e / n).unlink()
-    for n in doomed[50:60]:
-        await c.unlinkat(server.root, n.encode())
+    for doomed_name in doomed[:50]:
+        (e / doomed_name).unlink()
+    for doomed_name in doomed[50:60]:
+        await c.unlinkat(server.root, doomed_name.encode())
     for i in range(50):
         (e / f"n{i:03d}").write_bytes(b"")
     while True:

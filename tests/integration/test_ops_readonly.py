@@ -43,89 +43,89 @@ async def ro(connect_export: ConnectFn, export: Path) -> AsyncIterator[Served]:
         yield s
 
 
-Op = Callable[[Client, int, Path], Awaitable[object]]
+Op = Callable[[Client, int, Path], Awaitable[None]]
 
 
 async def _f(c: Client, root: int) -> int:
     return await c.walk_to(root, "f")
 
 
-async def _lcreate(c: Client, root: int, e: Path) -> object:
-    return await c.lcreate(await clone(c, root), b"new", C.L_O_RDWR, 0o640, 0)
+async def _lcreate(c: Client, root: int, e: Path) -> None:
+    await c.lcreate(await clone(c, root), b"new", C.L_O_RDWR, 0o640, 0)
 
 
-async def _lcreate_existing_dir(c: Client, root: int, e: Path) -> object:
+async def _lcreate_existing_dir(c: Client, root: int, e: Path) -> None:
     d = await c.walk_to(root, "d")
-    return await c.lcreate(d, b"new", C.L_O_WRONLY, 0o640, 0)
+    await c.lcreate(d, b"new", C.L_O_WRONLY, 0o640, 0)
 
 
-async def _mkdir(c: Client, root: int, e: Path) -> object:
-    return await c.mkdir(root, b"newdir", 0o755, 0)
+async def _mkdir(c: Client, root: int, e: Path) -> None:
+    await c.mkdir(root, b"newdir", 0o755, 0)
 
 
-async def _mknod(c: Client, root: int, e: Path) -> object:
-    return await c.mknod(root, b"fifo", stat.S_IFIFO | 0o640, 0, 0, 0)
+async def _mknod(c: Client, root: int, e: Path) -> None:
+    await c.mknod(root, b"fifo", stat.S_IFIFO | 0o640, 0, 0, 0)
 
 
-async def _symlink(c: Client, root: int, e: Path) -> object:
-    return await c.symlink(root, b"newlink", b"f", 0)
+async def _symlink(c: Client, root: int, e: Path) -> None:
+    await c.symlink(root, b"newlink", b"f", 0)
 
 
-async def _link(c: Client, root: int, e: Path) -> object:
-    return await c.link(root, await _f(c, root), b"hard")
+async def _link(c: Client, root: int, e: Path) -> None:
+    await c.link(root, await _f(c, root), b"hard")
 
 
-async def _rename(c: Client, root: int, e: Path) -> object:
-    return await c.rename(await _f(c, root), root, b"renamed")
+async def _rename(c: Client, root: int, e: Path) -> None:
+    await c.rename(await _f(c, root), root, b"renamed")
 
 
-async def _renameat(c: Client, root: int, e: Path) -> object:
-    return await c.renameat(root, b"f", root, b"renamed")
+async def _renameat(c: Client, root: int, e: Path) -> None:
+    await c.renameat(root, b"f", root, b"renamed")
 
 
-async def _unlinkat_file(c: Client, root: int, e: Path) -> object:
-    return await c.unlinkat(root, b"f", 0)
+async def _unlinkat_file(c: Client, root: int, e: Path) -> None:
+    await c.unlinkat(root, b"f", 0)
 
 
-async def _unlinkat_dir(c: Client, root: int, e: Path) -> object:
-    return await c.unlinkat(root, b"empty", C.AT_REMOVEDIR)
+async def _unlinkat_dir(c: Client, root: int, e: Path) -> None:
+    await c.unlinkat(root, b"empty", C.AT_REMOVEDIR)
 
 
-async def _setattr_mode(c: Client, root: int, e: Path) -> object:
-    return await c.setattr(await _f(c, root), C.SETATTR_MODE, mode=0o600)
+async def _setattr_mode(c: Client, root: int, e: Path) -> None:
+    await c.setattr(await _f(c, root), C.SETATTR_MODE, mode=0o600)
 
 
-async def _setattr_owner(c: Client, root: int, e: Path) -> object:
-    return await c.setattr(await _f(c, root), C.SETATTR_UID | C.SETATTR_GID, uid=1, gid=1)
+async def _setattr_owner(c: Client, root: int, e: Path) -> None:
+    await c.setattr(await _f(c, root), C.SETATTR_UID | C.SETATTR_GID, uid=1, gid=1)
 
 
-async def _setattr_size(c: Client, root: int, e: Path) -> object:
-    return await c.setattr(await _f(c, root), C.SETATTR_SIZE, size=0)
+async def _setattr_size(c: Client, root: int, e: Path) -> None:
+    await c.setattr(await _f(c, root), C.SETATTR_SIZE, size=0)
 
 
-async def _setattr_times(c: Client, root: int, e: Path) -> object:
-    return await c.setattr(
+async def _setattr_times(c: Client, root: int, e: Path) -> None:
+    await c.setattr(
         await _f(c, root),
         C.SETATTR_ATIME | C.SETATTR_MTIME | C.SETATTR_MTIME_SET,
         mtime=(1, 0),
     )
 
 
-async def _setattr_root(c: Client, root: int, e: Path) -> object:
-    return await c.setattr(root, C.SETATTR_MODE, mode=0o777)
+async def _setattr_root(c: Client, root: int, e: Path) -> None:
+    await c.setattr(root, C.SETATTR_MODE, mode=0o777)
 
 
-async def _xattrcreate(c: Client, root: int, e: Path) -> object:
-    return await c.xattrcreate(await _f(c, root), b"user.new", 1, 0)
+async def _xattrcreate(c: Client, root: int, e: Path) -> None:
+    await c.xattrcreate(await _f(c, root), b"user.new", 1, 0)
 
 
-async def _xattr_remove(c: Client, root: int, e: Path) -> object:
-    return await c.xattrcreate(await _f(c, root), b"user.k", 0, 0)
+async def _xattr_remove(c: Client, root: int, e: Path) -> None:
+    await c.xattrcreate(await _f(c, root), b"user.k", 0, 0)
 
 
 def _lopen(flags: int) -> Op:
-    async def op(c: Client, root: int, e: Path) -> object:
-        return await c.lopen(await _f(c, root), flags)
+    async def op(c: Client, root: int, e: Path) -> None:
+        await c.lopen(await _f(c, root), flags)
 
     return op
 

@@ -208,13 +208,22 @@ async def test_xattrcreate_unknown_fid_is_ebadf(server: Served) -> None:
         await server.client.xattrcreate(4545, b"user.x", 1, 0)
 
 
-async def test_xattrcreate_on_open_fid_fails(server: Served) -> None:
-    (server.export / "f").write_bytes(b"")
+async def test_xattrcreate_on_open_fid_never_writes_file(server: Served) -> None:
+    """Linux always clones first; an open fid is refused or becomes a pure xattr fid."""
+    p = server.export / "f"
+    p.write_bytes(b"file")
     c = server.client
     fid = await c.walk_to(server.root, "f")
-    await c.lopen(fid, C.L_O_RDONLY)
-    with pytest.raises(P9Error):
-        await c.xattrcreate(fid, b"user.x", 1, 0)
+    await c.lopen(fid, C.L_O_RDWR)
+    try:
+        await c.xattrcreate(fid, b"user.x", 2, 0)
+    except P9Error:
+        assert await c.read(fid, 0, 10) == b"file"
+        return
+    await c.write(fid, 0, b"XY")
+    await c.clunk(fid)
+    assert p.read_bytes() == b"file"
+    assert os.getxattr(p, "user.x") == b"XY"
 
 
 async def test_xattr_write_beyond_declared_size_fails(server: Served) -> None:
