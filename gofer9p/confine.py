@@ -60,6 +60,7 @@ def preload(seccomp_mode: SeccompMode = "kill", *, apply_caps: bool = True) -> N
     prctl is needed even with ``apply_caps=False``: no_new_privs is always set.
     """
     import prctl  # noqa: F401
+
     if seccomp_mode != "off":
         import pyseccomp  # noqa: F401
 
@@ -226,6 +227,7 @@ def install_seccomp(mode: SeccompMode) -> int:
 
     clone3 returns ENOSYS: its flags live in memory a filter cannot read, and glibc then falls
     back to clone(2), whose flags we *can* check (threads only, no namespaces, no fork).
+    socket(AF_UNIX) returns EACCES (see below); every other socket() kills.
     """
     if mode == "off":
         return 0
@@ -253,6 +255,9 @@ def install_seccomp(mode: SeccompMode) -> int:
         f.add_rule(sc.ALLOW, "socketpair", sc.Arg(0, sc.EQ, _AF_UNIX))
         for opt in (_PR_SET_NAME, _PR_GET_NAME):
             f.add_rule(sc.ALLOW, "prctl", sc.Arg(0, sc.EQ, opt))
+        # glibc's user lookups (Tattach by user name) first try nscd / systemd-userdb over a
+        # unix socket; make that fail softly so they fall back to the chroot's /etc/passwd.
+        f.add_rule(sc.ERRNO(errno.EACCES), "socket", sc.Arg(0, sc.EQ, _AF_UNIX))
         allowed += 5
         if _resolve(sc, "clone3") is not None:
             f.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")

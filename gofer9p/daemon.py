@@ -200,10 +200,26 @@ def _open_attach_points(spec: Spec, panic_on_write: bool) -> list[AttachPoint]:
 
 
 def _preload() -> None:
-    """Import everything serving needs while the host's Python library is still reachable."""
+    """Import everything serving needs while the host's Python library is still reachable.
+
+    Also make one user and one group lookup: glibc (2.33+) loads its NSS configuration and
+    modules now, from the host, and after it notices the chroot it never reloads them.  Without
+    this, the first Tattach by user name would read the *sandbox's* /etc/nsswitch.conf and could
+    dlopen a library from the sandbox-controlled root into the gofer.  Later lookups still read
+    the chroot's /etc/passwd (the "files" source), which is the right namespace for 9P unames.
+    """
+    import grp
+    import pwd
+
     import trio  # noqa: F401
 
     from . import attach, server  # noqa: F401
+
+    for lookup in (pwd.getpwnam, grp.getgrnam):
+        try:
+            lookup("root")
+        except KeyError:
+            pass
 
 
 class _LateImportWarner:

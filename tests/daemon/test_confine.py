@@ -128,6 +128,21 @@ def test_threads_may_name_themselves() -> None:
     assert r.stdout.strip() == "named"
 
 
+def test_unix_socket_is_eacces_not_kill() -> None:
+    r = _run(
+        "kill",
+        """
+        import socket
+        try:
+            socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        except PermissionError:
+            print("EACCES")
+        """,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "EACCES"
+
+
 def test_clone3_is_enosys_so_threads_use_clone() -> None:
     r = _run(
         "kill",

@@ -304,3 +304,26 @@ def test_socketpair_helper_sanity() -> None:
     a, b = socket.socketpair()
     a.close()
     b.close()
+
+
+def test_attach_by_user_name_uses_the_roots_passwd_not_its_nss(tmp_path: Path) -> None:
+    """Tattach with a user name: the chroot's /etc/passwd answers, the sandbox's nsswitch.conf is
+    ignored (glibc NSS is pinned before the chroot), and nscd/userdb socket attempts fail softly
+    instead of tripping seccomp."""
+    b = make_bundle(tmp_path)
+    etc = b / "rootfs" / "etc"
+    etc.mkdir()
+    (etc / "passwd").write_text("root:x:0:0::/root:/bin/sh\nbob:x:1234:1234::/home/bob:/bin/sh\n")
+    (etc / "nsswitch.conf").write_text("passwd: evil\ngroup: evil\n")
+    g = Gofer(tmp_path, b)
+    try:
+        (c,) = [NineP(s) for s in g.sockets]
+        c.version()
+        assert c.attach(1, uname=b"bob", n_uname=0xFFFFFFFF)
+        with pytest.raises(OSError) as ei:
+            c.attach(2, uname=b"nobody-here", n_uname=0xFFFFFFFF)
+        assert ei.value.errno == errno.EINVAL
+        assert c.attach(3, uname=b"1234", n_uname=0xFFFFFFFF)
+        assert g.proc.poll() is None
+    finally:
+        g.stop()
