@@ -115,6 +115,8 @@ XATTR_MAX = 64 * 1024
 BLOCKING_IO_THRESHOLD = 64 * 1024
 """Reads/writes larger than this are worth a worker thread (see :func:`is_blocking`)."""
 
+_XATTR_NS = b"user."
+_XATTR_NS_STR = "user."
 _DIRENT_BUFSIZE = 32 * 1024
 _MASK64 = (1 << 64) - 1
 _NS = 1_000_000_000
@@ -1328,10 +1330,19 @@ class Session:
 
     def xattrwalk(self, m: Txattrwalk) -> Rxattrwalk:
         """``newfid`` gets the value of xattr ``name`` (or, for "", the NUL-terminated
-        list of names) for Tread; the reply says its size."""
+        list of names) for Tread; the reply says its size.
+
+        Only the ``user.`` namespace is served (as gVisor's gofer does): the
+        others hold host policy (``security.capability``, SELinux labels,
+        ``trusted.overlay.*`` that steers host overlay mounts) that a sandbox
+        must neither read nor set.  Other names are EOPNOTSUPP and are left
+        out of listings.
+        """
         name = m.name
         if b"\0" in name:
             raise _err(errno.EINVAL)
+        if name and not name.startswith(_XATTR_NS):
+            raise _err(errno.EOPNOTSUPP)
         f = self._get(m.fid)
         try:
             if f.xmode or f.fd < 0:
@@ -1340,7 +1351,10 @@ class Session:
             fd, owned = self._xattr_fd(f)
             try:
                 if not name:
-                    data = b"".join(os.fsencode(n) + b"\0" for n in os.listxattr(fd)) if fd >= 0 else b""
+                    names = os.listxattr(fd) if fd >= 0 else []
+                    data = b"".join(
+                        os.fsencode(n) + b"\0" for n in names if n.startswith(_XATTR_NS_STR)
+                    )
                 elif fd < 0:
                     raise _err(errno.ENODATA)
                 else:
@@ -1361,12 +1375,14 @@ class Session:
     def xattrcreate(self, m: Txattrcreate) -> Rxattrcreate:
         """Turn ``fid`` into a write-only xattr fid; Twrites fill exactly
         ``attr_size`` bytes and Tclunk commits (size 0: remove the xattr, which is
-        how Linux v9fs removes one)."""
+        how Linux v9fs removes one).  ``user.`` names only (see :meth:`xattrwalk`)."""
         if self._ro:
             self._deny("xattrcreate")
         name = m.name
         if not name or b"\0" in name:
             raise _err(errno.EINVAL)
+        if not name.startswith(_XATTR_NS):
+            raise _err(errno.EOPNOTSUPP)
         if m.attr_size > XATTR_MAX:
             raise _err(errno.E2BIG)
         if m.flags & ~(C.XATTR_CREATE | C.XATTR_REPLACE) or m.flags == C.XATTR_CREATE | C.XATTR_REPLACE:

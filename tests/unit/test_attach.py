@@ -859,6 +859,15 @@ def test_xattrs(s: Session, root: Path) -> None:
     err(errno.E2BIG, s.xattrcreate, Txattrcreate(1, 1, b"user.big", 65537, 0))
     err(errno.EINVAL, s.xattrcreate, Txattrcreate(1, 1, b"user.x", 1, 3))
     err(errno.EINVAL, s.xattrcreate, Txattrcreate(1, 1, b"", 1, 0))
+    # only the user namespace is served
+    err(errno.EOPNOTSUPP, s.xattrcreate, Txattrcreate(1, 1, b"security.capability", 1, 0))
+    err(errno.EOPNOTSUPP, s.xattrcreate, Txattrcreate(1, 1, b"trusted.overlay.redirect", 1, 0))
+    err(errno.EOPNOTSUPP, s.xattrwalk, Txattrwalk(1, 1, 9, b"security.selinux"))
+    if as_root():
+        os.setxattr(root / "f", "trusted.hidden", b"host")
+        s.xattrwalk(Txattrwalk(1, 1, 9, b""))
+        assert b"trusted" not in read(s, 9)
+        clunk(s, 9)
     # directories, via the root fid
     walk(s, 4)
     s.xattrcreate(Txattrcreate(1, 4, b"user.dir", 2, 0))
