@@ -392,3 +392,15 @@ async def test_setattr_unlinked_file_enoent_or_ok(server: Served) -> None:
         assert e.errno in (errno.ENOENT, errno.ESTALE), e
         return
     assert stat.S_IMODE((await c.getattr(fid)).mode) == 0o600
+
+
+async def test_setattr_mode_with_file_type_bits(server: Served) -> None:
+    """Linux v9fs sends ``ia_mode`` including the S_IFMT bits of the inode."""
+    p = server.export / "f"
+    p.write_bytes(b"")
+    c = server.client
+    fid = await c.walk_to(server.root, "f")
+    await c.setattr(fid, C.SETATTR_MODE, mode=stat.S_IFREG | 0o600)
+    st = os.lstat(p)
+    assert stat.S_ISREG(st.st_mode)
+    assert stat.S_IMODE(st.st_mode) == 0o600

@@ -306,3 +306,48 @@ async def test_create_bad_name_is_einval(server: Served, op: str, name: bytes) -
         await CREATORS[op](server.client, server.root, name)
     assert host_tree(server.export) == before
     assert not (server.export.parent / "abs").exists()
+
+
+async def test_create_nul_name_is_einval(server: Served) -> None:
+    for op in CREATORS.values():
+        with raises_errno(errno.EINVAL):
+            await op(server.client, server.root, b"a\0b")
+    assert os.listdir(server.export) == []
+
+
+async def test_create_long_name_is_enametoolong(server: Served) -> None:
+    for op in CREATORS.values():
+        with raises_errno(errno.ENAMETOOLONG):
+            await op(server.client, server.root, b"n" * 256)
+    assert os.listdir(server.export) == []
+    # 255 is fine
+    await _mkdir(server.client, server.root, b"n" * 255)
+    assert (server.export / ("n" * 255)).is_dir()
+
+
+async def test_lcreate_mode_with_file_type_bits(server: Served) -> None:
+    """Linux sends S_IFREG in the Tlcreate mode (and S_IFDIR in Tmkdir)."""
+    c = server.client
+    fid = await clone(c, server.root)
+    await c.lcreate(fid, b"f", C.L_O_RDWR, stat.S_IFREG | 0o640, 0)
+    st = os.lstat(server.export / "f")
+    assert stat.S_ISREG(st.st_mode)
+    assert stat.S_IMODE(st.st_mode) == 0o640
+    await c.mkdir(server.root, b"d", stat.S_IFDIR | 0o750, 0)
+    st = os.lstat(server.export / "d")
+    assert stat.S_ISDIR(st.st_mode)
+    assert stat.S_IMODE(st.st_mode) == 0o750
+
+
+async def test_mknod_socket(server: Served) -> None:
+    c = server.client
+    await c.mknod(server.root, b"sock", stat.S_IFSOCK | 0o640, 0, 0, 0)
+    st = os.lstat(server.export / "sock")
+    assert stat.S_ISSOCK(st.st_mode)
+    assert stat.S_IMODE(st.st_mode) == 0o640
+
+
+async def test_mkdir_sticky_bit(server: Served) -> None:
+    """mkdir keeps the sticky bit (S_ISGID follows the parent on Linux, so it is not tested)."""
+    await server.client.mkdir(server.root, b"d", 0o1750, 0)
+    assert stat.S_IMODE(os.lstat(server.export / "d").st_mode) == 0o1750

@@ -13,7 +13,7 @@ from gofer9p.client import P9Error
 from gofer9p.protocol import constants as C
 from gofer9p.protocol.codec import DIRENT_FIXED, Dirent
 
-from .conftest import Served
+from .conftest import ConnectFn, Served
 from .helpers import (
     DOT_NAMES,
     assert_fid_unknown,
@@ -357,3 +357,26 @@ async def test_remove_does_not_remove_replacement(server: Served) -> None:
 async def test_remove_unknown_fid_is_ebadf(server: Served) -> None:
     with raises_errno(errno.EBADF):
         await server.client.remove(7777)
+
+
+async def test_readdir_count_clamped_by_msize(connect_export: ConnectFn) -> None:
+    async with connect_export(msize=8192) as s:
+        for i in range(600):
+            (s.export / f"a-rather-long-file-name-{i:04d}").write_bytes(b"")
+        c = s.client
+        fid = await open_path(c, s.root, "")
+        ents = await c.readdir(fid, 0, 10 << 20)
+        assert ents
+        assert sum(DIRENT_FIXED + len(x.name) for x in ents) <= 8192 - C.READDIRHDRSZ
+        total = await c.readdir_all(fid)
+        assert len([x for x in total if x.name not in DOT_NAMES]) == 600
+
+
+async def test_readdir_count_too_small_for_an_entry_is_not_the_end(server: Served) -> None:
+    """An empty reply means "end of directory"; a tiny count must not produce one early."""
+    (server.export / "some-file").write_bytes(b"")
+    c = server.client
+    fid = await open_path(c, server.root, "")
+    with raises_errno(errno.EINVAL):
+        await c.readdir(fid, 0, 10)
+    assert any(x.name == b"some-file" for x in await c.readdir_all(fid))
