@@ -1392,6 +1392,10 @@ class Session:
             with self._lock:
                 ok = not f.xmode and f.fd >= 0
                 if ok:
+                    if f.ofd >= 0:
+                        # The fid is an xattr fid now: no more file I/O through it.
+                        f.retired.append(f.ofd)
+                        f.ofd = -1
                     f.xmode = _XWRITE
                     f.xname = name
                     f.xsize = m.attr_size

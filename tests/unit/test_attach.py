@@ -859,6 +859,14 @@ def test_xattrs(s: Session, root: Path) -> None:
     err(errno.E2BIG, s.xattrcreate, Txattrcreate(1, 1, b"user.big", 65537, 0))
     err(errno.EINVAL, s.xattrcreate, Txattrcreate(1, 1, b"user.x", 1, 3))
     err(errno.EINVAL, s.xattrcreate, Txattrcreate(1, 1, b"", 1, 0))
+    # an opened fid turned into an xattr fid never writes the file
+    open_file(s, 5, b"f", C.L_O_RDWR)
+    s.xattrcreate(Txattrcreate(1, 5, b"user.o", 2, 0))
+    write(s, 5, b"OO")
+    err(errno.EBADF, read, s, 5)
+    err(errno.EBADF, s.fsync, Tfsync(1, 5, 0))
+    clunk(s, 5)
+    assert (root / "f").read_text() == "x" and os.getxattr(root / "f", "user.o") == b"OO"
     # only the user namespace is served
     err(errno.EOPNOTSUPP, s.xattrcreate, Txattrcreate(1, 1, b"security.capability", 1, 0))
     err(errno.EOPNOTSUPP, s.xattrcreate, Txattrcreate(1, 1, b"trusted.overlay.redirect", 1, 0))
