@@ -651,8 +651,12 @@ class Session:
         raise _err(errno.EOPNOTSUPP)
 
     def attach(self, m: Tattach) -> Rattach:
-        """Attach ``fid`` to the root (or to ``aname`` below it, walked like Twalk).
+        """Attach ``fid`` to the root of this connection's attach point.
 
+        The attach point is fixed per connection (the served directory, or one
+        9P mount of the bundle), so ``aname`` selects nothing: any aname
+        attaches the root, as QEMU and gVisor do (diod-style clients send the
+        export's host path, which means nothing inside the sandbox).
         The uid (n_uname, else uname as a number, else a passwd name) becomes
         the owner of files created through this fid and fids walked from it.
         ``afid`` is ignored: there is no authentication to check.
@@ -660,19 +664,8 @@ class Session:
         uid = self._uid(m.n_uname, m.uname)
         point = self.point
         root = _Fid(os.dup(point.fd), -1, (), uid, point.root_dev, point.root_ino, _DIR, point.root_qid)
-        names = [n for n in m.aname.split(b"/") if n and n != b"."]
-        if names:
-            try:
-                if len(names) > C.MAXWELEM * 16:
-                    raise _err(errno.ENAMETOOLONG)
-                _, nf = self._walk_names(root, names, partial=False)
-            finally:
-                root.close()
-            assert nf is not None
-        else:
-            nf = root
-        self._install(m.fid, nf, None)
-        return Rattach(m.tag, nf.qid)
+        self._install(m.fid, root, None)
+        return Rattach(m.tag, root.qid)
 
     @staticmethod
     def _uid(n_uname: int, uname: bytes) -> int:
