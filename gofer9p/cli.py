@@ -1,0 +1,189 @@
+"""Command line: ``gofer9p serve|gofer|launch|client``.
+
+Kept light on imports: the start-up time of ``gofer9p gofer``/``serve`` is a
+measured target, so trio and the server are imported only by the commands that
+need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+LOG_FORMAT = "%(asctime)s.%(msecs)03dZ gofer9p %(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging(level: str = "info", log_file: str | None = None) -> None:
+    """One line per event, UTC timestamps, on stderr or ``log_file``."""
+    import time
+
+    handler: logging.Handler
+    handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
+    fmt = logging.Formatter(LOG_FORMAT, datefmt="%Y-%m-%dT%H:%M:%S")
+    fmt.converter = time.gmtime
+    handler.setFormatter(fmt)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def _add_log_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error", "critical"]
+    )
+    p.add_argument("--log-file", help="append logs here instead of stderr")
+
+
+def _serve_main(args: argparse.Namespace) -> int:
+    import os
+    import socket
+
+    import trio
+
+    from .attach import AttachPoint
+    from .server import ServerConfig, serve
+
+    setup_logging(args.log_level, args.log_file)
+    log = logging.getLogger("gofer9p.serve")
+    try:
+        point = AttachPoint.open(args.directory, readonly=args.read_only)
+    except OSError as e:
+        print(f"gofer9p serve: cannot open {args.directory}: {e.strerror}", file=sys.stderr)
+        return 2
+    config = ServerConfig(max_msize=args.msize)
+
+    if args.fd is not None:
+        try:
+            os.fstat(args.fd)
+            sock = socket.socket(fileno=args.fd)
+        except OSError as e:
+            print(f"gofer9p serve: --fd {args.fd}: {e.strerror}", file=sys.stderr)
+            return 2
+        if sock.type != socket.SOCK_STREAM:
+            print(f"gofer9p serve: --fd {args.fd} is not a stream socket", file=sys.stderr)
+            return 2
+
+        async def one() -> None:
+            await serve(sock, point, config, name=f"fd{args.fd}")
+
+        try:
+            trio.run(one)
+        except OSError as e:
+            log.error("connection ended on I/O error: %s", e)
+            return 1
+        except KeyboardInterrupt:
+            return 0
+        return 0
+
+    addr: str = args.listen
+
+    async def listen() -> None:
+        if addr.startswith("unix:"):
+            path = addr[5:]
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            lsock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            await lsock.bind(path)
+        elif addr.startswith("tcp:"):
+            host, _, port = addr[4:].rpartition(":")
+            lsock = trio.socket.socket(
+                socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM
+            )
+            lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            await lsock.bind((host.strip("[]"), int(port)))
+        else:
+            raise SystemExit(
+                f"gofer9p serve: --listen wants unix:PATH or tcp:HOST:PORT, not {addr}"
+            )
+        lsock.listen(64)
+        log.info(
+            "serving %s on %s%s", args.directory, addr, " (read-only)" if args.read_only else ""
+        )
+        count = 0
+        async with trio.open_nursery() as nursery:
+            while True:
+                conn, _ = await lsock.accept()
+                count += 1
+                std = socket.socket(conn.family, conn.type, fileno=conn.detach())
+                if std.family != socket.AF_UNIX:
+                    std.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                nursery.start_soon(_serve_closing, std, point, config, f"conn{count}")
+
+    try:
+        trio.run(listen)
+    except KeyboardInterrupt:
+        log.info("interrupted, exiting")
+    return 0
+
+
+async def _serve_closing(sock: object, point: object, config: object, name: str) -> None:
+    import socket
+
+    from .server import serve
+
+    assert isinstance(sock, socket.socket)
+    try:
+        await serve(sock, point, config, name=name)  # type: ignore[arg-type]
+    except OSError as e:
+        logging.getLogger("gofer9p.serve").warning("%s: I/O error: %s", name, e)
+    finally:
+        sock.close()
+
+
+def _client_main(args: argparse.Namespace) -> int:
+    from .tool import run_client_command
+
+    return run_client_command(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gofer9p", description="A 9P2000.L file server (gofer) for sandboxes."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="serve one directory (no bundle needed)")
+    p.add_argument("directory")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--fd", type=int, help="serve the connected socket inherited at this fd")
+    where.add_argument("--listen", metavar="unix:PATH|tcp:HOST:PORT", help="accept connections")
+    p.add_argument("--read-only", action="store_true", help="every mutating request gets EROFS")
+    p.add_argument("--msize", type=int, default=4 << 20, help="largest msize granted")
+    _add_log_args(p)
+    p.set_defaults(func=_serve_main)
+
+    sub.add_parser("gofer", help="serve an OCI bundle's mounts on inherited fds", add_help=False)
+    sub.add_parser(
+        "launch", help="set up a bundle's mounts and start a gofer for it", add_help=False
+    )
+
+    c = sub.add_parser("client", help="poke a server: ls, cat, stat, put, mkdir, rm")
+    c.add_argument("address", help="unix:PATH or tcp:HOST:PORT")
+    c.add_argument("op", choices=["ls", "cat", "stat", "put", "mkdir", "rm", "df"])
+    c.add_argument("path", nargs="?", default="")
+    c.add_argument("--uid", type=int, default=0, help="n_uname to attach as")
+    c.set_defaults(func=_client_main)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # gofer and launch own their flags (gVisor-style --flag=value parsing)
+    if argv and argv[0] == "gofer":
+        from .daemon import main as gofer_main
+
+        return gofer_main(argv[1:])
+    if argv and argv[0] == "launch":
+        from .launch import main as launch_main
+
+        return launch_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

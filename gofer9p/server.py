@@ -1,0 +1,435 @@
+"""One 9P2000.L connection: framing, tags, flush, concurrency, msize.
+
+Contract of :func:`serve`:
+
+* It serves one connected stream socket until the peer closes it (EOF), a
+  framing error makes the byte stream untrustworthy (clean close), or the
+  surrounding scope is cancelled.  It returns normally in all those cases and
+  raises ``OSError`` only for a real socket I/O error.  Client misbehaviour
+  (bad frames, unknown fids, duplicate tags, anything a handler raises) never
+  escapes: it becomes an ``Rlerror`` and a log line.
+* Requests are handled in the order they arrive, but replies may go out of
+  order: requests that can block long (fsync, blocking locks, I/O on FIFOs
+  and devices, large writes) run as tasks in worker threads, the rest run
+  inline in the receive loop, which is far cheaper than a task or a thread
+  hand-off per request.  A slow request therefore never stalls a cheap one.
+* Every complete frame in a received chunk is handled before the replies of
+  that chunk are sent together (one ``sendmsg``).  The loop does not read
+  again until those replies are written: a peer that sends and never reads is
+  throttled by its own socket buffer, never by our memory.  Background tasks
+  are capped (``max_inflight``); when the cap is reached the loop stops
+  reading until one finishes.
+* ``Tflush`` of a background request cancels it if it has not started its
+  system call yet and is answered only after the old reply was sent or
+  dropped; a flush of a tag not in flight is answered at once (after any
+  reply already queued, so ordering holds).
+* ``Tversion`` starts a new session: background requests are cancelled and
+  awaited, every fid is clunked.
+
+Zero-copy: the socket is read into one reusable buffer; ``Twrite`` data is a
+memoryview of that buffer handed straight to ``pwrite``; ``Tread`` reads
+(``preadv``) straight into the reply buffer after its 11-byte header.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import trio
+
+from .attach import AttachPoint, Session
+from .protocol import constants as C
+from .protocol.codec import DECODERS, ENCODERS, HEADER, ProtocolError
+from .protocol.messages import Message, Rflush, Rversion, Twrite
+
+log = logging.getLogger("gofer9p.server")
+
+_TREAD = struct.Struct("<IQI")
+_RREAD_HDR = struct.Struct("<IBHI")
+_RLERROR = struct.Struct("<IBHI")
+_U32 = struct.Struct("<I")
+
+MIN_MSIZE = 4096
+"""Smaller msizes leave no room for a useful readdir or walk reply."""
+
+
+@attrs.define
+class ServerConfig:
+    """Per-connection limits."""
+
+    max_msize: int = 4 << 20
+    """Largest msize granted; a client asking for more gets this."""
+    max_inflight: int = 64
+    """Background (threaded) requests in flight before the loop stops reading."""
+    max_fids: int = 16384
+    """Fids per connection; more is ``EMFILE``."""
+    thread_io_threshold: int = 1 << 20
+    """Reads/writes at least this large run in a worker thread (see module doc)."""
+
+
+def _rlerror(tag: int, err: int) -> bytes:
+    return _RLERROR.pack(11, C.MsgType.RLERROR, tag, err)
+
+
+class _Pending:
+    """A background request: its cancel scope and completion event."""
+
+    __slots__ = ("done", "scope", "tag")
+
+    def __init__(self, tag: int) -> None:
+        self.tag = tag
+        self.scope = trio.CancelScope()
+        self.done = trio.Event()
+
+
+class Connection:
+    """State of one connection; see the module docstring for the contract."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        point: AttachPoint,
+        config: ServerConfig,
+        name: str,
+    ) -> None:
+        self.sock = sock
+        self.config = config
+        self.name = name
+        self.session = Session(point, max_fids=config.max_fids, msize=config.max_msize)
+        self.handlers: dict[int, Callable[[Any], Message]] = self.session.handlers
+        self.msize = 0  # 0 until Tversion
+        self.max_frame = config.max_msize
+        self.pending: dict[int, _Pending] = {}
+        self.send_lock = trio.StrictFIFOLock()
+        self.inflight = trio.Semaphore(config.max_inflight)
+        self.nursery: trio.Nursery | None = None
+        self.closed = False
+        self.frames = 0
+
+    # ------------------------------------------------------------------ I/O
+    async def _send(self, bufs: list[Any]) -> None:
+        """Write every buffer, in order, holding the send lock."""
+        if self.closed:
+            return
+        async with self.send_lock:
+            sock = self.sock
+            while bufs:
+                try:
+                    n = sock.sendmsg(bufs)
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(sock)
+                    continue
+                # drop what was written
+                while n:
+                    first = bufs[0]
+                    ln = len(first)
+                    if n >= ln:
+                        n -= ln
+                        bufs.pop(0)
+                    else:
+                        bufs[0] = memoryview(first)[n:]
+                        n = 0
+
+    async def _send_batched(self, bufs: list[Any]) -> None:
+        """Send reply buffers; sendmsg takes at most IOV_MAX (1024) buffers a call."""
+        for i in range(0, len(bufs), 512):
+            await self._send(bufs[i : i + 512])
+
+    # -------------------------------------------------------------- serving
+    async def run(self) -> None:
+        sock = self.sock
+        sock.setblocking(False)
+        peer = _peer_name(sock)
+        log.info("%s: connection start peer=%s", self.name, peer)
+        reason = "EOF"
+        try:
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                try:
+                    reason = await self._receive_loop()
+                except (BrokenPipeError, ConnectionResetError) as e:
+                    reason = f"peer closed ({e.strerror})"
+                finally:
+                    self.closed = True
+                    for p in list(self.pending.values()):
+                        p.scope.cancel()
+        finally:
+            self.session.reset()
+            log.info("%s: connection end (%s) frames=%d", self.name, reason, self.frames)
+
+    async def _receive_loop(self) -> str:
+        sock = self.sock
+        bufsize = max(self.config.max_msize * 2, 1 << 18)
+        buf = bytearray(bufsize)
+        mv = memoryview(buf)
+        start = end = 0
+        recv_into = sock.recv_into
+        while True:
+            # make room: move a partial frame to the front of the buffer
+            if start == end:
+                start = end = 0
+            elif bufsize - end < 4096 or (
+                end - start >= 4 and start + _U32.unpack_from(buf, start)[0] > bufsize
+            ):
+                n = end - start
+                mv[0:n] = mv[start:end]
+                start, end = 0, n
+            try:
+                got = recv_into(mv[end:])
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+                continue
+            except (ConnectionResetError, BrokenPipeError):
+                return "reset by peer"
+            if got == 0:
+                return "EOF"
+            end += got
+            out: list[Any] = []
+            # handle every complete frame in the buffer
+            while end - start >= 7:
+                size, mtype, tag = HEADER.unpack_from(buf, start)
+                if size < 7 or size > self.max_frame:
+                    log.warning(
+                        "%s: framing error: frame size %d outside [7, %d]; closing",
+                        self.name,
+                        size,
+                        self.max_frame,
+                    )
+                    if out:
+                        await self._send_batched(out)
+                    return "framing error"
+                if end - start < size:
+                    break
+                self.frames += 1
+                frame = mv[start : start + size]
+                start += size
+                try:
+                    r = self._dispatch(mtype, tag, frame)
+                except _Background as bg:
+                    if out:
+                        await self._send_batched(out)
+                        out = []
+                    await self._start_background(bg.msg, bg.handler)
+                    continue
+                except _FlushWait as fw:
+                    if out:
+                        await self._send_batched(out)
+                        out = []
+                    assert self.nursery is not None
+                    self.nursery.start_soon(self._flush_after, fw.tag, fw.pending)
+                    continue
+                except _VersionReset as vr:
+                    if out:
+                        await self._send_batched(out)
+                        out = []
+                    await self._reset_pending()
+                    out.append(vr.reply)
+                    continue
+                if r is not None:
+                    out.append(r)
+            if out:
+                await self._send_batched(out)
+            else:
+                # keep other connections' tasks fair when a client floods us
+                await trio.lowlevel.checkpoint()
+
+    def _dispatch(self, mtype: int, tag: int, frame: memoryview) -> Any:
+        """Handle one frame inline; return the reply buffer (or raise a control signal)."""
+        try:
+            if mtype == C.MsgType.TREAD:
+                return self._read(tag, frame)
+            dec = DECODERS.get(mtype)
+            if dec is None or mtype & 1:
+                log.warning("%s: tag=%d unsupported message type %d", self.name, tag, mtype)
+                return _rlerror(tag, errno.EOPNOTSUPP)
+            msg = dec(frame[7:], tag)
+            if mtype == C.MsgType.TVERSION:
+                return self._version(msg)
+            if self.msize == 0:
+                log.warning("%s: tag=%d %s before Tversion", self.name, tag, type(msg).__name__)
+                return _rlerror(tag, errno.EPROTO)
+            if tag in self.pending:
+                log.warning("%s: tag=%d already in flight (duplicate tag)", self.name, tag)
+                return _rlerror(tag, errno.EINVAL)
+            if mtype == C.MsgType.TFLUSH:
+                return self._flush(msg)
+            handler = self.handlers.get(mtype)
+            if handler is None:
+                return _rlerror(tag, errno.EOPNOTSUPP)
+            if self.session.is_blocking(msg):
+                raise _Background(msg, handler)
+            reply = handler(msg)
+            return ENCODERS[type(reply)](reply)
+        except OSError as e:
+            return _rlerror(tag, e.errno or errno.EIO)
+        except ProtocolError as e:
+            log.warning("%s: tag=%d malformed frame: %s", self.name, tag, e)
+            return _rlerror(tag, errno.EINVAL)
+        except (_Background, _FlushWait, _VersionReset):
+            raise
+        except Exception:
+            log.exception("%s: tag=%d internal error handling type %d", self.name, tag, mtype)
+            return _rlerror(tag, errno.EIO)
+
+    # ------------------------------------------------------------- messages
+    def _version(self, msg: Any) -> Any:
+        msize = min(msg.msize, self.config.max_msize)
+        if msg.version == C.VERSION_9P2000L and msize >= MIN_MSIZE:
+            version = C.VERSION_9P2000L
+            self.msize = msize
+            self.max_frame = msize
+            self.session.set_msize(msize)
+        else:
+            version = C.VERSION_UNKNOWN
+            self.msize = 0
+            log.info("%s: Tversion %r msize=%d refused", self.name, msg.version, msg.msize)
+        reply = Rversion(tag=msg.tag, msize=msize, version=version)
+        encoded = ENCODERS[Rversion](reply)
+        if self.pending or self.session.fid_count():
+            raise _VersionReset(encoded)
+        return encoded
+
+    async def _reset_pending(self) -> None:
+        for p in list(self.pending.values()):
+            p.scope.cancel()
+        for p in list(self.pending.values()):
+            await p.done.wait()
+        self.session.reset()
+
+    def _read(self, tag: int, frame: memoryview) -> Any:
+        if self.msize == 0:
+            return _rlerror(tag, errno.EPROTO)
+        if len(frame) != 7 + 16:
+            raise ProtocolError("Tread", "size", f"frame of {len(frame)} bytes, expected 23")
+        fid, offset, count = _TREAD.unpack_from(frame, 7)
+        if tag in self.pending:
+            return _rlerror(tag, errno.EINVAL)
+        limit = self.msize - C.IOHDRSZ
+        if count > limit:
+            count = limit
+        if count >= self.config.thread_io_threshold or self.session.read_blocks(fid):
+            from .protocol.messages import Tread
+
+            raise _Background(Tread(tag=tag, fid=fid, offset=offset, count=count), None)
+        rb = bytearray(11 + count)
+        n = self.session.read_into(fid, offset, memoryview(rb)[11:])
+        _RREAD_HDR.pack_into(rb, 0, 11 + n, C.MsgType.RREAD, tag, n)
+        if n != count:
+            return memoryview(rb)[: 11 + n]
+        return rb
+
+    def _flush(self, msg: Any) -> Any:
+        p = self.pending.get(msg.oldtag)
+        if p is None:
+            return ENCODERS[Rflush](Rflush(tag=msg.tag))
+        p.scope.cancel()
+        raise _FlushWait(msg.tag, p)
+
+    async def _flush_after(self, tag: int, p: _Pending) -> None:
+        await p.done.wait()
+        await self._send([ENCODERS[Rflush](Rflush(tag=tag))])
+
+    # ----------------------------------------------------- background tasks
+    async def _start_background(self, msg: Any, handler: Callable[[Any], Message] | None) -> None:
+        if isinstance(msg, Twrite):
+            msg.data = bytes(msg.data)  # the receive buffer is reused
+        await self.inflight.acquire()
+        p = _Pending(msg.tag)
+        self.pending[msg.tag] = p
+        assert self.nursery is not None
+        self.nursery.start_soon(self._background, msg, handler, p)
+
+    async def _background(
+        self, msg: Any, handler: Callable[[Any], Message] | None, p: _Pending
+    ) -> None:
+        tag = msg.tag
+        reply: Any = None
+        try:
+            with p.scope:
+                try:
+                    if handler is None:  # Tread
+                        reply = await trio.to_thread.run_sync(self._read_sync, msg)
+                    else:
+                        r = await trio.to_thread.run_sync(handler, msg)
+                        reply = ENCODERS[type(r)](r)
+                except OSError as e:
+                    reply = _rlerror(tag, e.errno or errno.EIO)
+                except Exception:
+                    log.exception("%s: tag=%d internal error in background request", self.name, tag)
+                    reply = _rlerror(tag, errno.EIO)
+            if p.scope.cancelled_caught:
+                log.info("%s: tag=%d flushed", self.name, tag)
+                reply = None
+            if reply is not None and not self.closed:
+                try:
+                    await self._send([reply])
+                except OSError as e:
+                    log.info("%s: tag=%d reply not sent: %s", self.name, tag, e)
+        finally:
+            del self.pending[tag]
+            self.inflight.release()
+            p.done.set()
+
+    def _read_sync(self, msg: Any) -> Any:
+        rb = bytearray(11 + msg.count)
+        n = self.session.read_into(msg.fid, msg.offset, memoryview(rb)[11:])
+        _RREAD_HDR.pack_into(rb, 0, 11 + n, C.MsgType.RREAD, msg.tag, n)
+        return memoryview(rb)[: 11 + n]
+
+
+class _Background(Exception):
+    """Control signal from _dispatch: run this request in a worker thread."""
+
+    def __init__(self, msg: Any, handler: Callable[[Any], Message] | None) -> None:
+        self.msg = msg
+        self.handler = handler
+
+
+class _FlushWait(Exception):
+    """Control signal: answer this Tflush once the pending request is done."""
+
+    def __init__(self, tag: int, pending: _Pending) -> None:
+        self.tag = tag
+        self.pending = pending
+
+
+class _VersionReset(Exception):
+    """Control signal: Tversion must abandon background requests before replying."""
+
+    def __init__(self, reply: bytes) -> None:
+        self.reply = reply
+
+
+def _peer_name(sock: socket.socket) -> str:
+    try:
+        peer = sock.getpeername()
+    except OSError:
+        return "?"
+    if isinstance(peer, tuple):
+        return f"{peer[0]}:{peer[1]}"
+    return repr(peer) if peer else "unnamed"
+
+
+async def serve(
+    sock: socket.socket,
+    point: AttachPoint,
+    config: ServerConfig | None = None,
+    *,
+    name: str = "",
+) -> None:
+    """Serve one connected stream socket until EOF (see the module docstring).
+
+    The socket is put in non-blocking mode and is not closed here: the caller
+    owns it.
+    """
+    conn = Connection(sock, point, config or ServerConfig(), name or f"fd{sock.fileno()}")
+    await conn.run()
+
+
+__all__ = ["Connection", "ServerConfig", "serve"]

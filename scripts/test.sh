@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Install everything, then run the checks and the whole test suite:
+#   lint (ruff, mypy --strict), the default tiers (unit, integration, daemon, escape, faults,
+#   short fuzz), then the guest tier (Linux v9fs in a qemu guest, TCG).
+#   scripts/test.sh [--no-guest] [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+guest=1
+if [[ "${1:-}" == "--no-guest" ]]; then guest=0; shift; fi
+scripts/setup.sh
+PY=${PYTHON:-python3}
+status=0
+echo "== ruff"; "$PY" -m ruff check gofer9p tests fuzz benchmarks || status=1
+echo "== mypy --strict"; "$PY" -m mypy gofer9p || status=1
+echo "== tests (default tiers)"
+"$PY" -m pytest -q "$@" || status=1
+if ((guest)); then
+    echo "== guest tier (Linux v9fs in qemu)"
+    "$PY" -m pytest -q -m guest tests/guest -rs || status=1
+fi
+exit $status

@@ -1,0 +1,218 @@
+"""Connection-level behaviour: version, msize, tags, flush, framing, limits."""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+
+import pytest
+import trio
+
+from gofer9p.client import ConnectionClosed, P9Error, open_client, stream_from_socket
+from gofer9p.protocol import constants as C
+from gofer9p.protocol import messages as M
+from gofer9p.protocol.codec import decode, encode
+from gofer9p.server import ServerConfig
+
+from .conftest import ConnectFn, Served
+
+
+async def _raw_reply(s: Served, frame: bytes) -> M.Message:
+    """Send raw bytes on a fresh tag and read the reply with the client's machinery."""
+    tag = frame[5] | (frame[6] << 8)
+    from gofer9p.client import _Slot
+
+    slot = _Slot()
+    s.client._slots[tag] = slot
+    await s.client.send_frame(frame)
+    with trio.fail_after(5):
+        await slot.event.wait()
+    assert isinstance(slot.reply, M.Message), slot.reply
+    return slot.reply
+
+
+async def test_version_negotiates_msize_down(connect_export: ConnectFn) -> None:
+    async with connect_export(config=ServerConfig(max_msize=128 * 1024), msize=8 << 20) as s:
+        assert s.client.msize == 128 * 1024
+        assert s.client.negotiated_version == b"9P2000.L"
+
+
+async def test_version_keeps_smaller_client_msize(connect_export: ConnectFn) -> None:
+    async with connect_export(msize=65536) as s:
+        assert s.client.msize == 65536
+
+
+async def test_unknown_version_answers_unknown(connect_export: ConnectFn) -> None:
+    async with connect_export(attach=False) as s:
+        r = await s.client.version(65536, b"9P2000.u")
+        assert r.version == b"unknown"
+        with pytest.raises(P9Error):
+            await s.client.attach(uname=b"root", n_uname=0)
+        r = await s.client.version(65536, b"9P2000.L")
+        assert r.version == b"9P2000.L"
+        await s.client.attach(uname=b"root", n_uname=0)
+
+
+async def test_request_before_version_is_refused(export, nursery) -> None:  # type: ignore[no-untyped-def]
+    from gofer9p.attach import AttachPoint
+    from gofer9p.server import serve
+
+    a, b = socket.socketpair()
+    nursery.start_soon(serve, a, AttachPoint.open(str(export)))
+    async with open_client(stream_from_socket(b), version=b"") as c:
+        with pytest.raises(P9Error) as ei:
+            await c.attach(uname=b"root", n_uname=0)
+        assert ei.value.errno == errno.EPROTO
+
+
+async def test_tversion_resets_fids(server: Served) -> None:
+    c = server.client
+    await c.getattr(server.root)
+    await c.version(65536)
+    with pytest.raises(P9Error) as ei:
+        await c.getattr(server.root)
+    assert ei.value.errno == errno.EBADF
+
+
+async def test_auth_is_refused(server: Served) -> None:
+    with pytest.raises(P9Error):
+        await server.client.auth(77, b"root", b"")
+
+
+async def test_any_aname_attaches_the_root(server: Served) -> None:
+    c = server.client
+    r1 = await c.getattr(server.root)
+    fid = await c.attach(uname=b"root", aname=b"/some/export/path", n_uname=0)
+    r2 = await c.getattr(fid)
+    assert r1.qid == r2.qid
+
+
+async def test_unknown_fid_is_ebadf(server: Served) -> None:
+    with pytest.raises(P9Error) as ei:
+        await server.client.getattr(999999)
+    assert ei.value.errno == errno.EBADF
+
+
+async def test_unknown_and_9p2000_types_get_rlerror(server: Served) -> None:
+    for mtype in (112, 114, 124, 126, 106, 6, 200, 255, 0, 117):
+        frame = struct.pack("<IBH", 7 + 4, mtype, 50) + b"\0\0\0\0"
+        r = await _raw_reply(server, frame)
+        assert isinstance(r, M.Rlerror), mtype
+        assert r.tag == 50
+    await server.client.getattr(server.root)  # connection still fine
+
+
+async def test_malformed_body_gets_einval(server: Served) -> None:
+    good = encode(M.Twalk(tag=60, fid=server.root, newfid=5, wnames=[b"a"]))
+    bad = bytearray(good[:-1])
+    struct.pack_into("<I", bad, 0, len(bad))
+    r = await _raw_reply(server, bytes(bad))
+    assert isinstance(r, M.Rlerror) and r.ecode == errno.EINVAL
+    # trailing garbage
+    bad2 = bytearray(encode(M.Tclunk(tag=61, fid=1)) + b"xx")
+    struct.pack_into("<I", bad2, 0, len(bad2))
+    r = await _raw_reply(server, bytes(bad2))
+    assert isinstance(r, M.Rlerror) and r.ecode == errno.EINVAL
+    await server.client.getattr(server.root)
+
+
+async def test_walk_of_17_names_is_rejected(server: Served) -> None:
+    body = struct.pack("<IIH", server.root, 77, 17) + b"".join(
+        struct.pack("<H", 1) + b"a" for _ in range(17)
+    )
+    r = await _raw_reply(server, struct.pack("<IBH", 7 + len(body), C.MsgType.TWALK, 70) + body)
+    assert isinstance(r, M.Rlerror)
+    await server.client.getattr(server.root)
+
+
+async def test_oversized_frame_closes_connection_cleanly(connect_export: ConnectFn) -> None:
+    async with connect_export(msize=65536) as s:
+        async with connect_export() as other:
+            await s.client.send_frame(struct.pack("<IBH", 65537, C.MsgType.TREAD, 1) + b"\0" * 16)
+            with pytest.raises(ConnectionClosed), trio.fail_after(5):
+                await s.client.getattr(s.root)
+            # the other connection keeps working
+            await other.client.getattr(other.root)
+
+
+@pytest.mark.parametrize("size", [0, 3, 6])
+async def test_undersized_frame_closes_connection(connect_export: ConnectFn, size: int) -> None:
+    async with connect_export() as s:
+        await s.client.send_frame(struct.pack("<I", size) + b"\0" * 8)
+        with pytest.raises(ConnectionClosed), trio.fail_after(5):
+            await s.client.getattr(s.root)
+
+
+async def test_truncated_stream_then_eof(connect_export: ConnectFn) -> None:
+    async with connect_export() as s:
+        await s.client.send_frame(encode(M.Tgetattr(tag=9, fid=s.root, request_mask=1))[:10])
+        s.sock.shutdown(socket.SHUT_WR)
+        with pytest.raises(ConnectionClosed), trio.fail_after(5):
+            await s.client.getattr(s.root)
+
+
+async def test_flush_of_idle_tag_is_answered(server: Served) -> None:
+    await server.client.flush(1234)
+
+
+async def test_ten_thousand_fids(server: Served) -> None:
+    c = server.client
+    fids = []
+    async with trio.open_nursery() as n:
+        for i in range(10000):
+            fid = 1000 + i
+            fids.append(fid)
+            n.start_soon(c.walk, server.root, [], fid)
+    r = await c.getattr(fids[-1])
+    assert r.qid.type & C.QidType.DIR
+    for fid in fids:
+        await c.clunk(fid)
+    await c.getattr(server.root)
+
+
+async def test_fid_limit_is_emfile(connect_export: ConnectFn) -> None:
+    async with connect_export(config=ServerConfig(max_fids=10)) as s:
+        c = s.client
+        got = []
+        with pytest.raises(P9Error) as ei:
+            for i in range(20):
+                fid, _ = await c.walk(s.root, [])
+                got.append(fid)
+        assert ei.value.errno == errno.EMFILE
+        assert len(got) == 9  # the root fid counts too
+        await c.clunk(got[0])
+        await c.walk(s.root, [])
+
+
+async def test_concurrent_requests_all_answered(server: Served) -> None:
+    c = server.client
+    results = []
+
+    async def one() -> None:
+        results.append(await c.getattr(server.root))
+
+    async with trio.open_nursery() as n:
+        for _ in range(500):
+            n.start_soon(one)
+    assert len(results) == 500
+
+
+async def test_second_connection_survives_garbage(connect_export: ConnectFn) -> None:
+    async with connect_export() as good:
+        for junk in (b"\xff" * 64, struct.pack("<IBH", 7, 100, 0xFFFF), b"\x10\x00\x00\x00" + b"\x00" * 12):
+            async with connect_export(attach=False) as bad:
+                try:
+                    await bad.client.send_frame(junk)
+                    with trio.move_on_after(0.2):
+                        await bad.client.getattr(1)
+                except (P9Error, ConnectionClosed):
+                    pass
+        await good.client.getattr(good.root)
+
+
+async def test_reply_tag_and_type_match(server: Served) -> None:
+    frame = encode(M.Tgetattr(tag=4321, fid=server.root, request_mask=C.GETATTR_BASIC))
+    r = await _raw_reply(server, frame)
+    assert isinstance(r, M.Rgetattr) and r.tag == 4321
+    assert decode(encode(r)) == r
