@@ -404,3 +404,12 @@ async def test_setattr_mode_with_file_type_bits(server: Served) -> None:
     st = os.lstat(p)
     assert stat.S_ISREG(st.st_mode)
     assert stat.S_IMODE(st.st_mode) == 0o600
+
+
+async def test_setattr_huge_size_fails_cleanly(server: Served) -> None:
+    (server.export / "f").write_bytes(b"abc")
+    c = server.client
+    fid = await c.walk_to(server.root, "f")
+    with raises_errno(errno.EINVAL, errno.EFBIG):
+        await c.setattr(fid, C.SETATTR_SIZE, size=(1 << 64) - 1)
+    assert (server.export / "f").read_bytes() == b"abc"

@@ -351,3 +351,9 @@ async def test_mkdir_sticky_bit(server: Served) -> None:
     """mkdir keeps the sticky bit (S_ISGID follows the parent on Linux, so it is not tested)."""
     await server.client.mkdir(server.root, b"d", 0o1750, 0)
     assert stat.S_IMODE(os.lstat(server.export / "d").st_mode) == 0o1750
+
+
+async def test_symlink_target_with_nul_is_einval(server: Served) -> None:
+    with raises_errno(errno.EINVAL):
+        await server.client.symlink(server.root, b"l", b"a\0b", 0)
+    assert not os.path.lexists(server.export / "l")

@@ -300,3 +300,28 @@ async def test_clunk_open_fid_closes_and_fid_number_reusable(server: Served) -> 
     _, _ = await c.walk(server.root, [b"g"], newfid=fid)
     await c.lopen(fid, C.L_O_RDONLY)
     assert await c.read(fid, 0, 3) == b"xyz"
+
+
+@pytest.mark.parametrize("offset", [1 << 63, (1 << 64) - 1])
+async def test_read_at_huge_offset(server: Served, offset: int) -> None:
+    """Offsets beyond off_t are EINVAL or an empty read, never an internal error."""
+    (server.export / "f").write_bytes(b"abc")
+    c = server.client
+    fid = await open_path(c, server.root, "f")
+    try:
+        data = await c.read(fid, offset, 10)
+    except P9Error as e:
+        assert e.errno in (errno.EINVAL, errno.EOVERFLOW), e
+    else:
+        assert data == b""
+    assert await c.read(fid, 0, 10) == b"abc"
+
+
+@pytest.mark.parametrize("offset", [1 << 63, (1 << 64) - 1])
+async def test_write_at_huge_offset(server: Served, offset: int) -> None:
+    (server.export / "f").write_bytes(b"abc")
+    c = server.client
+    fid = await open_path(c, server.root, "f", C.L_O_RDWR)
+    with raises_errno(errno.EINVAL, errno.EFBIG, errno.EOVERFLOW):
+        await c.write(fid, offset, b"x")
+    assert (server.export / "f").read_bytes() == b"abc"

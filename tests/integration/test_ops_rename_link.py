@@ -342,3 +342,28 @@ async def test_link_unknown_fids_are_ebadf(server: Served) -> None:
         await c.link(server.root, 6060, b"x")
     with raises_errno(errno.EBADF):
         await c.link(6060, f, b"x")
+
+
+async def test_renameat_onto_itself_is_noop(server: Served) -> None:
+    (server.export / "f").write_bytes(b"same")
+    await server.client.renameat(server.root, b"f", server.root, b"f")
+    assert (server.export / "f").read_bytes() == b"same"
+
+
+async def test_renameat_dir_into_its_own_subdir_is_einval(server: Served) -> None:
+    (server.export / "d" / "sub").mkdir(parents=True)
+    c = server.client
+    sub = await c.walk_to(server.root, "d/sub")
+    with raises_errno(errno.EINVAL):
+        await c.renameat(server.root, b"d", sub, b"loop")
+    assert (server.export / "d" / "sub").is_dir()
+
+
+async def test_renameat_hard_links_of_same_file_is_noop(server: Served) -> None:
+    """rename(2) between two names of one inode does nothing; both names stay."""
+    e = server.export
+    (e / "a").write_bytes(b"x")
+    os.link(e / "a", e / "b")
+    await server.client.renameat(server.root, b"a", server.root, b"b")
+    assert (e / "a").exists()
+    assert (e / "b").exists()

@@ -244,3 +244,18 @@ async def test_walk_from_open_fid_clone_fails(server: Served) -> None:
         return
     assert len(qids) == 1
     assert (await c.getattr(newfid)).size == 1
+
+
+async def test_walk_zero_names_onto_itself_is_noop(server: Served) -> None:
+    c = server.client
+    qid = (await c.getattr(server.root)).qid
+    same, qids = await c.walk(server.root, [], newfid=server.root)
+    assert (same, qids) == (server.root, [])
+    assert (await c.getattr(server.root)).qid == qid
+
+
+async def test_walk_nul_in_name_is_einval(server: Served) -> None:
+    (server.export / "a").mkdir()
+    c = server.client
+    with raises_errno(errno.EINVAL, errno.ENOENT):
+        await c.walk(server.root, [b"a\0"])

@@ -253,3 +253,55 @@ async def test_xattr_fid_cannot_be_read_after_create(server: Served) -> None:
         await c.read(xfid, 0, 3)
     await c.write(xfid, 0, b"abc")
     await c.clunk(xfid)
+
+
+async def test_xattrcreate_empty_name_is_einval(server: Served) -> None:
+    (server.export / "f").write_bytes(b"")
+    c = server.client
+    fid = await c.walk_to(server.root, "f")
+    with raises_errno(errno.EINVAL):
+        await c.xattrcreate(await clone(c, fid), b"", 1, 0)
+
+
+async def test_xattr_too_large_is_refused(server: Served) -> None:
+    (server.export / "f").write_bytes(b"")
+    c = server.client
+    fid = await c.walk_to(server.root, "f")
+    with raises_errno(errno.E2BIG, errno.ERANGE, errno.ENOSPC):
+        await c.xattrcreate(await clone(c, fid), b"user.huge", 1 << 30, 0)
+
+
+async def test_write_to_xattrwalk_fid_fails(server: Served) -> None:
+    p = server.export / "f"
+    p.write_bytes(b"")
+    os.setxattr(p, "user.k", b"v")
+    c = server.client
+    fid = await c.walk_to(server.root, "f")
+    xfid, _ = await c.xattrwalk(fid, b"user.k")
+    with pytest.raises(P9Error):
+        await c.write(xfid, 0, b"w")
+    await c.clunk(xfid)
+    assert os.getxattr(p, "user.k") == b"v"
+    assert p.read_bytes() == b""
+
+
+@pytest.mark.parametrize("ns", ["trusted", "security"])
+async def test_non_user_namespaces_are_not_served(server: Served, ns: str) -> None:
+    """Only user.* xattrs are served: host policy attributes stay invisible and unwritable."""
+    if os.geteuid() != 0:
+        pytest.skip("setting trusted.*/security.* on the host needs root")
+    p = server.export / "f"
+    p.write_bytes(b"")
+    name = f"{ns}.gofer9ptest"
+    try:
+        os.setxattr(p, name, b"host")
+    except OSError:
+        pytest.skip(f"the export filesystem refuses {ns}.* xattrs")
+    c = server.client
+    fid = await c.walk_to(server.root, "f")
+    assert name.encode() not in (await c.getxattr(fid, b"")).split(b"\0")
+    with pytest.raises(P9Error):
+        await c.getxattr(fid, name.encode())
+    with pytest.raises(P9Error):
+        await _setxattr_sequence(c, fid, name.encode(), b"guest", 0)
+    assert os.getxattr(p, name) == b"host"
