@@ -183,14 +183,27 @@ def test_attach_uid_sources(point: AttachPoint, root: Path) -> None:
     s.reset()
 
 
-def test_attach_ignores_aname(point: AttachPoint, root: Path) -> None:
-    """The attach point is fixed per connection; any aname (diod-style clients send
-    the export's host path) attaches its root."""
-    (root / "sub").mkdir()
+def test_attach_aname(point: AttachPoint, root: Path) -> None:
+    """aname attaches below the root when it names a directory there; a path that
+    does not exist inside (diod-style clients send the host export path) attaches
+    the root; a symlink or a file is ENOTDIR."""
+    (root / "sub" / "deeper").mkdir(parents=True)
+    (root / "f").write_text("x")
+    (root / "link").symlink_to("sub")
+    (root / "out").symlink_to("/etc")
     s = Session(point)
-    for fid, aname in enumerate((b"", b"/", b"/sub", b"/some/host/export", b"../..")):
+    for fid, aname in enumerate((b"", b"/", b"/some/host/export", b"..", b"../..", b"sub/nope")):
         assert s.attach(Tattach(1, fid, NOFID, b"", aname, 0)).qid == point.root_qid
-    assert s.fid_count() == 5
+    q = s.attach(Tattach(1, 10, NOFID, b"", b"/sub/deeper", 0)).qid
+    assert q.path == (root / "sub" / "deeper").stat().st_ino
+    # ".." from there still stops at the real root
+    assert walk(s, 11, b"..", b"..", b"..", b"..", fid=10)[-1] == s.point.root_qid
+    assert s.attach(Tattach(1, 12, NOFID, b"", b"sub/deeper/../..", 0)).qid == point.root_qid
+    n = s.fid_count()
+    for aname in (b"link", b"link/deeper", b"out", b"out/passwd", b"f", b"f/x", b"sub/a\0"):
+        err(errno.ENOTDIR if b"\0" not in aname else errno.EINVAL,
+            s.attach, Tattach(1, 20, NOFID, b"", aname, 0))
+    assert s.fid_count() == n
     s.reset()
 
 
