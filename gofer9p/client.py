@@ -55,7 +55,7 @@ class P9Error(OSError):
         klass = cls
         if base is not None:
             klass = _SUBCLASSES.setdefault(base, type(f"P9{base.__name__}", (cls, base), {}))
-        return cast(P9Error, OSError.__new__(klass, err, os.strerror(err)))
+        return OSError.__new__(klass, err, os.strerror(err))
 
     def __init__(self, err: int, request: str = "") -> None:
         super().__init__(err, os.strerror(err))
@@ -168,7 +168,7 @@ class Client:
         if self._closed is not None:
             raise ConnectionClosed(str(self._closed))
         tag = C.NOTAG if isinstance(msg, M.Tversion) else self._take_tag()
-        msg.tag = tag
+        setattr(msg, "tag", tag)  # every concrete message class has a tag slot
         slot = _Slot()
         self._slots[tag] = slot
         try:

@@ -45,7 +45,8 @@ import trio
 
 from .attach import AttachPoint, Session
 from .protocol import constants as C
-from .protocol.codec import DECODERS, ENCODERS, HEADER, ProtocolError
+from .protocol._wire import HEADER
+from .protocol.codec import DECODERS, ENCODERS, ProtocolError
 from .protocol.messages import Message, Rflush, Rversion, Twrite
 
 log = logging.getLogger("gofer9p.server")
@@ -54,6 +55,18 @@ _TREAD = struct.Struct("<IQI")
 _RREAD_HDR = struct.Struct("<IBHI")
 _RLERROR = struct.Struct("<IBHI")
 _U32 = struct.Struct("<I")
+
+_MAY_BLOCK = frozenset({C.MsgType.TFSYNC, C.MsgType.TSETATTR, C.MsgType.TLOPEN, C.MsgType.TLCREATE})
+"""Types that may go to a worker thread (Session.is_blocking decides).
+
+Reads and writes of regular files are not among them: on local filesystems a
+``preadv``/``pwrite`` of even a max-msize payload is one short syscall, and a
+thread hand-off (plus the copy it forces out of the receive buffer) costs
+more than it saves.  Reads and writes of FIFOs and devices are threaded
+(``Session.read_blocks``)."""
+
+_BIG = 64 * 1024
+"""Read replies at least this large use pooled buffers (no zero-fill, no mmap)."""
 
 MIN_MSIZE = 4096
 """Smaller msizes leave no room for a useful readdir or walk reply."""
@@ -69,8 +82,12 @@ class ServerConfig:
     """Background (threaded) requests in flight before the loop stops reading."""
     max_fids: int = 16384
     """Fids per connection; more is ``EMFILE``."""
-    thread_io_threshold: int = 1 << 20
-    """Reads/writes at least this large run in a worker thread (see module doc)."""
+    flush_bytes: int = 256 * 1024
+    """Replies are sent as soon as this much is queued, so that a pipeline of
+    large reads holds one reply buffer at a time, not a whole chunk's worth."""
+    sockbuf: int = 4 << 20
+    """SO_SNDBUF/SO_RCVBUF asked for (best effort): a max-msize reply then
+    leaves in one sendmsg instead of many wake-ups."""
 
 
 def _rlerror(tag: int, err: int) -> bytes:
@@ -111,6 +128,8 @@ class Connection:
         self.nursery: trio.Nursery | None = None
         self.closed = False
         self.frames = 0
+        self._pool: list[bytearray] = []  # free max-msize read buffers
+        self._lent: list[bytearray] = []  # pooled buffers in replies not yet sent
 
     # ------------------------------------------------------------------ I/O
     async def _send(self, bufs: list[Any]) -> None:
@@ -137,14 +156,26 @@ class Connection:
                         n = 0
 
     async def _send_batched(self, bufs: list[Any]) -> None:
-        """Send reply buffers; sendmsg takes at most IOV_MAX (1024) buffers a call."""
+        """Send reply buffers; sendmsg takes at most IOV_MAX (1024) buffers a call.
+
+        Pooled read buffers in ``bufs`` go back to the pool once written.
+        """
         for i in range(0, len(bufs), 512):
             await self._send(bufs[i : i + 512])
+        if self._lent:
+            if len(self._pool) < 2:
+                self._pool.extend(self._lent[: 2 - len(self._pool)])
+            self._lent.clear()
 
     # -------------------------------------------------------------- serving
     async def run(self) -> None:
         sock = self.sock
         sock.setblocking(False)
+        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, self.config.sockbuf)
+            except OSError:
+                pass
         peer = _peer_name(sock)
         log.info("%s: connection start peer=%s", self.name, peer)
         reason = "EOF"
@@ -165,20 +196,30 @@ class Connection:
 
     async def _receive_loop(self) -> str:
         sock = self.sock
-        bufsize = max(self.config.max_msize * 2, 1 << 18)
+        # The buffer starts small and grows to fit the largest frame seen (at
+        # most msize + slack), so an idle or small-msize session stays small.
+        bufsize = 1 << 18
         buf = bytearray(bufsize)
         mv = memoryview(buf)
         start = end = 0
         recv_into = sock.recv_into
+        flush_bytes = self.config.flush_bytes
         while True:
-            # make room: move a partial frame to the front of the buffer
+            # make room for the rest of a partial frame
             if start == end:
                 start = end = 0
             elif bufsize - end < 4096 or (
                 end - start >= 4 and start + _U32.unpack_from(buf, start)[0] > bufsize
             ):
                 n = end - start
-                mv[0:n] = mv[start:end]
+                need = _U32.unpack_from(buf, start)[0] if n >= 4 else 0
+                if need + 4096 > bufsize and need <= self.max_frame:
+                    bufsize = need + (1 << 16)
+                    nbuf = bytearray(bufsize)
+                    nbuf[:n] = mv[start:end]
+                    buf, mv = nbuf, memoryview(nbuf)
+                else:
+                    mv[0:n] = mv[start:end]
                 start, end = 0, n
             try:
                 got = recv_into(mv[end:])
@@ -191,6 +232,7 @@ class Connection:
                 return "EOF"
             end += got
             out: list[Any] = []
+            queued = 0
             # handle every complete frame in the buffer
             while end - start >= 7:
                 size, mtype, tag = HEADER.unpack_from(buf, start)
@@ -215,12 +257,14 @@ class Connection:
                     if out:
                         await self._send_batched(out)
                         out = []
+                        queued = 0
                     await self._start_background(bg.msg, bg.handler)
                     continue
                 except _FlushWait as fw:
                     if out:
                         await self._send_batched(out)
                         out = []
+                        queued = 0
                     assert self.nursery is not None
                     self.nursery.start_soon(self._flush_after, fw.tag, fw.pending)
                     continue
@@ -228,11 +272,18 @@ class Connection:
                     if out:
                         await self._send_batched(out)
                         out = []
+                        queued = 0
                     await self._reset_pending()
                     out.append(vr.reply)
                     continue
                 if r is not None:
                     out.append(r)
+                    queued += len(r)
+                    if queued >= flush_bytes:
+                        await self._send_batched(out)
+                        out = []
+                        queued = 0
+                        queued = 0
             if out:
                 await self._send_batched(out)
             else:
@@ -248,7 +299,7 @@ class Connection:
             if dec is None or mtype & 1:
                 log.warning("%s: tag=%d unsupported message type %d", self.name, tag, mtype)
                 return _rlerror(tag, errno.EOPNOTSUPP)
-            msg = dec(frame[7:], tag)
+            msg: Any = dec(frame[7:], tag)
             if mtype == C.MsgType.TVERSION:
                 return self._version(msg)
             if self.msize == 0:
@@ -262,7 +313,9 @@ class Connection:
             handler = self.handlers.get(mtype)
             if handler is None:
                 return _rlerror(tag, errno.EOPNOTSUPP)
-            if self.session.is_blocking(msg):
+            if mtype in _MAY_BLOCK and self.session.is_blocking(msg):
+                raise _Background(msg, handler)
+            if mtype == C.MsgType.TWRITE and self.session.read_blocks(msg.fid):
                 raise _Background(msg, handler)
             reply = handler(msg)
             return ENCODERS[type(reply)](reply)
@@ -284,6 +337,7 @@ class Connection:
             version = C.VERSION_9P2000L
             self.msize = msize
             self.max_frame = msize
+            self._pool.clear()
             self.session.set_msize(msize)
         else:
             version = C.VERSION_UNKNOWN
@@ -313,15 +367,21 @@ class Connection:
         limit = self.msize - C.IOHDRSZ
         if count > limit:
             count = limit
-        if count >= self.config.thread_io_threshold or self.session.read_blocks(fid):
+        if self.session.read_blocks(fid):
             from .protocol.messages import Tread
 
             raise _Background(Tread(tag=tag, fid=fid, offset=offset, count=count), None)
-        rb = bytearray(11 + count)
-        n = self.session.read_into(fid, offset, memoryview(rb)[11:])
+        if count >= _BIG:
+            pool = self._pool
+            rb = pool.pop() if pool else bytearray(11 + self.msize)
+            self._lent.append(rb)
+        else:
+            rb = bytearray(11 + count)
+        mv = memoryview(rb)
+        n = self.session.read_into(fid, offset, mv[11 : 11 + count])
         _RREAD_HDR.pack_into(rb, 0, 11 + n, C.MsgType.RREAD, tag, n)
-        if n != count:
-            return memoryview(rb)[: 11 + n]
+        if n != len(rb) - 11:
+            return mv[: 11 + n]
         return rb
 
     def _flush(self, msg: Any) -> Any:

@@ -11,7 +11,7 @@ the server's hot path.  (Generated once from a table, then kept as source.)
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import attrs
 
@@ -39,6 +39,8 @@ class Message:
 
     TYPE: ClassVar[int] = -1
     FIELDS: ClassVar[str] = ""
+    if TYPE_CHECKING:
+        tag: int  # every subclass declares it as its first field
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
