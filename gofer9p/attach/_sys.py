@@ -72,6 +72,41 @@ def utimensat(
         _raise()
 
 
+MAX_HANDLE_SZ = 128
+_HANDLE_HDR = struct.Struct("=Ii")
+
+_name_to_handle_at = _libc.name_to_handle_at
+_name_to_handle_at.argtypes = [
+    ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int), ctypes.c_int,
+]
+_name_to_handle_at.restype = ctypes.c_int
+
+_open_by_handle_at = _libc.open_by_handle_at
+_open_by_handle_at.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+_open_by_handle_at.restype = ctypes.c_int
+
+
+def reopen_by_handle(fd: int, mount_fd: int, flags: int) -> int:
+    """Open the very inode that ``fd`` (e.g. an O_PATH fd) refers to, with ``flags``.
+
+    name_to_handle_at(fd, "", AT_EMPTY_PATH) + open_by_handle_at(mount_fd, ...):
+    no name is looked up, so nothing can be swapped in between (the only way
+    to re-open an O_PATH fd without /proc).  ``mount_fd`` must be a real (not
+    O_PATH) fd on the same file system.  Needs CAP_DAC_READ_SEARCH and a file
+    system that supports file handles; raises OSError (EPERM, EOPNOTSUPP,
+    ESTALE, ...) otherwise and the caller falls back to a re-open by name.
+    """
+    buf = ctypes.create_string_buffer(_HANDLE_HDR.size + MAX_HANDLE_SZ)
+    _HANDLE_HDR.pack_into(buf, 0, MAX_HANDLE_SZ, 0)
+    mount_id = ctypes.c_int(0)
+    if _name_to_handle_at(fd, b"", buf, ctypes.byref(mount_id), AT_EMPTY_PATH) < 0:
+        _raise()
+    r = int(_open_by_handle_at(mount_fd, buf, flags))
+    if r < 0:
+        _raise()
+    return r
+
+
 def futimens(fd: int, atime: tuple[int, int], mtime: tuple[int, int]) -> None:
     """futimens(3) on an open (not O_PATH) fd; times as for :func:`utimensat`."""
     times = _Times(_Timespec(atime[0], atime[1]), _Timespec(mtime[0], mtime[1]))

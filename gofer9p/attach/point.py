@@ -66,6 +66,7 @@ class AttachPoint:
         self._lock = threading.Lock()
         self._devs: dict[int, int] = {}
         self._overflow: dict[tuple[int, int], int] = {}
+        self._mount_fds: dict[int, int] = {}
         self.root_qid = Qid(0x80, 0, self.qid_path(st.st_dev, st.st_ino))
         # Ownership of created files is set only when we may chown (root in our
         # user namespace); otherwise files simply belong to the gofer.
@@ -83,9 +84,42 @@ class AttachPoint:
 
     def close(self) -> None:
         """Close the root fd (sessions using it must be finished)."""
+        with self._lock:
+            fds, self._mount_fds = list(self._mount_fds.values()), {}
+        for fd in fds:
+            if fd >= 0:
+                os.close(fd)
         if self.fd >= 0:
             fd, self.fd = self.fd, -1
             os.close(fd)
+
+    def mount_fd(self, dev: int, dirfd: int) -> int:
+        """A readable directory fd on file system ``dev`` for open_by_handle_at, or -1.
+
+        Cached per device for the attach point's life; on a miss it is the
+        directory ``dirfd`` (an O_PATH fd) re-opened read-only, used only if it
+        is on ``dev`` (a file that is itself a mount point is not on its
+        parent's file system).
+        """
+        fd = self._mount_fds.get(dev)
+        if fd is not None:
+            return fd
+        if dirfd < 0:
+            return -1
+        try:
+            fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dirfd)
+        except OSError:
+            return -1
+        if os.fstat(fd).st_dev != dev:
+            os.close(fd)
+            return -1
+        with self._lock:
+            cur = self._mount_fds.get(dev)
+            if cur is None:
+                self._mount_fds[dev] = fd
+                return fd
+        os.close(fd)
+        return cur
 
     def panic(self, reason: str) -> NoReturn:
         """Log ``reason`` as critical and end the process at once with status 70.

@@ -165,6 +165,12 @@ def _gid(gid: int) -> int:
     return -1 if gid == C.NONUNAME else gid
 
 
+# Whether re-opening by file handle may work (False once it failed for lack of privilege).
+_handles_ok = {"reopen": True}
+_HANDLE_UNSUPPORTED = frozenset(
+    {errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EOVERFLOW, errno.ESTALE, errno.EINVAL}
+)
+
 # Whether utimensat/fchmodat2 accept AT_EMPTY_PATH on this kernel; learnt on first use.
 _empty_path_ok = {"utimensat": True, "fchmodat2": True}
 
@@ -481,11 +487,16 @@ class Session:
         """Open ``f``'s file for I/O with host flags ``hflags`` (O_NOFOLLOW added).
 
         Directories re-open ``"."`` relative to their own fd.  Other files are
-        opened by name in their directory, with O_NONBLOCK so that a FIFO (or
-        a name swapped for one) can never hang the gofer, and the result is
-        checked to be the fid's inode (ESTALE if the name was swapped).
-        Device nodes are never opened (EPERM): a sandbox must not reach host
-        devices through its file system.
+        re-opened through a file handle of the fid's own O_PATH fd, which
+        opens exactly that inode (a regular file or FIFO, as checked at walk
+        time): no name is involved, so a device node swapped in under the
+        file's name can never be opened.  Where file handles are unavailable
+        (no CAP_DAC_READ_SEARCH, or a file system without them) the file is
+        opened by name in its directory, after and before checking it is the
+        fid's inode (ESTALE if not); that leaves a window in which a node
+        renamed over the name is opened (the daemon's mounts are nodev, where
+        that open fails).  O_NONBLOCK always, so that a FIFO can never hang
+        the gofer.  Device nodes are never opened (EPERM).
         """
         fmt = f.fmt
         if f.fd < 0:
@@ -494,11 +505,22 @@ class Session:
             return os.open(b".", hflags | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=f.fd)
         if fmt == _LNK:
             raise _err(errno.ELOOP)
-        if fmt == _CHR or fmt == _BLK:
-            raise _err(errno.EPERM)
+        if fmt != _REG and fmt != _FIFO:
+            raise _err(errno.EPERM if fmt == _CHR or fmt == _BLK else errno.ENXIO)
+        hflags |= _O_REOPEN
+        handle_err = 0
+        if _handles_ok["reopen"]:
+            mfd = self.point.mount_fd(f.dev, f.parent)
+            if mfd >= 0:
+                try:
+                    return _sys.reopen_by_handle(f.fd, mfd, hflags)
+                except OSError as e:
+                    if e.errno not in _HANDLE_UNSUPPORTED:
+                        raise
+                    handle_err = e.errno
         pfd, name, owned = self._locate(f)
         try:
-            fd = os.open(name, hflags | _O_REOPEN, dir_fd=pfd)
+            fd = os.open(name, hflags, dir_fd=pfd)
         finally:
             if owned:
                 _close(pfd)
@@ -506,6 +528,8 @@ class Session:
         if st.st_ino != f.ino or st.st_dev != f.dev:
             _close(fd)
             raise _err(errno.ESTALE)
+        if handle_err == errno.EPERM:
+            _handles_ok["reopen"] = False  # no CAP_DAC_READ_SEARCH: stop trying
         return fd
 
     def _new_entry(self, dfd: int, name: bytes, uid: int, gid: int, is_dir: bool) -> Qid:

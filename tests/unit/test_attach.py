@@ -413,13 +413,25 @@ def empty_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
     return bool(request.param)
 
 
+@pytest.fixture(params=[True, False], ids=["by_handle", "by_name"])
+def by_handle(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Run a test re-opening files by file handle, and by name (the fallback used
+    without CAP_DAC_READ_SEARCH or file-handle support)."""
+    from gofer9p.attach import session as sm
+
+    monkeypatch.setitem(sm._handles_ok, "reopen", request.param)
+    return bool(request.param)
+
+
 def _setattr(s: Session, fid: int, valid: int, **kw: int) -> None:
     args = dict(mode=0, uid=0, gid=0, size=0, atime_sec=0, atime_nsec=0, mtime_sec=0, mtime_nsec=0)
     args.update(kw)
     s.setattr(Tsetattr(1, fid, valid, **args))
 
 
-def test_setattr_mode_size_times(s: Session, root: Path, empty_path: bool) -> None:
+def test_setattr_mode_size_times(
+    s: Session, root: Path, empty_path: bool, by_handle: bool
+) -> None:
     f = root / "f"
     f.write_bytes(b"0123456789")
     walk(s, 1, b"f")
@@ -445,7 +457,9 @@ def test_setattr_mode_size_times(s: Session, root: Path, empty_path: bool) -> No
     err(errno.EINVAL, _setattr, s, 1, C.SETATTR_MTIME | C.SETATTR_MTIME_SET, mtime_nsec=2 * 10**9)
 
 
-def test_setattr_directory_and_symlink(s: Session, root: Path, empty_path: bool) -> None:
+def test_setattr_directory_and_symlink(
+    s: Session, root: Path, empty_path: bool, by_handle: bool
+) -> None:
     (root / "d").mkdir(mode=0o755)
     (root / "l").symlink_to("nowhere")
     walk(s, 1, b"d")
@@ -538,7 +552,7 @@ def test_lopen_directory(s: Session, root: Path) -> None:
     err(errno.ENOTDIR, s.lopen, Tlopen(1, 2, C.L_O_DIRECTORY))
 
 
-def test_open_unlink_read(s: Session, root: Path) -> None:
+def test_open_unlink_read(s: Session, root: Path, by_handle: bool) -> None:
     (root / "f").write_bytes(b"still here")
     open_file(s, 1, b"f")
     walk(s, 2, b"f")
@@ -547,19 +561,47 @@ def test_open_unlink_read(s: Session, root: Path) -> None:
     assert read(s, 1) == b"still here"
     walk(s, 3, fid=1)  # walking (cloning) an open fid of an unlinked file works
     assert s.getattr(Tgetattr(1, 3, C.GETATTR_BASIC)).nlink == 0
-    err(errno.ENOENT, s.lopen, Tlopen(1, 3, 0))  # no name left to re-open it by
+    if by_handle:
+        lopen(s, 3)  # the fid still holds the inode: a handle re-opens it
+        assert read(s, 3) == b"still here"
+    else:
+        err(errno.ENOENT, s.lopen, Tlopen(1, 3, 0))  # no name left to re-open it by
 
 
-def test_lopen_after_rename_behind_our_back(s: Session, root: Path) -> None:
+def test_lopen_after_rename_behind_our_back(s: Session, root: Path, by_handle: bool) -> None:
     (root / "f").write_bytes(b"data")
     walk(s, 1, b"f")
     os.rename(root / "f", root / "g")
-    lopen(s, 1)  # the stale name is found again by inode
+    lopen(s, 1)  # by name: the stale name is found again by inode
     assert read(s, 1) == b"data"
     (root / "d").mkdir()
     walk(s, 2, b"g")
     os.rename(root / "g", root / "d" / "g")  # moved to another directory: gone from ours
-    err(errno.ENOENT, s.lopen, Tlopen(1, 2, 0))
+    if by_handle:
+        lopen(s, 2)
+        assert read(s, 2) == b"data"
+    else:
+        err(errno.ENOENT, s.lopen, Tlopen(1, 2, 0))
+
+
+def test_device_swapped_in_is_never_opened(s: Session, root: Path, by_handle: bool) -> None:
+    """The name of a walked regular file now designates a device node: re-opening the
+    fid opens the file itself (by handle) or fails; never the device."""
+    if not as_root():
+        pytest.skip("needs CAP_MKNOD")
+    (root / "f").write_bytes(b"regular")
+    os.mknod(root / "dev", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    walk(s, 1, b"f")
+    walk(s, 2, b"f")
+    os.rename(root / "f", root / "f.old")
+    os.rename(root / "dev", root / "f")
+    if by_handle:
+        lopen(s, 1)
+        assert read(s, 1) == b"regular"
+    else:
+        lopen(s, 1)  # found again by inode under its new name
+        assert read(s, 1) == b"regular"
+    err(errno.EPERM, s.lopen, Tlopen(1, walk(s, 3, b"f") and 3, 0))
 
 
 def test_fifo_open_never_blocks(s: Session, root: Path) -> None:
@@ -1040,9 +1082,11 @@ def test_read_write_point_ignores_panic_flag(root: Path) -> None:
 def test_fds_are_closed(point: AttachPoint, root: Path) -> None:
     (root / "d").mkdir()
     (root / "d" / "f").write_text("x")
-    base = fd_count()
     s = Session(point)
     s.attach(Tattach(1, 0, NOFID, b"", b"", 0))
+    open_file(s, 99, b"d/f")  # the point caches one fd per file system for handles
+    clunk(s, 99)
+    base = fd_count() - 1  # the attach fid
     for i in range(1, 50):
         walk(s, i, b"d", b"f")
         lopen(s, i)
