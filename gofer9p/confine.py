@@ -228,6 +228,7 @@ def install_seccomp(mode: SeccompMode) -> int:
     clone3 returns ENOSYS: its flags live in memory a filter cannot read, and glibc then falls
     back to clone(2), whose flags we *can* check (threads only, no namespaces, no fork).
     socket(AF_UNIX) returns EACCES (see below); every other socket() kills.
+    name_to_handle_at/open_by_handle_at return EPERM (see below).
     """
     if mode == "off":
         return 0
@@ -258,6 +259,12 @@ def install_seccomp(mode: SeccompMode) -> int:
         # glibc's user lookups (Tattach by user name) first try nscd / systemd-userdb over a
         # unix socket; make that fail softly so they fall back to the chroot's /etc/passwd.
         f.add_rule(sc.ERRNO(errno.EACCES), "socket", sc.Arg(0, sc.EQ, _AF_UNIX))
+        # File handles: with CAP_DAC_READ_SEARCH (which we keep), open_by_handle_at opens *any*
+        # inode of a file system by number, chroot or not (the "shocker" escape), so a
+        # compromised gofer must not have it.  EPERM makes attach/ fall back to its verified
+        # re-open by name (and stop trying handles).
+        for name in ("name_to_handle_at", "open_by_handle_at"):
+            f.add_rule(sc.ERRNO(errno.EPERM), name)
         allowed += 5
         if _resolve(sc, "clone3") is not None:
             f.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")

@@ -143,6 +143,26 @@ def test_unix_socket_is_eacces_not_kill() -> None:
     assert r.stdout.strip() == "EACCES"
 
 
+def test_file_handles_are_eperm() -> None:
+    r = _run(
+        "kill",
+        """
+        import ctypes, errno
+        libc = ctypes.CDLL(None, use_errno=True)
+        buf = ctypes.create_string_buffer(8 + 128)
+        buf[0] = 128
+        mid = ctypes.c_int()
+        r1 = libc.name_to_handle_at(-100, b"/", buf, ctypes.byref(mid), 0)
+        e1 = ctypes.get_errno()
+        r2 = libc.open_by_handle_at(-100, buf, 0)
+        e2 = ctypes.get_errno()
+        print(r1, errno.errorcode[e1], r2, errno.errorcode[e2])
+        """,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["-1", "EPERM", "-1", "EPERM"]
+
+
 def test_clone3_is_enosys_so_threads_use_clone() -> None:
     r = _run(
         "kill",
