@@ -131,6 +131,15 @@ class AttachPoint:
         logging.shutdown()
         os._exit(70)
 
+    def qid_base(self, dev: int) -> int:
+        """``dev_index << 56`` for device ``dev`` (OR it with an inode number below
+        2**56 to get the qid path), or -1 when the device is in the overflow range."""
+        idx = self._devs.get(dev)
+        if idx is None:
+            self.qid_path(dev, 0)
+            idx = self._devs[dev]
+        return (idx << _INO_BITS) if idx < _OVERFLOW_DEV else -1
+
     def qid_path(self, dev: int, ino: int) -> int:
         """The unique, stable qid path of the file (dev, ino)."""
         idx = self._devs.get(dev)

@@ -139,7 +139,9 @@ _O_DIR_READ = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _O_REOPEN = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _O_CREATE = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
-_DT_QTYPE = {C.DT_DIR: 0x80, C.DT_LNK: 0x02}
+# qid type by d_type (indexable by any byte value)
+_DT_QTYPES = bytes(0x80 if t == C.DT_DIR else 0x02 if t == C.DT_LNK else 0 for t in range(256))
+_INO_LIMIT = 1 << 56
 _FMT_DT = {
     _DIR: C.DT_DIR, _REG: C.DT_REG, _LNK: C.DT_LNK, _FIFO: C.DT_FIFO,
     _CHR: C.DT_CHR, _BLK: C.DT_BLK, stat.S_IFSOCK: C.DT_SOCK,
@@ -1239,13 +1241,15 @@ class Session:
         except OverflowError:
             raise _err(errno.EINVAL) from None
         point = self.point
-        qpath = point.qid_path
         dev = f.dev
+        qbase = point.qid_base(dev)
         at_root = self._is_root(f)
         data = buf.data
         unpack = _sys.DIRENT64.unpack_from
         pack = _sys.P9_DIRENT.pack
+        qtypes = _DT_QTYPES
         out = bytearray()
+        used = 0
         full = False
         while not full:
             n = buf.fill(ofd)
@@ -1254,26 +1258,29 @@ class Session:
             pos = 0
             while pos < n:
                 d_ino, d_off, reclen, dtype = unpack(data, pos)
-                end = data.index(0, pos + 19, pos + reclen)
-                name = bytes(data[pos + 19:end])
+                # d_name is NUL-terminated (the padding after it is not zeroed).
+                name = data[pos + 19:data.index(0, pos + 19, pos + reclen)]
                 pos += reclen
-                if len(out) + 24 + len(name) > count:
+                ln = len(name)
+                used += 24 + ln
+                if used > count:
                     full = True
                     break
-                if name == b".":
-                    q = f.qid
-                    out += pack(q.type, 0, q.path, d_off, dtype, 1)
-                elif name == b".." and at_root:
-                    q = point.root_qid
-                    out += pack(q.type, 0, q.path, d_off, dtype, 2)
+                if name[0] == 46 and ln <= 2 and (ln == 1 or (name[1] == 46 and at_root)):
+                    q = f.qid if ln == 1 else point.root_qid
+                    out += pack(q.type, 0, q.path, d_off, dtype, ln)
                 else:
                     if dtype == C.DT_UNKNOWN:
                         try:
-                            st = os.stat(name, dir_fd=ofd, follow_symlinks=False)
+                            st = os.stat(bytes(name), dir_fd=ofd, follow_symlinks=False)
                             dtype = _FMT_DT.get(st.st_mode & _S_IFMT, C.DT_UNKNOWN)
                         except OSError:
                             pass
-                    out += pack(_DT_QTYPE.get(dtype, 0), 0, qpath(dev, d_ino), d_off, dtype, len(name))
+                    if qbase >= 0 and d_ino < _INO_LIMIT:
+                        qp = qbase | d_ino
+                    else:
+                        qp = point.qid_path(dev, d_ino)
+                    out += pack(qtypes[dtype], 0, qp, d_off, dtype, ln)
                 out += name
         if full and not out:
             raise _err(errno.EINVAL)
