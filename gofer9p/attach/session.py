@@ -610,7 +610,12 @@ class Session:
                             qids.append(point.root_qid)
                             continue
                         nfd = os.open(b"..", _O_PATH_DIR, dir_fd=cur)
-                        if not self._inside(nfd):
+                        try:
+                            inside = self._inside(nfd)
+                        except BaseException:
+                            _close(nfd)
+                            raise
+                        if not inside:
                             # Only if the host moved us out of the tree: clamp.
                             _close(nfd)
                             nfd = os.dup(point.fd)
