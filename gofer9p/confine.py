@@ -1,7 +1,8 @@
 """Confine the gofer process: chroot, capabilities, no_new_privs, seccomp.
 
 The gofer talks to an untrusted sandbox, so after setup it keeps only what serving files needs
-(design.md §1).  Order matters and is the daemon's job: ``chroot_into`` (needs CAP_SYS_CHROOT) ->
+(design.md §1).  Order matters and is the daemon's job: ``private_mount_root`` (CAP_SYS_ADMIN) ->
+``chroot_into`` (needs CAP_SYS_CHROOT) ->
 open the attach points -> ``drop_capabilities`` -> ``set_no_new_privs`` -> ``install_seccomp``.
 
 Capabilities are **per thread** on Linux and a new thread copies its creator's; a seccomp filter
@@ -32,6 +33,7 @@ __all__ = [
     "drop_capabilities",
     "install_seccomp",
     "preload",
+    "private_mount_root",
     "set_no_new_privs",
     "syscall_whitelist",
 ]
@@ -79,6 +81,81 @@ def assert_single_threaded() -> None:
         return  # inside the chroot: no /proc; the Python count above is what we have
     if len(tasks) != 1:
         raise ConfineError(f"{len(tasks)} threads exist before confinement")
+
+
+_CLONE_NEWNS = 0x00020000
+_MS_NOSUID, _MS_NODEV, _MS_NOSYMFOLLOW = 0x2, 0x4, 0x100
+_MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 0x20, 0x1000, 0x4000, 1 << 18
+_MOUNT_ATTR_NOSUID, _MOUNT_ATTR_NODEV, _MOUNT_ATTR_NOSYMFOLLOW = 0x2, 0x4, 0x200000
+_ST_NOSUID, _ST_NODEV, _ST_NOSYMFOLLOW = 0x2, 0x4, 0x2000
+_SYS_MOUNT_SETATTR = 442  # x86-64 and the generic table alike
+_AT_FDCWD, _AT_RECURSIVE = -100, 0x8000
+
+
+def private_mount_root(root: str) -> str:
+    """Serve ``root`` from a private, recursively nodev+nosuid+nosymfollow copy of its mounts.
+
+    The gofer gets its own mount namespace (nothing it does is seen by the host, and host
+    mount events no longer reach it), bind-mounts ``root`` onto itself recursively and sets
+    MOUNT_ATTR_NODEV|NOSUID|NOSYMFOLLOW on the whole tree with mount_setattr(2):
+
+    * nodev: opening a device node fails with EACCES.  attach/ never opens devices on purpose,
+      but its verified re-open by name has a window in which a node renamed over a name could
+      be opened; on a nodev mount that open has no effect.
+    * nosymfollow: the kernel refuses to follow any symlink inside the served trees, backing
+      up attach/'s one-component O_NOFOLLOW walks.
+    * nosuid: nothing there is ever executed by us; cheap to state.
+
+    On kernels without mount_setattr (< 5.12) only the top mount is remounted (not its
+    submounts).  Returns the real path chroot must use.  Needs CAP_SYS_ADMIN (root, or the
+    root of a user namespace) and a single thread.
+    """
+    import ctypes
+    import struct
+
+    real = os.path.realpath(root)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mount.argtypes = [
+        ctypes.c_char_p,
+        ctypes.c_char_p,
+        ctypes.c_char_p,
+        ctypes.c_ulong,
+        ctypes.c_void_p,
+    ]
+
+    def check(ret: int, what: str) -> None:
+        if ret != 0:
+            e = ctypes.get_errno()
+            raise ConfineError(f"{what}: {os.strerror(e)}")
+
+    b = real.encode()
+    check(libc.unshare(_CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+    check(libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None), "making mounts private")
+    check(libc.mount(b, b, None, _MS_BIND | _MS_REC, None), f"bind-mounting {real!r}")
+    attr = ctypes.create_string_buffer(
+        struct.pack(
+            "=QQQQ", _MOUNT_ATTR_NODEV | _MOUNT_ATTR_NOSUID | _MOUNT_ATTR_NOSYMFOLLOW, 0, 0, 0
+        )
+    )
+    libc.syscall.restype = ctypes.c_long
+    r = libc.syscall(
+        ctypes.c_long(_SYS_MOUNT_SETATTR),
+        ctypes.c_int(_AT_FDCWD),
+        ctypes.c_char_p(b),
+        ctypes.c_uint(_AT_RECURSIVE),
+        attr,
+        ctypes.c_size_t(32),
+    )
+    if r != 0:
+        if ctypes.get_errno() != errno.ENOSYS:
+            check(-1, f"mount_setattr {real!r}")
+        have = os.statvfs(real).f_flag & 0xF  # keep ro/nosuid/nodev/noexec it already has
+        flags = _MS_REMOUNT | _MS_BIND | _MS_NODEV | _MS_NOSUID | _MS_NOSYMFOLLOW | have
+        check(libc.mount(None, b, None, flags, None), f"remounting {real!r} nodev")
+    got = os.statvfs(real).f_flag
+    if got & (_ST_NODEV | _ST_NOSUID) != _ST_NODEV | _ST_NOSUID:
+        raise ConfineError(f"{real!r} is not nodev,nosuid after remount (flags {got:#x})")
+    return real
 
 
 def chroot_into(root: str) -> None:

@@ -284,7 +284,8 @@ def _run(argv: Sequence[str] | None, after_confine: Callable[[], None] | None) -
         _preload()
         confine.preload(seccomp_mode, apply_caps=args.apply_caps)
         confine.assert_single_threaded()
-        confine.chroot_into(spec.root_path)
+        root = confine.private_mount_root(spec.root_path)
+        confine.chroot_into(root)
         points = _open_attach_points(spec, args.panic_on_write)
         if args.apply_caps:
             confine.drop_capabilities()

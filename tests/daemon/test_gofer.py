@@ -327,3 +327,18 @@ def test_attach_by_user_name_uses_the_roots_passwd_not_its_nss(tmp_path: Path) -
         assert g.proc.poll() is None
     finally:
         g.stop()
+
+
+def test_private_nodev_nosymfollow_mounts(gofer: Gofer, bundle: Path) -> None:
+    """The gofer serves from its own mount namespace, where the root is nodev,nosuid,nosymfollow
+    (so a device node renamed into a served tree can never be opened) and the host sees none
+    of it."""
+    gofer.wait_log(SERVING)
+    assert os.readlink(f"/proc/{gofer.pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
+    with open(f"/proc/{gofer.pid}/mountinfo") as f:
+        # From the gofer's chroot the root mount is "/" (the field after the mount id pair).
+        roots = [line.split() for line in f if line.split()[4] == "/"]
+    opts = set(roots[-1][5].split(","))
+    assert {"nodev", "nosuid", "nosymfollow"} <= opts, opts
+    with open("/proc/self/mountinfo") as f:
+        assert str(bundle) not in f.read()
