@@ -403,6 +403,7 @@ class Session:
         sandbox alone cannot move anything out of its tree (renames are
         relative to fds inside it), but the host can, and a directory moved
         out must not become a way to list, walk or change what is outside.
+        More than 4096 levels up without meeting the root counts as outside.
         """
         rdev, rino = self.point.root_dev, self.point.root_ino
         st = _fstat(dfd)
@@ -493,7 +494,9 @@ class Session:
         opens exactly that inode (a regular file or FIFO, as checked at walk
         time): no name is involved, so a device node swapped in under the
         file's name can never be opened.  Where file handles are unavailable
-        (no CAP_DAC_READ_SEARCH, or a file system without them) the file is
+        (no CAP_DAC_READ_SEARCH, a file system without them, or the daemon's
+        seccomp filter, which refuses them because a compromised gofer could
+        open any inode with them) the file is
         opened by name in its directory, after and before checking it is the
         fid's inode (ESTALE if not); that leaves a window in which a node
         renamed over the name is opened (the daemon's mounts are nodev, where
