@@ -283,6 +283,9 @@ def _run(argv: Sequence[str] | None, after_confine: Callable[[], None] | None) -
     try:
         _preload()
         confine.preload(seccomp_mode, apply_caps=args.apply_caps)
+    except ImportError as e:
+        raise DaemonError(f"cannot load the server: {e}") from None
+    try:
         confine.assert_single_threaded()
         root = confine.private_mount_root(spec.root_path)
         confine.chroot_into(root)

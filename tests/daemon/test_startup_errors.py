@@ -149,3 +149,24 @@ def test_log_file_gets_the_error_too(tmp_path: Path) -> None:
     _one_line_error(r, "fd 77 is not open")
     text = logf.read_text()
     assert " gofer9p ERROR --io-fds: fd 77 is not open" in text
+
+
+def test_mount_destination_missing_in_root(tmp_path: Path) -> None:
+    """Without the launcher's bind mount the destination does not exist in the chroot."""
+    bundle = make_bundle(tmp_path, mounts=[("/data", "data", ["rbind"])])
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    with a, b, c, d:
+        fds = [b.fileno(), d.fileno()]
+        r = run_daemon(["--bundle", str(bundle), "--io-fds", f"{fds[0]},{fds[1]}"], pass_fds=fds)
+    _one_line_error(r, "attach point '/data': No such file or directory")
+
+
+def test_mount_destination_is_a_file(tmp_path: Path) -> None:
+    bundle = make_bundle(tmp_path, mounts=[("/hello.txt", "x", ["rbind"])])
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    with a, b, c, d:
+        fds = [b.fileno(), d.fileno()]
+        r = run_daemon(["--bundle", str(bundle), "--io-fds", f"{fds[0]},{fds[1]}"], pass_fds=fds)
+    _one_line_error(r, "attach point '/hello.txt': Not a directory")
