@@ -24,6 +24,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import select
 import signal
 import socket
 import stat
@@ -59,6 +60,9 @@ MS_PRIVATE = 1 << 18
 MNT_DETACH = 0x2
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
+
+#: How long the parent waits for a user-namespace child to report in before giving up.
+_USERNS_TIMEOUT = 10.0
 
 #: statvfs f_flag bits (ST_*) have the same values as the MS_* flags for these four.
 _FLAG_OF_OPTION = {"ro": MS_RDONLY, "nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC}
@@ -346,8 +350,12 @@ def _gofer_argv(
 
 def _write_map(path: str, maps: Sequence[IdMapping]) -> None:
     text = "".join(f"{m.container_id} {m.host_id} {m.size}\n" for m in maps)
-    with open(path, "w") as f:
-        f.write(text)
+    try:
+        with open(path, "w") as f:
+            f.write(text)
+    except OSError as e:
+        name = os.path.basename(path)
+        raise LaunchError(f"writing the gofer's {name} ({text.strip()!r}): {e.strerror}") from None
 
 
 def start_gofer(
@@ -411,6 +419,9 @@ def start_gofer(
         for h, t in zip(high, targets, strict=True):
             os.dup2(h, t)  # the new fd is inheritable: it survives the exec
         if userns:
+            # Close our copies of the parent's ends: a parent that gives up must give us EOF.
+            os.close(go_w)
+            os.close(sync_r)
             if libc.unshare(CLONE_NEWUSER) != 0:
                 os.write(sync_w, b"x")
                 os._exit(126)
@@ -453,6 +464,7 @@ def start_gofer(
             if userns:
                 os.write(sync_w, b"x")  # unblock the main thread's read: no child to map
 
+    mapped = False
     try:
         if userns:
             # Popen blocks until the exec, but the child waits for us to write its id maps first:
@@ -460,22 +472,31 @@ def start_gofer(
             spawner = threading.Thread(target=spawn, name="gofer9p-spawn")
             spawner.start()
             try:
-                msg = os.read(sync_r, 5)
+                ready, _, _ = select.select([sync_r], [], [], _USERNS_TIMEOUT)
+                msg = os.read(sync_r, 5) if ready else b""
                 if msg[:1] == b"u" and len(msg) == 5:
                     pid = int.from_bytes(msg[1:], "little")
                     _write_map(f"/proc/{pid}/uid_map", spec.uid_mappings)
                     _write_map(f"/proc/{pid}/gid_map", spec.gid_mappings)
                     os.write(go_w, b"g")
+                    mapped = True
             finally:
                 os.close(go_w)  # without the "g" the child exits 126 instead of exec'ing
                 go_w = -1
                 spawner.join()
         else:
             spawn()
+        if userns and not mapped and not isinstance(result[0], BaseException):
+            result[0].wait()  # it exited 126 without exec'ing: reap it
+            raise LaunchError("the gofer's user namespace could not be set up")
     except BaseException:
         for a, g in pairs:
             a.close()
             g.close()
+        for r in result:
+            if isinstance(r, subprocess.Popen) and r.poll() is None:
+                r.kill()
+                r.wait()
         undo()
         raise
     finally:

@@ -99,3 +99,23 @@ def test_userns_needs_mappings(tmp_path: Path) -> None:
 def test_bad_bundle(tmp_path: Path) -> None:
     with pytest.raises(LaunchError, match="is not a directory"):
         start_gofer(tmp_path / "nope")
+
+
+def test_rejected_mapping_is_a_clean_error(tmp_path: Path) -> None:
+    bundle = make_bundle(
+        tmp_path,
+        extra={
+            "linux": {
+                # Overlapping ranges: the kernel refuses this uid_map.
+                "uidMappings": [
+                    {"containerID": 0, "hostID": 0, "size": 10},
+                    {"containerID": 5, "hostID": 1000, "size": 10},
+                ],
+                "gidMappings": [{"containerID": 0, "hostID": 0, "size": 1}],
+            }
+        },
+    )
+    before = set(os.listdir("/proc/self/fd"))
+    with pytest.raises(LaunchError, match="writing the gofer's uid_map"):
+        start_gofer(bundle, module="tests.daemon.fdreport", env=gofer_env())
+    assert set(os.listdir("/proc/self/fd")) <= before  # no fd leaked
