@@ -530,7 +530,13 @@ def _build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--socket-dir", help="where to create the sockets (default: a new temp dir)")
     p.add_argument("--panic-on-write", action="store_true")
     p.add_argument("--seccomp", choices=("kill", "log", "off"), default="kill")
-    p.add_argument("--userns", action="store_true", help="run the gofer in a user namespace")
+    p.add_argument(
+        "--userns",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run the gofer in a user namespace with the spec's id mappings "
+        "(default: when the spec has mappings)",
+    )
     p.add_argument("--log-level", default="info")
     return p
 
@@ -541,7 +547,12 @@ def _sock_name(i: int, dest: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str = "gofer9p launch") -> int:
-    """``gofer9p launch --bundle B``: prints ``attach <dest> unix:<path>`` lines, then ``ready``."""
+    """``gofer9p launch --bundle B``: prints ``attach <dest> unix:<path>`` lines, then ``ready``.
+
+    Each path accepts one client (one 9P connection, as a sandbox would have per attach point),
+    e.g. ``mount -t 9p -o trans=unix,version=9p2000.L,access=client PATH /mnt``.  Ctrl-C or
+    SIGTERM stops the gofer, removes the mounts and the sockets.
+    """
     args = _build_parser(prog).parse_args(argv)
     try:
         spec = load_spec(args.bundle)
@@ -593,6 +604,7 @@ async def _serve_paths(gofer: GoferProcess, dests: list[str], paths: list[str]) 
             listeners.append(lsock)
             print(f"attach {dest} unix:{path}", flush=True)
             nursery.start_soon(_one_client, lsock, sand)
+        print(f"gofer pid {gofer.pid}", flush=True)
         print("ready", flush=True)
 
         async def watch() -> None:
