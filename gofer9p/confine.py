@@ -1,9 +1,9 @@
 """Confine the gofer process: chroot, capabilities, no_new_privs, seccomp.
 
 The gofer talks to an untrusted sandbox, so after setup it keeps only what serving files needs
-(design.md §1).  Order matters and is the daemon's job: ``private_mount_root`` (CAP_SYS_ADMIN) ->
-``chroot_into`` (needs CAP_SYS_CHROOT) ->
-open the attach points -> ``drop_capabilities`` -> ``set_no_new_privs`` -> ``install_seccomp``.
+(design.md §1).  Order matters and is the daemon's job: ``private_mount_root`` (needs
+CAP_SYS_ADMIN) -> ``chroot_into`` (CAP_SYS_CHROOT) -> open the attach points ->
+``drop_capabilities`` -> ``set_no_new_privs`` -> ``install_seccomp``.
 
 Capabilities are **per thread** on Linux and a new thread copies its creator's; a seccomp filter
 is inherited the same way.  So everything here must run while the process has exactly one thread,
@@ -43,7 +43,8 @@ SECCOMP_MODES: tuple[SeccompMode, ...] = ("kill", "log", "off")
 
 #: The capabilities the gofer keeps (numbers from linux/capability.h), as gVisor's gofer does:
 #: CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER, FSETID act on files for the sandbox's users;
-#: SYS_CHROOT is what chroot needed (kept so a re-exec or a test can check it, and harmless inside).
+#: SYS_CHROOT is kept as gVisor keeps it; it cannot be used for the classic chroot-in-chroot
+#: escape because chroot(2) is not on the seccomp whitelist.
 KEEP_CAPS: tuple[int, ...] = (0, 1, 2, 3, 4, 18)
 KEEP_CAPS_MASK = sum(1 << c for c in KEEP_CAPS)  # 0x4001f
 
