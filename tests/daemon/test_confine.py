@@ -92,6 +92,7 @@ def test_every_thread_confined() -> None:
         "import fcntl; fcntl.fcntl(0, fcntl.F_SETOWN, 1)",
         "import socket; socket.socketpair(socket.AF_INET)",
         "os.setuid(0)",
+        "os.chroot('/tmp')",  # CAP_SYS_CHROOT is kept, the syscall is not
         "os.kill(os.getpid(), 0)",
         "import ctypes; ctypes.CDLL(None).syscall(101, 0, 0, 0, 0)",  # ptrace
         "import ctypes; ctypes.CDLL(None).syscall(272, 0x20000)",  # unshare(CLONE_NEWNS)
