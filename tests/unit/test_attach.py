@@ -1168,3 +1168,16 @@ def test_qid_paths_unique_and_stable(point: AttachPoint) -> None:
     big = point.qid_path(1, 1 << 60)
     assert big >> 56 == 0xFF and point.qid_path(1, 1 << 60) == big
     assert point.qid_path(2, 1 << 60) != big
+
+
+def test_read_blocks(s: Session, root: Path) -> None:
+    (root / "f").write_text("x")
+    os.mkfifo(root / "p")
+    open_file(s, 1, b"f")
+    open_file(s, 2, b"p")
+    walk(s, 3, b"p")
+    assert not s.read_blocks(1)
+    assert s.read_blocks(2)  # FIFO: up to another process, keep it off the event loop
+    assert not s.read_blocks(3)  # not opened: fails at once
+    assert not s.read_blocks(99)
+    assert not s.read_blocks(ROOT)
