@@ -1,0 +1,129 @@
+"""``python -m fuzz stateful|frames|decode|replay ...``: run one fuzzer, write a report.
+
+Every run is bounded by ``--time`` seconds or ``--examples`` (whichever comes
+first; the default is 60 seconds) and prints a one-line summary; the exit
+status is 0 when the run found nothing, 1 when it found a crash, hang, leak
+or broken invariant (each saved as a reproducer under
+``fuzz/corpus/crashes/``), 2 on a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from .common import CRASH_DIR, Report, replay
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m fuzz", description="Fuzz gofer9p: hostile 9P clients and the codec."
+    )
+    sub = p.add_subparsers(dest="fuzzer", required=True)
+
+    def common(sp: argparse.ArgumentParser, *, live: bool = True) -> None:
+        sp.add_argument("--time", type=float, default=None, metavar="SECONDS",
+                        help="stop after this many seconds (default 60 if --examples is not given)")
+        sp.add_argument("--examples", type=int, default=None, metavar="N",
+                        help="stop after N examples (stateful sequences, frames, decode inputs)")
+        sp.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
+        sp.add_argument("--report", type=Path, default=None, help="write the JSON report here")
+        sp.add_argument("--crash-dir", type=Path, default=CRASH_DIR,
+                        help="where reproducers are saved (default fuzz/corpus/crashes)")
+        if live:
+            sp.add_argument("--target", default="inproc",
+                            help="inproc (default) | serve | serve-fd | unix:PATH")
+            sp.add_argument("--timeout", type=float, default=5.0,
+                            help="seconds to wait for a reply before calling it a hang")
+            sp.add_argument("--msize", type=int, default=1 << 20,
+                            help="server max msize for the targets we start")
+
+    s = sub.add_parser("stateful", help="hypothesis state machine against a live server")
+    common(s)
+    s.add_argument("--steps", type=int, default=50, help="max steps per sequence")
+    f = sub.add_parser("frames", help="malformed frames against a live server")
+    common(f)
+    d = sub.add_parser("decode", help="coverage-guided codec.decode (atheris, else hypothesis)")
+    common(d, live=False)
+    d.add_argument("--engine", choices=["auto", "atheris", "hypothesis"], default="auto")
+    r = sub.add_parser("replay", help="replay reproducers against a live server")
+    r.add_argument("files", nargs="+", type=Path)
+    r.add_argument("--target", default="inproc")
+    r.add_argument("--timeout", type=float, default=5.0)
+    return p
+
+
+def _budget(args: argparse.Namespace) -> tuple[float | None, int | None]:
+    if args.time is None and args.examples is None:
+        return 60.0, None
+    return args.time, args.examples
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.fuzzer == "replay":
+        return _replay(args)
+    seed = args.seed if args.seed is not None else random.randrange(1 << 32)
+    time_budget, examples = _budget(args)
+    report = Report(
+        fuzzer=args.fuzzer,
+        target=getattr(args, "target", "codec"),
+        seed=seed,
+        started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        time_budget_s=time_budget,
+        examples_budget=examples,
+    )
+    if args.fuzzer == "decode":
+        from .atheris_decode import run as run_decode
+
+        run_decode(report, seed=seed, time_budget=time_budget, max_inputs=examples,
+                   engine=args.engine, crash_dir=args.crash_dir)
+    else:
+        from .targets import make_target
+
+        target = make_target(args.target, max_msize=args.msize)
+        with target:
+            if args.fuzzer == "frames":
+                from .frames import run as run_frames
+
+                run_frames(target, report, seed=seed, time_budget=time_budget,
+                           max_frames=examples, crash_dir=args.crash_dir, timeout=args.timeout)
+            else:
+                from .stateful import run as run_stateful
+
+                run_stateful(target, report, seed=seed, time_budget=time_budget,
+                             max_examples=examples, steps=args.steps, crash_dir=args.crash_dir,
+                             timeout=args.timeout)
+    report.write(args.report)
+    print(report.summary())
+    for bucket in (report.crashes, report.hangs, report.leaks, report.invariant_failures):
+        for e in bucket:
+            first = e["message"].split("\n")[0]
+            print(f"  - {first}" + (f"\n    reproducer: {e['reproducer']}" if "reproducer" in e
+                                    else ""))
+    return 0 if report.ok else 1
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from .targets import make_target
+
+    bad = 0
+    with make_target(args.target) as target:
+        for path in args.files:
+            problems = replay(path, target, timeout=args.timeout)
+            if problems:
+                bad += 1
+                print(f"FAIL {path}")
+                for p in problems:
+                    print(f"  - {p.splitlines()[0]}")
+            else:
+                print(f"ok   {path}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

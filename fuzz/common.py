@@ -1,0 +1,303 @@
+"""What every live-server fuzzer shares: the report, liveness, leak checks, replay.
+
+The report is the contract with the people who run the fuzzers (README.md
+explains each field); ``ok`` is false as soon as one crash, hang or leak was
+seen, and the tests assert on exactly these fields.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gofer9p.protocol import messages as M
+from gofer9p.protocol.constants import NOFID
+
+from .targets import Target, fd_count, fd_targets, rss_kb
+from .wire import ANY, Failure, RawConn, Transcript, check_reply, parse_expect, save_reproducer
+
+CORPUS = Path(__file__).resolve().parent / "corpus"
+CRASH_DIR = CORPUS / "crashes"
+
+
+@dataclass
+class Report:
+    """The JSON report of one fuzz run (see README.md, "The report")."""
+
+    fuzzer: str
+    target: str
+    seed: int | None = None
+    started: str = ""
+    duration_s: float = 0.0
+    time_budget_s: float | None = None
+    examples_budget: int | None = None
+    frames_sent: int = 0
+    examples_run: int = 0
+    connections: int = 0
+    crashes: list[dict[str, Any]] = field(default_factory=list)
+    hangs: list[dict[str, Any]] = field(default_factory=list)
+    leaks: list[dict[str, Any]] = field(default_factory=list)
+    invariant_failures: list[dict[str, Any]] = field(default_factory=list)
+    fd_baseline: int | None = None
+    fd_final: int | None = None
+    fd_growth: int | None = None
+    rss_baseline_kb: int | None = None
+    rss_final_kb: int | None = None
+    rss_peak_kb: int | None = None
+    rss_growth_kb: int | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    ok: bool = True
+
+    def add_failure(self, kind: str, message: str, reproducer: Path | None = None) -> None:
+        """File a failure under crashes/hangs/leaks/invariant_failures; clears ``ok``."""
+        entry: dict[str, Any] = {"message": message[:4000]}
+        if reproducer is not None:
+            entry["reproducer"] = str(reproducer)
+        bucket = {
+            "crash": self.crashes,
+            "hang": self.hangs,
+            "leak": self.leaks,
+        }.get(kind, self.invariant_failures)
+        # the same bug tends to repeat: keep the first few of each message
+        same = [e for e in bucket if e["message"].split("\n")[0] == message.split("\n")[0]]
+        if len(same) < 3 and len(bucket) < 200:
+            bucket.append(entry)
+        self.ok = False
+
+    def failures(self) -> int:
+        return len(self.crashes) + len(self.hangs) + len(self.leaks) + len(self.invariant_failures)
+
+    def write(self, path: Path | str | None) -> None:
+        if path:
+            Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    def summary(self) -> str:
+        return (
+            f"{self.fuzzer} on {self.target}: {self.examples_run} examples, "
+            f"{self.frames_sent} frames, {self.connections} connections in "
+            f"{self.duration_s:.1f}s; crashes={len(self.crashes)} hangs={len(self.hangs)} "
+            f"leaks={len(self.leaks)} invariant={len(self.invariant_failures)} "
+            f"fd_growth={self.fd_growth} rss_growth_kb={self.rss_growth_kb} "
+            f"-> {'OK' if self.ok else 'FAILED'}"
+        )
+
+
+def split_problem(problem: str) -> tuple[str, str]:
+    """``"kind: message"`` -> (kind, message); unknown kinds are crashes."""
+    kind, _, msg = problem.partition(": ")
+    if kind in ("crash", "hang", "leak", "invariant"):
+        return kind, msg
+    return "crash", problem
+
+
+class Health:
+    """Watches the server process's fds and RSS across a run.
+
+    The baseline is taken after a warm-up connection (lazy imports, thread
+    pools and caches are not leaks); ``check`` is called at quiescent points
+    (no connection open) and waits up to ``settle`` seconds for the fd count
+    to come back, since the server notices our EOF asynchronously.
+    """
+
+    def __init__(self, target: Target, report: Report, *, rss_bound_kb: int = 128 * 1024) -> None:
+        self.target = target
+        self.report = report
+        self.rss_bound_kb = rss_bound_kb
+        self.fd_base: int | None = None
+        self.fd_names: dict[int, str] = {}
+        self.rss_base: int | None = None
+
+    def baseline(self) -> None:
+        pid = self.target.pid()
+        if pid is None:
+            return
+        self.fd_base = fd_count(pid)
+        self.fd_names = fd_targets(pid)
+        self.rss_base = rss_kb(pid)
+        self.report.fd_baseline = self.fd_base
+        self.report.rss_baseline_kb = self.rss_base
+        self.report.rss_peak_kb = self.rss_base
+
+    def fds_settled(self, want: int | None, settle: float = 3.0) -> int | None:
+        pid = self.target.pid()
+        if pid is None or want is None:
+            return None
+        deadline = time.monotonic() + settle
+        while True:
+            n = fd_count(pid)
+            if n is None or n <= want or time.monotonic() > deadline:
+                return n
+            time.sleep(0.01)
+
+    def check(self, *, final: bool = False) -> list[str]:
+        """Problems: fd count above baseline, RSS grown beyond the bound."""
+        pid = self.target.pid()
+        if pid is None or self.fd_base is None:
+            return []
+        out: list[str] = []
+        n = self.fds_settled(self.fd_base)
+        rss = rss_kb(pid)
+        if rss is not None:
+            peak = self.report.rss_peak_kb or 0
+            self.report.rss_peak_kb = max(peak, rss)
+        if final:
+            self.report.fd_final = n
+            self.report.rss_final_kb = rss
+            if n is not None:
+                self.report.fd_growth = n - self.fd_base
+            if rss is not None and self.rss_base is not None:
+                self.report.rss_growth_kb = rss - self.rss_base
+        if n is not None and n > self.fd_base:
+            now = fd_targets(pid)
+            new = sorted(
+                f"{fd}->{t}" for fd, t in now.items() if self.fd_names.get(fd) != t
+            )
+            out.append(
+                f"leak: server holds {n} fds at rest, baseline {self.fd_base}; "
+                f"new: {', '.join(new[:20])}"
+            )
+        if rss is not None and self.rss_base is not None and rss - self.rss_base > self.rss_bound_kb:
+            out.append(
+                f"leak: server VmRSS grew {rss - self.rss_base} KiB "
+                f"(bound {self.rss_bound_kb} KiB): {self.rss_base} -> {rss}"
+            )
+        return out
+
+
+def liveness(target: Target, *, timeout: float = 5.0, transcript: Transcript | None = None) -> None:
+    """A fresh connection must still work: version, attach, walk, getattr, clunk, EOF.
+
+    Raises :class:`Failure`.  Used after every connection a fuzzer broke.
+    """
+    t = transcript or Transcript()
+    try:
+        link = target.open()
+    except OSError as e:
+        raise Failure("crash", f"liveness: cannot connect to the server: {e}") from None
+    c = RawConn(link.sock, t, timeout)
+    try:
+        c.handshake(65536)
+        root = 0xF0F0
+        c.rpc(
+            M.Tattach(tag=0, fid=root, afid=NOFID, uname=b"root", aname=b"", n_uname=0),
+            outcome=1,
+        )
+        c.rpc(M.Twalk(tag=0, fid=root, newfid=root + 1, wnames=[]), outcome=1)
+        c.rpc(M.Tgetattr(tag=0, fid=root + 1, request_mask=0x7FF), outcome=1)
+        c.rpc(M.Tclunk(tag=0, fid=root + 1), outcome=1)
+        c.rpc(M.Tclunk(tag=0, fid=root), outcome=1)
+        rest = c.expect_close(half_close=True)
+        if rest:
+            raise Failure("invariant", f"liveness: {len(rest)} unexpected frames before close")
+    except Failure as f:
+        raise Failure(f.kind, "liveness: " + f.message) from None
+    finally:
+        c.sock.close()
+    for p in link.finish(timeout):
+        kind, msg = split_problem(p)
+        raise Failure(kind, "liveness: " + msg)
+
+
+def replay(path: Path, target: Target, *, timeout: float = 5.0) -> list[str]:
+    """Replay a reproducer against ``target``; return the problems seen ([] = passes).
+
+    Checks every expectation recorded in the file (replies with the recorded
+    tag/type/outcome/data, closes), that the server did not crash, that a
+    fresh connection still works, and that fds return to the baseline.
+    """
+    t = Transcript.from_bytes(path.read_bytes())
+    problems: list[str] = []
+    pid = target.pid()
+    base = fd_count(pid) if pid is not None and not target.per_connection_process else None
+    conn: RawConn | None = None
+    link = None
+    scratch = Transcript()
+
+    def end_conn() -> None:
+        nonlocal conn, link
+        if conn is not None and link is not None:
+            conn.sock.close()
+            for p in link.finish(timeout):
+                problems.append(p)
+        conn = None
+        link = None
+
+    try:
+        for op, payload in t.records:
+            if op == b"N":
+                end_conn()
+                link = target.open()
+                conn = RawConn(link.sock, scratch, timeout)
+                continue
+            if conn is None:
+                raise Failure("invariant", f"reproducer record {op!r} before any N record")
+            if op == b"S":
+                conn.send(payload)
+            elif op == b"R":
+                tag, ttype, outcome, data = parse_expect(payload)
+                frame = conn.recv_frame()
+                reply = check_reply(frame, tag=tag, ttype=ttype, msize=conn.msize or None,
+                                    outcome=outcome)
+                if isinstance(reply, M.Rversion) and reply.version == b"9P2000.L":
+                    conn.msize = reply.msize
+                if data is not None and isinstance(reply, M.Rread) and bytes(reply.data) != data:
+                    raise Failure("invariant", f"read returned {bytes(reply.data)[:32]!r}, "
+                                  f"expected {data[:32]!r}")
+            elif op in (b"E", b"X"):
+                for frame in conn.expect_close(half_close=op == b"E"):
+                    check_reply(frame, msize=conn.msize or None, outcome=ANY)
+            elif op == b"C":
+                end_conn()
+        end_conn()
+    except Failure as f:
+        problems.append(f"{f.kind}: {f.message}")
+        if conn is not None:
+            conn.sock.close()
+    problems += target.problems()
+    if not problems:
+        try:
+            liveness(target, timeout=timeout)
+        except Failure as f:
+            problems.append(f"{f.kind}: {f.message}")
+    problems += target.problems()
+    if base is not None and pid is not None:
+        deadline = time.monotonic() + 3
+        n = fd_count(pid)
+        while n is not None and n > base and time.monotonic() < deadline:
+            time.sleep(0.02)
+            n = fd_count(pid)
+        if n is not None and n > base:
+            problems.append(f"leak: server holds {n} fds after replay, {base} before")
+    return problems
+
+
+def save_failure(
+    report: Report,
+    fuzzer: str,
+    failure: Failure,
+    transcript: Transcript,
+    *,
+    crash_dir: Path | None,
+    extra: dict[str, Any] | None = None,
+) -> Path | None:
+    """Record ``failure`` in the report and save its transcript as a reproducer."""
+    path = None
+    if crash_dir is not None:
+        meta = {
+            "fuzzer": fuzzer,
+            "kind": failure.kind,
+            "message": failure.message,
+            "target": report.target,
+            "seed": report.seed,
+            "frames": transcript.frames_sent(),
+            "found": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "replay": "python -m fuzz replay <this .bin>",
+            **(extra or {}),
+        }
+        path = save_reproducer(crash_dir, f"{fuzzer}-{failure.kind}", transcript, meta)
+    report.add_failure(failure.kind, failure.message, path)
+    return path

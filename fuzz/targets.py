@@ -1,0 +1,588 @@
+"""Where the server under fuzz runs, and how its health is measured.
+
+Three kinds, chosen with ``--target``:
+
+* ``inproc`` (default): ``gofer9p.server.Connection`` in a trio loop on a
+  background thread of this process, one socketpair per connection.  Fastest;
+  the fid table is visible (``Session.fid_count()``), an exception escaping
+  the connection task or an ``internal error`` log record is caught as a
+  crash with its traceback.
+* ``serve``: a spawned ``gofer9p serve DIR --listen unix:SOCK`` process, so
+  the real process's fds (``/proc/PID/fd``) and VmRSS can be watched across
+  many connections; its error log is scanned for crashes.
+  ``serve-fd``: one ``gofer9p serve --fd N DIR`` process per connection, the
+  way a sandbox manager runs a gofer: it must also exit 0 at EOF.
+* ``unix:PATH``: an already running server.  The export directory is unknown
+  (no host-side comparison); the process is found with ``SO_PEERCRED``.
+
+Every wait is bounded: starting a server, connecting, and the end of a
+connection (``Link.finish``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def fd_count(pid: int) -> int | None:
+    """Open fds of ``pid`` (None if /proc cannot tell)."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
+
+
+def fd_targets(pid: int) -> dict[int, str]:
+    """``{fd: readlink target}`` of ``pid`` (empty if /proc cannot tell)."""
+    out: dict[int, str] = {}
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return out
+    for n in names:
+        try:
+            out[int(n)] = os.readlink(f"/proc/{pid}/fd/{n}")
+        except OSError:
+            pass
+    return out
+
+
+def rss_kb(pid: int) -> int | None:
+    """VmRSS of ``pid`` in KiB (None if /proc cannot tell)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def empty_dir(path: Path) -> None:
+    """Remove everything inside ``path`` (fuzzers leave odd modes behind)."""
+    for entry in os.scandir(path):
+        p = Path(entry.path)
+        if entry.is_dir(follow_symlinks=False):
+            for root, dirs, _files in os.walk(p):
+                for d in dirs:
+                    try:
+                        os.chmod(os.path.join(root, d), 0o700)
+                    except OSError:
+                        pass
+            try:
+                os.chmod(p, 0o700)
+            except OSError:
+                pass
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            try:
+                p.unlink()
+            except OSError:
+                pass
+
+
+class Link:
+    """One connection to a target: a connected socket plus what the target can tell."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def fid_count(self) -> int | None:
+        """Fids the server holds for this connection, when visible (in-process)."""
+        return None
+
+    def pid(self) -> int | None:
+        """The server process serving this connection, when known."""
+        return None
+
+    def finish(self, timeout: float) -> list[str]:
+        """After our side closed: wait for the server side to end; return problems."""
+        return []
+
+
+class Target:
+    """A server to fuzz.  ``start`` before use, ``stop`` after (both idempotent)."""
+
+    name = "?"
+    export: Path | None = None
+    """The exported host directory, when the fuzzer may look at it."""
+    per_connection_process = False
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def open(self) -> Link:
+        raise NotImplementedError
+
+    def pid(self) -> int | None:
+        """The long-lived server process (None: unknown or one per connection)."""
+        return None
+
+    def problems(self) -> list[str]:
+        """Crash signals seen since the last call (exceptions, error logs, death)."""
+        return []
+
+    def alive(self) -> bool:
+        return True
+
+    def reset_export(self) -> None:
+        """Empty the export between fuzz cases (only with no connection open)."""
+        if self.export is not None:
+            empty_dir(self.export)
+
+    def __enter__(self) -> Target:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _make_export() -> tuple[Path, Path]:
+    tmp = Path(tempfile.mkdtemp(prefix="gofer9p-fuzz-"))
+    export = tmp / "export"
+    export.mkdir()
+    export.chmod(0o755)
+    return tmp, export
+
+
+# ------------------------------------------------------------------ in-process
+class _ErrorCatcher(logging.Handler):
+    """Keeps ERROR+ records of the gofer9p loggers: an ``internal error`` is a bug."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.lines: list[str] = []
+        self.mu = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = f"{record.levelname} {record.name}: {record.getMessage()}"
+        if record.exc_info:
+            text += "\n" + "".join(traceback.format_exception(*record.exc_info))
+        with self.mu:
+            self.lines.append(text)
+
+
+class _InprocLink(Link):
+    def __init__(self, sock: socket.socket, conn: Any, done: threading.Event) -> None:
+        super().__init__(sock)
+        self.conn = conn
+        self.done = done
+
+    def fid_count(self) -> int | None:
+        return int(self.conn.session.fid_count())
+
+    def pid(self) -> int | None:
+        return os.getpid()
+
+    def finish(self, timeout: float) -> list[str]:
+        if not self.done.wait(timeout):
+            return [f"hang: server connection task still running {timeout:.0f}s after EOF"]
+        n = self.conn.session.fid_count()
+        return [f"leak: {n} fids left after the connection ended"] if n else []
+
+
+class InprocTarget(Target):
+    """The server in a trio loop on a thread of this process (see module doc)."""
+
+    name = "inproc"
+
+    def __init__(self, *, max_msize: int = 1 << 20, readonly: bool = False) -> None:
+        self.max_msize = max_msize
+        self.readonly = readonly
+        self._thread: threading.Thread | None = None
+        self._token: Any = None
+        self._nursery: Any = None
+        self._ready = threading.Event()
+        self._errors: list[str] = []
+        self._lock = threading.Lock()
+        self._catcher = _ErrorCatcher()
+        self._seen = 0
+        self._old_level = logging.NOTSET
+        self._tmp: Path | None = None
+        self.point: Any = None
+        self.count = 0
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        from gofer9p.attach import AttachPoint
+
+        self._tmp, self.export = _make_export()
+        self.point = AttachPoint.open(str(self.export), readonly=self.readonly)
+        logger = logging.getLogger("gofer9p")
+        self._old_level = logger.level
+        # warnings (one per malformed frame) would flood any log capture
+        logger.setLevel(logging.ERROR)
+        logger.addHandler(self._catcher)
+        self._thread = threading.Thread(target=self._run, name="gofer9p-fuzz-server", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("in-process server did not start within 10s")
+
+    def _run(self) -> None:
+        import trio
+
+        async def main() -> None:
+            self._token = trio.lowlevel.current_trio_token()
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._ready.set()
+                await trio.sleep_forever()
+
+        try:
+            trio.run(main)
+        except BaseException:
+            with self._lock:
+                self._errors.append("crash: server loop died\n" + traceback.format_exc())
+
+    def open(self) -> Link:
+        import trio
+
+        from gofer9p.server import Connection, ServerConfig
+
+        self.count += 1
+        a, b = socket.socketpair()
+        config = ServerConfig(max_msize=self.max_msize)
+        conn = Connection(a, self.point, config, f"fuzz{self.count}")
+        done = threading.Event()
+
+        async def serve_one() -> None:
+            try:
+                await conn.run()
+            except BaseException as e:
+                if not isinstance(e, trio.Cancelled):
+                    with self._lock:
+                        self._errors.append(
+                            f"crash: serve() raised {type(e).__name__}: {e}\n"
+                            + "".join(traceback.format_exception(e))
+                        )
+                raise
+            finally:
+                a.close()
+                done.set()
+
+        def spawn() -> None:
+            self._nursery.start_soon(serve_one)
+
+        trio.from_thread.run_sync(spawn, trio_token=self._token)
+        return _InprocLink(b, conn, done)
+
+    def pid(self) -> int | None:
+        return os.getpid()
+
+    def problems(self) -> list[str]:
+        with self._lock:
+            out = self._errors[:]
+            self._errors.clear()
+        with self._catcher.mu:
+            new = self._catcher.lines[self._seen :]
+            self._seen = len(self._catcher.lines)
+        return out + [f"crash: server logged {line}" for line in new]
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        import trio
+
+        if self._thread.is_alive() and self._nursery is not None:
+            try:
+                trio.from_thread.run_sync(self._nursery.cancel_scope.cancel, trio_token=self._token)
+            except (trio.RunFinishedError, RuntimeError):
+                pass
+            self._thread.join(10)
+        self._thread = None
+        logger = logging.getLogger("gofer9p")
+        logger.removeHandler(self._catcher)
+        logger.setLevel(self._old_level)
+        if self.point is not None:
+            self.point.close()
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ processes
+def _gofer_cmd() -> list[str]:
+    return [sys.executable, "-m", "gofer9p"]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+class _LogScanner:
+    """Reads new lines of a server log file; ERROR/CRITICAL/Traceback lines are crashes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.pos = 0
+
+    def new_problems(self) -> list[str]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.pos)
+                data = f.read()
+        except OSError:
+            return []
+        # consume whole lines only
+        cut = data.rfind(b"\n") + 1
+        self.pos += cut
+        out = []
+        for line in data[:cut].decode(errors="replace").splitlines():
+            if " ERROR " in line or " CRITICAL " in line or line.startswith("Traceback"):
+                out.append(f"crash: server logged {line.strip()}")
+        return out
+
+
+class ServeTarget(Target):
+    """``gofer9p serve DIR --listen unix:SOCK`` spawned once, many connections."""
+
+    name = "serve"
+
+    def __init__(self, *, max_msize: int = 1 << 20, readonly: bool = False) -> None:
+        self.max_msize = max_msize
+        self.readonly = readonly
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._tmp: Path | None = None
+        self.sock_path: Path | None = None
+        self.log_path: Path | None = None
+        self._scanner: _LogScanner | None = None
+        self._reported_death = False
+
+    def start(self) -> None:
+        if self.proc is not None:
+            return
+        self._tmp, self.export = _make_export()
+        self.sock_path = self._tmp / "gofer.sock"
+        self.log_path = self._tmp / "gofer.log"
+        cmd = [
+            *_gofer_cmd(),
+            "serve",
+            str(self.export),
+            "--listen",
+            f"unix:{self.sock_path}",
+            "--msize",
+            str(self.max_msize),
+            "--log-level",
+            "error",
+            "--log-file",
+            str(self.log_path),
+        ]
+        if self.readonly:
+            cmd.append("--read-only")
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(cmd, env=_env(), stdin=subprocess.DEVNULL, stderr=log)
+        self._scanner = _LogScanner(self.log_path)
+        deadline = time.monotonic() + 15
+        while not self.sock_path.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"gofer9p serve did not start: {self.log_path.read_text(errors='replace')}"
+                )
+            time.sleep(0.02)
+
+    def open(self) -> Link:
+        assert self.sock_path is not None
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(10)
+        s.connect(str(self.sock_path))
+        return _ProcLink(s, self.pid())
+
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def problems(self) -> list[str]:
+        out = self._scanner.new_problems() if self._scanner else []
+        if self.proc is not None and self.proc.poll() is not None and not self._reported_death:
+            self._reported_death = True
+            out.append(f"crash: server process exited with status {self.proc.returncode}")
+        return out
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(10)
+            self.proc = None
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+
+class _ProcLink(Link):
+    def __init__(
+        self, sock: socket.socket, pid: int | None, proc: subprocess.Popen[bytes] | None = None
+    ) -> None:
+        super().__init__(sock)
+        self._pid = pid
+        self.proc = proc
+
+    def pid(self) -> int | None:
+        return self._pid
+
+    def finish(self, timeout: float) -> list[str]:
+        if self.proc is None:
+            return []
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            return [f"hang: gofer9p serve --fd did not exit {timeout:.0f}s after EOF"]
+        if rc != 0:
+            return [f"crash: gofer9p serve --fd exited with status {rc} after EOF"]
+        return []
+
+
+class ServeFdTarget(Target):
+    """One ``gofer9p serve --fd N DIR`` process per connection (how a sandbox runs it)."""
+
+    name = "serve-fd"
+    per_connection_process = True
+
+    def __init__(self, *, max_msize: int = 1 << 20, readonly: bool = False) -> None:
+        self.max_msize = max_msize
+        self.readonly = readonly
+        self._tmp: Path | None = None
+        self.log_path: Path | None = None
+        self._scanner: _LogScanner | None = None
+        self.current: _ProcLink | None = None
+
+    def start(self) -> None:
+        if self._tmp is None:
+            self._tmp, self.export = _make_export()
+            self.log_path = self._tmp / "gofer.log"
+            self.log_path.touch()
+            self._scanner = _LogScanner(self.log_path)
+
+    def open(self) -> Link:
+        assert self.log_path is not None
+        if self.current is not None and self.current.proc is not None:
+            if self.current.proc.poll() is None:
+                self.current.proc.kill()
+                self.current.proc.wait(10)
+        a, b = socket.socketpair()
+        cmd = [
+            *_gofer_cmd(),
+            "serve",
+            str(self.export),
+            "--fd",
+            str(a.fileno()),
+            "--msize",
+            str(self.max_msize),
+            "--log-level",
+            "error",
+            "--log-file",
+            str(self.log_path),
+        ]
+        if self.readonly:
+            cmd.append("--read-only")
+        with open(self.log_path, "ab") as log:
+            proc = subprocess.Popen(
+                cmd, env=_env(), pass_fds=(a.fileno(),), stdin=subprocess.DEVNULL, stderr=log
+            )
+        a.close()
+        self.current = _ProcLink(b, proc.pid, proc)
+        return self.current
+
+    def problems(self) -> list[str]:
+        return self._scanner.new_problems() if self._scanner else []
+
+    def alive(self) -> bool:
+        return True
+
+    def stop(self) -> None:
+        if self.current is not None and self.current.proc is not None:
+            if self.current.proc.poll() is None:
+                self.current.proc.kill()
+                self.current.proc.wait(10)
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+
+class UnixTarget(Target):
+    """An existing server listening on ``unix:PATH`` (export unknown)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.name = f"unix:{path}"
+        self._pid: int | None = None
+
+    def start(self) -> None:
+        link = self.open()
+        try:
+            cred = link.sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+            pid = struct.unpack("3i", cred)[0]
+            self._pid = pid if pid > 0 and fd_count(pid) is not None else None
+        finally:
+            link.sock.close()
+
+    def open(self) -> Link:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(10)
+        s.connect(self.path)
+        return _ProcLink(s, self._pid)
+
+    def pid(self) -> int | None:
+        return self._pid
+
+    def alive(self) -> bool:
+        if self._pid is None:
+            return True
+        try:
+            os.kill(self._pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def problems(self) -> list[str]:
+        return [] if self.alive() else ["crash: server process is gone"]
+
+    def reset_export(self) -> None:
+        pass
+
+
+def make_target(spec: str, *, max_msize: int = 1 << 20) -> Target:
+    """``inproc`` | ``serve`` | ``serve-fd`` | ``unix:PATH``."""
+    if spec == "inproc":
+        return InprocTarget(max_msize=max_msize)
+    if spec == "serve":
+        return ServeTarget(max_msize=max_msize)
+    if spec == "serve-fd":
+        return ServeFdTarget(max_msize=max_msize)
+    if spec.startswith("unix:"):
+        return UnixTarget(spec[5:])
+    raise ValueError(f"--target must be inproc, serve, serve-fd or unix:PATH, not {spec!r}")
