@@ -360,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
         ctx = mp.get_context("fork")
         shares = [list(range(i, a.connections, a.procs)) for i in range(a.procs)]
         start_at = time.time() + 1.0 + 0.02 * a.connections
-        pipes, workers = [], []
+        pipes: list[Connection] = []
+        workers: list[Any] = []
         cfg = {"qd": a.qd, "msize": a.msize, "seed": a.seed, "duration": a.duration}
         for share in shares:
             if not share:

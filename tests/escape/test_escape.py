@@ -205,27 +205,33 @@ async def _op_symlink(c: Client, root: int, f: int, name: bytes) -> object:
 
 
 async def _op_link(c: Client, root: int, f: int, name: bytes) -> object:
-    return await c.link(root, f, name)
+    await c.link(root, f, name)
+    return None
 
 
 async def _op_rename(c: Client, root: int, f: int, name: bytes) -> object:
-    return await c.rename(f, root, name)
+    await c.rename(f, root, name)
+    return None
 
 
 async def _op_renameat_old(c: Client, root: int, f: int, name: bytes) -> object:
-    return await c.renameat(root, name, root, PWN)
+    await c.renameat(root, name, root, PWN)
+    return None
 
 
 async def _op_renameat_new(c: Client, root: int, f: int, name: bytes) -> object:
-    return await c.renameat(root, b"victim", root, name)
+    await c.renameat(root, b"victim", root, name)
+    return None
 
 
 async def _op_unlinkat(c: Client, root: int, f: int, name: bytes) -> object:
-    return await c.unlinkat(root, name, 0)
+    await c.unlinkat(root, name, 0)
+    return None
 
 
 async def _op_rmdirat(c: Client, root: int, f: int, name: bytes) -> object:
-    return await c.unlinkat(root, name, C.AT_REMOVEDIR)
+    await c.unlinkat(root, name, C.AT_REMOVEDIR)
+    return None
 
 
 OPS: dict[str, Op] = {

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Awaitable
 
 import pytest
 
@@ -151,6 +152,7 @@ async def test_create_inside_symlinked_dir(
     d, _ = await c.walk(esc.root, [link.encode()])
     f, _ = await c.walk(esc.root, [b"f"])
     name = PWN.encode()
+    coro: Awaitable[object]
     if creator == "lcreate":
         coro = c.lcreate(d, name, C.L_O_RDWR | C.L_O_CREAT, 0o644)
     elif creator == "mkdir":

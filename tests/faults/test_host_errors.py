@@ -183,8 +183,8 @@ async def test_fsync_errors_reported(
     fid = await _open_file(served, b"f", b"")
     await c.write(fid, 0, b"data")
     calls: list[str] = []
-    monkeypatch.setattr(session_mod.os, "fsync", _failing(code, calls))
-    monkeypatch.setattr(session_mod.os, "fdatasync", _failing(code, calls))
+    monkeypatch.setattr(os, "fsync", _failing(code, calls))
+    monkeypatch.setattr(os, "fdatasync", _failing(code, calls))
     for datasync in (0, 1):
         with pytest.raises(P9Error) as ei:
             await c.fsync(fid, datasync)
@@ -204,7 +204,7 @@ async def test_truncate_eio_in_worker_thread(
     fid, _ = await c.walk(served.root, [b"f"])
     ofid = await _open_file(served, b"g", b"0123456789")
     calls: list[str] = []
-    monkeypatch.setattr(session_mod.os, "ftruncate", _failing(errno.EIO, calls))
+    monkeypatch.setattr(os, "ftruncate", _failing(errno.EIO, calls))
     for f in (fid, ofid):
         with pytest.raises(P9Error) as ei:
             await c.setattr(f, C.SETATTR_SIZE, size=3)
@@ -228,7 +228,7 @@ async def test_fifo_read_eio_in_worker_thread(
         fid, _ = await c.walk(served.root, [b"p"])
         await c.lopen(fid, C.L_O_RDONLY)
         calls: list[str] = []
-        monkeypatch.setattr(session_mod.os, "readv", _failing(errno.EIO, calls))
+        monkeypatch.setattr(os, "readv", _failing(errno.EIO, calls))
         with pytest.raises(P9Error) as ei:
             await c.read(fid, 0, 100)
         assert ei.value.errno == errno.EIO
