@@ -125,9 +125,16 @@ async def test_readdir_of_root_lists_only_the_export(esc: Esc) -> None:
 async def test_remove_of_root_refused(esc: Esc) -> None:
     """Tremove of the attach root would rmdir the export in its (outside) parent."""
     c = esc.client
+    (esc.export / "sub").mkdir()
     fid, _ = await c.walk(esc.root, [])
     err = await expect_error(c.remove(fid))
     assert err in ROOT_NAME_ERRORS
+    # the root reached another way is still the root
+    for names in ([b"sub", b".."], [b".."], [b"sub", b"..", b".."]):
+        fid, _ = await c.walk(esc.root, names)
+        assert await expect_error(c.remove(fid)) in ROOT_NAME_ERRORS
+    fid = await c.attach(uname=b"root", aname=b"sub/..", n_uname=0)
+    assert await expect_error(c.remove(fid)) in ROOT_NAME_ERRORS
     assert esc.export.is_dir()
     esc.assert_contained()
 

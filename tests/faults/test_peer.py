@@ -23,7 +23,7 @@ from gofer9p.protocol import constants as C
 from gofer9p.protocol import messages as M
 from gofer9p.protocol.codec import encode
 
-from .conftest import GoferProc, fd_count, start_server
+from .conftest import GoferProc, start_server
 
 NOFID = C.NOFID
 HDR = struct.Struct("<IBH")
@@ -281,4 +281,8 @@ def test_flood_without_reading_is_throttled(
         f"flood: {stalled_at} bytes ({stalled_at // frame_len} frames) accepted before the gofer"
         f" stopped reading; {eagain} EAGAINs; VmRSS {rss0} -> max {rss_max} KiB; answered {got}"
     )
-    assert fd_count(g.pid) > 0
+    # and a clean exit when we hang up
+    sock.close()
+    assert g.wait(15) == 0, g.log()
+    log = g.log()
+    assert "Traceback" not in log and " ERROR " not in log, log
