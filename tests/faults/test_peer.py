@@ -286,3 +286,38 @@ def test_flood_without_reading_is_throttled(
     assert g.wait(15) == 0, g.log()
     log = g.log()
     assert "Traceback" not in log and " ERROR " not in log, log
+
+
+def test_flood_of_max_size_reads_without_reading(
+    export: Path, gofer_proc: Callable[..., GoferProc]
+) -> None:
+    """Hundreds of 4 MiB Treads fit in one received chunk (23 bytes each).  Answering a whole
+    chunk before sending would hold gigabytes of replies; the gofer must keep its replies
+    bounded while we do not read, and then answer every read with the file's data."""
+    (export / "big").write_bytes(os.urandom(4 << 20))
+    g = gofer_proc()
+    sock = g.sock
+    msize = 4 << 20
+    _handshake(sock, msize)
+    _rpc(sock, M.Twalk(tag=2, fid=1, newfid=2, wnames=[b"big"]))
+    _rpc(sock, M.Tlopen(tag=3, fid=2, flags=C.L_O_RDONLY))
+    rss0 = g.rss_kib()
+    n = 300  # 1.2 GB of replies: far above any budget, still quick to drain
+    sock.sendall(b"".join(
+        encode(M.Tread(tag=10 + i, fid=2, offset=0, count=msize - C.IOHDRSZ)) for i in range(n)
+    ))
+    rss_max = rss0
+    for _ in range(20):  # 2 s of the gofer answering into a socket nobody reads
+        time.sleep(0.1)
+        rss_max = max(rss_max, g.rss_kib())
+    growth = rss_max - rss0
+    assert growth < RSS_BUDGET_KIB, f"VmRSS grew {growth} KiB with {n} unread 4 MiB replies"
+    # read them all: every reply is a full 4 MiB Rread with our tag
+    sock.settimeout(30)
+    for i in range(n):
+        mtype, tag, body = _recv_frame(sock, 30)
+        assert mtype == C.MsgType.RREAD and tag == 10 + i, (mtype, tag)
+        assert struct.unpack_from("<I", body)[0] == msize - C.IOHDRSZ
+    print(f"{n} x 4 MiB reads: VmRSS {rss0} -> max {rss_max} KiB while unread")
+    sock.close()
+    assert g.wait(15) == 0, g.log()
