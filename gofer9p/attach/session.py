@@ -194,6 +194,7 @@ class _Fid:
         "fd",
         "fmt",
         "ino",
+        "lockers",
         "oacc",
         "ofd",
         "parent",
@@ -229,6 +230,8 @@ class _Fid:
         self.retired: list[int] = []
         self.dirlock: threading.Lock | None = None
         self.dbuf: _sys.DirentBuffer | None = None
+        # POSIX lock owners (proc_id, client_id) holding locks through this fid
+        self.lockers: dict[tuple[int, bytes], _LockOwner] | None = None
         self.xmode = _XNONE
         self.xname = b""
         self.xbuf: bytes | bytearray = b""
@@ -246,6 +249,47 @@ class _Fid:
                     _close(fd)
                 except OSError:
                     pass
+
+
+_ACC_HOST = (os.O_RDONLY, os.O_WRONLY, os.O_RDWR, os.O_RDONLY)  # by 9P access mode
+_LOCK_EOF = 1 << 64  # "to the end of the file" (length 0), beyond any real offset
+_MAX_LOCK_FDS = 1024  # per session: extra descriptions for further owners of one fid
+_MAX_LOCK_RANGES = 1024  # per owner and file
+
+
+class _LockOwner:
+    """The open file description one lock owner's locks of one fid are held on."""
+
+    __slots__ = ("fd", "held", "own")
+
+    def __init__(self, fd: int, own: bool) -> None:
+        self.fd = fd
+        self.own = own  # a description of its own (else the fid's open fd, not ours to close)
+        self.held: list[tuple[int, int]] = []  # sorted, disjoint [start, end) ranges
+
+
+def _ranges_sub(ranges: list[tuple[int, int]], start: int, end: int) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for a, b in ranges:
+        if b <= start or a >= end:
+            out.append((a, b))
+            continue
+        if a < start:
+            out.append((a, start))
+        if b > end:
+            out.append((end, b))
+    return out
+
+
+def _ranges_add(ranges: list[tuple[int, int]], start: int, end: int) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for a, b in sorted([*ranges, (start, end)]):
+        if out and a <= out[-1][1]:
+            if b > out[-1][1]:
+                out[-1] = (out[-1][0], b)
+        else:
+            out.append((a, b))
+    return out
 
 
 def is_blocking(m: Message) -> bool:
@@ -286,6 +330,8 @@ class Session:
         self._ro = point.readonly
         self._fids: dict[int, _Fid] = {}
         self._lock = threading.Lock()
+        self._locks_lock = threading.Lock()
+        self._lock_fds = 0
         self._iomax = msize - C.IOHDRSZ
         self.msize = msize
         self.set_msize(msize)
@@ -315,7 +361,8 @@ class Session:
         return len(self._fids)
 
     def reset(self) -> None:
-        """Clunk every fid (Tversion, disconnect).  Pending xattr writes are dropped."""
+        """Clunk every fid (Tversion, disconnect) and release every lock this session
+        holds.  Pending xattr writes are dropped."""
         with self._lock:
             fids = list(self._fids.values())
             self._fids.clear()
@@ -323,6 +370,7 @@ class Session:
                 f.dead = True
             idle = [f for f in fids if f.refs == 0]
         for f in idle:
+            self._forget_locks(f)
             f.close()
 
     def _get(self, fid: int) -> _Fid:
@@ -345,6 +393,7 @@ class Session:
             else:
                 retired = None
         if retired is None:
+            self._forget_locks(f)
             f.close()
         else:
             for fd in retired:
@@ -1322,40 +1371,118 @@ class Session:
         )
 
     def lock(self, m: Tlock) -> Rlock:
-        """POSIX byte-range lock with an open-file-description (OFD) lock.
+        """POSIX byte-range lock, held on the host as an open-file-description lock.
 
-        OFD locks belong to the open fd, i.e. to the fid, so two fids of this
-        gofer (two opens in the guest) really conflict, which process-owned
-        fcntl locks would not do.  Never waits: a conflict is BLOCKED, and the
-        Linux client retries when it asked for a blocking lock.  length 0 means
-        "to the end of the file", as for fcntl.
+        Locks are OFD locks (F_OFD_SETLK) on the fid's open file, so two fids
+        (two opens in the client, or two clients, or a host process) really
+        conflict, which process-owned fcntl locks would never do inside one
+        gofer.  Within one fid the lock owner (proc_id, client_id) is kept
+        apart too: the first owner uses the fid's open fd, every further owner
+        (a forked child sharing the open file) gets a description of its own,
+        so one owner's unlock never drops another's lock on the host.  (Two
+        opens of one file by one process therefore conflict on the host where
+        POSIX would merge them; a Linux client checks its own processes'
+        conflicts locally first, so only that corner differs.)  The fid's open
+        mode is checked as fcntl does (read lock: open for reading; write
+        lock: for writing; else EBADF).  Never waits: a conflict is BLOCKED,
+        and the Linux client retries when it asked for a blocking lock.
+        length 0 means "to the end of the file".
         """
-        if m.type not in (C.LOCK_TYPE_RDLCK, C.LOCK_TYPE_WRLCK, C.LOCK_TYPE_UNLCK):
+        ltype = m.type
+        if ltype not in (C.LOCK_TYPE_RDLCK, C.LOCK_TYPE_WRLCK, C.LOCK_TYPE_UNLCK):
             raise _err(errno.EINVAL)
+        req = self._flock(ltype, m.start, m.length)
+        end = m.start + m.length if m.length else _LOCK_EOF
         f = self._get(m.fid)
         try:
             if f.ofd < 0:
                 raise _err(errno.EBADF)
-            req = self._flock(m.type, m.start, m.length)
-            try:
-                fcntl.fcntl(f.ofd, fcntl.F_OFD_SETLK, req)
-            except OSError as e:
-                if e.errno in (errno.EAGAIN, errno.EACCES):
-                    return Rlock(m.tag, C.LOCK_BLOCKED)
-                raise
+            if ltype == C.LOCK_TYPE_RDLCK and f.oacc == C.L_O_WRONLY:
+                raise _err(errno.EBADF)
+            if ltype == C.LOCK_TYPE_WRLCK and f.oacc == C.L_O_RDONLY:
+                raise _err(errno.EBADF)
+            key = (m.proc_id, bytes(m.client_id))
+            with self._locks_lock:
+                lockers = f.lockers
+                if lockers is None:
+                    lockers = f.lockers = {}
+                owner = lockers.get(key)
+                if ltype == C.LOCK_TYPE_UNLCK:
+                    if owner is not None:
+                        fcntl.fcntl(owner.fd, fcntl.F_OFD_SETLK, req)
+                        owner.held = _ranges_sub(owner.held, m.start, end)
+                        if not owner.held:
+                            self._drop_owner(lockers, key)
+                    return Rlock(m.tag, C.LOCK_SUCCESS)
+                if owner is None:
+                    if all(o.own for o in lockers.values()):
+                        owner = _LockOwner(f.ofd, False)
+                    else:
+                        if self._lock_fds >= _MAX_LOCK_FDS:
+                            raise _err(errno.ENOLCK)
+                        owner = _LockOwner(self._reopen(f, _ACC_HOST[f.oacc]), True)
+                        self._lock_fds += 1
+                    lockers[key] = owner
+                try:
+                    fcntl.fcntl(owner.fd, fcntl.F_OFD_SETLK, req)
+                except OSError as e:
+                    if not owner.held:
+                        self._drop_owner(lockers, key)
+                    if e.errno in (errno.EAGAIN, errno.EACCES):
+                        return Rlock(m.tag, C.LOCK_BLOCKED)
+                    raise
+                held = _ranges_add(owner.held, m.start, end)
+                if len(held) > _MAX_LOCK_RANGES:
+                    # The host lock is taken, but we refuse to track more pieces.
+                    raise _err(errno.ENOLCK)
+                owner.held = held
         finally:
             self._put(f)
         return Rlock(m.tag, C.LOCK_SUCCESS)
 
+    def _drop_owner(self, lockers: dict[tuple[int, bytes], _LockOwner], key: tuple[int, bytes]) -> None:
+        """Forget an owner that holds nothing more (caller holds _locks_lock)."""
+        owner = lockers.pop(key)
+        if owner.own:
+            _close(owner.fd)
+            self._lock_fds -= 1
+
+    def _forget_locks(self, f: _Fid) -> None:
+        """Close the extra lock descriptions of a fid going away (its locks go with them)."""
+        if f.lockers is None:
+            return
+        with self._locks_lock:
+            lockers, f.lockers = f.lockers, None
+            if lockers:
+                for key in list(lockers):
+                    self._drop_owner(lockers, key)
+
     def getlock(self, m: Tgetlock) -> Rgetlock:
-        """F_OFD_GETLK: the first lock that would conflict, or type UNLCK."""
+        """F_OFD_GETLK: the first lock that would conflict with this owner's, or UNLCK."""
         if m.type not in (C.LOCK_TYPE_RDLCK, C.LOCK_TYPE_WRLCK):
             raise _err(errno.EINVAL)
+        req = self._flock(m.type, m.start, m.length)
         f = self._get(m.fid)
         try:
             if f.ofd < 0:
                 raise _err(errno.EBADF)
-            res = fcntl.fcntl(f.ofd, fcntl.F_OFD_GETLK, self._flock(m.type, m.start, m.length))
+            with self._locks_lock:
+                lockers = f.lockers
+                owner = lockers.get((m.proc_id, bytes(m.client_id))) if lockers else None
+                if owner is not None:
+                    fd = owner.fd  # the owner's own locks never conflict with it
+                elif lockers and not all(o.own for o in lockers.values()):
+                    fd = -1  # the fid's fd holds another owner's locks: ask from a fresh one
+                else:
+                    fd = f.ofd
+                if fd >= 0:
+                    res = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, req)
+            if fd < 0:
+                tmp = self._reopen(f, _ACC_HOST[f.oacc])
+                try:
+                    res = fcntl.fcntl(tmp, fcntl.F_OFD_GETLK, req)
+                finally:
+                    _close(tmp)
         finally:
             self._put(f)
         ltype, _, start, length, pid = _sys.FLOCK.unpack(res)
@@ -1460,6 +1587,7 @@ class Session:
                     f.xflags = m.flags
             if not ok:
                 raise _err(errno.EBADF)
+            self._forget_locks(f)  # its open fd is retired: so are the locks held on it
         finally:
             self._put(f)
         return Rxattrcreate(m.tag)

@@ -946,8 +946,15 @@ def test_xattr_symlink_has_none(s: Session, root: Path) -> None:
 # -------------------------------------------------------------------- locks
 
 
-def _lock(s: Session, fid: int, ltype: int, start: int = 0, length: int = 0, flags: int = 0) -> int:
-    return s.lock(Tlock(1, fid, ltype, flags, start, length, 42, b"client")).status
+def _lock(
+    s: Session, fid: int, ltype: int, start: int = 0, length: int = 0, flags: int = 0,
+    owner: int = 42,
+) -> int:
+    return s.lock(Tlock(1, fid, ltype, flags, start, length, owner, b"client")).status
+
+
+def _getlock(s: Session, fid: int, ltype: int, start: int, length: int, owner: int) -> Any:
+    return s.getlock(Tgetlock(1, fid, ltype, start, length, owner, b"client"))
 
 
 def test_locks_conflict_between_fids(s: Session, root: Path) -> None:
@@ -955,25 +962,96 @@ def test_locks_conflict_between_fids(s: Session, root: Path) -> None:
     open_file(s, 1, b"f", C.L_O_RDWR)
     open_file(s, 2, b"f", C.L_O_RDWR)
     assert _lock(s, 1, C.LOCK_TYPE_WRLCK, 0, 10) == C.LOCK_SUCCESS
+    # another open of the file conflicts, whatever the owner (OFD locks)
     assert _lock(s, 2, C.LOCK_TYPE_WRLCK, 5, 10) == C.LOCK_BLOCKED
-    assert _lock(s, 2, C.LOCK_TYPE_RDLCK, 5, 10, C.LOCK_FLAGS_BLOCK) == C.LOCK_BLOCKED
+    assert _lock(s, 2, C.LOCK_TYPE_RDLCK, 5, 10, C.LOCK_FLAGS_BLOCK, owner=200) == C.LOCK_BLOCKED
     assert _lock(s, 2, C.LOCK_TYPE_WRLCK, 10, 10) == C.LOCK_SUCCESS  # no overlap
-    g = s.getlock(Tgetlock(1, 2, C.LOCK_TYPE_WRLCK, 0, 0, 43, b"c2"))
+    g = _getlock(s, 2, C.LOCK_TYPE_WRLCK, 0, 0, 42)
     assert (g.type, g.start, g.length) == (C.LOCK_TYPE_WRLCK, 0, 10)
-    g = s.getlock(Tgetlock(1, 1, C.LOCK_TYPE_RDLCK, 50, 5, 42, b"c"))
-    assert (g.type, g.start, g.length, g.proc_id, g.client_id) == (C.LOCK_TYPE_UNLCK, 50, 5, 42, b"c")
+    g = _getlock(s, 1, C.LOCK_TYPE_RDLCK, 50, 5, 42)
+    assert (g.type, g.start, g.length, g.proc_id, g.client_id) == (C.LOCK_TYPE_UNLCK, 50, 5, 42, b"client")
+    assert _getlock(s, 1, C.LOCK_TYPE_WRLCK, 0, 10, 42).type == C.LOCK_TYPE_UNLCK  # its own
     assert _lock(s, 1, C.LOCK_TYPE_UNLCK, 0, 10) == C.LOCK_SUCCESS
     assert _lock(s, 2, C.LOCK_TYPE_WRLCK, 5, 0) == C.LOCK_SUCCESS  # to EOF
     # clunking the holder releases its locks
     clunk(s, 2)
     assert _lock(s, 1, C.LOCK_TYPE_WRLCK, 0, 0) == C.LOCK_SUCCESS
-    # read lock needs a readable fd, write lock a writable one (host EBADF)
+    # read lock needs a readable fid, write lock a writable one (as fcntl)
     open_file(s, 3, b"f", C.L_O_RDONLY)
     err(errno.EBADF, _lock, s, 3, C.LOCK_TYPE_WRLCK, 200, 1)
+    open_file(s, 5, b"f", C.L_O_WRONLY)
+    err(errno.EBADF, _lock, s, 5, C.LOCK_TYPE_RDLCK, 200, 1)
     walk(s, 4, b"f")
     err(errno.EBADF, _lock, s, 4, C.LOCK_TYPE_RDLCK)
+    err(errno.EBADF, _getlock, s, 4, C.LOCK_TYPE_RDLCK, 0, 0, 42)
     err(errno.EINVAL, _lock, s, 1, 7)
     err(errno.EINVAL, _lock, s, 1, C.LOCK_TYPE_RDLCK, 1 << 63)
+    err(errno.EINVAL, _getlock, s, 1, C.LOCK_TYPE_UNLCK, 0, 0, 42)
+
+
+def test_lock_owners_sharing_one_fid(s: Session, root: Path) -> None:
+    """A forked child shares the open file (one fid) but not its parent's locks: one
+    owner's unlock must not drop the other's lock on the host."""
+    (root / "f").write_bytes(b"x" * 100)
+    open_file(s, 1, b"f", C.L_O_RDWR)
+    open_file(s, 2, b"f", C.L_O_RDWR)
+    parent, child = 100, 200
+    base = fd_count()
+    assert _lock(s, 1, C.LOCK_TYPE_RDLCK, 0, 10, owner=parent) == C.LOCK_SUCCESS
+    assert _lock(s, 1, C.LOCK_TYPE_RDLCK, 0, 10, owner=child) == C.LOCK_SUCCESS
+    assert _lock(s, 1, C.LOCK_TYPE_WRLCK, 50, 1, owner=child) == C.LOCK_SUCCESS
+    assert _lock(s, 1, C.LOCK_TYPE_WRLCK, 50, 1, owner=parent) == C.LOCK_BLOCKED
+    assert fd_count() == base + 1  # the second owner has a description of its own
+    assert _lock(s, 1, C.LOCK_TYPE_UNLCK, 0, 0, owner=parent) == C.LOCK_SUCCESS
+    assert _lock(s, 2, C.LOCK_TYPE_WRLCK, 0, 10) == C.LOCK_BLOCKED  # the child still reads
+    assert _getlock(s, 1, C.LOCK_TYPE_WRLCK, 0, 0, parent).type != C.LOCK_TYPE_UNLCK
+    assert _getlock(s, 1, C.LOCK_TYPE_WRLCK, 0, 0, child).type == C.LOCK_TYPE_UNLCK
+    # piecewise unlock of exactly what is held releases the description
+    assert _lock(s, 1, C.LOCK_TYPE_UNLCK, 0, 10, owner=child) == C.LOCK_SUCCESS
+    assert fd_count() == base + 1
+    assert _lock(s, 1, C.LOCK_TYPE_UNLCK, 50, 1, owner=child) == C.LOCK_SUCCESS
+    assert fd_count() == base
+    assert _lock(s, 2, C.LOCK_TYPE_WRLCK, 0, 0) == C.LOCK_SUCCESS
+    assert _lock(s, 1, C.LOCK_TYPE_UNLCK, 0, 0, owner=99) == C.LOCK_SUCCESS  # held nothing
+
+
+def test_lock_descriptions_released(s: Session, root: Path) -> None:
+    (root / "f").write_bytes(b"x" * 100)
+    open_file(s, 1, b"f", C.L_O_RDWR)
+    open_file(s, 2, b"f", C.L_O_RDWR)
+    base = fd_count()
+    for owner in range(10):
+        assert _lock(s, 1, C.LOCK_TYPE_RDLCK, owner, 1, owner=owner) == C.LOCK_SUCCESS
+    assert fd_count() == base + 9
+    # a failed (conflicting) first lock of a new owner leaves nothing behind
+    assert _lock(s, 2, C.LOCK_TYPE_WRLCK, 0, 1) == C.LOCK_BLOCKED
+    assert _lock(s, 1, C.LOCK_TYPE_WRLCK, 0, 1, owner=77) == C.LOCK_BLOCKED
+    assert fd_count() == base + 9
+    # clunk releases every description (and lock) of the fid
+    clunk(s, 1)
+    assert fd_count() == base - 3  # and the fid's own three (O_PATH, parent, open)
+    assert _lock(s, 2, C.LOCK_TYPE_WRLCK, 0, 0) == C.LOCK_SUCCESS
+    # and so does reset
+    walk(s, 3, b"f")
+    lopen(s, 3, C.L_O_RDWR)
+    for owner in range(3):
+        _lock(s, 3, C.LOCK_TYPE_RDLCK, 50, 1, owner=owner)
+    s.reset()
+    s.attach(Tattach(1, ROOT, NOFID, b"", b"", 0))
+    open_file(s, 1, b"f", C.L_O_RDWR)
+    assert _lock(s, 1, C.LOCK_TYPE_WRLCK, 0, 0) == C.LOCK_SUCCESS
+
+
+def test_lock_ranges() -> None:
+    from gofer9p.attach.session import _ranges_add, _ranges_sub
+
+    r = _ranges_add([], 10, 20)
+    r = _ranges_add(r, 30, 40)
+    assert r == [(10, 20), (30, 40)]
+    assert _ranges_add(r, 20, 30) == [(10, 40)]
+    assert _ranges_sub(r, 15, 35) == [(10, 15), (35, 40)]
+    assert _ranges_sub(r, 0, 1 << 64) == []
+    assert _ranges_sub(r, 12, 13) == [(10, 12), (13, 20), (30, 40)]
 
 
 # ------------------------------------------------------------ statfs / fsync
