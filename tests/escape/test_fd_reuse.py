@@ -93,7 +93,7 @@ async def test_clunk_under_threaded_requests_never_hits_another_connection(
     finally:
         os.close(pipe_w)
     print(f"rounds: {dict(rounds)}")
-    assert rounds["a"] > 50 and rounds["b"] > 50, rounds
+    assert rounds["a"] > 10 and rounds["b"] > 10, rounds
     bad = [i for i in range(B_FILES) if (b_dir / f"b{i}").read_bytes() != B_DATA]
     assert not bad, f"connection A's requests truncated/changed B's files {bad}"
     assert (a_dir / "a").read_bytes() == b"a" * 4096
