@@ -1458,10 +1458,19 @@ class Session:
                     self._drop_owner(lockers, key)
 
     def getlock(self, m: Tgetlock) -> Rgetlock:
-        """F_OFD_GETLK: the first lock that would conflict with this owner's, or UNLCK."""
-        if m.type not in (C.LOCK_TYPE_RDLCK, C.LOCK_TYPE_WRLCK):
+        """F_OFD_GETLK: the first lock that would conflict with this owner's, or UNLCK.
+
+        The Linux client sends type UNLCK: its posix_test_lock() has already
+        overwritten the caller's type when no local lock conflicted.  That is
+        tested as a write lock, i.e. "is any other lock held on this range",
+        which is what F_GETLK callers (lock files, pid files) ask nearly always.
+        """
+        ltype = m.type
+        if ltype == C.LOCK_TYPE_UNLCK:
+            ltype = C.LOCK_TYPE_WRLCK
+        elif ltype not in (C.LOCK_TYPE_RDLCK, C.LOCK_TYPE_WRLCK):
             raise _err(errno.EINVAL)
-        req = self._flock(m.type, m.start, m.length)
+        req = self._flock(ltype, m.start, m.length)
         f = self._get(m.fid)
         try:
             if f.ofd < 0:

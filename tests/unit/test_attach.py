@@ -986,7 +986,13 @@ def test_locks_conflict_between_fids(s: Session, root: Path) -> None:
     err(errno.EBADF, _getlock, s, 4, C.LOCK_TYPE_RDLCK, 0, 0, 42)
     err(errno.EINVAL, _lock, s, 1, 7)
     err(errno.EINVAL, _lock, s, 1, C.LOCK_TYPE_RDLCK, 1 << 63)
-    err(errno.EINVAL, _getlock, s, 1, C.LOCK_TYPE_UNLCK, 0, 0, 42)
+    err(errno.EINVAL, _getlock, s, 1, 7, 0, 0, 42)
+    # what Linux v9fs sends (type UNLCK: "any conflicting lock?")
+    _lock(s, 1, C.LOCK_TYPE_RDLCK, 0, 0)
+    g = _getlock(s, 5, C.LOCK_TYPE_UNLCK, 10, 20, 43)
+    assert (g.type, g.start, g.length) == (C.LOCK_TYPE_RDLCK, 0, 0)
+    _lock(s, 1, C.LOCK_TYPE_UNLCK, 0, 0)
+    assert _getlock(s, 5, C.LOCK_TYPE_UNLCK, 10, 20, 43).type == C.LOCK_TYPE_UNLCK
 
 
 def test_lock_owners_sharing_one_fid(s: Session, root: Path) -> None:
