@@ -106,7 +106,14 @@ def _serve_main(args: argparse.Namespace) -> int:
         count = 0
         async with trio.open_nursery() as nursery:
             while True:
-                conn, _ = await lsock.accept()
+                try:
+                    conn, _ = await lsock.accept()
+                except OSError as e:
+                    # EMFILE/ENFILE/ENOBUFS...: the listener must outlive a
+                    # client that exhausts our fds; retry once some are freed.
+                    log.warning("accept failed: %s; retrying in 0.1 s", e.strerror or e)
+                    await trio.sleep(0.1)
+                    continue
                 count += 1
                 std = socket.socket(conn.family, conn.type, fileno=conn.detach())
                 if std.family != socket.AF_UNIX:
