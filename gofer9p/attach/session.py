@@ -19,14 +19,17 @@ kernel, or the guest kernel with ``access=client``) enforces file permissions
 from the attributes we report.  What the gofer enforces is *which* files can be
 reached (the attach root) and the read-only policy.
 
-Names of non-directory files.  Some operations need the name of a fid's file
-in its directory (re-opening it for Tlopen, truncate, xattrs; Tremove, Tlink,
-Trename).  A non-directory fid keeps an ``O_PATH`` fd of the directory it was
-walked from plus its name; a directory fid keeps no parent fd (it can always
-reach its parent with ``openat(fd, "..")``).  The remembered name is a hint,
-verified by (st_dev, st_ino) before use; when it is stale (renamed behind our
-back) the parent directory is scanned for the inode.  Renames done through this
-session update the hints of every fid they affect.
+Re-opening and names.  An O_PATH fd cannot do I/O, and without /proc it
+cannot be re-opened directly: a file is re-opened (Tlopen, truncate, xattrs)
+through a file handle of the fid's own fd where the kernel allows it (no
+name involved), else by name.  Some operations need the name anyway (Tremove,
+Tlink, Trename).  So a non-directory fid keeps an ``O_PATH`` fd of the
+directory it was walked from plus its name; a directory fid keeps no parent
+fd (it can always reach its parent with ``openat(fd, "..")``).  The
+remembered name is a hint, verified by (st_dev, st_ino) before use; when it is
+stale (renamed behind our back) the parent directory is scanned for the
+inode.  Renames done through this session update the hints of every fid they
+affect.  Device nodes are never opened.  Only ``user.`` xattrs are served.
 
 Concurrency.  The server calls most handlers inline in the trio thread and some
 (large reads/writes, fsync) in worker threads.  Each operation takes a
@@ -34,7 +37,8 @@ reference on the fids it uses; Tclunk/Tremove take the fid out of the table at
 once and the fds are closed by whichever operation drops the last reference, so
 an fd is never closed (and its number reused) under an in-flight call.  The one
 session lock guards the table and reference counts only; no system call other
-than ``dup``/``close`` runs under it.
+than ``dup``/``close`` runs under it.  A second lock serializes Tlock/Tgetlock
+(non-blocking fcntl calls) with the per-owner lock bookkeeping.
 """
 
 from __future__ import annotations
