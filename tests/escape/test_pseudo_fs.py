@@ -52,7 +52,7 @@ class Raw:
     def rpc(self, msg: M.Message) -> M.Message:
         self.tag = (self.tag + 1) % 0xFFF0
         if not isinstance(msg, M.Tversion):
-            msg.tag = self.tag
+            msg.tag = self.tag  # type: ignore[misc]
         self.sock.sendall(encode(msg))
         hdr = self._exact(4)
         size = struct.unpack("<I", hdr)[0]
@@ -90,8 +90,8 @@ class Raw:
             return "OPENED FOR WRITING"
         r = self.rpc(M.Tread(0, fid, 0, 256))
         self.rpc(M.Tclunk(0, fid))
-        if isinstance(r, M.Rlerror):
-            return f"opened, read failed {r.ecode}"
+        if not isinstance(r, M.Rread):
+            return f"opened, read failed {getattr(r, 'ecode', r)}"
         return "READ " + repr(bytes(r.data[:60]))
 
 
