@@ -25,6 +25,7 @@ from typing import Literal
 __all__ = [
     "KEEP_CAPS",
     "KEEP_CAPS_MASK",
+    "SECCOMP_ERRNO_RULES",
     "SECCOMP_MODES",
     "ConfineError",
     "SeccompMode",
@@ -284,11 +285,21 @@ _CLONE_NS_FLAGS |= 0x40000000 | 0x00000080
 _CLONE_MASK = _CLONE_THREAD_FLAGS | _CLONE_NS_FLAGS
 
 _AF_UNIX = 1
+_HANDLE_CALLS = ("name_to_handle_at", "open_by_handle_at")
 
 # prctl(2): only naming the calling thread (trio names its worker threads via
 # pthread_setname_np), and reading the name back.
 _PR_SET_NAME = 15
 _PR_GET_NAME = 16
+
+
+#: Syscalls the filter answers with an errno instead of running or killing (see install_seccomp).
+SECCOMP_ERRNO_RULES: dict[str, str] = {
+    "clone3": "ENOSYS",
+    "name_to_handle_at": "EPERM",
+    "open_by_handle_at": "EPERM",
+    "socket": "EACCES for AF_UNIX (other families kill)",
+}
 
 
 def syscall_whitelist() -> list[str]:
@@ -341,7 +352,7 @@ def install_seccomp(mode: SeccompMode) -> int:
         # inode of a file system by number, chroot or not (the "shocker" escape), so a
         # compromised gofer must not have it.  EPERM makes attach/ fall back to its verified
         # re-open by name (and stop trying handles).
-        for name in ("name_to_handle_at", "open_by_handle_at"):
+        for name in _HANDLE_CALLS:
             f.add_rule(sc.ERRNO(errno.EPERM), name)
         allowed += 5
         if _resolve(sc, "clone3") is not None:

@@ -35,9 +35,21 @@ set -e
 echo "# command exited with status $status; trace in $trace" >&2
 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" python3 - "$trace" <<'PY'
 import collections, re, sys
-from gofer9p.confine import syscall_whitelist
+import pyseccomp
+from gofer9p.confine import SECCOMP_ERRNO_RULES, syscall_whitelist
 
 allowed = set(syscall_whitelist())
+
+
+def canonical(name):
+    """strace prints syscalls newer than itself as syscall_0xNNN: name them via libseccomp."""
+    if name.startswith("syscall_0x"):
+        try:
+            return pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, int(name[10:], 16)).decode()
+        except ValueError:
+            return name
+    return name
+
 line_re = re.compile(r"^(\d+)\s+(?:<\.\.\. (\w+) resumed>|(\w+)\()(.*)$")
 ret_re = re.compile(r"=\s+(-?\d+)")
 gofers, confined, counts, killed = set(), set(), collections.Counter(), {}
@@ -56,6 +68,8 @@ with open(sys.argv[1], errors="replace") as f:
         if name == "execve" and "gofer9p" in rest and "--io-fds" in rest:
             gofers.add(pid)
             confined.discard(pid)
+        if name:
+            name = canonical(name)
         if pid in confined and name:
             counts[name] += 1
             last[pid] = name
@@ -71,8 +85,12 @@ with open(sys.argv[1], errors="replace") as f:
 print(f"# {len(gofers)} gofer processes, {len(confined)} confined tasks")
 missing = []
 for name, n in counts.most_common():
-    flag = "" if name in allowed else "   <-- NOT IN WHITELIST"
-    if flag:
+    if name in allowed:
+        flag = ""
+    elif name in SECCOMP_ERRNO_RULES:
+        flag = f"   (filter answers {SECCOMP_ERRNO_RULES[name]})"
+    else:
+        flag = "   <-- NOT IN WHITELIST"
         missing.append(name)
     print(f"{n:8d} {name}{flag}")
 for pid, name in killed.items():

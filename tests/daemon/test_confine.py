@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 
-from gofer9p.confine import KEEP_CAPS_MASK, syscall_whitelist
+from gofer9p.confine import KEEP_CAPS_MASK, SECCOMP_ERRNO_RULES, syscall_whitelist
 
 from .conftest import REPO, gofer_env
 
@@ -185,5 +185,12 @@ def test_whitelist_names_resolve() -> None:
     assert len(names) == len(set(names))
     unknown = [n for n in names if pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, n) < 0]
     assert unknown == []
+    assert set(SECCOMP_ERRNO_RULES) == {
+        "clone3",
+        "socket",
+        "name_to_handle_at",
+        "open_by_handle_at",
+    }
+    assert not set(SECCOMP_ERRNO_RULES) & set(names)
     for bad in ("execve", "socket", "ptrace", "mount", "setuid", "kill", "connect", "bind"):
         assert bad not in names
