@@ -356,7 +356,7 @@ async def _serve_all(
                 failed = True
                 log.error("fd%d: connection ended on an I/O error: %s", fd, e)
             else:
-                log.info("fd%d: connection closed", fd)
+                log.debug("fd%d: connection closed", fd)
             finally:
                 remaining -= 1
                 if remaining == 0:

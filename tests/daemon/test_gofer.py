@@ -342,3 +342,24 @@ def test_private_nodev_nosymfollow_mounts(gofer: Gofer, bundle: Path) -> None:
     assert {"nodev", "nosuid", "nosymfollow"} <= opts, opts
     with open("/proc/self/mountinfo") as f:
         assert str(bundle) not in f.read()
+
+
+def test_log_file_format(tmp_path: Path, bundle: Path) -> None:
+    logf = tmp_path / "gofer.log"
+    g = Gofer(tmp_path, bundle, extra_args=["--log-file", str(logf)])
+    try:
+        (root, _, _) = _clients(g)
+        root.read_file(1, b"hello.txt")
+        g.proc.send_signal(signal.SIGTERM)
+        assert g.wait() == 0
+    finally:
+        g.stop()
+    lines = logf.read_text().splitlines()
+    assert lines and g.log() == ""  # everything went to the file, nothing to stderr
+    stamp = (
+        r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z gofer9p (DEBUG|INFO|WARNING|ERROR|CRITICAL) \S"
+    )
+    for line in lines:
+        assert re.match(stamp, line), line
+    assert re.match(SERVING, lines[0])
+    assert lines[-1].endswith("gofer9p INFO exiting with status 0")
