@@ -256,6 +256,7 @@ class _Fid:
 
 
 _ACC_HOST = (os.O_RDONLY, os.O_WRONLY, os.O_RDWR, os.O_RDONLY)  # by 9P access mode
+_NOBODY = 65534  # the kernel's overflow uid
 _LOCK_EOF = 1 << 64  # "to the end of the file" (length 0), beyond any real offset
 _MAX_LOCK_FDS = 1024  # per session: extra descriptions for further owners of one fid
 _MAX_LOCK_RANGES = 1024  # per owner and file
@@ -748,8 +749,9 @@ class Session:
         does not exist inside the export attaches the root: diod-style
         clients send the export's *host* path, which means nothing inside the
         sandbox (QEMU ignores aname altogether).
-        The uid (n_uname, else uname as a number, else a passwd name) becomes
-        the owner of files created through this fid and fids walked from it.
+        The uid (n_uname, else uname as a number, else a passwd name, else
+        65534) becomes the owner of files created through this fid and fids
+        walked from it.
         ``afid`` is ignored: there is no authentication to check.
         """
         uid = self._uid(m.n_uname, m.uname)
@@ -790,7 +792,13 @@ class Session:
         try:
             return pwd.getpwnam(uname.decode("utf-8", "surrogateescape")).pw_uid
         except (KeyError, ValueError, UnicodeError):
-            raise _err(errno.EINVAL) from None
+            # Linux v9fs's first attach of a mount sends n_uname = NONUNAME and
+            # uname "nobody" (its default uname=), which a sandbox's passwd file
+            # (the gofer's chroot) need not list: refusing it would make the
+            # mount fail.  Such a fid owns nothing that matters (with
+            # access=client the client attaches again per uid, with n_uname),
+            # so it gets the overflow uid, as unmappable ids do in the kernel.
+            return _NOBODY
 
     def walk(self, m: Twalk) -> Rwalk:
         """Walk (or clone, with no names) ``fid`` into ``newfid``.

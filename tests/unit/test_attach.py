@@ -175,8 +175,10 @@ def test_attach_uid_sources(point: AttachPoint, root: Path) -> None:
     s.attach(Tattach(1, 1, NOFID, b"ignored", b"", 1234))
     s.attach(Tattach(1, 2, NOFID, b"2345", b"", C.NONUNAME))
     s.attach(Tattach(1, 3, NOFID, b"root", b"", C.NONUNAME))
-    err(errno.EINVAL, s.attach, Tattach(1, 4, NOFID, b"no-such-user-xyz", b"", C.NONUNAME))
-    for fid, uid in ((1, 1234), (2, 2345), (3, 0)):
+    # unknown names (Linux's first attach sends "nobody") get the overflow uid
+    s.attach(Tattach(1, 4, NOFID, b"no-such-user-xyz", b"", C.NONUNAME))
+    err(errno.EINVAL, s.attach, Tattach(1, 5, NOFID, b"99999999999", b"", C.NONUNAME))
+    for fid, uid in ((1, 1234), (2, 2345), (3, 0), (4, 65534)):
         s.mkdir(Tmkdir(1, fid, b"d%d" % fid, 0o755, 77))
         st = (root / f"d{fid}").stat()
         assert (st.st_uid, st.st_gid) == (uid, 77)
