@@ -53,6 +53,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from gofer9p.attach import _sys
+from gofer9p.attach._dircache import DirCache
 from gofer9p.attach.point import AttachPoint
 from gofer9p.protocol import constants as C
 from gofer9p.protocol.messages import (
@@ -337,6 +338,7 @@ class Session:
         self._lock = threading.Lock()
         self._locks_lock = threading.Lock()
         self._lock_fds = 0
+        self._dirs = DirCache()
         self._iomax = msize - C.IOHDRSZ
         self.msize = msize
         self.set_msize(msize)
@@ -1296,7 +1298,10 @@ class Session:
                 raise _err(errno.EBADF)
             count = min(m.count, self._iomax)
             with lock:
-                return Rreaddir(m.tag, self._readdir(f, m.offset, count))
+                # Unchanged directories are answered from a cached encoded listing
+                # (see _dircache.py); self._readdir is the uncached path.
+                return Rreaddir(m.tag, self._dirs.read(
+                    f.ofd, m.offset, count, lambda o, c: self._readdir(f, o, c)))
         finally:
             self._put(f)
 
