@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # gofer9p beside diod in ONE p9bench run (same export type, same pinning), JSON + a ratio table.
-#   benchmarks/compare.sh [--quick] [extra p9bench args...]
+#   benchmarks/compare.sh [--quick] [--client-cpus 0 --server-cpus 1] [extra p9bench args...]
+# (every argument is passed to p9bench; the README's table used --client-cpus 0 --server-cpus 1)
 # Writes benchmarks/results/latest.json and prints benchmarks/results/latest.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,9 +11,16 @@ bench=${P9BENCH:-../shared/bench/p9bench.py}
 [[ -f "$bench" ]] || { echo "compare.sh: p9bench not found at $bench (set P9BENCH)" >&2; exit 2; }
 mkdir -p benchmarks/results
 out=benchmarks/results/latest.json
+# The real console script, not a pyenv shim (a bash script + `pyenv exec`
+# that adds ~100-300 ms to every spawn and would be measured as our startup).
+py=$(python3 -c 'import os, sys; print(os.path.realpath(sys.executable))')
+gofer=$(dirname "$py")/gofer9p
+[[ -x "$gofer" ]] || gofer=$(python3 -c 'import shutil; print(shutil.which("gofer9p"))')
 python3 "$bench" \
-    --server-cmd "$(command -v gofer9p) serve --fd {fd} {export}" --label gofer9p \
+    --server-cmd "$gofer serve --fd {fd} {export}" --label gofer9p \
     --server-cmd 'diod -f -n -r {fd} -w {fd} -e {export} -L stderr' --label diod \
     --json "$out" "$@"
 python3 benchmarks/table.py "$out" > benchmarks/results/latest.md
+# startup target: spawn -> Rversion vs. spawning `python -c "import trio"`, same interpreter
+{ echo; echo '```'; "$py" benchmarks/startup.py -n 20; echo '```'; } >> benchmarks/results/latest.md
 cat benchmarks/results/latest.md
