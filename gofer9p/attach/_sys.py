@@ -86,22 +86,31 @@ _open_by_handle_at.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
 _open_by_handle_at.restype = ctypes.c_int
 
 
-def reopen_by_handle(fd: int, mount_fd: int, flags: int) -> int:
-    """Open the very inode that ``fd`` (e.g. an O_PATH fd) refers to, with ``flags``.
+def file_handle(fd: int) -> tuple[ctypes.Array[ctypes.c_char], int]:
+    """name_to_handle_at(fd, "", AT_EMPTY_PATH): the file handle of what ``fd``
+    (an O_PATH fd will do) refers to, and the id of the mount it was reached by.
 
-    name_to_handle_at(fd, "", AT_EMPTY_PATH) + open_by_handle_at(mount_fd, ...):
-    no name is looked up, so nothing can be swapped in between (the only way
-    to re-open an O_PATH fd without /proc).  ``mount_fd`` must be a real (not
-    O_PATH) fd on the same file system.  Needs CAP_DAC_READ_SEARCH and a file
-    system that supports file handles; raises OSError (EPERM, EOPNOTSUPP,
-    ESTALE, ...) otherwise and the caller falls back to a re-open by name.
+    Raises OSError (EOPNOTSUPP for file systems without handles, EPERM under
+    the daemon's seccomp filter, ...).
     """
     buf = ctypes.create_string_buffer(_HANDLE_HDR.size + MAX_HANDLE_SZ)
     _HANDLE_HDR.pack_into(buf, 0, MAX_HANDLE_SZ, 0)
     mount_id = ctypes.c_int(0)
     if _name_to_handle_at(fd, b"", buf, ctypes.byref(mount_id), AT_EMPTY_PATH) < 0:
         _raise()
-    r = int(_open_by_handle_at(mount_fd, buf, flags))
+    return buf, mount_id.value
+
+
+def open_by_handle(mount_fd: int, handle: ctypes.Array[ctypes.c_char], flags: int) -> int:
+    """open_by_handle_at(2): open the inode of ``handle`` with ``flags``.
+
+    No name is looked up, so nothing can be swapped in between: the only way
+    to re-open an O_PATH fd without /proc.  The new open file belongs to
+    ``mount_fd``'s mount (a real, not O_PATH, fd), whose flags (ro, nodev,
+    noexec) apply: the caller must pass an fd of the very mount the file was
+    reached by.  Needs CAP_DAC_READ_SEARCH.
+    """
+    r = int(_open_by_handle_at(mount_fd, handle, flags))
     if r < 0:
         _raise()
     return r

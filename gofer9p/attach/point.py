@@ -14,6 +14,7 @@ import stat
 import threading
 from typing import NoReturn
 
+from gofer9p.attach import _sys
 from gofer9p.protocol.messages import Qid
 
 log = logging.getLogger("gofer9p.attach")
@@ -93,15 +94,19 @@ class AttachPoint:
             fd, self.fd = self.fd, -1
             os.close(fd)
 
-    def mount_fd(self, dev: int, dirfd: int) -> int:
-        """A readable directory fd on file system ``dev`` for open_by_handle_at, or -1.
+    def mount_fd(self, mount_id: int, dirfd: int) -> int:
+        """A readable directory fd on mount ``mount_id`` for open_by_handle_at, or -1.
 
-        Cached per device for the attach point's life; on a miss it is the
-        directory ``dirfd`` (an O_PATH fd) re-opened read-only, used only if it
-        is on ``dev`` (a file that is itself a mount point is not on its
-        parent's file system).
+        Keyed by mount, not by device: bind mounts of one file system share
+        st_dev but not their flags, and a file re-opened through another
+        mount's fd would get that mount's flags (a read-only bind mount must
+        not become writable that way).  Cached for the attach point's life
+        (the fd keeps the mount, and so its id, alive); on a miss it is the
+        directory ``dirfd`` (an O_PATH fd) re-opened read-only, used only if
+        it is on that very mount (a file that is itself a mount point is not
+        on its parent's mount).
         """
-        fd = self._mount_fds.get(dev)
+        fd = self._mount_fds.get(mount_id)
         if fd is not None:
             return fd
         if dirfd < 0:
@@ -110,13 +115,17 @@ class AttachPoint:
             fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dirfd)
         except OSError:
             return -1
-        if os.fstat(fd).st_dev != dev:
+        try:
+            same = _sys.file_handle(fd)[1] == mount_id
+        except OSError:
+            same = False
+        if not same:
             os.close(fd)
             return -1
         with self._lock:
-            cur = self._mount_fds.get(dev)
+            cur = self._mount_fds.get(mount_id)
             if cur is None:
-                self._mount_fds[dev] = fd
+                self._mount_fds[mount_id] = fd
                 return fd
         os.close(fd)
         return cur

@@ -546,9 +546,10 @@ class Session:
         """Open ``f``'s file for I/O with host flags ``hflags`` (O_NOFOLLOW added).
 
         Directories re-open ``"."`` relative to their own fd.  Other files are
-        re-opened through a file handle of the fid's own O_PATH fd, which
-        opens exactly that inode (a regular file or FIFO, as checked at walk
-        time): no name is involved, so a device node swapped in under the
+        re-opened through a file handle of the fid's own O_PATH fd, on the
+        very mount the fid was reached by (so that mount's ro/nodev/noexec
+        flags apply), which opens exactly that inode (a regular file or FIFO,
+        as checked at walk time): no name is involved, so a device node swapped in under the
         file's name can never be opened.  Where file handles are unavailable
         (no CAP_DAC_READ_SEARCH, a file system without them, or the daemon's
         seccomp filter, which refuses them because a compromised gofer could
@@ -571,14 +572,15 @@ class Session:
         hflags |= _O_REOPEN
         handle_err = 0
         if _handles_ok["reopen"]:
-            mfd = self.point.mount_fd(f.dev, f.parent)
-            if mfd >= 0:
-                try:
-                    return _sys.reopen_by_handle(f.fd, mfd, hflags)
-                except OSError as e:
-                    if e.errno not in _HANDLE_UNSUPPORTED:
-                        raise
-                    handle_err = e.errno
+            try:
+                handle, mount_id = _sys.file_handle(f.fd)
+                mfd = self.point.mount_fd(mount_id, f.parent)
+                if mfd >= 0:
+                    return _sys.open_by_handle(mfd, handle, hflags)
+            except OSError as e:
+                if e.errno not in _HANDLE_UNSUPPORTED:
+                    raise
+                handle_err = e.errno
         pfd, name, owned = self._locate(f)
         try:
             fd = os.open(name, hflags, dir_fd=pfd)
