@@ -26,25 +26,59 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="fuzzer", required=True)
 
     def common(sp: argparse.ArgumentParser, *, live: bool = True) -> None:
-        sp.add_argument("--time", type=float, default=None, metavar="SECONDS",
-                        help="stop after this many seconds (default 60 if --examples is not given)")
-        sp.add_argument("--examples", type=int, default=None, metavar="N",
-                        help="stop after N examples (stateful sequences, frames, decode inputs)")
+        sp.add_argument(
+            "--time",
+            type=float,
+            default=None,
+            metavar="SECONDS",
+            help="stop after this many seconds (default 60 if --examples is not given)",
+        )
+        sp.add_argument(
+            "--examples",
+            type=int,
+            default=None,
+            metavar="N",
+            help="stop after N examples (stateful sequences, frames, decode inputs)",
+        )
         sp.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
         sp.add_argument("--report", type=Path, default=None, help="write the JSON report here")
-        sp.add_argument("--crash-dir", type=Path, default=CRASH_DIR,
-                        help="where reproducers are saved (default fuzz/corpus/crashes)")
+        sp.add_argument(
+            "--crash-dir",
+            type=Path,
+            default=CRASH_DIR,
+            help="where reproducers are saved (default fuzz/corpus/crashes)",
+        )
         if live:
-            sp.add_argument("--target", default="inproc",
-                            help="inproc (default) | serve | serve-fd | unix:PATH")
-            sp.add_argument("--timeout", type=float, default=5.0,
-                            help="seconds to wait for a reply before calling it a hang")
-            sp.add_argument("--msize", type=int, default=1 << 20,
-                            help="server max msize for the targets we start")
+            sp.add_argument(
+                "--target", default="inproc", help="inproc (default) | serve | serve-fd | unix:PATH"
+            )
+            sp.add_argument(
+                "--timeout",
+                type=float,
+                default=5.0,
+                help="seconds to wait for a reply before calling it a hang",
+            )
+            sp.add_argument(
+                "--msize",
+                type=int,
+                default=1 << 20,
+                help="server max msize for the targets we start",
+            )
+            sp.add_argument(
+                "--ignore-known",
+                action="store_true",
+                help="count failures matching an open bug in the crash corpus "
+                "(status open) instead of stopping on them",
+            )
 
     s = sub.add_parser("stateful", help="hypothesis state machine against a live server")
     common(s)
     s.add_argument("--steps", type=int, default=50, help="max steps per sequence")
+    s.add_argument(
+        "--no-shrink",
+        action="store_true",
+        help="report the first failing sequence as found (shrinking can take minutes)",
+    )
     f = sub.add_parser("frames", help="malformed frames against a live server")
     common(f)
     d = sub.add_parser("decode", help="coverage-guided codec.decode (atheris, else hypothesis)")
@@ -54,7 +88,44 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("files", nargs="+", type=Path)
     r.add_argument("--target", default="inproc")
     r.add_argument("--timeout", type=float, default=5.0)
+    sh = sub.add_parser("show", help="print a reproducer's records, frames decoded")
+    sh.add_argument("file", type=Path)
+    sh.add_argument("--last", type=int, default=0, help="only the last N records")
     return p
+
+
+def _show(args: argparse.Namespace) -> int:
+    from gofer9p.protocol.codec import decode
+
+    from .wire import MAGIC, Transcript, parse_expect
+
+    data = args.file.read_bytes()
+    if not data.startswith(MAGIC):
+        print(f"raw decode input, {len(data)} bytes: {data.hex()}")
+        return 0
+    records = Transcript.from_bytes(data).records
+    for op, payload in records[-args.last :] if args.last else records:
+        if op == b"S":
+            try:
+                text = repr(decode(payload))
+            except Exception as e:
+                text = f"raw {payload[:80].hex()}{'...' if len(payload) > 80 else ''} ({e})"
+            print(f"S {text[:300]}")
+        elif op == b"R":
+            tag, ttype, outcome, rdata = parse_expect(payload)
+            want = {0: "any", 1: "success", 2: "Rlerror"}.get(outcome, "?")
+            extra = f" data={rdata[:40]!r}" if rdata is not None else ""
+            print(f"R expect reply tag={tag} to type={ttype} outcome={want}{extra}")
+        else:
+            print(
+                {
+                    b"N": "N new connection",
+                    b"E": "E half-close, expect close",
+                    b"X": "X expect server to close",
+                    b"C": "C close",
+                }.get(op, repr(op))
+            )
+    return 0
 
 
 def _budget(args: argparse.Namespace) -> tuple[float | None, int | None]:
@@ -67,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.fuzzer == "replay":
         return _replay(args)
+    if args.fuzzer == "show":
+        return _show(args)
     seed = args.seed if args.seed is not None else random.randrange(1 << 32)
     time_budget, examples = _budget(args)
     report = Report(
@@ -80,31 +153,58 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.fuzzer == "decode":
         from .atheris_decode import run as run_decode
 
-        run_decode(report, seed=seed, time_budget=time_budget, max_inputs=examples,
-                   engine=args.engine, crash_dir=args.crash_dir)
+        run_decode(
+            report,
+            seed=seed,
+            time_budget=time_budget,
+            max_inputs=examples,
+            engine=args.engine,
+            crash_dir=args.crash_dir,
+        )
     else:
+        from .common import Known
         from .targets import make_target
 
+        known = Known.load() if args.ignore_known else Known()
         target = make_target(args.target, max_msize=args.msize)
         with target:
             if args.fuzzer == "frames":
                 from .frames import run as run_frames
 
-                run_frames(target, report, seed=seed, time_budget=time_budget,
-                           max_frames=examples, crash_dir=args.crash_dir, timeout=args.timeout)
+                run_frames(
+                    target,
+                    report,
+                    seed=seed,
+                    time_budget=time_budget,
+                    max_frames=examples,
+                    crash_dir=args.crash_dir,
+                    timeout=args.timeout,
+                    known=known,
+                )
             else:
                 from .stateful import run as run_stateful
 
-                run_stateful(target, report, seed=seed, time_budget=time_budget,
-                             max_examples=examples, steps=args.steps, crash_dir=args.crash_dir,
-                             timeout=args.timeout)
+                run_stateful(
+                    target,
+                    report,
+                    seed=seed,
+                    time_budget=time_budget,
+                    max_examples=examples,
+                    steps=args.steps,
+                    crash_dir=args.crash_dir,
+                    timeout=args.timeout,
+                    shrink=not args.no_shrink,
+                    known=known,
+                )
     report.write(args.report)
     print(report.summary())
     for bucket in (report.crashes, report.hangs, report.leaks, report.invariant_failures):
         for e in bucket:
             first = e["message"].split("\n")[0]
-            print(f"  - {first}" + (f"\n    reproducer: {e['reproducer']}" if "reproducer" in e
-                                    else ""))
+            print(
+                f"  - {first}"
+                + (f"\n    reproducer: {e['reproducer']}" if "reproducer" in e else "")
+            )
     return 0 if report.ok else 1
 
 

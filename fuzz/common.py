@@ -8,6 +8,7 @@ seen, and the tests assert on exactly these fields.
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -86,6 +87,42 @@ class Report:
         )
 
 
+class Known:
+    """Signatures of open (known, not yet fixed) bugs, read from the crash corpus.
+
+    A reproducer's ``.json`` with ``"status": "open"`` and a ``"signature"``
+    regex marks a bug that is reported and waiting for a fix.  With
+    ``--ignore-known`` (and in the short test run) a failure matching one is
+    counted under ``details.known_open_bugs`` instead of stopping the run, so
+    one open bug does not hide new ones.  Once fixed, set ``"status":
+    "fixed"``: the reproducer then stays as a plain regression test.
+    """
+
+    def __init__(self, sigs: list[tuple[str, re.Pattern[str]]] | None = None) -> None:
+        self.sigs = sigs or []
+
+    @classmethod
+    def load(cls, crash_dir: Path = CRASH_DIR) -> Known:
+        sigs = []
+        for meta_path in sorted(crash_dir.glob("*.json")):
+            try:
+                meta = json.loads(meta_path.read_text())
+            except (OSError, ValueError):
+                continue
+            if meta.get("status") == "open" and meta.get("signature"):
+                sigs.append((meta_path.stem, re.compile(meta["signature"])))
+        return cls(sigs)
+
+    def match(self, report: Report, message: str) -> bool:
+        """Whether ``message`` is a known open bug (counted in the report)."""
+        for name, rx in self.sigs:
+            if rx.search(message):
+                counts = report.details.setdefault("known_open_bugs", {})
+                counts[name] = counts.get(name, 0) + 1
+                return True
+        return False
+
+
 def split_problem(problem: str) -> tuple[str, str]:
     """``"kind: message"`` -> (kind, message); unknown kinds are crashes."""
     kind, _, msg = problem.partition(": ")
@@ -153,14 +190,16 @@ class Health:
                 self.report.rss_growth_kb = rss - self.rss_base
         if n is not None and n > self.fd_base:
             now = fd_targets(pid)
-            new = sorted(
-                f"{fd}->{t}" for fd, t in now.items() if self.fd_names.get(fd) != t
-            )
+            new = sorted(f"{fd}->{t}" for fd, t in now.items() if self.fd_names.get(fd) != t)
             out.append(
                 f"leak: server holds {n} fds at rest, baseline {self.fd_base}; "
                 f"new: {', '.join(new[:20])}"
             )
-        if rss is not None and self.rss_base is not None and rss - self.rss_base > self.rss_bound_kb:
+        if (
+            rss is not None
+            and self.rss_base is not None
+            and rss - self.rss_base > self.rss_bound_kb
+        ):
             out.append(
                 f"leak: server VmRSS grew {rss - self.rss_base} KiB "
                 f"(bound {self.rss_bound_kb} KiB): {self.rss_base} -> {rss}"
@@ -240,13 +279,16 @@ def replay(path: Path, target: Target, *, timeout: float = 5.0) -> list[str]:
             elif op == b"R":
                 tag, ttype, outcome, data = parse_expect(payload)
                 frame = conn.recv_frame()
-                reply = check_reply(frame, tag=tag, ttype=ttype, msize=conn.msize or None,
-                                    outcome=outcome)
+                reply = check_reply(
+                    frame, tag=tag, ttype=ttype, msize=conn.msize or None, outcome=outcome
+                )
                 if isinstance(reply, M.Rversion) and reply.version == b"9P2000.L":
                     conn.msize = reply.msize
                 if data is not None and isinstance(reply, M.Rread) and bytes(reply.data) != data:
-                    raise Failure("invariant", f"read returned {bytes(reply.data)[:32]!r}, "
-                                  f"expected {data[:32]!r}")
+                    raise Failure(
+                        "invariant",
+                        f"read returned {bytes(reply.data)[:32]!r}, expected {data[:32]!r}",
+                    )
             elif op in (b"E", b"X"):
                 for frame in conn.expect_close(half_close=op == b"E"):
                     check_reply(frame, msize=conn.msize or None, outcome=ANY)

@@ -338,7 +338,7 @@ class RawConn:
         """Send ``msg`` on a fresh tag (NOTAG for Tversion) and return its checked reply."""
         if tag is None:
             tag = C.NOTAG if isinstance(msg, M.Tversion) else self.take_tag()
-        msg.tag = tag
+        msg.tag = tag  # type: ignore[misc]  # every concrete message has a tag
         self.send(encode(msg))
         return self.expect_reply(tag, msg.TYPE, outcome=outcome, data=data)
 
