@@ -399,7 +399,7 @@ def run_guest(
     start_servers: ServerStarter,
     timeout: float,
     memory_mb: int = 1024,
-    cpus: int = 2,
+    cpus: int = 1,
 ) -> GuestRun:
     """Boot the guest once, serve its mounts, wait for it to power off (or kill it at `timeout`).
 
@@ -478,7 +478,12 @@ def run_guest(
 
 
 def spawn_with_fd(
-    argv: Sequence[str], fds: Sequence[int], log: Path, *, cwd: Path | None = None
+    argv: Sequence[str],
+    fds: Sequence[int],
+    log: Path,
+    *,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start a server with `fds` inherited at the same numbers (as a sandbox manager would).
 
@@ -493,6 +498,7 @@ def spawn_with_fd(
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=cwd,
+            env=env,
         )
     finally:
         out.close()

@@ -6,13 +6,16 @@
 # /workload.sh with its results going to the "results" virtio port, unmounts and powers off.
 # The host reads the results file and then checks the exports itself.
 #
-# /etc/guest.env (written by the host): CACHE, MSIZE, EXTRA_OPTS, BIG, MANY.
+# /etc/guest.env (written by the host): CACHE, MSIZE, EXTRA_OPTS, BRIDGE, and the workload's
+# variables (RW, RO, ROOT, BIG, MANY, CHECK_TIMEOUT, ONLY).
 # /etc/mounts.conf: one "INDEX MOUNTPOINT ro|rw ANAME" line per mount (ANAME may be "-").
 export PATH=/bin:/sbin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev 2>/dev/null
+set -a
 . /etc/guest.env
+set +a
 
 log() { echo "guest-init: $*" >/dev/console; }
 die() {
@@ -52,9 +55,14 @@ ifconfig lo 127.0.0.1 up || die "ifconfig lo"
 while read -r idx mnt mode aname; do
     dev=$(port_dev "p9_$idx") || die "no virtio port p9_$idx"
     port=$((564 + idx))
-    # One connection per mount: nc accepts once and execs a second nc that pumps the socket
-    # (its stdin/stdout) to and from the virtio port.
-    nc -l -p "$port" -e nc -f "$dev" &
+    # One connection per mount, bridged to the virtio port. g9tool's bridge sets TCP_NODELAY
+    # (see g9tool.c: busybox nc costs a Nagle/delayed-ACK stall on every large reply);
+    # BRIDGE=nc uses busybox nc instead (accepts once, execs a second nc on the port).
+    if [ "$BRIDGE" = nc ]; then
+        nc -l -p "$port" -e nc -f "$dev" &
+    else
+        g9tool bridge "$port" "$dev" &
+    fi
     hex=$(printf '%04X' "$port")
     n=0
     until cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | grep -q ":$hex [0:]*:0000 0A"; do
@@ -65,7 +73,8 @@ while read -r idx mnt mode aname; do
     opts="trans=tcp,port=$port,version=9p2000.L,access=client,cache=$CACHE,msize=$MSIZE"
     [ "$aname" != "-" ] && opts="$opts,aname=$aname"
     [ -n "$EXTRA_OPTS" ] && opts="$opts,$EXTRA_OPTS"
-    [ "$mode" = ro ] && opts="$opts,ro"
+    # A read-only export is mounted read-write on purpose: the guest kernel must send the
+    # mutating requests so that the server's own read-only policy (EROFS) is what is tested.
     mkdir -p "$mnt"
     # No retry: the bridge accepts exactly one connection.
     mount -t 9p -o "$opts" 127.0.0.1 "$mnt" 2>/tmp/mount.err || die "mount $mnt ($opts): $(cat /tmp/mount.err)"
@@ -74,7 +83,7 @@ done </etc/mounts.conf
 grep 9p /proc/mounts >/dev/console
 
 start=$(cut -d. -f1 /proc/uptime)
-sh /workload.sh 2>/dev/console
+sh /workload.sh 2>/dev/console </dev/null
 end=$(cut -d. -f1 /proc/uptime)
 echo "VALUE workload_seconds $((end - start))" >&9
 
