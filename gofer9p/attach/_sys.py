@@ -116,6 +116,46 @@ def open_by_handle(mount_fd: int, handle: ctypes.Array[ctypes.c_char], flags: in
     return r
 
 
+# Kernel pseudo file systems: their files are host kernel interfaces and other
+# processes (/proc/sys/kernel/core_pattern, /proc/<pid>/mem, /sys/kernel/...),
+# never data a sandbox may be served, whatever got them into the export.
+PSEUDO_FS_MAGICS = frozenset({
+    0x9FA0,  # proc
+    0x62656572,  # sysfs
+    0x64626720,  # debugfs
+    0x74726163,  # tracefs
+    0x73636673,  # securityfs
+    0x27E0EB,  # cgroup
+    0x63677270,  # cgroup2
+    0xCAFE4A11,  # bpf
+    0x62656570,  # configfs
+    0xDE5E81E4,  # efivarfs
+    0x6165676C,  # pstore
+    0xF97CFF8C,  # selinuxfs
+    0x43415D53,  # smackfs
+    0x65735543,  # fusectl
+    0x42494E4D,  # binfmt_misc
+    0x1CD1,  # devpts
+    0x6E736673,  # nsfs
+    0x19800202,  # mqueue
+    0x50495045,  # pipefs
+    0x534F434B,  # sockfs
+})
+
+_fstatfs = _libc.fstatfs
+_fstatfs.argtypes = [ctypes.c_int, ctypes.c_void_p]
+_fstatfs.restype = ctypes.c_int
+_STATFS_TYPE = struct.Struct("@l")  # f_type is the first field of struct statfs
+
+
+def fs_magic(fd: int) -> int:
+    """f_type of the file system ``fd`` (an O_PATH fd will do) is on (fstatfs)."""
+    buf = ctypes.create_string_buffer(256)  # > sizeof(struct statfs) (120 on 64-bit)
+    if _fstatfs(fd, buf) < 0:
+        _raise()
+    return int(_STATFS_TYPE.unpack_from(buf, 0)[0]) & 0xFFFFFFFF
+
+
 def futimens(fd: int, atime: tuple[int, int], mtime: tuple[int, int]) -> None:
     """futimens(3) on an open (not O_PATH) fd; times as for :func:`utimensat`."""
     times = _Times(_Timespec(atime[0], atime[1]), _Timespec(mtime[0], mtime[1]))

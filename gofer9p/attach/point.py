@@ -8,6 +8,7 @@ same qid path whichever connection asks).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
@@ -62,6 +63,8 @@ class AttachPoint:
         self.readonly = readonly
         self.panic_on_write = panic_on_write
         st = os.fstat(fd)
+        if _sys.fs_magic(fd) in _sys.PSEUDO_FS_MAGICS:
+            raise OSError(errno.EACCES, f"{path}: a kernel pseudo file system is never served")
         self.root_dev = st.st_dev
         self.root_ino = st.st_ino
         self._lock = threading.Lock()

@@ -11,7 +11,9 @@ the parent through the kernel (``openat(fd, "..")``) unless the fid already is
 the attach root, compared by (st_dev, st_ino).  That test uses the fd, not a
 remembered path, so it stays right when directories are renamed under a fid.
 Symlinks are never followed on the host: walking through one is ENOTDIR and
-opening one is ELOOP; the client resolves them with Treadlink.
+opening one is ELOOP; the client resolves them with Treadlink.  A walk that
+crosses a mount into a kernel pseudo file system (proc, sysfs, debugfs, ...:
+host kernel interfaces, not data) is EACCES, whatever put the mount there.
 
 Permissions are not checked here.  Like gVisor's gofer and QEMU's passthrough
 backend, the gofer runs with DAC_OVERRIDE/FOWNER and the client (the sandbox's
@@ -686,6 +688,9 @@ class Session:
                         nfd = os.open(name, _O_PATH, dir_fd=cur)
                     try:
                         st = _fstat(nfd)
+                        if st.st_dev != dev and _sys.fs_magic(nfd) in _sys.PSEUDO_FS_MAGICS:
+                            # A mount crossed into a kernel pseudo file system.
+                            raise _err(errno.EACCES)
                     except BaseException:
                         _close(nfd)
                         raise
