@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import socket
 import stat
 import sys
@@ -42,6 +43,8 @@ __all__ = ["EXIT_IO_ERROR", "EXIT_OK", "EXIT_SETUP", "DaemonError", "main", "run
 EXIT_OK = 0
 EXIT_IO_ERROR = 1
 EXIT_SETUP = 2
+
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 log = logging.getLogger("gofer9p")
 
@@ -264,6 +267,10 @@ def _run(argv: Sequence[str] | None, after_confine: Callable[[], None] | None) -
     from .spec import SpecError, load_spec
 
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    # Hold SIGTERM/SIGINT until the serving loop's receiver is installed (_serve_all unblocks
+    # them): a stop request during start-up is then a clean exit 0, never a half-confined
+    # death or a KeyboardInterrupt traceback.  SIGKILL still works, and stop() escalates to it.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     fds = parse_io_fds(args.io_fds)
     configure_logging(args.log_level, args.log_file)
     try:
@@ -297,16 +304,11 @@ def _run(argv: Sequence[str] | None, after_confine: Callable[[], None] | None) -
     except confine.ConfineError as e:
         raise DaemonError(str(e)) from None
 
-    log.info(
-        "serving bundle %s root %s: %d attach points on fds %s; caps %s, seccomp %s%s%s",
-        spec.bundle,
-        spec.root_path,
-        len(points),
-        ",".join(map(str, fds)),
-        "dropped" if args.apply_caps else "kept",
-        seccomp_mode,
-        f" ({allowed} syscalls)" if allowed else "",
-        ", panic-on-write" if args.panic_on_write else "",
+    ready_line = (
+        f"serving bundle {spec.bundle} root {spec.root_path}: {len(points)} attach points on "
+        f"fds {','.join(map(str, fds))}; caps {'dropped' if args.apply_caps else 'kept'}, "
+        f"seccomp {seccomp_mode}{f' ({allowed} syscalls)' if allowed else ''}"
+        f"{', panic-on-write' if args.panic_on_write else ''}"
     )
     sys.meta_path.insert(0, _LateImportWarner())
     if after_confine is not None:
@@ -317,7 +319,7 @@ def _run(argv: Sequence[str] | None, after_confine: Callable[[], None] | None) -
     from .server import ServerConfig
 
     try:
-        status = trio.run(_serve_all, fds, socks, points, ServerConfig())
+        status = trio.run(_serve_all, fds, socks, points, ServerConfig(), ready_line)
     except Exception:
         log.critical("internal error", exc_info=True)
         return EXIT_IO_ERROR
@@ -326,11 +328,17 @@ def _run(argv: Sequence[str] | None, after_confine: Callable[[], None] | None) -
 
 
 async def _serve_all(
-    fds: list[int], socks: list[socket.socket], points: list[AttachPoint], config: ServerConfig
+    fds: list[int],
+    socks: list[socket.socket],
+    points: list[AttachPoint],
+    config: ServerConfig,
+    ready_line: str = "serving",
 ) -> int:
-    """One server task per connection in one nursery; signals cancel them all."""
-    import signal
+    """One server task per connection in one nursery; SIGTERM/SIGINT cancel them all.
 
+    ``ready_line`` is logged once the signal receiver is in place and the held stop signals
+    are unblocked: from then on the daemon is serving and a stop request is handled cleanly.
+    """
     import trio
 
     from .server import serve
@@ -341,7 +349,8 @@ async def _serve_all(
     async with trio.open_nursery() as nursery:
 
         async def watch_signals(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            with trio.open_signal_receiver(*_STOP_SIGNALS) as signals:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # pending ones arrive
                 task_status.started()
                 async for signum in signals:
                     log.info("%s received: closing all connections", signal.Signals(signum).name)
@@ -363,6 +372,7 @@ async def _serve_all(
                     nursery.cancel_scope.cancel()  # stops watch_signals
 
         await nursery.start(watch_signals)
+        log.info("%s", ready_line)
         for fd, sock, point in zip(fds, socks, points, strict=True):
             nursery.start_soon(serve_one, fd, sock, point)
     return EXIT_IO_ERROR if failed else EXIT_OK

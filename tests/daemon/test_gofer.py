@@ -319,11 +319,11 @@ def test_attach_by_user_name_uses_the_roots_passwd_not_its_nss(tmp_path: Path) -
     try:
         (c,) = [NineP(s) for s in g.sockets]
         c.version()
-        assert c.attach(1, uname=b"bob", n_uname=0xFFFFFFFF)
-        with pytest.raises(OSError) as ei:
-            c.attach(2, uname=b"nobody-here", n_uname=0xFFFFFFFF)
-        assert ei.value.errno == errno.EINVAL
-        assert c.attach(3, uname=b"1234", n_uname=0xFFFFFFFF)
+        for fid, uname, fname in ((1, b"bob", b"by-bob"), (2, b"nobody-here", b"by-unknown")):
+            c.attach(fid, uname=uname, n_uname=0xFFFFFFFF)
+            c.write_file(fid, (), fname, b"x", fid=10 + fid)
+        assert (b / "rootfs" / "by-bob").stat().st_uid == 1234  # from the root's passwd
+        assert (b / "rootfs" / "by-unknown").stat().st_uid != 1234
         assert g.proc.poll() is None
     finally:
         g.stop()
