@@ -155,9 +155,12 @@ class Health:
         self.fd_base = fd_count(pid)
         self.fd_names = fd_targets(pid)
         self.rss_base = rss_kb(pid)
-        self.report.fd_baseline = self.fd_base
-        self.report.rss_baseline_kb = self.rss_base
-        self.report.rss_peak_kb = self.rss_base
+        if self.report.fd_baseline is None:
+            # the report keeps the first baseline: growth is over the whole run,
+            # while leak checks compare with the latest (each leak reported once)
+            self.report.fd_baseline = self.fd_base
+            self.report.rss_baseline_kb = self.rss_base
+            self.report.rss_peak_kb = self.rss_base
 
     def fds_settled(self, want: int | None, settle: float = 3.0) -> int | None:
         pid = self.target.pid()
@@ -184,10 +187,10 @@ class Health:
         if final:
             self.report.fd_final = n
             self.report.rss_final_kb = rss
-            if n is not None:
-                self.report.fd_growth = n - self.fd_base
-            if rss is not None and self.rss_base is not None:
-                self.report.rss_growth_kb = rss - self.rss_base
+            if n is not None and self.report.fd_baseline is not None:
+                self.report.fd_growth = n - self.report.fd_baseline
+            if rss is not None and self.report.rss_baseline_kb is not None:
+                self.report.rss_growth_kb = rss - self.report.rss_baseline_kb
         if n is not None and n > self.fd_base:
             now = fd_targets(pid)
             new = sorted(f"{fd}->{t}" for fd, t in now.items() if self.fd_names.get(fd) != t)

@@ -580,18 +580,20 @@ class FrameFuzzer:
             # leak is pinned on the connection (transcript) that caused it
             n = self.health.fds_settled(self.health.fd_base, settle=1.0)
             if n is not None and n > self.health.fd_base:
-                for p in self.health.check():
-                    kind, msg = split_problem(p)
-                    save_failure(
-                        self.report, "frames", Failure(kind, msg), t, crash_dir=self.crash_dir
-                    )
-                self.health.baseline()
+                self._health(t)
         if self.report.connections % 50 == 0 and not self.dead:
-            for p in self.health.check():
-                kind, msg = split_problem(p)
-                save_failure(self.report, "frames", Failure(kind, msg), t, crash_dir=self.crash_dir)
-                self.health.baseline()  # report each growth once
+            self._health(t)
         return sent
+
+    def _health(self, t: Transcript) -> None:
+        """fd/RSS growth since the baseline is a leak (reported once, then re-baselined)."""
+        problems = self.health.check()
+        for p in problems:
+            kind, msg = split_problem(p)
+            if not self.known.match(self.report, msg):
+                save_failure(self.report, "frames", Failure(kind, msg), t, crash_dir=self.crash_dir)
+        if problems:
+            self.health.baseline()
 
     def _liveness(self, prev: Transcript) -> None:
         t = Transcript()
@@ -631,7 +633,8 @@ class FrameFuzzer:
         else:
             for p in self.health.check(final=True):
                 kind, msg = split_problem(p)
-                self.report.add_failure(kind, msg)
+                if not self.known.match(self.report, msg):
+                    self.report.add_failure(kind, msg)
         self.report.details["mutated_frames"] = self.mutated
         self.report.details["mutations"] = dict(sorted(self.kinds.items()))
         self.report.details["type_sweep_done"] = not self.sweep

@@ -1356,7 +1356,8 @@ def run(
             target.reset_export()
         for p in health.check(final=True):
             kind, msg = split_problem(p)
-            report.add_failure(kind, msg)
+            if not ctx.known.match(report, msg):
+                report.add_failure(kind, msg)
     report.duration_s = round(time.monotonic() - start, 2)
     return report
 
