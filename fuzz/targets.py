@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import socket
 import struct
@@ -334,7 +335,17 @@ def _env() -> dict[str, str]:
 
 
 class _LogScanner:
-    """Reads new lines of a server log file; ERROR/CRITICAL/Traceback lines are crashes."""
+    """Reads new records of a server log file; ERROR/CRITICAL records are crashes.
+
+    A record is a timestamped line plus its continuation lines (a logged
+    traceback), so one ``internal error`` with its traceback is one problem.
+    A ``Traceback`` that is not part of a logged record (an uncaught
+    exception printed to stderr) starts a record of its own.  The logging
+    module writes each record with one write, so a chunk ending in a newline
+    ends on a record boundary.
+    """
+
+    _START = re.compile(r"^\d{4}-\d\d-\d\dT")
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -347,13 +358,26 @@ class _LogScanner:
                 data = f.read()
         except OSError:
             return []
-        # consume whole lines only
-        cut = data.rfind(b"\n") + 1
+        cut = data.rfind(b"\n") + 1  # consume whole lines only
         self.pos += cut
-        out = []
+        records: list[list[str]] = []
         for line in data[:cut].decode(errors="replace").splitlines():
-            if " ERROR " in line or " CRITICAL " in line or line.startswith("Traceback"):
-                out.append(f"crash: server logged {line.strip()}")
+            bad_head = bool(records) and (
+                " ERROR " in records[-1][0] or " CRITICAL " in records[-1][0]
+            )
+            if (
+                self._START.match(line)
+                or not records
+                or (line.startswith("Traceback") and not bad_head)
+            ):
+                records.append([line])
+            else:
+                records[-1].append(line)
+        out = []
+        for rec in records:
+            head = rec[0]
+            if " ERROR " in head or " CRITICAL " in head or head.startswith("Traceback"):
+                out.append("crash: server logged " + "\n".join(rec).strip())
         return out
 
 
