@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import random
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -136,6 +138,9 @@ def _budget(args: argparse.Namespace) -> tuple[float | None, int | None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM unwinds like Ctrl-C, so a spawned server is stopped too
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.fuzzer == "replay":
         return _replay(args)
     if args.fuzzer == "show":
