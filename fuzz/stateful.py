@@ -752,6 +752,8 @@ class GoferMachine(RuleBasedStateMachine):
         if f.xread is not None or f.xwrite is not None or _special(df) or f.node is None:
             return
         node = f.node
+        if node is self.root and self.base:
+            return  # our scratch directory, not the attach root: keep it
         if node is self.root:
             outcome = ERR if self._known(dp) else ANY
             if outcome == ANY:
@@ -801,6 +803,8 @@ class GoferMachine(RuleBasedStateMachine):
         f = self.fids.get(fid)
         outcome = ANY
         node = f.node if f else None
+        if f is not None and node is self.root and self.base:
+            return  # our scratch directory, not the attach root: keep it
         if f is None:
             outcome = ERR
         elif f.xread is not None or f.xwrite is not None:
