@@ -145,9 +145,19 @@ class Target:
         return True
 
     def reset_export(self) -> None:
-        """Empty the export between fuzz cases (only with no connection open)."""
+        """Empty the export between fuzz cases (only with no connection open).
+
+        The root itself is reset too: a fuzz case may have changed its mode
+        or set xattrs on it, and the next case's model starts from scratch.
+        """
         if self.export is not None:
             empty_dir(self.export)
+            os.chmod(self.export, 0o755)
+            for name in os.listxattr(self.export):
+                try:
+                    os.removexattr(self.export, name)
+                except OSError:
+                    pass
 
     def __enter__(self) -> Target:
         self.start()
