@@ -170,8 +170,33 @@ class Connection:
 
         Pooled read buffers in ``bufs`` go back to the pool once written.
         """
-        for i in range(0, len(bufs), 512):
-            await self._send(bufs[i : i + 512])
+        if len(bufs) <= 512 and not self.closed and not self.send_lock.locked():
+            # Fast path, no lock and no await: nobody is part-way through a
+            # reply (that task would hold the lock), and nothing else runs in
+            # this thread until we return or await.  Only what did not fit in
+            # the socket buffer goes through the locked path.
+            try:
+                n = self.sock.sendmsg(bufs)
+            except BlockingIOError:
+                n = 0
+            total = 0
+            for b in bufs:
+                total += len(b)
+            if n < total:
+                # drop what was written; the rest keeps its order under the lock
+                i = 0
+                while n:
+                    ln = len(bufs[i])
+                    if n >= ln:
+                        n -= ln
+                        i += 1
+                    else:
+                        bufs[i] = memoryview(bufs[i])[n:]
+                        n = 0
+                await self._send(bufs[i:])
+        else:
+            for i in range(0, len(bufs), 512):
+                await self._send(bufs[i : i + 512])
         if self._lent:
             if len(self._pool) < 2:
                 self._pool.extend(self._lent[: 2 - len(self._pool)])
