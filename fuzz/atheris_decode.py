@@ -312,6 +312,8 @@ def run(
 ) -> Report:
     """Fuzz ``decode`` with atheris when installed (else hypothesis); fill ``report``."""
     start = time.monotonic()
+    if time_budget is None and max_inputs is None:
+        time_budget = 60.0  # every run is bounded
     use_atheris = engine == "atheris" or (engine == "auto" and atheris_available())
     if engine == "atheris" and not atheris_available():
         raise SystemExit("atheris is not installed (pip install atheris)")

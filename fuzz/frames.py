@@ -608,6 +608,8 @@ class FrameFuzzer:
         self.report.connections += 1
 
     def run(self, *, time_budget: float | None, max_frames: int | None) -> Report:
+        if time_budget is None and max_frames is None:
+            time_budget = 60.0  # every run is bounded
         start = time.monotonic()
         deadline = start + time_budget if time_budget else None
         self._liveness(Transcript())

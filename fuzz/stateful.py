@@ -1315,6 +1315,8 @@ def run(
     """
     import random
 
+    if time_budget is None and max_examples is None:
+        time_budget = 60.0  # every run is bounded
     ctx = Ctx(
         target=target, report=report, timeout=timeout, crash_dir=crash_dir, known=known or Known()
     )
