@@ -42,7 +42,7 @@ import pytest
 import trio
 
 from gofer9p.attach import AttachPoint
-from gofer9p.client import Client, P9Error, stream_from_socket
+from gofer9p.client import Client, P9Error, open_client, stream_from_socket
 from gofer9p.server import ServerConfig, serve
 
 TEST_TIMEOUT = 60.0
@@ -330,21 +330,9 @@ ConnectFn = Callable[..., AbstractAsyncContextManager[Esc]]
 
 @asynccontextmanager
 async def open_scanned_client(stream: trio.abc.Stream, *, msize: int) -> AsyncIterator[Client]:
-    """Like ``gofer9p.client.open_client`` (a Client with Tversion done), written out here.
-
-    ``Client.__init__`` sets an instance attribute ``version`` that shadows the ``version()``
-    method, so the version call goes through the class.
-    """
-    client = Client(stream)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(client._reader)
-        try:
-            await Client.version(client, msize)
-            yield client
-        finally:
-            with trio.CancelScope(shield=True):
-                await client.stream.aclose()
-            nursery.cancel_scope.cancel()
+    """A Client with Tversion done on ``stream`` (which may be a :class:`ScanningStream`)."""
+    async with open_client(stream, msize=msize) as client:
+        yield client
 
 
 @pytest.fixture

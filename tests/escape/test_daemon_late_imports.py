@@ -165,5 +165,5 @@ async def _workload(c: Client) -> None:
     await c.flush(12345)
     await trio.sleep(0.2)
     await c.getattr(root)
-    await Client.version(c, 65536)
+    await c.version(65536)
     await c.attach(uname=b"root", n_uname=0)

@@ -33,7 +33,7 @@ import pytest
 import trio
 
 from gofer9p.attach import AttachPoint
-from gofer9p.client import Client, stream_from_socket
+from gofer9p.client import Client, open_client, stream_from_socket
 from gofer9p.server import ServerConfig, serve
 
 REPO = Path(__file__).resolve().parents[2]
@@ -62,18 +62,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @asynccontextmanager
 async def open_versioned_client(stream: trio.abc.Stream, *, msize: int) -> AsyncIterator[Client]:
-    """A Client with Tversion done (``Client.version`` is shadowed by an instance attribute,
-    so it is called through the class)."""
-    client = Client(stream)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(client._reader)
-        try:
-            await Client.version(client, msize)
-            yield client
-        finally:
-            with trio.CancelScope(shield=True):
-                await client.stream.aclose()
-            nursery.cancel_scope.cancel()
+    """A Client with Tversion done (``gofer9p.client.open_client`` with our msize)."""
+    async with open_client(stream, msize=msize) as client:
+        yield client
 
 
 @attrs.define
