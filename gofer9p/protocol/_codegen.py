@@ -148,7 +148,46 @@ def _gen(cls: type[Message]) -> str:
         "    body = b''.join(parts[1:])",
         f"    return _HEADER.pack(7 + len(body), {cls.TYPE}, m.tag) + body",
     ]
+    fast = _fast_encoder(cls, fields)
+    if fast is not None:
+        enc = fast
     return "\n".join(dec) + "\n\n" + "\n".join(enc) + "\n"
+
+
+def _fast_encoder(cls: type[Message], fields: list[tuple[str, str]]) -> list[str] | None:
+    """One ``struct.pack`` for the header and every fixed field (plus the count
+    and one concatenation when the message ends with a data field): the shape of
+    most replies on the server's hot path (Rgetattr, Rwalk of nothing, Rclunk,
+    Rwrite, Rlopen, Rlcreate, Rreaddir...).  None for other layouts."""
+    name = cls.__name__
+    data = None
+    if fields and fields[-1][1] == "D":
+        data = fields[-1][0]
+        fields = fields[:-1]
+    if any(c not in _FIXED for _, c in fields):
+        return None
+    fmt = "<IBH" + "".join(_FIXED[c][0] for _, c in fields) + ("I" if data else "")
+    size = struct.calcsize(fmt)
+    vals = ["m.tag"]
+    for fn, c in fields:
+        if c == "Q":
+            vals += [f"m.{fn}.type", f"m.{fn}.version", f"m.{fn}.path"]
+        else:
+            vals.append(f"m.{fn}")
+    sname = f"_E_{name}"
+    if data is None:
+        return [
+            f"{sname} = struct.Struct({fmt!r})",
+            f"def _enc_{name}(m):",
+            f"    return {sname}.pack({size}, {cls.TYPE}, {', '.join(vals)})",
+        ]
+    return [
+        f"{sname} = struct.Struct({fmt!r})",
+        f"def _enc_{name}(m):",
+        f"    v = m.{data}",
+        "    ln = len(v)",
+        f"    return {sname}.pack({size} + ln, {cls.TYPE}, {', '.join(vals)}, ln) + v",
+    ]
 
 
 def generate() -> str:

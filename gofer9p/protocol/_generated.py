@@ -17,11 +17,9 @@ def _dec_Rlerror(b, tag):
     if off != n: raise ProtocolError('Rlerror', 'size', f'{n - off} trailing bytes after the last field')
     return Rlerror(tag=tag, ecode=v_ecode)
 
+_E_Rlerror = struct.Struct('<IBHI')
 def _enc_Rlerror(m):
-    parts = [None]
-    parts.append(_S_Rlerror_0.pack(m.ecode))
-    body = b''.join(parts[1:])
-    return _HEADER.pack(7 + len(body), 7, m.tag) + body
+    return _E_Rlerror.pack(11, 7, m.tag, m.ecode)
 
 _S_Tstatfs_0 = struct.Struct('<I')
 def _dec_Tstatfs(b, tag):
@@ -33,11 +31,9 @@ def _dec_Tstatfs(b, tag):
     if off != n: raise ProtocolError('Tstatfs', 'size', f'{n - off} trailing bytes after the last field')
     return Tstatfs(tag=tag, fid=v_fid)
 
+_E_Tstatfs = struct.Struct('<IBHI')
 def _enc_Tstatfs(m):
-    parts = [None]
-    parts.append(_S_Tstatfs_0.pack(m.fid))
-    body = b''.join(parts[1:])
-    return _HEADER.pack(7 + len(body), 8, m.tag) + body
+    return _E_Tstatfs.pack(11, 8, m.tag, m.fid)
 
 _S_Rstatfs_0 = struct.Struct('<IIQQQQQQI')
 def _dec_Rstatfs(b, tag):
@@ -49,11 +45,9 @@ def _dec_Rstatfs(b, tag):
     if off != n: raise ProtocolError('Rstatfs', 'size', f'{n - off} trailing bytes after the last field')
     return Rstatfs(tag=tag, type=v_type, bsize=v_bsize, blocks=v_blocks, bfree=v_bfree, bavail=v_bavail, files=v_files, ffree=v_ffree, fsid=v_fsid, namelen=v_namelen)
 
+_E_Rstatfs = struct.Struct('<IBHIIQQQQQQI')
 def _enc_Rstatfs(m):
-    parts = [None]
-    parts.append(_S_Rstatfs_0.pack(m.type, m.bsize, m.blocks, m.bfree, m.bavail, m.files, m.ffree, m.fsid, m.namelen))
-    body = b''.join(parts[1:])
-    return _HEADER.pack(7 + len(body), 9, m.tag) + body
+    return _E_Rstatfs.pack(67, 9, m.tag, m.type, m.bsize, m.blocks, m.bfree, m.bavail, m.files, m.ffree, m.fsid, m.namelen)
 
 _S_Tlopen_0 = struct.Struct('<II')
 def _dec_Tlopen(b, tag):
@@ -65,11 +59,9 @@ def _dec_Tlopen(b, tag):
     if off != n: raise ProtocolError('Tlopen', 'size', f'{n - off} trailing bytes after the last field')
     return Tlopen(tag=tag, fid=v_fid, flags=v_flags)
 
+_E_Tlopen = struct.Struct('<IBHII')
 def _enc_Tlopen(m):
-    parts = [None]
-    parts.append(_S_Tlopen_0.pack(m.fid, m.flags))
-    body = b''.join(parts[1:])
-    return _HEADER.pack(7 + len(body), 12, m.tag) + body
+    return _E_Tlopen.pack(15, 12, m.tag, m.fid, m.flags)
 
 _S_Rlopen_0 = struct.Struct('<BIQI')
 def _dec_Rlopen(b, tag):
@@ -81,11 +73,9 @@ def _dec_Rlopen(b, tag):
     if off != n: raise ProtocolError('Rlopen', 'size', f'{n - off} trailing bytes after the last field')
     return Rlopen(tag=tag, qid=Qid(qid_t, qid_v, qid_p), iounit=v_iounit)
 
+_E_Rlopen = struct.Struct('<IBHBIQI')
 def _enc_Rlopen(m):
-    parts = [None]
-    parts.append(_S_Rlopen_0.pack(m.qid.type, m.qid.version, m.qid.path, m.iounit))
-    body = b''.join(parts[1:])
-    return _HEADER.pack(7 + len(body), 13, m.tag) + body
+    return _E_Rlopen.pack(24, 13, m.tag, m.qid.type, m.qid.version, m.qid.path, m.iounit)
 
 _S_Tlcreate_1 = struct.Struct('<III')
 _S_Tlcreate_0 = struct.Struct('<I')
@@ -129,11 +119,9 @@ def _dec_Rlcreate(b, tag):
     if off != n: raise ProtocolError('Rlcreate', 'size', f'{n - off} trailing bytes after the last field')
     return Rlcreate(tag=tag, qid=Qid(qid_t, qid_v, qid_p), iounit=v_iounit)
 
+_E_Rlcreate = struct.Struct('<IBHBIQI')
 def _enc_Rlcreate(m):
-    parts = [None]
-    parts.append(_S_Rlcreate_0.pack(m.qid.type, m.qid.version, m.qid.path, m.iounit))
-    body = b''.join(parts[1:])
-    return _HEADER.pack(7 + len(body), 15, m.tag) + body
+    return _E_Rlcreate.pack(24, 15, m.tag, m.qid.type, m.qid.version, m.qid.path, m.iounit)
 
 _S_Tsymlink_1 = struct.Struct('<I')
 _S_Tsymlink_0 = struct.Struct('<I')
@@ -188,11 +176,9 @@ def _dec_Rsymlink(b, tag):
     if off != n: raise ProtocolError('Rsymlink', 'size', f'{n - off} trailing bytes after the last field')
     return Rsymlink(tag=tag, qid=Qid(qid_t, qid_v, qid_p))
 
+_E_Rsymlink = struct.Struct('<IBHBIQ')
 def _enc_Rsymlink(m):
-    parts = [None]
-    parts.append(_S_Rsymlink_0.pack(m.qid.type, m.qid.version, m.qid.path))
-    body = b''.join(parts[1:])
-    return _HEADER.pack(7 + len(body), 17, m.tag) + body
+    return _E_Rsymlink.pack(20, 17, m.tag, m.qid.type, m.qid.version, m.qid.path)
 
 _S_Tmknod_1 = struct.Struct('<IIII')
 _S_Tmknod_0 = struct.Struct('<I')
@@ -236,11 +222,9 @@ def _dec_Rmknod(b, tag):
     if off != n: raise ProtocolError('Rmknod', 'size', f'{n - off} trailing bytes after the last field')
     return Rmknod(tag=tag, qid=Qid(qid_t, qid_v, qid_p))
 
+_E_Rmknod = struct.Struct('<IBHBIQ')
 def _enc_Rmknod(m):
-    parts = [None]
-    parts.append(_S_Rmknod_0.pack(m.qid.type, m.qid.version, m.qid.path))
-    body = b''.join(parts[1:])
-    return _HEADER.pack(7 + len(body), 19, m.tag) + body
+    return _E_Rmknod.pack(20, 19, m.tag, m.qid.type, m.qid.version, m.qid.path)
 
 _S_Trename_0 = struct.Struct('<II')
 def _dec_Trename(b, tag):
@@ -275,10 +259,9 @@ def _dec_Rrename(b, tag):
     if off != n: raise ProtocolError('Rrename', 'size', f'{n - off} trailing bytes after the last field')
     return Rrename(tag=tag)
 
+_E_Rrename = struct.Struct('<IBH')
 def _enc_Rrename(m):
-    parts = [None]
-    body = b''.join(parts[1:])
-    return _HEADER.pack(7 + len(body), 21, m.tag) + body
+    return _E_Rrename.pack(7, 21, m.tag)
 
 _S_Treadlink_0 = struct.Struct('<I')
 def _dec_Treadlink(b, tag):
@@ -290,11 +273,9 @@ def _dec_Treadlink(b, tag):
     if off != n: raise ProtocolError('Treadlink', 'size', f'{n - off} trailing bytes after the last field')
     return Treadlink(tag=tag, fid=v_fid)
 
+_E_Treadlink = struct.Struct('<IBHI')
 def _enc_Treadlink(m):
-    parts = [None]
-    parts.append(_S_Treadlink_0.pack(m.fid))
-    body = b''.join(parts[1:])
-    return _HEADER.pack(7 + len(body), 22, m.tag) + body
+    return _E_Treadlink.pack(11, 22, m.tag, m.fid)
 
 def _dec_Rreadlink(b, tag):
     n = len(b)
@@ -328,11 +309,9 @@ def _dec_Tgetattr(b, tag):
     if off != n: raise ProtocolError('Tgetattr', 'size', f'{n - off} trailing bytes after the last field')
     return Tgetattr(tag=tag, fid=v_fid, request_mask=v_request_mask)
 
+_E_Tgetattr = struct.Struct('<IBHIQ')
 def _enc_Tgetattr(m):
-    parts = [None]
-    parts.append(_S_Tgetattr_0.pack(m.fid, m.request_mask))
-    body = b''.join(parts[1:])
-    return _HEADER.pack(7 + len(body), 24, m.tag) + body
+    return _E_Tgetattr.pack(19, 24, m.tag, m.fid, m.request_mask)
 
 _S_Rgetattr_0 = struct.Struct('<QBIQIIIQQQQQQQQQQQQQQQ')
 def _dec_Rgetattr(b, tag):
@@ -344,11 +323,9 @@ def _dec_Rgetattr(b, tag):
     if off != n: raise ProtocolError('Rgetattr', 'size', f'{n - off} trailing bytes after the last field')
     return Rgetattr(tag=tag, valid=v_valid, qid=Qid(qid_t, qid_v, qid_p), mode=v_mode, uid=v_uid, gid=v_gid, nlink=v_nlink, rdev=v_rdev, size=v_size, blksize=v_blksize, blocks=v_blocks, atime_sec=v_atime_sec, atime_nsec=v_atime_nsec, mtime_sec=v_mtime_sec, mtime_nsec=v_mtime_nsec, ctime_sec=v_ctime_sec, ctime_nsec=v_ctime_nsec, btime_sec=v_btime_sec, btime_nsec=v_btime_nsec, gen=v_gen, data_version=v_data_version)
 
+_E_Rgetattr = struct.Struct('<IBHQBIQIIIQQQQQQQQQQQQQQQ')
 def _enc_Rgetattr(m):
-    parts = [None]
-    parts.append(_S_Rgetattr_0.pack(m.valid, m.qid.type, m.qid.version, m.qid.path, m.mode, m.uid, m.gid, m.nlink, m.rdev, m.size, m.blksize, m.blocks, m.atime_sec, m.atime_nsec, m.mtime_sec, m.mtime_nsec, m.ctime_sec, m.ctime_nsec, m.btime_sec, m.btime_nsec, m.gen, m.data_version))
-    body = b''.join(parts[1:])
-    return _HEADER.pack(7 + len(body), 25, m.tag) + body
+    return _E_Rgetattr.pack(160, 25, m.tag, m.valid, m.qid.type, m.qid.version, m.qid.path, m.mode, m.uid, m.gid, m.nlink, m.rdev, m.size, m.blksize, m.blocks, m.atime_sec, m.atime_nsec, m.mtime_sec, m.mtime_nsec, m.ctime_sec, m.ctime_nsec, m.btime_sec, m.btime_nsec, m.gen, m.data_version)
 
 _S_Tsetattr_0 = struct.Struct('<IIIIIQQQQQ')
 def _dec_Tsetattr(b, tag):
@@ -360,11 +337,9 @@ def _dec_Tsetattr(b, tag):
     if off != n: raise ProtocolError('Tsetattr', 'size', f'{n - off} trailing bytes after the last field')
     return Tsetattr(tag=tag, fid=v_fid, valid=v_valid, mode=v_mode, uid=v_uid, gid=v_gid, size=v_size, atime_sec=v_atime_sec, atime_nsec=v_atime_nsec, mtime_sec=v_mtime_sec, mtime_nsec=v_mtime_nsec)
 
+_E_Tsetattr = struct.Struct('<IBHIIIIIQQQQQ')
 def _enc_Tsetattr(m):
-    parts = [None]
-    parts.append(_S_Tsetattr_0.pack(m.fid, m.valid, m.mode, m.uid, m.gid, m.size, m.atime_sec, m.atime_nsec, m.mtime_sec, m.mtime_nsec))
-    body = b''.join(parts[1:])
-    return _HEADER.pack(7 + len(body), 26, m.tag) + body
+    return _E_Tsetattr.pack(67, 26, m.tag, m.fid, m.valid, m.mode, m.uid, m.gid, m.size, m.atime_sec, m.atime_nsec, m.mtime_sec, m.mtime_nsec)
 
 def _dec_Rsetattr(b, tag):
     n = len(b)
@@ -372,10 +347,9 @@ def _dec_Rsetattr(b, tag):
     if off != n: raise ProtocolError('Rsetattr', 'size', f'{n - off} trailing bytes after the last field')
     return Rsetattr(tag=tag)
 
+_E_Rsetattr = struct.Struct('<IBH')
 def _enc_Rsetattr(m):
-    parts = [None]
-    body = b''.join(parts[1:])
-    return _HEADER.pack(7 + len(body), 27, m.tag) + body
+    return _E_Rsetattr.pack(7, 27, m.tag)
 
 _S_Txattrwalk_0 = struct.Struct('<II')
 def _dec_Txattrwalk(b, tag):
@@ -414,11 +388,9 @@ def _dec_Rxattrwalk(b, tag):
     if off != n: raise ProtocolError('Rxattrwalk', 'size', f'{n - off} trailing bytes after the last field')
     return Rxattrwalk(tag=tag, size=v_size)
 
+_E_Rxattrwalk = struct.Struct('<IBHQ')
 def _enc_Rxattrwalk(m):
-    parts = [None]
-    parts.append(_S_Rxattrwalk_0.pack(m.size))
-    body = b''.join(parts[1:])
-    return _HEADER.pack(7 + len(body), 31, m.tag) + body
+    return _E_Rxattrwalk.pack(15, 31, m.tag, m.size)
 
 _S_Txattrcreate_1 = struct.Struct('<QI')
 _S_Txattrcreate_0 = struct.Struct('<I')
@@ -458,10 +430,9 @@ def _dec_Rxattrcreate(b, tag):
     if off != n: raise ProtocolError('Rxattrcreate', 'size', f'{n - off} trailing bytes after the last field')
     return Rxattrcreate(tag=tag)
 
+_E_Rxattrcreate = struct.Struct('<IBH')
 def _enc_Rxattrcreate(m):
-    parts = [None]
-    body = b''.join(parts[1:])
-    return _HEADER.pack(7 + len(body), 33, m.tag) + body
+    return _E_Rxattrcreate.pack(7, 33, m.tag)
 
 _S_Treaddir_0 = struct.Struct('<IQI')
 def _dec_Treaddir(b, tag):
@@ -473,11 +444,9 @@ def _dec_Treaddir(b, tag):
     if off != n: raise ProtocolError('Treaddir', 'size', f'{n - off} trailing bytes after the last field')
     return Treaddir(tag=tag, fid=v_fid, offset=v_offset, count=v_count)
 
+_E_Treaddir = struct.Struct('<IBHIQI')
 def _enc_Treaddir(m):
-    parts = [None]
-    parts.append(_S_Treaddir_0.pack(m.fid, m.offset, m.count))
-    body = b''.join(parts[1:])
-    return _HEADER.pack(7 + len(body), 40, m.tag) + body
+    return _E_Treaddir.pack(23, 40, m.tag, m.fid, m.offset, m.count)
 
 def _dec_Rreaddir(b, tag):
     n = len(b)
@@ -491,13 +460,11 @@ def _dec_Rreaddir(b, tag):
     if off != n: raise ProtocolError('Rreaddir', 'size', f'{n - off} trailing bytes after the last field')
     return Rreaddir(tag=tag, data=v_data)
 
+_E_Rreaddir = struct.Struct('<IBHI')
 def _enc_Rreaddir(m):
-    parts = [None]
     v = m.data
-    parts.append(_U32.pack(len(v)))
-    parts.append(v)
-    body = b''.join(parts[1:])
-    return _HEADER.pack(7 + len(body), 41, m.tag) + body
+    ln = len(v)
+    return _E_Rreaddir.pack(11 + ln, 41, m.tag, ln) + v
 
 _S_Tfsync_0 = struct.Struct('<II')
 def _dec_Tfsync(b, tag):
@@ -509,11 +476,9 @@ def _dec_Tfsync(b, tag):
     if off != n: raise ProtocolError('Tfsync', 'size', f'{n - off} trailing bytes after the last field')
     return Tfsync(tag=tag, fid=v_fid, datasync=v_datasync)
 
+_E_Tfsync = struct.Struct('<IBHII')
 def _enc_Tfsync(m):
-    parts = [None]
-    parts.append(_S_Tfsync_0.pack(m.fid, m.datasync))
-    body = b''.join(parts[1:])
-    return _HEADER.pack(7 + len(body), 50, m.tag) + body
+    return _E_Tfsync.pack(15, 50, m.tag, m.fid, m.datasync)
 
 def _dec_Rfsync(b, tag):
     n = len(b)
@@ -521,10 +486,9 @@ def _dec_Rfsync(b, tag):
     if off != n: raise ProtocolError('Rfsync', 'size', f'{n - off} trailing bytes after the last field')
     return Rfsync(tag=tag)
 
+_E_Rfsync = struct.Struct('<IBH')
 def _enc_Rfsync(m):
-    parts = [None]
-    body = b''.join(parts[1:])
-    return _HEADER.pack(7 + len(body), 51, m.tag) + body
+    return _E_Rfsync.pack(7, 51, m.tag)
 
 _S_Tlock_0 = struct.Struct('<IBIQQI')
 def _dec_Tlock(b, tag):
@@ -563,11 +527,9 @@ def _dec_Rlock(b, tag):
     if off != n: raise ProtocolError('Rlock', 'size', f'{n - off} trailing bytes after the last field')
     return Rlock(tag=tag, status=v_status)
 
+_E_Rlock = struct.Struct('<IBHB')
 def _enc_Rlock(m):
-    parts = [None]
-    parts.append(_S_Rlock_0.pack(m.status))
-    body = b''.join(parts[1:])
-    return _HEADER.pack(7 + len(body), 53, m.tag) + body
+    return _E_Rlock.pack(8, 53, m.tag, m.status)
 
 _S_Tgetlock_0 = struct.Struct('<IBQQI')
 def _dec_Tgetlock(b, tag):
@@ -656,10 +618,9 @@ def _dec_Rlink(b, tag):
     if off != n: raise ProtocolError('Rlink', 'size', f'{n - off} trailing bytes after the last field')
     return Rlink(tag=tag)
 
+_E_Rlink = struct.Struct('<IBH')
 def _enc_Rlink(m):
-    parts = [None]
-    body = b''.join(parts[1:])
-    return _HEADER.pack(7 + len(body), 71, m.tag) + body
+    return _E_Rlink.pack(7, 71, m.tag)
 
 _S_Tmkdir_1 = struct.Struct('<II')
 _S_Tmkdir_0 = struct.Struct('<I')
@@ -703,11 +664,9 @@ def _dec_Rmkdir(b, tag):
     if off != n: raise ProtocolError('Rmkdir', 'size', f'{n - off} trailing bytes after the last field')
     return Rmkdir(tag=tag, qid=Qid(qid_t, qid_v, qid_p))
 
+_E_Rmkdir = struct.Struct('<IBHBIQ')
 def _enc_Rmkdir(m):
-    parts = [None]
-    parts.append(_S_Rmkdir_0.pack(m.qid.type, m.qid.version, m.qid.path))
-    body = b''.join(parts[1:])
-    return _HEADER.pack(7 + len(body), 73, m.tag) + body
+    return _E_Rmkdir.pack(20, 73, m.tag, m.qid.type, m.qid.version, m.qid.path)
 
 _S_Trenameat_1 = struct.Struct('<I')
 _S_Trenameat_0 = struct.Struct('<I')
@@ -758,10 +717,9 @@ def _dec_Rrenameat(b, tag):
     if off != n: raise ProtocolError('Rrenameat', 'size', f'{n - off} trailing bytes after the last field')
     return Rrenameat(tag=tag)
 
+_E_Rrenameat = struct.Struct('<IBH')
 def _enc_Rrenameat(m):
-    parts = [None]
-    body = b''.join(parts[1:])
-    return _HEADER.pack(7 + len(body), 75, m.tag) + body
+    return _E_Rrenameat.pack(7, 75, m.tag)
 
 _S_Tunlinkat_1 = struct.Struct('<I')
 _S_Tunlinkat_0 = struct.Struct('<I')
@@ -801,10 +759,9 @@ def _dec_Runlinkat(b, tag):
     if off != n: raise ProtocolError('Runlinkat', 'size', f'{n - off} trailing bytes after the last field')
     return Runlinkat(tag=tag)
 
+_E_Runlinkat = struct.Struct('<IBH')
 def _enc_Runlinkat(m):
-    parts = [None]
-    body = b''.join(parts[1:])
-    return _HEADER.pack(7 + len(body), 77, m.tag) + body
+    return _E_Runlinkat.pack(7, 77, m.tag)
 
 _S_Tversion_0 = struct.Struct('<I')
 def _dec_Tversion(b, tag):
@@ -913,11 +870,9 @@ def _dec_Rauth(b, tag):
     if off != n: raise ProtocolError('Rauth', 'size', f'{n - off} trailing bytes after the last field')
     return Rauth(tag=tag, aqid=Qid(aqid_t, aqid_v, aqid_p))
 
+_E_Rauth = struct.Struct('<IBHBIQ')
 def _enc_Rauth(m):
-    parts = [None]
-    parts.append(_S_Rauth_0.pack(m.aqid.type, m.aqid.version, m.aqid.path))
-    body = b''.join(parts[1:])
-    return _HEADER.pack(7 + len(body), 103, m.tag) + body
+    return _E_Rauth.pack(20, 103, m.tag, m.aqid.type, m.aqid.version, m.aqid.path)
 
 _S_Tattach_1 = struct.Struct('<I')
 _S_Tattach_0 = struct.Struct('<II')
@@ -972,11 +927,9 @@ def _dec_Rattach(b, tag):
     if off != n: raise ProtocolError('Rattach', 'size', f'{n - off} trailing bytes after the last field')
     return Rattach(tag=tag, qid=Qid(qid_t, qid_v, qid_p))
 
+_E_Rattach = struct.Struct('<IBHBIQ')
 def _enc_Rattach(m):
-    parts = [None]
-    parts.append(_S_Rattach_0.pack(m.qid.type, m.qid.version, m.qid.path))
-    body = b''.join(parts[1:])
-    return _HEADER.pack(7 + len(body), 105, m.tag) + body
+    return _E_Rattach.pack(20, 105, m.tag, m.qid.type, m.qid.version, m.qid.path)
 
 _S_Tflush_0 = struct.Struct('<H')
 def _dec_Tflush(b, tag):
@@ -988,11 +941,9 @@ def _dec_Tflush(b, tag):
     if off != n: raise ProtocolError('Tflush', 'size', f'{n - off} trailing bytes after the last field')
     return Tflush(tag=tag, oldtag=v_oldtag)
 
+_E_Tflush = struct.Struct('<IBHH')
 def _enc_Tflush(m):
-    parts = [None]
-    parts.append(_S_Tflush_0.pack(m.oldtag))
-    body = b''.join(parts[1:])
-    return _HEADER.pack(7 + len(body), 108, m.tag) + body
+    return _E_Tflush.pack(9, 108, m.tag, m.oldtag)
 
 def _dec_Rflush(b, tag):
     n = len(b)
@@ -1000,10 +951,9 @@ def _dec_Rflush(b, tag):
     if off != n: raise ProtocolError('Rflush', 'size', f'{n - off} trailing bytes after the last field')
     return Rflush(tag=tag)
 
+_E_Rflush = struct.Struct('<IBH')
 def _enc_Rflush(m):
-    parts = [None]
-    body = b''.join(parts[1:])
-    return _HEADER.pack(7 + len(body), 109, m.tag) + body
+    return _E_Rflush.pack(7, 109, m.tag)
 
 _S_Twalk_0 = struct.Struct('<II')
 def _dec_Twalk(b, tag):
@@ -1071,11 +1021,9 @@ def _dec_Tread(b, tag):
     if off != n: raise ProtocolError('Tread', 'size', f'{n - off} trailing bytes after the last field')
     return Tread(tag=tag, fid=v_fid, offset=v_offset, count=v_count)
 
+_E_Tread = struct.Struct('<IBHIQI')
 def _enc_Tread(m):
-    parts = [None]
-    parts.append(_S_Tread_0.pack(m.fid, m.offset, m.count))
-    body = b''.join(parts[1:])
-    return _HEADER.pack(7 + len(body), 116, m.tag) + body
+    return _E_Tread.pack(23, 116, m.tag, m.fid, m.offset, m.count)
 
 def _dec_Rread(b, tag):
     n = len(b)
@@ -1089,13 +1037,11 @@ def _dec_Rread(b, tag):
     if off != n: raise ProtocolError('Rread', 'size', f'{n - off} trailing bytes after the last field')
     return Rread(tag=tag, data=v_data)
 
+_E_Rread = struct.Struct('<IBHI')
 def _enc_Rread(m):
-    parts = [None]
     v = m.data
-    parts.append(_U32.pack(len(v)))
-    parts.append(v)
-    body = b''.join(parts[1:])
-    return _HEADER.pack(7 + len(body), 117, m.tag) + body
+    ln = len(v)
+    return _E_Rread.pack(11 + ln, 117, m.tag, ln) + v
 
 _S_Twrite_0 = struct.Struct('<IQ')
 def _dec_Twrite(b, tag):
@@ -1113,14 +1059,11 @@ def _dec_Twrite(b, tag):
     if off != n: raise ProtocolError('Twrite', 'size', f'{n - off} trailing bytes after the last field')
     return Twrite(tag=tag, fid=v_fid, offset=v_offset, data=v_data)
 
+_E_Twrite = struct.Struct('<IBHIQI')
 def _enc_Twrite(m):
-    parts = [None]
-    parts.append(_S_Twrite_0.pack(m.fid, m.offset))
     v = m.data
-    parts.append(_U32.pack(len(v)))
-    parts.append(v)
-    body = b''.join(parts[1:])
-    return _HEADER.pack(7 + len(body), 118, m.tag) + body
+    ln = len(v)
+    return _E_Twrite.pack(23 + ln, 118, m.tag, m.fid, m.offset, ln) + v
 
 _S_Rwrite_0 = struct.Struct('<I')
 def _dec_Rwrite(b, tag):
@@ -1132,11 +1075,9 @@ def _dec_Rwrite(b, tag):
     if off != n: raise ProtocolError('Rwrite', 'size', f'{n - off} trailing bytes after the last field')
     return Rwrite(tag=tag, count=v_count)
 
+_E_Rwrite = struct.Struct('<IBHI')
 def _enc_Rwrite(m):
-    parts = [None]
-    parts.append(_S_Rwrite_0.pack(m.count))
-    body = b''.join(parts[1:])
-    return _HEADER.pack(7 + len(body), 119, m.tag) + body
+    return _E_Rwrite.pack(11, 119, m.tag, m.count)
 
 _S_Tclunk_0 = struct.Struct('<I')
 def _dec_Tclunk(b, tag):
@@ -1148,11 +1089,9 @@ def _dec_Tclunk(b, tag):
     if off != n: raise ProtocolError('Tclunk', 'size', f'{n - off} trailing bytes after the last field')
     return Tclunk(tag=tag, fid=v_fid)
 
+_E_Tclunk = struct.Struct('<IBHI')
 def _enc_Tclunk(m):
-    parts = [None]
-    parts.append(_S_Tclunk_0.pack(m.fid))
-    body = b''.join(parts[1:])
-    return _HEADER.pack(7 + len(body), 120, m.tag) + body
+    return _E_Tclunk.pack(11, 120, m.tag, m.fid)
 
 def _dec_Rclunk(b, tag):
     n = len(b)
@@ -1160,10 +1099,9 @@ def _dec_Rclunk(b, tag):
     if off != n: raise ProtocolError('Rclunk', 'size', f'{n - off} trailing bytes after the last field')
     return Rclunk(tag=tag)
 
+_E_Rclunk = struct.Struct('<IBH')
 def _enc_Rclunk(m):
-    parts = [None]
-    body = b''.join(parts[1:])
-    return _HEADER.pack(7 + len(body), 121, m.tag) + body
+    return _E_Rclunk.pack(7, 121, m.tag)
 
 _S_Tremove_0 = struct.Struct('<I')
 def _dec_Tremove(b, tag):
@@ -1175,11 +1113,9 @@ def _dec_Tremove(b, tag):
     if off != n: raise ProtocolError('Tremove', 'size', f'{n - off} trailing bytes after the last field')
     return Tremove(tag=tag, fid=v_fid)
 
+_E_Tremove = struct.Struct('<IBHI')
 def _enc_Tremove(m):
-    parts = [None]
-    parts.append(_S_Tremove_0.pack(m.fid))
-    body = b''.join(parts[1:])
-    return _HEADER.pack(7 + len(body), 122, m.tag) + body
+    return _E_Tremove.pack(11, 122, m.tag, m.fid)
 
 def _dec_Rremove(b, tag):
     n = len(b)
@@ -1187,10 +1123,9 @@ def _dec_Rremove(b, tag):
     if off != n: raise ProtocolError('Rremove', 'size', f'{n - off} trailing bytes after the last field')
     return Rremove(tag=tag)
 
+_E_Rremove = struct.Struct('<IBH')
 def _enc_Rremove(m):
-    parts = [None]
-    body = b''.join(parts[1:])
-    return _HEADER.pack(7 + len(body), 123, m.tag) + body
+    return _E_Rremove.pack(7, 123, m.tag)
 
 DECODERS = {
     7: _dec_Rlerror,
