@@ -65,6 +65,13 @@ thread hand-off (plus the copy it forces out of the receive buffer) costs
 more than it saves.  Reads and writes of FIFOs and devices are threaded
 (``Session.read_blocks``)."""
 
+# plain ints: comparing with an IntEnum member costs an attribute lookup per frame
+_T_READ = int(C.MsgType.TREAD)
+_T_VERSION = int(C.MsgType.TVERSION)
+_T_FLUSH = int(C.MsgType.TFLUSH)
+_T_WRITE = int(C.MsgType.TWRITE)
+_MAY_BLOCK_INTS = frozenset(int(t) for t in _MAY_BLOCK)
+
 _BIG = 64 * 1024
 """Read replies at least this large use pooled buffers (no zero-fill, no mmap)."""
 
@@ -341,14 +348,14 @@ class Connection:
     def _dispatch(self, mtype: int, tag: int, frame: memoryview) -> Any:
         """Handle one frame inline; return the reply buffer (or raise a control signal)."""
         try:
-            if mtype == C.MsgType.TREAD:
+            if mtype == _T_READ:
                 return self._read(tag, frame)
             dec = DECODERS.get(mtype)
             if dec is None or mtype & 1:
                 log.warning("%s: tag=%d unsupported message type %d", self.name, tag, mtype)
                 return _rlerror(tag, errno.EOPNOTSUPP)
             msg: Any = dec(frame[7:], tag)
-            if mtype == C.MsgType.TVERSION:
+            if mtype == _T_VERSION:
                 return self._version(msg)
             if self.msize == 0:
                 log.warning("%s: tag=%d %s before Tversion", self.name, tag, type(msg).__name__)
@@ -356,14 +363,14 @@ class Connection:
             if tag in self.pending:
                 log.warning("%s: tag=%d already in flight (duplicate tag)", self.name, tag)
                 return _rlerror(tag, errno.EINVAL)
-            if mtype == C.MsgType.TFLUSH:
+            if mtype == _T_FLUSH:
                 return self._flush(msg)
             handler = self.handlers.get(mtype)
             if handler is None:
                 return _rlerror(tag, errno.EOPNOTSUPP)
-            if mtype in _MAY_BLOCK and self.session.is_blocking(msg):
+            if mtype in _MAY_BLOCK_INTS and self.session.is_blocking(msg):
                 raise _Background(msg, handler)
-            if mtype == C.MsgType.TWRITE and self.session.read_blocks(msg.fid):
+            if mtype == _T_WRITE and self.session.read_blocks(msg.fid):
                 raise _Background(msg, handler)
             reply = handler(msg)
             return ENCODERS[type(reply)](reply)
