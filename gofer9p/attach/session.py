@@ -304,7 +304,7 @@ def is_blocking(m: Message) -> bool:
     """Whether a request may block long enough to deserve a worker thread.
 
     True for Tfsync, reads and writes above :data:`BLOCKING_IO_THRESHOLD`,
-    truncation (Tsetattr with SIZE, Tlopen/Tlcreate with O_TRUNC), which may
+    truncation (Tsetattr with SIZE, Tlopen with O_TRUNC), which may
     free many blocks.  Tlock never blocks: locks are taken with the
     non-blocking F_OFD_SETLK and a conflict is answered BLOCKED (the Linux
     client sleeps and retries), so nothing here ever waits on another lock.
@@ -318,8 +318,10 @@ def is_blocking(m: Message) -> bool:
         return True
     if t is Tsetattr:
         return bool(m.valid & C.SETATTR_SIZE)  # type: ignore[attr-defined]
-    if t is Tlopen or t is Tlcreate:
+    if t is Tlopen:
         return bool(m.flags & C.L_O_TRUNC)  # type: ignore[attr-defined]
+    # Tlcreate: always inline; it creates with O_EXCL, so O_TRUNC truncates an
+    # empty new file (no blocks to free).
     return False
 
 
