@@ -753,13 +753,11 @@ class Session:
         """Attach ``fid`` to the root of this connection's attach point.
 
         The attach point is fixed per connection (the served directory, or one
-        9P mount of the bundle).  ``aname`` is walked below it like a Twalk
-        (one component at a time, never through a symlink, never above the
-        root) only when it names something that exists there: then it must be
-        a directory (else ENOTDIR), and the fid starts there.  An aname that
-        does not exist inside the export attaches the root: diod-style
-        clients send the export's *host* path, which means nothing inside the
-        sandbox (QEMU ignores aname altogether).
+        9P mount of the bundle), so ``aname`` selects nothing: any aname
+        attaches that root, as QEMU does.  diod-style clients (and p9bench)
+        send the export's *host* path, which means nothing inside the sandbox,
+        and a sandbox must not be able to pick a different starting point than
+        the one its manager handed it.
         The uid (n_uname, else uname as a number, else a passwd name, else
         65534) becomes the owner of files created through this fid and fids
         walked from it.
@@ -768,28 +766,8 @@ class Session:
         uid = self._uid(m.n_uname, m.uname)
         point = self.point
         root = _Fid(os.dup(point.fd), -1, (), uid, point.root_dev, point.root_ino, _DIR, point.root_qid)
-        names = [n for n in m.aname.split(b"/") if n and n != b"."]
-        if names:
-            try:
-                if len(names) > 255:
-                    raise _err(errno.ENAMETOOLONG)
-                _, nf = self._walk_names(root, names, partial=False)
-            except FileNotFoundError:
-                nf = None
-            except BaseException:
-                root.close()
-                raise
-            if nf is None:
-                nf = root
-            else:
-                root.close()
-                if nf.fmt != _DIR:
-                    nf.close()
-                    raise _err(errno.ENOTDIR)
-        else:
-            nf = root
-        self._install(m.fid, nf, None)
-        return Rattach(m.tag, nf.qid)
+        self._install(m.fid, root, None)
+        return Rattach(m.tag, root.qid)
 
     @staticmethod
     def _uid(n_uname: int, uname: bytes) -> int:
