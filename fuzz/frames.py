@@ -612,7 +612,11 @@ class FrameFuzzer:
             time_budget = 60.0  # every run is bounded
         start = time.monotonic()
         deadline = start + time_budget if time_budget else None
-        self._liveness(Transcript())
+        try:
+            liveness(self.target, timeout=self.timeout, exercise=True)  # warm-up
+        except Failure as f:
+            save_failure(self.report, "frames", f, Transcript(), crash_dir=self.crash_dir)
+            self.dead = True
         if self.dead:
             self.report.notes.append("server failed the first liveness check; nothing fuzzed")
             return self.report

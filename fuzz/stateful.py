@@ -1346,7 +1346,7 @@ def run(
     report.details["steps_per_example"] = steps
     health = Health(target, report)
     try:
-        liveness(target, timeout=timeout)  # warm-up: imports, caches, threads
+        liveness(target, timeout=timeout, exercise=True)  # warm-up: imports, caches
     except Failure as f:
         report.add_failure(f.kind, f.message)
         return report
