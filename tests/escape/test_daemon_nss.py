@@ -102,7 +102,7 @@ async def test_sandbox_nss_module_never_loads_in_the_gofer(tmp_path: Path) -> No
     (bundle / "config.json").write_text(json.dumps(
         {"ociVersion": "1.0.2", "root": {"path": "rootfs", "readonly": False}, "mounts": []}
     ))
-    watches = [OpenWatch(p) for p in copies]
+    watch = OpenWatch(*copies)
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     log = open(tmp_path / "gofer.log", "wb")  # closed below
@@ -129,9 +129,9 @@ async def test_sandbox_nss_module_never_loads_in_the_gofer(tmp_path: Path) -> No
             gp.proc.kill()
             gp.proc.wait()
         log.close()
-    opened = [str(p) for p, w in zip(copies, watches, strict=True) if w.opened()]
-    for w in watches:
-        w.close()
+        events = watch.events()
+        watch.close()
+    opened = sorted({str(p) for p, _ in events})
     assert not (rootfs / "PWNED-BY-NSS").exists(), "the sandbox's NSS module ran inside the gofer"
     assert not opened, f"the gofer opened the sandbox's NSS module: {opened}"
     assert rc == 0, (tmp_path / "gofer.log").read_text(errors="replace")[-2000:]

@@ -156,15 +156,21 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 class OpenWatch:
-    """inotify IN_OPEN on a directory: the names of the entries anyone opened."""
+    """inotify IN_OPEN on files or directories (one inotify instance for all of them: the
+    per-user instance limit is small).  ``opened()`` gives, per event, the watched path plus the
+    name of the entry opened in it ("" when the watched file or directory itself was opened)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, *paths: Path) -> None:
         self.fd = _libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
-        assert self.fd >= 0
-        assert _libc.inotify_add_watch(self.fd, str(directory).encode(), _IN_OPEN) >= 0
+        assert self.fd >= 0, os.strerror(ctypes.get_errno())
+        self.wds: dict[int, Path] = {}
+        for p in paths:
+            wd = _libc.inotify_add_watch(self.fd, str(p).encode(), _IN_OPEN)
+            assert wd >= 0, (p, os.strerror(ctypes.get_errno()))
+            self.wds[wd] = p
 
-    def opened(self) -> list[str]:
-        out: list[str] = []
+    def events(self) -> list[tuple[Path, str]]:
+        out: list[tuple[Path, str]] = []
         for _ in range(1000):
             try:
                 buf = os.read(self.fd, 65536)
@@ -172,12 +178,16 @@ class OpenWatch:
                 return out
             pos = 0
             while pos + 16 <= len(buf):
-                _wd, mask, _cookie, ln = struct.unpack_from("iIII", buf, pos)
+                wd, mask, _cookie, ln = struct.unpack_from("iIII", buf, pos)
                 name = buf[pos + 16 : pos + 16 + ln].split(b"\0", 1)[0].decode()
                 if mask & _IN_OPEN:
-                    out.append(name)
+                    out.append((self.wds.get(wd, Path("?")), name))
                 pos += 16 + ln
         return out
+
+    def opened(self) -> list[str]:
+        """Names opened (entries of a watched directory; "" for a watched file itself)."""
+        return [name for _, name in self.events()]
 
     def close(self) -> None:
         os.close(self.fd)
@@ -283,8 +293,8 @@ async def test_device_swapped_in_race_is_never_opened(esc: Esc) -> None:
             await c.clunk(fid)
     finally:
         swaps, _ = sw.finish()
-    device_opens = len(watch.opened())
-    watch.close()
+        device_opens = len(watch.opened())
+        watch.close()
     assert swaps > 1000 and attempts > 100 and opened_regular > 0, (swaps, attempts)
     assert device_opens == 0, (
         f"the server opened the device node {device_opens} times in {attempts} attempts"

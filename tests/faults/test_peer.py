@@ -240,17 +240,34 @@ def test_flood_without_reading_is_throttled(
         pending = pending[n:]
         if not pending:
             pending = memoryview(batch)
+    # Keep offering data until the gofer has accepted nothing for a whole second: on a busy
+    # machine it may still be working through its backlog when the flood ends.  It must then
+    # stall for good (its replies fill our receive buffer, so it stops reading).
+    last_progress = time.monotonic()
+    stalled = False
+    for _ in range(100_000):  # bounded by the 20 s below
+        now = time.monotonic()
+        if now - last_progress >= 1.0:
+            stalled = True
+            break
+        if now - start > FLOOD_SECONDS + 20:
+            break
+        rss_max = max(rss_max, g.rss_kib())
+        try:
+            n = sock.send(pending)
+        except BlockingIOError:
+            time.sleep(0.02)
+            continue
+        sent += n
+        last_progress = time.monotonic()
+        pending = pending[n:]
+        if not pending:
+            pending = memoryview(batch)
     stalled_at = sent
-    # the socket stayed full: the gofer is not reading any more
-    time.sleep(0.3)
-    try:
-        sock.send(pending[:1])
-        still_reading = True
-    except BlockingIOError:
-        still_reading = False
     frames_sent = sent // frame_len
     partial = sent % frame_len
-    assert eagain > 0 and not still_reading, (eagain, sent)
+    assert eagain > 0 and stalled, (eagain, sent)
+    assert sent < 64 << 20, f"the gofer read {sent} bytes of requests it could not answer"
     growth = rss_max - rss0
     assert growth < RSS_BUDGET_KIB, f"VmRSS grew {growth} KiB while flooded (samples {samples})"
     # now read everything, finishing the partial frame we left in the socket
