@@ -117,6 +117,11 @@ from gofer9p.protocol.messages import (
 __all__ = ["BLOCKING_IO_THRESHOLD", "XATTR_MAX", "Session", "is_blocking"]
 
 XATTR_MAX = 64 * 1024
+XATTR_SESSION_MAX = 8 << 20
+"""Bytes of xattr values one session may hold in xattr fids at once (read
+buffers of Txattrwalk, announced sizes of Txattrcreate).  Past it: ENOMEM.
+Without it a client could pin XATTR_MAX bytes per fid times the fid limit."""
+_NO_ACCT: list[int] = [0]  # placeholder cell for fids that never charge
 """Largest xattr value or name list we hold for a client (the kernel's own limit)."""
 
 BLOCKING_IO_THRESHOLD = 64 * 1024
@@ -210,7 +215,9 @@ class _Fid:
         "refs",
         "retired",
         "uid",
+        "xacct",
         "xbuf",
+        "xcharge",
         "xflags",
         "xlen",
         "xmode",
@@ -242,11 +249,17 @@ class _Fid:
         self.xmode = _XNONE
         self.xname = b""
         self.xbuf: bytes | bytearray = b""
+        self.xcharge = 0  # bytes of xbuf charged to the session's xattr budget
+        self.xacct: list[int] = _NO_ACCT
         self.xsize = 0
         self.xlen = 0
         self.xflags = 0
 
     def close(self) -> None:
+        if self.xcharge:
+            self.xacct[0] -= self.xcharge
+            self.xcharge = 0
+            self.xbuf = b""
         fds = [self.fd, self.parent, self.ofd, *self.retired]
         self.fd = self.parent = self.ofd = -1
         self.retired = []
@@ -343,6 +356,7 @@ class Session:
         self._locks_lock = threading.Lock()
         self._lock_fds = 0
         self._dirs = DirCache()
+        self._xacct = [0]  # bytes charged by xattr fids, see XATTR_SESSION_MAX
         self._iomax = msize - C.IOHDRSZ
         self.msize = msize
         self.set_msize(msize)
@@ -1562,6 +1576,7 @@ class Session:
                 raise _err(errno.E2BIG)
             nf = _Fid(-1, -1, f.path, f.uid, f.dev, f.ino, f.fmt, f.qid)
             nf.xmode = _XREAD
+            self._charge_xattr(nf, len(data))
             nf.xbuf = data
             self._install(m.newfid, nf, f if m.newfid == m.fid else None)
             return Rxattrwalk(m.tag, len(data))
@@ -1592,10 +1607,11 @@ class Session:
                         # The fid is an xattr fid now: no more file I/O through it.
                         f.retired.append(f.ofd)
                         f.ofd = -1
+                    self._charge_xattr(f, m.attr_size)
                     f.xmode = _XWRITE
                     f.xname = name
                     f.xsize = m.attr_size
-                    f.xbuf = bytearray(m.attr_size)
+                    f.xbuf = bytearray()  # grows with the writes: announcing costs nothing
                     f.xlen = 0
                     f.xflags = m.flags
             if not ok:
@@ -1605,6 +1621,15 @@ class Session:
             self._put(f)
         return Rxattrcreate(m.tag)
 
+    def _charge_xattr(self, f: _Fid, size: int) -> None:
+        """Charge ``size`` bytes of xattr buffer held by ``f`` to the session (ENOMEM past the cap)."""
+        acct = self._xacct
+        if acct[0] + size > XATTR_SESSION_MAX:
+            raise _err(errno.ENOMEM)
+        acct[0] += size
+        f.xcharge += size
+        f.xacct = acct
+
     def _xattr_write(self, f: _Fid, m: Twrite) -> Rwrite:
         data = m.data
         n = len(data)
@@ -1613,6 +1638,8 @@ class Session:
             raise _err(errno.ERANGE)
         buf = f.xbuf
         assert isinstance(buf, bytearray)
+        if m.offset > len(buf):
+            buf.extend(bytes(m.offset - len(buf)))
         buf[m.offset:end] = data
         if end > f.xlen:
             f.xlen = end

@@ -1262,3 +1262,22 @@ def test_read_blocks(s: Session, root: Path) -> None:
     assert not s.read_blocks(3)  # not opened: fails at once
     assert not s.read_blocks(99)
     assert not s.read_blocks(ROOT)
+
+
+def test_xattr_buffers_are_bounded_per_session(s: Session, root: Path) -> None:
+    """Uncommitted xattr fids cannot pin more than XATTR_SESSION_MAX bytes: past it
+    Txattrcreate is ENOMEM; clunking the fids gives the budget back."""
+    from gofer9p.attach.session import XATTR_MAX, XATTR_SESSION_MAX
+    from gofer9p.protocol.messages import Tclunk, Txattrcreate
+
+    (root / "f").write_bytes(b"x")
+    per = XATTR_SESSION_MAX // XATTR_MAX
+    for i in range(per):
+        walk(s, 100 + i, b"f")
+        s.xattrcreate(Txattrcreate(1, 100 + i, b"user.a", XATTR_MAX, 0))
+    walk(s, 99, b"f")
+    err(errno.ENOMEM, s.xattrcreate, Txattrcreate(1, 99, b"user.a", XATTR_MAX, 0))
+    for i in range(per):
+        with pytest.raises(OSError):  # never filled: the commit at clunk is EINVAL
+            s.clunk(Tclunk(1, 100 + i))
+    s.xattrcreate(Txattrcreate(1, 99, b"user.a", XATTR_MAX, 0))
