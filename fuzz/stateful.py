@@ -638,7 +638,7 @@ class GoferMachine(RuleBasedStateMachine):
             if node is not None and node.data is not None:
                 if f is not None and f.lenient:
                     node.data = None
-                else:
+                elif r.count:  # a 0-byte pwrite does not extend the file
                     d = node.data
                     if len(d) < offset:
                         d += b"\0" * (offset - len(d))
