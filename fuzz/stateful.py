@@ -1325,12 +1325,14 @@ def run(
     batch: int = 25,
     shrink: bool = True,
     known: Known | None = None,
+    max_failures: int = 5,
 ) -> Report:
     """Run the state machine in seeded batches until the time or example budget is spent.
 
     Hypothesis has no time budget of its own, so each batch is a separate
-    ``run_state_machine_as_test`` with ``max_examples=batch``; the first
-    failure ends the run after hypothesis has shrunk it.
+    ``run_state_machine_as_test`` with ``max_examples=batch``.  A failing
+    batch is shrunk and saved, and the run goes on with the next seed until
+    ``max_failures`` findings (or the server stops answering).
     """
     import random
 
@@ -1375,7 +1377,11 @@ def run(
             if isinstance(e, KeyboardInterrupt):
                 raise
             _record(ctx, e)
-            break
+            ctx.first_failures.clear()
+            # keep fuzzing with fresh seeds (a long run should not end on its
+            # first finding), unless the server is wedged or findings pile up
+            if ctx.dead or report.failures() >= max_failures:
+                break
     if not ctx.dead:
         if target.export is not None and not target.per_connection_process:
             target.reset_export()
