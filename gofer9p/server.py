@@ -205,8 +205,11 @@ class Connection:
             for i in range(0, len(bufs), 512):
                 await self._send(bufs[i : i + 512])
         if self._lent:
-            if len(self._pool) < 2:
-                self._pool.extend(self._lent[: 2 - len(self._pool)])
+            # One spare buffer: a reply is written out (flush_bytes) before the
+            # next large read is handled, so one is all the loop reuses, and a
+            # second max-msize buffer would be 4 MiB of VmHWM for nothing.
+            if not self._pool:
+                self._pool.append(self._lent[0])
             self._lent.clear()
 
     # -------------------------------------------------------------- serving
