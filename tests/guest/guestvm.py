@@ -150,7 +150,7 @@ def _read_module(path: Path) -> bytes:
 def _modinfo(elf: bytes, key: str) -> list[str]:
     """Values of ``key=`` strings in the module's .modinfo (scanning the image is enough)."""
     needle = b"\0" + key.encode() + b"="
-    out = []
+    out: list[str] = []
     start = 0
     while True:
         i = elf.find(needle, start)
@@ -161,7 +161,9 @@ def _modinfo(elf: bytes, key: str) -> list[str]:
         start = j
 
 
-def resolve_modules(kernel: Kernel, wanted: Iterable[str] = WANTED_MODULES) -> list[tuple[str, bytes]]:
+def resolve_modules(
+    kernel: Kernel, wanted: Iterable[str] = WANTED_MODULES
+) -> list[tuple[str, bytes]]:
     """Modules to insmod, dependencies first, as (name, uncompressed ELF bytes).
 
     A wanted module that is not in the tree is assumed built in (Debian builds some virtio bits
@@ -179,11 +181,11 @@ def resolve_modules(kernel: Kernel, wanted: Iterable[str] = WANTED_MODULES) -> l
         if name in done or name not in index:
             return
         if name in stack:
-            raise RuntimeError(f"module dependency cycle: {stack + (name,)}")
+            raise RuntimeError(f"module dependency cycle: {(*stack, name)}")
         elf = _read_module(index[name])
         for deps in _modinfo(elf, "depends"):
             for dep in filter(None, deps.split(",")):
-                visit(dep, stack + (name,))
+                visit(dep, (*stack, name))
         done.add(name)
         order.append((name, elf))
 
@@ -207,11 +209,12 @@ class Cpio:
         self._buf = io.BytesIO()
         self._ino = 1
 
-    def _entry(self, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0)) -> None:
+    def _entry(
+        self, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0)
+    ) -> None:
         nameb = name.encode() + b"\0"
-        fields = [
-            self._ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(nameb), 0,
-        ]
+        # ino mode uid gid nlink mtime filesize devmajor devminor rdevmajor rdevminor namesize check
+        fields = [self._ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(nameb), 0]
         self._ino += 1
         hdr = b"070701" + b"".join(b"%08X" % f for f in fields)
         self._buf.write(hdr + nameb)
@@ -269,7 +272,19 @@ def build_initramfs(
     if busybox is None:
         raise RuntimeError("no static busybox")
     cpio = Cpio()
-    for d in ("bin", "sbin", "dev", "proc", "sys", "tmp", "mnt", "etc", "lib", "lib/modules", "root"):
+    for d in (
+        "bin",
+        "sbin",
+        "dev",
+        "proc",
+        "sys",
+        "tmp",
+        "mnt",
+        "etc",
+        "lib",
+        "lib/modules",
+        "root",
+    ):
         cpio.dir(d)
     cpio.chardev("dev/console", 5, 1)
     cpio.chardev("dev/null", 1, 3, 0o666)
@@ -314,7 +329,9 @@ class Mount:
 #: Starts the 9P server(s) for the connected sockets (one per mount, same order); returns the
 #: processes it started. The callee must pass the fds to the children; the caller closes its
 #: own copies after the call.
-ServerStarter = Callable[[Sequence[socket.socket], Sequence[Mount], Path], list[subprocess.Popen[bytes]]]
+ServerStarter = Callable[
+    [Sequence[socket.socket], Sequence[Mount], Path], list[subprocess.Popen[bytes]]
+]
 
 
 @dataclass
@@ -425,7 +442,7 @@ def run_guest(
         "-serial", f"file:{console}",
         "-kernel", str(kernel.vmlinuz),
         "-initrd", str(initrd),
-        "-append", "console=ttyS0 panic=-1 quiet loglevel=4",
+        "-append", os.environ.get("GOFER9P_GUEST_APPEND", "console=ttyS0 panic=-1 quiet loglevel=4"),
         "-device", "virtio-serial-pci",
         "-chardev", f"file,id=res,path={results}",
         "-device", "virtserialport,chardev=res,name=results",
@@ -464,8 +481,8 @@ def run_guest(
                 _kill(p)
     seconds = time.monotonic() - t0
     logs = []
-    for p in sorted(workdir.glob("server*.log")):
-        logs.append(f"== {p.name}\n{p.read_text(errors='replace')}")
+    for log in sorted(workdir.glob("server*.log")):
+        logs.append(f"== {log.name}\n{log.read_text(errors='replace')}")
     return GuestRun(
         results=results.read_text(errors="replace").splitlines() if results.exists() else [],
         console=console.read_text(errors="replace") if console.exists() else "",
