@@ -5,7 +5,7 @@
 # Writes benchmarks/results/latest.json and prints benchmarks/results/latest.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ulimit -c 0  # no core files from the crash tests (SIGSYS, aborts) or from diod
+ulimit -S -c 0  # soft limit only: diod raises RLIMIT_CORE itself and exits if it cannot; no core files from the crash tests (SIGSYS, aborts) or from diod
 GOFER9P_SKIP_GUEST_SETUP=1 scripts/setup.sh
 bench=${P9BENCH:-../shared/bench/p9bench.py}
 [[ -f "$bench" ]] || { echo "compare.sh: p9bench not found at $bench (set P9BENCH)" >&2; exit 2; }
