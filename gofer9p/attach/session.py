@@ -1106,6 +1106,10 @@ class Session:
         d = self._get(m.dfid)
         try:
             mode = m.mode & (_S_IFMT | 0o7777)
+            # Linux dev_t: 12-bit major, 20-bit minor (32-bit with the high parts);
+            # larger numbers cannot name a device (makedev would overflow).
+            if m.major > 0xFFFFFFF or m.minor > 0xFFFFFFF:
+                raise _err(errno.EINVAL)
             os.mknod(m.name, mode, os.makedev(m.major, m.minor), dir_fd=d.fd)
             qid = self._new_entry(d.fd, m.name, d.uid, _gid(m.gid), False)
         finally:
@@ -1380,6 +1384,8 @@ class Session:
         file-system-specific assumptions (or learn what the host runs)."""
         f = self._get(m.fid)
         try:
+            if f.fd < 0:  # an xattr-read fid has no file behind it
+                raise _err(errno.EBADF)
             s = os.statvfs(f.fd)
         finally:
             self._put(f)
