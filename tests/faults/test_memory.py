@@ -101,3 +101,55 @@ def test_xattrcreate_alone_reserves_nothing_big(
     )
     g.sock.close()
     assert g.wait(30) == 0
+
+
+def test_idle_connections_do_not_pin_max_msize_buffers(tmp_path: Path) -> None:
+    """``gofer9p serve --listen`` takes any number of connections.  Each one that sent a single
+    max-size (4 MiB) frame and then went idle must not keep a 4 MiB receive buffer: with a
+    few thousand such connections the gofer would hold gigabytes.  50 connections: VmRSS
+    growth under 64 MiB (about 1 MiB each)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from .conftest import gofer_env, vm_rss_kib, wait_for
+
+    export = tmp_path / "export"
+    export.mkdir()
+    path = str(tmp_path / "g.sock")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gofer9p", "serve", str(export), "--listen", f"unix:{path}",
+         "--log-level", "warning"],
+        env=gofer_env(),
+    )
+    socks: list[socket.socket] = []
+    try:
+        assert wait_for(lambda: os.path.exists(path), 20)
+        time.sleep(0.2)
+        rss0 = vm_rss_kib(proc.pid)
+        msize = 4 << 20
+        big = encode(M.Twrite(tag=5, fid=999, offset=0, data=b"x" * (msize - 100)))
+        for _ in range(50):
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(path)
+            socks.append(s)
+            _handshake(s, msize)
+            s.sendall(big)
+            mtype, _tag, _body = _recv_frame(s)
+            assert mtype == C.MsgType.RLERROR  # fid 999 does not exist: EBADF
+        time.sleep(0.5)
+        growth = vm_rss_kib(proc.pid) - rss0
+        assert growth < 64 * 1024, (
+            f"50 idle connections that each sent one 4 MiB frame hold {growth // 1024} MiB"
+        )
+    finally:
+        for s in socks:
+            s.close()
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
