@@ -15,6 +15,8 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from gofer9p.protocol import constants as C
 from gofer9p.protocol import messages as M
 from gofer9p.protocol.codec import encode
@@ -103,11 +105,12 @@ def test_xattrcreate_alone_reserves_nothing_big(
     assert g.wait(30) == 0
 
 
-def test_idle_connections_do_not_pin_max_msize_buffers(tmp_path: Path) -> None:
+@pytest.mark.parametrize("what", ["4MiB-Twrite", "4MiB-Tread"])
+def test_idle_connections_do_not_pin_max_msize_buffers(tmp_path: Path, what: str) -> None:
     """``gofer9p serve --listen`` takes any number of connections.  Each one that sent a single
-    max-size (4 MiB) frame and then went idle must not keep a 4 MiB receive buffer: with a
-    few thousand such connections the gofer would hold gigabytes.  50 connections: VmRSS
-    growth under 64 MiB (about 1 MiB each)."""
+    max-size (4 MiB) frame, or read 4 MiB once, and then went idle must not keep a 4 MiB
+    receive buffer or read buffer: with a few thousand such connections the gofer would hold
+    gigabytes.  50 connections: VmRSS growth under 64 MiB (about 1 MiB each)."""
     import os
     import socket
     import subprocess
@@ -118,6 +121,7 @@ def test_idle_connections_do_not_pin_max_msize_buffers(tmp_path: Path) -> None:
 
     export = tmp_path / "export"
     export.mkdir()
+    (export / "big").write_bytes(b"r" * (4 << 20))
     path = str(tmp_path / "g.sock")
     proc = subprocess.Popen(
         [sys.executable, "-m", "gofer9p", "serve", str(export), "--listen", f"unix:{path}",
@@ -136,13 +140,21 @@ def test_idle_connections_do_not_pin_max_msize_buffers(tmp_path: Path) -> None:
             s.connect(path)
             socks.append(s)
             _handshake(s, msize)
-            s.sendall(big)
-            mtype, _tag, _body = _recv_frame(s)
-            assert mtype == C.MsgType.RLERROR  # fid 999 does not exist: EBADF
+            if what == "4MiB-Twrite":
+                s.sendall(big)
+                mtype, _tag, _body = _recv_frame(s)
+                assert mtype == C.MsgType.RLERROR  # fid 999 does not exist: EBADF
+            else:
+                s.sendall(encode(M.Twalk(tag=2, fid=1, newfid=2, wnames=[b"big"]))
+                          + encode(M.Tlopen(tag=3, fid=2, flags=C.L_O_RDONLY))
+                          + encode(M.Tread(tag=4, fid=2, offset=0, count=msize - C.IOHDRSZ)))
+                for _ in range(3):
+                    mtype, _tag, _body = _recv_frame(s)
+                assert mtype == C.MsgType.RREAD
         time.sleep(0.5)
         growth = vm_rss_kib(proc.pid) - rss0
         assert growth < 64 * 1024, (
-            f"50 idle connections that each sent one 4 MiB frame hold {growth // 1024} MiB"
+            f"50 idle connections that each did one {what} hold {growth // 1024} MiB"
         )
     finally:
         for s in socks:
