@@ -270,9 +270,11 @@ class Connection:
                     mv[0:n] = mv[start:end]
                 start, end = 0, n
             if drained:
-                # Wait first instead of a recv that fails with EAGAIN (a syscall
-                # and an exception per request at QD1); epoll is level-triggered,
-                # so data that came meanwhile makes this return at once.
+                # A chunk of one request that left the socket empty: the client
+                # is waiting for the reply (QD1), so wait first instead of a
+                # recv that fails with EAGAIN (a syscall and an exception per
+                # request).  After a chunk of several requests (a pipelining
+                # client) more are likely there already: recv at once.
                 await wait_readable(sock)
                 busy = 0
             room = bufsize - end
@@ -285,10 +287,10 @@ class Connection:
                 return "reset by peer"
             if got == 0:
                 return "EOF"
-            drained = got < room
             end += got
             out: list[Any] = []
             queued = 0
+            first = self.frames
             # handle every complete frame in the buffer
             while end - start >= 7:
                 size, mtype, tag = HEADER.unpack_from(buf, start)
@@ -341,6 +343,7 @@ class Connection:
                         queued = 0
             if out:
                 await self._send_batched(out)
+            drained = got < room and self.frames - first <= 1
             busy += 1
             if busy >= 8 and not drained:
                 # keep other connections' tasks fair when a client floods us
