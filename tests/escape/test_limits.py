@@ -299,3 +299,47 @@ async def test_fd_exhaustion_does_not_kill_a_listening_gofer(world: World) -> No
             print(err[-3000:])
         shutil.rmtree(sockdir, ignore_errors=True)
     world.assert_contained()
+
+
+async def test_one_connection_cannot_starve_the_others_of_fds(world: World) -> None:
+    """The confined gofer serves the root and every 9P mount from one process, so one
+    connection that holds every fd it can get (10k opened fids, ~3 fds each) would leave the
+    others unable to walk or open anything.  Each connection needs its own fd budget: the
+    hoarder gets EMFILE, a second connection can still walk and open files."""
+    (world.export / "f").write_bytes(b"data")
+    world.age_and_freeze()
+    sockdir = tempfile.mkdtemp(prefix="g9esc-")
+    path = os.path.join(sockdir, "g.sock")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gofer9p", "serve", str(world.export), "--listen", f"unix:{path}",
+         "--log-level", "warning"],
+        env=_gofer_env(),
+    )
+    try:
+        for _ in range(200):
+            if os.path.exists(path):
+                break
+            time.sleep(0.05)
+        s1, s2 = socket.socket(socket.AF_UNIX), socket.socket(socket.AF_UNIX)
+        s1.connect(path)
+        s2.connect(path)
+        async with open_scanned_client(stream_from_socket(s1), msize=65536) as hog, \
+                open_scanned_client(stream_from_socket(s2), msize=65536) as other:
+            r1 = await hog.attach(1, uname=b"root", n_uname=0)
+            r2 = await other.attach(1, uname=b"root", n_uname=0)
+            with trio.fail_after(45):
+                opened, errors = await _open_many(hog, r1, 10_000, 1000)
+            got, errors2 = await _open_many(other, r2, 5, 50_000)
+            assert len(got) == 5, (
+                f"after one connection opened {len(opened)} fids (errors {dict(errors)}), "
+                f"another could not open a file: {dict(errors2)}"
+            )
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(sockdir, ignore_errors=True)
+    world.assert_contained()
