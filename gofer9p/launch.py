@@ -24,6 +24,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import re
 import select
 import signal
 import socket
@@ -215,7 +216,7 @@ def _bind_one(rootfs: str, m: NineMount, undo: Undo) -> None:
         # Re-open by name: now it resolves to the root of the new mount, not the mount point.
         fd = os.open(last, os.O_PATH | os.O_NOFOLLOW, dir_fd=dirfd)
         try:
-            _apply_flags(fd, m)
+            _apply_flags(fd, m, target)
         finally:
             os.close(fd)
     finally:
@@ -266,26 +267,87 @@ def _make_mount_point(
         raise LaunchError(f"mount {m.destination}: {target!r} must be {want} like its source")
 
 
-def _apply_flags(fd: int, m: NineMount) -> None:
+def _apply_flags(fd: int, m: NineMount, target: str) -> None:
+    """Apply the mount's ro/nosuid/nodev/noexec to the new bind mount, and check them.
+
+    For an ``rbind`` the flags must cover every submount the bind carries (a read-only mount
+    whose tmpfs submount stays writable would be written through the root attach point), so
+    they are set with mount_setattr(AT_RECURSIVE); kernels without it (< 5.12) get one bind
+    remount per submount.  Each mount's existing flags are kept: a bind remount sets the flag
+    word whole, and clearing a locked flag fails in a user namespace.
+    """
     procpath = f"/proc/self/fd/{fd}"
     wanted = 0
     for opt in m.options:
         wanted |= _FLAG_OF_OPTION.get(opt, 0)
     if not m.readonly:
         wanted &= ~MS_RDONLY  # a later "rw" cancels "ro"
+    recursive = "rbind" in m.options
+    mounts = [target, *(_submounts(target) if recursive else [])]
     if wanted:
-        # Keep the flags the bind already has (it inherits the source mount's): a bind remount
-        # sets the flag word whole, and clearing a locked flag would fail in a user namespace.
-        have = os.statvfs(procpath).f_flag & (MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
         try:
-            _mount(None, procpath, None, MS_REMOUNT | MS_BIND | wanted | have)
+            _mount_setattr(fd, wanted, recursive)
         except OSError as e:
-            raise LaunchError(f"mount {m.destination}: remount: {e.strerror}") from None
-    got = os.statvfs(procpath).f_flag
-    if got & wanted != wanted:
-        raise LaunchError(
-            f"mount {m.destination}: flags {got:#x} after remount lack {wanted & ~got:#x}"
-        )
+            if e.errno != errno.ENOSYS:
+                raise LaunchError(f"mount {m.destination}: mount_setattr: {e.strerror}") from None
+            for i, path in enumerate(mounts):
+                where = procpath if i == 0 else path
+                have = os.statvfs(where).f_flag & (MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+                try:
+                    _mount(None, where, None, MS_REMOUNT | MS_BIND | wanted | have)
+                except OSError as e2:
+                    raise LaunchError(
+                        f"mount {m.destination}: remount {path}: {e2.strerror}"
+                    ) from None
+    for i, path in enumerate(mounts):
+        got = os.statvfs(procpath if i == 0 else path).f_flag
+        if got & wanted != wanted:
+            raise LaunchError(
+                f"mount {m.destination}: {path} has flags {got:#x}, lacking {wanted & ~got:#x}"
+            )
+
+
+_SYS_MOUNT_SETATTR = 442
+_AT_EMPTY_PATH = 0x1000
+_AT_RECURSIVE = 0x8000
+
+
+def _mount_setattr(fd: int, flags: int, recursive: bool) -> None:
+    """mount_setattr(fd, "", AT_EMPTY_PATH[|AT_RECURSIVE], {attr_set=flags}).
+
+    MOUNT_ATTR_RDONLY/NOSUID/NODEV/NOEXEC have the same values as the MS_* flags used here.
+    """
+    import struct
+
+    lib = _lib()
+    lib.syscall.restype = ctypes.c_long
+    attr = ctypes.create_string_buffer(struct.pack("=QQQQ", flags, 0, 0, 0))
+    at_flags = _AT_EMPTY_PATH | (_AT_RECURSIVE if recursive else 0)
+    r = lib.syscall(
+        ctypes.c_long(_SYS_MOUNT_SETATTR),
+        ctypes.c_int(fd),
+        ctypes.c_char_p(b""),
+        ctypes.c_uint(at_flags),
+        attr,
+        ctypes.c_size_t(32),
+    )
+    if r != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+def _submounts(target: str) -> list[str]:
+    """Mount points strictly below ``target`` in this mount namespace, parents first."""
+    prefix = target.rstrip("/") + "/"
+    out = []
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            raw = line.split()[4]
+            path = re.sub(rb"\\([0-7]{3})", lambda mo: bytes([int(mo[1], 8)]), raw)
+            p = os.fsdecode(path)
+            if p.startswith(prefix):
+                out.append(p)
+    return sorted(set(out), key=lambda p: p.count("/"))
 
 
 # --- spawning the gofer ----------------------------------------------------------------------

@@ -10,6 +10,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from .conftest import REPO, gofer_env, make_bundle
 
 ST_RDONLY, ST_NOSUID, ST_NODEV, ST_NOEXEC = 1, 2, 4, 8
@@ -178,3 +180,48 @@ def test_kind_mismatch(tmp_path: Path) -> None:
     assert "must be a directory like its source" in out
     assert (bundle / "rootfs" / "hello.txt").read_text() == "hello from root\n"
     assert os.path.exists(f)
+
+
+@pytest.mark.parametrize("old_kernel", [False, True])
+def test_rbind_flags_cover_submounts(tmp_path: Path, old_kernel: bool) -> None:
+    """ro/nosuid/nodev/noexec on an rbind must reach the submounts it carries (with
+    mount_setattr, and with the per-submount remount used where it is missing)."""
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    bundle = make_bundle(
+        tmp_path,
+        mounts=[
+            ("/data", str(src), ["rbind", "ro", "nodev", "noexec", "nosuid"]),
+            ("/plain", str(src), ["bind", "ro"]),
+        ],
+    )
+    nosys = "def nosys(*a):\n    raise OSError(errno.ENOSYS, 'no mount_setattr')\n"
+    nosys += "launch._mount_setattr = nosys\n"
+    out = _run(
+        bundle,
+        (nosys if old_kernel else "")
+        + textwrap.dedent(
+            """
+        # A writable tmpfs submount inside the source, made in this private namespace only.
+        src = sys.argv[1] + "/../src/sub"
+        launch._mount("tmpfs", os.path.realpath(src), "tmpfs", 0)
+        undo = launch.setup_fs(s)
+        root = s.root_path
+        res = {"sub": flags(root + "/data/sub"), "top": flags(root + "/data")}
+        try:
+            open(root + "/data/sub/new", "w")
+        except OSError as e:
+            res["write"] = e.errno
+        res["plain_sub_is_mount"] = os.path.ismount(root + "/plain/sub")
+        res["src_sub_writable"] = os.access(src, os.W_OK) and not flags(src) & 1
+        undo()
+        print(json.dumps(res))
+        """
+        ),
+    )
+    allf = ST_RDONLY | ST_NOSUID | ST_NODEV | ST_NOEXEC
+    assert out["top"] == allf
+    assert out["sub"] & allf == allf
+    assert out["write"] == 30  # EROFS in the submount too
+    assert out["plain_sub_is_mount"] is False  # a plain bind does not carry submounts
+    assert out["src_sub_writable"] is True  # the source itself was not changed
