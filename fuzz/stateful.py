@@ -1374,8 +1374,8 @@ def run(
         try:
             run_state_machine_as_test(factory, settings=s)  # type: ignore[no-untyped-call]
         except BaseException as e:
-            if isinstance(e, KeyboardInterrupt):
-                raise
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise  # Ctrl-C / SIGTERM: stop, this is not a finding
             _record(ctx, e)
             ctx.first_failures.clear()
             # keep fuzzing with fresh seeds (a long run should not end on its
