@@ -25,7 +25,7 @@ if ((${#need[@]})); then
 fi
 
 PY=${PYTHON:-python3}
-if ! "$PY" -c 'import gofer9p, trio, prctl, seccomp, pytest_trio, hypothesis' 2>/dev/null \
+if ! "$PY" -c 'import gofer9p, trio, prctl, pyseccomp, pytest_trio, hypothesis' 2>/dev/null \
    || [[ pyproject.toml -nt .setup-stamp ]]; then
     say "installing gofer9p (editable) with dev tools"
     "$PY" -m pip install -q --disable-pip-version-check -e ".[dev]"
