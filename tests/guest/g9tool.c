@@ -16,6 +16,13 @@
  *                                               cannot take it (EAGAIN/EACCES); after unlock
  *                                               the child can
  *   g9tool fsync PATH                           open O_RDWR, fsync(2), fdatasync(2)
+ *   g9tool xattr PATH                           user.* xattrs: create, XATTR_CREATE/REPLACE
+ *                                               semantics, size query, list, a 4000-byte
+ *                                               value, remove (a size-0 Txattrcreate on 9P);
+ *                                               leaves user.kept=kept-value for the host
+ *   g9tool setxattr PATH NAME VALUE             one setxattr(2) (for the read-only checks)
+ *   g9tool mmap PATH                            ftruncate to 8 KiB, MAP_SHARED, write a pattern
+ *                                               to both pages, msync, munmap, read(2) it back
  *   g9tool mkfiles DIR N                        create DIR/f00001 .. DIR/fN (open O_CREAT|O_EXCL,
  *                                               close): one process instead of thousands of
  *                                               touch calls, which cost minutes under TCG
@@ -40,9 +47,11 @@
 #include <netinet/tcp.h>
 #include <signal.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <sys/xattr.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -193,6 +202,85 @@ static int do_fsync(const char *path)
     return 0;
 }
 
+static int do_xattr(const char *path)
+{
+    char buf[8192];
+    if (setxattr(path, "user.g9", "value1", 6, XATTR_CREATE) != 0)
+        return fail("setxattr user.g9 XATTR_CREATE");
+    ssize_t n = getxattr(path, "user.g9", buf, sizeof buf);
+    if (n != 6 || memcmp(buf, "value1", 6) != 0) {
+        printf("FAIL getxattr user.g9: got %zd bytes '%.*s'\n", n, n > 0 ? (int)n : 0, buf);
+        return 1;
+    }
+    errno = 0;
+    if (setxattr(path, "user.g9", "x", 1, XATTR_CREATE) == 0 || errno != EEXIST)
+        return fail("second XATTR_CREATE must fail with EEXIST");
+    errno = 0;
+    if (setxattr(path, "user.none", "x", 1, XATTR_REPLACE) == 0 || errno != ENODATA)
+        return fail("XATTR_REPLACE of a missing name must fail with ENODATA");
+    if (setxattr(path, "user.g9", "value-two", 9, XATTR_REPLACE) != 0)
+        return fail("setxattr user.g9 XATTR_REPLACE");
+    n = getxattr(path, "user.g9", NULL, 0);
+    if (n != 9) {
+        printf("FAIL getxattr size query: %zd, expected 9\n", n);
+        return 1;
+    }
+    memset(buf, 'x', 4000);
+    if (setxattr(path, "user.big", buf, 4000, 0) != 0)
+        return fail("setxattr user.big (4000 bytes)");
+    memset(buf, 0, 4000);
+    n = getxattr(path, "user.big", buf, sizeof buf);
+    if (n != 4000 || buf[0] != 'x' || buf[3999] != 'x') {
+        printf("FAIL getxattr user.big: %zd bytes\n", n);
+        return 1;
+    }
+    if (setxattr(path, "user.kept", "kept-value", 10, 0) != 0)
+        return fail("setxattr user.kept");
+    n = listxattr(path, buf, sizeof buf);
+    if (n < 0)
+        return fail("listxattr");
+    int seen = 0;
+    for (char *p = buf; p < buf + n; p += strlen(p) + 1)
+        seen += !strcmp(p, "user.g9") + !strcmp(p, "user.big") + !strcmp(p, "user.kept");
+    if (seen != 3) {
+        printf("FAIL listxattr: %d of user.g9/user.big/user.kept listed\n", seen);
+        return 1;
+    }
+    if (removexattr(path, "user.g9") != 0 || removexattr(path, "user.big") != 0)
+        return fail("removexattr");
+    errno = 0;
+    if (getxattr(path, "user.g9", buf, sizeof buf) >= 0 || errno != ENODATA)
+        return fail("getxattr after removexattr must fail with ENODATA");
+    printf("OK\n");
+    return 0;
+}
+
+static int do_mmap(const char *path)
+{
+    int fd = open(path, O_RDWR);
+    if (fd < 0)
+        return fail("open");
+    if (ftruncate(fd, 8192) != 0)
+        return fail("ftruncate");
+    char *m = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (m == MAP_FAILED)
+        return fail("mmap");
+    memcpy(m, "mmap-page-0-data", 16);
+    memcpy(m + 4096, "mmap-page-1-data", 16);
+    if (msync(m, 8192, MS_SYNC) != 0)
+        return fail("msync");
+    if (munmap(m, 8192) != 0)
+        return fail("munmap");
+    char buf[16];
+    if (pread(fd, buf, 16, 4096) != 16 || memcmp(buf, "mmap-page-1-data", 16) != 0) {
+        printf("FAIL pread after munmap: page 1 not written\n");
+        return 1;
+    }
+    close(fd);
+    printf("OK\n");
+    return 0;
+}
+
 static int do_mkfiles(const char *dir, const char *count)
 {
     long n = atol(count);
@@ -303,12 +391,22 @@ int main(int argc, char **argv)
         return do_fcntl(argv[2]);
     if (argc == 3 && strcmp(argv[1], "fsync") == 0)
         return do_fsync(argv[2]);
+    if (argc == 3 && strcmp(argv[1], "mmap") == 0)
+        return do_mmap(argv[2]);
+    if (argc == 3 && strcmp(argv[1], "xattr") == 0)
+        return do_xattr(argv[2]);
+    if (argc == 5 && strcmp(argv[1], "setxattr") == 0) {
+        if (setxattr(argv[2], argv[3], argv[4], strlen(argv[4]), 0) != 0)
+            return fail("setxattr");
+        printf("OK\n");
+        return 0;
+    }
     if (argc == 4 && strcmp(argv[1], "mkfiles") == 0)
         return do_mkfiles(argv[2], argv[3]);
     if (argc == 4 && strcmp(argv[1], "statloop") == 0)
         return do_statloop(argv[2], argv[3]);
     if (argc == 4 && strcmp(argv[1], "bridge") == 0)
         return do_bridge(argv[2], argv[3]);
-    fprintf(stderr, "usage: g9tool utimens|truncate|ftruncate|flock|fcntl|fsync|mkfiles|statloop|bridge ...\n");
+    fprintf(stderr, "usage: g9tool utimens|truncate|ftruncate|flock|fcntl|fsync|mmap|xattr|setxattr|mkfiles|statloop|bridge ...\n");
     return 2;
 }

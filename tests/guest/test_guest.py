@@ -123,6 +123,20 @@ def h_synced(boot: Boot) -> None:
     assert host_sha256(boot.rw / "synced.bin") == want
 
 
+def h_parallel_io(boot: Boot) -> None:
+    _guest_passed(boot, "parallel_io")
+    values = boot.run.values()
+    for i in range(4):
+        assert host_sha256(boot.rw / f"par{i}.bin") == values[f"par{i}_sha256"], f"par{i}.bin"
+
+
+def h_mmap(boot: Boot) -> None:
+    _guest_passed(boot, "mmap")
+    data = (boot.rw / "mmap.bin").read_bytes()
+    assert len(data) == 8192
+    assert data[:16] == b"mmap-page-0-data" and data[4096 : 4096 + 16] == b"mmap-page-1-data"
+
+
 def h_big_file(boot: Boot) -> None:
     _guest_passed(boot, "big_file")
     want = boot.run.values().get("big_sha256")
@@ -213,6 +227,22 @@ def h_special(boot: Boot) -> None:
     st = os.lstat(boot.rw / "chardev")
     assert stat.S_ISCHR(st.st_mode)
     assert (os.major(st.st_rdev), os.minor(st.st_rdev)) == (1, 3)
+
+
+def h_xattr(boot: Boot) -> None:
+    _guest_passed(boot, "xattr")
+    p = boot.rw / "xattr.txt"
+    assert os.getxattr(p, "user.kept") == b"kept-value"
+    assert [n for n in os.listxattr(p) if n.startswith("user.")] == ["user.kept"]
+
+
+def h_statfs(boot: Boot) -> None:
+    """Rstatfs passes the host filesystem's numbers through (same fs as the export)."""
+    _guest_passed(boot, "statfs")
+    blocks, bsize, _avail, files, namelen = map(int, boot.run.values()["statfs"].split())
+    st = os.statvfs(boot.rw)
+    assert blocks * bsize == st.f_blocks * st.f_frsize
+    assert (files, namelen) == (st.f_files, st.f_namemax)
 
 
 def h_ro_untouched(boot: Boot) -> None:

@@ -155,6 +155,35 @@ t_open_unlink_write() {
     [ $rc -eq 0 ] || { echo "write to unlinked file failed"; return 1; }
 }
 
+t_parallel_io() {
+    # Four writers, then four readers, at once: many requests in flight on one connection,
+    # replies out of order. Data made in tmpfs first so its sha256 is known.
+    i=0
+    while [ $i -lt 4 ]; do
+        dd if=/dev/urandom of=/tmp/par$i bs=64k count=32 2>/dev/null || return 1
+        value "par${i}_sha256" "$(sha256sum </tmp/par$i | cut -d' ' -f1)"
+        i=$((i + 1))
+    done
+    for i in 0 1 2 3; do dd if=/tmp/par$i of="$R/par$i.bin" bs=64k 2>/dev/null & done
+    wait
+    for i in 0 1 2 3; do
+        (dd if="$R/par$i.bin" bs=64k 2>/dev/null | sha256sum | cut -d' ' -f1 >/tmp/par$i.got) &
+    done
+    wait
+    for i in 0 1 2 3; do
+        expect "par$i" "$(cat /tmp/par$i.got)" "$(sha256sum </tmp/par$i | cut -d' ' -f1)" || return 1
+    done
+}
+
+t_mmap() {
+    # MAP_SHARED writes reach the server through writeback (msync), reads through the page cache
+    printf '' >"$R/mmap.bin" || return 1
+    g9tool mmap "$R/mmap.bin" || return 1
+    echo 3 >/proc/sys/vm/drop_caches
+    expect size "$(stat -c %s "$R/mmap.bin")" 8192 || return 1
+    expect head "$(head -c 16 "$R/mmap.bin")" "mmap-page-0-data"
+}
+
 t_big_file() {
     [ "$BIG" = 1 ] || { echo "BIG=0 in this run"; return 77; }
     s=$(cut -d' ' -f1 /proc/uptime)
@@ -366,6 +395,11 @@ t_mknod() {
     expect majmin "$(stat -c %t:%T "$R/chardev")" 1:3
 }
 
+t_xattr() {
+    printf x >"$R/xattr.txt" || return 1
+    g9tool xattr "$R/xattr.txt"
+}
+
 t_flock() {
     g9tool flock "$R/flock.lck"
 }
@@ -414,15 +448,16 @@ t_ro_write_fails() {
     expect_fail touch "$ro" touch "$O/readme.txt" || return 1
     expect_fail symlink "$ro" ln -s x "$O/sym" || return 1
     expect_fail link "$ro" ln "$O/readme.txt" "$O/hard" || return 1
-    expect_fail mkfifo "$ro" mkfifo "$O/fifo"
+    expect_fail mkfifo "$ro" mkfifo "$O/fifo" || return 1
+    expect_fail setxattr "$ro" g9tool setxattr "$O/readme.txt" user.x y
 }
 
 # ---- run ------------------------------------------------------------------------------------
 
 ALL="write_read append overwrite_middle sparse_write truncate_shrink truncate_grow truncate_path
-ftruncate o_trunc fsync_dropcaches open_unlink_read open_unlink_write mkdir_rmdir unlink enoent
+ftruncate o_trunc fsync_dropcaches parallel_io mmap open_unlink_read open_unlink_write mkdir_rmdir unlink enoent
 rename_same_dir rename_cross_dir rename_over_existing rename_dir hardlink symlink symlink_dir chmod
-chown create_owner touch_date utimens_ns getattr_ns mkfifo mknod flock fcntl_lock statfs root_fs ro_read
+chown create_owner touch_date utimens_ns getattr_ns mkfifo mknod xattr flock fcntl_lock statfs root_fs ro_read
 ro_write_fails big_file readdir_10k"
 
 if [ "$1" = --one ]; then
