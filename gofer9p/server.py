@@ -128,6 +128,33 @@ def _tune_malloc() -> None:
     mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
 
 
+FDS_PER_FID = 3
+"""Worst case host fds behind one fid: O_PATH fd, parent O_PATH fd, open fd."""
+
+
+def fid_cap(max_fids: int) -> int:
+    """Fids one connection may hold, so that no connection can starve the others of fds.
+
+    All connections of a gofer share one process fd table (the daemon serves the
+    root and every 9P mount from one process).  The soft RLIMIT_NOFILE is raised
+    to the hard limit once, then one connection gets at most half of it (at
+    ``FDS_PER_FID`` fds per fid): a hoarding client hits EMFILE on its own
+    connection while the others keep at least half the table.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (OSError, ValueError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return max_fids
+    return min(max_fids, max(64, (soft - 64) // (FDS_PER_FID * 2)))
+
+
 def _rlerror(tag: int, err: int) -> bytes:
     return _RLERROR.pack(11, C.MsgType.RLERROR, tag, err)
 
@@ -157,7 +184,7 @@ class Connection:
         self.sock = sock
         self.config = config
         self.name = name
-        self.session = Session(point, max_fids=config.max_fids, msize=config.max_msize)
+        self.session = Session(point, max_fids=fid_cap(config.max_fids), msize=config.max_msize)
         self.handlers: dict[int, Callable[[Any], Message]] = self.session.handlers
         self.msize = 0  # 0 until Tversion
         self.max_frame = config.max_msize

@@ -156,19 +156,37 @@ async def test_flush_of_idle_tag_is_answered(server: Served) -> None:
     await server.client.flush(1234)
 
 
-async def test_ten_thousand_fids(server: Served) -> None:
-    c = server.client
-    fids = []
-    async with trio.open_nursery() as n:
-        for i in range(10000):
-            fid = 1000 + i
-            fids.append(fid)
-            n.start_soon(c.walk, server.root, [], fid)
-    r = await c.getattr(fids[-1])
-    assert r.qid.type & C.QidType.DIR
-    for fid in fids:
-        await c.clunk(fid)
-    await c.getattr(server.root)
+async def test_ten_thousand_fids(connect_export: ConnectFn) -> None:
+    """10k fids on one connection: each walk succeeds or is a clean EMFILE (the per-
+    connection cap keeps half the fd table for the others), and another connection
+    keeps working throughout."""
+    from gofer9p.server import fid_cap
+
+    async with connect_export() as s, connect_export() as other:
+        c = s.client
+        ok: list[int] = []
+        refused: list[int] = []
+
+        async def one(fid: int) -> None:
+            try:
+                await c.walk(s.root, [], fid)
+                ok.append(fid)
+            except P9Error as e:
+                assert e.errno == errno.EMFILE, e
+                refused.append(fid)
+
+        async with trio.open_nursery() as n:
+            for i in range(10000):
+                n.start_soon(one, 1000 + i)
+        assert len(ok) + len(refused) == 10000
+        assert len(ok) == min(10000, fid_cap(ServerConfig().max_fids) - 1)  # the root is one
+        r = await c.getattr(ok[-1])
+        assert r.qid.type & C.QidType.DIR
+        fid, _ = await other.client.walk(other.root, [])
+        await other.client.getattr(fid)
+        for fid in ok:
+            await c.clunk(fid)
+        await c.walk(s.root, [], 999)
 
 
 async def test_fid_limit_is_emfile(connect_export: ConnectFn) -> None:
