@@ -194,7 +194,7 @@ async def test_fid_limit_is_emfile(connect_export: ConnectFn) -> None:
         c = s.client
         got = []
         with pytest.raises(P9Error) as ei:
-            for i in range(20):
+            for _ in range(20):
                 fid, _ = await c.walk(s.root, [])
                 got.append(fid)
         assert ei.value.errno == errno.EMFILE
