@@ -168,7 +168,7 @@ class Client:
         if self._closed is not None:
             raise ConnectionClosed(str(self._closed))
         tag = C.NOTAG if isinstance(msg, M.Tversion) else self._take_tag()
-        setattr(msg, "tag", tag)  # every concrete message class has a tag slot
+        msg.tag = tag  # type: ignore[misc]  # the slot is on each concrete class
         slot = _Slot()
         self._slots[tag] = slot
         try:
