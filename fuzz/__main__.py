@@ -136,11 +136,19 @@ def _budget(args: argparse.Namespace) -> tuple[float | None, int | None]:
     return args.time, args.examples
 
 
+def _interrupt(*_: object) -> None:
+    """SIGTERM: unwind like Ctrl-C (hypothesis would take SystemExit for a finding)."""
+    from .common import STOP
+
+    STOP.set()
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if threading.current_thread() is threading.main_thread():
         # SIGTERM unwinds like Ctrl-C, so a spawned server is stopped too
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+        signal.signal(signal.SIGTERM, _interrupt)
     if args.fuzzer == "replay":
         return _replay(args)
     if args.fuzzer == "show":
@@ -155,6 +163,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         time_budget_s=time_budget,
         examples_budget=examples,
     )
+    started = time.monotonic()
+    try:
+        _run(args, report, seed, time_budget, examples)
+    except KeyboardInterrupt:
+        from .common import STOP
+
+        STOP.set()
+        report.notes.append("interrupted (Ctrl-C or SIGTERM): numbers are partial")
+        report.duration_s = round(time.monotonic() - started, 2)
+        report.write(args.report)
+        print(report.summary() + " (interrupted)")
+        return 130
+    report.write(args.report)
+    print(report.summary())
+    for bucket in (report.crashes, report.hangs, report.leaks, report.invariant_failures):
+        for e in bucket:
+            first = e["message"].split("\n")[0]
+            where = f"\n    reproducer: {e['reproducer']}" if "reproducer" in e else ""
+            print(f"  - {first}{where}")
+    return 0 if report.ok else 1
+
+
+def _run(
+    args: argparse.Namespace,
+    report: Report,
+    seed: int,
+    time_budget: float | None,
+    examples: int | None,
+) -> None:
     if args.fuzzer == "decode":
         from .atheris_decode import run as run_decode
 
@@ -201,16 +238,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                     shrink=not args.no_shrink,
                     known=known,
                 )
-    report.write(args.report)
-    print(report.summary())
-    for bucket in (report.crashes, report.hangs, report.leaks, report.invariant_failures):
-        for e in bucket:
-            first = e["message"].split("\n")[0]
-            print(
-                f"  - {first}"
-                + (f"\n    reproducer: {e['reproducer']}" if "reproducer" in e else "")
-            )
-    return 0 if report.ok else 1
 
 
 def _replay(args: argparse.Namespace) -> int:

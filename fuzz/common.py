@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +23,9 @@ from .targets import Target, fd_count, fd_targets, rss_kb
 from .wire import ANY, Failure, RawConn, Transcript, check_reply, parse_expect, save_reproducer
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
+
+STOP = threading.Event()
+"""Set on Ctrl-C/SIGTERM: fuzzers stop without judging the interrupted case."""
 CRASH_DIR = CORPUS / "crashes"
 
 

@@ -51,7 +51,7 @@ from gofer9p.protocol import constants as C
 from gofer9p.protocol import messages as M
 from gofer9p.protocol.codec import decode_dirents, encode
 
-from .common import Health, Known, Report, liveness, save_failure, split_problem
+from .common import STOP, Health, Known, Report, liveness, save_failure, split_problem
 from .targets import Link, Target, fd_count, fd_targets
 from .wire import ANY, ERR, OK, Failure, RawConn, Transcript, check_reply, expect_record
 
@@ -326,11 +326,11 @@ class GoferMachine(RuleBasedStateMachine):
         else:
             newfid = data.draw(st.sampled_from(sorted(self.fids)))
         # predict
-        outcome, stop, unknown = ANY, -1, False
+        outcome, stop, unknown, strict = ANY, -1, False, True
         nodes: list[Node] = []
         if f is None or len(names) > C.MAXWELEM or (newfid != fid and newfid in self.fids):
             outcome = ERR
-        elif f.open is None and f.xread is None and f.xwrite is None and self._known(f.node):
+        elif self._known(f.node):
             node = f.node
             assert node is not None
             for i, n in enumerate(names):
@@ -363,14 +363,20 @@ class GoferMachine(RuleBasedStateMachine):
                 outcome = ERR
             else:
                 outcome = OK
+            if _special(f):
+                # walking from an opened or xattr fid: the protocol does not
+                # say; any valid answer, the model follows a full success
+                strict = False
         else:
-            f = None  # open/xattr/unknown: any valid outcome, result unknown
-        r = self.rpc(M.Twalk(tag=0, fid=fid, newfid=newfid, wnames=names), outcome)
+            f = None  # unknown file: any valid outcome, result unknown
+        r = self.rpc(
+            M.Twalk(tag=0, fid=fid, newfid=newfid, wnames=names), outcome if strict else ANY
+        )
         if not isinstance(r, M.Rwalk):
             return
         if len(r.wqids) > len(names):
             self.fail(f"walk of {len(names)} names returned {len(r.wqids)} qids")
-        if outcome == OK and f is not None:
+        if outcome == OK and f is not None and strict:
             want = len(nodes)
             if len(r.wqids) != want:
                 self.fail(f"walk {names!r}: {len(r.wqids)} qids, model says {want}")
@@ -381,6 +387,15 @@ class GoferMachine(RuleBasedStateMachine):
                 self.fids[newfid] = Fid(nodes[-1] if nodes else src.node)
             return
         if len(r.wqids) == len(names):
+            if (
+                f is not None
+                and not strict
+                and not unknown
+                and outcome == OK
+                and len(nodes) == len(names)
+            ):
+                self.fids[newfid] = Fid(nodes[-1] if nodes else f.node)
+                return
             # success of an unpredicted walk: the new fid's file is unknown
             self.fids[newfid] = Fid(None)
 
@@ -412,6 +427,8 @@ class GoferMachine(RuleBasedStateMachine):
         acc = flags & 3
         outcome = ANY
         node = f.node if f else None
+        if f is not None and node is None and not _special(f):
+            return  # an unknown file: a write through it could not be followed
         if f is None or f.open or f.xread is not None or f.xwrite is not None:
             outcome = ERR
         elif node is not None and not odd:
@@ -858,6 +875,8 @@ class GoferMachine(RuleBasedStateMachine):
             new_size = data.draw(st.sampled_from([0, 3, 1 << 62]))
             mode = data.draw(st.integers(0, 0o177777))
         outcome = ANY
+        if f is not None and node is None and what in ("size", "odd"):
+            return  # an unknown file: a truncation could not be followed
         if f is None:
             outcome = ERR
         elif f.xread is None and f.xwrite is None and node is not None and what != "odd":
@@ -1222,8 +1241,8 @@ class GoferMachine(RuleBasedStateMachine):
     # ------------------------------------------------------------ teardown
     def teardown(self) -> None:
         try:
-            if self.failed:
-                return
+            if self.failed or STOP.is_set():
+                return  # an interrupted case is not judged
             self._guard(self._teardown)
         finally:
             self.c.sock.close()
@@ -1374,8 +1393,8 @@ def run(
         try:
             run_state_machine_as_test(factory, settings=s)  # type: ignore[no-untyped-call]
         except BaseException as e:
-            if isinstance(e, (KeyboardInterrupt, SystemExit)):
-                raise  # Ctrl-C / SIGTERM: stop, this is not a finding
+            if isinstance(e, (KeyboardInterrupt, SystemExit)) or STOP.is_set():
+                raise KeyboardInterrupt from e  # Ctrl-C / SIGTERM: not a finding
             _record(ctx, e)
             ctx.first_failures.clear()
             # keep fuzzing with fresh seeds (a long run should not end on its

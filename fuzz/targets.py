@@ -334,6 +334,9 @@ class InprocTarget(Target):
 
 
 # ------------------------------------------------------------------ processes
+# Servers are started in their own session: a Ctrl-C (or a SIGTERM to our
+# process group) must reach the fuzzer only, which then stops the server;
+# a server killed under a running fuzz case would be reported as a crash.
 def _gofer_cmd() -> list[str]:
     return [sys.executable, "-m", "gofer9p"]
 
@@ -428,7 +431,9 @@ class ServeTarget(Target):
         if self.readonly:
             cmd.append("--read-only")
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(cmd, env=_env(), stdin=subprocess.DEVNULL, stderr=log)
+            self.proc = subprocess.Popen(
+                cmd, env=_env(), stdin=subprocess.DEVNULL, start_new_session=True, stderr=log
+            )
         self._scanner = _LogScanner(self.log_path)
         deadline = time.monotonic() + 15
         while not self.sock_path.exists():
@@ -543,7 +548,12 @@ class ServeFdTarget(Target):
             cmd.append("--read-only")
         with open(self.log_path, "ab") as log:
             proc = subprocess.Popen(
-                cmd, env=_env(), pass_fds=(a.fileno(),), stdin=subprocess.DEVNULL, stderr=log
+                cmd,
+                env=_env(),
+                pass_fds=(a.fileno(),),
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                stderr=log,
             )
         a.close()
         self.current = _ProcLink(b, proc.pid, proc)
