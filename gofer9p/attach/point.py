@@ -1,9 +1,17 @@
-"""An attach point: the host directory one 9P connection serves, and its policy.
+"""An attach point: the host directory (or single file) one 9P connection serves, and its policy.
 
 The attach point is shared by every session (connection) serving the same
-directory, so it owns what must agree across them: the root fd, the
+tree, so it owns what must agree across them: the root fd, the
 read-only / panic-on-write policy, and the qid path map (a file must have the
 same qid path whichever connection asks).
+
+A root may be a regular file: OCI bundles bind-mount single files
+(``/etc/hosts``, ``/etc/resolv.conf``) and each such mount is an attach point
+of its own, as in gVisor.  Such a root also holds an ``O_PATH`` fd of the
+directory containing it and its name there, because an ``O_PATH`` fd of a file
+can only be re-opened (Tlopen, truncate, xattrs) through a name or a file
+handle.  That parent is trusted configuration (the sandbox manager put the
+file there), unlike every directory a session reaches from a root.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ log = logging.getLogger("gofer9p.attach")
 _S_IFMT = 0o170000
 _S_IFDIR = stat.S_IFDIR
 _S_IFLNK = stat.S_IFLNK
+_S_IFREG = stat.S_IFREG
 _INO_BITS = 56
 _INO_LIMIT = 1 << _INO_BITS
 _OVERFLOW_DEV = 0xFF  # device index reserved for (dev, ino) pairs that do not fit
@@ -38,8 +47,20 @@ def qid_type(mode: int) -> int:
     return 0
 
 
+def _kind(fmt: int) -> str:
+    """What a file of type ``fmt`` is, for one-line error messages."""
+    return {
+        stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+        stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", _S_IFLNK: "a symlink",
+    }.get(fmt, "a file of an unknown type")
+
+
 class AttachPoint:
-    """A served host directory, held by an ``O_PATH|O_DIRECTORY`` fd.
+    """A served host directory or regular file, held by an ``O_PATH`` fd.
+
+    ``root_fmt`` is the root's ``S_IFMT`` bits (``S_IFDIR`` or ``S_IFREG``).  A
+    file root also has ``parent_fd`` (an ``O_PATH`` fd of its directory) and
+    ``name`` (its name there); a directory root has -1 and ``b""``.
 
     ``readonly`` makes every mutating request fail with EROFS; with
     ``panic_on_write`` such a request instead calls :meth:`panic` (a mutating
@@ -57,33 +78,78 @@ class AttachPoint:
     the same file.
     """
 
-    def __init__(self, path: str, fd: int, *, readonly: bool, panic_on_write: bool) -> None:
+    def __init__(
+        self,
+        path: str,
+        fd: int,
+        *,
+        readonly: bool,
+        panic_on_write: bool,
+        parent_fd: int = -1,
+        name: bytes = b"",
+    ) -> None:
+        """Take ownership of ``fd`` (and ``parent_fd``; both closed by :meth:`close`,
+        not on a raised error: :meth:`open` cleans up after a refused path)."""
         self.path = path
         self.fd = fd
+        self.parent_fd = -1
+        self.name = b""
         self.readonly = readonly
         self.panic_on_write = panic_on_write
         st = os.fstat(fd)
+        fmt = st.st_mode & _S_IFMT
+        if fmt == _S_IFREG:
+            if parent_fd < 0 or not name:
+                raise OSError(errno.EINVAL, f"{path}: a file root needs its directory and name")
+            # The name must designate this very file now (not a symlink, not another inode).
+            nst = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+            if nst.st_ino != st.st_ino or nst.st_dev != st.st_dev:
+                raise OSError(errno.ESTALE, f"{path}: changed while being opened")
+        elif fmt != _S_IFDIR:
+            raise OSError(errno.EINVAL, f"{path}: {_kind(fmt)} is never served as an attach point")
         if _sys.fs_magic(fd) in _sys.PSEUDO_FS_MAGICS:
             raise OSError(errno.EACCES, f"{path}: a kernel pseudo file system is never served")
+        self.root_fmt = fmt
+        if fmt == _S_IFREG:
+            self.parent_fd = parent_fd
+            self.name = name
         self.root_dev = st.st_dev
         self.root_ino = st.st_ino
         self._lock = threading.Lock()
         self._devs: dict[int, int] = {}
         self._overflow: dict[tuple[int, int], int] = {}
         self._mount_fds: dict[int, int] = {}
-        self.root_qid = Qid(0x80, 0, self.qid_path(st.st_dev, st.st_ino))
+        self.root_qid = Qid(qid_type(fmt), 0, self.qid_path(st.st_dev, st.st_ino))
         # Ownership of created files is set only when we may chown (root in our
         # user namespace); otherwise files simply belong to the gofer.
         self.can_chown = os.geteuid() == 0
 
     @classmethod
     def open(cls, path: str, *, readonly: bool = False, panic_on_write: bool = False) -> AttachPoint:
-        """Open ``path`` (trusted configuration, so symlinks in it are followed)."""
-        fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        """Open ``path``, a directory or a regular file.
+
+        ``path`` is trusted configuration, so symlinks in it are followed (in
+        the daemon's nosymfollow chroot that is ELOOP instead).  A file root's
+        directory and name are those of the resolved path, checked to name
+        the very file opened.  Anything else (device node, FIFO, socket) is
+        refused with EINVAL: the gofer never opens such nodes for a client.
+        """
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        pfd = -1
         try:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                real = os.path.realpath(path)
+                pfd = os.open(os.path.dirname(real), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                name = os.fsencode(os.path.basename(real))
+                return cls(
+                    path, fd, readonly=readonly, panic_on_write=panic_on_write,
+                    parent_fd=pfd, name=name,
+                )
             return cls(path, fd, readonly=readonly, panic_on_write=panic_on_write)
         except BaseException:
             os.close(fd)
+            if pfd >= 0:
+                os.close(pfd)
             raise
 
     def close(self) -> None:
@@ -95,6 +161,9 @@ class AttachPoint:
                 os.close(fd)
         if self.fd >= 0:
             fd, self.fd = self.fd, -1
+            os.close(fd)
+        if self.parent_fd >= 0:
+            fd, self.parent_fd = self.parent_fd, -1
             os.close(fd)
 
     def mount_fd(self, mount_id: int, dirfd: int) -> int:

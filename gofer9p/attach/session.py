@@ -499,7 +499,9 @@ class Session:
             if owned:
                 _close(cur)
 
-    def _locate(self, f: _Fid, mutating: bool = False) -> tuple[int, bytes, bool]:
+    def _locate(
+        self, f: _Fid, mutating: bool = False, inode: bool = False
+    ) -> tuple[int, bytes, bool]:
         """The directory fd and name under which ``f``'s file is linked now.
 
         Returns ``(dirfd, name, owned)``; the caller closes ``dirfd`` when
@@ -510,9 +512,27 @@ class Session:
         directory; and when the caller is going to change the directory
         entry, ``mutating``).  Re-opening a verified name of a non-directory
         needs no such check: it is the very inode the fid already holds.
+
+        ``inode``: the caller only acts on the file through the name (re-open,
+        set times), never on the entry.  Then a *file* root is located too:
+        in its directory, which is outside the tree and legitimate for the
+        root fid only (trusted configuration: the sandbox manager put the
+        file there, so no ``_inside`` check), by the attach point's name and
+        no other (no scan of a host directory), verified to still be the
+        root's inode: ESTALE if the host swapped the entry (a symlink, another
+        file), so a mutation is never redirected.
         """
         if self._is_root(f):
-            raise _err(errno.EBUSY)
+            if not inode or f.parent < 0:
+                raise _err(errno.EBUSY)
+            name = self.point.name
+            try:
+                st = os.stat(name, dir_fd=f.parent, follow_symlinks=False)
+            except OSError:
+                raise _err(errno.ESTALE) from None
+            if st.st_ino != f.ino or st.st_dev != f.dev:
+                raise _err(errno.ESTALE)
+            return f.parent, name, False
         if f.parent >= 0:
             pfd, owned = f.parent, False
         elif f.fmt == _DIR and f.fd >= 0:
@@ -599,7 +619,7 @@ class Session:
                 if e.errno not in _HANDLE_UNSUPPORTED:
                     raise
                 handle_err = e.errno
-        pfd, name, owned = self._locate(f)
+        pfd, name, owned = self._locate(f, inode=True)
         try:
             fd = os.open(name, hflags, dir_fd=pfd)
         finally:
@@ -675,19 +695,21 @@ class Session:
         rdev, rino = point.root_dev, point.root_ino
         qids: list[Qid] = []
         cur, cur_owned = f.fd, False
-        prev, prev_owned = -1, False
+        # A walk that never moves (only ".." at a file root) clones f, parent included.
+        prev, prev_owned = f.parent, False
         dev, ino, fmt, qid = f.dev, f.ino, f.fmt, f.qid
         path = list(f.path)
         try:
             for i, name in enumerate(names):
                 try:
-                    if fmt != _DIR:
-                        raise _err(errno.ENOTDIR)
                     if name == b"..":
                         if ino == rino and dev == rdev:
+                            # The root, a directory or a file: ".." stays there.
                             path.clear()
                             qids.append(point.root_qid)
                             continue
+                        if fmt != _DIR:
+                            raise _err(errno.ENOTDIR)
                         nfd = os.open(b"..", _O_PATH_DIR, dir_fd=cur)
                         try:
                             inside = self._inside(nfd)
@@ -699,6 +721,8 @@ class Session:
                             _close(nfd)
                             nfd = os.dup(point.fd)
                     else:
+                        if fmt != _DIR:
+                            raise _err(errno.ENOTDIR)
                         if not name or name == b"." or b"/" in name or b"\0" in name:
                             raise _err(errno.EINVAL)
                         nfd = os.open(name, _O_PATH, dir_fd=cur)
@@ -779,7 +803,17 @@ class Session:
         """
         uid = self._uid(m.n_uname, m.uname)
         point = self.point
-        root = _Fid(os.dup(point.fd), -1, (), uid, point.root_dev, point.root_ino, _DIR, point.root_qid)
+        fmt = point.root_fmt
+        # A file root's fid keeps its directory, as every non-directory fid does
+        # (see _locate for why that directory, outside the tree, is trusted).
+        parent = os.dup(point.parent_fd) if fmt != _DIR else -1
+        try:
+            fd = os.dup(point.fd)
+        except BaseException:
+            if parent >= 0:
+                _close(parent)
+            raise
+        root = _Fid(fd, parent, (), uid, point.root_dev, point.root_ino, fmt, point.root_qid)
         self._install(m.fid, root, None)
         return Rattach(m.tag, root.qid)
 
@@ -992,7 +1026,7 @@ class Session:
             finally:
                 _close(fd)
         else:
-            pfd, name, owned = self._locate(f, mutating=True)
+            pfd, name, owned = self._locate(f, mutating=True, inode=True)
             try:
                 _sys.utimensat(pfd, name, at, mt, _sys.AT_SYMLINK_NOFOLLOW)
             finally:

@@ -162,11 +162,13 @@ def test_mount_destination_missing_in_root(tmp_path: Path) -> None:
     _one_line_error(r, "attach point '/data': No such file or directory")
 
 
-def test_mount_destination_is_a_file(tmp_path: Path) -> None:
-    bundle = make_bundle(tmp_path, mounts=[("/hello.txt", "x", ["rbind"])])
+def test_mount_destination_is_a_fifo(tmp_path: Path) -> None:
+    """A file mount is served (test_file_mounts.py); a FIFO (or device, socket) never is."""
+    bundle = make_bundle(tmp_path, mounts=[("/pipe", "x", ["rbind"])])
+    os.mkfifo(bundle / "rootfs" / "pipe")
     a, b = socket.socketpair()
     c, d = socket.socketpair()
     with a, b, c, d:
         fds = [b.fileno(), d.fileno()]
         r = run_daemon(["--bundle", str(bundle), "--io-fds", f"{fds[0]},{fds[1]}"], pass_fds=fds)
-    _one_line_error(r, "attach point '/hello.txt': Not a directory")
+    _one_line_error(r, "attach point '/pipe': /pipe: a FIFO is never served as an attach point")
