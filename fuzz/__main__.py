@@ -4,7 +4,7 @@ Every run is bounded by ``--time`` seconds or ``--examples`` (whichever comes
 first; the default is 60 seconds) and prints a one-line summary; the exit
 status is 0 when the run found nothing, 1 when it found a crash, hang, leak
 or broken invariant (each saved as a reproducer under
-``fuzz/corpus/crashes/``), 2 on a usage error.
+``fuzz/corpus/crashes/``), 2 on a usage error, 130 when interrupted.
 """
 
 from __future__ import annotations
