@@ -194,6 +194,12 @@ def _bind_one(rootfs: str, m: NineMount, undo: Undo) -> None:
     except OSError as e:
         raise LaunchError(f"mount {m.destination}: source {m.source!r}: {e.strerror}") from None
     src_is_dir = stat.S_ISDIR(src_st.st_mode)
+    if not src_is_dir and not stat.S_ISREG(src_st.st_mode):
+        # The gofer serves directories and regular files only (it never opens device
+        # nodes, FIFOs or sockets for a client): refuse now, with the mount's name.
+        raise LaunchError(
+            f"mount {m.destination}: source {m.source!r} is neither a directory nor a regular file"
+        )
     parts = [p for p in m.destination.split("/") if p]
     target = os.path.join(rootfs, *parts)
     dirfd = os.open(rootfs, os.O_PATH | os.O_DIRECTORY)
@@ -247,6 +253,11 @@ def _step_dir(dirfd: int, name: str, path: str, m: NineMount, undo: Undo) -> int
 def _make_mount_point(
     dirfd: int, name: str, target: str, is_dir: bool, m: NineMount, undo: Undo
 ) -> None:
+    """Make sure ``name`` in ``dirfd`` can take the bind mount: a directory for a directory
+    source, a regular file for a file source (an empty one is created when missing, as runc
+    does).  An existing file is fine whatever its content (the image's own ``/etc/hosts`` is
+    hidden by the mount, not changed); a symlink, FIFO, socket or device node is refused: a
+    bind mount over it would either follow it or hide a special file the image relies on."""
     try:
         st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
     except FileNotFoundError:
@@ -262,8 +273,8 @@ def _make_mount_point(
         return
     if stat.S_ISLNK(st.st_mode):
         raise LaunchError(f"mount {m.destination}: {target!r} is a symlink")
-    if stat.S_ISDIR(st.st_mode) != is_dir:
-        want = "a directory" if is_dir else "not a directory"
+    if stat.S_ISDIR(st.st_mode) != is_dir or not (is_dir or stat.S_ISREG(st.st_mode)):
+        want = "a directory" if is_dir else "a regular file"
         raise LaunchError(f"mount {m.destination}: {target!r} must be {want} like its source")
 
 

@@ -182,6 +182,69 @@ def test_kind_mismatch(tmp_path: Path) -> None:
     assert os.path.exists(f)
 
 
+def test_file_mount_over_the_images_own_file(tmp_path: Path) -> None:
+    """A file source goes over an existing regular file of the image (its /etc/hosts): the
+    sandbox sees the source, read-only; undo leaves the image's file as it was."""
+    _, _, f = _sources(tmp_path)
+    bundle = make_bundle(tmp_path, mounts=[("/etc/hosts", str(f), ["rbind", "ro"])])
+    (bundle / "rootfs" / "etc").mkdir()
+    (bundle / "rootfs" / "etc" / "hosts").write_text("image hosts\n")
+    out = _run(
+        bundle,
+        """
+        undo = launch.setup_fs(s)
+        p = s.root_path + "/etc/hosts"
+        res = {"flags": flags(p), "text": open(p).read()}
+        try:
+            open(p, "w")
+        except OSError as e:
+            res["write"] = e.errno
+        undo()
+        res["after"] = open(p).read()
+        print(json.dumps(res))
+        """,
+    )
+    assert out == {"flags": ST_RDONLY, "text": "single file\n", "write": 30,
+                   "after": "image hosts\n"}
+    assert f.read_text() == "single file\n"
+
+
+def test_file_mount_point_must_be_a_regular_file(tmp_path: Path) -> None:
+    _, _, f = _sources(tmp_path)
+    bundle = make_bundle(
+        tmp_path, mounts=[("/ok", str(f), ["bind"]), ("/pipe", str(f), ["bind"])]
+    )
+    os.mkfifo(bundle / "rootfs" / "pipe")
+    out = _run(
+        bundle,
+        """
+        try:
+            launch.setup_fs(s); print(json.dumps("mounted"))
+        except launch.LaunchError as e:
+            print(json.dumps(str(e)))
+        """,
+    )
+    assert out.startswith("mount /pipe: ") and out.endswith("must be a regular file like its source")
+    assert not (bundle / "rootfs" / "ok").exists()  # the first mount point was undone too
+
+
+def test_special_file_source_is_refused(tmp_path: Path) -> None:
+    fifo = tmp_path / "src-fifo"
+    os.mkfifo(fifo)
+    bundle = make_bundle(tmp_path, mounts=[("/etc/fifo", str(fifo), ["bind"])])
+    out = _run(
+        bundle,
+        """
+        try:
+            launch.setup_fs(s); print(json.dumps("mounted"))
+        except launch.LaunchError as e:
+            print(json.dumps(str(e)))
+        """,
+    )
+    assert out == f"mount /etc/fifo: source {str(fifo)!r} is neither a directory nor a regular file"
+    assert not (bundle / "rootfs" / "etc").exists()
+
+
 @pytest.mark.parametrize("old_kernel", [False, True])
 def test_rbind_flags_cover_submounts(tmp_path: Path, old_kernel: bool) -> None:
     """ro/nosuid/nodev/noexec on an rbind must reach the submounts it carries (with
