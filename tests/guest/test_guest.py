@@ -39,6 +39,16 @@ def _workload_checks() -> list[str]:
 GUEST_CHECKS = _workload_checks()
 
 
+def _why_unfinished(boot: Boot) -> str:
+    """One line on why the guest stopped early (test_boot has the full diagnostics)."""
+    if boot.run.timed_out:
+        return f"timed out after {boot.run.seconds:.0f}s, see test_boot"
+    status, detail = boot.run.result_map().get("boot", ("", ""))
+    if status == "FAIL":
+        return f"boot failed: {detail}"
+    return "the workload did not finish, see test_boot"
+
+
 def _xfail_if_known(boot: Boot, name: str) -> None:
     reason = boot.known_failure(name)
     if reason:
@@ -75,7 +85,7 @@ def test_guest_check(boot: Boot, name: str) -> None:
     """One check of the guest workload: PASS, SKIP (with the guest's reason) or FAIL."""
     got = boot.run.result_map().get(name)
     if got is None:
-        pytest.fail(f"guest reported nothing for {name}\n{boot.diagnostics()}")
+        pytest.fail(f"guest reported nothing for {name}: {_why_unfinished(boot)}")
     status, detail = got
     if status == "SKIP":
         pytest.skip(f"guest skipped {name}: {detail}")
@@ -273,7 +283,7 @@ HOST_CHECKS: dict[str, Callable[[Boot], None]] = {
 def test_host(boot: Boot, name: str) -> None:
     """What the guest left in the export, checked on the host after power-off."""
     if boot.run.timed_out or "DONE" not in boot.run.results:
-        pytest.fail(f"guest did not finish; host check {name} is meaningless\n{boot.diagnostics()}")
+        pytest.fail(f"guest did not finish ({_why_unfinished(boot)}); host check {name} is moot")
     try:
         HOST_CHECKS[name](boot)
     except (AssertionError, OSError):
