@@ -190,6 +190,13 @@ def configure_logging(level: str, log_file: str | None) -> None:
 
 
 def _open_attach_points(spec: Spec, panic_on_write: bool) -> list[AttachPoint]:
+    """One attach point per io fd: "/" then each 9P mount's destination, in spec order.
+
+    A destination may be a regular file (managers bind-mount ``/etc/hosts``,
+    ``/etc/resolv.conf`` ...): its attach root is the file itself, as in gVisor, and it
+    takes its own fd like any other 9P mount.  Anything but a directory or a regular file
+    is refused here, before serving.
+    """
     from .attach import AttachPoint
 
     points = []

@@ -33,6 +33,13 @@ stale (renamed behind our back) the parent directory is scanned for the
 inode.  Renames done through this session update the hints of every fid they
 affect.  Device nodes are never opened.  Only ``user.`` xattrs are served.
 
+File roots.  An attach point may be a regular file (an OCI file bind mount).
+Its fids keep the attach point's directory and name, which lie outside the
+served tree and are trusted configuration: they are used only to reach that
+very inode again (checked, ESTALE otherwise), never scanned, and the root's
+entry is never removed, renamed or linked (EBUSY).  No name leads anywhere
+from it (ENOTDIR) and ``..`` stays at it, as at a directory root.
+
 Concurrency.  The server calls most handlers inline in the trio thread and some
 (large reads/writes, fsync) in worker threads.  Each operation takes a
 reference on the fids it uses; Tclunk/Tremove take the fid out of the table at
