@@ -53,7 +53,7 @@ class Conn:
     def rpc(self, frames: list[bytes]) -> list[tuple[int, bytes]]:
         self.sock.sendall(b"".join(frames))
         rs = self.replies(len(frames))
-        for (t, body), f in zip(rs, frames):
+        for (t, body), f in zip(rs, frames, strict=True):
             if t != f[4] + 1:
                 raise RuntimeError(f"reply {t} to {f[4]}: {body!r}")
         return rs
