@@ -167,7 +167,7 @@ def _guest_files(combo: Combo, mounts: list[guestvm.Mount], has_root: bool) -> d
     env = {
         "CACHE": combo.cache,
         "MSIZE": "262144",
-        "EXTRA_OPTS": "",
+        "EXTRA_OPTS": SERVERS[combo.server].mount_options(),
         "RW": "/mnt/rw",
         "RO": "/mnt/ro",
         "ROOT": "/mnt/root" if has_root else "",

@@ -76,8 +76,18 @@ while read -r idx mnt mode aname; do
     # A read-only export is mounted read-write on purpose: the guest kernel must send the
     # mutating requests so that the server's own read-only policy (EROFS) is what is tested.
     mkdir -p "$mnt"
-    # No retry: the bridge accepts exactly one connection.
-    mount -t 9p -o "$opts" 127.0.0.1 "$mnt" 2>/tmp/mount.err || die "mount $mnt ($opts): $(cat /tmp/mount.err)"
+    # The bridge accepts exactly one connection, so only a refused connect is retried (it did
+    # not consume the bridge): seen rarely right after boot although the port was listening.
+    tries=0
+    until mount -t 9p -o "$opts" 127.0.0.1 "$mnt" 2>/tmp/mount.err; do
+        tries=$((tries + 1))
+        if [ $tries -ge 5 ] || ! grep -q "Connection refused" /tmp/mount.err; then
+            cat /proc/net/tcp >/dev/console
+            die "mount $mnt ($opts): $(cat /tmp/mount.err) (after $tries tries)"
+        fi
+        log "mount $mnt refused, retrying: $(cat /proc/net/tcp | grep -c ":$hex ")"
+        sleep 0.5
+    done
     echo "RESULT mount_$idx PASS $opts" >&9
 done </etc/mounts.conf
 grep 9p /proc/mounts >/dev/console

@@ -81,6 +81,10 @@ class Server:
         """What the guest puts in Tattach's aname for this export."""
         return ""
 
+    def mount_options(self) -> str:
+        """Extra v9fs mount options this server needs (comma list, may be empty)."""
+        return ""
+
     def start(
         self, socks: Sequence[socket.socket], mounts: Sequence[Mount], workdir: Path
     ) -> list[subprocess.Popen[bytes]]:
@@ -99,6 +103,13 @@ class Diod(Server):
 
     def aname(self, export: Path) -> str:
         return str(export)  # diod serves the export named by aname
+
+    def mount_options(self) -> str:
+        # With access=client the mount's first Tattach is uname "nobody"; diod then runs the
+        # root's Tgetattr as uid 65534, which fails with EACCES whenever a directory above the
+        # export is not searchable by others (a 077 umask, or "/" itself at 0700 as seen on a
+        # shared CI VM). Attaching as root keeps the reference server independent of that.
+        return "uname=root"
 
     def start(
         self, socks: Sequence[socket.socket], mounts: Sequence[Mount], workdir: Path
