@@ -28,9 +28,9 @@
  *                                               touch calls, which cost minutes under TCG
  *   g9tool statloop PATH N                      stat(2) PATH N times, print microseconds per call:
  *                                               the round-trip latency the whole tier pays
- *   g9tool bridge PORT DEVICE                   accept one TCP connection on 127.0.0.1:PORT and
- *                                               pump bytes between it and DEVICE (a virtio
- *                                               console port), both ways, until EOF
+ *   g9tool bridge PORT DEVICE                   accept TCP connections on 127.0.0.1:PORT, one at
+ *                                               a time, and pump bytes between each and DEVICE
+ *                                               (a virtio console port), both ways, until EOF
  *
  * Why a bridge of our own rather than busybox `nc -l -p PORT -e nc -f DEVICE`: nc does not set
  * TCP_NODELAY, and a 9P reply larger than one virtio buffer (4 KiB) reaches the socket in two
@@ -353,27 +353,32 @@ static int do_bridge(const char *port, const char *dev)
         return fail("bind");
     if (listen(ls, 1) != 0)
         return fail("listen");
-    int s = accept(ls, NULL, NULL);
-    if (s < 0)
-        return fail("accept");
-    close(ls);
-    setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    int d = open(dev, O_RDWR);
-    if (d < 0)
-        return fail("open device");
+    int d = -1;
     signal(SIGPIPE, SIG_IGN);
-    pid_t pid = fork();
-    if (pid < 0)
-        return fail("fork");
-    if (pid == 0) {
-        pump(d, s); /* host -> guest kernel */
-        shutdown(s, SHUT_WR);
-        _exit(0);
+    /* Connections are served one after the other on the same port: normally there is exactly
+     * one (the mount), but when a mount fails with EACCES/EROFS busybox mount retries it
+     * read-only, and that second connection must reach the server too (its Tversion starts a
+     * new 9P session on the same stream), or the real error hides behind ECONNREFUSED. */
+    for (;;) {
+        int s = accept(ls, NULL, NULL);
+        if (s < 0)
+            return fail("accept");
+        setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        if (d < 0 && (d = open(dev, O_RDWR)) < 0)
+            return fail("open device");
+        pid_t pid = fork();
+        if (pid < 0)
+            return fail("fork");
+        if (pid == 0) {
+            pump(d, s); /* host -> guest kernel */
+            shutdown(s, SHUT_WR);
+            _exit(0);
+        }
+        pump(s, d); /* guest kernel -> host */
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        close(s);
     }
-    pump(s, d); /* guest kernel -> host */
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
-    return 0;
 }
 
 int main(int argc, char **argv)

@@ -55,9 +55,10 @@ ifconfig lo 127.0.0.1 up || die "ifconfig lo"
 while read -r idx mnt mode aname; do
     dev=$(port_dev "p9_$idx") || die "no virtio port p9_$idx"
     port=$((564 + idx))
-    # One connection per mount, bridged to the virtio port. g9tool's bridge sets TCP_NODELAY
-    # (see g9tool.c: busybox nc costs a Nagle/delayed-ACK stall on every large reply);
-    # BRIDGE=nc uses busybox nc instead (accepts once, execs a second nc on the port).
+    # One bridge per mount. g9tool's bridge sets TCP_NODELAY (see g9tool.c: busybox nc costs a
+    # Nagle/delayed-ACK stall on every large reply) and serves a second connection when busybox
+    # mount retries read-only after EACCES/EROFS; BRIDGE=nc uses busybox nc instead (accepts
+    # once, execs a second nc on the port: such a retry then fails with ECONNREFUSED).
     if [ "$BRIDGE" = nc ]; then
         nc -l -p "$port" -e nc -f "$dev" &
     else
@@ -76,18 +77,7 @@ while read -r idx mnt mode aname; do
     # A read-only export is mounted read-write on purpose: the guest kernel must send the
     # mutating requests so that the server's own read-only policy (EROFS) is what is tested.
     mkdir -p "$mnt"
-    # The bridge accepts exactly one connection, so only a refused connect is retried (it did
-    # not consume the bridge): seen rarely right after boot although the port was listening.
-    tries=0
-    until mount -t 9p -o "$opts" 127.0.0.1 "$mnt" 2>/tmp/mount.err; do
-        tries=$((tries + 1))
-        if [ $tries -ge 5 ] || ! grep -q "Connection refused" /tmp/mount.err; then
-            cat /proc/net/tcp >/dev/console
-            die "mount $mnt ($opts): $(cat /tmp/mount.err) (after $tries tries)"
-        fi
-        log "mount $mnt refused, retrying: $(cat /proc/net/tcp | grep -c ":$hex ")"
-        sleep 0.5
-    done
+    mount -t 9p -o "$opts" 127.0.0.1 "$mnt" 2>/tmp/mount.err || die "mount $mnt ($opts): $(cat /tmp/mount.err)"
     echo "RESULT mount_$idx PASS $opts" >&9
 done </etc/mounts.conf
 grep 9p /proc/mounts >/dev/console
