@@ -54,7 +54,12 @@ COMBOS = [
     Combo("diod", "loose", big=_FULL, many=_FULL),
     Combo("gofer9p-serve", "none"),
     Combo("gofer9p-serve", "loose", big=_FULL, many=_FULL),
-    Combo("gofer9p-gofer", "loose"),
+    # The 10k-entry listing runs with cache=none: with cache=loose the Linux client keeps a fid
+    # per cached dentry and gofer9p holds host fds per fid, so a 10k-entry directory needs a
+    # RLIMIT_NOFILE above ~60k (the daemon raises it when it has CAP_SYS_RESOURCE, which the
+    # CI VMs withhold: their hard limit is 20000). See tests/guest/README.md.
+    Combo("gofer9p-gofer", "loose", many=_FULL),
+    Combo("gofer9p-gofer", "none", big=False),
 ]
 
 
