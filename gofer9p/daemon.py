@@ -302,6 +302,11 @@ def _run(argv: Sequence[str] | None, after_confine: Callable[[], None] | None) -
         raise DaemonError(f"cannot load the server: {e}") from None
     try:
         confine.assert_single_threaded()
+        # while we still hold CAP_SYS_RESOURCE: a cache=loose client keeps a fid
+        # (host fds) per cached dentry, far beyond the usual 1024-20000
+        from .server import raise_fd_limit
+
+        raise_fd_limit()
         root = confine.private_mount_root(spec.root_path)
         confine.chroot_into(root)
         points = _open_attach_points(spec, args.panic_on_write)

@@ -132,26 +132,44 @@ FDS_PER_FID = 3
 """Worst case host fds behind one fid: O_PATH fd, parent O_PATH fd, open fd."""
 
 
+FD_LIMIT_GOAL = 1 << 20
+"""RLIMIT_NOFILE we try to reach (Linux's default fs.nr_open).
+
+A Linux client mounted with cache=loose keeps a fid per cached dentry, so an
+``ls -l`` of a 10k-entry directory holds 10k fids (~2 host fds each); the usual
+soft/hard limits of 1024-20000 fds would make it fail with EMFILE.  Raising the
+hard limit needs CAP_SYS_RESOURCE: the daemon does it before it drops
+capabilities; unprivileged ``serve`` settles for its hard limit."""
+
+
+def raise_fd_limit() -> int:
+    """Raise RLIMIT_NOFILE as far as allowed (idempotent); returns the soft limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return FD_LIMIT_GOAL
+    for want in (max(hard, FD_LIMIT_GOAL) if hard != resource.RLIM_INFINITY else FD_LIMIT_GOAL, hard):
+        if want == resource.RLIM_INFINITY or want <= soft:
+            continue
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(want, hard)))
+            return want
+        except (OSError, ValueError):
+            continue
+    return soft
+
+
 def fid_cap(max_fids: int) -> int:
     """Fids one connection may hold, so that no connection can starve the others of fds.
 
     All connections of a gofer share one process fd table (the daemon serves the
-    root and every 9P mount from one process).  The soft RLIMIT_NOFILE is raised
-    to the hard limit once, then one connection gets at most half of it (at
+    root and every 9P mount from one process).  The fd limit is raised first
+    (:func:`raise_fd_limit`), then one connection gets at most half of it (at
     ``FDS_PER_FID`` fds per fid): a hoarding client hits EMFILE on its own
     connection while the others keep at least half the table.
     """
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (OSError, ValueError):
-            pass
-    if soft == resource.RLIM_INFINITY:
-        return max_fids
+    soft = raise_fd_limit()
     return min(max_fids, max(64, (soft - 64) // (FDS_PER_FID * 2)))
 
 
