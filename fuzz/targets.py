@@ -81,8 +81,13 @@ def empty_dir(path: Path) -> None:
         if entry.is_dir(follow_symlinks=False):
             for root, dirs, _files in os.walk(p):
                 for d in dirs:
+                    sub = os.path.join(root, d)
+                    if os.path.islink(sub):
+                        # os.walk lists symlinks to directories in ``dirs``: chmod would
+                        # follow one the fuzzer pointed at "/" (this chmod'ed / to 0700)
+                        continue
                     try:
-                        os.chmod(os.path.join(root, d), 0o700)
+                        os.chmod(sub, 0o700)
                     except OSError:
                         pass
             try:
