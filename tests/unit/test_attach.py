@@ -13,11 +13,12 @@ import socket
 import stat
 import struct
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sessionops import clunk, err, lopen, read, walk, write
 
 from gofer9p.attach import AttachPoint, Session, is_blocking
 from gofer9p.protocol import constants as C
@@ -90,34 +91,6 @@ def s(point: AttachPoint) -> Iterator[Session]:
     sess.attach(Tattach(1, ROOT, NOFID, b"", b"", 0))
     yield sess
     sess.reset()
-
-
-def err(code: int, fn: Callable[..., Any], *args: Any, **kw: Any) -> None:
-    with pytest.raises(OSError) as ei:
-        fn(*args, **kw)
-    assert ei.value.errno == code, (errno.errorcode.get(ei.value.errno), errno.errorcode[code])
-
-
-def walk(s: Session, newfid: int, *names: bytes, fid: int = ROOT) -> list[Qid]:
-    return s.walk(Twalk(1, fid, newfid, list(names))).wqids
-
-
-def lopen(s: Session, fid: int, flags: int = C.L_O_RDONLY) -> None:
-    s.lopen(Tlopen(1, fid, flags))
-
-
-def read(s: Session, fid: int, offset: int = 0, count: int = 4096) -> bytes:
-    buf = bytearray(count)
-    n = s.read_into(fid, offset, memoryview(buf))
-    return bytes(buf[:n])
-
-
-def write(s: Session, fid: int, data: bytes, offset: int = 0) -> int:
-    return s.write(Twrite(1, fid, offset, data)).count
-
-
-def clunk(s: Session, fid: int) -> None:
-    s.clunk(Tclunk(1, fid))
 
 
 def open_file(s: Session, fid: int, name: bytes, flags: int = C.L_O_RDONLY) -> None:
@@ -1268,7 +1241,7 @@ def test_xattr_buffers_are_bounded_per_session(s: Session, root: Path) -> None:
     """Uncommitted xattr fids cannot pin more than XATTR_SESSION_MAX bytes: past it
     Txattrcreate is ENOMEM; clunking the fids gives the budget back."""
     from gofer9p.attach.session import XATTR_MAX, XATTR_SESSION_MAX
-    from gofer9p.protocol.messages import Tclunk, Txattrcreate
+    from gofer9p.protocol.messages import Txattrcreate
 
     (root / "f").write_bytes(b"x")
     per = XATTR_SESSION_MAX // XATTR_MAX

@@ -19,11 +19,11 @@ import os
 import socket
 import stat
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from sessionops import clunk, err, lopen, read, walk, write
 
 from gofer9p.attach import AttachPoint, Session
 from gofer9p.attach import session as sm
@@ -31,7 +31,6 @@ from gofer9p.protocol import constants as C
 from gofer9p.protocol.messages import (
     Qid,
     Tattach,
-    Tclunk,
     Tfsync,
     Tgetattr,
     Tgetlock,
@@ -118,34 +117,6 @@ def _setattr(s: Session, fid: int, valid: int, **kw: int) -> None:
     args = dict(mode=0, uid=0, gid=0, size=0, atime_sec=0, atime_nsec=0, mtime_sec=0, mtime_nsec=0)
     args.update(kw)
     s.setattr(Tsetattr(1, fid, valid, **args))
-
-
-def err(code: int, fn: Callable[..., Any], *args: Any, **kw: Any) -> None:
-    with pytest.raises(OSError) as ei:
-        fn(*args, **kw)
-    assert ei.value.errno == code, (errno.errorcode.get(ei.value.errno or 0), errno.errorcode[code])
-
-
-def walk(s: Session, newfid: int, *names: bytes, fid: int = ROOT) -> list[Qid]:
-    return s.walk(Twalk(1, fid, newfid, list(names))).wqids
-
-
-def lopen(s: Session, fid: int, flags: int = C.L_O_RDONLY) -> None:
-    s.lopen(Tlopen(1, fid, flags))
-
-
-def read(s: Session, fid: int, offset: int = 0, count: int = 4096) -> bytes:
-    buf = bytearray(count)
-    n = s.read_into(fid, offset, memoryview(buf))
-    return bytes(buf[:n])
-
-
-def write(s: Session, fid: int, data: bytes, offset: int = 0) -> int:
-    return s.write(Twrite(1, fid, offset, data)).count
-
-
-def clunk(s: Session, fid: int) -> None:
-    s.clunk(Tclunk(1, fid))
 
 
 def fd_count() -> int:
