@@ -1282,7 +1282,7 @@ class Session:
     def read_into(self, fid: int, offset: int, view: memoryview) -> int:
         """Tread: fill ``view`` from the fid at ``offset`` (preadv, no copy); bytes read.
 
-        An opened directory gives EISDIR (from the kernel), an unopened fid EBADF.
+        An opened directory gives EISDIR (whatever the count), an unopened fid EBADF.
         """
         f = self._get(fid)
         try:
@@ -1296,8 +1296,11 @@ class Session:
                     view[:n] = memoryview(buf)[offset:offset + n]
                     return n
                 raise _err(errno.EBADF)
-            if f.fmt == _FIFO:
+            fmt = f.fmt
+            if fmt == _FIFO:
                 return os.readv(ofd, [view])
+            if fmt == _DIR:  # the kernel says EISDIR too, but not for a 0-byte read
+                raise _err(errno.EISDIR)
             return _preadv(ofd, [view], offset)
         except OverflowError:
             raise _err(errno.EINVAL) from None

@@ -1254,3 +1254,13 @@ def test_xattr_buffers_are_bounded_per_session(s: Session, root: Path) -> None:
         with pytest.raises(OSError):  # never filled: the commit at clunk is EINVAL
             s.clunk(Tclunk(1, 100 + i))
     s.xattrcreate(Txattrcreate(1, 99, b"user.a", XATTR_MAX, 0))
+
+
+def test_zero_byte_read_of_an_opened_directory_is_eisdir(s: Session, root: Path) -> None:
+    """Found by the fuzzer: preadv of 0 bytes on a directory succeeds on the host, but a
+    Tread of an opened directory is EISDIR whatever its count (Treaddir is the way)."""
+    (root / "d").mkdir()
+    walk(s, 1, b"d")
+    lopen(s, 1)
+    err(errno.EISDIR, s.read_into, 1, 0, memoryview(bytearray(0)))
+    err(errno.EISDIR, s.read_into, 1, 0, memoryview(bytearray(16)))
