@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import socket
 import struct
+from pathlib import Path
 
 import pytest
 import trio
@@ -234,3 +235,73 @@ async def test_reply_tag_and_type_match(server: Served) -> None:
     r = await _raw_reply(server, frame)
     assert isinstance(r, M.Rgetattr) and r.tag == 4321
     assert decode(encode(r)) == r
+
+
+
+async def _frames_until(sock: socket.socket, want_tags: set[int]) -> list[M.Message]:
+    """Raw replies read off ``sock`` until every tag in ``want_tags`` was answered."""
+    got: list[M.Message] = []
+    buf = b""
+    with trio.fail_after(10):
+        while want_tags - {m.tag for m in got}:
+            await trio.lowlevel.wait_readable(sock)
+            buf += sock.recv(65536)
+            while len(buf) >= 4 and len(buf) >= struct.unpack_from("<I", buf)[0]:
+                size = struct.unpack_from("<I", buf)[0]
+                got.append(decode(buf[:size]))
+                buf = buf[size:]
+    return got
+
+
+async def _raw_session(export: Path, nursery: trio.Nursery) -> socket.socket:
+    """A server on a socketpair, versioned, fid 1 attached and fid 2 an opened clone."""
+    from gofer9p.attach import AttachPoint
+    from gofer9p.server import serve
+
+    a, b = socket.socketpair()
+    nursery.start_soon(serve, a, AttachPoint.open(str(export)))
+    b.setblocking(False)
+    b.sendall(
+        encode(M.Tversion(tag=C.NOTAG, msize=65536, version=b"9P2000.L"))
+        + encode(M.Tattach(tag=1, fid=1, afid=C.NOFID, uname=b"root", aname=b"", n_uname=0))
+        + encode(M.Twalk(tag=2, fid=1, newfid=2, wnames=[]))
+        + encode(M.Tlopen(tag=3, fid=2, flags=C.L_O_RDONLY))
+    )
+    got = await _frames_until(b, {C.NOTAG, 1, 2, 3})
+    assert not any(isinstance(m, M.Rlerror) for m in got), got
+    return b
+
+
+async def test_flush_of_a_threaded_request_answers_after_it(
+    export: Path, nursery: trio.Nursery
+) -> None:
+    """Tfsync runs in a worker thread; a Tflush right behind it is answered only after the
+    fsync's reply was sent or dropped, and the connection carries on."""
+    b = await _raw_session(export, nursery)
+    b.sendall(encode(M.Tfsync(tag=10, fid=2, datasync=0)) + encode(M.Tflush(tag=11, oldtag=10)))
+    got = await _frames_until(b, {11})
+    assert isinstance(got[-1], M.Rflush)
+    assert all(m.tag == 10 for m in got[:-1])  # an Rfsync, if any, came before the Rflush
+    b.sendall(encode(M.Tgetattr(tag=12, fid=2, request_mask=C.GETATTR_BASIC)))
+    (r,) = await _frames_until(b, {12})
+    assert isinstance(r, M.Rgetattr)
+    b.close()
+
+
+async def test_version_mid_session_waits_for_threaded_requests(
+    export: Path, nursery: trio.Nursery
+) -> None:
+    """Tversion behind a threaded Tfsync: the fsync is answered or dropped, then Rversion, and
+    every fid of the old session is gone."""
+    b = await _raw_session(export, nursery)
+    b.sendall(
+        encode(M.Tfsync(tag=20, fid=2, datasync=0))
+        + encode(M.Tversion(tag=C.NOTAG, msize=65536, version=b"9P2000.L"))
+    )
+    got = await _frames_until(b, {C.NOTAG})
+    assert isinstance(got[-1], M.Rversion) and got[-1].version == b"9P2000.L"
+    assert all(m.tag == 20 for m in got[:-1])
+    b.sendall(encode(M.Tgetattr(tag=21, fid=2, request_mask=1)))
+    (r,) = await _frames_until(b, {21})
+    assert isinstance(r, M.Rlerror) and r.ecode == errno.EBADF
+    b.close()
