@@ -146,14 +146,16 @@ def raise_fd_limit() -> int:
     """Raise RLIMIT_NOFILE as far as allowed (idempotent); returns the soft limit."""
     import resource
 
+    inf = resource.RLIM_INFINITY
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
+    if soft == inf:
         return FD_LIMIT_GOAL
-    for want in (max(hard, FD_LIMIT_GOAL) if hard != resource.RLIM_INFINITY else FD_LIMIT_GOAL, hard):
-        if want == resource.RLIM_INFINITY or want <= soft:
+    # the goal (raising the hard limit needs CAP_SYS_RESOURCE), else up to the hard limit
+    for want in (FD_LIMIT_GOAL if hard == inf else max(hard, FD_LIMIT_GOAL), hard):
+        if want == inf or want <= soft:
             continue
         try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(want, hard)))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard if hard == inf else want))
             return want
         except (OSError, ValueError):
             continue
@@ -171,6 +173,19 @@ def fid_cap(max_fids: int) -> int:
     """
     soft = raise_fd_limit()
     return min(max_fids, max(64, (soft - 64) // (FDS_PER_FID * 2)))
+
+
+def _unsent(bufs: list[Any], n: int) -> list[Any]:
+    """The buffers (the first one cut) that a sendmsg which wrote ``n`` bytes left."""
+    i = 0
+    while n:
+        ln = len(bufs[i])
+        if n >= ln:
+            n -= ln
+            i += 1
+        else:
+            return [memoryview(bufs[i])[n:], *bufs[i + 1 :]]
+    return bufs[i:]
 
 
 def _rlerror(tag: int, err: int) -> bytes:
@@ -236,16 +251,7 @@ class Connection:
                 except BlockingIOError:
                     await trio.lowlevel.wait_writable(sock)
                     continue
-                # drop what was written
-                while n:
-                    first = bufs[0]
-                    ln = len(first)
-                    if n >= ln:
-                        n -= ln
-                        bufs.pop(0)
-                    else:
-                        bufs[0] = memoryview(first)[n:]
-                        n = 0
+                bufs = _unsent(bufs, n)
         finally:
             lock.release()
 
@@ -263,21 +269,9 @@ class Connection:
                 n = self.sock.sendmsg(bufs)
             except BlockingIOError:
                 n = 0
-            total = 0
-            for b in bufs:
-                total += len(b)
-            if n < total:
-                # drop what was written; the rest keeps its order under the lock
-                i = 0
-                while n:
-                    ln = len(bufs[i])
-                    if n >= ln:
-                        n -= ln
-                        i += 1
-                    else:
-                        bufs[i] = memoryview(bufs[i])[n:]
-                        n = 0
-                await self._send(bufs[i:])
+            rest = _unsent(bufs, n)
+            if rest:  # keeps its order under the lock
+                await self._send(rest)
         else:
             for i in range(0, len(bufs), 512):
                 await self._send(bufs[i : i + 512])
@@ -410,29 +404,13 @@ class Connection:
                 start += size
                 try:
                     r = self._dispatch(mtype, tag, frame)
-                except _Background as bg:
+                except _Control as ctl:
+                    # replies queued so far go out first: the control step may await
                     if out:
                         await self._send_batched(out)
                         out = []
                         queued = 0
-                    await self._start_background(bg.msg, bg.handler)
-                    continue
-                except _FlushWait as fw:
-                    if out:
-                        await self._send_batched(out)
-                        out = []
-                        queued = 0
-                    assert self.nursery is not None
-                    self.nursery.start_soon(self._flush_after, fw.tag, fw.pending)
-                    continue
-                except _VersionReset as vr:
-                    if out:
-                        await self._send_batched(out)
-                        out = []
-                        queued = 0
-                    await self._reset_pending()
-                    out.append(vr.reply)
-                    continue
+                    r = await ctl.act(self)
                 if r is not None:
                     out.append(r)
                     queued += len(r)
@@ -484,7 +462,7 @@ class Connection:
         except ProtocolError as e:
             log.warning("%s: tag=%d malformed frame: %s", self.name, tag, e)
             return _rlerror(tag, errno.EINVAL)
-        except (_Background, _FlushWait, _VersionReset):
+        except _Control:
             raise
         except Exception:
             log.exception("%s: tag=%d internal error handling type %d", self.name, tag, mtype)
@@ -537,6 +515,10 @@ class Connection:
             self._lent.append(rb)
         else:
             rb = bytearray(11 + count)
+        return self._fill_rread(rb, tag, fid, offset, count)
+
+    def _fill_rread(self, rb: bytearray, tag: int, fid: int, offset: int, count: int) -> Any:
+        """Read into ``rb`` after its 11-byte header; the Rread frame (rb, or a view of it)."""
         mv = memoryview(rb)
         n = self.session.read_into(fid, offset, mv[11 : 11 + count])
         _RREAD_HDR.pack_into(rb, 0, 11 + n, C.MsgType.RREAD, tag, n)
@@ -597,33 +579,52 @@ class Connection:
             p.done.set()
 
     def _read_sync(self, msg: Any) -> Any:
-        rb = bytearray(11 + msg.count)
-        n = self.session.read_into(msg.fid, msg.offset, memoryview(rb)[11:])
-        _RREAD_HDR.pack_into(rb, 0, 11 + n, C.MsgType.RREAD, msg.tag, n)
-        return memoryview(rb)[: 11 + n]
+        return self._fill_rread(bytearray(11 + msg.count), msg.tag, msg.fid, msg.offset, msg.count)
 
 
-class _Background(Exception):
-    """Control signal from _dispatch: run this request in a worker thread."""
+class _Control(Exception):
+    """Raised by the synchronous _dispatch for a request whose handling must await.
+
+    The receive loop sends the replies queued so far, then awaits ``act``; a
+    reply it returns is queued like an inline one.
+    """
+
+    async def act(self, conn: Connection) -> Any:
+        raise NotImplementedError
+
+
+class _Background(_Control):
+    """Run this request in a worker thread."""
 
     def __init__(self, msg: Any, handler: Callable[[Any], Message] | None) -> None:
         self.msg = msg
         self.handler = handler
 
+    async def act(self, conn: Connection) -> None:
+        await conn._start_background(self.msg, self.handler)
 
-class _FlushWait(Exception):
-    """Control signal: answer this Tflush once the pending request is done."""
+
+class _FlushWait(_Control):
+    """Answer this Tflush once the pending request is done."""
 
     def __init__(self, tag: int, pending: _Pending) -> None:
         self.tag = tag
         self.pending = pending
 
+    async def act(self, conn: Connection) -> None:
+        assert conn.nursery is not None
+        conn.nursery.start_soon(conn._flush_after, self.tag, self.pending)
 
-class _VersionReset(Exception):
-    """Control signal: Tversion must abandon background requests before replying."""
+
+class _VersionReset(_Control):
+    """Tversion must abandon background requests before replying."""
 
     def __init__(self, reply: bytes) -> None:
         self.reply = reply
+
+    async def act(self, conn: Connection) -> bytes:
+        await conn._reset_pending()
+        return self.reply
 
 
 def _peer_name(sock: socket.socket) -> str:
