@@ -11,6 +11,13 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # typing only: the serve path imports these lazily (start-up time)
+    import socket
+
+    from .attach import AttachPoint
+    from .server import ServerConfig
 
 LOG_FORMAT = "%(asctime)s.%(msecs)03dZ gofer9p %(levelname)s %(name)s: %(message)s"
 
@@ -127,14 +134,14 @@ def _serve_main(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve_closing(sock: object, point: object, config: object, name: str) -> None:
-    import socket
-
+async def _serve_closing(
+    sock: socket.socket, point: AttachPoint, config: ServerConfig, name: str
+) -> None:
+    """Serve one accepted connection and close it; an I/O error ends only that one."""
     from .server import serve
 
-    assert isinstance(sock, socket.socket)
     try:
-        await serve(sock, point, config, name=name)  # type: ignore[arg-type]
+        await serve(sock, point, config, name=name)
     except OSError as e:
         logging.getLogger("gofer9p.serve").warning("%s: I/O error: %s", name, e)
     finally:
