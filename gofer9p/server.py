@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import socket
 import struct
 from collections.abc import Callable
@@ -43,6 +44,7 @@ from typing import Any
 import attrs
 import trio
 
+from ._quietwait import QuietWait
 from .attach import AttachPoint, Session
 from .protocol import constants as C
 from .protocol._wire import HEADER
@@ -55,6 +57,7 @@ _TREAD = struct.Struct("<IQI")
 _RREAD_HDR = struct.Struct("<IBHI")
 _RLERROR = struct.Struct("<IBHI")
 _U32 = struct.Struct("<I")
+_DONTWAIT = socket.MSG_DONTWAIT  # the socket may be in blocking mode (see _quietwait)
 
 _MAY_BLOCK = frozenset({C.MsgType.TFSYNC, C.MsgType.TSETATTR, C.MsgType.TLOPEN, C.MsgType.TLCREATE})
 """Types that may go to a worker thread (Session.is_blocking decides).
@@ -206,6 +209,11 @@ class _Pending:
 class Connection:
     """State of one connection; see the module docstring for the contract."""
 
+    threaded = 0
+    """Requests of every connection now in worker threads: while there are
+    any, no receive may hold the thread in a blocking wait (their replies are
+    delivered through trio's wake-up socket, which that wait does not watch)."""
+
     def __init__(
         self,
         sock: socket.socket,
@@ -247,7 +255,7 @@ class Connection:
             sock = self.sock
             while bufs:
                 try:
-                    n = sock.sendmsg(bufs)
+                    n = sock.sendmsg(bufs, (), _DONTWAIT)
                 except BlockingIOError:
                     await trio.lowlevel.wait_writable(sock)
                     continue
@@ -266,7 +274,7 @@ class Connection:
             # this thread until we return or await.  Only what did not fit in
             # the socket buffer goes through the locked path.
             try:
-                n = self.sock.sendmsg(bufs)
+                n = self.sock.sendmsg(bufs, (), _DONTWAIT)
             except BlockingIOError:
                 n = 0
             rest = _unsent(bufs, n)
@@ -323,6 +331,8 @@ class Connection:
         wait_readable = trio.lowlevel.wait_readable
         drained = False  # the last recv left the socket empty: wait before the next
         busy = 0  # chunks handled since this task last yielded to the scheduler
+        quiet = QuietWait(sock)
+        idle_release = self.config.idle_release
         frame: memoryview | None = None
         r: Any = None
         out: list[Any] = []
@@ -343,41 +353,48 @@ class Connection:
                 else:
                     mv[0:n] = mv[start:end]
                 start, end = 0, n
+            got = -1
             if drained:
                 # A chunk of one request that left the socket empty: the client
                 # is waiting for the reply (QD1), so wait first instead of a
                 # recv that fails with EAGAIN (a syscall and an exception per
                 # request).  After a chunk of several requests (a pipelining
                 # client) more are likely there already: recv at once.
-                if bufsize > _SMALL_BUF or self._pool:
-                    # Holding max-msize buffers: if the client goes idle, give
-                    # them back (a server may have thousands of idle connections).
-                    with trio.move_on_after(self.config.idle_release) as idle:
+                big = bufsize > _SMALL_BUF or bool(self._pool)
+                got = quiet.recv_into(
+                    mv[end:], not Connection.threaded, idle_release if big else math.inf
+                )
+                if got < 0:
+                    if big:
+                        # Holding max-msize buffers: if the client goes idle, give
+                        # them back (a server may have thousands of idle connections).
+                        with trio.move_on_after(idle_release) as idle:
+                            await wait_readable(sock)
+                        if idle.cancelled_caught:
+                            self._pool.clear()
+                            n = end - start
+                            # the last frame's view and the last replies keep buffers alive
+                            frame = r = None
+                            out = []
+                            if bufsize > _SMALL_BUF and n <= _SMALL_BUF - 4096:
+                                bufsize = _SMALL_BUF
+                                nbuf = bytearray(bufsize)
+                                nbuf[:n] = mv[start:end]
+                                buf, mv = nbuf, memoryview(nbuf)
+                                start, end = 0, n
+                            await wait_readable(sock)
+                    else:
                         await wait_readable(sock)
-                    if idle.cancelled_caught:
-                        self._pool.clear()
-                        n = end - start
-                        # the last frame's view and the last replies keep buffers alive
-                        frame = r = None
-                        out = []
-                        if bufsize > _SMALL_BUF and n <= _SMALL_BUF - 4096:
-                            bufsize = _SMALL_BUF
-                            nbuf = bytearray(bufsize)
-                            nbuf[:n] = mv[start:end]
-                            buf, mv = nbuf, memoryview(nbuf)
-                            start, end = 0, n
-                        await wait_readable(sock)
-                else:
-                    await wait_readable(sock)
                 busy = 0
             room = bufsize - end
-            try:
-                got = recv_into(mv[end:])
-            except BlockingIOError:
-                drained = True
-                continue
-            except (ConnectionResetError, BrokenPipeError):
-                return "reset by peer"
+            if got < 0:
+                try:
+                    got = recv_into(mv[end:], 0, _DONTWAIT)
+                except BlockingIOError:
+                    drained = True
+                    continue
+                except (ConnectionResetError, BrokenPipeError):
+                    return "reset by peer"
             if got == 0:
                 return "EOF"
             end += got
@@ -544,6 +561,7 @@ class Connection:
         await self.inflight.acquire()
         p = _Pending(msg.tag)
         self.pending[msg.tag] = p
+        Connection.threaded += 1
         assert self.nursery is not None
         self.nursery.start_soon(self._background, msg, handler, p)
 
@@ -575,6 +593,7 @@ class Connection:
                     log.info("%s: tag=%d reply not sent: %s", self.name, tag, e)
         finally:
             del self.pending[tag]
+            Connection.threaded -= 1
             self.inflight.release()
             p.done.set()
 
