@@ -1094,9 +1094,16 @@ class Session:
             dfd = f.fd
             ofd = os.open(name, hflags, m.mode & 0o7777, dir_fd=dfd)
             try:
-                if self.point.can_chown:
-                    os.fchown(ofd, f.uid, _gid(m.gid))
                 st = _fstat(ofd)
+                if self.point.can_chown:
+                    uid, gid = f.uid, _gid(m.gid)
+                    # Skipped when the kernel already gave the file those ids: a
+                    # chown to the same ids changes nothing but the ctime, unless
+                    # it strips set-id bits (it does, even as root), so with
+                    # such bits it is done anyway and the result stays the same.
+                    if (st.st_uid != uid or (gid != -1 and st.st_gid != gid)
+                            or st.st_mode & 0o6000):
+                        os.fchown(ofd, uid, gid)
                 nfd = os.dup(ofd)
             except BaseException:
                 _close(ofd)
