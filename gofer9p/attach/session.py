@@ -852,6 +852,8 @@ class Session:
         ``newfid`` in use by another fid: EBADF.
         """
         names = m.wnames
+        if not names and m.newfid != m.fid:
+            return self._clone(m)
         if len(names) > C.MAXWELEM:
             raise _err(errno.E2BIG)
         f = self._get(m.fid)
@@ -878,6 +880,32 @@ class Session:
             return Rwalk(m.tag, qids)
         finally:
             self._put(f)
+
+    def _clone(self, m: Twalk) -> Rwalk:
+        """Twalk with no names into another fid number (the Linux client's
+        commonest walk), in one pass under the session lock: the fid cannot
+        lose its fds while it is in the table and the lock is held (only
+        ``dup`` runs under it), so no reference is taken, and ``fd``,
+        ``parent`` and the rest are read consistently."""
+        fids = self._fids
+        newfid = m.newfid
+        with self._lock:
+            f = fids.get(m.fid)
+            if f is None or f.xmode or f.fd < 0 or newfid in fids:
+                raise _err(errno.EBADF)
+            if len(fids) >= self.max_fids:
+                raise _err(errno.EMFILE)
+            parent = f.parent
+            if parent >= 0:
+                parent = os.dup(parent)
+            try:
+                fd = os.dup(f.fd)
+            except BaseException:
+                if parent >= 0:
+                    _close(parent)
+                raise
+            fids[newfid] = _Fid(fd, parent, f.path, f.uid, f.dev, f.ino, f.fmt, f.qid)
+        return Rwalk(m.tag, [])
 
     def clunk(self, m: Tclunk) -> Rclunk:
         """Free ``fid``; an xattrcreate fid commits here and reports the commit's error."""
