@@ -161,6 +161,7 @@ _O_CREATE = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # qid type by d_type (indexable by any byte value)
 _DT_QTYPES = bytes(0x80 if t == C.DT_DIR else 0x02 if t == C.DT_LNK else 0 for t in range(256))
 _INO_LIMIT = 1 << 56
+_UP = tuple(b"/".join([b".."] * k) for k in range(1, 33))  # "..", "../..", ... (see _inside)
 _FMT_DT = {
     _DIR: C.DT_DIR, _REG: C.DT_REG, _LNK: C.DT_LNK, _FIFO: C.DT_FIFO,
     _CHR: C.DT_CHR, _BLK: C.DT_BLK, stat.S_IFSOCK: C.DT_SOCK,
@@ -478,29 +479,47 @@ class Session:
     def _inside(self, dfd: int) -> bool:
         """Whether directory ``dfd`` is the attach root or below it.
 
-        Walks up with ``openat("..")`` until it meets the root (True) or the
+        Walks up the chain of parents until it meets the root (True) or the
         top of the file system (False).  Only needed where a directory was
         reached by going *up* or could have been moved by someone else: a
         sandbox alone cannot move anything out of its tree (renames are
         relative to fds inside it), but the host can, and a directory moved
         out must not become a way to list, walk or change what is outside.
         More than 4096 levels up without meeting the root counts as outside.
+
+        The k-th parent is looked at with one ``fstatat(dfd, "../" * k)``
+        (up to 32 levels, then the walk goes on from an fd of the 32nd
+        parent): each ``..`` of that lookup is the kernel's same step as an
+        ``openat(fd, "..")`` (mounts and the chroot included), and a lookup
+        that ends at the root's inode has followed an actual chain of
+        parents from ``dfd`` to the root at that moment, so the answer is as
+        strong as walking up with an fd per level, for one system call per
+        level instead of three (open, fstat, close).
         """
         rdev, rino = self.point.root_dev, self.point.root_ino
         st = _fstat(dfd)
+        dev, ino = st.st_dev, st.st_ino
+        if ino == rino and dev == rdev:
+            return True
         cur, owned = dfd, False
         try:
-            for _ in range(4096):
-                if st.st_ino == rino and st.st_dev == rdev:
-                    return True
-                nfd = os.open(b"..", _O_PATH_DIR, dir_fd=cur)
+            for _ in range(4096 // len(_UP)):
+                for up in _UP:
+                    st = os.stat(up, dir_fd=cur, follow_symlinks=False)
+                    if st.st_ino == rino and st.st_dev == rdev:
+                        return True
+                    if st.st_ino == ino and st.st_dev == dev:
+                        return False  # "/" (or the chroot's root) is its own parent
+                    dev, ino = st.st_dev, st.st_ino
+                # Neither within len(_UP) levels: go on from that directory's fd.
+                nfd = os.open(_UP[-1], _O_PATH_DIR, dir_fd=cur)
                 if owned:
                     _close(cur)
                 cur, owned = nfd, True
-                nst = _fstat(nfd)
-                if nst.st_ino == st.st_ino and nst.st_dev == st.st_dev:
-                    return False  # "/" (or the chroot's root) is its own parent
-                st = nst
+                st = _fstat(nfd)
+                dev, ino = st.st_dev, st.st_ino
+                if ino == rino and dev == rdev:
+                    return True
             return False
         finally:
             if owned:
