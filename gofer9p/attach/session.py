@@ -187,6 +187,15 @@ def _gid(gid: int) -> int:
     return -1 if gid == C.NONUNAME else gid
 
 
+def _redup(
+    pident: tuple[int, int, int] | None, old: int, new: int
+) -> tuple[int, int, int] | None:
+    """The ``pident`` of a parent fd ``new`` dup'ed from ``old`` (same inode)."""
+    if pident is not None and pident[0] == old:
+        return (new, pident[1], pident[2])
+    return None
+
+
 # Whether re-opening by file handle may work (False once it failed for lack of privilege).
 _handles_ok = {"reopen": True}
 _HANDLE_UNSUPPORTED = frozenset(
@@ -203,7 +212,10 @@ class _Fid:
     ``fd`` is an O_PATH fd of the file (-1 for an xattr-read fid), ``parent``
     an O_PATH fd of the directory it was reached from (non-directories only,
     else -1), ``path`` the names from the attach root (a hint, see the module
-    docstring), ``ofd`` the open fd after Tlopen/Tlcreate.
+    docstring), ``ofd`` the open fd after Tlopen/Tlcreate.  ``pident`` is
+    ``(fd, st_dev, st_ino)`` of a parent fd whose identity is known (an fd's
+    inode never changes), or None; it is only believed while its fd number
+    still is ``parent`` (see :meth:`Session._inside`).
     """
 
     __slots__ = (
@@ -219,6 +231,7 @@ class _Fid:
         "ofd",
         "parent",
         "path",
+        "pident",
         "qid",
         "refs",
         "retired",
@@ -236,9 +249,11 @@ class _Fid:
     def __init__(
         self, fd: int, parent: int, path: tuple[bytes, ...], uid: int,
         dev: int, ino: int, fmt: int, qid: Qid,
+        pident: tuple[int, int, int] | None = None,
     ) -> None:
         self.fd = fd
         self.parent = parent
+        self.pident = pident
         self.path = path
         self.uid = uid
         self.dev = dev
@@ -476,7 +491,7 @@ class Session:
     def _is_root(self, f: _Fid) -> bool:
         return f.ino == self.point.root_ino and f.dev == self.point.root_dev
 
-    def _inside(self, dfd: int) -> bool:
+    def _inside(self, dfd: int, ident: tuple[int, int, int] | None = None) -> bool:
         """Whether directory ``dfd`` is the attach root or below it.
 
         Walks up the chain of parents until it meets the root (True) or the
@@ -495,10 +510,20 @@ class Session:
         parents from ``dfd`` to the root at that moment, so the answer is as
         strong as walking up with an fd per level, for one system call per
         level instead of three (open, fstat, close).
+
+        ``ident``: a fid's ``pident``, ``(fd, st_dev, st_ino)`` from an fstat
+        of that fd or of the one it was dup'ed from; it spares the fstat of
+        ``dfd`` when its fd is ``dfd``.  The caller holds a reference on the
+        fid, so that fd number cannot have been closed and reused meanwhile
+        (an fid's replaced fds are retired until the last reference goes),
+        and every assignment to ``parent`` sets or clears ``pident``.
         """
         rdev, rino = self.point.root_dev, self.point.root_ino
-        st = _fstat(dfd)
-        dev, ino = st.st_dev, st.st_ino
+        if ident is not None and ident[0] == dfd:
+            _, dev, ino = ident
+        else:
+            st = _fstat(dfd)
+            dev, ino = st.st_dev, st.st_ino
         if ino == rino and dev == rdev:
             return True
         cur, owned = dfd, False
@@ -559,15 +584,16 @@ class Session:
             if st.st_ino != f.ino or st.st_dev != f.dev:
                 raise _err(errno.ESTALE)
             return f.parent, name, False
+        ident = None
         if f.parent >= 0:
-            pfd, owned = f.parent, False
+            pfd, owned, ident = f.parent, False, f.pident
         elif f.fmt == _DIR and f.fd >= 0:
             pfd, owned = os.open(b"..", _O_PATH_DIR, dir_fd=f.fd), True
         else:
             raise _err(errno.EBADF)
         try:
             checked = owned or mutating
-            if checked and not self._inside(pfd):
+            if checked and not self._inside(pfd, ident):
                 raise _err(errno.ENOENT)
             name = f.path[-1] if f.path else b""
             if name:
@@ -577,7 +603,7 @@ class Session:
                         return pfd, name, owned
                 except OSError:
                     pass
-            if not checked and not self._inside(pfd):
+            if not checked and not self._inside(pfd, ident):
                 raise _err(errno.ENOENT)
             name = self._find_name(pfd, f)
             f.path = (*f.path[:-1], name)
@@ -703,6 +729,7 @@ class Session:
                             g.retired.append(g.parent)
                         else:
                             stale.append(g.parent)
+                        g.pident = None  # newdir's identity is not known here
                         g.parent = nfd
         for fd in stale:
             _close(fd)
@@ -723,6 +750,12 @@ class Session:
         cur, cur_owned = f.fd, False
         # A walk that never moves (only ".." at a file root) clones f, parent included.
         prev, prev_owned = f.parent, False
+        # prev's identity (pino -1: unknown), as (dev, ino) is cur's
+        pident = f.pident
+        if pident is not None and pident[0] == prev:
+            _, pdev, pino = pident
+        else:
+            pdev, pino = 0, -1
         dev, ino, fmt, qid = f.dev, f.ino, f.fmt, f.qid
         path = list(f.path)
         try:
@@ -767,6 +800,7 @@ class Session:
                 if prev_owned:
                     _close(prev)
                 prev, prev_owned = cur, cur_owned
+                pdev, pino = dev, ino
                 cur, cur_owned = nfd, True
                 dev, ino, fmt = st.st_dev, st.st_ino, st.st_mode & _S_IFMT
                 if name != b"..":
@@ -794,7 +828,8 @@ class Session:
                         _close(parent)
                     raise
                 cur_owned = True
-            nf = _Fid(cur, parent, tuple(path), f.uid, dev, ino, fmt, qid)
+            pident = (parent, pdev, pino) if parent >= 0 and pino >= 0 else None
+            nf = _Fid(cur, parent, tuple(path), f.uid, dev, ino, fmt, qid, pident)
             cur_owned = False
             return qids, nf
         finally:
@@ -883,14 +918,22 @@ class Session:
             if not same and m.newfid in self._fids:
                 raise _err(errno.EBADF)
             if not names:
-                parent = os.dup(f.parent) if f.parent >= 0 else -1
+                parent, pident = f.parent, f.pident
+                if parent >= 0:
+                    nparent = os.dup(parent)
+                    pident = _redup(pident, parent, nparent)
+                    parent = nparent
+                else:
+                    pident = None
                 try:
                     fd = os.dup(f.fd)
                 except BaseException:
                     if parent >= 0:
                         _close(parent)
                     raise
-                nf: _Fid | None = _Fid(fd, parent, f.path, f.uid, f.dev, f.ino, f.fmt, f.qid)
+                nf: _Fid | None = _Fid(
+                    fd, parent, f.path, f.uid, f.dev, f.ino, f.fmt, f.qid, pident
+                )
                 qids: list[Qid] = []
             else:
                 qids, nf = self._walk_names(f, names)
@@ -914,16 +957,20 @@ class Session:
                 raise _err(errno.EBADF)
             if len(fids) >= self.max_fids:
                 raise _err(errno.EMFILE)
-            parent = f.parent
+            parent, pident = f.parent, f.pident
             if parent >= 0:
-                parent = os.dup(parent)
+                nparent = os.dup(parent)
+                pident = _redup(pident, parent, nparent)
+                parent = nparent
+            else:
+                pident = None
             try:
                 fd = os.dup(f.fd)
             except BaseException:
                 if parent >= 0:
                     _close(parent)
                 raise
-            fids[newfid] = _Fid(fd, parent, f.path, f.uid, f.dev, f.ino, f.fmt, f.qid)
+            fids[newfid] = _Fid(fd, parent, f.path, f.uid, f.dev, f.ino, f.fmt, f.qid, pident)
         return Rwalk(m.tag, [])
 
     def clunk(self, m: Tclunk) -> Rclunk:
@@ -1166,6 +1213,7 @@ class Session:
                     if f.parent >= 0:
                         f.retired.append(f.parent)
                     f.parent = dfd
+                    f.pident = (dfd, f.dev, f.ino)  # dfd is this directory fid's own fd
                     f.fd = nfd
                     f.ofd = ofd
                     f.oacc = m.flags & C.L_O_ACCMODE
