@@ -48,7 +48,7 @@ from ._quietwait import QuietWait
 from .attach import AttachPoint, Session
 from .protocol import constants as C
 from .protocol._wire import HEADER
-from .protocol.codec import DECODERS, ENCODERS, ProtocolError
+from .protocol.codec import DECODERS, ENCODERS, RGETATTR, TGETATTR_BODY, ProtocolError
 from .protocol.messages import Message, Rflush, Rversion, Twrite
 
 log = logging.getLogger("gofer9p.server")
@@ -70,6 +70,9 @@ more than it saves.  Reads and writes of FIFOs and devices are threaded
 
 # plain ints: comparing with an IntEnum member costs an attribute lookup per frame
 _T_READ = int(C.MsgType.TREAD)
+_T_GETATTR = int(C.MsgType.TGETATTR)
+_R_GETATTR = int(C.MsgType.RGETATTR)
+_RGETATTR_SIZE = RGETATTR.size
 _T_VERSION = int(C.MsgType.TVERSION)
 _T_FLUSH = int(C.MsgType.TFLUSH)
 _T_WRITE = int(C.MsgType.TWRITE)
@@ -231,6 +234,7 @@ class Connection:
         self.max_frame = config.max_msize
         self.pending: dict[int, _Pending] = {}
         self.send_lock = trio.StrictFIFOLock()
+        self._sending = 0  # tasks in _send (holding or waiting for send_lock)
         self.inflight = trio.Semaphore(config.max_inflight)
         self.nursery: trio.Nursery | None = None
         self.closed = False
@@ -247,10 +251,15 @@ class Connection:
         # scheduler (a whole run-loop pass with an epoll_wait) even when the
         # lock is free, which is most of a QD1 round trip's overhead.
         lock = self.send_lock
+        self._sending += 1
         try:
             lock.acquire_nowait()
         except trio.WouldBlock:
-            await lock.acquire()
+            try:
+                await lock.acquire()
+            except BaseException:
+                self._sending -= 1
+                raise
         try:
             sock = self.sock
             while bufs:
@@ -262,13 +271,14 @@ class Connection:
                 bufs = _unsent(bufs, n)
         finally:
             lock.release()
+            self._sending -= 1
 
     async def _send_batched(self, bufs: list[Any]) -> None:
         """Send reply buffers; sendmsg takes at most IOV_MAX (1024) buffers a call.
 
         Pooled read buffers in ``bufs`` go back to the pool once written.
         """
-        if len(bufs) <= 512 and not self.closed and not self.send_lock.locked():
+        if len(bufs) <= 512 and not self.closed and not self._sending:
             # Fast path, no lock and no await: nobody is part-way through a
             # reply (that task would hold the lock), and nothing else runs in
             # this thread until we return or await.  Only what did not fit in
@@ -327,6 +337,8 @@ class Connection:
         mv = memoryview(buf)
         start = end = 0
         recv_into = sock.recv_into
+        sendmsg = sock.sendmsg
+        dispatch = self._dispatch
         flush_bytes = self.config.flush_bytes
         wait_readable = trio.lowlevel.wait_readable
         drained = False  # the last recv left the socket empty: wait before the next
@@ -420,7 +432,7 @@ class Connection:
                 frame = mv[start : start + size]
                 start += size
                 try:
-                    r = self._dispatch(mtype, tag, frame)
+                    r = dispatch(mtype, tag, frame)
                 except _Control as ctl:
                     # replies queued so far go out first: the control step may await
                     if out:
@@ -436,7 +448,16 @@ class Connection:
                         out = []
                         queued = 0
             if out:
-                await self._send_batched(out)
+                if self._sending or self._lent or self.closed or len(out) > 512:
+                    await self._send_batched(out)
+                else:
+                    # _send_batched's fast path, inline (the QD1 case: one reply)
+                    try:
+                        n = sendmsg(out, (), _DONTWAIT)
+                    except BlockingIOError:
+                        n = 0
+                    if n != queued:
+                        await self._send(_unsent(out, n))
             drained = got < room and self.frames - first <= 1
             busy += 1
             if busy >= 8 and not drained:
@@ -450,6 +471,12 @@ class Connection:
         try:
             if mtype == _T_READ:
                 return self._read(tag, frame)
+            if mtype == _T_GETATTR and len(frame) == 19 and self.msize and tag not in self.pending:
+                # the most frequent request of a mounted client: no message objects
+                fid, mask = TGETATTR_BODY.unpack_from(frame, 7)
+                return RGETATTR.pack(
+                    _RGETATTR_SIZE, _R_GETATTR, tag, *self.session.getattr_fields(fid, mask)
+                )
             dec = DECODERS.get(mtype)
             if dec is None or mtype & 1:
                 log.warning("%s: tag=%d unsupported message type %d", self.name, tag, mtype)

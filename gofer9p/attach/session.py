@@ -1009,7 +1009,14 @@ class Session:
     def getattr(self, m: Tgetattr) -> Rgetattr:
         """fstat of the fid's own fd.  ``valid`` = request_mask & BASIC (as gVisor;
         btime/gen/data_version are not available and never reported valid)."""
-        f = self._get(m.fid)
+        v = self.getattr_fields(m.fid, m.request_mask)
+        return Rgetattr(m.tag, v[0], Qid(v[1], v[2], v[3]), *v[4:])
+
+    def getattr_fields(self, fid: int, request_mask: int) -> tuple[int, ...]:
+        """Rgetattr's fields after the tag, flat and in wire order (qid as type,
+        version, path): what :meth:`getattr` answers, for a caller that packs
+        the reply itself (the server's Tgetattr fast path, no message objects)."""
+        f = self._get(fid)
         try:
             st = _fstat(f.fd)
             qid = f.qid
@@ -1018,11 +1025,11 @@ class Session:
         a = st.st_atime_ns
         mt = st.st_mtime_ns
         c = st.st_ctime_ns
-        return Rgetattr(
-            m.tag, m.request_mask & C.GETATTR_BASIC, qid, st.st_mode, st.st_uid, st.st_gid,
-            st.st_nlink, st.st_rdev, st.st_size, st.st_blksize, st.st_blocks,
-            (a // _NS) & _MASK64, a % _NS, (mt // _NS) & _MASK64, mt % _NS,
-            (c // _NS) & _MASK64, c % _NS, 0, 0, 0, 0,
+        return (
+            request_mask & C.GETATTR_BASIC, qid.type, qid.version, qid.path,
+            st.st_mode, st.st_uid, st.st_gid, st.st_nlink, st.st_rdev, st.st_size,
+            st.st_blksize, st.st_blocks, (a // _NS) & _MASK64, a % _NS,
+            (mt // _NS) & _MASK64, mt % _NS, (c // _NS) & _MASK64, c % _NS, 0, 0, 0, 0,
         )
 
     def setattr(self, m: Tsetattr) -> Rsetattr:

@@ -46,6 +46,13 @@ class Dirent(NamedTuple):
 DECODERS: dict[int, Callable[[Any, int], Message]] = _generated.DECODERS
 ENCODERS: dict[type, Callable[[Any], bytes]] = _generated.ENCODERS
 
+RGETATTR: struct.Struct = _generated._E_Rgetattr
+"""The whole Rgetattr frame as one fixed layout: size (160), type, tag, valid,
+qid type/version/path, then the attribute fields in wire order.  The server's
+Tgetattr fast path packs it directly from a stat (no message objects)."""
+TGETATTR_BODY = struct.Struct("<IQ")
+"""Tgetattr's body (fid, request_mask); a frame of any other size is malformed."""
+
 
 def decode_body(mtype: int, tag: int, body: Buffer) -> Message:
     """Decode the body of a frame whose header was already parsed.
