@@ -52,6 +52,7 @@ BLOCK_S = 0.02
 """Longest a blocking receive holds the thread (the SO_RCVTIMEO it sets)."""
 
 _DONTWAIT = socket.MSG_DONTWAIT
+_INF = math.inf
 
 
 def _run_loop_frame() -> Any:
@@ -128,7 +129,6 @@ class QuietWait:
         "_frame",
         "_idle",
         "_instruments",
-        "_own",
         "_pass",
         "_poll",
         "_registered",
@@ -136,6 +136,7 @@ class QuietWait:
         "_sock",
         "_sockfd",
         "_task",
+        "_wakefd",
     )
 
     def __init__(self, sock: socket.socket) -> None:
@@ -163,7 +164,7 @@ class QuietWait:
         self._frame = _run_loop_frame()
         self._pass = -1  # the scheduler pass (task._schedule_points) known to have no other task
         self._sockfd = sock.fileno()
-        self._own = frozenset({wakefd})
+        self._wakefd = wakefd
         self._registered = io._registered
         self._runq = runner.runq
         self._idle = runner.waiting_for_idle
@@ -194,15 +195,18 @@ class QuietWait:
             if batch:
                 return -1
             self._pass = self._task._schedule_points
-        left = min(self._deadlines.next_deadline() - self._clock.current_time(), limit)
-        if left <= 0:
-            return -1
-        if may_block and left > BLOCK_S and self._registered.keys() <= self._own:
+        left = self._deadlines.next_deadline()
+        if left != _INF or limit != _INF:
+            left = min(left - self._clock.current_time(), limit)
+            if left <= 0:
+                return -1
+        reg = self._registered
+        if may_block and left > BLOCK_S and len(reg) == 1 and self._wakefd in reg:
             try:
                 return self._sock.recv_into(view)
             except BlockingIOError:  # SO_RCVTIMEO: nothing for BLOCK_S, let trio wait
                 return -1
-        events = p.poll(-1 if left == math.inf else max(1, math.ceil(left * 1000)))
+        events = p.poll(-1 if left == _INF else max(1, math.ceil(left * 1000)))
         if len(events) != 1 or events[0][0] != self._sockfd:
             return -1
         try:

@@ -59,7 +59,7 @@ _RLERROR = struct.Struct("<IBHI")
 _U32 = struct.Struct("<I")
 _DONTWAIT = socket.MSG_DONTWAIT  # the socket may be in blocking mode (see _quietwait)
 
-_MAY_BLOCK = frozenset({C.MsgType.TFSYNC, C.MsgType.TSETATTR, C.MsgType.TLOPEN, C.MsgType.TLCREATE})
+_MAY_BLOCK = frozenset({C.MsgType.TFSYNC, C.MsgType.TSETATTR, C.MsgType.TLOPEN})
 """Types that may go to a worker thread (Session.is_blocking decides).
 
 Reads and writes of regular files are not among them: on local filesystems a
@@ -77,6 +77,7 @@ _T_VERSION = int(C.MsgType.TVERSION)
 _T_FLUSH = int(C.MsgType.TFLUSH)
 _T_WRITE = int(C.MsgType.TWRITE)
 _MAY_BLOCK_INTS = frozenset(int(t) for t in _MAY_BLOCK)
+_NOT_PLAIN = _MAY_BLOCK_INTS | {_T_READ, _T_VERSION, _T_FLUSH, _T_WRITE, _T_GETATTR}
 
 _SMALL_BUF = 1 << 18
 """Receive buffer of a connection that has not sent (or no longer sends) large frames."""
@@ -230,6 +231,13 @@ class Connection:
         self.name = name
         self.session = Session(point, max_fids=fid_cap(config.max_fids), msize=config.max_msize)
         self.handlers: dict[int, Callable[[Any], Message]] = self.session.handlers
+        # (decoder, handler) of the types that are always handled inline with
+        # no check of their own: one lookup in _dispatch instead of the chain
+        self._plain: dict[int, tuple[Callable[[Any, int], Message], Callable[[Any], Message]]] = {
+            t: (DECODERS[t], h)
+            for t, h in self.handlers.items()
+            if t in DECODERS and t not in _NOT_PLAIN
+        }
         self.msize = 0  # 0 until Tversion
         self.max_frame = config.max_msize
         self.pending: dict[int, _Pending] = {}
@@ -477,6 +485,10 @@ class Connection:
                 return RGETATTR.pack(
                     _RGETATTR_SIZE, _R_GETATTR, tag, *self.session.getattr_fields(fid, mask)
                 )
+            plain = self._plain.get(mtype)
+            if plain is not None and self.msize and tag not in self.pending:
+                reply = plain[1](plain[0](frame[7:], tag))
+                return ENCODERS[type(reply)](reply)
             dec = DECODERS.get(mtype)
             if dec is None or mtype & 1:
                 log.warning("%s: tag=%d unsupported message type %d", self.name, tag, mtype)
