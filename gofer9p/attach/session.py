@@ -213,7 +213,11 @@ class _Fid:
     ``fd`` is an O_PATH fd of the file (-1 for an xattr-read fid), ``parent``
     an O_PATH fd of the directory it was reached from (non-directories only,
     else -1), ``path`` the names from the attach root (a hint, see the module
-    docstring), ``ofd`` the open fd after Tlopen/Tlcreate.  ``pident`` is
+    docstring), ``ofd`` the open fd after Tlopen/Tlcreate.  After Tlcreate
+    ``fd`` and ``ofd`` are the same fd (the created file's open fd also
+    serves as its handle: fstat, file-handle re-open and *at calls with an
+    empty path accept any fd); ``close`` and xattrcreate's retiring of
+    ``ofd`` close it once.  ``pident`` is
     ``(fd, st_dev, st_ino)`` of a parent fd whose identity is known (an fd's
     inode never changes), or None; it is only believed while its fd number
     still is ``parent`` (see :meth:`Session._inside`).
@@ -284,8 +288,9 @@ class _Fid:
             self.xacct[0] -= self.xcharge
             self.xcharge = 0
             self.xbuf = b""
-        fds = (self.fd, self.parent, self.ofd, *self.retired) if self.retired else (
-            self.fd, self.parent, self.ofd)
+        ofd = self.ofd if self.ofd != self.fd else -1  # lcreate: one fd is both
+        fds = (self.fd, self.parent, ofd, *self.retired) if self.retired else (
+            self.fd, self.parent, ofd)
         self.fd = self.parent = self.ofd = -1
         self.retired = []
         for fd in fds:
@@ -1207,7 +1212,6 @@ class Session:
                     if (st.st_uid != uid or (gid != -1 and st.st_gid != gid)
                             or st.st_mode & 0o6000):
                         os.fchown(ofd, uid, gid)
-                nfd = os.dup(ofd)
             except BaseException:
                 _close(ofd)
                 try:
@@ -1223,14 +1227,12 @@ class Session:
                         f.retired.append(f.parent)
                     f.parent = dfd
                     f.pident = (dfd, f.dev, f.ino)  # dfd is this directory fid's own fd
-                    f.fd = nfd
-                    f.ofd = ofd
+                    f.fd = f.ofd = ofd  # one fd for both (see _Fid): no dup, no extra close
                     f.oacc = m.flags & C.L_O_ACCMODE
                     f.path = (*f.path, name)
                     f.dev, f.ino, f.fmt, f.qid = st.st_dev, st.st_ino, _REG, qid
             if not ok:
                 _close(ofd)
-                _close(nfd)
                 raise _err(errno.EINVAL)
             return Rlcreate(m.tag, qid, 0)
         finally:
@@ -1765,8 +1767,10 @@ class Session:
                 ok = not f.xmode and f.fd >= 0
                 if ok:
                     if f.ofd >= 0:
-                        # The fid is an xattr fid now: no more file I/O through it.
-                        f.retired.append(f.ofd)
+                        # The fid is an xattr fid now: no more file I/O through it
+                        # (after Tlcreate that fd is also the fid's own fd: it stays).
+                        if f.ofd != f.fd:
+                            f.retired.append(f.ofd)
                         f.ofd = -1
                     self._charge_xattr(f, m.attr_size)
                     f.xmode = _XWRITE

@@ -305,3 +305,48 @@ async def test_non_user_namespaces_are_not_served(server: Served, ns: str) -> No
     with pytest.raises(P9Error):
         await _setxattr_sequence(c, fid, name.encode(), b"guest", 0)
     assert os.getxattr(p, name) == b"host"
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_xattrcreate_on_the_fid_tlcreate_opened(server: Served) -> None:
+    """After Tlcreate the fid's handle and open fd are one fd: turning that fid into
+    an xattr fid must keep it (no I/O through the fid any more, the xattr still
+    commits at clunk), and clunk must close it exactly once."""
+    c = server.client
+    counts = []
+    for name in ("made", "again"):  # the first round opens the mount's handle fd, kept for good
+        fid = await clone(c, server.root)
+        await c.lcreate(fid, name.encode(), C.L_O_RDWR, 0o644)
+        assert await c.write(fid, 0, b"data") == 4
+        await c.xattrcreate(fid, b"user.k", 3, 0)
+        assert await c.write(fid, 0, b"val") == 3  # goes to the xattr, not the file
+        await c.clunk(fid)
+        assert os.getxattr(server.export / name, "user.k") == b"val"
+        assert (server.export / name).read_bytes() == b"data"
+        counts.append(_open_fds())
+    assert counts[0] == counts[1]
+
+
+async def test_tlcreate_fid_clone_and_clunk_close_each_fd_once(server: Served) -> None:
+    """A clone of a created fid has its own fds; clunking both in either order
+    leaves no fd open and closes nothing that belongs to someone else."""
+    c = server.client
+    before = _open_fds()
+    for order in ("created-first", "clone-first"):
+        fid = await clone(c, server.root)
+        await c.lcreate(fid, f"f-{order}".encode(), C.L_O_RDWR, 0o644)
+        twin = await clone(c, fid)
+        assert await c.write(fid, 0, b"x") == 1
+        first, second = (fid, twin) if order == "created-first" else (twin, fid)
+        await c.clunk(first)
+        st = await c.getattr(second)  # the other one's fd is still its own
+        assert st.size == 1
+        await c.clunk(second)
+        assert _open_fds() == before
+    # and the session still works with fresh fds after those closes
+    probe = await clone(c, server.root)
+    await c.getattr(probe)
+    await c.clunk(probe)
