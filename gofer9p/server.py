@@ -346,6 +346,7 @@ class Connection:
         start = end = 0
         recv_into = sock.recv_into
         sendmsg = sock.sendmsg
+        send = sock.send
         dispatch = self._dispatch
         flush_bytes = self.config.flush_bytes
         wait_readable = trio.lowlevel.wait_readable
@@ -461,7 +462,8 @@ class Connection:
                 else:
                     # _send_batched's fast path, inline (the QD1 case: one reply)
                     try:
-                        n = sendmsg(out, (), _DONTWAIT)
+                        # one reply (QD1): send() skips sendmsg's list-to-iovec work
+                        n = send(out[0], _DONTWAIT) if len(out) == 1 else sendmsg(out, (), _DONTWAIT)
                     except BlockingIOError:
                         n = 0
                     if n != queued:
