@@ -26,6 +26,12 @@ Contract of :func:`serve`:
 * ``Tversion`` starts a new session: background requests are cancelled and
   awaited, every fid is clunked.
 
+Waiting: after a chunk of one request (a client waiting for its reply), the
+loop waits for the next request itself, without a pass through trio's
+scheduler, when trio has nothing else to run (:mod:`gofer9p._quietwait`);
+otherwise through ``trio.lowlevel.wait_readable``.  The socket may therefore
+be in blocking mode: every other receive and send passes ``MSG_DONTWAIT``.
+
 Zero-copy: the socket is read into one reusable buffer; ``Twrite`` data is a
 memoryview of that buffer handed straight to ``pwrite``; ``Tread`` reads
 (``preadv``) straight into the reply buffer after its 11-byte header.

@@ -1,0 +1,121 @@
+"""One request at a time (QD1): latency and the server's user/system CPU per request.
+
+p9bench reports the server's CPU per unit of work as one number; this splits it
+into user and system time (from /proc/PID/stat), which is what tells Python
+overhead from kernel work (syscalls, wake-ups).  Client pinned to CPU 0, server
+to CPU 1, tmpfs export; run the servers alternately several times, the VM is noisy.
+
+    python benchmarks/qd1.py gofer9p|diod [--op getattr|read4k|create] [--ops N]
+
+``create`` is p9bench's create cycle (Twalk clone, Tlcreate, Twrite 4 KiB,
+Tremove); its figures are per file (4 requests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def _s(x: bytes) -> bytes:
+    return struct.pack("<H", len(x)) + x
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("server", choices=["gofer9p", "diod"])
+    ap.add_argument("--op", choices=["getattr", "read4k", "create"], default="getattr")
+    ap.add_argument("--ops", type=int, default=20000, help="requests measured")
+    a = ap.parse_args()
+    exp = tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    try:
+        return _run(a, exp)
+    finally:
+        shutil.rmtree(exp, ignore_errors=True)
+
+
+def _run(a: argparse.Namespace, exp: str) -> int:
+    with open(os.path.join(exp, "f"), "wb") as fh:
+        fh.write(os.urandom(1 << 20))
+    os.mkdir(os.path.join(exp, "scratch"))
+    c, s = socket.socketpair()
+    fd = str(s.fileno())
+    gofer = os.path.join(os.path.dirname(os.path.realpath(sys.executable)), "gofer9p")
+    cmd = {
+        "gofer9p": [gofer, "serve", "--fd", fd, exp],
+        "diod": ["diod", "-f", "-n", "-r", fd, "-w", fd, "-e", exp, "-L", "stderr"],
+    }[a.server]
+    p = subprocess.Popen(["taskset", "-c", "1", *cmd], pass_fds=[s.fileno()], stderr=subprocess.DEVNULL)
+    s.close()
+    os.sched_setaffinity(0, {0})
+
+    def rpc(t: int, tag: int, body: bytes) -> bytes:
+        c.sendall(struct.pack("<IBH", 7 + len(body), t, tag) + body)
+        size, rt, _ = struct.unpack("<IBH", c.recv(7, socket.MSG_WAITALL))
+        rest = c.recv(size - 7, socket.MSG_WAITALL) if size > 7 else b""
+        if rt == 7:
+            raise OSError(struct.unpack("<I", rest)[0], "Rlerror")
+        return rest
+
+    rpc(100, 0xFFFF, struct.pack("<I", 65536) + _s(b"9P2000.L"))
+    rpc(104, 1, struct.pack("<II", 0, 0xFFFFFFFF) + _s(b"root") + _s(exp.encode()) + struct.pack("<I", 0))
+    rpc(110, 1, struct.pack("<IIH", 0, 1, 1) + _s(b"f"))
+    rpc(12, 1, struct.pack("<II", 1, 0))  # Tlopen f read-only
+    rpc(110, 1, struct.pack("<IIH", 0, 2, 1) + _s(b"scratch"))
+    per = 1
+    if a.op == "getattr":
+        frames = [struct.pack("<IBHIQ", 19, 24, 1, 0, 0x7FF)]
+    elif a.op == "read4k":
+        frames = [struct.pack("<IBHIQI", 23, 116, 1, 1, random.randrange(256) * 4096, 4096) for _ in range(256)]
+    else:
+        per = 4
+        frames = []
+        for i in range(256):
+            nm = _s(b"c%05d" % i)
+            frames += [
+                struct.pack("<IBHIIH", 17, 110, 1, 2, 3, 0),
+                struct.pack("<IBHI", 7 + 4 + len(nm) + 12, 14, 1, 3) + nm + struct.pack("<III", 0o301, 0o644, 0),
+                struct.pack("<IBHIQI", 23 + 4096, 118, 1, 3, 0, 4096) + bytes(4096),
+                struct.pack("<IBHI", 11, 122, 1, 3),
+            ]
+
+    def cpu() -> tuple[int, int]:
+        with open(f"/proc/{p.pid}/stat") as fh:
+            f = fh.read().rsplit(")", 1)[1].split()
+        return int(f[11]), int(f[12])
+
+    def loop(n: int) -> None:
+        for i in range(n):
+            c.sendall(frames[i % len(frames)])
+            size = struct.unpack("<I", c.recv(4, socket.MSG_WAITALL))[0]
+            c.recv(size - 4, socket.MSG_WAITALL)
+
+    loop(2048)  # warm-up (a whole number of create cycles)
+    n = a.ops - a.ops % len(frames) if a.ops >= len(frames) else a.ops
+    u0, s0 = cpu()
+    t0 = time.perf_counter()
+    loop(n)
+    t1 = time.perf_counter()
+    u1, s1 = cpu()
+    c.close()
+    p.wait(10)
+    tck = os.sysconf("SC_CLK_TCK")
+    units = n / per
+    unit = "file" if per > 1 else "op"
+    print(
+        f"{a.server:8s} {a.op}: latency {1e6 * (t1 - t0) / units:7.1f} us/{unit}   server CPU "
+        f"user {1e6 * (u1 - u0) / tck / units:6.1f}  sys {1e6 * (s1 - s0) / tck / units:6.1f} us/{unit}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
