@@ -96,7 +96,12 @@ def _runner() -> Any:
 
 
 def _batch(frame: Any) -> Any:
-    """The run loop's list of tasks still to run in this pass (None if not found)."""
+    """The run loop's list of tasks still to run in this pass (None if not found).
+
+    ``f_locals`` snapshots all 24 locals of trio's loop (~0.7 us, paid once per
+    scheduler pass that resumed the caller, not per request on the shortcut);
+    the snapshot dict holds those objects only until the next call replaces it.
+    """
     try:
         return frame.f_locals.get("batch")
     except Exception:
