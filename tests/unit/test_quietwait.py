@@ -55,7 +55,7 @@ async def test_blocking_wait_gives_up_after_block_s() -> None:
         q = QuietWait(a)
         t = time.monotonic()
         assert q.recv_into(memoryview(bytearray(16)), True) == -1
-        assert BLOCK_S * 0.5 <= time.monotonic() - t < 1.0
+        assert BLOCK_S * 0.5 <= time.monotonic() - t < 5.0  # a liveness bound (no hang), not a performance check
 
 
 async def test_blocking_wait_sees_data_sent_later() -> None:
@@ -82,7 +82,7 @@ async def test_defers_to_a_due_deadline() -> None:
         with trio.move_on_after(0.05):
             t = time.monotonic()
             assert q.recv_into(memoryview(bytearray(16)), False) == -1
-            assert time.monotonic() - t < 1.0
+            assert time.monotonic() - t < 5.0  # a liveness bound (no hang), not a performance check
         with trio.move_on_after(0):  # already due
             assert q.recv_into(memoryview(bytearray(16)), True) == -1
 
@@ -98,7 +98,7 @@ async def test_defers_to_another_fd(nursery: trio.Nursery) -> None:
         threading.Timer(0.01, d.send, (b"y",)).start()
         t = time.monotonic()
         assert q.recv_into(memoryview(bytearray(16)), True) == -1
-        assert time.monotonic() - t < 1.0
+        assert time.monotonic() - t < 5.0  # a liveness bound (no hang), not a performance check
 
 
 async def test_defers_to_worker_threads() -> None:
@@ -111,7 +111,7 @@ async def test_defers_to_worker_threads() -> None:
             await trio.sleep(0.001)  # the thread is running, its task waits for it
             t = time.monotonic()
             assert q.recv_into(memoryview(bytearray(16)), False) == -1
-            assert time.monotonic() - t < 1.0
+            assert time.monotonic() - t < 5.0  # a liveness bound (no hang), not a performance check
 
 
 async def test_defers_to_the_rest_of_the_batch() -> None:
