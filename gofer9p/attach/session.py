@@ -1027,14 +1027,14 @@ class Session:
             qid = f.qid
         finally:
             self._put(f)
-        a = st.st_atime_ns
-        mt = st.st_mtime_ns
-        c = st.st_ctime_ns
+        a, an = divmod(st.st_atime_ns, _NS)  # floor: pre-1970 times keep nsec in [0, 1e9)
+        m, mn = divmod(st.st_mtime_ns, _NS)
+        c, cn = divmod(st.st_ctime_ns, _NS)
         return (
             request_mask & C.GETATTR_BASIC, qid.type, qid.version, qid.path,
             st.st_mode, st.st_uid, st.st_gid, st.st_nlink, st.st_rdev, st.st_size,
-            st.st_blksize, st.st_blocks, (a // _NS) & _MASK64, a % _NS,
-            (mt // _NS) & _MASK64, mt % _NS, (c // _NS) & _MASK64, c % _NS, 0, 0, 0, 0,
+            st.st_blksize, st.st_blocks, a & _MASK64, an, m & _MASK64, mn, c & _MASK64, cn,
+            0, 0, 0, 0,
         )
 
     def setattr(self, m: Tsetattr) -> Rsetattr:
