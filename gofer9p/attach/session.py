@@ -1231,8 +1231,12 @@ class Session:
                     f.oacc = m.flags & C.L_O_ACCMODE
                     f.path = (*f.path, name)
                     f.dev, f.ino, f.fmt, f.qid = st.st_dev, st.st_ino, _REG, qid
-            if not ok:
+            if not ok:  # the fid changed meanwhile (a concurrent request): undo the create
                 _close(ofd)
+                try:
+                    os.unlink(name, dir_fd=dfd)
+                except OSError:
+                    pass
                 raise _err(errno.EINVAL)
             return Rlcreate(m.tag, qid, 0)
         finally:

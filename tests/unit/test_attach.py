@@ -1264,3 +1264,31 @@ def test_zero_byte_read_of_an_opened_directory_is_eisdir(s: Session, root: Path)
     lopen(s, 1)
     err(errno.EISDIR, s.read_into, 1, 0, memoryview(bytearray(0)))
     err(errno.EISDIR, s.read_into, 1, 0, memoryview(bytearray(16)))
+
+
+def test_lcreate_undone_when_the_fid_changes_meanwhile(s: Session, root: Path) -> None:
+    """The fid is checked again under the lock after the file exists; if another
+    request changed it in between (here: simulated when the lock is taken), the
+    answer is EINVAL and the file just created is removed, not left behind."""
+    s.walk(Twalk(1, ROOT, 10, []))
+    real = s._lock
+    fid = s._fids[10]
+
+    class Meddling:
+        def __enter__(self) -> None:
+            real.__enter__()
+            if (root / "new").exists():  # the create happened: now "someone" opens the fid
+                fid.ofd = 99_999
+
+        def __exit__(self, *exc: object) -> None:
+            real.__exit__(*exc)
+
+    s._lock = Meddling()  # type: ignore[assignment]
+    try:
+        with pytest.raises(OSError) as e:
+            s.lcreate(Tlcreate(1, 10, b"new", C.L_O_RDWR, 0o644, 0))
+    finally:
+        s._lock = real
+        fid.ofd = -1
+    assert e.value.errno == errno.EINVAL
+    assert not (root / "new").exists()
