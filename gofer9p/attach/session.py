@@ -303,6 +303,7 @@ class _Fid:
 
 _ACC_HOST = (os.O_RDONLY, os.O_WRONLY, os.O_RDWR, os.O_RDONLY)  # by 9P access mode
 _NOBODY = 65534  # the kernel's overflow uid
+_UNLOCK_ALL = _sys.FLOCK.pack(C.LOCK_TYPE_UNLCK, os.SEEK_SET, 0, 0, 0)  # the whole file
 _LOCK_EOF = 1 << 64  # "to the end of the file" (length 0), beyond any real offset
 _MAX_LOCK_FDS = 1024  # per session: extra descriptions for further owners of one fid
 _MAX_LOCK_RANGES = 1024  # per owner and file
@@ -1771,10 +1772,16 @@ class Session:
                 ok = not f.xmode and f.fd >= 0
                 if ok:
                     if f.ofd >= 0:
-                        # The fid is an xattr fid now: no more file I/O through it
-                        # (after Tlcreate that fd is also the fid's own fd: it stays).
+                        # The fid is an xattr fid now: no more file I/O through it.
                         if f.ofd != f.fd:
-                            f.retired.append(f.ofd)
+                            f.retired.append(f.ofd)  # closed: its locks go with it
+                        else:
+                            # After Tlcreate that fd is also the fid's own fd and
+                            # stays open: drop the locks taken through it instead.
+                            try:
+                                fcntl.fcntl(f.ofd, fcntl.F_OFD_SETLK, _UNLOCK_ALL)
+                            except OSError:
+                                pass
                         f.ofd = -1
                     self._charge_xattr(f, m.attr_size)
                     f.xmode = _XWRITE

@@ -350,3 +350,22 @@ async def test_tlcreate_fid_clone_and_clunk_close_each_fd_once(server: Served) -
     probe = await clone(c, server.root)
     await c.getattr(probe)
     await c.clunk(probe)
+
+
+async def test_xattrcreate_on_a_created_fid_drops_its_locks(server: Served) -> None:
+    """A fid that becomes an xattr fid does no more file I/O: locks it held on the
+    file go away (as they do for a Tlopen'd fid, whose open fd is closed), even
+    after Tlcreate, where the open fd stays as the fid's handle."""
+    c = server.client
+    fid = await clone(c, server.root)
+    await c.lcreate(fid, b"locked", C.L_O_RDWR, 0o644)
+    assert await c.lock(fid, C.LOCK_TYPE_WRLCK, proc_id=1) == C.LOCK_SUCCESS
+    other, _ = await c.walk(server.root, [b"locked"])
+    await c.lopen(other, C.L_O_RDWR)
+    assert await c.lock(other, C.LOCK_TYPE_WRLCK, proc_id=2) == C.LOCK_BLOCKED
+    await c.xattrcreate(fid, b"user.k", 1, 0)
+    assert await c.lock(other, C.LOCK_TYPE_WRLCK, proc_id=2) == C.LOCK_SUCCESS
+    assert await c.write(fid, 0, b"v") == 1
+    await c.clunk(fid)
+    assert os.getxattr(server.export / "locked", "user.k") == b"v"
+    await c.clunk(other)
