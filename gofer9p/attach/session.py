@@ -926,22 +926,7 @@ class Session:
             if not same and m.newfid in self._fids:
                 raise _err(errno.EBADF)
             if not names:
-                parent, pident = f.parent, f.pident
-                if parent >= 0:
-                    nparent = os.dup(parent)
-                    pident = _redup(pident, parent, nparent)
-                    parent = nparent
-                else:
-                    pident = None
-                try:
-                    fd = os.dup(f.fd)
-                except BaseException:
-                    if parent >= 0:
-                        _close(parent)
-                    raise
-                nf: _Fid | None = _Fid(
-                    fd, parent, f.path, f.uid, f.dev, f.ino, f.fmt, f.qid, pident
-                )
+                nf: _Fid | None = self._dup_fid(f)
                 qids: list[Qid] = []
             else:
                 qids, nf = self._walk_names(f, names)
@@ -965,21 +950,27 @@ class Session:
                 raise _err(errno.EBADF)
             if len(fids) >= self.max_fids:
                 raise _err(errno.EMFILE)
-            parent, pident = f.parent, f.pident
-            if parent >= 0:
-                nparent = os.dup(parent)
-                pident = _redup(pident, parent, nparent)
-                parent = nparent
-            else:
-                pident = None
-            try:
-                fd = os.dup(f.fd)
-            except BaseException:
-                if parent >= 0:
-                    _close(parent)
-                raise
-            fids[newfid] = _Fid(fd, parent, f.path, f.uid, f.dev, f.ino, f.fmt, f.qid, pident)
+            fids[newfid] = self._dup_fid(f)
         return Rwalk(m.tag, [])
+
+    @staticmethod
+    def _dup_fid(f: _Fid) -> _Fid:
+        """A new, unopened fid for the same file as ``f``, with its own dups of
+        ``f``'s fd and parent fd (the parent's known identity carried over)."""
+        parent, pident = f.parent, f.pident
+        if parent >= 0:
+            nparent = os.dup(parent)
+            pident = _redup(pident, parent, nparent)
+            parent = nparent
+        else:
+            pident = None
+        try:
+            fd = os.dup(f.fd)
+        except BaseException:
+            if parent >= 0:
+                _close(parent)
+            raise
+        return _Fid(fd, parent, f.path, f.uid, f.dev, f.ino, f.fmt, f.qid, pident)
 
     def clunk(self, m: Tclunk) -> Rclunk:
         """Free ``fid``; an xattrcreate fid commits here and reports the commit's error."""
