@@ -287,26 +287,37 @@ class Connection:
             lock.release()
             self._sending -= 1
 
+    def _send_now(self, bufs: list[Any]) -> list[Any] | None:
+        """The fast path of a send: no lock and no await; returns what did not
+        fit in the socket buffer (to go through ``_send``), or None when the
+        fast path is not allowed (a task is part-way through a reply and holds
+        or awaits the lock, the connection is closed, or too many buffers).
+
+        Safe because nothing else runs in this thread until the caller awaits.
+        A lone reply (QD1) goes out with ``send()``, which skips sendmsg's
+        list-to-iovec work."""
+        if len(bufs) > 512 or self.closed or self._sending:
+            return None
+        try:
+            if len(bufs) == 1:
+                n = self.sock.send(bufs[0], _DONTWAIT)
+            else:
+                n = self.sock.sendmsg(bufs, (), _DONTWAIT)
+        except BlockingIOError:
+            n = 0
+        return _unsent(bufs, n)
+
     async def _send_batched(self, bufs: list[Any]) -> None:
         """Send reply buffers; sendmsg takes at most IOV_MAX (1024) buffers a call.
 
         Pooled read buffers in ``bufs`` go back to the pool once written.
         """
-        if len(bufs) <= 512 and not self.closed and not self._sending:
-            # Fast path, no lock and no await: nobody is part-way through a
-            # reply (that task would hold the lock), and nothing else runs in
-            # this thread until we return or await.  Only what did not fit in
-            # the socket buffer goes through the locked path.
-            try:
-                n = self.sock.sendmsg(bufs, (), _DONTWAIT)
-            except BlockingIOError:
-                n = 0
-            rest = _unsent(bufs, n)
-            if rest:  # keeps its order under the lock
-                await self._send(rest)
-        else:
+        rest = self._send_now(bufs)
+        if rest is None:
             for i in range(0, len(bufs), 512):
                 await self._send(bufs[i : i + 512])
+        elif rest:  # keeps its order under the lock
+            await self._send(rest)
         if self._lent:
             # One spare buffer: a reply is written out (flush_bytes) before the
             # next large read is handled, so one is all the loop reuses, and a
@@ -351,8 +362,7 @@ class Connection:
         mv = memoryview(buf)
         start = end = 0
         recv_into = sock.recv_into
-        sendmsg = sock.sendmsg
-        send = sock.send
+        send_now = self._send_now
         dispatch = self._dispatch
         flush_bytes = self.config.flush_bytes
         wait_readable = trio.lowlevel.wait_readable
@@ -463,17 +473,13 @@ class Connection:
                         out = []
                         queued = 0
             if out:
-                if self._sending or self._lent or self.closed or len(out) > 512:
+                # _send_batched's fast path without a coroutine (the QD1 case);
+                # lent pool buffers need _send_batched's return to the pool
+                rest = None if self._lent else send_now(out)
+                if rest is None:
                     await self._send_batched(out)
-                else:
-                    # _send_batched's fast path, inline (the QD1 case: one reply)
-                    try:
-                        # one reply (QD1): send() skips sendmsg's list-to-iovec work
-                        n = send(out[0], _DONTWAIT) if len(out) == 1 else sendmsg(out, (), _DONTWAIT)
-                    except BlockingIOError:
-                        n = 0
-                    if n != queued:
-                        await self._send(_unsent(out, n))
+                elif rest:
+                    await self._send(rest)
             drained = got < room and self.frames - first <= 1
             busy += 1
             if busy >= 8 and not drained:
