@@ -43,6 +43,25 @@ def _add_log_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-file", help="append logs here instead of stderr")
 
 
+def _microseconds(v: str) -> int:
+    n = int(v)
+    if not 0 <= n <= 20000:
+        raise argparse.ArgumentTypeError(f"{v}: want 0..20000 microseconds")
+    return n
+
+
+def add_poll_arg(p: argparse.ArgumentParser) -> None:
+    """``--poll-us`` (ServerConfig.poll_us), shared by ``serve`` and ``gofer``."""
+    p.add_argument(
+        "--poll-us",
+        type=_microseconds,
+        default=50,
+        metavar="US",
+        help="poll up to this long (adaptive) for the next request before sleeping; "
+        "0 never polls (default 50: saves a wake-up per request at one request in flight)",
+    )
+
+
 def _serve_main(args: argparse.Namespace) -> int:
     import os
     import socket
@@ -59,7 +78,7 @@ def _serve_main(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"gofer9p serve: cannot open {args.directory}: {e.strerror}", file=sys.stderr)
         return 2
-    config = ServerConfig(max_msize=args.msize)
+    config = ServerConfig(max_msize=args.msize, poll_us=args.poll_us)
 
     if args.fd is not None:
         try:
@@ -167,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--listen", metavar="unix:PATH|tcp:HOST:PORT", help="accept connections")
     p.add_argument("--read-only", action="store_true", help="every mutating request gets EROFS")
     p.add_argument("--msize", type=int, default=4 << 20, help="largest msize granted")
+    add_poll_arg(p)
     _add_log_args(p)
     p.set_defaults(func=_serve_main)
 

@@ -32,6 +32,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from .cli import add_poll_arg
+
 if TYPE_CHECKING:
     from .attach import AttachPoint
     from .confine import SeccompMode
@@ -94,6 +96,7 @@ def build_parser(prog: str = "gofer9p gofer") -> argparse.ArgumentParser:
         help="drop capabilities to the six the gofer needs (default true)",
     )
     p.add_argument("--seccomp", choices=("kill", "log", "off"), default="kill")
+    add_poll_arg(p)
     p.add_argument(
         "--log-level", choices=("debug", "info", "warning", "error", "critical"), default="info"
     )
@@ -332,7 +335,9 @@ def _run(argv: Sequence[str] | None, after_confine: Callable[[], None] | None) -
     from .server import ServerConfig
 
     try:
-        status = trio.run(_serve_all, fds, socks, points, ServerConfig(), ready_line)
+        status = trio.run(
+            _serve_all, fds, socks, points, ServerConfig(poll_us=args.poll_us), ready_line
+        )
     except Exception:
         log.critical("internal error", exc_info=True)
         return EXIT_IO_ERROR

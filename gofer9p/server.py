@@ -114,6 +114,11 @@ class ServerConfig:
     sockbuf: int = 4 << 20
     """SO_SNDBUF/SO_RCVBUF asked for (best effort): a max-msize reply then
     leaves in one sendmsg instead of many wake-ups."""
+    poll_us: int = 50
+    """Longest adaptive poll (microseconds) for the next request before the
+    loop sleeps, when it has nothing else to do (0: never poll).  Saves the
+    wake-up that dominated a QD1 round trip; a client that pauses longer than
+    this turns it off for that connection (see _quietwait.py)."""
 
 
 _malloc_tuned = False
@@ -253,6 +258,7 @@ class Connection:
         self.nursery: trio.Nursery | None = None
         self.closed = False
         self.frames = 0
+        self.quiet: QuietWait | None = None  # the receive loop's waiter (its poll counters)
         self._pool: list[bytearray] = []  # free max-msize read buffers
         self._lent: list[bytearray] = []  # pooled buffers in replies not yet sent
 
@@ -351,7 +357,13 @@ class Connection:
                         p.scope.cancel()
         finally:
             self.session.reset()
-            log.info("%s: connection end (%s) frames=%d", self.name, reason, self.frames)
+            log.info(
+                "%s: connection end (%s) frames=%d polled=%d",
+                self.name,
+                reason,
+                self.frames,
+                self.quiet.hits if self.quiet else 0,
+            )
 
     async def _receive_loop(self) -> str:
         sock = self.sock
@@ -368,7 +380,7 @@ class Connection:
         wait_readable = trio.lowlevel.wait_readable
         drained = False  # the last recv left the socket empty: wait before the next
         busy = 0  # chunks handled since this task last yielded to the scheduler
-        quiet = QuietWait(sock)
+        self.quiet = quiet = QuietWait(sock, self.config.poll_us / 1e6)
         idle_release = self.config.idle_release
         frame: memoryview | None = None
         r: Any = None

@@ -169,6 +169,33 @@ def test_exit_0_when_every_connection_ends(gofer: Gofer) -> None:
     assert re.search(r"gofer9p INFO exiting with status 0$", gofer.log(), re.M)
 
 
+@pytest.mark.parametrize("poll_us", [20000, 0])
+def test_poll_window_under_seccomp(tmp_path: Path, bundle: Path, poll_us: int) -> None:
+    """``--poll-us`` reaches every connection; polling works inside the confined process.
+
+    With three connections the waiting loop polls its socket and trio's epoll fd
+    (poll(2), not a blocking recv): the syscall path a multi-mount gofer takes.
+    """
+    g = Gofer(tmp_path, bundle, extra_args=["--poll-us", str(poll_us)])
+    try:
+        cs = _clients(g)
+        for _ in range(300):
+            assert cs[2].getattr(1)["mode"]
+        assert cs[2].read_file(1, b"rw.txt") == b"read write tree\n"
+        for c in cs:
+            c.sock.close()
+        assert g.wait() == 0
+    finally:
+        g.stop()
+    ends = re.findall(r"connection end \(EOF\) frames=\d+ polled=(\d+)", g.log())
+    polled = [int(n) for n in ends]
+    assert len(polled) == 3, g.log()
+    if poll_us:
+        assert max(polled) > 150, polled  # most of the 300 back-to-back requests
+    else:
+        assert polled == [0, 0, 0]
+
+
 def test_sigterm_exits_0(gofer: Gofer) -> None:
     _clients(gofer)
     gofer.proc.send_signal(signal.SIGTERM)

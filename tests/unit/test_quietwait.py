@@ -141,3 +141,89 @@ async def test_defers_to_the_rest_of_the_batch() -> None:
         for a, b in socks:
             a.close()
             b.close()
+
+
+# ------------------------------------------------------------ the poll window
+
+
+async def test_poll_window_grows_after_short_sleeps_until_it_catches_the_data() -> None:
+    """Waits that slept but ended within the cap double the window; then polling catches the data."""
+    a, b = _pair()
+    with a, b:
+        q = QuietWait(a, poll_s=0.5)
+        buf = memoryview(bytearray(16))
+        seen = []
+        for _ in range(16):
+            threading.Timer(0.002, b.send, (b"x",)).start()  # ~2 ms after the wait starts
+            assert q.recv_into(buf, False) == 1
+            seen.append(q.window)
+            if q.hits:
+                break
+        assert q.hits == 1, seen  # the window outgrew the client's pause and caught it
+        assert seen[:3] == [4e-6, 8e-6, 16e-6], seen  # from 0: 4 us, then doubling
+        assert seen == sorted(seen) and seen[-1] <= 0.5, seen
+
+
+async def test_poll_window_resets_after_a_long_wait() -> None:
+    for may_block in (True, False):
+        a, b = _pair()
+        with a, b:
+            q = QuietWait(a, poll_s=0.001)
+            q.window = 0.001
+            # nothing arrives: the blocking path gives up after BLOCK_S, the poll
+            # path after the deadline; either way far longer than the cap
+            with trio.move_on_after(0.05):
+                assert q.recv_into(memoryview(bytearray(16)), may_block) == -1
+            assert q.window == 0.0, may_block
+            assert q.hits == 0
+
+
+async def test_poll_window_catches_data_without_sleeping() -> None:
+    """Data sent while the window is open is taken by the poll (counted in ``hits``)."""
+    for may_block in (True, False):
+        a, b = _pair()
+        with a, b:
+            q = QuietWait(a, poll_s=2.0)
+            q.window = 2.0
+            threading.Timer(0.01, b.send, (b"late",)).start()
+            t = time.monotonic()
+            assert q.recv_into(memoryview(bytearray(16)), may_block) == 4
+            assert time.monotonic() - t < 1.9  # ended by the data, not the window
+            assert q.hits == 1, may_block
+            assert q.window == 2.0  # a hit leaves the window as it is
+
+
+async def test_no_poll_window_when_disabled() -> None:
+    a, b = _pair()
+    with a, b:
+        q = QuietWait(a)  # poll_s=0
+        for may_block in (True, False, True):
+            b.send(b"x")
+            assert q.recv_into(memoryview(bytearray(16)), may_block) == 1
+        assert q.window == 0.0 and q.hits == 0
+
+
+async def test_poll_window_still_defers_to_another_fd(nursery: trio.Nursery) -> None:
+    """Polling does not hide another task's ready fd: it ends the poll with -1."""
+    a, b = _pair()
+    c, d = _pair()
+    with a, b, c, d:
+        q = QuietWait(a, poll_s=2.0)
+        q.window = 2.0
+        nursery.start_soon(trio.lowlevel.wait_readable, c)
+        await trio.testing.wait_all_tasks_blocked()
+        threading.Timer(0.01, d.send, (b"y",)).start()
+        t = time.monotonic()
+        assert q.recv_into(memoryview(bytearray(16)), True) == -1
+        assert time.monotonic() - t < 1.9  # ended by the other fd, not the window
+
+
+async def test_poll_window_ends_at_a_deadline() -> None:
+    a, b = _pair()
+    with a, b:
+        q = QuietWait(a, poll_s=2.0)
+        q.window = 2.0
+        with trio.move_on_after(0.05):
+            t = time.monotonic()
+            assert q.recv_into(memoryview(bytearray(16)), True) == -1
+            assert time.monotonic() - t < 1.9  # the deadline, not the window
