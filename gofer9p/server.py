@@ -117,8 +117,9 @@ class ServerConfig:
     poll_us: int = 50
     """Longest adaptive poll (microseconds) for the next request before the
     loop sleeps, when it has nothing else to do (0: never poll).  Saves the
-    wake-up that dominated a QD1 round trip; a client that pauses longer than
-    this turns it off for that connection (see _quietwait.py)."""
+    wake-up that dominated a QD1 round trip; a client that keeps pausing longer
+    than this turns it off for that connection within a few requests
+    (see _quietwait.py)."""
 
 
 _malloc_tuned = False

@@ -164,17 +164,20 @@ async def test_poll_window_grows_after_short_sleeps_until_it_catches_the_data() 
         assert seen == sorted(seen) and seen[-1] <= 0.5, seen
 
 
-async def test_poll_window_resets_after_a_long_wait() -> None:
+async def test_poll_window_shrinks_to_zero_after_long_waits() -> None:
     for may_block in (True, False):
         a, b = _pair()
         with a, b:
             q = QuietWait(a, poll_s=0.001)
-            q.window = 0.001
-            # nothing arrives: the blocking path gives up after BLOCK_S, the poll
-            # path after the deadline; either way far longer than the cap
-            with trio.move_on_after(0.05):
-                assert q.recv_into(memoryview(bytearray(16)), may_block) == -1
-            assert q.window == 0.0, may_block
+            q.window = 16e-6
+            seen = []
+            for _ in range(3):
+                # nothing arrives: the blocking path gives up after BLOCK_S, the poll
+                # path at the deadline; either way far longer than the cap
+                with trio.move_on_after(0.05):
+                    assert q.recv_into(memoryview(bytearray(16)), may_block) == -1
+                seen.append(q.window)
+            assert seen == [8e-6, 4e-6, 0.0], (may_block, seen)
             assert q.hits == 0
 
 
