@@ -6,9 +6,13 @@ overhead from kernel work (syscalls, wake-ups).  Client pinned to CPU 0, server
 to CPU 1, tmpfs export; run the servers alternately several times, the VM is noisy.
 
     python benchmarks/qd1.py gofer9p|diod [--op getattr|read4k|create] [--ops N]
+        [--poll-us US] [--think-us US]
 
 ``create`` is p9bench's create cycle (Twalk clone, Tlcreate, Twrite 4 KiB,
-Tremove); its figures are per file (4 requests).
+Tremove); its figures are per file (4 requests).  ``--think-us`` makes the
+client pause before each request (then the first column is the period, not the
+latency): with ``--poll-us`` it shows what the server's poll window costs in
+CPU when the client is slower than the window.
 """
 
 from __future__ import annotations
@@ -34,6 +38,16 @@ def main() -> int:
     ap.add_argument("server", choices=["gofer9p", "diod"])
     ap.add_argument("--op", choices=["getattr", "read4k", "create"], default="getattr")
     ap.add_argument("--ops", type=int, default=20000, help="requests measured")
+    ap.add_argument(
+        "--poll-us", type=int, default=None, help="gofer9p's --poll-us (default: its default)"
+    )
+    ap.add_argument(
+        "--think-us",
+        type=float,
+        default=0.0,
+        help="client pause between requests (busy-waited, microseconds): "
+        "what the poll window costs when the client is slower",
+    )
     a = ap.parse_args()
     exp = tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     try:
@@ -50,7 +64,8 @@ def _run(a: argparse.Namespace, exp: str) -> int:
     fd = str(s.fileno())
     gofer = os.path.join(os.path.dirname(os.path.realpath(sys.executable)), "gofer9p")
     cmd = {
-        "gofer9p": [gofer, "serve", "--fd", fd, exp],
+        "gofer9p": [gofer, "serve", "--fd", fd, exp]
+        + ([] if a.poll_us is None else ["--poll-us", str(a.poll_us)]),
         "diod": ["diod", "-f", "-n", "-r", fd, "-w", fd, "-e", exp, "-L", "stderr"],
     }[a.server]
     p = subprocess.Popen(["taskset", "-c", "1", *cmd], pass_fds=[s.fileno()], stderr=subprocess.DEVNULL)
@@ -92,8 +107,15 @@ def _run(a: argparse.Namespace, exp: str) -> int:
             f = fh.read().rsplit(")", 1)[1].split()
         return int(f[11]), int(f[12])
 
+    think = a.think_us / 1e6
+    clock = time.perf_counter
+
     def loop(n: int) -> None:
         for i in range(n):
+            if think:
+                end = clock() + think
+                while clock() < end:
+                    pass
             c.sendall(frames[i % len(frames)])
             size = struct.unpack("<I", c.recv(4, socket.MSG_WAITALL))[0]
             c.recv(size - 4, socket.MSG_WAITALL)
@@ -111,7 +133,8 @@ def _run(a: argparse.Namespace, exp: str) -> int:
     units = n / per
     unit = "file" if per > 1 else "op"
     print(
-        f"{a.server:8s} {a.op}: latency {1e6 * (t1 - t0) / units:7.1f} us/{unit}   server CPU "
+        f"{a.server:8s} {a.op}: {'latency' if not think else 'period'} "
+        f"{1e6 * (t1 - t0) / units:7.1f} us/{unit}   server CPU "
         f"user {1e6 * (u1 - u0) / tck / units:6.1f}  sys {1e6 * (s1 - s0) / tck / units:6.1f} us/{unit}"
     )
     return 0
