@@ -90,6 +90,8 @@ _SMALL_BUF = 1 << 18
 
 _BIG = 64 * 1024
 """Read replies at least this large use pooled buffers (no zero-fill, no mmap)."""
+_ORDERED = frozenset({_T_READ, int(C.MsgType.TREADDIR), _T_FLUSH, _T_VERSION})
+"""Requests before which a held-back large reply is sent (see _receive_loop)."""
 
 MIN_MSIZE = 4096
 """Smaller msizes leave no room for a useful readdir or walk reply."""
@@ -450,6 +452,11 @@ class Connection:
             end += got
             out = []
             queued = 0
+            # One large reply (a max-msize Rread) is held back until the end of
+            # the chunk so that the small replies behind it overtake it: a
+            # Tgetattr pipelined behind a 4 MiB Tread waits for the read's one
+            # preadv, not for 4 MiB to cross the socket.
+            held: Any = None
             first = self.frames
             # handle every complete frame in the buffer
             while end - start >= 7:
@@ -461,11 +468,21 @@ class Connection:
                         size,
                         self.max_frame,
                     )
+                    if held is not None:
+                        out.append(held)
                     if out:
                         await self._send_batched(out)
                     return "framing error"
                 if end - start < size:
                     break
+                if held is not None and mtype in _ORDERED:
+                    # a second large reply would need a second buffer, and an
+                    # Rflush or Rversion must follow the replies sent before it
+                    out.append(held)
+                    held = None
+                    await self._send_batched(out)
+                    out = []
+                    queued = 0
                 self.frames += 1
                 frame = mv[start : start + size]
                 start += size
@@ -473,18 +490,31 @@ class Connection:
                     r = dispatch(mtype, tag, frame)
                 except _Control as ctl:
                     # replies queued so far go out first: the control step may await
+                    if held is not None:
+                        out.append(held)
+                        held = None
                     if out:
                         await self._send_batched(out)
                         out = []
                         queued = 0
                     r = await ctl.act(self)
                 if r is not None:
+                    n = len(r)
+                    if n >= flush_bytes and held is None:
+                        held = r
+                        continue
                     out.append(r)
-                    queued += len(r)
+                    queued += n
                     if queued >= flush_bytes:
+                        if held is not None:
+                            out.append(held)
+                            held = None
                         await self._send_batched(out)
                         out = []
                         queued = 0
+            if held is not None:
+                out.append(held)
+                held = None  # the idle release below must find no reference to it
             if out:
                 # _send_batched's fast path without a coroutine (the QD1 case);
                 # lent pool buffers need _send_batched's return to the pool

@@ -253,8 +253,11 @@ async def _frames_until(sock: socket.socket, want_tags: set[int]) -> list[M.Mess
     return got
 
 
-async def _raw_session(export: Path, nursery: trio.Nursery) -> socket.socket:
-    """A server on a socketpair, versioned, fid 1 attached and fid 2 an opened clone."""
+async def _raw_session(
+    export: Path, nursery: trio.Nursery, msize: int = 65536, name: bytes | None = None
+) -> socket.socket:
+    """A server on a socketpair, versioned, fid 1 attached and fid 2 an opened clone
+    (of the root, or walked to ``name``)."""
     from gofer9p.attach import AttachPoint
     from gofer9p.server import serve
 
@@ -262,9 +265,9 @@ async def _raw_session(export: Path, nursery: trio.Nursery) -> socket.socket:
     nursery.start_soon(serve, a, AttachPoint.open(str(export)))
     b.setblocking(False)
     b.sendall(
-        encode(M.Tversion(tag=C.NOTAG, msize=65536, version=b"9P2000.L"))
+        encode(M.Tversion(tag=C.NOTAG, msize=msize, version=b"9P2000.L"))
         + encode(M.Tattach(tag=1, fid=1, afid=C.NOFID, uname=b"root", aname=b"", n_uname=0))
-        + encode(M.Twalk(tag=2, fid=1, newfid=2, wnames=[]))
+        + encode(M.Twalk(tag=2, fid=1, newfid=2, wnames=[name] if name else []))
         + encode(M.Tlopen(tag=3, fid=2, flags=C.L_O_RDONLY))
     )
     got = await _frames_until(b, {C.NOTAG, 1, 2, 3})
@@ -304,4 +307,50 @@ async def test_version_mid_session_waits_for_threaded_requests(
     b.sendall(encode(M.Tgetattr(tag=21, fid=2, request_mask=1)))
     (r,) = await _frames_until(b, {21})
     assert isinstance(r, M.Rlerror) and r.ecode == errno.EBADF
+    b.close()
+
+
+async def _big_read_session(export: Path, nursery: trio.Nursery) -> tuple[socket.socket, bytes]:
+    data = bytes(range(256)) * (8 << 10)  # 2 MiB
+    (export / "big").write_bytes(data)
+    return await _raw_session(export, nursery, msize=4 << 20, name=b"big"), data
+
+
+async def test_small_reply_overtakes_a_large_read(export: Path, nursery: trio.Nursery) -> None:
+    """A Tgetattr pipelined behind a 2 MiB Tread is answered before the read's reply
+    crosses the socket (design target: it waits for the read's syscall, not its transfer)."""
+    b, data = await _big_read_session(export, nursery)
+    b.sendall(
+        encode(M.Tread(tag=10, fid=2, offset=0, count=len(data)))
+        + encode(M.Tgetattr(tag=11, fid=1, request_mask=C.GETATTR_BASIC))
+        + encode(M.Tclunk(tag=12, fid=2))
+    )
+    got = await _frames_until(b, {10, 11, 12})
+    assert [m.tag for m in got] == [11, 12, 10]
+    assert isinstance(got[2], M.Rread) and got[2].data == data
+    b.close()
+
+
+async def test_large_reads_keep_one_held_reply_and_flush_follows_its_request(
+    export: Path, nursery: trio.Nursery
+) -> None:
+    """Behind a held large reply, another Tread, a Tflush or a Tversion sends it first:
+    one large buffer at a time, and an Rflush/Rversion after the replies it concerns."""
+    b, data = await _big_read_session(export, nursery)
+    b.sendall(
+        encode(M.Tread(tag=20, fid=2, offset=0, count=len(data)))
+        + encode(M.Tgetattr(tag=21, fid=1, request_mask=C.GETATTR_BASIC))
+        + encode(M.Tread(tag=22, fid=2, offset=1 << 20, count=len(data)))
+        + encode(M.Tgetattr(tag=23, fid=1, request_mask=C.GETATTR_BASIC))
+        + encode(M.Tflush(tag=24, oldtag=22))
+    )
+    got = await _frames_until(b, {20, 21, 22, 23, 24})
+    assert [m.tag for m in got] == [21, 20, 23, 22, 24]
+    assert got[1].data == data and got[3].data == data[1 << 20 :]  # type: ignore[union-attr]
+    b.sendall(
+        encode(M.Tread(tag=30, fid=2, offset=0, count=len(data)))
+        + encode(M.Tversion(tag=C.NOTAG, msize=65536, version=b"9P2000.L"))
+    )
+    got = await _frames_until(b, {30, C.NOTAG})
+    assert [m.tag for m in got] == [30, C.NOTAG]
     b.close()
