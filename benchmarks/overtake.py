@@ -85,7 +85,7 @@ def _run(a: argparse.Namespace, exp: str) -> int:
     tgetattr = struct.pack("<IBHIQ", 19, 24, 11, 0, 0x7FF)
     behind, rread, alone = [], [], []
     first_getattr = 0
-    for i in range(a.rounds):
+    for _ in range(a.rounds):
         t0 = time.perf_counter()
         c.sendall(tgetattr)
         frame()
@@ -109,7 +109,9 @@ def _run(a: argparse.Namespace, exp: str) -> int:
 
     print(f"server: {a.server_cmd}")
     print(f"lone Tgetattr                       {med(alone)}")
-    print(f"Tgetattr behind a 4 MiB Tread       {med(behind)}  (answered first in {first_getattr}/{a.rounds})")
+    print(
+        f"Tgetattr behind a 4 MiB Tread       {med(behind)}  (answered first in {first_getattr}/{a.rounds})"
+    )
     print(f"the 4 MiB Rread itself              {med(rread)}")
     return 0
 
