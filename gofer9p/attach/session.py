@@ -188,6 +188,18 @@ def _gid(gid: int) -> int:
     return -1 if gid == C.NONUNAME else gid
 
 
+def _dup_with_parent(fd: int, parent: int) -> tuple[int, int]:
+    """New fds for a fid: a dup of ``fd`` and one of ``parent`` (-1: none);
+    nothing is left open if either dup fails."""
+    nparent = os.dup(parent) if parent >= 0 else -1
+    try:
+        return os.dup(fd), nparent
+    except BaseException:
+        if nparent >= 0:
+            _close(nparent)
+        raise
+
+
 def _redup(
     pident: tuple[int, int, int] | None, old: int, new: int
 ) -> tuple[int, int, int] | None:
@@ -875,13 +887,7 @@ class Session:
         fmt = point.root_fmt
         # A file root's fid keeps its directory, as every non-directory fid does
         # (see _locate for why that directory, outside the tree, is trusted).
-        parent = os.dup(point.parent_fd) if fmt != _DIR else -1
-        try:
-            fd = os.dup(point.fd)
-        except BaseException:
-            if parent >= 0:
-                _close(parent)
-            raise
+        fd, parent = _dup_with_parent(point.fd, point.parent_fd if fmt != _DIR else -1)
         root = _Fid(fd, parent, (), uid, point.root_dev, point.root_ino, fmt, point.root_qid)
         self._install(m.fid, root, None)
         return Rattach(m.tag, root.qid)
@@ -957,19 +963,8 @@ class Session:
     def _dup_fid(f: _Fid) -> _Fid:
         """A new, unopened fid for the same file as ``f``, with its own dups of
         ``f``'s fd and parent fd (the parent's known identity carried over)."""
-        parent, pident = f.parent, f.pident
-        if parent >= 0:
-            nparent = os.dup(parent)
-            pident = _redup(pident, parent, nparent)
-            parent = nparent
-        else:
-            pident = None
-        try:
-            fd = os.dup(f.fd)
-        except BaseException:
-            if parent >= 0:
-                _close(parent)
-            raise
+        fd, parent = _dup_with_parent(f.fd, f.parent)
+        pident = _redup(f.pident, f.parent, parent) if parent >= 0 else None
         return _Fid(fd, parent, f.path, f.uid, f.dev, f.ino, f.fmt, f.qid, pident)
 
     def clunk(self, m: Tclunk) -> Rclunk:
