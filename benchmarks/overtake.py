@@ -13,20 +13,13 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import shutil
-import socket
 import statistics
 import struct
-import subprocess
-import sys
-import tempfile
 import time
 
+from _pinned import GOFER, s9, spawn_pinned, tmpfs_export
+
 MSIZE = 4 << 20
-
-
-def _s(b: bytes) -> bytes:
-    return struct.pack("<H", len(b)) + b
 
 
 def main() -> int:
@@ -34,26 +27,16 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--rounds", type=int, default=300)
-    gofer = os.path.join(os.path.dirname(os.path.realpath(sys.executable)), "gofer9p")
-    ap.add_argument("--server-cmd", default=f"{gofer} serve --fd {{fd}} {{export}}")
+    ap.add_argument("--server-cmd", default=f"{GOFER} serve --fd {{fd}} {{export}}")
     a = ap.parse_args()
-    exp = tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-    try:
+    with tmpfs_export() as exp:
         return _run(a, exp)
-    finally:
-        shutil.rmtree(exp, ignore_errors=True)
 
 
 def _run(a: argparse.Namespace, exp: str) -> int:
     with open(os.path.join(exp, "big"), "wb") as fh:
         fh.write(os.urandom(MSIZE))
-    c, s = socket.socketpair()
-    cmd = shlex.split(a.server_cmd.format(fd=s.fileno(), export=exp))
-    p = subprocess.Popen(
-        ["taskset", "-c", "1", *cmd], pass_fds=[s.fileno()], stderr=subprocess.DEVNULL
-    )
-    s.close()
-    os.sched_setaffinity(0, {0})
+    c, p = spawn_pinned(lambda fd: shlex.split(a.server_cmd.format(fd=fd, export=exp)))
     buf = bytearray()
 
     def frame() -> tuple[int, int, float]:
@@ -76,9 +59,9 @@ def _run(a: argparse.Namespace, exp: str) -> int:
         if rt == 7:
             raise OSError("Rlerror")
 
-    rpc(100, 0xFFFF, struct.pack("<I", MSIZE) + _s(b"9P2000.L"))
-    rpc(104, 1, struct.pack("<II", 0, 0xFFFFFFFF) + _s(b"root") + _s(exp.encode()) + bytes(4))
-    rpc(110, 1, struct.pack("<IIH", 0, 1, 1) + _s(b"big"))
+    rpc(100, 0xFFFF, struct.pack("<I", MSIZE) + s9(b"9P2000.L"))
+    rpc(104, 1, struct.pack("<II", 0, 0xFFFFFFFF) + s9(b"root") + s9(exp.encode()) + bytes(4))
+    rpc(110, 1, struct.pack("<IIH", 0, 1, 1) + s9(b"big"))
     rpc(12, 1, struct.pack("<II", 1, 0))
     count = MSIZE - 24
     tread = struct.pack("<IBHIQI", 23, 116, 10, 1, 0, count)

@@ -20,17 +20,11 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import shutil
 import socket
 import struct
-import subprocess
-import sys
-import tempfile
 import time
 
-
-def _s(x: bytes) -> bytes:
-    return struct.pack("<H", len(x)) + x
+from _pinned import GOFER, s9, spawn_pinned, tmpfs_export
 
 
 def main() -> int:
@@ -49,28 +43,22 @@ def main() -> int:
         "what the poll window costs when the client is slower",
     )
     a = ap.parse_args()
-    exp = tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-    try:
+    with tmpfs_export() as exp:
         return _run(a, exp)
-    finally:
-        shutil.rmtree(exp, ignore_errors=True)
 
 
 def _run(a: argparse.Namespace, exp: str) -> int:
     with open(os.path.join(exp, "f"), "wb") as fh:
         fh.write(os.urandom(1 << 20))
     os.mkdir(os.path.join(exp, "scratch"))
-    c, s = socket.socketpair()
-    fd = str(s.fileno())
-    gofer = os.path.join(os.path.dirname(os.path.realpath(sys.executable)), "gofer9p")
-    cmd = {
-        "gofer9p": [gofer, "serve", "--fd", fd, exp]
-        + ([] if a.poll_us is None else ["--poll-us", str(a.poll_us)]),
-        "diod": ["diod", "-f", "-n", "-r", fd, "-w", fd, "-e", exp, "-L", "stderr"],
-    }[a.server]
-    p = subprocess.Popen(["taskset", "-c", "1", *cmd], pass_fds=[s.fileno()], stderr=subprocess.DEVNULL)
-    s.close()
-    os.sched_setaffinity(0, {0})
+
+    def argv(fd: int) -> list[str]:
+        if a.server == "diod":
+            return ["diod", "-f", "-n", "-r", str(fd), "-w", str(fd), "-e", exp, "-L", "stderr"]
+        poll = [] if a.poll_us is None else ["--poll-us", str(a.poll_us)]
+        return [GOFER, "serve", "--fd", str(fd), exp, *poll]
+
+    c, p = spawn_pinned(argv)
 
     def rpc(t: int, tag: int, body: bytes) -> bytes:
         c.sendall(struct.pack("<IBH", 7 + len(body), t, tag) + body)
@@ -80,11 +68,11 @@ def _run(a: argparse.Namespace, exp: str) -> int:
             raise OSError(struct.unpack("<I", rest)[0], "Rlerror")
         return rest
 
-    rpc(100, 0xFFFF, struct.pack("<I", 65536) + _s(b"9P2000.L"))
-    rpc(104, 1, struct.pack("<II", 0, 0xFFFFFFFF) + _s(b"root") + _s(exp.encode()) + struct.pack("<I", 0))
-    rpc(110, 1, struct.pack("<IIH", 0, 1, 1) + _s(b"f"))
+    rpc(100, 0xFFFF, struct.pack("<I", 65536) + s9(b"9P2000.L"))
+    rpc(104, 1, struct.pack("<II", 0, 0xFFFFFFFF) + s9(b"root") + s9(exp.encode()) + struct.pack("<I", 0))
+    rpc(110, 1, struct.pack("<IIH", 0, 1, 1) + s9(b"f"))
     rpc(12, 1, struct.pack("<II", 1, 0))  # Tlopen f read-only
-    rpc(110, 1, struct.pack("<IIH", 0, 2, 1) + _s(b"scratch"))
+    rpc(110, 1, struct.pack("<IIH", 0, 2, 1) + s9(b"scratch"))
     per = 1
     if a.op == "getattr":
         frames = [struct.pack("<IBHIQ", 19, 24, 1, 0, 0x7FF)]
@@ -94,7 +82,7 @@ def _run(a: argparse.Namespace, exp: str) -> int:
         per = 4
         frames = []
         for i in range(256):
-            nm = _s(b"c%05d" % i)
+            nm = s9(b"c%05d" % i)
             frames += [
                 struct.pack("<IBHIIH", 17, 110, 1, 2, 3, 0),
                 struct.pack("<IBHI", 7 + 4 + len(nm) + 12, 14, 1, 3) + nm + struct.pack("<III", 0o301, 0o644, 0),

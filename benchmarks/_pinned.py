@@ -1,0 +1,48 @@
+"""What qd1.py and overtake.py share: a tmpfs export, a server pinned to CPU 1
+on one end of a socketpair with this process pinned to CPU 0, and 9P strings."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+GOFER = os.path.join(os.path.dirname(os.path.realpath(sys.executable)), "gofer9p")
+"""The real console script next to this interpreter (not a pyenv shim: see README)."""
+
+
+def s9(b: bytes) -> bytes:
+    """A 9P string: u16 length, then the bytes."""
+    return struct.pack("<H", len(b)) + b
+
+
+@contextmanager
+def tmpfs_export() -> Iterator[str]:
+    """A fresh export directory on tmpfs (/dev/shm when there is one), removed afterwards."""
+    exp = tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    try:
+        yield exp
+    finally:
+        shutil.rmtree(exp, ignore_errors=True)
+
+
+def spawn_pinned(
+    argv_for_fd: Callable[[int], list[str]],
+) -> tuple[socket.socket, subprocess.Popen[bytes]]:
+    """Start ``argv_for_fd(fd)`` on CPU 1 with the server end of a socketpair at
+    ``fd`` (its stderr discarded), pin this process to CPU 0; our end and the process."""
+    c, s = socket.socketpair()
+    p = subprocess.Popen(
+        ["taskset", "-c", "1", *argv_for_fd(s.fileno())],
+        pass_fds=[s.fileno()],
+        stderr=subprocess.DEVNULL,
+    )
+    s.close()
+    os.sched_setaffinity(0, {0})
+    return c, p
