@@ -23,17 +23,29 @@ for the socket itself and trio loses nothing:
 Either way the wait ends before the next trio deadline, so cancel scopes and
 timeouts fire on time (through the fallback).
 
-Before sleeping, the wait may poll for a short, adaptive window (``poll_s``
-caps it; QEMU's iothreads do the same with ``poll-max-ns``).  At QD1 the
-client's next request usually arrives a few tens of microseconds after our
-reply; a thread that slept meanwhile pays a wake-up (an IPI, a VM exit on a
-virtual CPU, cold caches) that cost more than the request itself here:
-QD1 Tgetattr 38 -> 24 us, the create cycle 272 -> 153 us per file, with the
-server's CPU per request about unchanged (benchmarks/README.md, "poll
-window").  The window adapts like QEMU's: a wait that slept but ended
-within ``poll_s`` doubles it (from 4 us), a wait longer than ``poll_s``
-(an idle client) halves it, down to 0, so a connection whose client pauses
-longer than the cap soon polls for nothing at all.
+Before sleeping, the wait may poll for a short window (``poll_s``; QEMU's
+iothreads do the same with ``poll-max-ns``).  At QD1 the client's next
+request usually arrives a few tens of microseconds after our reply; a thread
+that slept meanwhile pays a wake-up (an IPI, a VM exit on a virtual CPU, cold
+caches) that cost more than the request itself here: QD1 Tgetattr 38 -> 24 us,
+the create cycle 272 -> 153 us per file, with the server's CPU per request
+about unchanged (benchmarks/README.md, "poll window").
+
+Whether to poll is decided by what polling *caught*, not by how long waits
+took.  QEMU's rule (grow the window after a sleep that ended within the cap,
+shrink it after a longer one) judges the client by the length of a wait that
+slept, and that includes our own wake-up: a client that answers in 30 us,
+well inside a 50 us window, looks like 55-65 us once the loop sleeps, so a
+window that once shrank (a client's pause, the host preempting a vCPU) never
+grew back, and whole benchmark reps ran at the slow rate (measured with
+``benchmarks/qd1.py --think-us 20``: 0 of 22,053 requests caught).  Here the
+window is either off or the whole cap.  While on, a wait the window caught
+earns a credit and one it polled in vain costs two, so polling stays on while
+at least about two thirds of the waits are caught and a run of misses turns
+it off.  While off, a wait that slept for less than the cap turns it back on
+at once, and every so many waits a probe turns it on with little credit (one
+miss ends it); probes that catch nothing come less and less often (16 ->
+1024 waits), so an idle or slow client costs almost nothing.
 
 "Nothing else to run" includes the rest of the run loop's current batch:
 tasks made runnable in the same pass as ours are no longer in the run queue
@@ -66,8 +78,13 @@ BLOCK_S = 0.02
 
 _DONTWAIT = socket.MSG_DONTWAIT
 _INF = math.inf
-_GROW_FROM = 4e-6
-"""First non-zero poll window (seconds), as in QEMU's adaptive polling."""
+_CREDIT_MAX = 16
+"""Most credit the poll window holds: this many net misses turn it off."""
+_PROBE_CREDIT = 2
+"""Credit of a window turned on by a probe or a short sleep (one miss ends it)."""
+_PROBE_MIN = 16
+_PROBE_MAX = 1024
+"""Waits between probes while the window is off (doubling while probes fail)."""
 _now = time.perf_counter
 
 
@@ -146,13 +163,17 @@ class QuietWait:
 
     __slots__ = (
         "_clock",
+        "_credit",
         "_deadlines",
         "_frame",
         "_idle",
         "_instruments",
         "_max",
+        "_on_hits",
         "_pass",
         "_poll",
+        "_probe_every",
+        "_probe_in",
         "_registered",
         "_runq",
         "_sock",
@@ -167,10 +188,14 @@ class QuietWait:
         self._poll: Any = None
         self._sock = sock
         self._max = max(0.0, poll_s)
-        self.window = 0.0
-        """Current poll window in seconds (adaptive, at most ``poll_s``)."""
+        self.window = self._max
+        """Current poll window in seconds: ``poll_s`` while polling is on, else 0."""
         self.hits = 0
         """Waits that ended within the poll window (without sleeping)."""
+        self._credit = _PROBE_CREDIT
+        self._on_hits = 0
+        self._probe_every = _PROBE_MIN
+        self._probe_in = _PROBE_MIN
         runner = _runner()
         if runner is None:
             return
@@ -243,14 +268,14 @@ class QuietWait:
                         if _now() < end:
                             continue
                         break
-                    self.hits += 1
+                    self._caught()
                     return n
             try:
                 n = recv(view)
             except BlockingIOError:  # SO_RCVTIMEO: nothing for BLOCK_S, let trio wait
                 n = -1
             if self._max:
-                self._adapt(_now() - t0)
+                self._slept(_now() - t0)
             return n
         timeout = -1 if left == _INF else max(1, math.ceil(left * 1000))
         events: list[tuple[int, int]] = []
@@ -260,11 +285,11 @@ class QuietWait:
             while not events and _now() < end:
                 events = p.poll(0)
         if events:
-            self.hits += 1
+            self._caught()
         else:
             events = p.poll(timeout)
             if self._max:
-                self._adapt(_now() - t0)
+                self._slept(_now() - t0)
         if len(events) != 1 or events[0][0] != self._sockfd:
             return -1
         try:
@@ -272,16 +297,27 @@ class QuietWait:
         except BlockingIOError:
             return -1
 
-    def _adapt(self, waited: float) -> None:
-        """Double after a sleep shorter than the cap, halve after a longer one.
+    def _caught(self) -> None:
+        self.hits += 1
+        self._on_hits += 1
+        if self._credit < _CREDIT_MAX:
+            self._credit += 1
 
-        QEMU resets to 0 on a long sleep; halving measured better here: one
-        pause of the client (a GC, a scheduler tick) no longer costs the next
-        five requests their poll (create cycle at a 50 us cap: 92-96% -> 99% of
-        waits caught, 179 -> 151 us per file), and an idle client still takes
-        the window to 0 within a few requests (at most ~2x the cap polled in vain).
-        """
-        if waited > self._max:
-            self.window = 0.0 if self.window < 2 * _GROW_FROM else self.window / 2
-        elif self.window < self._max:
-            self.window = min(self._max, max(self.window * 2, _GROW_FROM))
+    def _slept(self, waited: float) -> None:
+        """Account for a wait that slept (after polling in vain, if the window was on)."""
+        if self.window:
+            self._credit -= 2
+            if self._credit <= 0:
+                # a probe that caught (almost) nothing: probe less often
+                few = self._on_hits < 4
+                self._probe_every = min(2 * self._probe_every, _PROBE_MAX) if few else _PROBE_MIN
+                self._probe_in = self._probe_every
+                self.window = 0.0
+            return
+        self._probe_in -= 1
+        if waited <= self._max or self._probe_in <= 0:
+            # The client answered within the cap even with our wake-up in the
+            # wait, or it is time to probe: poll again, on little credit.
+            self.window = self._max
+            self._credit = _PROBE_CREDIT
+            self._on_hits = 0

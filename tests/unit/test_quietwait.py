@@ -146,39 +146,70 @@ async def test_defers_to_the_rest_of_the_batch() -> None:
 # ------------------------------------------------------------ the poll window
 
 
-async def test_poll_window_grows_after_short_sleeps_until_it_catches_the_data() -> None:
-    """Waits that slept but ended within the cap double the window; then polling catches the data."""
-    a, b = _pair()
-    with a, b:
-        q = QuietWait(a, poll_s=0.5)
-        buf = memoryview(bytearray(16))
-        seen = []
-        for _ in range(16):
-            threading.Timer(0.002, b.send, (b"x",)).start()  # ~2 ms after the wait starts
-            assert q.recv_into(buf, False) == 1
-            seen.append(q.window)
-            if q.hits:
-                break
-        assert q.hits == 1, seen  # the window outgrew the client's pause and caught it
-        assert seen[:3] == [4e-6, 8e-6, 16e-6], seen  # from 0: 4 us, then doubling
-        assert seen == sorted(seen) and seen[-1] <= 0.5, seen
+def _miss(q: QuietWait, may_block: bool, after: float) -> None:
+    """A wait that nothing ends but a deadline ``after`` seconds away (longer than the cap)."""
+    with trio.move_on_after(after):
+        assert q.recv_into(memoryview(bytearray(16)), may_block) == -1
 
 
-async def test_poll_window_shrinks_to_zero_after_long_waits() -> None:
+async def test_poll_window_starts_on_and_one_miss_ends_a_fresh_window() -> None:
     for may_block in (True, False):
         a, b = _pair()
         with a, b:
             q = QuietWait(a, poll_s=0.001)
-            q.window = 16e-6
-            seen = []
-            for _ in range(3):
-                # nothing arrives: the blocking path gives up after BLOCK_S, the poll
-                # path at the deadline; either way far longer than the cap
-                with trio.move_on_after(0.05):
-                    assert q.recv_into(memoryview(bytearray(16)), may_block) == -1
-                seen.append(q.window)
-            assert seen == [8e-6, 4e-6, 0.0], (may_block, seen)
+            assert q.window == 0.001
+            _miss(q, may_block, 0.05)  # the blocking path gives up after BLOCK_S
+            assert q.window == 0.0, may_block
             assert q.hits == 0
+
+
+async def test_poll_window_credit_from_hits_outlasts_misses() -> None:
+    """Each caught wait earns a credit, each wait polled in vain costs two."""
+    a, b = _pair()
+    with a, b:
+        q = QuietWait(a, poll_s=0.002)
+        for _ in range(4):
+            b.send(b"x")
+            assert q.recv_into(memoryview(bytearray(16)), False) == 1
+        assert q.hits == 4
+        seen = []
+        for _ in range(3):
+            _miss(q, False, 0.005)
+            seen.append(q.window)
+        assert seen == [0.002, 0.002, 0.0], seen  # credit 2 + 4 = 6: off at the third
+
+
+async def test_poll_window_probes_less_often_while_probes_catch_nothing() -> None:
+    a, b = _pair()
+    with a, b:
+        q = QuietWait(a, poll_s=0.001)
+        on = []
+        for i in range(98):
+            _miss(q, False, 0.003)  # each wait sleeps past the cap: no reason to poll
+            if q.window:
+                on.append(i)
+        # off after the first wait; probes after 32 waits, then after 64 more
+        assert on == [32, 97], on
+        b.send(b"x")  # the probe catches data: polling stays on
+        assert q.recv_into(memoryview(bytearray(16)), False) == 1
+        assert q.hits == 1 and q.window == 0.001
+
+
+async def test_poll_window_turns_on_after_a_sleep_within_the_cap() -> None:
+    """A client that answered within the cap while we slept: poll for the next one."""
+    for may_block in (True, False):
+        a, b = _pair()
+        with a, b:
+            q = QuietWait(a, poll_s=0.05)
+            _miss(q, may_block, 0.1)
+            assert q.window == 0.0
+            buf = memoryview(bytearray(16))
+            threading.Timer(0.005, b.send, (b"x",)).start()  # 5 ms into the wait
+            assert q.recv_into(buf, may_block) == 1
+            assert q.window == 0.05 and q.hits == 0, may_block  # slept, then on again
+            threading.Timer(0.005, b.send, (b"y",)).start()
+            assert q.recv_into(buf, may_block) == 1
+            assert q.hits == 1, may_block  # caught by the window this time
 
 
 async def test_poll_window_catches_data_without_sleeping() -> None:
