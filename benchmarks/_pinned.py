@@ -12,6 +12,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import IO
 
 GOFER = os.path.join(os.path.dirname(os.path.realpath(sys.executable)), "gofer9p")
 """The real console script next to this interpreter (not a pyenv shim: see README)."""
@@ -34,14 +35,16 @@ def tmpfs_export() -> Iterator[str]:
 
 def spawn_pinned(
     argv_for_fd: Callable[[int], list[str]],
+    stderr: int | IO[bytes] = subprocess.DEVNULL,
 ) -> tuple[socket.socket, subprocess.Popen[bytes]]:
     """Start ``argv_for_fd(fd)`` on CPU 1 with the server end of a socketpair at
-    ``fd`` (its stderr discarded), pin this process to CPU 0; our end and the process."""
+    ``fd`` (its stderr to ``stderr``, discarded by default), pin this process to
+    CPU 0; our end and the process."""
     c, s = socket.socketpair()
     p = subprocess.Popen(
         ["taskset", "-c", "1", *argv_for_fd(s.fileno())],
         pass_fds=[s.fileno()],
-        stderr=subprocess.DEVNULL,
+        stderr=stderr,
     )
     s.close()
     os.sched_setaffinity(0, {0})

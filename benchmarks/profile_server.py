@@ -3,7 +3,8 @@
 A stdlib client thread pipelines raw frames (QD N) over a socketpair while the
 server runs in trio in the main thread under cProfile, so the profile shows
 only server-side Python.  Workloads: getattr, walkclunk, read4k, readdir,
-seqread, seqwrite.
+seqread, seqwrite, create (p9bench's create cycle: Twalk clone, Tlcreate,
+Twrite 4 KiB, Tremove; ops count requests).
 
     python benchmarks/profile_server.py getattr --seconds 3 [--top 25]
 """
@@ -14,6 +15,7 @@ import argparse
 import cProfile
 import os
 import pstats
+import shutil
 import socket
 import struct
 import tempfile
@@ -85,6 +87,16 @@ def client(sock: socket.socket, workload: str, seconds: float, qd: int, msize: i
             ]
         elif workload == "seqwrite":
             batch = [M.Twrite(tag=i, fid=1, offset=i * count, data=payload) for i in range(qd)]
+        elif workload == "create":
+            batch = []
+            for i in range(qd):
+                fid, name = 100 + i, b"c%05d" % i
+                batch += [
+                    M.Twalk(tag=4 * i, fid=0, newfid=fid, wnames=[]),
+                    M.Tlcreate(tag=4 * i + 1, fid=fid, name=name, flags=0o301, mode=0o644, gid=0),
+                    M.Twrite(tag=4 * i + 2, fid=fid, offset=0, data=payload[:4096]),
+                    M.Tremove(tag=4 * i + 3, fid=fid),
+                ]
         elif workload == "readdir":
             batch = [
                 M.Twalk(tag=1, fid=0, newfid=2, wnames=[b"dir"]),
@@ -144,10 +156,13 @@ def main() -> None:
     t0 = time.perf_counter()
     if not args.no_profile:
         prof.enable()
-    trio.run(serve, a, point, ServerConfig())
-    prof.disable()
-    dt = time.perf_counter() - t0
-    t.join()
+    try:
+        trio.run(serve, a, point, ServerConfig())
+    finally:
+        prof.disable()
+        dt = time.perf_counter() - t0
+        t.join()
+        shutil.rmtree(export, ignore_errors=True)  # 64 MiB on tmpfs
     print(f"{args.workload}: {result[0]} ops in {dt:.2f}s = {result[0] / dt:,.0f} ops/s")
     if not args.no_profile:
         pstats.Stats(prof).sort_stats("tottime").print_stats(args.top)

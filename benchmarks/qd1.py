@@ -20,9 +20,12 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import re
 import socket
 import struct
+import tempfile
 import time
+from typing import IO
 
 from _pinned import GOFER, s9, spawn_pinned, tmpfs_export
 
@@ -58,7 +61,8 @@ def _run(a: argparse.Namespace, exp: str) -> int:
         poll = [] if a.poll_us is None else ["--poll-us", str(a.poll_us)]
         return [GOFER, "serve", "--fd", str(fd), exp, *poll]
 
-    c, p = spawn_pinned(argv)
+    log = tempfile.TemporaryFile()
+    c, p = spawn_pinned(argv, stderr=log)
 
     def rpc(t: int, tag: int, body: bytes) -> bytes:
         c.sendall(struct.pack("<IBH", 7 + len(body), t, tag) + body)
@@ -124,8 +128,16 @@ def _run(a: argparse.Namespace, exp: str) -> int:
         f"{a.server:8s} {a.op}: {'latency' if not think else 'period'} "
         f"{1e6 * (t1 - t0) / units:7.1f} us/{unit}   server CPU "
         f"user {1e6 * (u1 - u0) / tck / units:6.1f}  sys {1e6 * (s1 - s0) / tck / units:6.1f} us/{unit}"
+        + _polled(log)
     )
     return 0
+
+
+def _polled(log: IO[bytes]) -> str:
+    """gofer9p's connection-end counters: how many requests the poll window caught."""
+    log.seek(0)
+    m = re.search(rb"frames=(\d+) polled=(\d+)", log.read())
+    return f"   polled {int(m[2])}/{int(m[1])} requests" if m else ""
 
 
 if __name__ == "__main__":
