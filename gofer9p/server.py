@@ -82,6 +82,8 @@ _RGETATTR_SIZE = RGETATTR.size
 _T_VERSION = int(C.MsgType.TVERSION)
 _T_FLUSH = int(C.MsgType.TFLUSH)
 _T_WRITE = int(C.MsgType.TWRITE)
+_R_WRITE = int(C.MsgType.RWRITE)
+_RWRITE = struct.Struct("<IBHI")
 _MAY_BLOCK_INTS = frozenset(int(t) for t in _MAY_BLOCK)
 _NOT_PLAIN = _MAY_BLOCK_INTS | {_T_READ, _T_VERSION, _T_FLUSH, _T_WRITE, _T_GETATTR}
 
@@ -542,6 +544,14 @@ class Connection:
                 return RGETATTR.pack(
                     _RGETATTR_SIZE, _R_GETATTR, tag, *self.session.getattr_fields(fid, mask)
                 )
+            if mtype == _T_WRITE and len(frame) >= 23 and self.msize and tag not in self.pending:
+                # Twrite to an open regular file: no message objects either
+                # (anything else, a malformed count included, takes the general path)
+                fid, offset, count = _TREAD.unpack_from(frame, 7)
+                if count == len(frame) - 23:
+                    n = self.session.write_regular(fid, offset, frame[23:])
+                    if n >= 0:
+                        return _RWRITE.pack(11, _R_WRITE, tag, n)
             plain = self._plain.get(mtype)
             if plain is not None and self.msize and tag not in self.pending:
                 reply = plain[1](plain[0](frame[7:], tag))

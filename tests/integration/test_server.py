@@ -118,6 +118,38 @@ async def test_malformed_body_gets_einval(server: Served) -> None:
     await server.client.getattr(server.root)
 
 
+async def test_twrite_fast_path_only_for_open_regular_files(
+    server: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twrite to an open regular file skips the message objects; every other
+    Twrite (unopened fid, xattr fid, bad count) is decoded and answered as before."""
+    import gofer9p.server as srv
+
+    decoded = []
+    dec = srv.DECODERS[C.MsgType.TWRITE]
+    monkeypatch.setitem(
+        srv.DECODERS, C.MsgType.TWRITE, lambda b, tag: decoded.append(tag) or dec(b, tag)
+    )
+    c = server.client
+    fid, _ = await c.walk(server.root, [])
+    await c.lcreate(fid, "fast.bin", C.L_O_RDWR, 0o644)
+    assert await c.write(fid, 3, b"hello") == 5
+    assert (server.export / "fast.bin").read_bytes() == b"\0\0\0hello"
+    assert decoded == []
+    unopened, _ = await c.walk(server.root, [])
+    with pytest.raises(P9Error) as ei:
+        await c.write(unopened, 0, b"x")
+    assert ei.value.errno == errno.EBADF and len(decoded) == 1
+    with pytest.raises(P9Error) as ei:
+        await c.write(4242, 0, b"x")  # unknown fid: EBADF from the fast path itself
+    assert ei.value.errno == errno.EBADF and len(decoded) == 1
+    bad = bytearray(encode(M.Twrite(tag=70, fid=fid, offset=0, data=b"abc")))
+    struct.pack_into("<I", bad, 19, 2)  # count 2, three bytes of data
+    r = await _raw_reply(server, bytes(bad))
+    assert isinstance(r, M.Rlerror) and r.ecode == errno.EINVAL and decoded[-1] == 70
+    assert (server.export / "fast.bin").read_bytes() == b"\0\0\0hello"
+
+
 async def test_walk_of_17_names_is_rejected(server: Served) -> None:
     body = struct.pack("<IIH", server.root, 77, 17) + b"".join(
         struct.pack("<H", 1) + b"a" for _ in range(17)
