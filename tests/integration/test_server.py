@@ -6,6 +6,7 @@ import errno
 import socket
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -116,38 +117,6 @@ async def test_malformed_body_gets_einval(server: Served) -> None:
     r = await _raw_reply(server, bytes(bad2))
     assert isinstance(r, M.Rlerror) and r.ecode == errno.EINVAL
     await server.client.getattr(server.root)
-
-
-async def test_twrite_fast_path_only_for_open_regular_files(
-    server: Served, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Twrite to an open regular file skips the message objects; every other
-    Twrite (unopened fid, xattr fid, bad count) is decoded and answered as before."""
-    import gofer9p.server as srv
-
-    decoded = []
-    dec = srv.DECODERS[C.MsgType.TWRITE]
-    monkeypatch.setitem(
-        srv.DECODERS, C.MsgType.TWRITE, lambda b, tag: decoded.append(tag) or dec(b, tag)
-    )
-    c = server.client
-    fid, _ = await c.walk(server.root, [])
-    await c.lcreate(fid, "fast.bin", C.L_O_RDWR, 0o644)
-    assert await c.write(fid, 3, b"hello") == 5
-    assert (server.export / "fast.bin").read_bytes() == b"\0\0\0hello"
-    assert decoded == []
-    unopened, _ = await c.walk(server.root, [])
-    with pytest.raises(P9Error) as ei:
-        await c.write(unopened, 0, b"x")
-    assert ei.value.errno == errno.EBADF and len(decoded) == 1
-    with pytest.raises(P9Error) as ei:
-        await c.write(4242, 0, b"x")  # unknown fid: EBADF from the fast path itself
-    assert ei.value.errno == errno.EBADF and len(decoded) == 1
-    bad = bytearray(encode(M.Twrite(tag=70, fid=fid, offset=0, data=b"abc")))
-    struct.pack_into("<I", bad, 19, 2)  # count 2, three bytes of data
-    r = await _raw_reply(server, bytes(bad))
-    assert isinstance(r, M.Rlerror) and r.ecode == errno.EINVAL and decoded[-1] == 70
-    assert (server.export / "fast.bin").read_bytes() == b"\0\0\0hello"
 
 
 async def test_walk_of_17_names_is_rejected(server: Served) -> None:
@@ -305,6 +274,47 @@ async def _raw_session(
     got = await _frames_until(b, {C.NOTAG, 1, 2, 3})
     assert not any(isinstance(m, M.Rlerror) for m in got), got
     return b
+
+
+async def test_twrite_fast_path_only_for_open_regular_files(
+    export: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twrite to an open regular file skips the message objects; every other
+    Twrite (unopened fid, bad count) is decoded and answered as before.
+    (In-process server: the check counts decoder calls.)"""
+    import gofer9p.server as srv
+
+    decoded: list[int] = []
+    dec = srv.DECODERS[C.MsgType.TWRITE]
+
+    def counting(b: Any, tag: int) -> Any:
+        decoded.append(tag)
+        return dec(b, tag)
+
+    monkeypatch.setitem(srv.DECODERS, C.MsgType.TWRITE, counting)
+    b = await _raw_session(export, nursery)
+    b.sendall(
+        encode(M.Twalk(tag=10, fid=1, newfid=3, wnames=[]))
+        + encode(M.Tlcreate(tag=11, fid=3, name=b"fast.bin", flags=C.L_O_RDWR, mode=0o644, gid=0))
+        + encode(M.Twrite(tag=12, fid=3, offset=3, data=b"hello"))
+        + encode(M.Twalk(tag=13, fid=1, newfid=4, wnames=[]))
+        + encode(M.Twrite(tag=14, fid=4, offset=0, data=b"x"))  # not opened
+        + encode(M.Twrite(tag=15, fid=4242, offset=0, data=b"x"))  # unknown fid
+    )
+    got = {m.tag: m for m in await _frames_until(b, set(range(10, 16)))}
+    assert isinstance(got[12], M.Rwrite) and got[12].count == 5
+    assert (export / "fast.bin").read_bytes() == b"\0\0\0hello"
+    for tag in (14, 15):
+        r = got[tag]
+        assert isinstance(r, M.Rlerror) and r.ecode == errno.EBADF, r
+    assert decoded == [14]  # the unknown fid was answered by the fast path itself
+    bad = bytearray(encode(M.Twrite(tag=16, fid=3, offset=0, data=b"abc")))
+    struct.pack_into("<I", bad, 19, 2)  # count 2, three bytes of data
+    b.sendall(bytes(bad))
+    (r,) = await _frames_until(b, {16})
+    assert isinstance(r, M.Rlerror) and r.ecode == errno.EINVAL and decoded == [14, 16]
+    assert (export / "fast.bin").read_bytes() == b"\0\0\0hello"
+    b.close()
 
 
 async def test_flush_of_a_threaded_request_answers_after_it(
