@@ -254,6 +254,7 @@ _ALLOW: tuple[str, ...] = (
     "epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait", "epoll_pwait2",
     "poll", "ppoll", "select", "pselect6", "eventfd2", "pipe2",
     "recvfrom", "recvmsg", "sendto", "sendmsg", "shutdown",
+    "splice",  # mid-sized Treads: file -> pipe -> socket (server.py, Connection._read)
     "getsockopt", "setsockopt", "getsockname", "getpeername",
     # memory (CPython's allocator, glibc malloc arenas, thread stacks)
     "mmap", "munmap", "mprotect", "madvise", "brk", "mremap",
@@ -269,9 +270,10 @@ _ALLOW: tuple[str, ...] = (
 )
 # fmt: on
 
-# fcntl commands: fd flags, status flags, dup, POSIX and OFD record locks.  Not F_SETOWN/F_SETSIG/
-# F_SETLEASE/F_NOTIFY & co., which would let a bug aim signals or leases at other processes.
-_FCNTL_CMDS: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 7, 1030, 36, 37, 38)  # F_DUPFD .. F_OFD_SETLKW
+# fcntl commands: fd flags, status flags, dup, POSIX and OFD record locks, F_SETPIPE_SZ (1031: the
+# splice pipe).  Not F_SETOWN/F_SETSIG/F_SETLEASE/F_NOTIFY & co., which would let a bug aim signals
+# or leases at other processes.
+_FCNTL_CMDS: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 7, 1030, 1031, 36, 37, 38)  # F_DUPFD .. F_OFD_SETLKW
 
 # ioctl requests: TCGETS (isatty, from io.open), FIONREAD, FIONBIO (socket.setblocking),
 # FIONCLEX/FIOCLEX.

@@ -40,8 +40,10 @@ memoryview of that buffer handed straight to ``pwrite``; ``Tread`` reads
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import math
+import os
 import socket
 import struct
 from collections.abc import Callable
@@ -95,6 +97,14 @@ _BIG = 64 * 1024
 _ORDERED = frozenset({_T_READ, int(C.MsgType.TREADDIR), _T_FLUSH, _T_VERSION})
 """Requests before which a held-back large reply is sent (see _receive_loop)."""
 
+_SPLICE_MIN = 32 * 1024
+"""Smallest Tread count whose data is spliced (page references) instead of copied."""
+_PIPE_BYTES = 256 * 1024
+"""Pipe size for spliced reads: counts up to this less one page fit (a count at an
+unaligned offset spans one page more than its size)."""
+_F_SETPIPE_SZ = 1031
+_R_READ = int(C.MsgType.RREAD)
+
 MIN_MSIZE = 4096
 """Smaller msizes leave no room for a useful readdir or walk reply."""
 
@@ -118,6 +128,10 @@ class ServerConfig:
     sockbuf: int = 4 << 20
     """SO_SNDBUF/SO_RCVBUF asked for (best effort): a max-msize reply then
     leaves in one sendmsg instead of many wake-ups."""
+    splice: bool = True
+    """Send the data of mid-sized Treads of regular files (32 KiB up to a
+    256 KiB pipe) by ``splice``: file pages -> pipe -> socket, no copy
+    through our memory (see Connection._read)."""
     poll_us: int = 50
     """Longest adaptive poll (microseconds) for the next request before the
     loop sleeps, when it has nothing else to do (0: never poll).  Saves the
@@ -266,6 +280,8 @@ class Connection:
         self.quiet: QuietWait | None = None  # the receive loop's waiter (its poll counters)
         self._pool: list[bytearray] = []  # free max-msize read buffers
         self._lent: list[bytearray] = []  # pooled buffers in replies not yet sent
+        self._pipe: tuple[int, int] | None = None  # (read, write) end for spliced Treads
+        self._splice_max = 0  # largest spliced Tread count; 0: splicing off
 
     # ------------------------------------------------------------------ I/O
     async def _send(self, bufs: list[Any]) -> None:
@@ -346,6 +362,8 @@ class Connection:
                 sock.setsockopt(socket.SOL_SOCKET, opt, self.config.sockbuf)
             except OSError:
                 pass
+        if self.config.splice and hasattr(os, "splice"):
+            self._splice_max = _PIPE_BYTES - 4096
         peer = _peer_name(sock)
         log.info("%s: connection start peer=%s", self.name, peer)
         reason = "EOF"
@@ -362,6 +380,7 @@ class Connection:
                         p.scope.cancel()
         finally:
             self.session.reset()
+            self._drop_pipe()
             log.info(
                 "%s: connection end (%s) frames=%d polled=%d",
                 self.name,
@@ -599,6 +618,11 @@ class Connection:
             self.msize = msize
             self.max_frame = msize
             self._pool.clear()
+            if self._splice_max and self._pipe is None and msize >= _SPLICE_MIN + C.IOHDRSZ:
+                # made here, not on the first read: the pipe is part of the
+                # session, like the socket (an fd count taken after Tversion
+                # sees the same number after every fid is clunked)
+                self._open_pipe()
             self.session.set_msize(msize)
         else:
             version = C.VERSION_UNKNOWN
@@ -632,6 +656,13 @@ class Connection:
             from .protocol.messages import Tread
 
             raise _Background(Tread(tag=tag, fid=fid, offset=offset, count=count), None)
+        p = self._pipe
+        if p is not None and _SPLICE_MIN <= count <= self._splice_max:
+            n = self.session.splice_read(fid, offset, count, p[1])
+            if n > 0:
+                raise _Spliced(_RREAD_HDR.pack(11 + n, _R_READ, tag, n), n)
+            if n == 0:
+                return _RREAD_HDR.pack(11, _R_READ, tag, 0)
         if count >= _BIG:
             pool = self._pool
             rb = pool.pop() if pool else bytearray(11 + self.msize)
@@ -639,6 +670,109 @@ class Connection:
         else:
             rb = bytearray(11 + count)
         return self._fill_rread(rb, tag, fid, offset, count)
+
+    # Spliced Treads.  A Tread of a regular file is the costliest request per
+    # byte: preadv copies the page-cache pages into our buffer, sendmsg copies
+    # them again into the socket.  splice(file -> pipe) takes references to
+    # the pages and splice(pipe -> socket) hands them to the socket: the only
+    # copy left is the client's own receive (p9bench seq Tread 64K: see
+    # benchmarks/README.md).  What it changes: the reply carries the pages as
+    # they are when the client receives them, so a write racing with the read
+    # may show in it (as it may in a read racing with a write on the host);
+    # a read that completes before a write is issued is unaffected, since the
+    # client has consumed the reply by then.  Only counts that fit one pipe,
+    # and below flush_bytes (larger reads keep the held-back path, behind
+    # which small replies overtake).
+    def _open_pipe(self) -> None:
+        """Make the connection's splice pipe; failing that, turn splicing off."""
+        try:
+            r, w = os.pipe2(os.O_CLOEXEC)
+        except OSError as e:
+            log.warning("%s: no pipe for spliced reads (%s): copying", self.name, e.strerror)
+            self._splice_max = 0
+            return
+        try:
+            fcntl.fcntl(w, _F_SETPIPE_SZ, _PIPE_BYTES)
+        except OSError as e:
+            # e.g. EPERM past the user's pipe-user-pages-soft without CAP_SYS_RESOURCE
+            log.info("%s: pipe size %d refused (%s): reads are copied", self.name, _PIPE_BYTES, e.strerror)
+            os.close(r)
+            os.close(w)
+            self._splice_max = 0
+            return
+        self._pipe = (r, w)
+
+    def _drop_pipe(self) -> None:
+        """Close the pipe (with whatever it still holds); a later read makes a new one."""
+        p, self._pipe = self._pipe, None
+        if p is not None:
+            os.close(p[0])
+            os.close(p[1])
+
+    async def _send_spliced(self, header: bytes, n: int) -> None:
+        """Send an Rread header, then its ``n`` data bytes waiting in the pipe,
+        under the send lock so that no other reply comes between them."""
+        lock = self.send_lock
+        self._sending += 1
+        try:
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            try:
+                await lock.acquire()
+            except BaseException:
+                self._sending -= 1
+                self._drop_pipe()
+                raise
+        done = False
+        try:
+            if self.closed:
+                return
+            sock = self.sock
+            bufs: list[Any] = [header]
+            while bufs:
+                try:
+                    bufs = _unsent(bufs, sock.sendmsg(bufs, (), _DONTWAIT))
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(sock)
+            assert self._pipe is not None
+            r, fd = self._pipe[0], sock.fileno()
+            # splice has no MSG_DONTWAIT: it blocks on a blocking socket (the
+            # quiet wait's mode) whatever its flags, so the socket is made
+            # non-blocking for the duration (one ioctl each way).
+            blocking = sock.getblocking()
+            if blocking:
+                sock.setblocking(False)
+            try:
+                while n:
+                    try:
+                        n -= os.splice(r, fd, n)
+                    except BlockingIOError:
+                        await trio.lowlevel.wait_writable(sock)
+                    except OSError as e:
+                        if e.errno != errno.EINVAL:
+                            raise
+                        # a transport splice cannot write to: send the rest as bytes
+                        log.info("%s: socket refuses splice: reads are copied", self.name)
+                        self._splice_max = 0
+                        data = bytearray()
+                        while len(data) < n:
+                            data += os.read(r, n - len(data))
+                        rest: list[Any] = [data]
+                        n = 0
+                        while rest:
+                            try:
+                                rest = _unsent(rest, sock.sendmsg(rest, (), _DONTWAIT))
+                            except BlockingIOError:
+                                await trio.lowlevel.wait_writable(sock)
+            finally:
+                if blocking:
+                    sock.setblocking(True)
+            done = True
+        finally:
+            if not done:
+                self._drop_pipe()  # what is left in it belongs to a reply that will not be sent
+            lock.release()
+            self._sending -= 1
 
     def _fill_rread(self, rb: bytearray, tag: int, fid: int, offset: int, count: int) -> Any:
         """Read into ``rb`` after its 11-byte header; the Rread frame (rb, or a view of it)."""
@@ -727,6 +861,17 @@ class _Background(_Control):
 
     async def act(self, conn: Connection) -> None:
         await conn._start_background(self.msg, self.handler)
+
+
+class _Spliced(_Control):
+    """An Rread whose data waits in the connection's pipe: send the header, then splice."""
+
+    def __init__(self, header: bytes, n: int) -> None:
+        self.header = header
+        self.n = n
+
+    async def act(self, conn: Connection) -> None:
+        await conn._send_spliced(self.header, self.n)
 
 
 class _FlushWait(_Control):

@@ -171,6 +171,7 @@ _fstat = os.fstat
 _close = os.close
 _preadv = os.preadv
 _pwrite = os.pwrite
+_splice = os.splice
 
 
 def _err(code: int) -> OSError:
@@ -1429,6 +1430,25 @@ class Session:
             return Rwrite(m.tag, n)
         except OverflowError:
             raise _err(errno.EINVAL) from None
+        finally:
+            self._put(f)
+
+    def splice_read(self, fid: int, offset: int, count: int, pipe_w: int) -> int:
+        """Tread of a regular file into the pipe ``pipe_w`` (page references, no
+        copy; the server's spliced reads); bytes moved, 0 at EOF.  -1 when this
+        is not that case or splice refuses it (not a regular file, an xattr or
+        unopened fid, a file system without splice): :meth:`read_into` answers,
+        so errors are the same either way.  Unknown fids: EBADF.
+        """
+        f = self._get(fid)
+        try:
+            ofd = f.ofd
+            if ofd < 0 or f.fmt != _REG:
+                return -1
+            try:
+                return _splice(ofd, pipe_w, count, offset)
+            except (OSError, OverflowError):
+                return -1
         finally:
             self._put(f)
 
