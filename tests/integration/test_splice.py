@@ -40,6 +40,16 @@ CASES = [
 ]
 
 
+def _pipe_fds() -> int:
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            n += os.readlink(f"/proc/self/fd/{fd}").startswith("pipe:")
+        except OSError:
+            pass
+    return n
+
+
 @pytest.mark.parametrize("splice", [True, False])
 async def test_reads_of_every_size_return_the_file(
     connect_export: ConnectFn, export: Path, splice: bool
@@ -77,7 +87,9 @@ async def test_mid_sized_reads_are_spliced_and_replies_keep_their_order(
 
     monkeypatch.setattr(session, "_splice", counting)
     (export / "big").write_bytes(DATA)
+    before = _pipe_fds()
     b = await _raw_session(export, nursery, msize=1 << 20, name=b"big")
+    assert _pipe_fds() == before + 2  # the connection's pipe, made at Tversion
     b.sendall(
         encode(M.Tread(tag=10, fid=2, offset=0, count=64 * K))
         + encode(M.Tgetattr(tag=11, fid=1, request_mask=C.GETATTR_BASIC))
@@ -141,3 +153,30 @@ async def test_a_client_that_stops_reading_stalls_only_itself(
         assert isinstance(m, M.Rread) and bytes(m.data) == DATA[i * K : i * K + 200 * K], i
     a.close()
     c.close()
+
+
+async def test_pipe_size_refused_means_copied_reads(
+    export: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """F_SETPIPE_SZ refused (EPERM past pipe-user-pages-soft without
+    CAP_SYS_RESOURCE): that connection copies, and holds no pipe."""
+    import gofer9p.attach.session as session
+
+    def refuse(fd: int, cmd: int, arg: int = 0) -> int:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    spliced: list[int] = []
+    real = session._splice
+    monkeypatch.setattr("gofer9p.server.fcntl.fcntl", refuse)
+    monkeypatch.setattr(
+        session, "_splice", lambda *a: spliced.append(a[2]) or real(*a)  # type: ignore[func-returns-value]
+    )
+    (export / "big").write_bytes(DATA)
+    before = _pipe_fds()
+    b = await _raw_session(export, nursery, msize=1 << 20, name=b"big")
+    assert _pipe_fds() == before  # made, refused its size, closed
+    b.sendall(encode(M.Tread(tag=10, fid=2, offset=4095, count=64 * K)))
+    (r,) = await _frames_until(b, {10})
+    assert isinstance(r, M.Rread) and bytes(r.data) == DATA[4095 : 4095 + 64 * K]
+    assert spliced == []
+    b.close()
