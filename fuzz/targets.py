@@ -233,6 +233,7 @@ class InprocTarget(Target):
         self._catcher = _ErrorCatcher()
         self._seen = 0
         self._old_level = logging.NOTSET
+        self._old_umask: int | None = None
         self._tmp: Path | None = None
         self.point: Any = None
         self.count = 0
@@ -242,6 +243,10 @@ class InprocTarget(Target):
             return
         from gofer9p.attach import AttachPoint
 
+        # The daemon runs with umask 0 (confine.py: the client sends full
+        # modes); so does this server, or a Tmkdir of 1777 comes out 1755 and
+        # the stateful model, which expects the daemon's behaviour, disagrees.
+        self._old_umask = os.umask(0)
         self._tmp, self.export = _make_export()
         self.point = AttachPoint.open(str(self.export), readonly=self.readonly)
         logger = logging.getLogger("gofer9p")
@@ -336,6 +341,9 @@ class InprocTarget(Target):
             self.point.close()
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
+        if self._old_umask is not None:
+            os.umask(self._old_umask)
+            self._old_umask = None
 
 
 # ------------------------------------------------------------------ processes
