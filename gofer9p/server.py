@@ -86,6 +86,15 @@ _T_FLUSH = int(C.MsgType.TFLUSH)
 _T_WRITE = int(C.MsgType.TWRITE)
 _R_WRITE = int(C.MsgType.RWRITE)
 _RWRITE = struct.Struct("<IBHI")
+_T_CLUNK = int(C.MsgType.TCLUNK)
+_T_REMOVE = int(C.MsgType.TREMOVE)
+_T_WALK = int(C.MsgType.TWALK)
+_R_CLUNK = int(C.MsgType.RCLUNK)
+_R_REMOVE = int(C.MsgType.RREMOVE)
+_R_WALK = int(C.MsgType.RWALK)
+_EMPTY_REPLY = struct.Struct("<IBH")
+_TWALK0 = struct.Struct("<IIH")
+_RWALK0 = struct.Struct("<IBHH")
 _MAY_BLOCK_INTS = frozenset(int(t) for t in _MAY_BLOCK)
 _NOT_PLAIN = _MAY_BLOCK_INTS | {_T_READ, _T_VERSION, _T_FLUSH, _T_WRITE, _T_GETATTR}
 
@@ -563,6 +572,22 @@ class Connection:
                 return RGETATTR.pack(
                     _RGETATTR_SIZE, _R_GETATTR, tag, *self.session.getattr_fields(fid, mask)
                 )
+            n = len(frame)
+            if n == 11 and (mtype == _T_CLUNK or mtype == _T_REMOVE) and self.msize and (
+                tag not in self.pending
+            ):
+                # Tclunk/Tremove: the fid is the whole body
+                fid = _U32.unpack_from(frame, 7)[0]
+                if mtype == _T_CLUNK:
+                    self.session.clunk_fid(fid)
+                    return _EMPTY_REPLY.pack(7, _R_CLUNK, tag)
+                self.session.remove_fid(fid)
+                return _EMPTY_REPLY.pack(7, _R_REMOVE, tag)
+            if n == 17 and mtype == _T_WALK and self.msize and tag not in self.pending:
+                fid, newfid, nwname = _TWALK0.unpack_from(frame, 7)
+                if nwname == 0 and newfid != fid:  # a clone
+                    self.session.clone_fid(fid, newfid)
+                    return _RWALK0.pack(9, _R_WALK, tag, 0)
             if mtype == _T_WRITE and len(frame) >= 23 and self.msize and tag not in self.pending:
                 # Twrite to an open regular file: no message objects either
                 # (anything else, a malformed count included, takes the general path)

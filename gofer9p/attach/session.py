@@ -922,7 +922,8 @@ class Session:
         """
         names = m.wnames
         if not names and m.newfid != m.fid:
-            return self._clone(m)
+            self.clone_fid(m.fid, m.newfid)
+            return Rwalk(m.tag, [])
         if len(names) > C.MAXWELEM:
             raise _err(errno.E2BIG)
         f = self._get(m.fid)
@@ -943,22 +944,21 @@ class Session:
         finally:
             self._put(f)
 
-    def _clone(self, m: Twalk) -> Rwalk:
+    def clone_fid(self, fid: int, newfid: int) -> None:
         """Twalk with no names into another fid number (the Linux client's
-        commonest walk), in one pass under the session lock: the fid cannot
+        commonest walk; the server calls this directly, without message
+        objects), in one pass under the session lock: the fid cannot
         lose its fds while it is in the table and the lock is held (only
         ``dup`` runs under it), so no reference is taken, and ``fd``,
         ``parent`` and the rest are read consistently."""
         fids = self._fids
-        newfid = m.newfid
         with self._lock:
-            f = fids.get(m.fid)
+            f = fids.get(fid)
             if f is None or f.xmode or f.fd < 0 or newfid in fids:
                 raise _err(errno.EBADF)
             if len(fids) >= self.max_fids:
                 raise _err(errno.EMFILE)
             fids[newfid] = self._dup_fid(f)
-        return Rwalk(m.tag, [])
 
     @staticmethod
     def _dup_fid(f: _Fid) -> _Fid:
@@ -969,18 +969,27 @@ class Session:
         return _Fid(fd, parent, f.path, f.uid, f.dev, f.ino, f.fmt, f.qid, pident)
 
     def clunk(self, m: Tclunk) -> Rclunk:
-        """Free ``fid``; an xattrcreate fid commits here and reports the commit's error."""
-        f = self._take(m.fid)
+        self.clunk_fid(m.fid)
+        return Rclunk(m.tag)
+
+    def clunk_fid(self, fid: int) -> None:
+        """Free ``fid``; an xattrcreate fid commits here and reports the commit's
+        error.  (The server calls this directly, without message objects.)"""
+        f = self._take(fid)
         try:
             if f.xmode == _XWRITE:
                 self._xattr_commit(f)
         finally:
             self._put(f)
-        return Rclunk(m.tag)
 
     def remove(self, m: Tremove) -> Rremove:
-        """Unlink (or rmdir) the fid's file; the fid is clunked in every case."""
-        f = self._take(m.fid)
+        self.remove_fid(m.fid)
+        return Rremove(m.tag)
+
+    def remove_fid(self, fid: int) -> None:
+        """Unlink (or rmdir) the fid's file; the fid is clunked in every case.
+        (The server calls this directly, without message objects.)"""
+        f = self._take(fid)
         try:
             if self._ro:
                 self._deny("remove")
@@ -997,7 +1006,6 @@ class Session:
                     _close(pfd)
         finally:
             self._put(f)
-        return Rremove(m.tag)
 
     def getattr(self, m: Tgetattr) -> Rgetattr:
         """fstat of the fid's own fd.  ``valid`` = request_mask & BASIC (as gVisor;

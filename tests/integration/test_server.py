@@ -317,6 +317,47 @@ async def test_twrite_fast_path_only_for_open_regular_files(
     b.close()
 
 
+async def test_clone_clunk_remove_fast_paths(
+    export: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twalk clones, Tclunk and Tremove skip the message objects and answer as the
+    general path does (errors included); a walk with names is decoded as before."""
+    import gofer9p.server as srv
+
+    decoded: list[int] = []
+    for t in (C.MsgType.TWALK, C.MsgType.TCLUNK, C.MsgType.TREMOVE):
+        dec = srv.DECODERS[t]
+
+        def counting(b: Any, tag: int, dec: Any = dec) -> Any:
+            decoded.append(tag)
+            return dec(b, tag)
+
+        monkeypatch.setitem(srv.DECODERS, t, counting)
+    (export / "gone").write_bytes(b"x")
+    b = await _raw_session(export, nursery)
+    b.sendall(
+        encode(M.Twalk(tag=10, fid=1, newfid=3, wnames=[]))  # clone
+        + encode(M.Twalk(tag=11, fid=1, newfid=3, wnames=[]))  # newfid in use: EBADF
+        + encode(M.Twalk(tag=12, fid=99, newfid=4, wnames=[]))  # unknown fid: EBADF
+        + encode(M.Tclunk(tag=13, fid=3))
+        + encode(M.Tclunk(tag=14, fid=3))  # already clunked: EBADF
+        + encode(M.Twalk(tag=15, fid=1, newfid=5, wnames=[b"gone"]))  # decoded
+        + encode(M.Tremove(tag=16, fid=5))
+        + encode(M.Tremove(tag=17, fid=5))  # already gone: EBADF
+        + encode(M.Tgetattr(tag=18, fid=1, request_mask=C.GETATTR_BASIC))
+    )
+    got = {m.tag: m for m in await _frames_until(b, set(range(10, 19)))}
+    assert isinstance(got[10], M.Rwalk) and got[10].wqids == []
+    assert isinstance(got[13], M.Rclunk) and isinstance(got[16], M.Rremove)
+    assert isinstance(got[15], M.Rwalk) and len(got[15].wqids) == 1
+    for tag in (11, 12, 14, 17):
+        r = got[tag]
+        assert isinstance(r, M.Rlerror) and r.ecode == errno.EBADF, (tag, r)
+    assert not (export / "gone").exists()
+    assert decoded == [15]
+    b.close()
+
+
 async def test_flush_of_a_threaded_request_answers_after_it(
     export: Path, nursery: trio.Nursery
 ) -> None:
