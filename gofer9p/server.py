@@ -297,31 +297,42 @@ class Connection:
         """Write every buffer, in order, holding the send lock."""
         if self.closed:
             return
-        # acquire_nowait first: ``async with lock`` always yields to the
-        # scheduler (a whole run-loop pass with an epoll_wait) even when the
-        # lock is free, which is most of a QD1 round trip's overhead.
-        lock = self.send_lock
+        await self._lock_send()
+        try:
+            await self._sendmsg_all(bufs)
+        finally:
+            self._unlock_send()
+
+    async def _lock_send(self) -> None:
+        """Take the send lock (counted in ``_sending``, which _send_now checks).
+
+        acquire_nowait first: ``async with lock`` always yields to the
+        scheduler (a whole run-loop pass with an epoll_wait) even when the
+        lock is free, which is most of a QD1 round trip's overhead."""
         self._sending += 1
         try:
-            lock.acquire_nowait()
+            self.send_lock.acquire_nowait()
         except trio.WouldBlock:
             try:
-                await lock.acquire()
+                await self.send_lock.acquire()
             except BaseException:
                 self._sending -= 1
                 raise
-        try:
-            sock = self.sock
-            while bufs:
-                try:
-                    n = sock.sendmsg(bufs, (), _DONTWAIT)
-                except BlockingIOError:
-                    await trio.lowlevel.wait_writable(sock)
-                    continue
-                bufs = _unsent(bufs, n)
-        finally:
-            lock.release()
-            self._sending -= 1
+
+    def _unlock_send(self) -> None:
+        self.send_lock.release()
+        self._sending -= 1
+
+    async def _sendmsg_all(self, bufs: list[Any]) -> None:
+        """sendmsg until every buffer is out, waiting for room (send lock held)."""
+        sock = self.sock
+        while bufs:
+            try:
+                n = sock.sendmsg(bufs, (), _DONTWAIT)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(sock)
+                continue
+            bufs = _unsent(bufs, n)
 
     def _send_now(self, bufs: list[Any]) -> list[Any] | None:
         """The fast path of a send: no lock and no await; returns what did not
@@ -728,7 +739,8 @@ class Connection:
         self._pipe = (r, w)
 
     def _drop_pipe(self) -> None:
-        """Close the pipe (with whatever it still holds); a later read makes a new one."""
+        """Close the pipe (with whatever it still holds): reads are copied until
+        a Tversion makes a new one."""
         p, self._pipe = self._pipe, None
         if p is not None:
             os.close(p[0])
@@ -737,29 +749,18 @@ class Connection:
     async def _send_spliced(self, header: bytes, n: int) -> None:
         """Send an Rread header, then its ``n`` data bytes waiting in the pipe,
         under the send lock so that no other reply comes between them."""
-        lock = self.send_lock
-        self._sending += 1
         try:
-            lock.acquire_nowait()
-        except trio.WouldBlock:
-            try:
-                await lock.acquire()
-            except BaseException:
-                self._sending -= 1
-                self._drop_pipe()
-                raise
+            await self._lock_send()
+        except BaseException:
+            self._drop_pipe()
+            raise
         done = False
         try:
             if self.closed:
                 return
-            sock = self.sock
-            bufs: list[Any] = [header]
-            while bufs:
-                try:
-                    bufs = _unsent(bufs, sock.sendmsg(bufs, (), _DONTWAIT))
-                except BlockingIOError:
-                    await trio.lowlevel.wait_writable(sock)
+            await self._sendmsg_all([header])
             assert self._pipe is not None
+            sock = self.sock
             r, fd = self._pipe[0], sock.fileno()
             # splice has no MSG_DONTWAIT: it blocks on a blocking socket (the
             # quiet wait's mode) whatever its flags, so the socket is made
@@ -782,13 +783,8 @@ class Connection:
                         data = bytearray()
                         while len(data) < n:
                             data += os.read(r, n - len(data))
-                        rest: list[Any] = [data]
                         n = 0
-                        while rest:
-                            try:
-                                rest = _unsent(rest, sock.sendmsg(rest, (), _DONTWAIT))
-                            except BlockingIOError:
-                                await trio.lowlevel.wait_writable(sock)
+                        await self._sendmsg_all([data])
             finally:
                 if blocking:
                     sock.setblocking(True)
@@ -796,8 +792,7 @@ class Connection:
         finally:
             if not done:
                 self._drop_pipe()  # what is left in it belongs to a reply that will not be sent
-            lock.release()
-            self._sending -= 1
+            self._unlock_send()
 
     def _fill_rread(self, rb: bytearray, tag: int, fid: int, offset: int, count: int) -> Any:
         """Read into ``rb`` after its 11-byte header; the Rread frame (rb, or a view of it)."""

@@ -180,3 +180,36 @@ async def test_pipe_size_refused_means_copied_reads(
     assert isinstance(r, M.Rread) and bytes(r.data) == DATA[4095 : 4095 + 64 * K]
     assert spliced == []
     b.close()
+
+
+async def test_a_socket_that_refuses_splice_gets_the_bytes_copied(
+    export: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """splice(pipe -> socket) EINVAL (a transport without splice): the data already
+    in the pipe is read and sent as bytes, and later reads are copied."""
+    import gofer9p.attach.session as session
+
+    spliced: list[int] = []
+    real = session._splice
+
+    def counting(src: int, dst: int, count: int, offset: int) -> int:
+        spliced.append(count)
+        return real(src, dst, count, offset)
+
+    def refuse(*args: object, **kw: object) -> int:
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(session, "_splice", counting)  # file -> pipe: still works
+    monkeypatch.setattr("gofer9p.server.os.splice", refuse)  # pipe -> socket: refused
+    (export / "big").write_bytes(DATA)
+    b = await _raw_session(export, nursery, msize=1 << 20, name=b"big")
+    b.sendall(
+        encode(M.Tread(tag=10, fid=2, offset=4095, count=64 * K))
+        + encode(M.Tread(tag=11, fid=2, offset=0, count=100 * K))
+    )
+    got = await _frames_until(b, {10, 11})
+    assert [m.tag for m in got] == [10, 11]
+    assert bytes(got[0].data) == DATA[4095 : 4095 + 64 * K]  # type: ignore[union-attr]
+    assert bytes(got[1].data) == DATA[: 100 * K]  # type: ignore[union-attr]
+    assert spliced == [64 * K]  # the second read was copied
+    b.close()
