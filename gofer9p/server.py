@@ -62,8 +62,8 @@ from .protocol.messages import Message, Rflush, Rversion, Twrite
 log = logging.getLogger("gofer9p.server")
 
 _TREAD = struct.Struct("<IQI")
-_RREAD_HDR = struct.Struct("<IBHI")
-_RLERROR = struct.Struct("<IBHI")
+_HDR_U32 = struct.Struct("<IBHI")
+"""A header and one u32: Rread's count (its data follows), Rwrite's count, Rlerror's ecode."""
 _U32 = struct.Struct("<I")
 _DONTWAIT = socket.MSG_DONTWAIT  # the socket may be in blocking mode (see _quietwait)
 
@@ -85,14 +85,12 @@ _T_VERSION = int(C.MsgType.TVERSION)
 _T_FLUSH = int(C.MsgType.TFLUSH)
 _T_WRITE = int(C.MsgType.TWRITE)
 _R_WRITE = int(C.MsgType.RWRITE)
-_RWRITE = struct.Struct("<IBHI")
 _T_CLUNK = int(C.MsgType.TCLUNK)
 _T_REMOVE = int(C.MsgType.TREMOVE)
 _T_WALK = int(C.MsgType.TWALK)
 _R_CLUNK = int(C.MsgType.RCLUNK)
 _R_REMOVE = int(C.MsgType.RREMOVE)
 _R_WALK = int(C.MsgType.RWALK)
-_EMPTY_REPLY = struct.Struct("<IBH")
 _TWALK0 = struct.Struct("<IIH")
 _RWALK0 = struct.Struct("<IBHH")
 _MAY_BLOCK_INTS = frozenset(int(t) for t in _MAY_BLOCK)
@@ -235,7 +233,7 @@ def _unsent(bufs: list[Any], n: int) -> list[Any]:
 
 
 def _rlerror(tag: int, err: int) -> bytes:
-    return _RLERROR.pack(11, C.MsgType.RLERROR, tag, err)
+    return _HDR_U32.pack(11, C.MsgType.RLERROR, tag, err)
 
 
 class _Pending:
@@ -577,40 +575,39 @@ class Connection:
         try:
             if mtype == _T_READ:
                 return self._read(tag, frame)
-            if mtype == _T_GETATTR and len(frame) == 19 and self.msize and tag not in self.pending:
-                # the most frequent request of a mounted client: no message objects
-                fid, mask = TGETATTR_BODY.unpack_from(frame, 7)
-                return RGETATTR.pack(
-                    _RGETATTR_SIZE, _R_GETATTR, tag, *self.session.getattr_fields(fid, mask)
-                )
-            n = len(frame)
-            if n == 11 and (mtype == _T_CLUNK or mtype == _T_REMOVE) and self.msize and (
-                tag not in self.pending
-            ):
-                # Tclunk/Tremove: the fid is the whole body
-                fid = _U32.unpack_from(frame, 7)[0]
-                if mtype == _T_CLUNK:
-                    self.session.clunk_fid(fid)
-                    return _EMPTY_REPLY.pack(7, _R_CLUNK, tag)
-                self.session.remove_fid(fid)
-                return _EMPTY_REPLY.pack(7, _R_REMOVE, tag)
-            if n == 17 and mtype == _T_WALK and self.msize and tag not in self.pending:
-                fid, newfid, nwname = _TWALK0.unpack_from(frame, 7)
-                if nwname == 0 and newfid != fid:  # a clone
-                    self.session.clone_fid(fid, newfid)
-                    return _RWALK0.pack(9, _R_WALK, tag, 0)
-            if mtype == _T_WRITE and len(frame) >= 23 and self.msize and tag not in self.pending:
-                # Twrite to an open regular file: no message objects either
-                # (anything else, a malformed count included, takes the general path)
-                fid, offset, count = _TREAD.unpack_from(frame, 7)
-                if count == len(frame) - 23:
-                    n = self.session.write_regular(fid, offset, frame[23:])
-                    if n >= 0:
-                        return _RWRITE.pack(11, _R_WRITE, tag, n)
-            plain = self._plain.get(mtype)
-            if plain is not None and self.msize and tag not in self.pending:
-                reply = plain[1](plain[0](frame[7:], tag))
-                return ENCODERS[type(reply)](reply)
+            if self.msize and tag not in self.pending:
+                # The commonest requests without message objects: fixed layouts
+                # unpacked and packed here (anything unusual, a malformed frame
+                # included, falls through to the general path below).
+                n = len(frame)
+                if mtype == _T_GETATTR and n == 19:
+                    # the most frequent request of a mounted client
+                    fid, mask = TGETATTR_BODY.unpack_from(frame, 7)
+                    return RGETATTR.pack(
+                        _RGETATTR_SIZE, _R_GETATTR, tag, *self.session.getattr_fields(fid, mask)
+                    )
+                if n == 11 and mtype == _T_CLUNK:  # the fid is the whole body
+                    self.session.clunk_fid(_U32.unpack_from(frame, 7)[0])
+                    return HEADER.pack(7, _R_CLUNK, tag)
+                if n == 11 and mtype == _T_REMOVE:
+                    self.session.remove_fid(_U32.unpack_from(frame, 7)[0])
+                    return HEADER.pack(7, _R_REMOVE, tag)
+                if n == 17 and mtype == _T_WALK:
+                    fid, newfid, nwname = _TWALK0.unpack_from(frame, 7)
+                    if nwname == 0 and newfid != fid:  # a clone
+                        self.session.clone_fid(fid, newfid)
+                        return _RWALK0.pack(9, _R_WALK, tag, 0)
+                if mtype == _T_WRITE and n >= 23:
+                    # Twrite to an open regular file (same layout as Tread's head)
+                    fid, offset, count = _TREAD.unpack_from(frame, 7)
+                    if count == n - 23:
+                        written = self.session.write_regular(fid, offset, frame[23:])
+                        if written >= 0:
+                            return _HDR_U32.pack(11, _R_WRITE, tag, written)
+                plain = self._plain.get(mtype)
+                if plain is not None:
+                    reply = plain[1](plain[0](frame[7:], tag))
+                    return ENCODERS[type(reply)](reply)
             dec = DECODERS.get(mtype)
             if dec is None or mtype & 1:
                 log.warning("%s: tag=%d unsupported message type %d", self.name, tag, mtype)
@@ -696,9 +693,9 @@ class Connection:
         if p is not None and _SPLICE_MIN <= count <= self._splice_max:
             n = self.session.splice_read(fid, offset, count, p[1])
             if n > 0:
-                raise _Spliced(_RREAD_HDR.pack(11 + n, _R_READ, tag, n), n)
+                raise _Spliced(_HDR_U32.pack(11 + n, _R_READ, tag, n), n)
             if n == 0:
-                return _RREAD_HDR.pack(11, _R_READ, tag, 0)
+                return _HDR_U32.pack(11, _R_READ, tag, 0)
         if count >= _BIG:
             pool = self._pool
             rb = pool.pop() if pool else bytearray(11 + self.msize)
@@ -798,7 +795,7 @@ class Connection:
         """Read into ``rb`` after its 11-byte header; the Rread frame (rb, or a view of it)."""
         mv = memoryview(rb)
         n = self.session.read_into(fid, offset, mv[11 : 11 + count])
-        _RREAD_HDR.pack_into(rb, 0, 11 + n, C.MsgType.RREAD, tag, n)
+        _HDR_U32.pack_into(rb, 0, 11 + n, C.MsgType.RREAD, tag, n)
         if n != len(rb) - 11:
             return mv[: 11 + n]
         return rb
