@@ -276,22 +276,29 @@ async def _raw_session(
     return b
 
 
+def _count_decodes(monkeypatch: pytest.MonkeyPatch, *types: int) -> list[int]:
+    """Tags of the frames of these types the server decodes into message objects
+    (its fast paths do not) on connections made from now on."""
+    import gofer9p.server as srv
+
+    tags: list[int] = []
+    for t in types:
+
+        def counting(b: Any, tag: int, dec: Any = srv.DECODERS[t]) -> Any:
+            tags.append(tag)
+            return dec(b, tag)
+
+        monkeypatch.setitem(srv.DECODERS, t, counting)
+    return tags
+
+
 async def test_twrite_fast_path_only_for_open_regular_files(
     export: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Twrite to an open regular file skips the message objects; every other
     Twrite (unopened fid, bad count) is decoded and answered as before.
     (In-process server: the check counts decoder calls.)"""
-    import gofer9p.server as srv
-
-    decoded: list[int] = []
-    dec = srv.DECODERS[C.MsgType.TWRITE]
-
-    def counting(b: Any, tag: int) -> Any:
-        decoded.append(tag)
-        return dec(b, tag)
-
-    monkeypatch.setitem(srv.DECODERS, C.MsgType.TWRITE, counting)
+    decoded = _count_decodes(monkeypatch, C.MsgType.TWRITE)
     b = await _raw_session(export, nursery)
     b.sendall(
         encode(M.Twalk(tag=10, fid=1, newfid=3, wnames=[]))
@@ -322,17 +329,7 @@ async def test_clone_clunk_remove_fast_paths(
 ) -> None:
     """Twalk clones, Tclunk and Tremove skip the message objects and answer as the
     general path does (errors included); a walk with names is decoded as before."""
-    import gofer9p.server as srv
-
-    decoded: list[int] = []
-    for t in (C.MsgType.TWALK, C.MsgType.TCLUNK, C.MsgType.TREMOVE):
-        dec = srv.DECODERS[t]
-
-        def counting(b: Any, tag: int, dec: Any = dec) -> Any:
-            decoded.append(tag)
-            return dec(b, tag)
-
-        monkeypatch.setitem(srv.DECODERS, t, counting)
+    decoded = _count_decodes(monkeypatch, C.MsgType.TWALK, C.MsgType.TCLUNK, C.MsgType.TREMOVE)
     (export / "gone").write_bytes(b"x")
     b = await _raw_session(export, nursery)
     b.sendall(

@@ -40,6 +40,21 @@ CASES = [
 ]
 
 
+def _count_splices(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The counts of the file -> pipe splices the session makes from now on."""
+    import gofer9p.attach.session as session
+
+    counts: list[int] = []
+    real = session._splice
+
+    def counting(src: int, dst: int, count: int, offset: int) -> int:
+        counts.append(count)
+        return real(src, dst, count, offset)
+
+    monkeypatch.setattr(session, "_splice", counting)
+    return counts
+
+
 def _pipe_fds() -> int:
     n = 0
     for fd in os.listdir("/proc/self/fd"):
@@ -76,16 +91,7 @@ async def test_reads_of_every_size_return_the_file(
 async def test_mid_sized_reads_are_spliced_and_replies_keep_their_order(
     export: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import gofer9p.attach.session as session
-
-    spliced: list[int] = []
-    real = session._splice
-
-    def counting(src: int, dst: int, count: int, offset: int) -> int:
-        spliced.append(count)
-        return real(src, dst, count, offset)
-
-    monkeypatch.setattr(session, "_splice", counting)
+    spliced = _count_splices(monkeypatch)
     (export / "big").write_bytes(DATA)
     before = _pipe_fds()
     b = await _raw_session(export, nursery, msize=1 << 20, name=b"big")
@@ -160,17 +166,12 @@ async def test_pipe_size_refused_means_copied_reads(
 ) -> None:
     """F_SETPIPE_SZ refused (EPERM past pipe-user-pages-soft without
     CAP_SYS_RESOURCE): that connection copies, and holds no pipe."""
-    import gofer9p.attach.session as session
 
     def refuse(fd: int, cmd: int, arg: int = 0) -> int:
         raise PermissionError(errno.EPERM, "Operation not permitted")
 
-    spliced: list[int] = []
-    real = session._splice
+    spliced = _count_splices(monkeypatch)
     monkeypatch.setattr("gofer9p.server.fcntl.fcntl", refuse)
-    monkeypatch.setattr(
-        session, "_splice", lambda *a: spliced.append(a[2]) or real(*a)  # type: ignore[func-returns-value]
-    )
     (export / "big").write_bytes(DATA)
     before = _pipe_fds()
     b = await _raw_session(export, nursery, msize=1 << 20, name=b"big")
@@ -187,19 +188,11 @@ async def test_a_socket_that_refuses_splice_gets_the_bytes_copied(
 ) -> None:
     """splice(pipe -> socket) EINVAL (a transport without splice): the data already
     in the pipe is read and sent as bytes, and later reads are copied."""
-    import gofer9p.attach.session as session
-
-    spliced: list[int] = []
-    real = session._splice
-
-    def counting(src: int, dst: int, count: int, offset: int) -> int:
-        spliced.append(count)
-        return real(src, dst, count, offset)
 
     def refuse(*args: object, **kw: object) -> int:
         raise OSError(errno.EINVAL, "Invalid argument")
 
-    monkeypatch.setattr(session, "_splice", counting)  # file -> pipe: still works
+    spliced = _count_splices(monkeypatch)  # file -> pipe: still works
     monkeypatch.setattr("gofer9p.server.os.splice", refuse)  # pipe -> socket: refused
     (export / "big").write_bytes(DATA)
     b = await _raw_session(export, nursery, msize=1 << 20, name=b"big")
