@@ -54,6 +54,7 @@ import trio
 
 from ._quietwait import QuietWait
 from .attach import AttachPoint, Session
+from .attach.session import FDS_PER_FID
 from .protocol import constants as C
 from .protocol._wire import HEADER
 from .protocol.codec import DECODERS, ENCODERS, RGETATTR, TGETATTR_BODY, ProtocolError
@@ -98,6 +99,11 @@ _NOT_PLAIN = _MAY_BLOCK_INTS | {_T_READ, _T_VERSION, _T_FLUSH, _T_WRITE, _T_GETA
 
 _SMALL_BUF = 1 << 18
 """Receive buffer of a connection that has not sent (or no longer sends) large frames."""
+_FIRST_BUF = 1 << 13
+"""Receive buffer of a new connection: a client that connects and sends nothing, or
+only small requests one at a time, costs this much, not _SMALL_BUF (1,000 idle
+connections held 256 MiB).  It grows to _SMALL_BUF once a versioned client
+sends more than fits (pipelining), and to fit any larger frame, as before."""
 
 _BIG = 64 * 1024
 """Read replies at least this large use pooled buffers (no zero-fill, no mmap)."""
@@ -139,6 +145,13 @@ class ServerConfig:
     """Send the data of mid-sized Treads of regular files (32 KiB up to a
     256 KiB pipe) by ``splice``: file pages -> pipe -> socket, no copy
     through our memory (see Connection._read)."""
+    connections: int = 2
+    """Connections expected to share the process's fd table: each gets
+    :func:`fd_share` of it (``serve --fd``: 1, ``serve --listen``: the
+    connection limit, the daemon: its attach points)."""
+    fd_share: int = 0
+    """Host fds a connection may hold (fids, lock descriptions, the splice
+    pipe); 0: ``fd_share(connections)``."""
     poll_us: int = 50
     """Longest adaptive poll (microseconds) for the next request before the
     loop sleeps, when it has nothing else to do (0: never poll).  Saves the
@@ -172,8 +185,46 @@ def _tune_malloc() -> None:
     mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
 
 
-FDS_PER_FID = 3
-"""Worst case host fds behind one fid: O_PATH fd, parent O_PATH fd, open fd."""
+FD_RESERVE = 256
+"""Fds of the process's limit that no connection's share may take.
+
+What they keep working when every connection holds its whole share: ``accept``
+(and closing a connection refused at the connection limit), each connection's
+socket (one per connection, beside its share), Tattach and the walks of a new
+session up to their own share, the attach points' fds, stdio and the log file,
+trio's wake-up fds, and the short-lived fds of requests in progress (an
+inline request opens a few at a time for the whole process; worker threads,
+at most trio's 40, one or two each)."""
+
+FD_SHARE_MIN = 64
+"""Smallest useful share (about 20 fids): ``serve --listen`` lowers its
+connection limit rather than give a connection less."""
+
+
+def fd_share(connections: int) -> int:
+    """Host fds one of ``connections`` connections may hold (``Session.fd_share``).
+
+    All connections of a gofer share one process fd table (the daemon serves the
+    root and every 9P mount from one process).  The fd limit is raised first
+    (:func:`raise_fd_limit`); then :data:`FD_RESERVE` is set apart and the rest
+    split evenly, less each connection's own socket.  ``connections`` connections
+    at their share therefore leave the reserve free.  At least
+    :data:`FD_SHARE_MIN`, whatever the limit (callers that accept connections
+    bound their number with :func:`connections_for_fds` first).
+    """
+    soft = raise_fd_limit()
+    return max(FD_SHARE_MIN, (soft - FD_RESERVE) // max(1, connections) - 1)
+
+
+def connections_for_fds(wanted: int) -> int:
+    """How many of ``wanted`` connections the fd limit gives at least FD_SHARE_MIN fds each."""
+    soft = raise_fd_limit()
+    return max(1, min(wanted, (soft - FD_RESERVE) // (FD_SHARE_MIN + 1)))
+
+
+def fid_cap(max_fids: int, connections: int = 2) -> int:
+    """Fids a connection may hold when it holds nothing else (no lock descriptions, no pipe)."""
+    return min(max_fids, fd_share(connections) // FDS_PER_FID)
 
 
 FD_LIMIT_GOAL = 1 << 20
@@ -206,17 +257,6 @@ def raise_fd_limit() -> int:
     return soft
 
 
-def fid_cap(max_fids: int) -> int:
-    """Fids one connection may hold, so that no connection can starve the others of fds.
-
-    All connections of a gofer share one process fd table (the daemon serves the
-    root and every 9P mount from one process).  The fd limit is raised first
-    (:func:`raise_fd_limit`), then one connection gets at most half of it (at
-    ``FDS_PER_FID`` fds per fid): a hoarding client hits EMFILE on its own
-    connection while the others keep at least half the table.
-    """
-    soft = raise_fd_limit()
-    return min(max_fids, max(64, (soft - 64) // (FDS_PER_FID * 2)))
 
 
 def _unsent(bufs: list[Any], n: int) -> list[Any]:
@@ -266,7 +306,12 @@ class Connection:
         self.sock = sock
         self.config = config
         self.name = name
-        self.session = Session(point, max_fids=fid_cap(config.max_fids), msize=config.max_msize)
+        self.session = Session(
+            point,
+            max_fids=config.max_fids,
+            msize=config.max_msize,
+            fd_share=config.fd_share or fd_share(config.connections),
+        )
         self.handlers: dict[int, Callable[[Any], Message]] = self.session.handlers
         # (decoder, handler) of the types that are always handled inline with
         # no check of their own: one lookup in _dispatch instead of the chain
@@ -411,7 +456,7 @@ class Connection:
         sock = self.sock
         # The buffer starts small and grows to fit the largest frame seen (at
         # most msize + slack), so an idle or small-msize session stays small.
-        bufsize = _SMALL_BUF
+        bufsize = _FIRST_BUF
         buf = bytearray(bufsize)
         mv = memoryview(buf)
         start = end = 0
@@ -436,8 +481,11 @@ class Connection:
             ):
                 n = end - start
                 need = _U32.unpack_from(buf, start)[0] if n >= 4 else 0
-                if need + 4096 > bufsize and need <= self.max_frame:
-                    bufsize = need + (1 << 16)
+                grow = need + (1 << 16) if need + 4096 > bufsize and need <= self.max_frame else 0
+                if self.msize and bufsize < _SMALL_BUF:
+                    grow = max(grow, _SMALL_BUF)  # a pipelining client: room for many frames
+                if grow:
+                    bufsize = grow
                     nbuf = bytearray(bufsize)
                     nbuf[:n] = mv[start:end]
                     buf, mv = nbuf, memoryview(nbuf)
@@ -717,10 +765,17 @@ class Connection:
     # and below flush_bytes (larger reads keep the held-back path, behind
     # which small replies overtake).
     def _open_pipe(self) -> None:
-        """Make the connection's splice pipe; failing that, turn splicing off."""
+        """Make the connection's splice pipe; failing that, turn splicing off.
+
+        Its two fds are charged to the connection's fd share like a fid's."""
+        if not self.session.charge_fds(2):
+            log.info("%s: fd share used up: no pipe for spliced reads, copying", self.name)
+            self._splice_max = 0
+            return
         try:
             r, w = os.pipe2(os.O_CLOEXEC)
         except OSError as e:
+            self.session.release_fds(2)
             log.warning("%s: no pipe for spliced reads (%s): copying", self.name, e.strerror)
             self._splice_max = 0
             return
@@ -731,6 +786,7 @@ class Connection:
             log.info("%s: pipe size %d refused (%s): reads are copied", self.name, _PIPE_BYTES, e.strerror)
             os.close(r)
             os.close(w)
+            self.session.release_fds(2)
             self._splice_max = 0
             return
         self._pipe = (r, w)
@@ -742,6 +798,7 @@ class Connection:
         if p is not None:
             os.close(p[0])
             os.close(p[1])
+            self.session.release_fds(2)
 
     async def _send_spliced(self, header: bytes, n: int) -> None:
         """Send an Rread header, then its ``n`` data bytes waiting in the pipe,

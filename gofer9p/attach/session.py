@@ -319,6 +319,9 @@ _NOBODY = 65534  # the kernel's overflow uid
 _UNLOCK_ALL = _sys.FLOCK.pack(C.LOCK_TYPE_UNLCK, os.SEEK_SET, 0, 0, 0)  # the whole file
 _LOCK_EOF = 1 << 64  # "to the end of the file" (length 0), beyond any real offset
 _MAX_LOCK_FDS = 1024  # per session: extra descriptions for further owners of one fid
+FDS_PER_FID = 3
+"""Host fds one fid may hold at once: its O_PATH fd, its parent's O_PATH fd, its open fd
+(after Txattrcreate the open fd is retired, not added; after Tlcreate one fd is both)."""
 _MAX_LOCK_RANGES = 1024  # per owner and file
 
 
@@ -391,9 +394,19 @@ class Session:
     which the server owns (Tread through :meth:`read_into`).
     """
 
-    def __init__(self, point: AttachPoint, *, max_fids: int = 16384, msize: int = 4 << 20) -> None:
+    def __init__(
+        self, point: AttachPoint, *, max_fids: int = 16384, msize: int = 4 << 20,
+        fd_share: int = 1 << 62,
+    ) -> None:
         self.point = point
         self.max_fids = max_fids
+        self.fd_share = fd_share
+        """Host fds this session may hold: FDS_PER_FID per fid (from the moment it enters
+        the table until its fds are closed, which may be after a clunk when an in-flight
+        request still uses it), one per extra lock description, and whatever the server
+        charges (the splice pipe).  Past it: EMFILE (ENOLCK for a lock), on this
+        connection only, so that no connection can take the fds the others need."""
+        self._fd_used = 0  # charged against fd_share; guarded by _lock
         self._ro = point.readonly
         self._fids: dict[int, _Fid] = {}
         self._lock = threading.Lock()
@@ -429,6 +442,24 @@ class Session:
     def fid_count(self) -> int:
         return len(self._fids)
 
+    def fds_charged(self) -> int:
+        """Host fds now charged against ``fd_share`` (see there)."""
+        return self._fd_used
+
+    def charge_fds(self, n: int) -> bool:
+        """Take ``n`` fds of the share for something the connection holds (the splice
+        pipe, a lock description); False, taking nothing, if they do not fit."""
+        with self._lock:
+            if self._fd_used + n > self.fd_share:
+                return False
+            self._fd_used += n
+            return True
+
+    def release_fds(self, n: int) -> None:
+        """Give back what :meth:`charge_fds` took, once those fds are closed."""
+        with self._lock:
+            self._fd_used -= n
+
     def reset(self) -> None:
         """Clunk every fid (Tversion, disconnect) and release every lock this session
         holds.  Pending xattr writes are dropped."""
@@ -438,6 +469,7 @@ class Session:
             for f in fids:
                 f.dead = True
             idle = [f for f in fids if f.refs == 0]
+            self._fd_used -= FDS_PER_FID * len(idle)
         for f in idle:
             self._forget_locks(f)
             f.close()
@@ -461,6 +493,7 @@ class Session:
                 retired, f.retired = f.retired, []
             else:
                 retired = None
+                self._fd_used -= FDS_PER_FID  # closed below
         if retired is None:
             self._forget_locks(f)
             f.close()
@@ -486,10 +519,16 @@ class Session:
             cur = self._fids.get(fid)
             if cur is not None and cur is not replacing:
                 code = errno.EBADF
-            elif cur is None and len(self._fids) >= self.max_fids:
+            elif cur is None and (
+                len(self._fids) >= self.max_fids
+                or self._fd_used + FDS_PER_FID > self.fd_share
+            ):
                 code = errno.EMFILE
             else:
+                # A fid replacing itself (walk to its own number) is not refused:
+                # the old one's fds are closed when this request ends.
                 self._fids[fid] = nf
+                self._fd_used += FDS_PER_FID
                 if cur is not None:
                     cur.dead = True
                 return
@@ -956,9 +995,10 @@ class Session:
             f = fids.get(fid)
             if f is None or f.xmode or f.fd < 0 or newfid in fids:
                 raise _err(errno.EBADF)
-            if len(fids) >= self.max_fids:
+            if len(fids) >= self.max_fids or self._fd_used + FDS_PER_FID > self.fd_share:
                 raise _err(errno.EMFILE)
             fids[newfid] = self._dup_fid(f)
+            self._fd_used += FDS_PER_FID
 
     @staticmethod
     def _dup_fid(f: _Fid) -> _Fid:
@@ -1638,9 +1678,13 @@ class Session:
                     if all(o.own for o in lockers.values()):
                         owner = _LockOwner(f.ofd, False)
                     else:
-                        if self._lock_fds >= _MAX_LOCK_FDS:
+                        if self._lock_fds >= _MAX_LOCK_FDS or not self.charge_fds(1):
                             raise _err(errno.ENOLCK)
-                        owner = _LockOwner(self._reopen(f, _ACC_HOST[f.oacc]), True)
+                        try:
+                            owner = _LockOwner(self._reopen(f, _ACC_HOST[f.oacc]), True)
+                        except BaseException:
+                            self.release_fds(1)
+                            raise
                         self._lock_fds += 1
                     lockers[key] = owner
                 try:
@@ -1666,6 +1710,7 @@ class Session:
         if owner.own:
             _close(owner.fd)
             self._lock_fds -= 1
+            self.release_fds(1)
 
     def _forget_locks(self, f: _Fid) -> None:
         """Close the extra lock descriptions of a fid going away (its locks go with them)."""

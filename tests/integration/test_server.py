@@ -160,9 +160,9 @@ async def test_flush_of_idle_tag_is_answered(server: Served) -> None:
 
 async def test_ten_thousand_fids(connect_export: ConnectFn) -> None:
     """10k fids on one connection: each walk succeeds or is a clean EMFILE (the per-
-    connection cap keeps half the fd table for the others), and another connection
+    connection fd share keeps the rest of the fd table for the others), and another connection
     keeps working throughout."""
-    from gofer9p.server import fid_cap
+    from gofer9p.server import FDS_PER_FID, fd_share
 
     async with connect_export() as s, connect_export() as other:
         c = s.client
@@ -181,7 +181,8 @@ async def test_ten_thousand_fids(connect_export: ConnectFn) -> None:
             for i in range(10000):
                 n.start_soon(one, 1000 + i)
         assert len(ok) + len(refused) == 10000
-        assert len(ok) == min(10000, fid_cap(ServerConfig().max_fids) - 1)  # the root is one
+        # the connection's fd share holds the splice pipe (2 fds), the root fid and these
+        assert len(ok) == min(10000, (fd_share(2) - 2) // FDS_PER_FID - 1)
         r = await c.getattr(ok[-1])
         assert r.qid.type & C.QidType.DIR
         fid, _ = await other.client.walk(other.root, [])
