@@ -97,7 +97,18 @@ _MAY_BLOCK_INTS = frozenset(int(t) for t in _MAY_BLOCK)
 _NOT_PLAIN = _MAY_BLOCK_INTS | {_T_READ, _T_VERSION, _T_FLUSH, _T_WRITE, _T_GETATTR}
 
 _SMALL_BUF = 1 << 18
-"""Receive buffer of a connection that has not sent (or no longer sends) large frames."""
+"""Receive buffer kept by an idle connection that pipelined (an idle release
+shrinks larger buffers to this)."""
+_FIRST_BUF = 8 * 1024
+"""Receive buffer of a new connection; it doubles only when received bytes
+fill it (a partial frame, or a recv that filled the room), see _receive_loop."""
+_BUF_SLACK = 1 << 16
+"""Room kept past the largest frame a grown receive buffer must hold, so the
+next frames' bytes arrive in the same recv."""
+PRE_VERSION_FRAME = 8 * 1024
+"""Largest frame accepted before a Tversion is granted: any Tversion fits
+(its version string is a few bytes), and an unversioned peer cannot make the
+receive buffer grow past this (a larger header closes the connection)."""
 
 _BIG = 64 * 1024
 """Read replies at least this large use pooled buffers (no zero-fill, no mmap)."""
@@ -276,7 +287,7 @@ class Connection:
             if t in DECODERS and t not in _NOT_PLAIN
         }
         self.msize = 0  # 0 until Tversion
-        self.max_frame = config.max_msize
+        self.max_frame = PRE_VERSION_FRAME
         self.pending: dict[int, _Pending] = {}
         self.send_lock = trio.StrictFIFOLock()
         self._sending = 0  # tasks in _send (holding or waiting for send_lock)
@@ -285,7 +296,8 @@ class Connection:
         self.closed = False
         self.frames = 0
         self.quiet: QuietWait | None = None  # the receive loop's waiter (its poll counters)
-        self._pool: list[bytearray] = []  # free max-msize read buffers
+        self._pool: list[bytearray] = []  # free max-msize read buffers (at most one kept)
+        self._pool_min = max(_BIG, config.flush_bytes)  # smallest read using a pooled buffer
         self._lent: list[bytearray] = []  # pooled buffers in replies not yet sent
         self._pipe: tuple[int, int] | None = None  # (read, write) end for spliced Treads
         self._splice_max = 0  # largest spliced Tread count; 0: splicing off
@@ -409,9 +421,11 @@ class Connection:
 
     async def _receive_loop(self) -> str:
         sock = self.sock
-        # The buffer starts small and grows to fit the largest frame seen (at
-        # most msize + slack), so an idle or small-msize session stays small.
-        bufsize = _SMALL_BUF
+        # The buffer starts small and grows with what arrives: it doubles when
+        # received bytes fill it (a partial frame, or a pipelining client's
+        # chunk), up to the largest frame seen plus slack (never past
+        # max_frame + slack), never to what a header merely announces.
+        bufsize = _FIRST_BUF
         buf = bytearray(bufsize)
         mv = memoryview(buf)
         start = end = 0
@@ -427,17 +441,28 @@ class Connection:
         frame: memoryview | None = None
         r: Any = None
         out: list[Any] = []
+        filled = False  # the last recv filled the buffer's room
         while True:
             # make room for the rest of a partial frame
             if start == end:
                 start = end = 0
+                if filled and bufsize < _SMALL_BUF:
+                    # a pipelining client filled the buffer: take larger chunks
+                    bufsize *= 2
+                    buf = bytearray(bufsize)
+                    mv = memoryview(buf)
             elif bufsize - end < 4096 or (
                 end - start >= 4 and start + _U32.unpack_from(buf, start)[0] > bufsize
             ):
                 n = end - start
                 need = _U32.unpack_from(buf, start)[0] if n >= 4 else 0
-                if need + 4096 > bufsize and need <= self.max_frame:
-                    bufsize = need + (1 << 16)
+                grow = 0
+                if need + 4096 > bufsize and need <= self.max_frame and 2 * n >= bufsize:
+                    # the frame does not fit and its bytes already fill half the
+                    # buffer: double it (at most to the frame plus slack)
+                    grow = min(2 * bufsize, need + _BUF_SLACK)
+                if grow > bufsize:
+                    bufsize = grow
                     nbuf = bytearray(bufsize)
                     nbuf[:n] = mv[start:end]
                     buf, mv = nbuf, memoryview(nbuf)
@@ -488,6 +513,7 @@ class Connection:
                     return "reset by peer"
             if got == 0:
                 return "EOF"
+            filled = got == room
             end += got
             out = []
             queued = 0
@@ -501,12 +527,7 @@ class Connection:
             while end - start >= 7:
                 size, mtype, tag = HEADER.unpack_from(buf, start)
                 if size < 7 or size > self.max_frame:
-                    log.warning(
-                        "%s: framing error: frame size %d outside [7, %d]; closing",
-                        self.name,
-                        size,
-                        self.max_frame,
-                    )
+                    self._log_bad_size(size)
                     if held is not None:
                         out.append(held)
                     if out:
@@ -551,6 +572,16 @@ class Connection:
                         await self._send_batched(out)
                         out = []
                         queued = 0
+            if 4 <= end - start < 7:
+                # a partial header already says how large its frame is
+                size = _U32.unpack_from(buf, start)[0]
+                if size < 7 or size > self.max_frame:
+                    self._log_bad_size(size)
+                    if held is not None:
+                        out.append(held)
+                    if out:
+                        await self._send_batched(out)
+                    return "framing error"
             if held is not None:
                 out.append(held)
                 held = None  # the idle release below must find no reference to it
@@ -569,6 +600,14 @@ class Connection:
                 # (sends without contention do not yield)
                 busy = 0
                 await trio.lowlevel.checkpoint()
+
+    def _log_bad_size(self, size: int) -> None:
+        log.warning(
+            "%s: framing error: frame size %d outside [7, %d]; closing",
+            self.name,
+            size,
+            self.max_frame,
+        )
 
     def _dispatch(self, mtype: int, tag: int, frame: memoryview) -> Any:
         """Handle one frame inline; return the reply buffer (or raise a control signal)."""
@@ -660,6 +699,7 @@ class Connection:
         else:
             version = C.VERSION_UNKNOWN
             self.msize = 0
+            self.max_frame = PRE_VERSION_FRAME
             log.info("%s: Tversion %r msize=%d refused", self.name, msg.version, msg.msize)
         reply = Rversion(tag=msg.tag, msize=msize, version=version)
         encoded = ENCODERS[Rversion](reply)
@@ -696,13 +736,30 @@ class Connection:
                 raise _Spliced(_HDR_U32.pack(11 + n, _R_READ, tag, n), n)
             if n == 0:
                 return _HDR_U32.pack(11, _R_READ, tag, 0)
-        if count >= _BIG:
-            pool = self._pool
-            rb = pool.pop() if pool else bytearray(11 + self.msize)
-            self._lent.append(rb)
-        else:
-            rb = bytearray(11 + count)
-        return self._fill_rread(rb, tag, fid, offset, count)
+        if count < _BIG:
+            # at most 64 KiB, freed at once if the read fails
+            return self._fill_rread(bytearray(11 + count), tag, fid, offset, count)
+        # Memory only for work that can succeed: the fid is checked and the
+        # count clamped to what the file can give before any buffer is taken.
+        count = self.session.read_size(fid, offset, count)
+        if count < self._pool_min:
+            return self._fill_rread(bytearray(11 + count), tag, fid, offset, count)
+        # A reply this large is held back and sent before the next Tread
+        # (_receive_loop), so one pooled buffer is lent at a time.
+        pool = self._pool
+        rb = pool.pop() if pool else bytearray(11 + self.msize)
+        try:
+            r = self._fill_rread(rb, tag, fid, offset, count)
+        except BaseException:
+            pool.append(rb)
+            raise
+        if len(r) - 11 < self._pool_min:
+            # a short read (the file shrank meanwhile): the reply is not held
+            # back, so it must not keep the pooled buffer
+            pool.append(rb)
+            return bytes(r)
+        self._lent.append(rb)
+        return r
 
     # Spliced Treads.  A Tread of a regular file is the costliest request per
     # byte: preadv copies the page-cache pages into our buffer, sendmsg copies
