@@ -150,6 +150,11 @@ class ServerConfig:
     """Send the data of mid-sized Treads of regular files (32 KiB up to a
     256 KiB pipe) by ``splice``: file pages -> pipe -> socket, no copy
     through our memory (see Connection._read)."""
+    inflight_msizes: int = 2
+    """Byte budget of background requests, in msizes: the payloads they hold and
+    the reply buffers of threaded Treads, from admission until the reply is
+    sent.  Past it the loop stops reading (one request is always admitted when
+    nothing else is in flight)."""
     poll_us: int = 50
     """Longest adaptive poll (microseconds) for the next request before the
     loop sleeps, when it has nothing else to do (0: never poll).  Saves the
@@ -248,14 +253,19 @@ def _rlerror(tag: int, err: int) -> bytes:
 
 
 class _Pending:
-    """A background request: its cancel scope and completion event."""
+    """A background request: its cancel scope, completion event and the tags of
+    the Tflushes waiting for it (answered in order once its reply was sent or
+    dropped; each holds an in-flight slot and is in ``Connection.pending``
+    under its own tag until answered)."""
 
-    __slots__ = ("done", "scope", "tag")
+    __slots__ = ("answered", "done", "flushes", "scope", "tag")
 
     def __init__(self, tag: int) -> None:
         self.tag = tag
         self.scope = trio.CancelScope()
         self.done = trio.Event()
+        self.flushes: list[int] = []
+        self.answered = False  # its flushes were answered: a later one is answered at once
 
 
 class Connection:
@@ -292,6 +302,9 @@ class Connection:
         self.send_lock = trio.StrictFIFOLock()
         self._sending = 0  # tasks in _send (holding or waiting for send_lock)
         self.inflight = trio.Semaphore(config.max_inflight)
+        self._inbytes = 0  # payload and reply bytes of background requests in flight
+        self._budget = 0  # limit of _inbytes (set by Tversion, see ServerConfig.inflight_msizes)
+        self._bytes_freed = trio.lowlevel.ParkingLot()
         self.nursery: trio.Nursery | None = None
         self.closed = False
         self.frames = 0
@@ -689,6 +702,7 @@ class Connection:
             version = C.VERSION_9P2000L
             self.msize = msize
             self.max_frame = msize
+            self._budget = self.config.inflight_msizes * msize
             self._pool.clear()
             if self._splice_max and self._pipe is None and msize >= _SPLICE_MIN + C.IOHDRSZ:
                 # made here, not on the first read: the pipe is part of the
@@ -857,30 +871,93 @@ class Connection:
             return mv[: 11 + n]
         return rb
 
+    # Flush.  A Tflush of a background request (or of a Tflush waiting for
+    # one) joins that request's list of waiting flushes: no task of its own,
+    # one in-flight slot, its tag in ``pending`` until answered.  They are
+    # answered in arrival order right after the old reply was sent or dropped
+    # (a second Tflush of the same old tag thus right after the first: it may
+    # not be answered at once, since the old reply could still follow it).
+    # Any other Tflush (a tag not in flight, already answered or flushed) is
+    # answered at once, after the replies queued before it.
     def _flush(self, msg: Any) -> Any:
         p = self.pending.get(msg.oldtag)
-        if p is None:
+        if p is None or p.answered:
             return ENCODERS[Rflush](Rflush(tag=msg.tag))
-        p.scope.cancel()
-        raise _FlushWait(msg.tag, p)
+        raise _FlushWait(msg.tag, msg.oldtag)
 
-    async def _flush_after(self, tag: int, p: _Pending) -> None:
-        await p.done.wait()
-        await self._send([ENCODERS[Rflush](Rflush(tag=tag))])
+    async def _join_flush(self, tag: int, oldtag: int) -> Any:
+        """Wait for an in-flight slot (the loop stops reading meanwhile), then
+        make the Tflush ``tag`` wait for ``oldtag``; the Rflush if it need not wait."""
+        await self.inflight.acquire()
+        p = self.pending.get(oldtag)
+        if p is None or p.answered:  # done while we waited for the slot
+            self.inflight.release()
+            return ENCODERS[Rflush](Rflush(tag=tag))
+        p.scope.cancel()
+        p.flushes.append(tag)
+        self.pending[tag] = p
+        return None
+
+    async def _answer_flushes(self, p: _Pending) -> None:
+        """Send the Rflushes waiting for ``p`` (its reply was sent or dropped)."""
+        flushes = p.flushes
+        try:
+            while flushes:  # a Tflush of a waiting Tflush may join meanwhile
+                tag = flushes[0]
+                if not self.closed:
+                    try:
+                        await self._send([ENCODERS[Rflush](Rflush(tag=tag))])
+                    except OSError as e:
+                        log.info("%s: tag=%d Rflush not sent: %s", self.name, tag, e)
+                del flushes[0]
+                del self.pending[tag]
+                self.inflight.release()
+        finally:
+            p.answered = True
+            for tag in flushes:  # cancelled (the connection is closing)
+                del self.pending[tag]
+                self.inflight.release()
+            flushes.clear()
 
     # ----------------------------------------------------- background tasks
     async def _start_background(self, msg: Any, handler: Callable[[Any], Message] | None) -> None:
-        if isinstance(msg, Twrite):
-            msg.data = bytes(msg.data)  # the receive buffer is reused
+        """Admit a background request: an in-flight slot, then its bytes in the
+        byte budget (payload, and for a Tread its reply buffer); the loop
+        stops reading until both are free.  A request is always admitted when
+        no other request's bytes are in flight, so a max-size one never waits
+        forever.  Twrite data is copied out of the receive buffer (reused once
+        we return) only after admission."""
+        payload = len(msg.data) if isinstance(msg, Twrite) else 0
+        reply = 11 + msg.count if handler is None else 0  # Tread: its Rread buffer
+        cost = payload + reply
         await self.inflight.acquire()
+        try:
+            while self._inbytes and self._inbytes + cost > self._budget:
+                await self._bytes_freed.park()
+        except BaseException:
+            self.inflight.release()
+            raise
+        self._inbytes += cost
+        if payload:
+            msg.data = bytes(msg.data)
         p = _Pending(msg.tag)
         self.pending[msg.tag] = p
         Connection.threaded += 1
         assert self.nursery is not None
-        self.nursery.start_soon(self._background, msg, handler, p)
+        self.nursery.start_soon(self._background, msg, handler, p, payload, reply)
+
+    def _release_bytes(self, n: int) -> None:
+        if n:
+            self._inbytes -= n
+            self._bytes_freed.unpark_all()
 
     async def _background(
-        self, msg: Any, handler: Callable[[Any], Message] | None, p: _Pending
+        self,
+        msg: Any,
+        handler: Callable[[Any], Message] | None,
+        p: _Pending,
+        payload: int,
+        cost: int,
     ) -> None:
         tag = msg.tag
         reply: Any = None
@@ -897,6 +974,11 @@ class Connection:
                 except Exception:
                     log.exception("%s: tag=%d internal error in background request", self.name, tag)
                     reply = _rlerror(tag, errno.EIO)
+                finally:
+                    if payload:  # used (or never to be): drop it now, not after the reply
+                        msg.data = b""
+                        self._release_bytes(payload)
+                        payload = 0
             if p.scope.cancelled_caught:
                 log.info("%s: tag=%d flushed", self.name, tag)
                 reply = None
@@ -906,10 +988,17 @@ class Connection:
                 except OSError as e:
                     log.info("%s: tag=%d reply not sent: %s", self.name, tag, e)
         finally:
+            reply = None
             del self.pending[tag]
             Connection.threaded -= 1
             self.inflight.release()
-            p.done.set()
+            self._release_bytes(payload + cost)
+            try:
+                if p.flushes:
+                    await self._answer_flushes(p)
+            finally:
+                p.answered = True
+                p.done.set()
 
     def _read_sync(self, msg: Any) -> Any:
         return self._fill_rread(bytearray(11 + msg.count), msg.tag, msg.fid, msg.offset, msg.count)
@@ -949,15 +1038,14 @@ class _Spliced(_Control):
 
 
 class _FlushWait(_Control):
-    """Answer this Tflush once the pending request is done."""
+    """Answer this Tflush once the pending request is done (see Connection._flush)."""
 
-    def __init__(self, tag: int, pending: _Pending) -> None:
+    def __init__(self, tag: int, oldtag: int) -> None:
         self.tag = tag
-        self.pending = pending
+        self.oldtag = oldtag
 
-    async def act(self, conn: Connection) -> None:
-        assert conn.nursery is not None
-        conn.nursery.start_soon(conn._flush_after, self.tag, self.pending)
+    async def act(self, conn: Connection) -> Any:
+        return await conn._join_flush(self.tag, self.oldtag)
 
 
 class _VersionReset(_Control):

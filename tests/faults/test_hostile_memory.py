@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
+import socket
+import stat
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,7 @@ import trio
 from gofer9p.protocol import constants as C
 from gofer9p.protocol import messages as M
 from gofer9p.protocol.codec import encode
+from gofer9p.server import ServerConfig
 
 from .rawpeer import raw_peer, traced_growth
 
@@ -120,3 +124,68 @@ async def test_frame_above_msize_closes_before_growing(
             await peer.send((4 << 20).to_bytes(4, "little") + b"\x76\x05\x00" + b"x" * 100)
             assert await peer.closed_by_server()
         assert growth[0] < 256 * 1024, f"peak growth {growth[0] >> 10} KiB"
+
+
+# ---------------------------------------------------------- stuck replies: flush, FIFO
+
+
+async def _stuck_fifo_read(peer, export: Path) -> int:  # type: ignore[no-untyped-def]
+    """Make a threaded request whose reply cannot be sent: a 60 KB read of a FIFO (our
+    end keeps it full) into a socket whose buffers are tiny and whose peer does not read.
+    Returns the FIFO fd the test must close."""
+    os.mkfifo(export / "fifo")
+    wfd = os.open(export / "fifo", os.O_RDWR | os.O_NONBLOCK)
+    os.write(wfd, b"f" * 60000)
+    await _open(peer, 6, b"fifo", flags=C.L_O_RDWR)
+    await peer.send(encode(M.Tread(tag=50, fid=6, offset=0, count=60000)))
+    await trio.sleep(0.2)  # in its thread, then stuck in sendmsg
+    return wfd
+
+
+_TINY = ServerConfig(sockbuf=4096)
+
+
+def _tiny_buffers(sock: socket.socket) -> None:
+    """Our socket buffers as small as the kernel allows, so that what the server does not
+    read or cannot send stays in its process, where it is measured."""
+    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        sock.setsockopt(socket.SOL_SOCKET, opt, 4096)
+
+
+async def test_flushes_of_a_stuck_request_are_bounded(
+    export: Path, nursery: trio.Nursery
+) -> None:
+    """20,000 Tflush of one request whose reply is stuck: they used to be a task each
+    (+2 GB for a million); now at most one waiter per old tag, every waiting flush takes an
+    in-flight slot, and past the limit the connection stops reading."""
+    assert stat.S_IFIFO  # (the FIFO is made by _stuck_fifo_read)
+    async with raw_peer(nursery, export, _TINY, msize=MSIZE) as peer:
+        _tiny_buffers(peer.sock)
+        wfd = await _stuck_fifo_read(peer, export)
+        frames = b"".join(encode(M.Tflush(tag=1000 + i, oldtag=50)) for i in range(20000))
+        async with traced_growth() as growth:
+            sent = await peer.send_some(frames)
+        os.close(wfd)
+        assert sent < len(frames), "the server kept reading flushes of a stuck request"
+        assert growth[0] < 1 << 20, f"peak growth {growth[0] >> 10} KiB"
+
+
+async def test_stuck_fifo_writes_hold_no_payload_copies(
+    export: Path, nursery: trio.Nursery
+) -> None:
+    """48 x 1 MiB Twrites to a FIFO behind a stuck reply: each payload was copied before
+    the in-flight slot was taken and kept until its reply was sent (48 MiB here, 256 MiB per
+    connection at msize 4 MiB).  Now payloads count against a byte budget, are copied only
+    after admission and dropped once written."""
+    async with raw_peer(nursery, export, _TINY, msize=MSIZE) as peer:
+        _tiny_buffers(peer.sock)
+        wfd = await _stuck_fifo_read(peer, export)
+        data = b"w" * (MSIZE - 100)
+        frames = b"".join(
+            encode(M.Twrite(tag=2000 + i, fid=6, offset=0, data=data)) for i in range(48)
+        )
+        async with traced_growth() as growth:
+            await peer.send_some(frames)
+        del frames
+        os.close(wfd)
+        assert growth[0] < 4 * MSIZE, f"peak growth {growth[0] >> 20} MiB"
