@@ -899,7 +899,9 @@ class Session:
         if n_uname != C.NONUNAME:
             return n_uname
         if uname.isdigit():
-            uid = int(uname)
+            # a uid is below 2**32 - 1: more than 10 digits is out of range
+            # (and int() refuses over 4300 digits: never reach it)
+            uid = int(uname) if len(uname) <= 10 else C.NONUNAME
             if uid < C.NONUNAME:
                 return uid
             raise _err(errno.EINVAL)
