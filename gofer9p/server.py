@@ -763,7 +763,7 @@ class Connection:
         pool = self._pool
         rb = pool.pop() if pool else bytearray(11 + self.msize)
         try:
-            r = self._fill_rread(rb, tag, fid, offset, count)
+            r = self._fill_rread(rb, tag, fid, offset, count, True)
         except BaseException:
             pool.append(rb)
             raise
@@ -862,13 +862,22 @@ class Connection:
                 self._drop_pipe()  # what is left in it belongs to a reply that will not be sent
             self._unlock_send()
 
-    def _fill_rread(self, rb: bytearray, tag: int, fid: int, offset: int, count: int) -> Any:
-        """Read into ``rb`` after its 11-byte header; the Rread frame (rb, or a view of it)."""
+    def _fill_rread(
+        self, rb: bytearray, tag: int, fid: int, offset: int, count: int, pooled: bool = False
+    ) -> Any:
+        """Read into ``rb`` after its 11-byte header; the Rread frame.
+
+        After a short read the unused tail is given back (``rb`` is cut to the
+        reply), so that a queued reply holds no more memory than it sends; a
+        ``pooled`` buffer is kept whole and a view of it returned."""
         mv = memoryview(rb)
         n = self.session.read_into(fid, offset, mv[11 : 11 + count])
         _HDR_U32.pack_into(rb, 0, 11 + n, C.MsgType.RREAD, tag, n)
         if n != len(rb) - 11:
-            return mv[: 11 + n]
+            if pooled:
+                return mv[: 11 + n]
+            mv.release()
+            del rb[11 + n :]
         return rb
 
     # Flush.  A Tflush of a background request (or of a Tflush waiting for

@@ -86,6 +86,25 @@ async def test_failing_large_treads_commit_no_buffers(
         assert growth[0] < 2 * MSIZE, f"{case}: peak growth {growth[0] >> 10} KiB"
 
 
+@pytest.mark.parametrize("splice", [True, False])
+async def test_short_small_treads_keep_no_unused_tail(
+    export: Path, nursery: trio.Nursery, splice: bool
+) -> None:
+    """1,000 pipelined 30,000-byte Treads of a 100-byte file: each reply is 111 bytes on
+    the wire; its buffer must not stay 30 KB while replies queue up (before: 30 MB)."""
+    (export / "small").write_bytes(b"s" * 100)
+    async with raw_peer(nursery, export, ServerConfig(splice=splice), msize=MSIZE) as peer:
+        await _open(peer, 5, b"small")
+        frames = b"".join(
+            encode(M.Tread(tag=100 + i, fid=5, offset=0, count=30000)) for i in range(1000)
+        )
+        async with traced_growth() as growth:
+            await peer.send(frames)
+            got = await peer.replies(set(range(100, 1100)))
+        assert all(isinstance(r, M.Rread) and len(r.data) == 100 for r in got)
+        assert growth[0] < 2 * MSIZE, f"peak growth {growth[0] >> 10} KiB"
+
+
 # ------------------------------------------------------------------- receive buffer
 
 
