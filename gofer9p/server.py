@@ -98,12 +98,18 @@ _MAY_BLOCK_INTS = frozenset(int(t) for t in _MAY_BLOCK)
 _NOT_PLAIN = _MAY_BLOCK_INTS | {_T_READ, _T_VERSION, _T_FLUSH, _T_WRITE, _T_GETATTR}
 
 _SMALL_BUF = 1 << 18
-"""Receive buffer of a connection that has not sent (or no longer sends) large frames."""
-_FIRST_BUF = 1 << 13
-"""Receive buffer of a new connection: a client that connects and sends nothing, or
-only small requests one at a time, costs this much, not _SMALL_BUF (1,000 idle
-connections held 256 MiB).  It grows to _SMALL_BUF once a versioned client
-sends more than fits (pipelining), and to fit any larger frame, as before."""
+"""Receive buffer kept by an idle connection that pipelined (an idle release
+shrinks larger buffers to this)."""
+_FIRST_BUF = 8 * 1024
+"""Receive buffer of a new connection; it doubles only when received bytes
+fill it (a partial frame, or a recv that filled the room), see _receive_loop."""
+_BUF_SLACK = 1 << 16
+"""Room kept past the largest frame a grown receive buffer must hold, so the
+next frames' bytes arrive in the same recv."""
+PRE_VERSION_FRAME = 8 * 1024
+"""Largest frame accepted before a Tversion is granted: any Tversion fits
+(its version string is a few bytes), and an unversioned peer cannot make the
+receive buffer grow past this (a larger header closes the connection)."""
 
 _BIG = 64 * 1024
 """Read replies at least this large use pooled buffers (no zero-fill, no mmap)."""
@@ -152,6 +158,11 @@ class ServerConfig:
     fd_share: int = 0
     """Host fds a connection may hold (fids, lock descriptions, the splice
     pipe); 0: ``fd_share(connections)``."""
+    inflight_msizes: int = 2
+    """Byte budget of background requests, in msizes: the payloads they hold and
+    the reply buffers of threaded Treads, from admission until the reply is
+    sent.  Past it the loop stops reading (one request is always admitted when
+    nothing else is in flight)."""
     poll_us: int = 50
     """Longest adaptive poll (microseconds) for the next request before the
     loop sleeps, when it has nothing else to do (0: never poll).  Saves the
@@ -277,14 +288,19 @@ def _rlerror(tag: int, err: int) -> bytes:
 
 
 class _Pending:
-    """A background request: its cancel scope and completion event."""
+    """A background request: its cancel scope, completion event and the tags of
+    the Tflushes waiting for it (answered in order once its reply was sent or
+    dropped; each holds an in-flight slot and is in ``Connection.pending``
+    under its own tag until answered)."""
 
-    __slots__ = ("done", "scope", "tag")
+    __slots__ = ("answered", "done", "flushes", "scope", "tag")
 
     def __init__(self, tag: int) -> None:
         self.tag = tag
         self.scope = trio.CancelScope()
         self.done = trio.Event()
+        self.flushes: list[int] = []
+        self.answered = False  # its flushes were answered: a later one is answered at once
 
 
 class Connection:
@@ -321,16 +337,20 @@ class Connection:
             if t in DECODERS and t not in _NOT_PLAIN
         }
         self.msize = 0  # 0 until Tversion
-        self.max_frame = config.max_msize
+        self.max_frame = PRE_VERSION_FRAME
         self.pending: dict[int, _Pending] = {}
         self.send_lock = trio.StrictFIFOLock()
         self._sending = 0  # tasks in _send (holding or waiting for send_lock)
         self.inflight = trio.Semaphore(config.max_inflight)
+        self._inbytes = 0  # payload and reply bytes of background requests in flight
+        self._budget = 0  # limit of _inbytes (set by Tversion, see ServerConfig.inflight_msizes)
+        self._bytes_freed = trio.lowlevel.ParkingLot()
         self.nursery: trio.Nursery | None = None
         self.closed = False
         self.frames = 0
         self.quiet: QuietWait | None = None  # the receive loop's waiter (its poll counters)
-        self._pool: list[bytearray] = []  # free max-msize read buffers
+        self._pool: list[bytearray] = []  # free max-msize read buffers (at most one kept)
+        self._pool_min = max(_BIG, config.flush_bytes)  # smallest read using a pooled buffer
         self._lent: list[bytearray] = []  # pooled buffers in replies not yet sent
         self._pipe: tuple[int, int] | None = None  # (read, write) end for spliced Treads
         self._splice_max = 0  # largest spliced Tread count; 0: splicing off
@@ -454,8 +474,10 @@ class Connection:
 
     async def _receive_loop(self) -> str:
         sock = self.sock
-        # The buffer starts small and grows to fit the largest frame seen (at
-        # most msize + slack), so an idle or small-msize session stays small.
+        # The buffer starts small and grows with what arrives: it doubles when
+        # received bytes fill it (a partial frame, or a pipelining client's
+        # chunk), up to the largest frame seen plus slack (never past
+        # max_frame + slack), never to what a header merely announces.
         bufsize = _FIRST_BUF
         buf = bytearray(bufsize)
         mv = memoryview(buf)
@@ -472,19 +494,27 @@ class Connection:
         frame: memoryview | None = None
         r: Any = None
         out: list[Any] = []
+        filled = False  # the last recv filled the buffer's room
         while True:
             # make room for the rest of a partial frame
             if start == end:
                 start = end = 0
+                if filled and bufsize < _SMALL_BUF:
+                    # a pipelining client filled the buffer: take larger chunks
+                    bufsize *= 2
+                    buf = bytearray(bufsize)
+                    mv = memoryview(buf)
             elif bufsize - end < 4096 or (
                 end - start >= 4 and start + _U32.unpack_from(buf, start)[0] > bufsize
             ):
                 n = end - start
                 need = _U32.unpack_from(buf, start)[0] if n >= 4 else 0
-                grow = need + (1 << 16) if need + 4096 > bufsize and need <= self.max_frame else 0
-                if self.msize and bufsize < _SMALL_BUF:
-                    grow = max(grow, _SMALL_BUF)  # a pipelining client: room for many frames
-                if grow:
+                grow = 0
+                if need + 4096 > bufsize and need <= self.max_frame and 2 * n >= bufsize:
+                    # the frame does not fit and its bytes already fill half the
+                    # buffer: double it (at most to the frame plus slack)
+                    grow = min(2 * bufsize, need + _BUF_SLACK)
+                if grow > bufsize:
                     bufsize = grow
                     nbuf = bytearray(bufsize)
                     nbuf[:n] = mv[start:end]
@@ -536,6 +566,7 @@ class Connection:
                     return "reset by peer"
             if got == 0:
                 return "EOF"
+            filled = got == room
             end += got
             out = []
             queued = 0
@@ -549,12 +580,7 @@ class Connection:
             while end - start >= 7:
                 size, mtype, tag = HEADER.unpack_from(buf, start)
                 if size < 7 or size > self.max_frame:
-                    log.warning(
-                        "%s: framing error: frame size %d outside [7, %d]; closing",
-                        self.name,
-                        size,
-                        self.max_frame,
-                    )
+                    self._log_bad_size(size)
                     if held is not None:
                         out.append(held)
                     if out:
@@ -599,6 +625,16 @@ class Connection:
                         await self._send_batched(out)
                         out = []
                         queued = 0
+            if 4 <= end - start < 7:
+                # a partial header already says how large its frame is
+                size = _U32.unpack_from(buf, start)[0]
+                if size < 7 or size > self.max_frame:
+                    self._log_bad_size(size)
+                    if held is not None:
+                        out.append(held)
+                    if out:
+                        await self._send_batched(out)
+                    return "framing error"
             if held is not None:
                 out.append(held)
                 held = None  # the idle release below must find no reference to it
@@ -617,6 +653,14 @@ class Connection:
                 # (sends without contention do not yield)
                 busy = 0
                 await trio.lowlevel.checkpoint()
+
+    def _log_bad_size(self, size: int) -> None:
+        log.warning(
+            "%s: framing error: frame size %d outside [7, %d]; closing",
+            self.name,
+            size,
+            self.max_frame,
+        )
 
     def _dispatch(self, mtype: int, tag: int, frame: memoryview) -> Any:
         """Handle one frame inline; return the reply buffer (or raise a control signal)."""
@@ -698,6 +742,7 @@ class Connection:
             version = C.VERSION_9P2000L
             self.msize = msize
             self.max_frame = msize
+            self._budget = self.config.inflight_msizes * msize
             self._pool.clear()
             if self._splice_max and self._pipe is None and msize >= _SPLICE_MIN + C.IOHDRSZ:
                 # made here, not on the first read: the pipe is part of the
@@ -708,6 +753,7 @@ class Connection:
         else:
             version = C.VERSION_UNKNOWN
             self.msize = 0
+            self.max_frame = PRE_VERSION_FRAME
             log.info("%s: Tversion %r msize=%d refused", self.name, msg.version, msg.msize)
         reply = Rversion(tag=msg.tag, msize=msize, version=version)
         encoded = ENCODERS[Rversion](reply)
@@ -744,13 +790,30 @@ class Connection:
                 raise _Spliced(_HDR_U32.pack(11 + n, _R_READ, tag, n), n)
             if n == 0:
                 return _HDR_U32.pack(11, _R_READ, tag, 0)
-        if count >= _BIG:
-            pool = self._pool
-            rb = pool.pop() if pool else bytearray(11 + self.msize)
-            self._lent.append(rb)
-        else:
-            rb = bytearray(11 + count)
-        return self._fill_rread(rb, tag, fid, offset, count)
+        if count < _BIG:
+            # at most 64 KiB, freed at once if the read fails
+            return self._fill_rread(bytearray(11 + count), tag, fid, offset, count)
+        # Memory only for work that can succeed: the fid is checked and the
+        # count clamped to what the file can give before any buffer is taken.
+        count = self.session.read_size(fid, offset, count)
+        if count < self._pool_min:
+            return self._fill_rread(bytearray(11 + count), tag, fid, offset, count)
+        # A reply this large is held back and sent before the next Tread
+        # (_receive_loop), so one pooled buffer is lent at a time.
+        pool = self._pool
+        rb = pool.pop() if pool else bytearray(11 + self.msize)
+        try:
+            r = self._fill_rread(rb, tag, fid, offset, count, True)
+        except BaseException:
+            pool.append(rb)
+            raise
+        if len(r) - 11 < self._pool_min:
+            # a short read (the file shrank meanwhile): the reply is not held
+            # back, so it must not keep the pooled buffer
+            pool.append(rb)
+            return bytes(r)
+        self._lent.append(rb)
+        return r
 
     # Spliced Treads.  A Tread of a regular file is the costliest request per
     # byte: preadv copies the page-cache pages into our buffer, sendmsg copies
@@ -848,39 +911,111 @@ class Connection:
                 self._drop_pipe()  # what is left in it belongs to a reply that will not be sent
             self._unlock_send()
 
-    def _fill_rread(self, rb: bytearray, tag: int, fid: int, offset: int, count: int) -> Any:
-        """Read into ``rb`` after its 11-byte header; the Rread frame (rb, or a view of it)."""
+    def _fill_rread(
+        self, rb: bytearray, tag: int, fid: int, offset: int, count: int, pooled: bool = False
+    ) -> Any:
+        """Read into ``rb`` after its 11-byte header; the Rread frame.
+
+        After a short read the unused tail is given back (``rb`` is cut to the
+        reply), so that a queued reply holds no more memory than it sends; a
+        ``pooled`` buffer is kept whole and a view of it returned."""
         mv = memoryview(rb)
         n = self.session.read_into(fid, offset, mv[11 : 11 + count])
         _HDR_U32.pack_into(rb, 0, 11 + n, C.MsgType.RREAD, tag, n)
         if n != len(rb) - 11:
-            return mv[: 11 + n]
+            if pooled:
+                return mv[: 11 + n]
+            mv.release()
+            del rb[11 + n :]
         return rb
 
+    # Flush.  A Tflush of a background request (or of a Tflush waiting for
+    # one) joins that request's list of waiting flushes: no task of its own,
+    # one in-flight slot, its tag in ``pending`` until answered.  They are
+    # answered in arrival order right after the old reply was sent or dropped
+    # (a second Tflush of the same old tag thus right after the first: it may
+    # not be answered at once, since the old reply could still follow it).
+    # Any other Tflush (a tag not in flight, already answered or flushed) is
+    # answered at once, after the replies queued before it.
     def _flush(self, msg: Any) -> Any:
         p = self.pending.get(msg.oldtag)
-        if p is None:
+        if p is None or p.answered:
             return ENCODERS[Rflush](Rflush(tag=msg.tag))
-        p.scope.cancel()
-        raise _FlushWait(msg.tag, p)
+        raise _FlushWait(msg.tag, msg.oldtag)
 
-    async def _flush_after(self, tag: int, p: _Pending) -> None:
-        await p.done.wait()
-        await self._send([ENCODERS[Rflush](Rflush(tag=tag))])
+    async def _join_flush(self, tag: int, oldtag: int) -> Any:
+        """Wait for an in-flight slot (the loop stops reading meanwhile), then
+        make the Tflush ``tag`` wait for ``oldtag``; the Rflush if it need not wait."""
+        await self.inflight.acquire()
+        p = self.pending.get(oldtag)
+        if p is None or p.answered:  # done while we waited for the slot
+            self.inflight.release()
+            return ENCODERS[Rflush](Rflush(tag=tag))
+        p.scope.cancel()
+        p.flushes.append(tag)
+        self.pending[tag] = p
+        return None
+
+    async def _answer_flushes(self, p: _Pending) -> None:
+        """Send the Rflushes waiting for ``p`` (its reply was sent or dropped)."""
+        flushes = p.flushes
+        try:
+            while flushes:  # a Tflush of a waiting Tflush may join meanwhile
+                tag = flushes[0]
+                if not self.closed:
+                    try:
+                        await self._send([ENCODERS[Rflush](Rflush(tag=tag))])
+                    except OSError as e:
+                        log.info("%s: tag=%d Rflush not sent: %s", self.name, tag, e)
+                del flushes[0]
+                del self.pending[tag]
+                self.inflight.release()
+        finally:
+            p.answered = True
+            for tag in flushes:  # cancelled (the connection is closing)
+                del self.pending[tag]
+                self.inflight.release()
+            flushes.clear()
 
     # ----------------------------------------------------- background tasks
     async def _start_background(self, msg: Any, handler: Callable[[Any], Message] | None) -> None:
-        if isinstance(msg, Twrite):
-            msg.data = bytes(msg.data)  # the receive buffer is reused
+        """Admit a background request: an in-flight slot, then its bytes in the
+        byte budget (payload, and for a Tread its reply buffer); the loop
+        stops reading until both are free.  A request is always admitted when
+        no other request's bytes are in flight, so a max-size one never waits
+        forever.  Twrite data is copied out of the receive buffer (reused once
+        we return) only after admission."""
+        payload = len(msg.data) if isinstance(msg, Twrite) else 0
+        reply = 11 + msg.count if handler is None else 0  # Tread: its Rread buffer
+        cost = payload + reply
         await self.inflight.acquire()
+        try:
+            while self._inbytes and self._inbytes + cost > self._budget:
+                await self._bytes_freed.park()
+        except BaseException:
+            self.inflight.release()
+            raise
+        self._inbytes += cost
+        if payload:
+            msg.data = bytes(msg.data)
         p = _Pending(msg.tag)
         self.pending[msg.tag] = p
         Connection.threaded += 1
         assert self.nursery is not None
-        self.nursery.start_soon(self._background, msg, handler, p)
+        self.nursery.start_soon(self._background, msg, handler, p, payload, reply)
+
+    def _release_bytes(self, n: int) -> None:
+        if n:
+            self._inbytes -= n
+            self._bytes_freed.unpark_all()
 
     async def _background(
-        self, msg: Any, handler: Callable[[Any], Message] | None, p: _Pending
+        self,
+        msg: Any,
+        handler: Callable[[Any], Message] | None,
+        p: _Pending,
+        payload: int,
+        cost: int,
     ) -> None:
         tag = msg.tag
         reply: Any = None
@@ -897,6 +1032,11 @@ class Connection:
                 except Exception:
                     log.exception("%s: tag=%d internal error in background request", self.name, tag)
                     reply = _rlerror(tag, errno.EIO)
+                finally:
+                    if payload:  # used (or never to be): drop it now, not after the reply
+                        msg.data = b""
+                        self._release_bytes(payload)
+                        payload = 0
             if p.scope.cancelled_caught:
                 log.info("%s: tag=%d flushed", self.name, tag)
                 reply = None
@@ -906,10 +1046,17 @@ class Connection:
                 except OSError as e:
                     log.info("%s: tag=%d reply not sent: %s", self.name, tag, e)
         finally:
+            reply = None
             del self.pending[tag]
             Connection.threaded -= 1
             self.inflight.release()
-            p.done.set()
+            self._release_bytes(payload + cost)
+            try:
+                if p.flushes:
+                    await self._answer_flushes(p)
+            finally:
+                p.answered = True
+                p.done.set()
 
     def _read_sync(self, msg: Any) -> Any:
         return self._fill_rread(bytearray(11 + msg.count), msg.tag, msg.fid, msg.offset, msg.count)
@@ -949,15 +1096,14 @@ class _Spliced(_Control):
 
 
 class _FlushWait(_Control):
-    """Answer this Tflush once the pending request is done."""
+    """Answer this Tflush once the pending request is done (see Connection._flush)."""
 
-    def __init__(self, tag: int, pending: _Pending) -> None:
+    def __init__(self, tag: int, oldtag: int) -> None:
         self.tag = tag
-        self.pending = pending
+        self.oldtag = oldtag
 
-    async def act(self, conn: Connection) -> None:
-        assert conn.nursery is not None
-        conn.nursery.start_soon(conn._flush_after, self.tag, self.pending)
+    async def act(self, conn: Connection) -> Any:
+        return await conn._join_flush(self.tag, self.oldtag)
 
 
 class _VersionReset(_Control):

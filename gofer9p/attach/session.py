@@ -138,6 +138,7 @@ _XATTR_NS = b"user."
 _XATTR_NS_STR = "user."
 _DIRENT_BUFSIZE = 32 * 1024
 _MASK64 = (1 << 64) - 1
+_OFF_MAX = (1 << 63) - 1  # largest file offset (off_t); 9P offsets are u64
 _NS = 1_000_000_000
 
 _S_IFMT = 0o170000
@@ -937,7 +938,9 @@ class Session:
         if n_uname != C.NONUNAME:
             return n_uname
         if uname.isdigit():
-            uid = int(uname)
+            # a uid is below 2**32 - 1: more than 10 digits is out of range
+            # (and int() refuses over 4300 digits: never reach it)
+            uid = int(uname) if len(uname) <= 10 else C.NONUNAME
             if uid < C.NONUNAME:
                 return uid
             raise _err(errno.EINVAL)
@@ -1431,6 +1434,33 @@ class Session:
         """
         f = self._fids.get(fid)
         return f is not None and f.ofd >= 0 and f.fmt != _REG and f.fmt != _DIR
+
+    def read_size(self, fid: int, offset: int, count: int) -> int:
+        """The most a Tread of ``count`` bytes at ``offset`` can return now, raising
+        the error the read itself would raise (EBADF, EISDIR, EINVAL for an offset
+        past 2**63 - 1): the server calls it before it takes a large reply buffer,
+        so that memory is committed only for a read that can succeed, and no more
+        than the file can give.  Regular files: up to their size (one ``fstat``;
+        a file growing meanwhile makes a short read, which is legal); xattr fids:
+        up to the value's length; FIFOs: ``count``.
+        """
+        f = self._get(fid)
+        try:
+            ofd = f.ofd
+            if ofd < 0:
+                if f.xmode == _XREAD:
+                    return max(0, min(count, len(f.xbuf) - offset))
+                raise _err(errno.EBADF)
+            fmt = f.fmt
+            if fmt == _DIR:
+                raise _err(errno.EISDIR)
+            if fmt != _REG:
+                return count
+            if offset > _OFF_MAX:
+                raise _err(errno.EINVAL)
+            return max(0, min(count, _fstat(ofd).st_size - offset))
+        finally:
+            self._put(f)
 
     def read_into(self, fid: int, offset: int, view: memoryview) -> int:
         """Tread: fill ``view`` from the fid at ``offset`` (preadv, no copy); bytes read.

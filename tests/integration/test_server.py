@@ -435,3 +435,29 @@ async def test_large_reads_keep_one_held_reply_and_flush_follows_its_request(
     got = await _frames_until(b, {30, C.NOTAG})
     assert [m.tag for m in got] == [30, C.NOTAG]
     b.close()
+
+
+async def test_flushes_of_one_request_are_answered_in_order(
+    export: Path, nursery: trio.Nursery
+) -> None:
+    """Two Tflushes of one threaded request and a Tflush of the first Tflush: each is
+    answered after what it flushes (the old reply, if any, first), in the order sent; a
+    flush's tag is in flight until answered (a request reusing it is refused)."""
+    b = await _raw_session(export, nursery)
+    for _ in range(20):
+        b.sendall(
+            encode(M.Tfsync(tag=10, fid=2, datasync=0))
+            + encode(M.Tflush(tag=11, oldtag=10))
+            + encode(M.Tflush(tag=12, oldtag=10))
+            + encode(M.Tflush(tag=13, oldtag=11))
+        )
+        got = await _frames_until(b, {11, 12, 13})
+        assert [m.tag for m in got if m.tag != 10] == [11, 12, 13], got
+        assert all(isinstance(m, M.Rflush) for m in got if m.tag != 10)
+        assert [m.tag for m in got].index(11) > max(
+            [i for i, m in enumerate(got) if m.tag == 10], default=-1
+        )
+    b.sendall(encode(M.Tflush(tag=14, oldtag=99)))  # nothing in flight: at once
+    (r,) = await _frames_until(b, {14})
+    assert isinstance(r, M.Rflush)
+    b.close()
