@@ -576,10 +576,11 @@ def attack_reads(conn: Conn, frames: int, msize: int) -> dict[int, int]:
     return pipeline(conn, msgs)
 
 
-def attack_flush(conn: Conn, oldtag: int, flushes: int) -> None:
-    """Tflush of one stuck request, ``flushes`` times, without reading a reply."""
+def attack_flush(conn: Conn, oldtag: int, flushes: int, stall: float = 2.0) -> int:
+    """Tflush of one stuck request, ``flushes`` times, without reading a reply; stops when
+    the gofer has not read for ``stall`` s (back-pressure).  Returns the flushes sent."""
     batch = 10_000
-    conn.sock.settimeout(30)
+    conn.sock.settimeout(stall)
     for start in range(0, flushes, batch):
         n = min(batch, flushes - start)
         data = b"".join(
@@ -588,7 +589,8 @@ def attack_flush(conn: Conn, oldtag: int, flushes: int) -> None:
         try:
             conn.sock.sendall(data)
         except (TimeoutError, OSError):
-            return  # the server stopped reading: back-pressure, which is the point
+            return start  # the server stopped reading: back-pressure, which is the point
+    return flushes
 
 
 def open_fifo_for_writes(g: Gofer, conn: Conn) -> int:
@@ -605,7 +607,7 @@ def attack_fifo_writes(conn: Conn, writes: int, msize: int) -> int:
     stuck behind the stuck Treads; the client never reads.  Returns how many were sent
     before the gofer stopped reading (back-pressure)."""
     payload = b"w" * (msize - 24)
-    conn.sock.settimeout(5)
+    conn.sock.settimeout(2)
     sent = 0
     for i in range(writes):
         try:
