@@ -321,6 +321,9 @@ _UNLOCK_ALL = _sys.FLOCK.pack(C.LOCK_TYPE_UNLCK, os.SEEK_SET, 0, 0, 0)  # the wh
 _LOCK_EOF = 1 << 64  # "to the end of the file" (length 0), beyond any real offset
 _MAX_LOCK_FDS = 1024  # per session: extra descriptions for further owners of one fid
 _MAX_LOCK_RANGES = 1024  # per owner and file
+MAX_SESSION_LOCK_RANGES = 32768
+"""Lock ranges tracked per session (all fids and owners): ~130 bytes each, so
+about 4 MiB at most; past it Tlock is ENOLCK."""
 
 
 class _LockOwner:
@@ -400,6 +403,7 @@ class Session:
         self._lock = threading.Lock()
         self._locks_lock = threading.Lock()
         self._lock_fds = 0
+        self._lock_ranges = 0  # ranges in every owner's ``held`` (MAX_SESSION_LOCK_RANGES)
         self._dirs = DirCache()
         self._xacct = [0]  # bytes charged by xattr fids, see XATTR_SESSION_MAX
         self._iomax = msize - C.IOHDRSZ
@@ -1659,8 +1663,11 @@ class Session:
                 owner = lockers.get(key)
                 if ltype == C.LOCK_TYPE_UNLCK:
                     if owner is not None:
+                        held = _ranges_sub(owner.held, m.start, end)
+                        self._track_ranges(owner, held)  # (an unlock may split a range)
                         fcntl.fcntl(owner.fd, fcntl.F_OFD_SETLK, req)
-                        owner.held = _ranges_sub(owner.held, m.start, end)
+                        self._lock_ranges += len(held) - len(owner.held)
+                        owner.held = held
                         if not owner.held:
                             self._drop_owner(lockers, key)
                     return Rlock(m.tag, C.LOCK_SUCCESS)
@@ -1673,7 +1680,10 @@ class Session:
                         owner = _LockOwner(self._reopen(f, _ACC_HOST[f.oacc]), True)
                         self._lock_fds += 1
                     lockers[key] = owner
+                held = _ranges_add(owner.held, m.start, end)
                 try:
+                    # checked before the host lock is taken: no lock we do not track
+                    self._track_ranges(owner, held)
                     fcntl.fcntl(owner.fd, fcntl.F_OFD_SETLK, req)
                 except OSError as e:
                     if not owner.held:
@@ -1681,18 +1691,25 @@ class Session:
                     if e.errno in (errno.EAGAIN, errno.EACCES):
                         return Rlock(m.tag, C.LOCK_BLOCKED)
                     raise
-                held = _ranges_add(owner.held, m.start, end)
-                if len(held) > _MAX_LOCK_RANGES:
-                    # The host lock is taken, but we refuse to track more pieces.
-                    raise _err(errno.ENOLCK)
+                self._lock_ranges += len(held) - len(owner.held)
                 owner.held = held
         finally:
             self._put(f)
         return Rlock(m.tag, C.LOCK_SUCCESS)
 
+    def _track_ranges(self, owner: _LockOwner, held: list[tuple[int, int]]) -> None:
+        """ENOLCK unless ``owner`` may track ``held`` instead of its ranges now:
+        at most _MAX_LOCK_RANGES per owner and MAX_SESSION_LOCK_RANGES per session."""
+        if len(held) > _MAX_LOCK_RANGES or (
+            self._lock_ranges + len(held) - len(owner.held) > MAX_SESSION_LOCK_RANGES
+        ):
+            raise _err(errno.ENOLCK)
+
     def _drop_owner(self, lockers: dict[tuple[int, bytes], _LockOwner], key: tuple[int, bytes]) -> None:
-        """Forget an owner that holds nothing more (caller holds _locks_lock)."""
+        """Forget an owner (caller holds _locks_lock); its host locks go with its
+        description or were released."""
         owner = lockers.pop(key)
+        self._lock_ranges -= len(owner.held)
         if owner.own:
             _close(owner.fd)
             self._lock_fds -= 1
