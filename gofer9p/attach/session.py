@@ -62,7 +62,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from gofer9p.attach import _sys
-from gofer9p.attach._dircache import DirCache
+from gofer9p.attach._dircache import MAX_LISTING, MAX_TOTAL, DirCache
 from gofer9p.attach.point import AttachPoint
 from gofer9p.protocol import constants as C
 from gofer9p.protocol.messages import (
@@ -121,7 +121,7 @@ from gofer9p.protocol.messages import (
     Txattrwalk,
 )
 
-__all__ = ["BLOCKING_IO_THRESHOLD", "XATTR_MAX", "Session", "is_blocking"]
+__all__ = ["BLOCKING_IO_THRESHOLD", "XATTR_MAX", "Session", "is_blocking", "session_memory_bound"]
 
 XATTR_MAX = 64 * 1024
 XATTR_SESSION_MAX = 8 << 20
@@ -359,6 +359,30 @@ def _ranges_add(ranges: list[tuple[int, int]], start: int, end: int) -> list[tup
         else:
             out.append((a, b))
     return out
+
+
+FID_BYTES = 8 * 1024
+"""Python memory of one fid, bounded for paths up to ~256 levels deep: its
+_Fid (~500 bytes), its path hint (a tuple of the names from the attach root:
+a walk adds up to 16 names of up to 255 bytes, ~5 KB; the rest of the tuple is
+shared references, 8 bytes a level) and its table entry.  Measured: 760 bytes
+for a fid walked two levels down with short names."""
+LOCK_RANGE_BYTES = 160
+"""Python memory of one tracked lock range (a tuple of two ints in a list)."""
+
+
+def session_memory_bound(max_fids: int) -> int:
+    """Most Python memory (bytes) a Session holds for its client, whatever it sends:
+    fids, uncommitted xattr values (their buffers may be over-allocated up to 2x),
+    tracked lock ranges, the directory-listing cache and one listing being built
+    (data, its copy and its index: 8 x MAX_LISTING).  See docs/RESOURCES.md."""
+    return (
+        max_fids * FID_BYTES
+        + 2 * XATTR_SESSION_MAX
+        + MAX_SESSION_LOCK_RANGES * LOCK_RANGE_BYTES
+        + MAX_TOTAL
+        + 8 * MAX_LISTING
+    )
 
 
 def is_blocking(m: Message) -> bool:
