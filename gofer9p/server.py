@@ -14,15 +14,26 @@ Contract of :func:`serve`:
   inline in the receive loop, which is far cheaper than a task or a thread
   hand-off per request.  A slow request therefore never stalls a cheap one.
 * Every complete frame in a received chunk is handled before the replies of
-  that chunk are sent together (one ``sendmsg``).  The loop does not read
-  again until those replies are written: a peer that sends and never reads is
-  throttled by its own socket buffer, never by our memory.  Background tasks
-  are capped (``max_inflight``); when the cap is reached the loop stops
-  reading until one finishes.
+  that chunk are sent together (one ``sendmsg``), and replies are sent as
+  soon as ``flush_bytes`` are queued.  The loop does not read again until
+  those replies are written: a peer that sends and never reads stops being
+  read.  Background requests take one of ``max_inflight`` slots and their
+  bytes (Twrite payloads, threaded Tread buffers) in a per-connection budget
+  of ``inflight_msizes`` x msize; when either is full the loop stops reading
+  until a request finishes.
+* Memory is committed only for work that can succeed, and never to what a
+  header merely claims: the receive buffer grows with bytes that arrived, up
+  to the frame being received (a header above the negotiated msize, or above
+  8 KiB before Tversion, closes the connection first); a Tread takes a buffer
+  after its fid is checked, no larger than the file can give.  What one
+  connection can hold is the formula of :func:`memory_bound`, written out in
+  docs/RESOURCES.md.
 * ``Tflush`` of a background request cancels it if it has not started its
   system call yet and is answered only after the old reply was sent or
-  dropped; a flush of a tag not in flight is answered at once (after any
-  reply already queued, so ordering holds).
+  dropped; further Tflushes of it (or of a waiting Tflush) are answered in
+  order right after; each waits in an in-flight slot, with no task of its
+  own.  A flush of a tag not in flight is answered at once (after any reply
+  already queued, so ordering holds).
 * ``Tversion`` starts a new session: background requests are cancelled and
   awaited, every fid is clunked.
 
