@@ -185,7 +185,7 @@ LISTEN_MSIZE = 1 << 20
 tcp, unix or fd transports never uses more (``MAX_SOCK_BUF``, 1 MiB, is their
 ``maxsize``), and a connection's memory bound is a multiple of msize, which
 ``--max-connections`` multiplies again (see docs/RESOURCES.md)."""
-MAX_CONNECTIONS = 256
+MAX_CONNECTIONS = 64
 """Default ``--max-connections`` (see docs/RESOURCES.md for its memory and fd cost)."""
 HANDSHAKE_TIMEOUT = 5.0
 """Default ``--handshake-timeout``: seconds a connection may take to finish Tversion."""

@@ -14,15 +14,26 @@ Contract of :func:`serve`:
   inline in the receive loop, which is far cheaper than a task or a thread
   hand-off per request.  A slow request therefore never stalls a cheap one.
 * Every complete frame in a received chunk is handled before the replies of
-  that chunk are sent together (one ``sendmsg``).  The loop does not read
-  again until those replies are written: a peer that sends and never reads is
-  throttled by its own socket buffer, never by our memory.  Background tasks
-  are capped (``max_inflight``); when the cap is reached the loop stops
-  reading until one finishes.
+  that chunk are sent together (one ``sendmsg``), and replies are sent as
+  soon as ``flush_bytes`` are queued.  The loop does not read again until
+  those replies are written: a peer that sends and never reads stops being
+  read.  Background requests take one of ``max_inflight`` slots and their
+  bytes (Twrite payloads, threaded Tread buffers) in a per-connection budget
+  of ``inflight_msizes`` x msize; when either is full the loop stops reading
+  until a request finishes.
+* Memory is committed only for work that can succeed, and never to what a
+  header merely claims: the receive buffer grows with bytes that arrived, up
+  to the frame being received (a header above the negotiated msize, or above
+  8 KiB before Tversion, closes the connection first); a Tread takes a buffer
+  after its fid is checked, no larger than the file can give.  What one
+  connection can hold is the formula of :func:`memory_bound`, written out in
+  docs/RESOURCES.md.
 * ``Tflush`` of a background request cancels it if it has not started its
   system call yet and is answered only after the old reply was sent or
-  dropped; a flush of a tag not in flight is answered at once (after any
-  reply already queued, so ordering holds).
+  dropped; further Tflushes of it (or of a waiting Tflush) are answered in
+  order right after; each waits in an in-flight slot, with no task of its
+  own.  A flush of a tag not in flight is answered at once (after any reply
+  already queued, so ordering holds).
 * ``Tversion`` starts a new session: background requests are cancelled and
   awaited, every fid is clunked.
 
@@ -53,7 +64,7 @@ import attrs
 import trio
 
 from ._quietwait import QuietWait
-from .attach import AttachPoint, Session
+from .attach import AttachPoint, Session, session_memory_bound
 from .attach.session import FDS_PER_FID
 from .protocol import constants as C
 from .protocol._wire import HEADER
@@ -1143,4 +1154,50 @@ async def serve(
     await conn.run()
 
 
-__all__ = ["Connection", "ServerConfig", "serve"]
+# ------------------------------------------------------------------ the bound
+REQUEST_BYTES = 16 * 1024
+"""Python memory of one background request or flush waiter besides the bytes
+the budget counts: its task, cancel scope, event, message and worker-thread
+hand-off (about 6 KB measured for a threaded Tread)."""
+CONNECTION_BYTES = 128 * 1024
+"""A connection's fixed state: Connection, Session, handler tables, its task,
+its QuietWait, the log line objects in flight."""
+_REPLY_BYTES = 64
+"""Python memory of a queued reply beyond twice its wire size (object header,
+list slot); a cut Rread buffer may keep up to twice its size."""
+_MIN_REPLY = 7  # Rflush: the smallest reply
+
+
+def memory_bound(config: ServerConfig, connections: int = 1) -> int:
+    """Most Python memory (bytes, tracemalloc's measure) ``connections``
+    connections with ``config`` can make the server hold, whatever bytes they
+    send and whether or not they read their replies.  The formula and the
+    defaults' numbers are written out in docs/RESOURCES.md; every term is a
+    limit this module or ``attach`` enforces (M = max_msize, Fb = flush_bytes,
+    I = max_inflight, B = inflight_msizes x M, F = max_fids):
+
+    * receive buffer: 2 x max(256 KiB, M + 64 KiB) (old and new during a growth);
+    * queued replies: Fb of small replies (at most 2 x wire + 64 bytes each, 7
+      bytes at least: 12 x Fb), plus the reply that crossed Fb, the held-back
+      large reply and the pooled read buffer: 3 x (M + 64);
+    * the request being handled: 2 x M (a reply built and its encoding);
+    * background requests: B + I x REQUEST_BYTES (flush waiters share the I slots);
+    * the session: ``attach.session_memory_bound(F)``;
+    * the rest: CONNECTION_BYTES.
+    """
+    m = config.max_msize
+    small_replies = 2 * config.flush_bytes + (config.flush_bytes // _MIN_REPLY + 1) * _REPLY_BYTES
+    per_connection = (
+        2 * max(_SMALL_BUF, m + _BUF_SLACK)
+        + small_replies
+        + 3 * (m + _REPLY_BYTES)
+        + 2 * m
+        + config.inflight_msizes * m
+        + config.max_inflight * REQUEST_BYTES
+        + session_memory_bound(config.max_fids)
+        + CONNECTION_BYTES
+    )
+    return connections * per_connection
+
+
+__all__ = ["Connection", "ServerConfig", "memory_bound", "serve"]

@@ -62,7 +62,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from gofer9p.attach import _sys
-from gofer9p.attach._dircache import DirCache
+from gofer9p.attach._dircache import MAX_LISTING, MAX_TOTAL, DirCache
 from gofer9p.attach.point import AttachPoint
 from gofer9p.protocol import constants as C
 from gofer9p.protocol.messages import (
@@ -121,7 +121,7 @@ from gofer9p.protocol.messages import (
     Txattrwalk,
 )
 
-__all__ = ["BLOCKING_IO_THRESHOLD", "XATTR_MAX", "Session", "is_blocking"]
+__all__ = ["BLOCKING_IO_THRESHOLD", "XATTR_MAX", "Session", "is_blocking", "session_memory_bound"]
 
 XATTR_MAX = 64 * 1024
 XATTR_SESSION_MAX = 8 << 20
@@ -324,6 +324,9 @@ FDS_PER_FID = 3
 """Host fds one fid may hold at once: its O_PATH fd, its parent's O_PATH fd, its open fd
 (after Txattrcreate the open fd is retired, not added; after Tlcreate one fd is both)."""
 _MAX_LOCK_RANGES = 1024  # per owner and file
+MAX_SESSION_LOCK_RANGES = 32768
+"""Lock ranges tracked per session (all fids and owners): ~130 bytes each, so
+about 4 MiB at most; past it Tlock is ENOLCK."""
 
 
 class _LockOwner:
@@ -359,6 +362,30 @@ def _ranges_add(ranges: list[tuple[int, int]], start: int, end: int) -> list[tup
         else:
             out.append((a, b))
     return out
+
+
+FID_BYTES = 8 * 1024
+"""Python memory of one fid, bounded for paths up to ~256 levels deep: its
+_Fid (~500 bytes), its path hint (a tuple of the names from the attach root:
+a walk adds up to 16 names of up to 255 bytes, ~5 KB; the rest of the tuple is
+shared references, 8 bytes a level) and its table entry.  Measured: 760 bytes
+for a fid walked two levels down with short names."""
+LOCK_RANGE_BYTES = 160
+"""Python memory of one tracked lock range (a tuple of two ints in a list)."""
+
+
+def session_memory_bound(max_fids: int) -> int:
+    """Most Python memory (bytes) a Session holds for its client, whatever it sends:
+    fids, uncommitted xattr values (their buffers may be over-allocated up to 2x),
+    tracked lock ranges, the directory-listing cache and one listing being built
+    (data, its copy and its index: 8 x MAX_LISTING).  See docs/RESOURCES.md."""
+    return (
+        max_fids * FID_BYTES
+        + 2 * XATTR_SESSION_MAX
+        + MAX_SESSION_LOCK_RANGES * LOCK_RANGE_BYTES
+        + MAX_TOTAL
+        + 8 * MAX_LISTING
+    )
 
 
 def is_blocking(m: Message) -> bool:
@@ -413,6 +440,7 @@ class Session:
         self._lock = threading.Lock()
         self._locks_lock = threading.Lock()
         self._lock_fds = 0
+        self._lock_ranges = 0  # ranges in every owner's ``held`` (MAX_SESSION_LOCK_RANGES)
         self._dirs = DirCache()
         self._xacct = [0]  # bytes charged by xattr fids, see XATTR_SESSION_MAX
         self._iomax = msize - C.IOHDRSZ
@@ -1699,8 +1727,11 @@ class Session:
                 owner = lockers.get(key)
                 if ltype == C.LOCK_TYPE_UNLCK:
                     if owner is not None:
+                        held = _ranges_sub(owner.held, m.start, end)
+                        self._track_ranges(owner, held)  # (an unlock may split a range)
                         fcntl.fcntl(owner.fd, fcntl.F_OFD_SETLK, req)
-                        owner.held = _ranges_sub(owner.held, m.start, end)
+                        self._lock_ranges += len(held) - len(owner.held)
+                        owner.held = held
                         if not owner.held:
                             self._drop_owner(lockers, key)
                     return Rlock(m.tag, C.LOCK_SUCCESS)
@@ -1717,7 +1748,10 @@ class Session:
                             raise
                         self._lock_fds += 1
                     lockers[key] = owner
+                held = _ranges_add(owner.held, m.start, end)
                 try:
+                    # checked before the host lock is taken: no lock we do not track
+                    self._track_ranges(owner, held)
                     fcntl.fcntl(owner.fd, fcntl.F_OFD_SETLK, req)
                 except OSError as e:
                     if not owner.held:
@@ -1725,18 +1759,25 @@ class Session:
                     if e.errno in (errno.EAGAIN, errno.EACCES):
                         return Rlock(m.tag, C.LOCK_BLOCKED)
                     raise
-                held = _ranges_add(owner.held, m.start, end)
-                if len(held) > _MAX_LOCK_RANGES:
-                    # The host lock is taken, but we refuse to track more pieces.
-                    raise _err(errno.ENOLCK)
+                self._lock_ranges += len(held) - len(owner.held)
                 owner.held = held
         finally:
             self._put(f)
         return Rlock(m.tag, C.LOCK_SUCCESS)
 
+    def _track_ranges(self, owner: _LockOwner, held: list[tuple[int, int]]) -> None:
+        """ENOLCK unless ``owner`` may track ``held`` instead of its ranges now:
+        at most _MAX_LOCK_RANGES per owner and MAX_SESSION_LOCK_RANGES per session."""
+        if len(held) > _MAX_LOCK_RANGES or (
+            self._lock_ranges + len(held) - len(owner.held) > MAX_SESSION_LOCK_RANGES
+        ):
+            raise _err(errno.ENOLCK)
+
     def _drop_owner(self, lockers: dict[tuple[int, bytes], _LockOwner], key: tuple[int, bytes]) -> None:
-        """Forget an owner that holds nothing more (caller holds _locks_lock)."""
+        """Forget an owner (caller holds _locks_lock); its host locks go with its
+        description or were released."""
         owner = lockers.pop(key)
+        self._lock_ranges -= len(owner.held)
         if owner.own:
             _close(owner.fd)
             self._lock_fds -= 1

@@ -51,7 +51,7 @@ may take before the test fails: a failure deadline, not a benchmark."""
 CONN_FIXED_KIB = 2048
 """Per connection, beside its msize-sized buffers: the first receive buffer, the
 session, the trio task, a worker thread's share, in-flight request objects."""
-PROCESS_SLACK_KIB = 48 * 1024
+PROCESS_SLACK_KIB = 32 * 1024
 """Per process: allocator and interpreter jitter, worker thread stacks touched (trio's
 40), the fd table as it grows."""
 IDLE_CONN_KIB = 64
@@ -60,8 +60,11 @@ FID_KIB = 2
 """One fid (its _Fid object and table entry); fd-exhaustion attacks hold thousands."""
 
 
-def per_connection_kib(msize: int) -> int:
-    """The stated bound on what one connection may make the gofer hold (KiB)."""
+def per_connection_kib(msize: int, fids: int = 64) -> int:
+    """The stated bound on what one connection holding at most ``fids`` fids may make the
+    gofer hold (KiB): ``server.memory_bound`` with max_fids = ``fids`` (the attacks other
+    than fd exhaustion hold a handful), plus CONN_FIXED_KIB for what tracemalloc does not
+    see (a worker thread's stack, malloc's per-arena slack)."""
     from .. import server
 
     memory_bound = getattr(server, "memory_bound", None)
@@ -69,12 +72,13 @@ def per_connection_kib(msize: int) -> int:
         # receive buffer (msize + 64 KiB), a pooled read buffer, a held reply, and the
         # bytes of threaded requests in flight (msize): 4 x msize
         return 4 * msize // 1024 + CONN_FIXED_KIB
-    return int(memory_bound(msize=msize, connections=1)) // 1024 + CONN_FIXED_KIB
+    config = server.ServerConfig(max_msize=max(msize, 4096), max_fids=fids)
+    return int(memory_bound(config, 1)) // 1024 + CONN_FIXED_KIB
 
 
-def bound_kib(msize: int, connections: int = 1) -> int:
+def bound_kib(msize: int, connections: int = 1, fids: int = 64) -> int:
     """Stated bound on a gofer's VmRSS growth under attack by ``connections`` clients."""
-    return connections * per_connection_kib(msize) + PROCESS_SLACK_KIB
+    return connections * per_connection_kib(msize, fids) + PROCESS_SLACK_KIB
 
 
 # --------------------------------------------------------------------- /proc
