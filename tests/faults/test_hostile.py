@@ -170,7 +170,6 @@ def test_fd_exhaustion_leaves_others_served(kind: str, tmp: Path, gofers: list[G
     # the other client arrives only now, on a full share everywhere else
     probe = Probe(g, fresh=True)
     time.sleep(0.3)
-    fids = sum(r["fids"] for r in results)
     per = max(r["fids"] for r in results) + 2
     _check(g, rss, probe, H.bound_kib(65536, hostile, fids=per), "fd exhaustion")
     for c in conns:
