@@ -33,6 +33,7 @@ from pathlib import Path
 from gofer9p.protocol import constants as C
 from gofer9p.protocol import messages as M
 from gofer9p.protocol.codec import encode
+from gofer9p.server import PRE_VERSION_FRAME
 
 from .common import Health, Known, Report, liveness, save_failure, split_problem
 from .targets import Target
@@ -538,7 +539,7 @@ class FrameFuzzer:
                 self._setup(c)
                 max_frame = c.msize
             else:
-                max_frame = self.server_max if self.known_max else 65536
+                max_frame = PRE_VERSION_FRAME  # the server's limit before Tversion
             mut = Mutator(rng, max_frame)
             for _ in range(min(budget, rng.randint(1, 64))):
                 tag = rng.choice((rng.randrange(0x10000), 1, 2, 0xFFFF))

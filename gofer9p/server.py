@@ -490,7 +490,7 @@ class Connection:
                     nbuf = bytearray(bufsize)
                     nbuf[:n] = mv[start:end]
                     buf, mv = nbuf, memoryview(nbuf)
-                else:
+                elif start:
                     mv[0:n] = mv[start:end]
                 start, end = 0, n
             got = -1
