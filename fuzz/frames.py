@@ -357,6 +357,10 @@ def plan_stream(data: bytes, max_frame: int) -> StreamPlan:
             return StreamPlan(frames, "partial")
         frames.append((mtype, tag, data[off : off + size]))
         off += size
+    if n - off >= 4:  # a partial header's size is judged as soon as it is there
+        (size,) = struct.unpack_from("<I", data, off)
+        if size < 7 or size > max_frame:
+            return StreamPlan(frames, "framing_error")
     return StreamPlan(frames, "aligned" if off == n else "partial")
 
 
