@@ -530,7 +530,7 @@ class Connection:
                     nbuf = bytearray(bufsize)
                     nbuf[:n] = mv[start:end]
                     buf, mv = nbuf, memoryview(nbuf)
-                else:
+                elif start:
                     mv[0:n] = mv[start:end]
                 start, end = 0, n
             got = -1

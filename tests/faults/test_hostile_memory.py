@@ -83,6 +83,7 @@ async def test_failing_large_treads_commit_no_buffers(
             else:
                 assert isinstance(r, M.Rread), r
                 assert len(r.data) == (100 if case == "small-file" else 0)
+        print(f"PEAK-GROWTH {growth[0] >> 10} KiB")
         assert growth[0] < 2 * MSIZE, f"{case}: peak growth {growth[0] >> 10} KiB"
 
 
@@ -102,6 +103,7 @@ async def test_short_small_treads_keep_no_unused_tail(
             await peer.send(frames)
             got = await peer.replies(set(range(100, 1100)))
         assert all(isinstance(r, M.Rread) and len(r.data) == 100 for r in got)
+        print(f"PEAK-GROWTH {growth[0] >> 10} KiB")
         assert growth[0] < 2 * MSIZE, f"peak growth {growth[0] >> 10} KiB"
 
 
@@ -117,6 +119,7 @@ async def test_pre_version_frame_larger_than_a_tversion_closes(
         async with traced_growth() as growth:
             await peer.send((4 << 20).to_bytes(4, "little") + bytes([C.MsgType.TVERSION, 0xFF]))
             assert await peer.closed_by_server()
+        print(f"PEAK-GROWTH {growth[0] >> 10} KiB")
         assert growth[0] < 64 * 1024, f"peak growth {growth[0] >> 10} KiB"
     lines = [r for r in caplog.records if "frame size" in r.getMessage()]
     assert len(lines) == 1, [r.getMessage() for r in caplog.records]
@@ -132,6 +135,7 @@ async def test_receive_buffer_grows_with_what_arrived(
         async with traced_growth() as growth:
             await peer.send(head)
             await trio.sleep(0.2)
+        print(f"PEAK-GROWTH {growth[0] >> 10} KiB")
         assert growth[0] < 256 * 1024, f"peak growth {growth[0] >> 10} KiB"
 
 
@@ -142,6 +146,7 @@ async def test_frame_above_msize_closes_before_growing(
         async with traced_growth() as growth:
             await peer.send((4 << 20).to_bytes(4, "little") + b"\x76\x05\x00" + b"x" * 100)
             assert await peer.closed_by_server()
+        print(f"PEAK-GROWTH {growth[0] >> 10} KiB")
         assert growth[0] < 256 * 1024, f"peak growth {growth[0] >> 10} KiB"
 
 
@@ -185,6 +190,7 @@ async def test_flushes_of_a_stuck_request_are_bounded(
         async with traced_growth() as growth:
             sent = await peer.send_some(frames)
         os.close(wfd)
+        print(f"PEAK-GROWTH {growth[0] >> 10} KiB")
         assert sent < len(frames), "the server kept reading flushes of a stuck request"
         assert growth[0] < 1 << 20, f"peak growth {growth[0] >> 10} KiB"
 
@@ -207,4 +213,5 @@ async def test_stuck_fifo_writes_hold_no_payload_copies(
             await peer.send_some(frames)
         del frames
         os.close(wfd)
+        print(f"PEAK-GROWTH {growth[0] >> 10} KiB")
         assert growth[0] < 4 * MSIZE, f"peak growth {growth[0] >> 20} MiB"
