@@ -8,9 +8,9 @@ import os
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
-import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
