@@ -728,10 +728,13 @@ class Session:
 
     def _new_entry(self, d: _Fid, name: bytes, uid: int, gid: int, mode: int) -> Qid:
         """After creating ``name`` in directory fid ``d``: give it to (uid, gid), give it
-        exactly ``mode`` (see :meth:`_exact_mode`), return its qid.
+        exactly ``mode`` (see :func:`_exact_mode`), return its qid.
 
         Ownership is applied only when the gofer may chown; if anything fails the
-        new entry is removed again, so a failed request leaves nothing behind.
+        new entry is removed again, so a failed request leaves nothing behind.  The one
+        mode that cannot be set is a socket's or device node's on a kernel without
+        fchmodat2 (< 6.6; see :meth:`_chmod`): EOPNOTSUPP then, when the mode mknod made
+        (under the process umask, after the chown) is not the one asked for.
         """
         dfd = d.fd
         nfd = os.open(name, _O_PATH, dir_fd=dfd)
