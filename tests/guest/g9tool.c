@@ -468,10 +468,10 @@ static int do_fsx(const char *path, const char *seed, const char *nops, const ch
     int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
     if (fd < 0)
         return fail("open");
-    long counts[8] = {0};
-    int mapwrite_ok = 1;
-    const char *names[8] = {"write", "read", "truncate", "mapread", "mapwrite", "reopen",
-                            "sync+drop", "mapwrite-refused"};
+    long counts[9] = {0};
+    int mapwrite_ok = 1, mapread_flags = MAP_SHARED;
+    const char *names[9] = {"write", "read", "truncate", "mapread", "mapwrite", "reopen",
+                            "sync+drop", "mapwrite-refused", "mapread-private"};
     for (fsx_ops = 0; fsx_ops < n; fsx_ops++) {
         long op = rnd_below(100);
         if (op < 30) { /* write anywhere below FSX_MAX, extending or not */
@@ -514,9 +514,17 @@ static int do_fsx(const char *path, const char *seed, const char *nops, const ch
             long len = 1 + rnd_below(fsx_size - off);
             long pg = off - off % pagesize;
             fsx_note("mapread off=%ld len=%ld", off, len);
-            unsigned char *m = mmap(NULL, off + len - pg, PROT_READ, MAP_SHARED, fd, pg);
+            unsigned char *m = mmap(NULL, off + len - pg, PROT_READ, mapread_flags, fd, pg);
+            if (m == MAP_FAILED && errno == EINVAL && mapread_flags == MAP_SHARED) {
+                /* cache=none: no shared mapping of a file open for writing (the client
+                 * would have to write it back): read through a private one */
+                mapread_flags = MAP_PRIVATE;
+                m = mmap(NULL, off + len - pg, PROT_READ, mapread_flags, fd, pg);
+            }
             if (m == MAP_FAILED)
                 return fsx_fail("mmap PROT_READ (off, len)", off, len);
+            if (mapread_flags == MAP_PRIVATE)
+                counts[8]++;
             int bad = memcmp(m + (off - pg), fsx_model + off, len);
             munmap(m, off + len - pg);
             if (bad)
@@ -588,7 +596,7 @@ static int do_fsx(const char *path, const char *seed, const char *nops, const ch
     if (mf < 0 || write(mf, fsx_model, fsx_size) != fsx_size || close(mf) != 0)
         return fail("write the model");
     printf("OK %ld ops, size %ld:", n, fsx_size);
-    for (int i = 0; i < 8; i++)
+    for (int i = 0; i < 9; i++)
         printf(" %s=%ld", names[i], counts[i]);
     printf("\n");
     return 0;
