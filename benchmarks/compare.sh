@@ -11,16 +11,17 @@ bench=${P9BENCH:-../shared/bench/p9bench.py}
 [[ -f "$bench" ]] || { echo "compare.sh: p9bench not found at $bench (set P9BENCH)" >&2; exit 2; }
 mkdir -p benchmarks/results
 out=benchmarks/results/latest.json
-# The real console script, not a pyenv shim (a bash script + `pyenv exec`
-# that adds ~100-300 ms to every spawn and would be measured as our startup).
-py=$(python3 -c 'import os, sys; print(os.path.realpath(sys.executable))')
-gofer=$(dirname "$py")/gofer9p
-[[ -x "$gofer" ]] || gofer=$(python3 -c 'import shutil; print(shutil.which("gofer9p"))')
-python3 "$bench" \
+# The checkout's venv (scripts/setup.sh) runs everything; its console script is the real
+# one, not a pyenv shim (a bash script + `pyenv exec` that adds ~100-300 ms to every spawn and
+# would be measured as our startup).
+venv=$(realpath -m "${GOFER9P_VENV:-.venv}")
+py=$venv/bin/python
+gofer=$venv/bin/gofer9p
+"$py" "$bench" \
     --server-cmd "$gofer serve --fd {fd} {export}" --label gofer9p \
     --server-cmd 'diod -f -n -r {fd} -w {fd} -e {export} -L stderr' --label diod \
     --json "$out" "$@"
-python3 benchmarks/table.py "$out" > benchmarks/results/latest.md
+"$py" benchmarks/table.py "$out" > benchmarks/results/latest.md
 # startup target: spawn -> Rversion vs. spawning `python -c "import trio"`, same interpreter
 { echo; echo '```'; "$py" benchmarks/startup.py -n 20; echo '```'; } >> benchmarks/results/latest.md
 cat benchmarks/results/latest.md

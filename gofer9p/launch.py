@@ -11,7 +11,8 @@ A Python sandbox manager (and our own tests) starts a gofer like gVisor's ``crea
    sandbox ends.  Optionally the gofer runs in a new user namespace with the spec's id mappings.
 
 ``gofer9p launch --bundle B`` (:func:`main`) does both, then serves each sandbox end on a unix
-socket path it prints, so a person can point a 9P client (or ``mount -t 9p -o trans=unix``) at it.
+socket path it prints, so a person can point a 9P client (or ``mount -t 9p -o trans=unix``) at it,
+one client after another (:class:`_Relay`).
 
 mount(2), umount2(2) and unshare(2) are called through ctypes: no shelling out, exact flags, and
 errors we can report per mount.
@@ -29,6 +30,7 @@ import select
 import signal
 import socket
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -597,7 +599,11 @@ def _build_parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
         description="Set up a bundle's 9P mounts in a private mount namespace, start a gofer "
-        "and serve each attach point on a unix socket, until Ctrl-C.",
+        "and serve each attach point on a unix socket until Ctrl-C. Each socket takes one "
+        "client at a time (a 9P connection, as a sandbox has per attach point); when it "
+        "disconnects, its 9P session is reset (every fid clunked) and the next client that "
+        "connects to the same socket reaches the same attach point. A client that connects "
+        "while another one is connected waits until that one leaves (a line says so).",
     )
     p.add_argument("--bundle", required=True)
     p.add_argument("--socket-dir", help="where to create the sockets (default: a new temp dir)")
@@ -622,8 +628,9 @@ def _sock_name(i: int, dest: str) -> str:
 def main(argv: Sequence[str] | None = None, *, prog: str = "gofer9p launch") -> int:
     """``gofer9p launch --bundle B``: prints ``attach <dest> unix:<path>`` lines, then ``ready``.
 
-    Each path accepts one client (one 9P connection, as a sandbox would have per attach point),
-    e.g. ``mount -t 9p -o trans=unix,version=9p2000.L,access=client PATH /mnt``.  Ctrl-C or
+    Each path serves its attach point to one client at a time, as many clients in turn as
+    connect (e.g. ``mount -t 9p -o trans=unix,version=9p2000.L,access=client PATH /mnt``, or
+    ``gofer9p client unix:PATH ls /`` again and again): see :class:`_Relay`.  Ctrl-C or
     SIGTERM stops the gofer, removes the mounts and the sockets.
     """
     args = _build_parser(prog).parse_args(argv)
@@ -665,18 +672,17 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "gofer9p launch") -> 
 
 
 async def _serve_paths(gofer: GoferProcess, dests: list[str], paths: list[str]) -> None:
-    """Listen on each path; splice its one client to the matching sandbox end."""
+    """Listen on each path and relay its clients, in turn, to the matching sandbox end."""
     import trio
 
     async with trio.open_nursery() as nursery:
-        listeners = []
         for dest, path, sand in zip(dests, paths, gofer.sockets, strict=True):
             lsock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             await lsock.bind(path)
-            lsock.listen(1)
-            listeners.append(lsock)
+            lsock.listen(8)
             print(f"attach {dest} unix:{path}", flush=True)
-            nursery.start_soon(_one_client, lsock, sand)
+            relay = _Relay(dest, path, sand)
+            nursery.start_soon(relay.run, lsock)
         print(f"gofer pid {gofer.pid}", flush=True)
         print("ready", flush=True)
 
@@ -694,25 +700,208 @@ async def _serve_paths(gofer: GoferProcess, dests: list[str], paths: list[str]) 
         nursery.start_soon(gofer_exit)
 
 
-async def _one_client(lsock: Any, sand: socket.socket) -> None:
-    import trio
+_HEADER = struct.Struct("<IBH")
+_TVERSION, _RVERSION, _NOTAG = 100, 101, 0xFFFF
+_VERSION_9P2000L = b"9P2000.L"
+#: What a client may send before it negotiated anything (a Tversion is a few dozen bytes),
+#: and the largest msize the gofer grants by default (ServerConfig.max_msize).
+_FIRST_FRAME_MAX = 8192
+_GOFER_MSIZE = 4 << 20
+#: How many clients may wait for their turn on one socket; more are refused (closed).
+_WAITING_MAX = 4
 
-    with lsock:
-        conn, _ = await lsock.accept()
-    sandbox = trio.SocketStream(trio.socket.from_stdlib_socket(sand))
-    client = trio.SocketStream(conn)
 
-    async def pump(src: trio.SocketStream, dst: trio.SocketStream) -> None:
+class _BadFrame(Exception):
+    """A client sent a frame the relay will not forward (see :class:`_Relay`)."""
+
+
+class _Frames:
+    """Whole 9P frames from a stream: what is buffered is at most one frame plus one read."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.buf = bytearray()
+
+    async def next(self, limit: int) -> bytes | None:
+        """The next frame (``size[4]`` included), or None at EOF (a partial frame is dropped).
+
+        Raises :class:`_BadFrame` for a size below 7 or above ``limit``.
+        """
+        buf = self.buf
+        while True:
+            if len(buf) >= 4:
+                size = int.from_bytes(buf[:4], "little")
+                if size < 7 or size > limit:
+                    raise _BadFrame(f"a frame of {size} bytes, outside [7, {limit}]")
+                if len(buf) >= size:
+                    frame = bytes(buf[:size])
+                    del buf[:size]
+                    return frame
+            data = await self.stream.receive_some(1 << 16)
+            if not data:
+                return None
+            buf += data
+
+
+def _tversion(msize: int) -> bytes:
+    body = struct.pack("<IH", msize, len(_VERSION_9P2000L)) + _VERSION_9P2000L
+    return _HEADER.pack(7 + len(body), _TVERSION, _NOTAG) + body
+
+
+class _Relay:
+    """One attach point: its sandbox end, lent to one unix-socket client at a time.
+
+    The daemon serves exactly one connection per attach point, for its whole life (the
+    sandbox's, in a real sandbox).  A person trying ``gofer9p launch`` and a manager that
+    reconnects both open new connections, so the relay keeps the gofer connection and starts
+    a new 9P session on it for each client, the way 9P itself does on one stream: a
+    ``Tversion`` "aborts all outstanding I/O and clunks all fids".  When a client leaves,
+    the relay sends its own Tversion and drops whatever the gofer still answers until that
+    Tversion's Rversion (the gofer answers frames in order, and a Tversion only after every
+    earlier request is done); the next client then finds a session with no fid and nothing
+    in flight, and its own Tversion starts its session.
+
+    To keep the gofer connection sound whatever a client does, only whole frames are
+    forwarded (a client that leaves mid-frame never leaves half a request behind), a frame
+    larger than the negotiated msize closes the client, not the gofer connection (the
+    gofer would close it), and so does a malformed Tversion or another request tagged NOTAG
+    (the relay counts Tversions to find the end of a session: each valid one gets exactly
+    one Rversion).
+    """
+
+    def __init__(self, dest: str, path: str, sand: socket.socket) -> None:
+        import trio
+
+        self.dest = dest
+        self.path = path
+        self.gofer = trio.SocketStream(trio.socket.from_stdlib_socket(sand))
+        self.client: Any = None  # the trio.SocketStream replies go to, or None: dropped
+        self.limit = _FIRST_FRAME_MAX  # largest client frame the gofer accepts now
+        self.biggest = _GOFER_MSIZE  # largest frame the gofer may send
+        self.versions_sent = 0
+        self.versions_seen = 0
+        self.caught_up = trio.Event()
+        self.caught_up.set()
+        self.gone = ""  # why the gofer connection ended, once it did
+        self.busy = False
+        self.served = 0
+
+    def say(self, msg: str) -> None:
+        print(f"attach {self.dest}: {msg}", flush=True)
+
+    async def run(self, lsock: Any) -> None:
+        import trio
+
+        send, recv = trio.open_memory_channel[Any](_WAITING_MAX)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._from_gofer)
+            nursery.start_soon(self._clients, recv)
+            with lsock:
+                while True:
+                    conn, _ = await lsock.accept()
+                    if self.gone:
+                        conn.close()
+                        continue
+                    try:
+                        send.send_nowait(conn)
+                    except trio.WouldBlock:
+                        self.say(f"{_WAITING_MAX} clients wait already: one more refused")
+                        conn.close()
+                        continue
+                    if self.busy:
+                        self.say("a client is connected: the new one waits until it leaves "
+                                 "(one 9P session per attach point)")
+
+    async def _clients(self, recv: Any) -> None:
+        import trio
+
+        async for conn in recv:
+            if self.gone:
+                conn.close()
+                continue
+            await self.caught_up.wait()
+            self.busy = True
+            stream = trio.SocketStream(conn)
+            self.client = stream
+            self.served += 1
+            why = await self._from_client(stream)
+            self.client = None
+            self.busy = False
+            await stream.aclose()
+            if self.gone:
+                continue
+            # A new session for the next client (this one's fids and requests go away).
+            self.limit = _FIRST_FRAME_MAX
+            self.caught_up = trio.Event()
+            self.versions_sent += 1
+            try:
+                await self.gofer.send_all(_tversion(1 << 16))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._end("the gofer connection broke")
+                continue
+            self.say(f"client {self.served} {why}; session reset, the next client on "
+                     f"unix:{self.path} reaches the same attach point")
+
+    async def _from_client(self, stream: Any) -> str:
+        """Forward the client's frames to the gofer; returns why it stopped."""
+        import trio
+
+        frames = _Frames(stream)
         try:
-            while data := await src.receive_some(65536):
-                await dst.send_all(data)
-            await dst.send_eof()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+            while True:
+                frame = await frames.next(self.limit)
+                if frame is None:
+                    return "disconnected"
+                _, mtype, tag = _HEADER.unpack_from(frame)
+                if mtype == _TVERSION:
+                    vlen = int.from_bytes(frame[11:13], "little") if len(frame) >= 13 else -1
+                    if 13 + vlen != len(frame):
+                        return "sent a malformed Tversion: disconnected"
+                    self.versions_sent += 1
+                elif tag == _NOTAG:
+                    return f"tagged a type {mtype} request NOTAG: disconnected"
+                await self.gofer.send_all(frame)
+        except _BadFrame as e:
+            return f"sent {e}: disconnected"
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            return "disconnected (connection error)"
 
-    async with trio.open_nursery() as n:
-        n.start_soon(pump, client, sandbox)
-        n.start_soon(pump, sandbox, client)
+    async def _from_gofer(self) -> None:
+        """Every frame the gofer sends: to the current client, else dropped."""
+        import trio
+
+        frames = _Frames(self.gofer)
+        while True:
+            try:
+                frame = await frames.next(self.biggest)
+            except (_BadFrame, trio.BrokenResourceError, trio.ClosedResourceError) as e:
+                self._end(f"the gofer connection failed ({e})")
+                return
+            if frame is None:
+                self._end("the gofer closed this attach point's connection")
+                return
+            if frame[4] == _RVERSION:
+                self.versions_seen += 1
+                msize = int.from_bytes(frame[7:11], "little")
+                if frame[13:] == _VERSION_9P2000L and msize >= 7:
+                    self.limit = msize
+                    self.biggest = max(self.biggest, msize)
+                if self.versions_seen >= self.versions_sent:
+                    self.caught_up.set()
+            client = self.client
+            if client is not None:
+                try:
+                    await client.send_all(frame)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass  # it left: _from_client sees that too
+
+    def _end(self, why: str) -> None:
+        if not self.gone:
+            self.gone = why
+            self.say(f"{why}: this socket serves no more clients")
+        self.caught_up.set()
+        if self.client is not None:
+            self.client.socket.close()
 
 
 if __name__ == "__main__":

@@ -3,13 +3,17 @@
 #   lint (ruff, mypy --strict), the default tiers (unit, integration, daemon, escape, faults,
 #   short fuzz), then the guest tier (Linux v9fs in a qemu guest, TCG).
 #   scripts/test.sh [--no-guest] [pytest args...]
+# Everything runs with the checkout's own venv (.venv/, made by scripts/setup.sh; PYTHON= picks
+# the interpreter it is made from), which is put first on PATH for the tests' children too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ulimit -S -c 0  # no core files from crash tests (SIGSYS, aborts); soft only: diod raises RLIMIT_CORE at start and exits if it cannot
 guest=1
 if [[ "${1:-}" == "--no-guest" ]]; then guest=0; shift; fi
 scripts/setup.sh
-PY=${PYTHON:-python3}
+venv=$(realpath -m "${GOFER9P_VENV:-.venv}")
+export VIRTUAL_ENV=$venv PATH="$venv/bin:$PATH"
+PY=$venv/bin/python
 status=0
 echo "== ruff"; "$PY" -m ruff check gofer9p tests fuzz benchmarks || status=1
 echo "== mypy --strict"; "$PY" -m mypy gofer9p || status=1

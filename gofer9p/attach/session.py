@@ -190,6 +190,26 @@ def _gid(gid: int) -> int:
     return -1 if gid == C.NONUNAME else gid
 
 
+#: The mode bits a create asks the kernel for: permissions and sticky.  Set-id bits are set
+#: after the chown to the client's ids (a chown strips them, even as root; and a new file of
+#: root's with them must not exist, even for a moment).
+_CREATE_BITS = 0o1777
+
+
+def _exact_mode(fmt: int, mode: int, got: int) -> int:
+    """The mode a new entry must end with: exactly the client's (``mode & 0o7777``), whatever
+    the process umask (it is process-wide: a library user's ``serve()`` has its own), plus
+    S_ISGID on a directory that inherited it from a set-gid parent, as a local mkdir(2) does
+    (``got`` is the mode it was created with, which a umask only narrows: an extra bit can
+    only be inherited).  QEMU's 9p passthrough backend sets modes the same way: create, chown,
+    chmod.  A client's kernel applies its own umask and create rules before it sends a mode
+    (Linux v9fs does: a set-gid file made by a non-member in a set-gid directory already comes
+    without S_ISGID), so the server does what it is asked."""
+    if fmt == _DIR:
+        return mode | (got & stat.S_ISGID)
+    return mode
+
+
 def _dup_with_parent(fd: int, parent: int) -> tuple[int, int]:
     """New fds for a fid: a dup of ``fd`` and one of ``parent`` (-1: none);
     nothing is left open if either dup fails."""
@@ -774,27 +794,40 @@ class Session:
             _handles_ok["reopen"] = False  # no CAP_DAC_READ_SEARCH: stop trying
         return fd
 
-    def _new_entry(self, dfd: int, name: bytes, uid: int, gid: int, is_dir: bool) -> Qid:
-        """After creating ``name`` in ``dfd``: give it to (uid, gid), return its qid.
+    def _new_entry(self, d: _Fid, name: bytes, uid: int, gid: int, mode: int) -> Qid:
+        """After creating ``name`` in directory fid ``d``: give it to (uid, gid), give it
+        exactly ``mode`` (see :func:`_exact_mode`), return its qid.
 
-        Ownership is applied only when the gofer may chown; if that fails the
-        new entry is removed again, so a failed request leaves nothing behind.
+        Ownership is applied only when the gofer may chown; if anything fails the
+        new entry is removed again, so a failed request leaves nothing behind.  The one
+        mode that cannot be set is a socket's or device node's on a kernel without
+        fchmodat2 (< 6.6; see :meth:`_chmod`): EOPNOTSUPP then, when the mode mknod made
+        (under the process umask, after the chown) is not the one asked for.
         """
+        dfd = d.fd
         nfd = os.open(name, _O_PATH, dir_fd=dfd)
         try:
-            if self.point.can_chown:
-                try:
+            try:
+                if self.point.can_chown:
                     _sys.fchown_empty(nfd, uid, gid)
+                st = _fstat(nfd)
+                fmt = st.st_mode & _S_IFMT
+                if fmt != _LNK:  # Linux symlinks have no mode of their own
+                    want = _exact_mode(fmt, mode, st.st_mode)
+                    if stat.S_IMODE(st.st_mode) != want:
+                        nf = _Fid(nfd, dfd if fmt != _DIR else -1, (*d.path, name), uid,
+                                  st.st_dev, st.st_ino, fmt, self.point.qid(st))
+                        self._chmod(nf, want)
+            except OSError:
+                try:
+                    if stat.S_ISDIR(_fstat(nfd).st_mode):
+                        os.rmdir(name, dir_fd=dfd)
+                    else:
+                        os.unlink(name, dir_fd=dfd)
                 except OSError:
-                    try:
-                        if is_dir:
-                            os.rmdir(name, dir_fd=dfd)
-                        else:
-                            os.unlink(name, dir_fd=dfd)
-                    except OSError:
-                        pass
-                    raise
-            return self.point.qid(_fstat(nfd))
+                    pass
+                raise
+            return self.point.qid(st)
         finally:
             _close(nfd)
 
@@ -1252,8 +1285,9 @@ class Session:
     def lcreate(self, m: Tlcreate) -> Rlcreate:
         """Create and open a regular file in the fid's directory; the fid becomes it.
 
-        O_CREAT|O_EXCL|O_NOFOLLOW are forced, the mode is ``mode & 0o7777``
-        (the daemon's umask is 0), and the file is given to (fid uid, gid).
+        O_CREAT|O_EXCL|O_NOFOLLOW are forced, the file is given to (fid uid, gid),
+        then its mode is exactly ``mode & 0o7777`` whatever the process umask (see
+        ``_exact_mode``).
         """
         if self._ro:
             self._deny("lcreate")
@@ -1267,18 +1301,18 @@ class Session:
             if f.fmt != _DIR:
                 raise _err(errno.ENOTDIR)
             dfd = f.fd
-            ofd = os.open(name, hflags, m.mode & 0o7777, dir_fd=dfd)
+            ofd = os.open(name, hflags, m.mode & _CREATE_BITS, dir_fd=dfd)
             try:
                 st = _fstat(ofd)
                 if self.point.can_chown:
                     uid, gid = f.uid, _gid(m.gid)
                     # Skipped when the kernel already gave the file those ids: a
-                    # chown to the same ids changes nothing but the ctime, unless
-                    # it strips set-id bits (it does, even as root), so with
-                    # such bits it is done anyway and the result stays the same.
-                    if (st.st_uid != uid or (gid != -1 and st.st_gid != gid)
-                            or st.st_mode & 0o6000):
+                    # chown to the same ids changes nothing but the ctime.
+                    if st.st_uid != uid or (gid != -1 and st.st_gid != gid):
                         os.fchown(ofd, uid, gid)
+                want = m.mode & 0o7777
+                if stat.S_IMODE(st.st_mode) != want:  # set-id bits, or the umask narrowed it
+                    os.fchmod(ofd, want)
             except BaseException:
                 _close(ofd)
                 try:
@@ -1315,8 +1349,8 @@ class Session:
         _check_name(m.name)
         d = self._get(m.dfid)
         try:
-            os.mkdir(m.name, m.mode & 0o7777, dir_fd=d.fd)
-            qid = self._new_entry(d.fd, m.name, d.uid, _gid(m.gid), True)
+            os.mkdir(m.name, m.mode & _CREATE_BITS, dir_fd=d.fd)
+            qid = self._new_entry(d, m.name, d.uid, _gid(m.gid), m.mode & 0o7777)
         finally:
             self._put(d)
         return Rmkdir(m.tag, qid)
@@ -1330,13 +1364,14 @@ class Session:
         _check_name(m.name)
         d = self._get(m.dfid)
         try:
-            mode = m.mode & (_S_IFMT | 0o7777)
+            fmt = m.mode & _S_IFMT
             # Linux dev_t: 12-bit major, 20-bit minor (32-bit with the high parts);
             # larger numbers cannot name a device (makedev would overflow).
             if m.major > 0xFFFFFFF or m.minor > 0xFFFFFFF:
                 raise _err(errno.EINVAL)
-            os.mknod(m.name, mode, os.makedev(m.major, m.minor), dir_fd=d.fd)
-            qid = self._new_entry(d.fd, m.name, d.uid, _gid(m.gid), False)
+            os.mknod(m.name, fmt | (m.mode & _CREATE_BITS), os.makedev(m.major, m.minor),
+                     dir_fd=d.fd)
+            qid = self._new_entry(d, m.name, d.uid, _gid(m.gid), m.mode & 0o7777)
         finally:
             self._put(d)
         return Rmknod(m.tag, qid)
@@ -1350,7 +1385,7 @@ class Session:
         d = self._get(m.fid)
         try:
             os.symlink(m.symtgt, m.name, dir_fd=d.fd)
-            qid = self._new_entry(d.fd, m.name, d.uid, _gid(m.gid), False)
+            qid = self._new_entry(d, m.name, d.uid, _gid(m.gid), 0)
         finally:
             self._put(d)
         return Rsymlink(m.tag, qid)

@@ -14,6 +14,9 @@
 # GOFER9P_GUEST_CACHE (kernel cache), GOFER9P_GUEST_ACCEL (tcg, or kvm where KVM works).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
+# The checkout's venv when scripts/setup.sh made one, else whatever `python` is.
+venv=$(realpath -m "${GOFER9P_VENV:-.venv}")
+[[ ! -x $venv/bin/python ]] || export PATH="$venv/bin:$PATH"
 
 if ! scripts/guest/setup.sh; then
     echo "guest tier: setup failed (see above); the tests will skip" >&2

@@ -8,9 +8,11 @@ import os
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -102,6 +104,125 @@ def test_launch_cli_end_to_end(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
     assert not (bundle / "rootfs" / "srv").exists()  # undo removed the mount points
+
+
+@pytest.fixture
+def launched(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str, str], Path]]:
+    """``gofer9p launch`` of a bundle with a rw mount: (process, dest -> socket path, source)."""
+    src = tmp_path / "host-rw"
+    src.mkdir()
+    (src / "data.txt").write_text("served\n")
+    bundle = make_bundle(tmp_path, mounts=[("/srv/rw", str(src), ["rbind"])])
+    sockdir = tmp_path / "socks"
+    sockdir.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gofer9p", "launch", "--bundle", str(bundle),
+         "--socket-dir", str(sockdir)],
+        cwd=REPO,
+        env=gofer_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines = _read_lines(proc, "ready")
+        attach = dict(line.split()[1:3] for line in lines if line.startswith("attach "))
+        yield proc, {k: v.removeprefix("unix:") for k, v in attach.items()}, src
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.communicate(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+
+
+def _raw(path: str) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(15)
+    s.connect(path)
+    return s
+
+
+def test_launch_serves_successive_clients(
+    launched: tuple[subprocess.Popen[str], dict[str, str], Path],
+) -> None:
+    """Connect, disconnect, connect again, to every socket: each new client is answered by
+    the same attach point, in a fresh 9P session (a manager's reconnect)."""
+    proc, paths, src = launched
+    assert list(paths) == ["/", "/srv/rw"]
+    for round_ in range(3):
+        for dest, path in paths.items():
+            c = _connect(path)
+            if dest == "/":
+                assert c.read_file(1, b"hello.txt") == b"hello from root\n"
+            else:
+                assert c.read_file(1, b"data.txt") == b"served\n"
+                c.write_file(1, (), f"r{round_}.txt".encode(), b"round")
+            c.walk(1, 7)  # a fid left behind: the next session must not see it
+            c.sock.close()
+            # the next client's session starts with no fid at all
+            c = _connect(path)
+            with pytest.raises(OSError) as ei:
+                c.getattr(7)
+            assert ei.value.errno == errno.EBADF
+            c.sock.close()
+    assert sorted(p.name for p in src.iterdir()) == ["data.txt", "r0.txt", "r1.txt", "r2.txt"]
+    assert proc.poll() is None
+
+
+def test_launch_client_leaving_mid_frame_or_mid_request(
+    launched: tuple[subprocess.Popen[str], dict[str, str], Path],
+) -> None:
+    """Half a frame is never forwarded (the next session would read it as its start), and
+    replies to a client that left never reach the next one."""
+    _proc, paths, src = launched
+    path = paths["/srv/rw"]
+    c = _connect(path)
+    c.walk(1, 2)
+    c.lcreate(2, b"half.txt")
+    # A Twrite announcing 100 bytes of data, cut after 10.
+    body = struct.pack("<IQI", 2, 0, 100) + b"x" * 10
+    c.sock.sendall(struct.pack("<IBH", 7 + 16 + 100, 118, 5) + body)
+    c.sock.close()
+    # Many requests in flight, then gone without reading a reply.
+    s = _raw(path)
+    n = NineP(s)
+    n.version()
+    n.attach(1)
+    for tag in range(1, 50):
+        s.sendall(struct.pack("<IBHIQ", 7 + 12, 24, tag, 1, 0x7FF))
+    s.close()
+    c = _connect(path)
+    assert c.read_file(1, b"data.txt") == b"served\n"
+    c.sock.close()
+    assert (src / "half.txt").read_bytes() == b""
+
+
+def test_launch_second_client_waits_for_the_first(
+    launched: tuple[subprocess.Popen[str], dict[str, str], Path],
+) -> None:
+    """One 9P session per attach point: a second client is answered once the first leaves,
+    and launch says so."""
+    proc, paths, _src = launched
+    path = paths["/"]
+    first = _connect(path)
+    second = _raw(path)
+    second.sendall(struct.pack("<IBHIH", 7 + 6 + 8, 100, 0xFFFF, 65536, 8) + b"9P2000.L")
+    assert proc.stdout is not None
+    lines = _read_lines(proc, "attach /: a client is connected: the new one waits until it "
+                        "leaves (one 9P session per attach point)")
+    assert lines
+    assert first.read_file(1, b"hello.txt") == b"hello from root\n"  # still the first's
+    first.sock.close()
+    n = NineP(second)
+    size, rtype, tag = struct.unpack("<IBH", n._recv_exact(7))
+    assert (rtype, tag) == (101, 0xFFFF)
+    n._recv_exact(size - 7)
+    n.attach(1)
+    assert n.read_file(1, b"hello.txt") == b"hello from root\n"
+    second.close()
 
 
 def test_launch_cli_bad_bundle(tmp_path: Path) -> None:

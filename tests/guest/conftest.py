@@ -54,6 +54,9 @@ COMBOS = [
     Combo("diod", "loose", big=_FULL, many=_FULL),
     Combo("gofer9p-serve", "none"),
     Combo("gofer9p-serve", "loose", big=_FULL, many=_FULL),
+    # cache=mmap: read-write shared mappings go through the page cache, the rest is uncached
+    # (the fsx check's mapped writes run here and with cache=loose).
+    Combo("gofer9p-serve", "mmap", big=_FULL, many=_FULL),
     # The 10k-entry listing runs with cache=none: with cache=loose the Linux client keeps a fid
     # per cached dentry and gofer9p holds host fds per fid, so a 10k-entry directory needs a
     # RLIMIT_NOFILE above ~60k (the daemon raises it when it has CAP_SYS_RESOURCE, which the

@@ -28,6 +28,19 @@
  *                                               touch calls, which cost minutes under TCG
  *   g9tool statloop PATH N                      stat(2) PATH N times, print microseconds per call:
  *                                               the round-trip latency the whole tier pays
+ *   g9tool mkmode KIND PATH MODE [UID GID]      umask 0, then create PATH with exactly MODE (octal):
+ *                                               KIND file (open O_CREAT|O_EXCL), dir (mkdir),
+ *                                               fifo/sock/reg (mknod) or symlink (to "target");
+ *                                               with UID GID, as that uid and gid (no other
+ *                                               groups), so the guest kernel's own create rules
+ *                                               for a non-member apply
+ *   g9tool fsx PATH SEED NOPS MODEL             data integrity: NOPS random operations on PATH
+ *                                               (writes, truncates up and down, reads, mapped
+ *                                               reads and writes, close/reopen with and without
+ *                                               O_SYNC, fsync + drop_caches), each checked
+ *                                               against an in-memory model of the file (size
+ *                                               and every byte); writes the model to MODEL at
+ *                                               the end (the host compares the export's file)
  *   g9tool bridge PORT DEVICE                   accept TCP connections on 127.0.0.1:PORT, one at
  *                                               a time, and pump bytes between each and DEVICE
  *                                               (a virtio console port), both ways, until EOF
@@ -48,8 +61,11 @@
 #include <signal.h>
 #include <sys/file.h>
 #include <sys/mman.h>
+#include <grp.h>
+#include <stdint.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <sys/xattr.h>
 #include <time.h>
@@ -311,6 +327,281 @@ static int do_statloop(const char *path, const char *count)
     return 0;
 }
 
+static int do_mkmode(int argc, char **argv)
+{
+    const char *kind = argv[2], *path = argv[3];
+    mode_t mode = (mode_t)strtoul(argv[4], NULL, 8);
+    umask(0);
+    if (argc == 7) {
+        gid_t gid = (gid_t)atol(argv[6]);
+        if (setgroups(0, NULL) != 0 || setresgid(gid, gid, gid) != 0)
+            return fail("setgid");
+        if (setresuid(atol(argv[5]), atol(argv[5]), atol(argv[5])) != 0)
+            return fail("setuid");
+    }
+    int r;
+    if (!strcmp(kind, "file")) {
+        r = open(path, O_CREAT | O_EXCL | O_WRONLY, mode);
+        if (r >= 0)
+            r = close(r);
+    } else if (!strcmp(kind, "dir")) {
+        r = mkdir(path, mode);
+    } else if (!strcmp(kind, "fifo")) {
+        r = mknod(path, S_IFIFO | mode, 0);
+    } else if (!strcmp(kind, "sock")) {
+        r = mknod(path, S_IFSOCK | mode, 0);
+    } else if (!strcmp(kind, "reg")) {
+        r = mknod(path, S_IFREG | mode, 0);
+    } else if (!strcmp(kind, "symlink")) {
+        r = symlink("target", path);
+    } else {
+        printf("FAIL unknown kind %s\n", kind);
+        return 1;
+    }
+    if (r != 0)
+        return fail(kind);
+    printf("OK\n");
+    return 0;
+}
+
+/* ---- fsx: random operations checked against a model of the file ---------------------------
+ * A small relative of fsx (the classic file system exerciser), for the v9fs client's cache
+ * modes over our server: every operation is applied to the file and to an in-memory model,
+ * then the file's size and every byte (read(2) through the client) are compared with the
+ * model. Every 64 operations the file is fsync'ed and the guest's caches dropped, so the next
+ * comparison reads what the server has. Fixed seed, bounded size and count: reproducible.
+ */
+#define FSX_MAX (192 * 1024)
+#define FSX_MAXIO (40 * 1024)
+#define FSX_LOG 16
+
+static uint64_t fsx_state;
+static unsigned char *fsx_model, *fsx_buf;
+static long fsx_size;
+static char fsx_log[FSX_LOG][96];
+static long fsx_ops;
+
+static uint64_t rnd(void)
+{
+    /* xorshift64*: small, good enough, the same on every machine */
+    fsx_state ^= fsx_state >> 12;
+    fsx_state ^= fsx_state << 25;
+    fsx_state ^= fsx_state >> 27;
+    return fsx_state * 0x2545F4914F6CDD1DULL;
+}
+
+static long rnd_below(long n) { return n > 0 ? (long)(rnd() % (uint64_t)n) : 0; }
+
+static void fsx_note(const char *fmt, long a, long b)
+{
+    snprintf(fsx_log[fsx_ops % FSX_LOG], sizeof fsx_log[0], "op %ld: ", fsx_ops);
+    size_t n = strlen(fsx_log[fsx_ops % FSX_LOG]);
+    snprintf(fsx_log[fsx_ops % FSX_LOG] + n, sizeof fsx_log[0] - n, fmt, a, b);
+}
+
+static int fsx_fail(const char *what, long a, long b)
+{
+    printf("FAIL fsx op %ld: %s (%ld, %ld) errno %d; last operations:", fsx_ops, what, a, b, errno);
+    for (long i = fsx_ops - FSX_LOG + 1; i <= fsx_ops; i++)
+        if (i >= 0)
+            printf(" | %s", fsx_log[i % FSX_LOG]);
+    printf("\n");
+    return 1;
+}
+
+static void fill_random(unsigned char *p, long n)
+{
+    for (long i = 0; i < n; i++)
+        p[i] = (unsigned char)(rnd() >> 56);
+}
+
+/* The file against the model: size by fstat, then every byte by pread. */
+static int fsx_check(int fd, const char *when)
+{
+    struct stat st;
+    if (fstat(fd, &st) != 0)
+        return fsx_fail("fstat", 0, 0);
+    if (st.st_size != fsx_size) {
+        printf("(%s) ", when);
+        return fsx_fail("size differs from the model (file, model)", (long)st.st_size, fsx_size);
+    }
+    long got = 0;
+    while (got < fsx_size) {
+        ssize_t n = pread(fd, fsx_buf + got, fsx_size - got, got);
+        if (n <= 0) {
+            printf("(%s) ", when);
+            return fsx_fail("short read (at, ret)", got, (long)n);
+        }
+        got += n;
+    }
+    for (long i = 0; i < fsx_size; i++)
+        if (fsx_buf[i] != fsx_model[i]) {
+            long j = i;
+            while (j < fsx_size && fsx_buf[j] != fsx_model[j])
+                j++;
+            printf("(%s: byte %ld is %#x, model %#x) ", when, i, fsx_buf[i], fsx_model[i]);
+            return fsx_fail("bytes differ from the model (from, to)", i, j);
+        }
+    return 0;
+}
+
+static void drop_caches(void)
+{
+    int fd = open("/proc/sys/vm/drop_caches", O_WRONLY);
+    if (fd >= 0) {
+        if (write(fd, "3", 1) < 0) {
+            /* not fatal: the next check then reads through the cache */
+        }
+        close(fd);
+    }
+}
+
+static int do_fsx(const char *path, const char *seed, const char *nops, const char *model_path)
+{
+    long n = atol(nops);
+    long pagesize = sysconf(_SC_PAGESIZE);
+    fsx_state = strtoull(seed, NULL, 0) * 0x9E3779B97F4A7C15ULL + 1;
+    fsx_model = calloc(FSX_MAX, 1);
+    fsx_buf = calloc(FSX_MAX, 1);
+    if (!fsx_model || !fsx_buf)
+        return fail("calloc");
+    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0)
+        return fail("open");
+    long counts[9] = {0};
+    int mapwrite_ok = 1, mapread_flags = MAP_SHARED;
+    const char *names[9] = {"write", "read", "truncate", "mapread", "mapwrite", "reopen",
+                            "sync+drop", "mapwrite-refused", "mapread-private"};
+    for (fsx_ops = 0; fsx_ops < n; fsx_ops++) {
+        long op = rnd_below(100);
+        if (op < 30) { /* write anywhere below FSX_MAX, extending or not */
+            long len = 1 + rnd_below(FSX_MAXIO);
+            long off = rnd_below(FSX_MAX - len);
+            fill_random(fsx_buf, len);
+            fsx_note("write off=%ld len=%ld", off, len);
+            if (pwrite(fd, fsx_buf, len, off) != len)
+                return fsx_fail("pwrite (off, len)", off, len);
+            memcpy(fsx_model + off, fsx_buf, len);
+            if (off + len > fsx_size)
+                fsx_size = off + len;
+            counts[0]++;
+        } else if (op < 45) { /* read a random range, compared below with the rest */
+            long off = rnd_below(fsx_size + 1);
+            long len = rnd_below(FSX_MAXIO);
+            fsx_note("read off=%ld len=%ld", off, len);
+            ssize_t r = pread(fd, fsx_buf, len, off);
+            long want = off + len <= fsx_size ? len : fsx_size - off;
+            if (r != want)
+                return fsx_fail("pread returned (got, want)", (long)r, want);
+            if (memcmp(fsx_buf, fsx_model + off, want) != 0)
+                return fsx_fail("pread data differs (off, len)", off, want);
+            counts[1]++;
+        } else if (op < 60) { /* truncate up or down */
+            long size = rnd_below(FSX_MAX);
+            fsx_note("truncate %ld (was %ld)", size, fsx_size);
+            if (ftruncate(fd, size) != 0)
+                return fsx_fail("ftruncate (size, was)", size, fsx_size);
+            if (size > fsx_size)
+                memset(fsx_model + fsx_size, 0, size - fsx_size);
+            else
+                memset(fsx_model + size, 0, fsx_size - size);
+            fsx_size = size;
+            counts[2]++;
+        } else if (op < 72) { /* mapped read */
+            if (fsx_size == 0)
+                continue;
+            long off = rnd_below(fsx_size);
+            long len = 1 + rnd_below(fsx_size - off);
+            long pg = off - off % pagesize;
+            fsx_note("mapread off=%ld len=%ld", off, len);
+            unsigned char *m = mmap(NULL, off + len - pg, PROT_READ, mapread_flags, fd, pg);
+            if (m == MAP_FAILED && errno == EINVAL && mapread_flags == MAP_SHARED) {
+                /* cache=none: no shared mapping of a file open for writing (the client
+                 * would have to write it back): read through a private one */
+                mapread_flags = MAP_PRIVATE;
+                m = mmap(NULL, off + len - pg, PROT_READ, mapread_flags, fd, pg);
+            }
+            if (m == MAP_FAILED)
+                return fsx_fail("mmap PROT_READ (off, len)", off, len);
+            if (mapread_flags == MAP_PRIVATE)
+                counts[8]++;
+            int bad = memcmp(m + (off - pg), fsx_model + off, len);
+            munmap(m, off + len - pg);
+            if (bad)
+                return fsx_fail("mapped read differs (off, len)", off, len);
+            counts[3]++;
+        } else if (op < 84) { /* mapped write inside the file, msync */
+            if (fsx_size == 0)
+                continue;
+            long off = rnd_below(fsx_size);
+            long len = 1 + rnd_below(fsx_size - off < FSX_MAXIO ? fsx_size - off : FSX_MAXIO);
+            long pg = off - off % pagesize;
+            if (!mapwrite_ok) {
+                counts[7]++;
+                continue;
+            }
+            fsx_note("mapwrite off=%ld len=%ld", off, len);
+            unsigned char *m = mmap(NULL, off + len - pg, PROT_READ | PROT_WRITE, MAP_SHARED, fd, pg);
+            if (m == MAP_FAILED) {
+                if (errno == EINVAL && counts[4] == 0) {
+                    /* cache=none: the client allows no shared writable mapping */
+                    mapwrite_ok = 0;
+                    counts[7]++;
+                    continue;
+                }
+                return fsx_fail("mmap PROT_WRITE (off, len)", off, len);
+            }
+            fill_random(m + (off - pg), len);
+            memcpy(fsx_model + off, m + (off - pg), len);
+            if (msync(m, off + len - pg, MS_SYNC) != 0)
+                return fsx_fail("msync (off, len)", off, len);
+            munmap(m, off + len - pg);
+            counts[4]++;
+        } else if (op < 94) { /* close and reopen, O_SYNC or not */
+            int sync = (int)rnd_below(2);
+            fsx_note("reopen O_SYNC=%ld%.0ld", sync, 0);
+            if (close(fd) != 0)
+                return fsx_fail("close", 0, 0);
+            fd = open(path, O_RDWR | (sync ? O_SYNC : 0));
+            if (fd < 0)
+                return fsx_fail("reopen (O_SYNC)", sync, 0);
+            counts[5]++;
+        } else if (op < 97) {
+            fsx_note("fsync+drop_caches%ld%ld", 0, 0);
+            if (fsync(fd) != 0)
+                return fsx_fail("fsync", 0, 0);
+            drop_caches();
+            counts[6]++;
+        } else {
+            continue;
+        }
+        if (fsx_ops % 64 == 63) {
+            if (fsync(fd) != 0)
+                return fsx_fail("fsync", 0, 0);
+            drop_caches();
+            if (fsx_check(fd, "after fsync+drop_caches"))
+                return 1;
+        } else if (fsx_check(fd, "after the operation")) {
+            return 1;
+        }
+    }
+    if (fsync(fd) != 0 || close(fd) != 0)
+        return fsx_fail("final fsync/close", 0, 0);
+    drop_caches();
+    fd = open(path, O_RDONLY);
+    if (fd < 0 || fsx_check(fd, "final, reopened after drop_caches"))
+        return fd < 0 ? fail("final open") : 1;
+    close(fd);
+    int mf = open(model_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (mf < 0 || write(mf, fsx_model, fsx_size) != fsx_size || close(mf) != 0)
+        return fail("write the model");
+    printf("OK %ld ops, size %ld:", n, fsx_size);
+    for (int i = 0; i < 9; i++)
+        printf(" %s=%ld", names[i], counts[i]);
+    printf("\n");
+    return 0;
+}
+
 static int write_all(int fd, const char *buf, ssize_t n)
 {
     while (n > 0) {
@@ -410,8 +701,12 @@ int main(int argc, char **argv)
         return do_mkfiles(argv[2], argv[3]);
     if (argc == 4 && strcmp(argv[1], "statloop") == 0)
         return do_statloop(argv[2], argv[3]);
+    if ((argc == 5 || argc == 7) && strcmp(argv[1], "mkmode") == 0)
+        return do_mkmode(argc, argv);
+    if (argc == 6 && strcmp(argv[1], "fsx") == 0)
+        return do_fsx(argv[2], argv[3], argv[4], argv[5]);
     if (argc == 4 && strcmp(argv[1], "bridge") == 0)
         return do_bridge(argv[2], argv[3]);
-    fprintf(stderr, "usage: g9tool utimens|truncate|ftruncate|flock|fcntl|fsync|mmap|xattr|setxattr|mkfiles|statloop|bridge ...\n");
+    fprintf(stderr, "usage: g9tool utimens|truncate|ftruncate|flock|fcntl|fsync|mmap|xattr|setxattr|mkfiles|statloop|mkmode|fsx|bridge ...\n");
     return 2;
 }

@@ -210,6 +210,48 @@ def h_modes(boot: Boot) -> None:
     assert stat.S_IMODE(os.stat(boot.rw / "mode_dir").st_mode) == 0o710
 
 
+MODE_FILES = (620, 666, 4777, 2775, 6755, 1755, 7777)
+KIND_FMT = {"file": stat.S_IFREG, "fifo": stat.S_IFIFO, "reg": stat.S_IFREG, "sock": stat.S_IFSOCK}
+
+
+def h_create_modes(boot: Boot) -> None:
+    """Exactly the modes the guest created with umask 0 (the server's umask changes nothing)."""
+    _guest_passed(boot, "create_modes")
+    d = boot.rw / "modes"
+    for m in MODE_FILES:
+        for kind, fmt in KIND_FMT.items():
+            st = os.lstat(d / f"{kind}{m}")
+            assert (stat.S_IFMT(st.st_mode), oct(stat.S_IMODE(st.st_mode))) == (fmt, f"0o{m}"), (
+                f"{kind}{m}"
+            )
+    for m in (777, 1777, 700, 750):
+        st = os.lstat(d / f"dir{m}")
+        assert stat.S_ISDIR(st.st_mode) and oct(stat.S_IMODE(st.st_mode)) == f"0o{m}", f"dir{m}"
+    assert stat.S_ISLNK(os.lstat(d / "symlink").st_mode)
+
+
+def h_create_setgid_dir(boot: Boot) -> None:
+    """What a local create by uid 1000 (group 1000, or 50) in a set-gid group-50 dir shows."""
+    _guest_passed(boot, "create_setgid_dir")
+    d = boot.rw / "sgid"
+    want = {"nonmember": 0o755, "member": 0o2755, "setuid": 0o4755, "dir": 0o2755, "fifo": 0o2660}
+    got = {}
+    for name in want:
+        st = os.lstat(d / name)
+        assert (st.st_uid, st.st_gid) == (1000, 50), name
+        got[name] = stat.S_IMODE(st.st_mode)
+    assert got == want
+
+
+def h_fsx(boot: Boot) -> None:
+    """The export's file is the guest's model of it, byte for byte."""
+    _guest_passed(boot, "fsx")
+    values = boot.run.values()
+    p = boot.rw / "fsx.bin"
+    assert p.stat().st_size == int(values["fsx_size"])
+    assert host_sha256(p) == values["fsx_sha256"]
+
+
 def h_owners(boot: Boot) -> None:
     st = os.stat(boot.rw / "owner.txt")
     assert (st.st_uid, st.st_gid) == (1234, 5678)

@@ -402,6 +402,54 @@ t_mknod() {
     expect majmin "$(stat -c %t:%T "$R/chardev")" 1:3
 }
 
+t_create_modes() {
+    # umask 0: the guest kernel sends exactly these modes, and the server must make exactly
+    # them, whatever its own umask (h_create_modes checks the export on the host).
+    umask 0
+    mkdir "$R/modes" || return 1
+    for m in 620 666 4777 2775 6755 1755 7777; do
+        for k in file fifo reg sock; do
+            g9tool mkmode $k "$R/modes/$k$m" $m >/dev/null || return 1
+            expect "$k $m" "$(stat -c %a "$R/modes/$k$m")" $m || return 1
+        done
+    done
+    # mkdir(2) keeps the permission and sticky bits (the guest kernel drops set-id ones)
+    for m in 777 1777 700 750; do
+        g9tool mkmode dir "$R/modes/dir$m" $m >/dev/null || return 1
+        expect "dir $m" "$(stat -c %a "$R/modes/dir$m")" $m || return 1
+    done
+    g9tool mkmode symlink "$R/modes/symlink" 0 >/dev/null || return 1
+    expect symlink "$(stat -c %a "$R/modes/symlink")" 777
+}
+
+t_create_setgid_dir() {
+    # A set-gid directory of group 50: entries made there by uid 1000 get group 50. A file
+    # asking for S_ISGID keeps it only when its creator is in group 50 (the guest kernel
+    # strips it for a non-member, as a local create would); a directory inherits S_ISGID.
+    umask 0
+    mkdir "$R/sgid" || return 1
+    chown 0:50 "$R/sgid" && chmod 2777 "$R/sgid" || return 1
+    g9tool mkmode file "$R/sgid/nonmember" 2755 1000 1000 >/dev/null || return 1
+    g9tool mkmode file "$R/sgid/member" 2755 1000 50 >/dev/null || return 1
+    g9tool mkmode file "$R/sgid/setuid" 4755 1000 1000 >/dev/null || return 1
+    g9tool mkmode dir "$R/sgid/dir" 755 1000 1000 >/dev/null || return 1
+    g9tool mkmode fifo "$R/sgid/fifo" 2660 1000 50 >/dev/null || return 1
+    expect nonmember "$(stat -c '%a %u:%g' "$R/sgid/nonmember")" "755 1000:50" || return 1
+    expect member "$(stat -c '%a %u:%g' "$R/sgid/member")" "2755 1000:50" || return 1
+    expect setuid "$(stat -c '%a %u:%g' "$R/sgid/setuid")" "4755 1000:50" || return 1
+    expect dir "$(stat -c '%a %u:%g' "$R/sgid/dir")" "2755 1000:50" || return 1
+    expect fifo "$(stat -c '%a %u:%g' "$R/sgid/fifo")" "2660 1000:50"
+}
+
+t_fsx() {
+    # Random writes, truncates, reads, mapped reads and writes, reopens (O_SYNC or not),
+    # checked after every operation against a model of the file (g9tool.c, do_fsx); the host
+    # then compares the export's file with the model (h_fsx).
+    g9tool fsx "$R/fsx.bin" 19 "${FSX_OPS:-500}" /tmp/fsx.model || return 1
+    value fsx_sha256 "$(sha256sum </tmp/fsx.model | cut -d' ' -f1)"
+    value fsx_size "$(stat -c %s /tmp/fsx.model)"
+}
+
 t_xattr() {
     printf x >"$R/xattr.txt" || return 1
     g9tool xattr "$R/xattr.txt"
@@ -464,7 +512,7 @@ t_ro_write_fails() {
 ALL="write_read append overwrite_middle sparse_write truncate_shrink truncate_grow truncate_path
 ftruncate o_trunc fsync_dropcaches parallel_io mmap open_unlink_read open_unlink_write mkdir_rmdir unlink enoent
 rename_same_dir rename_cross_dir rename_over_existing rename_dir hardlink symlink symlink_dir chmod
-chown create_owner touch_date utimens_ns getattr_ns mkfifo mknod xattr flock fcntl_lock statfs root_fs ro_read
+chown create_owner create_modes create_setgid_dir fsx touch_date utimens_ns getattr_ns mkfifo mknod xattr flock fcntl_lock statfs root_fs ro_read
 ro_write_fails big_file readdir_10k"
 
 if [ "$1" = --one ]; then
