@@ -36,6 +36,7 @@ __all__ = [
     "preload",
     "private_mount_root",
     "set_no_new_privs",
+    "set_not_dumpable",
     "syscall_whitelist",
 ]
 
@@ -232,6 +233,23 @@ def set_no_new_privs() -> None:
         raise ConfineError(f"PR_SET_NO_NEW_PRIVS: {e.strerror or e}") from None
 
 
+_PR_SET_DUMPABLE = 4
+
+
+def set_not_dumpable() -> None:
+    """PR_SET_DUMPABLE 0: no process of our uid may ptrace us or open our /proc/PID/mem & co.
+
+    Gofers run as the same uid as their siblings and their manager (or fork-server): without
+    CAP_SYS_PTRACE, "same uid" alone would let one read another's memory through ptrace or
+    ``/proc/PID/mem``; a non-dumpable process refuses both (and leaves no core dump of what it
+    served).  seccomp forbids changing it back (prctl allows only PR_SET_NAME/PR_GET_NAME).
+    """
+    try:
+        _libc_prctl(_PR_SET_DUMPABLE, 0)
+    except OSError as e:
+        raise ConfineError(f"PR_SET_DUMPABLE: {e.strerror or e}") from None
+
+
 # --- seccomp ---------------------------------------------------------------------------------
 
 # Syscalls allowed with any arguments.  Grouped by who needs them; a syscall unknown to the
@@ -259,14 +277,14 @@ _ALLOW: tuple[str, ...] = (
     # memory (CPython's allocator, glibc malloc arenas, thread stacks)
     "mmap", "munmap", "mprotect", "madvise", "brk", "mremap",
     # threads (trio.to_thread workers) and their synchronisation
-    "futex", "set_robust_list", "rseq", "gettid", "getpid", "tgkill", "sched_yield",
+    "futex", "set_robust_list", "rseq", "gettid", "getpid", "sched_yield",
     "sched_getaffinity", "exit", "exit_group", "restart_syscall",
     # signals (trio's signal receiver, Python's handlers)
     "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "sigaltstack",
     # time and randomness (usually vDSO; the syscalls are the fallback)
     "clock_gettime", "clock_getres", "clock_nanosleep", "nanosleep", "gettimeofday", "getrandom",
     # small process queries CPython and glibc make
-    "prlimit64", "uname", "getuid", "geteuid", "getgid", "getegid", "sysinfo", "getcwd",
+    "uname", "getuid", "geteuid", "getgid", "getegid", "sysinfo", "getcwd",
 )
 # fmt: on
 
@@ -306,7 +324,9 @@ SECCOMP_ERRNO_RULES: dict[str, str] = {
 
 def syscall_whitelist() -> list[str]:
     """Every syscall name the filter can allow (some only with restricted arguments)."""
-    return sorted({*_ALLOW, "fcntl", "ioctl", "clone", "socketpair", "prctl"})
+    return sorted(
+        {*_ALLOW, "fcntl", "ioctl", "clone", "socketpair", "prctl", "tgkill", "prlimit64"}
+    )
 
 
 def install_seccomp(mode: SeccompMode) -> int:
@@ -347,6 +367,11 @@ def install_seccomp(mode: SeccompMode) -> int:
         f.add_rule(sc.ALLOW, "socketpair", sc.Arg(0, sc.EQ, _AF_UNIX))
         for opt in (_PR_SET_NAME, _PR_GET_NAME):
             f.add_rule(sc.ALLOW, "prctl", sc.Arg(0, sc.EQ, opt))
+        # Only at ourselves: with the same uid as its siblings (and its fork-server or manager),
+        # tgkill(other_pid, ...) or prlimit64(other_pid, ...) would reach another process.
+        # pthread_kill/raise pass our own tgid; getrlimit/setrlimit pass pid 0.
+        f.add_rule(sc.ALLOW, "tgkill", sc.Arg(0, sc.EQ, os.getpid()))
+        f.add_rule(sc.ALLOW, "prlimit64", sc.Arg(0, sc.EQ, 0))
         # glibc's user lookups (Tattach by user name) first try nscd / systemd-userdb over a
         # unix socket; make that fail softly so they fall back to the chroot's /etc/passwd.
         f.add_rule(sc.ERRNO(errno.EACCES), "socket", sc.Arg(0, sc.EQ, _AF_UNIX))
@@ -356,7 +381,7 @@ def install_seccomp(mode: SeccompMode) -> int:
         # re-open by name (and stop trying handles).
         for name in _HANDLE_CALLS:
             f.add_rule(sc.ERRNO(errno.EPERM), name)
-        allowed += 5
+        allowed += 7
         if _resolve(sc, "clone3") is not None:
             f.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
         f.load()

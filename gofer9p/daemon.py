@@ -30,7 +30,7 @@ import stat
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from .cli import add_poll_arg
 
@@ -40,7 +40,15 @@ if TYPE_CHECKING:
     from .server import ServerConfig
     from .spec import Spec
 
-__all__ = ["EXIT_IO_ERROR", "EXIT_OK", "EXIT_SETUP", "DaemonError", "main", "run"]
+__all__ = [
+    "EXIT_IO_ERROR",
+    "EXIT_OK",
+    "EXIT_SETUP",
+    "DaemonError",
+    "StartReport",
+    "main",
+    "run",
+]
 
 EXIT_OK = 0
 EXIT_IO_ERROR = 1
@@ -53,6 +61,19 @@ log = logging.getLogger("gofer9p")
 
 class DaemonError(Exception):
     """The daemon cannot start; ``str(err)`` is the one line printed on stderr."""
+
+
+class StartReport(Protocol):
+    """Where a gofer started by :mod:`gofer9p.forkserver` says how its start went.
+
+    Exactly one of the two is called, once: ``ready()`` when it serves (after confinement,
+    with its stop-signal receiver in place), ``failed(line)`` with the one stderr line when it
+    could not start (before exiting 2).
+    """
+
+    def ready(self) -> None: ...
+
+    def failed(self, line: str) -> None: ...
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -253,18 +274,24 @@ def run(
     argv: Sequence[str] | None = None,
     *,
     after_confine: Callable[[], None] | None = None,
+    report: StartReport | None = None,
 ) -> int:
     """The daemon; ``after_confine`` exists only for :mod:`gofer9p.testing.gofer_with_hooks`.
 
     The release entry points (:func:`main`, ``python -m gofer9p.daemon``, ``gofer9p gofer``)
-    never pass it, so no flag or environment variable can reach a test hook.
+    never pass it, so no flag or environment variable can reach a test hook.  ``report`` is
+    how a forked gofer (:mod:`gofer9p.forkserver`) tells its requester that it serves or why
+    it could not start; the process is the same either way.
     """
     try:
-        return _run(argv, after_confine)
+        return _run(argv, after_confine, report)
     except DaemonError as e:
-        print(f"gofer9p gofer: error: {e}", file=sys.stderr, flush=True)
+        line = f"gofer9p gofer: error: {e}"
+        print(line, file=sys.stderr, flush=True)
         if any(isinstance(h, logging.FileHandler) for h in log.handlers):
             log.error("%s", e)  # the log file alone should also say why the gofer stopped
+        if report is not None:
+            report.failed(line)
         return EXIT_SETUP
 
 
@@ -273,7 +300,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run(argv)
 
 
-def _run(argv: Sequence[str] | None, after_confine: Callable[[], None] | None) -> int:
+def _run(
+    argv: Sequence[str] | None,
+    after_confine: Callable[[], None] | None,
+    report: StartReport | None,
+) -> int:
     from . import confine
     from .spec import SpecError, load_spec
 
@@ -305,6 +336,9 @@ def _run(argv: Sequence[str] | None, after_confine: Callable[[], None] | None) -
         raise DaemonError(f"cannot load the server: {e}") from None
     try:
         confine.assert_single_threaded()
+        # First: from here on no process of our uid (a sibling gofer, the manager) can
+        # ptrace us or read our memory through /proc.
+        confine.set_not_dumpable()
         # while we still hold CAP_SYS_RESOURCE: a cache=loose client keeps a fid
         # (host fds) per cached dentry, far beyond the usual 1024-20000
         from .server import raise_fd_limit
@@ -336,7 +370,13 @@ def _run(argv: Sequence[str] | None, after_confine: Callable[[], None] | None) -
 
     try:
         status = trio.run(
-            _serve_all, fds, socks, points, ServerConfig(poll_us=args.poll_us), ready_line
+            _serve_all,
+            fds,
+            socks,
+            points,
+            ServerConfig(poll_us=args.poll_us),
+            ready_line,
+            None if report is None else report.ready,
         )
     except Exception:
         log.critical("internal error", exc_info=True)
@@ -351,11 +391,13 @@ async def _serve_all(
     points: list[AttachPoint],
     config: ServerConfig,
     ready_line: str = "serving",
+    on_ready: Callable[[], None] | None = None,
 ) -> int:
     """One server task per connection in one nursery; SIGTERM/SIGINT cancel them all.
 
-    ``ready_line`` is logged once the signal receiver is in place and the held stop signals
-    are unblocked: from then on the daemon is serving and a stop request is handled cleanly.
+    ``ready_line`` is logged (and ``on_ready`` called) once the signal receiver is in place and
+    the held stop signals are unblocked: from then on the daemon is serving and a stop request
+    is handled cleanly.
     """
     import trio
 
@@ -391,6 +433,8 @@ async def _serve_all(
 
         await nursery.start(watch_signals)
         log.info("%s", ready_line)
+        if on_ready is not None:
+            on_ready()
         for fd, sock, point in zip(fds, socks, points, strict=True):
             nursery.start_soon(serve_one, fd, sock, point)
     return EXIT_IO_ERROR if failed else EXIT_OK
