@@ -10,9 +10,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from gofer9p.launch import ForkServer
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -95,17 +98,50 @@ def proc_status(pid: int) -> dict[int, dict[str, str]]:
     return out
 
 
-class Gofer:
-    """A gofer started with ``launch.start_gofer``, its stderr captured to a file."""
+_shared_forkserver: list[ForkServer] = []
 
-    def __init__(self, tmp: Path, bundle: Path, **kw: Any) -> None:
-        from gofer9p.launch import start_gofer
+#: The fork-server entry point that arms the same test hook as a spawned gofer's module.
+_FORK_MODULES = {
+    "gofer9p.daemon": "gofer9p.forkserver",
+    "gofer9p.testing.gofer_with_hooks": "gofer9p.testing.forkserver_with_hooks",
+}
+
+
+def shared_forkserver() -> ForkServer:
+    """One fork-server (release entry point) for the whole session, started on first use."""
+    if not _shared_forkserver:
+        from gofer9p.launch import ForkServer
+
+        _shared_forkserver.append(ForkServer.start(env=gofer_env()))
+    return _shared_forkserver[0]
+
+
+def pytest_sessionfinish() -> None:
+    while _shared_forkserver:
+        _shared_forkserver.pop().stop()
+
+
+class Gofer:
+    """A gofer started with ``launch.start_gofer`` (``via="spawn"``) or through a fork-server
+    (``via="fork"``: the shared one, or its own when ``module``/``env`` arm a test hook), its
+    stderr captured to a file."""
+
+    def __init__(self, tmp: Path, bundle: Path, *, via: str = "spawn", **kw: Any) -> None:
+        from gofer9p.launch import ForkServer, start_gofer
 
         self.log_path = tmp / f"gofer-{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "wb")  # closed in stop()
+        self.forkserver: ForkServer | None = None
         env = gofer_env()
         env.update(kw.pop("env", {}))
-        self.gp = start_gofer(bundle, env=env, stderr=self._log, **kw)
+        if via == "spawn":
+            self.gp = start_gofer(bundle, env=env, stderr=self._log, **kw)
+        else:
+            module = kw.pop("module", "gofer9p.daemon")
+            if module != "gofer9p.daemon" or env != gofer_env():
+                self.forkserver = ForkServer.start(module=_FORK_MODULES[module], env=env)
+            fs = self.forkserver or shared_forkserver()
+            self.gp = fs.start_gofer(bundle, stderr=self._log, **kw)
         self.proc = self.gp.proc
         self.pid = self.gp.pid
         self.sockets = self.gp.sockets
@@ -131,4 +167,6 @@ class Gofer:
     def stop(self) -> int:
         rc = self.gp.stop()
         self._log.close()
+        if self.forkserver is not None:
+            self.forkserver.stop()
         return rc
