@@ -125,6 +125,16 @@ def build_parser(prog: str = "gofer9p gofer") -> argparse.ArgumentParser:
     return p
 
 
+_parsers: list[argparse.ArgumentParser] = []
+
+
+def _parser() -> argparse.ArgumentParser:
+    """:func:`build_parser`'s parser, built once (a fork-server builds it for its children)."""
+    if not _parsers:
+        _parsers.append(build_parser())
+    return _parsers[0]
+
+
 def parse_io_fds(values: Sequence[str]) -> list[int]:
     """``["3", "4,5"]`` -> ``[3, 4, 5]``; no negatives, no duplicates."""
     fds: list[int] = []
@@ -308,7 +318,7 @@ def _run(
     from . import confine
     from .spec import SpecError, load_spec
 
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     # Hold SIGTERM/SIGINT until the serving loop's receiver is installed (_serve_all unblocks
     # them): a stop request during start-up is then a clean exit 0, never a half-confined
     # death or a KeyboardInterrupt traceback.  SIGKILL still works, and stop() escalates to it.
@@ -334,6 +344,8 @@ def _run(
         confine.preload(seccomp_mode, apply_caps=args.apply_caps)
     except ImportError as e:
         raise DaemonError(f"cannot load the server: {e}") from None
+    except confine.ConfineError as e:
+        raise DaemonError(str(e)) from None
     try:
         confine.assert_single_threaded()
         # First: from here on no process of our uid (a sibling gofer, the manager) can

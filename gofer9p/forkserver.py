@@ -365,7 +365,7 @@ def _preload() -> None:
     daemon._preload()
     confine.preload("kill")
     ctypes.CDLL(None, use_errno=True)
-    daemon.build_parser()  # argparse's lazy imports (gettext, ...)
+    daemon._parser()  # built once for every child (and argparse's lazy imports)
 
 
 def _parse_address(addr: str) -> str:
