@@ -315,9 +315,6 @@ def _run(
     after_confine: Callable[[], None] | None,
     report: StartReport | None,
 ) -> int:
-    from . import confine
-    from .spec import SpecError, load_spec
-
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     # Hold SIGTERM/SIGINT until the serving loop's receiver is installed (_serve_all unblocks
     # them): a stop request during start-up is then a clean exit 0, never a half-confined
@@ -325,6 +322,10 @@ def _run(
     signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     fds = parse_io_fds(args.io_fds)
     configure_logging(args.log_level, args.log_file)
+    # Only now: --help and flag errors answer without attrs (spec's classes) being imported.
+    from . import confine
+    from .spec import SpecError, load_spec
+
     try:
         spec = load_spec(args.bundle)
     except SpecError as e:
