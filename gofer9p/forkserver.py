@@ -178,6 +178,8 @@ class _Server:
             with contextlib.suppress(OSError):
                 conn.send(_record({"error": line}))
             conn.close()
+            if self.exit_with_conn:
+                self.stopping = True  # the only connection it would ever have
             return
         conn.setblocking(False)
         self.conns.add(conn)
@@ -193,7 +195,10 @@ class _Server:
         self._reap()  # a child that exited before the handler was in place
         while not self.stopping:
             for key, _ in self.sel.select():
-                key.data()
+                try:
+                    key.data()
+                except Exception as e:  # a bug must cost one request, not the server
+                    _log(f"internal error: {type(e).__name__}: {e}")
                 if self.stopping:
                     break
         for conn in list(self.conns):
@@ -275,8 +280,12 @@ class _Server:
                 self._child(args, roles, fds, status_w)  # never returns
             os.close(status_w)
             status_w = -1
+            try:
+                pidfd = os.pidfd_open(pid)  # not reaped yet (only _reap reaps): still ours
+            except OSError:
+                os.kill(pid, signal.SIGKILL)  # unreaped, so the pid cannot have been reused
+                raise
             self.owner[pid] = conn
-            pidfd = os.pidfd_open(pid)  # not reaped yet (only _reap reaps): pid is still ours
             try:
                 self._send(conn, {"pid": pid}, [pidfd, status_r])
             finally:
@@ -538,6 +547,9 @@ class PidfdProcess:
         if self.pidfd >= 0:
             os.close(self.pidfd)
             self.pidfd = -1
+
+    def __del__(self) -> None:
+        self.close()
 
 
 def _fileno(f: int | IO[Any] | None) -> int | None:
