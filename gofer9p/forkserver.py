@@ -378,8 +378,9 @@ def _preload() -> None:
 
 
 def _parse_address(addr: str) -> str:
+    """``unix:PATH`` -> ``PATH`` (ValueError otherwise)."""
     if not addr.startswith("unix:") or len(addr) <= 5:
-        raise SystemExit(f"gofer9p forkserver: --socket wants unix:PATH, not {addr!r}")
+        raise ValueError(f"a fork-server address is unix:PATH, not {addr!r}")
     return addr[5:]
 
 
@@ -448,7 +449,11 @@ def run(
             server.add_conn(sock)
             what = f"fd {args.fd} (one connection)"
     else:
-        path = _parse_address(args.socket)
+        try:
+            path = _parse_address(args.socket)
+        except ValueError as e:
+            _log(f"--socket: {e}")
+            return 2
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
