@@ -73,6 +73,9 @@ __all__ = ["ForkServer", "ForkServerLost", "PidfdProcess", "main", "run"]
 MAX_REQUEST = 64 * 1024
 MAX_FDS = 128
 _ROLES_ONCE = ("stdout", "stderr")
+#: The pool of pre-forked children is refilled after this long without an event (s), so a
+#: refill never competes with a request or a gofer that is starting.
+_REFILL_AFTER = 0.01
 _STDIO_TARGET = {"stdout": 1, "stderr": 2}
 
 
@@ -144,9 +147,12 @@ class _Server:
         self,
         allowed: set[int],
         after_confine: Callable[[], None] | None,
+        prefork: int = 0,
     ) -> None:
         self.allowed = allowed
         self.after_confine = after_confine
+        self.prefork = prefork
+        self.idle: list[_Idle] = []  # pre-forked children, oldest first
         self.sel = selectors.DefaultSelector()
         self.listener: socket.socket | None = None
         self.conns: set[socket.socket] = set()
@@ -194,7 +200,11 @@ class _Server:
             signal.signal(sig, self._on_stop)
         self._reap()  # a child that exited before the handler was in place
         while not self.stopping:
-            for key, _ in self.sel.select():
+            short = len(self.idle) < self.prefork
+            events = self.sel.select(_REFILL_AFTER if short else None)
+            if short and not events:
+                self._prefork()  # only once nothing else waits: never ahead of a request
+            for key, _ in events:
                 try:
                     key.data()
                 except Exception as e:  # a bug must cost one request, not the server
@@ -203,6 +213,8 @@ class _Server:
                     break
         for conn in list(self.conns):
             self._close(conn)
+        for idle in self.idle:
+            idle.close()  # EOF: they exit
         return 0
 
     def _on_stop(self, signum: int, frame: object) -> None:
@@ -269,6 +281,9 @@ class _Server:
     def _start(
         self, conn: socket.socket, args: list[str], roles: list[str], fds: list[int]
     ) -> None:
+        while self.idle:
+            if self._hand_over(conn, args, roles, fds):
+                return
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
         try:
             # Objects from here on are frozen too: the child's collections never touch (and so
@@ -297,6 +312,49 @@ class _Server:
             if status_w >= 0:
                 os.close(status_w)
 
+    def _hand_over(
+        self, conn: socket.socket, args: list[str], roles: list[str], fds: list[int]
+    ) -> bool:
+        """Give the request to the oldest pre-forked child; False if it is gone."""
+        idle = self.idle.pop(0)
+        status_r, status_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            try:
+                req = _record({"args": args, "fds": roles})
+                socket.send_fds(idle.sock, [req], [*fds, status_w])
+            except OSError:
+                return False  # it died; _reap collects it
+            self.owner[idle.pid] = conn
+            self._send(conn, {"pid": idle.pid}, [idle.pidfd, status_r])
+            return True
+        finally:
+            idle.close()
+            os.close(status_r)
+            os.close(status_w)
+
+    def _prefork(self) -> None:
+        """Fork one child that waits (warm) for a request."""
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            gc.collect()
+            gc.freeze()
+            pid = os.fork()
+            if pid == 0:
+                self._idle_child(theirs)  # never returns
+            try:
+                pidfd = os.pidfd_open(pid)
+            except OSError:
+                os.kill(pid, signal.SIGKILL)
+                raise
+        except OSError as e:
+            mine.close()
+            _log(f"cannot pre-fork a gofer: {e.strerror or e}")
+            self.prefork = len(self.idle)  # stop trying; requests fork on demand
+            return
+        finally:
+            theirs.close()
+        self.idle.append(_Idle(pid, pidfd, mine))
+
     def _reap(self) -> None:
         while True:
             try:
@@ -305,6 +363,9 @@ class _Server:
                 return
             if pid == 0:
                 return
+            for idle in [i for i in self.idle if i.pid == pid]:  # died before its request
+                self.idle.remove(idle)
+                idle.close()
             conn = self.owner.pop(pid, None)
             if conn is not None and conn in self.conns:
                 self._send(conn, {"pid": pid, "exit": os.waitstatus_to_exitcode(status)})
@@ -312,21 +373,45 @@ class _Server:
     # --- the child -----------------------------------------------------------------------
 
     def _child(self, args: list[str], roles: list[str], fds: list[int], status_w: int) -> NoReturn:
-        """Become the gofer: drop everything of the server's, then :func:`daemon.run`."""
+        """Forked for a request: drop everything of the server's, then become the gofer."""
         rc = 1
         try:
+            self._detach({status_w, *fds})
             rc = self._become_gofer(args, roles, fds, status_w)
         except BaseException as e:  # nothing may return into the server's loop
             _StartPipe(status_w).failed(f"gofer9p forkserver: child: {type(e).__name__}: {e}")
         finally:
-            for stream in (sys.stdout, sys.stderr):
-                with contextlib.suppress(Exception):
-                    stream.flush()
-            os._exit(rc)
+            _exit(rc)
 
-    def _become_gofer(
-        self, args: list[str], roles: list[str], fds: list[int], status_w: int
-    ) -> int:
+    def _idle_child(self, sock: socket.socket) -> NoReturn:
+        """Forked ahead of a request: drop the server's fds, warm up, wait for the request.
+
+        The warm-up runs what every gofer runs before its sandbox-specific steps (a throw-away
+        ``trio.run``, the flags parser), so its copy-on-write faults are paid while idle.
+        EOF on ``sock`` (the server stopped or died) ends it.
+        """
+        rc = 0
+        status_w = -1
+        try:
+            self._detach({sock.fileno()})
+            _warm_up()
+            data, fds, _flags, _ = socket.recv_fds(sock, MAX_REQUEST, MAX_FDS + 1)
+            sock.close()
+            if data:  # else EOF: the server is gone, exit 0
+                rc = 1
+                *fds, status_w = fds
+                req = json.loads(data)
+                rc = self._become_gofer(req["args"], req["fds"], fds, status_w)
+        except BaseException as e:
+            if status_w >= 0:
+                _StartPipe(status_w).failed(
+                    f"gofer9p forkserver: child: {type(e).__name__}: {e}"
+                )
+        finally:
+            _exit(rc)
+
+    def _detach(self, keep: set[int]) -> None:
+        """In a fresh child: own session, default signals, none of the server's fds."""
         os.setsid()
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGCHLD, signal.SIGTERM):
@@ -334,34 +419,73 @@ class _Server:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         gc.enable()
         # Close the server's objects by name (so no stale object could later close a reused
-        # number), then every fd that is not this gofer's.
+        # number), then every fd that is not this child's.
         self.sel.close()
         if self.listener is not None:
             self.listener.close()
         for conn in self.conns:
             conn.close()
+        for idle in self.idle:
+            idle.close()
         os.close(self.wake_r)
         os.close(self.wake_w)
+        lo = 0
+        for fd in sorted({0, 1, 2, *keep}):
+            if lo < fd:  # closerange(n, n) is close_range(n, n - 1): everything from n
+                os.closerange(lo, fd)
+            lo = fd + 1
+        os.closerange(lo, 1 << 30)
+
+    def _become_gofer(
+        self, args: list[str], roles: list[str], fds: list[int], status_w: int
+    ) -> int:
+        """Put the request's fds in place and run :func:`gofer9p.daemon.run` on them."""
         io: list[int] = []
         for fd, role in zip(fds, roles, strict=True):
             if role == "io":
                 io.append(fd)
             else:
                 os.dup2(fd, _STDIO_TARGET[role])
+                os.close(fd)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.close(null)
-        keep = sorted({0, 1, 2, status_w, *io})
-        lo = 0
-        for fd in keep:
-            if lo < fd:  # closerange(n, n) is close_range(n, n - 1): everything from n
-                os.closerange(lo, fd)
-            lo = fd + 1
-        os.closerange(lo, 1 << 30)
         argv = [*args, "--io-fds", ",".join(map(str, io))] if io else list(args)
         from . import daemon
 
         return daemon.run(argv, after_confine=self.after_confine, report=_StartPipe(status_w))
+
+
+class _Idle:
+    """A pre-forked child waiting for a request: its pid, a pidfd, our end of its socket."""
+
+    def __init__(self, pid: int, pidfd: int, sock: socket.socket) -> None:
+        self.pid, self.pidfd, self.sock = pid, pidfd, sock
+
+    def close(self) -> None:
+        self.sock.close()
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+
+
+def _warm_up() -> None:
+    import trio
+
+    from . import daemon
+
+    async def nothing() -> None:
+        pass
+
+    trio.run(nothing)
+    daemon._parser().parse_args(["--bundle", "/", "--io-fds", "0"])
+
+
+def _exit(rc: int) -> NoReturn:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(rc)
 
 
 def _preload() -> None:
@@ -398,6 +522,14 @@ def build_parser(prog: str = "gofer9p forkserver") -> argparse.ArgumentParser:
         "(serve it; exit when it closes)",
     )
     p.add_argument(
+        "--prefork",
+        type=int,
+        default=1,
+        metavar="N",
+        help="keep N children forked and warmed up ahead of requests (default 1; 0: fork "
+        "on request only)",
+    )
+    p.add_argument(
         "--allow-uid",
         type=int,
         action="append",
@@ -430,7 +562,7 @@ def run(
     except ImportError as e:
         _log(f"cannot load the gofer: {e}")
         return 2
-    server = _Server({os.geteuid(), *args.allow_uid}, after_confine)
+    server = _Server({os.geteuid(), *args.allow_uid}, after_confine, max(0, args.prefork))
     what: str
     if args.fd is not None:
         try:
@@ -588,13 +720,15 @@ class ForkServer:
         module: str = "gofer9p.forkserver",
         env: dict[str, str] | None = None,
         stderr: int | IO[Any] | None = None,
+        prefork: int = 1,
     ) -> ForkServer:
         """Spawn a fork-server on one end of a socketpair; it exits when :meth:`stop` closes it.
 
-        ``module`` lets tests run :mod:`gofer9p.testing.forkserver_with_hooks`.
+        ``prefork``: children kept forked and warm ahead of requests.  ``module`` lets tests
+        run :mod:`gofer9p.testing.forkserver_with_hooks`.
         """
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        argv = [python, "-m", module, "--fd", str(theirs.fileno())]
+        argv = [python, "-m", module, "--fd", str(theirs.fileno()), f"--prefork={prefork}"]
         for uid in allow_uids:
             argv += ["--allow-uid", str(uid)]
         try:

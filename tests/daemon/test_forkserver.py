@@ -30,8 +30,10 @@ from .ninep import NineP
 
 @pytest.fixture
 def fs() -> Iterator[ForkServer]:
-    """A fork-server of this test's own, so its children and fds can be counted."""
-    f = ForkServer.start(env=gofer_env())
+    """A fork-server of this test's own, so its children and fds can be counted: it forks on
+    request only (the pool of pre-forked children has its own tests; test_gofer.py's shared
+    fork-server runs with the default pool)."""
+    f = ForkServer.start(env=gofer_env(), prefork=0)
     yield f
     f.stop()
 
@@ -278,26 +280,100 @@ def _fds(pid: int) -> dict[int, str]:
     return out
 
 
-def _sequential_starts(tmp_path: Path, fs: ForkServer, n: int) -> None:
+def _idle(server: int) -> list[int]:
+    """The server's pre-forked children: alive, not chrooted (a gofer is)."""
+    out = []
+    for pid, state in _children(server):
+        with contextlib.suppress(OSError):
+            if state != "Z" and os.readlink(f"/proc/{pid}/root") == "/":
+                out.append(pid)
+    return out
+
+
+def _settled(server: int, prefork: int) -> dict[int, str]:
+    """The server's fds once its pool is full again (and only pool children remain)."""
+    deadline = time.monotonic() + 15
+    while True:
+        fds = _fds(server)
+        kids = _children(server)
+        if len(_idle(server)) == prefork == len(kids) and fds == _fds(server):
+            return fds
+        assert time.monotonic() < deadline, (prefork, kids)
+        time.sleep(0.02)
+
+
+def _sequential_starts(tmp_path: Path, n: int, prefork: int) -> None:
+    fs = ForkServer.start(env=gofer_env(), prefork=prefork)
     assert fs.proc is not None
-    b = make_bundle(tmp_path)
-    fs.start_gofer(b).stop()  # warm: the first request may still be importing
-    before = _fds(fs.proc.pid)
-    for _ in range(n):
-        gp = fs.start_gofer(b, extra_args=["--log-level", "warning"])
-        assert NineP(gp.sockets[0]).version() == (65536, b"9P2000.L")
-        assert gp.stop() == 0  # the server reported it: reaped
-    assert _fds(fs.proc.pid) == before
-    assert _children(fs.proc.pid) == []  # no zombie, no live child
+    try:
+        b = make_bundle(tmp_path)
+        fs.start_gofer(b).stop()  # warm: the first request may still be importing
+        before = _settled(fs.proc.pid, prefork)
+        for _ in range(n):
+            gp = fs.start_gofer(b, extra_args=["--log-level", "warning"])
+            assert NineP(gp.sockets[0]).version() == (65536, b"9P2000.L")
+            assert gp.stop() == 0  # the server reported it: reaped
+        # Same fds (the pool's own pidfd and socket may be a new pair: same count, kinds).
+        after = _settled(fs.proc.pid, prefork)
+        assert sorted(after) == sorted(before)
+        kinds = [v.split(":")[0] for v in after.values()]
+        assert sorted(kinds) == sorted(v.split(":")[0] for v in before.values())
+        assert all(state != "Z" for _, state in _children(fs.proc.pid))
+    finally:
+        fs.stop()
 
 
-def test_100_sequential_starts_leave_no_fd_or_zombie(tmp_path: Path, fs: ForkServer) -> None:
-    _sequential_starts(tmp_path, fs, 100)
+@pytest.mark.parametrize("prefork", [0, 1])
+def test_100_sequential_starts_leave_no_fd_or_zombie(tmp_path: Path, prefork: int) -> None:
+    _sequential_starts(tmp_path, 100, prefork)
 
 
 @pytest.mark.slow
-def test_1000_sequential_starts_leave_no_fd_or_zombie(tmp_path: Path, fs: ForkServer) -> None:
-    _sequential_starts(tmp_path, fs, 1000)
+@pytest.mark.parametrize("prefork", [0, 1])
+def test_1000_sequential_starts_leave_no_fd_or_zombie(tmp_path: Path, prefork: int) -> None:
+    _sequential_starts(tmp_path, 1000, prefork)
+
+
+def test_prefork_pool(tmp_path: Path) -> None:
+    """Pre-forked children hold nothing of the server's or of each other's, take requests,
+    are replaced, and end with the server; the gofers they became keep serving."""
+    fs = ForkServer.start(env=gofer_env(), prefork=2)
+    assert fs.proc is not None
+    server = fs.proc.pid
+    gps = []
+    try:
+        _settled(server, 2)
+        idle = _idle(server)
+        server_fds = set(_fds(server).values())
+        for pid in idle:
+            fds = _fds(pid)
+            assert sorted(fds)[:3] == [0, 1, 2] and len(fds) == 4, fds  # stdio + its socket
+            assert not set(fds.values()) & server_fds - {fds[0], fds[1], fds[2]}
+            with open(f"/proc/{pid}/stat") as f:
+                assert int(f.read().rpartition(")")[2].split()[3]) == pid  # own session
+        b = make_bundle(tmp_path)
+        gps = [fs.start_gofer(b) for _ in range(3)]  # two from the pool, one forked
+        assert [g.pid for g in gps[:2]] == idle
+        for g in gps:
+            assert _serves(g.sockets[0]) == b"hello from root\n"
+        deadline = time.monotonic() + 15
+        while len(_idle(server)) < 2:  # refilled once the server is idle
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        refill = _idle(server)
+        fs.proc.kill()
+        fs.proc.wait()
+        for pid in refill:
+            _wait_gone(pid)  # EOF on its socket: it exits
+        for g in gps:
+            assert NineP(g.sockets[0]).read_file(1, b"hello.txt") == b"hello from root\n"
+    finally:
+        for g in gps:
+            for s in g.sockets:
+                s.close()
+        for g in gps:
+            _wait_gone(g.pid)
+        fs.stop()
 
 
 def test_forked_gofer_holds_nothing_of_the_server(tmp_path: Path, fs: ForkServer) -> None:

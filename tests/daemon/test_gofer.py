@@ -43,9 +43,10 @@ def bundle(tmp_path: Path) -> Path:
     return b
 
 
-@pytest.fixture(params=["spawn", "fork"])
+@pytest.fixture(params=["spawn", "pool", "fork"])
 def via(request: pytest.FixtureRequest) -> str:
-    """Every check runs on a spawned gofer and on one forked by the fork-server (#18)."""
+    """Every check runs on a spawned gofer and on one the fork-server (#18) started: from its
+    pool of pre-forked children, and forked on request."""
     return str(request.param)
 
 
