@@ -2,8 +2,11 @@
 
 Start-up, interleaved (one round = one start of each kind, in turn), root needed:
 
-* ``fork``: ``ForkServer.start_gofer(bundle)`` (fork, confine, serve; returns once it serves),
-  then Tversion -> Rversion, then Tattach -> Rattach, on the root attach point's socket;
+* ``pool``: ``ForkServer.start_gofer(bundle)`` on a fork-server with its default pool of one
+  pre-forked child (refilled between rounds: the other kinds run in between), which confines
+  itself and serves (the call returns once it serves), then Tversion -> Rversion, then
+  Tattach -> Rattach, on the root attach point's socket;
+* ``fork``: the same on a fork-server with ``prefork=0`` (it forks on request);
 * ``spawn``: ``launch.start_gofer(bundle)`` (``python -m gofer9p.daemon``), the same two
   requests sent at once;
 * ``diod``: ``diod -f -n -r FD -w FD -e EXPORT -L stderr`` on a socketpair (as p9bench and
@@ -180,10 +183,13 @@ def main() -> int:
         os.makedirs(export)
         Path(export, "hello.txt").write_text("hello\n")
         Path(bundle, "config.json").write_text('{"root": {"path": "rootfs"}}')
-        fs = ForkServer.start(env=env, python=os.path.realpath(sys.executable))
+        py = os.path.realpath(sys.executable)
+        fs = ForkServer.start(env=env, python=py)
+        fs0 = ForkServer.start(env=env, python=py, prefork=0)
         try:
             kinds: dict[str, Callable[[], tuple[float, float]]] = {
-                "fork": lambda: one_fork(fs, bundle),
+                "pool": lambda: one_fork(fs, bundle),
+                "fork": lambda: one_fork(fs0, bundle),
                 "spawn": lambda: one_spawn(bundle, env),
             }
             if diod:
@@ -203,7 +209,7 @@ def main() -> int:
             if diod:
                 dv = statistics.median(res["diod"][0])
                 da = statistics.median(res["diod"][1])
-                for k in ("fork", "spawn"):
+                for k in ("pool", "fork", "spawn"):
                     print(
                         f"  {k}/diod medians: Rversion {statistics.median(res[k][0]) / dv:.2f}x"
                         f"  Rattach {statistics.median(res[k][1]) / da:.2f}x"
@@ -212,6 +218,7 @@ def main() -> int:
                 memory(fs, bundle, args.gofers)
         finally:
             fs.stop()
+            fs0.stop()
     return 0
 
 

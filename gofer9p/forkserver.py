@@ -8,6 +8,13 @@ attach points, caps, no_new_privs, seccomp), on io-fds the requester passed with
 pages the parent loaded stay shared copy-on-write.  Nothing sandbox-specific runs in the parent:
 it never reads a bundle and never chroots; a request is an argument list and fds to it.
 
+``--prefork N`` (default 1) keeps N children forked ahead of requests: each drops the server's
+fds, runs what every gofer runs before its sandbox-specific steps (a throw-away ``trio.run``,
+the flags parser: their copy-on-write faults are most of a forked start) and waits on its own
+socketpair; a request goes to the oldest, with its fds, and the pool is refilled once the
+server has been idle for 10 ms (a refill never competes with a start).  With the pool empty a
+request forks on the spot.  Both kinds run the same :meth:`_Server._become_gofer`.
+
 Control protocol: a unix ``SOCK_SEQPACKET`` socket, one JSON object per record.
 
 * request: ``{"op": "start", "args": [gofer flags], "fds": ["io", "io", "stderr"]}`` with the fds
@@ -34,9 +41,11 @@ Isolation (a child against the parent and its siblings), beside two separately s
 
 * a child runs in its own session (``setsid``): no signal to the server's process group or
   terminal reaches it, and it never shares one with a sibling;
-* it keeps no fd but its own: the listener, every control connection, the server's wake-up pipe
-  and all other requests' fds are closed before it runs any gofer code, so it cannot reach the
-  server (its seccomp filter also has no ``connect``);
+* it keeps no fd but its own: the listener, every control connection, the server's wake-up pipe,
+  the pre-forked children's sockets and pidfds are closed before it runs any gofer code (a
+  pre-forked child: before its warm-up), and it is forked when the server holds no other
+  request's fds, so it cannot reach the server or a sibling (its seccomp filter also has no
+  ``connect``);
 * the server and every child are non-dumpable (PR_SET_DUMPABLE 0), so a process of the same uid
   without CAP_SYS_PTRACE (a confined gofer drops it) can neither ptrace them nor open their
   ``/proc/PID/mem``; seccomp kills on ptrace, kill, tkill and pidfd calls, and lets tgkill and
