@@ -56,7 +56,9 @@ def tversion() -> bytes:
 
 
 def tattach(aname: bytes) -> bytes:
-    return _msg(104, 1, struct.pack("<II", 1, NOFID) + _s(b"root") + _s(aname) + struct.pack("<I", 0))
+    return _msg(
+        104, 1, struct.pack("<II", 1, NOFID) + _s(b"root") + _s(aname) + struct.pack("<I", 0)
+    )
 
 
 def _reply(sock: socket.socket, want: int) -> bytes:
@@ -154,7 +156,9 @@ def memory(fs: ForkServer, bundle: str, n: int) -> None:
             f"  private per gofer (Private_Clean+Private_Dirty): median {statistics.median(priv):.2f} MiB"
             f"  min {priv[0]:.2f}  max {priv[-1]:.2f}  (target <= 8 MiB)"
         )
-        print(f"  RSS per gofer: median {statistics.median(r['Rss'] for r in rolls) / 1024:.2f} MiB")
+        print(
+            f"  RSS per gofer: median {statistics.median(r['Rss'] for r in rolls) / 1024:.2f} MiB"
+        )
         print(
             f"  total PSS of the {n} gofers: {pss:.1f} MiB ({pss / n:.2f} MiB each); "
             f"fork-server PSS {server['Pss'] / 1024:.1f} MiB, RSS {server['Rss'] / 1024:.1f} MiB; "

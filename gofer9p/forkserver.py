@@ -349,6 +349,7 @@ class _Server:
             gc.freeze()
             pid = os.fork()
             if pid == 0:
+                mine.detach()  # the fd goes with the others in _detach; the object forgets it
                 self._idle_child(theirs)  # never returns
             try:
                 pidfd = os.pidfd_open(pid)
@@ -413,9 +414,7 @@ class _Server:
                 rc = self._become_gofer(req["args"], req["fds"], fds, status_w)
         except BaseException as e:
             if status_w >= 0:
-                _StartPipe(status_w).failed(
-                    f"gofer9p forkserver: child: {type(e).__name__}: {e}"
-                )
+                _StartPipe(status_w).failed(f"gofer9p forkserver: child: {type(e).__name__}: {e}")
         finally:
             _exit(rc)
 
@@ -806,7 +805,13 @@ class ForkServer:
         with self._lock:
             if self._lost:
                 raise ForkServerLost("the fork-server connection is closed")
-            socket.send_fds(self.sock, [_record({"op": "start", "args": args, "fds": roles})], fds)
+            try:
+                socket.send_fds(
+                    self.sock, [_record({"op": "start", "args": args, "fds": roles})], fds
+                )
+            except OSError as e:
+                self._lost = True
+                raise ForkServerLost(f"the fork-server is gone: {e.strerror or e}") from None
             deadline = time.monotonic() + timeout
             while True:
                 got = self._recv(max(0.0, deadline - time.monotonic()))

@@ -263,6 +263,8 @@ def test_server_killed_while_gofers_serve(tmp_path: Path) -> None:
             gs[0].proc.wait(15)
         _wait_gone(gs[0].pid)
         assert NineP(gs[1].sockets[0]).read_file(1, b"hello.txt") == b"hello from root\n"
+        with pytest.raises(ForkServerLost):
+            fs.start_gofer(b)
     finally:
         for g in gs:
             for s in g.sockets:
