@@ -462,3 +462,40 @@ def test_same_uid_cannot_read_gofer_or_server_memory(tmp_path: Path, fs: ForkSer
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
         g.stop()
+
+
+def test_inherited_listening_socket_and_stdout_role(tmp_path: Path) -> None:
+    """``--fd N`` may be a listening socket (a manager that binds it itself); a gofer's
+    stdout and stderr go where the request's ``stdout``/``stderr`` fds point."""
+    sock_dir = tempfile.mkdtemp(prefix="gofer9p-fs-")
+    path = os.path.join(sock_dir, "fs.sock")
+    lsock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    lsock.bind(path)
+    lsock.listen(8)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "gofer9p.forkserver", "--fd", str(lsock.fileno())],
+        pass_fds=[lsock.fileno()],
+        env=gofer_env(),
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lsock.close()
+    try:
+        assert p.stderr is not None
+        assert "(listening)" in p.stderr.readline()
+        out, err = tmp_path / "out", tmp_path / "err"
+        with ForkServer.connect(f"unix:{path}") as fs, open(out, "wb") as o, open(err, "wb") as e:
+            gp = fs.start_gofer(make_bundle(tmp_path), stdout=o, stderr=e)
+            assert _serves(gp.sockets[0]) == b"hello from root\n"
+            assert os.readlink(f"/proc/{gp.pid}/fd/1") == str(out)
+            assert os.readlink(f"/proc/{gp.pid}/fd/2") == str(err)
+            assert os.readlink(f"/proc/{gp.pid}/fd/0") == os.devnull
+            assert gp.stop() == 0
+        assert "gofer9p INFO serving bundle" in err.read_text()
+    finally:
+        p.terminate()
+        p.communicate(timeout=15)
+        os.unlink(path)
+        os.rmdir(sock_dir)
+    assert p.returncode == 0
