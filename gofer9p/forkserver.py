@@ -20,13 +20,16 @@ Control protocol: a unix ``SOCK_SEQPACKET`` socket, one JSON object per record.
 * request: ``{"op": "start", "args": [gofer flags], "fds": ["io", "io", "stderr"]}`` with the fds
   attached (SCM_RIGHTS) in the order ``fds`` names their roles: ``io`` (one per attach point, in
   attach order; the child is given ``--io-fds`` for them), ``stdout``, ``stderr`` (at most one
-  each; default: the fork-server's own).  ``args`` are ``gofer9p gofer``'s flags minus
+  each; default: the fork-server's own), ``userns`` (a pipe's read end: the child unshares a
+  user namespace, says ``userns`` on its start pipe and waits for one byte ``g`` there once
+  the requester has written its id maps, as :func:`gofer9p.launch.start_gofer` does).  ``args`` are ``gofer9p gofer``'s flags minus
   ``--io-fds``.  A role is how a later flag that takes an fd (``--spec-fd``) joins without
   changing the format; flags without fds (``--setup-root``) pass through ``args`` as they are.
 * reply, one per request, in order: ``{"pid": P}`` with a pidfd of the child and the read end of
   its *start pipe* attached, or ``{"error": "one line"}`` (a malformed request; nothing forked).
   The child writes one line to the start pipe: ``ok`` once it serves, or the gofer's one error
-  line (``gofer9p gofer: error: ...``) before it exits 2; EOF without a line means it died first.
+  line (``gofer9p gofer: error: ...``) before it exits 2 (after ``userns`` for a user-namespace
+  gofer); EOF without a line means it died first.
 * later, on the same connection: ``{"pid": P, "exit": N}`` when that child has exited, ``N`` as
   :attr:`subprocess.Popen.returncode` (negative: killed by that signal).  The server is the
   children's parent and reaps them (SIGCHLD wakes its loop through
@@ -81,7 +84,7 @@ __all__ = ["ForkServer", "ForkServerLost", "PidfdProcess", "main", "run"]
 #: Largest request record and most fds one request may pass (SCM_MAX_FD is 253).
 MAX_REQUEST = 64 * 1024
 MAX_FDS = 128
-_ROLES_ONCE = ("stdout", "stderr")
+_ROLES_ONCE = ("stdout", "stderr", "userns")
 #: The pool of pre-forked children is refilled after this long without an event (s), so a
 #: refill never competes with a request or a gofer that is starting.
 _REFILL_AFTER = 0.01
@@ -113,7 +116,7 @@ def _parse_request(data: bytes, nfds: int) -> tuple[list[str], list[str]]:
         raise _RequestError(f'"fds" names {len(roles)} fds but {nfds} were passed')
     for r in roles:
         if r not in ("io", *_ROLES_ONCE):
-            raise _RequestError(f"unknown fd role {r!r} (io, stdout, stderr)")
+            raise _RequestError(f"unknown fd role {r!r} (io, stdout, stderr, userns)")
     for r in _ROLES_ONCE:
         if roles.count(r) > 1:
             raise _RequestError(f"fd role {r!r} given twice")
@@ -449,12 +452,17 @@ class _Server:
     ) -> int:
         """Put the request's fds in place and run :func:`gofer9p.daemon.run` on them."""
         io: list[int] = []
+        go = -1
         for fd, role in zip(fds, roles, strict=True):
             if role == "io":
                 io.append(fd)
+            elif role == "userns":
+                go = fd
             else:
                 os.dup2(fd, _STDIO_TARGET[role])
                 os.close(fd)
+        if go >= 0 and not _enter_user_namespace(go, status_w):
+            return 126
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.close(null)
@@ -462,6 +470,33 @@ class _Server:
         from . import daemon
 
         return daemon.run(argv, after_confine=self.after_confine, report=_StartPipe(status_w))
+
+
+_CLONE_NEWUSER = 0x10000000
+
+
+def _enter_user_namespace(go: int, status_w: int) -> bool:
+    """unshare(CLONE_NEWUSER), say ``userns`` on the start pipe, wait for the requester to write
+    our id maps (one byte ``g`` on ``go``), then become root of the namespace: what
+    :func:`gofer9p.launch.start_gofer` does between fork and exec, with the manager writing the
+    maps (the fork-server never reads the spec that holds them).  False: the requester gave up.
+    """
+    from . import confine
+
+    if confine._libc().unshare(_CLONE_NEWUSER) != 0:
+        import ctypes
+
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWUSER)")
+    os.write(status_w, b"userns\n")
+    try:
+        if os.read(go, 1) != b"g":
+            return False
+    finally:
+        os.close(go)
+    os.setgroups([])
+    os.setresgid(0, 0, 0)
+    os.setresuid(0, 0, 0)
+    return True
 
 
 class _Idle:
@@ -840,10 +875,11 @@ class ForkServer:
         once the gofer serves (or raises ``LaunchError`` with its one error line).
 
         The bundle is read here only for what the manager needs (how many sockets; the mounts
-        when ``setup_mounts``); the gofer reads it itself, the fork-server never does.  A gofer
-        in a user namespace (``userns``) is not supported through the fork-server yet.
+        when ``setup_mounts``, the id maps of a ``userns`` gofer, which this process writes as
+        :func:`~gofer9p.launch.start_gofer` does); the gofer reads it itself, the fork-server
+        never does.
         """
-        from .launch import GoferProcess, LaunchError, Undo, gofer_flags, setup_fs
+        from .launch import GoferProcess, LaunchError, Undo, _write_map, gofer_flags, setup_fs
         from .spec import SpecError, load_spec
 
         path = os.path.abspath(os.fspath(bundle))
@@ -855,8 +891,12 @@ class ForkServer:
                 raise LaunchError(str(e)) from None
             n = 1  # the gofer reports the bundle's fault itself, in its own words
         else:
-            if userns or (userns is None and (spec.uid_mappings or spec.gid_mappings)):
-                raise LaunchError("a user-namespace gofer cannot be started by the fork-server")
+            if userns is None:
+                userns = bool(spec.uid_mappings or spec.gid_mappings)
+            if userns and not (spec.uid_mappings and spec.gid_mappings):
+                raise LaunchError(
+                    "userns needs both linux.uidMappings and linux.gidMappings in the spec"
+                )
         undo = setup_fs(spec) if setup_mounts else Undo()
         pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(n)]
         ours = [a for a, _ in pairs]
@@ -874,6 +914,11 @@ class ForkServer:
             if fd is not None:
                 fds.append(fd)
                 roles.append(role)
+        go_r = go_w = -1
+        if userns:
+            go_r, go_w = os.pipe2(os.O_CLOEXEC)
+            fds.append(go_r)
+            roles.append("userns")
         proc: PidfdProcess | None = None
         try:
             try:
@@ -881,12 +926,24 @@ class ForkServer:
             finally:
                 for _, g in pairs:
                     g.close()
+                if go_r >= 0:
+                    os.close(go_r)
             if "error" in rec:
                 raise LaunchError(f"fork-server: {rec['error']}")
             pidfd, start_r = got
             proc = PidfdProcess(self, int(rec["pid"]), pidfd, args)
+            lines = _Lines(start_r)
             try:
-                line = _read_line(start_r, timeout)
+                line = lines.next(timeout)
+                if userns and line == "userns":
+                    try:  # as start_gofer's parent: the child waits for its maps
+                        _write_map(f"/proc/{proc.pid}/uid_map", spec.uid_mappings)
+                        _write_map(f"/proc/{proc.pid}/gid_map", spec.gid_mappings)
+                        os.write(go_w, b"g")
+                    finally:
+                        os.close(go_w)  # without the "g" the child exits 126
+                        go_w = -1
+                    line = lines.next(timeout)
             finally:
                 os.close(start_r)
             if line != "ok":
@@ -896,6 +953,8 @@ class ForkServer:
                 rc = proc.wait(timeout)
                 raise LaunchError(line or f"the gofer exited with status {rc} before serving")
         except BaseException:
+            if go_w >= 0:
+                os.close(go_w)
             for a in ours:
                 a.close()
             if proc is not None and proc.returncode is None:
@@ -928,24 +987,30 @@ class ForkServer:
         self.stop()
 
 
-def _read_line(fd: int, timeout: float) -> str | None:
-    """The start pipe's line: ``"ok"``, an error line, ``""`` at EOF, None on timeout."""
-    buf = b""
-    deadline = time.monotonic() + timeout
-    while b"\n" not in buf:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            return None
-        try:
-            chunk = os.read(fd, 4096)
-        except InterruptedError:
-            continue
-        if not chunk:
-            return buf.decode(errors="replace").strip()
-        buf += chunk
-        if len(buf) > 65536:
-            break
-    return buf.split(b"\n", 1)[0].decode(errors="replace")
+class _Lines:
+    """The start pipe's lines: ``userns``, ``ok`` or an error line; ``""`` at EOF."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buf = b""
+
+    def next(self, timeout: float) -> str | None:
+        """The next line, ``""`` at EOF, None if none within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buf and len(self.buf) <= 65536:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.fd], [], [], left)[0]:
+                return None
+            try:
+                chunk = os.read(self.fd, 4096)
+            except InterruptedError:
+                continue
+            if not chunk:
+                line, self.buf = self.buf, b""
+                return line.decode(errors="replace").strip()
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line.decode(errors="replace")
 
 
 if __name__ == "__main__":

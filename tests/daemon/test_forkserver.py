@@ -200,18 +200,29 @@ def test_malformed_requests_fork_nothing(fs: ForkServer) -> None:
     assert fs.proc.poll() is None
 
 
-def test_userns_bundle_is_refused(tmp_path: Path, fs: ForkServer) -> None:
+def test_userns_rejected_mapping_is_a_clean_error(tmp_path: Path, fs: ForkServer) -> None:
+    """The manager writes a forked gofer's id maps (the fork-server never reads the spec);
+    one the kernel refuses is a clean LaunchError, and the child does not linger."""
+    assert fs.proc is not None
     b = make_bundle(
         tmp_path,
         extra={
             "linux": {
-                "uidMappings": [{"containerID": 0, "hostID": 0, "size": 1}],
+                "uidMappings": [
+                    {"containerID": 0, "hostID": 0, "size": 10},
+                    {"containerID": 5, "hostID": 1000, "size": 10},
+                ],
                 "gidMappings": [{"containerID": 0, "hostID": 0, "size": 1}],
             }
         },
     )
-    with pytest.raises(LaunchError, match="user-namespace gofer cannot be started"):
+    before = set(os.listdir("/proc/self/fd"))
+    with pytest.raises(LaunchError, match="writing the gofer's uid_map"):
         fs.start_gofer(b)
+    assert set(os.listdir("/proc/self/fd")) <= before  # no fd leaked
+    assert _children(fs.proc.pid) == []
+    with pytest.raises(LaunchError, match="uidMappings"):
+        fs.start_gofer(make_bundle(tmp_path / "plain"), userns=True)
 
 
 def test_dying_gofers_leave_the_server_and_siblings_alone(tmp_path: Path, fs: ForkServer) -> None:

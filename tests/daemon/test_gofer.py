@@ -306,7 +306,7 @@ def test_release_entry_point_has_no_hook(tmp_path: Path, bundle: Path, via: str)
         g.stop()
 
 
-def test_user_namespace_gofer(tmp_path: Path) -> None:
+def test_user_namespace_gofer(tmp_path: Path, via: str) -> None:
     b = make_bundle(
         tmp_path,
         extra={
@@ -316,7 +316,7 @@ def test_user_namespace_gofer(tmp_path: Path) -> None:
             }
         },
     )
-    g = Gofer(tmp_path, b)  # spawn only: the fork-server refuses userns (test_forkserver.py)
+    g = Gofer(tmp_path, b, via=via)
     try:
         (c,) = _clients(g)
         assert c.read_file(1, b"hello.txt") == b"hello from root\n"
