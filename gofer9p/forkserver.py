@@ -513,15 +513,24 @@ class _Idle:
 
 
 def _warm_up() -> None:
+    """Run, without side effects, the generic code a gofer runs next: its pages get copied now."""
+    import json
+    import logging
+
     import trio
 
-    from . import daemon
+    from . import daemon, spec
 
-    async def nothing() -> None:
-        pass
+    async def serve_like() -> None:  # _serve_all's shape: a nursery, a task, a receiver
+        with trio.open_signal_receiver(signal.SIGUSR2):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio.sleep, 0)
 
-    trio.run(nothing)
+    trio.run(serve_like)
     daemon._parser().parse_args(["--bundle", "/", "--io-fds", "0"])
+    doc = json.loads('{"root": {"path": "rootfs", "readonly": true}, "mounts": []}')
+    spec.parse_spec(doc, "/")
+    daemon._UTCFormatter().format(logging.LogRecord("gofer9p", 20, "", 0, "%s", ("x",), None))
 
 
 def _exit(rc: int) -> NoReturn:
