@@ -696,7 +696,12 @@ class PidfdProcess:
 
     def poll(self) -> int | None:
         if self.returncode is None:
-            self._settle(self._server._exit_of(self.pid, 0.0))
+            try:
+                self._settle(self._server._exit_of(self.pid, 0.0))
+            except ForkServerLost:
+                if not select.select([self.pidfd], [], [], 0)[0]:
+                    return None  # still running; only its status will be unknown
+                raise
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:

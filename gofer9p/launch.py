@@ -388,17 +388,19 @@ class GoferProcess:
 
         Returns the gofer's exit status (negative: killed by that signal).
         """
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        for s in self.sockets:
-            s.close()
-        self.undo()
-        return self.proc.wait()  # reaped above: the status, typed as an int
+        try:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+            return self.proc.wait()  # reaped above: the status, typed as an int
+        finally:  # also when a fork-server died and the status is lost (ForkServerLost)
+            for s in self.sockets:
+                s.close()
+            self.undo()
 
     def __enter__(self) -> GoferProcess:
         return self

@@ -276,6 +276,11 @@ def test_server_killed_while_gofers_serve(tmp_path: Path) -> None:
         assert NineP(gs[1].sockets[0]).read_file(1, b"hello.txt") == b"hello from root\n"
         with pytest.raises(ForkServerLost):
             fs.start_gofer(b)
+        assert gs[1].proc.poll() is None  # alive: poll says so even without the server
+        with pytest.raises(ForkServerLost):
+            gs[1].stop()  # SIGTERM through the pidfd; the status is lost, the ends closed
+        assert all(s.fileno() == -1 for s in gs[1].sockets)
+        _wait_gone(gs[1].pid)
     finally:
         for g in gs:
             for s in g.sockets:
