@@ -60,6 +60,7 @@ Isolation (a child against the parent and its siblings), beside two separately s
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import gc
 import json
@@ -764,8 +765,14 @@ class ForkServer:
     def __init__(self, sock: socket.socket, proc: subprocess.Popen[bytes] | None = None) -> None:
         self.sock = sock
         self.proc = proc
-        self._lock = threading.Lock()
+        # One thread at a time reads the socket, for every waiter: the exit statuses and
+        # replies it reads are stored for whoever waits for them (_pump).
+        self._cond = threading.Condition()
+        self._reading = False
         self._exits: dict[int, int] = {}
+        self._replies: collections.deque[tuple[dict[str, Any], list[int]]] = collections.deque()
+        # One start request in flight per connection: the server answers in order.
+        self._request_lock = threading.Lock()
         self._lost = False
 
     @classmethod
@@ -817,9 +824,8 @@ class ForkServer:
     # --- records ----------------------------------------------------------------------------
 
     def _recv(self, timeout: float | None) -> tuple[dict[str, Any], list[int]] | None:
-        """One record (lock held), or None on timeout; :class:`ForkServerLost` at EOF."""
-        if self._lost:
-            raise ForkServerLost("the fork-server connection is closed")
+        """One record, or None on timeout; :class:`ForkServerLost` at EOF.  Only the thread
+        that set ``_reading`` calls it."""
         if not select.select([self.sock], [], [], timeout)[0]:
             return None
         data, fds, _flags, _ = socket.recv_fds(self.sock, MAX_REQUEST, 2, socket.MSG_CMSG_CLOEXEC)
@@ -828,30 +834,52 @@ class ForkServer:
                 os.close(fd)
             self._lost = True
             raise ForkServerLost("the fork-server closed the connection")
-        rec = json.loads(data)
-        if "exit" in rec:
-            self._exits[int(rec["pid"])] = int(rec["exit"])
-            for fd in fds:
-                os.close(fd)
-            return rec, []
+        rec: dict[str, Any] = json.loads(data)
         return rec, fds
+
+    def _pump(self, done: Callable[[], bool], timeout: float | None) -> bool:
+        """Read records until ``done()`` (checked under ``_cond``); False after ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while not done():
+                if self._lost:
+                    raise ForkServerLost("the fork-server connection is closed")
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                if self._reading:
+                    self._cond.wait(left)  # the reader notifies after each record
+                    continue
+                self._reading = True
+                self._cond.release()
+                try:
+                    got = self._recv(left)
+                finally:
+                    self._cond.acquire()
+                    self._reading = False
+                    self._cond.notify_all()
+                if got is None:
+                    continue
+                rec, fds = got
+                if "exit" in rec:
+                    self._exits[int(rec["pid"])] = int(rec["exit"])
+                    for fd in fds:
+                        os.close(fd)
+                else:
+                    self._replies.append(got)
+            return True
 
     def _exit_of(self, pid: int, timeout: float | None) -> int | None:
         """``pid``'s exit status once the server reported it; None if not within ``timeout``."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            with self._lock:
-                if pid in self._exits:
-                    return self._exits.pop(pid)
-                left = 0.05 if deadline is None else min(0.05, deadline - time.monotonic())
-                if self._recv(max(0.0, left)) is None and deadline is not None:
-                    if time.monotonic() >= deadline:
-                        return self._exits.pop(pid, None)
+        if not self._pump(lambda: pid in self._exits, timeout):
+            return None
+        with self._cond:
+            return self._exits.pop(pid)
 
     def _request(
         self, args: list[str], roles: list[str], fds: list[int], timeout: float
     ) -> tuple[dict[str, Any], list[int]]:
-        with self._lock:
+        with self._request_lock:
             if self._lost:
                 raise ForkServerLost("the fork-server connection is closed")
             try:
@@ -861,13 +889,11 @@ class ForkServer:
             except OSError as e:
                 self._lost = True
                 raise ForkServerLost(f"the fork-server is gone: {e.strerror or e}") from None
-            deadline = time.monotonic() + timeout
-            while True:
-                got = self._recv(max(0.0, deadline - time.monotonic()))
-                if got is None:
-                    raise TimeoutError("the fork-server did not answer")
-                if "exit" not in got[0]:
-                    return got
+            if not self._pump(lambda: bool(self._replies), timeout):
+                self._lost = True  # a late reply could no longer be told from the next one
+                raise ForkServerLost(f"the fork-server did not answer within {timeout} s")
+            with self._cond:
+                return self._replies.popleft()
 
     # --- the API ----------------------------------------------------------------------------
 
