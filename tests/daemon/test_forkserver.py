@@ -519,3 +519,31 @@ def test_inherited_listening_socket_and_stdout_role(tmp_path: Path) -> None:
         os.unlink(path)
         os.rmdir(sock_dir)
     assert p.returncode == 0
+
+
+def test_wait_in_one_thread_start_in_another(tmp_path: Path, fs: ForkServer) -> None:
+    """A manager thread blocked in ``proc.wait()`` does not keep another from starting gofers
+    on the same connection, and both learn their statuses."""
+    import threading
+
+    b = make_bundle(tmp_path)
+    first = fs.start_gofer(b)
+    got: list[int] = []
+    waiter = threading.Thread(target=lambda: got.append(first.proc.wait(30)))
+    waiter.start()
+    try:
+        others = [fs.start_gofer(b) for _ in range(3)]
+        for g in others:
+            assert _serves(g.sockets[0]) == b"hello from root\n"
+        others[0].proc.kill()
+        assert others[0].proc.wait(15) == -signal.SIGKILL
+        for s in first.sockets:
+            s.close()  # EOF on its only connection: exit 0
+        waiter.join(30)
+        assert got == [0]
+        assert others[0].stop() == -signal.SIGKILL
+        for g in others[1:]:
+            assert g.stop() == 0
+    finally:
+        waiter.join(30)
+        first.stop()
