@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 
 from gofer9p.forkserver import ForkServerLost
-from gofer9p.launch import ForkServer, LaunchError
+from gofer9p.launch import ForkServer, LaunchError, start_gofer
 
-from .conftest import REPO, gofer_env, make_bundle
+from .conftest import REPO, gofer_env, make_bundle, wait_for_idle_child
 from .ninep import NineP
 
 
@@ -398,11 +398,16 @@ def test_prefork_pool(tmp_path: Path) -> None:
         fs.stop()
 
 
-def test_forked_gofer_holds_nothing_of_the_server(tmp_path: Path, fs: ForkServer) -> None:
-    """Own session, none of the server's fds, exit statuses reported as for a direct child."""
+@pytest.mark.parametrize("prefork", [0, 1])
+def test_forked_gofer_holds_nothing_of_the_server(tmp_path: Path, prefork: int) -> None:
+    """Own session; of sockets only its io ones and trio's wake-up pair: not the control
+    connection, the listener, a pre-forked child's socket or its own former one."""
+    fs = ForkServer.start(env=gofer_env(), prefork=prefork)
     assert fs.proc is not None
     b = make_bundle(tmp_path, mounts=[("/m", "m", ["rbind"])])
     (b / "rootfs" / "m").mkdir()
+    if prefork:
+        wait_for_idle_child(fs)
     g = fs.start_gofer(b)
     try:
         _serves(g.sockets[0])
@@ -415,13 +420,21 @@ def test_forked_gofer_holds_nothing_of_the_server(tmp_path: Path, fs: ForkServer
         assert server_sockets  # the control connection at least
         mine = _fds(g.pid)
         assert not server_sockets & set(mine.values()), (server_sockets, mine)
-        ours = {
-            os.readlink(f"/proc/self/fd/{s.fileno()}").replace("socket:[", "").rstrip("]")
-            for s in g.sockets
-        }
-        assert len([v for v in mine.values() if v.startswith("socket:")]) >= len(ours)
+        # As many sockets as a spawned gofer serving the same bundle the same way has.
+        spawned = start_gofer(b, env=gofer_env())
+        try:
+            _serves(spawned.sockets[0])
+            assert _kinds(_fds(g.pid)) == _kinds(_fds(spawned.pid))
+        finally:
+            spawned.stop()
     finally:
         assert g.stop() == 0
+        fs.stop()
+
+
+def _kinds(fds: dict[int, str]) -> list[str]:
+    """What each fd is, without the inode numbers and paths: ``socket``, ``pipe``, ``/...``."""
+    return sorted(v.split(":")[0] if ":" in v else "path" for v in fds.values())
 
 
 def _open_mem_without_ptrace_cap(pid: int) -> str:
