@@ -62,6 +62,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import fcntl
 import gc
 import json
 import os
@@ -389,11 +390,12 @@ class _Server:
     def _child(self, args: list[str], roles: list[str], fds: list[int], status_w: int) -> NoReturn:
         """Forked for a request: drop everything of the server's, then become the gofer."""
         rc = 1
+        report = _StartPipe(status_w)
         try:
             self._detach({status_w, *fds})
-            rc = self._become_gofer(args, roles, fds, status_w)
+            rc = self._become_gofer(args, roles, fds, report)
         except BaseException as e:  # nothing may return into the server's loop
-            _StartPipe(status_w).failed(f"gofer9p forkserver: child: {type(e).__name__}: {e}")
+            report.failed(f"gofer9p forkserver: child: {type(e).__name__}: {e}")
         finally:
             _exit(rc)
 
@@ -405,7 +407,7 @@ class _Server:
         EOF on ``sock`` (the server stopped or died) ends it.
         """
         rc = 0
-        status_w = -1
+        report = _StartPipe(-1)
         try:
             self._detach({sock.fileno()})
             _warm_up()
@@ -413,12 +415,11 @@ class _Server:
             sock.close()
             if data:  # else EOF: the server is gone, exit 0
                 rc = 1
-                *fds, status_w = fds
+                *fds, report.fd = fds
                 req = json.loads(data)
-                rc = self._become_gofer(req["args"], req["fds"], fds, status_w)
+                rc = self._become_gofer(req["args"], req["fds"], fds, report)
         except BaseException as e:
-            if status_w >= 0:
-                _StartPipe(status_w).failed(f"gofer9p forkserver: child: {type(e).__name__}: {e}")
+            report.failed(f"gofer9p forkserver: child: {type(e).__name__}: {e}")
         finally:
             _exit(rc)
 
@@ -449,28 +450,41 @@ class _Server:
         os.closerange(lo, 1 << 30)
 
     def _become_gofer(
-        self, args: list[str], roles: list[str], fds: list[int], status_w: int
+        self, args: list[str], roles: list[str], fds: list[int], report: _StartPipe
     ) -> int:
-        """Put the request's fds in place and run :func:`gofer9p.daemon.run` on them."""
+        """Put the request's fds where a spawned gofer has them (io sockets at 3, 4, ...;
+        stdio at 0-2) and run :func:`gofer9p.daemon.run` on them."""
+        n = roles.count("io")
+        # Everything we keep goes above 3 + n first, so placing the io sockets never overwrites
+        # one of them (the numbers they arrived at are arbitrary).
+        high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3 + n) for fd in fds]
+        for fd in fds:
+            os.close(fd)
+        if report.fd >= 0:
+            moved = fcntl.fcntl(report.fd, fcntl.F_DUPFD_CLOEXEC, 3 + n)
+            os.close(report.fd)
+            report.fd = moved
         io: list[int] = []
         go = -1
-        for fd, role in zip(fds, roles, strict=True):
+        for fd, role in zip(high, roles, strict=True):
             if role == "io":
-                io.append(fd)
+                os.dup2(fd, 3 + len(io), inheritable=False)
+                os.close(fd)
+                io.append(3 + len(io))
             elif role == "userns":
                 go = fd
             else:
                 os.dup2(fd, _STDIO_TARGET[role])
                 os.close(fd)
-        if go >= 0 and not _enter_user_namespace(go, status_w):
+        if go >= 0 and not _enter_user_namespace(go, report.fd):
             return 126
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.close(null)
-        argv = [*args, "--io-fds", ",".join(map(str, io))] if io else list(args)
+        argv = [*args, *(a for fd in io for a in ("--io-fds", str(fd)))]
         from . import daemon
 
-        return daemon.run(argv, after_confine=self.after_confine, report=_StartPipe(status_w))
+        return daemon.run(argv, after_confine=self.after_confine, report=report)
 
 
 _CLONE_NEWUSER = 0x10000000
