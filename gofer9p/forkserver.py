@@ -19,7 +19,7 @@ Control protocol: a unix ``SOCK_SEQPACKET`` socket, one JSON object per record.
 
 * request: ``{"op": "start", "args": [gofer flags], "fds": ["io", "io", "stderr"]}`` with the fds
   attached (SCM_RIGHTS) in the order ``fds`` names their roles: ``io`` (one per attach point, in
-  attach order; the child is given ``--io-fds`` for them), ``stdout``, ``stderr`` (at most one
+  attach order; the child has them at fds 3, 4, ... with ``--io-fds``, as a spawned gofer), ``stdout``, ``stderr`` (at most one
   each; default: the fork-server's own), ``userns`` (a pipe's read end: the child unshares a
   user namespace, says ``userns`` on its start pipe and waits for one byte ``g`` there once
   the requester has written its id maps, as :func:`gofer9p.launch.start_gofer` does).  ``args`` are ``gofer9p gofer``'s flags minus
