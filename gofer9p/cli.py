@@ -329,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "launch", help="set up a bundle's mounts and start a gofer for it", add_help=False
     )
+    sub.add_parser(
+        "forkserver", help="a warm parent that forks a confined gofer per request", add_help=False
+    )
 
     c = sub.add_parser("client", help="poke a server: ls, cat, stat, put, mkdir, rm")
     c.add_argument("address", help="unix:PATH or tcp:HOST:PORT")
@@ -346,6 +349,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .daemon import main as gofer_main
 
         return gofer_main(argv[1:])
+    if argv and argv[0] == "forkserver":
+        from .forkserver import main as forkserver_main
+
+        return forkserver_main(argv[1:])
     if argv and argv[0] == "launch":
         from .launch import main as launch_main
 

@@ -20,7 +20,10 @@ from __future__ import annotations
 import errno
 import os
 import threading
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import ctypes
 
 __all__ = [
     "KEEP_CAPS",
@@ -31,11 +34,13 @@ __all__ = [
     "SeccompMode",
     "assert_single_threaded",
     "chroot_into",
+    "compile_seccomp",
     "drop_capabilities",
     "install_seccomp",
     "preload",
     "private_mount_root",
     "set_no_new_privs",
+    "set_not_dumpable",
     "syscall_whitelist",
 ]
 
@@ -61,12 +66,14 @@ class ConfineError(Exception):
 def preload(seccomp_mode: SeccompMode = "kill", *, apply_caps: bool = True) -> None:
     """Import the native libraries now, while the host's filesystem is still visible.
 
-    prctl is needed even with ``apply_caps=False``: no_new_privs is always set.
+    prctl is needed even with ``apply_caps=False``: no_new_privs is always set.  The seccomp
+    program is compiled now too (:func:`compile_seccomp`).
     """
     import prctl  # noqa: F401
 
+    _libc()
     if seccomp_mode != "off":
-        import pyseccomp  # noqa: F401
+        compile_seccomp(seccomp_mode)
 
 
 def assert_single_threaded() -> None:
@@ -182,10 +189,22 @@ def _cap_last_cap() -> int:
         return 63  # drop every possible bit; PR_CAPBSET_DROP of an unknown cap is EINVAL, ignored
 
 
+_libc_handle: list[ctypes.CDLL] = []
+
+
+def _libc() -> ctypes.CDLL:
+    """libc, loaded once (before the chroot; a fork-server's children inherit it)."""
+    if not _libc_handle:
+        import ctypes
+
+        _libc_handle.append(ctypes.CDLL(None, use_errno=True))
+    return _libc_handle[0]
+
+
 def _libc_prctl(option: int, arg2: int, arg3: int = 0) -> None:
     import ctypes
 
-    libc = ctypes.CDLL(None, use_errno=True)
+    libc = _libc()
     if libc.prctl(option, ctypes.c_ulong(arg2), ctypes.c_ulong(arg3), 0, 0) != 0:
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e))
@@ -232,6 +251,23 @@ def set_no_new_privs() -> None:
         raise ConfineError(f"PR_SET_NO_NEW_PRIVS: {e.strerror or e}") from None
 
 
+_PR_SET_DUMPABLE = 4
+
+
+def set_not_dumpable() -> None:
+    """PR_SET_DUMPABLE 0: no process of our uid may ptrace us or open our /proc/PID/mem & co.
+
+    Gofers run as the same uid as their siblings and their manager (or fork-server): without
+    CAP_SYS_PTRACE, "same uid" alone would let one read another's memory through ptrace or
+    ``/proc/PID/mem``; a non-dumpable process refuses both (and leaves no core dump of what it
+    served).  seccomp forbids changing it back (prctl allows only PR_SET_NAME/PR_GET_NAME).
+    """
+    try:
+        _libc_prctl(_PR_SET_DUMPABLE, 0)
+    except OSError as e:
+        raise ConfineError(f"PR_SET_DUMPABLE: {e.strerror or e}") from None
+
+
 # --- seccomp ---------------------------------------------------------------------------------
 
 # Syscalls allowed with any arguments.  Grouped by who needs them; a syscall unknown to the
@@ -259,14 +295,14 @@ _ALLOW: tuple[str, ...] = (
     # memory (CPython's allocator, glibc malloc arenas, thread stacks)
     "mmap", "munmap", "mprotect", "madvise", "brk", "mremap",
     # threads (trio.to_thread workers) and their synchronisation
-    "futex", "set_robust_list", "rseq", "gettid", "getpid", "tgkill", "sched_yield",
+    "futex", "set_robust_list", "rseq", "gettid", "getpid", "sched_yield",
     "sched_getaffinity", "exit", "exit_group", "restart_syscall",
     # signals (trio's signal receiver, Python's handlers)
     "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "sigaltstack",
     # time and randomness (usually vDSO; the syscalls are the fallback)
     "clock_gettime", "clock_getres", "clock_nanosleep", "nanosleep", "gettimeofday", "getrandom",
     # small process queries CPython and glibc make
-    "prlimit64", "uname", "getuid", "geteuid", "getgid", "getegid", "sysinfo", "getcwd",
+    "uname", "getuid", "geteuid", "getgid", "getegid", "sysinfo", "getcwd",
 )
 # fmt: on
 
@@ -306,7 +342,9 @@ SECCOMP_ERRNO_RULES: dict[str, str] = {
 
 def syscall_whitelist() -> list[str]:
     """Every syscall name the filter can allow (some only with restricted arguments)."""
-    return sorted({*_ALLOW, "fcntl", "ioctl", "clone", "socketpair", "prctl"})
+    return sorted(
+        {*_ALLOW, "fcntl", "ioctl", "clone", "socketpair", "prctl", "tgkill", "prlimit64"}
+    )
 
 
 def install_seccomp(mode: SeccompMode) -> int:
@@ -320,49 +358,127 @@ def install_seccomp(mode: SeccompMode) -> int:
     back to clone(2), whose flags we *can* check (threads only, no namespaces, no fork).
     socket(AF_UNIX) returns EACCES (see below); every other socket() kills.
     name_to_handle_at/open_by_handle_at return EPERM (see below).
+
+    The program comes from :func:`compile_seccomp` (cached: a fork-server compiles it once for
+    all its children) with our pid written in, and is loaded with seccomp(2) and TSYNC, as
+    libseccomp's own ``seccomp_load`` would.
     """
     if mode == "off":
         return 0
     if mode not in SECCOMP_MODES:
         raise ConfineError(f"unknown seccomp mode {mode!r}")
+    import ctypes
+    import struct
+
+    prog, allowed, nr = compile_seccomp(mode)
+    insns = bytearray(prog)
+    patched = 0
+    for off in range(0, len(insns), 8):
+        code, _jt, _jf, k = struct.unpack_from("=HBBI", insns, off)
+        if k == _PID_PLACEHOLDER and code == _BPF_JMP_JEQ_K:
+            struct.pack_into("=I", insns, off + 4, os.getpid())
+            patched += 1
+    if patched != 1:
+        raise ConfineError(f"seccomp program: found {patched} pid comparisons, expected 1")
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    buf = ctypes.create_string_buffer(bytes(insns), len(insns))
+    fprog = SockFprog(len(insns) // 8, ctypes.cast(buf, ctypes.c_void_p))
+    lib = _libc()
+    lib.syscall.restype = ctypes.c_long
+    r = lib.syscall(
+        ctypes.c_long(nr),
+        ctypes.c_uint(_SECCOMP_SET_MODE_FILTER),
+        ctypes.c_uint(_SECCOMP_FILTER_FLAG_TSYNC),
+        ctypes.byref(fprog),
+    )
+    if r != 0:
+        e = ctypes.get_errno() if r < 0 else 0
+        why = os.strerror(e) if e else f"thread {r} could not be synchronised"
+        raise ConfineError(f"installing seccomp filter: {why}")
+    return allowed
+
+
+def compile_seccomp(mode: SeccompMode) -> tuple[bytes, int, int]:
+    """``(BPF program, allowed count, seccomp syscall number)`` for ``mode``, cached.
+
+    Generating the program is most of a filter's cost (milliseconds, in libseccomp); only
+    tgkill's "our own pid" differs between processes, so it is compiled with a placeholder
+    that :func:`install_seccomp` replaces.
+    """
+    got = _compiled.get(mode)
+    if got is not None:
+        return got
     import pyseccomp as sc
 
-    default = sc.KILL_PROCESS if mode == "kill" else sc.LOG
     try:
-        f = sc.SyscallFilter(default)
-        f.set_attr(sc.Attr.ACT_BADARCH, sc.KILL_PROCESS)
-        f.set_attr(sc.Attr.CTL_TSYNC, 1)
-        f.set_attr(sc.Attr.CTL_NNP, 1)
-        allowed = 0
-        for name in _ALLOW:
-            if _resolve(sc, name) is None:
-                continue
-            f.add_rule(sc.ALLOW, name)
-            allowed += 1
-        for cmd in _FCNTL_CMDS:
-            f.add_rule(sc.ALLOW, "fcntl", sc.Arg(1, sc.EQ, cmd))
-        for req in _IOCTL_REQS:
-            f.add_rule(sc.ALLOW, "ioctl", sc.Arg(1, sc.MASKED_EQ, 0xFFFFFFFF, req))
-        f.add_rule(sc.ALLOW, "clone", sc.Arg(0, sc.MASKED_EQ, _CLONE_MASK, _CLONE_THREAD_FLAGS))
-        f.add_rule(sc.ALLOW, "socketpair", sc.Arg(0, sc.EQ, _AF_UNIX))
-        for opt in (_PR_SET_NAME, _PR_GET_NAME):
-            f.add_rule(sc.ALLOW, "prctl", sc.Arg(0, sc.EQ, opt))
-        # glibc's user lookups (Tattach by user name) first try nscd / systemd-userdb over a
-        # unix socket; make that fail softly so they fall back to the chroot's /etc/passwd.
-        f.add_rule(sc.ERRNO(errno.EACCES), "socket", sc.Arg(0, sc.EQ, _AF_UNIX))
-        # File handles: with CAP_DAC_READ_SEARCH (which we keep), open_by_handle_at opens *any*
-        # inode of a file system by number, chroot or not (the "shocker" escape), so a
-        # compromised gofer must not have it.  EPERM makes attach/ fall back to its verified
-        # re-open by name (and stop trying handles).
-        for name in _HANDLE_CALLS:
-            f.add_rule(sc.ERRNO(errno.EPERM), name)
-        allowed += 5
-        if _resolve(sc, "clone3") is not None:
-            f.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
-        f.load()
+        f, allowed = _build_filter(sc, mode)
+        fd = os.memfd_create("gofer9p-seccomp", os.MFD_CLOEXEC)
+        try:
+            with open(fd, "r+b", closefd=False) as out:
+                f.export_bpf(out)
+                out.seek(0)
+                prog = out.read()
+        finally:
+            os.close(fd)
     except OSError as e:
-        raise ConfineError(f"installing seccomp filter: {e.strerror or e}") from None
-    return allowed
+        raise ConfineError(f"compiling seccomp filter: {e.strerror or e}") from None
+    nr = _resolve(sc, "seccomp")
+    if nr is None or not prog or len(prog) % 8:
+        raise ConfineError("compiling seccomp filter: no usable program")
+    _compiled[mode] = (prog, allowed, nr)
+    return _compiled[mode]
+
+
+_compiled: dict[str, tuple[bytes, int, int]] = {}
+#: Stands for our pid in the compiled program (tgkill's first argument); no other constant
+#: of the filter has this value (install_seccomp checks there is exactly one).
+_PID_PLACEHOLDER = 0x7EADBEEF
+_BPF_JMP_JEQ_K = 0x15
+_SECCOMP_SET_MODE_FILTER = 1
+_SECCOMP_FILTER_FLAG_TSYNC = 1
+
+
+def _build_filter(sc: Any, mode: SeccompMode) -> tuple[Any, int]:
+    """The whitelist as a libseccomp filter (not loaded), and how many syscalls it allows."""
+    default = sc.KILL_PROCESS if mode == "kill" else sc.LOG
+    f = sc.SyscallFilter(default)
+    f.set_attr(sc.Attr.ACT_BADARCH, sc.KILL_PROCESS)
+    f.set_attr(sc.Attr.CTL_TSYNC, 1)
+    f.set_attr(sc.Attr.CTL_NNP, 1)
+    allowed = 0
+    for name in _ALLOW:
+        if _resolve(sc, name) is None:
+            continue
+        f.add_rule(sc.ALLOW, name)
+        allowed += 1
+    for cmd in _FCNTL_CMDS:
+        f.add_rule(sc.ALLOW, "fcntl", sc.Arg(1, sc.EQ, cmd))
+    for req in _IOCTL_REQS:
+        f.add_rule(sc.ALLOW, "ioctl", sc.Arg(1, sc.MASKED_EQ, 0xFFFFFFFF, req))
+    f.add_rule(sc.ALLOW, "clone", sc.Arg(0, sc.MASKED_EQ, _CLONE_MASK, _CLONE_THREAD_FLAGS))
+    f.add_rule(sc.ALLOW, "socketpair", sc.Arg(0, sc.EQ, _AF_UNIX))
+    for opt in (_PR_SET_NAME, _PR_GET_NAME):
+        f.add_rule(sc.ALLOW, "prctl", sc.Arg(0, sc.EQ, opt))
+    # Only at ourselves: with the same uid as its siblings (and its fork-server or manager),
+    # tgkill(other_pid, ...) or prlimit64(other_pid, ...) would reach another process.
+    # pthread_kill/raise pass our own tgid; getrlimit/setrlimit pass pid 0.
+    f.add_rule(sc.ALLOW, "tgkill", sc.Arg(0, sc.EQ, _PID_PLACEHOLDER))
+    f.add_rule(sc.ALLOW, "prlimit64", sc.Arg(0, sc.EQ, 0))
+    # glibc's user lookups (Tattach by user name) first try nscd / systemd-userdb over a
+    # unix socket; make that fail softly so they fall back to the chroot's /etc/passwd.
+    f.add_rule(sc.ERRNO(errno.EACCES), "socket", sc.Arg(0, sc.EQ, _AF_UNIX))
+    # File handles: with CAP_DAC_READ_SEARCH (which we keep), open_by_handle_at opens *any*
+    # inode of a file system by number, chroot or not (the "shocker" escape), so a
+    # compromised gofer must not have it.  EPERM makes attach/ fall back to its verified
+    # re-open by name (and stop trying handles).
+    for name in _HANDLE_CALLS:
+        f.add_rule(sc.ERRNO(errno.EPERM), name)
+    allowed += 7
+    if _resolve(sc, "clone3") is not None:
+        f.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
+    return f, allowed
 
 
 def _resolve(sc: object, name: str) -> int | None:

@@ -30,7 +30,7 @@ import stat
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from .cli import add_poll_arg
 
@@ -40,7 +40,15 @@ if TYPE_CHECKING:
     from .server import ServerConfig
     from .spec import Spec
 
-__all__ = ["EXIT_IO_ERROR", "EXIT_OK", "EXIT_SETUP", "DaemonError", "main", "run"]
+__all__ = [
+    "EXIT_IO_ERROR",
+    "EXIT_OK",
+    "EXIT_SETUP",
+    "DaemonError",
+    "StartReport",
+    "main",
+    "run",
+]
 
 EXIT_OK = 0
 EXIT_IO_ERROR = 1
@@ -53,6 +61,19 @@ log = logging.getLogger("gofer9p")
 
 class DaemonError(Exception):
     """The daemon cannot start; ``str(err)`` is the one line printed on stderr."""
+
+
+class StartReport(Protocol):
+    """Where a gofer started by :mod:`gofer9p.forkserver` says how its start went.
+
+    Exactly one of the two is called, once: ``ready()`` when it serves (after confinement,
+    with its stop-signal receiver in place), ``failed(line)`` with the one stderr line when it
+    could not start (before exiting 2).
+    """
+
+    def ready(self) -> None: ...
+
+    def failed(self, line: str) -> None: ...
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -102,6 +123,16 @@ def build_parser(prog: str = "gofer9p gofer") -> argparse.ArgumentParser:
     )
     p.add_argument("--log-file", help="append the log here instead of stderr")
     return p
+
+
+_parsers: list[argparse.ArgumentParser] = []
+
+
+def _parser() -> argparse.ArgumentParser:
+    """:func:`build_parser`'s parser, built once (a fork-server builds it for its children)."""
+    if not _parsers:
+        _parsers.append(build_parser())
+    return _parsers[0]
 
 
 def parse_io_fds(values: Sequence[str]) -> list[int]:
@@ -253,18 +284,24 @@ def run(
     argv: Sequence[str] | None = None,
     *,
     after_confine: Callable[[], None] | None = None,
+    report: StartReport | None = None,
 ) -> int:
     """The daemon; ``after_confine`` exists only for :mod:`gofer9p.testing.gofer_with_hooks`.
 
     The release entry points (:func:`main`, ``python -m gofer9p.daemon``, ``gofer9p gofer``)
-    never pass it, so no flag or environment variable can reach a test hook.
+    never pass it, so no flag or environment variable can reach a test hook.  ``report`` is
+    how a forked gofer (:mod:`gofer9p.forkserver`) tells its requester that it serves or why
+    it could not start; the process is the same either way.
     """
     try:
-        return _run(argv, after_confine)
+        return _run(argv, after_confine, report)
     except DaemonError as e:
-        print(f"gofer9p gofer: error: {e}", file=sys.stderr, flush=True)
+        line = f"gofer9p gofer: error: {e}"
+        print(line, file=sys.stderr, flush=True)
         if any(isinstance(h, logging.FileHandler) for h in log.handlers):
             log.error("%s", e)  # the log file alone should also say why the gofer stopped
+        if report is not None:
+            report.failed(line)
         return EXIT_SETUP
 
 
@@ -273,17 +310,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run(argv)
 
 
-def _run(argv: Sequence[str] | None, after_confine: Callable[[], None] | None) -> int:
-    from . import confine
-    from .spec import SpecError, load_spec
-
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+def _run(
+    argv: Sequence[str] | None,
+    after_confine: Callable[[], None] | None,
+    report: StartReport | None,
+) -> int:
+    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     # Hold SIGTERM/SIGINT until the serving loop's receiver is installed (_serve_all unblocks
     # them): a stop request during start-up is then a clean exit 0, never a half-confined
     # death or a KeyboardInterrupt traceback.  SIGKILL still works, and stop() escalates to it.
     signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     fds = parse_io_fds(args.io_fds)
     configure_logging(args.log_level, args.log_file)
+    # Only now: --help and flag errors answer without attrs (spec's classes) being imported.
+    from . import confine
+    from .spec import SpecError, load_spec
+
     try:
         spec = load_spec(args.bundle)
     except SpecError as e:
@@ -303,8 +345,13 @@ def _run(argv: Sequence[str] | None, after_confine: Callable[[], None] | None) -
         confine.preload(seccomp_mode, apply_caps=args.apply_caps)
     except ImportError as e:
         raise DaemonError(f"cannot load the server: {e}") from None
+    except confine.ConfineError as e:
+        raise DaemonError(str(e)) from None
     try:
         confine.assert_single_threaded()
+        # First: from here on no process of our uid (a sibling gofer, the manager) can
+        # ptrace us or read our memory through /proc.
+        confine.set_not_dumpable()
         # while we still hold CAP_SYS_RESOURCE: a cache=loose client keeps a fid
         # (host fds) per cached dentry, far beyond the usual 1024-20000; then each
         # connection (attach point) gets an
@@ -345,6 +392,7 @@ def _run(argv: Sequence[str] | None, after_confine: Callable[[], None] | None) -
             points,
             ServerConfig(poll_us=args.poll_us, connections=len(socks), fd_share=share),
             ready_line,
+            None if report is None else report.ready,
         )
     except Exception:
         log.critical("internal error", exc_info=True)
@@ -359,11 +407,13 @@ async def _serve_all(
     points: list[AttachPoint],
     config: ServerConfig,
     ready_line: str = "serving",
+    on_ready: Callable[[], None] | None = None,
 ) -> int:
     """One server task per connection in one nursery; SIGTERM/SIGINT cancel them all.
 
-    ``ready_line`` is logged once the signal receiver is in place and the held stop signals
-    are unblocked: from then on the daemon is serving and a stop request is handled cleanly.
+    ``ready_line`` is logged (and ``on_ready`` called) once the signal receiver is in place and
+    the held stop signals are unblocked: from then on the daemon is serving and a stop request
+    is handled cleanly.
     """
     import trio
 
@@ -399,6 +449,8 @@ async def _serve_all(
 
         await nursery.start(watch_signals)
         log.info("%s", ready_line)
+        if on_ready is not None:
+            on_ready()
         for fd, sock, point in zip(fds, socks, points, strict=True):
             nursery.start_soon(serve_one, fd, sock, point)
     return EXIT_IO_ERROR if failed else EXIT_OK

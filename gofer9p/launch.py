@@ -40,13 +40,16 @@ from typing import IO, Any
 
 import attrs
 
+from .forkserver import ForkServer, PidfdProcess
 from .spec import IdMapping, NineMount, Spec, SpecError, load_spec
 
 __all__ = [
+    "ForkServer",
     "GoferProcess",
     "LaunchError",
     "Undo",
     "enter_private_mount_namespace",
+    "gofer_flags",
     "main",
     "setup_fs",
     "start_gofer",
@@ -368,9 +371,13 @@ def _submounts(target: str) -> list[str]:
 
 @attrs.define(eq=False)
 class GoferProcess:
-    """A running gofer: the process, the sandbox ends (attach-point order), the fs undo."""
+    """A running gofer: the process, the sandbox ends (attach-point order), the fs undo.
 
-    proc: subprocess.Popen[bytes]
+    ``proc`` is a :class:`subprocess.Popen` for a spawned gofer, a
+    :class:`~gofer9p.forkserver.PidfdProcess` (same methods) for one a fork-server started.
+    """
+
+    proc: subprocess.Popen[bytes] | PidfdProcess
     sockets: list[socket.socket]
     undo: Undo = attrs.field(factory=Undo)
 
@@ -383,23 +390,42 @@ class GoferProcess:
 
         Returns the gofer's exit status (negative: killed by that signal).
         """
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        for s in self.sockets:
-            s.close()
-        self.undo()
-        return self.proc.returncode
+        try:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+            return self.proc.wait()  # reaped above: the status, typed as an int
+        finally:  # also when a fork-server died and the status is lost (ForkServerLost)
+            for s in self.sockets:
+                s.close()
+            self.undo()
 
     def __enter__(self) -> GoferProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def gofer_flags(
+    bundle: str,
+    *,
+    panic_on_write: bool,
+    seccomp: str,
+    apply_caps: bool,
+    extra_args: Sequence[str],
+) -> list[str]:
+    """``gofer9p gofer``'s flags for these options, all but ``--io-fds`` (spawn or fork-server)."""
+    argv = ["--bundle", bundle]
+    if panic_on_write:
+        argv.append("--panic-on-write")
+    argv += [f"--seccomp={seccomp}", f"--apply-caps={'true' if apply_caps else 'false'}"]
+    argv += list(extra_args)
+    return argv
 
 
 def _gofer_argv(
@@ -413,14 +439,15 @@ def _gofer_argv(
     apply_caps: bool,
     extra_args: Sequence[str],
 ) -> list[str]:
-    argv = [python, "-m", module, "--bundle", bundle]
-    for i in range(n):
-        argv += ["--io-fds", str(3 + i)]
-    if panic_on_write:
-        argv.append("--panic-on-write")
-    argv += [f"--seccomp={seccomp}", f"--apply-caps={'true' if apply_caps else 'false'}"]
-    argv += list(extra_args)
-    return argv
+    flags = gofer_flags(
+        bundle,
+        panic_on_write=panic_on_write,
+        seccomp=seccomp,
+        apply_caps=apply_caps,
+        extra_args=extra_args,
+    )
+    io = [arg for i in range(n) for arg in ("--io-fds", str(3 + i))]
+    return [python, "-m", module, *flags[:2], *io, *flags[2:]]
 
 
 def _write_map(path: str, maps: Sequence[IdMapping]) -> None:

@@ -28,7 +28,7 @@ import signal
 import socket
 import struct
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 
 from gofer9p import daemon
@@ -62,8 +62,8 @@ def _forbidden(name: str) -> str:
     raise ValueError(f"unknown {ENV} value {name!r}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the daemon with the SIGUSR1 hook armed after confinement."""
+def armed_hook() -> Callable[[], None]:
+    """The ``after_confine`` callback: install the SIGUSR1 handler that makes the call."""
     name = os.environ.get(ENV, "socket")
     ctypes.CDLL(None)  # load now: after the chroot, dlopen could not find libc
 
@@ -77,7 +77,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     def after_confine() -> None:
         signal.signal(signal.SIGUSR1, on_usr1)
 
-    return daemon.run(argv, after_confine=after_confine)
+    return after_confine
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the daemon with the SIGUSR1 hook armed after confinement."""
+    return daemon.run(argv, after_confine=armed_hook())
 
 
 if __name__ == "__main__":

@@ -10,9 +10,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from gofer9p.launch import ForkServer
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -95,17 +98,78 @@ def proc_status(pid: int) -> dict[int, dict[str, str]]:
     return out
 
 
-class Gofer:
-    """A gofer started with ``launch.start_gofer``, its stderr captured to a file."""
+_shared_forkservers: dict[int, ForkServer] = {}
 
-    def __init__(self, tmp: Path, bundle: Path, **kw: Any) -> None:
-        from gofer9p.launch import start_gofer
+#: The fork-server entry point that arms the same test hook as a spawned gofer's module.
+_FORK_MODULES = {
+    "gofer9p.daemon": "gofer9p.forkserver",
+    "gofer9p.testing.gofer_with_hooks": "gofer9p.testing.forkserver_with_hooks",
+}
+#: ``via``: how a :class:`Gofer` starts; for a fork-server, how many children it pre-forks.
+VIA_PREFORK = {"pool": 1, "fork": 0}
+
+
+def shared_forkserver(prefork: int) -> ForkServer:
+    """One fork-server (release entry point) per pool size for the session, started on use."""
+    if prefork not in _shared_forkservers:
+        from gofer9p.launch import ForkServer
+
+        _shared_forkservers[prefork] = ForkServer.start(env=gofer_env(), prefork=prefork)
+    return _shared_forkservers[prefork]
+
+
+def pytest_sessionfinish() -> None:
+    while _shared_forkservers:
+        _shared_forkservers.popitem()[1].stop()
+
+
+def wait_for_idle_child(fs: ForkServer, timeout: float = 15) -> None:
+    """Until the fork-server has a pre-forked child (alive, not chrooted) waiting."""
+    assert fs.proc is not None
+    deadline = time.monotonic() + timeout
+    while True:
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    fields = f.read().rpartition(")")[2].split()
+                if int(fields[1]) == fs.proc.pid and fields[0] != "Z":
+                    if os.readlink(f"/proc/{name}/root") == "/":
+                        return
+            except OSError:
+                continue
+        assert time.monotonic() < deadline, "the fork-server pre-forked no child"
+        time.sleep(0.01)
+
+
+class Gofer:
+    """A gofer started with ``launch.start_gofer`` (``via="spawn"``) or through a fork-server:
+    ``via="pool"`` hands the request to a pre-forked child (waiting until there is one),
+    ``via="fork"`` forks on request; the shared fork-server, or one of its own when
+    ``module``/``env`` arm a test hook.  Its stderr is captured to a file."""
+
+    def __init__(self, tmp: Path, bundle: Path, *, via: str = "spawn", **kw: Any) -> None:
+        from gofer9p.launch import ForkServer, start_gofer
 
         self.log_path = tmp / f"gofer-{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "wb")  # closed in stop()
+        self.forkserver: ForkServer | None = None
         env = gofer_env()
         env.update(kw.pop("env", {}))
-        self.gp = start_gofer(bundle, env=env, stderr=self._log, **kw)
+        if via == "spawn":
+            self.gp = start_gofer(bundle, env=env, stderr=self._log, **kw)
+        else:
+            prefork = VIA_PREFORK[via]
+            module = kw.pop("module", "gofer9p.daemon")
+            if module != "gofer9p.daemon" or env != gofer_env():
+                self.forkserver = ForkServer.start(
+                    module=_FORK_MODULES[module], env=env, prefork=prefork
+                )
+            fs = self.forkserver or shared_forkserver(prefork)
+            if prefork:
+                wait_for_idle_child(fs)
+            self.gp = fs.start_gofer(bundle, stderr=self._log, **kw)
         self.proc = self.gp.proc
         self.pid = self.gp.pid
         self.sockets = self.gp.sockets
@@ -131,4 +195,6 @@ class Gofer:
     def stop(self) -> int:
         rc = self.gp.stop()
         self._log.close()
+        if self.forkserver is not None:
+            self.forkserver.stop()
         return rc

@@ -22,6 +22,7 @@ PRELUDE = """
 import json, os, sys, threading
 from gofer9p import confine
 mode = sys.argv[1]
+PPID = os.getppid()  # read before the filter: getppid is not on the whitelist
 confine.preload(mode)
 confine.assert_single_threaded()
 confine.drop_capabilities()
@@ -97,6 +98,10 @@ def test_every_thread_confined() -> None:
         "import ctypes; ctypes.CDLL(None).syscall(101, 0, 0, 0, 0)",  # ptrace
         "import ctypes; ctypes.CDLL(None).syscall(272, 0x20000)",  # unshare(CLONE_NEWNS)
         "import ctypes; ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)",  # PR_SET_DUMPABLE
+        # tgkill/prlimit64 are allowed only at ourselves: never at the parent (a sibling,
+        # the fork-server or the manager share our uid)
+        "import ctypes; ctypes.CDLL(None).syscall(234, PPID, PPID, 0)",
+        "import resource; resource.prlimit(PPID, resource.RLIMIT_NOFILE)",
     ],
 )
 def test_forbidden_kills_with_sigsys(call: str) -> None:
@@ -109,6 +114,23 @@ def test_log_mode_allows_and_survives() -> None:
     r = _run("log", "import socket; socket.socket(socket.AF_INET).close(); print('survived')")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "survived"
+
+
+def test_signals_and_rlimits_at_ourselves_still_work() -> None:
+    """pthread_kill/raise (tgkill with our tgid) and getrlimit (prlimit64 pid 0) stay allowed."""
+    r = _run(
+        "kill",
+        """
+        import resource, signal
+        got = []
+        signal.signal(signal.SIGUSR1, lambda s, f: got.append(s))
+        signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
+        signal.raise_signal(signal.SIGUSR1)
+        print(len(got), resource.getrlimit(resource.RLIMIT_NOFILE)[0] > 0)
+        """,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["2", "True"]
 
 
 def test_threads_may_name_themselves() -> None:

@@ -42,9 +42,15 @@ def bundle(tmp_path: Path) -> Path:
     return b
 
 
+@pytest.fixture(params=["spawn", "pool", "fork"])
+def via(request: pytest.FixtureRequest) -> str:
+    """Spawned, or started by the fork-server (pre-forked, or forked on request)."""
+    return str(request.param)
+
+
 @pytest.fixture
-def gofer(tmp_path: Path, bundle: Path) -> Iterator[Gofer]:
-    g = Gofer(tmp_path, bundle)
+def gofer(tmp_path: Path, bundle: Path, via: str) -> Iterator[Gofer]:
+    g = Gofer(tmp_path, bundle, via=via)
     yield g
     g.stop()
 
@@ -142,8 +148,8 @@ def test_sandbox_swapping_the_entry_does_not_redirect(gofer: Gofer, bundle: Path
     assert gofer.proc.poll() is None
 
 
-def test_panic_on_write_to_ro_file(tmp_path: Path, bundle: Path) -> None:
-    g = Gofer(tmp_path, bundle, panic_on_write=True)
+def test_panic_on_write_to_ro_file(tmp_path: Path, bundle: Path, via: str) -> None:
+    g = Gofer(tmp_path, bundle, via=via, panic_on_write=True)
     try:
         root, hosts, resolv = _clients(g)
         resolv.walk(1, 2)

@@ -43,9 +43,16 @@ def bundle(tmp_path: Path) -> Path:
     return b
 
 
+@pytest.fixture(params=["spawn", "pool", "fork"])
+def via(request: pytest.FixtureRequest) -> str:
+    """Every check runs on a spawned gofer and on one the fork-server (#18) started: from its
+    pool of pre-forked children, and forked on request."""
+    return str(request.param)
+
+
 @pytest.fixture
-def gofer(tmp_path: Path, bundle: Path) -> Iterator[Gofer]:
-    g = Gofer(tmp_path, bundle)
+def gofer(tmp_path: Path, bundle: Path, via: str) -> Iterator[Gofer]:
+    g = Gofer(tmp_path, bundle, via=via)
     yield g
     g.stop()
 
@@ -146,8 +153,8 @@ def test_every_thread_confined(gofer: Gofer) -> None:
     assert root.read_file(1, b"hello.txt") == b"hello from root\n"
 
 
-def test_apply_caps_false_keeps_caps(tmp_path: Path, bundle: Path) -> None:
-    g = Gofer(tmp_path, bundle, apply_caps=False, seccomp="off")
+def test_apply_caps_false_keeps_caps(tmp_path: Path, bundle: Path, via: str) -> None:
+    g = Gofer(tmp_path, bundle, via=via, apply_caps=False, seccomp="off")
     try:
         g.wait_log(SERVING + r".*caps kept, seccomp off")
         st = proc_status(g.pid)[g.pid]
@@ -170,13 +177,13 @@ def test_exit_0_when_every_connection_ends(gofer: Gofer) -> None:
 
 
 @pytest.mark.parametrize("poll_us", [20000, 0])
-def test_poll_window_under_seccomp(tmp_path: Path, bundle: Path, poll_us: int) -> None:
+def test_poll_window_under_seccomp(tmp_path: Path, bundle: Path, poll_us: int, via: str) -> None:
     """``--poll-us`` reaches every connection; polling works inside the confined process.
 
     With three connections the waiting loop polls its socket and trio's epoll fd
     (poll(2), not a blocking recv): the syscall path a multi-mount gofer takes.
     """
-    g = Gofer(tmp_path, bundle, extra_args=["--poll-us", str(poll_us)])
+    g = Gofer(tmp_path, bundle, via=via, extra_args=["--poll-us", str(poll_us)])
     try:
         cs = _clients(g)
         for _ in range(300):
@@ -210,8 +217,8 @@ def test_sigint_exits_0(gofer: Gofer) -> None:
     assert "SIGINT received" in gofer.log()
 
 
-def test_panic_on_write(tmp_path: Path, bundle: Path) -> None:
-    g = Gofer(tmp_path, bundle, panic_on_write=True)
+def test_panic_on_write(tmp_path: Path, bundle: Path, via: str) -> None:
+    g = Gofer(tmp_path, bundle, via=via, panic_on_write=True)
     try:
         root, ro, rw = _clients(g)
         rw.write_file(1, (), b"fine.txt", b"rw writes still work")  # rw: unaffected
@@ -231,10 +238,13 @@ def test_panic_on_write(tmp_path: Path, bundle: Path) -> None:
 
 
 @pytest.mark.parametrize("call", ["socket", "fork", "ioctl", "setuid"])
-def test_forbidden_syscall_kills_with_sigsys(tmp_path: Path, bundle: Path, call: str) -> None:
+def test_forbidden_syscall_kills_with_sigsys(
+    tmp_path: Path, bundle: Path, call: str, via: str
+) -> None:
     g = Gofer(
         tmp_path,
         bundle,
+        via=via,
         module="gofer9p.testing.gofer_with_hooks",
         env={"GOFER9P_TEST_FORBIDDEN_SYSCALL": call},
     )
@@ -249,10 +259,11 @@ def test_forbidden_syscall_kills_with_sigsys(tmp_path: Path, bundle: Path, call:
         g.stop()
 
 
-def test_clone3_answers_enosys(tmp_path: Path, bundle: Path) -> None:
+def test_clone3_answers_enosys(tmp_path: Path, bundle: Path, via: str) -> None:
     g = Gofer(
         tmp_path,
         bundle,
+        via=via,
         module="gofer9p.testing.gofer_with_hooks",
         env={"GOFER9P_TEST_FORBIDDEN_SYSCALL": "clone3"},
     )
@@ -265,10 +276,11 @@ def test_clone3_answers_enosys(tmp_path: Path, bundle: Path) -> None:
         g.stop()
 
 
-def test_log_mode_lets_forbidden_syscall_through(tmp_path: Path, bundle: Path) -> None:
+def test_log_mode_lets_forbidden_syscall_through(tmp_path: Path, bundle: Path, via: str) -> None:
     g = Gofer(
         tmp_path,
         bundle,
+        via=via,
         module="gofer9p.testing.gofer_with_hooks",
         seccomp="log",
         env={"GOFER9P_TEST_FORBIDDEN_SYSCALL": "socket"},
@@ -282,9 +294,9 @@ def test_log_mode_lets_forbidden_syscall_through(tmp_path: Path, bundle: Path) -
         g.stop()
 
 
-def test_release_entry_point_has_no_hook(tmp_path: Path, bundle: Path) -> None:
+def test_release_entry_point_has_no_hook(tmp_path: Path, bundle: Path, via: str) -> None:
     """The env var means nothing to ``python -m gofer9p.daemon``: SIGUSR1 keeps its default."""
-    g = Gofer(tmp_path, bundle, env={"GOFER9P_TEST_FORBIDDEN_SYSCALL": "socket"})
+    g = Gofer(tmp_path, bundle, via=via, env={"GOFER9P_TEST_FORBIDDEN_SYSCALL": "socket"})
     try:
         g.wait_log(SERVING)
         g.proc.send_signal(signal.SIGUSR1)
@@ -294,7 +306,7 @@ def test_release_entry_point_has_no_hook(tmp_path: Path, bundle: Path) -> None:
         g.stop()
 
 
-def test_user_namespace_gofer(tmp_path: Path) -> None:
+def test_user_namespace_gofer(tmp_path: Path, via: str) -> None:
     b = make_bundle(
         tmp_path,
         extra={
@@ -304,7 +316,7 @@ def test_user_namespace_gofer(tmp_path: Path) -> None:
             }
         },
     )
-    g = Gofer(tmp_path, b)
+    g = Gofer(tmp_path, b, via=via)
     try:
         (c,) = _clients(g)
         assert c.read_file(1, b"hello.txt") == b"hello from root\n"
@@ -315,7 +327,7 @@ def test_user_namespace_gofer(tmp_path: Path) -> None:
         g.stop()
 
 
-def test_attach_by_user_name_uses_the_roots_passwd_not_its_nss(tmp_path: Path) -> None:
+def test_attach_by_user_name_uses_the_roots_passwd_not_its_nss(tmp_path: Path, via: str) -> None:
     """Tattach with a user name: the chroot's /etc/passwd answers, the sandbox's nsswitch.conf is
     ignored (glibc NSS is pinned before the chroot), and nscd/userdb socket attempts fail softly
     instead of tripping seccomp."""
@@ -324,7 +336,7 @@ def test_attach_by_user_name_uses_the_roots_passwd_not_its_nss(tmp_path: Path) -
     etc.mkdir()
     (etc / "passwd").write_text("root:x:0:0::/root:/bin/sh\nbob:x:1234:1234::/home/bob:/bin/sh\n")
     (etc / "nsswitch.conf").write_text("passwd: evil\ngroup: evil\n")
-    g = Gofer(tmp_path, b)
+    g = Gofer(tmp_path, b, via=via)
     try:
         (c,) = [NineP(s) for s in g.sockets]
         c.version()
@@ -353,9 +365,9 @@ def test_private_nodev_nosymfollow_mounts(gofer: Gofer, bundle: Path) -> None:
         assert str(bundle) not in f.read()
 
 
-def test_log_file_format(tmp_path: Path, bundle: Path) -> None:
+def test_log_file_format(tmp_path: Path, bundle: Path, via: str) -> None:
     logf = tmp_path / "gofer.log"
-    g = Gofer(tmp_path, bundle, extra_args=["--log-file", str(logf)])
+    g = Gofer(tmp_path, bundle, via=via, extra_args=["--log-file", str(logf)])
     try:
         (root, _, _) = _clients(g)
         root.read_file(1, b"hello.txt")

@@ -1,0 +1,230 @@
+"""Gofer start-up and memory through the fork-server, beside a direct spawn and beside diod (#18).
+
+Start-up, interleaved (one round = one start of each kind, in turn), root needed:
+
+* ``pool``: ``ForkServer.start_gofer(bundle)`` on a fork-server with its default pool of one
+  pre-forked child (refilled between rounds: the other kinds run in between), which confines
+  itself and serves (the call returns once it serves), then Tversion -> Rversion, then
+  Tattach -> Rattach, on the root attach point's socket;
+* ``fork``: the same on a fork-server with ``prefork=0`` (it forks on request);
+* ``spawn``: ``launch.start_gofer(bundle)`` (``python -m gofer9p.daemon``), the same two
+  requests sent at once;
+* ``diod``: ``diod -f -n -r FD -w FD -e EXPORT -L stderr`` on a socketpair (as p9bench and
+  benchmarks/compare.sh start it), the same two requests.
+
+Times run from just before the start call / the spawn to the reply.  Then memory: N gofers
+started through the fork-server, each serving one attached connection (a file read), and
+``/proc/PID/smaps_rollup`` of each: private = Private_Clean + Private_Dirty, and the total PSS
+(which shares every page among the processes mapping it).
+
+    python benchmarks/forkserver.py [-n 20] [--gofers 100] [--no-diod]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from gofer9p.launch import ForkServer, GoferProcess, start_gofer  # noqa: E402
+
+NOFID = 0xFFFFFFFF
+
+
+def _msg(mtype: int, tag: int, body: bytes) -> bytes:
+    return struct.pack("<IBH", 7 + len(body), mtype, tag) + body
+
+
+def _s(b: bytes) -> bytes:
+    return struct.pack("<H", len(b)) + b
+
+
+def tversion() -> bytes:
+    return _msg(100, 0xFFFF, struct.pack("<I", 65536) + _s(b"9P2000.L"))
+
+
+def tattach(aname: bytes) -> bytes:
+    return _msg(
+        104, 1, struct.pack("<II", 1, NOFID) + _s(b"root") + _s(aname) + struct.pack("<I", 0)
+    )
+
+
+def _reply(sock: socket.socket, want: int) -> bytes:
+    buf = b""
+    while len(buf) < 4 or len(buf) < struct.unpack("<I", buf[:4])[0]:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise EOFError("server closed the connection")
+        buf += chunk
+    if buf[4] != want:
+        raise RuntimeError(f"wanted type {want}, got {buf[4]}: {buf!r}")
+    return buf
+
+
+def _version_attach(sock: socket.socket, t0: float, aname: bytes) -> tuple[float, float]:
+    sock.sendall(tversion())
+    _reply(sock, 101)
+    t1 = time.perf_counter()
+    sock.sendall(tattach(aname))
+    _reply(sock, 105)
+    return t1 - t0, time.perf_counter() - t0
+
+
+def one_fork(fs: ForkServer, bundle: str) -> tuple[float, float]:
+    t0 = time.perf_counter()
+    gp = fs.start_gofer(bundle, extra_args=["--log-level", "warning"])
+    try:
+        return _version_attach(gp.sockets[0], t0, b"")
+    finally:
+        gp.stop()
+
+
+def one_spawn(bundle: str, env: dict[str, str]) -> tuple[float, float]:
+    t0 = time.perf_counter()
+    gp = start_gofer(bundle, env=env, extra_args=["--log-level", "warning"])
+    try:
+        return _version_attach(gp.sockets[0], t0, b"")
+    finally:
+        gp.stop()
+
+
+def one_diod(diod: str, export: str) -> tuple[float, float]:
+    a, b = socket.socketpair()
+    fd = b.fileno()
+    t0 = time.perf_counter()
+    p = subprocess.Popen(
+        [diod, "-f", "-n", "-r", str(fd), "-w", str(fd), "-e", export, "-L", "stderr"],
+        pass_fds=[fd],
+        stderr=subprocess.DEVNULL,
+    )
+    b.close()
+    try:
+        return _version_attach(a, t0, export.encode())
+    finally:
+        a.close()
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def smaps(pid: int) -> dict[str, int]:
+    out = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if v.strip().endswith("kB"):
+                out[k] = int(v.split()[0])
+    return out
+
+
+def _stats(xs: list[float]) -> str:
+    ms = sorted(x * 1e3 for x in xs)
+    q = statistics.quantiles(ms, n=4) if len(ms) >= 4 else [ms[0], ms[len(ms) // 2], ms[-1]]
+    return f"median {statistics.median(ms):6.2f}  p25 {q[0]:6.2f}  p75 {q[2]:6.2f}  min {ms[0]:6.2f}  max {ms[-1]:6.2f}"
+
+
+def memory(fs: ForkServer, bundle: str, n: int) -> None:
+    gps: list[GoferProcess] = []
+    try:
+        for _ in range(n):
+            gp = fs.start_gofer(bundle, extra_args=["--log-level", "warning"])
+            s = gp.sockets[0]
+            _version_attach(s, time.perf_counter(), b"")
+            gps.append(gp)
+        time.sleep(0.5)
+        rolls = [smaps(gp.pid) for gp in gps]
+        priv = sorted((r["Private_Clean"] + r["Private_Dirty"]) / 1024 for r in rolls)
+        pss = sum(r["Pss"] for r in rolls) / 1024
+        assert fs.proc is not None
+        server = smaps(fs.proc.pid)
+        print(f"memory: {n} gofers started through the fork-server, each serving an attach")
+        print(
+            f"  private per gofer (Private_Clean+Private_Dirty): median {statistics.median(priv):.2f} MiB"
+            f"  min {priv[0]:.2f}  max {priv[-1]:.2f}  (target <= 8 MiB)"
+        )
+        print(
+            f"  RSS per gofer: median {statistics.median(r['Rss'] for r in rolls) / 1024:.2f} MiB"
+        )
+        print(
+            f"  total PSS of the {n} gofers: {pss:.1f} MiB ({pss / n:.2f} MiB each); "
+            f"fork-server PSS {server['Pss'] / 1024:.1f} MiB, RSS {server['Rss'] / 1024:.1f} MiB; "
+            f"all together {pss + server['Pss'] / 1024:.1f} MiB"
+        )
+    finally:
+        for gp in gps:
+            gp.stop()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("-n", type=int, default=20, help="interleaved rounds (default 20)")
+    ap.add_argument("--gofers", type=int, default=100, help="gofers in the memory test (0: skip)")
+    ap.add_argument("--no-diod", action="store_true")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("benchmarks/forkserver.py: needs root (chroot, caps, mount namespaces)")
+        return 2
+    diod = None if args.no_diod else shutil.which("diod")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    with tempfile.TemporaryDirectory(prefix="gofer9p-bench-") as tmp:
+        bundle = os.path.join(tmp, "bundle")
+        export = os.path.join(bundle, "rootfs")
+        os.makedirs(export)
+        Path(export, "hello.txt").write_text("hello\n")
+        Path(bundle, "config.json").write_text('{"root": {"path": "rootfs"}}')
+        py = os.path.realpath(sys.executable)
+        fs = ForkServer.start(env=env, python=py)
+        fs0 = ForkServer.start(env=env, python=py, prefork=0)
+        try:
+            kinds: dict[str, Callable[[], tuple[float, float]]] = {
+                "pool": lambda: one_fork(fs, bundle),
+                "fork": lambda: one_fork(fs0, bundle),
+                "spawn": lambda: one_spawn(bundle, env),
+            }
+            if diod:
+                kinds["diod"] = lambda: one_diod(diod, export)
+            for f in kinds.values():  # warm: the fork-server's imports, page cache
+                f()
+            res: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in kinds}
+            for _ in range(args.n):
+                for k, f in kinds.items():
+                    v, a = f()
+                    res[k][0].append(v)
+                    res[k][1].append(a)
+            print(f"start-up, {args.n} interleaved rounds, ms")
+            for k, (v, a) in res.items():
+                print(f"  {k:5s} -> Rversion  {_stats(v)}")
+                print(f"  {k:5s} -> Rattach   {_stats(a)}")
+            if diod:
+                dv = statistics.median(res["diod"][0])
+                da = statistics.median(res["diod"][1])
+                for k in ("pool", "fork", "spawn"):
+                    print(
+                        f"  {k}/diod medians: Rversion {statistics.median(res[k][0]) / dv:.2f}x"
+                        f"  Rattach {statistics.median(res[k][1]) / da:.2f}x"
+                    )
+            if args.gofers:
+                memory(fs, bundle, args.gofers)
+        finally:
+            fs.stop()
+            fs0.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

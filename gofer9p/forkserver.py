@@ -1,0 +1,1071 @@
+"""The warm fork-server: ``gofer9p forkserver --socket unix:PATH`` (or ``--fd N``).
+
+A fresh gofer pays for the interpreter and trio's import on every start.  The fork-server pays
+once: it imports everything a gofer needs, starts no thread and no trio run, freezes its heap
+(:func:`gc.freeze`) and then forks one child per request.  The child becomes a full gofer by
+calling :func:`gofer9p.daemon.run`, the very function ``gofer9p gofer`` runs (bundle, chroot,
+attach points, caps, no_new_privs, seccomp), on io-fds the requester passed with SCM_RIGHTS; the
+pages the parent loaded stay shared copy-on-write.  Nothing sandbox-specific runs in the parent:
+it never reads a bundle and never chroots; a request is an argument list and fds to it.
+
+``--prefork N`` (default 1) keeps N children forked ahead of requests: each drops the server's
+fds, runs what every gofer runs before its sandbox-specific steps (a throw-away ``trio.run``,
+the flags parser: their copy-on-write faults are most of a forked start) and waits on its own
+socketpair; a request goes to the oldest, with its fds, and the pool is refilled once the
+server has been idle for 10 ms (a refill never competes with a start).  With the pool empty a
+request forks on the spot.  Both kinds run the same :meth:`_Server._become_gofer`.
+
+Control protocol: a unix ``SOCK_SEQPACKET`` socket, one JSON object per record.
+
+* request: ``{"op": "start", "args": [gofer flags], "fds": ["io", "io", "stderr"]}`` with the fds
+  attached (SCM_RIGHTS) in the order ``fds`` names their roles: ``io`` (one per attach point, in
+  attach order; the child has them at fds 3, 4, ... with ``--io-fds``, as a spawned gofer), ``stdout``, ``stderr`` (at most one
+  each; default: the fork-server's own), ``userns`` (a pipe's read end: the child unshares a
+  user namespace, says ``userns`` on its start pipe and waits for one byte ``g`` there once
+  the requester has written its id maps, as :func:`gofer9p.launch.start_gofer` does).  ``args`` are ``gofer9p gofer``'s flags minus
+  ``--io-fds``.  A role is how a later flag that takes an fd (``--spec-fd``) joins without
+  changing the format; flags without fds (``--setup-root``) pass through ``args`` as they are.
+* reply, one per request, in order: ``{"pid": P}`` with a pidfd of the child and the read end of
+  its *start pipe* attached, or ``{"error": "one line"}`` (a malformed request; nothing forked).
+  The child writes one line to the start pipe: ``ok`` once it serves, or the gofer's one error
+  line (``gofer9p gofer: error: ...``) before it exits 2 (after ``userns`` for a user-namespace
+  gofer); EOF without a line means it died first.
+* later, on the same connection: ``{"pid": P, "exit": N}`` when that child has exited, ``N`` as
+  :attr:`subprocess.Popen.returncode` (negative: killed by that signal).  The server is the
+  children's parent and reaps them (SIGCHLD wakes its loop through
+  :func:`signal.set_wakeup_fd`; no thread).  A connection may carry any number of requests; when
+  it closes, its children keep running and their statuses are dropped.
+
+Who may ask: the peer's SO_PEERCRED uid must be the fork-server's own or one given with
+``--allow-uid``; anyone else gets one ``{"error": ...}`` line and the connection is closed.  An
+allowed uid can make a root gofer serve any host directory: allow only the manager's.
+
+Isolation (a child against the parent and its siblings), beside two separately spawned gofers:
+
+* a child runs in its own session (``setsid``): no signal to the server's process group or
+  terminal reaches it, and it never shares one with a sibling;
+* it keeps no fd but its own: the listener, every control connection, the server's wake-up pipe,
+  the pre-forked children's sockets and pidfds are closed before it runs any gofer code (a
+  pre-forked child: before its warm-up), and it is forked when the server holds no other
+  request's fds, so it cannot reach the server or a sibling (its seccomp filter also has no
+  ``connect``);
+* the server and every child are non-dumpable (PR_SET_DUMPABLE 0), so a process of the same uid
+  without CAP_SYS_PTRACE (a confined gofer drops it) can neither ptrace them nor open their
+  ``/proc/PID/mem``; seccomp kills on ptrace, kill, tkill and pidfd calls, and lets tgkill and
+  prlimit64 name only the gofer itself;
+* no PR_SET_PDEATHSIG: a gofer must keep serving when the fork-server dies; its exit status is
+  then lost (see :class:`PidfdProcess`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import fcntl
+import gc
+import json
+import os
+import select
+import selectors
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import IO, TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    from .launch import GoferProcess
+
+__all__ = ["ForkServer", "ForkServerLost", "PidfdProcess", "main", "run"]
+
+#: Largest request record and most fds one request may pass (SCM_MAX_FD is 253).
+MAX_REQUEST = 64 * 1024
+MAX_FDS = 128
+_ROLES_ONCE = ("stdout", "stderr", "userns")
+#: The pool of pre-forked children is refilled after this long without an event (s), so a
+#: refill never competes with a request or a gofer that is starting.
+_REFILL_AFTER = 0.01
+_STDIO_TARGET = {"stdout": 1, "stderr": 2}
+
+
+def _log(msg: str) -> None:
+    print(f"gofer9p forkserver: {msg}", file=sys.stderr, flush=True)
+
+
+class _RequestError(Exception):
+    """A malformed request; ``str(err)`` is the one line sent back."""
+
+
+def _parse_request(data: bytes, nfds: int) -> tuple[list[str], list[str]]:
+    """``(args, roles)`` of a start request; the parent looks at nothing else in it."""
+    try:
+        req = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise _RequestError("request is not a JSON object") from None
+    if not isinstance(req, dict) or req.get("op") != "start":
+        raise _RequestError('request must be {"op": "start", "args": [...], "fds": [...]}')
+    args, roles = req.get("args"), req.get("fds")
+    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+        raise _RequestError('"args" must be a list of strings')
+    if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+        raise _RequestError('"fds" must be a list of role names')
+    if len(roles) != nfds:
+        raise _RequestError(f'"fds" names {len(roles)} fds but {nfds} were passed')
+    for r in roles:
+        if r not in ("io", *_ROLES_ONCE):
+            raise _RequestError(f"unknown fd role {r!r} (io, stdout, stderr, userns)")
+    for r in _ROLES_ONCE:
+        if roles.count(r) > 1:
+            raise _RequestError(f"fd role {r!r} given twice")
+    if any(a == "--io-fds" or a.startswith("--io-fds=") for a in args):
+        raise _RequestError('pass the io sockets as "io" fds, not --io-fds')
+    return args, roles
+
+
+def _record(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+class _StartPipe:
+    """The child's :class:`gofer9p.daemon.StartReport`: one line on the start pipe, then close."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def _say(self, line: str) -> None:
+        if self.fd < 0:
+            return
+        try:
+            os.write(self.fd, line.encode(errors="replace") + b"\n")
+        except OSError:
+            pass  # the requester gave up; it learns the outcome from the exit status
+        os.close(self.fd)
+        self.fd = -1
+
+    def ready(self) -> None:
+        self._say("ok")
+
+    def failed(self, line: str) -> None:
+        self._say(line.replace("\n", " | "))
+
+
+class _Server:
+    """The parent's loop: accept, check the peer, fork per request, reap, report exits."""
+
+    def __init__(
+        self,
+        allowed: set[int],
+        after_confine: Callable[[], None] | None,
+        prefork: int = 0,
+    ) -> None:
+        self.allowed = allowed
+        self.after_confine = after_confine
+        self.prefork = prefork
+        self.idle: list[_Idle] = []  # pre-forked children, oldest first
+        self.sel = selectors.DefaultSelector()
+        self.listener: socket.socket | None = None
+        self.conns: set[socket.socket] = set()
+        self.owner: dict[int, socket.socket] = {}  # live child pid -> requesting connection
+        self.exit_with_conn = False  # --fd given a connection: its EOF ends the server
+        self.stopping = False
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.sel.register(self.wake_r, selectors.EVENT_READ, self._on_wake)
+
+    # --- setup ---------------------------------------------------------------------------
+
+    def listen_on(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.listener = sock
+        self.sel.register(sock, selectors.EVENT_READ, self._on_accept)
+
+    def add_conn(self, conn: socket.socket) -> None:
+        """Take a control connection, or refuse it (one error record) by its peer's uid."""
+        _pid, uid, _gid = struct.unpack(
+            "3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        )
+        if uid not in self.allowed:
+            line = (
+                f"uid {uid} may not use this fork-server (allowed: "
+                + ", ".join(map(str, sorted(self.allowed)))
+                + ")"
+            )
+            _log(f"refused a connection: {line}")
+            with contextlib.suppress(OSError):
+                conn.send(_record({"error": line}))
+            conn.close()
+            if self.exit_with_conn:
+                self.stopping = True  # the only connection it would ever have
+            return
+        conn.setblocking(False)
+        self.conns.add(conn)
+        self.sel.register(conn, selectors.EVENT_READ, lambda: self._on_conn(conn))
+
+    # --- the loop ------------------------------------------------------------------------
+
+    def serve(self) -> int:
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, lambda s, f: None)  # the wake-up fd does the work
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_stop)
+        self._reap()  # a child that exited before the handler was in place
+        while not self.stopping:
+            short = len(self.idle) < self.prefork
+            events = self.sel.select(_REFILL_AFTER if short else None)
+            if short and not events:
+                self._prefork()  # only once nothing else waits: never ahead of a request
+            for key, _ in events:
+                try:
+                    key.data()
+                except Exception as e:  # a bug must cost one request, not the server
+                    _log(f"internal error: {type(e).__name__}: {e}")
+                if self.stopping:
+                    break
+        for conn in list(self.conns):
+            self._close(conn)
+        for idle in self.idle:
+            idle.close()  # EOF: they exit
+        return 0
+
+    def _on_stop(self, signum: int, frame: object) -> None:
+        _log(f"{signal.Signals(signum).name} received: exiting (gofers keep serving)")
+        self.stopping = True
+
+    def _on_wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self.wake_r, 256):
+                pass
+        self._reap()
+
+    def _on_accept(self) -> None:
+        assert self.listener is not None
+        try:
+            conn, _ = self.listener.accept()
+        except BlockingIOError:
+            return
+        except OSError as e:  # EMFILE & co.: the listener outlives it
+            _log(f"accept failed: {e.strerror or e}")
+            time.sleep(0.01)
+            return
+        self.add_conn(conn)
+
+    def _close(self, conn: socket.socket) -> None:
+        if conn in self.conns:
+            self.conns.discard(conn)
+            self.sel.unregister(conn)
+            conn.close()
+            if self.exit_with_conn:
+                self.stopping = True
+
+    def _on_conn(self, conn: socket.socket) -> None:
+        try:
+            data, fds, flags, _ = socket.recv_fds(
+                conn, MAX_REQUEST, MAX_FDS, socket.MSG_CMSG_CLOEXEC
+            )
+        except BlockingIOError:
+            return
+        except OSError:
+            self._close(conn)
+            return
+        try:
+            if not data and not fds:
+                self._close(conn)  # the requester is gone; its children keep serving
+                return
+            if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+                raise _RequestError(f"request larger than {MAX_REQUEST} bytes or {MAX_FDS} fds")
+            args, roles = _parse_request(data, len(fds))
+            self._start(conn, args, roles, fds)
+        except _RequestError as e:
+            self._send(conn, {"error": str(e)})
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _send(self, conn: socket.socket, obj: dict[str, Any], fds: Sequence[int] = ()) -> None:
+        try:
+            socket.send_fds(conn, [_record(obj)], list(fds))
+        except OSError as e:  # a requester that stopped reading loses its connection
+            _log(f"reply to a requester failed ({e.strerror or e}): closing its connection")
+            self._close(conn)
+
+    def _start(
+        self, conn: socket.socket, args: list[str], roles: list[str], fds: list[int]
+    ) -> None:
+        while self.idle:
+            if self._hand_over(conn, args, roles, fds):
+                return
+        status_r, status_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            # Objects from here on are frozen too: the child's collections never touch (and so
+            # never dirty) a page the parent filled.  Collect first, so no garbage is frozen.
+            gc.collect()
+            gc.freeze()
+            pid = os.fork()
+            if pid == 0:
+                self._child(args, roles, fds, status_w)  # never returns
+            os.close(status_w)
+            status_w = -1
+            try:
+                pidfd = os.pidfd_open(pid)  # not reaped yet (only _reap reaps): still ours
+            except OSError:
+                os.kill(pid, signal.SIGKILL)  # unreaped, so the pid cannot have been reused
+                raise
+            self.owner[pid] = conn
+            try:
+                self._send(conn, {"pid": pid}, [pidfd, status_r])
+            finally:
+                os.close(pidfd)
+        except OSError as e:
+            raise _RequestError(f"cannot start a gofer: {e.strerror or e}") from None
+        finally:
+            os.close(status_r)
+            if status_w >= 0:
+                os.close(status_w)
+
+    def _hand_over(
+        self, conn: socket.socket, args: list[str], roles: list[str], fds: list[int]
+    ) -> bool:
+        """Give the request to the oldest pre-forked child; False if it is gone."""
+        idle = self.idle.pop(0)
+        status_r, status_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            try:
+                req = _record({"args": args, "fds": roles})
+                socket.send_fds(idle.sock, [req], [*fds, status_w])
+            except OSError:
+                return False  # it died; _reap collects it
+            self.owner[idle.pid] = conn
+            self._send(conn, {"pid": idle.pid}, [idle.pidfd, status_r])
+            return True
+        finally:
+            idle.close()
+            os.close(status_r)
+            os.close(status_w)
+
+    def _prefork(self) -> None:
+        """Fork one child that waits (warm) for a request."""
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            gc.collect()
+            gc.freeze()
+            pid = os.fork()
+            if pid == 0:
+                mine.detach()  # the fd goes with the others in _detach; the object forgets it
+                self._idle_child(theirs)  # never returns
+            try:
+                pidfd = os.pidfd_open(pid)
+            except OSError:
+                os.kill(pid, signal.SIGKILL)
+                raise
+        except OSError as e:
+            mine.close()
+            _log(f"cannot pre-fork a gofer: {e.strerror or e}")
+            self.prefork = len(self.idle)  # stop trying; requests fork on demand
+            return
+        finally:
+            theirs.close()
+        self.idle.append(_Idle(pid, pidfd, mine))
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            for idle in [i for i in self.idle if i.pid == pid]:  # died before its request
+                self.idle.remove(idle)
+                idle.close()
+            conn = self.owner.pop(pid, None)
+            if conn is not None and conn in self.conns:
+                self._send(conn, {"pid": pid, "exit": os.waitstatus_to_exitcode(status)})
+
+    # --- the child -----------------------------------------------------------------------
+
+    def _child(self, args: list[str], roles: list[str], fds: list[int], status_w: int) -> NoReturn:
+        """Forked for a request: drop everything of the server's, then become the gofer."""
+        rc = 1
+        report = _StartPipe(status_w)
+        try:
+            self._detach({status_w, *fds})
+            rc = self._become_gofer(args, roles, fds, report)
+        except BaseException as e:  # nothing may return into the server's loop
+            report.failed(f"gofer9p forkserver: child: {type(e).__name__}: {e}")
+        finally:
+            _exit(rc)
+
+    def _idle_child(self, sock: socket.socket) -> NoReturn:
+        """Forked ahead of a request: drop the server's fds, warm up, wait for the request.
+
+        The warm-up runs what every gofer runs before its sandbox-specific steps (a throw-away
+        ``trio.run``, the flags parser), so its copy-on-write faults are paid while idle.
+        EOF on ``sock`` (the server stopped or died) ends it.
+        """
+        rc = 0
+        report = _StartPipe(-1)
+        try:
+            self._detach({sock.fileno()})
+            _warm_up()
+            data, fds, _flags, _ = socket.recv_fds(sock, MAX_REQUEST, MAX_FDS + 1)
+            sock.close()
+            if data:  # else EOF: the server is gone, exit 0
+                rc = 1
+                *fds, report.fd = fds
+                req = json.loads(data)
+                rc = self._become_gofer(req["args"], req["fds"], fds, report)
+        except BaseException as e:
+            report.failed(f"gofer9p forkserver: child: {type(e).__name__}: {e}")
+        finally:
+            _exit(rc)
+
+    def _detach(self, keep: set[int]) -> None:
+        """In a fresh child: own session, default signals, none of the server's fds."""
+        os.setsid()
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGCHLD, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        gc.enable()
+        # Close the server's objects by name (so no stale object could later close a reused
+        # number), then every fd that is not this child's.
+        self.sel.close()
+        if self.listener is not None:
+            self.listener.close()
+        for conn in self.conns:
+            conn.close()
+        for idle in self.idle:
+            idle.close()
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+        lo = 0
+        for fd in sorted({0, 1, 2, *keep}):
+            if lo < fd:  # closerange(n, n) is close_range(n, n - 1): everything from n
+                os.closerange(lo, fd)
+            lo = fd + 1
+        os.closerange(lo, 1 << 30)
+
+    def _become_gofer(
+        self, args: list[str], roles: list[str], fds: list[int], report: _StartPipe
+    ) -> int:
+        """Put the request's fds where a spawned gofer has them (io sockets at 3, 4, ...;
+        stdio at 0-2) and run :func:`gofer9p.daemon.run` on them."""
+        n = roles.count("io")
+        # Everything we keep goes above 3 + n first, so placing the io sockets never overwrites
+        # one of them (the numbers they arrived at are arbitrary).
+        high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3 + n) for fd in fds]
+        for fd in fds:
+            os.close(fd)
+        if report.fd >= 0:
+            moved = fcntl.fcntl(report.fd, fcntl.F_DUPFD_CLOEXEC, 3 + n)
+            os.close(report.fd)
+            report.fd = moved
+        io: list[int] = []
+        go = -1
+        for fd, role in zip(high, roles, strict=True):
+            if role == "io":
+                os.dup2(fd, 3 + len(io), inheritable=False)
+                os.close(fd)
+                io.append(3 + len(io))
+            elif role == "userns":
+                go = fd
+            else:
+                os.dup2(fd, _STDIO_TARGET[role])
+                os.close(fd)
+        if go >= 0 and not _enter_user_namespace(go, report.fd):
+            return 126
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        argv = [*args, *(a for fd in io for a in ("--io-fds", str(fd)))]
+        from . import daemon
+
+        return daemon.run(argv, after_confine=self.after_confine, report=report)
+
+
+_CLONE_NEWUSER = 0x10000000
+
+
+def _enter_user_namespace(go: int, status_w: int) -> bool:
+    """unshare(CLONE_NEWUSER), say ``userns`` on the start pipe, wait for the requester to write
+    our id maps (one byte ``g`` on ``go``), then become root of the namespace: what
+    :func:`gofer9p.launch.start_gofer` does between fork and exec, with the manager writing the
+    maps (the fork-server never reads the spec that holds them).  False: the requester gave up.
+    """
+    from . import confine
+
+    if confine._libc().unshare(_CLONE_NEWUSER) != 0:
+        import ctypes
+
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWUSER)")
+    os.write(status_w, b"userns\n")
+    try:
+        if os.read(go, 1) != b"g":
+            return False
+    finally:
+        os.close(go)
+    os.setgroups([])
+    os.setresgid(0, 0, 0)
+    os.setresuid(0, 0, 0)
+    return True
+
+
+class _Idle:
+    """A pre-forked child waiting for a request: its pid, a pidfd, our end of its socket."""
+
+    def __init__(self, pid: int, pidfd: int, sock: socket.socket) -> None:
+        self.pid, self.pidfd, self.sock = pid, pidfd, sock
+
+    def close(self) -> None:
+        self.sock.close()
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+
+
+def _warm_up() -> None:
+    """Run, without side effects, the generic code a gofer runs next: its pages get copied now."""
+    import json
+    import logging
+
+    import trio
+
+    from . import daemon, spec
+
+    async def serve_like() -> None:  # _serve_all's shape: a nursery, a task, a receiver
+        with trio.open_signal_receiver(signal.SIGUSR2):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio.sleep, 0)
+
+    trio.run(serve_like)
+    daemon._parser().parse_args(["--bundle", "/", "--io-fds", "0"])
+    doc = json.loads('{"root": {"path": "rootfs", "readonly": true}, "mounts": []}')
+    spec.parse_spec(doc, "/")
+    daemon._UTCFormatter().format(logging.LogRecord("gofer9p", 20, "", 0, "%s", ("x",), None))
+
+
+def _exit(rc: int) -> NoReturn:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(rc)
+
+
+def _preload() -> None:
+    """Everything a gofer imports or loads before it serves, done once in the parent."""
+    import ctypes
+    import logging  # noqa: F401
+
+    from . import confine, daemon, spec  # noqa: F401
+
+    daemon._preload()
+    confine.preload("kill")
+    ctypes.CDLL(None, use_errno=True)
+    daemon._parser()  # built once for every child (and argparse's lazy imports)
+
+
+def _parse_address(addr: str) -> str:
+    """``unix:PATH`` -> ``PATH`` (ValueError otherwise)."""
+    if not addr.startswith("unix:") or len(addr) <= 5:
+        raise ValueError(f"a fork-server address is unix:PATH, not {addr!r}")
+    return addr[5:]
+
+
+def build_parser(prog: str = "gofer9p forkserver") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Fork a confined gofer per request from one warm, pre-imported parent.",
+    )
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--socket", metavar="unix:PATH", help="listen here (SOCK_SEQPACKET)")
+    where.add_argument(
+        "--fd",
+        type=int,
+        help="an inherited unix SOCK_SEQPACKET socket: listening (accept on it) or connected "
+        "(serve it; exit when it closes)",
+    )
+    p.add_argument(
+        "--prefork",
+        type=int,
+        default=1,
+        metavar="N",
+        help="keep N children forked and warmed up ahead of requests (default 1; 0: fork "
+        "on request only)",
+    )
+    p.add_argument(
+        "--allow-uid",
+        type=int,
+        action="append",
+        default=[],
+        metavar="UID",
+        help="also accept requests from this uid (repeatable); it can then serve any host "
+        "directory as a root gofer",
+    )
+    return p
+
+
+def run(
+    argv: Sequence[str] | None = None, *, after_confine: Callable[[], None] | None = None
+) -> int:
+    """The fork-server; ``after_confine`` is for :mod:`gofer9p.testing.forkserver_with_hooks`
+    only (the release entry points never pass it)."""
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    from . import confine
+
+    if threading.active_count() != 1:
+        _log("refusing to start with threads: a fork would copy their locks")
+        return 2
+    try:
+        confine.set_not_dumpable()
+    except confine.ConfineError as e:
+        _log(str(e))
+        return 2
+    try:
+        _preload()
+    except ImportError as e:
+        _log(f"cannot load the gofer: {e}")
+        return 2
+    server = _Server({os.geteuid(), *args.allow_uid}, after_confine, max(0, args.prefork))
+    what: str
+    if args.fd is not None:
+        try:
+            sock = socket.socket(fileno=args.fd)
+        except OSError as e:
+            _log(f"--fd {args.fd}: {e.strerror}")
+            return 2
+        if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_SEQPACKET:
+            _log(f"--fd {args.fd} is not a unix SOCK_SEQPACKET socket")
+            return 2
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            server.listen_on(sock)
+            what = f"fd {args.fd} (listening)"
+        else:
+            server.exit_with_conn = True
+            server.add_conn(sock)
+            what = f"fd {args.fd} (one connection)"
+    else:
+        try:
+            path = _parse_address(args.socket)
+        except ValueError as e:
+            _log(f"--socket: {e}")
+            return 2
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            sock.bind(path)
+        except OSError as e:
+            _log(f"cannot listen on {args.socket}: {e.strerror}")
+            return 2
+        os.chmod(path, 0o666)  # SO_PEERCRED decides who may use it (and says so)
+        sock.listen(128)
+        server.listen_on(sock)
+        what = args.socket
+    # Freeze what is loaded now: children share it read-only; collections in them skip it.
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    _log(f"ready on {what}, pid {os.getpid()}, uids {sorted(server.allowed)}")
+    return server.serve()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point for ``gofer9p forkserver`` and ``python -m gofer9p.forkserver``."""
+    return run(argv)
+
+
+# --- the requester's side ----------------------------------------------------------------------
+
+
+class ForkServerLost(Exception):
+    """The fork-server's connection ended: exit statuses of gofers it started are unknown."""
+
+
+class PidfdProcess:
+    """A gofer started by a fork-server: :class:`subprocess.Popen`'s surface over a pidfd.
+
+    The fork-server is the gofer's parent and reports its exit status on the control
+    connection; ``wait``/``poll``/``returncode`` read it there, exactly as Popen reports a
+    direct child (negative: killed by that signal).  Signals go through the pidfd, so they
+    can never reach a process that reused the pid.  ``pidfd`` is pollable (readable once the
+    gofer has exited) for managers with their own event loop.
+
+    If the fork-server dies first, the gofer keeps serving but nobody reports its status:
+    ``wait`` then waits for the pidfd and raises :class:`ForkServerLost`.
+    """
+
+    stdin: IO[bytes] | None = None
+    stdout: IO[bytes] | None = None
+    stderr: IO[bytes] | None = None
+
+    def __init__(self, server: ForkServer, pid: int, pidfd: int, args: list[str]) -> None:
+        self._server = server
+        self.pid = pid
+        self.pidfd = pidfd
+        self.args = args
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                self._settle(self._server._exit_of(self.pid, 0.0))
+            except ForkServerLost:
+                if not select.select([self.pidfd], [], [], 0)[0]:
+                    return None  # still running; only its status will be unknown
+                raise
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.returncode is None:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                rc = self._server._exit_of(self.pid, left)
+            except ForkServerLost:
+                if not select.select([self.pidfd], [], [], left)[0]:
+                    raise subprocess.TimeoutExpired(self.args, timeout or 0.0) from None
+                raise
+            self._settle(rc)
+            if rc is None and deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
+        return self.returncode
+
+    def _settle(self, rc: int | None) -> None:
+        if rc is not None and self.returncode is None:
+            self.returncode = rc
+            self.close()
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is not None or self.pidfd < 0:
+            return
+        with contextlib.suppress(ProcessLookupError):  # exited, status not read yet
+            signal.pidfd_send_signal(self.pidfd, sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def close(self) -> None:
+        """Close the pidfd (done when the exit status arrives)."""
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def _fileno(f: int | IO[Any] | None) -> int | None:
+    if f is None or isinstance(f, int):
+        return f
+    return f.fileno()
+
+
+class ForkServer:
+    """A connection to a fork-server, which it may also own (:meth:`start`).
+
+    ``start_gofer`` takes :func:`gofer9p.launch.start_gofer`'s arguments and returns the same
+    :class:`~gofer9p.launch.GoferProcess`, its ``proc`` a :class:`PidfdProcess`; it returns once
+    the gofer serves, and raises :class:`~gofer9p.launch.LaunchError` with the gofer's one error
+    line when it could not start (after the child has exited and been reaped).  Thread-safe.
+    """
+
+    def __init__(self, sock: socket.socket, proc: subprocess.Popen[bytes] | None = None) -> None:
+        self.sock = sock
+        self.proc = proc
+        # One thread at a time reads the socket, for every waiter: the exit statuses and
+        # replies it reads are stored for whoever waits for them (_pump).
+        self._cond = threading.Condition()
+        self._reading = False
+        self._exits: dict[int, int] = {}
+        self._replies: collections.deque[tuple[dict[str, Any], list[int]]] = collections.deque()
+        # One start request in flight per connection: the server answers in order.
+        self._request_lock = threading.Lock()
+        self._lost = False
+
+    @classmethod
+    def start(
+        cls,
+        *,
+        allow_uids: Sequence[int] = (),
+        python: str = sys.executable,
+        module: str = "gofer9p.forkserver",
+        env: dict[str, str] | None = None,
+        stderr: int | IO[Any] | None = None,
+        prefork: int = 1,
+    ) -> ForkServer:
+        """Spawn a fork-server on one end of a socketpair; it exits when :meth:`stop` closes it.
+
+        ``prefork``: children kept forked and warm ahead of requests.  ``module`` lets tests
+        run :mod:`gofer9p.testing.forkserver_with_hooks`.
+        """
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        argv = [python, "-m", module, "--fd", str(theirs.fileno()), f"--prefork={prefork}"]
+        for uid in allow_uids:
+            argv += ["--allow-uid", str(uid)]
+        try:
+            proc = subprocess.Popen(
+                argv,
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+                env=env,
+                stderr=stderr,
+            )
+        except BaseException:
+            mine.close()
+            raise
+        finally:
+            theirs.close()
+        return cls(mine, proc)
+
+    @classmethod
+    def connect(cls, address: str) -> ForkServer:
+        """Connect to a running ``gofer9p forkserver --socket unix:PATH``."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            sock.connect(_parse_address(address))
+        except BaseException:
+            sock.close()
+            raise
+        return cls(sock)
+
+    # --- records ----------------------------------------------------------------------------
+
+    def _recv(self, timeout: float | None) -> tuple[dict[str, Any], list[int]] | None:
+        """One record, or None on timeout; :class:`ForkServerLost` at EOF.  Only the thread
+        that set ``_reading`` calls it."""
+        if not select.select([self.sock], [], [], timeout)[0]:
+            return None
+        data, fds, _flags, _ = socket.recv_fds(self.sock, MAX_REQUEST, 2, socket.MSG_CMSG_CLOEXEC)
+        if not data:
+            for fd in fds:
+                os.close(fd)
+            self._lost = True
+            raise ForkServerLost("the fork-server closed the connection")
+        rec: dict[str, Any] = json.loads(data)
+        return rec, fds
+
+    def _pump(self, done: Callable[[], bool], timeout: float | None) -> bool:
+        """Read records until ``done()`` (checked under ``_cond``); False after ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while not done():
+                if self._lost:
+                    raise ForkServerLost("the fork-server connection is closed")
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                if self._reading:
+                    self._cond.wait(left)  # the reader notifies after each record
+                    continue
+                self._reading = True
+                self._cond.release()
+                try:
+                    got = self._recv(left)
+                finally:
+                    self._cond.acquire()
+                    self._reading = False
+                    self._cond.notify_all()
+                if got is None:
+                    continue
+                rec, fds = got
+                if "exit" in rec:
+                    self._exits[int(rec["pid"])] = int(rec["exit"])
+                    for fd in fds:
+                        os.close(fd)
+                else:
+                    self._replies.append(got)
+            return True
+
+    def _exit_of(self, pid: int, timeout: float | None) -> int | None:
+        """``pid``'s exit status once the server reported it; None if not within ``timeout``."""
+        if not self._pump(lambda: pid in self._exits, timeout):
+            return None
+        with self._cond:
+            return self._exits.pop(pid)
+
+    def _request(
+        self, args: list[str], roles: list[str], fds: list[int], timeout: float
+    ) -> tuple[dict[str, Any], list[int]]:
+        with self._request_lock:
+            if self._lost:
+                raise ForkServerLost("the fork-server connection is closed")
+            try:
+                socket.send_fds(
+                    self.sock, [_record({"op": "start", "args": args, "fds": roles})], fds
+                )
+            except OSError as e:
+                self._lost = True
+                raise ForkServerLost(f"the fork-server is gone: {e.strerror or e}") from None
+            if not self._pump(lambda: bool(self._replies), timeout):
+                self._lost = True  # a late reply could no longer be told from the next one
+                raise ForkServerLost(f"the fork-server did not answer within {timeout} s")
+            with self._cond:
+                return self._replies.popleft()
+
+    # --- the API ----------------------------------------------------------------------------
+
+    def start_gofer(
+        self,
+        bundle: str | os.PathLike[str],
+        *,
+        panic_on_write: bool = False,
+        userns: bool | None = None,
+        seccomp: str = "kill",
+        apply_caps: bool = True,
+        extra_args: Sequence[str] = (),
+        setup_mounts: bool = False,
+        stdout: int | IO[Any] | None = None,
+        stderr: int | IO[Any] | None = None,
+        timeout: float = 30.0,
+    ) -> GoferProcess:
+        """Fork a gofer for ``bundle``; like :func:`gofer9p.launch.start_gofer`, but it returns
+        once the gofer serves (or raises ``LaunchError`` with its one error line).
+
+        The bundle is read here only for what the manager needs (how many sockets; the mounts
+        when ``setup_mounts``, the id maps of a ``userns`` gofer, which this process writes as
+        :func:`~gofer9p.launch.start_gofer` does); the gofer reads it itself, the fork-server
+        never does.
+        """
+        from .launch import GoferProcess, LaunchError, Undo, _write_map, gofer_flags, setup_fs
+        from .spec import SpecError, load_spec
+
+        path = os.path.abspath(os.fspath(bundle))
+        try:
+            spec = load_spec(path)
+            n = spec.attach_count
+        except SpecError as e:
+            if setup_mounts:
+                raise LaunchError(str(e)) from None
+            n = 1  # the gofer reports the bundle's fault itself, in its own words
+        else:
+            if userns is None:
+                userns = bool(spec.uid_mappings or spec.gid_mappings)
+            if userns and not (spec.uid_mappings and spec.gid_mappings):
+                raise LaunchError(
+                    "userns needs both linux.uidMappings and linux.gidMappings in the spec"
+                )
+        undo = setup_fs(spec) if setup_mounts else Undo()
+        pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(n)]
+        ours = [a for a, _ in pairs]
+        args = gofer_flags(
+            path,
+            panic_on_write=panic_on_write,
+            seccomp=seccomp,
+            apply_caps=apply_caps,
+            extra_args=extra_args,
+        )
+        fds = [g.fileno() for _, g in pairs]
+        roles = ["io"] * n
+        for role, f in (("stdout", stdout), ("stderr", stderr)):
+            fd = _fileno(f)
+            if fd is not None:
+                fds.append(fd)
+                roles.append(role)
+        go_r = go_w = -1
+        if userns:
+            go_r, go_w = os.pipe2(os.O_CLOEXEC)
+            fds.append(go_r)
+            roles.append("userns")
+        proc: PidfdProcess | None = None
+        try:
+            try:
+                rec, got = self._request(args, roles, fds, timeout)
+            finally:
+                for _, g in pairs:
+                    g.close()
+                if go_r >= 0:
+                    os.close(go_r)
+            if "error" in rec:
+                raise LaunchError(f"fork-server: {rec['error']}")
+            pidfd, start_r = got
+            proc = PidfdProcess(self, int(rec["pid"]), pidfd, args)
+            lines = _Lines(start_r)
+            try:
+                line = lines.next(timeout)
+                if userns and line == "userns":
+                    try:  # as start_gofer's parent: the child waits for its maps
+                        _write_map(f"/proc/{proc.pid}/uid_map", spec.uid_mappings)
+                        _write_map(f"/proc/{proc.pid}/gid_map", spec.gid_mappings)
+                        os.write(go_w, b"g")
+                    finally:
+                        os.close(go_w)  # without the "g" the child exits 126
+                        go_w = -1
+                    line = lines.next(timeout)
+            finally:
+                os.close(start_r)
+            if line != "ok":
+                if line is None:
+                    proc.kill()
+                    raise LaunchError(f"the gofer did not report within {timeout} s")
+                rc = proc.wait(timeout)
+                raise LaunchError(line or f"the gofer exited with status {rc} before serving")
+        except BaseException:
+            if go_w >= 0:
+                os.close(go_w)
+            for a in ours:
+                a.close()
+            if proc is not None and proc.returncode is None:
+                proc.kill()
+                with contextlib.suppress(Exception):
+                    proc.wait(timeout)
+            undo()
+            raise
+        return GoferProcess(proc=proc, sockets=ours, undo=undo)
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        """Close the connection; a fork-server we started then exits (its gofers keep serving).
+
+        Returns its exit status (None for one we only connected to).
+        """
+        self.sock.close()
+        self._lost = True
+        if self.proc is None:
+            return None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def __enter__(self) -> ForkServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class _Lines:
+    """The start pipe's lines: ``userns``, ``ok`` or an error line; ``""`` at EOF."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buf = b""
+
+    def next(self, timeout: float) -> str | None:
+        """The next line, ``""`` at EOF, None if none within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buf and len(self.buf) <= 65536:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.fd], [], [], left)[0]:
+                return None
+            try:
+                chunk = os.read(self.fd, 4096)
+            except InterruptedError:
+                continue
+            if not chunk:
+                line, self.buf = self.buf, b""
+                return line.decode(errors="replace").strip()
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line.decode(errors="replace")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
