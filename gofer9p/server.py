@@ -591,12 +591,7 @@ class Connection:
             while end - start >= 7:
                 size, mtype, tag = HEADER.unpack_from(buf, start)
                 if size < 7 or size > self.max_frame:
-                    self._log_bad_size(size)
-                    if held is not None:
-                        out.append(held)
-                    if out:
-                        await self._send_batched(out)
-                    return "framing error"
+                    return await self._framing_close(size, out, held)
                 if end - start < size:
                     break
                 if held is not None and mtype in _ORDERED:
@@ -640,12 +635,7 @@ class Connection:
                 # a partial header already says how large its frame is
                 size = _U32.unpack_from(buf, start)[0]
                 if size < 7 or size > self.max_frame:
-                    self._log_bad_size(size)
-                    if held is not None:
-                        out.append(held)
-                    if out:
-                        await self._send_batched(out)
-                    return "framing error"
+                    return await self._framing_close(size, out, held)
             if held is not None:
                 out.append(held)
                 held = None  # the idle release below must find no reference to it
@@ -665,13 +655,20 @@ class Connection:
                 busy = 0
                 await trio.lowlevel.checkpoint()
 
-    def _log_bad_size(self, size: int) -> None:
+    async def _framing_close(self, size: int, out: list[Any], held: Any) -> str:
+        """A frame size outside [7, max_frame]: the stream cannot be trusted any more.
+        Send the replies already made (the held-back one last), log, and end."""
         log.warning(
             "%s: framing error: frame size %d outside [7, %d]; closing",
             self.name,
             size,
             self.max_frame,
         )
+        if held is not None:
+            out.append(held)
+        if out:
+            await self._send_batched(out)
+        return "framing error"
 
     def _dispatch(self, mtype: int, tag: int, frame: memoryview) -> Any:
         """Handle one frame inline; return the reply buffer (or raise a control signal)."""
