@@ -353,6 +353,62 @@ def replay(path: Path, target: Target, *, timeout: float = 5.0) -> list[str]:
     return problems
 
 
+_TB_FILE = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
+_EXC_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Warning))\b", re.M)
+
+
+def last_request(transcript: Transcript | None) -> str:
+    """The type name of the last frame sent in ``transcript`` ("?" if none decodes)."""
+    from gofer9p.protocol.constants import MsgType
+
+    if transcript is None:
+        return "?"
+    for op, payload in reversed(transcript.records):
+        if op == b"S" and len(payload) >= 5:
+            # the last complete frame of the chunk
+            off, last = 0, payload[4]
+            while off + 7 <= len(payload):
+                size = int.from_bytes(payload[off : off + 4], "little")
+                if size < 7 or off + size > len(payload):
+                    break
+                last = payload[off + 4]
+                off += size
+            try:
+                return MsgType(last).name
+            except ValueError:
+                return f"type{last}"
+    return "?"
+
+
+def bucket(kind: str, message: str, transcript: Transcript | None = None, hint: str = "") -> str:
+    """A stable name for the bug behind a finding: one file per bucket in the crash directory.
+
+    * a traceback: exception type + the innermost gofer9p frame (file:function);
+    * a process killed by a signal: the signal + the type of the last request sent;
+    * anything else: the oracle (kind) + the message with numbers, hex and quoted names
+      stripped, so one bug found twice with different sizes or fids lands in one bucket.
+    """
+    frames = _TB_FILE.findall(message)
+    if frames:
+        ours = [f for f in frames if "gofer9p" in f[0]] or frames
+        path, _line, func = ours[-1]
+        excs = _EXC_LINE.findall(message)
+        exc = excs[-1].rsplit(".", 1)[-1] if excs else "Exception"
+        return _slug(f"{kind}-{exc}-{Path(path).stem}.{func}")
+    m = re.search(r"\b(SIGSYS|SIGSEGV|SIGABRT|SIGKILL|signal \d+)", message)
+    if m:
+        return _slug(f"{kind}-{m.group(1)}-{last_request(transcript)}")
+    text = message.split("\n")[0]
+    text = re.sub(r"\b[0-9a-f]{8,}\b|0x[0-9a-fA-F]+|\d+(\.\d+)?", "", text)
+    text = re.sub(r"'[^']*'|\"[^\"]*\"|b'[^']*'|\[[^\]]*\]|\{[^}]*\}", "", text)
+    words = re.findall(r"[A-Za-z_]+", text)[:8]
+    return _slug("-".join([kind, *([hint] if hint else []), *words]))
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", s).strip("-")[:100]
+
+
 def save_failure(
     report: Report,
     fuzzer: str,
@@ -361,21 +417,36 @@ def save_failure(
     *,
     crash_dir: Path | None,
     extra: dict[str, Any] | None = None,
+    bucket_hint: str = "",
 ) -> Path | None:
-    """Record ``failure`` in the report and save its transcript as a reproducer."""
+    """Record ``failure`` in the report and save it in its bucket (one file per bucket).
+
+    A bucket seen before keeps the smaller reproducer of the two; its ``.json`` counts how often
+    the bucket was hit (``hits``) and when (``first_found``, ``last_found``).
+    """
     path = None
+    name = bucket(failure.kind, failure.message, transcript, bucket_hint)
+    counts = report.details.setdefault("findings_by_bucket", {})
+    counts[name] = counts.get(name, 0) + 1
     if crash_dir is not None:
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         meta = {
             "fuzzer": fuzzer,
+            "bucket": name,
             "kind": failure.kind,
             "message": failure.message,
             "target": report.target,
             "seed": report.seed,
             "frames": transcript.frames_sent(),
-            "found": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "last_request": last_request(transcript),
+            "first_found": now,
+            "last_found": now,
+            "hits": 1,
             "replay": "python -m fuzz replay <this .bin>",
             **(extra or {}),
         }
-        path = save_reproducer(crash_dir, f"{fuzzer}-{failure.kind}", transcript, meta)
+        path = save_reproducer(crash_dir, f"{fuzzer}-{name}", transcript, meta)
     report.add_failure(failure.kind, failure.message, path)
+    if path is not None:
+        report.details.setdefault("bucket_files", {})[name] = str(path)
     return path

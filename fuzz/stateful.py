@@ -29,6 +29,7 @@ program hypothesis printed (``.json``).
 from __future__ import annotations
 
 import os
+import re
 import stat as stat_mod
 import time
 import traceback
@@ -123,6 +124,12 @@ class Ctx:
     examples: int = 0
     dead: bool = False
     rules: dict[str, int] = field(default_factory=dict)
+    deadline: float | None = None
+    """Past it, new examples do nothing (and pass): hypothesis's shrinking, which has no
+    time limit of its own, then ends within the run's ``--time``; the finding kept is the
+    shortest failing transcript seen so far (``best``)."""
+    best: tuple[Failure, Transcript] | None = None
+    timeboxed: int = 0
 
 
 class GoferMachine(RuleBasedStateMachine):
@@ -133,10 +140,14 @@ class GoferMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         ctx = self.ctx
-        ctx.examples += 1
-        ctx.report.examples_run = ctx.examples
         self.failed = False
         self.t = Transcript()
+        self.noop = ctx.deadline is not None and time.monotonic() > ctx.deadline
+        if self.noop:
+            ctx.timeboxed += 1
+            return
+        ctx.examples += 1
+        ctx.report.examples_run = ctx.examples
         ctx.last = self.t
         if ctx.dead:
             raise Failure("hang", "server stopped answering in an earlier example")
@@ -172,6 +183,8 @@ class GoferMachine(RuleBasedStateMachine):
 
     def _guard(self, fn: Any, *args: Any) -> Any:
         """Run a step; remember the first failure with its transcript."""
+        if self.noop:
+            return None
         name = getattr(fn, "__name__", "?").lstrip("_")
         self.ctx.rules[name] = self.ctx.rules.get(name, 0) + 1
         self.steps += 1
@@ -181,13 +194,38 @@ class GoferMachine(RuleBasedStateMachine):
             if f.kind != "hang" and self.ctx.known.match(self.ctx.report, f.message):
                 return None  # a known open bug: counted, keep exploring
             self.failed = True
+            f = self._blame(f)
             if f.kind == "hang":
                 self.ctx.dead = not self._server_alive()
-            if len(self.ctx.first_failures) < 3:
-                snap = Transcript()
-                snap.records = list(self.t.records)
-                self.ctx.first_failures.append((f, snap))
-            raise
+            self._remember(f)
+            raise f from None
+
+    def _blame(self, f: Failure) -> Failure:
+        """A server that died under us is the finding, with the request that killed it."""
+        if f.kind == "crash":
+            return f
+        deaths = [p for p in self.ctx.target.problems() if p.startswith("crash")]
+        if not deaths:
+            return f
+        from .common import last_request
+
+        return Failure(
+            "crash", f"{split_problem(deaths[0])[1]} (last request {last_request(self.t)})"
+        )
+
+    def _remember(self, f: Failure) -> None:
+        """Keep the first failures and the shortest transcript failing like the first one."""
+        from .common import bucket
+
+        snap = Transcript()
+        snap.records = list(self.t.records)
+        if len(self.ctx.first_failures) < 3:
+            self.ctx.first_failures.append((f, snap))
+        first = self.ctx.first_failures[0][0]
+        best = self.ctx.best
+        if bucket(f.kind, f.message, snap) == bucket(first.kind, first.message):
+            if best is None or len(snap.records) < len(best[1].records):
+                self.ctx.best = (f, snap)
 
     def _server_alive(self) -> bool:
         from .common import liveness
@@ -1220,26 +1258,38 @@ class GoferMachine(RuleBasedStateMachine):
     # ---------------------------------------------------------- invariants
     @invariant()
     def server_fids_match_model(self) -> None:
-        if self.failed:
+        if self.failed or self.noop:
             return
         n = self.link.fid_count()
         if n is not None and n != len(self.fids):
             self.failed = True
-            raise Failure(
+            f = Failure(
                 "leak", f"server holds {n} fids, model {len(self.fids)}: {sorted(self.fids)}"
             )
+            self._remember(f)
+            raise f
 
     @invariant()
     def no_crash_logged(self) -> None:
+        if self.noop:
+            return
         for p in self.ctx.target.problems():
             if self.ctx.known.match(self.ctx.report, p):
                 continue
             self.failed = True
             kind, msg = split_problem(p)
-            raise Failure(kind, msg)
+            if "SIGSYS" in msg or "signal" in msg:
+                from .common import last_request
+
+                msg += f" (last request {last_request(self.t)})"
+            f = Failure(kind, msg)
+            self._remember(f)
+            raise f
 
     # ------------------------------------------------------------ teardown
     def teardown(self) -> None:
+        if self.noop:
+            return
         try:
             if self.failed or STOP.is_set():
                 return  # an interrupted case is not judged
@@ -1344,14 +1394,19 @@ def run(
     batch: int = 25,
     shrink: bool = True,
     known: Known | None = None,
-    max_failures: int = 5,
+    max_failures: int | None = None,
+    database: Path | None = None,
 ) -> Report:
     """Run the state machine in seeded batches until the time or example budget is spent.
 
     Hypothesis has no time budget of its own, so each batch is a separate
-    ``run_state_machine_as_test`` with ``max_examples=batch``.  A failing
-    batch is shrunk and saved, and the run goes on with the next seed until
-    ``max_failures`` findings (or the server stops answering).
+    ``run_state_machine_as_test`` with ``max_examples=batch``, and examples
+    started past the deadline do nothing (so shrinking ends in time too).  A
+    failing batch is shrunk and saved in its bucket, and the run goes on with
+    the next seed; a server that stopped answering is restarted (unattended
+    runs keep going; ``max_failures`` stops early if given).  ``database``:
+    hypothesis's example database (``--corpus DIR``/hypothesis): failing
+    examples are kept there and replayed first by every later run.
     """
     import random
 
@@ -1364,6 +1419,13 @@ def run(
     rng = random.Random(seed)
     start = time.monotonic()
     deadline = start + time_budget if time_budget else None
+    ctx.deadline = deadline
+    db = None
+    if database is not None:
+        from hypothesis.database import DirectoryBasedExampleDatabase
+
+        database.mkdir(parents=True, exist_ok=True)
+        db = DirectoryBasedExampleDatabase(str(database))
     report.details["steps_per_example"] = steps
     health = Health(target, report)
     try:
@@ -1383,7 +1445,7 @@ def run(
             max_examples=n,
             stateful_step_count=steps,
             deadline=None,
-            database=None,
+            database=db,
             suppress_health_check=list(HealthCheck),
             report_multiple_bugs=False,
             print_blob=True,
@@ -1397,10 +1459,22 @@ def run(
                 raise KeyboardInterrupt from e  # Ctrl-C / SIGTERM: not a finding
             _record(ctx, e)
             ctx.first_failures.clear()
+            ctx.best = None
             # keep fuzzing with fresh seeds (a long run should not end on its
-            # first finding), unless the server is wedged or findings pile up
-            if ctx.dead or report.failures() >= max_failures:
+            # first finding); a wedged or dead server is restarted
+            if max_failures is not None and report.failures() >= max_failures:
                 break
+            if ctx.dead or not target.alive():
+                report.details["restarts"] = report.details.get("restarts", 0) + 1
+                target.restart()
+                ctx.dead = False
+                try:
+                    liveness(target, timeout=timeout, exercise=True)
+                except Failure as f:
+                    report.add_failure(f.kind, "after a restart: " + f.message)
+                    break
+                health = Health(target, report)
+                health.baseline()
     if not ctx.dead:
         if target.export is not None and not target.per_connection_process:
             target.reset_export()
@@ -1409,32 +1483,74 @@ def run(
             if not ctx.known.match(report, msg):
                 report.add_failure(kind, msg)
     report.details["rule_counts"] = dict(sorted(ctx.rules.items()))
+    if ctx.timeboxed:
+        report.details["examples_skipped_past_deadline"] = ctx.timeboxed
     report.duration_s = round(time.monotonic() - start, 2)
     return report
 
 
+_BLOB = re.compile(r"@reproduce_failure\('([^']+)', (b'[^']*'|b\"[^\"]*\")\)")
+
+
 def _record(ctx: Ctx, e: BaseException) -> None:
-    """Save the shrunk failing example (and the first occurrence) as reproducers."""
+    """Save the shortest failing example in its bucket (one file per bucket).
+
+    When hypothesis finished shrinking in time it printed a ``@reproduce_failure`` blob: it is
+    kept, and ``replay`` re-runs that exact program with the model's checks.  When shrinking
+    was cut by the deadline the failing transcript is the shortest seen (its R records carry
+    the model's expected outcomes and read data).
+    """
+    import ast
+
     text = "".join(traceback.format_exception(e))
-    failure = e if isinstance(e, Failure) else Failure("crash", f"{type(e).__name__}: {e}")
     program = "\n".join(getattr(e, "__notes__", []))
-    if ctx.last is not None:
-        save_failure(
-            ctx.report,
-            "stateful",
-            failure,
-            ctx.last,
-            crash_dir=ctx.crash_dir,
-            extra={"program": program, "traceback": text[-6000:]},
+    if isinstance(e, Failure):
+        failure = e
+    elif ctx.best is not None:
+        failure = ctx.best[0]
+    else:
+        failure = Failure("crash", f"{type(e).__name__}: {e}\n{text[-3000:]}")
+    transcript = ctx.best[1] if ctx.best is not None else ctx.last
+    extra: dict[str, Any] = {"program": program, "traceback": text[-6000:]}
+    m = _BLOB.search(program)
+    if m and isinstance(e, Failure):
+        extra["hypothesis_version"] = m.group(1)
+        extra["blob"] = ast.literal_eval(m.group(2)).decode("latin-1")
+    elif not isinstance(e, Failure):
+        extra["note"] = (
+            "shrinking was cut at the run's deadline: the transcript is the shortest failing "
+            f"one seen ({type(e).__name__} from hypothesis's final replay)"
         )
-    for f, t in ctx.first_failures[:1]:
-        if ctx.last is None or t.records != ctx.last.records:
-            save_failure(
-                ctx.report,
-                "stateful",
-                f,
-                t,
-                crash_dir=ctx.crash_dir,
-                extra={"note": "first occurrence, before shrinking"},
-            )
-    ctx.report.notes.append("hypothesis program:\n" + program)
+    if transcript is not None:
+        save_failure(
+            ctx.report, "stateful", failure, transcript, crash_dir=ctx.crash_dir, extra=extra
+        )
+    else:
+        ctx.report.add_failure(failure.kind, failure.message)
+    ctx.report.notes.append("hypothesis program:\n" + program[-3000:])
+
+
+def replay_program(meta: dict[str, Any], target: Target, *, timeout: float = 5.0) -> list[str]:
+    """Re-run a saved stateful finding's exact hypothesis program, model checks included."""
+    from hypothesis import reproduce_failure
+
+    report = Report(fuzzer="stateful", target=target.name)
+    ctx = Ctx(target=target, report=report, timeout=timeout, crash_dir=None)
+    machine = type("GoferMachine", (GoferMachine,), {"ctx": ctx})
+    factory = reproduce_failure(meta["hypothesis_version"], meta["blob"].encode("latin-1"))(machine)
+    s = settings(
+        max_examples=1,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+        stateful_step_count=int(meta.get("steps", 50)),
+        phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    )
+    try:
+        liveness(target, timeout=timeout, exercise=True)
+        run_state_machine_as_test(factory, settings=s)  # type: ignore[no-untyped-call]
+    except Failure as f:
+        return [f"{f.kind}: {f.message}"]
+    except Exception as ex:
+        return [f"crash: {type(ex).__name__}: {str(ex)[:2000]}"]
+    return []
