@@ -113,6 +113,11 @@ def _parser() -> argparse.ArgumentParser:
         help="failure deadline (s) for another connection's round trip during a case",
     )
     pr.add_argument("--no-shrink", action="store_true", help="do not minimize findings")
+    ra = sub.add_parser(
+        "race", help="a host-side agent mutates the export under two clients; canaries outside"
+    )
+    common(ra)
+    ra.add_argument("--no-shrink", action="store_true", help="do not minimize findings")
     d = sub.add_parser("decode", help="coverage-guided codec.decode (atheris, else hypothesis)")
     common(d, live=False)
     d.add_argument("--engine", choices=["auto", "atheris", "hypothesis"], default="auto")
@@ -277,6 +282,20 @@ def _run(
                     known=known,
                     shrink=not args.no_shrink,
                 )
+            elif args.fuzzer == "race":
+                from .race import run as run_race
+
+                run_race(
+                    target,
+                    report,
+                    seed=seed,
+                    time_budget=time_budget,
+                    max_cases=examples,
+                    crash_dir=args.crash_dir,
+                    timeout=args.timeout,
+                    known=known,
+                    shrink=not args.no_shrink,
+                )
             elif args.fuzzer == "frames":
                 from .frames import run as run_frames
 
@@ -323,6 +342,10 @@ def _replay(args: argparse.Namespace) -> int:
                 from .pressure import replay_case
 
                 problems = replay_case(meta_path, target)
+            elif meta.get("fuzzer") == "race" and "case" in meta:
+                from .race import replay_case as replay_race
+
+                problems = replay_race(meta_path, target, timeout=args.timeout)
             elif meta.get("fuzzer") == "stateful" and meta.get("blob"):
                 from .stateful import replay_program
 

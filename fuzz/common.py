@@ -399,6 +399,7 @@ def bucket(kind: str, message: str, transcript: Transcript | None = None, hint: 
     if m:
         return _slug(f"{kind}-{m.group(1)}-{last_request(transcript)}")
     text = message.split("\n")[0]
+    text = re.sub(r"(?<![\w.])/[^\s:,'\"]+", "", text)  # paths: temp dirs differ per run
     text = re.sub(r"\b[0-9a-f]{8,}\b|0x[0-9a-fA-F]+|\d+(\.\d+)?", "", text)
     text = re.sub(r"'[^']*'|\"[^\"]*\"|b'[^']*'|\[[^\]]*\]|\{[^}]*\}", "", text)
     words = re.findall(r"[A-Za-z_]+", text)[:8]
