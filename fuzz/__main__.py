@@ -101,6 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     f = sub.add_parser("frames", help="malformed frames against a live server")
     common(f)
+    f.add_argument("--no-shrink", action="store_true", help="do not minimize findings")
     pr = sub.add_parser(
         "pressure", help="resource attacks judged by the server's memory, fds and latency"
     )
@@ -308,6 +309,7 @@ def _run(
                     crash_dir=args.crash_dir,
                     timeout=args.timeout,
                     known=known,
+                    shrink=not args.no_shrink,
                 )
             else:
                 from .stateful import run as run_stateful

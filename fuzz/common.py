@@ -278,8 +278,13 @@ def replay(path: Path, target: Target, *, timeout: float = 5.0) -> list[str]:
     tag/type/outcome/data, closes), that the server did not crash, that a
     fresh connection still works, and that fds return to the baseline.
     """
-    t = Transcript.from_bytes(path.read_bytes())
+    return replay_transcript(Transcript.from_bytes(path.read_bytes()), target, timeout=timeout)
+
+
+def replay_transcript(t: Transcript, target: Target, *, timeout: float = 5.0) -> list[str]:
+    """:func:`replay` of a transcript in memory (the minimizer's test)."""
     problems: list[str] = []
+    target.problems()  # what happened before this replay is not its result
     if not target.per_connection_process:
         target.reset_export()  # the transcript expects the empty export it started on
     try:
@@ -335,6 +340,8 @@ def replay(path: Path, target: Target, *, timeout: float = 5.0) -> list[str]:
         problems.append(f"{f.kind}: {f.message}")
         if conn is not None:
             conn.sock.close()
+        if link is not None:
+            problems += link.finish(timeout)  # (a process target: wait for it, judge its exit)
     problems += target.problems()
     if not problems:
         try:
@@ -451,3 +458,70 @@ def save_failure(
     if path is not None:
         report.details.setdefault("bucket_files", {})[name] = str(path)
     return path
+
+
+def transcript_units(t: Transcript) -> list[list[tuple[bytes, bytes]]]:
+    """A transcript cut into removable units: an N, or an S with the records that follow it."""
+    units: list[list[tuple[bytes, bytes]]] = []
+    for rec in t.records:
+        if rec[0] in (b"N", b"S") or not units:
+            units.append([rec])
+        else:
+            units[-1].append(rec)
+    return units
+
+
+def minimize_transcript(
+    target: Target,
+    t: Transcript,
+    failure: Failure,
+    *,
+    deadline: float,
+    timeout: float = 5.0,
+) -> tuple[Transcript, int]:
+    """Drop sends (with their expectations) while the replay still fails in the same bucket.
+
+    Delta debugging over the transcript's units (halves, quarters, ... then single units from
+    the end), each candidate replayed on the target; stops at ``deadline`` with the smallest
+    failing transcript found.  Returns it and the number of replays tried.
+    """
+    # (signal buckets are compared without their request: shrinking changes the last one)
+    want = bucket(failure.kind, failure.message)
+    units = transcript_units(t)
+    tries = 0
+
+    def fails(us: list[list[tuple[bytes, bytes]]]) -> bool:
+        nonlocal tries
+        tries += 1
+        cand = Transcript()
+        cand.records = [r for u in us for r in u]
+        if not cand.records or cand.records[0][0] != b"N":
+            return False
+        for p in replay_transcript(cand, target, timeout=timeout):
+            kind, msg = split_problem(p)
+            if bucket(kind, msg) == want:
+                return True
+        if not target.alive():
+            target.restart()
+        return False
+
+    n = 2
+    while len(units) >= 2 and time.monotonic() < deadline and not STOP.is_set():
+        size = max(1, len(units) // n)
+        removed = False
+        for start in range(len(units) - size, 0, -size):  # keep the first N
+            if time.monotonic() >= deadline:
+                break
+            cand = units[:start] + units[start + size :]
+            if fails(cand):
+                units = cand
+                n = max(n - 1, 2)
+                removed = True
+                break
+        if not removed:
+            if size == 1:
+                break
+            n = min(len(units), n * 2)
+    out = Transcript()
+    out.records = [r for u in units for r in u]
+    return out, tries

@@ -34,7 +34,18 @@ from gofer9p.protocol import constants as C
 from gofer9p.protocol import messages as M
 from gofer9p.protocol.codec import encode
 
-from .common import Health, Known, Report, liveness, save_failure, split_problem
+from .common import (
+    STOP,
+    Health,
+    Known,
+    Report,
+    last_request,
+    liveness,
+    minimize_transcript,
+    save_failure,
+    split_problem,
+    transcript_units,
+)
 from .targets import Target
 from .wire import Failure, RawConn, Transcript, check_reply, expect_record, expected_reply_types
 
@@ -394,6 +405,7 @@ class FrameFuzzer:
         timeout: float = 5.0,
         server_max: int | None = None,
         known: Known | None = None,
+        shrink: bool = True,
     ) -> None:
         self.known = known or Known()
         self.target = target
@@ -410,6 +422,8 @@ class FrameFuzzer:
         self.mutated = 0
         self.kinds: dict[str, int] = {}
         self.dead = False
+        self.shrink = shrink
+        self.deadline: float | None = None
 
     # ---------------------------------------------------------------- setup
     def _setup(self, c: RawConn) -> None:
@@ -568,11 +582,16 @@ class FrameFuzzer:
         ]
         if failure is not None and self.known.match(self.report, failure.message):
             failure = None
+        deaths = [p for p in problems if p.startswith("crash")]
+        if failure is not None and deaths:
+            failure = None  # the connection broke because the server died: the death is it
         if failure is not None:
-            save_failure(self.report, "frames", failure, t, crash_dir=self.crash_dir)
+            self._save(failure, t)
         for p in problems:
             kind, msg = split_problem(p)
-            save_failure(self.report, "frames", Failure(kind, msg), t, crash_dir=self.crash_dir)
+            if "SIGSYS" in msg or "signal" in msg:
+                msg += f" (last request {last_request(t)})"
+            self._save(Failure(kind, msg), t)
         if broke or failure or problems or self.report.connections % 20 == 0:
             self._liveness(t)
         if not self.dead and self.health.fd_base is not None:
@@ -584,6 +603,36 @@ class FrameFuzzer:
         if self.report.connections % 50 == 0 and not self.dead:
             self._health(t)
         return sent
+
+    def _save(self, failure: Failure, t: Transcript) -> None:
+        """Minimize (time-boxed: the run's deadline, at most 60 s) and save in its bucket."""
+        from .common import bucket
+
+        name = bucket(failure.kind, failure.message, t)
+        seen = self.report.details.get("findings_by_bucket", {})
+        final = t
+        if self.shrink and name not in seen and len(transcript_units(t)) > 2:
+            end = time.monotonic() + 60
+            if self.deadline is not None:
+                end = min(end, max(self.deadline, time.monotonic() + 5))
+            final, tries = minimize_transcript(
+                self.target, t, failure, deadline=end, timeout=self.timeout
+            )
+            self.report.details["minimize_replays"] = (
+                self.report.details.get("minimize_replays", 0) + tries
+            )
+            self.target.problems()  # what the minimizing replays logged is not a new finding
+            if "(last request " in failure.message:
+                head = failure.message.rsplit(" (last request ", 1)[0]
+                failure = Failure(failure.kind, f"{head} (last request {last_request(final)})")
+        save_failure(
+            self.report,
+            "frames",
+            failure,
+            final,
+            crash_dir=self.crash_dir,
+            extra={"original_frames": t.frames_sent()} if final is not t else None,
+        )
 
     def _health(self, t: Transcript) -> None:
         """fd/RSS growth since the baseline is a leak (reported once, then re-baselined)."""
@@ -612,6 +661,7 @@ class FrameFuzzer:
             time_budget = 60.0  # every run is bounded
         start = time.monotonic()
         deadline = start + time_budget if time_budget else None
+        self.deadline = deadline
         try:
             liveness(self.target, timeout=self.timeout, exercise=True)  # warm-up
         except Failure as f:
@@ -621,7 +671,20 @@ class FrameFuzzer:
             self.report.notes.append("server failed the first liveness check; nothing fuzzed")
             return self.report
         self.health.baseline()
-        while not self.dead:
+        while not STOP.is_set():
+            if self.dead:
+                # unattended: restart the dead or wedged server and keep going
+                self.report.details["restarts"] = self.report.details.get("restarts", 0) + 1
+                self.target.restart()
+                try:
+                    liveness(self.target, timeout=self.timeout, exercise=True)
+                except Failure as f:
+                    self.report.add_failure(f.kind, "after a restart: " + f.message)
+                    break
+                self.target.problems()
+                self.health = Health(self.target, self.report)
+                self.health.baseline()
+                self.dead = False
             if deadline is not None and time.monotonic() >= deadline:
                 break
             if max_frames is not None and self.mutated >= max_frames:
@@ -635,7 +698,7 @@ class FrameFuzzer:
                 except OSError:
                     pass
         if self.dead:
-            self.report.notes.append("stopped early: the server stopped answering new connections")
+            self.report.notes.append("the server stopped answering and did not come back")
         else:
             for p in self.health.check(final=True):
                 kind, msg = split_problem(p)
@@ -658,8 +721,15 @@ def run(
     crash_dir: Path | None,
     timeout: float = 5.0,
     known: Known | None = None,
+    shrink: bool = True,
 ) -> Report:
     """Run the frame fuzzer until the time or frame budget is spent."""
     return FrameFuzzer(
-        target, report, seed=seed, crash_dir=crash_dir, timeout=timeout, known=known
+        target,
+        report,
+        seed=seed,
+        crash_dir=crash_dir,
+        timeout=timeout,
+        known=known,
+        shrink=shrink,
     ).run(time_budget=time_budget, max_frames=max_frames)
