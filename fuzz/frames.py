@@ -423,6 +423,7 @@ class FrameFuzzer:
         self.kinds: dict[str, int] = {}
         self.dead = False
         self.shrink = shrink
+        self.minimized: set[str] = set()
         self.deadline: float | None = None
 
     # ---------------------------------------------------------------- setup
@@ -608,10 +609,11 @@ class FrameFuzzer:
         """Minimize (time-boxed: the run's deadline, at most 60 s) and save in its bucket."""
         from .common import bucket
 
-        name = bucket(failure.kind, failure.message, t)
-        seen = self.report.details.get("findings_by_bucket", {})
+        # (signal buckets without their request: it is only known once minimized)
+        family = bucket(failure.kind, failure.message)
         final = t
-        if self.shrink and name not in seen and len(transcript_units(t)) > 2:
+        if self.shrink and family not in self.minimized and len(transcript_units(t)) > 2:
+            self.minimized.add(family)
             end = time.monotonic() + 60
             if self.deadline is not None:
                 end = min(end, max(self.deadline, time.monotonic() + 5))

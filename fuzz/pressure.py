@@ -612,8 +612,12 @@ def run(
     scenario: str | None = None,
     known: Known | None = None,
     shrink: bool = True,
+    size: int | None = None,
 ) -> Report:
-    """Run random cases until the budget is spent; a dead server is restarted and the run goes on."""
+    """Run random cases until the budget is spent; a dead server is restarted and the run goes on.
+
+    ``size`` fixes every case's ``n`` (frames or connections) instead of a random choice.
+    """
     known = known or Known()
     rng = random.Random(seed)
     start = time.monotonic()
@@ -633,6 +637,8 @@ def run(
         if max_cases is not None and report.examples_run >= max_cases:
             break
         case = random_case(rng, scenario)
+        if size is not None:
+            case.n = size
         out = run_case(target, case, latency=latency, msize=msize)
         report.examples_run += 1
         report.frames_sent += out.frames

@@ -1511,7 +1511,11 @@ def _record(ctx: Ctx, e: BaseException) -> None:
     else:
         failure = Failure("crash", f"{type(e).__name__}: {e}\n{text[-3000:]}")
     transcript = ctx.best[1] if ctx.best is not None else ctx.last
-    extra: dict[str, Any] = {"program": program, "traceback": text[-6000:]}
+    extra: dict[str, Any] = {
+        "program": program,
+        "traceback": text[-6000:],
+        "steps": ctx.report.details.get("steps_per_example", 50),
+    }
     m = _BLOB.search(program)
     if m and isinstance(e, Failure):
         extra["hypothesis_version"] = m.group(1)
@@ -1533,6 +1537,7 @@ def _record(ctx: Ctx, e: BaseException) -> None:
 def replay_program(meta: dict[str, Any], target: Target, *, timeout: float = 5.0) -> list[str]:
     """Re-run a saved stateful finding's exact hypothesis program, model checks included."""
     from hypothesis import reproduce_failure
+    from hypothesis.errors import DidNotReproduce
 
     report = Report(fuzzer="stateful", target=target.name)
     ctx = Ctx(target=target, report=report, timeout=timeout, crash_dir=None)
@@ -1551,6 +1556,10 @@ def replay_program(meta: dict[str, Any], target: Target, *, timeout: float = 5.0
         run_state_machine_as_test(factory, settings=s)  # type: ignore[no-untyped-call]
     except Failure as f:
         return [f"{f.kind}: {f.message}"]
+    except DidNotReproduce:
+        # the program ran past the step that failed and out of recorded choices: that step
+        # does not fail any more
+        return []
     except Exception as ex:
         return [f"crash: {type(ex).__name__}: {str(ex)[:2000]}"]
     return []

@@ -10,8 +10,10 @@ the defects (comma-separated) for the ``-m`` entry point:
   (the canary oracle of the host-side agent must fire when a link points outside the export);
 * ``syscall``: a Tstatfs first creates an AF_INET socket, a syscall off the daemon's seccomp
   whitelist (the confined daemon target must report the SIGSYS and the request behind it);
-* ``crash``: a Tstatfs with fid 0xBAD raises an unexpected exception (an internal error: the
-  log oracle and the crash bucketing must fire).
+* ``crash``: a Tstatfs raises an unexpected exception (an internal error: the log oracle and
+  the crash bucketing must fire);
+* ``stall``: a Tstatfs blocks the event loop for ``STALL_S`` seconds (the latency oracle: another
+  connection's round trips must stay within their deadline).
 
 Why monkeypatching our own classes here and not flags in the server: the defects must stay out of
 the hot paths and out of anything a sandbox manager can switch on.
@@ -22,6 +24,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -30,6 +33,7 @@ KEPT: list[bytearray] = []
 """What the ``leak`` defect keeps (module-level: never freed)."""
 
 LEAK_BYTES = 256 * 1024
+STALL_S = 2.0
 
 
 def _leak(patch: Callable[[Any, str, Any], None]) -> None:
@@ -75,7 +79,9 @@ def _statfs(patch: Callable[[Any, str, Any], None], kind: str) -> None:
     def bad_statfs(self: Any, m: Any) -> Any:
         if kind == "syscall":
             socket.socket(socket.AF_INET, socket.SOCK_STREAM).close()
-        elif m.fid == 0xBAD:
+        elif kind == "stall":
+            time.sleep(STALL_S)
+        else:
             raise ZeroDivisionError("planted internal error")
         return statfs(self, m)
 
@@ -99,7 +105,7 @@ def apply(names: Iterable[str]) -> Callable[[], None]:
             _leak(patch)
         elif name == "follow":
             _follow(patch)
-        elif name in ("syscall", "crash"):
+        elif name in ("syscall", "crash", "stall"):
             _statfs(patch, name)
         else:
             raise ValueError(f"unknown planted defect {name!r}")
