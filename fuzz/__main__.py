@@ -130,6 +130,30 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--attach", default="rw", choices=["rw", "ro", "panic"])
     r.add_argument("--plant", default="", help=argparse.SUPPRESS)
     r.add_argument("--timeout", type=float, default=5.0)
+    cv = sub.add_parser(
+        "coverage", help="run each target for a budget under branch coverage; per-module report"
+    )
+    cv.add_argument(
+        "--budget",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="seconds per target, split between the fuzzers (default 300)",
+    )
+    cv.add_argument(
+        "--targets",
+        default="inproc,serve",
+        help="comma-separated targets (default inproc,serve; daemon is run, not measured)",
+    )
+    cv.add_argument("--seed", type=int, default=1)
+    cv.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="keep coverage.json and an HTML report here",
+    )
+    cv.add_argument("--json", type=Path, default=None, help="write the summary as JSON here")
     sh = sub.add_parser("show", help="print a reproducer's records, frames decoded")
     sh.add_argument("file", type=Path)
     sh.add_argument("--last", type=int, default=0, help="only the last N records")
@@ -193,6 +217,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _replay(args)
     if args.fuzzer == "show":
         return _show(args)
+    if args.fuzzer == "coverage":
+        from .covrun import run as run_coverage
+
+        run_coverage(
+            args.budget,
+            args.targets.split(","),
+            seed=args.seed,
+            keep=args.keep,
+            json_out=args.json,
+        )
+        return 0
     seed = args.seed if args.seed is not None else random.randrange(1 << 32)
     time_budget, examples = _budget(args)
     report = Report(

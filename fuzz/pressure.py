@@ -15,7 +15,11 @@ round trips:
 * ``idle``: many connections that connect and say nothing (or only Tversion);
 * ``fifo``: pipelined msize Twrites to a FIFO nobody reads (threaded requests whose replies wait);
 * ``fids``: two connections walk and open as many fids as they are allowed;
-* ``mix``: a random pipelined mix of well-formed requests from the frame fuzzer's templates.
+* ``mix``: a random pipelined mix of well-formed requests from the frame fuzzer's templates;
+* ``bigdir``: a directory of thousands of entries (made on the host, old enough for the
+  server's listing cache) read in random-sized Treaddirs, twice, then with cookies it never
+  returned, while the host adds and removes entries: the first pass must list exactly what
+  the host holds.
 
 The oracles, measured on the TARGET process (``/proc/PID``; in-process: this process):
 
@@ -58,7 +62,7 @@ from .common import STOP, Known, Report, save_failure, split_problem
 from .targets import Link, Target, fd_count, rss_kb
 from .wire import Failure, RawConn, Transcript
 
-SCENARIOS = ("treads", "flushes", "headers", "idle", "fifo", "fids", "mix")
+SCENARIOS = ("treads", "flushes", "headers", "idle", "fifo", "fids", "mix", "bigdir")
 
 # ----------------------------------------------------------------- the bound
 SLACK_KB = 48 * 1024
@@ -229,6 +233,8 @@ def random_case(rng: random.Random, scenario: str | None = None) -> Case:
         return Case(sc, rng.choice((8, 36, 100)), seed, {})
     if sc == "fids":
         return Case(sc, rng.choice((500, 2000, 8000)), seed, {"conns": 2})
+    if sc == "bigdir":
+        return Case(sc, rng.choice((2, 4)), seed, {"count": rng.choice((200, 1000, 8192, 65000))})
     return Case("mix", rng.choice((200, 2000, 10000)), seed, {})
 
 
@@ -248,6 +254,7 @@ class Outcome:
 
 
 _U32 = struct.Struct("<I")
+BIGDIR = 3000
 
 
 class _Sender:
@@ -315,6 +322,11 @@ def _host_setup(target: Target) -> None:
     fifo = target.export / "pz-fifo"
     if not fifo.exists():
         os.mkfifo(fifo, 0o666)
+    big = target.export / "pz-big"
+    if not big.exists():
+        big.mkdir()
+        for i in range(BIGDIR):
+            (big / f"entry-{i:05d}-{'x' * (i % 40)}").touch()
 
 
 def _attach(s: _Sender, msize: int) -> int:
@@ -457,6 +469,8 @@ def run_case(target: Target, case: Case, *, latency: float = 10.0, msize: int = 
                         snd.push(b"\0")
                     time.sleep(0.05)
             time.sleep(0.3)  # let the server take what it will for them
+        elif sc == "bigdir":
+            out.problems += _bigdir(target, main_link, case, rng, out)
         else:  # mix
             from .frames import templates
 
@@ -505,6 +519,58 @@ def run_case(target: Target, case: Case, *, latency: float = 10.0, msize: int = 
     if not target.per_connection_process and not target.alive():
         out.problems.append("crash: server process is gone")
     return out
+
+
+def _bigdir(target: Target, link: Link, case: Case, rng: random.Random, out: Outcome) -> list[str]:
+    """Read a big directory in pieces: the listing must be what the host holds (see doc)."""
+    from gofer9p.protocol.codec import decode_dirents
+
+    c = RawConn(link.sock, out.transcript, 10.0)
+    c.handshake(1 << 20)
+    c.rpc(M.Tattach(tag=0, fid=0, afid=C.NOFID, uname=b"root", aname=b"", n_uname=0), outcome=1)
+    c.rpc(M.Twalk(tag=0, fid=0, newfid=1, wnames=[b"pz-big"]), outcome=1)
+    c.rpc(M.Tlopen(tag=0, fid=1, flags=0o200000), outcome=1)
+    count = int(case.params.get("count", 8192))
+    big = target.export / "pz-big" if target.export is not None else None
+    problems: list[str] = []
+    cookies: list[int] = []
+    for n in range(case.n):
+        names: list[bytes] = []
+        offset = 0
+        mutate = n > 0 and big is not None
+        for _ in range(BIGDIR * 2):
+            r = c.rpc(M.Treaddir(tag=0, fid=1, offset=offset, count=rng.randrange(128, count)))
+            if not isinstance(r, M.Rreaddir):
+                problems.append(f"invariant: Treaddir of a big directory answered {r!r}"[:300])
+                return problems
+            ents = decode_dirents(r.data)
+            if not ents:
+                break
+            names += [e.name for e in ents]
+            offset = ents[-1].offset
+            cookies.append(offset)
+            out.frames += 1
+            if mutate and rng.random() < 0.05:
+                assert big is not None
+                victim = big / f"host-{rng.randrange(50)}"
+                if victim.exists():
+                    victim.unlink()
+                else:
+                    victim.touch()
+        if n == 0 and big is not None:
+            want = {os.fsencode(x) for x in os.listdir(big)} | {b".", b".."}
+            got = set(names)
+            if got != want or len(names) != len(got):
+                problems.append(
+                    f"invariant: a {len(want)}-entry directory listed {len(names)} names "
+                    f"({len(got)} distinct); missing {sorted(want - got)[:3]}, "
+                    f"extra {sorted(got - want)[:3]}"
+                )
+    for _ in range(20):  # cookies we never returned, and old ones after changes
+        off = rng.choice([rng.randrange(1 << 63), *cookies[:50], 1, 2, (1 << 63) - 1])
+        c.rpc(M.Treaddir(tag=0, fid=1, offset=off, count=rng.randrange(1, count)))
+    c.rpc(M.Tclunk(tag=0, fid=1))
+    return problems
 
 
 def _connect(target: Target, wait: float = 5.0) -> Link | None:

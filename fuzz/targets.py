@@ -778,6 +778,9 @@ class DaemonTarget(Target):
         from gofer9p.launch import start_gofer
 
         assert self.bundle is not None and self.log_path is not None
+        env = _env(self.plant)
+        # (python -m fuzz coverage: a daemon could not write its data from inside its chroot)
+        env.pop("COVERAGE_PROCESS_START", None)
         with open(self.log_path, "ab") as log:
             gp = start_gofer(
                 self.bundle,
@@ -785,7 +788,7 @@ class DaemonTarget(Target):
                 panic_on_write=self.panic_on_write,
                 module="gofer9p.testing.plant" if self.plant else "gofer9p.daemon",
                 extra_args=["--log-level", "error", "--log-file", str(self.log_path)],
-                env=_env(self.plant),
+                env=env,
                 stderr=log,
             )
         _limit(gp.pid)
