@@ -33,6 +33,7 @@ from pathlib import Path
 from gofer9p.protocol import constants as C
 from gofer9p.protocol import messages as M
 from gofer9p.protocol.codec import encode
+from gofer9p.server import PRE_VERSION_FRAME
 
 from .common import (
     STOP,
@@ -367,6 +368,10 @@ def plan_stream(data: bytes, max_frame: int) -> StreamPlan:
             return StreamPlan(frames, "partial")
         frames.append((mtype, tag, data[off : off + size]))
         off += size
+    if n - off >= 4:  # a partial header's size is judged as soon as it is there
+        (size,) = struct.unpack_from("<I", data, off)
+        if size < 7 or size > max_frame:
+            return StreamPlan(frames, "framing_error")
     return StreamPlan(frames, "aligned" if off == n else "partial")
 
 
@@ -553,7 +558,7 @@ class FrameFuzzer:
                 self._setup(c)
                 max_frame = c.msize
             else:
-                max_frame = self.server_max if self.known_max else 65536
+                max_frame = PRE_VERSION_FRAME  # the server's limit before Tversion
             mut = Mutator(rng, max_frame)
             for _ in range(min(budget, rng.randint(1, 64))):
                 tag = rng.choice((rng.randrange(0x10000), 1, 2, 0xFFFF))

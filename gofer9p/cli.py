@@ -69,7 +69,7 @@ def _serve_main(args: argparse.Namespace) -> int:
     import trio
 
     from .attach import AttachPoint
-    from .server import ServerConfig, serve
+    from .server import ServerConfig, fd_share, serve
 
     setup_logging(args.log_level, args.log_file)
     log = logging.getLogger("gofer9p.serve")
@@ -78,9 +78,10 @@ def _serve_main(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"gofer9p serve: cannot open {args.directory}: {e.strerror}", file=sys.stderr)
         return 2
-    config = ServerConfig(max_msize=args.msize, poll_us=args.poll_us)
-
     if args.fd is not None:
+        config = ServerConfig(
+            max_msize=args.msize or FD_MSIZE, poll_us=args.poll_us, connections=1
+        )
         try:
             os.fstat(args.fd)
             sock = socket.socket(fileno=args.fd)
@@ -104,6 +105,21 @@ def _serve_main(args: argparse.Namespace) -> int:
         return 0
 
     addr: str = args.listen
+    from .server import connections_for_fds
+
+    max_conn = connections_for_fds(args.max_connections)
+    if max_conn < args.max_connections:
+        log.warning(
+            "the fd limit leaves room for %d connections, not %d: serving at most %d "
+            "(raise RLIMIT_NOFILE for more)",
+            max_conn,
+            args.max_connections,
+            max_conn,
+        )
+    config = ServerConfig(
+        max_msize=args.msize or LISTEN_MSIZE, poll_us=args.poll_us, connections=max_conn
+    )
+    limits = _Limits(max_conn, args.handshake_timeout)
 
     async def listen() -> None:
         if addr.startswith("unix:"):
@@ -127,7 +143,13 @@ def _serve_main(args: argparse.Namespace) -> int:
             )
         lsock.listen(64)
         log.info(
-            "serving %s on %s%s", args.directory, addr, " (read-only)" if args.read_only else ""
+            "serving %s on %s%s: at most %d connections, msize <= %d, %d fds each",
+            args.directory,
+            addr,
+            " (read-only)" if args.read_only else "",
+            max_conn,
+            config.max_msize,
+            fd_share(max_conn),
         )
         count = 0
         async with trio.open_nursery() as nursery:
@@ -141,10 +163,13 @@ def _serve_main(args: argparse.Namespace) -> int:
                     await trio.sleep(0.1)
                     continue
                 count += 1
+                if not limits.admit():
+                    conn.close()
+                    continue
                 std = socket.socket(conn.family, conn.type, fileno=conn.detach())
                 if std.family != socket.AF_UNIX:
                     std.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                nursery.start_soon(_serve_closing, std, point, config, f"conn{count}")
+                nursery.start_soon(_serve_closing, std, point, config, f"conn{count}", limits)
 
     try:
         trio.run(listen)
@@ -153,18 +178,107 @@ def _serve_main(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve_closing(
-    sock: socket.socket, point: AttachPoint, config: ServerConfig, name: str
-) -> None:
-    """Serve one accepted connection and close it; an I/O error ends only that one."""
-    from .server import serve
+FD_MSIZE = 4 << 20
+"""Largest msize ``serve --fd`` grants by default (virtio and p9bench clients use 4 MiB)."""
+LISTEN_MSIZE = 1 << 20
+"""Largest msize ``serve --listen`` grants by default.  Linux's v9fs client over
+tcp, unix or fd transports never uses more (``MAX_SOCK_BUF``, 1 MiB, is their
+``maxsize``), and a connection's memory bound is a multiple of msize, which
+``--max-connections`` multiplies again (see docs/RESOURCES.md)."""
+MAX_CONNECTIONS = 64
+"""Default ``--max-connections`` (see docs/RESOURCES.md for its memory and fd cost)."""
+HANDSHAKE_TIMEOUT = 5.0
+"""Default ``--handshake-timeout``: seconds a connection may take to finish Tversion."""
 
+
+class _Limits:
+    """``serve --listen``'s connection limit and handshake timeout.
+
+    At the limit, a new connection is accepted and closed at once: the client
+    sees its connection closed (a mount fails at once) instead of a connect that
+    hangs in the listen backlog.  One log line when refusing starts and one when
+    a slot is free again (with the count refused), not one per connection: a
+    client reconnecting in a loop must not fill the log.
+    """
+
+    def __init__(self, max_connections: int, handshake_timeout: float) -> None:
+        self.max = max_connections
+        self.handshake_timeout = handshake_timeout
+        self.active = 0
+        self.refused = 0  # in the current episode at the limit
+        self.log = logging.getLogger("gofer9p.serve")
+
+    def admit(self) -> bool:
+        """Count a new connection in, or refuse it (the caller closes it)."""
+        if self.active >= self.max:
+            if not self.refused:
+                self.log.warning(
+                    "connection limit (%d) reached: closing new connections until one ends",
+                    self.max,
+                )
+            self.refused += 1
+            return False
+        self.active += 1
+        return True
+
+    def release(self) -> None:
+        self.active -= 1
+        if self.refused:
+            self.log.info(
+                "below the connection limit again: %d connection(s) were refused", self.refused
+            )
+            self.refused = 0
+
+
+async def _serve_closing(
+    sock: socket.socket, point: AttachPoint, config: ServerConfig, name: str, limits: _Limits
+) -> None:
+    """Serve one accepted connection and close it; an I/O error ends only that one.
+
+    A connection that has not finished Tversion ``limits.handshake_timeout``
+    seconds after it was accepted is closed (idle or trickling clients would
+    otherwise hold a connection slot, and its memory, for ever)."""
+    import trio
+
+    from .server import Connection
+
+    log = logging.getLogger("gofer9p.serve")
     try:
-        await serve(sock, point, config, name=name)
+        conn = Connection(sock, point, config, name)
+        async with trio.open_nursery() as nursery:
+
+            async def handshake_deadline() -> None:
+                await trio.sleep(limits.handshake_timeout)
+                if not conn.msize:
+                    log.warning(
+                        "%s: no Tversion within %g s of connecting: closing",
+                        name,
+                        limits.handshake_timeout,
+                    )
+                    nursery.cancel_scope.cancel()
+
+            nursery.start_soon(handshake_deadline)
+            await conn.run()
+            nursery.cancel_scope.cancel()
     except OSError as e:
-        logging.getLogger("gofer9p.serve").warning("%s: I/O error: %s", name, e)
+        log.warning("%s: I/O error: %s", name, e)
     finally:
         sock.close()
+        limits.release()
+
+
+def _positive_int(v: str) -> int:
+    n = int(v)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{v}: want a positive number")
+    return n
+
+
+def _seconds(v: str) -> float:
+    t = float(v)
+    if not 0 < t <= 3600:
+        raise argparse.ArgumentTypeError(f"{v}: want 0 < seconds <= 3600")
+    return t
 
 
 def _client_main(args: argparse.Namespace) -> int:
@@ -185,7 +299,28 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--fd", type=int, help="serve the connected socket inherited at this fd")
     where.add_argument("--listen", metavar="unix:PATH|tcp:HOST:PORT", help="accept connections")
     p.add_argument("--read-only", action="store_true", help="every mutating request gets EROFS")
-    p.add_argument("--msize", type=int, default=4 << 20, help="largest msize granted")
+    p.add_argument(
+        "--msize",
+        type=int,
+        default=0,
+        help=f"largest msize granted (default {FD_MSIZE} with --fd, {LISTEN_MSIZE} with --listen)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        default=MAX_CONNECTIONS,
+        metavar="N",
+        help="--listen: connections served at once; more are closed at once (default "
+        f"{MAX_CONNECTIONS}; each gets an equal share of the fd limit)",
+    )
+    p.add_argument(
+        "--handshake-timeout",
+        type=_seconds,
+        default=HANDSHAKE_TIMEOUT,
+        metavar="SECONDS",
+        help="--listen: close a connection that has not finished Tversion after this long "
+        f"(default {HANDSHAKE_TIMEOUT:g})",
+    )
     add_poll_arg(p)
     _add_log_args(p)
     p.set_defaults(func=_serve_main)

@@ -306,10 +306,13 @@ def _run(argv: Sequence[str] | None, after_confine: Callable[[], None] | None) -
     try:
         confine.assert_single_threaded()
         # while we still hold CAP_SYS_RESOURCE: a cache=loose client keeps a fid
-        # (host fds) per cached dentry, far beyond the usual 1024-20000
-        from .server import raise_fd_limit
+        # (host fds) per cached dentry, far beyond the usual 1024-20000; then each
+        # connection (attach point) gets an
+        # equal share of it, less a reserve (server.fd_share), so that one client that
+        # exhausts its share leaves the others able to attach, walk and open
+        from .server import fd_share
 
-        raise_fd_limit()
+        share = fd_share(len(socks))
         root = confine.private_mount_root(spec.root_path)
         confine.chroot_into(root)
         points = _open_attach_points(spec, args.panic_on_write)
@@ -336,7 +339,12 @@ def _run(argv: Sequence[str] | None, after_confine: Callable[[], None] | None) -
 
     try:
         status = trio.run(
-            _serve_all, fds, socks, points, ServerConfig(poll_us=args.poll_us), ready_line
+            _serve_all,
+            fds,
+            socks,
+            points,
+            ServerConfig(poll_us=args.poll_us, connections=len(socks), fd_share=share),
+            ready_line,
         )
     except Exception:
         log.critical("internal error", exc_info=True)

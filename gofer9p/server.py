@@ -14,15 +14,26 @@ Contract of :func:`serve`:
   inline in the receive loop, which is far cheaper than a task or a thread
   hand-off per request.  A slow request therefore never stalls a cheap one.
 * Every complete frame in a received chunk is handled before the replies of
-  that chunk are sent together (one ``sendmsg``).  The loop does not read
-  again until those replies are written: a peer that sends and never reads is
-  throttled by its own socket buffer, never by our memory.  Background tasks
-  are capped (``max_inflight``); when the cap is reached the loop stops
-  reading until one finishes.
+  that chunk are sent together (one ``sendmsg``), and replies are sent as
+  soon as ``flush_bytes`` are queued.  The loop does not read again until
+  those replies are written: a peer that sends and never reads stops being
+  read.  Background requests take one of ``max_inflight`` slots and their
+  bytes (Twrite payloads, threaded Tread buffers) in a per-connection budget
+  of ``inflight_msizes`` x msize; when either is full the loop stops reading
+  until a request finishes.
+* Memory is committed only for work that can succeed, and never to what a
+  header merely claims: the receive buffer grows with bytes that arrived, up
+  to the frame being received (a header above the negotiated msize, or above
+  8 KiB before Tversion, closes the connection first); a Tread takes a buffer
+  after its fid is checked, no larger than the file can give.  What one
+  connection can hold is the formula of :func:`memory_bound`, written out in
+  docs/RESOURCES.md.
 * ``Tflush`` of a background request cancels it if it has not started its
   system call yet and is answered only after the old reply was sent or
-  dropped; a flush of a tag not in flight is answered at once (after any
-  reply already queued, so ordering holds).
+  dropped; further Tflushes of it (or of a waiting Tflush) are answered in
+  order right after; each waits in an in-flight slot, with no task of its
+  own.  A flush of a tag not in flight is answered at once (after any reply
+  already queued, so ordering holds).
 * ``Tversion`` starts a new session: background requests are cancelled and
   awaited, every fid is clunked.
 
@@ -53,7 +64,8 @@ import attrs
 import trio
 
 from ._quietwait import QuietWait
-from .attach import AttachPoint, Session
+from .attach import AttachPoint, Session, session_memory_bound
+from .attach.session import FDS_PER_FID
 from .protocol import constants as C
 from .protocol._wire import HEADER
 from .protocol.codec import DECODERS, ENCODERS, RGETATTR, TGETATTR_BODY, ProtocolError
@@ -97,7 +109,18 @@ _MAY_BLOCK_INTS = frozenset(int(t) for t in _MAY_BLOCK)
 _NOT_PLAIN = _MAY_BLOCK_INTS | {_T_READ, _T_VERSION, _T_FLUSH, _T_WRITE, _T_GETATTR}
 
 _SMALL_BUF = 1 << 18
-"""Receive buffer of a connection that has not sent (or no longer sends) large frames."""
+"""Receive buffer kept by an idle connection that pipelined (an idle release
+shrinks larger buffers to this)."""
+_FIRST_BUF = 8 * 1024
+"""Receive buffer of a new connection; it doubles only when received bytes
+fill it (a partial frame, or a recv that filled the room), see _receive_loop."""
+_BUF_SLACK = 1 << 16
+"""Room kept past the largest frame a grown receive buffer must hold, so the
+next frames' bytes arrive in the same recv."""
+PRE_VERSION_FRAME = 8 * 1024
+"""Largest frame accepted before a Tversion is granted: any Tversion fits
+(its version string is a few bytes), and an unversioned peer cannot make the
+receive buffer grow past this (a larger header closes the connection)."""
 
 _BIG = 64 * 1024
 """Read replies at least this large use pooled buffers (no zero-fill, no mmap)."""
@@ -139,6 +162,18 @@ class ServerConfig:
     """Send the data of mid-sized Treads of regular files (32 KiB up to a
     256 KiB pipe) by ``splice``: file pages -> pipe -> socket, no copy
     through our memory (see Connection._read)."""
+    connections: int = 2
+    """Connections expected to share the process's fd table: each gets
+    :func:`fd_share` of it (``serve --fd``: 1, ``serve --listen``: the
+    connection limit, the daemon: its attach points)."""
+    fd_share: int = 0
+    """Host fds a connection may hold (fids, lock descriptions, the splice
+    pipe); 0: ``fd_share(connections)``."""
+    inflight_msizes: int = 2
+    """Byte budget of background requests, in msizes: the payloads they hold and
+    the reply buffers of threaded Treads, from admission until the reply is
+    sent.  Past it the loop stops reading (one request is always admitted when
+    nothing else is in flight)."""
     poll_us: int = 50
     """Longest adaptive poll (microseconds) for the next request before the
     loop sleeps, when it has nothing else to do (0: never poll).  Saves the
@@ -172,8 +207,46 @@ def _tune_malloc() -> None:
     mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
 
 
-FDS_PER_FID = 3
-"""Worst case host fds behind one fid: O_PATH fd, parent O_PATH fd, open fd."""
+FD_RESERVE = 256
+"""Fds of the process's limit that no connection's share may take.
+
+What they keep working when every connection holds its whole share: ``accept``
+(and closing a connection refused at the connection limit), each connection's
+socket (one per connection, beside its share), Tattach and the walks of a new
+session up to their own share, the attach points' fds, stdio and the log file,
+trio's wake-up fds, and the short-lived fds of requests in progress (an
+inline request opens a few at a time for the whole process; worker threads,
+at most trio's 40, one or two each)."""
+
+FD_SHARE_MIN = 64
+"""Smallest useful share (about 20 fids): ``serve --listen`` lowers its
+connection limit rather than give a connection less."""
+
+
+def fd_share(connections: int) -> int:
+    """Host fds one of ``connections`` connections may hold (``Session.fd_share``).
+
+    All connections of a gofer share one process fd table (the daemon serves the
+    root and every 9P mount from one process).  The fd limit is raised first
+    (:func:`raise_fd_limit`); then :data:`FD_RESERVE` is set apart and the rest
+    split evenly, less each connection's own socket.  ``connections`` connections
+    at their share therefore leave the reserve free.  At least
+    :data:`FD_SHARE_MIN`, whatever the limit (callers that accept connections
+    bound their number with :func:`connections_for_fds` first).
+    """
+    soft = raise_fd_limit()
+    return max(FD_SHARE_MIN, (soft - FD_RESERVE) // max(1, connections) - 1)
+
+
+def connections_for_fds(wanted: int) -> int:
+    """How many of ``wanted`` connections the fd limit gives at least FD_SHARE_MIN fds each."""
+    soft = raise_fd_limit()
+    return max(1, min(wanted, (soft - FD_RESERVE) // (FD_SHARE_MIN + 1)))
+
+
+def fid_cap(max_fids: int, connections: int = 2) -> int:
+    """Fids a connection may hold when it holds nothing else (no lock descriptions, no pipe)."""
+    return min(max_fids, fd_share(connections) // FDS_PER_FID)
 
 
 FD_LIMIT_GOAL = 1 << 20
@@ -206,17 +279,6 @@ def raise_fd_limit() -> int:
     return soft
 
 
-def fid_cap(max_fids: int) -> int:
-    """Fids one connection may hold, so that no connection can starve the others of fds.
-
-    All connections of a gofer share one process fd table (the daemon serves the
-    root and every 9P mount from one process).  The fd limit is raised first
-    (:func:`raise_fd_limit`), then one connection gets at most half of it (at
-    ``FDS_PER_FID`` fds per fid): a hoarding client hits EMFILE on its own
-    connection while the others keep at least half the table.
-    """
-    soft = raise_fd_limit()
-    return min(max_fids, max(64, (soft - 64) // (FDS_PER_FID * 2)))
 
 
 def _unsent(bufs: list[Any], n: int) -> list[Any]:
@@ -237,14 +299,19 @@ def _rlerror(tag: int, err: int) -> bytes:
 
 
 class _Pending:
-    """A background request: its cancel scope and completion event."""
+    """A background request: its cancel scope, completion event and the tags of
+    the Tflushes waiting for it (answered in order once its reply was sent or
+    dropped; each holds an in-flight slot and is in ``Connection.pending``
+    under its own tag until answered)."""
 
-    __slots__ = ("done", "scope", "tag")
+    __slots__ = ("answered", "done", "flushes", "scope", "tag")
 
     def __init__(self, tag: int) -> None:
         self.tag = tag
         self.scope = trio.CancelScope()
         self.done = trio.Event()
+        self.flushes: list[int] = []
+        self.answered = False  # its flushes were answered: a later one is answered at once
 
 
 class Connection:
@@ -266,7 +333,12 @@ class Connection:
         self.sock = sock
         self.config = config
         self.name = name
-        self.session = Session(point, max_fids=fid_cap(config.max_fids), msize=config.max_msize)
+        self.session = Session(
+            point,
+            max_fids=config.max_fids,
+            msize=config.max_msize,
+            fd_share=config.fd_share or fd_share(config.connections),
+        )
         self.handlers: dict[int, Callable[[Any], Message]] = self.session.handlers
         # (decoder, handler) of the types that are always handled inline with
         # no check of their own: one lookup in _dispatch instead of the chain
@@ -276,16 +348,20 @@ class Connection:
             if t in DECODERS and t not in _NOT_PLAIN
         }
         self.msize = 0  # 0 until Tversion
-        self.max_frame = config.max_msize
+        self.max_frame = PRE_VERSION_FRAME
         self.pending: dict[int, _Pending] = {}
         self.send_lock = trio.StrictFIFOLock()
         self._sending = 0  # tasks in _send (holding or waiting for send_lock)
         self.inflight = trio.Semaphore(config.max_inflight)
+        self._inbytes = 0  # payload and reply bytes of background requests in flight
+        self._budget = 0  # limit of _inbytes (set by Tversion, see ServerConfig.inflight_msizes)
+        self._bytes_freed = trio.lowlevel.ParkingLot()
         self.nursery: trio.Nursery | None = None
         self.closed = False
         self.frames = 0
         self.quiet: QuietWait | None = None  # the receive loop's waiter (its poll counters)
-        self._pool: list[bytearray] = []  # free max-msize read buffers
+        self._pool: list[bytearray] = []  # free max-msize read buffers (at most one kept)
+        self._pool_min = max(_BIG, config.flush_bytes)  # smallest read using a pooled buffer
         self._lent: list[bytearray] = []  # pooled buffers in replies not yet sent
         self._pipe: tuple[int, int] | None = None  # (read, write) end for spliced Treads
         self._splice_max = 0  # largest spliced Tread count; 0: splicing off
@@ -409,9 +485,11 @@ class Connection:
 
     async def _receive_loop(self) -> str:
         sock = self.sock
-        # The buffer starts small and grows to fit the largest frame seen (at
-        # most msize + slack), so an idle or small-msize session stays small.
-        bufsize = _SMALL_BUF
+        # The buffer starts small and grows with what arrives: it doubles when
+        # received bytes fill it (a partial frame, or a pipelining client's
+        # chunk), up to the largest frame seen plus slack (never past
+        # max_frame + slack), never to what a header merely announces.
+        bufsize = _FIRST_BUF
         buf = bytearray(bufsize)
         mv = memoryview(buf)
         start = end = 0
@@ -427,21 +505,32 @@ class Connection:
         frame: memoryview | None = None
         r: Any = None
         out: list[Any] = []
+        filled = False  # the last recv filled the buffer's room
         while True:
             # make room for the rest of a partial frame
             if start == end:
                 start = end = 0
+                if filled and bufsize < _SMALL_BUF:
+                    # a pipelining client filled the buffer: take larger chunks
+                    bufsize *= 2
+                    buf = bytearray(bufsize)
+                    mv = memoryview(buf)
             elif bufsize - end < 4096 or (
                 end - start >= 4 and start + _U32.unpack_from(buf, start)[0] > bufsize
             ):
                 n = end - start
                 need = _U32.unpack_from(buf, start)[0] if n >= 4 else 0
-                if need + 4096 > bufsize and need <= self.max_frame:
-                    bufsize = need + (1 << 16)
+                grow = 0
+                if need + 4096 > bufsize and need <= self.max_frame and 2 * n >= bufsize:
+                    # the frame does not fit and its bytes already fill half the
+                    # buffer: double it (at most to the frame plus slack)
+                    grow = min(2 * bufsize, need + _BUF_SLACK)
+                if grow > bufsize:
+                    bufsize = grow
                     nbuf = bytearray(bufsize)
                     nbuf[:n] = mv[start:end]
                     buf, mv = nbuf, memoryview(nbuf)
-                else:
+                elif start:
                     mv[0:n] = mv[start:end]
                 start, end = 0, n
             got = -1
@@ -488,6 +577,7 @@ class Connection:
                     return "reset by peer"
             if got == 0:
                 return "EOF"
+            filled = got == room
             end += got
             out = []
             queued = 0
@@ -501,12 +591,7 @@ class Connection:
             while end - start >= 7:
                 size, mtype, tag = HEADER.unpack_from(buf, start)
                 if size < 7 or size > self.max_frame:
-                    log.warning(
-                        "%s: framing error: frame size %d outside [7, %d]; closing",
-                        self.name,
-                        size,
-                        self.max_frame,
-                    )
+                    self._log_bad_size(size)
                     if held is not None:
                         out.append(held)
                     if out:
@@ -551,6 +636,16 @@ class Connection:
                         await self._send_batched(out)
                         out = []
                         queued = 0
+            if 4 <= end - start < 7:
+                # a partial header already says how large its frame is
+                size = _U32.unpack_from(buf, start)[0]
+                if size < 7 or size > self.max_frame:
+                    self._log_bad_size(size)
+                    if held is not None:
+                        out.append(held)
+                    if out:
+                        await self._send_batched(out)
+                    return "framing error"
             if held is not None:
                 out.append(held)
                 held = None  # the idle release below must find no reference to it
@@ -569,6 +664,14 @@ class Connection:
                 # (sends without contention do not yield)
                 busy = 0
                 await trio.lowlevel.checkpoint()
+
+    def _log_bad_size(self, size: int) -> None:
+        log.warning(
+            "%s: framing error: frame size %d outside [7, %d]; closing",
+            self.name,
+            size,
+            self.max_frame,
+        )
 
     def _dispatch(self, mtype: int, tag: int, frame: memoryview) -> Any:
         """Handle one frame inline; return the reply buffer (or raise a control signal)."""
@@ -650,6 +753,7 @@ class Connection:
             version = C.VERSION_9P2000L
             self.msize = msize
             self.max_frame = msize
+            self._budget = self.config.inflight_msizes * msize
             self._pool.clear()
             if self._splice_max and self._pipe is None and msize >= _SPLICE_MIN + C.IOHDRSZ:
                 # made here, not on the first read: the pipe is part of the
@@ -660,6 +764,7 @@ class Connection:
         else:
             version = C.VERSION_UNKNOWN
             self.msize = 0
+            self.max_frame = PRE_VERSION_FRAME
             log.info("%s: Tversion %r msize=%d refused", self.name, msg.version, msg.msize)
         reply = Rversion(tag=msg.tag, msize=msize, version=version)
         encoded = ENCODERS[Rversion](reply)
@@ -696,13 +801,30 @@ class Connection:
                 raise _Spliced(_HDR_U32.pack(11 + n, _R_READ, tag, n), n)
             if n == 0:
                 return _HDR_U32.pack(11, _R_READ, tag, 0)
-        if count >= _BIG:
-            pool = self._pool
-            rb = pool.pop() if pool else bytearray(11 + self.msize)
-            self._lent.append(rb)
-        else:
-            rb = bytearray(11 + count)
-        return self._fill_rread(rb, tag, fid, offset, count)
+        if count < _BIG:
+            # at most 64 KiB, freed at once if the read fails
+            return self._fill_rread(bytearray(11 + count), tag, fid, offset, count)
+        # Memory only for work that can succeed: the fid is checked and the
+        # count clamped to what the file can give before any buffer is taken.
+        count = self.session.read_size(fid, offset, count)
+        if count < self._pool_min:
+            return self._fill_rread(bytearray(11 + count), tag, fid, offset, count)
+        # A reply this large is held back and sent before the next Tread
+        # (_receive_loop), so one pooled buffer is lent at a time.
+        pool = self._pool
+        rb = pool.pop() if pool else bytearray(11 + self.msize)
+        try:
+            r = self._fill_rread(rb, tag, fid, offset, count, True)
+        except BaseException:
+            pool.append(rb)
+            raise
+        if len(r) - 11 < self._pool_min:
+            # a short read (the file shrank meanwhile): the reply is not held
+            # back, so it must not keep the pooled buffer
+            pool.append(rb)
+            return bytes(r)
+        self._lent.append(rb)
+        return r
 
     # Spliced Treads.  A Tread of a regular file is the costliest request per
     # byte: preadv copies the page-cache pages into our buffer, sendmsg copies
@@ -717,10 +839,17 @@ class Connection:
     # and below flush_bytes (larger reads keep the held-back path, behind
     # which small replies overtake).
     def _open_pipe(self) -> None:
-        """Make the connection's splice pipe; failing that, turn splicing off."""
+        """Make the connection's splice pipe; failing that, turn splicing off.
+
+        Its two fds are charged to the connection's fd share like a fid's."""
+        if not self.session.charge_fds(2):
+            log.info("%s: fd share used up: no pipe for spliced reads, copying", self.name)
+            self._splice_max = 0
+            return
         try:
             r, w = os.pipe2(os.O_CLOEXEC)
         except OSError as e:
+            self.session.release_fds(2)
             log.warning("%s: no pipe for spliced reads (%s): copying", self.name, e.strerror)
             self._splice_max = 0
             return
@@ -731,6 +860,7 @@ class Connection:
             log.info("%s: pipe size %d refused (%s): reads are copied", self.name, _PIPE_BYTES, e.strerror)
             os.close(r)
             os.close(w)
+            self.session.release_fds(2)
             self._splice_max = 0
             return
         self._pipe = (r, w)
@@ -742,6 +872,7 @@ class Connection:
         if p is not None:
             os.close(p[0])
             os.close(p[1])
+            self.session.release_fds(2)
 
     async def _send_spliced(self, header: bytes, n: int) -> None:
         """Send an Rread header, then its ``n`` data bytes waiting in the pipe,
@@ -791,39 +922,111 @@ class Connection:
                 self._drop_pipe()  # what is left in it belongs to a reply that will not be sent
             self._unlock_send()
 
-    def _fill_rread(self, rb: bytearray, tag: int, fid: int, offset: int, count: int) -> Any:
-        """Read into ``rb`` after its 11-byte header; the Rread frame (rb, or a view of it)."""
+    def _fill_rread(
+        self, rb: bytearray, tag: int, fid: int, offset: int, count: int, pooled: bool = False
+    ) -> Any:
+        """Read into ``rb`` after its 11-byte header; the Rread frame.
+
+        After a short read the unused tail is given back (``rb`` is cut to the
+        reply), so that a queued reply holds no more memory than it sends; a
+        ``pooled`` buffer is kept whole and a view of it returned."""
         mv = memoryview(rb)
         n = self.session.read_into(fid, offset, mv[11 : 11 + count])
         _HDR_U32.pack_into(rb, 0, 11 + n, C.MsgType.RREAD, tag, n)
         if n != len(rb) - 11:
-            return mv[: 11 + n]
+            if pooled:
+                return mv[: 11 + n]
+            mv.release()
+            del rb[11 + n :]
         return rb
 
+    # Flush.  A Tflush of a background request (or of a Tflush waiting for
+    # one) joins that request's list of waiting flushes: no task of its own,
+    # one in-flight slot, its tag in ``pending`` until answered.  They are
+    # answered in arrival order right after the old reply was sent or dropped
+    # (a second Tflush of the same old tag thus right after the first: it may
+    # not be answered at once, since the old reply could still follow it).
+    # Any other Tflush (a tag not in flight, already answered or flushed) is
+    # answered at once, after the replies queued before it.
     def _flush(self, msg: Any) -> Any:
         p = self.pending.get(msg.oldtag)
-        if p is None:
+        if p is None or p.answered:
             return ENCODERS[Rflush](Rflush(tag=msg.tag))
-        p.scope.cancel()
-        raise _FlushWait(msg.tag, p)
+        raise _FlushWait(msg.tag, msg.oldtag)
 
-    async def _flush_after(self, tag: int, p: _Pending) -> None:
-        await p.done.wait()
-        await self._send([ENCODERS[Rflush](Rflush(tag=tag))])
+    async def _join_flush(self, tag: int, oldtag: int) -> Any:
+        """Wait for an in-flight slot (the loop stops reading meanwhile), then
+        make the Tflush ``tag`` wait for ``oldtag``; the Rflush if it need not wait."""
+        await self.inflight.acquire()
+        p = self.pending.get(oldtag)
+        if p is None or p.answered:  # done while we waited for the slot
+            self.inflight.release()
+            return ENCODERS[Rflush](Rflush(tag=tag))
+        p.scope.cancel()
+        p.flushes.append(tag)
+        self.pending[tag] = p
+        return None
+
+    async def _answer_flushes(self, p: _Pending) -> None:
+        """Send the Rflushes waiting for ``p`` (its reply was sent or dropped)."""
+        flushes = p.flushes
+        try:
+            while flushes:  # a Tflush of a waiting Tflush may join meanwhile
+                tag = flushes[0]
+                if not self.closed:
+                    try:
+                        await self._send([ENCODERS[Rflush](Rflush(tag=tag))])
+                    except OSError as e:
+                        log.info("%s: tag=%d Rflush not sent: %s", self.name, tag, e)
+                del flushes[0]
+                del self.pending[tag]
+                self.inflight.release()
+        finally:
+            p.answered = True
+            for tag in flushes:  # cancelled (the connection is closing)
+                del self.pending[tag]
+                self.inflight.release()
+            flushes.clear()
 
     # ----------------------------------------------------- background tasks
     async def _start_background(self, msg: Any, handler: Callable[[Any], Message] | None) -> None:
-        if isinstance(msg, Twrite):
-            msg.data = bytes(msg.data)  # the receive buffer is reused
+        """Admit a background request: an in-flight slot, then its bytes in the
+        byte budget (payload, and for a Tread its reply buffer); the loop
+        stops reading until both are free.  A request is always admitted when
+        no other request's bytes are in flight, so a max-size one never waits
+        forever.  Twrite data is copied out of the receive buffer (reused once
+        we return) only after admission."""
+        payload = len(msg.data) if isinstance(msg, Twrite) else 0
+        reply = 11 + msg.count if handler is None else 0  # Tread: its Rread buffer
+        cost = payload + reply
         await self.inflight.acquire()
+        try:
+            while self._inbytes and self._inbytes + cost > self._budget:
+                await self._bytes_freed.park()
+        except BaseException:
+            self.inflight.release()
+            raise
+        self._inbytes += cost
+        if payload:
+            msg.data = bytes(msg.data)
         p = _Pending(msg.tag)
         self.pending[msg.tag] = p
         Connection.threaded += 1
         assert self.nursery is not None
-        self.nursery.start_soon(self._background, msg, handler, p)
+        self.nursery.start_soon(self._background, msg, handler, p, payload, reply)
+
+    def _release_bytes(self, n: int) -> None:
+        if n:
+            self._inbytes -= n
+            self._bytes_freed.unpark_all()
 
     async def _background(
-        self, msg: Any, handler: Callable[[Any], Message] | None, p: _Pending
+        self,
+        msg: Any,
+        handler: Callable[[Any], Message] | None,
+        p: _Pending,
+        payload: int,
+        cost: int,
     ) -> None:
         tag = msg.tag
         reply: Any = None
@@ -840,6 +1043,11 @@ class Connection:
                 except Exception:
                     log.exception("%s: tag=%d internal error in background request", self.name, tag)
                     reply = _rlerror(tag, errno.EIO)
+                finally:
+                    if payload:  # used (or never to be): drop it now, not after the reply
+                        msg.data = b""
+                        self._release_bytes(payload)
+                        payload = 0
             if p.scope.cancelled_caught:
                 log.info("%s: tag=%d flushed", self.name, tag)
                 reply = None
@@ -849,10 +1057,17 @@ class Connection:
                 except OSError as e:
                     log.info("%s: tag=%d reply not sent: %s", self.name, tag, e)
         finally:
+            reply = None
             del self.pending[tag]
             Connection.threaded -= 1
             self.inflight.release()
-            p.done.set()
+            self._release_bytes(payload + cost)
+            try:
+                if p.flushes:
+                    await self._answer_flushes(p)
+            finally:
+                p.answered = True
+                p.done.set()
 
     def _read_sync(self, msg: Any) -> Any:
         return self._fill_rread(bytearray(11 + msg.count), msg.tag, msg.fid, msg.offset, msg.count)
@@ -892,15 +1107,14 @@ class _Spliced(_Control):
 
 
 class _FlushWait(_Control):
-    """Answer this Tflush once the pending request is done."""
+    """Answer this Tflush once the pending request is done (see Connection._flush)."""
 
-    def __init__(self, tag: int, pending: _Pending) -> None:
+    def __init__(self, tag: int, oldtag: int) -> None:
         self.tag = tag
-        self.pending = pending
+        self.oldtag = oldtag
 
-    async def act(self, conn: Connection) -> None:
-        assert conn.nursery is not None
-        conn.nursery.start_soon(conn._flush_after, self.tag, self.pending)
+    async def act(self, conn: Connection) -> Any:
+        return await conn._join_flush(self.tag, self.oldtag)
 
 
 class _VersionReset(_Control):
@@ -940,4 +1154,50 @@ async def serve(
     await conn.run()
 
 
-__all__ = ["Connection", "ServerConfig", "serve"]
+# ------------------------------------------------------------------ the bound
+REQUEST_BYTES = 16 * 1024
+"""Python memory of one background request or flush waiter besides the bytes
+the budget counts: its task, cancel scope, event, message and worker-thread
+hand-off (about 6 KB measured for a threaded Tread)."""
+CONNECTION_BYTES = 128 * 1024
+"""A connection's fixed state: Connection, Session, handler tables, its task,
+its QuietWait, the log line objects in flight."""
+_REPLY_BYTES = 64
+"""Python memory of a queued reply beyond twice its wire size (object header,
+list slot); a cut Rread buffer may keep up to twice its size."""
+_MIN_REPLY = 7  # Rflush: the smallest reply
+
+
+def memory_bound(config: ServerConfig, connections: int = 1) -> int:
+    """Most Python memory (bytes, tracemalloc's measure) ``connections``
+    connections with ``config`` can make the server hold, whatever bytes they
+    send and whether or not they read their replies.  The formula and the
+    defaults' numbers are written out in docs/RESOURCES.md; every term is a
+    limit this module or ``attach`` enforces (M = max_msize, Fb = flush_bytes,
+    I = max_inflight, B = inflight_msizes x M, F = max_fids):
+
+    * receive buffer: 2 x max(256 KiB, M + 64 KiB) (old and new during a growth);
+    * queued replies: Fb of small replies (at most 2 x wire + 64 bytes each, 7
+      bytes at least: 12 x Fb), plus the reply that crossed Fb, the held-back
+      large reply and the pooled read buffer: 3 x (M + 64);
+    * the request being handled: 2 x M (a reply built and its encoding);
+    * background requests: B + I x REQUEST_BYTES (flush waiters share the I slots);
+    * the session: ``attach.session_memory_bound(F)``;
+    * the rest: CONNECTION_BYTES.
+    """
+    m = config.max_msize
+    small_replies = 2 * config.flush_bytes + (config.flush_bytes // _MIN_REPLY + 1) * _REPLY_BYTES
+    per_connection = (
+        2 * max(_SMALL_BUF, m + _BUF_SLACK)
+        + small_replies
+        + 3 * (m + _REPLY_BYTES)
+        + 2 * m
+        + config.inflight_msizes * m
+        + config.max_inflight * REQUEST_BYTES
+        + session_memory_bound(config.max_fids)
+        + CONNECTION_BYTES
+    )
+    return connections * per_connection
+
+
+__all__ = ["Connection", "ServerConfig", "memory_bound", "serve"]

@@ -7,6 +7,19 @@ which requests deserve a worker thread.
 """
 
 from gofer9p.attach.point import AttachPoint
-from gofer9p.attach.session import BLOCKING_IO_THRESHOLD, XATTR_MAX, Session, is_blocking
+from gofer9p.attach.session import (
+    BLOCKING_IO_THRESHOLD,
+    XATTR_MAX,
+    Session,
+    is_blocking,
+    session_memory_bound,
+)
 
-__all__ = ["BLOCKING_IO_THRESHOLD", "XATTR_MAX", "AttachPoint", "Session", "is_blocking"]
+__all__ = [
+    "BLOCKING_IO_THRESHOLD",
+    "XATTR_MAX",
+    "AttachPoint",
+    "Session",
+    "is_blocking",
+    "session_memory_bound",
+]

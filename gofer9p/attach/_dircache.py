@@ -42,19 +42,25 @@ SETTLE_NS = 1_000_000_000
 MAX_LISTING = 1 << 20
 """Largest encoded listing kept (about 30k entries of 10-byte names)."""
 MAX_TOTAL = 4 << 20
-"""Bytes of listings kept per session."""
+"""Bytes of listings kept per session, their indexes counted (INDEX_BYTES per entry)."""
+INDEX_BYTES = 144
+"""Python memory of one entry's index: its end in ``ends`` (a list slot and an
+int) and its cookie in ``index`` (a dict entry, an int key and value); a
+listing of one-letter names is 25 bytes per entry, so without counting this
+the cache could hold about 7 x MAX_TOTAL."""
 
 _ENTRY_MAX = 24 + 255  # a 9P dirent with the longest name
 
 
 class _Listing:
-    __slots__ = ("data", "ends", "index", "key")
+    __slots__ = ("cost", "data", "ends", "index", "key")
 
     def __init__(self, key: tuple[int, int, int, int], data: bytes, ends: list[int], index: dict[int, int]) -> None:
         self.key = key
         self.data = data
         self.ends = ends  # ends[i]: end of entry i in data
         self.index = index  # cookie (d_off) of entry i -> i + 1
+        self.cost = len(data) + INDEX_BYTES * len(ends)  # counted in MAX_TOTAL
 
 
 def _parse(data: bytes) -> tuple[list[int], dict[int, int]] | None:
@@ -136,15 +142,17 @@ class DirCache:
         if parsed is None:
             return None
         lst = _Listing(key, data, *parsed)
+        if lst.cost > MAX_TOTAL:
+            return None
         with self._lock:
             old = self._map.pop(dkey, None)
             if old is not None:
-                self._bytes -= len(old.data)
-            while self._map and self._bytes + len(data) > MAX_TOTAL:
+                self._bytes -= old.cost
+            while self._map and self._bytes + lst.cost > MAX_TOTAL:
                 victim = self._map.pop(next(iter(self._map)))
-                self._bytes -= len(victim.data)
+                self._bytes -= victim.cost
             self._map[dkey] = lst
-            self._bytes += len(data)
+            self._bytes += lst.cost
         return lst
 
     def clear(self) -> None:

@@ -62,7 +62,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from gofer9p.attach import _sys
-from gofer9p.attach._dircache import DirCache
+from gofer9p.attach._dircache import MAX_LISTING, MAX_TOTAL, DirCache
 from gofer9p.attach.point import AttachPoint
 from gofer9p.protocol import constants as C
 from gofer9p.protocol.messages import (
@@ -121,7 +121,7 @@ from gofer9p.protocol.messages import (
     Txattrwalk,
 )
 
-__all__ = ["BLOCKING_IO_THRESHOLD", "XATTR_MAX", "Session", "is_blocking"]
+__all__ = ["BLOCKING_IO_THRESHOLD", "XATTR_MAX", "Session", "is_blocking", "session_memory_bound"]
 
 XATTR_MAX = 64 * 1024
 XATTR_SESSION_MAX = 8 << 20
@@ -138,6 +138,7 @@ _XATTR_NS = b"user."
 _XATTR_NS_STR = "user."
 _DIRENT_BUFSIZE = 32 * 1024
 _MASK64 = (1 << 64) - 1
+_OFF_MAX = (1 << 63) - 1  # largest file offset (off_t); 9P offsets are u64
 _NS = 1_000_000_000
 
 _S_IFMT = 0o170000
@@ -319,7 +320,13 @@ _NOBODY = 65534  # the kernel's overflow uid
 _UNLOCK_ALL = _sys.FLOCK.pack(C.LOCK_TYPE_UNLCK, os.SEEK_SET, 0, 0, 0)  # the whole file
 _LOCK_EOF = 1 << 64  # "to the end of the file" (length 0), beyond any real offset
 _MAX_LOCK_FDS = 1024  # per session: extra descriptions for further owners of one fid
+FDS_PER_FID = 3
+"""Host fds one fid may hold at once: its O_PATH fd, its parent's O_PATH fd, its open fd
+(after Txattrcreate the open fd is retired, not added; after Tlcreate one fd is both)."""
 _MAX_LOCK_RANGES = 1024  # per owner and file
+MAX_SESSION_LOCK_RANGES = 32768
+"""Lock ranges tracked per session (all fids and owners): ~130 bytes each, so
+about 4 MiB at most; past it Tlock is ENOLCK."""
 
 
 class _LockOwner:
@@ -357,6 +364,30 @@ def _ranges_add(ranges: list[tuple[int, int]], start: int, end: int) -> list[tup
     return out
 
 
+FID_BYTES = 8 * 1024
+"""Python memory of one fid, bounded for paths up to ~256 levels deep: its
+_Fid (~500 bytes), its path hint (a tuple of the names from the attach root:
+a walk adds up to 16 names of up to 255 bytes, ~5 KB; the rest of the tuple is
+shared references, 8 bytes a level) and its table entry.  Measured: 760 bytes
+for a fid walked two levels down with short names."""
+LOCK_RANGE_BYTES = 160
+"""Python memory of one tracked lock range (a tuple of two ints in a list)."""
+
+
+def session_memory_bound(max_fids: int) -> int:
+    """Most Python memory (bytes) a Session holds for its client, whatever it sends:
+    fids, uncommitted xattr values (their buffers may be over-allocated up to 2x),
+    tracked lock ranges, the directory-listing cache and one listing being built
+    (data, its copy and its index: 8 x MAX_LISTING).  See docs/RESOURCES.md."""
+    return (
+        max_fids * FID_BYTES
+        + 2 * XATTR_SESSION_MAX
+        + MAX_SESSION_LOCK_RANGES * LOCK_RANGE_BYTES
+        + MAX_TOTAL
+        + 8 * MAX_LISTING
+    )
+
+
 def is_blocking(m: Message) -> bool:
     """Whether a request may block long enough to deserve a worker thread.
 
@@ -391,14 +422,25 @@ class Session:
     which the server owns (Tread through :meth:`read_into`).
     """
 
-    def __init__(self, point: AttachPoint, *, max_fids: int = 16384, msize: int = 4 << 20) -> None:
+    def __init__(
+        self, point: AttachPoint, *, max_fids: int = 16384, msize: int = 4 << 20,
+        fd_share: int = 1 << 62,
+    ) -> None:
         self.point = point
         self.max_fids = max_fids
+        self.fd_share = fd_share
+        """Host fds this session may hold: FDS_PER_FID per fid (from the moment it enters
+        the table until its fds are closed, which may be after a clunk when an in-flight
+        request still uses it), one per extra lock description, and whatever the server
+        charges (the splice pipe).  Past it: EMFILE (ENOLCK for a lock), on this
+        connection only, so that no connection can take the fds the others need."""
+        self._fd_used = 0  # charged against fd_share; guarded by _lock
         self._ro = point.readonly
         self._fids: dict[int, _Fid] = {}
         self._lock = threading.Lock()
         self._locks_lock = threading.Lock()
         self._lock_fds = 0
+        self._lock_ranges = 0  # ranges in every owner's ``held`` (MAX_SESSION_LOCK_RANGES)
         self._dirs = DirCache()
         self._xacct = [0]  # bytes charged by xattr fids, see XATTR_SESSION_MAX
         self._iomax = msize - C.IOHDRSZ
@@ -429,6 +471,24 @@ class Session:
     def fid_count(self) -> int:
         return len(self._fids)
 
+    def fds_charged(self) -> int:
+        """Host fds now charged against ``fd_share`` (see there)."""
+        return self._fd_used
+
+    def charge_fds(self, n: int) -> bool:
+        """Take ``n`` fds of the share for something the connection holds (the splice
+        pipe, a lock description); False, taking nothing, if they do not fit."""
+        with self._lock:
+            if self._fd_used + n > self.fd_share:
+                return False
+            self._fd_used += n
+            return True
+
+    def release_fds(self, n: int) -> None:
+        """Give back what :meth:`charge_fds` took, once those fds are closed."""
+        with self._lock:
+            self._fd_used -= n
+
     def reset(self) -> None:
         """Clunk every fid (Tversion, disconnect) and release every lock this session
         holds.  Pending xattr writes are dropped."""
@@ -438,6 +498,7 @@ class Session:
             for f in fids:
                 f.dead = True
             idle = [f for f in fids if f.refs == 0]
+            self._fd_used -= FDS_PER_FID * len(idle)
         for f in idle:
             self._forget_locks(f)
             f.close()
@@ -461,6 +522,7 @@ class Session:
                 retired, f.retired = f.retired, []
             else:
                 retired = None
+                self._fd_used -= FDS_PER_FID  # closed below
         if retired is None:
             self._forget_locks(f)
             f.close()
@@ -486,10 +548,16 @@ class Session:
             cur = self._fids.get(fid)
             if cur is not None and cur is not replacing:
                 code = errno.EBADF
-            elif cur is None and len(self._fids) >= self.max_fids:
+            elif cur is None and (
+                len(self._fids) >= self.max_fids
+                or self._fd_used + FDS_PER_FID > self.fd_share
+            ):
                 code = errno.EMFILE
             else:
+                # A fid replacing itself (walk to its own number) is not refused:
+                # the old one's fds are closed when this request ends.
                 self._fids[fid] = nf
+                self._fd_used += FDS_PER_FID
                 if cur is not None:
                     cur.dead = True
                 return
@@ -898,7 +966,9 @@ class Session:
         if n_uname != C.NONUNAME:
             return n_uname
         if uname.isdigit():
-            uid = int(uname)
+            # a uid is below 2**32 - 1: more than 10 digits is out of range
+            # (and int() refuses over 4300 digits: never reach it)
+            uid = int(uname) if len(uname) <= 10 else C.NONUNAME
             if uid < C.NONUNAME:
                 return uid
             raise _err(errno.EINVAL)
@@ -956,9 +1026,10 @@ class Session:
             f = fids.get(fid)
             if f is None or f.xmode or f.fd < 0 or newfid in fids:
                 raise _err(errno.EBADF)
-            if len(fids) >= self.max_fids:
+            if len(fids) >= self.max_fids or self._fd_used + FDS_PER_FID > self.fd_share:
                 raise _err(errno.EMFILE)
             fids[newfid] = self._dup_fid(f)
+            self._fd_used += FDS_PER_FID
 
     @staticmethod
     def _dup_fid(f: _Fid) -> _Fid:
@@ -1392,6 +1463,33 @@ class Session:
         f = self._fids.get(fid)
         return f is not None and f.ofd >= 0 and f.fmt != _REG and f.fmt != _DIR
 
+    def read_size(self, fid: int, offset: int, count: int) -> int:
+        """The most a Tread of ``count`` bytes at ``offset`` can return now, raising
+        the error the read itself would raise (EBADF, EISDIR, EINVAL for an offset
+        past 2**63 - 1): the server calls it before it takes a large reply buffer,
+        so that memory is committed only for a read that can succeed, and no more
+        than the file can give.  Regular files: up to their size (one ``fstat``;
+        a file growing meanwhile makes a short read, which is legal); xattr fids:
+        up to the value's length; FIFOs: ``count``.
+        """
+        f = self._get(fid)
+        try:
+            ofd = f.ofd
+            if ofd < 0:
+                if f.xmode == _XREAD:
+                    return max(0, min(count, len(f.xbuf) - offset))
+                raise _err(errno.EBADF)
+            fmt = f.fmt
+            if fmt == _DIR:
+                raise _err(errno.EISDIR)
+            if fmt != _REG:
+                return count
+            if offset > _OFF_MAX:
+                raise _err(errno.EINVAL)
+            return max(0, min(count, _fstat(ofd).st_size - offset))
+        finally:
+            self._put(f)
+
     def read_into(self, fid: int, offset: int, view: memoryview) -> int:
         """Tread: fill ``view`` from the fid at ``offset`` (preadv, no copy); bytes read.
 
@@ -1629,8 +1727,11 @@ class Session:
                 owner = lockers.get(key)
                 if ltype == C.LOCK_TYPE_UNLCK:
                     if owner is not None:
+                        held = _ranges_sub(owner.held, m.start, end)
+                        self._track_ranges(owner, held)  # (an unlock may split a range)
                         fcntl.fcntl(owner.fd, fcntl.F_OFD_SETLK, req)
-                        owner.held = _ranges_sub(owner.held, m.start, end)
+                        self._lock_ranges += len(held) - len(owner.held)
+                        owner.held = held
                         if not owner.held:
                             self._drop_owner(lockers, key)
                     return Rlock(m.tag, C.LOCK_SUCCESS)
@@ -1638,12 +1739,19 @@ class Session:
                     if all(o.own for o in lockers.values()):
                         owner = _LockOwner(f.ofd, False)
                     else:
-                        if self._lock_fds >= _MAX_LOCK_FDS:
+                        if self._lock_fds >= _MAX_LOCK_FDS or not self.charge_fds(1):
                             raise _err(errno.ENOLCK)
-                        owner = _LockOwner(self._reopen(f, _ACC_HOST[f.oacc]), True)
+                        try:
+                            owner = _LockOwner(self._reopen(f, _ACC_HOST[f.oacc]), True)
+                        except BaseException:
+                            self.release_fds(1)
+                            raise
                         self._lock_fds += 1
                     lockers[key] = owner
+                held = _ranges_add(owner.held, m.start, end)
                 try:
+                    # checked before the host lock is taken: no lock we do not track
+                    self._track_ranges(owner, held)
                     fcntl.fcntl(owner.fd, fcntl.F_OFD_SETLK, req)
                 except OSError as e:
                     if not owner.held:
@@ -1651,21 +1759,29 @@ class Session:
                     if e.errno in (errno.EAGAIN, errno.EACCES):
                         return Rlock(m.tag, C.LOCK_BLOCKED)
                     raise
-                held = _ranges_add(owner.held, m.start, end)
-                if len(held) > _MAX_LOCK_RANGES:
-                    # The host lock is taken, but we refuse to track more pieces.
-                    raise _err(errno.ENOLCK)
+                self._lock_ranges += len(held) - len(owner.held)
                 owner.held = held
         finally:
             self._put(f)
         return Rlock(m.tag, C.LOCK_SUCCESS)
 
+    def _track_ranges(self, owner: _LockOwner, held: list[tuple[int, int]]) -> None:
+        """ENOLCK unless ``owner`` may track ``held`` instead of its ranges now:
+        at most _MAX_LOCK_RANGES per owner and MAX_SESSION_LOCK_RANGES per session."""
+        if len(held) > _MAX_LOCK_RANGES or (
+            self._lock_ranges + len(held) - len(owner.held) > MAX_SESSION_LOCK_RANGES
+        ):
+            raise _err(errno.ENOLCK)
+
     def _drop_owner(self, lockers: dict[tuple[int, bytes], _LockOwner], key: tuple[int, bytes]) -> None:
-        """Forget an owner that holds nothing more (caller holds _locks_lock)."""
+        """Forget an owner (caller holds _locks_lock); its host locks go with its
+        description or were released."""
         owner = lockers.pop(key)
+        self._lock_ranges -= len(owner.held)
         if owner.own:
             _close(owner.fd)
             self._lock_fds -= 1
+            self.release_fds(1)
 
     def _forget_locks(self, f: _Fid) -> None:
         """Close the extra lock descriptions of a fid going away (its locks go with them)."""

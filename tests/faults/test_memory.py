@@ -125,7 +125,7 @@ def test_idle_connections_do_not_pin_max_msize_buffers(tmp_path: Path, what: str
     path = str(tmp_path / "g.sock")
     proc = subprocess.Popen(
         [sys.executable, "-m", "gofer9p", "serve", str(export), "--listen", f"unix:{path}",
-         "--log-level", "warning"],
+         "--msize", str(4 << 20), "--log-level", "warning"],  # --listen grants 1 MiB by default
         env=gofer_env(),
     )
     socks: list[socket.socket] = []

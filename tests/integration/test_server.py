@@ -160,9 +160,9 @@ async def test_flush_of_idle_tag_is_answered(server: Served) -> None:
 
 async def test_ten_thousand_fids(connect_export: ConnectFn) -> None:
     """10k fids on one connection: each walk succeeds or is a clean EMFILE (the per-
-    connection cap keeps half the fd table for the others), and another connection
+    connection fd share keeps the rest of the fd table for the others), and another connection
     keeps working throughout."""
-    from gofer9p.server import fid_cap
+    from gofer9p.server import FDS_PER_FID, fd_share
 
     async with connect_export() as s, connect_export() as other:
         c = s.client
@@ -181,7 +181,8 @@ async def test_ten_thousand_fids(connect_export: ConnectFn) -> None:
             for i in range(10000):
                 n.start_soon(one, 1000 + i)
         assert len(ok) + len(refused) == 10000
-        assert len(ok) == min(10000, fid_cap(ServerConfig().max_fids) - 1)  # the root is one
+        # the connection's fd share holds the splice pipe (2 fds), the root fid and these
+        assert len(ok) == min(10000, (fd_share(2) - 2) // FDS_PER_FID - 1)
         r = await c.getattr(ok[-1])
         assert r.qid.type & C.QidType.DIR
         fid, _ = await other.client.walk(other.root, [])
@@ -433,4 +434,30 @@ async def test_large_reads_keep_one_held_reply_and_flush_follows_its_request(
     )
     got = await _frames_until(b, {30, C.NOTAG})
     assert [m.tag for m in got] == [30, C.NOTAG]
+    b.close()
+
+
+async def test_flushes_of_one_request_are_answered_in_order(
+    export: Path, nursery: trio.Nursery
+) -> None:
+    """Two Tflushes of one threaded request and a Tflush of the first Tflush: each is
+    answered after what it flushes (the old reply, if any, first), in the order sent; a
+    flush's tag is in flight until answered (a request reusing it is refused)."""
+    b = await _raw_session(export, nursery)
+    for _ in range(20):
+        b.sendall(
+            encode(M.Tfsync(tag=10, fid=2, datasync=0))
+            + encode(M.Tflush(tag=11, oldtag=10))
+            + encode(M.Tflush(tag=12, oldtag=10))
+            + encode(M.Tflush(tag=13, oldtag=11))
+        )
+        got = await _frames_until(b, {11, 12, 13})
+        assert [m.tag for m in got if m.tag != 10] == [11, 12, 13], got
+        assert all(isinstance(m, M.Rflush) for m in got if m.tag != 10)
+        assert [m.tag for m in got].index(11) > max(
+            [i for i, m in enumerate(got) if m.tag == 10], default=-1
+        )
+    b.sendall(encode(M.Tflush(tag=14, oldtag=99)))  # nothing in flight: at once
+    (r,) = await _frames_until(b, {14})
+    assert isinstance(r, M.Rflush)
     b.close()

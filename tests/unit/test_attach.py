@@ -965,6 +965,34 @@ def test_locks_conflict_between_fids(s: Session, root: Path) -> None:
     assert _getlock(s, 5, C.LOCK_TYPE_UNLCK, 10, 20, 43).type == C.LOCK_TYPE_UNLCK
 
 
+def test_lock_ranges_per_session_are_capped(
+    s: Session, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tracked lock ranges are capped per session (memory), checked before the host lock
+    is taken or released: ENOLCK, no untracked host lock; unlocking frees the count."""
+    import gofer9p.attach.session as sess
+
+    monkeypatch.setattr(sess, "MAX_SESSION_LOCK_RANGES", 10)
+    (root / "f").write_bytes(b"x" * 100)
+    open_file(s, 1, b"f", C.L_O_RDWR)
+    open_file(s, 2, b"f", C.L_O_RDWR)
+    for i in range(6):
+        assert _lock(s, 1, C.LOCK_TYPE_WRLCK, 2 * i, 1, owner=1) == C.LOCK_SUCCESS
+    for i in range(4):
+        assert _lock(s, 1, C.LOCK_TYPE_WRLCK, 50 + 2 * i, 1, owner=2) == C.LOCK_SUCCESS
+    err(errno.ENOLCK, _lock, s, 1, C.LOCK_TYPE_WRLCK, 70, 1, owner=2)
+    assert _getlock(s, 2, C.LOCK_TYPE_WRLCK, 70, 1, 9).type == C.LOCK_TYPE_UNLCK  # not taken
+    # merging into a held range adds nothing
+    assert _lock(s, 1, C.LOCK_TYPE_WRLCK, 0, 3, owner=1) == C.LOCK_SUCCESS
+    # an unlock that would split a range past the cap is refused before the host unlock
+    assert _lock(s, 1, C.LOCK_TYPE_WRLCK, 20, 10, owner=1) == C.LOCK_SUCCESS
+    err(errno.ENOLCK, _lock, s, 1, C.LOCK_TYPE_UNLCK, 24, 1, owner=1)
+    assert _getlock(s, 2, C.LOCK_TYPE_WRLCK, 24, 1, 9).type == C.LOCK_TYPE_WRLCK  # still held
+    clunk(s, 1)
+    for i in range(10):
+        assert _lock(s, 2, C.LOCK_TYPE_WRLCK, 200 + 2 * i, 1, owner=3) == C.LOCK_SUCCESS
+
+
 def test_lock_owners_sharing_one_fid(s: Session, root: Path) -> None:
     """A forked child shares the open file (one fid) but not its parent's locks: one
     owner's unlock must not drop the other's lock on the host."""
