@@ -76,8 +76,10 @@ MAX_INFLIGHT = 64
 def memory_bound_kb(*, msize: int, versioned: int, unversioned: int = 0) -> int:
     """The most server memory (KiB) a client may make the server hold, per the written bound.
 
-    If the server exports its own bound (``gofer9p.server.memory_bound``, added by the bounded
-    resources work), that is used.  Otherwise the bound stated here, from design.md §4's rule
+    If the server exports its own bound (``gofer9p.server.memory_bound(config, connections)``,
+    docs/RESOURCES.md: Python memory per connection as a formula of msize, the in-flight limits
+    and max_fids), that is used, with the server's max msize, plus SLACK for what RSS counts
+    and tracemalloc does not (the interpreter, thread stacks, allocator slack).  Otherwise the bound stated here, from design.md §4's rule
     "no byte stream grows memory beyond a formula of msize, in-flight limit and connections":
 
         SLACK + versioned * (2*msize receive buffer + msize read buffer + 256 KiB reply queue
@@ -93,8 +95,10 @@ def memory_bound_kb(*, msize: int, versioned: int, unversioned: int = 0) -> int:
 
         fn = getattr(server, "memory_bound", None)
         if fn is not None:
-            total = int(fn(msize=msize, connections=versioned + unversioned))
-            return SLACK_KB + total // 1024
+            # (the server's formula is for connections past Tversion; before it a connection
+            # holds an 8 KiB buffer and its state: PRE_VERSION_KB)
+            total = int(fn(server.ServerConfig(max_msize=msize), connections=versioned))
+            return SLACK_KB + total // 1024 + unversioned * PRE_VERSION_KB
     except (TypeError, ValueError):
         pass
     per = (2 * msize + msize + 256 * 1024 + MAX_INFLIGHT * 16 * 1024) // 1024

@@ -5,7 +5,7 @@ Nothing in the release code path imports this module.  A defect is planted only 
 ``plant=...``), or by calling :func:`apply` in a test's own process; ``GOFER9P_TEST_PLANT`` names
 the defects (comma-separated) for the ``-m`` entry point:
 
-* ``leak``: every request keeps a 256 KiB buffer forever (the memory oracle must fire);
+* ``leak``: every request keeps a 1 MiB buffer forever (the memory oracle must fire);
 * ``follow``: a Treadlink also opens and reads what the link points at, following symlinks
   (the canary oracle of the host-side agent must fire when a link points outside the export);
 * ``syscall``: a Tstatfs first creates an AF_INET socket, a syscall off the daemon's seccomp
@@ -32,7 +32,7 @@ ENV = "GOFER9P_TEST_PLANT"
 KEPT: list[bytearray] = []
 """What the ``leak`` defect keeps (module-level: never freed)."""
 
-LEAK_BYTES = 256 * 1024
+LEAK_BYTES = 1 << 20
 STALL_S = 2.0
 
 
