@@ -59,7 +59,7 @@ from gofer9p.protocol import messages as M
 from gofer9p.protocol.codec import encode
 
 from .common import STOP, Known, Report, save_failure, split_problem
-from .targets import Link, Target, fd_count, rss_kb
+from .targets import Link, Target, fd_count, fd_targets, rss_kb
 from .wire import Failure, RawConn, Transcript
 
 SCENARIOS = ("treads", "flushes", "headers", "idle", "fifo", "fids", "mix", "bigdir")
@@ -608,7 +608,11 @@ def _settle_fds(target: Target, base: int | None, settle: float = 5.0) -> str | 
         time.sleep(0.05)
         n = fd_count(pid)
     if n is not None and n > base:
-        return f"leak: server holds {n} fds after the case's connections closed, {base} before"
+        names = sorted(set(fd_targets(pid).values()))
+        return (
+            f"leak: server holds {n} fds after the case's connections closed, {base} before; "
+            f"open: {', '.join(names[-12:])}"
+        )
     return None
 
 
