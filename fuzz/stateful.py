@@ -108,6 +108,33 @@ class Fid:
     xbuf: bytearray = field(default_factory=bytearray)
 
 
+class _Ended(Exception):
+    """The server ended the session on purpose (--panic-on-write): the example is over."""
+
+
+_MUTATING = (
+    M.Tlcreate,
+    M.Tmkdir,
+    M.Tsymlink,
+    M.Tmknod,
+    M.Tlink,
+    M.Trename,
+    M.Trenameat,
+    M.Tunlinkat,
+    M.Tremove,
+    M.Twrite,
+    M.Txattrcreate,
+    M.Tsetattr,
+)
+
+
+def _mutates(msg: M.Message) -> bool:
+    """Requests a read-only attach point refuses (session._deny's callers)."""
+    if isinstance(msg, M.Tlopen):
+        return bool(msg.flags & (C.L_O_ACCMODE | C.L_O_TRUNC))
+    return isinstance(msg, _MUTATING)
+
+
 def _special(f: Fid) -> bool:
     """Opened or xattr fids: the model does not predict them used as plain fids."""
     return f.open is not None or f.xread is not None or f.xwrite is not None
@@ -159,6 +186,9 @@ class GoferMachine(RuleBasedStateMachine):
         super().__init__()
         ctx = self.ctx
         self.failed = False
+        self.ended = False
+        self.ro = bool(getattr(ctx.target, "readonly", False))
+        self.panic = bool(getattr(ctx.target, "panic_on_write", False))
         self.t = Transcript()
         self.noop = ctx.deadline is not None and time.monotonic() > ctx.deadline
         if self.noop:
@@ -205,13 +235,15 @@ class GoferMachine(RuleBasedStateMachine):
 
     def _guard(self, fn: Any, *args: Any) -> Any:
         """Run a step; remember the first failure with its transcript."""
-        if self.noop:
+        if self.noop or self.ended:
             return None
         name = getattr(fn, "__name__", "?").lstrip("_")
         self.ctx.rules[name] = self.ctx.rules.get(name, 0) + 1
         self.steps += 1
         try:
             return fn(*args)
+        except _Ended:
+            return None
         except Failure as f:
             if f.kind != "hang" and self.ctx.known.match(self.ctx.report, f.message):
                 return None  # a known open bug: counted, keep exploring
@@ -262,6 +294,18 @@ class GoferMachine(RuleBasedStateMachine):
         raise Failure("invariant", msg)
 
     def rpc(self, msg: M.Message, outcome: int = ANY, data: bytes | None = None) -> M.Message:
+        """Send ``msg`` and check its reply; a read-only attach point's rules come first."""
+        if self.ro and _mutates(msg):
+            if self.panic and not (isinstance(msg, M.Tremove) and msg.fid not in self.fids):
+                # --panic-on-write: the daemon must end (status 70, judged at teardown)
+                # before it answers or changes anything
+                self.c.send(encode(msg))
+                rest = self.c.expect_close(half_close=False)
+                if rest:
+                    self.fail(f"{type(msg).__name__} on a panic-on-write point was answered")
+                self.ended = True
+                raise _Ended
+            outcome = ERR  # EROFS (or an earlier error): never a change
         return self.c.rpc(msg, outcome=outcome, data=data)
 
     def _start(self) -> None:
@@ -1418,6 +1462,18 @@ class GoferMachine(RuleBasedStateMachine):
             self.ctx.report.frames_sent += self.c.frames_sent
 
     def _teardown(self) -> None:
+        if self.ended:
+            # panic-on-write ended the session: nothing changed, the daemon exited 70
+            if self.host and self.ctx.target.export is not None:
+                self._compare_host(self.ctx.target.export, self.root)
+            self.c.sock.close()
+            for p in self.link.finish(self.ctx.timeout):
+                kind, msg = split_problem(p)
+                raise Failure(kind, msg)
+            status = getattr(self.ctx.target, "last_status", 70)
+            if status != 70:
+                raise Failure("invariant", f"panic-on-write daemon exited {status}, not 70")
+            return
         if self.versioned:
             for fid in sorted(self.fids):
                 f = self.fids[fid]

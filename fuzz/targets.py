@@ -739,6 +739,7 @@ class DaemonTarget(Target):
         self.log_path: Path | None = None
         self._scanner: _LogScanner | None = None
         self.gp: Any = None
+        self.last_status: int | None = None
         self._judged: set[int] = set()
         self._pending: list[str] = []
         self.started = 0
@@ -816,6 +817,7 @@ class DaemonTarget(Target):
         return self._judge(rc)
 
     def _judge(self, rc: int | None) -> list[str]:
+        self.last_status = rc
         if rc is None or rc == 0:
             return []
         if rc == SIGSYS_STATUS:
@@ -860,7 +862,10 @@ class DaemonTarget(Target):
     def problems(self) -> list[str]:
         out, self._pending = self._pending, []
         if self._scanner is not None:
-            out += self._scanner.new_problems()
+            for p in self._scanner.new_problems():
+                if self.panic_on_write and " CRITICAL panic on " in p.split("\n")[0]:
+                    continue  # --panic-on-write saying why it stopped: its job
+                out.append(p)
         gp = self.gp
         if gp is not None and gp.pid not in self._judged:
             rc = gp.proc.poll()
