@@ -129,3 +129,50 @@ def test_stateful_finding_is_replayed_with_the_model(tmp_path: Path) -> None:
     with InprocTarget() as clean:
         assert stateful.replay_program(with_blob[0], clean) == []
     assert any((tmp_path / "db").rglob("*")), "the failing example is kept in the database"
+
+
+def test_read_only_attach_point_in_the_model(tmp_path: Path) -> None:
+    """With --attach ro the model expects every mutating request to fail, the host unchanged;
+    a server that let one through would be a model mismatch."""
+    report = Report(fuzzer="stateful", target="inproc", seed=8)
+    with InprocTarget(readonly=True) as t:
+        stateful.run(t, report, seed=8, time_budget=20, max_examples=40, steps=20,
+                     crash_dir=tmp_path, shrink=False)
+    assert report.ok, report.summary()
+    rules = report.details["rule_counts"]
+    assert rules.get("lcreate", 0) and rules.get("mkdir", 0) and rules.get("setattr", 0), rules
+
+
+@root_only
+def test_panic_on_write_daemon_in_the_model(tmp_path: Path) -> None:
+    report = Report(fuzzer="stateful", target="daemon", seed=9)
+    with DaemonTarget(panic_on_write=True) as t:
+        stateful.run(t, report, seed=9, time_budget=20, max_examples=8, steps=10,
+                     crash_dir=tmp_path, shrink=False)
+        assert t.last_status == 70, t.last_status  # at least one session ended by the panic
+    assert report.ok, report.summary()
+
+
+def test_buckets_one_file_per_bug(tmp_path: Path) -> None:
+    """Two findings of one bug (different numbers, paths, sizes) land in one file, which keeps
+    the smaller reproducer and counts the hits."""
+    from fuzz.common import bucket, save_failure
+    from fuzz.wire import Failure
+
+    a = "server holds 12 fds after the case's connections closed, 11 before; open: /tmp/x1/y"
+    b = "server holds 40 fds after the case's connections closed, 9 before; open: /tmp/q/z"
+    assert bucket("leak", a) == bucket("leak", b)
+    tb = 'Traceback (most recent call last):\n  File "/r/gofer9p/attach/session.py", line 9, in _uid\nValueError: x'
+    assert bucket("crash", tb) == "crash-ValueError-session._uid"
+    big, small = Transcript(), Transcript()
+    for t, n in ((big, 5), (small, 2)):
+        t.add(b"N")
+        for _ in range(n):
+            t.add(b"S", b"\x07\x00\x00\x00\x64\xff\xff")
+    report = Report(fuzzer="frames", target="inproc")
+    p1 = save_failure(report, "frames", Failure("leak", a), big, crash_dir=tmp_path)
+    p2 = save_failure(report, "frames", Failure("leak", b), small, crash_dir=tmp_path)
+    assert p1 == p2 and p1 is not None
+    assert Transcript.from_bytes(p1.read_bytes()).frames_sent() == 2
+    assert json.loads(p1.with_suffix(".json").read_text())["hits"] == 2
+    assert len(list(tmp_path.glob("*.bin"))) == 1
