@@ -245,6 +245,92 @@ def templates(rng: random.Random) -> list[M.Message]:
     ]
 
 
+def flag_sweep() -> list[list[M.Message]]:
+    """Every flag bit of every 9P2000.L request that has flags, one pipelined group each.
+
+    Sent after the type sweep, against the set-up fids (a fresh fid 9 is walked, used and
+    clunked where the request consumes its fid): Tlopen and Tlcreate flags, Tsetattr valid,
+    Tgetattr request_mask, Tunlinkat flags, Tlock/Tgetlock types and flags, Txattrcreate
+    flags, Tmknod file types, Tfsync datasync.  Each must get a valid reply.
+    """
+    out: list[list[M.Message]] = []
+    fresh = 9
+    for bit in range(32):
+        v = 1 << bit
+        out.append(
+            [
+                M.Twalk(tag=0, fid=ROOT, newfid=fresh, wnames=[FILE]),
+                M.Tlopen(tag=0, fid=fresh, flags=v),
+                M.Tclunk(tag=0, fid=fresh),
+            ]
+        )
+        out.append(
+            [
+                M.Twalk(tag=0, fid=ROOT, newfid=fresh, wnames=[]),
+                M.Tlcreate(tag=0, fid=fresh, name=b"flag-%d" % bit, flags=v | 2, mode=0o644, gid=0),
+                M.Tclunk(tag=0, fid=fresh),
+                M.Tunlinkat(tag=0, dirfid=ROOT, name=b"flag-%d" % bit, flags=0),
+            ]
+        )
+        out.append(
+            [
+                M.Tsetattr(
+                    tag=0,
+                    fid=OPENED,
+                    valid=v,
+                    mode=0o644,
+                    uid=0,
+                    gid=0,
+                    size=48,
+                    atime_sec=1,
+                    atime_nsec=2,
+                    mtime_sec=3,
+                    mtime_nsec=4,
+                ),
+                M.Tunlinkat(tag=0, dirfid=ROOT, name=b"no-such", flags=v),
+                M.Tlock(
+                    tag=0,
+                    fid=OPENED,
+                    type=bit % 4,
+                    flags=v,
+                    start=0,
+                    length=10,
+                    proc_id=1,
+                    client_id=b"fz",
+                ),
+                M.Tgetlock(
+                    tag=0, fid=OPENED, type=bit % 4, start=0, length=v, proc_id=1, client_id=b"fz"
+                ),
+                M.Tfsync(tag=0, fid=OPENED, datasync=v),
+            ]
+        )
+        out.append(
+            [
+                M.Twalk(tag=0, fid=ROOT, newfid=fresh, wnames=[FILE]),
+                M.Txattrcreate(tag=0, fid=fresh, name=b"user.flag", attr_size=0, flags=v),
+                M.Tclunk(tag=0, fid=fresh),
+            ]
+        )
+    for bit in range(64):
+        out.append([M.Tgetattr(tag=0, fid=OPENED, request_mask=1 << bit)])
+    for ftype in range(16):
+        out.append(
+            [
+                M.Tmknod(
+                    tag=0,
+                    dfid=ROOT,
+                    name=b"node-%d" % ftype,
+                    mode=(ftype << 12) | 0o644,
+                    major=1,
+                    minor=3,
+                    gid=0,
+                ),
+                M.Tunlinkat(tag=0, dirfid=ROOT, name=b"node-%d" % ftype, flags=0),
+            ]
+        )
+    return out
+
+
 def _fix_size(frame: bytearray | bytes) -> bytes:
     b = bytearray(frame)
     if len(b) >= 4:
@@ -423,6 +509,7 @@ class FrameFuzzer:
         )
         self.known_max = hasattr(target, "max_msize")
         self.sweep = list(range(256))
+        self.flags = flag_sweep()
         self.health = Health(target, report)
         self.mutated = 0
         self.kinds: dict[str, int] = {}
@@ -456,6 +543,9 @@ class FrameFuzzer:
                 if tmpl:
                     return "sweep", mut.frame(tmpl[0], tag)
             return "sweep", mut.random_frame(tag, t)
+        if self.flags:
+            group = self.flags.pop(0)
+            return "flags", b"".join(mut.frame(m, (tag + i) & 0xFFFF) for i, m in enumerate(group))
         msgs = templates(rng)
         msg = rng.choice(msgs)
         f = mut.frame(msg, tag)
@@ -714,6 +804,7 @@ class FrameFuzzer:
         self.report.details["mutated_frames"] = self.mutated
         self.report.details["mutations"] = dict(sorted(self.kinds.items()))
         self.report.details["type_sweep_done"] = not self.sweep
+        self.report.details["flag_sweep_done"] = not self.flags
         self.report.duration_s = round(time.monotonic() - start, 2)
         return self.report
 
