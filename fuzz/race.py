@@ -219,7 +219,8 @@ class Agent:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(5)
+        if self._thread.is_alive():
+            self._thread.join(5)
 
 
 class _dir:
@@ -373,12 +374,16 @@ def run_case(target: Target, seed: int, ops: int, *, timeout: float = 5.0) -> Ra
     links = []
     threads = []
     try:
-        if target.per_connection_process:
-            pair = target.open_pair()
-            links = list(pair)
-        else:
-            links = [target.open(), target.open()]
-        agent.start()
+        try:
+            if target.per_connection_process:
+                links = list(target.open_pair())
+            else:
+                links = [target.open(), target.open()]
+        except OSError as e:
+            out.problems.append(f"crash: cannot connect to the server: {e}")
+            links = []
+        if links:
+            agent.start()
         for i, link in enumerate(links):
             t = out.transcript if i == 0 else Transcript()
             conn = RawConn(link.sock, t, timeout)
@@ -429,9 +434,9 @@ def minimize(target: Target, seed: int, ops: int, first: str, deadline: float) -
         return any(p.split(":", 1)[0] == kind and p[:40] == first[:40] for p in o.problems)
 
     while best > 1 and time.monotonic() < deadline and not STOP.is_set():
-        # a race: the smaller case is kept only if it fails twice in a row, so that its
+        # a race: the smaller case is kept only if it fails three times in a row, so that its
         # replay reproduces it (a case that failed once by luck would replay as "fixed")
-        if fails(best // 2) and fails(best // 2):
+        if fails(best // 2) and fails(best // 2) and fails(best // 2):
             best //= 2
         else:
             break

@@ -500,12 +500,26 @@ class ServeTarget(Target):
         self._reported_death = False
         self._scanner = _LogScanner(self.log_path)
         deadline = time.monotonic() + 15
-        while not self.sock_path.exists():
+        while not self._accepting():
+            # (the path exists from bind(), a connect is refused until listen())
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(
                     f"gofer9p serve did not start: {self.log_path.read_text(errors='replace')}"
                 )
             time.sleep(0.02)
+
+    def _accepting(self) -> bool:
+        assert self.sock_path is not None
+        if not self.sock_path.exists():
+            return False
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(str(self.sock_path))
+        except OSError:
+            return False
+        finally:
+            s.close()
+        return True
 
     def open(self) -> Link:
         assert self.sock_path is not None
@@ -740,6 +754,8 @@ class DaemonTarget(Target):
         self._scanner: _LogScanner | None = None
         self.gp: Any = None
         self.last_status: int | None = None
+        self.exit_counts: dict[int | None, int] = {}
+        """How the daemons ended (exit status or -signal), for reports and tests."""
         self._judged: set[int] = set()
         self._pending: list[str] = []
         self.started = 0
@@ -818,6 +834,7 @@ class DaemonTarget(Target):
 
     def _judge(self, rc: int | None) -> list[str]:
         self.last_status = rc
+        self.exit_counts[rc] = self.exit_counts.get(rc, 0) + 1
         if rc is None or rc == 0:
             return []
         if rc == SIGSYS_STATUS:

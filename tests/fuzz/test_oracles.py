@@ -77,7 +77,8 @@ def test_canary_oracle_finds_a_read_that_follows_a_symlink(tmp_path: Path) -> No
         (meta_path,) = _bucket_files(tmp_path, "race-crash-outside-the-export")
         meta = json.loads(meta_path.read_text())
         assert meta["case"]["ops"] <= meta["case"]["original_ops"]
-        assert race.replay_case(meta_path, t), "replay did not reproduce the canary read"
+        # (a race: replay runs the case until it fails, up to 10 times)
+        assert race.replay_case(meta_path, t, tries=10), "replay did not reproduce it"
     with ServeTarget() as clean:
         assert race.replay_case(meta_path, clean, tries=1) == []
 
@@ -149,7 +150,7 @@ def test_panic_on_write_daemon_in_the_model(tmp_path: Path) -> None:
     with DaemonTarget(panic_on_write=True) as t:
         stateful.run(t, report, seed=9, time_budget=20, max_examples=8, steps=10,
                      crash_dir=tmp_path, shrink=False)
-        assert t.last_status == 70, t.last_status  # at least one session ended by the panic
+        assert t.exit_counts.get(70), t.exit_counts  # sessions ended by the panic, as expected
     assert report.ok, report.summary()
 
 
