@@ -107,7 +107,8 @@ def run(
                 proc = subprocess.run(
                     cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=secs * 4 + 300
                 )
-                summary = (proc.stdout.strip().splitlines() or ["(no output)"])[0]
+                lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(f"{fuzzer} on ")]
+                summary = lines[-1] if lines else f"(no summary; exit {proc.returncode})"
                 runs.append(
                     {
                         "target": target,
