@@ -281,10 +281,12 @@ def _client(conn: RawConn, rng: random.Random, ops: int, problems: list[str]) ->
             op = rng.randrange(16)
             if op == 0:
                 conn.rpc(M.Tlopen(tag=0, fid=fid, flags=rng.choice((0, 2, 0o1002, 0o200000))))
-                conn.rpc(M.Tread(tag=0, fid=fid, offset=0, count=4096))
+                count = rng.choice((64, 4096, 40000, 65000))  # 32 KiB+: the splice path
+                conn.rpc(M.Tread(tag=0, fid=fid, offset=rng.choice((0, 100)), count=count))
             elif op == 1:
                 conn.rpc(M.Tlopen(tag=0, fid=fid, flags=rng.choice((1, 2, 0o1001))))
-                conn.rpc(M.Twrite(tag=0, fid=fid, offset=0, data=b"client\n"))
+                size = rng.choice((7, 7, 40000))
+                conn.rpc(M.Twrite(tag=0, fid=fid, offset=0, data=b"c" * size))
             elif op == 2:
                 conn.rpc(M.Tlopen(tag=0, fid=fid, flags=0o200000))
                 conn.rpc(M.Treaddir(tag=0, fid=fid, offset=0, count=8192))

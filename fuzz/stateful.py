@@ -719,7 +719,8 @@ class GoferMachine(RuleBasedStateMachine):
         if f is not None and f.xread is not None:
             size = len(f.xread)
         offset = data.draw(st.sampled_from([0, 0, 1, size // 2, size, size + 10, 1 << 40]))
-        count = data.draw(st.sampled_from([0, 1, 7, 100, 4096, 0xFFFFFFFF]))
+        # (32 KiB and more of a regular file: the server's splice path)
+        count = data.draw(st.sampled_from([0, 1, 7, 100, 4096, 40000, 65000, 0xFFFFFFFF]))
         clamp = min(count, self.c.msize - C.IOHDRSZ)
         outcome, expect = ANY, None
         if f is None or f.xwrite is not None:
