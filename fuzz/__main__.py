@@ -50,10 +50,28 @@ def _parser() -> argparse.ArgumentParser:
             default=CRASH_DIR,
             help="where reproducers are saved (default fuzz/corpus/crashes)",
         )
+        sp.add_argument(
+            "--corpus",
+            type=Path,
+            default=None,
+            metavar="DIR",
+            help="persistent corpus directory, kept and grown across runs: crashes/ (one file "
+            "per bucket, instead of --crash-dir), hypothesis/ (example database), decode/ "
+            "(libFuzzer corpus), reports/",
+        )
         if live:
             sp.add_argument(
-                "--target", default="inproc", help="inproc (default) | serve | serve-fd | unix:PATH"
+                "--target",
+                default="inproc",
+                help="inproc (default) | serve | serve-fd | daemon | unix:PATH",
             )
+            sp.add_argument(
+                "--attach",
+                default="rw",
+                choices=["rw", "ro", "panic"],
+                help="the attach point: read-write, read-only, or --panic-on-write (daemon)",
+            )
+            sp.add_argument("--plant", default="", help=argparse.SUPPRESS)  # tests only
             sp.add_argument(
                 "--timeout",
                 type=float,
@@ -83,13 +101,59 @@ def _parser() -> argparse.ArgumentParser:
     )
     f = sub.add_parser("frames", help="malformed frames against a live server")
     common(f)
+    f.add_argument("--no-shrink", action="store_true", help="do not minimize findings")
+    pr = sub.add_parser(
+        "pressure", help="resource attacks judged by the server's memory, fds and latency"
+    )
+    common(pr)
+    pr.add_argument("--scenario", default=None, help="only this scenario (default: all, random)")
+    pr.add_argument(
+        "--latency",
+        type=float,
+        default=10.0,
+        help="failure deadline (s) for another connection's round trip during a case",
+    )
+    pr.add_argument("--no-shrink", action="store_true", help="do not minimize findings")
+    ra = sub.add_parser(
+        "race", help="a host-side agent mutates the export under two clients; canaries outside"
+    )
+    common(ra)
+    ra.add_argument("--no-shrink", action="store_true", help="do not minimize findings")
     d = sub.add_parser("decode", help="coverage-guided codec.decode (atheris, else hypothesis)")
     common(d, live=False)
     d.add_argument("--engine", choices=["auto", "atheris", "hypothesis"], default="auto")
-    r = sub.add_parser("replay", help="replay reproducers against a live server")
+    r = sub.add_parser(
+        "replay", help="replay reproducers against a live server; exit 1 if any still fails"
+    )
     r.add_argument("files", nargs="+", type=Path)
     r.add_argument("--target", default="inproc")
+    r.add_argument("--attach", default="rw", choices=["rw", "ro", "panic"])
+    r.add_argument("--plant", default="", help=argparse.SUPPRESS)
     r.add_argument("--timeout", type=float, default=5.0)
+    cv = sub.add_parser(
+        "coverage", help="run each target for a budget under branch coverage; per-module report"
+    )
+    cv.add_argument(
+        "--budget",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="seconds per target, split between the fuzzers (default 300)",
+    )
+    cv.add_argument(
+        "--targets",
+        default="inproc,serve",
+        help="comma-separated targets (default inproc,serve; daemon is run, not measured)",
+    )
+    cv.add_argument("--seed", type=int, default=1)
+    cv.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="keep coverage.json and an HTML report here",
+    )
+    cv.add_argument("--json", type=Path, default=None, help="write the summary as JSON here")
     sh = sub.add_parser("show", help="print a reproducer's records, frames decoded")
     sh.add_argument("file", type=Path)
     sh.add_argument("--last", type=int, default=0, help="only the last N records")
@@ -153,6 +217,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _replay(args)
     if args.fuzzer == "show":
         return _show(args)
+    if args.fuzzer == "coverage":
+        from .covrun import run as run_coverage
+
+        run_coverage(
+            args.budget,
+            args.targets.split(","),
+            seed=args.seed,
+            keep=args.keep,
+            json_out=args.json,
+        )
+        return 0
     seed = args.seed if args.seed is not None else random.randrange(1 << 32)
     time_budget, examples = _budget(args)
     report = Report(
@@ -176,7 +251,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(report.summary() + " (interrupted)")
         return 130
     report.write(args.report)
+    if args.corpus is not None:
+        reports = args.corpus / "reports"
+        reports.mkdir(exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        report.write(reports / f"{stamp}-{report.fuzzer}-{report.target.replace('/', '_')}.json")
     print(report.summary())
+    by_bucket = report.details.get("findings_by_bucket", {})
+    files = report.details.get("bucket_files", {})
+    if by_bucket:
+        print("findings by bucket:")
+        for name, n in sorted(by_bucket.items(), key=lambda kv: -kv[1]):
+            print(f"  {n:6d}  {name}" + (f"  -> {files[name]}" if name in files else ""))
     for bucket in (report.crashes, report.hangs, report.leaks, report.invariant_failures):
         for e in bucket:
             first = e["message"].split("\n")[0]
@@ -192,6 +278,9 @@ def _run(
     time_budget: float | None,
     examples: int | None,
 ) -> None:
+    if args.corpus is not None:
+        args.corpus.mkdir(parents=True, exist_ok=True)
+        args.crash_dir = args.corpus / "crashes"
     if args.fuzzer == "decode":
         from .atheris_decode import run as run_decode
 
@@ -202,15 +291,48 @@ def _run(
             max_inputs=examples,
             engine=args.engine,
             crash_dir=args.crash_dir,
+            corpus_dir=args.corpus,
         )
     else:
         from .common import Known
         from .targets import make_target
 
         known = Known.load() if args.ignore_known else Known()
-        target = make_target(args.target, max_msize=args.msize)
+        target = make_target(
+            args.target, max_msize=args.msize, plant=args.plant, attach=args.attach
+        )
         with target:
-            if args.fuzzer == "frames":
+            if args.fuzzer == "pressure":
+                from .pressure import run as run_pressure
+
+                run_pressure(
+                    target,
+                    report,
+                    seed=seed,
+                    time_budget=time_budget,
+                    max_cases=examples,
+                    crash_dir=args.crash_dir,
+                    latency=args.latency,
+                    msize=args.msize,
+                    scenario=args.scenario,
+                    known=known,
+                    shrink=not args.no_shrink,
+                )
+            elif args.fuzzer == "race":
+                from .race import run as run_race
+
+                run_race(
+                    target,
+                    report,
+                    seed=seed,
+                    time_budget=time_budget,
+                    max_cases=examples,
+                    crash_dir=args.crash_dir,
+                    timeout=args.timeout,
+                    known=known,
+                    shrink=not args.no_shrink,
+                )
+            elif args.fuzzer == "frames":
                 from .frames import run as run_frames
 
                 run_frames(
@@ -222,6 +344,7 @@ def _run(
                     crash_dir=args.crash_dir,
                     timeout=args.timeout,
                     known=known,
+                    shrink=not args.no_shrink,
                 )
             else:
                 from .stateful import run as run_stateful
@@ -237,16 +360,40 @@ def _run(
                     timeout=args.timeout,
                     shrink=not args.no_shrink,
                     known=known,
+                    database=args.corpus / "hypothesis" if args.corpus is not None else None,
                 )
 
 
 def _replay(args: argparse.Namespace) -> int:
+    import json
+
     from .targets import make_target
+    from .wire import MAGIC
 
     bad = 0
-    with make_target(args.target) as target:
+    with make_target(args.target, plant=args.plant, attach=args.attach) as target:
         for path in args.files:
-            problems = replay(path, target, timeout=args.timeout)
+            meta_path = path.with_suffix(".json")
+            meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+            if meta.get("fuzzer") == "pressure" and "case" in meta:
+                from .pressure import replay_case
+
+                problems = replay_case(meta_path, target)
+            elif meta.get("fuzzer") == "race" and "case" in meta:
+                from .race import replay_case as replay_race
+
+                problems = replay_race(meta_path, target, timeout=args.timeout)
+            elif meta.get("fuzzer") == "stateful" and meta.get("blob"):
+                from .stateful import replay_program
+
+                problems = replay_program(meta, target, timeout=args.timeout)
+                problems += replay(path.with_suffix(".bin"), target, timeout=args.timeout)
+            elif path.exists() and not path.read_bytes().startswith(MAGIC):
+                from .atheris_decode import replay_input
+
+                problems = replay_input(path)  # a decode finding: the raw input
+            else:
+                problems = replay(path.with_suffix(".bin"), target, timeout=args.timeout)
             if problems:
                 bad += 1
                 print(f"FAIL {path}")

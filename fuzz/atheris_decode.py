@@ -104,6 +104,28 @@ def write_seed_corpus(directory: Path) -> None:
         (directory / hashlib.sha1(f).hexdigest()[:16]).write_bytes(f)
 
 
+def seed_persistent_corpus(corpus: Path) -> None:
+    """Seed a new persistent corpus: the shipped seeds plus every frame of the recorded sessions
+    (the reproducers' transcripts under fuzz/corpus/crashes/), so a first run starts from what
+    real hostile sessions sent."""
+    import hashlib
+
+    from .wire import MAGIC, Transcript
+
+    if SEED_CORPUS.is_dir():
+        for f in SEED_CORPUS.iterdir():
+            shutil.copy(f, corpus / f.name)
+    else:
+        write_seed_corpus(corpus)
+    for rec in sorted((CORPUS / "crashes").glob("*.bin")):
+        data = rec.read_bytes()
+        if not data.startswith(MAGIC):
+            continue
+        for op, payload in Transcript.from_bytes(data).records:
+            if op == b"S" and 7 <= len(payload) <= 4096:
+                (corpus / f"session-{hashlib.sha1(payload).hexdigest()[:16]}").write_bytes(payload)
+
+
 def save_crash(crash_dir: Path | None, data: bytes) -> Path | None:
     if crash_dir is None:
         return None
@@ -157,13 +179,22 @@ def run_atheris(
     time_budget: float | None,
     max_inputs: int | None,
     crash_dir: Path | None,
+    corpus_dir: Path | None = None,
 ) -> None:
     work = Path(tempfile.mkdtemp(prefix="gofer9p-decode-"))
     try:
-        corpus = work / "corpus"
-        if SEED_CORPUS.is_dir() and any(SEED_CORPUS.iterdir()):
+        if corpus_dir is not None:
+            # persistent: libFuzzer adds what it finds here, and the next run starts from it
+            corpus = corpus_dir / "decode"
+            fresh = not corpus.is_dir()
+            corpus.mkdir(parents=True, exist_ok=True)
+            if fresh:
+                seed_persistent_corpus(corpus)
+        elif SEED_CORPUS.is_dir() and any(SEED_CORPUS.iterdir()):
+            corpus = work / "corpus"
             shutil.copytree(SEED_CORPUS, corpus)
         else:
+            corpus = work / "corpus"
             write_seed_corpus(corpus)
         artifacts = work / "artifacts"
         artifacts.mkdir()
@@ -309,6 +340,7 @@ def run(
     max_inputs: int | None,
     engine: str = "auto",
     crash_dir: Path | None,
+    corpus_dir: Path | None = None,
 ) -> Report:
     """Fuzz ``decode`` with atheris when installed (else hypothesis); fill ``report``."""
     start = time.monotonic()
@@ -319,7 +351,12 @@ def run(
         raise SystemExit("atheris is not installed (pip install atheris)")
     if use_atheris:
         run_atheris(
-            report, seed=seed, time_budget=time_budget, max_inputs=max_inputs, crash_dir=crash_dir
+            report,
+            seed=seed,
+            time_budget=time_budget,
+            max_inputs=max_inputs,
+            crash_dir=crash_dir,
+            corpus_dir=corpus_dir,
         )
     else:
         if engine == "auto":

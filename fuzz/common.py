@@ -245,7 +245,7 @@ def liveness(
         c.rpc(M.Twalk(tag=0, fid=root, newfid=root + 1, wnames=[]), outcome=1)
         c.rpc(M.Tgetattr(tag=0, fid=root + 1, request_mask=0x7FF), outcome=1)
         c.rpc(M.Tclunk(tag=0, fid=root + 1), outcome=1)
-        if exercise:
+        if exercise and not getattr(target, "readonly", False):
             # re-open a file by handle once: the attach point caches one fd per
             # mount for open_by_handle_at on first use (bounded, not a leak),
             # and a baseline taken before that would call it one
@@ -278,8 +278,13 @@ def replay(path: Path, target: Target, *, timeout: float = 5.0) -> list[str]:
     tag/type/outcome/data, closes), that the server did not crash, that a
     fresh connection still works, and that fds return to the baseline.
     """
-    t = Transcript.from_bytes(path.read_bytes())
+    return replay_transcript(Transcript.from_bytes(path.read_bytes()), target, timeout=timeout)
+
+
+def replay_transcript(t: Transcript, target: Target, *, timeout: float = 5.0) -> list[str]:
+    """:func:`replay` of a transcript in memory (the minimizer's test)."""
     problems: list[str] = []
+    target.problems()  # what happened before this replay is not its result
     if not target.per_connection_process:
         target.reset_export()  # the transcript expects the empty export it started on
     try:
@@ -335,6 +340,8 @@ def replay(path: Path, target: Target, *, timeout: float = 5.0) -> list[str]:
         problems.append(f"{f.kind}: {f.message}")
         if conn is not None:
             conn.sock.close()
+        if link is not None:
+            problems += link.finish(timeout)  # (a process target: wait for it, judge its exit)
     problems += target.problems()
     if not problems:
         try:
@@ -353,6 +360,63 @@ def replay(path: Path, target: Target, *, timeout: float = 5.0) -> list[str]:
     return problems
 
 
+_TB_FILE = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
+_EXC_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Warning))\b", re.M)
+
+
+def last_request(transcript: Transcript | None) -> str:
+    """The type name of the last frame sent in ``transcript`` ("?" if none decodes)."""
+    from gofer9p.protocol.constants import MsgType
+
+    if transcript is None:
+        return "?"
+    for op, payload in reversed(transcript.records):
+        if op == b"S" and len(payload) >= 5:
+            # the last complete frame of the chunk
+            off, last = 0, payload[4]
+            while off + 7 <= len(payload):
+                size = int.from_bytes(payload[off : off + 4], "little")
+                if size < 7 or off + size > len(payload):
+                    break
+                last = payload[off + 4]
+                off += size
+            try:
+                return MsgType(last).name
+            except ValueError:
+                return f"type{last}"
+    return "?"
+
+
+def bucket(kind: str, message: str, transcript: Transcript | None = None, hint: str = "") -> str:
+    """A stable name for the bug behind a finding: one file per bucket in the crash directory.
+
+    * a traceback: exception type + the innermost gofer9p frame (file:function);
+    * a process killed by a signal: the signal + the type of the last request sent;
+    * anything else: the oracle (kind) + the message with numbers, hex and quoted names
+      stripped, so one bug found twice with different sizes or fids lands in one bucket.
+    """
+    frames = _TB_FILE.findall(message)
+    if frames:
+        ours = [f for f in frames if "gofer9p" in f[0]] or frames
+        path, _line, func = ours[-1]
+        excs = _EXC_LINE.findall(message)
+        exc = excs[-1].rsplit(".", 1)[-1] if excs else "Exception"
+        return _slug(f"{kind}-{exc}-{Path(path).stem}.{func}")
+    m = re.search(r"\b(SIGSYS|SIGSEGV|SIGABRT|SIGKILL|signal \d+)", message)
+    if m:
+        return _slug(f"{kind}-{m.group(1)}-{last_request(transcript)}")
+    text = message.split("\n")[0]
+    text = re.sub(r"(?<![\w.])/[^\s:,'\"]+", "", text)  # paths: temp dirs differ per run
+    text = re.sub(r"\b[0-9a-f]{8,}\b|0x[0-9a-fA-F]+|\d+(\.\d+)?", "", text)
+    text = re.sub(r"'[^']*'|\"[^\"]*\"|b'[^']*'|\[[^\]]*\]|\{[^}]*\}", "", text)
+    words = re.findall(r"[A-Za-z_]+", text)[:8]
+    return _slug("-".join([kind, *([hint] if hint else []), *words]))
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", s).strip("-")[:100]
+
+
 def save_failure(
     report: Report,
     fuzzer: str,
@@ -361,21 +425,103 @@ def save_failure(
     *,
     crash_dir: Path | None,
     extra: dict[str, Any] | None = None,
+    bucket_hint: str = "",
 ) -> Path | None:
-    """Record ``failure`` in the report and save its transcript as a reproducer."""
+    """Record ``failure`` in the report and save it in its bucket (one file per bucket).
+
+    A bucket seen before keeps the smaller reproducer of the two; its ``.json`` counts how often
+    the bucket was hit (``hits``) and when (``first_found``, ``last_found``).
+    """
     path = None
+    name = bucket(failure.kind, failure.message, transcript, bucket_hint)
+    counts = report.details.setdefault("findings_by_bucket", {})
+    counts[name] = counts.get(name, 0) + 1
     if crash_dir is not None:
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         meta = {
             "fuzzer": fuzzer,
+            "bucket": name,
             "kind": failure.kind,
             "message": failure.message,
             "target": report.target,
             "seed": report.seed,
             "frames": transcript.frames_sent(),
-            "found": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "last_request": last_request(transcript),
+            "first_found": now,
+            "last_found": now,
+            "hits": 1,
             "replay": "python -m fuzz replay <this .bin>",
             **(extra or {}),
         }
-        path = save_reproducer(crash_dir, f"{fuzzer}-{failure.kind}", transcript, meta)
+        path = save_reproducer(crash_dir, f"{fuzzer}-{name}", transcript, meta)
     report.add_failure(failure.kind, failure.message, path)
+    if path is not None:
+        report.details.setdefault("bucket_files", {})[name] = str(path)
     return path
+
+
+def transcript_units(t: Transcript) -> list[list[tuple[bytes, bytes]]]:
+    """A transcript cut into removable units: an N, or an S with the records that follow it."""
+    units: list[list[tuple[bytes, bytes]]] = []
+    for rec in t.records:
+        if rec[0] in (b"N", b"S") or not units:
+            units.append([rec])
+        else:
+            units[-1].append(rec)
+    return units
+
+
+def minimize_transcript(
+    target: Target,
+    t: Transcript,
+    failure: Failure,
+    *,
+    deadline: float,
+    timeout: float = 5.0,
+) -> tuple[Transcript, int]:
+    """Drop sends (with their expectations) while the replay still fails in the same bucket.
+
+    Delta debugging over the transcript's units (halves, quarters, ... then single units from
+    the end), each candidate replayed on the target; stops at ``deadline`` with the smallest
+    failing transcript found.  Returns it and the number of replays tried.
+    """
+    # (signal buckets are compared without their request: shrinking changes the last one)
+    want = bucket(failure.kind, failure.message)
+    units = transcript_units(t)
+    tries = 0
+
+    def fails(us: list[list[tuple[bytes, bytes]]]) -> bool:
+        nonlocal tries
+        tries += 1
+        cand = Transcript()
+        cand.records = [r for u in us for r in u]
+        if not cand.records or cand.records[0][0] != b"N":
+            return False
+        for p in replay_transcript(cand, target, timeout=timeout):
+            kind, msg = split_problem(p)
+            if bucket(kind, msg) == want:
+                return True
+        if not target.alive():
+            target.restart()
+        return False
+
+    n = 2
+    while len(units) >= 2 and time.monotonic() < deadline and not STOP.is_set():
+        size = max(1, len(units) // n)
+        removed = False
+        for start in range(len(units) - size, 0, -size):  # keep the first N
+            if time.monotonic() >= deadline:
+                break
+            cand = units[:start] + units[start + size :]
+            if fails(cand):
+                units = cand
+                n = max(n - 1, 2)
+                removed = True
+                break
+        if not removed:
+            if size == 1:
+                break
+            n = min(len(units), n * 2)
+    out = Transcript()
+    out.records = [r for u in units for r in u]
+    return out, tries

@@ -35,7 +35,18 @@ from gofer9p.protocol import messages as M
 from gofer9p.protocol.codec import encode
 from gofer9p.server import PRE_VERSION_FRAME
 
-from .common import Health, Known, Report, liveness, save_failure, split_problem
+from .common import (
+    STOP,
+    Health,
+    Known,
+    Report,
+    last_request,
+    liveness,
+    minimize_transcript,
+    save_failure,
+    split_problem,
+    transcript_units,
+)
 from .targets import Target
 from .wire import Failure, RawConn, Transcript, check_reply, expect_record, expected_reply_types
 
@@ -234,6 +245,92 @@ def templates(rng: random.Random) -> list[M.Message]:
     ]
 
 
+def flag_sweep() -> list[list[M.Message]]:
+    """Every flag bit of every 9P2000.L request that has flags, one pipelined group each.
+
+    Sent after the type sweep, against the set-up fids (a fresh fid 9 is walked, used and
+    clunked where the request consumes its fid): Tlopen and Tlcreate flags, Tsetattr valid,
+    Tgetattr request_mask, Tunlinkat flags, Tlock/Tgetlock types and flags, Txattrcreate
+    flags, Tmknod file types, Tfsync datasync.  Each must get a valid reply.
+    """
+    out: list[list[M.Message]] = []
+    fresh = 9
+    for bit in range(32):
+        v = 1 << bit
+        out.append(
+            [
+                M.Twalk(tag=0, fid=ROOT, newfid=fresh, wnames=[FILE]),
+                M.Tlopen(tag=0, fid=fresh, flags=v),
+                M.Tclunk(tag=0, fid=fresh),
+            ]
+        )
+        out.append(
+            [
+                M.Twalk(tag=0, fid=ROOT, newfid=fresh, wnames=[]),
+                M.Tlcreate(tag=0, fid=fresh, name=b"flag-%d" % bit, flags=v | 2, mode=0o644, gid=0),
+                M.Tclunk(tag=0, fid=fresh),
+                M.Tunlinkat(tag=0, dirfid=ROOT, name=b"flag-%d" % bit, flags=0),
+            ]
+        )
+        out.append(
+            [
+                M.Tsetattr(
+                    tag=0,
+                    fid=OPENED,
+                    valid=v,
+                    mode=0o644,
+                    uid=0,
+                    gid=0,
+                    size=48,
+                    atime_sec=1,
+                    atime_nsec=2,
+                    mtime_sec=3,
+                    mtime_nsec=4,
+                ),
+                M.Tunlinkat(tag=0, dirfid=ROOT, name=b"no-such", flags=v),
+                M.Tlock(
+                    tag=0,
+                    fid=OPENED,
+                    type=bit % 4,
+                    flags=v,
+                    start=0,
+                    length=10,
+                    proc_id=1,
+                    client_id=b"fz",
+                ),
+                M.Tgetlock(
+                    tag=0, fid=OPENED, type=bit % 4, start=0, length=v, proc_id=1, client_id=b"fz"
+                ),
+                M.Tfsync(tag=0, fid=OPENED, datasync=v),
+            ]
+        )
+        out.append(
+            [
+                M.Twalk(tag=0, fid=ROOT, newfid=fresh, wnames=[FILE]),
+                M.Txattrcreate(tag=0, fid=fresh, name=b"user.flag", attr_size=0, flags=v),
+                M.Tclunk(tag=0, fid=fresh),
+            ]
+        )
+    for bit in range(64):
+        out.append([M.Tgetattr(tag=0, fid=OPENED, request_mask=1 << bit)])
+    for ftype in range(16):
+        out.append(
+            [
+                M.Tmknod(
+                    tag=0,
+                    dfid=ROOT,
+                    name=b"node-%d" % ftype,
+                    mode=(ftype << 12) | 0o644,
+                    major=1,
+                    minor=3,
+                    gid=0,
+                ),
+                M.Tunlinkat(tag=0, dirfid=ROOT, name=b"node-%d" % ftype, flags=0),
+            ]
+        )
+    return out
+
+
 def _fix_size(frame: bytearray | bytes) -> bytes:
     b = bytearray(frame)
     if len(b) >= 4:
@@ -399,6 +496,7 @@ class FrameFuzzer:
         timeout: float = 5.0,
         server_max: int | None = None,
         known: Known | None = None,
+        shrink: bool = True,
     ) -> None:
         self.known = known or Known()
         self.target = target
@@ -411,10 +509,14 @@ class FrameFuzzer:
         )
         self.known_max = hasattr(target, "max_msize")
         self.sweep = list(range(256))
+        self.flags = flag_sweep()
         self.health = Health(target, report)
         self.mutated = 0
         self.kinds: dict[str, int] = {}
         self.dead = False
+        self.shrink = shrink
+        self.minimized: set[str] = set()
+        self.deadline: float | None = None
 
     # ---------------------------------------------------------------- setup
     def _setup(self, c: RawConn) -> None:
@@ -441,6 +543,9 @@ class FrameFuzzer:
                 if tmpl:
                     return "sweep", mut.frame(tmpl[0], tag)
             return "sweep", mut.random_frame(tag, t)
+        if self.flags:
+            group = self.flags.pop(0)
+            return "flags", b"".join(mut.frame(m, (tag + i) & 0xFFFF) for i, m in enumerate(group))
         msgs = templates(rng)
         msg = rng.choice(msgs)
         f = mut.frame(msg, tag)
@@ -573,11 +678,16 @@ class FrameFuzzer:
         ]
         if failure is not None and self.known.match(self.report, failure.message):
             failure = None
+        deaths = [p for p in problems if p.startswith("crash")]
+        if failure is not None and deaths:
+            failure = None  # the connection broke because the server died: the death is it
         if failure is not None:
-            save_failure(self.report, "frames", failure, t, crash_dir=self.crash_dir)
+            self._save(failure, t)
         for p in problems:
             kind, msg = split_problem(p)
-            save_failure(self.report, "frames", Failure(kind, msg), t, crash_dir=self.crash_dir)
+            if "SIGSYS" in msg or "signal" in msg:
+                msg += f" (last request {last_request(t)})"
+            self._save(Failure(kind, msg), t)
         if broke or failure or problems or self.report.connections % 20 == 0:
             self._liveness(t)
         if not self.dead and self.health.fd_base is not None:
@@ -589,6 +699,37 @@ class FrameFuzzer:
         if self.report.connections % 50 == 0 and not self.dead:
             self._health(t)
         return sent
+
+    def _save(self, failure: Failure, t: Transcript) -> None:
+        """Minimize (time-boxed: the run's deadline, at most 60 s) and save in its bucket."""
+        from .common import bucket
+
+        # (signal buckets without their request: it is only known once minimized)
+        family = bucket(failure.kind, failure.message)
+        final = t
+        if self.shrink and family not in self.minimized and len(transcript_units(t)) > 2:
+            self.minimized.add(family)
+            end = time.monotonic() + 60
+            if self.deadline is not None:
+                end = min(end, max(self.deadline, time.monotonic() + 5))
+            final, tries = minimize_transcript(
+                self.target, t, failure, deadline=end, timeout=self.timeout
+            )
+            self.report.details["minimize_replays"] = (
+                self.report.details.get("minimize_replays", 0) + tries
+            )
+            self.target.problems()  # what the minimizing replays logged is not a new finding
+            if "(last request " in failure.message:
+                head = failure.message.rsplit(" (last request ", 1)[0]
+                failure = Failure(failure.kind, f"{head} (last request {last_request(final)})")
+        save_failure(
+            self.report,
+            "frames",
+            failure,
+            final,
+            crash_dir=self.crash_dir,
+            extra={"original_frames": t.frames_sent()} if final is not t else None,
+        )
 
     def _health(self, t: Transcript) -> None:
         """fd/RSS growth since the baseline is a leak (reported once, then re-baselined)."""
@@ -617,6 +758,7 @@ class FrameFuzzer:
             time_budget = 60.0  # every run is bounded
         start = time.monotonic()
         deadline = start + time_budget if time_budget else None
+        self.deadline = deadline
         try:
             liveness(self.target, timeout=self.timeout, exercise=True)  # warm-up
         except Failure as f:
@@ -626,7 +768,20 @@ class FrameFuzzer:
             self.report.notes.append("server failed the first liveness check; nothing fuzzed")
             return self.report
         self.health.baseline()
-        while not self.dead:
+        while not STOP.is_set():
+            if self.dead:
+                # unattended: restart the dead or wedged server and keep going
+                self.report.details["restarts"] = self.report.details.get("restarts", 0) + 1
+                self.target.restart()
+                try:
+                    liveness(self.target, timeout=self.timeout, exercise=True)
+                except Failure as f:
+                    self.report.add_failure(f.kind, "after a restart: " + f.message)
+                    break
+                self.target.problems()
+                self.health = Health(self.target, self.report)
+                self.health.baseline()
+                self.dead = False
             if deadline is not None and time.monotonic() >= deadline:
                 break
             if max_frames is not None and self.mutated >= max_frames:
@@ -640,7 +795,7 @@ class FrameFuzzer:
                 except OSError:
                     pass
         if self.dead:
-            self.report.notes.append("stopped early: the server stopped answering new connections")
+            self.report.notes.append("the server stopped answering and did not come back")
         else:
             for p in self.health.check(final=True):
                 kind, msg = split_problem(p)
@@ -649,6 +804,7 @@ class FrameFuzzer:
         self.report.details["mutated_frames"] = self.mutated
         self.report.details["mutations"] = dict(sorted(self.kinds.items()))
         self.report.details["type_sweep_done"] = not self.sweep
+        self.report.details["flag_sweep_done"] = not self.flags
         self.report.duration_s = round(time.monotonic() - start, 2)
         return self.report
 
@@ -663,8 +819,15 @@ def run(
     crash_dir: Path | None,
     timeout: float = 5.0,
     known: Known | None = None,
+    shrink: bool = True,
 ) -> Report:
     """Run the frame fuzzer until the time or frame budget is spent."""
     return FrameFuzzer(
-        target, report, seed=seed, crash_dir=crash_dir, timeout=timeout, known=known
+        target,
+        report,
+        seed=seed,
+        crash_dir=crash_dir,
+        timeout=timeout,
+        known=known,
+        shrink=shrink,
     ).run(time_budget=time_budget, max_frames=max_frames)

@@ -29,6 +29,7 @@ program hypothesis printed (``.json``).
 from __future__ import annotations
 
 import os
+import re
 import stat as stat_mod
 import time
 import traceback
@@ -76,6 +77,23 @@ class Node:
     xattrs: dict[bytes, bytes] | None = field(default_factory=dict)
     mode: int | None = None
     qid_path: int | None = None
+    ident: int = 0
+    """The host inode this name is (hard links share it; 0: the node's own id)."""
+
+
+SPECIAL = ("fifo", "sock", "chr")
+"""Kinds Tmknod makes: the model knows their type, never their contents."""
+QTYPE = {"dir": 0x80, "file": 0x00, "link": 0x02, "fifo": 0, "sock": 0, "chr": 0}
+DTYPE = {"dir": C.DT_DIR, "file": C.DT_REG, "link": C.DT_LNK, "fifo": 1, "sock": 12, "chr": 2}
+SFMT = {
+    "dir": stat_mod.S_IFDIR,
+    "file": stat_mod.S_IFREG,
+    "link": stat_mod.S_IFLNK,
+    "fifo": stat_mod.S_IFIFO,
+    "sock": stat_mod.S_IFSOCK,
+    "chr": stat_mod.S_IFCHR,
+}
+UNAMES = (b"root", b"nobody", b"1000", b"65534", b"4294967295", b"9" * 5000, b"no-such-user")
 
 
 @dataclass
@@ -88,6 +106,33 @@ class Fid:
     xread: bytes | None = None  # xattrwalk result
     xwrite: tuple[bytes, int, int] | None = None  # (name, size, flags) after xattrcreate
     xbuf: bytearray = field(default_factory=bytearray)
+
+
+class _Ended(Exception):
+    """The server ended the session on purpose (--panic-on-write): the example is over."""
+
+
+_MUTATING = (
+    M.Tlcreate,
+    M.Tmkdir,
+    M.Tsymlink,
+    M.Tmknod,
+    M.Tlink,
+    M.Trename,
+    M.Trenameat,
+    M.Tunlinkat,
+    M.Tremove,
+    M.Twrite,
+    M.Txattrcreate,
+    M.Tsetattr,
+)
+
+
+def _mutates(msg: M.Message) -> bool:
+    """Requests a read-only attach point refuses (session._deny's callers)."""
+    if isinstance(msg, M.Tlopen):
+        return bool(msg.flags & (C.L_O_ACCMODE | C.L_O_TRUNC))
+    return isinstance(msg, _MUTATING)
 
 
 def _special(f: Fid) -> bool:
@@ -123,6 +168,13 @@ class Ctx:
     examples: int = 0
     dead: bool = False
     rules: dict[str, int] = field(default_factory=dict)
+    deadline: float | None = None
+    """Past it, new examples do nothing (and pass): hypothesis's shrinking, which has no
+    time limit of its own, then ends within the run's ``--time``; the finding kept is the
+    shortest failing transcript seen so far (``best``)."""
+    best: tuple[Failure, Transcript] | None = None
+    timeboxed: int = 0
+    shrink_frames: bool = True
 
 
 class GoferMachine(RuleBasedStateMachine):
@@ -133,10 +185,19 @@ class GoferMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         ctx = self.ctx
+        self.failed = False
+        self.ended = False
+        self.ro = bool(getattr(ctx.target, "readonly", False))
+        self.panic = bool(getattr(ctx.target, "panic_on_write", False))
+        self.t = Transcript()
+        self.noop = ctx.deadline is not None and time.monotonic() > ctx.deadline
+        if self.noop:
+            ctx.timeboxed += 1
+            # what the preconditions read: only the (no-op) version rule is enabled
+            self.versioned, self.fids, self.steps, self.version_step = False, {}, 1, 0
+            return
         ctx.examples += 1
         ctx.report.examples_run = ctx.examples
-        self.failed = False
-        self.t = Transcript()
         ctx.last = self.t
         if ctx.dead:
             raise Failure("hang", "server stopped answering in an earlier example")
@@ -155,6 +216,7 @@ class GoferMachine(RuleBasedStateMachine):
         self.root = self._node("dir", None, b"")
         self.fids: dict[int, Fid] = {}
         self.qids: dict[int, Node] = {}
+        self.aliases: dict[int, list[Node]] = {}
         self.next_fid = 1
         self.versioned = False
         self.base: list[bytes] = []
@@ -166,28 +228,58 @@ class GoferMachine(RuleBasedStateMachine):
     def _node(self, kind: str, parent: Node | None, name: bytes) -> Node:
         self.node_ids += 1
         n = Node(self.node_ids, kind, parent, name)
+        n.ident = n.id
         if kind != "file":
             n.data = None
         return n
 
     def _guard(self, fn: Any, *args: Any) -> Any:
         """Run a step; remember the first failure with its transcript."""
+        if self.noop or self.ended:
+            return None
         name = getattr(fn, "__name__", "?").lstrip("_")
         self.ctx.rules[name] = self.ctx.rules.get(name, 0) + 1
         self.steps += 1
         try:
             return fn(*args)
+        except _Ended:
+            return None
         except Failure as f:
             if f.kind != "hang" and self.ctx.known.match(self.ctx.report, f.message):
                 return None  # a known open bug: counted, keep exploring
             self.failed = True
+            f = self._blame(f)
             if f.kind == "hang":
                 self.ctx.dead = not self._server_alive()
-            if len(self.ctx.first_failures) < 3:
-                snap = Transcript()
-                snap.records = list(self.t.records)
-                self.ctx.first_failures.append((f, snap))
-            raise
+            self._remember(f)
+            raise f from None
+
+    def _blame(self, f: Failure) -> Failure:
+        """A server that died under us is the finding, with the request that killed it."""
+        if f.kind == "crash":
+            return f
+        deaths = [p for p in self.ctx.target.problems() if p.startswith("crash")]
+        if not deaths:
+            return f
+        from .common import last_request
+
+        return Failure(
+            "crash", f"{split_problem(deaths[0])[1]} (last request {last_request(self.t)})"
+        )
+
+    def _remember(self, f: Failure) -> None:
+        """Keep the first failures and the shortest transcript failing like the first one."""
+        from .common import bucket
+
+        snap = Transcript()
+        snap.records = list(self.t.records)
+        if len(self.ctx.first_failures) < 3:
+            self.ctx.first_failures.append((f, snap))
+        first = self.ctx.first_failures[0][0]
+        best = self.ctx.best
+        if bucket(f.kind, f.message, snap) == bucket(first.kind, first.message):
+            if best is None or len(snap.records) < len(best[1].records):
+                self.ctx.best = (f, snap)
 
     def _server_alive(self) -> bool:
         from .common import liveness
@@ -202,6 +294,18 @@ class GoferMachine(RuleBasedStateMachine):
         raise Failure("invariant", msg)
 
     def rpc(self, msg: M.Message, outcome: int = ANY, data: bytes | None = None) -> M.Message:
+        """Send ``msg`` and check its reply; a read-only attach point's rules come first."""
+        if self.ro and _mutates(msg):
+            if self.panic and not (isinstance(msg, M.Tremove) and msg.fid not in self.fids):
+                # --panic-on-write: the daemon must end (status 70, judged at teardown)
+                # before it answers or changes anything
+                self.c.send(encode(msg))
+                rest = self.c.expect_close(half_close=False)
+                if rest:
+                    self.fail(f"{type(msg).__name__} on a panic-on-write point was answered")
+                self.ended = True
+                raise _Ended
+            outcome = ERR  # EROFS (or an earlier error): never a change
         return self.c.rpc(msg, outcome=outcome, data=data)
 
     def _start(self) -> None:
@@ -235,14 +339,22 @@ class GoferMachine(RuleBasedStateMachine):
         """Check and remember a node's qid: one file one path, two live files two paths."""
         if node is None:
             return
-        want = {"dir": 0x80, "file": 0x00, "link": 0x02}[node.kind]
+        want = QTYPE[node.kind]
         if qid.type != want:
             self.fail(f"qid type {qid.type:#x} for a {node.kind}")
         if node.qid_path is not None and node.qid_path != qid.path and node.linked:
             self.fail(f"qid path of one {node.kind} changed {node.qid_path:#x} -> {qid.path:#x}")
         other = self.qids.get(qid.path)
+        same_inode = other is not None and node.ident and other.ident == node.ident
         if other is not None and other is not node and other.linked and node.linked:
-            self.fail(f"two live files share qid path {qid.path:#x}")
+            if not same_inode:
+                self.fail(f"two live files share qid path {qid.path:#x}")
+        for alias in self.aliases.get(node.ident, ()):
+            if alias.linked and alias.qid_path is not None and alias.qid_path != qid.path:
+                self.fail(
+                    f"two names of one inode (Tlink) have qid paths "
+                    f"{alias.qid_path:#x} and {qid.path:#x}"
+                )
         node.qid_path = qid.path
         self.qids[qid.path] = node
 
@@ -276,14 +388,17 @@ class GoferMachine(RuleBasedStateMachine):
         fid = data.draw(st.sampled_from(sorted(self.fids))) if reuse else self._fresh_fid()
         busy = fid in self.fids
         afid = data.draw(st.sampled_from([C.NOFID, C.NOFID, C.NOFID, 7]))
+        uname = data.draw(st.sampled_from(UNAMES))
+        if len(uname) + 64 > self.c.msize:
+            uname = b"root"  # a frame over msize is a framing error (a close), not this test
         r = self.rpc(
             M.Tattach(
                 tag=0,
                 fid=fid,
                 afid=afid,
-                uname=b"root",
+                uname=uname,
                 aname=b"",
-                n_uname=data.draw(st.sampled_from([0, 0, C.NONUNAME])),
+                n_uname=data.draw(st.sampled_from([0, 0, C.NONUNAME, 1000, 65534])),
             ),
             ERR if busy else ANY,
         )
@@ -438,6 +553,8 @@ class GoferMachine(RuleBasedStateMachine):
                 outcome = ERR
             elif flags & C.L_O_DIRECTORY:
                 outcome = ERR
+            elif node.kind in SPECIAL:
+                outcome = ANY  # FIFO without a peer, socket, device on a nodev mount
             else:
                 outcome = OK
         r = self.rpc(M.Tlopen(tag=0, fid=fid, flags=flags), outcome)
@@ -447,7 +564,7 @@ class GoferMachine(RuleBasedStateMachine):
                 f.open = "dir"
             else:
                 f.open = {0: "r", 1: "w", 2: "rw"}.get(acc, "rw")
-            f.lenient = odd or acc == 3
+            f.lenient = odd or acc == 3 or (node is not None and node.kind in SPECIAL)
             if node is not None and node.kind == "file" and flags & C.L_O_TRUNC:
                 if acc != C.L_O_RDONLY and not odd:
                     node.data = bytearray()
@@ -602,7 +719,8 @@ class GoferMachine(RuleBasedStateMachine):
         if f is not None and f.xread is not None:
             size = len(f.xread)
         offset = data.draw(st.sampled_from([0, 0, 1, size // 2, size, size + 10, 1 << 40]))
-        count = data.draw(st.sampled_from([0, 1, 7, 100, 4096, 0xFFFFFFFF]))
+        # (32 KiB and more of a regular file: the server's splice path)
+        count = data.draw(st.sampled_from([0, 1, 7, 100, 4096, 40000, 65000, 0xFFFFFFFF]))
         clamp = min(count, self.c.msize - C.IOHDRSZ)
         outcome, expect = ANY, None
         if f is None or f.xwrite is not None:
@@ -705,7 +823,7 @@ class GoferMachine(RuleBasedStateMachine):
             if n in (b".", b".."):
                 continue
             kind = node.children[n].kind
-            exp = {"dir": (C.DT_DIR, 0x80), "file": (C.DT_REG, 0), "link": (C.DT_LNK, 2)}[kind]
+            exp = (DTYPE[kind], QTYPE[kind])
             if (dtype, qtype) != exp:
                 self.fail(f"readdir {n!r}: d_type {dtype} qid type {qtype:#x} for a {kind}")
 
@@ -860,9 +978,15 @@ class GoferMachine(RuleBasedStateMachine):
         f = self.fids.get(fid)
         node = f.node if f else None
         size = len(node.data) if node is not None and node.data is not None else 0
-        what = data.draw(st.sampled_from(["size", "mode", "times", "odd"]))
-        valid, mode, new_size = 0, 0, 0
-        if what == "size":
+        what = data.draw(st.sampled_from(["size", "mode", "times", "owner", "odd"]))
+        valid, mode, new_size, uid, gid = 0, 0, 0, 0, 0
+        if what == "owner":
+            valid = data.draw(
+                st.sampled_from([C.SETATTR_UID, C.SETATTR_GID, C.SETATTR_UID | C.SETATTR_GID])
+            )
+            uid = data.draw(st.sampled_from([0, 1000, 65534, 0xFFFFFFFF]))
+            gid = data.draw(st.sampled_from([0, 1000, 65534, 0xFFFFFFFF]))
+        elif what == "size":
             valid = C.SETATTR_SIZE
             new_size = data.draw(st.sampled_from([0, 1, 5, size, size + 100, 1 << 20]))
         elif what == "mode":
@@ -890,8 +1014,8 @@ class GoferMachine(RuleBasedStateMachine):
                 fid=fid,
                 valid=valid,
                 mode=mode,
-                uid=0,
-                gid=0,
+                uid=uid,
+                gid=gid,
                 size=new_size,
                 atime_sec=1000,
                 atime_nsec=5,
@@ -911,13 +1035,92 @@ class GoferMachine(RuleBasedStateMachine):
                     del d[new_size:]
                     d += b"\0" * (new_size - len(d))
             if valid & C.SETATTR_MODE:
-                node.mode = (mode & 0o7777) if node.kind != "link" else node.mode
+                for n in self.aliases.get(node.ident, [node]):
+                    n.mode = (mode & 0o7777) if node.kind != "link" else n.mode
+            if valid & (C.SETATTR_UID | C.SETATTR_GID) and node.kind == "file":
+                # chown clears set-id bits (the kernel's rule for a non-directory)
+                for n in self.aliases.get(node.ident, [node]):
+                    if n.mode is not None:
+                        n.mode = None if n.mode & 0o6000 else n.mode
         elif what == "odd" or f.xread is not None or f.xwrite is not None:
             # a failed multi-field setattr may have applied some fields first
             if node.kind == "file" and valid & C.SETATTR_SIZE:
                 node.data = None
             if valid & C.SETATTR_MODE:
                 node.mode = None
+
+    @precondition(lambda self: self.versioned and self.fids)
+    @rule(data=st.data())
+    def mknod(self, data: st.DataObject) -> None:
+        self._guard(self._mknod, data)
+
+    def _mknod(self, data: st.DataObject) -> None:
+        """FIFOs, sockets and a character device (the latter only where the target may)."""
+        fid, f, d, outcome = self._dir_target(data)
+        name = self._name(data, d)
+        kind = data.draw(st.sampled_from(["fifo", "fifo", "sock", "chr", "bad"]))
+        fmt = {"fifo": stat_mod.S_IFIFO, "sock": stat_mod.S_IFSOCK, "chr": stat_mod.S_IFCHR}
+        mode = fmt.get(kind, stat_mod.S_IFDIR) | data.draw(st.sampled_from([0o644, 0o600, 0o000]))
+        if kind == "bad":
+            mode = data.draw(st.sampled_from([stat_mod.S_IFDIR | 0o755, 0o644, 0o170644]))
+        major, minor = (1, 3) if kind == "chr" else (0, 0)
+        if f is not None and f.node is None:
+            return
+        if d is not None and (_bad(name) or name in d.children):
+            outcome = ERR
+        if kind in ("chr", "bad") and outcome == OK:
+            outcome = ANY  # a device needs CAP_MKNOD (the daemon has none); odd types EINVAL
+        r = self.rpc(
+            M.Tmknod(tag=0, dfid=fid, name=name, mode=mode, major=major, minor=minor, gid=0),
+            outcome,
+        )
+        if kind == "bad" and stat_mod.S_IFMT(mode) == 0:
+            kind = "file"  # mknod(2): a type of zero makes a regular file
+        if isinstance(r, M.Rmknod) and d is not None:
+            if kind == "bad":
+                self.fail(f"Tmknod of mode {mode:o} succeeded")
+            node = self._node(kind, d, name)
+            node.data = bytearray() if kind == "file" else None
+            node.mode = mode & 0o7777
+            d.children[name] = node
+            self._bind(node, r.qid)
+
+    @precondition(lambda self: self.versioned and len(self.fids) >= 2)
+    @rule(data=st.data())
+    def link(self, data: st.DataObject) -> None:
+        self._guard(self._link, data)
+
+    def _link(self, data: st.DataObject) -> None:
+        """Tlink: a second name for a file; both names then share one inode (and qid)."""
+        dfid, df, d, outcome = self._dir_target(data)
+        fid = self._pick(data)
+        f = self.fids.get(fid)
+        name = self._name(data, d)
+        src = f.node if f is not None else None
+        if df is not None and df.node is None:
+            return
+        if f is None or (src is not None and src.kind == "dir"):
+            outcome = ERR
+        elif src is None or not self._known(src) or _special(f):
+            outcome = ANY
+        if d is not None and (_bad(name) or name in d.children):
+            outcome = ERR
+        r = self.rpc(M.Tlink(tag=0, dfid=dfid, fid=fid, name=name), outcome)
+        if isinstance(r, M.Rlink) and d is not None and src is not None and f is not None:
+            node = self._node(src.kind, d, name)
+            node.ident = src.ident
+            node.target = src.target
+            node.qid_path = src.qid_path
+            group = self.aliases.setdefault(src.ident, [src])
+            group.append(node)
+            for n in group:
+                # contents and modes are one inode's: the model stops predicting them
+                n.data = None
+                n.mode = None
+                n.xattrs = None
+            d.children[name] = node
+            if node.qid_path is not None:
+                self.qids.setdefault(node.qid_path, node)
 
     @precondition(lambda self: self.versioned and self.fids)
     @rule(data=st.data())
@@ -937,9 +1140,8 @@ class GoferMachine(RuleBasedStateMachine):
         if not isinstance(r, M.Rgetattr) or not ok:
             return
         assert node is not None
-        fmt = {"dir": stat_mod.S_IFDIR, "file": stat_mod.S_IFREG, "link": stat_mod.S_IFLNK}
         if r.valid & C.GETATTR_MODE:
-            if stat_mod.S_IFMT(r.mode) != fmt[node.kind]:
+            if stat_mod.S_IFMT(r.mode) != SFMT[node.kind]:
                 self.fail(f"getattr mode {r.mode:o} for a {node.kind}")
             if node.mode is not None and node.kind != "link" and (r.mode & 0o7777) != node.mode:
                 self.fail(f"getattr mode {r.mode & 0o7777:o}, model {node.mode:o}")
@@ -972,7 +1174,7 @@ class GoferMachine(RuleBasedStateMachine):
             and f.xread is None
             and f.xwrite is None
             and node is not None
-            and node.kind != "link"
+            and node.kind in ("file", "dir")
             and node.xattrs is not None
             and self._known(node)
         ):
@@ -1220,26 +1422,38 @@ class GoferMachine(RuleBasedStateMachine):
     # ---------------------------------------------------------- invariants
     @invariant()
     def server_fids_match_model(self) -> None:
-        if self.failed:
+        if self.failed or self.noop:
             return
         n = self.link.fid_count()
         if n is not None and n != len(self.fids):
             self.failed = True
-            raise Failure(
+            f = Failure(
                 "leak", f"server holds {n} fids, model {len(self.fids)}: {sorted(self.fids)}"
             )
+            self._remember(f)
+            raise f
 
     @invariant()
     def no_crash_logged(self) -> None:
+        if self.noop:
+            return
         for p in self.ctx.target.problems():
             if self.ctx.known.match(self.ctx.report, p):
                 continue
             self.failed = True
             kind, msg = split_problem(p)
-            raise Failure(kind, msg)
+            if "SIGSYS" in msg or "signal" in msg:
+                from .common import last_request
+
+                msg += f" (last request {last_request(self.t)})"
+            f = Failure(kind, msg)
+            self._remember(f)
+            raise f
 
     # ------------------------------------------------------------ teardown
     def teardown(self) -> None:
+        if self.noop:
+            return
         try:
             if self.failed or STOP.is_set():
                 return  # an interrupted case is not judged
@@ -1249,6 +1463,18 @@ class GoferMachine(RuleBasedStateMachine):
             self.ctx.report.frames_sent += self.c.frames_sent
 
     def _teardown(self) -> None:
+        if self.ended:
+            # panic-on-write ended the session: nothing changed, the daemon exited 70
+            if self.host and self.ctx.target.export is not None:
+                self._compare_host(self.ctx.target.export, self.root)
+            self.c.sock.close()
+            for p in self.link.finish(self.ctx.timeout):
+                kind, msg = split_problem(p)
+                raise Failure(kind, msg)
+            status = getattr(self.ctx.target, "last_status", 70)
+            if status != 70:
+                raise Failure("invariant", f"panic-on-write daemon exited {status}, not 70")
+            return
         if self.versioned:
             for fid in sorted(self.fids):
                 f = self.fids[fid]
@@ -1317,6 +1543,10 @@ class GoferMachine(RuleBasedStateMachine):
                     child.target
                 ):
                     raise Failure("invariant", f"host {p} is not a symlink to {child.target!r}")
+            elif child.kind in SPECIAL:
+                fmt = stat_mod.S_IFMT(os.lstat(p).st_mode)
+                if fmt != SFMT[child.kind]:
+                    raise Failure("invariant", f"host {p} has type {fmt:o}, model a {child.kind}")
             else:
                 if not e.is_file(follow_symlinks=False):
                     raise Failure("invariant", f"host {p} is not a regular file")
@@ -1344,14 +1574,19 @@ def run(
     batch: int = 25,
     shrink: bool = True,
     known: Known | None = None,
-    max_failures: int = 5,
+    max_failures: int | None = None,
+    database: Path | None = None,
 ) -> Report:
     """Run the state machine in seeded batches until the time or example budget is spent.
 
     Hypothesis has no time budget of its own, so each batch is a separate
-    ``run_state_machine_as_test`` with ``max_examples=batch``.  A failing
-    batch is shrunk and saved, and the run goes on with the next seed until
-    ``max_failures`` findings (or the server stops answering).
+    ``run_state_machine_as_test`` with ``max_examples=batch``, and examples
+    started past the deadline do nothing (so shrinking ends in time too).  A
+    failing batch is shrunk and saved in its bucket, and the run goes on with
+    the next seed; a server that stopped answering is restarted (unattended
+    runs keep going; ``max_failures`` stops early if given).  ``database``:
+    hypothesis's example database (``--corpus DIR``/hypothesis): failing
+    examples are kept there and replayed first by every later run.
     """
     import random
 
@@ -1360,10 +1595,18 @@ def run(
     ctx = Ctx(
         target=target, report=report, timeout=timeout, crash_dir=crash_dir, known=known or Known()
     )
+    ctx.shrink_frames = shrink
     machine = type("GoferMachine", (GoferMachine,), {"ctx": ctx})
     rng = random.Random(seed)
     start = time.monotonic()
     deadline = start + time_budget if time_budget else None
+    ctx.deadline = deadline
+    db = None
+    if database is not None:
+        from hypothesis.database import DirectoryBasedExampleDatabase
+
+        database.mkdir(parents=True, exist_ok=True)
+        db = DirectoryBasedExampleDatabase(str(database))
     report.details["steps_per_example"] = steps
     health = Health(target, report)
     try:
@@ -1383,7 +1626,7 @@ def run(
             max_examples=n,
             stateful_step_count=steps,
             deadline=None,
-            database=None,
+            database=db,
             suppress_health_check=list(HealthCheck),
             report_multiple_bugs=False,
             print_blob=True,
@@ -1395,12 +1638,35 @@ def run(
         except BaseException as e:
             if isinstance(e, (KeyboardInterrupt, SystemExit)) or STOP.is_set():
                 raise KeyboardInterrupt from e  # Ctrl-C / SIGTERM: not a finding
+            if (
+                not isinstance(e, Failure)
+                and ctx.best is None
+                and not ctx.first_failures
+                and deadline is not None
+                and time.monotonic() >= deadline
+            ):
+                # the examples made no-ops by the deadline draw differently from the ones
+                # hypothesis recorded: it may call that flaky; there was no finding
+                report.notes.append(f"batch cut at the deadline ({type(e).__name__})")
+                break
             _record(ctx, e)
             ctx.first_failures.clear()
+            ctx.best = None
             # keep fuzzing with fresh seeds (a long run should not end on its
-            # first finding), unless the server is wedged or findings pile up
-            if ctx.dead or report.failures() >= max_failures:
+            # first finding); a wedged or dead server is restarted
+            if max_failures is not None and report.failures() >= max_failures:
                 break
+            if ctx.dead or not target.alive():
+                report.details["restarts"] = report.details.get("restarts", 0) + 1
+                target.restart()
+                ctx.dead = False
+                try:
+                    liveness(target, timeout=timeout, exercise=True)
+                except Failure as f:
+                    report.add_failure(f.kind, "after a restart: " + f.message)
+                    break
+                health = Health(target, report)
+                health.baseline()
     if not ctx.dead:
         if target.export is not None and not target.per_connection_process:
             target.reset_export()
@@ -1409,32 +1675,95 @@ def run(
             if not ctx.known.match(report, msg):
                 report.add_failure(kind, msg)
     report.details["rule_counts"] = dict(sorted(ctx.rules.items()))
+    if ctx.timeboxed:
+        report.details["examples_skipped_past_deadline"] = ctx.timeboxed
     report.duration_s = round(time.monotonic() - start, 2)
     return report
 
 
+_BLOB = re.compile(r"@reproduce_failure\('([^']+)', (b'[^']*'|b\"[^\"]*\")\)")
+
+
 def _record(ctx: Ctx, e: BaseException) -> None:
-    """Save the shrunk failing example (and the first occurrence) as reproducers."""
+    """Save the shortest failing example in its bucket (one file per bucket).
+
+    When hypothesis finished shrinking in time it printed a ``@reproduce_failure`` blob: it is
+    kept, and ``replay`` re-runs that exact program with the model's checks.  When shrinking
+    was cut by the deadline the failing transcript is the shortest seen (its R records carry
+    the model's expected outcomes and read data).
+    """
+    import ast
+
     text = "".join(traceback.format_exception(e))
-    failure = e if isinstance(e, Failure) else Failure("crash", f"{type(e).__name__}: {e}")
     program = "\n".join(getattr(e, "__notes__", []))
-    if ctx.last is not None:
-        save_failure(
-            ctx.report,
-            "stateful",
-            failure,
-            ctx.last,
-            crash_dir=ctx.crash_dir,
-            extra={"program": program, "traceback": text[-6000:]},
+    if isinstance(e, Failure):
+        failure = e
+    elif ctx.best is not None:
+        failure = ctx.best[0]
+    else:
+        failure = Failure("crash", f"{type(e).__name__}: {e}\n{text[-3000:]}")
+    transcript = ctx.best[1] if ctx.best is not None else ctx.last
+    extra: dict[str, Any] = {
+        "program": program,
+        "traceback": text[-6000:],
+        "steps": ctx.report.details.get("steps_per_example", 50),
+    }
+    m = _BLOB.search(program)
+    if m and isinstance(e, Failure):
+        extra["hypothesis_version"] = m.group(1)
+        extra["blob"] = ast.literal_eval(m.group(2)).decode("latin-1")
+    elif not isinstance(e, Failure):
+        extra["note"] = (
+            "shrinking was cut at the run's deadline: the transcript is the shortest failing "
+            f"one seen ({type(e).__name__} from hypothesis's final replay)"
         )
-    for f, t in ctx.first_failures[:1]:
-        if ctx.last is None or t.records != ctx.last.records:
-            save_failure(
-                ctx.report,
-                "stateful",
-                f,
-                t,
-                crash_dir=ctx.crash_dir,
-                extra={"note": "first occurrence, before shrinking"},
-            )
-    ctx.report.notes.append("hypothesis program:\n" + program)
+    if transcript is not None and "blob" not in extra and ctx.shrink_frames:
+        # hypothesis's shrinking was cut (or failed): shrink the transcript itself, by replay
+        from .common import minimize_transcript
+
+        before = transcript.frames_sent()
+        end = time.monotonic() + 30
+        if ctx.deadline is not None:
+            end = min(end, max(ctx.deadline, time.monotonic() + 5))  # the --time budget holds
+        transcript, tries = minimize_transcript(
+            ctx.target, transcript, failure, deadline=end, timeout=ctx.timeout
+        )
+        extra["minimized"] = f"{before} -> {transcript.frames_sent()} frames by {tries} replays"
+    if transcript is not None:
+        save_failure(
+            ctx.report, "stateful", failure, transcript, crash_dir=ctx.crash_dir, extra=extra
+        )
+    else:
+        ctx.report.add_failure(failure.kind, failure.message)
+    ctx.report.notes.append("hypothesis program:\n" + program[-3000:])
+
+
+def replay_program(meta: dict[str, Any], target: Target, *, timeout: float = 5.0) -> list[str]:
+    """Re-run a saved stateful finding's exact hypothesis program, model checks included."""
+    from hypothesis import reproduce_failure
+    from hypothesis.errors import DidNotReproduce
+
+    report = Report(fuzzer="stateful", target=target.name)
+    ctx = Ctx(target=target, report=report, timeout=timeout, crash_dir=None)
+    machine = type("GoferMachine", (GoferMachine,), {"ctx": ctx})
+    factory = reproduce_failure(meta["hypothesis_version"], meta["blob"].encode("latin-1"))(machine)
+    s = settings(
+        max_examples=1,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+        stateful_step_count=int(meta.get("steps", 50)),
+        phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    )
+    try:
+        liveness(target, timeout=timeout, exercise=True)
+        run_state_machine_as_test(factory, settings=s)  # type: ignore[no-untyped-call]
+    except Failure as f:
+        return [f"{f.kind}: {f.message}"]
+    except DidNotReproduce:
+        # the program ran past the step that failed and out of recorded choices: that step
+        # does not fail any more
+        return []
+    except Exception as ex:
+        return [f"crash: {type(ex).__name__}: {str(ex)[:2000]}"]
+    return []

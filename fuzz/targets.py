@@ -149,6 +149,15 @@ class Target:
     def alive(self) -> bool:
         return True
 
+    def open_pair(self) -> tuple[Link, Link]:
+        """Two connections to the same server process: one to misbehave, one to probe latency."""
+        return self.open(), self.open()
+
+    def restart(self) -> None:
+        """Start over after the server died (unattended runs keep going)."""
+        self.stop()
+        self.start()
+
     def reset_export(self) -> None:
         """Empty the export between fuzz cases (only with no connection open).
 
@@ -221,9 +230,13 @@ class InprocTarget(Target):
 
     name = "inproc"
 
-    def __init__(self, *, max_msize: int = 1 << 20, readonly: bool = False) -> None:
+    def __init__(
+        self, *, max_msize: int = 1 << 20, readonly: bool = False, plant: str = ""
+    ) -> None:
         self.max_msize = max_msize
         self.readonly = readonly
+        self.plant = plant
+        self._unplant: Any = None
         self._thread: threading.Thread | None = None
         self._token: Any = None
         self._nursery: Any = None
@@ -248,7 +261,12 @@ class InprocTarget(Target):
         # the stateful model, which expects the daemon's behaviour, disagrees.
         self._old_umask = os.umask(0)
         self._tmp, self.export = _make_export()
+        # (no panic-on-write here: AttachPoint.panic would _exit the fuzzer; the daemon has it)
         self.point = AttachPoint.open(str(self.export), readonly=self.readonly)
+        if self.plant:
+            from gofer9p.testing.plant import apply
+
+            self._unplant = apply(self.plant.split(","))
         logger = logging.getLogger("gofer9p")
         self._old_level = logger.level
         # warnings (one per malformed frame) would flood any log capture
@@ -344,20 +362,41 @@ class InprocTarget(Target):
         if self._old_umask is not None:
             os.umask(self._old_umask)
             self._old_umask = None
+        if self._unplant is not None:
+            self._unplant()
+            self._unplant = None
 
 
 # ------------------------------------------------------------------ processes
 # Servers are started in their own session: a Ctrl-C (or a SIGTERM to our
 # process group) must reach the fuzzer only, which then stops the server;
 # a server killed under a running fuzz case would be reported as a crash.
-def _gofer_cmd() -> list[str]:
-    return [sys.executable, "-m", "gofer9p"]
+def _gofer_cmd(plant: str = "") -> list[str]:
+    """``python -m gofer9p``, or the planted-defect runner (gofer9p.testing.plant) for tests."""
+    return [sys.executable, "-m", "gofer9p.testing.plant" if plant else "gofer9p"]
 
 
-def _env() -> dict[str, str]:
+def _env(plant: str = "") -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("GOFER9P_TEST_PLANT", None)
+    if plant:
+        env["GOFER9P_TEST_PLANT"] = plant
     return env
+
+
+AS_LIMIT = 6 << 30
+"""Address-space limit put on every server process we spawn: a memory finding must end in a
+report (the memory oracle stops sending long before this), never in the host's OOM killer."""
+
+
+def _limit(pid: int) -> None:
+    import resource
+
+    try:
+        resource.prlimit(pid, resource.RLIMIT_AS, (AS_LIMIT, AS_LIMIT))
+    except (OSError, ValueError):
+        pass
 
 
 class _LogScanner:
@@ -412,9 +451,12 @@ class ServeTarget(Target):
 
     name = "serve"
 
-    def __init__(self, *, max_msize: int = 1 << 20, readonly: bool = False) -> None:
+    def __init__(
+        self, *, max_msize: int = 1 << 20, readonly: bool = False, plant: str = ""
+    ) -> None:
         self.max_msize = max_msize
         self.readonly = readonly
+        self.plant = plant
         self.proc: subprocess.Popen[bytes] | None = None
         self._tmp: Path | None = None
         self.sock_path: Path | None = None
@@ -429,7 +471,7 @@ class ServeTarget(Target):
         self.sock_path = self._tmp / "gofer.sock"
         self.log_path = self._tmp / "gofer.log"
         cmd = [
-            *_gofer_cmd(),
+            *_gofer_cmd(self.plant),
             "serve",
             str(self.export),
             "--listen",
@@ -444,17 +486,40 @@ class ServeTarget(Target):
         if self.readonly:
             cmd.append("--read-only")
         with open(self.log_path, "ab") as log:
+            # umask 0 like the daemon (confine.py): the client sends full modes, and the
+            # stateful model expects them on the host
             self.proc = subprocess.Popen(
-                cmd, env=_env(), stdin=subprocess.DEVNULL, start_new_session=True, stderr=log
+                cmd,
+                env=_env(self.plant),
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                stderr=log,
+                umask=0,
             )
+        _limit(self.proc.pid)
+        self._reported_death = False
         self._scanner = _LogScanner(self.log_path)
         deadline = time.monotonic() + 15
-        while not self.sock_path.exists():
+        while not self._accepting():
+            # (the path exists from bind(), a connect is refused until listen())
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(
                     f"gofer9p serve did not start: {self.log_path.read_text(errors='replace')}"
                 )
             time.sleep(0.02)
+
+    def _accepting(self) -> bool:
+        assert self.sock_path is not None
+        if not self.sock_path.exists():
+            return False
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(str(self.sock_path))
+        except OSError:
+            return False
+        finally:
+            s.close()
+        return True
 
     def open(self) -> Link:
         assert self.sock_path is not None
@@ -522,9 +587,12 @@ class ServeFdTarget(Target):
     name = "serve-fd"
     per_connection_process = True
 
-    def __init__(self, *, max_msize: int = 1 << 20, readonly: bool = False) -> None:
+    def __init__(
+        self, *, max_msize: int = 1 << 20, readonly: bool = False, plant: str = ""
+    ) -> None:
         self.max_msize = max_msize
         self.readonly = readonly
+        self.plant = plant
         self._tmp: Path | None = None
         self.log_path: Path | None = None
         self._scanner: _LogScanner | None = None
@@ -545,7 +613,7 @@ class ServeFdTarget(Target):
                 self.current.proc.wait(10)
         a, b = socket.socketpair()
         cmd = [
-            *_gofer_cmd(),
+            *_gofer_cmd(self.plant),
             "serve",
             str(self.export),
             "--fd",
@@ -562,12 +630,14 @@ class ServeFdTarget(Target):
         with open(self.log_path, "ab") as log:
             proc = subprocess.Popen(
                 cmd,
-                env=_env(),
+                env=_env(self.plant),
                 pass_fds=(a.fileno(),),
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
                 stderr=log,
+                umask=0,
             )
+        _limit(proc.pid)
         a.close()
         self.current = _ProcLink(b, proc.pid, proc)
         return self.current
@@ -632,14 +702,236 @@ class UnixTarget(Target):
         pass
 
 
-def make_target(spec: str, *, max_msize: int = 1 << 20) -> Target:
-    """``inproc`` | ``serve`` | ``serve-fd`` | ``unix:PATH``."""
+class _DaemonLink(Link):
+    def __init__(self, sock: socket.socket, target: DaemonTarget, gp: Any) -> None:
+        super().__init__(sock)
+        self.target = target
+        self.gp = gp
+
+    def pid(self) -> int | None:
+        return int(self.gp.pid)
+
+    def finish(self, timeout: float) -> list[str]:
+        return self.target._retire(self.gp, timeout)
+
+
+SIGSYS_STATUS = -31
+
+
+class DaemonTarget(Target):
+    """The confined daemon: ``gofer9p gofer --bundle B --io-fds ... --seccomp=kill``.
+
+    Started with :func:`gofer9p.launch.start_gofer`, as a sandbox manager does: chroot into the
+    bundle root, capabilities dropped, no_new_privs, the seccomp whitelist in kill mode.  The
+    bundle has three attach points: the root (held, unused), ``/export`` (the fuzz connection;
+    ``self.export`` is its host directory) and ``/probe`` (a second connection to the same
+    process, for the latency oracle).  A daemon serves each attach point on one connection only,
+    so every :meth:`open` after the first starts a fresh daemon; the previous one is retired:
+    every socket closed, its exit status judged (0 is right; a death by SIGSYS is a seccomp
+    whitelist gap reached by the requests just sent; 70 is ``--panic-on-write`` doing its job).
+    """
+
+    name = "daemon"
+    per_connection_process = True
+
+    def __init__(
+        self,
+        *,
+        max_msize: int = 1 << 20,
+        readonly: bool = False,
+        panic_on_write: bool = False,
+        plant: str = "",
+        seccomp: str = "kill",
+    ) -> None:
+        self.max_msize = max_msize
+        self.readonly = readonly or panic_on_write
+        self.panic_on_write = panic_on_write
+        self.plant = plant
+        self.seccomp = seccomp
+        self._tmp: Path | None = None
+        self.bundle: Path | None = None
+        self.log_path: Path | None = None
+        self._scanner: _LogScanner | None = None
+        self.gp: Any = None
+        self.last_status: int | None = None
+        self.exit_counts: dict[int | None, int] = {}
+        """How the daemons ended (exit status or -signal), for reports and tests."""
+        self._judged: set[int] = set()
+        self._pending: list[str] = []
+        self.started = 0
+
+    def start(self) -> None:
+        if self._tmp is not None:
+            return
+        import json
+
+        self._tmp = Path(tempfile.mkdtemp(prefix="gofer9p-fuzz-daemon-"))
+        self.bundle = self._tmp / "bundle"
+        rootfs = self.bundle / "rootfs"
+        for d in ("export", "probe"):
+            (rootfs / d).mkdir(parents=True)
+        rootfs.chmod(0o755)
+        self.export = rootfs / "export"
+        self.export.chmod(0o755)
+        doc = {
+            "ociVersion": "1.0.2",
+            "root": {"path": "rootfs", "readonly": False},
+            "mounts": [
+                {
+                    "destination": "/export",
+                    "type": "bind",
+                    "source": "rootfs/export",
+                    "options": ["ro" if self.readonly else "rw"],
+                },
+                {"destination": "/probe", "type": "bind", "source": "rootfs/probe"},
+            ],
+        }
+        (self.bundle / "config.json").write_text(json.dumps(doc))
+        self.log_path = self._tmp / "gofer.log"
+        self.log_path.touch()
+        self._scanner = _LogScanner(self.log_path)
+
+    def _spawn(self) -> Any:
+        from gofer9p.launch import start_gofer
+
+        assert self.bundle is not None and self.log_path is not None
+        env = _env(self.plant)
+        # (python -m fuzz coverage: a daemon could not write its data from inside its chroot)
+        env.pop("COVERAGE_PROCESS_START", None)
+        with open(self.log_path, "ab") as log:
+            gp = start_gofer(
+                self.bundle,
+                seccomp=self.seccomp,
+                panic_on_write=self.panic_on_write,
+                module="gofer9p.testing.plant" if self.plant else "gofer9p.daemon",
+                extra_args=["--log-level", "error", "--log-file", str(self.log_path)],
+                env=env,
+                stderr=log,
+            )
+        _limit(gp.pid)
+        self.started += 1
+        return gp
+
+    def _retire(self, gp: Any, timeout: float) -> list[str]:
+        """Close every socket of ``gp``, wait for its exit, judge the status."""
+        if gp is None or gp.pid in self._judged:
+            return []
+        self._judged.add(gp.pid)
+        for sk in gp.sockets:
+            try:
+                sk.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        try:
+            rc = gp.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            gp.stop(1.0)
+            return [f"hang: the confined gofer did not exit {timeout:.0f}s after EOF on every fd"]
+        finally:
+            for sk in gp.sockets:
+                sk.close()
+        return self._judge(rc)
+
+    def _judge(self, rc: int | None) -> list[str]:
+        self.last_status = rc
+        self.exit_counts[rc] = self.exit_counts.get(rc, 0) + 1
+        if rc is None or rc == 0:
+            return []
+        if rc == SIGSYS_STATUS:
+            return [
+                "crash: the confined gofer was killed by SIGSYS (seccomp): a request reached "
+                "a syscall off the whitelist"
+            ]
+        if rc == 70 and self.panic_on_write:
+            return []  # --panic-on-write stopped on a mutating request: its job
+        if rc < 0:
+            return [f"crash: the confined gofer was killed by signal {-rc}"]
+        return [f"crash: the confined gofer exited with status {rc}"]
+
+    def _fresh(self, probe: bool) -> Any:
+        if self.gp is not None:
+            self._pending += self._retire(self.gp, 10.0)
+            self.gp = None
+        self.gp = gp = self._spawn()
+        # The daemon owns its sockets until it exits (server.serve does not close them), and it
+        # exits once every connection ended: the attach points we do not use get EOF now, so
+        # our EOF on the last one is answered by a close, as with the other targets.
+        for sk in gp.sockets[:1] + ([] if probe else gp.sockets[2:]):
+            sk.shutdown(socket.SHUT_WR)
+        return gp
+
+    def open(self) -> Link:
+        gp = self._fresh(probe=False)
+        return _DaemonLink(gp.sockets[1], self, gp)
+
+    def open_pair(self) -> tuple[Link, Link]:
+        gp = self._fresh(probe=True)
+        return _DaemonLink(gp.sockets[1], self, gp), Link(gp.sockets[2])
+
+    def pid(self) -> int | None:
+        if self.gp is None or self.gp.proc.poll() is not None:
+            return None
+        return int(self.gp.pid)
+
+    def alive(self) -> bool:
+        return self.gp is None or self.gp.proc.poll() is None
+
+    def problems(self) -> list[str]:
+        out, self._pending = self._pending, []
+        if self._scanner is not None:
+            for p in self._scanner.new_problems():
+                if self.panic_on_write and " CRITICAL panic on " in p.split("\n")[0]:
+                    continue  # --panic-on-write saying why it stopped: its job
+                out.append(p)
+        gp = self.gp
+        if gp is not None and gp.pid not in self._judged:
+            rc = gp.proc.poll()
+            if rc is not None:
+                self._judged.add(gp.pid)
+                out += self._judge(rc)
+        return out
+
+    def restart(self) -> None:
+        if self.gp is not None:
+            self.gp.stop(2.0)
+            self.gp = None
+
+    def stop(self) -> None:
+        if self.gp is not None:
+            self.gp.stop(5.0)
+            self.gp = None
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+
+TARGETS = ("inproc", "serve", "serve-fd", "daemon", "unix:PATH")
+
+
+def make_target(
+    spec: str, *, max_msize: int = 1 << 20, plant: str = "", attach: str = "rw"
+) -> Target:
+    """``inproc`` | ``serve`` | ``serve-fd`` | ``daemon`` | ``unix:PATH``.
+
+    ``attach``: ``rw`` (default), ``ro`` (a read-only attach point: every mutating request must
+    get EROFS) or ``panic`` (daemon only: ``--panic-on-write``, the daemon exits 70 on the first
+    mutating request).  ``plant`` names test-only defects (gofer9p.testing.plant).
+    """
+    if attach not in ("rw", "ro", "panic"):
+        raise ValueError(f"--attach must be rw, ro or panic, not {attach!r}")
+    ro = attach != "rw"
+    if attach == "panic" and spec != "daemon":
+        raise ValueError("--attach panic needs --target daemon (it ends the server process)")
     if spec == "inproc":
-        return InprocTarget(max_msize=max_msize)
+        return InprocTarget(max_msize=max_msize, readonly=ro, plant=plant)
     if spec == "serve":
-        return ServeTarget(max_msize=max_msize)
+        return ServeTarget(max_msize=max_msize, readonly=ro, plant=plant)
     if spec == "serve-fd":
-        return ServeFdTarget(max_msize=max_msize)
+        return ServeFdTarget(max_msize=max_msize, readonly=ro, plant=plant)
+    if spec == "daemon":
+        return DaemonTarget(
+            max_msize=max_msize, readonly=ro, panic_on_write=attach == "panic", plant=plant
+        )
     if spec.startswith("unix:"):
         return UnixTarget(spec[5:])
-    raise ValueError(f"--target must be inproc, serve, serve-fd or unix:PATH, not {spec!r}")
+    raise ValueError(f"--target must be inproc, serve, serve-fd, daemon or unix:PATH, not {spec!r}")

@@ -77,6 +77,7 @@ ALLOWED_ERRNOS: frozenset[int] = frozenset(
         errno.EFBIG,  # write/truncate past the file size limit
         errno.ENOSPC,  # host disk full
         errno.ESPIPE,  # positional I/O on a FIFO/socket
+        errno.EPIPE,  # write to a FIFO whose last reader closed (found by fuzz/race.py)
         errno.EROFS,  # mutating request on a read-only attach point
         errno.EMLINK,  # too many links
         errno.ERANGE,  # xattr value larger than the caller's size
@@ -201,17 +202,32 @@ class Transcript:
 
 
 def save_reproducer(
-    directory: Path, prefix: str, transcript: Transcript, meta: dict[str, Any]
+    directory: Path, name: str, transcript: Transcript, meta: dict[str, Any]
 ) -> Path:
-    """Write ``<prefix>-<hash>.bin`` and its ``.json`` description; return the .bin path."""
-    import hashlib
+    """Write ``<name>.bin`` and its ``.json`` description; return the .bin path.
 
+    ``name`` is the finding's bucket: when the bucket exists, the smaller transcript is kept
+    and the ``.json`` is updated (``hits`` + 1, ``last_found``), so one bug is one file.
+    """
     data = transcript.to_bytes()
-    digest = hashlib.sha1(data).hexdigest()[:12]
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{prefix}-{digest}.bin"
+    path = directory / f"{name}.bin"
+    meta_path = path.with_suffix(".json")
+    if path.exists() and meta_path.exists():
+        try:
+            old = json.loads(meta_path.read_text())
+        except ValueError:
+            old = {}
+        hits = int(old.get("hits", 1)) + 1
+        if len(path.read_bytes()) <= len(data):
+            old.update(hits=hits, last_found=meta.get("last_found"))
+            meta_path.write_text(json.dumps(old, indent=2, default=str) + "\n")
+            return path
+        meta = {**meta, "hits": hits, "first_found": old.get("first_found", meta.get("found"))}
+        if "status" in old:
+            meta["status"] = old["status"]
     path.write_bytes(data)
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    meta_path.write_text(json.dumps(meta, indent=2, default=str) + "\n")
     return path
 
 

@@ -64,6 +64,7 @@ def test_frames_short(inproc: Target, tmp_path: Path) -> None:
                known=Known.load())
     _assert_clean(report)
     assert report.details["type_sweep_done"], "every type byte 0-255 must be sent"
+    assert report.details["flag_sweep_done"], "every flag bit of every request must be sent"
     assert report.fd_growth == 0, report.summary()
 
 

@@ -1,0 +1,806 @@
+"""Resource fuzzer: hostile byte streams judged by the server process's memory, fds and latency.
+
+A compromised sandbox does not need a parser bug to take the gofer down: a few KB of pipelined
+requests that each make the server hold memory, a task or an fd are enough.  Each *case* here is
+one such attack with random parameters, sent on one or more connections of the same server
+process while a **probe** connection (another client of the same process) keeps doing small
+round trips:
+
+* ``treads``: pipelined Treads asking for ~msize bytes that fail or hit EOF (unknown fid,
+  unopened fid, offset past the end), the client not reading its replies;
+* ``flushes``: large Treads of a real file fill the reply path (the client stops reading), then
+  a stream of Tflush for them and for unknown tags;
+* ``headers``: several connections announce msize-sized frames before Tversion and trickle the
+  body one byte at a time;
+* ``idle``: many connections that connect and say nothing (or only Tversion);
+* ``fifo``: pipelined msize Twrites to a FIFO nobody reads (threaded requests whose replies wait);
+* ``fids``: two connections walk and open as many fids as they are allowed;
+* ``mix``: a random pipelined mix of well-formed requests from the frame fuzzer's templates;
+* ``bigdir``: a directory of thousands of entries (made on the host, old enough for the
+  server's listing cache) read in random-sized Treaddirs, twice, then with cookies it never
+  returned, while the host adds and removes entries: the first pass must list exactly what
+  the host holds.
+
+The oracles, measured on the TARGET process (``/proc/PID``; in-process: this process):
+
+* **memory**: the peak VmRSS growth during the case must stay under :func:`memory_bound_kb`, a
+  formula of msize, the in-flight limit and the connection count (see there).  The case stops
+  sending as soon as the bound is crossed, so a finding never takes the host down; the report
+  says how many bytes were on the wire and the server memory per byte sent;
+* **fds**: after the case's connections are closed the server's fd count settles back to the
+  baseline; during it, the probe can still attach and open a file (a client that took "its
+  share" must not starve a new one);
+* **latency**: every probe round trip must finish within ``--latency`` seconds (default 10,
+  generous: this is a failure deadline, not a benchmark);
+* **alive / log**: the server process is still running, its log has no ERROR/traceback, and a
+  confined daemon did not die of SIGSYS.
+
+A finding is saved as a *case file* (``pressure-<bucket>.json``: scenario and parameters) plus the
+``.bin`` transcript of the bytes of its first connection (for ``show``).  ``replay`` on the .json
+re-runs the case with the same oracles.  Memory findings are minimized (time-boxed) by halving the
+number of frames while the case still breaks the bound on a restarted server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gofer9p.protocol import constants as C
+from gofer9p.protocol import messages as M
+from gofer9p.protocol.codec import encode
+
+from .common import STOP, Known, Report, save_failure, split_problem
+from .targets import Link, Target, fd_count, fd_targets, rss_kb
+from .wire import Failure, RawConn, Transcript
+
+SCENARIOS = ("treads", "flushes", "headers", "idle", "fifo", "fids", "mix", "bigdir")
+
+# ----------------------------------------------------------------- the bound
+SLACK_KB = 48 * 1024
+"""Per process: allocator noise, lazily imported modules, trio's thread cache."""
+PRE_VERSION_KB = 256
+"""Per connection that has not finished Tversion: its state and a small receive buffer."""
+MAX_INFLIGHT = 64
+"""Requests in flight per connection the bound allows for (ServerConfig.max_inflight)."""
+
+
+def memory_bound_kb(*, msize: int, versioned: int, unversioned: int = 0) -> int:
+    """The most server memory (KiB) a client may make the server hold, per the written bound.
+
+    If the server exports its own bound (``gofer9p.server.memory_bound(config, connections)``,
+    docs/RESOURCES.md: Python memory per connection as a formula of msize, the in-flight limits
+    and max_fids), that is used, with the server's max msize, plus SLACK for what RSS counts
+    and tracemalloc does not (the interpreter, thread stacks, allocator slack).  Otherwise the bound stated here, from design.md §4's rule
+    "no byte stream grows memory beyond a formula of msize, in-flight limit and connections":
+
+        SLACK + versioned * (2*msize receive buffer + msize read buffer + 256 KiB reply queue
+                             + MAX_INFLIGHT * 16 KiB request state)
+              + unversioned * PRE_VERSION_KB
+
+    With msize 1 MiB that is ~4.3 MiB per connection: a server that keeps an msize buffer per
+    request in flight (64 MiB per connection) breaks it within a few dozen requests, one that
+    honours back-pressure and allocates by what a read returned never comes near it.
+    """
+    try:
+        from gofer9p import server
+
+        fn = getattr(server, "memory_bound", None)
+        if fn is not None:
+            # (the server's formula is for connections past Tversion; before it a connection
+            # holds an 8 KiB buffer and its state: PRE_VERSION_KB)
+            total = int(fn(server.ServerConfig(max_msize=msize), connections=versioned))
+            return SLACK_KB + total // 1024 + unversioned * PRE_VERSION_KB
+    except (TypeError, ValueError):
+        pass
+    per = (2 * msize + msize + 256 * 1024 + MAX_INFLIGHT * 16 * 1024) // 1024
+    return SLACK_KB + versioned * per + unversioned * PRE_VERSION_KB
+
+
+# ------------------------------------------------------------------ sampling
+class Sampler:
+    """Polls the target process's VmRSS and fd count every few ms; keeps the peaks."""
+
+    def __init__(self, pid: int, interval: float = 0.005) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.base_rss = rss_kb(pid) or 0
+        self.base_fds = fd_count(pid) or 0
+        self.peak_rss = self.base_rss
+        self.peak_fds = self.base_fds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fuzz-sampler", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def sample(self) -> None:
+        r = rss_kb(self.pid)
+        if r is not None and r > self.peak_rss:
+            self.peak_rss = r
+        n = fd_count(self.pid)
+        if n is not None and n > self.peak_fds:
+            self.peak_fds = n
+
+    @property
+    def growth_kb(self) -> int:
+        return self.peak_rss - self.base_rss
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sample()
+
+
+# ------------------------------------------------------------------- probing
+class Probe:
+    """Another client of the same server: small round trips, each timed against a deadline."""
+
+    def __init__(self, link: Link, deadline: float) -> None:
+        self.link = link
+        self.deadline = deadline
+        self.worst = 0.0
+        self.rounds = 0
+        self.problem: str | None = None
+        self._stop = threading.Event()
+        self.t = Transcript()
+        self.c = RawConn(link.sock, self.t, deadline)
+        self._thread: threading.Thread | None = None
+
+    def setup(self) -> None:
+        self.c.handshake(8192)
+        self.c.rpc(M.Tattach(tag=0, fid=1, afid=C.NOFID, uname=b"root", aname=b"", n_uname=0))
+
+    def round(self) -> None:
+        t0 = time.monotonic()
+        self.c.rpc(M.Twalk(tag=0, fid=1, newfid=2, wnames=[]), outcome=1)
+        self.c.rpc(M.Tgetattr(tag=0, fid=2, request_mask=0x7FF), outcome=1)
+        self.c.rpc(M.Tlopen(tag=0, fid=2, flags=0), outcome=1)  # a new fd on the host
+        self.c.rpc(M.Tclunk(tag=0, fid=2), outcome=1)
+        took = time.monotonic() - t0
+        self.worst = max(self.worst, took)
+        self.rounds += 1
+        if took > self.deadline:
+            raise Failure("hang", f"the probe connection's round trip took {took:.1f}s")
+
+    def start(self) -> None:
+        def loop() -> None:
+            try:
+                while not self._stop.wait(0.05):
+                    self.round()
+            except Failure as f:
+                self.problem = f"{f.kind}: another connection of the same server: {f.message}"
+            except OSError as e:
+                self.problem = f"hang: another connection of the same server failed: {e}"
+
+        self._thread = threading.Thread(target=loop, name="fuzz-probe", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(self.deadline + 5)
+
+    def close(self) -> None:
+        try:
+            self.link.sock.close()
+        except OSError:
+            pass
+
+
+# ---------------------------------------------------------------------- cases
+@dataclass
+class Case:
+    """One attack: a scenario and its parameters (everything ``replay`` needs)."""
+
+    scenario: str
+    n: int
+    """Frames (or connections, for headers/idle) to send."""
+    seed: int
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"scenario": self.scenario, "n": self.n, "seed": self.seed, "params": self.params}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Case:
+        return cls(d["scenario"], int(d["n"]), int(d["seed"]), dict(d.get("params", {})))
+
+
+def random_case(rng: random.Random, scenario: str | None = None) -> Case:
+    sc = scenario or rng.choice(SCENARIOS)
+    seed = rng.randrange(1 << 31)
+    if sc == "treads":
+        return Case(
+            sc,
+            rng.choice((64, 256, 1000, 4000)),
+            seed,
+            {"how": rng.choice(("unknown", "unopened", "eof"))},
+        )
+    if sc == "flushes":
+        return Case(sc, rng.choice((1000, 10000, 100000)), seed, {"reads": rng.choice((1, 8, 32))})
+    if sc == "headers":
+        return Case(sc, rng.choice((20, 100, 200)), seed, {"trickle": rng.choice((4, 64))})
+    if sc == "idle":
+        return Case(sc, rng.choice((50, 200, 500)), seed, {"version": rng.random() < 0.5})
+    if sc == "fifo":
+        return Case(sc, rng.choice((8, 36, 100)), seed, {})
+    if sc == "fids":
+        return Case(sc, rng.choice((500, 2000, 8000)), seed, {"conns": 2})
+    if sc == "bigdir":
+        return Case(sc, rng.choice((2, 4)), seed, {"count": rng.choice((200, 1000, 8192, 65000))})
+    return Case("mix", rng.choice((200, 2000, 10000)), seed, {})
+
+
+@dataclass
+class Outcome:
+    """What one case measured and the problems the oracles found."""
+
+    problems: list[str] = field(default_factory=list)
+    bytes_sent: int = 0
+    frames: int = 0
+    conns: int = 0
+    growth_kb: int = 0
+    bound_kb: int = 0
+    fd_peak_growth: int = 0
+    probe_worst_s: float = 0.0
+    transcript: Transcript = field(default_factory=Transcript)
+
+
+_U32 = struct.Struct("<I")
+BIGDIR = 3000
+
+
+class _Sender:
+    """A connection that writes without reading (the client that stopped reading)."""
+
+    def __init__(
+        self, link: Link, t: Transcript, out: Outcome, watch: Sampler | None, bound_kb: int
+    ) -> None:
+        self.link = link
+        self.sock = link.sock
+        self.t = t
+        self.out = out
+        self.watch = watch
+        self.bound_kb = bound_kb
+        self.stalled = False
+        self.sock.setblocking(True)
+        t.add(b"N")
+
+    def over(self) -> bool:
+        return self.watch is not None and self.watch.growth_kb > self.bound_kb
+
+    def rpc(self, msg: M.Message, tag: int = 0) -> bytes:
+        """A synchronous request during set-up (the reply is read)."""
+        data = encode(msg)
+        self.t.add(b"S", data)
+        self.sock.settimeout(10)
+        self.sock.sendall(data)
+        hdr = self._recvn(4)
+        (size,) = _U32.unpack(hdr)
+        return hdr + self._recvn(size - 4)
+
+    def _recvn(self, n: int) -> bytes:
+        buf = b""
+        while len(buf) < n:
+            chunk = self.sock.recv(n - len(buf))
+            if not chunk:
+                raise Failure("invariant", "server closed during the case's set-up")
+            buf += chunk
+        return buf
+
+    def push(self, data: bytes, frames: int = 1, stall: float = 2.0) -> bool:
+        """Send without reading replies; False once the server stopped taking bytes
+        (back-pressure: the right answer to a client that does not read) or died."""
+        self.t.add(b"S", data)
+        self.sock.settimeout(stall)
+        try:
+            self.sock.sendall(data)
+        except TimeoutError:
+            self.stalled = True
+            return False
+        except OSError:
+            return False
+        self.out.bytes_sent += len(data)
+        self.out.frames += frames
+        return True
+
+
+def _host_setup(target: Target) -> None:
+    """Files the cases use, made on the host side of the export."""
+    if target.export is None:
+        return
+    data = target.export / "pz-data"
+    if not data.exists():
+        data.write_bytes(os.urandom(4 << 20))
+    fifo = target.export / "pz-fifo"
+    if not fifo.exists():
+        os.mkfifo(fifo, 0o666)
+    big = target.export / "pz-big"
+    if not big.exists():
+        big.mkdir()
+        for i in range(BIGDIR):
+            (big / f"entry-{i:05d}-{'x' * (i % 40)}").touch()
+
+
+def _attach(s: _Sender, msize: int) -> int:
+    r = s.rpc(M.Tversion(tag=C.NOTAG, msize=msize, version=C.VERSION_9P2000L))
+    got = _U32.unpack_from(r, 7)[0]
+    s.rpc(M.Tattach(tag=0, fid=0, afid=C.NOFID, uname=b"root", aname=b"", n_uname=0))
+    return int(got)
+
+
+def _paced(s: _Sender, frames: list[bytes], chunk: int = 16) -> None:
+    """Push frames in small chunks, checking the memory oracle between them."""
+    for i in range(0, len(frames), chunk):
+        if STOP.is_set() or s.over():
+            return
+        part = frames[i : i + chunk]
+        if not s.push(b"".join(part), len(part)):
+            return
+        time.sleep(0.002)
+
+
+def run_case(target: Target, case: Case, *, latency: float = 10.0, msize: int = 1 << 20) -> Outcome:
+    """Run one case against ``target``; judge it with every oracle (see module doc)."""
+    out = Outcome()
+    rng = random.Random(case.seed)
+    _host_setup(target)
+    main_link, probe_link = target.open_pair()
+    pid = main_link.pid() or target.pid()
+    probe = Probe(probe_link, latency)
+    links: list[Link] = [main_link]
+    try:
+        probe.setup()  # a served request: the process is up and past its imports
+        probe.round()
+    except Failure as f:
+        out.problems.append(f"{f.kind}: the probe could not set up before the case: {f.message}")
+    watch = Sampler(pid) if pid is not None else None
+    versioned, unversioned = 2, 0  # the case's connection and the probe
+    out.bound_kb = memory_bound_kb(msize=msize, versioned=2)
+    s = _Sender(main_link, out.transcript, out, watch, out.bound_kb)
+    try:
+        probe.start()
+        sc = case.scenario
+        if sc in ("treads", "flushes", "fifo", "fids", "mix"):
+            m = _attach(s, msize)
+        if sc == "treads":
+            how = case.params.get("how", "unknown")
+            fid = 0xDEAD
+            offset = 0
+            if how in ("unopened", "eof"):
+                s.rpc(M.Twalk(tag=0, fid=0, newfid=1, wnames=[b"pz-data"]))
+                fid = 1
+                if how == "eof":
+                    s.rpc(M.Tlopen(tag=0, fid=1, flags=0))
+                    offset = 1 << 40
+            frames = [
+                encode(M.Tread(tag=1 + i % 60000, fid=fid, offset=offset, count=m - 11))
+                for i in range(case.n)
+            ]
+            _paced(s, frames)
+        elif sc == "flushes":
+            # Replies stuck behind a client that stopped reading: large Treads of a file fill
+            # the socket, then Treads of a FIFO (threaded: they stay in flight until their
+            # reply is sent), then a stream of Tflush naming them (and unknown tags)
+            s.rpc(M.Twalk(tag=0, fid=0, newfid=1, wnames=[b"pz-data"]))
+            s.rpc(M.Tlopen(tag=0, fid=1, flags=0))
+            s.rpc(M.Twalk(tag=0, fid=0, newfid=2, wnames=[b"pz-fifo"]))
+            s.rpc(M.Tlopen(tag=0, fid=2, flags=os.O_RDWR))
+            fill = [encode(M.Tread(tag=50 + i, fid=1, offset=0, count=m - 11)) for i in range(12)]
+            _paced(s, fill, chunk=1)
+            reads = int(case.params.get("reads", 8))
+            stuck = [encode(M.Tread(tag=100 + i, fid=2, offset=0, count=64)) for i in range(reads)]
+            _paced(s, stuck)
+            frames = [
+                encode(M.Tflush(tag=1000 + i % 50000, oldtag=100 + rng.randrange(reads + 5)))
+                for i in range(case.n)
+            ]
+            _paced(s, frames, chunk=256)
+        elif sc == "fifo":
+            s.rpc(M.Twalk(tag=0, fid=0, newfid=1, wnames=[b"pz-fifo"]))
+            s.rpc(M.Tlopen(tag=0, fid=1, flags=os.O_RDWR))
+            payload = b"w" * (m - 23)
+            frames = [
+                encode(M.Twrite(tag=1 + i, fid=1, offset=0, data=payload)) for i in range(case.n)
+            ]
+            _paced(s, frames, chunk=2)
+        elif sc == "fids":
+            conns = int(case.params.get("conns", 2))
+            senders = [s]
+            for _ in range(conns - 1):
+                link = target.open() if not target.per_connection_process else None
+                if link is None:
+                    break
+                links.append(link)
+                extra = _Sender(link, out.transcript, out, watch, out.bound_kb)
+                _attach(extra, msize)
+                senders.append(extra)
+            versioned = len(senders) + 1
+            for snd in senders:
+                frames = []
+                for i in range(case.n):
+                    fid = 10 + i
+                    frames.append(encode(M.Twalk(tag=1, fid=0, newfid=fid, wnames=[b"pz-data"])))
+                    frames.append(encode(M.Tlopen(tag=2, fid=fid, flags=0)))
+                snd.sock.settimeout(10)
+                # these replies are read (a real client that opens files), in bulk at the end
+                drain = threading.Thread(target=_drain, args=(snd.sock,), daemon=True)
+                drain.start()
+                _paced(snd, frames, chunk=64)
+        elif sc == "headers" or sc == "idle":
+            versioned, unversioned = 1, case.n  # the probe; the case's connections
+            out.bound_kb = memory_bound_kb(msize=msize, versioned=2, unversioned=case.n)
+            s.bound_kb = out.bound_kb
+            if target.per_connection_process:
+                case_n = 1
+            else:
+                case_n = case.n
+            senders = [s]
+            for _ in range(case_n - 1):
+                if STOP.is_set() or s.over():
+                    break
+                link = _connect(target)
+                if link is None:
+                    out.problems.append(
+                        f"hang: the server stopped accepting connections after {len(links)}"
+                    )
+                    break
+                links.append(link)
+                senders.append(_Sender(link, Transcript(), out, watch, out.bound_kb))
+            out.conns = len(senders)
+            if sc == "idle" and case.params.get("version"):
+                for snd in senders:
+                    snd.push(encode(M.Tversion(tag=C.NOTAG, msize=msize, version=b"9P2000.L")))
+            elif sc == "headers":
+                trickle = int(case.params.get("trickle", 4))
+                for snd in senders:
+                    snd.push(_U32.pack(msize) + bytes([C.MsgType.TVERSION]))
+                for _ in range(trickle):
+                    if s.over():
+                        break
+                    for snd in senders:
+                        snd.push(b"\0")
+                    time.sleep(0.05)
+            time.sleep(0.3)  # let the server take what it will for them
+        elif sc == "bigdir":
+            out.problems += _bigdir(target, main_link, case, rng, out)
+        else:  # mix
+            from .frames import templates
+
+            tmpl = templates(rng)
+            frames = []
+            for i in range(case.n):
+                msg = rng.choice(tmpl)
+                msg.tag = 1 + i % 60000  # type: ignore[misc]
+                frames.append(encode(msg))
+            _paced(s, frames, chunk=32)
+        time.sleep(0.2)
+        if watch is not None:
+            watch.sample()
+    except Failure as f:
+        out.problems.append(f"{f.kind}: {f.message}")
+    finally:
+        probe.stop()
+        if watch is not None:
+            watch.stop()
+            out.growth_kb = watch.growth_kb
+            out.fd_peak_growth = watch.peak_fds - watch.base_fds
+        out.conns = max(out.conns, len(links))
+        out.probe_worst_s = round(probe.worst, 3)
+        if probe.problem:
+            out.problems.append(probe.problem)
+        probe.close()
+        for link in links:
+            try:
+                link.sock.close()
+            except OSError:
+                pass
+        for link in links:
+            for p in link.finish(15.0):
+                if not p.startswith("hang: gofer9p serve --fd did not exit"):
+                    out.problems.append(p)
+    if watch is not None and out.growth_kb > out.bound_kb:
+        per = out.growth_kb * 1024 / max(1, out.bytes_sent)
+        out.problems.insert(
+            0,
+            f"leak: server memory grew {out.growth_kb} KiB during a {case.scenario} case "
+            f"(bound {out.bound_kb} KiB for {versioned} connections + {unversioned} before "
+            f"Tversion, msize {msize}) after {out.bytes_sent} bytes in {out.frames} frames: "
+            f"{per:.0f} bytes of server memory per byte sent",
+        )
+    out.problems += target.problems()
+    if not target.per_connection_process and not target.alive():
+        out.problems.append("crash: server process is gone")
+    return out
+
+
+def _bigdir(target: Target, link: Link, case: Case, rng: random.Random, out: Outcome) -> list[str]:
+    """Read a big directory in pieces: the listing must be what the host holds (see doc)."""
+    from gofer9p.protocol.codec import decode_dirents
+
+    c = RawConn(link.sock, out.transcript, 10.0)
+    c.handshake(1 << 20)
+    c.rpc(M.Tattach(tag=0, fid=0, afid=C.NOFID, uname=b"root", aname=b"", n_uname=0), outcome=1)
+    c.rpc(M.Twalk(tag=0, fid=0, newfid=1, wnames=[b"pz-big"]), outcome=1)
+    c.rpc(M.Tlopen(tag=0, fid=1, flags=0o200000), outcome=1)
+    count = int(case.params.get("count", 8192))
+    big = target.export / "pz-big" if target.export is not None else None
+    problems: list[str] = []
+    cookies: list[int] = []
+    for n in range(case.n):
+        names: list[bytes] = []
+        offset = 0
+        mutate = n > 0 and big is not None
+        for _ in range(BIGDIR * 2):
+            r = c.rpc(M.Treaddir(tag=0, fid=1, offset=offset, count=rng.randrange(128, count)))
+            if not isinstance(r, M.Rreaddir):
+                problems.append(f"invariant: Treaddir of a big directory answered {r!r}"[:300])
+                return problems
+            ents = decode_dirents(r.data)
+            if not ents:
+                break
+            names += [e.name for e in ents]
+            offset = ents[-1].offset
+            cookies.append(offset)
+            out.frames += 1
+            if mutate and rng.random() < 0.05:
+                assert big is not None
+                victim = big / f"host-{rng.randrange(50)}"
+                if victim.exists():
+                    victim.unlink()
+                else:
+                    victim.touch()
+        if n == 0 and big is not None:
+            want = {os.fsencode(x) for x in os.listdir(big)} | {b".", b".."}
+            got = set(names)
+            if got != want or len(names) != len(got):
+                problems.append(
+                    f"invariant: a {len(want)}-entry directory listed {len(names)} names "
+                    f"({len(got)} distinct); missing {sorted(want - got)[:3]}, "
+                    f"extra {sorted(got - want)[:3]}"
+                )
+    for _ in range(20):  # cookies we never returned, and old ones after changes
+        off = rng.choice([rng.randrange(1 << 63), *cookies[:50], 1, 2, (1 << 63) - 1])
+        c.rpc(M.Treaddir(tag=0, fid=1, offset=off, count=rng.randrange(1, count)))
+    c.rpc(M.Tclunk(tag=0, fid=1))
+    return problems
+
+
+def _connect(target: Target, wait: float = 5.0) -> Link | None:
+    """A new connection; a full listen backlog is retried (the server accepts asynchronously)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return target.open()
+        except (BlockingIOError, ConnectionRefusedError, TimeoutError):
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.01)
+
+
+def _drain(sock: socket.socket) -> None:
+    try:
+        while sock.recv(1 << 16):
+            pass
+    except OSError:
+        pass
+
+
+# ----------------------------------------------------------------- the fuzzer
+def _settle_fds(target: Target, base: int | None, settle: float = 5.0) -> str | None:
+    pid = target.pid()
+    if pid is None or base is None:
+        return None
+    deadline = time.monotonic() + settle
+    n = fd_count(pid)
+    while n is not None and n > base and time.monotonic() < deadline:
+        time.sleep(0.05)
+        n = fd_count(pid)
+    if n is not None and n > base:
+        names = sorted(set(fd_targets(pid).values()))
+        return (
+            f"leak: server holds {n} fds after the case's connections closed, {base} before; "
+            f"open: {', '.join(names[-12:])}"
+        )
+    return None
+
+
+def minimize(
+    target: Target,
+    case: Case,
+    out: Outcome,
+    first: str,
+    *,
+    deadline: float,
+    latency: float,
+    msize: int,
+) -> tuple[Case, Outcome]:
+    """Halve ``case.n`` while the case still fails the same way on a restarted server.
+
+    Time-boxed by ``deadline``; a per-connection target (daemon, serve-fd) starts a fresh
+    process for every case anyway, an in-process target cannot be restarted (its memory is
+    this process's) and is minimized on the same heap.
+    """
+    best, best_out = case, out
+    while best.n > 1 and time.monotonic() < deadline and not STOP.is_set():
+        smaller = Case(best.scenario, max(1, best.n // 2), best.seed, dict(best.params))
+        _fresh(target)
+        o = run_case(target, smaller, latency=latency, msize=msize)
+        robust = (
+            o.growth_kb >= 1.5 * o.bound_kb if first.startswith("leak: server memory") else True
+        )
+        if robust and any(_same(p, first) for p in o.problems):
+            # (a memory finding is kept only with a margin, so its replay is not a coin toss)
+            best, best_out = smaller, o
+        else:
+            break
+    _fresh(target)
+    return best, best_out
+
+
+def _fresh(target: Target) -> None:
+    """Restart a target process and warm it up (imports, the handle-reopen fd) before use."""
+    from .common import liveness
+
+    if target.name != "inproc" or not target.alive():
+        target.restart()
+    if not target.per_connection_process:
+        try:
+            liveness(target, exercise=True)
+        except Failure:
+            pass
+        target.problems()
+
+
+def _same(a: str, b: str) -> bool:
+    """Same finding: the same oracle and the same scenario wording (numbers ignored)."""
+    import re
+
+    def norm(s: str) -> str:
+        return re.sub(r"\d+(\.\d+)?", "#", s.split("\n")[0])[:60]
+
+    return norm(a) == norm(b)
+
+
+def run(
+    target: Target,
+    report: Report,
+    *,
+    seed: int,
+    time_budget: float | None,
+    max_cases: int | None,
+    crash_dir: Path | None,
+    latency: float = 10.0,
+    msize: int = 1 << 20,
+    scenario: str | None = None,
+    known: Known | None = None,
+    shrink: bool = True,
+    size: int | None = None,
+) -> Report:
+    """Run random cases until the budget is spent; a dead server is restarted and the run goes on.
+
+    ``size`` fixes every case's ``n`` (frames or connections) instead of a random choice.
+    """
+    known = known or Known()
+    rng = random.Random(seed)
+    start = time.monotonic()
+    if time_budget is None and max_cases is None:
+        time_budget = 60.0
+    deadline = start + time_budget if time_budget else None
+    counts: dict[str, int] = {}
+    worst: dict[str, int] = {}
+    _fresh(target)
+    pid = target.pid()
+    base_fds = fd_count(pid) if pid is not None else None
+    report.fd_baseline = base_fds
+    report.rss_baseline_kb = rss_kb(pid) if pid is not None else None
+    while not STOP.is_set():
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+        if max_cases is not None and report.examples_run >= max_cases:
+            break
+        case = random_case(rng, scenario)
+        if size is not None:
+            case.n = size
+        out = run_case(target, case, latency=latency, msize=msize)
+        report.examples_run += 1
+        report.frames_sent += out.frames
+        report.connections += out.conns + 1
+        counts[case.scenario] = counts.get(case.scenario, 0) + 1
+        worst[case.scenario] = max(worst.get(case.scenario, 0), out.growth_kb)
+        if not out.problems and not target.per_connection_process:
+            p = _settle_fds(target, base_fds)
+            if p:
+                out.problems.append(p)
+        problems = [p for p in out.problems if not known.match(report, p)]
+        if problems:
+            first = problems[0]
+            final, final_out = case, out
+            if shrink and first.startswith(("leak: server memory", "crash", "hang")):
+                budget_end = deadline if deadline is not None else time.monotonic() + 120
+                final, final_out = minimize(
+                    target, case, out, first, deadline=budget_end, latency=latency, msize=msize
+                )
+                first = next((p for p in final_out.problems if _same(p, first)), first)
+            save_case(
+                report,
+                target,
+                final,
+                first,
+                final_out,
+                crash_dir=crash_dir,
+                original=case if final is not case else None,
+            )
+            report.notes.extend(problems[1:4])
+        if not target.per_connection_process and (not target.alive() or problems):
+            # unattended: a dead or wounded server is restarted and the run goes on
+            report.details["restarts"] = report.details.get("restarts", 0) + 1
+            _fresh(target)
+            pid = target.pid()
+            base_fds = fd_count(pid) if pid is not None else None
+    report.details["cases_by_scenario"] = counts
+    report.details["peak_rss_growth_kb_by_scenario"] = worst
+    report.duration_s = round(time.monotonic() - start, 2)
+    return report
+
+
+def save_case(
+    report: Report,
+    target: Target,
+    case: Case,
+    problem: str,
+    out: Outcome,
+    *,
+    crash_dir: Path | None,
+    original: Case | None = None,
+) -> Path | None:
+    """Save a pressure finding: the case (for ``replay``) and its first connection's bytes."""
+    kind, msg = split_problem(problem)
+    extra = {
+        "case": case.to_json(),
+        "measured": {
+            "bytes_sent": out.bytes_sent,
+            "frames": out.frames,
+            "growth_kb": out.growth_kb,
+            "bound_kb": out.bound_kb,
+            "fd_peak_growth": out.fd_peak_growth,
+            "probe_worst_s": out.probe_worst_s,
+        },
+        "replay": "python -m fuzz replay <this .json> --target " + target.name,
+    }
+    if original is not None:
+        extra["original_case"] = original.to_json()
+    return save_failure(
+        report,
+        "pressure",
+        Failure(kind, msg),
+        out.transcript,
+        crash_dir=crash_dir,
+        extra=extra,
+        bucket_hint=case.scenario,
+    )
+
+
+def replay_case(path: Path, target: Target, *, latency: float = 10.0) -> list[str]:
+    """Re-run a saved pressure case with every oracle; [] means it passes now."""
+    meta = json.loads(path.read_text())
+    case = Case.from_json(meta["case"])
+    out = run_case(target, case, latency=latency)
+    problems = list(out.problems)
+    if not problems and not target.per_connection_process:
+        pid = target.pid()
+        p = _settle_fds(target, fd_count(pid) if pid else None)
+        if p:
+            problems.append(p)
+    return problems

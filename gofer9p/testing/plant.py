@@ -1,0 +1,135 @@
+"""Planted defects, so each fuzz oracle can be shown to fire (tests/fuzz/test_oracles.py).
+
+Nothing in the release code path imports this module.  A defect is planted only by running
+``python -m gofer9p.testing.plant serve|gofer <flags>`` (the fuzz targets do that when given
+``plant=...``), or by calling :func:`apply` in a test's own process; ``GOFER9P_TEST_PLANT`` names
+the defects (comma-separated) for the ``-m`` entry point:
+
+* ``leak``: every request keeps a 1 MiB buffer forever (the memory oracle must fire);
+* ``follow``: a Treadlink also opens and reads what the link points at, following symlinks
+  (the canary oracle of the host-side agent must fire when a link points outside the export);
+* ``syscall``: a Tstatfs first creates an AF_INET socket, a syscall off the daemon's seccomp
+  whitelist (the confined daemon target must report the SIGSYS and the request behind it);
+* ``crash``: a Tstatfs raises an unexpected exception (an internal error: the log oracle and
+  the crash bucketing must fire);
+* ``stall``: a Tstatfs blocks the event loop for ``STALL_S`` seconds (the latency oracle: another
+  connection's round trips must stay within their deadline).
+
+Why monkeypatching our own classes here and not flags in the server: the defects must stay out of
+the hot paths and out of anything a sandbox manager can switch on.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+ENV = "GOFER9P_TEST_PLANT"
+KEPT: list[bytearray] = []
+"""What the ``leak`` defect keeps (module-level: never freed)."""
+
+LEAK_BYTES = 1 << 20
+STALL_S = 2.0
+
+
+def _leak(patch: Callable[[Any, str, Any], None]) -> None:
+    from gofer9p.server import Connection
+
+    dispatch = Connection._dispatch
+
+    def leaky(self: Any, mtype: int, tag: int, frame: memoryview) -> Any:
+        buf = bytearray(LEAK_BYTES)
+        buf[::4096] = b"x" * len(buf[::4096])  # touch every page: RSS, not just VSZ
+        KEPT.append(buf)
+        return dispatch(self, mtype, tag, frame)
+
+    patch(Connection, "_dispatch", leaky)
+
+
+def _follow(patch: Callable[[Any, str, Any], None]) -> None:
+    from gofer9p.attach.session import Session
+
+    readlink = Session.readlink
+
+    def following(self: Any, m: Any) -> Any:
+        r = readlink(self, m)
+        try:
+            # the defect: a path that came from the host, followed from the process's root
+            fd = os.open(bytes(r.target), os.O_RDONLY | os.O_NONBLOCK)
+            try:
+                os.read(fd, 64)
+            finally:
+                os.close(fd)
+        except OSError:
+            pass
+        return r
+
+    patch(Session, "readlink", following)
+
+
+def _statfs(patch: Callable[[Any, str, Any], None], kind: str) -> None:
+    from gofer9p.attach.session import Session
+
+    statfs = Session.statfs
+
+    def bad_statfs(self: Any, m: Any) -> Any:
+        if kind == "syscall":
+            socket.socket(socket.AF_INET, socket.SOCK_STREAM).close()
+        elif kind == "stall":
+            time.sleep(STALL_S)
+        else:
+            raise ZeroDivisionError("planted internal error")
+        return statfs(self, m)
+
+    patch(Session, "statfs", bad_statfs)
+
+
+def apply(names: Iterable[str]) -> Callable[[], None]:
+    """Plant the named defects in this process; return a function that removes them."""
+    undo: list[Callable[[], None]] = []
+
+    def patch(cls: Any, attr: str, new: Any) -> None:
+        old = cls.__dict__[attr]
+        setattr(cls, attr, new)
+        undo.append(lambda: setattr(cls, attr, old))
+
+    for raw in names:
+        name = raw.strip()
+        if not name:
+            continue
+        if name == "leak":
+            _leak(patch)
+        elif name == "follow":
+            _follow(patch)
+        elif name in ("syscall", "crash", "stall"):
+            _statfs(patch, name)
+        else:
+            raise ValueError(f"unknown planted defect {name!r}")
+
+    def remove() -> None:
+        for u in reversed(undo):
+            u()
+        KEPT.clear()
+
+    return remove
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``serve ...`` or ``gofer ...`` with the defects of ``$GOFER9P_TEST_PLANT`` planted."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    apply(os.environ.get(ENV, "").split(","))
+    if args[:1] == ["gofer"] or "--bundle" in args:  # launch.start_gofer(module=...) omits it
+        from gofer9p import daemon
+
+        return daemon.run(args[1:] if args[:1] == ["gofer"] else args)
+    from gofer9p import cli
+
+    return int(cli.main(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

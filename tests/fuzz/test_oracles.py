@@ -1,0 +1,179 @@
+"""Each fuzz oracle shown to fire: a defect is planted, the harness finds, minimizes and replays it.
+
+The defects live in :mod:`gofer9p.testing.plant` (never imported by the release code): a buffer
+kept per request (memory oracle), a Treadlink that follows the link on the host (canary oracle of
+the host-side agent), a syscall off the seccomp whitelist in the confined daemon (SIGSYS), an
+exception in a handler (log oracle, crash buckets, in-process target), a handler that stalls the
+event loop (latency oracle).  Each test also replays the saved finding against the same server
+without the defect, where it must pass: ``replay`` says pass/fail, it does not just resend bytes.
+
+The server processes here are real (``gofer9p serve``, the confined daemon); the whole module
+stays well under a minute on the 2-core CI machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from fuzz import frames, pressure, race, stateful  # noqa: E402
+from fuzz.common import Report, replay  # noqa: E402
+from fuzz.targets import DaemonTarget, InprocTarget, ServeTarget  # noqa: E402
+from fuzz.wire import Transcript  # noqa: E402
+
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="the confined daemon needs root")
+
+
+def _bucket_files(crash_dir: Path, prefix: str) -> list[Path]:
+    return sorted(crash_dir.glob(f"{prefix}*.json"))
+
+
+def test_memory_oracle_finds_a_buffer_kept_per_request(tmp_path: Path) -> None:
+    report = Report(fuzzer="pressure", target="serve", seed=5)
+    with ServeTarget(plant="leak") as t:
+        pressure.run(
+            t, report, seed=5, time_budget=60, max_cases=1, crash_dir=tmp_path,
+            scenario="mix", size=4000,
+        )
+        assert report.leaks, report.summary()
+        assert "server memory grew" in report.leaks[0]["message"]
+        (meta_path,) = _bucket_files(tmp_path, "pressure-leak-mix-server-memory")
+        meta = json.loads(meta_path.read_text())
+        assert meta["case"]["n"] < 4000, "the finding was not minimized"
+        assert meta["original_case"]["n"] == 4000
+        assert meta["measured"]["growth_kb"] > meta["measured"]["bound_kb"]
+        t.restart()
+        again = pressure.replay_case(meta_path, t)
+        assert any("server memory grew" in p for p in again), again
+    with ServeTarget() as clean:
+        assert pressure.replay_case(meta_path, clean) == []
+
+
+def test_latency_oracle_finds_a_stalled_event_loop(tmp_path: Path) -> None:
+    report = Report(fuzzer="pressure", target="serve", seed=6)
+    with ServeTarget(plant="stall") as t:
+        pressure.run(
+            t, report, seed=6, time_budget=40, max_cases=1, crash_dir=tmp_path,
+            scenario="mix", size=300, latency=1.0, shrink=False,
+        )
+        hangs = [h["message"] for h in report.hangs]
+        assert any("another connection of the same server" in h for h in hangs), report.summary()
+
+
+def test_canary_oracle_finds_a_read_that_follows_a_symlink(tmp_path: Path) -> None:
+    report = Report(fuzzer="race", target="serve", seed=7)
+    with ServeTarget(plant="follow") as t:
+        race.run(t, report, seed=7, time_budget=20, max_cases=15, crash_dir=tmp_path)
+        msgs = [c["message"] for c in report.crashes]
+        assert any("outside the export was touched" in m and "OPEN" in m for m in msgs), msgs
+        (meta_path,) = _bucket_files(tmp_path, "race-crash-outside-the-export")
+        meta = json.loads(meta_path.read_text())
+        assert meta["case"]["ops"] <= meta["case"]["original_ops"]
+        # (a race: replay runs the case until it fails, up to 10 times)
+        assert race.replay_case(meta_path, t, tries=10), "replay did not reproduce it"
+    with ServeTarget() as clean:
+        assert race.replay_case(meta_path, clean, tries=1) == []
+
+
+@root_only
+def test_seccomp_oracle_finds_a_syscall_off_the_whitelist(tmp_path: Path) -> None:
+    report = Report(fuzzer="frames", target="daemon", seed=2)
+    with DaemonTarget(plant="syscall") as t:
+        frames.run(t, report, seed=2, time_budget=25, max_frames=150, crash_dir=tmp_path)
+        assert any("SIGSYS" in c["message"] for c in report.crashes), report.summary()
+        (path,) = sorted(tmp_path.glob("frames-crash-SIGSYS-TSTATFS.bin"))
+        t_min = Transcript.from_bytes(path.read_bytes())
+        assert t_min.frames_sent() <= 3, "not minimized: Tversion + Tstatfs is enough"
+        problems = replay(path, t)
+        assert any("SIGSYS" in p for p in problems), problems
+    with DaemonTarget() as clean:
+        assert replay(path, clean) == []
+
+
+def test_log_oracle_in_process_crash_is_bucketed_and_the_fuzzer_survives(tmp_path: Path) -> None:
+    report = Report(fuzzer="frames", target="inproc", seed=3)
+    with InprocTarget(plant="crash") as t:
+        frames.run(t, report, seed=3, time_budget=20, max_frames=600, crash_dir=tmp_path)
+    buckets = report.details.get("findings_by_bucket", {})
+    assert "crash-ZeroDivisionError-plant.bad_statfs" in buckets, buckets
+    # one bug, one file, however many times it was hit
+    assert len(list(tmp_path.glob("frames-crash-ZeroDivisionError-*.bin"))) == 1
+    path = tmp_path / "frames-crash-ZeroDivisionError-plant.bad_statfs.bin"
+    assert Transcript.from_bytes(path.read_bytes()).frames_sent() <= 3
+    with InprocTarget(plant="crash") as t:
+        assert any("ZeroDivisionError" in p for p in replay(path, t))
+    with InprocTarget() as clean:
+        assert replay(path, clean) == []
+
+
+def test_stateful_finding_is_replayed_with_the_model(tmp_path: Path) -> None:
+    """A model-checked finding keeps hypothesis's program; replay re-runs it, checks and all."""
+    report = Report(fuzzer="stateful", target="inproc", seed=4)
+    with InprocTarget(plant="crash") as t:
+        stateful.run(
+            t, report, seed=4, time_budget=25, max_examples=200, steps=20, crash_dir=tmp_path,
+            database=tmp_path / "db",
+        )
+        assert report.crashes, report.summary()
+        metas = [json.loads(p.read_text()) for p in tmp_path.glob("stateful-*.json")]
+        with_blob = [m for m in metas if m.get("blob")]
+        assert with_blob, [m.get("note") for m in metas]
+        assert stateful.replay_program(with_blob[0], t)
+    with InprocTarget() as clean:
+        assert stateful.replay_program(with_blob[0], clean) == []
+    assert any((tmp_path / "db").rglob("*")), "the failing example is kept in the database"
+
+
+def test_read_only_attach_point_in_the_model(tmp_path: Path) -> None:
+    """With --attach ro the model expects every mutating request to fail, the host unchanged;
+    a server that let one through would be a model mismatch."""
+    report = Report(fuzzer="stateful", target="inproc", seed=8)
+    with InprocTarget(readonly=True) as t:
+        stateful.run(t, report, seed=8, time_budget=20, max_examples=40, steps=20,
+                     crash_dir=tmp_path, shrink=False)
+    assert report.ok, report.summary()
+    rules = report.details["rule_counts"]
+    assert rules.get("lcreate", 0) and rules.get("mkdir", 0) and rules.get("setattr", 0), rules
+
+
+@root_only
+def test_panic_on_write_daemon_in_the_model(tmp_path: Path) -> None:
+    report = Report(fuzzer="stateful", target="daemon", seed=9)
+    with DaemonTarget(panic_on_write=True) as t:
+        stateful.run(t, report, seed=9, time_budget=20, max_examples=8, steps=10,
+                     crash_dir=tmp_path, shrink=False)
+        assert t.exit_counts.get(70), t.exit_counts  # sessions ended by the panic, as expected
+    assert report.ok, report.summary()
+
+
+def test_buckets_one_file_per_bug(tmp_path: Path) -> None:
+    """Two findings of one bug (different numbers, paths, sizes) land in one file, which keeps
+    the smaller reproducer and counts the hits."""
+    from fuzz.common import bucket, save_failure
+    from fuzz.wire import Failure
+
+    a = "server holds 12 fds after the case's connections closed, 11 before; open: /tmp/x1/y"
+    b = "server holds 40 fds after the case's connections closed, 9 before; open: /tmp/q/z"
+    assert bucket("leak", a) == bucket("leak", b)
+    tb = 'Traceback (most recent call last):\n  File "/r/gofer9p/attach/session.py", line 9, in _uid\nValueError: x'
+    assert bucket("crash", tb) == "crash-ValueError-session._uid"
+    big, small = Transcript(), Transcript()
+    for t, n in ((big, 5), (small, 2)):
+        t.add(b"N")
+        for _ in range(n):
+            t.add(b"S", b"\x07\x00\x00\x00\x64\xff\xff")
+    report = Report(fuzzer="frames", target="inproc")
+    p1 = save_failure(report, "frames", Failure("leak", a), big, crash_dir=tmp_path)
+    p2 = save_failure(report, "frames", Failure("leak", b), small, crash_dir=tmp_path)
+    assert p1 == p2 and p1 is not None
+    assert Transcript.from_bytes(p1.read_bytes()).frames_sent() == 2
+    assert json.loads(p1.with_suffix(".json").read_text())["hits"] == 2
+    assert len(list(tmp_path.glob("*.bin"))) == 1
