@@ -122,14 +122,20 @@ def _serve_main(args: argparse.Namespace) -> int:
     limits = _Limits(max_conn, args.handshake_timeout)
 
     async def listen() -> None:
+        publish = None
         if addr.startswith("unix:"):
+            # Bound and listening under a temporary name, then renamed into place
+            # (replacing a stale socket): a client that waits for the path to
+            # appear and connects is never refused.
             path = addr[5:]
+            tmp = f"{path}.{os.getpid()}.tmp"
             try:
-                os.unlink(path)
+                os.unlink(tmp)
             except FileNotFoundError:
                 pass
             lsock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            await lsock.bind(path)
+            await lsock.bind(tmp)
+            publish = (tmp, path)
         elif addr.startswith("tcp:"):
             host, _, port = addr[4:].rpartition(":")
             lsock = trio.socket.socket(
@@ -142,6 +148,8 @@ def _serve_main(args: argparse.Namespace) -> int:
                 f"gofer9p serve: --listen wants unix:PATH or tcp:HOST:PORT, not {addr}"
             )
         lsock.listen(64)
+        if publish is not None:
+            os.rename(*publish)
         log.info(
             "serving %s on %s%s: at most %d connections, msize <= %d, %d fds each",
             args.directory,

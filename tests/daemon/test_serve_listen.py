@@ -1,0 +1,59 @@
+"""``gofer9p serve --listen unix:PATH`` as a manager or a script starts it: wait for the path
+to appear, then connect."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from gofer9p.protocol.codec import encode
+from gofer9p.protocol.messages import Tversion
+
+from .conftest import gofer_env
+
+
+def test_socket_path_appears_only_once_listening(tmp_path: Path) -> None:
+    """The path is published (renamed into place) after listen(2): a client that connects
+    the moment it sees the path is never refused (ECONNREFUSED), and a stale socket file at
+    the path is replaced."""
+    export = tmp_path / "export"
+    export.mkdir()
+    path = tmp_path / "g.sock"
+    for attempt in range(12):
+        if attempt % 2:
+            stale = socket.socket(socket.AF_UNIX)
+            stale.bind(str(path))  # a socket file nobody listens on
+            stale.close()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gofer9p", "serve", str(export), "--listen", f"unix:{path}",
+             "--log-level", "warning"],
+            env=gofer_env(),
+        )
+        try:
+            deadline = time.monotonic() + 30
+            s = socket.socket(socket.AF_UNIX)
+            while True:
+                assert time.monotonic() < deadline, "the socket never appeared"
+                assert proc.poll() is None
+                if attempt % 2 == 0 and not os.path.exists(path):
+                    continue
+                try:
+                    s.connect(str(path))
+                    break
+                except ConnectionRefusedError:
+                    # the stale file, before the gofer replaced it; never the gofer's own
+                    assert attempt % 2, "connected the moment the path appeared: refused"
+                except FileNotFoundError:
+                    pass
+            s.sendall(encode(Tversion(tag=0xFFFF, msize=65536, version=b"9P2000.L")))
+            s.settimeout(10)
+            assert s.recv(7)[4] == 101  # Rversion
+            s.close()
+        finally:
+            proc.terminate()
+            proc.wait(10)
+            path.unlink(missing_ok=True)
