@@ -443,6 +443,9 @@ async def _serve_all(
             else:
                 log.debug("fd%d: connection closed", fd)
             finally:
+                # ours from here on: the client sees its connection end now, not
+                # when the last attach point's connection ends too
+                sock.close()
                 remaining -= 1
                 if remaining == 0:
                     nursery.cancel_scope.cancel()  # stops watch_signals

@@ -11,6 +11,7 @@ import errno
 import os
 import re
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -174,6 +175,19 @@ def test_exit_0_when_every_connection_ends(gofer: Gofer) -> None:
     rw.sock.close()
     assert gofer.wait() == 0
     assert re.search(r"gofer9p INFO exiting with status 0$", gofer.log(), re.M)
+
+
+def test_half_closed_connection_is_closed_alone(gofer: Gofer) -> None:
+    """A client that shuts down its sending side sees its connection closed by the gofer
+    (EOF) while the other attach points keep serving: the gofer closes each socket as
+    its connection ends, not when the last one does."""
+    root, ro, rw = _clients(gofer)
+    ro.sock.shutdown(socket.SHUT_WR)
+    ro.sock.settimeout(10)
+    assert ro.sock.recv(1) == b""
+    assert gofer.proc.poll() is None
+    assert root.read_file(1, b"hello.txt") == b"hello from root\n"
+    assert rw.read_file(1, b"rw.txt") == b"read write tree\n"
 
 
 @pytest.mark.parametrize("poll_us", [20000, 0])
