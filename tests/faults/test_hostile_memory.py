@@ -139,6 +139,46 @@ async def test_receive_buffer_grows_with_what_arrived(
         assert growth[0] < 256 * 1024, f"peak growth {growth[0] >> 10} KiB"
 
 
+@pytest.mark.parametrize("steps", ["write-read", "read-write-read"])
+async def test_growing_to_a_max_frame_peaks_no_higher_than_the_session_at_rest(
+    export: Path, nursery: trio.Nursery, steps: str
+) -> None:
+    """At msize M = 4 MiB a session that writes and reads max-size payloads holds, at rest,
+    one receive buffer (M + 64 KiB) and one pooled read buffer (M).  Growing the receive
+    buffer to a max-size Twrite must not peak above that: the growth used to keep the
+    pooled read buffer, a 4 MiB intermediate buffer and a temporary copy of the partial
+    frame alive beside the new buffer (12 MiB first, 16 MiB after a read: VmHWM of
+    benchmarks/memory.py went 39.5 -> 47 MiB)."""
+    m = 4 << 20
+    count = m - C.IOHDRSZ
+    (export / "big").write_bytes(b"r" * m)
+    (export / "w").write_bytes(b"")
+    async with raw_peer(nursery, export, msize=m) as peer:
+        assert peer.msize == m
+        await _open(peer, 2, b"big")
+        await _open(peer, 3, b"w", flags=C.L_O_RDWR)
+        read = encode(M.Tread(tag=10, fid=2, offset=0, count=count))
+        write = encode(M.Twrite(tag=11, fid=3, offset=0, data=b"w" * count))
+        frames = [write, read] if steps == "write-read" else [read, write, read]
+        async with traced_growth() as growth:
+            for f in frames:
+                if f is write:
+                    # all but its last 1000 bytes first: a buffer of exactly 4 MiB, had
+                    # the growth stopped there, must grow once more
+                    # (views: a slice of the frame would be traced as 4 MiB of ours)
+                    await peer.send(memoryview(f)[:-1000])
+                    await trio.sleep(0.2)
+                    await peer.send(memoryview(f)[-1000:])
+                else:
+                    await peer.send(f)
+                ((mtype, _tag, size),) = await peer.skim(1)
+                assert mtype == f[4] + 1, (mtype, size)
+        assert size == 11 + count
+        print(f"PEAK-GROWTH {growth[0] >> 10} KiB")
+        assert growth[0] < 2 * m + (64 << 10) + (1 << 20), f"peak growth {growth[0] >> 10} KiB"
+    assert (export / "w").stat().st_size == count
+
+
 async def test_frame_above_msize_closes_before_growing(
     export: Path, nursery: trio.Nursery
 ) -> None:
