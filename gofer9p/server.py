@@ -520,6 +520,7 @@ class Connection:
             ):
                 n = end - start
                 need = _U32.unpack_from(buf, start)[0] if n >= 4 else 0
+                grow = 0
                 if need + 4096 > bufsize and need <= self.max_frame and 2 * n >= bufsize:
                     # the frame does not fit and its bytes already fill half the
                     # buffer: double it (at most to the frame plus slack)
@@ -531,6 +532,13 @@ class Connection:
                         # -> 4 MiB + 64 KiB): the frame plus slack at once, at
                         # most 64 KiB (1/8 of the doubling) more than a doubling.
                         grow = need + _BUF_SLACK
+                if filled and bufsize < _SMALL_BUF:
+                    # a pipelining client filled the buffer, a frame cut at its
+                    # end: take larger chunks too (pipelined 64 KiB Twrites in a
+                    # frame-plus-slack buffer took one recv and one move of the
+                    # partial frame per frame)
+                    grow = max(grow, min(2 * bufsize, _SMALL_BUF))
+                if grow > bufsize:
                     bufsize = grow
                     # The pooled read buffer goes first, and the last replies
                     # and frame that may hold it or the old buffer: the growth
