@@ -1217,9 +1217,18 @@ class Session:
                     g.killpriv = True
 
     def _write_kill(self, f: _Fid) -> None:
-        """First write through a fid armed by open or chmod: clear the bits, disarm."""
-        self._kill_privs(f)
+        """First write through a fid armed by open or chmod: disarm, clear the bits.
+
+        Disarmed before the fstat, so that a set-id chmod re-arming it meanwhile (a
+        Tsetattr in a worker thread) is not lost; armed again if the check fails, as
+        the write then fails too.
+        """
         f.killpriv = False
+        try:
+            self._kill_privs(f)
+        except BaseException:
+            f.killpriv = True
+            raise
 
     def _chmod(self, f: _Fid, mode: int) -> None:
         if f.fmt == _LNK:
