@@ -235,3 +235,16 @@ async def test_directory_unaffected(server: Served) -> None:
     await c.setattr(fid, C.SETATTR_ATIME | C.SETATTR_MTIME)
     assert _mode(d) == 0o6775
     assert _mode(d / "f") == 0o644
+
+
+@pytest.mark.parametrize("mode", (0o4777, 0o2777), ids=oct)
+async def test_write_by_non_owner_clears(server: Served, mode: int) -> None:
+    """pjdfstest chmod/12.t: a root-owned 04777/02777 file written by uid 65534."""
+    p = server.export / "f"
+    p.write_bytes(b"0")
+    os.chmod(p, mode)
+    c = server.client
+    fid = await _user_fid(server, "f", uid=65534)
+    await c.lopen(fid, C.L_O_RDWR)
+    assert await c.write(fid, 0, b"x") == 1
+    assert _mode(p) == 0o777
