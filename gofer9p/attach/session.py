@@ -265,6 +265,7 @@ class _Fid:
         "fd",
         "fmt",
         "ino",
+        "killpriv",
         "lockers",
         "oacc",
         "ofd",
@@ -301,6 +302,9 @@ class _Fid:
         self.qid = qid
         self.ofd = -1
         self.oacc = 0
+        # Open for writing by an unprivileged uid: the next write checks (one fstat) for
+        # set-id bits it must clear, as the kernel does for such a writer (see _kill_privs).
+        self.killpriv = False
         self.refs = 0
         self.dead = False
         self.retired: list[int] = []
@@ -1157,13 +1161,74 @@ class Session:
                 _sys.fchown_empty(f.fd, _gid(uid), _gid(gid))
             if valid & C.SETATTR_MODE:
                 self._chmod(f, m.mode & 0o7777)
+                if m.mode & (stat.S_ISUID | stat.S_ISGID):
+                    self._rearm_killpriv(f)
             if valid & C.SETATTR_SIZE:
                 self._truncate(f, m.size)
+                if f.uid != 0 and f.fmt == _REG and not valid & C.SETATTR_MODE:
+                    # A truncate by an unprivileged uid clears set-id bits, as
+                    # truncate(2) does locally; with MODE in the same request the
+                    # client chose the mode itself (the Linux client sends the
+                    # cleared mode with the size when its inode shows the bits).
+                    self._kill_privs(f)
             if valid & (C.SETATTR_ATIME | C.SETATTR_MTIME):
                 self._utimes(f, m)
         finally:
             self._put(f)
         return Rsetattr(m.tag)
+
+    def _kill_privs(self, f: _Fid) -> None:
+        """Clear the set-id bits that a write or truncate by ``f``'s unprivileged uid
+        clears locally (the kernel's ``should_remove_suid``/``file_remove_privs``):
+        S_ISUID always, S_ISGID only with S_IXGRP (without it, S_ISGID marks
+        mandatory locking, which a writer keeps), regular files only.
+
+        Needed because the server writes as root with CAP_FSETID, for which the host
+        keeps the bits.  Uid 0 counts as privileged (holding CAP_FSETID, as root does
+        by default); every other uid as not: its capabilities are unknown here.  A
+        6.2+ kernel also clears S_ISGID without S_IXGRP when the writer is not in the
+        file's group; the fid's groups are unknown, so that bit is kept (6.1
+        semantics, those of a writer in the group).  The security.capability xattr
+        the host itself removes on our write or truncate, whatever the writer.
+        """
+        st = _fstat(f.ofd if f.ofd >= 0 else f.fd)
+        mode = st.st_mode
+        if not stat.S_ISREG(mode):
+            return
+        kill = mode & stat.S_ISUID
+        if mode & stat.S_ISGID and mode & stat.S_IXGRP:
+            kill |= stat.S_ISGID
+        if kill:
+            if f.ofd >= 0:
+                os.fchmod(f.ofd, stat.S_IMODE(mode) & ~kill)
+            else:
+                self._chmod(f, stat.S_IMODE(mode) & ~kill)
+
+    def _rearm_killpriv(self, f: _Fid) -> None:
+        """After a chmod that set set-id bits: every fid of this session open for
+        writing by an unprivileged uid on the same file checks again at its next
+        write.  A chmod by another client or on the host is not seen (known limit:
+        noticing it would take a stat per write)."""
+        dev, ino = f.dev, f.ino
+        with self._lock:
+            for g in self._fids.values():
+                if (g.ino == ino and g.dev == dev and g.ofd >= 0 and g.uid != 0
+                        and g.oacc in (C.L_O_WRONLY, C.L_O_RDWR)):
+                    g.killpriv = True
+
+    def _write_kill(self, f: _Fid) -> None:
+        """First write through a fid armed by open or chmod: disarm, clear the bits.
+
+        Disarmed before the fstat, so that a set-id chmod re-arming it meanwhile (a
+        Tsetattr in a worker thread) is not lost; armed again if the check fails, as
+        the write then fails too.
+        """
+        f.killpriv = False
+        try:
+            self._kill_privs(f)
+        except BaseException:
+            f.killpriv = True
+            raise
 
     def _chmod(self, f: _Fid, mode: int) -> None:
         if f.fmt == _LNK:
@@ -1273,11 +1338,15 @@ class Session:
                 if not taken:
                     f.ofd = ofd
                     f.oacc = flags & C.L_O_ACCMODE
+                    f.killpriv = fmt == _REG and f.uid != 0 and f.oacc in (
+                        C.L_O_WRONLY, C.L_O_RDWR)
                     if fmt == _DIR:
                         f.dirlock = threading.Lock()
             if taken:
                 _close(ofd)
                 raise _err(errno.EINVAL)
+            if flags & C.L_O_TRUNC and fmt == _REG and f.uid != 0:
+                self._kill_privs(f)  # open(O_TRUNC) by that uid clears them locally
             return Rlopen(m.tag, f.qid, 0)
         finally:
             self._put(f)
@@ -1330,6 +1399,10 @@ class Session:
                     f.pident = (dfd, f.dev, f.ino)  # dfd is this directory fid's own fd
                     f.fd = f.ofd = ofd  # one fd for both (see _Fid): no dup, no extra close
                     f.oacc = m.flags & C.L_O_ACCMODE
+                    # a later write by this uid clears set-id bits the mode gives
+                    f.killpriv = (
+                        bool(want & (stat.S_ISUID | stat.S_ISGID)) and f.uid != 0
+                        and f.oacc in (C.L_O_WRONLY, C.L_O_RDWR))
                     f.path = (*f.path, name)
                     f.dev, f.ino, f.fmt, f.qid = st.st_dev, st.st_ino, _REG, qid
             if not ok:  # the fid changed meanwhile (a concurrent request): undo the create
@@ -1567,6 +1640,8 @@ class Session:
             if f.fmt == _FIFO:
                 n = os.write(ofd, m.data)
             else:
+                if f.killpriv and m.data:
+                    self._write_kill(f)
                 n = _pwrite(ofd, m.data, m.offset)
             return Rwrite(m.tag, n)
         except OverflowError:
@@ -1607,6 +1682,8 @@ class Session:
             ofd = f.ofd
             if ofd < 0 or f.fmt != _REG:
                 return -1
+            if f.killpriv and data:  # one attribute test per write; see _kill_privs
+                self._write_kill(f)
             return _pwrite(ofd, data, offset)
         except OverflowError:
             raise _err(errno.EINVAL) from None
