@@ -128,6 +128,21 @@ class Known:
         return False
 
 
+def run_deadline(start: float, time_budget: float | None, count_budget: int | None) -> float | None:
+    """The monotonic deadline of a fuzz run that started at ``start``: every run is bounded,
+    so with neither a time nor a count budget it gets 60 s; None when only the count bounds it."""
+    if time_budget is None and count_budget is None:
+        time_budget = 60.0
+    return start + time_budget if time_budget else None
+
+
+def budget_spent(deadline: float | None, done: int, count_budget: int | None) -> bool:
+    """Whether a run's time (``deadline``) or count (``done`` of ``count_budget``) is used up."""
+    if deadline is not None and time.monotonic() >= deadline:
+        return True
+    return count_budget is not None and done >= count_budget
+
+
 def split_problem(problem: str) -> tuple[str, str]:
     """``"kind: message"`` -> (kind, message); unknown kinds are crashes."""
     kind, _, msg = problem.partition(": ")

@@ -43,6 +43,7 @@ from .common import (
     last_request,
     liveness,
     minimize_transcript,
+    run_deadline,
     save_failure,
     split_problem,
     transcript_units,
@@ -754,10 +755,8 @@ class FrameFuzzer:
         self.report.connections += 1
 
     def run(self, *, time_budget: float | None, max_frames: int | None) -> Report:
-        if time_budget is None and max_frames is None:
-            time_budget = 60.0  # every run is bounded
         start = time.monotonic()
-        deadline = start + time_budget if time_budget else None
+        deadline = run_deadline(start, time_budget, max_frames)
         self.deadline = deadline
         try:
             liveness(self.target, timeout=self.timeout, exercise=True)  # warm-up

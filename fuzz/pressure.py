@@ -58,7 +58,7 @@ from gofer9p.protocol import constants as C
 from gofer9p.protocol import messages as M
 from gofer9p.protocol.codec import encode
 
-from .common import STOP, Known, Report, save_failure, split_problem
+from .common import STOP, Known, Report, budget_spent, run_deadline, save_failure, split_problem
 from .targets import Link, Target, fd_count, fd_targets, rss_kb
 from .wire import Failure, RawConn, Transcript
 
@@ -695,9 +695,7 @@ def run(
     known = known or Known()
     rng = random.Random(seed)
     start = time.monotonic()
-    if time_budget is None and max_cases is None:
-        time_budget = 60.0
-    deadline = start + time_budget if time_budget else None
+    deadline = run_deadline(start, time_budget, max_cases)
     counts: dict[str, int] = {}
     worst: dict[str, int] = {}
     _fresh(target)
@@ -706,9 +704,7 @@ def run(
     report.fd_baseline = base_fds
     report.rss_baseline_kb = rss_kb(pid) if pid is not None else None
     while not STOP.is_set():
-        if deadline is not None and time.monotonic() >= deadline:
-            break
-        if max_cases is not None and report.examples_run >= max_cases:
+        if budget_spent(deadline, report.examples_run, max_cases):
             break
         case = random_case(rng, scenario)
         if size is not None:

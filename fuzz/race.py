@@ -43,7 +43,7 @@ from typing import Any
 from gofer9p.protocol import constants as C
 from gofer9p.protocol import messages as M
 
-from .common import STOP, Known, Report, save_failure, split_problem
+from .common import STOP, Known, Report, budget_spent, run_deadline, save_failure, split_problem
 from .targets import Target
 from .wire import Failure, RawConn, Transcript
 
@@ -463,14 +463,10 @@ def run(
     known = known or Known()
     rng = random.Random(seed)
     start = time.monotonic()
-    if time_budget is None and max_cases is None:
-        time_budget = 60.0
-    deadline = start + time_budget if time_budget else None
+    deadline = run_deadline(start, time_budget, max_cases)
     agent_ops = 0
     while not STOP.is_set():
-        if deadline is not None and time.monotonic() >= deadline:
-            break
-        if max_cases is not None and report.examples_run >= max_cases:
+        if budget_spent(deadline, report.examples_run, max_cases):
             break
         case_seed = rng.randrange(1 << 31)
         ops = rng.choice((50, 200, 500))

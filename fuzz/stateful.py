@@ -52,7 +52,16 @@ from gofer9p.protocol import constants as C
 from gofer9p.protocol import messages as M
 from gofer9p.protocol.codec import decode_dirents, encode
 
-from .common import STOP, Health, Known, Report, liveness, save_failure, split_problem
+from .common import (
+    STOP,
+    Health,
+    Known,
+    Report,
+    liveness,
+    run_deadline,
+    save_failure,
+    split_problem,
+)
 from .targets import Link, Target, fd_count, fd_targets
 from .wire import ANY, ERR, OK, Failure, RawConn, Transcript, check_reply, expect_record
 
@@ -1590,8 +1599,6 @@ def run(
     """
     import random
 
-    if time_budget is None and max_examples is None:
-        time_budget = 60.0  # every run is bounded
     ctx = Ctx(
         target=target, report=report, timeout=timeout, crash_dir=crash_dir, known=known or Known()
     )
@@ -1599,7 +1606,7 @@ def run(
     machine = type("GoferMachine", (GoferMachine,), {"ctx": ctx})
     rng = random.Random(seed)
     start = time.monotonic()
-    deadline = start + time_budget if time_budget else None
+    deadline = run_deadline(start, time_budget, max_examples)
     ctx.deadline = deadline
     db = None
     if database is not None:
