@@ -487,21 +487,15 @@ class _Server:
         return daemon.run(argv, after_confine=self.after_confine, report=report)
 
 
-_CLONE_NEWUSER = 0x10000000
-
-
 def _enter_user_namespace(go: int, status_w: int) -> bool:
     """unshare(CLONE_NEWUSER), say ``userns`` on the start pipe, wait for the requester to write
     our id maps (one byte ``g`` on ``go``), then become root of the namespace: what
     :func:`gofer9p.launch.start_gofer` does between fork and exec, with the manager writing the
     maps (the fork-server never reads the spec that holds them).  False: the requester gave up.
     """
-    from . import confine
+    from . import syscalls
 
-    if confine._libc().unshare(_CLONE_NEWUSER) != 0:
-        import ctypes
-
-        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWUSER)")
+    syscalls.unshare(syscalls.CLONE_NEWUSER)
     os.write(status_w, b"userns\n")
     try:
         if os.read(go, 1) != b"g":
@@ -534,7 +528,7 @@ def _warm_up() -> None:
 
     import trio
 
-    from . import daemon, spec
+    from . import daemon, logs, spec
 
     async def serve_like() -> None:  # _serve_all's shape: a nursery, a task, a receiver
         with trio.open_signal_receiver(signal.SIGUSR2):
@@ -545,7 +539,7 @@ def _warm_up() -> None:
     daemon._parser().parse_args(["--bundle", "/", "--io-fds", "0"])
     doc = json.loads('{"root": {"path": "rootfs", "readonly": true}, "mounts": []}')
     spec.parse_spec(doc, "/")
-    daemon._UTCFormatter().format(logging.LogRecord("gofer9p", 20, "", 0, "%s", ("x",), None))
+    logs.OneLineUTCFormatter().format(logging.LogRecord("gofer9p", 20, "", 0, "%s", ("x",), None))
 
 
 def _exit(rc: int) -> NoReturn:

@@ -14,14 +14,13 @@ A Python sandbox manager (and our own tests) starts a gofer like gVisor's ``crea
 socket path it prints, so a person can point a 9P client (or ``mount -t 9p -o trans=unix``) at it,
 one client after another (:class:`_Relay`).
 
-mount(2), umount2(2) and unshare(2) are called through ctypes: no shelling out, exact flags, and
-errors we can report per mount.
+mount(2), umount2(2), unshare(2) and mount_setattr(2) are called through :mod:`gofer9p.syscalls`
+(ctypes): no shelling out, exact flags, and errors we can report per mount.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import errno
 import fcntl
 import os
@@ -40,8 +39,23 @@ from typing import IO, Any
 
 import attrs
 
+from . import syscalls
 from .forkserver import ForkServer, PidfdProcess
 from .spec import IdMapping, NineMount, Spec, SpecError, load_spec
+from .syscalls import (
+    AT_EMPTY_PATH,
+    AT_RECURSIVE,
+    CLONE_NEWNS,
+    CLONE_NEWUSER,
+    MS_BIND,
+    MS_NODEV,
+    MS_NOEXEC,
+    MS_NOSUID,
+    MS_PRIVATE,
+    MS_RDONLY,
+    MS_REC,
+    MS_REMOUNT,
+)
 
 __all__ = [
     "ForkServer",
@@ -55,65 +69,11 @@ __all__ = [
     "start_gofer",
 ]
 
-MS_RDONLY = 0x1
-MS_NOSUID = 0x2
-MS_NODEV = 0x4
-MS_NOEXEC = 0x8
-MS_REMOUNT = 0x20
-MS_BIND = 0x1000
-MS_REC = 0x4000
-MS_PRIVATE = 1 << 18
-MNT_DETACH = 0x2
-CLONE_NEWNS = 0x00020000
-CLONE_NEWUSER = 0x10000000
-
 #: How long the parent waits for a user-namespace child to report in before giving up.
 _USERNS_TIMEOUT = 10.0
 
 #: statvfs f_flag bits (ST_*) have the same values as the MS_* flags for these four.
 _FLAG_OF_OPTION = {"ro": MS_RDONLY, "nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC}
-
-_libc: ctypes.CDLL | None = None
-
-
-def _lib() -> ctypes.CDLL:
-    global _libc
-    if _libc is None:
-        lib = ctypes.CDLL(None, use_errno=True)
-        lib.mount.argtypes = [
-            ctypes.c_char_p,
-            ctypes.c_char_p,
-            ctypes.c_char_p,
-            ctypes.c_ulong,
-            ctypes.c_void_p,
-        ]
-        lib.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
-        lib.unshare.argtypes = [ctypes.c_int]
-        _libc = lib
-    return _libc
-
-
-def _check(ret: int, what: str) -> None:
-    if ret != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, f"{what}: {os.strerror(e)}")
-
-
-def _mount(source: str | None, target: str, fstype: str | None, flags: int) -> None:
-    _check(
-        _lib().mount(
-            source.encode() if source is not None else None,
-            target.encode(),
-            fstype.encode() if fstype is not None else None,
-            flags,
-            None,
-        ),
-        f"mount {source or ''} on {target}",
-    )
-
-
-def _umount(target: str) -> None:
-    _check(_lib().umount2(target.encode(), MNT_DETACH), f"umount {target}")
 
 
 class LaunchError(Exception):
@@ -127,8 +87,8 @@ def enter_private_mount_namespace() -> None:
     fs struct otherwise and fails with EINVAL).
     """
     try:
-        _check(_lib().unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
-        _mount(None, "/", None, MS_REC | MS_PRIVATE)
+        syscalls.unshare(CLONE_NEWNS)
+        syscalls.mount(None, "/", None, MS_REC | MS_PRIVATE)
     except OSError as e:
         raise LaunchError(f"cannot enter a private mount namespace: {e.strerror}") from None
 
@@ -149,7 +109,7 @@ class Undo:
         while self.mounted:
             target = self.mounted.pop()
             try:
-                _umount(target)
+                syscalls.umount(target)
             except OSError as e:
                 errors.append(str(e.strerror))
         while self.created:
@@ -218,7 +178,7 @@ def _bind_one(rootfs: str, m: NineMount, undo: Undo) -> None:
         fd = os.open(last, os.O_PATH | os.O_NOFOLLOW, dir_fd=dirfd)
         try:
             flags = MS_BIND | (MS_REC if "rbind" in m.options else 0)
-            _mount(m.source, f"/proc/self/fd/{fd}", None, flags)
+            syscalls.mount(m.source, f"/proc/self/fd/{fd}", None, flags)
         except OSError as e:
             raise LaunchError(f"mount {m.destination}: {e.strerror}") from None
         finally:
@@ -302,15 +262,16 @@ def _apply_flags(fd: int, m: NineMount, target: str) -> None:
     mounts = [target, *(_submounts(target) if recursive else [])]
     if wanted:
         try:
-            _mount_setattr(fd, wanted, recursive)
+            at_flags = AT_EMPTY_PATH | (AT_RECURSIVE if recursive else 0)
+            syscalls.mount_setattr(fd, "", at_flags, wanted)
         except OSError as e:
             if e.errno != errno.ENOSYS:
-                raise LaunchError(f"mount {m.destination}: mount_setattr: {e.strerror}") from None
+                raise LaunchError(f"mount {m.destination}: {e.strerror}") from None
             for i, path in enumerate(mounts):
                 where = procpath if i == 0 else path
                 have = os.statvfs(where).f_flag & (MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
                 try:
-                    _mount(None, where, None, MS_REMOUNT | MS_BIND | wanted | have)
+                    syscalls.mount(None, where, None, MS_REMOUNT | MS_BIND | wanted | have)
                 except OSError as e2:
                     raise LaunchError(
                         f"mount {m.destination}: remount {path}: {e2.strerror}"
@@ -321,35 +282,6 @@ def _apply_flags(fd: int, m: NineMount, target: str) -> None:
             raise LaunchError(
                 f"mount {m.destination}: {path} has flags {got:#x}, lacking {wanted & ~got:#x}"
             )
-
-
-_SYS_MOUNT_SETATTR = 442
-_AT_EMPTY_PATH = 0x1000
-_AT_RECURSIVE = 0x8000
-
-
-def _mount_setattr(fd: int, flags: int, recursive: bool) -> None:
-    """mount_setattr(fd, "", AT_EMPTY_PATH[|AT_RECURSIVE], {attr_set=flags}).
-
-    MOUNT_ATTR_RDONLY/NOSUID/NODEV/NOEXEC have the same values as the MS_* flags used here.
-    """
-    import struct
-
-    lib = _lib()
-    lib.syscall.restype = ctypes.c_long
-    attr = ctypes.create_string_buffer(struct.pack("=QQQQ", flags, 0, 0, 0))
-    at_flags = _AT_EMPTY_PATH | (_AT_RECURSIVE if recursive else 0)
-    r = lib.syscall(
-        ctypes.c_long(_SYS_MOUNT_SETATTR),
-        ctypes.c_int(fd),
-        ctypes.c_char_p(b""),
-        ctypes.c_uint(at_flags),
-        attr,
-        ctypes.c_size_t(32),
-    )
-    if r != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
 
 
 def _submounts(target: str) -> list[str]:
@@ -514,7 +446,7 @@ def start_gofer(
             placeholders.append(t)
     sync_r, sync_w = os.pipe()
     go_r, go_w = os.pipe()
-    libc = _lib()  # loaded in the parent: the child must not dlopen between fork and exec
+    syscalls.libc()  # loaded in the parent: the child must not dlopen between fork and exec
 
     def child_setup() -> None:
         # Runs in the child between fork and exec: only async-signal-safe-ish system calls.
@@ -524,7 +456,9 @@ def start_gofer(
             # Close our copies of the parent's ends: a parent that gives up must give us EOF.
             os.close(go_w)
             os.close(sync_r)
-            if libc.unshare(CLONE_NEWUSER) != 0:
+            try:
+                syscalls.unshare(CLONE_NEWUSER)
+            except OSError:
                 os.write(sync_w, b"x")
                 os._exit(126)
             os.write(sync_w, b"u" + os.getpid().to_bytes(4, "little"))
