@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything, then run the checks and the whole test suite:
 #   lint (ruff, mypy --strict, lint-imports: the layering of docs/CONTRACTS.md), the default
-#   tiers (unit, integration, daemon, escape, faults, short fuzz), then the guest tier (Linux v9fs in a qemu guest, TCG).
+#   tiers (unit, integration, daemon, escape, faults, short fuzz), then the guest tier (Linux
+#   v9fs in a qemu guest, TCG).
 #   scripts/test.sh [--no-guest] [pytest args...]
 # Everything runs with the checkout's own venv (.venv/, made by scripts/setup.sh; PYTHON= picks
 # the interpreter it is made from), which is put first on PATH for the tests' children too.
