@@ -1,7 +1,8 @@
-"""gofer9p.confine in a throwaway process: exact capability sets, no_new_privs, the filter.
+"""gofer9p.confine and gofer9p.seccomp in a throwaway process: exact capability sets,
+no_new_privs, the filter.
 
-The daemon tests check the same things on the real gofer; these pin down confine.py alone, so a
-failure says which layer broke.
+The daemon tests check the same things on the real gofer; these pin down confine.py and
+seccomp.py alone, so a failure says which layer broke.
 """
 
 from __future__ import annotations
@@ -14,20 +15,21 @@ import textwrap
 
 import pytest
 
-from gofer9p.confine import KEEP_CAPS_MASK, SECCOMP_ERRNO_RULES, syscall_whitelist
+from gofer9p.confine import KEEP_CAPS_MASK
+from gofer9p.seccomp import SECCOMP_ERRNO_RULES, syscall_whitelist
 
 from .conftest import REPO, gofer_env
 
 PRELUDE = """
 import json, os, sys, threading
-from gofer9p import confine
+from gofer9p import confine, seccomp
 mode = sys.argv[1]
 PPID = os.getppid()  # read before the filter: getppid is not on the whitelist
 confine.preload(mode)
 confine.assert_single_threaded()
 confine.drop_capabilities()
 confine.set_no_new_privs()
-n = confine.install_seccomp(mode)
+n = seccomp.install_seccomp(mode)
 def status():
     keys = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp")
     out = {}
