@@ -143,25 +143,35 @@ class FileIO(Xattrs, Attrs):
         finally:
             self._put(f)
 
-    def write(self, fid: int, offset: int, data: bytes | bytearray | memoryview, fifo: bool = False) -> int:
+    def write(
+        self, fid: int, offset: int, data: bytes | bytearray | memoryview, general: bool = False
+    ) -> int:
         """Twrite: pwrite on the open fd at ``offset`` (appends anyway under O_APPEND),
-        or fill an xattr fid; bytes written.
+        a FIFO's write, or an xattr fid filled; bytes written.
 
-        -1 for a FIFO unless ``fifo``: its writes belong in a worker thread (see
-        :meth:`read_blocks`), so the server's inline path leaves them to the
-        general one, which passes ``fifo=True``.
+        Without ``general`` (the server's inline fast path, ``write_regular``) only
+        an open regular file on a read-write attach point is written: -1 for every
+        other case (read-only attach, xattr fid, FIFO, unopened fid), which the
+        general Twrite path (``general=True``; a FIFO's in a worker thread, see
+        :meth:`read_blocks`) then answers, so both give the same replies.  Unknown
+        fids: EBADF either way.
         """
         if self._ro:
+            if not general:
+                return -1
             self._deny("write")
         f = self._ref(fid)
         try:  # not ``with``: a hot entry (see FidTable._ref)
             ofd = f.ofd
-            if ofd < 0:
-                if f.xmode == _XWRITE:
-                    return self._xattr_write(f, offset, data)
-                raise _err(errno.EBADF)
-            if f.fmt == _FIFO:
-                return os.write(ofd, data) if fifo else -1
+            if ofd < 0 or f.fmt != _REG:
+                if not general:
+                    return -1
+                if ofd < 0:
+                    if f.xmode == _XWRITE:
+                        return self._xattr_write(f, offset, data)
+                    raise _err(errno.EBADF)
+                if f.fmt == _FIFO:
+                    return os.write(ofd, data)
             if f.killpriv and data:  # one attribute test per write; see _kill_privs
                 self._write_kill(f)
             return _pwrite(ofd, data, offset)

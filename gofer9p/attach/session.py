@@ -139,8 +139,8 @@ class Session:
     backend's own bound methods (no layer between): ``getattr_fields(fid,
     mask)`` (Rgetattr's fields after the tag), ``clunk_fid(fid)``,
     ``remove_fid(fid)``, ``clone_fid(fid, newfid)`` (Twalk with no names to
-    another fid), ``write_regular(fid, offset, data)`` (-1: a FIFO, which the
-    general path writes in a worker thread), ``read_into(fid, offset, view)``,
+    another fid), ``write_regular(fid, offset, data)`` (-1: not an open regular
+    file on a read-write attach, see :meth:`write`), ``read_into(fid, offset, view)``,
     ``read_size``, ``read_blocks``, ``charge_fds``, ``release_fds``,
     ``set_msize``, ``reset``, ``fid_count``, ``fds_charged``.
     ``backend`` is the ``FileSystem`` itself.
@@ -268,7 +268,8 @@ class Session:
         return Runlinkat(m.tag)
 
     def write(self, m: Twrite) -> Rwrite:
-        """Any Twrite, FIFOs included (the server runs those in a worker thread)."""
+        """Any Twrite: the backend's write with ``general`` (FIFOs, which the server
+        runs in a worker thread, xattr fids, errors of the fast path's -1 cases)."""
         return Rwrite(m.tag, self.backend.write(m.fid, m.offset, m.data, True))
 
     def fsync(self, m: Tfsync) -> Rfsync:

@@ -162,9 +162,10 @@ def test_read_write_and_splice_in_bytes(b: Backend, root: Path) -> None:
     assert b.read_size(1, 4, 100) == 7
 
 
-def test_fifo_write_only_where_the_caller_may_block(b: Backend, root: Path) -> None:
-    """``write`` answers -1 for a FIFO unless the caller says it may write one (the
-    server's inline path leaves FIFOs to a worker thread)."""
+def test_inline_write_only_to_open_regular_files(b: Backend, root: Path) -> None:
+    """Without ``general`` (the server's inline fast path) ``write`` answers -1 for all
+    but an open regular file, and writes nothing; the general path writes a FIFO and
+    answers an unopened fid's EBADF.  An unknown fid is EBADF either way."""
     os.mkfifo(root / "p")
     r = os.open(root / "p", os.O_RDONLY | os.O_NONBLOCK)
     try:
@@ -178,6 +179,29 @@ def test_fifo_write_only_where_the_caller_may_block(b: Backend, root: Path) -> N
         assert os.read(r, 10) == b"abc"
     finally:
         os.close(r)
+    b.walk(ROOT, 2, [b"f"])  # not opened
+    assert b.write(2, 0, b"x") == -1
+    assert _errno(b.write, 2, 0, b"x", True) == errno.EBADF
+    assert _errno(b.write, 99, 0, b"x") == errno.EBADF
+    assert _errno(b.write, 99, 0, b"x", True) == errno.EBADF
+    b.open(2, C.L_O_WRONLY)
+    assert b.write(2, 0, b"J") == 1
+    assert (root / "f").read_bytes() == b"Jello"
+
+
+def test_inline_write_on_a_read_only_attach_is_left_to_the_general_path(root: Path) -> None:
+    p = AttachPoint.open(str(root), readonly=True)
+    try:
+        be = Backend(p)
+        be.attach(ROOT, 0, b"")
+        be.walk(ROOT, 1, [b"f"])
+        be.open(1, C.L_O_RDONLY)
+        assert be.write(1, 0, b"x") == -1
+        assert _errno(be.write, 1, 0, b"x", True) == errno.EROFS
+        assert (root / "f").read_bytes() == b"hello"
+        be.reset()
+    finally:
+        p.close()
 
 
 def test_entries_statfs_readlink_and_locks(b: Backend, root: Path) -> None:
@@ -206,7 +230,8 @@ def test_xattr_values_through_the_backend(b: Backend, root: Path) -> None:
         b.xattrcreate(2, b"user.k", 3, 0)
     except OSError as e:  # a tmpfs without user xattrs
         pytest.skip(os.strerror(e.errno or 0))
-    assert b.write(2, 0, b"val") == 3
+    assert b.write(2, 0, b"val") == -1  # an xattr fid: not the inline case
+    assert b.write(2, 0, b"val", True) == 3
     try:
         b.clunk(2)  # commits
     except OSError as e:
