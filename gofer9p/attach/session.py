@@ -126,7 +126,6 @@ def is_blocking(m: Message) -> bool:
     return False
 
 
-
 class Session:
     """One connection: its backend and a handler per T-message.
 
