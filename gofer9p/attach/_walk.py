@@ -21,7 +21,6 @@ from gofer9p.protocol import constants as C
 from gofer9p.protocol.messages import Qid
 
 _NOBODY = 65534  # the kernel's overflow uid
-_NO_QIDS: tuple[Qid, ...] = ()  # a clone's answer: no allocation on the Linux client's commonest walk
 
 
 class Walk(Paths):
@@ -73,7 +72,7 @@ class Walk(Paths):
             return _NOBODY
 
 
-    def walk(self, fid: int, newfid: int, names: Sequence[bytes] = ()) -> Sequence[Qid]:
+    def walk(self, fid: int, newfid: int, names: Sequence[bytes] = ()) -> list[Qid]:
         """Walk ``fid`` into ``newfid`` along ``names``; the qids of the names walked.
 
         With no names into another fid number, a clone (the Linux client's
@@ -96,10 +95,11 @@ class Walk(Paths):
                     raise _err(errno.EMFILE)
                 fids[newfid] = self._dup_fid(f)
                 self._fd_used += FDS_PER_FID
-            return _NO_QIDS
+            return []
         if len(names) > C.MAXWELEM:
             raise _err(errno.E2BIG)
-        with self._ref(fid) as f:
+        f = self._ref(fid)
+        try:  # not ``with``: a hot entry (see FidTable._ref)
             if f.xmode or f.fd < 0:
                 raise _err(errno.EBADF)
             same = newfid == fid
@@ -113,6 +113,8 @@ class Walk(Paths):
             if nf is not None:
                 self._install(newfid, nf, f if same else None)
             return qids
+        finally:
+            self._put(f)
 
     def _walk_names(
         self, f: _Fid, names: Sequence[bytes], partial: bool = True

@@ -207,7 +207,7 @@ class Session:
         return Rattach(m.tag, self.backend.attach(m.fid, m.n_uname, m.uname))
 
     def walk(self, m: Twalk) -> Rwalk:
-        return Rwalk(m.tag, list(self.backend.walk(m.fid, m.newfid, m.wnames)))
+        return Rwalk(m.tag, self.backend.walk(m.fid, m.newfid, m.wnames))
 
     def clunk(self, m: Tclunk) -> Rclunk:
         self.backend.clunk(m.fid)
