@@ -1,11 +1,14 @@
 """Fids -> host files: the only code of gofer9p that touches the host file system.
 
-``AttachPoint`` is a served directory and its read-only policy; ``Session`` is
-one connection's fid table with a handler per 9P2000.L T-message (see
-``session.py`` for the security model).  ``is_blocking(m)`` tells the server
-which requests deserve a worker thread.
+``AttachPoint`` is a served directory and its read-only policy; ``Backend``
+(``backend.py``) is one connection's fid table and the host operations on its
+fids, with plain values in and out; ``Session`` (``session.py``, the protocol
+side) turns T-messages into backend calls and their results into R-messages
+(see ``backend.py`` for the security model).  ``is_blocking(m)`` tells the
+server which requests deserve a worker thread.
 """
 
+from gofer9p.attach.backend import FDS_PER_FID, Backend, FileSystem
 from gofer9p.attach.point import AttachPoint
 from gofer9p.attach.session import (
     BLOCKING_IO_THRESHOLD,
@@ -17,8 +20,11 @@ from gofer9p.attach.session import (
 
 __all__ = [
     "BLOCKING_IO_THRESHOLD",
+    "FDS_PER_FID",
     "XATTR_MAX",
     "AttachPoint",
+    "Backend",
+    "FileSystem",
     "Session",
     "is_blocking",
     "session_memory_bound",

@@ -16,7 +16,9 @@ from typing import Any
 
 import pytest
 
-import gofer9p.attach.session as session_mod
+import gofer9p.attach._attrs as attrs_mod
+import gofer9p.attach._io as io_mod
+import gofer9p.attach._walk as walk_mod
 from gofer9p.attach import _sys
 from gofer9p.client import P9Error
 from gofer9p.protocol import constants as C
@@ -146,7 +148,7 @@ async def test_read_eio(
     c = served.client
     fid = await _open_file(served, b"f", b"x" * (3 << 20))
     calls: list[str] = []
-    monkeypatch.setattr(session_mod, "_preadv", _failing(errno.EIO, calls))
+    monkeypatch.setattr(io_mod, "_preadv", _failing(errno.EIO, calls))
     with pytest.raises(P9Error) as ei:
         await c.read(fid, 0, count)
     assert ei.value.errno == errno.EIO and calls
@@ -164,7 +166,7 @@ async def test_write_eio(
     c = served.client
     fid = await _open_file(served, b"f", b"")
     calls: list[str] = []
-    monkeypatch.setattr(session_mod, "_pwrite", _failing(errno.EIO, calls))
+    monkeypatch.setattr(io_mod, "_pwrite", _failing(errno.EIO, calls))
     with pytest.raises(P9Error) as ei:
         await c.write(fid, 0, b"w" * size)
     assert ei.value.errno == errno.EIO and calls
@@ -259,7 +261,9 @@ async def test_metadata_eio(served: Served, monkeypatch: pytest.MonkeyPatch) -> 
     c = served.client
     (served.export / "f").write_bytes(b"f")
     calls: list[str] = []
-    monkeypatch.setattr(session_mod, "_fstat", _failing(errno.EIO, calls))
+    failing = _failing(errno.EIO, calls)
+    monkeypatch.setattr(attrs_mod, "_fstat", failing)  # getattr
+    monkeypatch.setattr(walk_mod, "_fstat", failing)  # the walk
     for coro in (c.getattr(served.root), c.walk(served.root, [b"f"])):
         with pytest.raises(P9Error) as ei:
             await coro
@@ -287,7 +291,7 @@ async def test_unexpected_exception_in_handler(
     def boom(*args: Any, **kwargs: Any) -> Any:
         raise exc
 
-    monkeypatch.setattr(session_mod, "_preadv", boom)
+    monkeypatch.setattr(io_mod, "_preadv", boom)
     with pytest.raises(P9Error):
         await c.read(fid, 0, 100)
     monkeypatch.undo()

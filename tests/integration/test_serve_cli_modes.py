@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from gofer9p.attach import session as session_mod
+from gofer9p.attach import _attrs as session_mod
 from gofer9p.client import Client, open_client, stream_from_socket
 from gofer9p.protocol import constants as C
 

@@ -42,7 +42,7 @@ CASES = [
 
 def _count_splices(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The counts of the file -> pipe splices the session makes from now on."""
-    import gofer9p.attach.session as session
+    import gofer9p.attach._io as session
 
     counts: list[int] = []
     real = session._splice

@@ -376,7 +376,7 @@ def test_getattr_device_node_rdev(s: Session, root: Path) -> None:
 def empty_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
     """Run a test with AT_EMPTY_PATH utimensat/fchmodat2, and with the re-open fallbacks
     used on kernels that lack them."""
-    from gofer9p.attach import session as sm
+    from gofer9p.attach import _attrs as sm
 
     monkeypatch.setitem(sm._empty_path_ok, "utimensat", request.param)
     monkeypatch.setitem(sm._empty_path_ok, "fchmodat2", request.param)
@@ -387,7 +387,7 @@ def empty_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
 def by_handle(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
     """Run a test re-opening files by file handle, and by name (the fallback used
     without CAP_DAC_READ_SEARCH or file-handle support)."""
-    from gofer9p.attach import session as sm
+    from gofer9p.attach import _reopen as sm
 
     monkeypatch.setitem(sm._handles_ok, "reopen", request.param)
     return bool(request.param)
@@ -970,7 +970,7 @@ def test_lock_ranges_per_session_are_capped(
 ) -> None:
     """Tracked lock ranges are capped per session (memory), checked before the host lock
     is taken or released: ENOLCK, no untracked host lock; unlocking frees the count."""
-    import gofer9p.attach.session as sess
+    import gofer9p.attach._locks as sess
 
     monkeypatch.setattr(sess, "MAX_SESSION_LOCK_RANGES", 10)
     (root / "f").write_bytes(b"x" * 100)
@@ -1047,7 +1047,7 @@ def test_lock_descriptions_released(s: Session, root: Path) -> None:
 
 
 def test_lock_ranges() -> None:
-    from gofer9p.attach.session import _ranges_add, _ranges_sub
+    from gofer9p.attach._locks import _ranges_add, _ranges_sub
 
     r = _ranges_add([], 10, 20)
     r = _ranges_add(r, 30, 40)
@@ -1187,12 +1187,11 @@ def test_fds_are_closed(point: AttachPoint, root: Path) -> None:
 def test_clunk_during_inflight_operation_defers_close(s: Session, root: Path) -> None:
     (root / "f").write_bytes(b"abc")
     open_file(s, 1, b"f")
-    f = s._get(1)  # what a worker thread's read holds
-    clunk(s, 1)
-    err(errno.EBADF, read, s, 1)
-    assert os.pread(f.ofd, 3, 0) == b"abc"  # fds still valid while in use
-    ofd = f.ofd
-    s._put(f)
+    with s.backend._ref(1) as f:  # what a worker thread's read holds
+        clunk(s, 1)
+        err(errno.EBADF, read, s, 1)
+        assert os.pread(f.ofd, 3, 0) == b"abc"  # fds still valid while in use
+        ofd = f.ofd
     assert f.ofd == -1
     err(errno.EBADF, os.fstat, ofd)
 
@@ -1299,8 +1298,9 @@ def test_lcreate_undone_when_the_fid_changes_meanwhile(s: Session, root: Path) -
     request changed it in between (here: simulated when the lock is taken), the
     answer is EINVAL and the file just created is removed, not left behind."""
     s.walk(Twalk(1, ROOT, 10, []))
-    real = s._lock
-    fid = s._fids[10]
+    b = s.backend
+    real = b._lock
+    fid = b._fids[10]
 
     class Meddling:
         def __enter__(self) -> None:
@@ -1311,12 +1311,12 @@ def test_lcreate_undone_when_the_fid_changes_meanwhile(s: Session, root: Path) -
         def __exit__(self, *exc: object) -> None:
             real.__exit__(*exc)
 
-    s._lock = Meddling()  # type: ignore[assignment]
+    b._lock = Meddling()
     try:
         with pytest.raises(OSError) as e:
             s.lcreate(Tlcreate(1, 10, b"new", C.L_O_RDWR, 0o644, 0))
     finally:
-        s._lock = real
+        b._lock = real
         fid.ofd = -1
     assert e.value.errno == errno.EINVAL
     assert not (root / "new").exists()

@@ -25,8 +25,7 @@ from pathlib import Path
 import pytest
 from sessionops import clunk, err, lopen, read, walk, write
 
-from gofer9p.attach import AttachPoint, Session
-from gofer9p.attach import session as sm
+from gofer9p.attach import AttachPoint, Session, _attrs, _reopen
 from gofer9p.protocol import constants as C
 from gofer9p.protocol.messages import (
     Qid,
@@ -101,15 +100,15 @@ def s(point: AttachPoint) -> Iterator[Session]:
 def by_handle(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
     """Re-open by file handle, and by name in the root's directory (the daemon's
     way: its seccomp filter refuses file handles)."""
-    monkeypatch.setitem(sm._handles_ok, "reopen", request.param)
+    monkeypatch.setitem(_reopen._handles_ok, "reopen", request.param)
     return bool(request.param)
 
 
 @pytest.fixture(params=[True, False], ids=["at_empty_path", "fallback"])
 def empty_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
     """utimensat/fchmodat2 with AT_EMPTY_PATH, and the by-name fallbacks of older kernels."""
-    monkeypatch.setitem(sm._empty_path_ok, "utimensat", request.param)
-    monkeypatch.setitem(sm._empty_path_ok, "fchmodat2", request.param)
+    monkeypatch.setitem(_attrs._empty_path_ok, "utimensat", request.param)
+    monkeypatch.setitem(_attrs._empty_path_ok, "fchmodat2", request.param)
     return bool(request.param)
 
 
@@ -464,7 +463,7 @@ def test_symlink_swap_does_not_redirect(
 ) -> None:
     """The host replaces the root's entry with a symlink to a secret: re-opens by name
     (no file handles) and by-name time changes answer ESTALE and touch nothing."""
-    sm._handles_ok["reopen"] = False  # restored below: the by-name path is the one at risk
+    _reopen._handles_ok["reopen"] = False  # restored below: the by-name path is the one at risk
     try:
         secret = host / "secret"
         before = secret.stat()
@@ -499,12 +498,12 @@ def test_symlink_swap_does_not_redirect(
         lopen(s, 2)
         assert read(s, 2)[:1] == b"X"
     finally:
-        sm._handles_ok["reopen"] = True
+        _reopen._handles_ok["reopen"] = True
 
 
 def test_other_file_swapped_in_is_stale(s: Session, host: Path, hosts: Path) -> None:
     """Another regular file renamed over the root's name on the host: ESTALE, not that file."""
-    sm._handles_ok["reopen"] = False
+    _reopen._handles_ok["reopen"] = False
     try:
         other = host / "other"
         other.write_text("other file\n")
@@ -517,13 +516,13 @@ def test_other_file_swapped_in_is_stale(s: Session, host: Path, hosts: Path) -> 
         assert hosts.read_text() == "other file\n"
         assert aside.read_bytes() == CONTENT
     finally:
-        sm._handles_ok["reopen"] = True
+        _reopen._handles_ok["reopen"] = True
 
 
 def test_parent_moved_on_host_still_finds_the_file(s: Session, tmp_path: Path, host: Path) -> None:
     """The root's directory fd follows a rename of the directory on the host (it is the
     directory, not a path), so re-opens keep reaching the same file by name."""
-    sm._handles_ok["reopen"] = False
+    _reopen._handles_ok["reopen"] = False
     try:
         os.rename(host, tmp_path / "moved")
         walk(s, 1)
@@ -531,7 +530,7 @@ def test_parent_moved_on_host_still_finds_the_file(s: Session, tmp_path: Path, h
         assert write(s, 1, b"Y") == 1
         assert (tmp_path / "moved" / "hosts").read_bytes()[:1] == b"Y"
     finally:
-        sm._handles_ok["reopen"] = True
+        _reopen._handles_ok["reopen"] = True
 
 
 def test_fds_are_released(hosts: Path) -> None:

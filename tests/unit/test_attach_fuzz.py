@@ -95,7 +95,7 @@ def world(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
 
 
 def _pick_fid(rng: random.Random, s: Session) -> int:
-    live = list(s._fids)
+    live = list(s.backend._fids)
     if live and rng.random() < 0.85:
         return rng.choice(live)
     return rng.randrange(12)
@@ -106,7 +106,7 @@ def _random_op(rng: random.Random, s: Session, cookies: list[int]) -> None:
     fid2 = _pick_fid(rng, s) if rng.random() < 0.5 else rng.randrange(12)
     name = rng.choice(NAMES)
     k = rng.randrange(24)
-    if k == 0 or not s._fids:
+    if k == 0 or not s.backend._fids:
         fid = rng.randrange(12)
         s.attach(Tattach(1, fid, C.NOFID, b"", rng.choice([b"", b"/a", b"l_out", b"a/../.."]), 0))
     elif k in (1, 2, 3):

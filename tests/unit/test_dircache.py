@@ -65,10 +65,10 @@ def listing(s: Session, count: int, path: tuple[bytes, ...] = (b"d",)) -> list[t
 @pytest.mark.parametrize("count", [300, 1000, 8192, 65536 - 24])
 def test_cached_equals_uncached(s: Session, monkeypatch: pytest.MonkeyPatch, count: int) -> None:
     uncached = listing(s, count)
-    assert not s._dirs._map
+    assert not s.backend._dirs._map
     settle(monkeypatch)
     first = listing(s, count)
-    assert s._dirs._map  # built on this pass
+    assert s.backend._dirs._map  # built on this pass
     again = listing(s, count)
     assert uncached == first == again
     names = sorted(n for _, _, n in again)
@@ -85,7 +85,7 @@ def test_root_listing_dotdot(s: Session, monkeypatch: pytest.MonkeyPatch) -> Non
 def test_changes_are_seen(s: Session, tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     settle(monkeypatch)
     listing(s, 8192)
-    assert s._dirs._map
+    assert s.backend._dirs._map
     (tree / "d" / "new").write_bytes(b"")
     os.unlink(tree / "d" / "entry-0007")
     os.rename(tree / "d" / "entry-0008", tree / "d" / "renamed")
@@ -101,7 +101,7 @@ def test_changes_are_seen(s: Session, tree: Path, monkeypatch: pytest.MonkeyPatc
 def test_recent_directory_not_cached(s: Session) -> None:
     # just created by the fixture: the default settle time keeps it out
     listing(s, 8192)
-    assert not s._dirs._map
+    assert not s.backend._dirs._map
 
 
 def test_small_count_and_foreign_cookie(s: Session, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -118,7 +118,7 @@ def test_small_count_and_foreign_cookie(s: Session, monkeypatch: pytest.MonkeyPa
         # a cookie from the middle continues where the uncached path would
         rest = bytes(s.readdir(Treaddir(1, 7, ents[-1].offset, 65000)).data)
         monkeypatch.setattr(_dircache, "SETTLE_NS", 1 << 62)
-        s._dirs.clear()
+        s.backend._dirs.clear()
         assert bytes(s.readdir(Treaddir(1, 7, ents[-1].offset, 65000)).data) == rest
     finally:
         s.clunk(Tclunk(1, 7))

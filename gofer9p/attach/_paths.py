@@ -1,0 +1,189 @@
+"""Where a fid's file is: inside the attach root or not, and under which name now.
+
+``_inside`` tells whether a directory is the attach root or below it (walking
+its parents through the kernel); ``_locate`` finds the directory and name a
+fid's file is linked under now (its name is a hint, verified by inode, found
+again by scanning when stale); ``_renamed`` updates the hints after a rename
+through this session.  See ``backend.py`` for the security model these serve.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from gofer9p.attach._common import _DIR, _O_DIR_READ, _O_PATH_DIR, _close, _err, _fstat
+from gofer9p.attach._fids import FidTable, _Fid
+
+_UP = tuple(b"/".join([b".."] * k) for k in range(1, 33))  # "..", "../..", ... (see _inside)
+
+
+class Paths(FidTable):
+    """Attach-root containment and name lookup of fids (no operation of its own)."""
+
+    def _inside(self, dfd: int, ident: tuple[int, int, int] | None = None) -> bool:
+        """Whether directory ``dfd`` is the attach root or below it.
+
+        Walks up the chain of parents until it meets the root (True) or the
+        top of the file system (False).  Only needed where a directory was
+        reached by going *up* or could have been moved by someone else: a
+        sandbox alone cannot move anything out of its tree (renames are
+        relative to fds inside it), but the host can, and a directory moved
+        out must not become a way to list, walk or change what is outside.
+        More than 4096 levels up without meeting the root counts as outside.
+
+        The k-th parent is looked at with one ``fstatat(dfd, "../" * k)``
+        (up to 32 levels, then the walk goes on from an fd of the 32nd
+        parent): each ``..`` of that lookup is the kernel's same step as an
+        ``openat(fd, "..")`` (mounts and the chroot included), and a lookup
+        that ends at the root's inode has followed an actual chain of
+        parents from ``dfd`` to the root at that moment, so the answer is as
+        strong as walking up with an fd per level, for one system call per
+        level instead of three (open, fstat, close).
+
+        ``ident``: a fid's ``pident``, ``(fd, st_dev, st_ino)`` from an fstat
+        of that fd or of the one it was dup'ed from; it spares the fstat of
+        ``dfd`` when its fd is ``dfd``.  The caller holds a reference on the
+        fid, so that fd number cannot have been closed and reused meanwhile
+        (an fid's replaced fds are retired until the last reference goes),
+        and every assignment to ``parent`` sets or clears ``pident``.
+        """
+        rdev, rino = self.point.root_dev, self.point.root_ino
+        if ident is not None and ident[0] == dfd:
+            _, dev, ino = ident
+        else:
+            st = _fstat(dfd)
+            dev, ino = st.st_dev, st.st_ino
+        if ino == rino and dev == rdev:
+            return True
+        cur, owned = dfd, False
+        try:
+            for _ in range(4096 // len(_UP)):
+                for up in _UP:
+                    st = os.stat(up, dir_fd=cur, follow_symlinks=False)
+                    if st.st_ino == rino and st.st_dev == rdev:
+                        return True
+                    if st.st_ino == ino and st.st_dev == dev:
+                        return False  # "/" (or the chroot's root) is its own parent
+                    dev, ino = st.st_dev, st.st_ino
+                # Neither within len(_UP) levels: go on from that directory's fd.
+                nfd = os.open(_UP[-1], _O_PATH_DIR, dir_fd=cur)
+                if owned:
+                    _close(cur)
+                cur, owned = nfd, True
+                st = _fstat(nfd)
+                dev, ino = st.st_dev, st.st_ino
+                if ino == rino and dev == rdev:
+                    return True
+            return False
+        finally:
+            if owned:
+                _close(cur)
+
+    def _locate(
+        self, f: _Fid, mutating: bool = False, inode: bool = False
+    ) -> tuple[int, bytes, bool]:
+        """The directory fd and name under which ``f``'s file is linked now.
+
+        Returns ``(dirfd, name, owned)``; the caller closes ``dirfd`` when
+        ``owned``.  EBUSY for the attach root (it has no name we may touch),
+        ENOENT when the file has no name left in that directory, or when that
+        directory is no longer inside the attach root (checked for
+        directories, whose parent is found by going up; before scanning a
+        directory; and when the caller is going to change the directory
+        entry, ``mutating``).  Re-opening a verified name of a non-directory
+        needs no such check: it is the very inode the fid already holds.
+
+        ``inode``: the caller only acts on the file through the name (re-open,
+        set times), never on the entry.  Then a *file* root is located too:
+        in its directory, which is outside the tree and legitimate for the
+        root fid only (trusted configuration: the sandbox manager put the
+        file there, so no ``_inside`` check), by the attach point's name and
+        no other (no scan of a host directory), verified to still be the
+        root's inode: ESTALE if the host swapped the entry (a symlink, another
+        file), so a mutation is never redirected.
+        """
+        if self._is_root(f):
+            if not inode or f.parent < 0:
+                raise _err(errno.EBUSY)
+            name = self.point.name
+            try:
+                st = os.stat(name, dir_fd=f.parent, follow_symlinks=False)
+            except OSError:
+                raise _err(errno.ESTALE) from None
+            if st.st_ino != f.ino or st.st_dev != f.dev:
+                raise _err(errno.ESTALE)
+            return f.parent, name, False
+        ident = None
+        if f.parent >= 0:
+            pfd, owned, ident = f.parent, False, f.pident
+        elif f.fmt == _DIR and f.fd >= 0:
+            pfd, owned = os.open(b"..", _O_PATH_DIR, dir_fd=f.fd), True
+        else:
+            raise _err(errno.EBADF)
+        try:
+            checked = owned or mutating
+            if checked and not self._inside(pfd, ident):
+                raise _err(errno.ENOENT)
+            name = f.path[-1] if f.path else b""
+            if name:
+                try:
+                    st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+                    if st.st_ino == f.ino and st.st_dev == f.dev:
+                        return pfd, name, owned
+                except OSError:
+                    pass
+            if not checked and not self._inside(pfd, ident):
+                raise _err(errno.ENOENT)
+            name = self._find_name(pfd, f)
+            f.path = (*f.path[:-1], name)
+            return pfd, name, owned
+        except BaseException:
+            if owned:
+                _close(pfd)
+            raise
+
+    @staticmethod
+    def _find_name(pfd: int, f: _Fid) -> bytes:
+        """Scan directory ``pfd`` for a name linked to ``f``'s inode."""
+        dfd = os.open(b".", _O_DIR_READ, dir_fd=pfd)
+        try:
+            with os.scandir(dfd) as it:
+                for e in it:
+                    if e.inode() == f.ino:
+                        name = os.fsencode(e.name)
+                        try:
+                            st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+                        except OSError:
+                            continue
+                        if st.st_ino == f.ino and st.st_dev == f.dev:
+                            return name
+        finally:
+            _close(dfd)
+        raise _err(errno.ENOENT)
+
+    def _renamed(
+        self, old: tuple[bytes, ...], new: tuple[bytes, ...], dev: int, ino: int, newdir: int
+    ) -> None:
+        """Update the path hints (and non-directories' parent fds) after a rename."""
+        n = len(old)
+        stale: list[int] = []
+        with self._lock:
+            for g in self._fids.values():
+                p = g.path
+                if len(p) >= n and p[:n] == old:
+                    g.path = new + p[n:]
+                    if len(p) == n and g.parent >= 0 and g.ino == ino and g.dev == dev:
+                        try:
+                            nfd = os.dup(newdir)
+                        except OSError:
+                            continue
+                        if g.refs:
+                            g.retired.append(g.parent)
+                        else:
+                            stale.append(g.parent)
+                        g.pident = None  # newdir's identity is not known here
+                        g.parent = nfd
+        for fd in stale:
+            _close(fd)
+
