@@ -71,7 +71,7 @@ def test_latency_oracle_finds_a_stalled_event_loop(tmp_path: Path) -> None:
 def test_canary_oracle_finds_a_read_that_follows_a_symlink(tmp_path: Path) -> None:
     report = Report(fuzzer="race", target="serve", seed=7)
     with ServeTarget(plant="follow") as t:
-        race.run(t, report, seed=7, time_budget=20, max_cases=15, crash_dir=tmp_path)
+        race.run(t, report, seed=7, time_budget=60, max_cases=15, crash_dir=tmp_path)
         msgs = [c["message"] for c in report.crashes]
         assert any("outside the export was touched" in m and "OPEN" in m for m in msgs), msgs
         (meta_path,) = _bucket_files(tmp_path, "race-crash-outside-the-export")
