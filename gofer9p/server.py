@@ -69,6 +69,7 @@ from .attach.session import FDS_PER_FID
 from .protocol import constants as C
 from .protocol._wire import HEADER
 from .protocol.codec import DECODERS, ENCODERS, RGETATTR, TGETATTR_BODY, ProtocolError
+from .protocol.framing import FRAMING_ERROR, next_frame
 from .protocol.messages import Message, Rflush, Rversion, Twrite
 
 log = logging.getLogger("gofer9p.server")
@@ -506,6 +507,7 @@ class Connection:
         r: Any = None
         out: list[Any] = []
         filled = False  # the last recv filled the buffer's room
+        need = 0  # size the partial frame at start announces (0: not known yet)
         while True:
             # make room for the rest of a partial frame
             if start == end:
@@ -515,11 +517,8 @@ class Connection:
                     bufsize *= 2
                     buf = bytearray(bufsize)
                     mv = memoryview(buf)
-            elif bufsize - end < 4096 or (
-                end - start >= 4 and start + _U32.unpack_from(buf, start)[0] > bufsize
-            ):
+            elif bufsize - end < 4096 or start + need > bufsize:
                 n = end - start
-                need = _U32.unpack_from(buf, start)[0] if n >= 4 else 0
                 grow = 0
                 if need + 4096 > bufsize and need <= self.max_frame and 2 * n >= bufsize:
                     # the frame does not fit and its bytes already fill half the
@@ -612,11 +611,12 @@ class Connection:
             held: Any = None
             first = self.frames
             # handle every complete frame in the buffer
-            while end - start >= 7:
-                size, mtype, tag = HEADER.unpack_from(buf, start)
-                if size < 7 or size > self.max_frame:
-                    return await self._framing_close(size, out, held)
-                if end - start < size:
+            while True:
+                size, mtype, tag = next_frame(buf, start, end, self.max_frame)
+                if mtype < 0:
+                    if mtype == FRAMING_ERROR:
+                        return await self._framing_close(size, out, held)
+                    need = size  # NEED_DATA: what the partial frame announces
                     break
                 if held is not None and mtype in _ORDERED:
                     # a second large reply would need a second buffer, and an
@@ -655,11 +655,6 @@ class Connection:
                         await self._send_batched(out)
                         out = []
                         queued = 0
-            if 4 <= end - start < 7:
-                # a partial header already says how large its frame is
-                size = _U32.unpack_from(buf, start)[0]
-                if size < 7 or size > self.max_frame:
-                    return await self._framing_close(size, out, held)
             if held is not None:
                 out.append(held)
                 held = None  # the idle release below must find no reference to it
