@@ -53,6 +53,20 @@ Tgetattr fast path packs it directly from a stat (no message objects)."""
 TGETATTR_BODY = struct.Struct("<IQ")
 """Tgetattr's body (fid, request_mask); a frame of any other size is malformed."""
 
+# Fixed layouts of the commonest requests and replies, unpacked and packed
+# whole (one struct call, no message objects): the dispatch table's entries
+# for Tgetattr, Tclunk, Tremove, Twalk clones, Tread and Twrite use them.
+FID_BODY = struct.Struct("<I")
+"""Tclunk's and Tremove's body: the fid."""
+TWALK_HEAD = struct.Struct("<IIH")
+"""Twalk's fixed part (fid, newfid, nwname); with nwname 0 the whole body (a clone)."""
+RWALK_EMPTY = struct.Struct("<IBHH")
+"""The whole Rwalk of a clone: header and nwqid 0."""
+TIO_HEAD = struct.Struct("<IQI")
+"""Tread's body and Twrite's head: fid, offset, count."""
+HEADER_U32 = struct.Struct("<IBHI")
+"""A header and one u32: Rread's count (its data follows), Rwrite's count, Rlerror's ecode."""
+
 
 def decode_body(mtype: int, tag: int, body: Buffer) -> Message:
     """Decode the body of a frame whose header was already parsed.

@@ -53,11 +53,9 @@ def next_frame(buf: Buffer, start: int, end: int, max_frame: int) -> tuple[int, 
     if n >= HEADER_SIZE:
         h: tuple[int, int, int] = HEADER.unpack_from(buf, start)
         size = h[0]
-        if size < HEADER_SIZE or size > max_frame:
-            return (size, FRAMING_ERROR, 0)
-        if n < size:
-            return (size, NEED_DATA, 0)
-        return h
+        if HEADER_SIZE <= size <= max_frame:
+            return h if size <= n else (size, NEED_DATA, 0)
+        return (size, FRAMING_ERROR, 0)
     if n < 4:
         return _UNKNOWN
     size = _U32.unpack_from(buf, start)[0]
