@@ -231,7 +231,9 @@ class ConnectionCore:
         self.inflight: dict[int, InFlight] = {}
         self.frames = 0
         self.out: list[Any] = []
-        self.queued = 0
+        """Replies to send, in order; the I/O layer takes them (:meth:`take`) after
+        every call of :meth:`receive`, before it carries out an action."""
+        self.flush_bytes = limits.flush_bytes
         self.start = 0
         self.need = 0
         """Size the partial frame at ``start`` announces (0: not known yet)."""
@@ -260,13 +262,13 @@ class ConnectionCore:
         the entry; anything else to :meth:`handle`.  Nothing that changes the
         state, the table or ``max_frame`` happens inside this call (Tversion
         is an action), so they are read once."""
-        flush_bytes = self.limits.flush_bytes
+        flush_bytes = self.flush_bytes
         max_frame = self.max_frame
         table = self.table if self.state is _SERVING else _NO_ENTRIES
         inflight = self.inflight
         handle = self.handle
         out = self.out
-        queued = self.queued
+        queued = 0  # the I/O layer took (and sent) out before this call
         frames = self.frames
         held: Any = None
         try:
@@ -305,7 +307,6 @@ class ConnectionCore:
                     return SEND
         finally:
             self.start = start
-            self.queued = queued
             self.frames = frames
             if held is not None:
                 out.append(held)
@@ -314,7 +315,6 @@ class ConnectionCore:
         """The replies queued so far (``out`` starts anew)."""
         out = self.out
         self.out = []
-        self.queued = 0
         return out
 
     def _framing_error(self, size: int) -> Close:
