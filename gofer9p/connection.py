@@ -266,7 +266,6 @@ class ConnectionCore:
         max_frame = self.max_frame
         table = self.table if self.state is _SERVING else _NO_ENTRIES
         inflight = self.inflight
-        handle = self.handle
         out = self.out
         queued = 0  # the I/O layer took (and sent) out before this call
         frames = self.frames
@@ -289,7 +288,7 @@ class ConnectionCore:
                 start += size
                 entry = table.get(mtype)
                 if entry is None or tag in inflight:
-                    r = handle(mtype, tag, frame)
+                    r = self.handle(mtype, tag, frame)
                 else:
                     try:
                         r = entry(tag, frame)
