@@ -33,6 +33,7 @@ from pathlib import Path
 from gofer9p.protocol import constants as C
 from gofer9p.protocol import messages as M
 from gofer9p.protocol.codec import encode
+from gofer9p.protocol.framing import FRAMING_ERROR, NEED_DATA, next_frame
 from gofer9p.server import PRE_VERSION_FRAME
 
 from .common import (
@@ -443,23 +444,18 @@ class StreamPlan:
 
 
 def plan_stream(data: bytes, max_frame: int) -> StreamPlan:
-    """Split bytes exactly as ``server._receive_loop`` does (7-byte header, size bounds)."""
+    """Split bytes as the server does: with its framer (``protocol.framing.next_frame``)."""
     frames: list[tuple[int, int, bytes]] = []
     off = 0
     n = len(data)
-    while n - off >= 7:
-        size, mtype, tag = _HDR.unpack_from(data, off)
-        if size < 7 or size > max_frame:
+    while True:
+        size, mtype, tag = next_frame(data, off, n, max_frame)
+        if mtype == FRAMING_ERROR:
             return StreamPlan(frames, "framing_error")
-        if n - off < size:
-            return StreamPlan(frames, "partial")
+        if mtype == NEED_DATA:
+            return StreamPlan(frames, "aligned" if off == n else "partial")
         frames.append((mtype, tag, data[off : off + size]))
         off += size
-    if n - off >= 4:  # a partial header's size is judged as soon as it is there
-        (size,) = struct.unpack_from("<I", data, off)
-        if size < 7 or size > max_frame:
-            return StreamPlan(frames, "framing_error")
-    return StreamPlan(frames, "aligned" if off == n else "partial")
 
 
 def _matches(got: list[tuple[int, int]], want: list[tuple[int, frozenset[int]]]) -> bool:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import errno as errno_mod
 import os
 import socket
-import struct
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar, cast
@@ -32,10 +31,13 @@ from .protocol import constants as C
 from .protocol import messages as M
 from .protocol.codec import Dirent, decode_dirents, encode
 from .protocol.codec import decode as decode_frame
+from .protocol.framing import FRAMING_ERROR, next_frame
 
 T = TypeVar("T", bound=M.Message)
 
-_U32 = struct.Struct("<I")
+_MAX_REPLY = 0xFFFFFFFF
+"""Largest reply frame accepted: any size field (the client trusts its server's
+msize; it checks only that frames are at least a header long)."""
 
 Name = str | bytes
 
@@ -118,15 +120,15 @@ class Client:
                 if not data:
                     break
                 buf += data
-                while len(buf) >= 4:
-                    (size,) = _U32.unpack_from(buf, 0)
-                    if size < 7:
-                        raise ConnectionClosed(f"server sent a frame of size {size}")
-                    if len(buf) < size:
+                start, end = 0, len(buf)
+                while True:
+                    size, mtype, tag = next_frame(buf, start, end, _MAX_REPLY)
+                    if mtype < 0:
+                        if mtype == FRAMING_ERROR:
+                            raise ConnectionClosed(f"server sent a frame of size {size}")
                         break
-                    frame = bytes(buf[:size])
-                    del buf[:size]
-                    tag = frame[5] | (frame[6] << 8)
+                    frame = bytes(buf[start : start + size])
+                    start += size
                     slot = self._slots.pop(tag, None)
                     if slot is None:
                         continue  # reply to a flushed or unknown tag
@@ -135,6 +137,7 @@ class Client:
                     except Exception as e:  # a bad reply fails only its caller
                         slot.reply = e
                     slot.event.set()
+                del buf[:start]
             self._fail(ConnectionClosed("server closed the connection"))
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
             self._fail(ConnectionClosed(f"connection broken: {e}"))

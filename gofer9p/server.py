@@ -1,4 +1,10 @@
-"""One 9P2000.L connection: framing, tags, flush, concurrency, msize.
+"""The trio layer of a 9P2000.L connection: socket I/O, buffers, tasks and waits.
+
+Every decision about frames, replies and states is made by the sans-IO
+:class:`gofer9p.connection.ConnectionCore` (dispatch table, policy, flush
+bookkeeping, Tversion); this module receives into its buffer, hands the bytes
+to the core, sends the replies it queues and carries out its actions (a worker
+thread, a splice, a flush that waits, a reset, a close).
 
 Contract of :func:`serve`:
 
@@ -56,8 +62,6 @@ import logging
 import math
 import os
 import socket
-import struct
-from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -66,47 +70,27 @@ import trio
 from ._quietwait import QuietWait
 from .attach import AttachPoint, Session, session_memory_bound
 from .attach.session import FDS_PER_FID
-from .protocol import constants as C
-from .protocol._wire import HEADER
-from .protocol.codec import DECODERS, ENCODERS, RGETATTR, TGETATTR_BODY, ProtocolError
-from .protocol.messages import Message, Rflush, Rversion, Twrite
+from .connection import (
+    DRAINED,
+    MIN_MSIZE,
+    PRE_VERSION_FRAME,
+    SEND,
+    Action,
+    Background,
+    Close,
+    ConnectionCore,
+    FlushWait,
+    InFlight,
+    Limits,
+    Splice,
+    State,
+    Versioned,
+)
 
 log = logging.getLogger("gofer9p.server")
 
-_TREAD = struct.Struct("<IQI")
-_HDR_U32 = struct.Struct("<IBHI")
-"""A header and one u32: Rread's count (its data follows), Rwrite's count, Rlerror's ecode."""
-_U32 = struct.Struct("<I")
 _DONTWAIT = socket.MSG_DONTWAIT  # the socket may be in blocking mode (see _quietwait)
-
-_MAY_BLOCK = frozenset({C.MsgType.TFSYNC, C.MsgType.TSETATTR, C.MsgType.TLOPEN})
-"""Types that may go to a worker thread (Session.is_blocking decides).
-
-Reads and writes of regular files are not among them: on local filesystems a
-``preadv``/``pwrite`` of even a max-msize payload is one short syscall, and a
-thread hand-off (plus the copy it forces out of the receive buffer) costs
-more than it saves.  Reads and writes of FIFOs and devices are threaded
-(``Session.read_blocks``)."""
-
-# plain ints: comparing with an IntEnum member costs an attribute lookup per frame
-_T_READ = int(C.MsgType.TREAD)
-_T_GETATTR = int(C.MsgType.TGETATTR)
-_R_GETATTR = int(C.MsgType.RGETATTR)
-_RGETATTR_SIZE = RGETATTR.size
-_T_VERSION = int(C.MsgType.TVERSION)
-_T_FLUSH = int(C.MsgType.TFLUSH)
-_T_WRITE = int(C.MsgType.TWRITE)
-_R_WRITE = int(C.MsgType.RWRITE)
-_T_CLUNK = int(C.MsgType.TCLUNK)
-_T_REMOVE = int(C.MsgType.TREMOVE)
-_T_WALK = int(C.MsgType.TWALK)
-_R_CLUNK = int(C.MsgType.RCLUNK)
-_R_REMOVE = int(C.MsgType.RREMOVE)
-_R_WALK = int(C.MsgType.RWALK)
-_TWALK0 = struct.Struct("<IIH")
-_RWALK0 = struct.Struct("<IBHH")
-_MAY_BLOCK_INTS = frozenset(int(t) for t in _MAY_BLOCK)
-_NOT_PLAIN = _MAY_BLOCK_INTS | {_T_READ, _T_VERSION, _T_FLUSH, _T_WRITE, _T_GETATTR}
+_CLOSED = State.CLOSED
 
 _SMALL_BUF = 1 << 18
 """Receive buffer kept by an idle connection that pipelined (an idle release
@@ -117,26 +101,11 @@ fill it (a partial frame, or a recv that filled the room), see _receive_loop."""
 _BUF_SLACK = 1 << 16
 """Room kept past the largest frame a grown receive buffer must hold, so the
 next frames' bytes arrive in the same recv."""
-PRE_VERSION_FRAME = 8 * 1024
-"""Largest frame accepted before a Tversion is granted: any Tversion fits
-(its version string is a few bytes), and an unversioned peer cannot make the
-receive buffer grow past this (a larger header closes the connection)."""
 
-_BIG = 64 * 1024
-"""Read replies at least this large use pooled buffers (no zero-fill, no mmap)."""
-_ORDERED = frozenset({_T_READ, int(C.MsgType.TREADDIR), _T_FLUSH, _T_VERSION})
-"""Requests before which a held-back large reply is sent (see _receive_loop)."""
-
-_SPLICE_MIN = 32 * 1024
-"""Smallest Tread count whose data is spliced (page references) instead of copied."""
 _PIPE_BYTES = 256 * 1024
 """Pipe size for spliced reads: counts up to this less one page fit (a count at an
 unaligned offset spans one page more than its size)."""
 _F_SETPIPE_SZ = 1031
-_R_READ = int(C.MsgType.RREAD)
-
-MIN_MSIZE = 4096
-"""Smaller msizes leave no room for a useful readdir or walk reply."""
 
 
 @attrs.define
@@ -161,7 +130,7 @@ class ServerConfig:
     splice: bool = True
     """Send the data of mid-sized Treads of regular files (32 KiB up to a
     256 KiB pipe) by ``splice``: file pages -> pipe -> socket, no copy
-    through our memory (see Connection._read)."""
+    through our memory (see Connection._send_spliced)."""
     connections: int = 2
     """Connections expected to share the process's fd table: each gets
     :func:`fd_share` of it (``serve --fd``: 1, ``serve --listen``: the
@@ -294,28 +263,22 @@ def _unsent(bufs: list[Any], n: int) -> list[Any]:
     return bufs[i:]
 
 
-def _rlerror(tag: int, err: int) -> bytes:
-    return _HDR_U32.pack(11, C.MsgType.RLERROR, tag, err)
+class _Task:
+    """The trio side of a background request: its cancel scope and completion event."""
 
+    __slots__ = ("done", "scope")
 
-class _Pending:
-    """A background request: its cancel scope, completion event and the tags of
-    the Tflushes waiting for it (answered in order once its reply was sent or
-    dropped; each holds an in-flight slot and is in ``Connection.pending``
-    under its own tag until answered)."""
-
-    __slots__ = ("answered", "done", "flushes", "scope", "tag")
-
-    def __init__(self, tag: int) -> None:
-        self.tag = tag
+    def __init__(self) -> None:
         self.scope = trio.CancelScope()
         self.done = trio.Event()
-        self.flushes: list[int] = []
-        self.answered = False  # its flushes were answered: a later one is answered at once
 
 
 class Connection:
-    """State of one connection; see the module docstring for the contract."""
+    """The trio layer of one connection: socket I/O, buffers, tasks and waits.
+
+    Every decision about frames, replies and states is the sans-IO
+    :class:`~gofer9p.connection.ConnectionCore`'s (``self.core``); this class
+    carries out its actions.  See the module docstring for the contract."""
 
     threaded = 0
     """Requests of every connection now in worker threads: while there are
@@ -339,37 +302,28 @@ class Connection:
             msize=config.max_msize,
             fd_share=config.fd_share or fd_share(config.connections),
         )
-        self.handlers: dict[int, Callable[[Any], Message]] = self.session.handlers
-        # (decoder, handler) of the types that are always handled inline with
-        # no check of their own: one lookup in _dispatch instead of the chain
-        self._plain: dict[int, tuple[Callable[[Any, int], Message], Callable[[Any], Message]]] = {
-            t: (DECODERS[t], h)
-            for t, h in self.handlers.items()
-            if t in DECODERS and t not in _NOT_PLAIN
-        }
-        self.msize = 0  # 0 until Tversion
-        self.max_frame = PRE_VERSION_FRAME
-        self.pending: dict[int, _Pending] = {}
+        splice_max = _PIPE_BYTES - 4096 if config.splice and hasattr(os, "splice") else 0
+        limits = Limits(config.max_msize, config.flush_bytes, config.inflight_msizes, splice_max)
+        self.core = ConnectionCore(self.session, point, limits, name)
+        self.tasks: dict[int, _Task] = {}  # background requests by tag
         self.send_lock = trio.StrictFIFOLock()
         self._sending = 0  # tasks in _send (holding or waiting for send_lock)
         self.inflight = trio.Semaphore(config.max_inflight)
         self._inbytes = 0  # payload and reply bytes of background requests in flight
-        self._budget = 0  # limit of _inbytes (set by Tversion, see ServerConfig.inflight_msizes)
         self._bytes_freed = trio.lowlevel.ParkingLot()
         self.nursery: trio.Nursery | None = None
-        self.closed = False
-        self.frames = 0
         self.quiet: QuietWait | None = None  # the receive loop's waiter (its poll counters)
-        self._pool: list[bytearray] = []  # free max-msize read buffers (at most one kept)
-        self._pool_min = max(_BIG, config.flush_bytes)  # smallest read using a pooled buffer
-        self._lent: list[bytearray] = []  # pooled buffers in replies not yet sent
         self._pipe: tuple[int, int] | None = None  # (read, write) end for spliced Treads
-        self._splice_max = 0  # largest spliced Tread count; 0: splicing off
+
+    @property
+    def msize(self) -> int:
+        """The negotiated msize; 0 until a Tversion is granted."""
+        return self.core.msize
 
     # ------------------------------------------------------------------ I/O
     async def _send(self, bufs: list[Any]) -> None:
         """Write every buffer, in order, holding the send lock."""
-        if self.closed:
+        if self.core.state is _CLOSED:
             return
         await self._lock_send()
         try:
@@ -417,7 +371,7 @@ class Connection:
         Safe because nothing else runs in this thread until the caller awaits.
         A lone reply (QD1) goes out with ``send()``, which skips sendmsg's
         list-to-iovec work."""
-        if len(bufs) > 512 or self.closed or self._sending:
+        if len(bufs) > 512 or self._sending or self.core.state is _CLOSED:
             return None
         try:
             if len(bufs) == 1:
@@ -439,13 +393,14 @@ class Connection:
                 await self._send(bufs[i : i + 512])
         elif rest:  # keeps its order under the lock
             await self._send(rest)
-        if self._lent:
-            # One spare buffer: a reply is written out (flush_bytes) before the
-            # next large read is handled, so one is all the loop reuses, and a
-            # second max-msize buffer would be 4 MiB of VmHWM for nothing.
-            if not self._pool:
-                self._pool.append(self._lent[0])
-            self._lent.clear()
+        if self.core.lent:
+            self.core.returned()
+
+    async def _send_out(self) -> None:
+        """Send the replies the core queued (none stays referenced here)."""
+        out = self.core.take()
+        if out:
+            await self._send_batched(out)
 
     # -------------------------------------------------------------- serving
     async def run(self) -> None:
@@ -456,8 +411,6 @@ class Connection:
                 sock.setsockopt(socket.SOL_SOCKET, opt, self.config.sockbuf)
             except OSError:
                 pass
-        if self.config.splice and hasattr(os, "splice"):
-            self._splice_max = _PIPE_BYTES - 4096
         peer = _peer_name(sock)
         log.info("%s: connection start peer=%s", self.name, peer)
         reason = "EOF"
@@ -469,9 +422,9 @@ class Connection:
                 except (BrokenPipeError, ConnectionResetError) as e:
                     reason = f"peer closed ({e.strerror})"
                 finally:
-                    self.closed = True
-                    for p in list(self.pending.values()):
-                        p.scope.cancel()
+                    self.core.close()
+                    for t in list(self.tasks.values()):
+                        t.scope.cancel()
         finally:
             self.session.reset()
             self._drop_pipe()
@@ -479,12 +432,13 @@ class Connection:
                 "%s: connection end (%s) frames=%d polled=%d",
                 self.name,
                 reason,
-                self.frames,
+                self.core.frames,
                 self.quiet.hits if self.quiet else 0,
             )
 
     async def _receive_loop(self) -> str:
         sock = self.sock
+        core = self.core
         # The buffer starts small and grows with what arrives: it doubles when
         # received bytes fill it (a partial frame, or a pipelining client's
         # chunk), up to the largest frame seen plus slack (never past
@@ -495,16 +449,13 @@ class Connection:
         start = end = 0
         recv_into = sock.recv_into
         send_now = self._send_now
-        dispatch = self._dispatch
-        flush_bytes = self.config.flush_bytes
+        receive = core.receive
         wait_readable = trio.lowlevel.wait_readable
         drained = False  # the last recv left the socket empty: wait before the next
         busy = 0  # chunks handled since this task last yielded to the scheduler
         self.quiet = quiet = QuietWait(sock, self.config.poll_us / 1e6)
         idle_release = self.config.idle_release
-        frame: memoryview | None = None
-        r: Any = None
-        out: list[Any] = []
+        out: list[Any] | None = None
         filled = False  # the last recv filled the buffer's room
         while True:
             # make room for the rest of a partial frame
@@ -515,13 +466,11 @@ class Connection:
                     bufsize *= 2
                     buf = bytearray(bufsize)
                     mv = memoryview(buf)
-            elif bufsize - end < 4096 or (
-                end - start >= 4 and start + _U32.unpack_from(buf, start)[0] > bufsize
-            ):
+            elif bufsize - end < 4096 or start + core.need > bufsize:
                 n = end - start
-                need = _U32.unpack_from(buf, start)[0] if n >= 4 else 0
+                need = core.need
                 grow = 0
-                if need + 4096 > bufsize and need <= self.max_frame and 2 * n >= bufsize:
+                if need + 4096 > bufsize and 2 * n >= bufsize:
                     # the frame does not fit and its bytes already fill half the
                     # buffer: double it (at most to the frame plus slack)
                     grow = min(2 * bufsize, need + _BUF_SLACK)
@@ -541,12 +490,11 @@ class Connection:
                 if grow > bufsize:
                     bufsize = grow
                     # The pooled read buffer goes first, and the last replies
-                    # and frame that may hold it or the old buffer: the growth
-                    # then peaks at the old buffer plus the new, below a
-                    # max-msize session's rest state (receive + read buffer).
-                    self._pool.clear()
-                    frame = r = None
-                    out = []
+                    # that may hold it or the old buffer: the growth then peaks
+                    # at the old buffer plus the new, below a max-msize
+                    # session's rest state (receive + read buffer).
+                    core.pool.clear()
+                    out = None
                     nbuf = bytearray(bufsize)
                     nmv = memoryview(nbuf)
                     # into the view: ``nbuf[:n] = view`` would copy it to a
@@ -563,7 +511,7 @@ class Connection:
                 # recv that fails with EAGAIN (a syscall and an exception per
                 # request).  After a chunk of several requests (a pipelining
                 # client) more are likely there already: recv at once.
-                big = bufsize > _SMALL_BUF or bool(self._pool)
+                big = bufsize > _SMALL_BUF or bool(core.pool)
                 got = quiet.recv_into(
                     mv[end:], not Connection.threaded, idle_release if big else math.inf
                 )
@@ -574,11 +522,9 @@ class Connection:
                         with trio.move_on_after(idle_release) as idle:
                             await wait_readable(sock)
                         if idle.cancelled_caught:
-                            self._pool.clear()
+                            core.pool.clear()
                             n = end - start
-                            # the last frame's view and the last replies keep buffers alive
-                            frame = r = None
-                            out = []
+                            out = None  # the last replies keep buffers alive
                             if bufsize > _SMALL_BUF and n <= _SMALL_BUF - 4096:
                                 bufsize = _SMALL_BUF
                                 nbuf = bytearray(bufsize)
@@ -603,75 +549,38 @@ class Connection:
                 return "EOF"
             filled = got == room
             end += got
-            out = []
-            queued = 0
-            # One large reply (a max-msize Rread) is held back until the end of
-            # the chunk so that the small replies behind it overtake it: a
-            # Tgetattr pipelined behind a 4 MiB Tread waits for the read's one
-            # preadv, not for 4 MiB to cross the socket.
-            held: Any = None
-            first = self.frames
-            # handle every complete frame in the buffer
-            while end - start >= 7:
-                size, mtype, tag = HEADER.unpack_from(buf, start)
-                if size < 7 or size > self.max_frame:
-                    return await self._framing_close(size, out, held)
-                if end - start < size:
-                    break
-                if held is not None and mtype in _ORDERED:
-                    # a second large reply would need a second buffer, and an
-                    # Rflush or Rversion must follow the replies sent before it
-                    out.append(held)
-                    held = None
-                    await self._send_batched(out)
-                    out = []
-                    queued = 0
-                self.frames += 1
-                frame = mv[start : start + size]
-                start += size
-                try:
-                    r = dispatch(mtype, tag, frame)
-                except _Control as ctl:
-                    # replies queued so far go out first: the control step may await
-                    if held is not None:
-                        out.append(held)
-                        held = None
-                    if out:
-                        await self._send_batched(out)
-                        out = []
-                        queued = 0
-                    r = await ctl.act(self)
-                if r is not None:
-                    n = len(r)
-                    if n >= flush_bytes and held is None:
-                        held = r
-                        continue
-                    out.append(r)
-                    queued += n
-                    if queued >= flush_bytes:
-                        if held is not None:
-                            out.append(held)
-                            held = None
-                        await self._send_batched(out)
-                        out = []
-                        queued = 0
-            if 4 <= end - start < 7:
-                # a partial header already says how large its frame is
-                size = _U32.unpack_from(buf, start)[0]
-                if size < 7 or size > self.max_frame:
-                    return await self._framing_close(size, out, held)
-            if held is not None:
-                out.append(held)
-                held = None  # the idle release below must find no reference to it
+            first = core.frames
+            # handle every complete frame in the buffer, carrying out the
+            # core's actions (the replies it queued before one go out first)
+            act = receive(mv, start, end)
+            while act is not DRAINED:
+                start = core.start
+                if isinstance(act, Close):
+                    # the replies made before the bad frame still go out (the
+                    # core is closed already, so past the closed-state check)
+                    await self._lock_send()
+                    try:
+                        await self._sendmsg_all(core.take())
+                    finally:
+                        self._unlock_send()
+                    return "framing error"
+                if act is not SEND:
+                    await self._send_out()
+                    await self._act(act)
+                else:
+                    await self._send_out()
+                act = receive(mv, start, end)
+            start = core.start
+            out = core.take()
             if out:
                 # _send_batched's fast path without a coroutine (the QD1 case);
                 # lent pool buffers need _send_batched's return to the pool
-                rest = None if self._lent else send_now(out)
+                rest = None if core.lent else send_now(out)
                 if rest is None:
                     await self._send_batched(out)
                 elif rest:
                     await self._send(rest)
-            drained = got < room and self.frames - first <= 1
+            drained = got < room and core.frames - first <= 1
             busy += 1
             if busy >= 8 and not drained:
                 # keep other connections' tasks fair when a client floods us
@@ -679,173 +588,31 @@ class Connection:
                 busy = 0
                 await trio.lowlevel.checkpoint()
 
-    async def _framing_close(self, size: int, out: list[Any], held: Any) -> str:
-        """A frame size outside [7, max_frame]: the stream cannot be trusted any more.
-        Send the replies already made (the held-back one last), log, and end."""
-        log.warning(
-            "%s: framing error: frame size %d outside [7, %d]; closing",
-            self.name,
-            size,
-            self.max_frame,
-        )
-        if held is not None:
-            out.append(held)
-        if out:
-            await self._send_batched(out)
-        return "framing error"
+    async def _act(self, act: Action) -> None:
+        """Carry out one of the core's actions (see gofer9p.connection)."""
+        if isinstance(act, Background):
+            await self._start_background(act)
+        elif isinstance(act, Splice):
+            await self._send_spliced(act.header, act.n)
+        elif isinstance(act, FlushWait):
+            await self._join_flush(act)
+        elif isinstance(act, Versioned):
+            await self._version(act)
+        else:  # pragma: no cover - every action is one of the above
+            raise AssertionError(f"unknown action {act!r}")
 
-    def _dispatch(self, mtype: int, tag: int, frame: memoryview) -> Any:
-        """Handle one frame inline; return the reply buffer (or raise a control signal)."""
-        try:
-            if mtype == _T_READ:
-                return self._read(tag, frame)
-            if self.msize and tag not in self.pending:
-                # The commonest requests without message objects: fixed layouts
-                # unpacked and packed here (anything unusual, a malformed frame
-                # included, falls through to the general path below).
-                n = len(frame)
-                if mtype == _T_GETATTR and n == 19:
-                    # the most frequent request of a mounted client
-                    fid, mask = TGETATTR_BODY.unpack_from(frame, 7)
-                    return RGETATTR.pack(
-                        _RGETATTR_SIZE, _R_GETATTR, tag, *self.session.getattr_fields(fid, mask)
-                    )
-                if n == 11 and mtype == _T_CLUNK:  # the fid is the whole body
-                    self.session.clunk_fid(_U32.unpack_from(frame, 7)[0])
-                    return HEADER.pack(7, _R_CLUNK, tag)
-                if n == 11 and mtype == _T_REMOVE:
-                    self.session.remove_fid(_U32.unpack_from(frame, 7)[0])
-                    return HEADER.pack(7, _R_REMOVE, tag)
-                if n == 17 and mtype == _T_WALK:
-                    fid, newfid, nwname = _TWALK0.unpack_from(frame, 7)
-                    if nwname == 0 and newfid != fid:  # a clone
-                        self.session.clone_fid(fid, newfid)
-                        return _RWALK0.pack(9, _R_WALK, tag, 0)
-                if mtype == _T_WRITE and n >= 23:
-                    # Twrite to an open regular file (same layout as Tread's head)
-                    fid, offset, count = _TREAD.unpack_from(frame, 7)
-                    if count == n - 23:
-                        written = self.session.write_regular(fid, offset, frame[23:])
-                        if written >= 0:
-                            return _HDR_U32.pack(11, _R_WRITE, tag, written)
-                plain = self._plain.get(mtype)
-                if plain is not None:
-                    reply = plain[1](plain[0](frame[7:], tag))
-                    return ENCODERS[type(reply)](reply)
-            dec = DECODERS.get(mtype)
-            if dec is None or mtype & 1:
-                log.warning("%s: tag=%d unsupported message type %d", self.name, tag, mtype)
-                return _rlerror(tag, errno.EOPNOTSUPP)
-            msg: Any = dec(frame[7:], tag)
-            if mtype == _T_VERSION:
-                return self._version(msg)
-            if self.msize == 0:
-                log.warning("%s: tag=%d %s before Tversion", self.name, tag, type(msg).__name__)
-                return _rlerror(tag, errno.EPROTO)
-            if tag in self.pending:
-                log.warning("%s: tag=%d already in flight (duplicate tag)", self.name, tag)
-                return _rlerror(tag, errno.EINVAL)
-            if mtype == _T_FLUSH:
-                return self._flush(msg)
-            handler = self.handlers.get(mtype)
-            if handler is None:
-                return _rlerror(tag, errno.EOPNOTSUPP)
-            if mtype in _MAY_BLOCK_INTS and self.session.is_blocking(msg):
-                raise _Background(msg, handler)
-            if mtype == _T_WRITE and self.session.read_blocks(msg.fid):
-                raise _Background(msg, handler)
-            reply = handler(msg)
-            return ENCODERS[type(reply)](reply)
-        except OSError as e:
-            return _rlerror(tag, e.errno or errno.EIO)
-        except ProtocolError as e:
-            log.warning("%s: tag=%d malformed frame: %s", self.name, tag, e)
-            return _rlerror(tag, errno.EINVAL)
-        except _Control:
-            raise
-        except Exception:
-            log.exception("%s: tag=%d internal error handling type %d", self.name, tag, mtype)
-            return _rlerror(tag, errno.EIO)
-
-    # ------------------------------------------------------------- messages
-    def _version(self, msg: Any) -> Any:
-        msize = min(msg.msize, self.config.max_msize)
-        if msg.version == C.VERSION_9P2000L and msize >= MIN_MSIZE:
-            version = C.VERSION_9P2000L
-            self.msize = msize
-            self.max_frame = msize
-            self._budget = self.config.inflight_msizes * msize
-            self._pool.clear()
-            if self._splice_max and self._pipe is None and msize >= _SPLICE_MIN + C.IOHDRSZ:
-                # made here, not on the first read: the pipe is part of the
-                # session, like the socket (an fd count taken after Tversion
-                # sees the same number after every fid is clunked)
-                self._open_pipe()
-            self.session.set_msize(msize)
-        else:
-            version = C.VERSION_UNKNOWN
-            self.msize = 0
-            self.max_frame = PRE_VERSION_FRAME
-            log.info("%s: Tversion %r msize=%d refused", self.name, msg.version, msg.msize)
-        reply = Rversion(tag=msg.tag, msize=msize, version=version)
-        encoded = ENCODERS[Rversion](reply)
-        if self.pending or self.session.fid_count():
-            raise _VersionReset(encoded)
-        return encoded
-
-    async def _reset_pending(self) -> None:
-        for p in list(self.pending.values()):
-            p.scope.cancel()
-        for p in list(self.pending.values()):
-            await p.done.wait()
-        self.session.reset()
-
-    def _read(self, tag: int, frame: memoryview) -> Any:
-        if self.msize == 0:
-            return _rlerror(tag, errno.EPROTO)
-        if len(frame) != 7 + 16:
-            raise ProtocolError("Tread", "size", f"frame of {len(frame)} bytes, expected 23")
-        fid, offset, count = _TREAD.unpack_from(frame, 7)
-        if tag in self.pending:
-            return _rlerror(tag, errno.EINVAL)
-        limit = self.msize - C.IOHDRSZ
-        if count > limit:
-            count = limit
-        if self.session.read_blocks(fid):
-            from .protocol.messages import Tread
-
-            raise _Background(Tread(tag=tag, fid=fid, offset=offset, count=count), None)
-        p = self._pipe
-        if p is not None and _SPLICE_MIN <= count <= self._splice_max:
-            n = self.session.splice_read(fid, offset, count, p[1])
-            if n > 0:
-                raise _Spliced(_HDR_U32.pack(11 + n, _R_READ, tag, n), n)
-            if n == 0:
-                return _HDR_U32.pack(11, _R_READ, tag, 0)
-        if count < _BIG:
-            # at most 64 KiB, freed at once if the read fails
-            return self._fill_rread(bytearray(11 + count), tag, fid, offset, count)
-        # Memory only for work that can succeed: the fid is checked and the
-        # count clamped to what the file can give before any buffer is taken.
-        count = self.session.read_size(fid, offset, count)
-        if count < self._pool_min:
-            return self._fill_rread(bytearray(11 + count), tag, fid, offset, count)
-        # A reply this large is held back and sent before the next Tread
-        # (_receive_loop), so one pooled buffer is lent at a time.
-        pool = self._pool
-        rb = pool.pop() if pool else bytearray(11 + self.msize)
-        try:
-            r = self._fill_rread(rb, tag, fid, offset, count, True)
-        except BaseException:
-            pool.append(rb)
-            raise
-        if len(r) - 11 < self._pool_min:
-            # a short read (the file shrank meanwhile): the reply is not held
-            # back, so it must not keep the pooled buffer
-            pool.append(rb)
-            return bytes(r)
-        self._lent.append(rb)
-        return r
+    async def _version(self, act: Versioned) -> None:
+        """Tversion: background requests are cancelled and awaited and every fid
+        clunked (when there are any), the splice pipe made; then the Rversion."""
+        if act.reset:
+            for t in list(self.tasks.values()):
+                t.scope.cancel()
+            for t in list(self.tasks.values()):
+                await t.done.wait()
+            self.session.reset()
+        if act.open_pipe:
+            self._open_pipe()
+        self.core.version_done(act)
 
     # Spliced Treads.  A Tread of a regular file is the costliest request per
     # byte: preadv copies the page-cache pages into our buffer, sendmsg copies
@@ -863,16 +630,17 @@ class Connection:
         """Make the connection's splice pipe; failing that, turn splicing off.
 
         Its two fds are charged to the connection's fd share like a fid's."""
+        core = self.core
         if not self.session.charge_fds(2):
             log.info("%s: fd share used up: no pipe for spliced reads, copying", self.name)
-            self._splice_max = 0
+            core.splice_max = 0
             return
         try:
             r, w = os.pipe2(os.O_CLOEXEC)
         except OSError as e:
             self.session.release_fds(2)
             log.warning("%s: no pipe for spliced reads (%s): copying", self.name, e.strerror)
-            self._splice_max = 0
+            core.splice_max = 0
             return
         try:
             fcntl.fcntl(w, _F_SETPIPE_SZ, _PIPE_BYTES)
@@ -882,14 +650,16 @@ class Connection:
             os.close(r)
             os.close(w)
             self.session.release_fds(2)
-            self._splice_max = 0
+            core.splice_max = 0
             return
         self._pipe = (r, w)
+        core.pipe_w = w
 
     def _drop_pipe(self) -> None:
         """Close the pipe (with whatever it still holds): reads are copied until
         a Tversion makes a new one."""
         p, self._pipe = self._pipe, None
+        self.core.pipe_w = -1
         if p is not None:
             os.close(p[0])
             os.close(p[1])
@@ -905,7 +675,7 @@ class Connection:
             raise
         done = False
         try:
-            if self.closed:
+            if self.core.state is _CLOSED:
                 return
             await self._sendmsg_all([header])
             assert self._pipe is not None
@@ -928,7 +698,7 @@ class Connection:
                             raise
                         # a transport splice cannot write to: send the rest as bytes
                         log.info("%s: socket refuses splice: reads are copied", self.name)
-                        self._splice_max = 0
+                        self.core.splice_max = 0
                         data = bytearray()
                         while len(data) < n:
                             data += os.read(r, n - len(data))
@@ -943,210 +713,103 @@ class Connection:
                 self._drop_pipe()  # what is left in it belongs to a reply that will not be sent
             self._unlock_send()
 
-    def _fill_rread(
-        self, rb: bytearray, tag: int, fid: int, offset: int, count: int, pooled: bool = False
-    ) -> Any:
-        """Read into ``rb`` after its 11-byte header; the Rread frame.
-
-        After a short read the unused tail is given back (``rb`` is cut to the
-        reply), so that a queued reply holds no more memory than it sends; a
-        ``pooled`` buffer is kept whole and a view of it returned."""
-        mv = memoryview(rb)
-        n = self.session.read_into(fid, offset, mv[11 : 11 + count])
-        _HDR_U32.pack_into(rb, 0, 11 + n, C.MsgType.RREAD, tag, n)
-        if n != len(rb) - 11:
-            if pooled:
-                return mv[: 11 + n]
-            mv.release()
-            del rb[11 + n :]
-        return rb
-
-    # Flush.  A Tflush of a background request (or of a Tflush waiting for
-    # one) joins that request's list of waiting flushes: no task of its own,
-    # one in-flight slot, its tag in ``pending`` until answered.  They are
-    # answered in arrival order right after the old reply was sent or dropped
-    # (a second Tflush of the same old tag thus right after the first: it may
-    # not be answered at once, since the old reply could still follow it).
-    # Any other Tflush (a tag not in flight, already answered or flushed) is
-    # answered at once, after the replies queued before it.
-    def _flush(self, msg: Any) -> Any:
-        p = self.pending.get(msg.oldtag)
-        if p is None or p.answered:
-            return ENCODERS[Rflush](Rflush(tag=msg.tag))
-        raise _FlushWait(msg.tag, msg.oldtag)
-
-    async def _join_flush(self, tag: int, oldtag: int) -> Any:
+    # Flush (the bookkeeping is the core's, see ConnectionCore.join_flush):
+    # a Tflush of a background request waits in an in-flight slot, with no
+    # task of its own, and is answered right after that request's reply was
+    # sent or dropped.
+    async def _join_flush(self, act: FlushWait) -> None:
         """Wait for an in-flight slot (the loop stops reading meanwhile), then
-        make the Tflush ``tag`` wait for ``oldtag``; the Rflush if it need not wait."""
+        make the Tflush wait for its old request, cancelling that request."""
         await self.inflight.acquire()
-        p = self.pending.get(oldtag)
-        if p is None or p.answered:  # done while we waited for the slot
+        tag = self.core.join_flush(act)
+        if tag < 0:  # done while we waited for the slot: answered at once
             self.inflight.release()
-            return ENCODERS[Rflush](Rflush(tag=tag))
-        p.scope.cancel()
-        p.flushes.append(tag)
-        self.pending[tag] = p
-        return None
+            return
+        t = self.tasks.get(tag)
+        if t is not None:
+            t.scope.cancel()
 
-    async def _answer_flushes(self, p: _Pending) -> None:
+    async def _answer_flushes(self, p: InFlight) -> None:
         """Send the Rflushes waiting for ``p`` (its reply was sent or dropped)."""
-        flushes = p.flushes
+        core = self.core
         try:
-            while flushes:  # a Tflush of a waiting Tflush may join meanwhile
-                tag = flushes[0]
-                if not self.closed:
+            while True:  # a Tflush of a waiting Tflush may join meanwhile
+                rflush = core.next_flush(p)
+                if rflush is None:
+                    break
+                if core.state is not _CLOSED:
                     try:
-                        await self._send([ENCODERS[Rflush](Rflush(tag=tag))])
+                        await self._send([rflush])
                     except OSError as e:
-                        log.info("%s: tag=%d Rflush not sent: %s", self.name, tag, e)
-                del flushes[0]
-                del self.pending[tag]
+                        log.info("%s: tag=%d Rflush not sent: %s", self.name, p.flushes[0], e)
+                core.flush_answered(p)
                 self.inflight.release()
         finally:
-            p.answered = True
-            for tag in flushes:  # cancelled (the connection is closing)
-                del self.pending[tag]
+            for _ in range(core.flushes_done(p)):  # cancelled (the connection is closing)
                 self.inflight.release()
-            flushes.clear()
 
     # ----------------------------------------------------- background tasks
-    async def _start_background(self, msg: Any, handler: Callable[[Any], Message] | None) -> None:
+    async def _start_background(self, act: Background) -> None:
         """Admit a background request: an in-flight slot, then its bytes in the
         byte budget (payload, and for a Tread its reply buffer); the loop
         stops reading until both are free.  A request is always admitted when
         no other request's bytes are in flight, so a max-size one never waits
-        forever.  Twrite data is copied out of the receive buffer (reused once
-        we return) only after admission."""
-        payload = len(msg.data) if isinstance(msg, Twrite) else 0
-        reply = 11 + msg.count if handler is None else 0  # Tread: its Rread buffer
-        cost = payload + reply
+        forever."""
+        cost = act.payload + act.reply
         await self.inflight.acquire()
         try:
-            while self._inbytes and self._inbytes + cost > self._budget:
+            while self._inbytes and self._inbytes + cost > self.core.budget:
                 await self._bytes_freed.park()
         except BaseException:
             self.inflight.release()
             raise
         self._inbytes += cost
-        if payload:
-            msg.data = bytes(msg.data)
-        p = _Pending(msg.tag)
-        self.pending[msg.tag] = p
+        p = self.core.admit(act)
+        t = _Task()
+        self.tasks[p.tag] = t
         Connection.threaded += 1
         assert self.nursery is not None
-        self.nursery.start_soon(self._background, msg, handler, p, payload, reply)
+        self.nursery.start_soon(self._background, act, p, t)
 
     def _release_bytes(self, n: int) -> None:
         if n:
             self._inbytes -= n
             self._bytes_freed.unpark_all()
 
-    async def _background(
-        self,
-        msg: Any,
-        handler: Callable[[Any], Message] | None,
-        p: _Pending,
-        payload: int,
-        cost: int,
-    ) -> None:
-        tag = msg.tag
+    async def _background(self, act: Background, p: InFlight, t: _Task) -> None:
+        msg = act.msg
+        tag = p.tag
+        payload = act.payload
+        core = self.core
         reply: Any = None
         try:
-            with p.scope:
+            with t.scope:
                 try:
-                    if handler is None:  # Tread
-                        reply = await trio.to_thread.run_sync(self._read_sync, msg)
-                    else:
-                        r = await trio.to_thread.run_sync(handler, msg)
-                        reply = ENCODERS[type(r)](r)
-                except OSError as e:
-                    reply = _rlerror(tag, e.errno or errno.EIO)
-                except Exception:
-                    log.exception("%s: tag=%d internal error in background request", self.name, tag)
-                    reply = _rlerror(tag, errno.EIO)
+                    reply = await trio.to_thread.run_sync(core.run_blocking, msg, act.handler)
                 finally:
                     if payload:  # used (or never to be): drop it now, not after the reply
                         msg.data = b""
                         self._release_bytes(payload)
                         payload = 0
-            if p.scope.cancelled_caught:
+            if t.scope.cancelled_caught:
                 log.info("%s: tag=%d flushed", self.name, tag)
                 reply = None
-            if reply is not None and not self.closed:
+            if reply is not None and core.state is not _CLOSED:
                 try:
                     await self._send([reply])
                 except OSError as e:
                     log.info("%s: tag=%d reply not sent: %s", self.name, tag, e)
         finally:
             reply = None
-            del self.pending[tag]
+            core.finished(tag)
+            del self.tasks[tag]
             Connection.threaded -= 1
             self.inflight.release()
-            self._release_bytes(payload + cost)
+            self._release_bytes(payload + act.reply)
             try:
-                if p.flushes:
-                    await self._answer_flushes(p)
+                await self._answer_flushes(p)
             finally:
-                p.answered = True
-                p.done.set()
-
-    def _read_sync(self, msg: Any) -> Any:
-        return self._fill_rread(bytearray(11 + msg.count), msg.tag, msg.fid, msg.offset, msg.count)
-
-
-class _Control(Exception):
-    """Raised by the synchronous _dispatch for a request whose handling must await.
-
-    The receive loop sends the replies queued so far, then awaits ``act``; a
-    reply it returns is queued like an inline one.
-    """
-
-    async def act(self, conn: Connection) -> Any:
-        raise NotImplementedError
-
-
-class _Background(_Control):
-    """Run this request in a worker thread."""
-
-    def __init__(self, msg: Any, handler: Callable[[Any], Message] | None) -> None:
-        self.msg = msg
-        self.handler = handler
-
-    async def act(self, conn: Connection) -> None:
-        await conn._start_background(self.msg, self.handler)
-
-
-class _Spliced(_Control):
-    """An Rread whose data waits in the connection's pipe: send the header, then splice."""
-
-    def __init__(self, header: bytes, n: int) -> None:
-        self.header = header
-        self.n = n
-
-    async def act(self, conn: Connection) -> None:
-        await conn._send_spliced(self.header, self.n)
-
-
-class _FlushWait(_Control):
-    """Answer this Tflush once the pending request is done (see Connection._flush)."""
-
-    def __init__(self, tag: int, oldtag: int) -> None:
-        self.tag = tag
-        self.oldtag = oldtag
-
-    async def act(self, conn: Connection) -> Any:
-        return await conn._join_flush(self.tag, self.oldtag)
-
-
-class _VersionReset(_Control):
-    """Tversion must abandon background requests before replying."""
-
-    def __init__(self, reply: bytes) -> None:
-        self.reply = reply
-
-    async def act(self, conn: Connection) -> bytes:
-        await conn._reset_pending()
-        return self.reply
+                t.done.set()
 
 
 def _peer_name(sock: socket.socket) -> str:
@@ -1221,4 +884,11 @@ def memory_bound(config: ServerConfig, connections: int = 1) -> int:
     return connections * per_connection
 
 
-__all__ = ["Connection", "ServerConfig", "memory_bound", "serve"]
+__all__ = [
+    "MIN_MSIZE",
+    "PRE_VERSION_FRAME",
+    "Connection",
+    "ServerConfig",
+    "memory_bound",
+    "serve",
+]

@@ -4,8 +4,6 @@ from . import constants
 from .codec import (
     DIRENT_FIXED,
     Dirent,
-    Framer,
-    FramingError,
     ProtocolError,
     decode,
     decode_body,
@@ -13,15 +11,16 @@ from .codec import (
     encode,
     encode_dirent,
 )
+from .framing import FRAMING_ERROR, NEED_DATA, next_frame
 from .messages import ALL_MESSAGES, BY_TYPE, Message, Qid
 
 __all__ = [
     "ALL_MESSAGES",
     "BY_TYPE",
     "DIRENT_FIXED",
+    "FRAMING_ERROR",
+    "NEED_DATA",
     "Dirent",
-    "Framer",
-    "FramingError",
     "Message",
     "ProtocolError",
     "Qid",
@@ -31,4 +30,5 @@ __all__ = [
     "decode_dirents",
     "encode",
     "encode_dirent",
+    "next_frame",
 ]

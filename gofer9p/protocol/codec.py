@@ -1,7 +1,7 @@
 """Sans-IO 9P2000.L codec: bytes in, message objects out, and back.
 
-Nothing here touches a socket or a file.  ``decode`` takes one whole frame,
-``Framer`` splits a byte stream into frames, ``encode`` builds one frame.
+Nothing here touches a socket or a file.  ``decode`` takes one whole frame
+(``framing.next_frame`` finds them in a byte stream), ``encode`` builds one frame.
 
 Each message class declares its wire layout in ``FIELDS``; ``_codegen.py``
 turns the layouts into one specialised encoder and decoder per message, kept
@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 from . import _generated  # specialised per-message code, see _codegen.py
 from . import constants as C
-from ._wire import _QID, _U32, HEADER
+from ._wire import _QID, HEADER
 from ._wire import ProtocolError as ProtocolError
 from .messages import Message, Qid
 
@@ -52,6 +52,20 @@ qid type/version/path, then the attribute fields in wire order.  The server's
 Tgetattr fast path packs it directly from a stat (no message objects)."""
 TGETATTR_BODY = struct.Struct("<IQ")
 """Tgetattr's body (fid, request_mask); a frame of any other size is malformed."""
+
+# Fixed layouts of the commonest requests and replies, unpacked and packed
+# whole (one struct call, no message objects): the dispatch table's entries
+# for Tgetattr, Tclunk, Tremove, Twalk clones, Tread and Twrite use them.
+FID_BODY = struct.Struct("<I")
+"""Tclunk's and Tremove's body: the fid."""
+TWALK_HEAD = struct.Struct("<IIH")
+"""Twalk's fixed part (fid, newfid, nwname); with nwname 0 the whole body (a clone)."""
+RWALK_EMPTY = struct.Struct("<IBHH")
+"""The whole Rwalk of a clone: header and nwqid 0."""
+TIO_HEAD = struct.Struct("<IQI")
+"""Tread's body and Twrite's head: fid, offset, count."""
+HEADER_U32 = struct.Struct("<IBHI")
+"""A header and one u32: Rread's count (its data follows), Rwrite's count, Rlerror's ecode."""
 
 
 def decode_body(mtype: int, tag: int, body: Buffer) -> Message:
@@ -107,51 +121,3 @@ def iter_dirents(data: Buffer) -> Iterator[Dirent]:
 
 def decode_dirents(data: Buffer) -> list[Dirent]:
     return list(iter_dirents(data))
-
-
-class FramingError(Exception):
-    """The byte stream cannot be split into frames: the connection must close."""
-
-
-class Framer:
-    """Splits a byte stream into whole frames (sans-IO).
-
-    Feed it received bytes with ``feed``; ``frames()`` yields memoryviews of
-    complete frames.  A size field below 7 or above ``max_size`` raises
-    ``FramingError``: after that the stream has no trustworthy boundaries.
-    """
-
-    def __init__(self, max_size: int) -> None:
-        self.max_size = max_size
-        self._buf = bytearray()
-
-    def feed(self, data: Buffer) -> None:
-        self._buf += data
-
-    def buffered(self) -> int:
-        return len(self._buf)
-
-    def frames(self) -> list[memoryview]:
-        buf = self._buf
-        n = len(buf)
-        off = 0
-        out: list[memoryview] = []
-        while n - off >= 4:
-            (size,) = _U32.unpack_from(buf, off)
-            if size < C.HEADER_SIZE or size > self.max_size:
-                raise FramingError(f"frame size {size} outside [7, {self.max_size}]")
-            if n - off < size:
-                break
-            off += size
-        if off:
-            # hand out views of an immutable snapshot so that later feeds cannot
-            # move memory under them
-            chunk = bytes(buf[:off])
-            del buf[:off]
-            mv = memoryview(chunk)
-            pos = 0
-            while pos < off:
-                (size,) = _U32.unpack_from(chunk, pos)
-                out.append(mv[pos : pos + size])
-                pos += size
-        return out

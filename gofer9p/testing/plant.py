@@ -37,17 +37,33 @@ STALL_S = 2.0
 
 
 def _leak(patch: Callable[[Any, str, Any], None]) -> None:
-    from gofer9p.server import Connection
+    from gofer9p.connection import ConnectionCore
 
-    dispatch = Connection._dispatch
+    build = ConnectionCore._build_table
+    handle = ConnectionCore.handle
 
-    def leaky(self: Any, mtype: int, tag: int, frame: memoryview) -> Any:
+    def keep() -> None:
         buf = bytearray(LEAK_BYTES)
         buf[::4096] = b"x" * len(buf[::4096])  # touch every page: RSS, not just VSZ
         KEPT.append(buf)
-        return dispatch(self, mtype, tag, frame)
 
-    patch(Connection, "_dispatch", leaky)
+    def leaky_entry(entry: Any) -> Any:
+        def leaky(tag: int, frame: memoryview) -> Any:
+            keep()
+            return entry(tag, frame)
+
+        return leaky
+
+    def leaky_table(self: Any) -> Any:
+        return {t: leaky_entry(e) for t, e in build(self).items()}
+
+    def leaky_handle(self: Any, mtype: int, tag: int, frame: memoryview) -> Any:
+        keep()
+        return handle(self, mtype, tag, frame)
+
+    # every request: the table's entries, and what the guards send to handle
+    patch(ConnectionCore, "_build_table", leaky_table)
+    patch(ConnectionCore, "handle", leaky_handle)
 
 
 def _follow(patch: Callable[[Any, str, Any], None]) -> None:

@@ -285,17 +285,37 @@ async def _raw_session(
 def _count_decodes(monkeypatch: pytest.MonkeyPatch, *types: int) -> list[int]:
     """Tags of the frames of these types the server decodes into message objects
     (its fast paths do not) on connections made from now on."""
-    import gofer9p.server as srv
+    from gofer9p.protocol import codec  # the dispatch table reads it per connection
 
     tags: list[int] = []
     for t in types:
 
-        def counting(b: Any, tag: int, dec: Any = srv.DECODERS[t]) -> Any:
+        def counting(b: Any, tag: int, dec: Any = codec.DECODERS[t]) -> Any:
             tags.append(tag)
             return dec(b, tag)
 
-        monkeypatch.setitem(srv.DECODERS, t, counting)
+        monkeypatch.setitem(codec.DECODERS, t, counting)
     return tags
+
+
+async def test_replies_before_a_framing_error_are_sent_then_closed(
+    export: Path, nursery: trio.Nursery
+) -> None:
+    """Frames in the same chunk before a bad size field are answered, then the connection ends."""
+    b = await _raw_session(export, nursery)
+    b.sendall(
+        encode(M.Tgetattr(tag=10, fid=1, request_mask=C.GETATTR_BASIC))
+        + encode(M.Tclunk(tag=11, fid=2))
+        + struct.pack("<IBH", 3, C.MsgType.TCLUNK, 12)
+    )
+    got = await _frames_until(b, {10, 11})
+    assert [(type(m), m.tag) for m in got] == [(M.Rgetattr, 10), (M.Rclunk, 11)]
+    with trio.fail_after(5):
+        while True:
+            await trio.lowlevel.wait_readable(b)
+            if not b.recv(65536):
+                break
+    b.close()
 
 
 async def test_twrite_fast_path_only_for_open_regular_files(

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from gofer9p.protocol import _codegen, codec
 from gofer9p.protocol import constants as C
-from gofer9p.protocol.codec import Framer, FramingError, ProtocolError, decode, encode
+from gofer9p.protocol.codec import ProtocolError, decode, encode
 from gofer9p.protocol.messages import ALL_MESSAGES, BY_TYPE, Message, Qid
 
 _INTS = {"b": 8, "w": 16, "d": 32, "q": 64}
@@ -141,25 +141,6 @@ def test_dirents_round_trip() -> None:
     assert ents == [(q, 7, C.DT_DIR, b"dir"), (Qid(0, 0, 43), 9, C.DT_REG, b"\xfffile")]
     with pytest.raises(ProtocolError):
         codec.decode_dirents(data[:-1])
-
-
-def test_framer_splits_stream_and_rejects_bad_sizes() -> None:
-    from gofer9p.protocol.messages import Tclunk, Tgetattr
-
-    frames = encode(Tclunk(tag=1, fid=2)) + encode(Tgetattr(tag=2, fid=3, request_mask=0x7FF))
-    f = Framer(max_size=8192)
-    for i in range(len(frames)):  # byte by byte
-        f.feed(frames[i : i + 1])
-        for fr in f.frames():
-            assert decode(fr).tag in (1, 2)
-    assert f.buffered() == 0
-    f.feed(struct.pack("<IBH", 3, 100, 0))
-    with pytest.raises(FramingError):
-        f.frames()
-    g = Framer(max_size=100)
-    g.feed(struct.pack("<IBH", 101, 100, 0))
-    with pytest.raises(FramingError):
-        g.frames()
 
 
 def test_generated_codec_is_up_to_date() -> None:
