@@ -269,12 +269,19 @@ class QuietWait:
         if looked and not self._refresh(run, now):
             return self._defer(run)
         left = self._deadline - now
+        if left <= 0 and not looked:
+            # the deadline seen last time is due: its scope may be gone since
+            if not self._refresh(run, now):
+                return self._defer(run)
+            looked = True
+            left = self._deadline - now
         if limit < left:
             left = limit
         if left <= 0:
             return self._defer(run)
         poll = self._poll.poll
         events = poll(0)
+        slept = False
         if not events:
             if not may_block:
                 return self._defer(run)
@@ -283,27 +290,25 @@ class QuietWait:
                 end = now + (window if window < left else left)
                 while not events and _now() < end:
                     events = poll(0)
-            if events:
-                self._caught()
-            else:
+            if not events:
                 t = _now()
                 if not looked:  # sleep only on a fresh look at trio
                     if not self._refresh(run, t):
                         return self._defer(run)
                     left = min(self._deadline, now + limit) - t
-                    if left <= 0:
-                        return self._defer(run)
                 else:
                     left -= t - now
                 if left > self._block:
                     left = self._block
+                # (a deadline already due: one last look, and the window's miss counted)
                 events = poll(math.ceil(left * 1000) if left > 0 else 0)
                 self._fresh_until = 0.0  # a wake-up may have come while we slept
+                slept = True
                 if self._max:
                     self._slept(_now() - now)
-        elif self.window:
-            self._caught()
         if len(events) == 1 and events[0][0] == self._fd:
+            if not slept and self.window:
+                self._caught()
             try:
                 return self._recv(view, 0, _DONTWAIT)
             except BlockingIOError:
@@ -326,6 +331,8 @@ class QuietWait:
             or io.tasks_waiting_read != self._expect
         ):
             return False
+        if trio.current_effective_deadline() == -_INF:
+            return False  # this task is cancelled: to its next checkpoint
         self._deadline = now + st.seconds_to_next_deadline
         self._gen = run.gen
         self._fresh_until = now + self._block
