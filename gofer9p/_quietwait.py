@@ -26,20 +26,22 @@ that from trio's public API only:
   same loop) or any writer waiting, a non-empty ``run_sync_soon`` queue or a
   due deadline: the caller waits through trio.
 * **What we cannot see is bounded.**  trio's wake-up socket is private, so a
-  wake-up that arrives *during* a wait (a worker thread finishing, a signal
-  such as the daemon's SIGTERM, whose handler queues a ``run_sync_soon``
-  callback) is seen when the wait ends: no wait sleeps longer than
-  ``BLOCK_S``, and trio's statistics are read again before every wait that
-  sleeps, after one that slept, after any other task ran, and at least every
-  ``BLOCK_S`` while requests keep arriving (else a client that never pauses
-  would starve trio).  The caller passes ``may_block=False`` while it has
-  requests in worker threads: then the wait takes only data already there and
-  never sleeps, so their replies are not delayed.  A ``wait_all_tasks_blocked``
-  waiter is invisible too; it wakes once the wait gives up (``BLOCK_S``).
-* **Deadlines.**  The sleep ends before the next cancel-scope deadline
-  (``seconds_to_next_deadline``) and before the caller's ``limit``; the clock
-  must run in real time (a :class:`trio.testing.MockClock` that does not turns
-  the shortcut off).
+  wake-up that arrives while the statistics are not being read (a worker
+  thread finishing, a signal such as the daemon's SIGTERM, whose handler queues
+  a ``run_sync_soon`` callback) waits: they are read again whenever another
+  task ran and at least every ``BLOCK_S`` (also while requests keep arriving:
+  else a client that never pauses would starve trio), and no wait sleeps
+  longer than ``BLOCK_S``, so such a wake-up waits at most about twice
+  ``BLOCK_S``.  The caller passes ``may_block=False`` while it has requests in
+  worker threads: then every wait reads the statistics, takes only data
+  already there and never sleeps, so their replies are not delayed.  A
+  ``wait_all_tasks_blocked`` waiter is invisible too; it wakes once a wait
+  gives up.
+* **Deadlines and cancellation.**  A sleep ends before the next cancel-scope
+  deadline (``seconds_to_next_deadline``, and this task's own
+  ``current_effective_deadline()``, which also tells that it was cancelled)
+  and before the caller's ``limit``; the clock must run in real time (a
+  :class:`trio.testing.MockClock` that does not turns the shortcut off).
 
 The socket stays in non-blocking mode throughout: ``poll`` does the sleeping.
 
@@ -80,8 +82,9 @@ import trio
 
 __all__ = ["BLOCK_S", "QuietWait", "available"]
 
-BLOCK_S = 0.02
-"""Longest one wait sleeps without looking at trio (read when a QuietWait is made)."""
+BLOCK_S = 0.01
+"""Longest one wait sleeps, and longest the statistics are trusted (read when a
+QuietWait is made)."""
 
 _TRIO_READERS = 1
 """Fd readers that are trio's own: the ``run_sync_soon`` task on its wake-up socket.
@@ -94,6 +97,7 @@ _DONTWAIT = socket.MSG_DONTWAIT
 _POLLIN = select.POLLIN
 _POLLNVAL = select.POLLNVAL
 _INF = math.inf
+_NONE: list[tuple[int, int]] = []
 _CREDIT_MAX = 16
 """Most credit the poll window holds: this many net misses turn it off."""
 _PROBE_CREDIT = 2
@@ -111,19 +115,18 @@ class _Run(trio.abc.Instrument):
 
     ``pending``: tasks scheduled and not yet stepped (trusted once ``warm``).
     ``gen``: counts schedulings, so a wait can tell that some task ran since it
-    last read trio's statistics.  ``parked``: sockets of this run's quiet-waiting
-    connections that went back to trio (weak: a connection that ends and is
-    dropped leaves it).  ``version`` changes whenever ``parked`` does.
+    last read trio's statistics.  ``waits``: this run's QuietWaits (weak: a
+    connection that ends and is dropped leaves it); those that went back to
+    trio are *parked*, and ``version`` changes whenever one parks or unparks.
     """
 
-    __slots__ = ("gen", "parked", "passes", "pending", "version", "warm")
+    __slots__ = ("gen", "pending", "version", "waits", "warm")
 
     def __init__(self) -> None:
         self.pending: set[trio.lowlevel.Task] = set()
         self.gen = 0
-        self.passes = 0
         self.warm = False
-        self.parked: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+        self.waits: weakref.WeakSet[QuietWait] = weakref.WeakSet()
         self.version = 0
 
     def task_scheduled(self, task: trio.lowlevel.Task) -> None:
@@ -198,7 +201,9 @@ class QuietWait:
     """
 
     __slots__ = (
+        "__weakref__",
         "_block",
+        "_clock",
         "_credit",
         "_deadline",
         "_expect",
@@ -206,7 +211,7 @@ class QuietWait:
         "_fresh_until",
         "_gen",
         "_max",
-        "_nparked",
+        "_nwaits",
         "_on_hits",
         "_parked",
         "_poll",
@@ -234,15 +239,19 @@ class QuietWait:
         self._probe_every = _PROBE_MIN
         self._probe_in = _PROBE_MIN
         self._block = BLOCK_S
+        self._clock: Any = None
         self._parked = False
         self._poll: Any = None
         self._version = -1
-        self._nparked = -1
+        self._nwaits = -1
         self._expect = 0
         self._gen = -1
         self._fresh_until = 0.0
         self._deadline = 0.0
         self._run: _Run | None = _current_run() if available() else None
+        if self._run is not None:
+            self._run.waits.add(self)
+            self._clock = trio.lowlevel.current_clock().current_time
 
     @property
     def active(self) -> bool:
@@ -265,7 +274,7 @@ class QuietWait:
         if run.pending or not run.warm:
             return self._defer(run)
         now = _now()
-        looked = run.gen != self._gen or now >= self._fresh_until
+        looked = run.gen != self._gen or now >= self._fresh_until or not may_block
         if looked and not self._refresh(run, now):
             return self._defer(run)
         left = self._deadline - now
@@ -280,29 +289,32 @@ class QuietWait:
         if left <= 0:
             return self._defer(run)
         poll = self._poll.poll
-        events = poll(0)
+        window = self.window
+        events = poll(0) if window or not may_block else _NONE
         slept = False
         if not events:
             if not may_block:
                 return self._defer(run)
-            window = self.window
             if window:
                 end = now + (window if window < left else left)
                 while not events and _now() < end:
                     events = poll(0)
             if not events:
-                t = _now()
-                if not looked:  # sleep only on a fresh look at trio
-                    if not self._refresh(run, t):
-                        return self._defer(run)
-                    left = min(self._deadline, now + limit) - t
-                else:
-                    left -= t - now
+                if not looked:
+                    # this task may have entered (or cancelled) a scope since
+                    # the statistics were read: its own deadline, read now
+                    own = trio.current_effective_deadline()
+                    if own != _INF:
+                        if own == -_INF:
+                            return self._defer(run)
+                        own -= self._clock()
+                        if own < left:
+                            left = own
+                left -= _now() - now
                 if left > self._block:
                     left = self._block
                 # (a deadline already due: one last look, and the window's miss counted)
                 events = poll(math.ceil(left * 1000) if left > 0 else 0)
-                self._fresh_until = 0.0  # a wake-up may have come while we slept
                 slept = True
                 if self._max:
                     self._slept(_now() - now)
@@ -315,12 +327,12 @@ class QuietWait:
                 return self._defer(run)
         for fd, ev in events:
             if ev & _POLLNVAL and fd != self._fd:
-                run.version += 1  # a registered socket was closed: rebuild without it
+                self._version = -1  # a parked socket was closed: rebuild without it
         return self._defer(run)
 
     def _refresh(self, run: _Run, now: float) -> bool:
         """Read trio's statistics: may this task wait for the socket itself?"""
-        if run.version != self._version or len(run.parked) != self._nparked:
+        if run.version != self._version or len(run.waits) != self._nwaits:
             self._rebuild(run)
         st = trio.lowlevel.current_statistics()
         io: Any = st.io_statistics
@@ -339,34 +351,39 @@ class QuietWait:
         return True
 
     def _rebuild(self, run: _Run) -> None:
-        """A new poll set: our socket and every parked one still open."""
+        """A new poll set: our socket and every other parked one still open."""
         p = select.poll()
         p.register(self._fd, _POLLIN)
         n = 0
-        for s in list(run.parked):
-            fd = s.fileno()
-            if fd >= 0 and fd != self._fd:
-                p.register(fd, _POLLIN)
-                n += 1
-            elif fd < 0:
-                run.parked.discard(s)
+        waits = list(run.waits)
+        for q in waits:
+            if q._parked and q is not self:
+                fd = q._sock.fileno()
+                if fd >= 0 and fd != self._fd:
+                    p.register(fd, _POLLIN)
+                    n += 1
         self._poll = p
         self._version = run.version
-        self._nparked = len(run.parked)
+        self._nwaits = len(waits)
         self._expect = _TRIO_READERS + n
 
     def _defer(self, run: _Run) -> int:
-        """Wait through trio: our socket goes into the registry until the next call."""
+        """Wait through trio: parked (polled by the others' waits) until the next call."""
         if not self._parked:
-            run.parked.add(self._sock)
-            run.version += 1
             self._parked = True
+            self._bump(run)
         return -1
 
     def _unpark(self, run: _Run) -> None:
-        run.parked.discard(self._sock)
-        run.version += 1
         self._parked = False
+        self._bump(run)
+
+    def _bump(self, run: _Run) -> None:
+        """Tell the other waits that the parked set changed (our own poll set did not)."""
+        mine = self._version == run.version
+        run.version += 1
+        if mine:
+            self._version = run.version
 
     def _caught(self) -> None:
         self.hits += 1

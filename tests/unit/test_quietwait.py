@@ -279,6 +279,24 @@ async def test_defers_once_its_task_is_cancelled() -> None:
                 assert q.recv_into(_buf(), True) == -1
 
 
+async def test_sees_its_own_new_deadline_and_cancel(long_block: None) -> None:
+    """A scope this task entered (or cancelled) since the wait last looked at trio."""
+    a, b = _pair()
+    with a, b:
+        q = await _ready(a)
+        b.send(b"x")
+        assert q.recv_into(_buf(), True) == 1
+        with trio.move_on_after(0.05):
+            n, took = _timed(q)
+            assert n == -1
+            assert took < EARLY
+        with trio.CancelScope() as cs:
+            cs.cancel()
+            n, took = _timed(q)
+            assert n == -1
+            assert took < EARLY
+
+
 async def test_a_deadline_whose_scope_ended_does_not_count(long_block: None) -> None:
     a, b = _pair()
     with a, b:
@@ -366,18 +384,26 @@ async def test_polls_the_other_connections(long_block: None) -> None:
                 await woken.wait()
 
 
-async def test_wake_up_during_a_sleep_is_seen_next(long_block: None) -> None:
+async def test_wake_up_during_a_sleep_is_seen_soon() -> None:
     """A run_sync_soon that arrives while the wait sleeps cannot end that sleep
-    (trio's wake-up socket is private) but the next wait sees it."""
+    (trio's wake-up socket is private), but a wait soon after goes back to trio,
+    even when each one finds data."""
     a, b = _pair()
     with a, b:
         q = await _ready(a)
         token = trio.lowlevel.current_trio_token()
-        threading.Timer(0.1, token.run_sync_soon, (lambda: None,)).start()
-        threading.Timer(0.3, b.send, (b"x",)).start()
-        assert q.recv_into(_buf(), True) == 1  # the data ended the sleep
-        b.send(b"y")
-        assert q.recv_into(_buf(), True) == -1  # the callback goes first
+        timers = [
+            threading.Timer(0.005, token.run_sync_soon, (lambda: None,)),
+            threading.Timer(0.01, b.send, (b"x",)),
+        ]
+        for tm in timers:
+            tm.start()
+        t = time.monotonic()
+        while q.recv_into(_buf(), True) != -1:
+            assert time.monotonic() - t < 1.0, "trio starved"
+            b.send(b"x")
+        for tm in timers:
+            tm.join()
 
 
 async def test_a_streaming_client_does_not_starve_trio() -> None:
@@ -414,6 +440,19 @@ async def test_never_sleeps_while_work_is_in_threads(long_block: None) -> None:
             assert q.recv_into(_buf(), False) == 1
 
 
+async def test_a_finished_thread_goes_first(long_block: None) -> None:
+    """While requests are in worker threads, each wait looks at trio: a thread that
+    finished (a queued run_sync_soon) is answered before the next request is taken."""
+    a, b = _pair()
+    with a, b:
+        q = await _ready(a)
+        b.send(b"x")
+        assert q.recv_into(_buf(), True) == 1  # trio's statistics now trusted for 2 s
+        trio.lowlevel.current_trio_token().run_sync_soon(lambda: None)  # as a thread ending
+        b.send(b"x")
+        assert q.recv_into(_buf(), False) == -1
+
+
 async def test_client_in_the_same_loop(long_block: None) -> None:
     """A server loop like server.py's and its client in one trio run: each round
     trip is quick (the server's wait never holds the thread its client needs)."""
@@ -445,9 +484,8 @@ async def test_client_in_the_same_loop(long_block: None) -> None:
 
 
 def _miss(q: QuietWait, after: float) -> None:
-    """A wait that nothing ends but a deadline ``after`` seconds away (longer than the cap)."""
-    with trio.move_on_after(after):
-        assert q.recv_into(_buf(), True) == -1
+    """A wait that nothing ends but its limit, ``after`` seconds (longer than the cap)."""
+    assert q.recv_into(_buf(), True, after) == -1
 
 
 async def test_poll_window_starts_on_and_one_miss_ends_a_fresh_window() -> None:
@@ -492,7 +530,7 @@ async def test_poll_window_probes_less_often_while_probes_catch_nothing() -> Non
         assert q.hits == 1 and q.window == 0.001
 
 
-async def test_poll_window_turns_on_after_a_sleep_within_the_cap() -> None:
+async def test_poll_window_turns_on_after_a_sleep_within_the_cap(long_block: None) -> None:
     """A client that answered within the cap while we slept: poll for the next one."""
     a, b = _pair()
     with a, b:
