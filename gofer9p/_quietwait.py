@@ -22,9 +22,10 @@ that from trio's public API only:
   be quiet-waiting connections of this run that went back to trio (each
   records its socket in a per-run registry when it does): the wait polls our
   socket *and theirs*, and returns -1 when one of theirs becomes readable, so
-  trio wakes its task.  Any other reader (a listener, a test's client in the
-  same loop) or any writer waiting, a non-empty ``run_sync_soon`` queue or a
-  due deadline: the caller waits through trio.
+  trio wakes its task; so does a socket declared with :func:`watching` (a
+  listener's accept loop).  Any other reader (an undeclared listener, a test's
+  client in the same loop) or any writer waiting, a non-empty ``run_sync_soon``
+  queue or a due deadline: the caller waits through trio.
 * **What we cannot see is bounded.**  trio's wake-up socket is private, so a
   wake-up that arrives while the statistics are not being read (a worker
   thread finishing, a signal such as the daemon's SIGTERM, whose handler queues
@@ -76,11 +77,13 @@ import select
 import socket
 import time
 import weakref
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
 
 import trio
 
-__all__ = ["BLOCK_S", "QuietWait", "available"]
+__all__ = ["BLOCK_S", "QuietWait", "available", "watching"]
 
 BLOCK_S = 0.01
 """Longest one wait sleeps, and longest the statistics are trusted (read when a
@@ -118,15 +121,17 @@ class _Run(trio.abc.Instrument):
     last read trio's statistics.  ``waits``: this run's QuietWaits (weak: a
     connection that ends and is dropped leaves it); those that went back to
     trio are *parked*, and ``version`` changes whenever one parks or unparks.
+    ``watched``: other sockets a task waits on through trio (see ``watching``).
     """
 
-    __slots__ = ("gen", "pending", "version", "waits", "warm")
+    __slots__ = ("gen", "pending", "version", "waits", "warm", "watched")
 
     def __init__(self) -> None:
         self.pending: set[trio.lowlevel.Task] = set()
         self.gen = 0
         self.warm = False
         self.waits: weakref.WeakSet[QuietWait] = weakref.WeakSet()
+        self.watched: dict[_HasFileno, None] = {}
         self.version = 0
 
     def task_scheduled(self, task: trio.lowlevel.Task) -> None:
@@ -177,6 +182,31 @@ def available() -> bool:
         )
     except RuntimeError:  # not inside trio.run
         return False
+
+
+class _HasFileno(Protocol):
+    def fileno(self) -> int: ...
+
+
+@contextmanager
+def watching(sock: _HasFileno) -> Iterator[None]:
+    """Declare, for the block's duration, that a task of this run waits through trio
+    for ``sock`` to become readable (a listener's accept loop).
+
+    Quiet waits then poll it with their own socket and go back to trio when it is
+    readable, instead of leaving the shortcut altogether while a reader they
+    cannot account for waits.  Outside trio it does nothing."""
+    if not available():
+        yield
+        return
+    run = _current_run()
+    run.watched[sock] = None
+    run.version += 1
+    try:
+        yield
+    finally:
+        del run.watched[sock]
+        run.version += 1
 
 
 def _current_run() -> _Run:
@@ -356,12 +386,12 @@ class QuietWait:
         p.register(self._fd, _POLLIN)
         n = 0
         waits = list(run.waits)
-        for q in waits:
-            if q._parked and q is not self:
-                fd = q._sock.fileno()
-                if fd >= 0 and fd != self._fd:
-                    p.register(fd, _POLLIN)
-                    n += 1
+        socks = [q._sock for q in waits if q._parked and q is not self]
+        for s in [*socks, *run.watched]:
+            fd = s.fileno()
+            if fd >= 0 and fd != self._fd:
+                p.register(fd, _POLLIN)
+                n += 1
         self._poll = p
         self._version = run.version
         self._nwaits = len(waits)

@@ -384,6 +384,43 @@ async def test_polls_the_other_connections(long_block: None) -> None:
                 await woken.wait()
 
 
+async def test_a_watched_socket_is_polled(long_block: None) -> None:
+    """A reader declared with ``watching`` (a listener's accept loop): the shortcut
+    stays, and the watched socket becoming readable ends a wait at once."""
+    a, b = _pair()
+    c, d = _pair()
+    accepted = trio.Event()
+    with a, b, c, d:
+        q = await _ready(a)
+
+        async def listener() -> None:
+            with _quietwait.watching(c):
+                await trio.lowlevel.wait_readable(c)
+            accepted.set()
+
+        async with trio.open_nursery() as n:
+            n.start_soon(listener)
+            await trio.testing.wait_all_tasks_blocked()
+            b.send(b"x")
+            assert q.recv_into(_buf(), True) == 1
+            timer = threading.Timer(0.01, d.send, (b"y",))
+            timer.start()
+            n_, took = _timed(q)
+            timer.join()
+            assert n_ == -1
+            assert took < EARLY
+            with trio.fail_after(EARLY):
+                await accepted.wait()
+        b.send(b"x")  # the block ended: c no longer counts
+        assert q.recv_into(_buf(), True) == 1
+
+
+def test_watching_outside_trio_does_nothing() -> None:
+    a, b = _pair()
+    with a, b, _quietwait.watching(a):
+        pass
+
+
 async def test_wake_up_during_a_sleep_is_seen_soon() -> None:
     """A run_sync_soon that arrives while the wait sleeps cannot end that sleep
     (trio's wake-up socket is private), but a wait soon after goes back to trio,
