@@ -11,8 +11,8 @@ that from trio's public API only:
   set of tasks scheduled but not yet stepped (``task_scheduled`` adds,
   ``before_task_step`` removes).  That covers the run queue *and* the rest of
   the run loop's current batch: tasks woken in the same pass as ours are no
-  longer queued but have not run, and a wait taken then would starve them (a
-  test client in the same loop deadlocked that way).  Tasks scheduled before
+  longer queued but have not run, and a wait taken then would hold them up (a
+  test's client in the same loop would wait behind our poll for its own turn).  Tasks scheduled before
   the instrument was added are not in the set, so it is trusted only after two
   run-loop passes (``after_io_wait``), by when all of them have run.
 * **Nothing trio waits for that we cannot see.**  ``current_statistics()``
@@ -120,17 +120,19 @@ class _Run(trio.abc.Instrument):
     ``gen``: counts schedulings, so a wait can tell that some task ran since it
     last read trio's statistics.  ``waits``: this run's QuietWaits (weak: a
     connection that ends and is dropped leaves it); those that went back to
-    trio are *parked*, and ``version`` changes whenever one parks or unparks.
-    ``watched``: other sockets a task waits on through trio (see ``watching``).
+    trio are *parked* (``parked`` counts them), and ``version`` changes whenever
+    one parks or unparks.  ``watched``: other sockets a task waits on through
+    trio (see ``watching``).
     """
 
-    __slots__ = ("gen", "pending", "version", "waits", "warm", "watched")
+    __slots__ = ("gen", "parked", "pending", "version", "waits", "warm", "watched")
 
     def __init__(self) -> None:
         self.pending: set[trio.lowlevel.Task] = set()
         self.gen = 0
         self.warm = False
         self.waits: weakref.WeakSet[QuietWait] = weakref.WeakSet()
+        self.parked = 0
         self.watched: dict[_HasFileno, None] = {}
         self.version = 0
 
@@ -236,12 +238,10 @@ class QuietWait:
         "_clock",
         "_credit",
         "_deadline",
-        "_expect",
         "_fd",
         "_fresh_until",
         "_gen",
         "_max",
-        "_nwaits",
         "_on_hits",
         "_parked",
         "_poll",
@@ -256,6 +256,8 @@ class QuietWait:
     )
 
     def __init__(self, sock: socket.socket, poll_s: float = 0.0) -> None:
+        self._run: _Run | None = None
+        self._parked = False
         self._sock = sock
         self._recv = sock.recv_into
         self._fd = sock.fileno()
@@ -270,17 +272,14 @@ class QuietWait:
         self._probe_in = _PROBE_MIN
         self._block = BLOCK_S
         self._clock: Any = None
-        self._parked = False
         self._poll: Any = None
         self._version = -1
-        self._nwaits = -1
-        self._expect = 0
         self._gen = -1
         self._fresh_until = 0.0
         self._deadline = 0.0
-        self._run: _Run | None = _current_run() if available() else None
-        if self._run is not None:
-            self._run.waits.add(self)
+        if available():
+            self._run = run = _current_run()
+            run.waits.add(self)
             self._clock = trio.lowlevel.current_clock().current_time
 
     @property
@@ -362,19 +361,19 @@ class QuietWait:
 
     def _refresh(self, run: _Run, now: float) -> bool:
         """Read trio's statistics: may this task wait for the socket itself?"""
-        if run.version != self._version or len(run.waits) != self._nwaits:
-            self._rebuild(run)
         st = trio.lowlevel.current_statistics()
         io: Any = st.io_statistics
         if (
             st.tasks_runnable
             or st.run_sync_soon_queue_size
             or io.tasks_waiting_write
-            or io.tasks_waiting_read != self._expect
+            or io.tasks_waiting_read != _TRIO_READERS + run.parked + len(run.watched)
         ):
             return False
         if trio.current_effective_deadline() == -_INF:
             return False  # this task is cancelled: to its next checkpoint
+        if run.version != self._version:
+            self._rebuild(run)  # (only now: it costs a syscall per socket)
         self._deadline = now + st.seconds_to_next_deadline
         self._gen = run.gen
         self._fresh_until = now + self._block
@@ -384,29 +383,32 @@ class QuietWait:
         """A new poll set: our socket and every other parked one still open."""
         p = select.poll()
         p.register(self._fd, _POLLIN)
-        n = 0
-        waits = list(run.waits)
-        socks = [q._sock for q in waits if q._parked and q is not self]
+        socks = [q._sock for q in run.waits if q._parked and q is not self]
         for s in [*socks, *run.watched]:
             fd = s.fileno()
             if fd >= 0 and fd != self._fd:
                 p.register(fd, _POLLIN)
-                n += 1
         self._poll = p
         self._version = run.version
-        self._nwaits = len(waits)
-        self._expect = _TRIO_READERS + n
 
     def _defer(self, run: _Run) -> int:
         """Wait through trio: parked (polled by the others' waits) until the next call."""
         if not self._parked:
             self._parked = True
+            run.parked += 1
             self._bump(run)
         return -1
 
     def _unpark(self, run: _Run) -> None:
         self._parked = False
+        run.parked -= 1
         self._bump(run)
+
+    def __del__(self) -> None:
+        run = self._run
+        if run is not None and self._parked:  # a connection dropped after going back to trio
+            run.parked -= 1
+            run.version += 1
 
     def _bump(self, run: _Run) -> None:
         """Tell the other waits that the parked set changed (our own poll set did not)."""

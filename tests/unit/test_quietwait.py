@@ -421,6 +421,20 @@ def test_watching_outside_trio_does_nothing() -> None:
         pass
 
 
+async def test_a_dropped_connection_leaves_the_registry() -> None:
+    """A connection that went back to trio and then ended (its QuietWait dropped)
+    no longer counts as a reader the others must account for."""
+    a, b = _pair()
+    c, d = _pair()
+    with a, b, c, d:
+        q = await _ready(a)
+        qc = QuietWait(c)
+        assert qc.recv_into(_buf(), False) == -1  # parked; then the connection ends
+        del qc
+        b.send(b"x")
+        assert q.recv_into(_buf(), True) == 1
+
+
 async def test_wake_up_during_a_sleep_is_seen_soon() -> None:
     """A run_sync_soon that arrives while the wait sleeps cannot end that sleep
     (trio's wake-up socket is private), but a wait soon after goes back to trio,
