@@ -1,64 +1,73 @@
 """Receive on one socket without a pass through trio's scheduler, when that is safe.
 
-At one request in flight (QD1) most of a round trip's server CPU was trio's
-wake path: re-arming the fd (``epoll_ctl``), a run-loop pass, ``epoll_wait``
-and resuming the task: ~15-20 us per request in CPython, more than handling
-the request (benchmarks/README.md, "QD1").  When the receiving task is the
-only thing trio could run next (no runnable task, no ``wait_all_tasks_blocked``
-waiter, no instrument, a real clock, no deadline due), the thread can wait
-for the socket itself and trio loses nothing:
+At one request in flight (QD1) a large share of a round trip's server CPU is
+trio's wake path: re-arming the fd (``epoll_ctl``), a run-loop pass,
+``epoll_wait`` and resuming the task (benchmarks/README.md, "QD1").  When the
+receiving task is the only thing trio could run, the thread can wait for the
+socket itself (``poll`` + ``recv``) and trio loses nothing.  This module decides
+that from trio's public API only:
 
-* If trio is waiting on no fd but its own wake-up socket (worker threads
-  finishing, ``run_sync_soon``, signals), a plain blocking ``recv`` with a
-  short ``SO_RCVTIMEO`` (``BLOCK_S``) is the whole wait: one syscall per
-  request, like a synchronous server.  Anything that arrives on the wake-up
-  socket meanwhile waits at most ``BLOCK_S``; the caller passes
-  ``may_block=False`` while it has work in worker threads, whose replies
-  must not wait.
-* Otherwise (other connections, a listener, a test's client in the same
-  loop), ``poll`` on the socket *and on trio's epoll fd*: anything else trio
-  cares about makes the epoll fd readable, and the caller falls back to
-  ``trio.lowlevel.wait_readable``.
+* **Nothing runnable.**  An :class:`trio.abc.Instrument` (one per run) keeps the
+  set of tasks scheduled but not yet stepped (``task_scheduled`` adds,
+  ``before_task_step`` removes).  That covers the run queue *and* the rest of
+  the run loop's current batch: tasks woken in the same pass as ours are no
+  longer queued but have not run, and a wait taken then would hold them up (a
+  test's client in the same loop would wait behind our poll for its own turn).  Tasks scheduled before
+  the instrument was added are not in the set, so it is trusted only after two
+  run-loop passes (``after_io_wait``), by when all of them have run.
+* **Nothing trio waits for that we cannot see.**  ``current_statistics()``
+  says how many tasks wait for an fd.  One reader is trio's own: the task
+  behind ``run_sync_soon`` (worker threads finishing, signals,
+  ``from_thread``), which waits on trio's wake-up socket.  The others must all
+  be quiet-waiting connections of this run that went back to trio (each
+  records its socket in a per-run registry when it does): the wait polls our
+  socket *and theirs*, and returns -1 when one of theirs becomes readable, so
+  trio wakes its task; so does a socket declared with :func:`watching` (a
+  listener's accept loop).  Any other reader (an undeclared listener, a test's
+  client in the same loop) or any writer waiting, a non-empty ``run_sync_soon``
+  queue or a due deadline: the caller waits through trio.
+* **What we cannot see is bounded.**  trio's wake-up socket is private, so a
+  wake-up that arrives while the statistics are not being read (a worker
+  thread finishing, a signal such as the daemon's SIGTERM, whose handler queues
+  a ``run_sync_soon`` callback) waits: they are read again whenever another
+  task ran and at least every ``BLOCK_S`` (also while requests keep arriving:
+  else a client that never pauses would starve trio), and no wait sleeps
+  longer than ``BLOCK_S``, so such a wake-up waits at most about twice
+  ``BLOCK_S``.  The caller passes ``may_block=False`` while it has requests in
+  worker threads: then every wait reads the statistics, takes only data
+  already there and never sleeps, so their replies are not delayed.  A
+  ``wait_all_tasks_blocked`` waiter is invisible too; it wakes once a wait
+  gives up.
+* **Deadlines and cancellation.**  A sleep ends before the next cancel-scope
+  deadline (``seconds_to_next_deadline``, and this task's own
+  ``current_effective_deadline()``, which also tells that it was cancelled)
+  and before the caller's ``limit``; the clock must run in real time (a
+  :class:`trio.testing.MockClock` that does not turns the shortcut off).
 
-Either way the wait ends before the next trio deadline, so cancel scopes and
-timeouts fire on time (through the fallback).
+The socket stays in non-blocking mode throughout: ``poll`` does the sleeping.
 
 Before sleeping, the wait may poll for a short window (``poll_s``; QEMU's
-iothreads do the same with ``poll-max-ns``).  At QD1 the client's next
-request usually arrives a few tens of microseconds after our reply; a thread
-that slept meanwhile pays a wake-up (an IPI, a VM exit on a virtual CPU, cold
-caches) that cost more than the request itself here: QD1 Tgetattr 38 -> 24 us,
-the create cycle 272 -> 153 us per file, with the server's CPU per request
-about unchanged (benchmarks/README.md, "poll window").
+iothreads do the same with ``poll-max-ns``).  At QD1 the client's next request
+usually arrives a few tens of microseconds after our reply; a thread that slept
+meanwhile pays a wake-up (an IPI, a VM exit on a virtual CPU, cold caches) that
+costs more than the request itself.
 
 Whether to poll is decided by what polling *caught*, not by how long waits
 took.  QEMU's rule (grow the window after a sleep that ended within the cap,
 shrink it after a longer one) judges the client by the length of a wait that
-slept, and that includes our own wake-up: a client that answers in 30 us,
-well inside a 50 us window, looks like 55-65 us once the loop sleeps, so a
-window that once shrank (a client's pause, the host preempting a vCPU) never
-grew back, and whole benchmark reps ran at the slow rate (measured with
-``benchmarks/qd1.py --think-us 20``: 0 of 22,053 requests caught).  Here the
-window is either off or the whole cap.  While on, a wait the window caught
-earns a credit and one it polled in vain costs two, so polling stays on while
-at least about two thirds of the waits are caught and a run of misses turns
-it off.  While off, a wait that slept for less than the cap turns it back on
-at once, and every so many waits a probe turns it on with little credit (one
-miss ends it); probes that catch nothing come less and less often (16 ->
-1024 waits), so an idle or slow client costs almost nothing.
+slept, and that includes our own wake-up: a client that answers in 30 us, well
+inside a 50 us window, looks like 55-65 us once the loop sleeps, so a window
+that once shrank never grew back.  Here the window is either off or the whole
+cap.  While on, a wait the window caught earns a credit and one it polled in
+vain costs two, so polling stays on while at least about two thirds of the
+waits are caught and a run of misses turns it off.  While off, a wait that
+slept for less than the cap turns it back on at once, and every so many waits a
+probe turns it on with little credit (one miss ends it); probes that catch
+nothing come less and less often (16 -> 1024 waits), so an idle or slow client
+costs almost nothing.
 
-"Nothing else to run" includes the rest of the run loop's current batch:
-tasks made runnable in the same pass as ours are no longer in the run queue
-but have not run yet, and a shortcut taken then would starve them (a test
-client in the same loop deadlocked that way).  The batch is a local of trio's
-run loop, read from its frame once per scheduler pass that resumed us
-(``Task._schedule_points`` tells a new pass from the same one).
-
-This reads trio internals (the runner, its run queue, deadlines, epoll object
-and registrations).  Each is looked up once and checked; anything unexpected
-turns the shortcut off and the caller always takes the ordinary path, which is
-correct on its own.  ``tests/unit/test_quietwait.py`` fails if the installed
-trio no longer lets the shortcut work.
+Guest mode (``trio.lowlevel.start_guest_run``) is not supported: the wait would
+hold the host loop's thread.  gofer9p never runs trio as a guest.
 """
 
 from __future__ import annotations
@@ -66,18 +75,32 @@ from __future__ import annotations
 import math
 import select
 import socket
-import struct
-import sys
 import time
-from typing import Any
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
 
-__all__ = ["BLOCK_S", "QuietWait", "available"]
+import trio
 
-BLOCK_S = 0.02
-"""Longest a blocking receive holds the thread (the SO_RCVTIMEO it sets)."""
+__all__ = ["BLOCK_S", "QuietWait", "available", "watching"]
+
+BLOCK_S = 0.01
+"""Longest one wait sleeps, and longest the statistics are trusted (read when a
+QuietWait is made)."""
+
+_TRIO_READERS = 1
+"""Fd readers that are trio's own: the ``run_sync_soon`` task on its wake-up socket.
+
+Not a documented number: if a trio release changes it, the counts never match,
+the shortcut is never taken (correct, slower) and tests/unit/test_quietwait.py
+fails."""
 
 _DONTWAIT = socket.MSG_DONTWAIT
+_POLLIN = select.POLLIN
+_POLLNVAL = select.POLLNVAL
 _INF = math.inf
+_NONE: list[tuple[int, int]] = []
 _CREDIT_MAX = 16
 """Most credit the poll window holds: this many net misses turn it off."""
 _PROBE_CREDIT = 2
@@ -85,108 +108,159 @@ _PROBE_CREDIT = 2
 _PROBE_MIN = 16
 _PROBE_MAX = 1024
 """Waits between probes while the window is off (doubling while probes fail)."""
+_WARM_PASSES = 2
+"""Run-loop passes after which every scheduled task was seen by the instrument."""
 _now = time.perf_counter
 
 
-def _run_loop_frame() -> Any:
-    """The frame of trio's ``unrolled_run`` that is running the current task, or None."""
-    try:
-        from trio._core import _run
+class _Run(trio.abc.Instrument):
+    """What the quiet waits of one trio run share: the scheduler's state and the registry.
 
-        code = _run.unrolled_run.__code__
-    except Exception:
-        return None
-    f: Any = sys._getframe(1)
-    while f is not None and f.f_code is not code:
-        f = f.f_back
-    return f
-
-
-def _runner() -> Any:
-    """Trio's current Runner, or None if this trio does not look as expected."""
-    try:
-        from trio._core import _run
-
-        runner = _run.GLOBAL_RUN_CONTEXT.runner
-        task = _run.GLOBAL_RUN_CONTEXT.task
-        io = runner.io_manager
-        ok = (
-            type(runner.clock) is _run.SystemClock
-            and not runner.is_guest
-            and hasattr(io, "_epoll")
-            and isinstance(getattr(io, "_registered", None), dict)
-            and hasattr(runner, "runq")
-            and hasattr(runner, "waiting_for_idle")
-            and hasattr(runner.deadlines, "next_deadline")
-            and isinstance(runner.instruments.data.get("_all"), dict)
-            and isinstance(runner.entry_queue.wakeup.wakeup_sock, socket.socket)
-            and isinstance(task._schedule_points, int)
-            and isinstance(_batch(_run_loop_frame()), list)
-        )
-    except Exception:
-        return None
-    return runner if ok else None
-
-
-def _batch(frame: Any) -> Any:
-    """The run loop's list of tasks still to run in this pass (None if not found).
-
-    ``f_locals`` snapshots all 24 locals of trio's loop (~0.7 us, paid once per
-    scheduler pass that resumed the caller, not per request on the shortcut);
-    the snapshot dict holds those objects only until the next call replaces it.
+    ``pending``: tasks scheduled and not yet stepped (trusted once ``warm``).
+    ``gen``: counts schedulings, so a wait can tell that some task ran since it
+    last read trio's statistics.  ``waits``: this run's QuietWaits (weak: a
+    connection that ends and is dropped leaves it); those that went back to
+    trio are *parked* (``parked`` counts them), and ``version`` changes whenever
+    one parks or unparks.  ``watched``: other sockets a task waits on through
+    trio (see ``watching``).
     """
-    try:
-        return frame.f_locals.get("batch")
-    except Exception:
-        return None
+
+    __slots__ = ("gen", "parked", "pending", "version", "waits", "warm", "watched")
+
+    def __init__(self) -> None:
+        self.pending: set[trio.lowlevel.Task] = set()
+        self.gen = 0
+        self.warm = False
+        self.waits: weakref.WeakSet[QuietWait] = weakref.WeakSet()
+        self.parked = 0
+        self.watched: dict[_HasFileno, None] = {}
+        self.version = 0
+
+    def task_scheduled(self, task: trio.lowlevel.Task) -> None:
+        self.pending.add(task)
+        self.gen += 1
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.pending.discard(task)
+
+
+class _Warmup(trio.abc.Instrument):
+    """Marks a run's ``_Run`` trusted after ``_WARM_PASSES`` run-loop passes, then leaves.
+
+    A separate instrument so that ``after_io_wait`` costs nothing once warm."""
+
+    __slots__ = ("left", "run")
+
+    def __init__(self, run: _Run) -> None:
+        self.run = run
+        self.left = _WARM_PASSES
+
+    def after_io_wait(self, timeout: float) -> None:
+        self.left -= 1
+        if self.left <= 0:
+            self.run.warm = True
+            trio.lowlevel.remove_instrument(self)
+
+
+_RUN: trio.lowlevel.RunVar[_Run] = trio.lowlevel.RunVar("gofer9p.quietwait")
+
+
+def _real_time_clock() -> bool:
+    """Whether trio's clock runs in real time (deadlines can be waited for in seconds)."""
+    clock = trio.lowlevel.current_clock()
+    ahead = clock.deadline_to_sleep_time(clock.current_time() + 1.0)
+    return 0.5 < ahead <= 1.0
 
 
 def available() -> bool:
-    """Whether the shortcut works under the running trio (for tests and logs)."""
-    return _runner() is not None
+    """Whether the shortcut works in the calling context (inside trio, on a real-time clock,
+    with the statistics it needs)."""
+    try:
+        io = trio.lowlevel.current_statistics().io_statistics
+        return (
+            isinstance(getattr(io, "tasks_waiting_read", None), int)
+            and isinstance(getattr(io, "tasks_waiting_write", None), int)
+            and _real_time_clock()
+        )
+    except RuntimeError:  # not inside trio.run
+        return False
 
 
-def _current_task() -> Any:
-    from trio._core import _run
+class _HasFileno(Protocol):
+    def fileno(self) -> int: ...
 
-    return _run.GLOBAL_RUN_CONTEXT.task
+
+@contextmanager
+def watching(sock: _HasFileno) -> Iterator[None]:
+    """Declare, for the block's duration, that a task of this run waits through trio
+    for ``sock`` to become readable (a listener's accept loop).
+
+    Quiet waits then poll it with their own socket and go back to trio when it is
+    readable, instead of leaving the shortcut altogether while a reader they
+    cannot account for waits.  Outside trio it does nothing."""
+    if not available():
+        yield
+        return
+    run = _current_run()
+    run.watched[sock] = None
+    run.version += 1
+    try:
+        yield
+    finally:
+        del run.watched[sock]
+        run.version += 1
+
+
+def _current_run() -> _Run:
+    """This trio run's shared state, created (and its instruments added) on first use."""
+    try:
+        return _RUN.get()
+    except LookupError:
+        run = _Run()
+        _RUN.set(run)
+        trio.lowlevel.add_instrument(run)
+        trio.lowlevel.add_instrument(_Warmup(run))
+        return run
 
 
 class QuietWait:
     """The waiting side of one connection's receive loop.
 
-    Puts the socket in blocking mode (with ``SO_RCVTIMEO``) when the shortcut
-    is available: every other receive and send on it must pass
-    ``MSG_DONTWAIT``.  Call only from the trio thread, in the task that owns
-    the socket.
+    Leaves the socket non-blocking.  Call only from the trio thread, in the task
+    that owns the socket.  ``recv_into`` returning -1 means: wait through trio
+    (``trio.lowlevel.wait_readable(sock)``) now; the socket is then in the
+    registry that other connections' waits poll, until the next call.
     """
 
     __slots__ = (
+        "__weakref__",
+        "_block",
         "_clock",
         "_credit",
-        "_deadlines",
-        "_frame",
-        "_idle",
-        "_instruments",
+        "_deadline",
+        "_fd",
+        "_fresh_until",
+        "_gen",
         "_max",
         "_on_hits",
-        "_pass",
+        "_parked",
         "_poll",
         "_probe_every",
         "_probe_in",
-        "_registered",
-        "_runq",
+        "_recv",
+        "_run",
         "_sock",
-        "_sockfd",
-        "_task",
-        "_wakefd",
+        "_version",
         "hits",
         "window",
     )
 
     def __init__(self, sock: socket.socket, poll_s: float = 0.0) -> None:
-        self._poll: Any = None
+        self._run: _Run | None = None
+        self._parked = False
         self._sock = sock
+        self._recv = sock.recv_into
+        self._fd = sock.fileno()
         self._max = max(0.0, poll_s)
         self.window = self._max
         """Current poll window in seconds: ``poll_s`` while polling is on, else 0."""
@@ -196,106 +270,152 @@ class QuietWait:
         self._on_hits = 0
         self._probe_every = _PROBE_MIN
         self._probe_in = _PROBE_MIN
-        runner = _runner()
-        if runner is None:
-            return
-        try:
-            io = runner.io_manager
-            epfd = io._epoll.fileno()
-            wakefd = runner.entry_queue.wakeup.wakeup_sock.fileno()
-            sock.setblocking(True)
-            sock.setsockopt(
-                socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("@ll", 0, int(BLOCK_S * 1e6))
-            )
-        except (AttributeError, OSError):
-            sock.setblocking(False)
-            return
-        p = select.poll()
-        p.register(sock.fileno(), select.POLLIN)
-        p.register(epfd, select.POLLIN)
-        self._poll = p
-        self._task = _current_task()
-        self._frame = _run_loop_frame()
-        self._pass = -1  # the scheduler pass (task._schedule_points) known to have no other task
-        self._sockfd = sock.fileno()
-        self._wakefd = wakefd
-        self._registered = io._registered
-        self._runq = runner.runq
-        self._idle = runner.waiting_for_idle
-        self._instruments = runner.instruments.data["_all"]  # mutated in place, never replaced
-        self._deadlines = runner.deadlines
-        self._clock = runner.clock
+        self._block = BLOCK_S
+        self._clock: Any = None
+        self._poll: Any = None
+        self._version = -1
+        self._gen = -1
+        self._fresh_until = 0.0
+        self._deadline = 0.0
+        if available():
+            self._run = run = _current_run()
+            run.waits.add(self)
+            self._clock = trio.lowlevel.current_clock().current_time
 
     @property
     def active(self) -> bool:
-        return self._poll is not None
+        """Whether waits may take the shortcut at all (inside trio, real-time clock)."""
+        return self._run is not None
 
-    def recv_into(self, view: memoryview, may_block: bool, limit: float = math.inf) -> int:
+    def recv_into(self, view: memoryview, may_block: bool, limit: float = _INF) -> int:
         """Wait for data and receive it into ``view``; -1: wait through trio instead.
 
         Returns what ``recv_into`` returned (0 at EOF).  ``limit`` (seconds)
-        bounds the wait further (the caller's own timer).  Connection errors
-        propagate.
+        bounds the wait further (the caller's own timer).  ``may_block=False``:
+        take only data already there (requests are in worker threads, whose
+        completions this wait cannot see).  Connection errors propagate.
         """
-        p = self._poll
-        if p is None or self._runq or self._idle or self._instruments:
+        run = self._run
+        if run is None:
             return -1
-        if self._task._schedule_points != self._pass:
-            # trio resumed us since the last check: alone in that pass's batch?
-            batch = _batch(self._frame)
-            if batch is None:
-                self._poll = None  # trio changed shape: ordinary waits from now on
-                return -1
-            if batch:
-                return -1
-            self._pass = self._task._schedule_points
-        left = self._deadlines.next_deadline()
-        if left != _INF or limit != _INF:
-            left = min(left - self._clock.current_time(), limit)
-            if left <= 0:
-                return -1
-        reg = self._registered
-        t0 = _now() if self._max else 0.0
-        window = min(self.window, left)
-        if may_block and left > BLOCK_S and len(reg) == 1 and self._wakefd in reg:
-            recv = self._sock.recv_into
-            if window > 0:
-                end = t0 + window
-                while True:
-                    try:
-                        n = recv(view, 0, _DONTWAIT)
-                    except BlockingIOError:
-                        if _now() < end:
-                            continue
-                        break
-                    self._caught()
-                    return n
+        if self._parked:
+            self._unpark(run)
+        if run.pending or not run.warm:
+            return self._defer(run)
+        now = _now()
+        looked = run.gen != self._gen or now >= self._fresh_until or not may_block
+        if looked and not self._refresh(run, now):
+            return self._defer(run)
+        left = self._deadline - now
+        if left <= 0 and not looked:
+            # the deadline seen last time is due: its scope may be gone since
+            if not self._refresh(run, now):
+                return self._defer(run)
+            looked = True
+            left = self._deadline - now
+        if limit < left:
+            left = limit
+        if left <= 0:
+            return self._defer(run)
+        poll = self._poll.poll
+        window = self.window
+        events = poll(0) if window or not may_block else _NONE
+        slept = False
+        if not events:
+            if not may_block:
+                return self._defer(run)
+            if window:
+                end = now + (window if window < left else left)
+                while not events and _now() < end:
+                    events = poll(0)
+            if not events:
+                if not looked:
+                    # this task may have entered (or cancelled) a scope since
+                    # the statistics were read: its own deadline, read now
+                    own = trio.current_effective_deadline()
+                    if own != _INF:
+                        if own == -_INF:
+                            return self._defer(run)
+                        own -= self._clock()
+                        if own < left:
+                            left = own
+                left -= _now() - now
+                if left > self._block:
+                    left = self._block
+                # (a deadline already due: one last look, and the window's miss counted)
+                events = poll(math.ceil(left * 1000) if left > 0 else 0)
+                slept = True
+                if self._max:
+                    self._slept(_now() - now)
+        if len(events) == 1 and events[0][0] == self._fd:
+            if not slept and self.window:
+                self._caught()
             try:
-                n = recv(view)
-            except BlockingIOError:  # SO_RCVTIMEO: nothing for BLOCK_S, let trio wait
-                n = -1
-            if self._max:
-                self._slept(_now() - t0)
-            return n
-        timeout = -1 if left == _INF else max(1, math.ceil(left * 1000))
-        events: list[tuple[int, int]] = []
-        if window > 0:
-            end = t0 + window
-            events = p.poll(0)
-            while not events and _now() < end:
-                events = p.poll(0)
-        if events:
-            self._caught()
-        else:
-            events = p.poll(timeout)
-            if self._max:
-                self._slept(_now() - t0)
-        if len(events) != 1 or events[0][0] != self._sockfd:
-            return -1
-        try:
-            return self._sock.recv_into(view, 0, _DONTWAIT)
-        except BlockingIOError:
-            return -1
+                return self._recv(view, 0, _DONTWAIT)
+            except BlockingIOError:
+                return self._defer(run)
+        for fd, ev in events:
+            if ev & _POLLNVAL and fd != self._fd:
+                self._version = -1  # a parked socket was closed: rebuild without it
+        return self._defer(run)
+
+    def _refresh(self, run: _Run, now: float) -> bool:
+        """Read trio's statistics: may this task wait for the socket itself?"""
+        st = trio.lowlevel.current_statistics()
+        io: Any = st.io_statistics
+        if (
+            st.tasks_runnable
+            or st.run_sync_soon_queue_size
+            or io.tasks_waiting_write
+            or io.tasks_waiting_read != _TRIO_READERS + run.parked + len(run.watched)
+        ):
+            return False
+        if trio.current_effective_deadline() == -_INF:
+            return False  # this task is cancelled: to its next checkpoint
+        if run.version != self._version:
+            self._rebuild(run)  # (only now: it costs a syscall per socket)
+        self._deadline = now + st.seconds_to_next_deadline
+        self._gen = run.gen
+        self._fresh_until = now + self._block
+        return True
+
+    def _rebuild(self, run: _Run) -> None:
+        """A new poll set: our socket and every other parked one still open."""
+        p = select.poll()
+        p.register(self._fd, _POLLIN)
+        socks = [q._sock for q in run.waits if q._parked and q is not self]
+        for s in [*socks, *run.watched]:
+            fd = s.fileno()
+            if fd >= 0 and fd != self._fd:
+                p.register(fd, _POLLIN)
+        self._poll = p
+        self._version = run.version
+
+    def _defer(self, run: _Run) -> int:
+        """Wait through trio: parked (polled by the others' waits) until the next call."""
+        if not self._parked:
+            self._parked = True
+            run.parked += 1
+            self._bump(run)
+        return -1
+
+    def _unpark(self, run: _Run) -> None:
+        self._parked = False
+        run.parked -= 1
+        self._bump(run)
+
+    def __del__(self) -> None:
+        run = self._run
+        if run is not None and self._parked:  # a connection dropped after going back to trio
+            run.parked -= 1
+            run.version += 1
+
+    def _bump(self, run: _Run) -> None:
+        """Tell the other waits that the parked set changed (our own poll set did not)."""
+        mine = self._version == run.version
+        run.version += 1
+        if mine:
+            self._version = run.version
 
     def _caught(self) -> None:
         self.hits += 1
