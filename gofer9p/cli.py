@@ -29,6 +29,7 @@ def _serve_main(args: argparse.Namespace) -> int:
 
     import trio
 
+    from ._quietwait import watching
     from .attach import AttachPoint
     from .server import ServerConfig, fd_share, serve
 
@@ -125,24 +126,26 @@ def _serve_main(args: argparse.Namespace) -> int:
             fd_share(max_conn),
         )
         count = 0
-        async with trio.open_nursery() as nursery:
-            while True:
-                try:
-                    conn, _ = await lsock.accept()
-                except OSError as e:
-                    # EMFILE/ENFILE/ENOBUFS...: the listener must outlive a
-                    # client that exhausts our fds; retry once some are freed.
-                    log.warning("accept failed: %s; retrying in 0.1 s", e.strerror or e)
-                    await trio.sleep(0.1)
-                    continue
-                count += 1
-                if not limits.admit():
-                    conn.close()
-                    continue
-                std = socket.socket(conn.family, conn.type, fileno=conn.detach())
-                if std.family != socket.AF_UNIX:
-                    std.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                nursery.start_soon(_serve_closing, std, point, config, f"conn{count}", limits)
+        # the accept loop waits for the listener through trio: quiet waits poll it too
+        with watching(lsock):
+            async with trio.open_nursery() as nursery:
+                while True:
+                    try:
+                        conn, _ = await lsock.accept()
+                    except OSError as e:
+                        # EMFILE/ENFILE/ENOBUFS...: the listener must outlive a
+                        # client that exhausts our fds; retry once some are freed.
+                        log.warning("accept failed: %s; retrying in 0.1 s", e.strerror or e)
+                        await trio.sleep(0.1)
+                        continue
+                    count += 1
+                    if not limits.admit():
+                        conn.close()
+                        continue
+                    std = socket.socket(conn.family, conn.type, fileno=conn.detach())
+                    if std.family != socket.AF_UNIX:
+                        std.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    nursery.start_soon(_serve_closing, std, point, config, f"conn{count}", limits)
 
     try:
         trio.run(listen)

@@ -194,7 +194,7 @@ def test_half_closed_connection_is_closed_alone(gofer: Gofer) -> None:
 def test_poll_window_under_seccomp(tmp_path: Path, bundle: Path, poll_us: int, via: str) -> None:
     """``--poll-us`` reaches every connection; polling works inside the confined process.
 
-    With three connections the waiting loop polls its socket and trio's epoll fd
+    With three connections the waiting loop polls its socket and the idle connections' sockets
     (poll(2), not a blocking recv): the syscall path a multi-mount gofer takes.
     """
     g = Gofer(tmp_path, bundle, via=via, extra_args=["--poll-us", str(poll_us)])

@@ -4,6 +4,7 @@ to appear, then connect."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from gofer9p.protocol.codec import encode
 from gofer9p.protocol.messages import Tversion
 
 from .conftest import gofer_env
+from .ninep import NineP
 
 
 def test_socket_path_appears_only_once_listening(tmp_path: Path) -> None:
@@ -57,3 +59,40 @@ def test_socket_path_appears_only_once_listening(tmp_path: Path) -> None:
             proc.terminate()
             proc.wait(10)
             path.unlink(missing_ok=True)
+
+
+def test_listen_connections_take_the_quiet_wait(tmp_path: Path) -> None:
+    """A connection of ``serve --listen`` waits for its QD1 requests without a scheduler pass,
+    although the accept loop waits for the listener through trio (``_quietwait.watching``):
+    most of 300 back-to-back requests are caught by the poll window (``polled=`` in the log)."""
+    export = tmp_path / "export"
+    export.mkdir()
+    path = tmp_path / "g.sock"
+    log = tmp_path / "serve.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gofer9p", "serve", str(export), "--listen", f"unix:{path}",
+         "--poll-us", "20000", "--log-file", str(log)],
+        env=gofer_env(),
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not path.exists():
+            assert time.monotonic() < deadline and proc.poll() is None, "never listened"
+            time.sleep(0.02)
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(str(path))
+        c = NineP(s)
+        c.version()
+        c.attach(1)
+        for _ in range(300):
+            assert c.getattr(1)["mode"]
+        s.close()
+        ends: list[int] = []
+        while not ends:
+            assert time.monotonic() < deadline, log.read_text()
+            ends = [int(n) for n in re.findall(r"connection end .* polled=(\d+)", log.read_text())]
+            time.sleep(0.02)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert ends[0] > 150, log.read_text()
