@@ -14,8 +14,19 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO
 
-GOFER = os.path.join(os.path.dirname(os.path.realpath(sys.executable)), "gofer9p")
-"""The real console script next to this interpreter (not a pyenv shim: see README)."""
+GOFER = next(
+    (
+        p
+        for p in (
+            os.path.join(os.path.dirname(sys.executable), "gofer9p"),  # a venv's own bin/
+            os.path.join(os.path.dirname(os.path.realpath(sys.executable)), "gofer9p"),
+        )
+        if os.path.exists(p)
+    ),
+    "gofer9p",
+)
+"""The real console script next to this interpreter: the venv's (whose python is a link to
+the base interpreter, which has no gofer9p), else the base's (not a pyenv shim: see README)."""
 
 
 def s9(b: bytes) -> bytes:
