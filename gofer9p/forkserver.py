@@ -440,7 +440,8 @@ class _Server:
         report = _StartPipe(-1)
         try:
             self._detach({sock.fileno()})
-            _warm_up()
+            with contextlib.suppress(Exception):  # a failed warm-up only makes the start slower
+                _warm_up()
             data, fds, _flags, _ = socket.recv_fds(sock, MAX_REQUEST, MAX_FDS + 1)
             sock.close()
             if data:  # else EOF: the server is gone, exit 0
@@ -567,7 +568,7 @@ _WARM_REQUESTS = (
 )
 
 
-def _warm_up() -> None:
+def _warm_up() -> list[int]:
     """Run, without lasting effects, the generic code a gofer runs next: its pages get copied
     (and its bytecode specialised) now, while the child waits, not after the request.
 
@@ -580,7 +581,8 @@ def _warm_up() -> None:
     socketpair.  The steps with effects (mount namespace, chroot, capabilities, seccomp) are
     left to the gofer: they need the request, and a mount namespace made now would miss mounts
     the manager makes before its request.  The process's fd limit is not touched either.
-    Everything it allocates is collected before the child waits.
+    Everything it allocates is collected before the child waits.  Returns the message types
+    the throw-away gofer answered with (Rversion 101, Rattach 105, Rclunk 121: it served).
     """
     import json
     import logging
@@ -608,6 +610,9 @@ def _warm_up() -> None:
             poll_us=args.poll_us, connections=1, fd_share=server.FD_SHARE_MIN
         )
         trio.run(daemon._serve_all, [sock.fileno()], [sock], points, config, "warm-up", None)
+        replies = b""
+        while chunk := ours.recv(4096):  # the gofer closed its end: EOF after the replies
+            replies += chunk
     finally:
         ours.close()
         for p in points:
@@ -616,6 +621,12 @@ def _warm_up() -> None:
         log.setLevel(saved[1])
     daemon._UTCFormatter().format(logging.LogRecord("gofer9p", 20, "", 0, "%s", ("x",), None))
     gc.collect()
+    types = []
+    while len(replies) >= 7:
+        size = int.from_bytes(replies[:4], "little")
+        types.append(replies[4])
+        replies = replies[max(size, 7) :]
+    return types
 
 
 def _exit(rc: int) -> NoReturn:
