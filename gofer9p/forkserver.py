@@ -573,7 +573,8 @@ def _warm_up() -> list[int]:
     (and its bytecode specialised) now, while the child waits, not after the request.
 
     This is :func:`gofer9p.daemon.run`'s path with nothing of a sandbox in it: the flags
-    parser, the log setup (then undone), the spec parser, ``check_io_fd`` on a socketpair,
+    parser, the log setup (then undone), the spec reader (as far as a bundle without
+    ``config.json`` goes) and parser, ``realpath``, ``check_io_fd`` on a socketpair,
     the attach points of a spec whose root is ``/`` (read-only; opened and closed here, never
     chrooted into), the capability bound read, the seccomp program with this child's pid
     written in (:func:`gofer9p.confine.prepare_seccomp`), and the serving loop itself
@@ -581,7 +582,8 @@ def _warm_up() -> list[int]:
     socketpair.  The steps with effects (mount namespace, chroot, capabilities, seccomp) are
     left to the gofer: they need the request, and a mount namespace made now would miss mounts
     the manager makes before its request.  The process's fd limit is not touched either.
-    Everything it allocates is collected before the child waits.  Returns the message types
+    Everything it allocates is collected before the child waits, and what is left is frozen
+    (:func:`gc.freeze`: the gofer's collections skip it, as they skip the server's).  Returns the message types
     the throw-away gofer answered with (Rversion 101, Rattach 105, Rclunk 121: it served).
     """
     import json
@@ -598,6 +600,9 @@ def _warm_up() -> list[int]:
     daemon.configure_logging("critical", None)
     doc = json.loads('{"root": {"path": "/", "readonly": true}, "mounts": []}')
     points = daemon._open_attach_points(spec.parse_spec(doc, "/"), False)
+    with contextlib.suppress(spec.SpecError):
+        spec.load_spec("/proc/self/fdinfo")  # a directory without config.json: its error path
+    os.path.realpath("/proc/self/fdinfo")  # as private_mount_root resolves the root
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         ours.sendall(_WARM_REQUESTS)
@@ -621,6 +626,7 @@ def _warm_up() -> list[int]:
         log.setLevel(saved[1])
     daemon._UTCFormatter().format(logging.LogRecord("gofer9p", 20, "", 0, "%s", ("x",), None))
     gc.collect()
+    gc.freeze()
     types = []
     while len(replies) >= 7:
         size = int.from_bytes(replies[:4], "little")
