@@ -211,13 +211,17 @@ def main() -> int:
             for f in kinds.values():  # warm: the fork-server's imports, page cache
                 f()
             res: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in kinds}
+            load0 = os.getloadavg()
             for _ in range(args.n):
                 for k, f in kinds.items():
                     time.sleep(args.settle)  # the last start's aftermath (a pool refill) is over
                     v, a = f()
                     res[k][0].append(v)
                     res[k][1].append(a)
-            print(f"start-up, {args.n} interleaved rounds, ms")
+            print(
+                f"start-up, {args.n} interleaved rounds, ms (load average before "
+                f"{load0[0]:.2f}, after {os.getloadavg()[0]:.2f})"
+            )
             for k, (v, a) in res.items():
                 print(f"  {k:5s} -> Rversion  {_stats(v)}")
                 print(f"  {k:5s} -> Rattach   {_stats(a)}")
