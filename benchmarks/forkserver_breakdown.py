@@ -112,6 +112,17 @@ def _patch_server() -> None:
         await serve(*a, **k)
 
     server.serve = traced_serve
+    recv_fds = socket.recv_fds
+
+    server_pid = os.getpid()
+
+    def traced_recv_fds(*a: Any, **k: Any) -> Any:
+        got = recv_fds(*a, **k)
+        if os.getpid() != server_pid:  # the server's own reads are in server.request
+            mark("child.request_received")
+        return got
+
+    forkserver.socket.recv_fds = traced_recv_fds  # type: ignore[attr-defined]
 
 
 def serve_main(fd: int, trace: int, prefork: int) -> int:
