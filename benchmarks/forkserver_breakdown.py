@@ -67,7 +67,7 @@ def _patch_server() -> None:
     """The fork-server's and its children's steps (this runs in the fork-server)."""
     import trio
 
-    from gofer9p import confine, daemon, forkserver, server, spec
+    from gofer9p import confine, daemon, forkserver, seccomp, server, spec
 
     srv = forkserver._Server
     detach = srv._detach
@@ -76,7 +76,7 @@ def _patch_server() -> None:
     _wrap(srv, "_hand_over", "server.hand_over")
     _wrap(srv, "_send", "server.reply")
     _wrap(srv, "_become_gofer", "child.become_gofer")
-    for name in ("configure_logging", "check_io_fd", "_preload", "_open_attach_points"):
+    for name in ("setup_logging", "check_io_fd", "_preload", "_open_attach_points"):
         _wrap(daemon, name, f"child.{name}")
     _wrap(spec, "load_spec", "child.load_spec")
     for name in (
@@ -89,7 +89,7 @@ def _patch_server() -> None:
         "set_no_new_privs",
     ):
         _wrap(confine, name, f"child.{name}")
-    install = confine.install_seccomp
+    install = seccomp.install_seccomp
 
     def install_seccomp(mode: Any) -> int:
         mark("child.install_seccomp+")
@@ -99,7 +99,7 @@ def _patch_server() -> None:
         finally:
             mark("child.install_seccomp-")
 
-    confine.install_seccomp = install_seccomp
+    seccomp.install_seccomp = install_seccomp
     _wrap(server, "fd_share", "child.fd_share")
     _wrap(trio, "run", "child.trio_run")
     _wrap(forkserver._StartPipe, "ready", "child.ready")
@@ -142,7 +142,7 @@ def _minflt(pid: int) -> int:
 def _drive(n: int, prefork: int) -> None:
     global _TRACE
     from gofer9p import spec
-    from gofer9p.forkserver import ForkServer
+    from gofer9p.launch import ForkServer
 
     trace_r, trace_w = os.pipe()
     _TRACE = trace_w

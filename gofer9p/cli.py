@@ -13,53 +13,14 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from .logs import setup_logging
+from .options import add_log_args, add_poll_arg
+
 if TYPE_CHECKING:  # typing only: the serve path imports these lazily (start-up time)
     import socket
 
     from .attach import AttachPoint
     from .server import ServerConfig
-
-LOG_FORMAT = "%(asctime)s.%(msecs)03dZ gofer9p %(levelname)s %(name)s: %(message)s"
-
-
-def setup_logging(level: str = "info", log_file: str | None = None) -> None:
-    """One line per event, UTC timestamps, on stderr or ``log_file``."""
-    import time
-
-    handler: logging.Handler
-    handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
-    fmt = logging.Formatter(LOG_FORMAT, datefmt="%Y-%m-%dT%H:%M:%S")
-    fmt.converter = time.gmtime
-    handler.setFormatter(fmt)
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-
-
-def _add_log_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error", "critical"]
-    )
-    p.add_argument("--log-file", help="append logs here instead of stderr")
-
-
-def _microseconds(v: str) -> int:
-    n = int(v)
-    if not 0 <= n <= 20000:
-        raise argparse.ArgumentTypeError(f"{v}: want 0..20000 microseconds")
-    return n
-
-
-def add_poll_arg(p: argparse.ArgumentParser) -> None:
-    """``--poll-us`` (ServerConfig.poll_us), shared by ``serve`` and ``gofer``."""
-    p.add_argument(
-        "--poll-us",
-        type=_microseconds,
-        default=50,
-        metavar="US",
-        help="poll up to this long (adaptive) for the next request before sleeping; "
-        "0 never polls (default 50: saves a wake-up per request at one request in flight)",
-    )
 
 
 def _serve_main(args: argparse.Namespace) -> int:
@@ -71,7 +32,11 @@ def _serve_main(args: argparse.Namespace) -> int:
     from .attach import AttachPoint
     from .server import ServerConfig, fd_share, serve
 
-    setup_logging(args.log_level, args.log_file)
+    try:
+        setup_logging(args.log_level, args.log_file)
+    except OSError as e:
+        print(f"gofer9p serve: --log-file {args.log_file!r}: {e.strerror}", file=sys.stderr)
+        return 2
     log = logging.getLogger("gofer9p.serve")
     try:
         point = AttachPoint.open(args.directory, readonly=args.read_only)
@@ -330,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default {HANDSHAKE_TIMEOUT:g})",
     )
     add_poll_arg(p)
-    _add_log_args(p)
+    add_log_args(p)
     p.set_defaults(func=_serve_main)
 
     sub.add_parser("gofer", help="serve an OCI bundle's mounts on inherited fds", add_help=False)

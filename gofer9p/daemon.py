@@ -28,15 +28,15 @@ import signal
 import socket
 import stat
 import sys
-import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
-from .cli import add_poll_arg
+from .logs import setup_logging
+from .options import add_log_args, add_poll_arg
 
 if TYPE_CHECKING:
     from .attach import AttachPoint
-    from .confine import SeccompMode
+    from .seccomp import SeccompMode
     from .server import ServerConfig
     from .spec import Spec
 
@@ -118,10 +118,7 @@ def build_parser(prog: str = "gofer9p gofer") -> argparse.ArgumentParser:
     )
     p.add_argument("--seccomp", choices=("kill", "log", "off"), default="kill")
     add_poll_arg(p)
-    p.add_argument(
-        "--log-level", choices=("debug", "info", "warning", "error", "critical"), default="info"
-    )
-    p.add_argument("--log-file", help="append the log here instead of stderr")
+    add_log_args(p)
     return p
 
 
@@ -190,37 +187,6 @@ def check_io_fd(fd: int) -> socket.socket:
         sock.detach()
         raise
     return sock
-
-
-class _UTCFormatter(logging.Formatter):
-    """``2026-11-24T12:00:00.123Z gofer9p LEVEL message``: one line per event, UTC."""
-
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s gofer9p %(levelname)s %(message)s")
-
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        t = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        return f"{t}.{int(record.msecs):03d}Z"
-
-    def format(self, record: logging.LogRecord) -> str:
-        # Keep one event on one line even when a message or traceback has newlines.
-        return super().format(record).replace("\n", " | ")
-
-
-def configure_logging(level: str, log_file: str | None) -> None:
-    """Route the ``gofer9p`` loggers to stderr or ``log_file`` (opened now, before the chroot)."""
-    handler: logging.Handler
-    if log_file:
-        try:
-            handler = logging.FileHandler(log_file, mode="a", encoding="utf-8")
-        except OSError as e:
-            raise DaemonError(f"--log-file {log_file!r}: {e.strerror}") from None
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_UTCFormatter())
-    log.handlers[:] = [handler]
-    log.setLevel(level.upper())
-    log.propagate = False
 
 
 def _open_attach_points(spec: Spec, panic_on_write: bool) -> list[AttachPoint]:
@@ -321,9 +287,12 @@ def _run(
     # death or a KeyboardInterrupt traceback.  SIGKILL still works, and stop() escalates to it.
     signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     fds = parse_io_fds(args.io_fds)
-    configure_logging(args.log_level, args.log_file)
+    try:
+        setup_logging(args.log_level, args.log_file)
+    except OSError as e:
+        raise DaemonError(f"--log-file {args.log_file!r}: {e.strerror}") from None
     # Only now: --help and flag errors answer without attrs (spec's classes) being imported.
-    from . import confine
+    from . import confine, seccomp
     from .spec import SpecError, load_spec
 
     try:
@@ -345,7 +314,7 @@ def _run(
         confine.preload(seccomp_mode, apply_caps=args.apply_caps)
     except ImportError as e:
         raise DaemonError(f"cannot load the server: {e}") from None
-    except confine.ConfineError as e:
+    except (confine.ConfineError, seccomp.SeccompError) as e:
         raise DaemonError(str(e)) from None
     try:
         confine.assert_single_threaded()
@@ -366,8 +335,8 @@ def _run(
         if args.apply_caps:
             confine.drop_capabilities()
         confine.set_no_new_privs()
-        allowed = confine.install_seccomp(seccomp_mode)
-    except confine.ConfineError as e:
+        allowed = seccomp.install_seccomp(seccomp_mode)
+    except (confine.ConfineError, seccomp.SeccompError) as e:
         raise DaemonError(str(e)) from None
 
     ready_line = (

@@ -57,34 +57,28 @@ Isolation (a child against the parent and its siblings), beside two separately s
   ``/proc/PID/mem``; seccomp kills on ptrace, kill, tkill and pidfd calls, and lets tgkill and
   prlimit64 name only the gofer itself;
 * no PR_SET_PDEATHSIG: a gofer must keep serving when the fork-server dies; its exit status is
-  then lost (see :class:`PidfdProcess`).
+  then lost (see :class:`gofer9p.launch.PidfdProcess`).
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
 import contextlib
 import fcntl
 import gc
 import json
 import os
-import select
 import selectors
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import IO, TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
-if TYPE_CHECKING:
-    from .launch import GoferProcess
-
-__all__ = ["ForkServer", "ForkServerLost", "PidfdProcess", "main", "run"]
+__all__ = ["main", "run"]
 
 #: Largest request record and most fds one request may pass (SCM_MAX_FD is 253).
 MAX_REQUEST = 64 * 1024
@@ -518,21 +512,15 @@ class _Server:
         return daemon.run(argv, after_confine=self.after_confine, report=report)
 
 
-_CLONE_NEWUSER = 0x10000000
-
-
 def _enter_user_namespace(go: int, status_w: int) -> bool:
     """unshare(CLONE_NEWUSER), say ``userns`` on the start pipe, wait for the requester to write
     our id maps (one byte ``g`` on ``go``), then become root of the namespace: what
     :func:`gofer9p.launch.start_gofer` does between fork and exec, with the manager writing the
     maps (the fork-server never reads the spec that holds them).  False: the requester gave up.
     """
-    from . import confine
+    from . import syscalls
 
-    if confine._libc().unshare(_CLONE_NEWUSER) != 0:
-        import ctypes
-
-        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWUSER)")
+    syscalls.unshare(syscalls.CLONE_NEWUSER)
     os.write(status_w, b"userns\n")
     try:
         if os.read(go, 1) != b"g":
@@ -577,27 +565,28 @@ def _warm_up() -> list[int]:
     ``config.json`` goes) and parser, ``realpath``, ``check_io_fd`` on a socketpair,
     the attach points of a spec whose root is ``/`` (read-only; opened and closed here, never
     chrooted into), the capability bound read, the seccomp program with this child's pid
-    written in (:func:`gofer9p.confine.prepare_seccomp`), and the serving loop itself
+    written in (:func:`gofer9p.seccomp.prepare_seccomp`), and the serving loop itself
     (``daemon._serve_all`` in a ``trio.run``) answering :data:`_WARM_REQUESTS` on the
     socketpair.  The steps with effects (mount namespace, chroot, capabilities, seccomp) are
     left to the gofer: they need the request, and a mount namespace made now would miss mounts
     the manager makes before its request.  The process's fd limit is not touched either.
     Everything it allocates is collected before the child waits, and what is left is frozen
-    (:func:`gc.freeze`: the gofer's collections skip it, as they skip the server's).  Returns the message types
-    the throw-away gofer answered with (Rversion 101, Rattach 105, Rclunk 121: it served).
+    (:func:`gc.freeze`: the gofer's collections skip it, as they skip the server's).  Returns
+    the message types the throw-away gofer answered with (Rversion 101, Rattach 105, Rclunk
+    121: it served).
     """
     import json
     import logging
 
     import trio
 
-    from . import confine, daemon, server, spec
+    from . import confine, daemon, logs, seccomp, server, spec
 
     flags = "--bundle / --seccomp=kill --apply-caps=true --log-level info --io-fds 0"
     args = daemon._parser().parse_args(flags.split())
     log = logging.getLogger("gofer9p")
     saved = (log.handlers[:], log.level, log.propagate)
-    daemon.configure_logging("critical", None)
+    logs.setup_logging("critical", None)
     doc = json.loads('{"root": {"path": "/", "readonly": true}, "mounts": []}')
     points = daemon._open_attach_points(spec.parse_spec(doc, "/"), False)
     with contextlib.suppress(spec.SpecError):
@@ -610,7 +599,7 @@ def _warm_up() -> list[int]:
         sock = daemon.check_io_fd(theirs.detach())  # serve_one closes it
         confine.assert_single_threaded()
         confine._cap_last_cap()
-        confine.prepare_seccomp("kill")
+        seccomp.prepare_seccomp("kill")
         config = server.ServerConfig(
             poll_us=args.poll_us, connections=1, fd_share=server.FD_SHARE_MIN
         )
@@ -624,7 +613,7 @@ def _warm_up() -> list[int]:
             p.close()
         log.handlers[:], log.propagate = saved[0], saved[2]
         log.setLevel(saved[1])
-    daemon._UTCFormatter().format(logging.LogRecord("gofer9p", 20, "", 0, "%s", ("x",), None))
+    logs.OneLineUTCFormatter().format(logging.LogRecord("gofer9p", 20, "", 0, "%s", ("x",), None))
     gc.collect()
     gc.freeze()
     types = []
@@ -763,395 +752,6 @@ def run(
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point for ``gofer9p forkserver`` and ``python -m gofer9p.forkserver``."""
     return run(argv)
-
-
-# --- the requester's side ----------------------------------------------------------------------
-
-
-class ForkServerLost(Exception):
-    """The fork-server's connection ended: exit statuses of gofers it started are unknown."""
-
-
-class PidfdProcess:
-    """A gofer started by a fork-server: :class:`subprocess.Popen`'s surface over a pidfd.
-
-    The fork-server is the gofer's parent and reports its exit status on the control
-    connection; ``wait``/``poll``/``returncode`` read it there, exactly as Popen reports a
-    direct child (negative: killed by that signal).  Signals go through the pidfd, so they
-    can never reach a process that reused the pid.  ``pidfd`` is pollable (readable once the
-    gofer has exited) for managers with their own event loop.
-
-    If the fork-server dies first, the gofer keeps serving but nobody reports its status:
-    ``wait`` then waits for the pidfd and raises :class:`ForkServerLost`.
-    """
-
-    stdin: IO[bytes] | None = None
-    stdout: IO[bytes] | None = None
-    stderr: IO[bytes] | None = None
-
-    def __init__(self, server: ForkServer, pid: int, pidfd: int, args: list[str]) -> None:
-        self._server = server
-        self.pid = pid
-        self.pidfd = pidfd
-        self.args = args
-        self.returncode: int | None = None
-
-    def poll(self) -> int | None:
-        if self.returncode is None:
-            try:
-                self._settle(self._server._exit_of(self.pid, 0.0))
-            except ForkServerLost:
-                if not select.select([self.pidfd], [], [], 0)[0]:
-                    return None  # still running; only its status will be unknown
-                raise
-        return self.returncode
-
-    def wait(self, timeout: float | None = None) -> int:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.returncode is None:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                rc = self._server._exit_of(self.pid, left)
-            except ForkServerLost:
-                if not select.select([self.pidfd], [], [], left)[0]:
-                    raise subprocess.TimeoutExpired(self.args, timeout or 0.0) from None
-                raise
-            self._settle(rc)
-            if rc is None and deadline is not None and time.monotonic() >= deadline:
-                raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
-        return self.returncode
-
-    def _settle(self, rc: int | None) -> None:
-        if rc is not None and self.returncode is None:
-            self.returncode = rc
-            self.close()
-
-    def send_signal(self, sig: int) -> None:
-        if self.returncode is not None or self.pidfd < 0:
-            return
-        with contextlib.suppress(ProcessLookupError):  # exited, status not read yet
-            signal.pidfd_send_signal(self.pidfd, sig)
-
-    def terminate(self) -> None:
-        self.send_signal(signal.SIGTERM)
-
-    def kill(self) -> None:
-        self.send_signal(signal.SIGKILL)
-
-    def close(self) -> None:
-        """Close the pidfd (done when the exit status arrives)."""
-        if self.pidfd >= 0:
-            os.close(self.pidfd)
-            self.pidfd = -1
-
-    def __del__(self) -> None:
-        self.close()
-
-
-def _fileno(f: int | IO[Any] | None) -> int | None:
-    if f is None or isinstance(f, int):
-        return f
-    return f.fileno()
-
-
-class ForkServer:
-    """A connection to a fork-server, which it may also own (:meth:`start`).
-
-    ``start_gofer`` takes :func:`gofer9p.launch.start_gofer`'s arguments and returns the same
-    :class:`~gofer9p.launch.GoferProcess`, its ``proc`` a :class:`PidfdProcess`; it returns once
-    the gofer serves, and raises :class:`~gofer9p.launch.LaunchError` with the gofer's one error
-    line when it could not start (after the child has exited and been reaped).  Thread-safe.
-    """
-
-    def __init__(self, sock: socket.socket, proc: subprocess.Popen[bytes] | None = None) -> None:
-        self.sock = sock
-        self.proc = proc
-        # One thread at a time reads the socket, for every waiter: the exit statuses and
-        # replies it reads are stored for whoever waits for them (_pump).
-        self._cond = threading.Condition()
-        self._reading = False
-        self._exits: dict[int, int] = {}
-        self._replies: collections.deque[tuple[dict[str, Any], list[int]]] = collections.deque()
-        # One start request in flight per connection: the server answers in order.
-        self._request_lock = threading.Lock()
-        self._lost = False
-
-    @classmethod
-    def start(
-        cls,
-        *,
-        allow_uids: Sequence[int] = (),
-        python: str = sys.executable,
-        module: str = "gofer9p.forkserver",
-        env: dict[str, str] | None = None,
-        stderr: int | IO[Any] | None = None,
-        prefork: int = 1,
-    ) -> ForkServer:
-        """Spawn a fork-server on one end of a socketpair; it exits when :meth:`stop` closes it.
-
-        ``prefork``: children kept forked and warm ahead of requests.  ``module`` lets tests
-        run :mod:`gofer9p.testing.forkserver_with_hooks`.
-        """
-        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        argv = [python, "-m", module, "--fd", str(theirs.fileno()), f"--prefork={prefork}"]
-        for uid in allow_uids:
-            argv += ["--allow-uid", str(uid)]
-        try:
-            proc = subprocess.Popen(
-                argv,
-                pass_fds=[theirs.fileno()],
-                stdin=subprocess.DEVNULL,
-                env=env,
-                stderr=stderr,
-            )
-        except BaseException:
-            mine.close()
-            raise
-        finally:
-            theirs.close()
-        return cls(mine, proc)
-
-    @classmethod
-    def connect(cls, address: str) -> ForkServer:
-        """Connect to a running ``gofer9p forkserver --socket unix:PATH``."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            sock.connect(_parse_address(address))
-        except BaseException:
-            sock.close()
-            raise
-        return cls(sock)
-
-    # --- records ----------------------------------------------------------------------------
-
-    def _recv(self, timeout: float | None) -> tuple[dict[str, Any], list[int]] | None:
-        """One record, or None on timeout; :class:`ForkServerLost` at EOF.  Only the thread
-        that set ``_reading`` calls it."""
-        if not select.select([self.sock], [], [], timeout)[0]:
-            return None
-        data, fds, _flags, _ = socket.recv_fds(self.sock, MAX_REQUEST, 2, socket.MSG_CMSG_CLOEXEC)
-        if not data:
-            for fd in fds:
-                os.close(fd)
-            self._lost = True
-            raise ForkServerLost("the fork-server closed the connection")
-        rec: dict[str, Any] = json.loads(data)
-        return rec, fds
-
-    def _pump(self, done: Callable[[], bool], timeout: float | None) -> bool:
-        """Read records until ``done()`` (checked under ``_cond``); False after ``timeout``."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while not done():
-                if self._lost:
-                    raise ForkServerLost("the fork-server connection is closed")
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
-                if self._reading:
-                    self._cond.wait(left)  # the reader notifies after each record
-                    continue
-                self._reading = True
-                self._cond.release()
-                try:
-                    got = self._recv(left)
-                finally:
-                    self._cond.acquire()
-                    self._reading = False
-                    self._cond.notify_all()
-                if got is None:
-                    continue
-                rec, fds = got
-                if "exit" in rec:
-                    self._exits[int(rec["pid"])] = int(rec["exit"])
-                    for fd in fds:
-                        os.close(fd)
-                else:
-                    self._replies.append(got)
-            return True
-
-    def _exit_of(self, pid: int, timeout: float | None) -> int | None:
-        """``pid``'s exit status once the server reported it; None if not within ``timeout``."""
-        if not self._pump(lambda: pid in self._exits, timeout):
-            return None
-        with self._cond:
-            return self._exits.pop(pid)
-
-    def _request(
-        self, args: list[str], roles: list[str], fds: list[int], timeout: float
-    ) -> tuple[dict[str, Any], list[int]]:
-        with self._request_lock:
-            if self._lost:
-                raise ForkServerLost("the fork-server connection is closed")
-            try:
-                socket.send_fds(
-                    self.sock, [_record({"op": "start", "args": args, "fds": roles})], fds
-                )
-            except OSError as e:
-                self._lost = True
-                raise ForkServerLost(f"the fork-server is gone: {e.strerror or e}") from None
-            if not self._pump(lambda: bool(self._replies), timeout):
-                self._lost = True  # a late reply could no longer be told from the next one
-                raise ForkServerLost(f"the fork-server did not answer within {timeout} s")
-            with self._cond:
-                return self._replies.popleft()
-
-    # --- the API ----------------------------------------------------------------------------
-
-    def start_gofer(
-        self,
-        bundle: str | os.PathLike[str],
-        *,
-        panic_on_write: bool = False,
-        userns: bool | None = None,
-        seccomp: str = "kill",
-        apply_caps: bool = True,
-        extra_args: Sequence[str] = (),
-        setup_mounts: bool = False,
-        stdout: int | IO[Any] | None = None,
-        stderr: int | IO[Any] | None = None,
-        timeout: float = 30.0,
-    ) -> GoferProcess:
-        """Fork a gofer for ``bundle``; like :func:`gofer9p.launch.start_gofer`, but it returns
-        once the gofer serves (or raises ``LaunchError`` with its one error line).
-
-        The bundle is read here only for what the manager needs (how many sockets; the mounts
-        when ``setup_mounts``, the id maps of a ``userns`` gofer, which this process writes as
-        :func:`~gofer9p.launch.start_gofer` does); the gofer reads it itself, the fork-server
-        never does.
-        """
-        from .launch import GoferProcess, LaunchError, Undo, _write_map, gofer_flags, setup_fs
-        from .spec import SpecError, load_spec
-
-        path = os.path.abspath(os.fspath(bundle))
-        try:
-            spec = load_spec(path)
-            n = spec.attach_count
-        except SpecError as e:
-            if setup_mounts:
-                raise LaunchError(str(e)) from None
-            n = 1  # the gofer reports the bundle's fault itself, in its own words
-        else:
-            if userns is None:
-                userns = bool(spec.uid_mappings or spec.gid_mappings)
-            if userns and not (spec.uid_mappings and spec.gid_mappings):
-                raise LaunchError(
-                    "userns needs both linux.uidMappings and linux.gidMappings in the spec"
-                )
-        undo = setup_fs(spec) if setup_mounts else Undo()
-        pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(n)]
-        ours = [a for a, _ in pairs]
-        args = gofer_flags(
-            path,
-            panic_on_write=panic_on_write,
-            seccomp=seccomp,
-            apply_caps=apply_caps,
-            extra_args=extra_args,
-        )
-        fds = [g.fileno() for _, g in pairs]
-        roles = ["io"] * n
-        for role, f in (("stdout", stdout), ("stderr", stderr)):
-            fd = _fileno(f)
-            if fd is not None:
-                fds.append(fd)
-                roles.append(role)
-        go_r = go_w = -1
-        if userns:
-            go_r, go_w = os.pipe2(os.O_CLOEXEC)
-            fds.append(go_r)
-            roles.append("userns")
-        proc: PidfdProcess | None = None
-        try:
-            try:
-                rec, got = self._request(args, roles, fds, timeout)
-            finally:
-                for _, g in pairs:
-                    g.close()
-                if go_r >= 0:
-                    os.close(go_r)
-            if "error" in rec:
-                raise LaunchError(f"fork-server: {rec['error']}")
-            pidfd, start_r = got
-            proc = PidfdProcess(self, int(rec["pid"]), pidfd, args)
-            lines = _Lines(start_r)
-            try:
-                line = lines.next(timeout)
-                if userns and line == "userns":
-                    try:  # as start_gofer's parent: the child waits for its maps
-                        _write_map(f"/proc/{proc.pid}/uid_map", spec.uid_mappings)
-                        _write_map(f"/proc/{proc.pid}/gid_map", spec.gid_mappings)
-                        os.write(go_w, b"g")
-                    finally:
-                        os.close(go_w)  # without the "g" the child exits 126
-                        go_w = -1
-                    line = lines.next(timeout)
-            finally:
-                os.close(start_r)
-            if line != "ok":
-                if line is None:
-                    proc.kill()
-                    raise LaunchError(f"the gofer did not report within {timeout} s")
-                rc = proc.wait(timeout)
-                raise LaunchError(line or f"the gofer exited with status {rc} before serving")
-        except BaseException:
-            if go_w >= 0:
-                os.close(go_w)
-            for a in ours:
-                a.close()
-            if proc is not None and proc.returncode is None:
-                proc.kill()
-                with contextlib.suppress(Exception):
-                    proc.wait(timeout)
-            undo()
-            raise
-        return GoferProcess(proc=proc, sockets=ours, undo=undo)
-
-    def stop(self, timeout: float = 5.0) -> int | None:
-        """Close the connection; a fork-server we started then exits (its gofers keep serving).
-
-        Returns its exit status (None for one we only connected to).
-        """
-        self.sock.close()
-        self._lost = True
-        if self.proc is None:
-            return None
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
-
-    def __enter__(self) -> ForkServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-class _Lines:
-    """The start pipe's lines: ``userns``, ``ok`` or an error line; ``""`` at EOF."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.buf = b""
-
-    def next(self, timeout: float) -> str | None:
-        """The next line, ``""`` at EOF, None if none within ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self.buf and len(self.buf) <= 65536:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self.fd], [], [], left)[0]:
-                return None
-            try:
-                chunk = os.read(self.fd, 4096)
-            except InterruptedError:
-                continue
-            if not chunk:
-                line, self.buf = self.buf, b""
-                return line.decode(errors="replace").strip()
-            self.buf += chunk
-        line, _, self.buf = self.buf.partition(b"\n")
-        return line.decode(errors="replace")
 
 
 if __name__ == "__main__":

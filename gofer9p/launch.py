@@ -14,16 +14,18 @@ A Python sandbox manager (and our own tests) starts a gofer like gVisor's ``crea
 socket path it prints, so a person can point a 9P client (or ``mount -t 9p -o trans=unix``) at it,
 one client after another (:class:`_Relay`).
 
-mount(2), umount2(2) and unshare(2) are called through ctypes: no shelling out, exact flags, and
-errors we can report per mount.
+mount(2), umount2(2), unshare(2) and mount_setattr(2) are called through :mod:`gofer9p.syscalls`
+(ctypes): no shelling out, exact flags, and errors we can report per mount.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
+import collections
+import contextlib
 import errno
 import fcntl
+import json
 import os
 import re
 import select
@@ -35,18 +37,36 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 import attrs
 
-from .forkserver import ForkServer, PidfdProcess
+from . import syscalls
+from .forkserver import MAX_REQUEST, _parse_address, _record
 from .spec import IdMapping, NineMount, Spec, SpecError, load_spec
+from .syscalls import (
+    AT_EMPTY_PATH,
+    AT_RECURSIVE,
+    CLONE_NEWNS,
+    CLONE_NEWUSER,
+    MS_BIND,
+    MS_NODEV,
+    MS_NOEXEC,
+    MS_NOSUID,
+    MS_PRIVATE,
+    MS_RDONLY,
+    MS_REC,
+    MS_REMOUNT,
+)
 
 __all__ = [
     "ForkServer",
+    "ForkServerLost",
     "GoferProcess",
     "LaunchError",
+    "PidfdProcess",
     "Undo",
     "enter_private_mount_namespace",
     "gofer_flags",
@@ -55,65 +75,11 @@ __all__ = [
     "start_gofer",
 ]
 
-MS_RDONLY = 0x1
-MS_NOSUID = 0x2
-MS_NODEV = 0x4
-MS_NOEXEC = 0x8
-MS_REMOUNT = 0x20
-MS_BIND = 0x1000
-MS_REC = 0x4000
-MS_PRIVATE = 1 << 18
-MNT_DETACH = 0x2
-CLONE_NEWNS = 0x00020000
-CLONE_NEWUSER = 0x10000000
-
 #: How long the parent waits for a user-namespace child to report in before giving up.
 _USERNS_TIMEOUT = 10.0
 
 #: statvfs f_flag bits (ST_*) have the same values as the MS_* flags for these four.
 _FLAG_OF_OPTION = {"ro": MS_RDONLY, "nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC}
-
-_libc: ctypes.CDLL | None = None
-
-
-def _lib() -> ctypes.CDLL:
-    global _libc
-    if _libc is None:
-        lib = ctypes.CDLL(None, use_errno=True)
-        lib.mount.argtypes = [
-            ctypes.c_char_p,
-            ctypes.c_char_p,
-            ctypes.c_char_p,
-            ctypes.c_ulong,
-            ctypes.c_void_p,
-        ]
-        lib.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
-        lib.unshare.argtypes = [ctypes.c_int]
-        _libc = lib
-    return _libc
-
-
-def _check(ret: int, what: str) -> None:
-    if ret != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, f"{what}: {os.strerror(e)}")
-
-
-def _mount(source: str | None, target: str, fstype: str | None, flags: int) -> None:
-    _check(
-        _lib().mount(
-            source.encode() if source is not None else None,
-            target.encode(),
-            fstype.encode() if fstype is not None else None,
-            flags,
-            None,
-        ),
-        f"mount {source or ''} on {target}",
-    )
-
-
-def _umount(target: str) -> None:
-    _check(_lib().umount2(target.encode(), MNT_DETACH), f"umount {target}")
 
 
 class LaunchError(Exception):
@@ -127,8 +93,8 @@ def enter_private_mount_namespace() -> None:
     fs struct otherwise and fails with EINVAL).
     """
     try:
-        _check(_lib().unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
-        _mount(None, "/", None, MS_REC | MS_PRIVATE)
+        syscalls.unshare(CLONE_NEWNS)
+        syscalls.mount(None, "/", None, MS_REC | MS_PRIVATE)
     except OSError as e:
         raise LaunchError(f"cannot enter a private mount namespace: {e.strerror}") from None
 
@@ -149,7 +115,7 @@ class Undo:
         while self.mounted:
             target = self.mounted.pop()
             try:
-                _umount(target)
+                syscalls.umount(target)
             except OSError as e:
                 errors.append(str(e.strerror))
         while self.created:
@@ -218,7 +184,7 @@ def _bind_one(rootfs: str, m: NineMount, undo: Undo) -> None:
         fd = os.open(last, os.O_PATH | os.O_NOFOLLOW, dir_fd=dirfd)
         try:
             flags = MS_BIND | (MS_REC if "rbind" in m.options else 0)
-            _mount(m.source, f"/proc/self/fd/{fd}", None, flags)
+            syscalls.mount(m.source, f"/proc/self/fd/{fd}", None, flags)
         except OSError as e:
             raise LaunchError(f"mount {m.destination}: {e.strerror}") from None
         finally:
@@ -302,15 +268,16 @@ def _apply_flags(fd: int, m: NineMount, target: str) -> None:
     mounts = [target, *(_submounts(target) if recursive else [])]
     if wanted:
         try:
-            _mount_setattr(fd, wanted, recursive)
+            at_flags = AT_EMPTY_PATH | (AT_RECURSIVE if recursive else 0)
+            syscalls.mount_setattr(fd, "", at_flags, wanted)
         except OSError as e:
             if e.errno != errno.ENOSYS:
-                raise LaunchError(f"mount {m.destination}: mount_setattr: {e.strerror}") from None
+                raise LaunchError(f"mount {m.destination}: {e.strerror}") from None
             for i, path in enumerate(mounts):
                 where = procpath if i == 0 else path
                 have = os.statvfs(where).f_flag & (MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
                 try:
-                    _mount(None, where, None, MS_REMOUNT | MS_BIND | wanted | have)
+                    syscalls.mount(None, where, None, MS_REMOUNT | MS_BIND | wanted | have)
                 except OSError as e2:
                     raise LaunchError(
                         f"mount {m.destination}: remount {path}: {e2.strerror}"
@@ -321,35 +288,6 @@ def _apply_flags(fd: int, m: NineMount, target: str) -> None:
             raise LaunchError(
                 f"mount {m.destination}: {path} has flags {got:#x}, lacking {wanted & ~got:#x}"
             )
-
-
-_SYS_MOUNT_SETATTR = 442
-_AT_EMPTY_PATH = 0x1000
-_AT_RECURSIVE = 0x8000
-
-
-def _mount_setattr(fd: int, flags: int, recursive: bool) -> None:
-    """mount_setattr(fd, "", AT_EMPTY_PATH[|AT_RECURSIVE], {attr_set=flags}).
-
-    MOUNT_ATTR_RDONLY/NOSUID/NODEV/NOEXEC have the same values as the MS_* flags used here.
-    """
-    import struct
-
-    lib = _lib()
-    lib.syscall.restype = ctypes.c_long
-    attr = ctypes.create_string_buffer(struct.pack("=QQQQ", flags, 0, 0, 0))
-    at_flags = _AT_EMPTY_PATH | (_AT_RECURSIVE if recursive else 0)
-    r = lib.syscall(
-        ctypes.c_long(_SYS_MOUNT_SETATTR),
-        ctypes.c_int(fd),
-        ctypes.c_char_p(b""),
-        ctypes.c_uint(at_flags),
-        attr,
-        ctypes.c_size_t(32),
-    )
-    if r != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
 
 
 def _submounts(target: str) -> list[str]:
@@ -374,7 +312,7 @@ class GoferProcess:
     """A running gofer: the process, the sandbox ends (attach-point order), the fs undo.
 
     ``proc`` is a :class:`subprocess.Popen` for a spawned gofer, a
-    :class:`~gofer9p.forkserver.PidfdProcess` (same methods) for one a fork-server started.
+    :class:`PidfdProcess` (same methods) for one a fork-server started.
     """
 
     proc: subprocess.Popen[bytes] | PidfdProcess
@@ -514,7 +452,7 @@ def start_gofer(
             placeholders.append(t)
     sync_r, sync_w = os.pipe()
     go_r, go_w = os.pipe()
-    libc = _lib()  # loaded in the parent: the child must not dlopen between fork and exec
+    syscalls.libc()  # loaded in the parent: the child must not dlopen between fork and exec
 
     def child_setup() -> None:
         # Runs in the child between fork and exec: only async-signal-safe-ish system calls.
@@ -524,7 +462,9 @@ def start_gofer(
             # Close our copies of the parent's ends: a parent that gives up must give us EOF.
             os.close(go_w)
             os.close(sync_r)
-            if libc.unshare(CLONE_NEWUSER) != 0:
+            try:
+                syscalls.unshare(CLONE_NEWUSER)
+            except OSError:
                 os.write(sync_w, b"x")
                 os._exit(126)
             os.write(sync_w, b"u" + os.getpid().to_bytes(4, "little"))
@@ -617,6 +557,392 @@ def start_gofer(
         undo()
         raise LaunchError(f"cannot start the gofer: {out}") from out
     return GoferProcess(proc=out, sockets=[a for a, _ in pairs], undo=undo)
+
+
+# --- starting a gofer through a fork-server (gofer9p.forkserver) ----------------------------------------------------------------------
+
+
+class ForkServerLost(Exception):
+    """The fork-server's connection ended: exit statuses of gofers it started are unknown."""
+
+
+class PidfdProcess:
+    """A gofer started by a fork-server: :class:`subprocess.Popen`'s surface over a pidfd.
+
+    The fork-server is the gofer's parent and reports its exit status on the control
+    connection; ``wait``/``poll``/``returncode`` read it there, exactly as Popen reports a
+    direct child (negative: killed by that signal).  Signals go through the pidfd, so they
+    can never reach a process that reused the pid.  ``pidfd`` is pollable (readable once the
+    gofer has exited) for managers with their own event loop.
+
+    If the fork-server dies first, the gofer keeps serving but nobody reports its status:
+    ``wait`` then waits for the pidfd and raises :class:`ForkServerLost`.
+    """
+
+    stdin: IO[bytes] | None = None
+    stdout: IO[bytes] | None = None
+    stderr: IO[bytes] | None = None
+
+    def __init__(self, server: ForkServer, pid: int, pidfd: int, args: list[str]) -> None:
+        self._server = server
+        self.pid = pid
+        self.pidfd = pidfd
+        self.args = args
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                self._settle(self._server._exit_of(self.pid, 0.0))
+            except ForkServerLost:
+                if not select.select([self.pidfd], [], [], 0)[0]:
+                    return None  # still running; only its status will be unknown
+                raise
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.returncode is None:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                rc = self._server._exit_of(self.pid, left)
+            except ForkServerLost:
+                if not select.select([self.pidfd], [], [], left)[0]:
+                    raise subprocess.TimeoutExpired(self.args, timeout or 0.0) from None
+                raise
+            self._settle(rc)
+            if rc is None and deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
+        return self.returncode
+
+    def _settle(self, rc: int | None) -> None:
+        if rc is not None and self.returncode is None:
+            self.returncode = rc
+            self.close()
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is not None or self.pidfd < 0:
+            return
+        with contextlib.suppress(ProcessLookupError):  # exited, status not read yet
+            signal.pidfd_send_signal(self.pidfd, sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def close(self) -> None:
+        """Close the pidfd (done when the exit status arrives)."""
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def _fileno(f: int | IO[Any] | None) -> int | None:
+    if f is None or isinstance(f, int):
+        return f
+    return f.fileno()
+
+
+class ForkServer:
+    """A connection to a fork-server, which it may also own (:meth:`start`).
+
+    ``start_gofer`` takes :func:`gofer9p.launch.start_gofer`'s arguments and returns the same
+    :class:`~gofer9p.launch.GoferProcess`, its ``proc`` a :class:`PidfdProcess`; it returns once
+    the gofer serves, and raises :class:`~gofer9p.launch.LaunchError` with the gofer's one error
+    line when it could not start (after the child has exited and been reaped).  Thread-safe.
+    """
+
+    def __init__(self, sock: socket.socket, proc: subprocess.Popen[bytes] | None = None) -> None:
+        self.sock = sock
+        self.proc = proc
+        # One thread at a time reads the socket, for every waiter: the exit statuses and
+        # replies it reads are stored for whoever waits for them (_pump).
+        self._cond = threading.Condition()
+        self._reading = False
+        self._exits: dict[int, int] = {}
+        self._replies: collections.deque[tuple[dict[str, Any], list[int]]] = collections.deque()
+        # One start request in flight per connection: the server answers in order.
+        self._request_lock = threading.Lock()
+        self._lost = False
+
+    @classmethod
+    def start(
+        cls,
+        *,
+        allow_uids: Sequence[int] = (),
+        python: str = sys.executable,
+        module: str = "gofer9p.forkserver",
+        env: dict[str, str] | None = None,
+        stderr: int | IO[Any] | None = None,
+        prefork: int = 1,
+    ) -> ForkServer:
+        """Spawn a fork-server on one end of a socketpair; it exits when :meth:`stop` closes it.
+
+        ``prefork``: children kept forked and warm ahead of requests.  ``module`` lets tests
+        run :mod:`gofer9p.testing.forkserver_with_hooks`.
+        """
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        argv = [python, "-m", module, "--fd", str(theirs.fileno()), f"--prefork={prefork}"]
+        for uid in allow_uids:
+            argv += ["--allow-uid", str(uid)]
+        try:
+            proc = subprocess.Popen(
+                argv,
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+                env=env,
+                stderr=stderr,
+            )
+        except BaseException:
+            mine.close()
+            raise
+        finally:
+            theirs.close()
+        return cls(mine, proc)
+
+    @classmethod
+    def connect(cls, address: str) -> ForkServer:
+        """Connect to a running ``gofer9p forkserver --socket unix:PATH``."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            sock.connect(_parse_address(address))
+        except BaseException:
+            sock.close()
+            raise
+        return cls(sock)
+
+    # --- records ----------------------------------------------------------------------------
+
+    def _recv(self, timeout: float | None) -> tuple[dict[str, Any], list[int]] | None:
+        """One record, or None on timeout; :class:`ForkServerLost` at EOF.  Only the thread
+        that set ``_reading`` calls it."""
+        if not select.select([self.sock], [], [], timeout)[0]:
+            return None
+        data, fds, _flags, _ = socket.recv_fds(self.sock, MAX_REQUEST, 2, socket.MSG_CMSG_CLOEXEC)
+        if not data:
+            for fd in fds:
+                os.close(fd)
+            self._lost = True
+            raise ForkServerLost("the fork-server closed the connection")
+        rec: dict[str, Any] = json.loads(data)
+        return rec, fds
+
+    def _pump(self, done: Callable[[], bool], timeout: float | None) -> bool:
+        """Read records until ``done()`` (checked under ``_cond``); False after ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while not done():
+                if self._lost:
+                    raise ForkServerLost("the fork-server connection is closed")
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                if self._reading:
+                    self._cond.wait(left)  # the reader notifies after each record
+                    continue
+                self._reading = True
+                self._cond.release()
+                try:
+                    got = self._recv(left)
+                finally:
+                    self._cond.acquire()
+                    self._reading = False
+                    self._cond.notify_all()
+                if got is None:
+                    continue
+                rec, fds = got
+                if "exit" in rec:
+                    self._exits[int(rec["pid"])] = int(rec["exit"])
+                    for fd in fds:
+                        os.close(fd)
+                else:
+                    self._replies.append(got)
+            return True
+
+    def _exit_of(self, pid: int, timeout: float | None) -> int | None:
+        """``pid``'s exit status once the server reported it; None if not within ``timeout``."""
+        if not self._pump(lambda: pid in self._exits, timeout):
+            return None
+        with self._cond:
+            return self._exits.pop(pid)
+
+    def _request(
+        self, args: list[str], roles: list[str], fds: list[int], timeout: float
+    ) -> tuple[dict[str, Any], list[int]]:
+        with self._request_lock:
+            if self._lost:
+                raise ForkServerLost("the fork-server connection is closed")
+            try:
+                socket.send_fds(
+                    self.sock, [_record({"op": "start", "args": args, "fds": roles})], fds
+                )
+            except OSError as e:
+                self._lost = True
+                raise ForkServerLost(f"the fork-server is gone: {e.strerror or e}") from None
+            if not self._pump(lambda: bool(self._replies), timeout):
+                self._lost = True  # a late reply could no longer be told from the next one
+                raise ForkServerLost(f"the fork-server did not answer within {timeout} s")
+            with self._cond:
+                return self._replies.popleft()
+
+    # --- the API ----------------------------------------------------------------------------
+
+    def start_gofer(
+        self,
+        bundle: str | os.PathLike[str],
+        *,
+        panic_on_write: bool = False,
+        userns: bool | None = None,
+        seccomp: str = "kill",
+        apply_caps: bool = True,
+        extra_args: Sequence[str] = (),
+        setup_mounts: bool = False,
+        stdout: int | IO[Any] | None = None,
+        stderr: int | IO[Any] | None = None,
+        timeout: float = 30.0,
+    ) -> GoferProcess:
+        """Fork a gofer for ``bundle``; like :func:`gofer9p.launch.start_gofer`, but it returns
+        once the gofer serves (or raises ``LaunchError`` with its one error line).
+
+        The bundle is read here only for what the manager needs (how many sockets; the mounts
+        when ``setup_mounts``, the id maps of a ``userns`` gofer, which this process writes as
+        :func:`~gofer9p.launch.start_gofer` does); the gofer reads it itself, the fork-server
+        never does.
+        """
+        path = os.path.abspath(os.fspath(bundle))
+        try:
+            spec = load_spec(path)
+            n = spec.attach_count
+        except SpecError as e:
+            if setup_mounts:
+                raise LaunchError(str(e)) from None
+            n = 1  # the gofer reports the bundle's fault itself, in its own words
+        else:
+            if userns is None:
+                userns = bool(spec.uid_mappings or spec.gid_mappings)
+            if userns and not (spec.uid_mappings and spec.gid_mappings):
+                raise LaunchError(
+                    "userns needs both linux.uidMappings and linux.gidMappings in the spec"
+                )
+        undo = setup_fs(spec) if setup_mounts else Undo()
+        pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(n)]
+        ours = [a for a, _ in pairs]
+        args = gofer_flags(
+            path,
+            panic_on_write=panic_on_write,
+            seccomp=seccomp,
+            apply_caps=apply_caps,
+            extra_args=extra_args,
+        )
+        fds = [g.fileno() for _, g in pairs]
+        roles = ["io"] * n
+        for role, f in (("stdout", stdout), ("stderr", stderr)):
+            fd = _fileno(f)
+            if fd is not None:
+                fds.append(fd)
+                roles.append(role)
+        go_r = go_w = -1
+        if userns:
+            go_r, go_w = os.pipe2(os.O_CLOEXEC)
+            fds.append(go_r)
+            roles.append("userns")
+        proc: PidfdProcess | None = None
+        try:
+            try:
+                rec, got = self._request(args, roles, fds, timeout)
+            finally:
+                for _, g in pairs:
+                    g.close()
+                if go_r >= 0:
+                    os.close(go_r)
+            if "error" in rec:
+                raise LaunchError(f"fork-server: {rec['error']}")
+            pidfd, start_r = got
+            proc = PidfdProcess(self, int(rec["pid"]), pidfd, args)
+            lines = _Lines(start_r)
+            try:
+                line = lines.next(timeout)
+                if userns and line == "userns":
+                    try:  # as start_gofer's parent: the child waits for its maps
+                        _write_map(f"/proc/{proc.pid}/uid_map", spec.uid_mappings)
+                        _write_map(f"/proc/{proc.pid}/gid_map", spec.gid_mappings)
+                        os.write(go_w, b"g")
+                    finally:
+                        os.close(go_w)  # without the "g" the child exits 126
+                        go_w = -1
+                    line = lines.next(timeout)
+            finally:
+                os.close(start_r)
+            if line != "ok":
+                if line is None:
+                    proc.kill()
+                    raise LaunchError(f"the gofer did not report within {timeout} s")
+                rc = proc.wait(timeout)
+                raise LaunchError(line or f"the gofer exited with status {rc} before serving")
+        except BaseException:
+            if go_w >= 0:
+                os.close(go_w)
+            for a in ours:
+                a.close()
+            if proc is not None and proc.returncode is None:
+                proc.kill()
+                with contextlib.suppress(Exception):
+                    proc.wait(timeout)
+            undo()
+            raise
+        return GoferProcess(proc=proc, sockets=ours, undo=undo)
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        """Close the connection; a fork-server we started then exits (its gofers keep serving).
+
+        Returns its exit status (None for one we only connected to).
+        """
+        self.sock.close()
+        self._lost = True
+        if self.proc is None:
+            return None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def __enter__(self) -> ForkServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class _Lines:
+    """The start pipe's lines: ``userns``, ``ok`` or an error line; ``""`` at EOF."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buf = b""
+
+    def next(self, timeout: float) -> str | None:
+        """The next line, ``""`` at EOF, None if none within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buf and len(self.buf) <= 65536:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.fd], [], [], left)[0]:
+                return None
+            try:
+                chunk = os.read(self.fd, 4096)
+            except InterruptedError:
+                continue
+            if not chunk:
+                line, self.buf = self.buf, b""
+                return line.decode(errors="replace").strip()
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line.decode(errors="replace")
 
 
 # --- the ``gofer9p launch`` front --------------------------------------------------------------

@@ -8,7 +8,7 @@
 # Runs COMMAND under `strace -f` (apt-get install strace), finds every process that exec'd a gofer
 # (argv has "gofer9p" and "--io-fds"), and counts the syscalls each one and its threads made
 # *after* its seccomp filter was loaded: those are exactly what the whitelist must allow.
-# Prints "count name" per syscall, flags the ones not in gofer9p.confine.syscall_whitelist(), and
+# Prints "count name" per syscall, flags the ones not in gofer9p.seccomp.syscall_whitelist(), and
 # exits 1 if there is any.  Run the COMMAND with --seccomp=log gofers (or kill: a gofer killed by
 # SIGSYS shows the culprit as its last syscall, reported too).  The kernel audit log that
 # --seccomp=log writes to is often unreadable in containers; this needs only ptrace.
@@ -36,7 +36,7 @@ echo "# command exited with status $status; trace in $trace" >&2
 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" python3 - "$trace" <<'PY'
 import collections, re, sys
 import pyseccomp
-from gofer9p.confine import SECCOMP_ERRNO_RULES, syscall_whitelist
+from gofer9p.seccomp import SECCOMP_ERRNO_RULES, syscall_whitelist
 
 allowed = set(syscall_whitelist())
 

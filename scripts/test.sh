@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything, then run the checks and the whole test suite:
-#   lint (ruff, mypy --strict), the default tiers (unit, integration, daemon, escape, faults,
-#   short fuzz), then the guest tier (Linux v9fs in a qemu guest, TCG).
+#   lint (ruff, mypy --strict, lint-imports: the layering of docs/CONTRACTS.md), the default
+#   tiers (unit, integration, daemon, escape, faults, short fuzz), then the guest tier (Linux
+#   v9fs in a qemu guest, TCG).
 #   scripts/test.sh [--no-guest] [pytest args...]
 # Everything runs with the checkout's own venv (.venv/, made by scripts/setup.sh; PYTHON= picks
 # the interpreter it is made from), which is put first on PATH for the tests' children too.
@@ -17,6 +18,7 @@ PY=$venv/bin/python
 status=0
 echo "== ruff"; "$PY" -m ruff check gofer9p tests fuzz benchmarks || status=1
 echo "== mypy --strict"; "$PY" -m mypy gofer9p || status=1
+echo "== import contracts (layers, no cycles)"; "$venv/bin/lint-imports" || status=1
 echo "== tests (default tiers)"
 "$PY" -m pytest -q "$@" || status=1
 # The same integration suite through the real confined daemon (chroot, dropped caps, seccomp

@@ -1,7 +1,8 @@
-"""gofer9p.confine in a throwaway process: exact capability sets, no_new_privs, the filter.
+"""gofer9p.confine and gofer9p.seccomp in a throwaway process: exact capability sets,
+no_new_privs, the filter.
 
-The daemon tests check the same things on the real gofer; these pin down confine.py alone, so a
-failure says which layer broke.
+The daemon tests check the same things on the real gofer; these pin down confine.py and
+seccomp.py alone, so a failure says which layer broke.
 """
 
 from __future__ import annotations
@@ -14,20 +15,21 @@ import textwrap
 
 import pytest
 
-from gofer9p.confine import KEEP_CAPS_MASK, SECCOMP_ERRNO_RULES, syscall_whitelist
+from gofer9p.confine import KEEP_CAPS_MASK
+from gofer9p.seccomp import SECCOMP_ERRNO_RULES, syscall_whitelist
 
 from .conftest import REPO, gofer_env
 
 PRELUDE = """
 import json, os, sys, threading
-from gofer9p import confine
+from gofer9p import confine, seccomp
 mode = sys.argv[1]
 PPID = os.getppid()  # read before the filter: getppid is not on the whitelist
 confine.preload(mode)
 confine.assert_single_threaded()
 confine.drop_capabilities()
 confine.set_no_new_privs()
-n = confine.install_seccomp(mode)
+n = seccomp.install_seccomp(mode)
 def status():
     keys = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp")
     out = {}
@@ -226,17 +228,16 @@ def test_prepared_program_names_each_forked_child() -> None:
     code = textwrap.dedent(
         """
         import os, signal, struct, sys, threading
-        from gofer9p import confine
+        from gofer9p import confine, seccomp
         confine.preload("kill")
-        mine = confine.prepare_seccomp("kill")
-        assert confine.prepare_seccomp("kill") is mine  # cached in this process
+        mine = seccomp.prepare_seccomp("kill")
+        assert seccomp.prepare_seccomp("kill") is mine  # cached in this process
         pid = os.fork()
         if pid == 0:
-            theirs = confine.prepare_seccomp("kill")
-            prog = bytes(theirs[0][1])
-            ok = theirs is not mine and struct.pack("=I", os.getpid()) in prog
+            theirs = seccomp.prepare_seccomp("kill")
+            ok = theirs is not mine and struct.pack("=I", os.getpid()) in theirs[0]
             confine.set_no_new_privs()
-            confine.install_seccomp("kill")
+            seccomp.install_seccomp("kill")
             signal.signal(signal.SIGUSR1, lambda s, f: None)
             signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)  # tgkill(own pid)
             os._exit(0 if ok else 3)

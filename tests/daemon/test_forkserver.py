@@ -22,8 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from gofer9p.forkserver import ForkServerLost
-from gofer9p.launch import ForkServer, LaunchError, start_gofer
+from gofer9p.launch import ForkServer, ForkServerLost, LaunchError, start_gofer
 
 from .conftest import REPO, gofer_env, make_bundle, wait_for_idle_child
 from .ninep import NineP

@@ -18,7 +18,7 @@ ST_RDONLY, ST_NOSUID, ST_NODEV, ST_NOEXEC = 1, 2, 4, 8
 
 PRELUDE = """
 import errno, json, os, sys
-from gofer9p import launch, spec
+from gofer9p import launch, spec, syscalls
 launch.enter_private_mount_namespace()
 s = spec.load_spec(sys.argv[1])
 def flags(p):
@@ -259,7 +259,7 @@ def test_rbind_flags_cover_submounts(tmp_path: Path, old_kernel: bool) -> None:
         ],
     )
     nosys = "def nosys(*a):\n    raise OSError(errno.ENOSYS, 'no mount_setattr')\n"
-    nosys += "launch._mount_setattr = nosys\n"
+    nosys += "syscalls.mount_setattr = nosys\n"
     out = _run(
         bundle,
         (nosys if old_kernel else "")
@@ -267,7 +267,7 @@ def test_rbind_flags_cover_submounts(tmp_path: Path, old_kernel: bool) -> None:
             """
         # A writable tmpfs submount inside the source, made in this private namespace only.
         src = sys.argv[1] + "/../src/sub"
-        launch._mount("tmpfs", os.path.realpath(src), "tmpfs", 0)
+        syscalls.mount("tmpfs", os.path.realpath(src), "tmpfs", 0)
         undo = launch.setup_fs(s)
         root = s.root_path
         res = {"sub": flags(root + "/data/sub"), "top": flags(root + "/data")}

@@ -176,16 +176,16 @@ def test_sysfs_inside_export_is_not_served(
 DAEMON_SCRIPT = r'''
 import json, os, socket, struct, sys
 sys.path.insert(0, sys.argv[3])
-from gofer9p import launch
+from gofer9p import launch, syscalls
 from tests.escape.test_pseudo_fs import Raw
 from gofer9p.protocol import constants as C
 from gofer9p.protocol import messages as M
 
 bundle, src = sys.argv[1], sys.argv[2]
 launch.enter_private_mount_namespace()
-launch._mount("proc", os.path.join(src, "p"), "proc", 0)
-launch._mount("sysfs", os.path.join(src, "s"), "sysfs", 0)
-launch._mount("tmpfs", os.path.join(src, "t"), "tmpfs", 0)
+syscalls.mount("proc", os.path.join(src, "p"), "proc", 0)
+syscalls.mount("sysfs", os.path.join(src, "s"), "sysfs", 0)
+syscalls.mount("tmpfs", os.path.join(src, "t"), "tmpfs", 0)
 gp = launch.start_gofer(bundle, setup_mounts=True, env=dict(os.environ),
                         stderr=open(os.devnull, "wb"))
 out = {}

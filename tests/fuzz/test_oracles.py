@@ -119,8 +119,8 @@ def test_stateful_finding_is_replayed_with_the_model(tmp_path: Path) -> None:
     report = Report(fuzzer="stateful", target="inproc", seed=4)
     with InprocTarget(plant="crash") as t:
         stateful.run(
-            t, report, seed=4, time_budget=25, max_examples=200, steps=20, crash_dir=tmp_path,
-            database=tmp_path / "db",
+            t, report, seed=4, time_budget=120, max_examples=200, steps=20, crash_dir=tmp_path,
+            database=tmp_path / "db", max_failures=1,
         )
         assert report.crashes, report.summary()
         metas = [json.loads(p.read_text()) for p in tmp_path.glob("stateful-*.json")]
