@@ -141,7 +141,7 @@ def _minflt(pid: int) -> int:
 
 def _drive(n: int, prefork: int) -> None:
     global _TRACE
-    from gofer9p import spec
+    from gofer9p import launch
     from gofer9p.launch import ForkServer
 
     trace_r, trace_w = os.pipe()
@@ -157,7 +157,7 @@ def _drive(n: int, prefork: int) -> None:
     )
     theirs.close()
     fs = ForkServer(mine, proc)
-    _wrap(spec, "load_spec", "req.load_spec")
+    _wrap(launch, "load_spec", "req.load_spec")  # the name start_gofer calls
     _wrap(fs, "_request", "req.request")
     buf = b""
     rounds: list[list[tuple[int, str, int, int]]] = []
