@@ -3,21 +3,22 @@
 Start-up, interleaved (one round = one start of each kind, in turn), root needed:
 
 * ``pool``: ``ForkServer.start_gofer(bundle)`` on a fork-server with its default pool of one
-  pre-forked child (refilled between rounds: the other kinds run in between), which confines
+  pre-forked child (refilled between rounds, while the other kinds run; each start waits
+  ``--settle`` first, so that no refill runs into a measurement), which confines
   itself and serves (the call returns once it serves), then Tversion -> Rversion, then
   Tattach -> Rattach, on the root attach point's socket;
 * ``fork``: the same on a fork-server with ``prefork=0`` (it forks on request);
 * ``spawn``: ``launch.start_gofer(bundle)`` (``python -m gofer9p.daemon``), the same two
-  requests sent at once;
+  requests;
 * ``diod``: ``diod -f -n -r FD -w FD -e EXPORT -L stderr`` on a socketpair (as p9bench and
   benchmarks/compare.sh start it), the same two requests.
 
 Times run from just before the start call / the spawn to the reply.  Then memory: N gofers
-started through the fork-server, each serving one attached connection (a file read), and
+started through the fork-server, each serving one attached connection, and
 ``/proc/PID/smaps_rollup`` of each: private = Private_Clean + Private_Dirty, and the total PSS
 (which shares every page among the processes mapping it).
 
-    python benchmarks/forkserver.py [-n 20] [--gofers 100] [--no-diod]
+    python benchmarks/forkserver.py [-n 20] [--gofers 100] [--no-diod] [--settle 0.05]
 """
 
 from __future__ import annotations
@@ -174,6 +175,14 @@ def main() -> int:
     ap.add_argument("-n", type=int, default=20, help="interleaved rounds (default 20)")
     ap.add_argument("--gofers", type=int, default=100, help="gofers in the memory test (0: skip)")
     ap.add_argument("--no-diod", action="store_true")
+    ap.add_argument(
+        "--settle",
+        type=float,
+        default=0.05,
+        help="pause before each start (s, default 0.05): the previous start's aftermath, such "
+        "as the pool refill (fork + warm-up, ~10 ms of CPU), does not run into the next kind's "
+        "measurement",
+    )
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("benchmarks/forkserver.py: needs root (chroot, caps, mount namespaces)")
@@ -187,7 +196,8 @@ def main() -> int:
         os.makedirs(export)
         Path(export, "hello.txt").write_text("hello\n")
         Path(bundle, "config.json").write_text('{"root": {"path": "rootfs"}}')
-        py = os.path.realpath(sys.executable)
+        # not realpath: a venv's python is a symlink that finds its venv by its own path
+        py = sys.executable
         fs = ForkServer.start(env=env, python=py)
         fs0 = ForkServer.start(env=env, python=py, prefork=0)
         try:
@@ -201,12 +211,17 @@ def main() -> int:
             for f in kinds.values():  # warm: the fork-server's imports, page cache
                 f()
             res: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in kinds}
+            load0 = os.getloadavg()
             for _ in range(args.n):
                 for k, f in kinds.items():
+                    time.sleep(args.settle)  # the last start's aftermath (a pool refill) is over
                     v, a = f()
                     res[k][0].append(v)
                     res[k][1].append(a)
-            print(f"start-up, {args.n} interleaved rounds, ms")
+            print(
+                f"start-up, {args.n} interleaved rounds, ms (load average before "
+                f"{load0[0]:.2f}, after {os.getloadavg()[0]:.2f})"
+            )
             for k, (v, a) in res.items():
                 print(f"  {k:5s} -> Rversion  {_stats(v)}")
                 print(f"  {k:5s} -> Rattach   {_stats(a)}")

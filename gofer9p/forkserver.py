@@ -9,11 +9,14 @@ pages the parent loaded stay shared copy-on-write.  Nothing sandbox-specific run
 it never reads a bundle and never chroots; a request is an argument list and fds to it.
 
 ``--prefork N`` (default 1) keeps N children forked ahead of requests: each drops the server's
-fds, runs what every gofer runs before its sandbox-specific steps (a throw-away ``trio.run``,
-the flags parser: their copy-on-write faults are most of a forked start) and waits on its own
-socketpair; a request goes to the oldest, with its fds, and the pool is refilled once the
-server has been idle for 10 ms (a refill never competes with a start).  With the pool empty a
-request forks on the spot.  Both kinds run the same :meth:`_Server._become_gofer`.
+fds, runs the generic part of a gofer's start (:func:`_warm_up`: the flags, log and spec
+parsers, attach points, the seccomp program with its pid written in, and a throw-away gofer
+serving Tversion/Tattach/Tclunk on a socketpair: their copy-on-write faults and first runs are
+most of a forked start) and waits on its own socketpair; a request goes to the oldest, with
+its fds, and the pool is refilled once the server has been idle for 10 ms (a refill never
+competes with a start; the server then re-faults its own request path, :func:`_rehearse`).
+With the pool empty a request forks on the spot.  Both kinds run the same
+:meth:`_Server._become_gofer`.
 
 Control protocol: a unix ``SOCK_SEQPACKET`` socket, one JSON object per record.
 
@@ -121,6 +124,32 @@ def _parse_request(data: bytes, nfds: int) -> tuple[list[str], list[str]]:
     return args, roles
 
 
+def _rehearse() -> None:
+    """Run the server's part of a request on a dummy one, just after a fork, while idle.
+
+    A fork makes every page of the server copy-on-write again (the new child shares them), so
+    the next request's own code would take ~70 page-copy faults in the server (~0.1 ms of
+    every start).  This takes the same faults now: a record with an fd through a socketpair,
+    :func:`_parse_request`, the records of a hand-over and a reply.  Nothing leaves the
+    process.
+    """
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        req = _record({"op": "start", "args": ["--bundle", "/"], "fds": ["io"]})
+        socket.send_fds(a, [req], [a.fileno()])
+        data, fds, _flags, _ = socket.recv_fds(b, MAX_REQUEST, MAX_FDS, socket.MSG_CMSG_CLOEXEC)
+        for fd in fds:
+            os.close(fd)
+        args, roles = _parse_request(data, len(fds))
+        _record({"args": args, "fds": roles})
+        _record({"pid": os.getpid()})
+    except (OSError, _RequestError):
+        pass  # only a rehearsal: the real request reports its own errors
+    finally:
+        a.close()
+        b.close()
+
+
 def _record(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
@@ -212,6 +241,7 @@ class _Server:
             events = self.sel.select(_REFILL_AFTER if short else None)
             if short and not events:
                 self._prefork()  # only once nothing else waits: never ahead of a request
+                _rehearse()  # the fork made the server's pages copy-on-write: fault them now
             for key, _ in events:
                 try:
                     key.data()
@@ -396,15 +426,16 @@ class _Server:
     def _idle_child(self, sock: socket.socket) -> NoReturn:
         """Forked ahead of a request: drop the server's fds, warm up, wait for the request.
 
-        The warm-up runs what every gofer runs before its sandbox-specific steps (a throw-away
-        ``trio.run``, the flags parser), so its copy-on-write faults are paid while idle.
-        EOF on ``sock`` (the server stopped or died) ends it.
+        The warm-up (:func:`_warm_up`) runs the generic part of a gofer's start, serving
+        included, so its copy-on-write faults are paid while idle.  EOF on ``sock`` (the
+        server stopped or died) ends it.
         """
         rc = 0
         report = _StartPipe(-1)
         try:
             self._detach({sock.fileno()})
-            _warm_up()
+            with contextlib.suppress(Exception):  # a failed warm-up only makes the start slower
+                _warm_up()
             data, fds, _flags, _ = socket.recv_fds(sock, MAX_REQUEST, MAX_FDS + 1)
             sock.close()
             if data:  # else EOF: the server is gone, exit 0
@@ -515,25 +546,82 @@ class _Idle:
             self.pidfd = -1
 
 
-def _warm_up() -> None:
-    """Run, without side effects, the generic code a gofer runs next: its pages get copied now."""
+#: The requests a pre-forked child's throw-away gofer answers: Tversion, then Tattach of fid 1
+#: by uid 0 (n_uname: no user lookup) to aname "", then Tclunk of it; then EOF.
+_WARM_REQUESTS = (
+    b"\x15\x00\x00\x00\x64\xff\xff\x00\x00\x01\x00\x08\x009P2000.L"
+    b"\x17\x00\x00\x00\x68\x01\x00\x01\x00\x00\x00\xff\xff\xff\xff\x00\x00\x00\x00"
+    b"\x00\x00\x00\x00"
+    b"\x0b\x00\x00\x00\x78\x02\x00\x01\x00\x00\x00"
+)
+
+
+def _warm_up() -> list[int]:
+    """Run, without lasting effects, the generic code a gofer runs next: its pages get copied
+    (and its bytecode specialised) now, while the child waits, not after the request.
+
+    This is :func:`gofer9p.daemon.run`'s path with nothing of a sandbox in it: the flags
+    parser, the log setup (then undone), the spec reader (as far as a bundle without
+    ``config.json`` goes) and parser, ``realpath``, ``check_io_fd`` on a socketpair,
+    the attach points of a spec whose root is ``/`` (read-only; opened and closed here, never
+    chrooted into), the capability bound read, the seccomp program with this child's pid
+    written in (:func:`gofer9p.seccomp.prepare_seccomp`), and the serving loop itself
+    (``daemon._serve_all`` in a ``trio.run``) answering :data:`_WARM_REQUESTS` on the
+    socketpair.  The steps with effects (mount namespace, chroot, capabilities, seccomp) are
+    left to the gofer: they need the request, and a mount namespace made now would miss mounts
+    the manager makes before its request.  The process's fd limit is not touched either.
+    Everything it allocates is collected before the child waits, and what is left is frozen
+    (:func:`gc.freeze`: the gofer's collections skip it, as they skip the server's).  Returns
+    the message types the throw-away gofer answered with (Rversion 101, Rattach 105, Rclunk
+    121: it served).
+    """
     import json
     import logging
 
     import trio
 
-    from . import daemon, logs, spec
+    from . import confine, daemon, logs, seccomp, server, spec
 
-    async def serve_like() -> None:  # _serve_all's shape: a nursery, a task, a receiver
-        with trio.open_signal_receiver(signal.SIGUSR2):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(trio.sleep, 0)
-
-    trio.run(serve_like)
-    daemon._parser().parse_args(["--bundle", "/", "--io-fds", "0"])
-    doc = json.loads('{"root": {"path": "rootfs", "readonly": true}, "mounts": []}')
-    spec.parse_spec(doc, "/")
+    flags = "--bundle / --seccomp=kill --apply-caps=true --log-level info --io-fds 0"
+    args = daemon._parser().parse_args(flags.split())
+    log = logging.getLogger("gofer9p")
+    saved = (log.handlers[:], log.level, log.propagate)
+    logs.setup_logging("critical", None)
+    doc = json.loads('{"root": {"path": "/", "readonly": true}, "mounts": []}')
+    points = daemon._open_attach_points(spec.parse_spec(doc, "/"), False)
+    with contextlib.suppress(spec.SpecError):
+        spec.load_spec("/proc/self/fdinfo")  # a directory without config.json: its error path
+    os.path.realpath("/proc/self/fdinfo")  # as private_mount_root resolves the root
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        ours.sendall(_WARM_REQUESTS)
+        ours.shutdown(socket.SHUT_WR)
+        sock = daemon.check_io_fd(theirs.detach())  # serve_one closes it
+        confine.assert_single_threaded()
+        confine._cap_last_cap()
+        seccomp.prepare_seccomp("kill")
+        config = server.ServerConfig(
+            poll_us=args.poll_us, connections=1, fd_share=server.FD_SHARE_MIN
+        )
+        trio.run(daemon._serve_all, [sock.fileno()], [sock], points, config, "warm-up", None)
+        replies = b""
+        while chunk := ours.recv(4096):  # the gofer closed its end: EOF after the replies
+            replies += chunk
+    finally:
+        ours.close()
+        for p in points:
+            p.close()
+        log.handlers[:], log.propagate = saved[0], saved[2]
+        log.setLevel(saved[1])
     logs.OneLineUTCFormatter().format(logging.LogRecord("gofer9p", 20, "", 0, "%s", ("x",), None))
+    gc.collect()
+    gc.freeze()
+    types = []
+    while len(replies) >= 7:
+        size = int.from_bytes(replies[:4], "little")
+        types.append(replies[4])
+        replies = replies[max(size, 7) :]
+    return types
 
 
 def _exit(rc: int) -> NoReturn:

@@ -21,6 +21,7 @@ should not pay for; it must be imported before the chroot (see ``confine.preload
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import errno
 import os
@@ -43,6 +44,7 @@ __all__ = [
     "SeccompMode",
     "compile_seccomp",
     "install_seccomp",
+    "prepare_seccomp",
     "syscall_whitelist",
 ]
 
@@ -223,18 +225,17 @@ def install_seccomp(mode: SeccompMode) -> int:
     """Load :data:`POLICY` into this process (every thread: TSYNC); return how many syscalls
     it allows (0 for ``off``, which loads nothing).
 
-    The program comes from :func:`compile_seccomp` with our pid written in for
-    :data:`OWN_PID`, and is loaded with seccomp(2), as libseccomp's own ``seccomp_load`` would.
+    The program comes from :func:`prepare_seccomp` (:func:`compile_seccomp`'s with our pid
+    written in for :data:`OWN_PID`), and is loaded with seccomp(2), as libseccomp's own
+    ``seccomp_load`` would.
     """
     if mode == "off":
         return 0
     if mode not in SECCOMP_MODES:
         raise SeccompError(f"unknown seccomp mode {mode!r}")
-    prog, allowed, nr = compile_seccomp(mode)
+    prog, allowed, nr = prepare_seccomp(mode)
     try:
-        syscalls.seccomp_set_filter(
-            nr, own_pid_written(prog, os.getpid()), syscalls.SECCOMP_FILTER_FLAG_TSYNC
-        )
+        syscalls.seccomp_set_filter(nr, prog, syscalls.SECCOMP_FILTER_FLAG_TSYNC)
     except OSError as e:
         raise SeccompError(f"installing seccomp filter: {e.strerror}") from None
     return allowed
@@ -257,6 +258,25 @@ def own_pid_written(prog: bytes, pid: int) -> bytes:
     return bytes(insns)
 
 
+def prepare_seccomp(mode: SeccompMode) -> tuple[bytes, int, int]:
+    """:func:`compile_seccomp`'s ``(program, allowed, nr)`` with this process's pid written in,
+    cached per pid.
+
+    A fork-server's pre-forked child prepares it while it waits, so its gofer only loads it
+    (writing the pid in is a Python loop over the program, ~0.1 ms of a start); a process
+    forked later has another pid and prepares its own.
+    """
+    pid = os.getpid()
+    got = _prepared.get((mode, pid))
+    if got is not None:
+        return got
+    prog, allowed, nr = compile_seccomp(mode)
+    _prepared.clear()  # only this pid's programs are of any use
+    _prepared[(mode, pid)] = (own_pid_written(prog, pid), allowed, nr)
+    return _prepared[(mode, pid)]
+
+
+_prepared: dict[tuple[str, int], tuple[bytes, int, int]] = {}
 _compiled: dict[str, tuple[bytes, int, int]] = {}
 
 
@@ -292,6 +312,11 @@ def _build_filter(sc: Any, mode: SeccompMode) -> tuple[Any, int]:
     f.set_attr(sc.Attr.ACT_BADARCH, sc.KILL_PROCESS)
     f.set_attr(sc.Attr.CTL_TSYNC, 1)
     f.set_attr(sc.Attr.CTL_NNP, 1)
+    # A binary tree of syscall numbers instead of a linear list: the same rules, about 0.1 ms
+    # less for the kernel to check and prepare at load (a gofer's start) and fewer
+    # instructions per filtered syscall.  libseccomp before 2.5 lacks it: linear list then.
+    with contextlib.suppress(AttributeError, OSError, RuntimeError, ValueError):
+        f.set_attr(sc.Attr.CTL_OPTIMIZE, 2)
     ops = {EQ: sc.EQ, MASKED_EQ: sc.MASKED_EQ}
     allowed = 0
     for name, rules in POLICY.items():

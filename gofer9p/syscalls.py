@@ -46,6 +46,7 @@ __all__ = [
     "ST_NOSUID",
     "SYS_MOUNT_SETATTR",
     "libc",
+    "limit_capabilities",
     "mount",
     "mount_setattr",
     "prctl",
@@ -143,6 +144,26 @@ def prctl(option: int, arg2: int, arg3: int = 0) -> None:
     """prctl(2) with integer arguments; ``OSError("prctl(OPTION): ...")`` on failure."""
     if libc().prctl(option, ctypes.c_ulong(arg2), ctypes.c_ulong(arg3), 0, 0) != 0:
         raise _fail(f"prctl({option})")
+
+
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+def limit_capabilities(keep_mask: int) -> None:
+    """This thread's effective and permitted sets ``&= keep_mask``, inheritable emptied: one
+    capget(2) and one capset(2).  Never adds a capability the thread lacks."""
+    lib = libc()
+    header = (ctypes.c_uint32 * 2)(_LINUX_CAPABILITY_VERSION_3, 0)  # pid 0: this thread
+    data = (ctypes.c_uint32 * 6)()  # two {effective, permitted, inheritable}: caps 0-31, 32-63
+    if lib.capget(header, data) != 0:
+        raise _fail("capget")
+    for half in (0, 1):
+        word = (keep_mask >> (32 * half)) & 0xFFFFFFFF
+        data[3 * half] &= word
+        data[3 * half + 1] &= word
+        data[3 * half + 2] = 0
+    if lib.capset(header, data) != 0:
+        raise _fail("capset")
 
 
 class _SockFprog(ctypes.Structure):

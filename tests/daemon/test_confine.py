@@ -218,3 +218,64 @@ def test_whitelist_names_resolve() -> None:
     assert not set(SECCOMP_ERRNO_RULES) & set(names)
     for bad in ("execve", "socket", "ptrace", "mount", "setuid", "kill", "connect", "bind"):
         assert bad not in names
+
+
+def test_prepared_program_names_each_forked_child() -> None:
+    """A fork-server's pre-forked child prepares its filter (its pid written in) before it
+    is handed a request; a child forked from a process that prepared one must not load that
+    process's copy: tgkill at itself would then be a SIGSYS death, and tgkill at the parent
+    allowed."""
+    code = textwrap.dedent(
+        """
+        import os, signal, struct, sys, threading
+        from gofer9p import confine, seccomp
+        confine.preload("kill")
+        mine = seccomp.prepare_seccomp("kill")
+        assert seccomp.prepare_seccomp("kill") is mine  # cached in this process
+        pid = os.fork()
+        if pid == 0:
+            theirs = seccomp.prepare_seccomp("kill")
+            ok = theirs is not mine and struct.pack("=I", os.getpid()) in theirs[0]
+            confine.set_no_new_privs()
+            seccomp.install_seccomp("kill")
+            signal.signal(signal.SIGUSR1, lambda s, f: None)
+            signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)  # tgkill(own pid)
+            os._exit(0 if ok else 3)
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status))
+        """
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], env=gofer_env(), cwd=REPO, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "0"
+
+
+def test_capabilities_are_only_ever_dropped() -> None:
+    """drop_capabilities limits the sets with one capset(2): a kept capability the process had
+    already lost stays lost (never re-added, no EPERM), and a set inheritable bit is cleared."""
+    code = textwrap.dedent(
+        """
+        import json, prctl
+        from gofer9p import confine
+        prctl.cap_inheritable.fowner = True
+        prctl.cap_effective.chown = False
+        prctl.cap_permitted.chown = False
+        confine.drop_capabilities()
+        with open("/proc/self/status") as f:
+            st = {k: v.strip() for k, _, v in (l.partition(":") for l in f)}
+        print(json.dumps({k: int(st[k], 16) for k in ("CapInh", "CapPrm", "CapEff", "CapBnd")}))
+        """
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], env=gofer_env(), cwd=REPO, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert got == {
+        "CapInh": 0,
+        "CapPrm": KEEP_CAPS_MASK & ~1,
+        "CapEff": KEEP_CAPS_MASK & ~1,
+        "CapBnd": KEEP_CAPS_MASK,
+    }

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -395,6 +396,43 @@ def test_prefork_pool(tmp_path: Path) -> None:
         for g in gps:
             _wait_gone(g.pid)
         fs.stop()
+
+
+def test_warm_up_serves_and_leaves_nothing_behind() -> None:
+    """A pre-forked child's warm-up runs a throw-away gofer (it answers its Tversion, Tattach
+    and Tclunk) and leaves the process as it found it: no fd (its attach point is the host's
+    /, which must never reach a gofer), the same log setup, fd limit, mount namespace, root
+    and umask."""
+    code = textwrap.dedent(
+        """
+        import json, logging, os, resource
+        from gofer9p import forkserver
+        forkserver._preload()
+        def state():
+            log = logging.getLogger("gofer9p")
+            umask = os.umask(0o22)
+            os.umask(umask)
+            return {
+                "fds": {fd: os.readlink(f"/proc/self/fd/{fd}")
+                        for fd in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{fd}")},
+                "log": [repr(log.handlers), log.level, log.propagate],
+                "nofile": resource.getrlimit(resource.RLIMIT_NOFILE),
+                "mnt": os.readlink("/proc/self/ns/mnt"),
+                "root": os.readlink("/proc/self/root"),
+                "umask": umask,
+            }
+        before = state()
+        replies = forkserver._warm_up()
+        print(json.dumps({"replies": replies, "before": before, "after": state()}))
+        """
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], env=gofer_env(), cwd=REPO, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["replies"] == [101, 105, 121]  # Rversion, Rattach, Rclunk
+    assert out["after"] == out["before"]
 
 
 @pytest.mark.parametrize("prefork", [0, 1])
