@@ -138,7 +138,8 @@ _MUTATING = (
 
 
 def _mutates(msg: M.Message) -> bool:
-    """Requests a read-only attach point refuses (session._deny's callers)."""
+    """Requests a read-only attach point refuses (design.md §3; the server's policy is
+    ``protocol.policy``'s ``mutates``, applied by the connection core)."""
     if isinstance(msg, M.Tlopen):
         return bool(msg.flags & (C.L_O_ACCMODE | C.L_O_TRUNC))
     return isinstance(msg, _MUTATING)

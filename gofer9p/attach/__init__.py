@@ -1,11 +1,12 @@
 """Fids -> host files: the only code of gofer9p that touches the host file system.
 
-``AttachPoint`` is a served directory and its read-only policy; ``Backend``
-(``backend.py``) is one connection's fid table and the host operations on its
-fids, with plain values in and out; ``Session`` (``session.py``, the protocol
-side) turns T-messages into backend calls and their results into R-messages
-(see ``backend.py`` for the security model).  ``is_blocking(m)`` tells the
-server which requests deserve a worker thread.
+``AttachPoint`` is a served directory and its read-only / panic-on-write flags
+(applied by the connection core, not here); ``Backend`` (``backend.py``) is one
+connection's fid table and the host operations on its fids, with plain values
+in and out; ``Session`` (``session.py``, the protocol side) turns T-messages
+into backend calls and their results into R-messages (see ``backend.py`` for
+the security model).  ``is_blocking(m)`` tells the server which requests
+deserve a worker thread.
 """
 
 from gofer9p.attach.backend import FDS_PER_FID, Backend, FileSystem

@@ -86,8 +86,6 @@ class Attrs(Reopen):
         is a no-op (ctime changes with any change).  ``atime``/``mtime`` are
         (sec, nsec), used with ATIME_SET/MTIME_SET (else: now).
         """
-        if self._ro:
-            self._deny("setattr")
         with self._ref(fid) as f:
             if f.fd < 0:
                 raise _err(errno.EBADF)

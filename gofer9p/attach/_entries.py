@@ -101,8 +101,6 @@ class Entries(Attrs):
         is given to (fid uid, gid), then its mode is exactly ``mode & 0o7777``
         whatever the process umask (see ``_exact_mode``).
         """
-        if self._ro:
-            self._deny("lcreate")
         _check_name(name)
         hflags = (_sys.host_open_flags(flags) & ~os.O_DIRECTORY) | _O_CREATE
         with self._ref(fid) as f:
@@ -156,8 +154,6 @@ class Entries(Attrs):
             return qid
 
     def mkdir(self, dfid: int, name: bytes, mode: int, gid: int) -> Qid:
-        if self._ro:
-            self._deny("mkdir")
         _check_name(name)
         with self._ref(dfid) as d:
             os.mkdir(name, mode & _CREATE_BITS, dir_fd=d.fd)
@@ -167,8 +163,6 @@ class Entries(Attrs):
         """mknod as requested (regular, FIFO, socket, char, block); whether device
         nodes can be made is up to the gofer's capabilities (the daemon has no
         CAP_MKNOD), and they are never opened (see ``_reopen``)."""
-        if self._ro:
-            self._deny("mknod")
         _check_name(name)
         with self._ref(dfid) as d:
             fmt = mode & _S_IFMT
@@ -180,8 +174,6 @@ class Entries(Attrs):
             return self._new_entry(d, name, d.uid, _gid(gid), mode & 0o7777)
 
     def symlink(self, fid: int, name: bytes, target: bytes, gid: int) -> Qid:
-        if self._ro:
-            self._deny("symlink")
         _check_name(name)
         if b"\0" in target:
             raise _err(errno.EINVAL)
@@ -191,8 +183,6 @@ class Entries(Attrs):
 
     def link(self, dfid: int, fid: int, name: bytes) -> None:
         """Hard-link fid's file into dfid as ``name`` (linkat without following)."""
-        if self._ro:
-            self._deny("link")
         _check_name(name)
         with self._ref(dfid) as d, self._ref(fid) as f:
             if f.fmt == _DIR:
@@ -206,8 +196,6 @@ class Entries(Attrs):
 
     def rename(self, fid: int, dfid: int, name: bytes) -> None:
         """Rename fid's file into dfid as ``name``; fids keep working (they hold fds)."""
-        if self._ro:
-            self._deny("rename")
         _check_name(name)
         with self._ref(dfid) as d, self._ref(fid) as f:
             pfd, oname, owned = self._locate(f, mutating=True)
@@ -219,8 +207,6 @@ class Entries(Attrs):
             self._renamed(f.path, (*d.path, name), f.dev, f.ino, d.fd)
 
     def renameat(self, olddirfid: int, oldname: bytes, newdirfid: int, newname: bytes) -> None:
-        if self._ro:
-            self._deny("renameat")
         _check_name(oldname)
         _check_name(newname)
         with self._ref(olddirfid) as od, self._ref(newdirfid) as nd:
@@ -236,8 +222,6 @@ class Entries(Attrs):
 
     def unlinkat(self, dirfid: int, name: bytes, flags: int) -> None:
         """unlink, or rmdir with AT_REMOVEDIR (any other flag: EINVAL)."""
-        if self._ro:
-            self._deny("unlinkat")
         _check_name(name)
         if flags & ~C.AT_REMOVEDIR:
             raise _err(errno.EINVAL)
@@ -251,8 +235,6 @@ class Entries(Attrs):
         """Unlink (or rmdir) the fid's file; the fid is clunked in every case
         (the server calls this as ``remove_fid``)."""
         with self._take(fid) as f:
-            if self._ro:
-                self._deny("remove")
             if f.xmode == _XREAD:
                 raise _err(errno.EBADF)
             pfd, name, owned = self._locate(f, mutating=True)

@@ -20,7 +20,6 @@ import errno
 import os
 import threading
 from types import TracebackType
-from typing import NoReturn
 
 from gofer9p.attach import _sys
 from gofer9p.attach._common import _close, _err
@@ -208,7 +207,6 @@ class FidTable:
         charges (the splice pipe).  Past it: EMFILE (ENOLCK for a lock), on this
         connection only, so that no connection can take the fds the others need."""
         self._fd_used = 0  # charged against fd_share; guarded by _lock
-        self._ro = point.readonly
         self._fids: dict[int, _Fid] = {}
         self._lock = threading.Lock()
         self._locks_lock = threading.Lock()  # lock owners (``lockers``) and the two below
@@ -332,13 +330,6 @@ class FidTable:
         fd, parent = _dup_with_parent(f.fd, f.parent)
         pident = _redup(f.pident, f.parent, parent) if parent >= 0 else None
         return _Fid(self, fd, parent, f.path, f.uid, f.dev, f.ino, f.fmt, f.qid, pident)
-
-    def _deny(self, what: str) -> NoReturn:
-        """The one place the read-only policy is applied to a mutating request."""
-        p = self.point
-        if p.panic_on_write:
-            p.panic(f"mutating request {what} on read-only attach point {p.path!r}")
-        raise _err(errno.EROFS)
 
     def _is_root(self, f: _Fid) -> bool:
         return f.ino == self.point.root_ino and f.dev == self.point.root_dev

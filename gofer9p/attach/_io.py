@@ -37,8 +37,6 @@ class FileIO(Xattrs, Attrs):
         ``_sys.host_open_flags``); O_CLOEXEC and O_NOFOLLOW are always added, so a
         symlink is ELOOP.
         """
-        if self._ro and flags & (C.L_O_ACCMODE | C.L_O_TRUNC):
-            self._deny("lopen for writing")
         hflags = _sys.host_open_flags(flags)
         with self._ref(fid) as f:
             if f.xmode or f.ofd >= 0:
@@ -150,16 +148,12 @@ class FileIO(Xattrs, Attrs):
         a FIFO's write, or an xattr fid filled; bytes written.
 
         Without ``general`` (the server's inline fast path, ``write_regular``) only
-        an open regular file on a read-write attach point is written: -1 for every
-        other case (read-only attach, xattr fid, FIFO, unopened fid), which the
-        general Twrite path (``general=True``; a FIFO's in a worker thread, see
-        :meth:`read_blocks`) then answers, so both give the same replies.  Unknown
-        fids: EBADF either way.
+        an open regular file is written: -1 for every other case (xattr fid, FIFO,
+        unopened fid), which the general Twrite path (``general=True``; a FIFO's in
+        a worker thread, see :meth:`read_blocks`) then answers, so both give the
+        same replies.  Unknown fids: EBADF either way.  (A read-only attach point
+        never gets here: the connection core refuses its Twrites.)
         """
-        if self._ro:
-            if not general:
-                return -1
-            self._deny("write")
         f = self._ref(fid)
         try:  # not ``with``: a hot entry (see FidTable._ref)
             ofd = f.ofd

@@ -83,8 +83,6 @@ class Xattrs(Reopen):
         """Turn ``fid`` into a write-only xattr fid; Twrites fill exactly
         ``attr_size`` bytes and Tclunk commits (size 0: remove the xattr, which is
         how Linux v9fs removes one).  ``user.`` names only (see :meth:`xattrwalk`)."""
-        if self._ro:
-            self._deny("xattrcreate")
         if not name or b"\0" in name:
             raise _err(errno.EINVAL)
         if not name.startswith(_XATTR_NS):

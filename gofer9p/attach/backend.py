@@ -39,8 +39,17 @@ host kernel interfaces, not data) is EACCES, whatever put the mount there.
 Permissions are not checked by the backend.  Like gVisor's gofer and QEMU's passthrough
 backend, the gofer runs with DAC_OVERRIDE/FOWNER and the client (the sandbox's
 kernel, or the guest kernel with ``access=client``) enforces file permissions
-from the attributes we report.  What the gofer enforces is *which* files can be
-reached (the attach root) and the read-only policy.
+from the attributes we report.  What the backend enforces is *which* files can be
+reached (the attach root).
+
+Read-only attach points.  The backend assumes a read-write point: it has no
+read-only check.  The read-only policy (EROFS, or ``AttachPoint.panic`` with
+panic-on-write) is applied once, by the connection core
+(``gofer9p.connection``), to every request ``protocol.policy`` marks as
+mutating, before any handler runs, as virtiofsd puts read-only in a wrapper
+around the read-write file system instead of a check in every method.  Anything
+else that drives a ``Session`` or ``Backend`` of a read-only point directly
+gets no refusal.
 
 Re-opening and names.  An O_PATH fd cannot do I/O, and without /proc it
 cannot be re-opened directly: a file is re-opened (Tlopen, truncate, xattrs)
@@ -116,7 +125,9 @@ class FileSystem(Protocol):
     """What the protocol side asks of a connection's file system, by fid.
 
     Every method raises ``OSError`` (its errno is the Rlerror); fids are the
-    client's numbers.  Mutating methods refuse on a read-only attach point.
+    client's numbers.  Mutating methods mutate whatever the attach point's flags:
+    a read-only point's mutating requests are refused before they get here (the
+    module docstring).
     """
 
     msize: int

@@ -2,7 +2,8 @@
 
 The attach point is shared by every session (connection) serving the same
 tree, so it owns what must agree across them: the root fd, the
-read-only / panic-on-write policy, and the qid path map (a file must have the
+read-only / panic-on-write flags (which the connection core applies, see
+``AttachPoint``), and the qid path map (a file must have the
 same qid path whichever connection asks).
 
 A root may be a regular file: OCI bundles bind-mount single files
@@ -65,7 +66,9 @@ class AttachPoint:
     ``readonly`` makes every mutating request fail with EROFS; with
     ``panic_on_write`` such a request instead calls :meth:`panic` (a mutating
     request on a read-only mount is a bug in the sandbox's overlay, and the
-    gofer must not keep serving a sandbox that is misbehaving that way).
+    gofer must not keep serving a sandbox that is misbehaving that way).  Both
+    are applied by the connection core (``gofer9p.connection``, from
+    ``protocol.policy``) before any handler runs; the backend never reads them.
 
     Qid paths: ``ino | dev_index << 56``, where ``dev_index`` numbers the
     devices in the order they are first seen (the root's device is 0, so qid

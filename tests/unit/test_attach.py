@@ -1,7 +1,9 @@
 """Unit tests of gofer9p.attach: drive Session handlers directly with message objects.
 
 No server and no sockets: each test builds T-messages, calls the handler and
-checks the R-message and the host file system.  Runs as root (as in CI) so
+checks the R-message and the host file system (the read-only tests feed them
+to a connection core instead, whose policy refuses a read-only point's
+mutating requests).  Runs as root (as in CI) so
 that ownership can be checked with made-up uids.
 """
 
@@ -18,12 +20,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from corepeer import Panicked, fake_panic, refused, serving
 from sessionops import clunk, err, lopen, read, walk, write
 
 from gofer9p.attach import AttachPoint, Session, is_blocking
 from gofer9p.protocol import constants as C
+from gofer9p.protocol.codec import encode
 from gofer9p.protocol.messages import (
+    Message,
     Qid,
+    Rgetattr,
+    Rlopen,
+    Rread,
+    Rwalk,
     Tattach,
     Tauth,
     Tclunk,
@@ -1077,41 +1086,49 @@ def test_statfs_and_fsync(s: Session, root: Path) -> None:
 # --------------------------------------------------------------- read-only
 
 
-def _mutations(root: Path) -> list[tuple[str, Any]]:
+def _mutations() -> list[Message]:
+    """A request of every mutating type (Tsetattr SIZE and Tlopen O_TRUNC would
+    go to a worker thread on a read-write point); fid 1 is the root, 2 a file."""
     return [
-        ("lcreate", Tlcreate(1, 1, b"n", C.L_O_RDWR, 0o644, 0)),
-        ("mkdir", Tmkdir(1, 1, b"n", 0o755, 0)),
-        ("mknod", Tmknod(1, 1, b"n", stat.S_IFIFO | 0o644, 0, 0, 0)),
-        ("symlink", Tsymlink(1, 1, b"n", b"t", 0)),
-        ("link", Tlink(1, 1, 2, b"n")),
-        ("rename", Trename(1, 2, 1, b"n")),
-        ("renameat", Trenameat(1, 1, b"f", 1, b"n")),
-        ("unlinkat", Tunlinkat(1, 1, b"f", 0)),
-        ("setattr", Tsetattr(1, 2, C.SETATTR_SIZE, 0, 0, 0, 0, 0, 0, 0, 0)),
-        ("write", Twrite(1, 2, 0, b"x")),
-        ("xattrcreate", Txattrcreate(1, 2, b"user.x", 1, 0)),
-        ("lopen", Tlopen(1, 2, C.L_O_WRONLY)),
-        ("lopen", Tlopen(1, 2, C.L_O_RDONLY | C.L_O_TRUNC)),
+        Tlcreate(1, 1, b"n", C.L_O_RDWR, 0o644, 0),
+        Tmkdir(1, 1, b"n", 0o755, 0),
+        Tmknod(1, 1, b"n", stat.S_IFIFO | 0o644, 0, 0, 0),
+        Tsymlink(1, 1, b"n", b"t", 0),
+        Tlink(1, 1, 2, b"n"),
+        Trename(1, 2, 1, b"n"),
+        Trenameat(1, 1, b"f", 1, b"n"),
+        Tunlinkat(1, 1, b"f", 0),
+        Tsetattr(1, 2, C.SETATTR_SIZE, 0, 0, 0, 0, 0, 0, 0, 0),
+        Twrite(1, 2, 0, b"x"),
+        Txattrcreate(1, 2, b"user.x", 1, 0),
+        Tlopen(1, 2, C.L_O_WRONLY),
+        Tlopen(1, 2, C.L_O_RDONLY | C.L_O_TRUNC),
     ]
+
+
+# The read-only policy is the connection core's (gofer9p.connection), so these
+# tests send their requests through a core over a Session of the point.
 
 
 def test_read_only_point(root: Path) -> None:
     (root / "f").write_text("keep")
     p = AttachPoint.open(str(root), readonly=True)
-    s = Session(p)
-    s.attach(Tattach(1, 1, NOFID, b"", b"", 0))
-    walk(s, 2, b"f", fid=1)
+    peer = serving(p, 1)
+    s = peer.core.session
+    peer.call(Twalk(1, 1, 2, [b"f"]))
     before = sorted(os.listdir(root))
-    for name, m in _mutations(root):
-        err(errno.EROFS, getattr(s, name), m)
-    err(errno.EROFS, s.remove, Tremove(1, 2))
+    for m in _mutations():
+        refused(peer, errno.EROFS, m)
+    refused(peer, errno.EROFS, Tremove(1, 2))
     assert s.fid_count() == 1  # remove clunked anyway
     assert sorted(os.listdir(root)) == before and (root / "f").read_text() == "keep"
     # reading is fine
-    walk(s, 2, b"f", fid=1)
-    lopen(s, 2)
-    assert read(s, 2) == b"keep"
-    assert s.getattr(Tgetattr(1, 2, C.GETATTR_BASIC)).size == 4
+    assert isinstance(peer.call(Twalk(1, 1, 2, [b"f"])), Rwalk)
+    assert isinstance(peer.call(Tlopen(1, 2, C.L_O_RDONLY)), Rlopen)
+    r = peer.call(Tread(1, 2, 0, 4096))
+    assert isinstance(r, Rread) and bytes(r.data) == b"keep"
+    r = peer.call(Tgetattr(1, 2, C.GETATTR_BASIC))
+    assert isinstance(r, Rgetattr) and r.size == 4
     s.reset()
     p.close()
 
@@ -1119,31 +1136,21 @@ def test_read_only_point(root: Path) -> None:
 def test_panic_on_write(root: Path) -> None:
     (root / "f").write_text("keep")
     p = AttachPoint.open(str(root), readonly=True, panic_on_write=True)
-    reasons: list[str] = []
-
-    class Panicked(Exception):
-        pass
-
-    def fake_panic(reason: str) -> None:
-        reasons.append(reason)
-        raise Panicked
-
-    p.panic = fake_panic  # type: ignore[method-assign,assignment]
-    s = Session(p)
-    s.attach(Tattach(1, 1, NOFID, b"", b"", 0))
-    walk(s, 2, b"f", fid=1)
-    for name, m in _mutations(root):
+    reasons = fake_panic(p)
+    peer = serving(p, 1)
+    peer.call(Twalk(1, 1, 2, [b"f"]))
+    for m in _mutations():
         with pytest.raises(Panicked):
-            getattr(s, name)(m)
+            peer.feed(encode(m))
     with pytest.raises(Panicked):
-        s.remove(Tremove(1, 2))
-    assert len(reasons) == len(_mutations(root)) + 1
+        peer.feed(encode(Tremove(1, 2)))
+    assert len(reasons) == len(_mutations()) + 1
     assert all("read-only" in r for r in reasons)
     assert (root / "f").read_text() == "keep"
     # a panic that returns (it never does for real) still refuses the request
     p.panic = reasons.append  # type: ignore[method-assign,assignment]
-    err(errno.EROFS, s.mkdir, Tmkdir(1, 1, b"n", 0o755, 0))
-    s.reset()
+    refused(peer, errno.EROFS, Tmkdir(1, 1, b"n", 0o755, 0))
+    peer.core.session.reset()
     p.close()
 
 

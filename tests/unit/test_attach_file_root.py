@@ -23,13 +23,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from corepeer import Panicked, Peer, fake_panic, refused, serving
 from sessionops import clunk, err, lopen, read, walk, write
 
 from gofer9p.attach import AttachPoint, Session, _attrs, _reopen
 from gofer9p.protocol import constants as C
+from gofer9p.protocol.codec import encode
 from gofer9p.protocol.messages import (
+    Message,
     Qid,
+    Rclunk,
+    Rlopen,
+    Rread,
+    Rwalk,
     Tattach,
+    Tclunk,
     Tfsync,
     Tgetattr,
     Tgetlock,
@@ -39,6 +47,7 @@ from gofer9p.protocol.messages import (
     Tlopen,
     Tmkdir,
     Tmknod,
+    Tread,
     Treaddir,
     Treadlink,
     Tremove,
@@ -371,79 +380,82 @@ def test_root_cannot_be_removed_renamed_or_linked(s: Session, hosts: Path) -> No
 # ---------------------------------------------------------------- read-only
 
 
-def _write_requests() -> list[tuple[str, object]]:
+def _write_requests() -> list[Message]:
+    """A request of every mutating type on fid 1, a clone of the root."""
     sa = Tsetattr(1, 1, C.SETATTR_SIZE, 0, 0, 0, 0, 0, 0, 0, 0)
     return [
-        ("setattr", sa),
-        ("setattr", Tsetattr(1, 1, C.SETATTR_MODE, 0o777, 0, 0, 0, 0, 0, 0, 0)),
-        ("setattr", Tsetattr(1, 1, C.SETATTR_MTIME, 0, 0, 0, 0, 0, 0, 0, 0)),
-        ("write", Twrite(1, 1, 0, b"x")),
-        ("lopen", Tlopen(1, 1, C.L_O_WRONLY)),
-        ("lopen", Tlopen(1, 1, C.L_O_RDONLY | C.L_O_TRUNC)),
-        ("xattrcreate", Txattrcreate(1, 1, b"user.x", 1, 0)),
-        ("remove", Tremove(1, 1)),
-        ("rename", Trename(1, 1, 1, b"x")),
-        ("renameat", Trenameat(1, 1, b"a", 1, b"b")),
-        ("unlinkat", Tunlinkat(1, 1, b"a", 0)),
-        ("link", Tlink(1, 1, 1, b"x")),
-        ("lcreate", Tlcreate(1, 1, b"x", C.L_O_RDWR, 0o644, 0)),
-        ("mkdir", Tmkdir(1, 1, b"x", 0o755, 0)),
-        ("mknod", Tmknod(1, 1, b"x", stat.S_IFREG | 0o644, 0, 0, 0)),
-        ("symlink", Tsymlink(1, 1, b"x", b"y", 0)),
+        sa,
+        Tsetattr(1, 1, C.SETATTR_MODE, 0o777, 0, 0, 0, 0, 0, 0, 0),
+        Tsetattr(1, 1, C.SETATTR_MTIME, 0, 0, 0, 0, 0, 0, 0, 0),
+        Twrite(1, 1, 0, b"x"),
+        Tlopen(1, 1, C.L_O_WRONLY),
+        Tlopen(1, 1, C.L_O_RDONLY | C.L_O_TRUNC),
+        Txattrcreate(1, 1, b"user.x", 1, 0),
+        Tremove(1, 1),
+        Trename(1, 1, 1, b"x"),
+        Trenameat(1, 1, b"a", 1, b"b"),
+        Tunlinkat(1, 1, b"a", 0),
+        Tlink(1, 1, 1, b"x"),
+        Tlcreate(1, 1, b"x", C.L_O_RDWR, 0o644, 0),
+        Tmkdir(1, 1, b"x", 0o755, 0),
+        Tmknod(1, 1, b"x", stat.S_IFREG | 0o644, 0, 0, 0),
+        Tsymlink(1, 1, b"x", b"y", 0),
     ]
+
+
+# The read-only policy is the connection core's (gofer9p.connection), so these
+# tests send their requests through a core over a Session of the point.
+
+
+def _open_clone(peer: Peer) -> None:
+    assert isinstance(peer.call(Twalk(1, ROOT, 1, [])), Rwalk)
+    assert isinstance(peer.call(Tlopen(1, 1, C.L_O_RDONLY)), Rlopen)
+
+
+def _read_clone(peer: Peer) -> bytes:
+    r = peer.call(Tread(1, 1, 0, 4096))
+    assert isinstance(r, Rread), r
+    return bytes(r.data)
 
 
 def test_read_only_file_root(hosts: Path) -> None:
     p = AttachPoint.open(str(hosts), readonly=True)
-    s = Session(p)
+    peer = serving(p, ROOT)
     try:
-        s.attach(Tattach(1, ROOT, NOFID, b"", b"", 0))
         before = hosts.stat()
-        for name, m in _write_requests():
-            walk(s, 1)
-            err(errno.EROFS, getattr(s, name), m)
-            if name != "remove":
-                clunk(s, 1)
+        for m in _write_requests():
+            assert isinstance(peer.call(Twalk(1, ROOT, 1, [])), Rwalk)
+            refused(peer, errno.EROFS, m)
+            if not isinstance(m, Tremove):
+                assert isinstance(peer.call(Tclunk(1, 1)), Rclunk)
         after = hosts.stat()
         assert hosts.read_bytes() == CONTENT
         assert (after.st_mode, after.st_mtime_ns) == (before.st_mode, before.st_mtime_ns)
-        walk(s, 1)
-        lopen(s, 1)
-        assert read(s, 1) == CONTENT
-        err(errno.EROFS, s.write, Twrite(1, 1, 0, b"x"))
+        _open_clone(peer)
+        assert _read_clone(peer) == CONTENT
+        refused(peer, errno.EROFS, Twrite(1, 1, 0, b"x"))
     finally:
-        s.reset()
+        peer.core.session.reset()
         p.close()
 
 
 def test_panic_on_write_file_root(hosts: Path) -> None:
     p = AttachPoint.open(str(hosts), readonly=True, panic_on_write=True)
-    reasons: list[str] = []
-
-    class Panicked(Exception):
-        pass
-
-    def fake_panic(reason: str) -> None:
-        reasons.append(reason)
-        raise Panicked
-
-    p.panic = fake_panic  # type: ignore[method-assign,assignment]
-    s = Session(p)
+    reasons = fake_panic(p)
+    peer = serving(p, ROOT)
     try:
-        s.attach(Tattach(1, ROOT, NOFID, b"", b"", 0))
-        walk(s, 1)
-        lopen(s, 1)
-        assert read(s, 1) == CONTENT  # reading never panics
-        for name, m in _write_requests():
-            if name == "remove":
+        _open_clone(peer)
+        assert _read_clone(peer) == CONTENT  # reading never panics
+        for m in _write_requests():
+            if isinstance(m, Tremove):
                 continue
             with pytest.raises(Panicked):
-                getattr(s, name)(m)
+                peer.feed(encode(m))
         assert len(reasons) == len(_write_requests()) - 1
         assert all(repr(str(hosts)) in r for r in reasons)
         assert hosts.read_bytes() == CONTENT
     finally:
-        s.reset()
+        peer.core.session.reset()
         p.close()
 
 

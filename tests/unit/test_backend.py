@@ -189,21 +189,6 @@ def test_inline_write_only_to_open_regular_files(b: Backend, root: Path) -> None
     assert (root / "f").read_bytes() == b"Jello"
 
 
-def test_inline_write_on_a_read_only_attach_is_left_to_the_general_path(root: Path) -> None:
-    p = AttachPoint.open(str(root), readonly=True)
-    try:
-        be = Backend(p)
-        be.attach(ROOT, 0, b"")
-        be.walk(ROOT, 1, [b"f"])
-        be.open(1, C.L_O_RDONLY)
-        assert be.write(1, 0, b"x") == -1
-        assert _errno(be.write, 1, 0, b"x", True) == errno.EROFS
-        assert (root / "f").read_bytes() == b"hello"
-        be.reset()
-    finally:
-        p.close()
-
-
 def test_entries_statfs_readlink_and_locks(b: Backend, root: Path) -> None:
     q = b.mkdir(ROOT, b"new", 0o750, C.NONUNAME)
     assert q.type == C.QidType.DIR and stat.S_IMODE(os.stat(root / "new").st_mode) == 0o750
@@ -274,3 +259,16 @@ def test_backend_modules_know_no_message() -> None:
                 assert node.module != "gofer9p.attach.session", path.name
                 if node.module == "gofer9p.protocol.messages":
                     assert {a.name for a in node.names} <= {"Qid"}, path.name
+
+
+def test_backend_leaves_read_only_to_the_connection_core() -> None:
+    """The read-only policy has one place, the connection core's dispatch table
+    (tests/unit/test_connection_core.py): no module under attach/ but point.py,
+    which holds the flags, reads ``readonly`` or ``panic_on_write`` or panics."""
+    pkg = Path(attach_pkg.__file__).parent
+    for path in sorted(pkg.glob("*.py")):
+        if path.name == "point.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute):
+                assert node.attr not in ("readonly", "panic_on_write", "panic"), path.name

@@ -12,21 +12,29 @@ import os
 import struct
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from corepeer import (
+    FLUSH_BYTES,
+    MSIZE,
+    Panicked,
+    Peer,
+    core_of,
+    ecode,
+    fake_panic,
+    serving,
+    versioned,
+)
 
-from gofer9p.attach import AttachPoint, Session
+from gofer9p.attach import AttachPoint
 from gofer9p.connection import (
     DRAINED,
     PRE_VERSION_FRAME,
     SEND,
-    Action,
     Background,
     Close,
     ConnectionCore,
     FlushWait,
-    Limits,
     Splice,
     State,
     Versioned,
@@ -35,88 +43,31 @@ from gofer9p.protocol import constants as C
 from gofer9p.protocol import messages as M
 from gofer9p.protocol.codec import decode, encode
 
-MSIZE = 1 << 20
-FLUSH_BYTES = 256 * 1024
-
-
-class Peer:
-    """A core and the bytes fed to it so far (the buffer the I/O layer would own)."""
-
-    def __init__(self, core: ConnectionCore) -> None:
-        self.core = core
-        self.buf = bytearray()
-        self.start = 0
-
-    def feed(self, data: bytes) -> Action:
-        """Append ``data`` and let the core handle what is complete.  A new buffer
-        each time, as the I/O layer's growth makes: views of the old one may live
-        on (in a queued reply, or a log record's exception)."""
-        self.buf = self.buf[self.start :] + data
-        self.start = 0
-        act = self.core.receive(memoryview(self.buf), self.start, len(self.buf))
-        self.start = self.core.start
-        return act
-
-    def resume(self) -> Action:
-        """Call receive again after an action (the I/O layer's loop)."""
-        act = self.core.receive(memoryview(self.buf), self.start, len(self.buf))
-        self.start = self.core.start
-        return act
-
-    def replies(self) -> list[M.Message]:
-        return [decode(bytes(r)) for r in self.core.take()]
-
-    def rpc(self, *msgs: M.Message) -> list[M.Message]:
-        """Feed requests that are answered inline; their replies."""
-        act = self.feed(b"".join(encode(m) for m in msgs))
-        assert act is DRAINED, act
-        return self.replies()
-
 
 def _core(tmp_path: Path, *, readonly: bool = False, splice_max: int = 0) -> ConnectionCore:
-    point = AttachPoint.open(str(tmp_path), readonly=readonly)
-    session = Session(point, max_fids=64, msize=MSIZE, fd_share=256)
-    return ConnectionCore(session, point, Limits(MSIZE, FLUSH_BYTES, 2, splice_max), "test")
-
-
-def _versioned(peer: Peer, tag: int = C.NOTAG) -> Versioned:
-    act = peer.feed(encode(M.Tversion(tag=tag, msize=MSIZE, version=C.VERSION_9P2000L)))
-    assert isinstance(act, Versioned)
-    return act
+    return core_of(AttachPoint.open(str(tmp_path), readonly=readonly), splice_max=splice_max)
 
 
 @pytest.fixture
 def peer(tmp_path: Path) -> Iterator[Peer]:
     """A core past Tversion and Tattach (fid 1: the root)."""
-    p = Peer(_core(tmp_path))
-    act = _versioned(p)
-    assert not act.reset
-    p.core.version_done(act)
-    (rv,) = p.replies()
-    assert isinstance(rv, M.Rversion) and rv.msize == MSIZE
-    (ra,) = p.rpc(M.Tattach(tag=1, fid=1, afid=C.NOFID, uname=b"root", aname=b"", n_uname=0))
-    assert isinstance(ra, M.Rattach)
+    p = serving(AttachPoint.open(str(tmp_path)), 1)
     yield p
     p.core.session.reset()
-
-
-def _ecode(r: M.Message) -> int:
-    assert isinstance(r, M.Rlerror), r
-    return r.ecode
 
 
 def test_awaiting_version_answers_only_tversion(tmp_path: Path) -> None:
     p = Peer(_core(tmp_path))
     assert p.core.state is State.AWAITING_VERSION and p.core.max_frame == PRE_VERSION_FRAME
     (r,) = p.rpc(M.Tgetattr(tag=3, fid=1, request_mask=C.GETATTR_BASIC))
-    assert _ecode(r) == errno.EPROTO and r.tag == 3
+    assert ecode(r) == errno.EPROTO and r.tag == 3
     bad = p.feed(encode(M.Tversion(tag=C.NOTAG, msize=MSIZE, version=b"9P2000.u")))
     assert isinstance(bad, Versioned)
     p.core.version_done(bad)
     (rv,) = p.replies()
     assert isinstance(rv, M.Rversion) and rv.version == C.VERSION_UNKNOWN
     assert p.core.state is State.AWAITING_VERSION
-    act = _versioned(p)
+    act = versioned(p)
     assert p.core.state is State.RESETTING and p.core.max_frame == MSIZE
     p.core.version_done(act)
     assert p.core.state is State.SERVING
@@ -155,7 +106,7 @@ def test_duplicate_tag_and_flush_of_a_background_request(peer: Peer) -> None:
     p = peer.core.admit(act)
     assert peer.resume() is DRAINED
     (dup,) = peer.rpc(M.Tclunk(tag=10, fid=2))
-    assert _ecode(dup) == errno.EINVAL
+    assert ecode(dup) == errno.EINVAL
     flush1 = peer.feed(encode(M.Tflush(tag=11, oldtag=10)))
     assert isinstance(flush1, FlushWait) and (flush1.tag, flush1.oldtag) == (11, 10)
     assert peer.core.join_flush(flush1) == 10  # the request to cancel
@@ -212,7 +163,7 @@ def test_spliced_read_asks_for_a_splice(tmp_path: Path) -> None:
     data = os.urandom(64 * 1024)
     (tmp_path / "f").write_bytes(data)
     p = Peer(_core(tmp_path, splice_max=200 * 1024))
-    act = _versioned(p)
+    act = versioned(p)
     assert act.open_pipe  # the I/O layer makes the pipe
     r, w = os.pipe()
     try:
@@ -236,7 +187,7 @@ def test_spliced_read_asks_for_a_splice(tmp_path: Path) -> None:
 
 
 def test_tversion_with_fids_asks_for_a_reset(peer: Peer) -> None:
-    act = _versioned(peer, tag=C.NOTAG)
+    act = versioned(peer, tag=C.NOTAG)
     assert act.reset and peer.core.state is State.RESETTING
 
 
@@ -244,16 +195,12 @@ def test_read_only_point_refuses_mutating_requests_before_any_handler(tmp_path: 
     """The policy, not the handler, answers EROFS: handlers of mutating requests are
     never called; a Tlopen for reading passes; a Tremove still clunks its fid."""
     (tmp_path / "f").write_bytes(b"x")
-    core = _core(tmp_path, readonly=True)
+    p = serving(AttachPoint.open(str(tmp_path), readonly=True), 1)
     called: list[int] = []
-    session = core.session
+    session = p.core.session
     for t in (C.MsgType.TMKDIR, C.MsgType.TSETATTR, C.MsgType.TXATTRCREATE):
         session.handlers[t] = lambda m, t=t: called.append(t)  # type: ignore[misc]
-    core.table = core._build_table()
-    p = Peer(core)
-    p.core.version_done(_versioned(p))
-    p.replies()
-    p.rpc(M.Tattach(tag=1, fid=1, afid=C.NOFID, uname=b"root", aname=b"", n_uname=0))
+    p.core.table = p.core._build_table()
     p.rpc(M.Twalk(tag=2, fid=1, newfid=2, wnames=[b"f"]), M.Twalk(tag=3, fid=1, newfid=3, wnames=[b"f"]))
     got = p.rpc(
         M.Tmkdir(tag=4, dfid=1, name=b"d", mode=0o755, gid=0),
@@ -270,30 +217,57 @@ def test_read_only_point_refuses_mutating_requests_before_any_handler(tmp_path: 
     byt = {r.tag: r for r in got}
     assert called == []
     for tag in (4, 5, 6, 7, 8, 10, 11):
-        assert _ecode(byt[tag]) == errno.EROFS, tag
+        assert ecode(byt[tag]) == errno.EROFS, tag
     assert isinstance(byt[9], M.Rlopen)
-    assert _ecode(byt[12]) == errno.EBADF  # the Tremove clunked it
+    assert ecode(byt[12]) == errno.EBADF  # the Tremove clunked it
     assert (tmp_path / "f").read_bytes() == b"x" and not (tmp_path / "d").exists()
     session.reset()
 
 
+def test_read_only_policy_covers_the_threaded_and_fixed_layout_entries(tmp_path: Path) -> None:
+    """Requests that a read-write point sends to a worker thread (a Twrite to a FIFO,
+    Tsetattr SIZE, Tlopen O_TRUNC) or answers in a fixed-layout entry (a Twrite to
+    an open regular file, whose inline write the general path would otherwise
+    answer; a Twrite to an unopened fid, which falls through to the general
+    decoder) are refused inline with EROFS on a read-only point."""
+    (tmp_path / "f").write_bytes(b"hello")
+    os.mkfifo(tmp_path / "p")
+
+    def requests(p: Peer) -> list[M.Message]:
+        for fid, name in ((2, b"f"), (3, b"p"), (4, b"f")):
+            assert isinstance(p.call(M.Twalk(tag=2, fid=1, newfid=fid, wnames=[name])), M.Rwalk)
+        for fid in (2, 3):
+            assert isinstance(p.call(M.Tlopen(tag=3, fid=fid, flags=C.L_O_RDONLY)), M.Rlopen)
+        return [
+            M.Twrite(tag=4, fid=3, offset=0, data=b"x"),
+            M.Tsetattr(tag=4, fid=4, valid=C.SETATTR_SIZE, mode=0, uid=0, gid=0, size=0,
+                       atime_sec=0, atime_nsec=0, mtime_sec=0, mtime_nsec=0),
+            M.Tlopen(tag=4, fid=4, flags=C.L_O_RDONLY | C.L_O_TRUNC),
+            M.Twrite(tag=4, fid=2, offset=0, data=b"x"),
+            M.Twrite(tag=4, fid=4, offset=0, data=b"x"),
+        ]
+
+    rw = serving(AttachPoint.open(str(tmp_path)), 1)
+    msgs = requests(rw)
+    for m in msgs[:3]:
+        assert isinstance(rw.feed(encode(m)), Background), m
+    for m in msgs[3:]:  # the backend answers them: fid 2 is open for reading, 4 not open
+        (r,) = rw.rpc(m)
+        assert ecode(r) == errno.EBADF, m
+    rw.core.session.reset()
+    ro = serving(AttachPoint.open(str(tmp_path), readonly=True), 1)
+    for m in requests(ro):
+        (r,) = ro.rpc(m)  # answered inline
+        assert ecode(r) == errno.EROFS, m
+    assert (tmp_path / "f").read_bytes() == b"hello"
+    ro.core.session.reset()
+
+
 def test_panic_on_write_panics_from_the_policy(tmp_path: Path) -> None:
     point = AttachPoint.open(str(tmp_path), readonly=True, panic_on_write=True)
-    reasons: list[str] = []
-
-    class Panicked(BaseException):
-        pass
-
-    def panic(reason: str) -> Any:
-        reasons.append(reason)
-        raise Panicked
-
-    point.panic = panic  # type: ignore[method-assign]
-    session = Session(point, max_fids=64, msize=MSIZE, fd_share=256)
-    p = Peer(ConnectionCore(session, point, Limits(MSIZE, FLUSH_BYTES, 2, 0), "t"))
-    p.core.version_done(_versioned(p))
-    p.replies()
-    p.rpc(M.Tattach(tag=1, fid=1, afid=C.NOFID, uname=b"root", aname=b"", n_uname=0))
+    reasons = fake_panic(point)
+    p = serving(point, 1)
+    session = p.core.session
     with pytest.raises(Panicked):
         p.feed(encode(M.Tmkdir(tag=4, dfid=1, name=b"d", mode=0o755, gid=0)))
     assert len(reasons) == 1 and "TMKDIR" in reasons[0]
@@ -314,7 +288,7 @@ def test_fixed_layout_entries_answer_as_the_general_path(peer: Peer, tmp_path: P
     bad = (len(good) + 1).to_bytes(4, "little") + good[4:] + b"\0"  # a byte too many
     assert peer.feed(bad) is DRAINED
     (r6,) = peer.replies()
-    assert _ecode(r6) == errno.EINVAL
+    assert ecode(r6) == errno.EINVAL
     (rk,) = peer.rpc(M.Tclunk(tag=7, fid=2))
     assert isinstance(rk, M.Rclunk)
     assert (tmp_path / "n").read_bytes() == b"abc"
