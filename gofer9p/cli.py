@@ -1,4 +1,4 @@
-"""Command line: ``gofer9p serve|gofer|launch|client``.
+"""Command line: ``gofer9p serve|gofer|launch|forkserver|client``.
 
 Kept light on imports: the start-up time of ``gofer9p gofer``/``serve`` is a
 measured target, so trio and the server are imported only by the commands that

@@ -4,7 +4,7 @@ The trio layer (``gofer9p.server``) owns the socket, the buffers' lifetimes and 
 tasks; this module decides everything else.  It is driven like h11's
 ``Connection``::
 
-    core = ConnectionCore(session, point, limits, name)
+    core = ConnectionCore(session, limits, name)
     act = core.receive(view, start, end)   # handle the complete frames in view[start:end]
     # core.out: reply buffers to send, in order; core.start: the first byte not consumed
     # act: DRAINED (receive more), SEND (send core.out, then call receive again),
@@ -218,9 +218,10 @@ def _rflush(tag: int) -> bytes:
 class ConnectionCore:
     """The sans-IO state of one connection (see the module docstring)."""
 
-    def __init__(self, session: Session, point: AttachPoint, limits: Limits, name: str) -> None:
+    def __init__(self, session: Session, limits: Limits, name: str) -> None:
         self.session = session
-        self.point = point
+        # the session's own point: the policy applied here is the one of the files it serves
+        self.point: AttachPoint = session.point
         self.limits = limits
         self.name = name
         self.state = State.AWAITING_VERSION

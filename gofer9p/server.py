@@ -304,7 +304,7 @@ class Connection:
         )
         splice_max = _PIPE_BYTES - 4096 if config.splice and hasattr(os, "splice") else 0
         limits = Limits(config.max_msize, config.flush_bytes, config.inflight_msizes, splice_max)
-        self.core = ConnectionCore(self.session, point, limits, name)
+        self.core = ConnectionCore(self.session, limits, name)
         self.tasks: dict[int, _Task] = {}  # background requests by tag
         self.send_lock = trio.StrictFIFOLock()
         self._sending = 0  # tasks in _send (holding or waiting for send_lock)

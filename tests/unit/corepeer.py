@@ -66,7 +66,7 @@ class Peer:
 def core_of(point: AttachPoint, *, splice_max: int = 0) -> ConnectionCore:
     """A new core over a new Session of ``point``."""
     session = Session(point, max_fids=64, msize=MSIZE, fd_share=256)
-    return ConnectionCore(session, point, Limits(MSIZE, FLUSH_BYTES, 2, splice_max), "test")
+    return ConnectionCore(session, Limits(MSIZE, FLUSH_BYTES, 2, splice_max), "test")
 
 
 def versioned(peer: Peer, tag: int = C.NOTAG) -> Versioned:
