@@ -77,8 +77,9 @@ def test_canary_oracle_finds_a_read_that_follows_a_symlink(tmp_path: Path) -> No
         (meta_path,) = _bucket_files(tmp_path, "race-crash-outside-the-export")
         meta = json.loads(meta_path.read_text())
         assert meta["case"]["ops"] <= meta["case"]["original_ops"]
-        # (a race: replay runs the case until it fails, up to 10 times)
-        assert race.replay_case(meta_path, t, tries=10), "replay did not reproduce it"
+        # (a race: replay runs the case until it fails, up to 40 times; the minimized case
+        # can lose the race often: 10 tries missed once in 8 runs)
+        assert race.replay_case(meta_path, t, tries=40), "replay did not reproduce it"
     with ServeTarget() as clean:
         assert race.replay_case(meta_path, clean, tries=1) == []
 
