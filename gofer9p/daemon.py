@@ -331,9 +331,7 @@ async def _serve_started(start: _Started, report: StartReport | None) -> int:
     return status
 
 
-def _confined_start(
-    argv: Sequence[str], after_confine: Callable[[], None] | None
-) -> _Started:
+def _confined_start(argv: Sequence[str], after_confine: Callable[[], None] | None) -> _Started:
     """Everything before serving, in order: flags, logging, spec, fd checks, preloads, then
     confinement (not-dumpable, chroot, attach points, caps, no_new_privs, seccomp).  Returns
     :func:`_serve_all`'s arguments; raises :class:`DaemonError` with the one line."""

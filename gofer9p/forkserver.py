@@ -12,8 +12,10 @@ it never reads a bundle and never chroots; a request is an argument list and fds
 fds, runs the generic part of a gofer's start (:func:`_warm_up`: the flags, log and spec
 parsers, attach points, the seccomp program with its pid written in, and a throw-away gofer
 serving Tversion/Tattach/Tclunk on a socketpair: their copy-on-write faults and first runs are
-most of a forked start) and waits on its own socketpair; a request goes to the oldest, with
-its fds, and the pool is refilled once the server has been idle for 10 ms (a refill never
+most of a forked start), then starts the gofer's trio run and waits in it on its own
+socketpair (:meth:`_Server._serve_when_asked`: the request finds the loop running, and
+:func:`gofer9p.daemon.run_in_loop` does the whole confined start there before any client
+byte is read); a request goes to the oldest, with its fds, and the pool is refilled once the server has been idle for 10 ms (a refill never
 competes with a start; the server then re-faults its own request path, :func:`_rehearse`).
 With the pool empty a request forks on the spot.  Both kinds place the request's
 fds with the same :func:`_place_fds`.

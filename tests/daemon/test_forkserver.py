@@ -10,6 +10,7 @@ import contextlib
 import errno
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -403,6 +404,38 @@ def test_prefork_pool(tmp_path: Path) -> None:
                 s.close()
         for g in gps:
             _wait_gone(g.pid)
+        fs.stop()
+
+
+def test_prefork_pool_under_a_low_fd_limit(tmp_path: Path) -> None:
+    """With RLIMIT_NOFILE below the fds a pre-forked child holds for io sockets (3 .. 130),
+    the child still waits in the pool (taking its request before it starts trio) and becomes
+    the gofer, its io sockets at 3 and 4."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (100, hard))
+    try:
+        fs = ForkServer.start(env=gofer_env(), prefork=1)  # inherits the limit
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert fs.proc is not None
+    g = None
+    try:
+        _settled(fs.proc.pid, 1)
+        idle = _idle(fs.proc.pid)
+        deadline = time.monotonic() + 15
+        while len(fds := _fds(idle[0])) != 4:  # stdio and its socket, once warmed up
+            assert time.monotonic() < deadline, fds
+            time.sleep(0.01)
+        b = make_bundle(tmp_path, mounts=[("/m", "m", ["rbind"])])
+        (b / "rootfs" / "m").mkdir()
+        g = fs.start_gofer(b)
+        assert g.pid == idle[0]  # the pre-forked child, not a fork on request
+        assert _serves(g.sockets[0]) == b"hello from root\n"
+        mine = _fds(g.pid)
+        assert mine[3].startswith("socket:") and mine[4].startswith("socket:"), mine
+    finally:
+        if g is not None:
+            assert g.stop() == 0
         fs.stop()
 
 
