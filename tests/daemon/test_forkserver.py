@@ -366,8 +366,14 @@ def test_prefork_pool(tmp_path: Path) -> None:
         server_fds = set(_fds(server).values())
         for pid in idle:
             deadline = time.monotonic() + 15
-            # It waits inside its trio run (an epoll fd) once its warm-up is done.
-            while "anon_inode:[eventpoll]" not in (fds := _fds(pid)).values():
+            # It waits inside its trio run (an epoll fd) once its warm-up is done and the run
+            # has made its fds (the same table twice, 50 ms apart).
+            while True:
+                fds = _fds(pid)
+                if "anon_inode:[eventpoll]" in fds.values():
+                    time.sleep(0.05)
+                    if _fds(pid) == fds:
+                        break
                 assert time.monotonic() < deadline, fds
                 time.sleep(0.01)
             # stdio; 3 .. 130 held for the io sockets (/dev/null; its socket may sit among
