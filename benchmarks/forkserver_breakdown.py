@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import fcntl
 import functools
 import os
 import resource
@@ -75,7 +76,8 @@ def _patch_server() -> None:
     _wrap(srv, "_on_conn", "server.request")
     _wrap(srv, "_hand_over", "server.hand_over")
     _wrap(srv, "_send", "server.reply")
-    _wrap(srv, "_become_gofer", "child.become_gofer")
+    _wrap(forkserver, "_take_request", "child.take_request")
+    _wrap(forkserver, "_place_fds", "child.place_fds")
     for name in ("setup_logging", "check_io_fd", "_preload", "_open_attach_points"):
         _wrap(daemon, name, f"child.{name}")
     _wrap(spec, "load_spec", "child.load_spec")
@@ -127,7 +129,9 @@ def _patch_server() -> None:
 
 def serve_main(fd: int, trace: int, prefork: int) -> int:
     global _TRACE
-    _TRACE = trace
+    # Above the fds a pre-forked child holds for io sockets (3 .. 3 + MAX_FDS - 1).
+    _TRACE = fcntl.fcntl(trace, fcntl.F_DUPFD, 512)
+    os.close(trace)
     from gofer9p import forkserver
 
     _patch_server()

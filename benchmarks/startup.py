@@ -1,6 +1,7 @@
 """Startup of a serving gofer vs. the bare cost of ``python -c "import trio"``.
 
-Interleaves N spawns of each, same interpreter (the real one, not a pyenv shim):
+Interleaves N spawns of each, same interpreter (the venv's own, not a pyenv shim or the base
+interpreter behind the venv's link):
 
 * gofer9p: spawn ``<bin>/gofer9p serve --fd 3 DIR`` with one end of a socketpair
   on fd 3, send Tversion at once, time until the Rversion arrives (what
@@ -15,7 +16,6 @@ Prints medians/min and the ratio gofer9p/trio (target <= 1.3).
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import statistics
 import struct
@@ -23,6 +23,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from _pinned import GOFER
 
 
 def tversion(msize: int = 65536) -> bytes:
@@ -59,8 +61,10 @@ def main() -> int:
     ap.add_argument("-n", type=int, default=20)
     ap.add_argument("--cpu", help="pin both to this CPU list (taskset -c)")
     args = ap.parse_args()
-    py = os.path.realpath(sys.executable)
-    exe = os.path.join(os.path.dirname(sys.executable), "gofer9p")
+    # The venv's own python and gofer9p: realpath(sys.executable) is the base interpreter,
+    # outside the venv, which has neither trio nor gofer9p.
+    py = sys.executable
+    exe = GOFER
     pre = ["taskset", "-c", args.cpu] if args.cpu else []
     g: list[float] = []
     t: list[float] = []

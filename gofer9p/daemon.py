@@ -58,6 +58,10 @@ _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 log = logging.getLogger("gofer9p")
 
+#: :func:`_serve_all`'s arguments as :func:`_confined_start` leaves them: io fds, their
+#: sockets, attach points, server config, ready line.
+_Started = tuple[list[int], list[socket.socket], "list[AttachPoint]", "ServerConfig", str]
+
 
 class DaemonError(Exception):
     """The daemon cannot start; ``str(err)`` is the one line printed on stderr."""
@@ -262,13 +266,41 @@ def run(
     try:
         return _run(argv, after_confine, report)
     except DaemonError as e:
-        line = f"gofer9p gofer: error: {e}"
-        print(line, file=sys.stderr, flush=True)
-        if any(isinstance(h, logging.FileHandler) for h in log.handlers):
-            log.error("%s", e)  # the log file alone should also say why the gofer stopped
-        if report is not None:
-            report.failed(line)
-        return EXIT_SETUP
+        return _setup_failed(e, report)
+
+
+async def run_in_loop(
+    argv: Sequence[str],
+    *,
+    after_confine: Callable[[], None] | None = None,
+    report: StartReport | None = None,
+) -> int:
+    """:func:`run` from inside a trio run the caller started before it had ``argv``.
+
+    A pre-forked gofer (:mod:`gofer9p.forkserver`) starts its trio run while it waits for a
+    request (starting one costs ~0.7 ms), so the request finds the loop running.  Everything
+    :func:`run` does before serving happens here in the same order (flags, spec, fd checks,
+    not-dumpable, chroot, attach points, caps, no_new_privs, seccomp), before the first byte
+    of any io fd is read; the trio run's own fds (its epoll and wake-up sockets) are then
+    older than the chroot and the seccomp filter, which a spawned gofer's are not, and need
+    nothing from either.  Same exit statuses and report lines as :func:`run`.
+    """
+    try:
+        start = _confined_start(argv, after_confine)
+    except DaemonError as e:
+        return _setup_failed(e, report)
+    return await _serve_started(start, report)
+
+
+def _setup_failed(e: DaemonError, report: StartReport | None) -> int:
+    """Say why the gofer could not start (stderr, the log file, ``report``): exit status 2."""
+    line = f"gofer9p gofer: error: {e}"
+    print(line, file=sys.stderr, flush=True)
+    if any(isinstance(h, logging.FileHandler) for h in log.handlers):
+        log.error("%s", e)  # the log file alone should also say why the gofer stopped
+    if report is not None:
+        report.failed(line)
+    return EXIT_SETUP
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -281,7 +313,29 @@ def _run(
     after_confine: Callable[[], None] | None,
     report: StartReport | None,
 ) -> int:
-    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    start = _confined_start(list(sys.argv[1:] if argv is None else argv), after_confine)
+
+    import trio
+
+    return trio.run(_serve_started, start, report)
+
+
+async def _serve_started(start: _Started, report: StartReport | None) -> int:
+    """Serve what :func:`_confined_start` prepared; the exit status (an internal error: 1)."""
+    try:
+        status = await _serve_all(*start, None if report is None else report.ready)
+    except Exception:
+        log.critical("internal error", exc_info=True)
+        return EXIT_IO_ERROR
+    log.info("exiting with status %d", status)
+    return status
+
+
+def _confined_start(argv: Sequence[str], after_confine: Callable[[], None] | None) -> _Started:
+    """Everything before serving, in order: flags, logging, spec, fd checks, preloads, then
+    confinement (not-dumpable, chroot, attach points, caps, no_new_privs, seccomp).  Returns
+    :func:`_serve_all`'s arguments; raises :class:`DaemonError` with the one line."""
+    args = _parser().parse_args(list(argv))
     # Hold SIGTERM/SIGINT until the serving loop's receiver is installed (_serve_all unblocks
     # them): a stop request during start-up is then a clean exit 0, never a half-confined
     # death or a KeyboardInterrupt traceback.  SIGKILL still works, and stop() escalates to it.
@@ -349,25 +403,10 @@ def _run(
     if after_confine is not None:
         after_confine()
 
-    import trio
-
     from .server import ServerConfig
 
-    try:
-        status = trio.run(
-            _serve_all,
-            fds,
-            socks,
-            points,
-            ServerConfig(poll_us=args.poll_us, connections=len(socks), fd_share=share),
-            ready_line,
-            None if report is None else report.ready,
-        )
-    except Exception:
-        log.critical("internal error", exc_info=True)
-        return EXIT_IO_ERROR
-    log.info("exiting with status %d", status)
-    return status
+    config = ServerConfig(poll_us=args.poll_us, connections=len(socks), fd_share=share)
+    return fds, socks, points, config, ready_line
 
 
 async def _serve_all(

@@ -10,6 +10,7 @@ import contextlib
 import errno
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -365,12 +366,26 @@ def test_prefork_pool(tmp_path: Path) -> None:
         server_fds = set(_fds(server).values())
         for pid in idle:
             deadline = time.monotonic() + 15
-            while len(fds := _fds(pid)) != 4:  # its warm-up's trio.run has fds of its own
+            # It waits inside its trio run (an epoll fd) once its warm-up is done and the run
+            # has made its fds (the same table twice, 50 ms apart).
+            while True:
+                fds = _fds(pid)
+                if "anon_inode:[eventpoll]" in fds.values():
+                    time.sleep(0.05)
+                    if _fds(pid) == fds:
+                        break
                 assert time.monotonic() < deadline, fds
                 time.sleep(0.01)
-            # stdio + its socket, once it waits
-            assert sorted(fds)[:3] == [0, 1, 2] and fds[max(fds)].startswith("socket:"), fds
-            assert not set(fds.values()) & server_fds - {fds[0], fds[1], fds[2]}
+            # stdio; 3 .. 130 held for the io sockets (/dev/null; its socket may sit among
+            # them); above them its socket and the trio run's epoll and wake-up socketpairs.
+            assert sorted(fds)[:3] == [0, 1, 2], fds
+            held = [fds[fd] for fd in range(3, 131) if fd in fds]
+            assert len(held) == 128 and held.count("/dev/null") >= 127, fds
+            rest = [v for fd, v in sorted(fds.items()) if fd >= 131 or v.startswith("socket:")]
+            kinds = [v.partition("[")[0] for v in rest]
+            assert kinds.count("anon_inode:") == 1 and kinds.count("socket:") >= 3, fds
+            assert set(kinds) == {"anon_inode:", "socket:"}, fds
+            assert not {v for v in rest if v.startswith("socket:")} & server_fds, fds
             with open(f"/proc/{pid}/stat") as f:
                 assert int(f.read().rpartition(")")[2].split()[3]) == pid  # own session
         b = make_bundle(tmp_path)
@@ -395,6 +410,38 @@ def test_prefork_pool(tmp_path: Path) -> None:
                 s.close()
         for g in gps:
             _wait_gone(g.pid)
+        fs.stop()
+
+
+def test_prefork_pool_under_a_low_fd_limit(tmp_path: Path) -> None:
+    """With RLIMIT_NOFILE below the fds a pre-forked child holds for io sockets (3 .. 130),
+    the child still waits in the pool (taking its request before it starts trio) and becomes
+    the gofer, its io sockets at 3 and 4."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (100, hard))
+    try:
+        fs = ForkServer.start(env=gofer_env(), prefork=1)  # inherits the limit
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert fs.proc is not None
+    g = None
+    try:
+        _settled(fs.proc.pid, 1)
+        idle = _idle(fs.proc.pid)
+        deadline = time.monotonic() + 15
+        while len(fds := _fds(idle[0])) != 4:  # stdio and its socket, once warmed up
+            assert time.monotonic() < deadline, fds
+            time.sleep(0.01)
+        b = make_bundle(tmp_path, mounts=[("/m", "m", ["rbind"])])
+        (b / "rootfs" / "m").mkdir()
+        g = fs.start_gofer(b)
+        assert g.pid == idle[0]  # the pre-forked child, not a fork on request
+        assert _serves(g.sockets[0]) == b"hello from root\n"
+        mine = _fds(g.pid)
+        assert mine[3].startswith("socket:") and mine[4].startswith("socket:"), mine
+    finally:
+        if g is not None:
+            assert g.stop() == 0
         fs.stop()
 
 
