@@ -43,6 +43,13 @@ that from trio's public API only:
   ``current_effective_deadline()``, which also tells that it was cancelled)
   and before the caller's ``limit``; the clock must run in real time (a
   :class:`trio.testing.MockClock` that does not turns the shortcut off).
+  Reading the task's own deadline walks its whole cancel-scope stack (three
+  Python calls per scope, some 20 calls a wait in the server, which at QD1 on
+  one shared CPU sleeps on every request), so a caller that waits from one
+  place whose enclosing scopes it never enters or cancels between waits
+  (``fixed_scopes=True``: server.py's receive loop) has it read only with the
+  statistics; a scope that another task cancels or moves shows as a task run,
+  and a deadline set before the statistics were read is in them.
 
 The socket stays in non-blocking mode throughout: ``poll`` does the sleeping.
 
@@ -230,6 +237,8 @@ class QuietWait:
     that owns the socket.  ``recv_into`` returning -1 means: wait through trio
     (``trio.lowlevel.wait_readable(sock)``) now; the socket is then in the
     registry that other connections' waits poll, until the next call.
+    ``fixed_scopes``: the caller waits from one place and enters or cancels none
+    of the scopes around it between waits (see the module docstring).
     """
 
     __slots__ = (
@@ -239,6 +248,7 @@ class QuietWait:
         "_credit",
         "_deadline",
         "_fd",
+        "_fixed",
         "_fresh_until",
         "_gen",
         "_max",
@@ -255,8 +265,9 @@ class QuietWait:
         "window",
     )
 
-    def __init__(self, sock: socket.socket, poll_s: float = 0.0) -> None:
+    def __init__(self, sock: socket.socket, poll_s: float = 0.0, fixed_scopes: bool = False) -> None:
         self._run: _Run | None = None
+        self._fixed = fixed_scopes
         self._parked = False
         self._sock = sock
         self._recv = sock.recv_into
@@ -329,7 +340,7 @@ class QuietWait:
                 while not events and _now() < end:
                     events = poll(0)
             if not events:
-                if not looked:
+                if not looked and not self._fixed:
                     # this task may have entered (or cancelled) a scope since
                     # the statistics were read: its own deadline, read now
                     own = trio.current_effective_deadline()
