@@ -107,7 +107,7 @@ def _client(sock: socket.socket, workload: str, n: int, marks: list[int], go: th
     sock.close()
 
 
-def run_one(workload: str, n: int, calls: bool) -> float:
+def run_one(workload: str, n: int, calls: bool, poll_us: int) -> float:
     """Serve one connection in this thread; server CPU ns (or calls) per unit of ``workload``."""
     import trio
 
@@ -147,7 +147,7 @@ def run_one(workload: str, n: int, calls: bool) -> float:
         async def main() -> None:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(watch)
-                await serve(a, point, ServerConfig())
+                await serve(a, point, ServerConfig(poll_us=poll_us))
 
         t.start()
         trio.run(main)
@@ -165,7 +165,9 @@ def run_one(workload: str, n: int, calls: bool) -> float:
         shutil.rmtree(export, ignore_errors=True)
 
 
-def _drive(trees: list[tuple[str, str]], workloads: list[str], n: int, runs: int, calls: bool) -> None:
+def _drive(
+    trees: list[tuple[str, str]], workloads: list[str], n: int, runs: int, calls: bool, poll_us: int
+) -> None:
     """Alternate subprocesses of each tree; print the median (and spread) per tree and workload."""
     results: dict[tuple[str, str], list[float]] = {}
     for _ in range(runs):
@@ -173,6 +175,7 @@ def _drive(trees: list[tuple[str, str]], workloads: list[str], n: int, runs: int
             for name, path in trees:
                 env = dict(os.environ, PYTHONPATH=os.path.abspath(path))
                 cmd = [sys.executable, os.path.abspath(__file__), "--json", "-n", str(n), wl]
+                cmd += ["--poll-us", str(poll_us)]
                 if calls:
                     cmd.append("--calls")
                 out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
@@ -197,6 +200,11 @@ def main() -> None:
     ap.add_argument("--calls", action="store_true", help="count Python calls instead of CPU time")
     ap.add_argument("--by-function", action="store_true", help="with --calls, one tree: calls per function")
     ap.add_argument("--tree", action="append", default=[], metavar="NAME=PATH")
+    ap.add_argument(
+        "--poll-us", type=int, default=0,
+        help="the server's poll window (default 0: every wait sleeps, as with p9bench's client and"
+        " server on one CPU; a window spins while the client thread answers, which is noise here)",
+    )
     ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     a.workload = a.workload or list(WORKLOADS)
@@ -207,13 +215,13 @@ def main() -> None:
         BY = {}
     if a.tree:
         trees = [tuple(t.split("=", 1)) for t in a.tree]
-        _drive(trees, a.workload, a.n or 0, a.runs, a.calls)  # type: ignore[arg-type]
+        _drive(trees, a.workload, a.n or 0, a.runs, a.calls, a.poll_us)  # type: ignore[arg-type]
         return
     for wl in a.workload:
         n = a.n or (4000 if wl == "create" else 20000)
         if a.calls:
             n = min(n, 2000)
-        value = run_one(wl, n, a.calls)
+        value = run_one(wl, n, a.calls, a.poll_us)
         if a.json:
             print(json.dumps({"value": value}))
         else:
