@@ -339,6 +339,7 @@ class QuietWait:
                 end = now + (window if window < left else left)
                 while not events and _now() < end:
                     events = poll(0)
+                left -= _now() - now  # (without a window, no time to speak of went by)
             if not events:
                 if not looked and not self._fixed:
                     # this task may have entered (or cancelled) a scope since
@@ -350,11 +351,11 @@ class QuietWait:
                         own -= self._clock()
                         if own < left:
                             left = own
-                left -= _now() - now
                 if left > self._block:
                     left = self._block
-                # (a deadline already due: one last look, and the window's miss counted)
-                events = poll(math.ceil(left * 1000) if left > 0 else 0)
+                # (a deadline already due: one last look, and the window's miss
+                # counted; poll rounds a fraction of a millisecond up)
+                events = poll(left * 1000 if left > 0 else 0)
                 slept = True
                 if self._max:
                     self._slept(_now() - now)
