@@ -13,6 +13,7 @@ raised to 2 s first, so that "early" cannot be the bound itself.
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
 import time
@@ -703,3 +704,36 @@ async def test_poll_window_ends_at_a_deadline(long_block: None) -> None:
             n, took = _timed(q)
             assert n == -1
             assert took < EARLY  # the deadline, not the window
+
+
+async def test_poll_window_looks_with_recv_when_alone(
+    long_block: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With only its own socket to watch, the window spins on recv: data that arrives
+    in it costs no poll at all (each poll(0) + recv was a syscall more per request)."""
+    polls = [0]
+    real_poll = select.poll
+
+    class Counted:
+        def __init__(self) -> None:
+            self._p = real_poll()
+
+        def register(self, fd: int, events: int) -> None:
+            self._p.register(fd, events)
+
+        def poll(self, timeout: float = -1) -> list[tuple[int, int]]:
+            polls[0] += 1
+            return self._p.poll(timeout)
+
+    monkeypatch.setattr(select, "poll", Counted)
+    a, b = _pair()
+    with a, b:
+        q = await _ready(a, poll_s=LONG)
+        b.send(b"x")
+        assert q.recv_into(_buf(), True) == 1  # reads the statistics: builds the poll set
+        threading.Timer(0.01, b.send, (b"late",)).start()
+        before = polls[0]
+        n, took = _timed(q)
+        assert n == 4 and took < EARLY
+        assert q.hits == 2
+        assert polls[0] == before
