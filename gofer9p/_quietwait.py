@@ -43,6 +43,13 @@ that from trio's public API only:
   ``current_effective_deadline()``, which also tells that it was cancelled)
   and before the caller's ``limit``; the clock must run in real time (a
   :class:`trio.testing.MockClock` that does not turns the shortcut off).
+  Reading the task's own deadline walks its whole cancel-scope stack (three
+  Python calls per scope, some 20 calls a wait in the server, which at QD1 on
+  one shared CPU sleeps on every request), so a caller that waits from one
+  place whose enclosing scopes it never enters or cancels between waits
+  (``fixed_scopes=True``: server.py's receive loop) has it read only with the
+  statistics; a scope that another task cancels or moves shows as a task run,
+  and a deadline set before the statistics were read is in them.
 
 The socket stays in non-blocking mode throughout: ``poll`` does the sleeping.
 
@@ -230,15 +237,19 @@ class QuietWait:
     that owns the socket.  ``recv_into`` returning -1 means: wait through trio
     (``trio.lowlevel.wait_readable(sock)``) now; the socket is then in the
     registry that other connections' waits poll, until the next call.
+    ``fixed_scopes``: the caller waits from one place and enters or cancels none
+    of the scopes around it between waits (see the module docstring).
     """
 
     __slots__ = (
         "__weakref__",
+        "_alone",
         "_block",
         "_clock",
         "_credit",
         "_deadline",
         "_fd",
+        "_fixed",
         "_fresh_until",
         "_gen",
         "_max",
@@ -255,8 +266,9 @@ class QuietWait:
         "window",
     )
 
-    def __init__(self, sock: socket.socket, poll_s: float = 0.0) -> None:
+    def __init__(self, sock: socket.socket, poll_s: float = 0.0, fixed_scopes: bool = False) -> None:
         self._run: _Run | None = None
+        self._fixed = fixed_scopes
         self._parked = False
         self._sock = sock
         self._recv = sock.recv_into
@@ -273,6 +285,7 @@ class QuietWait:
         self._block = BLOCK_S
         self._clock: Any = None
         self._poll: Any = None
+        self._alone = False  # the poll set is our socket only
         self._version = -1
         self._gen = -1
         self._fresh_until = 0.0
@@ -319,7 +332,26 @@ class QuietWait:
             return self._defer(run)
         poll = self._poll.poll
         window = self.window
-        events = poll(0) if window or not may_block else _NONE
+        if window and may_block and self._alone:
+            # Our socket is all the poll set holds: the window looks with recv
+            # itself, so a caught request costs that one syscall (a poll(0) that
+            # sees it and then a recv cost two, and react later).
+            end = now + (window if window < left else left)
+            recv = self._recv
+            while True:
+                try:
+                    got = recv(view, 0, _DONTWAIT)
+                except BlockingIOError:
+                    if _now() < end:
+                        continue
+                    break
+                self._caught()
+                return got
+            left -= _now() - now
+            window = 0.0  # (spent: on to the sleep)
+            events = _NONE
+        else:
+            events = poll(0) if window or not may_block else _NONE
         slept = False
         if not events:
             if not may_block:
@@ -328,8 +360,9 @@ class QuietWait:
                 end = now + (window if window < left else left)
                 while not events and _now() < end:
                     events = poll(0)
+                left -= _now() - now  # (without a window, no time to speak of went by)
             if not events:
-                if not looked:
+                if not looked and not self._fixed:
                     # this task may have entered (or cancelled) a scope since
                     # the statistics were read: its own deadline, read now
                     own = trio.current_effective_deadline()
@@ -339,11 +372,11 @@ class QuietWait:
                         own -= self._clock()
                         if own < left:
                             left = own
-                left -= _now() - now
                 if left > self._block:
                     left = self._block
-                # (a deadline already due: one last look, and the window's miss counted)
-                events = poll(math.ceil(left * 1000) if left > 0 else 0)
+                # (a deadline already due: one last look, and the window's miss
+                # counted; poll rounds a fraction of a millisecond up)
+                events = poll(left * 1000 if left > 0 else 0)
                 slept = True
                 if self._max:
                     self._slept(_now() - now)
@@ -384,11 +417,14 @@ class QuietWait:
         p = select.poll()
         p.register(self._fd, _POLLIN)
         socks = [q._sock for q in run.waits if q._parked and q is not self]
+        alone = True
         for s in [*socks, *run.watched]:
             fd = s.fileno()
             if fd >= 0 and fd != self._fd:
                 p.register(fd, _POLLIN)
+                alone = False
         self._poll = p
+        self._alone = alone
         self._version = run.version
 
     def _defer(self, run: _Run) -> int:

@@ -453,7 +453,9 @@ class Connection:
         wait_readable = trio.lowlevel.wait_readable
         drained = False  # the last recv left the socket empty: wait before the next
         busy = 0  # chunks handled since this task last yielded to the scheduler
-        self.quiet = quiet = QuietWait(sock, self.config.poll_us / 1e6)
+        # (fixed_scopes: the loop waits from one place and enters or cancels
+        # none of its own scopes between waits)
+        self.quiet = quiet = QuietWait(sock, self.config.poll_us / 1e6, fixed_scopes=True)
         idle_release = self.config.idle_release
         out: list[Any] | None = None
         filled = False  # the last recv filled the buffer's room

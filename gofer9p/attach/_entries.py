@@ -103,7 +103,8 @@ class Entries(Attrs):
         """
         _check_name(name)
         hflags = (_sys.host_open_flags(flags) & ~os.O_DIRECTORY) | _O_CREATE
-        with self._ref(fid) as f:
+        f = self._ref(fid)
+        try:  # not ``with``: a hot entry (see FidTable._ref)
             if f.xmode or f.ofd >= 0:
                 raise _err(errno.EINVAL)
             if f.fmt != _DIR:
@@ -152,6 +153,8 @@ class Entries(Attrs):
                     pass
                 raise _err(errno.EINVAL)
             return qid
+        finally:
+            self._put(f)
 
     def mkdir(self, dfid: int, name: bytes, mode: int, gid: int) -> Qid:
         _check_name(name)
@@ -234,7 +237,8 @@ class Entries(Attrs):
     def remove(self, fid: int) -> None:
         """Unlink (or rmdir) the fid's file; the fid is clunked in every case
         (the server calls this as ``remove_fid``)."""
-        with self._take(fid) as f:
+        f = self._take(fid)
+        try:  # not ``with``: a hot entry (see FidTable._ref)
             if f.xmode == _XREAD:
                 raise _err(errno.EBADF)
             pfd, name, owned = self._locate(f, mutating=True)
@@ -246,3 +250,5 @@ class Entries(Attrs):
             finally:
                 if owned:
                     _close(pfd)
+        finally:
+            self._put(f)

@@ -252,8 +252,8 @@ class FidTable:
     def _ref(self, fid: int) -> _Fid:
         """A reference to ``fid`` (EBADF if it is not in the table): ``with`` it.
 
-        The hot entries (getattr, read, write, walk, clunk: one per request of a
-        busy client) pair it with ``try: ... finally: self._put(f)`` instead, the same
+        The hot entries (getattr, read, write, walk, clunk, lcreate, remove: one per
+        request of a busy client) pair it with ``try: ... finally: self._put(f)`` instead, the same
         release without the ``with`` protocol's two extra calls."""
         with self._lock:
             f = self._fids.get(fid)

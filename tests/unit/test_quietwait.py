@@ -13,6 +13,7 @@ raised to 2 s first, so that "early" cannot be the bound itself.
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
 import time
@@ -296,6 +297,57 @@ async def test_sees_its_own_new_deadline_and_cancel(long_block: None) -> None:
             n, took = _timed(q)
             assert n == -1
             assert took < EARLY
+
+
+async def _own_deadline_reads(monkeypatch: pytest.MonkeyPatch, fixed_scopes: bool) -> int:
+    """How often a wait that sleeps without re-reading the statistics reads its
+    task's own deadline (a walk of its cancel-scope stack)."""
+    a, b = _pair()
+    with a, b:
+        q = QuietWait(a, fixed_scopes=fixed_scopes)
+        await trio.sleep(0)
+        await trio.sleep(0)
+        b.send(b"x")
+        assert q.recv_into(_buf(), True) == 1  # looks at trio's statistics
+        reads = [0]
+        real = trio.current_effective_deadline
+
+        def counted() -> float:
+            reads[0] += 1
+            return real()
+
+        monkeypatch.setattr(trio, "current_effective_deadline", counted)
+        assert q.recv_into(_buf(), True) == -1  # sleeps (BLOCK_S) on the same statistics
+        monkeypatch.setattr(trio, "current_effective_deadline", real)
+        return reads[0]
+
+
+async def test_fixed_scopes_skip_the_own_deadline_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """server.py's loop waits from one place inside the same scopes: its sleeps do
+    not walk the scope stack (some 20 Python calls a request at QD1 on one CPU)."""
+    assert await _own_deadline_reads(monkeypatch, fixed_scopes=False) == 1
+    assert await _own_deadline_reads(monkeypatch, fixed_scopes=True) == 0
+
+
+async def test_fixed_scopes_still_defer_once_cancelled_by_another_task() -> None:
+    a, b = _pair()
+    with a, b:
+        q = QuietWait(a, fixed_scopes=True)
+        await trio.sleep(0)
+        await trio.sleep(0)
+        async with trio.open_nursery() as n:
+            with trio.CancelScope() as cs:
+                b.send(b"x")
+                assert q.recv_into(_buf(), True) == 1
+
+                async def cancel() -> None:
+                    cs.cancel()
+
+                n.start_soon(cancel)
+                with trio.CancelScope(shield=True):
+                    await trio.testing.wait_all_tasks_blocked()
+                b.send(b"x")
+                assert q.recv_into(_buf(), True) == -1
 
 
 async def test_a_deadline_whose_scope_ended_does_not_count(long_block: None) -> None:
@@ -652,3 +704,36 @@ async def test_poll_window_ends_at_a_deadline(long_block: None) -> None:
             n, took = _timed(q)
             assert n == -1
             assert took < EARLY  # the deadline, not the window
+
+
+async def test_poll_window_looks_with_recv_when_alone(
+    long_block: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With only its own socket to watch, the window spins on recv: data that arrives
+    in it costs no poll at all (each poll(0) + recv was a syscall more per request)."""
+    polls = [0]
+    real_poll = select.poll
+
+    class Counted:
+        def __init__(self) -> None:
+            self._p = real_poll()
+
+        def register(self, fd: int, events: int) -> None:
+            self._p.register(fd, events)
+
+        def poll(self, timeout: float = -1) -> list[tuple[int, int]]:
+            polls[0] += 1
+            return self._p.poll(timeout)
+
+    monkeypatch.setattr(select, "poll", Counted)
+    a, b = _pair()
+    with a, b:
+        q = await _ready(a, poll_s=LONG)
+        b.send(b"x")
+        assert q.recv_into(_buf(), True) == 1  # reads the statistics: builds the poll set
+        threading.Timer(0.01, b.send, (b"late",)).start()
+        before = polls[0]
+        n, took = _timed(q)
+        assert n == 4 and took < EARLY
+        assert q.hits == 2
+        assert polls[0] == before

@@ -1,0 +1,232 @@
+"""Server CPU and Python calls per request at QD1, in-process, for one or several trees.
+
+A stdlib client thread sends one request at a time (QD1, as p9bench's ``_qd1`` tests)
+over a socketpair while the server runs ``trio.run(serve, ...)`` in the main thread; the
+main thread's CPU time (``time.thread_time_ns``: no other process, no scheduler noise
+in the number) over the requests is divided by their count.  ``--calls`` instead counts
+the Python function calls the server thread makes per request (``sys.setprofile``),
+which is exact up to the quiet wait's polling (its poll window spins while the client
+thread answers) and the most telling number for a per-message path; ``--by-function``
+lists them per function (those called at least once every ten units).  Workloads:
+getattr (Tgetattr), read4k (4 KiB Tread at random offsets), create (p9bench's create
+cycle: Twalk clone, Tlcreate, Twrite 4 KiB, Tclunk, Tremove of a walked name; counted
+per file).
+
+With ``--tree NAME=PATH`` (repeatable) each tree runs in its own subprocess with
+PYTHONPATH=PATH, alternating over ``--runs`` rounds, and the median per tree is printed:
+
+    python benchmarks/cpu_per_request.py --tree base=/work/base --tree tree=. --runs 5
+    python benchmarks/cpu_per_request.py --tree base=/work/base --tree tree=. --calls
+    PYTHONPATH=. python benchmarks/cpu_per_request.py --calls --by-function create
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+BY: dict[str, int] | None = None
+"""Calls per function, when ``--by-function`` asks for them."""
+WORKLOADS = ("getattr", "read4k", "create")
+
+
+def _exchange(sock: socket.socket, buf: bytearray, frame: bytes) -> None:
+    """Send one request frame and take its reply off ``buf``; an Rlerror is a failed run."""
+    sock.sendall(frame)
+    while True:
+        if len(buf) >= 4:
+            size = struct.unpack_from("<I", buf)[0]
+            if len(buf) >= size:
+                if buf[4] == 7:  # Rlerror
+                    raise RuntimeError(f"Rlerror {struct.unpack_from('<I', buf, 7)[0]}")
+                del buf[:size]
+                return
+        data = sock.recv(1 << 20)
+        if not data:
+            raise EOFError
+        buf += data
+
+
+def _client(sock: socket.socket, workload: str, n: int, marks: list[int], go: threading.Event) -> None:
+    """Set-up requests, then ``n`` QD1 units of ``workload``; ``go`` set between the two."""
+    from gofer9p.protocol import constants as C
+    from gofer9p.protocol import messages as M
+    from gofer9p.protocol.codec import encode
+
+    buf = bytearray()
+
+    def rpc(msg: M.Message) -> None:
+        _exchange(sock, buf, encode(msg))
+
+    rpc(M.Tversion(tag=C.NOTAG, msize=1 << 17, version=b"9P2000.L"))
+    rpc(M.Tattach(tag=1, fid=0, afid=C.NOFID, uname=b"root", aname=b"", n_uname=0))
+    rpc(M.Twalk(tag=1, fid=0, newfid=1, wnames=[b"file"]))
+    rpc(M.Tlopen(tag=2, fid=1, flags=0))
+    rng = random.Random(1)
+    payload = b"x" * 4096
+    units: list[list[M.Message]] = []
+    for i in range(n):
+        if workload == "getattr":
+            units.append([M.Tgetattr(tag=1, fid=0, request_mask=C.GETATTR_BASIC)])
+        elif workload == "read4k":
+            units.append([M.Tread(tag=1, fid=1, offset=rng.randrange(4096) * 4096, count=4096)])
+        else:
+            name = b"c%06d" % i
+            units.append(
+                [
+                    M.Twalk(tag=1, fid=0, newfid=2, wnames=[]),
+                    M.Tlcreate(tag=1, fid=2, name=name, flags=0o1101, mode=0o644, gid=0),
+                    M.Twrite(tag=1, fid=2, offset=0, data=payload),
+                    M.Tclunk(tag=1, fid=2),
+                    M.Twalk(tag=1, fid=0, newfid=2, wnames=[name]),
+                    M.Tremove(tag=1, fid=2),
+                ]
+            )
+    frames = [[encode(m) for m in u] for u in units]
+    marks.append(0)
+    go.set()
+    while marks[0] == 0:  # the server thread stamps its clock, then lets us go
+        time.sleep(0.001)
+    for unit in frames:
+        for frame in unit:
+            _exchange(sock, buf, frame)
+    marks.append(1)
+    sock.close()
+
+
+def run_one(workload: str, n: int, calls: bool, poll_us: int) -> float:
+    """Serve one connection in this thread; server CPU ns (or calls) per unit of ``workload``."""
+    import trio
+
+    from gofer9p.attach import AttachPoint
+    from gofer9p.server import ServerConfig, serve
+
+    export = tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    try:
+        with open(os.path.join(export, "file"), "wb") as f:
+            f.write(os.urandom(16 << 20))
+        a, b = socket.socketpair()
+        marks: list[int] = []
+        go = threading.Event()
+        t = threading.Thread(target=_client, args=(b, workload, n, marks, go), daemon=True)
+        point = AttachPoint.open(export)
+        count = [0]
+        start = [0]
+
+        def prof(frame: Any, event: str, arg: Any) -> None:
+            if event == "call" or event == "c_call":
+                count[0] += 1
+                if BY is not None:
+                    if event == "call":
+                        key = f"{frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.f_code.co_name}"
+                    else:
+                        key = "C:" + getattr(arg, "__qualname__", str(arg))
+                    BY[key] = BY.get(key, 0) + 1
+
+        async def watch() -> None:
+            # Stamp the clock once the client has finished its set-up, then start it.
+            await trio.to_thread.run_sync(go.wait)
+            start[0] = time.thread_time_ns()
+            if calls:
+                sys.setprofile(prof)
+            marks[0] = 1
+
+        async def main() -> None:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch)
+                await serve(a, point, ServerConfig(poll_us=poll_us))
+
+        t.start()
+        trio.run(main)
+        sys.setprofile(None)
+        used = time.thread_time_ns() - start[0]
+        t.join()
+        if len(marks) != 2:
+            raise RuntimeError("client did not finish")
+        if BY:
+            for k, v in sorted(BY.items(), key=lambda kv: -kv[1]):
+                if v >= n // 10:
+                    print(f"{v / n:6.2f} {k}")
+        return (count[0] if calls else used) / n
+    finally:
+        shutil.rmtree(export, ignore_errors=True)
+
+
+def _drive(
+    trees: list[tuple[str, str]], workloads: list[str], n: int, runs: int, calls: bool, poll_us: int
+) -> None:
+    """Alternate subprocesses of each tree; print the median (and spread) per tree and workload."""
+    results: dict[tuple[str, str], list[float]] = {}
+    for _ in range(runs):
+        for wl in workloads:
+            for name, path in trees:
+                env = dict(os.environ, PYTHONPATH=os.path.abspath(path))
+                cmd = [sys.executable, os.path.abspath(__file__), "--json", "-n", str(n), wl]
+                cmd += ["--poll-us", str(poll_us)]
+                if calls:
+                    cmd.append("--calls")
+                out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+                results.setdefault((wl, name), []).append(json.loads(out)["value"])
+    unit = "calls" if calls else "us"
+    scale: Callable[[float], float] = (lambda v: v) if calls else (lambda v: v / 1000)
+    for wl in workloads:
+        per = "file" if wl == "create" else "request"
+        for name, _ in trees:
+            vals = sorted(scale(v) for v in results[(wl, name)])
+            print(
+                f"{wl:8s} {name:8s} median {statistics.median(vals):8.2f} {unit}/{per}"
+                f"   runs {' '.join(f'{v:.2f}' for v in vals)}"
+            )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("workload", nargs="*", help=f"any of {', '.join(WORKLOADS)} (default all)")
+    ap.add_argument("-n", type=int, default=0, help="units per run (default 20000, create 4000)")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--calls", action="store_true", help="count Python calls instead of CPU time")
+    ap.add_argument("--by-function", action="store_true", help="with --calls, one tree: calls per function")
+    ap.add_argument("--tree", action="append", default=[], metavar="NAME=PATH")
+    ap.add_argument(
+        "--poll-us", type=int, default=0,
+        help="the server's poll window (default 0: every wait sleeps, as with p9bench's client and"
+        " server on one CPU; a window spins while the client thread answers, which is noise here)",
+    )
+    ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    a.workload = a.workload or list(WORKLOADS)
+    if set(a.workload) - set(WORKLOADS):
+        ap.error(f"workloads are {WORKLOADS}")
+    if a.by_function:
+        global BY
+        BY = {}
+    if a.tree:
+        trees = [tuple(t.split("=", 1)) for t in a.tree]
+        _drive(trees, a.workload, a.n or 0, a.runs, a.calls, a.poll_us)  # type: ignore[arg-type]
+        return
+    for wl in a.workload:
+        n = a.n or (4000 if wl == "create" else 20000)
+        if a.calls:
+            n = min(n, 2000)
+        value = run_one(wl, n, a.calls, a.poll_us)
+        if a.json:
+            print(json.dumps({"value": value}))
+        else:
+            print(f"{wl}: {value / (1 if a.calls else 1000):.2f} {'calls' if a.calls else 'us'}")
+
+
+if __name__ == "__main__":
+    main()
