@@ -833,8 +833,9 @@ async def serve(
 ) -> None:
     """Serve one connected stream socket until EOF (see the module docstring).
 
-    The socket is put in non-blocking mode and is not closed here: the caller
-    owns it.
+    The socket's blocking mode is ours while serving (non-blocking, or blocking with a
+    receive timeout when the quiet wait sleeps in ``recv``: every call we make on it
+    passes ``MSG_DONTWAIT``); it is not closed here: the caller owns it.
     """
     conn = Connection(sock, point, config or ServerConfig(), name or f"fd{sock.fileno()}")
     await conn.run()
