@@ -51,7 +51,16 @@ that from trio's public API only:
   statistics; a scope that another task cancels or moves shows as a task run,
   and a deadline set before the statistics were read is in them.
 
-The socket stays in non-blocking mode throughout: ``poll`` does the sleeping.
+How it sleeps: when the poll set is our socket alone (one connection, nothing
+else trio waits for but its wake-up socket), a blocking ``recv`` with
+``SO_RCVTIMEO`` of ``BLOCK_S`` is the whole wait: one system call per request,
+as in a synchronous server (``poll`` and then ``recv`` cost a second one, some
+15-25% more server CPU per QD1 request on its own CPU: benchmarks/README.md).
+The socket is therefore in blocking mode from the first wait on, and every
+other receive and send on it passes ``MSG_DONTWAIT`` (the server's; splice,
+which has no such flag, makes it non-blocking for its duration).  Otherwise
+(other connections parked, a watched listener, a deadline nearer than
+``BLOCK_S``) ``poll`` on all of them does the sleeping.
 
 Before sleeping, the wait may poll for a short window (``poll_s``; QEMU's
 iothreads do the same with ``poll-max-ns``).  At QD1 the client's next request
@@ -82,6 +91,7 @@ from __future__ import annotations
 import math
 import select
 import socket
+import struct
 import time
 import weakref
 from collections.abc import Iterator
@@ -233,8 +243,10 @@ def _current_run() -> _Run:
 class QuietWait:
     """The waiting side of one connection's receive loop.
 
-    Leaves the socket non-blocking.  Call only from the trio thread, in the task
-    that owns the socket.  ``recv_into`` returning -1 means: wait through trio
+    Puts the socket in blocking mode with ``SO_RCVTIMEO`` (``BLOCK_S``) when
+    the shortcut is available: every other receive and send on it must pass
+    ``MSG_DONTWAIT``.  Call only from the trio thread, in the task that owns
+    the socket.  ``recv_into`` returning -1 means: wait through trio
     (``trio.lowlevel.wait_readable(sock)``) now; the socket is then in the
     registry that other connections' waits poll, until the next call.
     ``fixed_scopes``: the caller waits from one place and enters or cancels none
@@ -245,6 +257,7 @@ class QuietWait:
         "__weakref__",
         "_alone",
         "_block",
+        "_blocking",
         "_clock",
         "_credit",
         "_deadline",
@@ -290,10 +303,20 @@ class QuietWait:
         self._gen = -1
         self._fresh_until = 0.0
         self._deadline = 0.0
+        self._blocking = False  # the socket sleeps in a blocking recv (see the module docstring)
         if available():
             self._run = run = _current_run()
             run.waits.add(self)
             self._clock = trio.lowlevel.current_clock().current_time
+            usec = int(self._block * 1e6)
+            try:
+                sock.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("@ll", *divmod(usec, 10**6))
+                )
+                sock.setblocking(True)
+                self._blocking = True
+            except OSError:
+                sock.setblocking(False)  # (a transport without receive timeouts: poll sleeps)
 
     @property
     def active(self) -> bool:
@@ -372,8 +395,18 @@ class QuietWait:
                         own -= self._clock()
                         if own < left:
                             left = own
-                if left > self._block:
+                if left >= self._block:
                     left = self._block
+                    if self._alone and self._blocking:
+                        # the one-syscall sleep: a blocking recv that gives up
+                        # after SO_RCVTIMEO (BLOCK_S) with EAGAIN
+                        try:
+                            got = self._recv(view)
+                        except BlockingIOError:
+                            got = -1
+                        if self._max:
+                            self._slept(_now() - now)
+                        return got if got >= 0 else self._defer(run)
                 # (a deadline already due: one last look, and the window's miss
                 # counted; poll rounds a fraction of a millisecond up)
                 events = poll(left * 1000 if left > 0 else 0)

@@ -46,9 +46,8 @@ Contract of :func:`serve`:
 Waiting: after a chunk of one request (a client waiting for its reply), the
 loop waits for the next request itself, without a pass through trio's
 scheduler, when trio has nothing else to run (:mod:`gofer9p._quietwait`);
-otherwise through ``trio.lowlevel.wait_readable``.  The socket is in
-non-blocking mode from start to end (the quiet wait sleeps in ``poll``), so a
-send, a receive or a splice never holds the thread.
+otherwise through ``trio.lowlevel.wait_readable``.  The socket may therefore
+be in blocking mode: every other receive and send passes ``MSG_DONTWAIT``.
 
 Zero-copy: the socket is read into one reusable buffer; ``Twrite`` data is a
 memoryview of that buffer handed straight to ``pwrite``; ``Tread`` reads
@@ -90,6 +89,7 @@ from .connection import (
 
 log = logging.getLogger("gofer9p.server")
 
+_DONTWAIT = socket.MSG_DONTWAIT  # the socket may be in blocking mode (see _quietwait)
 _CLOSED = State.CLOSED
 
 _SMALL_BUF = 1 << 18
@@ -356,7 +356,7 @@ class Connection:
         sock = self.sock
         while bufs:
             try:
-                n = sock.sendmsg(bufs)
+                n = sock.sendmsg(bufs, (), _DONTWAIT)
             except BlockingIOError:
                 await trio.lowlevel.wait_writable(sock)
                 continue
@@ -375,9 +375,9 @@ class Connection:
             return None
         try:
             if len(bufs) == 1:
-                n = self.sock.send(bufs[0])
+                n = self.sock.send(bufs[0], _DONTWAIT)
             else:
-                n = self.sock.sendmsg(bufs)
+                n = self.sock.sendmsg(bufs, (), _DONTWAIT)
         except BlockingIOError:
             n = 0
         return _unsent(bufs, n)
@@ -541,7 +541,7 @@ class Connection:
             room = bufsize - end
             if got < 0:
                 try:
-                    got = recv_into(mv[end:])
+                    got = recv_into(mv[end:], 0, _DONTWAIT)
                 except BlockingIOError:
                     drained = True
                     continue
@@ -683,22 +683,32 @@ class Connection:
             assert self._pipe is not None
             sock = self.sock
             r, fd = self._pipe[0], sock.fileno()
-            while n:
-                try:
-                    n -= os.splice(r, fd, n)
-                except BlockingIOError:
-                    await trio.lowlevel.wait_writable(sock)
-                except OSError as e:
-                    if e.errno != errno.EINVAL:
-                        raise
-                    # a transport splice cannot write to: send the rest as bytes
-                    log.info("%s: socket refuses splice: reads are copied", self.name)
-                    self.core.splice_max = 0
-                    data = bytearray()
-                    while len(data) < n:
-                        data += os.read(r, n - len(data))
-                    n = 0
-                    await self._sendmsg_all([data])
+            # splice has no MSG_DONTWAIT: it blocks on a blocking socket (the
+            # quiet wait's mode) whatever its flags, so the socket is made
+            # non-blocking for the duration (one ioctl each way).
+            blocking = sock.getblocking()
+            if blocking:
+                sock.setblocking(False)
+            try:
+                while n:
+                    try:
+                        n -= os.splice(r, fd, n)
+                    except BlockingIOError:
+                        await trio.lowlevel.wait_writable(sock)
+                    except OSError as e:
+                        if e.errno != errno.EINVAL:
+                            raise
+                        # a transport splice cannot write to: send the rest as bytes
+                        log.info("%s: socket refuses splice: reads are copied", self.name)
+                        self.core.splice_max = 0
+                        data = bytearray()
+                        while len(data) < n:
+                            data += os.read(r, n - len(data))
+                        n = 0
+                        await self._sendmsg_all([data])
+            finally:
+                if blocking:
+                    sock.setblocking(True)
             done = True
         finally:
             if not done:
@@ -823,8 +833,9 @@ async def serve(
 ) -> None:
     """Serve one connected stream socket until EOF (see the module docstring).
 
-    The socket is put in non-blocking mode and is not closed here: the caller
-    owns it.
+    The socket's blocking mode is ours while serving (non-blocking, or blocking with a
+    receive timeout when the quiet wait sleeps in ``recv``: every call we make on it
+    passes ``MSG_DONTWAIT``); it is not closed here: the caller owns it.
     """
     conn = Connection(sock, point, config or ServerConfig(), name or f"fd{sock.fileno()}")
     await conn.run()

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import select
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import trio
@@ -101,15 +103,35 @@ async def test_receives_when_alone(long_block: None) -> None:
         assert q.recv_into(memoryview(buf), True) == 1
 
 
-async def test_socket_stays_non_blocking() -> None:
+async def test_alone_it_sleeps_in_one_blocking_recv(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Our socket alone in the poll set: the sleep is the recv itself (blocking mode,
+    SO_RCVTIMEO of BLOCK_S), no poll; it gives up after BLOCK_S."""
     a, b = _pair()
     with a, b:
         q = await _ready(a, poll_s=0.001)
-        assert not a.getblocking()
+        assert a.getblocking()
+        sec, usec = struct.unpack("@ll", a.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16))
+        # (the kernel rounds it up to its clock tick)
+        assert _quietwait.BLOCK_S <= sec + usec / 1e6 <= 2 * _quietwait.BLOCK_S
         assert q.recv_into(_buf(), True) == -1  # slept up to BLOCK_S, then gave up
-        b.send(b"x")
+        polls: list[float] = []
+
+        class CountingPoll:
+            def __init__(self, real: Any) -> None:
+                self.real = real
+
+            def poll(self, timeout: float | None = None) -> Any:
+                polls.append(0.0 if timeout is None else timeout)
+                return self.real.poll(timeout)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(self.real, name)
+
+        monkeypatch.setattr(q, "_poll", CountingPoll(q._poll))
+        q.window = 0.0
+        threading.Timer(0.002, b.send, (b"x",)).start()
         assert q.recv_into(_buf(), True) == 1
-        assert not a.getblocking()
+        assert [t for t in polls if t] == [], "slept in poll, not in the recv"
 
 
 async def test_catches_requests_at_qd1(long_block: None) -> None:
