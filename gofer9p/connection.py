@@ -64,6 +64,7 @@ from .protocol.codec import (
     RWALK_EMPTY,
     TGETATTR_BODY,
     TIO_HEAD,
+    TLOPEN_BODY,
     TWALK_HEAD,
     ProtocolError,
 )
@@ -433,10 +434,11 @@ class ConnectionCore:
             raise OSError(errno.EROFS, "read-only attach point")
 
         if mtype == T.TLOPEN:
-            dec = DECODERS[mtype]
 
             def lopen(tag: int, frame: memoryview) -> Any:
-                if dec(frame[7:], tag).flags & WRITE_FLAGS:  # type: ignore[attr-defined]
+                # the flags read in place, the frame decoded once (by the entry;
+                # a frame of another size is malformed there)
+                if len(frame) == 15 and TLOPEN_BODY.unpack_from(frame, 7)[1] & WRITE_FLAGS:
                     deny()
                 return entry(tag, frame)
 

@@ -58,6 +58,8 @@ TGETATTR_BODY = struct.Struct("<IQ")
 # for Tgetattr, Tclunk, Tremove, Twalk clones, Tread and Twrite use them.
 FID_BODY = struct.Struct("<I")
 """Tclunk's and Tremove's body: the fid."""
+TLOPEN_BODY = struct.Struct("<II")
+"""Tlopen's body: fid, flags (read in place by the read-only policy)."""
 TWALK_HEAD = struct.Struct("<IIH")
 """Twalk's fixed part (fid, newfid, nwname); with nwname 0 the whole body (a clone)."""
 RWALK_EMPTY = struct.Struct("<IBHH")
