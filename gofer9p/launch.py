@@ -39,7 +39,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import attrs
 
@@ -307,6 +307,27 @@ def _submounts(target: str) -> list[str]:
 # --- spawning the gofer ----------------------------------------------------------------------
 
 
+class _Reapable(Protocol):
+    """What :func:`reap` needs of a child: ``Popen`` and :class:`PidfdProcess` have it."""
+
+    def wait(self, timeout: float | None = None) -> int: ...
+    def kill(self) -> None: ...
+
+
+def reap(proc: _Reapable, timeout: float | None) -> int:
+    """Wait at most ``timeout`` seconds for ``proc`` (a ``Popen`` or a
+    :class:`PidfdProcess`) to exit, then SIGKILL it; its exit status.
+
+    A stopped gofer, fork-server or test server that hangs is killed, never
+    waited for forever; stop paths call this rather than write the wait, kill
+    and wait again."""
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
 @attrs.define(eq=False)
 class GoferProcess:
     """A running gofer: the process, the sandbox ends (attach-point order), the fs undo.
@@ -331,12 +352,7 @@ class GoferProcess:
         try:
             if self.proc.poll() is None:
                 self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
-            return self.proc.wait()  # reaped above: the status, typed as an int
+            return reap(self.proc, timeout)
         finally:  # also when a fork-server died and the status is lost (ForkServerLost)
             for s in self.sockets:
                 s.close()
@@ -906,11 +922,7 @@ class ForkServer:
         self._lost = True
         if self.proc is None:
             return None
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
+        return reap(self.proc, timeout)
 
     def __enter__(self) -> ForkServer:
         return self

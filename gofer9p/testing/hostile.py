@@ -344,13 +344,11 @@ class ListenGofer(Gofer):
         return self.proc.poll() is None
 
     def stop(self) -> None:
+        from ..launch import reap
+
         if self.proc.poll() is None:
             self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        reap(self.proc, 10)
         self._log.close()
         try:
             os.unlink(self.path)

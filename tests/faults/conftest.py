@@ -34,6 +34,7 @@ import trio
 
 from gofer9p.attach import AttachPoint
 from gofer9p.client import Client, open_client, stream_from_socket
+from gofer9p.launch import reap
 from gofer9p.server import ServerConfig, serve
 
 REPO = Path(__file__).resolve().parents[2]
@@ -234,11 +235,7 @@ class GoferProc:
 
     def close(self) -> None:
         self.sock.close()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        reap(self.proc, 10)
         self._log.close()
 
 
