@@ -38,7 +38,12 @@ ID_MAX = 0xFFFFFFFE
 OVERFLOW_ID = 65534
 """What the kernel reports for an id its user namespace cannot map (overflowuid)."""
 UNMAPPED = -1
-"""``IdMap.attach_uid`` of a guest uid no range covers: the fid may not own anything."""
+"""What ``to_host`` answers for a guest id no range holds: the caller refuses (EPERM), and
+a Tattach of such a uid makes a fid that may own nothing."""
+MEMO_MAX = 1024
+"""Host ids whose guest id a table remembers (``IdTable.memo``): a Tgetattr of a known
+owner then costs no call (the lookups are a dict hit each), and the memo stays bounded
+whatever owners the export holds."""
 
 
 def _span(start: int, count: int) -> str:
@@ -57,7 +62,7 @@ class IdTable:
     """
 
     __slots__ = ("_gcounts", "_ghosts", "_gstarts", "_hcounts", "_hguests", "_hstarts", "mapped",
-                 "ranges")
+                 "memo", "ranges")
 
     def __init__(self, ranges: Sequence[tuple[int, int, int]], flag: str = "--map-id") -> None:
         for g, h, n in ranges:
@@ -83,6 +88,9 @@ class IdTable:
         self._hstarts = tuple(r[1] for r in by_host)
         self._hguests = tuple(r[0] for r in by_host)
         self._hcounts = tuple(r[2] for r in by_host)
+        self.memo: dict[int, int] = {}
+        """host -> guest answers of :meth:`to_guest` so far (at most :data:`MEMO_MAX`;
+        shared by every connection: a lookup that misses it only fills it)."""
 
     def to_host(self, guest: int) -> int:
         """The host id for ``guest``; :data:`UNMAPPED` when no range holds it."""
@@ -97,14 +105,15 @@ class IdTable:
 
     def to_guest(self, host: int) -> int:
         """The guest id for ``host``; :data:`OVERFLOW_ID` when no range holds it."""
-        if not self.mapped:
-            return host
+        guest = host if not self.mapped else OVERFLOW_ID
         i = bisect_right(self._hstarts, host) - 1
         if i >= 0:
             d = host - self._hstarts[i]
             if d < self._hcounts[i]:
-                return self._hguests[i] + d
-        return OVERFLOW_ID
+                guest = self._hguests[i] + d
+        if len(self.memo) < MEMO_MAX:
+            self.memo[host] = guest
+        return guest
 
 
 class IdMap:
@@ -178,12 +187,15 @@ class IdMap:
         """``getattr`` (the backend's: Rgetattr's fields after the tag, uid at 5 and gid
         at 6) with the owner translated host -> guest.  One closure per session, chosen
         once, so a session without a map calls the backend's method directly."""
-        uid = self.uids.to_guest
-        gid = self.gids.to_guest
+        umemo, uslow = self.uids.memo, self.uids.to_guest
+        gmemo, gslow = self.gids.memo, self.gids.to_guest
 
         def fields(fid: int, mask: int) -> tuple[int, ...]:
             v = getattr(fid, mask)
-            return (v[0], v[1], v[2], v[3], v[4], uid(v[5]), gid(v[6]), *v[7:])
+            u = v[5]
+            g = v[6]
+            return (v[0], v[1], v[2], v[3], v[4], umemo[u] if u in umemo else uslow(u),
+                    gmemo[g] if g in gmemo else gslow(g), *v[7:])
 
         return fields
 
