@@ -279,25 +279,27 @@ class Session:
             raise _err(errno.EPERM)
         return host
 
-    def _create_gid(self, gid: int) -> int:
-        """A create request's gid, as the host gid the new entry gets."""
-        ids = self.idmap
-        return gid if ids is None else self._host_id(ids.gid_to_host(gid))
+    def _host_gid(self, gid: int) -> int:
+        """A create request's gid (with an id map) as the host gid the new entry gets."""
+        assert self.idmap is not None
+        return self._host_id(self.idmap.gid_to_host(gid))
 
+    # Each create translates its gid only with a map: no call without one.
     def lcreate(self, m: Tlcreate) -> Rlcreate:
-        return Rlcreate(m.tag, self.backend.lcreate(
-            m.fid, m.name, m.flags, m.mode, self._create_gid(m.gid)), 0)
+        gid = m.gid if self.idmap is None else self._host_gid(m.gid)
+        return Rlcreate(m.tag, self.backend.lcreate(m.fid, m.name, m.flags, m.mode, gid), 0)
 
     def mkdir(self, m: Tmkdir) -> Rmkdir:
-        return Rmkdir(m.tag, self.backend.mkdir(m.dfid, m.name, m.mode, self._create_gid(m.gid)))
+        gid = m.gid if self.idmap is None else self._host_gid(m.gid)
+        return Rmkdir(m.tag, self.backend.mkdir(m.dfid, m.name, m.mode, gid))
 
     def mknod(self, m: Tmknod) -> Rmknod:
-        return Rmknod(m.tag, self.backend.mknod(
-            m.dfid, m.name, m.mode, m.major, m.minor, self._create_gid(m.gid)))
+        gid = m.gid if self.idmap is None else self._host_gid(m.gid)
+        return Rmknod(m.tag, self.backend.mknod(m.dfid, m.name, m.mode, m.major, m.minor, gid))
 
     def symlink(self, m: Tsymlink) -> Rsymlink:
-        return Rsymlink(m.tag, self.backend.symlink(
-            m.fid, m.name, m.symtgt, self._create_gid(m.gid)))
+        gid = m.gid if self.idmap is None else self._host_gid(m.gid)
+        return Rsymlink(m.tag, self.backend.symlink(m.fid, m.name, m.symtgt, gid))
 
     def link(self, m: Tlink) -> Rlink:
         self.backend.link(m.dfid, m.fid, m.name)
