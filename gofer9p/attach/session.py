@@ -145,7 +145,8 @@ class Session:
 
     The plain entries the server calls without message objects are the
     backend's own bound methods (no layer between): ``getattr_fields(fid,
-    mask)`` (Rgetattr's fields after the tag), ``clunk_fid(fid)``,
+    mask)`` (Rgetattr's fields after the tag; with an id map, translated by
+    ``IdMap.getattr_mapper``), ``clunk_fid(fid)``,
     ``remove_fid(fid)``, ``clone_fid(fid, newfid)`` (Twalk with no names to
     another fid), ``write_regular(fid, offset, data)`` (-1: not an open regular
     file on a read-write attach, see :meth:`write`), ``read_into(fid, offset, view)``,
