@@ -5,7 +5,6 @@ kill) started by ``start_gofer``/``ForkServer.start_gofer`` with ``map_uids``/``
 from __future__ import annotations
 
 import errno
-import signal
 import socket
 import struct
 import subprocess
@@ -16,7 +15,7 @@ import pytest
 
 from .conftest import REPO, Gofer, gofer_env, make_bundle, run_daemon
 from .ninep import O_RDWR, NineP
-from .test_launch_cli import _read_lines
+from .test_launch_cli import launch_rw
 
 NONUNAME = 0xFFFFFFFF
 
@@ -125,22 +124,11 @@ def test_overlapping_ranges_are_one_error_line(tmp_path: Path) -> None:
 
 def test_launch_cli_passes_the_maps(tmp_path: Path) -> None:
     """``gofer9p launch --map-uid ... --map-gid ...``: the launched gofer creates with the host
-    owner and reports the guest's."""
-    src = tmp_path / "host-rw"
-    src.mkdir()
-    b = make_bundle(tmp_path, mounts=[("/srv/rw", str(src), ["rbind"])])
-    sockdir = tmp_path / "socks"
-    sockdir.mkdir()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gofer9p", "launch", "--bundle", str(b), "--socket-dir",
-         str(sockdir), "--map-uid", "0:300000:1000", "--map-gid", "0:400000:1000"],
-        cwd=REPO, env=gofer_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        lines = _read_lines(proc, "ready")
-        path = next(ln.split()[2] for ln in lines if ln.startswith("attach /srv/rw "))
+    owner and reports the guest's; overlapping ranges are a usage error."""
+    with launch_rw(tmp_path, "--map-uid", "0:300000:1000", "--map-gid", "0:400000:1000") as (
+            _, paths, src):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.connect(path.removeprefix("unix:"))
+        s.connect(paths["/srv/rw"])
         c = NineP(s)
         c.version()
         c.attach(1, uname=b"", n_uname=12)
@@ -151,17 +139,10 @@ def test_launch_cli_passes_the_maps(tmp_path: Path) -> None:
         a = c.getattr(2)
         assert (a["uid"], a["gid"]) == (12, 34)
         s.close()
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
     r = subprocess.run(
-        [sys.executable, "-m", "gofer9p", "launch", "--bundle", str(b), "--map-gid", "0:1:5",
-         "--map-gid", "2:9:1"], cwd=REPO, env=gofer_env(), capture_output=True, text=True,
-        timeout=20,
+        [sys.executable, "-m", "gofer9p", "launch", "--bundle", str(tmp_path / "bundle"),
+         "--map-gid", "0:1:5", "--map-gid", "2:9:1"],
+        cwd=REPO, env=gofer_env(), capture_output=True, text=True, timeout=20,
     )
     assert r.returncode == 2
     assert "--map-gid 0:1:5 and --map-gid 2:9:1 overlap on the guest side (ids 2)" in r.stderr
