@@ -44,14 +44,11 @@ def add_log_args(p: argparse.ArgumentParser) -> None:
 
 
 def _ids(text: str, n: int, form: str) -> tuple[int, ...]:
-    """``text`` as ``n`` colon-separated decimal ids (``form`` names them in the error)."""
+    """``text`` as ``n`` colon-separated decimal numbers (``form`` names them in the error)."""
     parts = text.split(":")
     if len(parts) != n or not all(p.isdigit() and p.isascii() for p in parts):
         raise argparse.ArgumentTypeError(f"{text!r}: want {form} (decimal numbers)")
-    ids = tuple(int(p) for p in parts)
-    if max(ids[:2]) > 0xFFFFFFFE:  # the ids, not a count: (uid_t)-1 is no id
-        raise argparse.ArgumentTypeError(f"{text!r}: ids must lie in 0..4294967294")
-    return ids
+    return tuple(int(p) for p in parts)
 
 
 def _id_range(text: str) -> tuple[int, int, int]:
@@ -64,41 +61,46 @@ def _id_pair(text: str) -> tuple[int, int]:
     return u, g
 
 
-class _IdRanges(argparse.Action):
-    """Appends a ``--map-uid``/``--map-gid`` range and checks the ranges so far (in
-    range, no overlap on either side: ``attach._idmap.IdTable``), so a bad one is a
-    usage error naming the flag, in every front end."""
+class _IdFlag(argparse.Action):
+    """Stores a ``--map-uid``/``--map-gid`` range (appended to the ones before it) or the
+    ``--squash-ids`` pair, checked by building the ``IdMap`` of what it has so far (ids in
+    range, no overlap on either side), so that a bad one is a usage error naming the flag,
+    in every front end."""
 
     def __call__(
         self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
         values: Any, option_string: str | None = None,
     ) -> None:
-        from .attach._idmap import IdTable
+        from .attach import IdMap
 
-        ranges = [*(getattr(namespace, self.dest) or ()), values]
+        new: Any = values
         try:
-            IdTable(ranges, self.option_strings[0])
+            if self.dest == "squash_ids":
+                IdMap(squash=new)
+            else:
+                new = [*getattr(namespace, self.dest), values]
+                IdMap(**{"uids" if self.dest == "map_uid" else "gids": new})
         except ValueError as e:
             raise argparse.ArgumentError(self, str(e)) from None
-        setattr(namespace, self.dest, ranges)
+        setattr(namespace, self.dest, new)
 
 
 def add_idmap_args(p: argparse.ArgumentParser) -> None:
     """``--map-uid``, ``--map-gid`` (repeatable) and ``--squash-ids``: the export's id
     mapping for a guest without a user namespace (:func:`idmap_from_args`)."""
     p.add_argument(
-        "--map-uid", type=_id_range, action=_IdRanges, default=[], metavar="GUEST:HOST:COUNT",
+        "--map-uid", type=_id_range, action=_IdFlag, default=[], metavar="GUEST:HOST:COUNT",
         help="guest uids GUEST.. stand for host uids HOST.. (repeatable; ranges may not "
         "overlap on either side): created files get the host owner, getattr reports the "
         "guest's; a guest uid outside every range may not create or chown (EPERM), a host "
         "uid outside every range is reported as 65534",
     )
     p.add_argument(
-        "--map-gid", type=_id_range, action=_IdRanges, default=[], metavar="GUEST:HOST:COUNT",
+        "--map-gid", type=_id_range, action=_IdFlag, default=[], metavar="GUEST:HOST:COUNT",
         help="the same for gids",
     )
     p.add_argument(
-        "--squash-ids", type=_id_pair, default=None, metavar="UID:GID",
+        "--squash-ids", type=_id_pair, action=_IdFlag, default=None, metavar="UID:GID",
         help="every file created (and every chown) gets this one host owner, whatever "
         "the guest asks (as diod's squash); getattr reports host ids through the maps "
         "if given, else the real host ids",
@@ -106,8 +108,9 @@ def add_idmap_args(p: argparse.ArgumentParser) -> None:
 
 
 def idmap_from_args(args: argparse.Namespace) -> IdMap | None:
-    """The :class:`~gofer9p.attach.IdMap` of :func:`add_idmap_args`'s flags; None when none
-    was given (the server then takes its un-mapped paths)."""
+    """The :class:`~gofer9p.attach.IdMap` of :func:`add_idmap_args`'s flags (each already
+    checked as it was parsed); None when none was given (the server then takes its
+    un-mapped paths)."""
     from .attach import IdMap
 
     uids: Sequence[tuple[int, int, int]] = args.map_uid
