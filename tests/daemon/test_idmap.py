@@ -9,6 +9,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -146,3 +147,41 @@ def test_launch_cli_passes_the_maps(tmp_path: Path) -> None:
     )
     assert r.returncode == 2
     assert "--map-gid 0:1:5 and --map-gid 2:9:1 overlap on the guest side (ids 2)" in r.stderr
+
+
+@pytest.mark.parametrize("where", ["--listen", "--fd"])
+def test_serve_with_maps(tmp_path: Path, where: str) -> None:
+    """``gofer9p serve DIR --listen|--fd ... --map-uid ... --map-gid ...``."""
+    export = tmp_path / "export"
+    export.mkdir()
+    path = tmp_path / "p9.sock"
+    ours, theirs = socket.socketpair()
+    argv = [sys.executable, "-m", "gofer9p", "serve", str(export), "--map-uid", "0:300000:10",
+            "--map-gid", "0:400000:10"]
+    argv += ["--listen", f"unix:{path}"] if where == "--listen" else ["--fd", str(theirs.fileno())]
+    proc = subprocess.Popen(argv, cwd=REPO, env=gofer_env(), pass_fds=[theirs.fileno()],
+                            stderr=subprocess.PIPE)
+    theirs.close()
+    try:
+        if where == "--listen":
+            ours.close()
+            ours = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            deadline = time.monotonic() + 15
+            while not path.exists():
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.02)
+            ours.connect(str(path))
+        c = NineP(ours)
+        c.version()
+        c.attach(1, uname=b"", n_uname=3)
+        c.mkdir(1, b"d", 0o755, gid=4)
+        st = (export / "d").stat()
+        assert (st.st_uid, st.st_gid) == (300003, 400004)
+        c.walk(1, 2, b"d")
+        a = c.getattr(2)
+        assert (a["uid"], a["gid"]) == (3, 4)
+    finally:
+        ours.close()
+        if where == "--listen":
+            proc.terminate()
+        proc.wait(15)
