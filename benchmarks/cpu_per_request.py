@@ -17,6 +17,11 @@ PYTHONPATH=PATH, alternating over ``--runs`` rounds, and the median per tree is 
 
     python benchmarks/cpu_per_request.py --tree base=/work/base --tree tree=. --runs 5
     python benchmarks/cpu_per_request.py --tree base=/work/base --tree tree=. --calls
+    python benchmarks/cpu_per_request.py --tree off=. --tree-mapped on=. getattr
+
+``--tree-mapped NAME=PATH`` runs that tree with an id map (``--map-ids``: uids and gids
+0 -> 0 and 1..65535 -> 100001.., two ranges, as a manager's root-plus-users map), to
+state what mapping costs per request.
     PYTHONPATH=. python benchmarks/cpu_per_request.py --calls --by-function create
 """
 
@@ -107,12 +112,22 @@ def _client(sock: socket.socket, workload: str, n: int, marks: list[int], go: th
     sock.close()
 
 
-def run_one(workload: str, n: int, calls: bool, poll_us: int) -> float:
+MAP = [(0, 0, 1), (1, 100001, 65535)]
+"""``--map-ids``: the id map of a mapped run (uids and gids alike)."""
+
+
+def run_one(workload: str, n: int, calls: bool, poll_us: int, mapped: bool = False) -> float:
     """Serve one connection in this thread; server CPU ns (or calls) per unit of ``workload``."""
     import trio
 
     from gofer9p.attach import AttachPoint
     from gofer9p.server import ServerConfig, serve
+
+    extra: dict[str, Any] = {}
+    if mapped:
+        from gofer9p.attach import IdMap
+
+        extra["idmap"] = IdMap(MAP, MAP)
 
     export = tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     try:
@@ -147,7 +162,7 @@ def run_one(workload: str, n: int, calls: bool, poll_us: int) -> float:
         async def main() -> None:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(watch)
-                await serve(a, point, ServerConfig(poll_us=poll_us))
+                await serve(a, point, ServerConfig(poll_us=poll_us, **extra))
 
         t.start()
         trio.run(main)
@@ -166,7 +181,8 @@ def run_one(workload: str, n: int, calls: bool, poll_us: int) -> float:
 
 
 def _drive(
-    trees: list[tuple[str, str]], workloads: list[str], n: int, runs: int, calls: bool, poll_us: int
+    trees: list[tuple[str, str]], workloads: list[str], n: int, runs: int, calls: bool, poll_us: int,
+    mapped: frozenset[str] = frozenset(),
 ) -> None:
     """Alternate subprocesses of each tree; print the median (and spread) per tree and workload."""
     results: dict[tuple[str, str], list[float]] = {}
@@ -178,6 +194,8 @@ def _drive(
                 cmd += ["--poll-us", str(poll_us)]
                 if calls:
                     cmd.append("--calls")
+                if name in mapped:
+                    cmd.append("--map-ids")
                 out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
                 results.setdefault((wl, name), []).append(json.loads(out)["value"])
     unit = "calls" if calls else "us"
@@ -200,6 +218,9 @@ def main() -> None:
     ap.add_argument("--calls", action="store_true", help="count Python calls instead of CPU time")
     ap.add_argument("--by-function", action="store_true", help="with --calls, one tree: calls per function")
     ap.add_argument("--tree", action="append", default=[], metavar="NAME=PATH")
+    ap.add_argument("--tree-mapped", action="append", default=[], metavar="NAME=PATH",
+                    help="a tree run with --map-ids")
+    ap.add_argument("--map-ids", action="store_true", help="serve with an id map (MAP)")
     ap.add_argument(
         "--poll-us", type=int, default=0,
         help="the server's poll window (default 0: every wait sleeps, as with p9bench's client and"
@@ -213,15 +234,16 @@ def main() -> None:
     if a.by_function:
         global BY
         BY = {}
-    if a.tree:
-        trees = [tuple(t.split("=", 1)) for t in a.tree]
-        _drive(trees, a.workload, a.n or 0, a.runs, a.calls, a.poll_us)  # type: ignore[arg-type]
+    if a.tree or a.tree_mapped:
+        trees = [tuple(t.split("=", 1)) for t in a.tree + a.tree_mapped]
+        mapped = frozenset(t.split("=", 1)[0] for t in a.tree_mapped)
+        _drive(trees, a.workload, a.n or 0, a.runs, a.calls, a.poll_us, mapped)  # type: ignore[arg-type]
         return
     for wl in a.workload:
         n = a.n or (4000 if wl == "create" else 20000)
         if a.calls:
             n = min(n, 2000)
-        value = run_one(wl, n, a.calls, a.poll_us)
+        value = run_one(wl, n, a.calls, a.poll_us, a.map_ids)
         if a.json:
             print(json.dumps({"value": value}))
         else:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .logs import setup_logging
-from .options import add_log_args, add_poll_arg
+from .options import add_idmap_args, add_log_args, add_poll_arg, idmap_from_args
 
 if TYPE_CHECKING:  # typing only: the serve path imports these lazily (start-up time)
     import socket
@@ -46,7 +46,8 @@ def _serve_main(args: argparse.Namespace) -> int:
         return 2
     if args.fd is not None:
         config = ServerConfig(
-            max_msize=args.msize or FD_MSIZE, poll_us=args.poll_us, connections=1
+            max_msize=args.msize or FD_MSIZE, poll_us=args.poll_us, connections=1,
+            idmap=idmap_from_args(args),
         )
         try:
             os.fstat(args.fd)
@@ -83,7 +84,8 @@ def _serve_main(args: argparse.Namespace) -> int:
             max_conn,
         )
     config = ServerConfig(
-        max_msize=args.msize or LISTEN_MSIZE, poll_us=args.poll_us, connections=max_conn
+        max_msize=args.msize or LISTEN_MSIZE, poll_us=args.poll_us, connections=max_conn,
+        idmap=idmap_from_args(args),
     )
     limits = _Limits(max_conn, args.handshake_timeout)
 
@@ -299,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_poll_arg(p)
     add_log_args(p)
+    add_idmap_args(p)
     p.set_defaults(func=_serve_main)
 
     sub.add_parser("gofer", help="serve an OCI bundle's mounts on inherited fds", add_help=False)

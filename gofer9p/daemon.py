@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from .logs import setup_logging
-from .options import add_log_args, add_poll_arg
+from .options import add_idmap_args, add_log_args, add_poll_arg, idmap_from_args
 
 if TYPE_CHECKING:
     from .attach import AttachPoint
@@ -123,6 +123,7 @@ def build_parser(prog: str = "gofer9p gofer") -> argparse.ArgumentParser:
     p.add_argument("--seccomp", choices=("kill", "log", "off"), default="kill")
     add_poll_arg(p)
     add_log_args(p)
+    add_idmap_args(p)
     return p
 
 
@@ -399,13 +400,17 @@ def _confined_start(argv: Sequence[str], after_confine: Callable[[], None] | Non
         f"seccomp {seccomp_mode}{f' ({allowed} syscalls)' if allowed else ''}"
         f"{', panic-on-write' if args.panic_on_write else ''}"
     )
+    idmap = idmap_from_args(args)
+    if idmap is not None:
+        ready_line += f"; ids {idmap.describe()}"
     sys.meta_path.insert(0, _LateImportWarner())
     if after_confine is not None:
         after_confine()
 
     from .server import ServerConfig
 
-    config = ServerConfig(poll_us=args.poll_us, connections=len(socks), fd_share=share)
+    config = ServerConfig(
+        poll_us=args.poll_us, connections=len(socks), fd_share=share, idmap=idmap)
     return fds, socks, points, config, ready_line
 
 

@@ -45,6 +45,7 @@ import attrs
 
 from . import syscalls
 from .forkserver import MAX_REQUEST, _parse_address, _record
+from .options import add_idmap_args
 from .spec import IdMapping, NineMount, Spec, SpecError, load_spec
 from .syscalls import (
     AT_EMPTY_PATH,
@@ -70,6 +71,7 @@ __all__ = [
     "Undo",
     "enter_private_mount_namespace",
     "gofer_flags",
+    "idmap_flags",
     "main",
     "setup_fs",
     "start_gofer",
@@ -382,6 +384,29 @@ def gofer_flags(
     return argv
 
 
+IdRanges = Sequence[tuple[int, int, int]]
+"""``map_uids``/``map_gids`` of :func:`start_gofer`: (guest, host, count) ranges."""
+
+
+def idmap_flags(
+    map_uids: IdRanges = (), map_gids: IdRanges = (), squash_ids: tuple[int, int] | None = None
+) -> list[str]:
+    """The gofer flags of an id mapping (``--map-uid``, ``--map-gid``, ``--squash-ids``),
+    checked here (overlaps, ranges) so that a bad one is a ``LaunchError`` before anything
+    is spawned."""
+    from .attach import IdMap
+
+    try:
+        IdMap.build(map_uids, map_gids, squash_ids)
+    except ValueError as e:
+        raise LaunchError(str(e)) from None
+    argv = [f"--map-uid={g}:{h}:{n}" for g, h, n in map_uids]
+    argv += [f"--map-gid={g}:{h}:{n}" for g, h, n in map_gids]
+    if squash_ids is not None:
+        argv.append(f"--squash-ids={squash_ids[0]}:{squash_ids[1]}")
+    return argv
+
+
 def _gofer_argv(
     python: str,
     module: str,
@@ -428,6 +453,9 @@ def start_gofer(
     env: dict[str, str] | None = None,
     stdout: int | IO[Any] | None = None,
     stderr: int | IO[Any] | None = None,
+    map_uids: IdRanges = (),
+    map_gids: IdRanges = (),
+    squash_ids: tuple[int, int] | None = None,
 ) -> GoferProcess:
     """Spawn a gofer for ``bundle``; return it with the sandbox ends of its connections.
 
@@ -441,7 +469,10 @@ def start_gofer(
     privileged); None means "if the spec has mappings".  ``setup_mounts`` runs :func:`setup_fs`
     first (the caller must already be in a private mount namespace) and makes ``stop()`` undo it.
     ``module`` lets tests run :mod:`gofer9p.testing.gofer_with_hooks` instead of the daemon.
+    ``map_uids``, ``map_gids``, ``squash_ids``: the gofer's id mapping for a guest without a
+    user namespace (``--map-uid``, ``--map-gid``, ``--squash-ids``; :func:`idmap_flags`).
     """
+    extra_args = [*idmap_flags(map_uids, map_gids, squash_ids), *extra_args]
     try:
         spec = load_spec(bundle)
     except SpecError as e:
@@ -821,6 +852,9 @@ class ForkServer:
         stdout: int | IO[Any] | None = None,
         stderr: int | IO[Any] | None = None,
         timeout: float = 30.0,
+        map_uids: IdRanges = (),
+        map_gids: IdRanges = (),
+        squash_ids: tuple[int, int] | None = None,
     ) -> GoferProcess:
         """Fork a gofer for ``bundle``; like :func:`gofer9p.launch.start_gofer`, but it returns
         once the gofer serves (or raises ``LaunchError`` with its one error line).
@@ -830,6 +864,7 @@ class ForkServer:
         :func:`~gofer9p.launch.start_gofer` does); the gofer reads it itself, the fork-server
         never does.
         """
+        extra_args = [*idmap_flags(map_uids, map_gids, squash_ids), *extra_args]
         path = os.path.abspath(os.fspath(bundle))
         try:
             spec = load_spec(path)
@@ -982,6 +1017,7 @@ def _build_parser(prog: str) -> argparse.ArgumentParser:
         "(default: when the spec has mappings)",
     )
     p.add_argument("--log-level", default="info")
+    add_idmap_args(p)
     return p
 
 
@@ -1009,6 +1045,9 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "gofer9p launch") -> 
             userns=args.userns,
             setup_mounts=True,
             extra_args=["--log-level", args.log_level],
+            map_uids=args.map_uid,
+            map_gids=args.map_gid,
+            squash_ids=args.squash_ids,
         )
     except (SpecError, LaunchError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr, flush=True)

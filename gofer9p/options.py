@@ -7,8 +7,13 @@ two front ends; each front end owns the rest of its parser.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["add_log_args", "add_poll_arg"]
+if TYPE_CHECKING:
+    from .attach import IdMap
+
+__all__ = ["add_idmap_args", "add_log_args", "add_poll_arg", "idmap_from_args"]
 
 
 def _microseconds(v: str) -> int:
@@ -36,3 +41,78 @@ def add_log_args(p: argparse.ArgumentParser) -> None:
         "--log-level", choices=("debug", "info", "warning", "error", "critical"), default="info"
     )
     p.add_argument("--log-file", help="append the log here instead of stderr")
+
+
+def _ids(text: str, n: int, form: str) -> tuple[int, ...]:
+    """``text`` as ``n`` colon-separated decimal numbers (``form`` names them in the error)."""
+    parts = text.split(":")
+    if len(parts) != n or not all(p.isdigit() and p.isascii() for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: want {form} (decimal numbers)")
+    return tuple(int(p) for p in parts)
+
+
+def _id_range(text: str) -> tuple[int, int, int]:
+    g, h, c = _ids(text, 3, "GUEST:HOST:COUNT")
+    return g, h, c
+
+
+def _id_pair(text: str) -> tuple[int, int]:
+    u, g = _ids(text, 2, "UID:GID")
+    return u, g
+
+
+class _IdFlag(argparse.Action):
+    """Stores a ``--map-uid``/``--map-gid`` range (appended to the ones before it) or the
+    ``--squash-ids`` pair, checked by building the ``IdMap`` of what it has so far (ids in
+    range, no overlap on either side), so that a bad one is a usage error naming the flag,
+    in every front end."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+        values: Any, option_string: str | None = None,
+    ) -> None:
+        from .attach import IdMap
+
+        new: Any = values
+        try:
+            if self.dest == "squash_ids":
+                IdMap(squash=new)
+            else:
+                new = [*getattr(namespace, self.dest), values]
+                IdMap(**{"uids" if self.dest == "map_uid" else "gids": new})
+        except ValueError as e:
+            raise argparse.ArgumentError(self, str(e)) from None
+        setattr(namespace, self.dest, new)
+
+
+def add_idmap_args(p: argparse.ArgumentParser) -> None:
+    """``--map-uid``, ``--map-gid`` (repeatable) and ``--squash-ids``: the export's id
+    mapping for a guest without a user namespace (:func:`idmap_from_args`)."""
+    p.add_argument(
+        "--map-uid", type=_id_range, action=_IdFlag, default=[], metavar="GUEST:HOST:COUNT",
+        help="guest uids GUEST.. stand for host uids HOST.. (repeatable; ranges may not "
+        "overlap on either side): created files get the host owner, getattr reports the "
+        "guest's; a guest uid outside every range may not create or chown (EPERM), a host "
+        "uid outside every range is reported as 65534",
+    )
+    p.add_argument(
+        "--map-gid", type=_id_range, action=_IdFlag, default=[], metavar="GUEST:HOST:COUNT",
+        help="the same for gids",
+    )
+    p.add_argument(
+        "--squash-ids", type=_id_pair, action=_IdFlag, default=None, metavar="UID:GID",
+        help="every file created (and every chown) gets this one host owner, whatever "
+        "the guest asks (as diod's squash); getattr reports host ids through the maps "
+        "if given, else the real host ids",
+    )
+
+
+def idmap_from_args(args: argparse.Namespace) -> IdMap | None:
+    """The :class:`~gofer9p.attach.IdMap` of :func:`add_idmap_args`'s flags (each already
+    checked as it was parsed); None when none was given (the server then takes its
+    un-mapped paths)."""
+    from .attach import IdMap
+
+    uids: Sequence[tuple[int, int, int]] = args.map_uid
+    gids: Sequence[tuple[int, int, int]] = args.map_gid
+    return IdMap.build(uids, gids, args.squash_ids)

@@ -68,7 +68,7 @@ import attrs
 import trio
 
 from ._quietwait import QuietWait
-from .attach import AttachPoint, Session, session_memory_bound
+from .attach import AttachPoint, IdMap, Session, session_memory_bound
 from .attach.session import FDS_PER_FID
 from .connection import (
     DRAINED,
@@ -149,6 +149,9 @@ class ServerConfig:
     wake-up that dominated a QD1 round trip; a client that keeps pausing longer
     than this turns it off for that connection within a few requests
     (see _quietwait.py)."""
+    idmap: IdMap | None = None
+    """Guest <-> host id mapping of every connection (``--map-uid``, ``--map-gid``,
+    ``--squash-ids``; see gofer9p/attach/_idmap.py); None: ids pass unchanged."""
 
 
 _malloc_tuned = False
@@ -301,6 +304,7 @@ class Connection:
             max_fids=config.max_fids,
             msize=config.max_msize,
             fd_share=config.fd_share or fd_share(config.connections),
+            idmap=config.idmap,
         )
         splice_max = _PIPE_BYTES - 4096 if config.splice and hasattr(os, "splice") else 0
         limits = Limits(config.max_msize, config.flush_bytes, config.inflight_msizes, splice_max)

@@ -5,10 +5,12 @@
 connection's fid table and the host operations on its fids, with plain values
 in and out; ``Session`` (``session.py``, the protocol side) turns T-messages
 into backend calls and their results into R-messages (see ``backend.py`` for
-the security model).  ``is_blocking(m)`` tells the server which requests
+the security model), translating ids at that edge when the export has an
+``IdMap`` (``_idmap.py``).  ``is_blocking(m)`` tells the server which requests
 deserve a worker thread.
 """
 
+from gofer9p.attach._idmap import IdMap
 from gofer9p.attach.backend import FDS_PER_FID, Backend, FileSystem
 from gofer9p.attach.point import AttachPoint
 from gofer9p.attach.session import (
@@ -26,6 +28,7 @@ __all__ = [
     "AttachPoint",
     "Backend",
     "FileSystem",
+    "IdMap",
     "Session",
     "is_blocking",
     "session_memory_bound",

@@ -53,6 +53,12 @@ def _exact_mode(fmt: int, mode: int, got: int) -> int:
     return mode
 
 
+def _owner(d: _Fid) -> None:
+    """EPERM for a fid that may own nothing: attached with a uid the export's id map
+    does not hold (uid -1, see ``session.Session.attach``)."""
+    if d.uid < 0:
+        raise _err(errno.EPERM)
+
 
 class Entries(Attrs):
     """Tlcreate, Tmkdir, Tmknod, Tsymlink, Tlink, Trename, Trenameat, Tunlinkat, Tremove."""
@@ -109,6 +115,7 @@ class Entries(Attrs):
                 raise _err(errno.EINVAL)
             if f.fmt != _DIR:
                 raise _err(errno.ENOTDIR)
+            _owner(f)
             dfd = f.fd
             ofd = os.open(name, hflags, mode & _CREATE_BITS, dir_fd=dfd)
             try:
@@ -159,6 +166,7 @@ class Entries(Attrs):
     def mkdir(self, dfid: int, name: bytes, mode: int, gid: int) -> Qid:
         _check_name(name)
         with self._ref(dfid) as d:
+            _owner(d)
             os.mkdir(name, mode & _CREATE_BITS, dir_fd=d.fd)
             return self._new_entry(d, name, d.uid, _gid(gid), mode & 0o7777)
 
@@ -173,6 +181,7 @@ class Entries(Attrs):
             # larger numbers cannot name a device (makedev would overflow).
             if major > 0xFFFFFFF or minor > 0xFFFFFFF:
                 raise _err(errno.EINVAL)
+            _owner(d)
             os.mknod(name, fmt | (mode & _CREATE_BITS), os.makedev(major, minor), dir_fd=d.fd)
             return self._new_entry(d, name, d.uid, _gid(gid), mode & 0o7777)
 
@@ -181,6 +190,7 @@ class Entries(Attrs):
         if b"\0" in target:
             raise _err(errno.EINVAL)
         with self._ref(fid) as d:
+            _owner(d)
             os.symlink(target, name, dir_fd=d.fd)
             return self._new_entry(d, name, d.uid, _gid(gid), 0)
 

@@ -11,6 +11,13 @@ has one implementation.  Nothing under ``attach/`` but this module knows a
 message.
 
 The security model (what the backend enforces, and how) is in ``backend.py``.
+
+Id mapping (``_idmap``, ``--map-uid``/``--map-gid``/``--squash-ids``) is
+applied here, at the edge: the ids in Tattach, Tsetattr and the create
+requests are translated guest -> host before the backend sees them, and
+Rgetattr's host -> guest after it answers; the backend only ever sees host
+ids.  A session without a map takes the un-mapped paths, chosen once in
+``__init__`` (``getattr_fields`` is then the backend's own method).
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ import errno
 from collections.abc import Callable
 
 from gofer9p.attach._common import _err
+from gofer9p.attach._idmap import UNMAPPED, IdMap
+from gofer9p.attach._walk import Walk
 from gofer9p.attach.backend import (
     FDS_PER_FID,
     XATTR_MAX,
@@ -136,23 +145,29 @@ class Session:
 
     The plain entries the server calls without message objects are the
     backend's own bound methods (no layer between): ``getattr_fields(fid,
-    mask)`` (Rgetattr's fields after the tag), ``clunk_fid(fid)``,
+    mask)`` (Rgetattr's fields after the tag; with an id map, translated by
+    ``IdMap.getattr_mapper``), ``clunk_fid(fid)``,
     ``remove_fid(fid)``, ``clone_fid(fid, newfid)`` (Twalk with no names to
     another fid), ``write_regular(fid, offset, data)`` (-1: not an open regular
     file on a read-write attach, see :meth:`write`), ``read_into(fid, offset, view)``,
     ``read_size``, ``read_blocks``, ``charge_fds``, ``release_fds``,
     ``set_msize``, ``reset``, ``fid_count``, ``fds_charged``.
     ``backend`` is the ``FileSystem`` itself.
+
+    ``idmap``: the export's id mapping (see the module docstring), None for none.
     """
 
     def __init__(
         self, point: AttachPoint, *, max_fids: int = 16384, msize: int = 4 << 20,
-        fd_share: int = 1 << 62,
+        fd_share: int = 1 << 62, idmap: IdMap | None = None,
     ) -> None:
         self.point = point
         b: FileSystem = Backend(point, max_fids=max_fids, msize=msize, fd_share=fd_share)
         self.backend = b
-        self.getattr_fields: Callable[[int, int], tuple[int, ...]] = b.getattr
+        self.idmap = idmap
+        self.getattr_fields: Callable[[int, int], tuple[int, ...]] = (
+            idmap.getattr_mapper(b.getattr) if idmap is not None and idmap.maps_replies
+            else b.getattr)
         self.clunk_fid: Callable[[int], None] = b.clunk
         self.remove_fid: Callable[[int], None] = b.remove
         self.clone_fid: Callable[[int, int], object] = b.walk
@@ -203,8 +218,20 @@ class Session:
 
     def attach(self, m: Tattach) -> Rattach:
         """The backend's attach: ``aname`` selects nothing (the attach point is fixed
-        per connection) and ``afid`` is ignored (there is no authentication to check)."""
-        return Rattach(m.tag, self.backend.attach(m.fid, m.n_uname, m.uname))
+        per connection) and ``afid`` is ignored (there is no authentication to check).
+
+        With an id map, the uid (``n_uname``, else ``uname``, resolved as the backend
+        does) is the guest's and the fid gets its host uid.  A uid no range holds still
+        attaches, as an owner of nothing (its creates are EPERM, see ``_entries``): Linux
+        v9fs attaches every mount first with ``n_uname`` = NONUNAME as "nobody", which a
+        map of the guest's real users need not cover, and refusing that attach would make
+        the mount fail; the fid it makes serves the mount's root getattr only.
+        """
+        n_uname = m.n_uname
+        ids = self.idmap
+        if ids is not None:
+            n_uname = ids.uid_to_host(Walk._uid(n_uname, m.uname))
+        return Rattach(m.tag, self.backend.attach(m.fid, n_uname, m.uname))
 
     def walk(self, m: Twalk) -> Rwalk:
         return Rwalk(m.tag, self.backend.walk(m.fid, m.newfid, m.wnames))
@@ -218,12 +245,20 @@ class Session:
         return Rremove(m.tag)
 
     def getattr(self, m: Tgetattr) -> Rgetattr:
-        v = self.backend.getattr(m.fid, m.request_mask)
+        v = self.getattr_fields(m.fid, m.request_mask)
         return Rgetattr(m.tag, v[0], Qid(v[1], v[2], v[3]), *v[4:])
 
     def setattr(self, m: Tsetattr) -> Rsetattr:
+        """The backend's setattr; with an id map, a chown's ids are the guest's
+        (translated, EPERM for an id no range holds)."""
+        uid, gid, valid = m.uid, m.gid, m.valid
+        if self.idmap is not None:
+            if valid & C.SETATTR_UID:
+                uid = self._host_id(self.idmap.uid_to_host(uid))
+            if valid & C.SETATTR_GID:
+                gid = self._host_id(self.idmap.gid_to_host(gid))
         self.backend.setattr(
-            m.fid, m.valid, m.mode, m.uid, m.gid, m.size,
+            m.fid, valid, m.mode, uid, gid, m.size,
             (m.atime_sec, m.atime_nsec), (m.mtime_sec, m.mtime_nsec),
         )
         return Rsetattr(m.tag)
@@ -237,18 +272,35 @@ class Session:
     def lopen(self, m: Tlopen) -> Rlopen:
         return Rlopen(m.tag, self.backend.open(m.fid, m.flags), 0)
 
+    @staticmethod
+    def _host_id(host: int) -> int:
+        """A translated id, or EPERM for a guest id no range holds (the kernel answers
+        EOVERFLOW there; the client asked for an owner this export cannot record)."""
+        if host == UNMAPPED:
+            raise _err(errno.EPERM)
+        return host
+
+    def _host_gid(self, gid: int) -> int:
+        """A create request's gid (with an id map) as the host gid the new entry gets."""
+        assert self.idmap is not None
+        return self._host_id(self.idmap.gid_to_host(gid))
+
+    # Each create translates its gid only with a map: no call without one.
     def lcreate(self, m: Tlcreate) -> Rlcreate:
-        return Rlcreate(m.tag, self.backend.lcreate(m.fid, m.name, m.flags, m.mode, m.gid), 0)
+        gid = m.gid if self.idmap is None else self._host_gid(m.gid)
+        return Rlcreate(m.tag, self.backend.lcreate(m.fid, m.name, m.flags, m.mode, gid), 0)
 
     def mkdir(self, m: Tmkdir) -> Rmkdir:
-        return Rmkdir(m.tag, self.backend.mkdir(m.dfid, m.name, m.mode, m.gid))
+        gid = m.gid if self.idmap is None else self._host_gid(m.gid)
+        return Rmkdir(m.tag, self.backend.mkdir(m.dfid, m.name, m.mode, gid))
 
     def mknod(self, m: Tmknod) -> Rmknod:
-        return Rmknod(
-            m.tag, self.backend.mknod(m.dfid, m.name, m.mode, m.major, m.minor, m.gid))
+        gid = m.gid if self.idmap is None else self._host_gid(m.gid)
+        return Rmknod(m.tag, self.backend.mknod(m.dfid, m.name, m.mode, m.major, m.minor, gid))
 
     def symlink(self, m: Tsymlink) -> Rsymlink:
-        return Rsymlink(m.tag, self.backend.symlink(m.fid, m.name, m.symtgt, m.gid))
+        gid = m.gid if self.idmap is None else self._host_gid(m.gid)
+        return Rsymlink(m.tag, self.backend.symlink(m.fid, m.name, m.symtgt, gid))
 
     def link(self, m: Tlink) -> Rlink:
         self.backend.link(m.dfid, m.fid, m.name)

@@ -3,6 +3,7 @@ each attach point reachable on a printed unix socket path; the host never sees t
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import select
@@ -106,9 +107,13 @@ def test_launch_cli_end_to_end(tmp_path: Path) -> None:
     assert not (bundle / "rootfs" / "srv").exists()  # undo removed the mount points
 
 
-@pytest.fixture
-def launched(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str, str], Path]]:
-    """``gofer9p launch`` of a bundle with a rw mount: (process, dest -> socket path, source)."""
+Launched = tuple[subprocess.Popen[str], dict[str, str], Path]
+
+
+@contextlib.contextmanager
+def launch_rw(tmp_path: Path, *flags: str) -> Iterator[Launched]:
+    """``gofer9p launch [flags]`` of a bundle with a rw mount: (process, dest -> socket path,
+    source); SIGINT on the way out."""
     src = tmp_path / "host-rw"
     src.mkdir()
     (src / "data.txt").write_text("served\n")
@@ -117,7 +122,7 @@ def launched(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str, 
     sockdir.mkdir()
     proc = subprocess.Popen(
         [sys.executable, "-m", "gofer9p", "launch", "--bundle", str(bundle),
-         "--socket-dir", str(sockdir)],
+         "--socket-dir", str(sockdir), *flags],
         cwd=REPO,
         env=gofer_env(),
         stdout=subprocess.PIPE,
@@ -136,6 +141,12 @@ def launched(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str, 
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.communicate()
+
+
+@pytest.fixture
+def launched(tmp_path: Path) -> Iterator[Launched]:
+    with launch_rw(tmp_path) as x:
+        yield x
 
 
 def _raw(path: str) -> socket.socket:
