@@ -640,8 +640,8 @@ def _warm_up() -> list[int]:
 
     This is :func:`gofer9p.daemon.run`'s path with nothing of a sandbox in it: the flags
     parser, the log setup (then undone), the spec reader (as far as a bundle without
-    ``config.json`` goes) and parser, ``realpath``, ``check_io_fd`` on a socketpair,
-    the attach points of a spec whose root is ``/`` (read-only; opened and closed here, never
+    ``config.json`` goes) and parser, ``realpath``, ``check_io_fd`` on a socketpair, the
+    resolution of a 9P mount's destination (:func:`gofer9p.mounts.resolve`), the attach points of a spec whose root is ``/`` (read-only; opened and closed here, never
     chrooted into), the capability bound read, the seccomp program with this child's pid
     written in (:func:`gofer9p.seccomp.prepare_seccomp`), and the serving loop itself
     (``daemon._serve_all`` in a ``trio.run``) answering :data:`_WARM_REQUESTS` on the
@@ -658,7 +658,7 @@ def _warm_up() -> list[int]:
 
     import trio
 
-    from . import confine, daemon, logs, seccomp, server, spec
+    from . import confine, daemon, logs, mounts, seccomp, server, spec
 
     flags = "--bundle / --seccomp=kill --apply-caps=true --log-level info --io-fds 0"
     args = daemon._parser().parse_args(flags.split())
@@ -666,7 +666,11 @@ def _warm_up() -> list[int]:
     saved = (log.handlers[:], log.level, log.propagate)
     logs.setup_logging("critical", None)
     doc = json.loads('{"root": {"path": "/", "readonly": true}, "mounts": []}')
-    points = daemon._open_attach_points(spec.parse_spec(doc, "/"), False)
+    root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    # a destination resolved (through a symlink) as the gofer resolves its 9P mounts'
+    mounts.resolve(root, "/proc/self/fdinfo").close()
+    tree = confine.Tree(root, [])
+    points = daemon._open_attach_points(spec.parse_spec(doc, "/"), False, tree)
     with contextlib.suppress(spec.SpecError):
         spec.load_spec("/proc/self/fdinfo")  # a directory without config.json: its error path
     os.path.realpath("/proc/self/fdinfo")  # as private_mount_root resolves the root

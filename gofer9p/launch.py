@@ -27,7 +27,6 @@ import errno
 import fcntl
 import json
 import os
-import re
 import select
 import signal
 import socket
@@ -45,20 +44,15 @@ import attrs
 
 from . import syscalls
 from .forkserver import MAX_REQUEST, _parse_address, _record
+from .mounts import FLAG_OF_OPTION, MountError, apply_flags
 from .spec import IdMapping, NineMount, Spec, SpecError, load_spec
 from .syscalls import (
-    AT_EMPTY_PATH,
-    AT_RECURSIVE,
     CLONE_NEWNS,
     CLONE_NEWUSER,
     MS_BIND,
-    MS_NODEV,
-    MS_NOEXEC,
-    MS_NOSUID,
     MS_PRIVATE,
     MS_RDONLY,
     MS_REC,
-    MS_REMOUNT,
 )
 
 __all__ = [
@@ -77,9 +71,6 @@ __all__ = [
 
 #: How long the parent waits for a user-namespace child to report in before giving up.
 _USERNS_TIMEOUT = 10.0
-
-#: statvfs f_flag bits (ST_*) have the same values as the MS_* flags for these four.
-_FLAG_OF_OPTION = {"ro": MS_RDONLY, "nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC}
 
 
 class LaunchError(Exception):
@@ -250,58 +241,17 @@ def _make_mount_point(
 
 
 def _apply_flags(fd: int, m: NineMount, target: str) -> None:
-    """Apply the mount's ro/nosuid/nodev/noexec to the new bind mount, and check them.
-
-    For an ``rbind`` the flags must cover every submount the bind carries (a read-only mount
-    whose tmpfs submount stays writable would be written through the root attach point), so
-    they are set with mount_setattr(AT_RECURSIVE); kernels without it (< 5.12) get one bind
-    remount per submount.  Each mount's existing flags are kept: a bind remount sets the flag
-    word whole, and clearing a locked flag fails in a user namespace.
-    """
-    procpath = f"/proc/self/fd/{fd}"
+    """Apply the mount's ro/nosuid/nodev/noexec to the new bind mount, and check them
+    (:func:`gofer9p.mounts.apply_flags`; recursively for an ``rbind``)."""
     wanted = 0
     for opt in m.options:
-        wanted |= _FLAG_OF_OPTION.get(opt, 0)
+        wanted |= FLAG_OF_OPTION.get(opt, 0)
     if not m.readonly:
         wanted &= ~MS_RDONLY  # a later "rw" cancels "ro"
-    recursive = "rbind" in m.options
-    mounts = [target, *(_submounts(target) if recursive else [])]
-    if wanted:
-        try:
-            at_flags = AT_EMPTY_PATH | (AT_RECURSIVE if recursive else 0)
-            syscalls.mount_setattr(fd, "", at_flags, wanted)
-        except OSError as e:
-            if e.errno != errno.ENOSYS:
-                raise LaunchError(f"mount {m.destination}: {e.strerror}") from None
-            for i, path in enumerate(mounts):
-                where = procpath if i == 0 else path
-                have = os.statvfs(where).f_flag & (MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
-                try:
-                    syscalls.mount(None, where, None, MS_REMOUNT | MS_BIND | wanted | have)
-                except OSError as e2:
-                    raise LaunchError(
-                        f"mount {m.destination}: remount {path}: {e2.strerror}"
-                    ) from None
-    for i, path in enumerate(mounts):
-        got = os.statvfs(procpath if i == 0 else path).f_flag
-        if got & wanted != wanted:
-            raise LaunchError(
-                f"mount {m.destination}: {path} has flags {got:#x}, lacking {wanted & ~got:#x}"
-            )
-
-
-def _submounts(target: str) -> list[str]:
-    """Mount points strictly below ``target`` in this mount namespace, parents first."""
-    prefix = target.rstrip("/") + "/"
-    out = []
-    with open("/proc/self/mountinfo", "rb") as f:
-        for line in f:
-            raw = line.split()[4]
-            path = re.sub(rb"\\([0-7]{3})", lambda mo: bytes([int(mo[1], 8)]), raw)
-            p = os.fsdecode(path)
-            if p.startswith(prefix):
-                out.append(p)
-    return sorted(set(out), key=lambda p: p.count("/"))
+    try:
+        apply_flags(fd, wanted, target, recursive="rbind" in m.options, what=f"mount {m.destination}")
+    except MountError as e:
+        raise LaunchError(str(e)) from None
 
 
 # --- spawning the gofer ----------------------------------------------------------------------
