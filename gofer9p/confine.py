@@ -222,6 +222,9 @@ def pivot_tree(spec: Spec) -> Tree:
     closed before this returns.
     """
     real = os.path.realpath(spec.root_path)
+    stage = os.path.dirname(real)
+    if real == stage:
+        raise ConfineError("--setup-root: the rootfs cannot be the host's /")
     _private_namespace()
     host: list[int] = []  # fds on the host's tree: closed before returning
     tree = Tree(-1, [])
@@ -239,16 +242,18 @@ def pivot_tree(spec: Spec) -> Tree:
             sources.append(host[-1])
         host.append(_open_dir("/"))
         old_root = host[-1]
+        # The tmpfs goes on the rootfs's parent (in this namespace only): on the rootfs itself
+        # the recursive bind of the rootfs below would carry the tmpfs along, over its content.
         _step(
             "mounting the tmpfs root",
             syscalls.mount,
             "tmpfs",
-            real,
+            stage,
             "tmpfs",
             _TMPFS_FLAGS,
             _TMPFS_DATA,
         )
-        tmp = _open_dir(real)
+        tmp = _open_dir(stage)
         host.append(tmp)  # above the final root: closed too
         os.mkdir("root", 0o755, dir_fd=tmp)
         at = os.open("root", os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=tmp)
@@ -266,7 +271,7 @@ def pivot_tree(spec: Spec) -> Tree:
         tree.root_fd = os.open(
             "root", os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=tmp
         )
-        staged = os.path.join(real, "root")
+        staged = os.path.join(stage, "root")
         for m, src in zip(spec.mounts, sources, strict=True):
             mode = os.fstat(src).st_mode
             if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
@@ -284,7 +289,7 @@ def pivot_tree(spec: Spec) -> Tree:
             "making the tmpfs root read-only",
             syscalls.mount,
             None,
-            real,
+            stage,
             None,
             MS_REMOUNT | MS_RDONLY | _TMPFS_FLAGS,
         )

@@ -102,8 +102,9 @@ def build_parser(prog: str = "gofer9p gofer") -> argparse.ArgumentParser:
     p = _ArgumentParser(prog=prog, description="Serve an OCI bundle's root and 9P mounts.")
     p.add_argument(
         "--bundle",
-        help="OCI bundle directory (holds config.json; with --spec-fd it only anchors "
-        "relative paths); required unless --spec-fd is given",
+        required=True,
+        help="OCI bundle directory: holds config.json (with --spec-fd: only anchors a "
+        "relative root.path or mount source)",
     )
     p.add_argument(
         "--io-fds",
@@ -210,17 +211,14 @@ def _open_attach_points(spec: Spec, panic_on_write: bool, tree: Tree) -> list[At
     """
     points: list[AttachPoint] = []
     try:
-        points.append(_attach_point("/", tree.root_fd, spec.root_readonly, panic_on_write))
-        tree.root_fd = -1
+        root_fd, tree.root_fd = tree.root_fd, -1  # handed over, closed if refused
+        points.append(_attach_point("/", root_fd, spec.root_readonly, panic_on_write))
         for m, r in zip(spec.mounts, tree.mounts, strict=True):
-            is_file = stat.S_ISREG(os.fstat(r.fd).st_mode)
-            parent = r.parent_fd if is_file else -1
-            points.append(
-                _attach_point(r.path, r.fd, m.readonly, panic_on_write, parent, r.name)
-            )
-            r.fd = -1
-            if is_file:
-                r.parent_fd = -1
+            fd, r.fd = r.fd, -1
+            parent = -1
+            if stat.S_ISREG(os.fstat(fd).st_mode):  # a file root keeps its directory's fd
+                parent, r.parent_fd = r.parent_fd, -1
+            points.append(_attach_point(r.path, fd, m.readonly, panic_on_write, parent, r.name))
     except BaseException:
         for p in points:
             p.close()
@@ -411,8 +409,6 @@ def _confined_start(argv: Sequence[str], after_confine: Callable[[], None] | Non
     # death or a KeyboardInterrupt traceback.  SIGKILL still works, and stop() escalates to it.
     signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     fds = parse_io_fds(args.io_fds)
-    if args.bundle is None and args.spec_fd is None:
-        raise DaemonError("one of --bundle or --spec-fd is required")
     taken = list(fds)
     _check_extra_fd(args.spec_fd, "--spec-fd", taken)
     _check_extra_fd(args.mounts_fd, "--mounts-fd", taken)

@@ -27,9 +27,11 @@ Control protocol: a unix ``SOCK_SEQPACKET`` socket, one JSON object per record.
   attach order; the child has them at fds 3, 4, ... with ``--io-fds``, as a spawned gofer), ``stdout``, ``stderr`` (at most one
   each; default: the fork-server's own), ``userns`` (a pipe's read end: the child unshares a
   user namespace, says ``userns`` on its start pipe and waits for one byte ``g`` there once
-  the requester has written its id maps, as :func:`gofer9p.launch.start_gofer` does).  ``args`` are ``gofer9p gofer``'s flags minus
-  ``--io-fds``.  A role is how a later flag that takes an fd (``--spec-fd``) joins without
-  changing the format; flags without fds (``--setup-root``) pass through ``args`` as they are.
+  the requester has written its id maps, as :func:`gofer9p.launch.start_gofer` does),
+  ``spec`` and ``mounts`` (the child gets them as ``--spec-fd N`` / ``--mounts-fd N``).
+  ``args`` are ``gofer9p gofer``'s flags minus ``--io-fds``, ``--spec-fd`` and
+  ``--mounts-fd``; flags without fds (``--setup-root``, ``--landlock``) pass through
+  ``args`` as they are.
 * reply, one per request, in order: ``{"pid": P}`` with a pidfd of the child and the read end of
   its *start pipe* attached, or ``{"error": "one line"}`` (a malformed request; nothing forked).
   The child writes one line to the start pipe: ``ok`` once it serves, or the gofer's one error
@@ -85,7 +87,9 @@ __all__ = ["main", "run"]
 #: Largest request record and most fds one request may pass (SCM_MAX_FD is 253).
 MAX_REQUEST = 64 * 1024
 MAX_FDS = 128
-_ROLES_ONCE = ("stdout", "stderr", "userns")
+_ROLES_ONCE = ("stdout", "stderr", "userns", "spec", "mounts")
+#: Roles whose fd the gofer gets through a flag (the fd stays where it landed in the child).
+_ROLE_FLAGS = {"spec": "--spec-fd", "mounts": "--mounts-fd"}
 #: The pool of pre-forked children is refilled after this long without an event (s), so a
 #: refill never competes with a request or a gofer that is starting.
 _REFILL_AFTER = 0.01
@@ -117,12 +121,15 @@ def _parse_request(data: bytes, nfds: int) -> tuple[list[str], list[str]]:
         raise _RequestError(f'"fds" names {len(roles)} fds but {nfds} were passed')
     for r in roles:
         if r not in ("io", *_ROLES_ONCE):
-            raise _RequestError(f"unknown fd role {r!r} (io, stdout, stderr, userns)")
+            raise _RequestError(f"unknown fd role {r!r} (io, {', '.join(_ROLES_ONCE)})")
     for r in _ROLES_ONCE:
         if roles.count(r) > 1:
             raise _RequestError(f"fd role {r!r} given twice")
     if any(a == "--io-fds" or a.startswith("--io-fds=") for a in args):
         raise _RequestError('pass the io sockets as "io" fds, not --io-fds')
+    for role, flag in _ROLE_FLAGS.items():
+        if any(a == flag or a.startswith(flag + "=") for a in args):
+            raise _RequestError(f'pass {flag}\'s fd as a "{role}" fd, not as a flag')
     return args, roles
 
 
@@ -571,6 +578,7 @@ def _place_fds(
         os.close(report.fd)
         report.fd = moved
     io: list[int] = []
+    flags: list[str] = []
     go = -1
     for fd, role in zip(high, roles, strict=True):
         if role == "io":
@@ -579,6 +587,8 @@ def _place_fds(
             io.append(3 + len(io))
         elif role == "userns":
             go = fd
+        elif role in _ROLE_FLAGS:
+            flags += [_ROLE_FLAGS[role], str(fd)]
         else:
             os.dup2(fd, _STDIO_TARGET[role])
             os.close(fd)
@@ -587,7 +597,7 @@ def _place_fds(
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
-    return [*args, *(a for fd in io for a in ("--io-fds", str(fd)))]
+    return [*args, *flags, *(a for fd in io for a in ("--io-fds", str(fd)))]
 
 
 def _enter_user_namespace(go: int, status_w: int) -> bool:

@@ -98,7 +98,7 @@ def resolve(rootfd: int, destination: str, *, create: str | None = None) -> Reso
                 continue
             if name == "..":
                 if not stack:
-                    raise MountError(f"destination {destination!r} resolves outside the root")
+                    raise MountError(f"attach point {destination!r} resolves outside the root")
                 os.close(stack.pop()[1])
                 continue
             parent = stack[-1][1] if stack else rootfd
@@ -108,7 +108,8 @@ def resolve(rootfd: int, destination: str, *, create: str | None = None) -> Reso
                 if create is None:
                     where = os.path.join(here(), name)
                     raise MountError(
-                        f"destination {destination!r}: {where!r} does not exist in the root"
+                        f"attach point {destination!r}: No such file or directory"
+                        + ("" if where == destination else f" ({where!r} is missing)")
                     ) from None
                 last = create if not todo else "dir"
                 _make(parent, name, last)
@@ -116,7 +117,7 @@ def resolve(rootfd: int, destination: str, *, create: str | None = None) -> Reso
                 fd = os.open(name, _O_STEP, dir_fd=parent)
             except OSError as e:
                 where = os.path.join(here(), name)
-                raise MountError(f"destination {destination!r}: {where!r}: {e.strerror}") from None
+                raise MountError(f"attach point {destination!r}: {where!r}: {e.strerror}") from None
             st = os.fstat(fd)
             if stat.S_ISLNK(st.st_mode):
                 links += 1
@@ -125,7 +126,7 @@ def resolve(rootfd: int, destination: str, *, create: str | None = None) -> Reso
                 finally:
                     os.close(fd)
                 if links > MAX_SYMLINKS:
-                    raise MountError(f"destination {destination!r}: too many symlinks")
+                    raise MountError(f"attach point {destination!r}: too many symlinks")
                 if target.startswith("/"):  # absolute: from the root the sandbox sees
                     while stack:
                         os.close(stack.pop()[1])
@@ -133,9 +134,9 @@ def resolve(rootfd: int, destination: str, *, create: str | None = None) -> Reso
                 continue
             stack.append((name, fd))
             if todo and not stat.S_ISDIR(st.st_mode):
-                raise MountError(f"destination {destination!r}: {here()!r} is not a directory")
+                raise MountError(f"attach point {destination!r}: {here()!r} is not a directory")
         if not stack:
-            raise MountError(f"destination {destination!r} resolves to the root itself")
+            raise MountError(f"attach point {destination!r} resolves to the root itself")
         path = here()
         name, fd = stack.pop()
         parent_fd = stack.pop()[1] if stack else os.open(".", _O_STEP, dir_fd=rootfd)

@@ -34,8 +34,10 @@ __all__ = [
     "SpecError",
     "is_nine_mount",
     "load_spec",
+    "load_spec_bytes",
     "load_spec_fd",
     "parse_spec",
+    "read_spec_fd",
 ]
 
 #: The most a spec passed on an fd may hold (real config.json files are a few KiB to a few
@@ -116,20 +118,36 @@ def load_spec(bundle: str | os.PathLike[str]) -> Spec:
 def load_spec_fd(fd: int, bundle: str | os.PathLike[str] | None) -> Spec:
     """Read the spec from ``fd`` (a pipe, memfd or file the manager passed), then close it.
 
+    Nothing is read from the bundle directory: ``bundle`` only anchors a relative
+    ``root.path`` or mount source, and without it those are an error.  See
+    :func:`read_spec_fd` for how the fd is read.
+    """
+    return load_spec_bytes(read_spec_fd(fd), bundle, f"the spec on fd {fd}")
+
+
+def load_spec_bytes(
+    raw: bytes, bundle: str | os.PathLike[str] | None, where: str = "the spec"
+) -> Spec:
+    """:func:`load_spec_fd` on bytes already read (a manager holding the document)."""
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError(f"{where} is larger than {MAX_SPEC_BYTES} bytes")
+    base = "" if bundle is None else os.path.abspath(os.fspath(bundle))
+    return _checked(_decode(raw, where), base)
+
+
+def read_spec_fd(fd: int) -> bytes:
+    """Everything on ``fd`` (at most :data:`MAX_SPEC_BYTES`), then close it, whatever happens.
+
     A regular file or memfd is read from offset 0 (the manager need not rewind what it
-    wrote), anything else to EOF; more than :data:`MAX_SPEC_BYTES` is refused.  Nothing is
-    read from the bundle directory: ``bundle`` only anchors a relative ``root.path`` or mount
-    source, and without it those are an error.  ``fd`` is closed whatever happens.
+    wrote), anything else to EOF (a pipe: the manager must close its write end).
     """
     try:
-        raw = _read_capped(fd)
+        return _read_capped(fd)
     finally:
         try:
             os.close(fd)
         except OSError:
             pass
-    base = "" if bundle is None else os.path.abspath(os.fspath(bundle))
-    return _checked(_decode(raw, f"the spec on fd {fd}"), base)
 
 
 def _read_capped(fd: int) -> bytes:
