@@ -1,10 +1,14 @@
-"""Confine the gofer process: private mounts, chroot, capabilities, no_new_privs.
+"""Confine the gofer process: private mounts, chroot or a pivoted root, capabilities,
+no_new_privs.
 
 The gofer talks to an untrusted sandbox, so after setup it keeps only what serving files needs
-(design.md §1).  Order matters and is the daemon's job: ``private_mount_root`` (needs
-CAP_SYS_ADMIN) -> ``chroot_into`` (CAP_SYS_CHROOT) -> open the attach points ->
-``drop_capabilities`` -> ``set_no_new_privs`` -> ``seccomp.install_seccomp`` (the filter and
-its table live in :mod:`gofer9p.seccomp`; the raw calls in :mod:`gofer9p.syscalls`).
+(design.md §1).  Order matters and is the daemon's job: :func:`chroot_tree` (or
+:func:`pivot_tree` for ``--setup-root``; both need CAP_SYS_ADMIN and CAP_SYS_CHROOT) -> open
+the attach points from the tree's fds -> ``drop_capabilities`` -> ``set_no_new_privs`` ->
+``landlock.restrict`` (needs no_new_privs and the attach points' fds) ->
+``seccomp.install_seccomp`` (the filter and its table live in :mod:`gofer9p.seccomp`; the raw
+calls in :mod:`gofer9p.syscalls`; resolving destinations and checking bind flags in
+:mod:`gofer9p.mounts`).
 
 Capabilities are **per thread** on Linux and a new thread copies its creator's; a seccomp filter
 is inherited the same way.  So everything here must run while the process has exactly one thread,

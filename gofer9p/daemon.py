@@ -3,7 +3,8 @@
 A sandbox manager (see :mod:`gofer9p.launch`) spawns this process with one connected unix stream
 socket per attach point: the bundle's root first, then each 9P mount in spec order.  We check
 everything that can be checked while the host is still visible, then confine ourselves (chroot,
-capabilities, no_new_privs, seccomp) and only then start serving untrusted clients.
+or with ``--setup-root`` a pivoted tmpfs root; capabilities, no_new_privs, Landlock, seccomp)
+and only then start serving untrusted clients.
 
 Exit status:
 
