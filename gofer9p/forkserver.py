@@ -728,7 +728,7 @@ def _preload() -> None:
     import ctypes
     import logging  # noqa: F401
 
-    from . import confine, daemon, spec  # noqa: F401
+    from . import confine, daemon, landlock, spec  # noqa: F401
 
     daemon._preload()
     confine.preload("kill")

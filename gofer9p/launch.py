@@ -292,7 +292,7 @@ class GoferProcess:
     undo: Undo = attrs.field(factory=Undo)
     #: The read end of the gofer's ``--mounts-fd`` (``report_mounts=True``), until read.
     mounts_fd: int = -1
-    _mounts: list[dict[str, Any]] | None = None
+    _mounts: list[dict[str, Any]] | None = attrs.field(default=None, init=False)
 
     @property
     def pid(self) -> int:
