@@ -1,4 +1,5 @@
-"""Read an OCI bundle's ``config.json`` into what the gofer and its launcher need.
+"""Read an OCI bundle's ``config.json`` (or the spec a manager passes on an fd) into what the
+gofer and its launcher need.
 
 The gofer serves exactly the trees the bundle names, so this module is part of the trust boundary:
 it decides which spec mounts become 9P attach points and whether each one is read-only.  Everything
@@ -8,6 +9,8 @@ real runtimes add their own.
 Rules (design.md §1):
 
 * ``root.path`` is relative to the bundle directory unless absolute; it must be a directory.
+  A spec read from an fd (``--spec-fd``) is the manager's, already parsed and perhaps adjusted:
+  nothing of it is read again from the bundle, which only anchors relative paths.
   ``root.readonly`` makes the root attach point read-only.
 * A 9P mount is a spec mount of type ``bind`` or with a ``bind``/``rbind`` option whose
   destination is not under ``/proc``, ``/sys`` or ``/dev`` (the sandbox kernel's own filesystems).
