@@ -651,7 +651,8 @@ def _warm_up() -> list[int]:
     This is :func:`gofer9p.daemon.run`'s path with nothing of a sandbox in it: the flags
     parser, the log setup (then undone), the spec reader (as far as a bundle without
     ``config.json`` goes) and parser, ``realpath``, ``check_io_fd`` on a socketpair, the
-    resolution of a 9P mount's destination (:func:`gofer9p.mounts.resolve`), the attach points of a spec whose root is ``/`` (read-only; opened and closed here, never
+    resolution of a 9P mount's destination (:func:`gofer9p.mounts.resolve`), a Landlock
+    ruleset (built, never enforced: :func:`gofer9p.landlock.make_ruleset`), the attach points of a spec whose root is ``/`` (read-only; opened and closed here, never
     chrooted into), the capability bound read, the seccomp program with this child's pid
     written in (:func:`gofer9p.seccomp.prepare_seccomp`), and the serving loop itself
     (``daemon._serve_all`` in a ``trio.run``) answering :data:`_WARM_REQUESTS` on the
@@ -668,7 +669,7 @@ def _warm_up() -> list[int]:
 
     import trio
 
-    from . import confine, daemon, logs, mounts, seccomp, server, spec
+    from . import confine, daemon, landlock, logs, mounts, seccomp, server, spec
 
     flags = "--bundle / --seccomp=kill --apply-caps=true --log-level info --io-fds 0"
     args = daemon._parser().parse_args(flags.split())
@@ -677,8 +678,12 @@ def _warm_up() -> list[int]:
     logs.setup_logging("critical", None)
     doc = json.loads('{"root": {"path": "/", "readonly": true}, "mounts": []}')
     root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    # a destination resolved (through a symlink) as the gofer resolves its 9P mounts'
+    # a destination resolved (through a symlink) as the gofer resolves its 9P mounts', and a
+    # Landlock ruleset built (never enforced) as the gofer builds its own
     mounts.resolve(root, "/proc/self/fdinfo").close()
+    if landlock.abi() >= 1:
+        with contextlib.suppress(landlock.LandlockError):
+            os.close(landlock.make_ruleset([(root, True, True)], landlock.abi()))
     tree = confine.Tree(root, [])
     points = daemon._open_attach_points(spec.parse_spec(doc, "/"), False, tree)
     with contextlib.suppress(spec.SpecError):
@@ -732,6 +737,7 @@ def _preload() -> None:
 
     daemon._preload()
     confine.preload("kill")
+    landlock.abi()  # asked once here, for every child
     ctypes.CDLL(None, use_errno=True)
     daemon._parser()  # built once for every child (and argparse's lazy imports)
 

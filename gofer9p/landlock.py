@@ -41,7 +41,7 @@ from typing import Literal
 
 from . import syscalls
 
-__all__ = ["LandlockError", "LandlockMode", "abi", "handled", "restrict", "rights"]
+__all__ = ["LandlockError", "LandlockMode", "abi", "handled", "make_ruleset", "restrict", "rights"]
 
 LandlockMode = Literal["auto", "require", "off"]
 
@@ -81,8 +81,14 @@ class LandlockError(Exception):
 
 
 def abi() -> int:
-    """The running kernel's Landlock ABI version; 0 without Landlock."""
-    return syscalls.landlock_abi()
+    """The running kernel's Landlock ABI version; 0 without Landlock.  Asked once per process
+    tree (a fork-server asks before it forks, see ``forkserver._preload``)."""
+    if not _abi:
+        _abi.append(syscalls.landlock_abi())
+    return _abi[0]
+
+
+_abi: list[int] = []
 
 
 def handled(version: int) -> int:
@@ -122,16 +128,8 @@ def restrict(
             raise LandlockError(f"--landlock=require: {why}")
         log.warning("%s: going on without it (--landlock=require makes this fatal)", why)
         return "landlock unavailable"
-    size = 24 if v >= 6 else 16 if v >= 4 else 8
+    ruleset = make_ruleset(points, v)
     try:
-        ruleset = syscalls.landlock_create_ruleset(
-            handled(v), _NET_ALL if v >= 4 else 0, _SCOPE_ALL if v >= 6 else 0, size
-        )
-    except OSError as e:
-        raise LandlockError(f"landlock: {e.strerror}") from None
-    try:
-        for fd, ro, is_dir in points:
-            syscalls.landlock_add_path_rule(ruleset, rights(ro, is_dir, v), fd)
         syscalls.landlock_restrict_self(ruleset)
     except OSError as e:
         why = "no_new_privs is not set" if e.errno == errno.EPERM else str(e.strerror)
@@ -139,3 +137,26 @@ def restrict(
     finally:
         os.close(ruleset)
     return f"landlock ABI {v} ({len(points)} rules)"
+
+
+def make_ruleset(points: Sequence[tuple[int, bool, bool]], version: int) -> int:
+    """The ruleset fd :func:`restrict` enforces (ABI ``version`` >= 1), not yet enforced:
+    creating one has no effect on the process (a fork-server's pre-forked child builds one
+    to warm the path up, then closes it)."""
+    size = 24 if version >= 6 else 16 if version >= 4 else 8
+    try:
+        ruleset = syscalls.landlock_create_ruleset(
+            handled(version),
+            _NET_ALL if version >= 4 else 0,
+            _SCOPE_ALL if version >= 6 else 0,
+            size,
+        )
+    except OSError as e:
+        raise LandlockError(f"landlock: {e.strerror}") from None
+    try:
+        for fd, ro, is_dir in points:
+            syscalls.landlock_add_path_rule(ruleset, rights(ro, is_dir, version), fd)
+    except OSError as e:
+        os.close(ruleset)
+        raise LandlockError(f"landlock: {e.strerror}") from None
+    return ruleset
