@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from . import syscalls
-from .mounts import FLAG_OF_OPTION, MountError, Resolved, apply_flags, resolve
+from .mounts import MountError, Resolved, apply_flags, option_flags, resolve
 from .seccomp import SeccompMode, compile_seccomp
 from .syscalls import (
     AT_FDCWD,
@@ -276,19 +276,19 @@ def pivot_tree(spec: Spec) -> Tree:
             "root", os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=tmp
         )
         staged = os.path.join(stage, "root")
-        for m, src in zip(spec.mounts, sources, strict=True):
-            mode = os.fstat(src).st_mode
-            if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
-                raise ConfineError(
-                    f"mount {m.destination}: source {m.source!r} is neither a directory nor a "
-                    "regular file"
-                )
-            kind = "dir" if stat.S_ISDIR(mode) else "file"
-            tree.mounts.append(_resolve(tree.root_fd, m.destination, kind))
+        kinds = [_source_kind(m, src) for m, src in zip(spec.mounts, sources, strict=True)]
+        # Mount points in the rootfs itself first: once a read-only root is read-only it
+        # takes no new ones.  One nested in an earlier mount's destination is made in that
+        # mount's source, once it is bound (below).
+        for i, (m, kind) in enumerate(zip(spec.mounts, kinds, strict=True)):
+            if not any(m.destination.startswith(e.destination + "/") for e in spec.mounts[:i]):
+                _resolve(tree.root_fd, m.destination, kind).close()
         _harden(staged)
         _checked_flags(tree.root_fd, MS_RDONLY if spec.root_readonly else 0, staged, True, "root")
-        for m, src, r in zip(spec.mounts, sources, tree.mounts, strict=True):
-            _bind_source(m, src, r, staged + r.path)
+        for m, src, kind in zip(spec.mounts, sources, kinds, strict=True):
+            # resolved now, through the mounts bound so far, as the sandbox will see it
+            tree.mounts.append(_resolve(tree.root_fd, m.destination, kind))
+            _bind_source(m, src, tree.mounts[-1], staged + tree.mounts[-1].path)
         _step(
             "making the tmpfs root read-only",
             syscalls.mount,
@@ -317,6 +317,18 @@ _TMPFS_FLAGS = MS_NODEV | MS_NOSUID | MS_NOEXEC
 _TMPFS_DATA = "mode=0755,size=16k,nr_inodes=16"
 
 
+def _source_kind(m: NineMount, src: int) -> str:
+    """``"dir"`` or ``"file"``: what mount point source ``src`` needs; anything else is refused."""
+    mode = os.fstat(src).st_mode
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISREG(mode):
+        return "file"
+    raise ConfineError(
+        f"mount {m.destination}: source {m.source!r} is neither a directory nor a regular file"
+    )
+
+
 def _bind_source(m: NineMount, src: int, r: Resolved, target: str) -> None:
     """Bind 9P mount ``m``'s source (fd ``src``) on its resolved mount point ``r`` (whose fds
     then name the new mount's root), with the spec's flags, checked."""
@@ -328,12 +340,8 @@ def _bind_source(m: NineMount, src: int, r: Resolved, target: str) -> None:
     got, want = os.fstat(r.fd), os.fstat(src)
     if (got.st_dev, got.st_ino) != (want.st_dev, want.st_ino):
         raise ConfineError(f"mount {m.destination}: {r.path!r} is not its source after the bind")
-    wanted = 0
-    for opt in m.options:
-        wanted |= FLAG_OF_OPTION.get(opt, 0)
-    if not m.readonly:
-        wanted &= ~MS_RDONLY  # a later "rw" cancels "ro"
     _harden(target)
+    wanted = option_flags(m.options, m.readonly)
     _checked_flags(r.fd, wanted, target, "rbind" in m.options, f"mount {m.destination}")
 
 

@@ -44,7 +44,7 @@ import attrs
 
 from . import syscalls
 from .forkserver import MAX_REQUEST, _parse_address, _record
-from .mounts import FLAG_OF_OPTION, MountError, apply_flags
+from .mounts import MountError, apply_flags, option_flags
 from .options import add_confine_args
 from .spec import IdMapping, NineMount, Spec, SpecError, load_spec, load_spec_bytes, read_spec_fd
 from .syscalls import (
@@ -52,7 +52,6 @@ from .syscalls import (
     CLONE_NEWUSER,
     MS_BIND,
     MS_PRIVATE,
-    MS_RDONLY,
     MS_REC,
 )
 
@@ -244,11 +243,7 @@ def _make_mount_point(
 def _apply_flags(fd: int, m: NineMount, target: str) -> None:
     """Apply the mount's ro/nosuid/nodev/noexec to the new bind mount, and check them
     (:func:`gofer9p.mounts.apply_flags`; recursively for an ``rbind``)."""
-    wanted = 0
-    for opt in m.options:
-        wanted |= FLAG_OF_OPTION.get(opt, 0)
-    if not m.readonly:
-        wanted &= ~MS_RDONLY  # a later "rw" cancels "ro"
+    wanted = option_flags(m.options, m.readonly)
     try:
         apply_flags(fd, wanted, target, recursive="rbind" in m.options, what=f"mount {m.destination}")
     except MountError as e:

@@ -40,7 +40,15 @@ from .syscalls import (
     MS_REMOUNT,
 )
 
-__all__ = ["FLAG_OF_OPTION", "MountError", "Resolved", "apply_flags", "resolve", "submounts"]
+__all__ = [
+    "FLAG_OF_OPTION",
+    "MountError",
+    "Resolved",
+    "apply_flags",
+    "option_flags",
+    "resolve",
+    "submounts",
+]
 
 #: The most symlinks one destination may go through (the kernel's own limit, MAXSYMLINKS).
 MAX_SYMLINKS = 40
@@ -152,6 +160,15 @@ def _make(dirfd: int, name: str, kind: str) -> None:
     else:
         flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
         os.close(os.open(name, flags, 0o644, dir_fd=dirfd))
+
+
+def option_flags(options: tuple[str, ...], readonly: bool) -> int:
+    """The MS_RDONLY/NOSUID/NODEV/NOEXEC a 9P mount's options ask for (``readonly`` is the
+    spec's last word on ro/rw: a later "rw" cancels "ro")."""
+    wanted = 0
+    for opt in options:
+        wanted |= FLAG_OF_OPTION.get(opt, 0)
+    return wanted if readonly else wanted & ~MS_RDONLY
 
 
 def apply_flags(fd: int, wanted: int, target: str, *, recursive: bool, what: str) -> None:

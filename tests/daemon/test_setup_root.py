@@ -196,3 +196,31 @@ def test_setup_root_refuses_a_destination_outside_the_root(tmp_path: Path) -> No
     line = "gofer9p gofer: error: attach point '/out' resolves outside the root"
     assert re.search(f"^{re.escape(line)}$", g.log(), re.M), g.log()
     assert sorted(os.listdir(bundle)) == ["config.json", "host", "rootfs"]
+
+
+def test_nested_mounts_on_a_read_only_root(tmp_path: Path) -> None:
+    """A mount inside another's destination lands in the bind the sandbox sees there (its
+    mount point made in the outer mount's source); the read-only root takes only its own."""
+    bundle = make_bundle(
+        tmp_path,
+        root_readonly=True,
+        mounts=[("/data", "outer", ["rbind"]), ("/data/inner", "inner", ["rbind", "ro"])],
+    )
+    (bundle / "outer").mkdir()
+    (bundle / "inner").mkdir()
+    (bundle / "inner" / "f").write_text("inner\n")
+    g = Gofer(tmp_path, bundle, setup_root=True, report_mounts=True)
+    try:
+        g.wait_log(r"serving bundle")
+        assert [m["destination"] for m in g.gp.mounts()] == ["/", "/data", "/data/inner"]
+        assert [at for _, at, _, _ in _namespace_view(g.pid)] == [
+            "/", "/root", "/root/data", "/root/data/inner"
+        ]
+        root = NineP(g.sockets[0])
+        root.version()
+        root.attach(1)
+        assert root.read_file(1, b"data", b"inner", b"f") == b"inner\n"
+    finally:
+        g.stop()
+    assert (bundle / "outer" / "inner").is_dir()  # the mount point, in the outer source
+    assert sorted(os.listdir(bundle / "rootfs")) == ["data", "hello.txt"]
