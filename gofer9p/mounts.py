@@ -181,22 +181,23 @@ def apply_flags(fd: int, wanted: int, target: str, *, recursive: bool, what: str
     submount.  Each mount's existing flags are kept: a bind remount sets the flag word whole,
     and clearing a locked flag fails in a user namespace.  ``what`` starts every error line.
     """
+    if not wanted:
+        return  # nothing to set, nothing to check (and no mount table to read)
     procpath = f"/proc/self/fd/{fd}"
     mounts = [target, *(submounts(target) if recursive else [])]
-    if wanted:
-        try:
-            at_flags = AT_EMPTY_PATH | (AT_RECURSIVE if recursive else 0)
-            syscalls.mount_setattr(fd, "", at_flags, wanted)
-        except OSError as e:
-            if e.errno != errno.ENOSYS:
-                raise MountError(f"{what}: {e.strerror}") from None
-            for i, path in enumerate(mounts):
-                where = procpath if i == 0 else path
-                have = os.statvfs(where).f_flag & (MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
-                try:
-                    syscalls.mount(None, where, None, MS_REMOUNT | MS_BIND | wanted | have)
-                except OSError as e2:
-                    raise MountError(f"{what}: remount {path}: {e2.strerror}") from None
+    try:
+        at_flags = AT_EMPTY_PATH | (AT_RECURSIVE if recursive else 0)
+        syscalls.mount_setattr(fd, "", at_flags, wanted)
+    except OSError as e:
+        if e.errno != errno.ENOSYS:
+            raise MountError(f"{what}: {e.strerror}") from None
+        for i, path in enumerate(mounts):
+            where = procpath if i == 0 else path
+            have = os.statvfs(where).f_flag & (MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+            try:
+                syscalls.mount(None, where, None, MS_REMOUNT | MS_BIND | wanted | have)
+            except OSError as e2:
+                raise MountError(f"{what}: remount {path}: {e2.strerror}") from None
     for i, path in enumerate(mounts):
         got = os.statvfs(procpath if i == 0 else path).f_flag
         if got & wanted != wanted:
