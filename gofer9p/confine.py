@@ -1,10 +1,14 @@
-"""Confine the gofer process: private mounts, chroot, capabilities, no_new_privs.
+"""Confine the gofer process: private mounts, chroot or a pivoted root, capabilities,
+no_new_privs.
 
 The gofer talks to an untrusted sandbox, so after setup it keeps only what serving files needs
-(design.md §1).  Order matters and is the daemon's job: ``private_mount_root`` (needs
-CAP_SYS_ADMIN) -> ``chroot_into`` (CAP_SYS_CHROOT) -> open the attach points ->
-``drop_capabilities`` -> ``set_no_new_privs`` -> ``seccomp.install_seccomp`` (the filter and
-its table live in :mod:`gofer9p.seccomp`; the raw calls in :mod:`gofer9p.syscalls`).
+(design.md §1).  Order matters and is the daemon's job: :func:`chroot_tree` (or
+:func:`pivot_tree` for ``--setup-root``; both need CAP_SYS_ADMIN and CAP_SYS_CHROOT) -> open
+the attach points from the tree's fds -> ``drop_capabilities`` -> ``set_no_new_privs`` ->
+``landlock.restrict`` (needs no_new_privs and the attach points' fds) ->
+``seccomp.install_seccomp`` (the filter and its table live in :mod:`gofer9p.seccomp`; the raw
+calls in :mod:`gofer9p.syscalls`; resolving destinations and checking bind flags in
+:mod:`gofer9p.mounts`).
 
 Capabilities are **per thread** on Linux and a new thread copies its creator's; a seccomp filter
 is inherited the same way.  So everything here must run while the process has exactly one thread,
@@ -20,10 +24,15 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import attrs
 
 from . import syscalls
+from .mounts import MountError, Resolved, apply_flags, option_flags, resolve
 from .seccomp import SeccompMode, compile_seccomp
 from .syscalls import (
     AT_FDCWD,
@@ -34,22 +43,30 @@ from .syscalls import (
     MOUNT_ATTR_NOSYMFOLLOW,
     MS_BIND,
     MS_NODEV,
+    MS_NOEXEC,
     MS_NOSUID,
     MS_NOSYMFOLLOW,
     MS_PRIVATE,
+    MS_RDONLY,
     MS_REC,
     MS_REMOUNT,
     ST_NODEV,
     ST_NOSUID,
 )
 
+if TYPE_CHECKING:
+    from .spec import NineMount, Spec
+
 __all__ = [
     "KEEP_CAPS",
     "KEEP_CAPS_MASK",
     "ConfineError",
+    "Tree",
     "assert_single_threaded",
     "chroot_into",
+    "chroot_tree",
     "drop_capabilities",
+    "pivot_tree",
     "preload",
     "private_mount_root",
     "set_no_new_privs",
@@ -130,9 +147,21 @@ def private_mount_root(root: str) -> str:
     root of a user namespace) and a single thread.
     """
     real = os.path.realpath(root)
+    _private_namespace()
+    _step(f"bind-mounting {real!r}", syscalls.mount, real, real, None, MS_BIND | MS_REC)
+    _harden(real)
+    return real
+
+
+def _private_namespace() -> None:
+    """A mount namespace of our own, every mount in it private (nothing propagates either way)."""
     _step("unshare(CLONE_NEWNS)", syscalls.unshare, CLONE_NEWNS)
     _step("making mounts private", syscalls.mount, None, "/", None, MS_REC | MS_PRIVATE)
-    _step(f"bind-mounting {real!r}", syscalls.mount, real, real, None, MS_BIND | MS_REC)
+
+
+def _harden(real: str) -> None:
+    """nodev+nosuid+nosymfollow on the mount at ``real`` and every mount below it, checked
+    (see :func:`private_mount_root` for why each)."""
     nodev = MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOSYMFOLLOW
     try:
         syscalls.mount_setattr(AT_FDCWD, real, AT_RECURSIVE, nodev)
@@ -145,7 +174,200 @@ def private_mount_root(root: str) -> str:
     got = os.statvfs(real).f_flag
     if got & (ST_NODEV | ST_NOSUID) != ST_NODEV | ST_NOSUID:
         raise ConfineError(f"{real!r} is not nodev,nosuid after remount (flags {got:#x})")
-    return real
+
+
+@attrs.define
+class Tree:
+    """What a gofer serves, opened before it confines itself: ``root_fd`` (``O_PATH`` of the
+    root) and each 9P mount's destination as resolved inside it (:class:`gofer9p.mounts.Resolved`,
+    spec order).  Every fd is inside the root the gofer ends up in."""
+
+    root_fd: int
+    mounts: list[Resolved]
+
+    def close(self) -> None:
+        """Close what was not handed over (an fd set to -1 was)."""
+        for r in self.mounts:
+            r.close()
+        if self.root_fd >= 0:
+            os.close(self.root_fd)
+            self.root_fd = -1
+
+
+def chroot_tree(spec: Spec) -> Tree:
+    """The default confinement of the tree: :func:`private_mount_root`, each 9P mount's
+    destination resolved inside it (the manager has bound the sources there, see
+    :func:`gofer9p.launch.setup_fs`), then :func:`chroot_into` it."""
+    real = private_mount_root(spec.root_path)
+    tree = Tree(_open_dir(real), [])
+    try:
+        for m in spec.mounts:
+            tree.mounts.append(_resolve(tree.root_fd, m.destination, None))
+        chroot_into(real)
+    except BaseException:
+        tree.close()
+        raise
+    return tree
+
+
+def pivot_tree(spec: Spec) -> Tree:
+    """``--setup-root``: build the gofer's whole mount namespace itself and pivot into it.
+
+    In a private mount namespace: an empty tmpfs (nodev, nosuid, noexec; read-only once built)
+    becomes the namespace's root; the rootfs is bind-mounted (recursively) at its ``/root``, each
+    9P mount's source at its destination resolved inside the rootfs (missing mount points made,
+    as runc does), each with the spec's flags (ro, nosuid, nodev, noexec) checked with statvfs,
+    and every bind nodev+nosuid+nosymfollow as in :func:`private_mount_root`.  Then
+    ``pivot_root`` into the tmpfs, the old root is detached (``umount2(MNT_DETACH)``) and the
+    gofer chroots into ``/root``.  What is left in its namespace is the tmpfs and the served
+    binds: the host's mounts are not there at all, so a chroot escape (a directory fd kept
+    above the root, or chroot(2) with the kept CAP_SYS_CHROOT) climbs to the tmpfs and no
+    further.  Every fd opened on the host here (the rootfs, the sources, the old root) is
+    closed before this returns.
+    """
+    real = os.path.realpath(spec.root_path)
+    stage = os.path.dirname(real)
+    if real == stage:
+        raise ConfineError("--setup-root: the rootfs cannot be the host's /")
+    _private_namespace()
+    host: list[int] = []  # fds on the host's tree: closed before returning
+    tree = Tree(-1, [])
+    try:
+        host.append(_open_dir(real))
+        rootfs = host[-1]
+        sources = []
+        for m in spec.mounts:
+            try:
+                host.append(os.open(m.source, os.O_PATH | os.O_CLOEXEC))
+            except OSError as e:
+                raise ConfineError(
+                    f"mount {m.destination}: source {m.source!r}: {e.strerror}"
+                ) from None
+            sources.append(host[-1])
+        host.append(_open_dir("/"))
+        old_root = host[-1]
+        # The tmpfs goes on the rootfs's parent (in this namespace only): on the rootfs itself
+        # the recursive bind of the rootfs below would carry the tmpfs along, over its content.
+        _step(
+            "mounting the tmpfs root",
+            syscalls.mount,
+            "tmpfs",
+            stage,
+            "tmpfs",
+            _TMPFS_FLAGS,
+            _TMPFS_DATA,
+        )
+        tmp = _open_dir(stage)
+        host.append(tmp)  # above the final root: closed too
+        os.mkdir("root", 0o755, dir_fd=tmp)
+        at = os.open("root", os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=tmp)
+        try:
+            _step(
+                "bind-mounting the rootfs",
+                syscalls.mount,
+                _fdpath(rootfs),
+                _fdpath(at),
+                None,
+                MS_BIND | MS_REC,
+            )
+        finally:
+            os.close(at)
+        tree.root_fd = os.open(
+            "root", os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=tmp
+        )
+        staged = os.path.join(stage, "root")
+        kinds = [_source_kind(m, src) for m, src in zip(spec.mounts, sources, strict=True)]
+        # Mount points in the rootfs itself first: once a read-only root is read-only it
+        # takes no new ones.  One nested in an earlier mount's destination is made in that
+        # mount's source, once it is bound (below).
+        for i, (m, kind) in enumerate(zip(spec.mounts, kinds, strict=True)):
+            if not any(m.destination.startswith(e.destination + "/") for e in spec.mounts[:i]):
+                _resolve(tree.root_fd, m.destination, kind).close()
+        _harden(staged)
+        _checked_flags(tree.root_fd, MS_RDONLY if spec.root_readonly else 0, staged, True, "root")
+        for m, src, kind in zip(spec.mounts, sources, kinds, strict=True):
+            # resolved now, through the mounts bound so far, as the sandbox will see it
+            tree.mounts.append(_resolve(tree.root_fd, m.destination, kind))
+            _bind_source(m, src, tree.mounts[-1], staged + tree.mounts[-1].path)
+        _step(
+            "making the tmpfs root read-only",
+            syscalls.mount,
+            None,
+            stage,
+            None,
+            MS_REMOUNT | MS_RDONLY | _TMPFS_FLAGS,
+        )
+        os.fchdir(tmp)
+        _step("pivot_root", syscalls.pivot_root, ".", ".")
+        os.fchdir(old_root)
+        _step("detaching the old root", syscalls.umount, ".")
+        os.chdir("/")
+        chroot_into("/root")
+    except BaseException:
+        tree.close()
+        raise
+    finally:
+        for fd in host:
+            os.close(fd)
+    return tree
+
+
+#: The tmpfs root holds one directory (``/root``, the rootfs's mount point) and nothing else.
+_TMPFS_FLAGS = MS_NODEV | MS_NOSUID | MS_NOEXEC
+_TMPFS_DATA = "mode=0755,size=16k,nr_inodes=16"
+
+
+def _source_kind(m: NineMount, src: int) -> str:
+    """``"dir"`` or ``"file"``: what mount point source ``src`` needs; anything else is refused."""
+    mode = os.fstat(src).st_mode
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISREG(mode):
+        return "file"
+    raise ConfineError(
+        f"mount {m.destination}: source {m.source!r} is neither a directory nor a regular file"
+    )
+
+
+def _bind_source(m: NineMount, src: int, r: Resolved, target: str) -> None:
+    """Bind 9P mount ``m``'s source (fd ``src``) on its resolved mount point ``r`` (whose fds
+    then name the new mount's root), with the spec's flags, checked."""
+    flags = MS_BIND | (MS_REC if "rbind" in m.options else 0)
+    _step(f"mount {m.destination}", syscalls.mount, _fdpath(src), _fdpath(r.fd), None, flags)
+    os.close(r.fd)
+    r.fd = -1
+    r.fd = os.open(r.name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=r.parent_fd)
+    got, want = os.fstat(r.fd), os.fstat(src)
+    if (got.st_dev, got.st_ino) != (want.st_dev, want.st_ino):
+        raise ConfineError(f"mount {m.destination}: {r.path!r} is not its source after the bind")
+    _harden(target)
+    wanted = option_flags(m.options, m.readonly)
+    _checked_flags(r.fd, wanted, target, "rbind" in m.options, f"mount {m.destination}")
+
+
+def _checked_flags(fd: int, wanted: int, target: str, recursive: bool, what: str) -> None:
+    try:
+        apply_flags(fd, wanted, target, recursive=recursive, what=what)
+    except MountError as e:
+        raise ConfineError(str(e)) from None
+
+
+def _resolve(root_fd: int, destination: str, create: str | None) -> Resolved:
+    try:
+        return resolve(root_fd, destination, create=create)
+    except MountError as e:
+        raise ConfineError(str(e)) from None
+
+
+def _open_dir(path: str) -> int:
+    try:
+        return os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise ConfineError(f"{path!r}: {e.strerror}") from None
+
+
+def _fdpath(fd: int) -> str:
+    return f"/proc/self/fd/{fd}"
 
 
 def chroot_into(root: str) -> None:
@@ -214,7 +436,6 @@ def set_no_new_privs() -> None:
         prctl.set_no_new_privs(1)
     except OSError as e:
         raise ConfineError(f"PR_SET_NO_NEW_PRIVS: {e.strerror or e}") from None
-
 
 
 def set_not_dumpable() -> None:

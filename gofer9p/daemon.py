@@ -3,7 +3,8 @@
 A sandbox manager (see :mod:`gofer9p.launch`) spawns this process with one connected unix stream
 socket per attach point: the bundle's root first, then each 9P mount in spec order.  We check
 everything that can be checked while the host is still visible, then confine ourselves (chroot,
-capabilities, no_new_privs, seccomp) and only then start serving untrusted clients.
+or with ``--setup-root`` a pivoted tmpfs root; capabilities, no_new_privs, Landlock, seccomp)
+and only then start serving untrusted clients.
 
 Exit status:
 
@@ -32,10 +33,11 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from .logs import setup_logging
-from .options import add_idmap_args, add_log_args, add_poll_arg, idmap_from_args
+from .options import add_confine_args, add_idmap_args, add_log_args, add_poll_arg, idmap_from_args
 
 if TYPE_CHECKING:
     from .attach import AttachPoint
+    from .confine import Tree
     from .seccomp import SeccompMode
     from .server import ServerConfig
     from .spec import Spec
@@ -99,7 +101,12 @@ def _parse_bool(v: str) -> bool:
 def build_parser(prog: str = "gofer9p gofer") -> argparse.ArgumentParser:
     """The flags of ``gofer9p gofer`` (shared with the cli.py front)."""
     p = _ArgumentParser(prog=prog, description="Serve an OCI bundle's root and 9P mounts.")
-    p.add_argument("--bundle", required=True, help="OCI bundle directory (holds config.json)")
+    p.add_argument(
+        "--bundle",
+        required=True,
+        help="OCI bundle directory: holds config.json (with --spec-fd: only anchors a "
+        "relative root.path or mount source)",
+    )
     p.add_argument(
         "--io-fds",
         action="append",
@@ -124,6 +131,7 @@ def build_parser(prog: str = "gofer9p gofer") -> argparse.ArgumentParser:
     add_poll_arg(p)
     add_log_args(p)
     add_idmap_args(p)
+    add_confine_args(p)
     return p
 
 
@@ -194,24 +202,85 @@ def check_io_fd(fd: int) -> socket.socket:
     return sock
 
 
-def _open_attach_points(spec: Spec, panic_on_write: bool) -> list[AttachPoint]:
-    """One attach point per io fd: "/" then each 9P mount's destination, in spec order.
+def _open_attach_points(spec: Spec, panic_on_write: bool, tree: Tree) -> list[AttachPoint]:
+    """One attach point per io fd: the root, then each 9P mount's destination as resolved
+    (``tree``, :mod:`gofer9p.confine`), in spec order; takes the fds it uses out of ``tree``.
 
     A destination may be a regular file (managers bind-mount ``/etc/hosts``,
     ``/etc/resolv.conf`` ...): its attach root is the file itself, as in gVisor, and it
     takes its own fd like any other 9P mount.  Anything but a directory or a regular file
     is refused here, before serving.
     """
+    points: list[AttachPoint] = []
+    try:
+        root_fd, tree.root_fd = tree.root_fd, -1  # handed over, closed if refused
+        points.append(_attach_point("/", root_fd, spec.root_readonly, panic_on_write))
+        for m, r in zip(spec.mounts, tree.mounts, strict=True):
+            fd, r.fd = r.fd, -1
+            parent = -1
+            if stat.S_ISREG(os.fstat(fd).st_mode):  # a file root keeps its directory's fd
+                parent, r.parent_fd = r.parent_fd, -1
+            points.append(_attach_point(r.path, fd, m.readonly, panic_on_write, parent, r.name))
+    except BaseException:
+        for p in points:
+            p.close()
+        raise
+    return points
+
+
+def _attach_point(
+    path: str, fd: int, ro: bool, panic_on_write: bool, parent_fd: int = -1, name: str = ""
+) -> AttachPoint:
+    """:class:`AttachPoint` on ``fd`` (closed, with ``parent_fd``, if it is refused)."""
     from .attach import AttachPoint
 
-    points = []
-    wanted = [("/", spec.root_readonly)] + [(m.destination, m.readonly) for m in spec.mounts]
-    for path, ro in wanted:
-        try:
-            points.append(AttachPoint.open(path, readonly=ro, panic_on_write=panic_on_write))
-        except OSError as e:
-            raise DaemonError(f"attach point {path!r}: {e.strerror or e}") from None
-    return points
+    try:
+        return AttachPoint(
+            path, fd, readonly=ro, panic_on_write=panic_on_write, parent_fd=parent_fd,
+            name=os.fsencode(name),
+        )
+    except OSError as e:
+        for f in (fd, parent_fd):
+            if f >= 0:
+                os.close(f)
+        raise DaemonError(f"attach point {path!r}: {e.strerror or e}") from None
+
+
+def _write_mounts(fd: int, spec: Spec, points: list[AttachPoint], io_fds: list[int]) -> None:
+    """``--mounts-fd``: what each io fd serves, as resolved, as one JSON array; then close it.
+
+    One object per io fd, in ``--io-fds`` order: ``index``, ``fd``, ``destination`` (inside
+    the root, symlinks resolved), ``source`` (the host path the spec names; the rootfs for
+    index 0), ``readonly``.
+    """
+    import json
+
+    sources = [spec.root_path, *(m.source for m in spec.mounts)]
+    doc = [
+        {"index": i, "fd": io, "destination": p.path, "source": src, "readonly": p.readonly}
+        for i, (io, p, src) in enumerate(zip(io_fds, points, sources, strict=True))
+    ]
+    data = memoryview(json.dumps(doc, separators=(",", ":")).encode() + b"\n")
+    try:
+        while data:
+            data = data[os.write(fd, data) :]
+    except OSError as e:
+        raise DaemonError(f"--mounts-fd {fd}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def _check_extra_fd(fd: int | None, flag: str, taken: list[int]) -> None:
+    """An fd flag's fd must be open and not one of the io fds (or another flag's)."""
+    if fd is None:
+        return
+    if fd in taken:
+        raise DaemonError(f"{flag}: fd {fd} is also given to another flag")
+    try:
+        os.fstat(fd)
+    except OSError:
+        raise DaemonError(f"{flag}: fd {fd} is not open") from None
+    taken.append(fd)
 
 
 def _preload() -> None:
@@ -342,16 +411,22 @@ def _confined_start(argv: Sequence[str], after_confine: Callable[[], None] | Non
     # death or a KeyboardInterrupt traceback.  SIGKILL still works, and stop() escalates to it.
     signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     fds = parse_io_fds(args.io_fds)
+    taken = list(fds)
+    _check_extra_fd(args.spec_fd, "--spec-fd", taken)
+    _check_extra_fd(args.mounts_fd, "--mounts-fd", taken)
     try:
         setup_logging(args.log_level, args.log_file)
     except OSError as e:
         raise DaemonError(f"--log-file {args.log_file!r}: {e.strerror}") from None
     # Only now: --help and flag errors answer without attrs (spec's classes) being imported.
-    from . import confine, seccomp
-    from .spec import SpecError, load_spec
+    from . import confine, landlock, seccomp
+    from .spec import SpecError, load_spec, load_spec_fd
 
     try:
-        spec = load_spec(args.bundle)
+        if args.spec_fd is not None:
+            spec = load_spec_fd(args.spec_fd, args.bundle)
+        else:
+            spec = load_spec(args.bundle)
     except SpecError as e:
         raise DaemonError(str(e)) from None
     socks = [check_io_fd(fd) for fd in fds]
@@ -384,20 +459,33 @@ def _confined_start(argv: Sequence[str], after_confine: Callable[[], None] | Non
         from .server import fd_share
 
         share = fd_share(len(socks))
-        root = confine.private_mount_root(spec.root_path)
-        confine.chroot_into(root)
-        points = _open_attach_points(spec, args.panic_on_write)
+        # The root: chroot into a private bind of the rootfs, or (--setup-root) pivot into
+        # an empty tmpfs holding only the served binds; then the attach points, from the fds
+        # the tree was resolved with (nothing is looked up by name again).
+        tree = confine.pivot_tree(spec) if args.setup_root else confine.chroot_tree(spec)
+        try:
+            points = _open_attach_points(spec, args.panic_on_write, tree)
+        finally:
+            tree.close()
+        if args.mounts_fd is not None:
+            _write_mounts(args.mounts_fd, spec, points, fds)
         if args.apply_caps:
             confine.drop_capabilities()
         confine.set_no_new_privs()
+        # Landlock needs no_new_privs and the attach points' fds; seccomp comes last (its
+        # whitelist has no landlock calls).
+        fenced = landlock.restrict(
+            [(p.fd, p.readonly, p.root_fmt == stat.S_IFDIR) for p in points], args.landlock
+        )
         allowed = seccomp.install_seccomp(seccomp_mode)
-    except (confine.ConfineError, seccomp.SeccompError) as e:
+    except (confine.ConfineError, seccomp.SeccompError, landlock.LandlockError) as e:
         raise DaemonError(str(e)) from None
 
     ready_line = (
         f"serving bundle {spec.bundle} root {spec.root_path}: {len(points)} attach points on "
         f"fds {','.join(map(str, fds))}; caps {'dropped' if args.apply_caps else 'kept'}, "
-        f"seccomp {seccomp_mode}{f' ({allowed} syscalls)' if allowed else ''}"
+        f"seccomp {seccomp_mode}{f' ({allowed} syscalls)' if allowed else ''}, {fenced}"
+        f"{', pivoted root' if args.setup_root else ''}"
         f"{', panic-on-write' if args.panic_on_write else ''}"
     )
     idmap = idmap_from_args(args)

@@ -27,9 +27,11 @@ Control protocol: a unix ``SOCK_SEQPACKET`` socket, one JSON object per record.
   attach order; the child has them at fds 3, 4, ... with ``--io-fds``, as a spawned gofer), ``stdout``, ``stderr`` (at most one
   each; default: the fork-server's own), ``userns`` (a pipe's read end: the child unshares a
   user namespace, says ``userns`` on its start pipe and waits for one byte ``g`` there once
-  the requester has written its id maps, as :func:`gofer9p.launch.start_gofer` does).  ``args`` are ``gofer9p gofer``'s flags minus
-  ``--io-fds``.  A role is how a later flag that takes an fd (``--spec-fd``) joins without
-  changing the format; flags without fds (``--setup-root``) pass through ``args`` as they are.
+  the requester has written its id maps, as :func:`gofer9p.launch.start_gofer` does),
+  ``spec`` and ``mounts`` (the child gets them as ``--spec-fd N`` / ``--mounts-fd N``).
+  ``args`` are ``gofer9p gofer``'s flags minus ``--io-fds``, ``--spec-fd`` and
+  ``--mounts-fd``; flags without fds (``--setup-root``, ``--landlock``) pass through
+  ``args`` as they are.
 * reply, one per request, in order: ``{"pid": P}`` with a pidfd of the child and the read end of
   its *start pipe* attached, or ``{"error": "one line"}`` (a malformed request; nothing forked).
   The child writes one line to the start pipe: ``ok`` once it serves, or the gofer's one error
@@ -85,7 +87,9 @@ __all__ = ["main", "run"]
 #: Largest request record and most fds one request may pass (SCM_MAX_FD is 253).
 MAX_REQUEST = 64 * 1024
 MAX_FDS = 128
-_ROLES_ONCE = ("stdout", "stderr", "userns")
+_ROLES_ONCE = ("stdout", "stderr", "userns", "spec", "mounts")
+#: Roles whose fd the gofer gets through a flag (the fd stays where it landed in the child).
+_ROLE_FLAGS = {"spec": "--spec-fd", "mounts": "--mounts-fd"}
 #: The pool of pre-forked children is refilled after this long without an event (s), so a
 #: refill never competes with a request or a gofer that is starting.
 _REFILL_AFTER = 0.01
@@ -117,12 +121,15 @@ def _parse_request(data: bytes, nfds: int) -> tuple[list[str], list[str]]:
         raise _RequestError(f'"fds" names {len(roles)} fds but {nfds} were passed')
     for r in roles:
         if r not in ("io", *_ROLES_ONCE):
-            raise _RequestError(f"unknown fd role {r!r} (io, stdout, stderr, userns)")
+            raise _RequestError(f"unknown fd role {r!r} (io, {', '.join(_ROLES_ONCE)})")
     for r in _ROLES_ONCE:
         if roles.count(r) > 1:
             raise _RequestError(f"fd role {r!r} given twice")
     if any(a == "--io-fds" or a.startswith("--io-fds=") for a in args):
         raise _RequestError('pass the io sockets as "io" fds, not --io-fds')
+    for role, flag in _ROLE_FLAGS.items():
+        if any(a == flag or a.startswith(flag + "=") for a in args):
+            raise _RequestError(f'pass {flag}\'s fd as a "{role}" fd, not as a flag')
     return args, roles
 
 
@@ -571,6 +578,7 @@ def _place_fds(
         os.close(report.fd)
         report.fd = moved
     io: list[int] = []
+    flags: list[str] = []
     go = -1
     for fd, role in zip(high, roles, strict=True):
         if role == "io":
@@ -579,6 +587,8 @@ def _place_fds(
             io.append(3 + len(io))
         elif role == "userns":
             go = fd
+        elif role in _ROLE_FLAGS:
+            flags += [_ROLE_FLAGS[role], str(fd)]
         else:
             os.dup2(fd, _STDIO_TARGET[role])
             os.close(fd)
@@ -587,7 +597,7 @@ def _place_fds(
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
-    return [*args, *(a for fd in io for a in ("--io-fds", str(fd)))]
+    return [*args, *flags, *(a for fd in io for a in ("--io-fds", str(fd)))]
 
 
 def _enter_user_namespace(go: int, status_w: int) -> bool:
@@ -640,8 +650,9 @@ def _warm_up() -> list[int]:
 
     This is :func:`gofer9p.daemon.run`'s path with nothing of a sandbox in it: the flags
     parser, the log setup (then undone), the spec reader (as far as a bundle without
-    ``config.json`` goes) and parser, ``realpath``, ``check_io_fd`` on a socketpair,
-    the attach points of a spec whose root is ``/`` (read-only; opened and closed here, never
+    ``config.json`` goes) and parser, ``realpath``, ``check_io_fd`` on a socketpair, the
+    resolution of a 9P mount's destination (:func:`gofer9p.mounts.resolve`), a Landlock
+    ruleset (built, never enforced: :func:`gofer9p.landlock.make_ruleset`), the attach points of a spec whose root is ``/`` (read-only; opened and closed here, never
     chrooted into), the capability bound read, the seccomp program with this child's pid
     written in (:func:`gofer9p.seccomp.prepare_seccomp`), and the serving loop itself
     (``daemon._serve_all`` in a ``trio.run``) answering :data:`_WARM_REQUESTS` on the
@@ -658,7 +669,7 @@ def _warm_up() -> list[int]:
 
     import trio
 
-    from . import confine, daemon, logs, seccomp, server, spec
+    from . import confine, daemon, landlock, logs, mounts, seccomp, server, spec
 
     flags = "--bundle / --seccomp=kill --apply-caps=true --log-level info --io-fds 0"
     args = daemon._parser().parse_args(flags.split())
@@ -666,7 +677,15 @@ def _warm_up() -> list[int]:
     saved = (log.handlers[:], log.level, log.propagate)
     logs.setup_logging("critical", None)
     doc = json.loads('{"root": {"path": "/", "readonly": true}, "mounts": []}')
-    points = daemon._open_attach_points(spec.parse_spec(doc, "/"), False)
+    root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    # a destination resolved (through a symlink) as the gofer resolves its 9P mounts', and a
+    # Landlock ruleset built (never enforced) as the gofer builds its own
+    mounts.resolve(root, "/proc/self/fdinfo").close()
+    if landlock.abi() >= 1:
+        with contextlib.suppress(landlock.LandlockError):
+            os.close(landlock.make_ruleset([(root, True, True)], landlock.abi()))
+    tree = confine.Tree(root, [])
+    points = daemon._open_attach_points(spec.parse_spec(doc, "/"), False, tree)
     with contextlib.suppress(spec.SpecError):
         spec.load_spec("/proc/self/fdinfo")  # a directory without config.json: its error path
     os.path.realpath("/proc/self/fdinfo")  # as private_mount_root resolves the root
@@ -714,10 +733,11 @@ def _preload() -> None:
     import ctypes
     import logging  # noqa: F401
 
-    from . import confine, daemon, spec  # noqa: F401
+    from . import confine, daemon, landlock, spec  # noqa: F401
 
     daemon._preload()
     confine.preload("kill")
+    landlock.abi()  # asked once here, for every child
     ctypes.CDLL(None, use_errno=True)
     daemon._parser()  # built once for every child (and argparse's lazy imports)
 

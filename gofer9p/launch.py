@@ -27,7 +27,6 @@ import errno
 import fcntl
 import json
 import os
-import re
 import select
 import signal
 import socket
@@ -38,28 +37,22 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any, Protocol
 
 import attrs
 
 from . import syscalls
 from .forkserver import MAX_REQUEST, _parse_address, _record
-from .options import add_idmap_args
-from .spec import IdMapping, NineMount, Spec, SpecError, load_spec
+from .mounts import MountError, apply_flags, option_flags
+from .options import add_confine_args, add_idmap_args
+from .spec import IdMapping, NineMount, Spec, SpecError, load_spec, load_spec_bytes, read_spec_fd
 from .syscalls import (
-    AT_EMPTY_PATH,
-    AT_RECURSIVE,
     CLONE_NEWNS,
     CLONE_NEWUSER,
     MS_BIND,
-    MS_NODEV,
-    MS_NOEXEC,
-    MS_NOSUID,
     MS_PRIVATE,
-    MS_RDONLY,
     MS_REC,
-    MS_REMOUNT,
 )
 
 __all__ = [
@@ -79,9 +72,6 @@ __all__ = [
 
 #: How long the parent waits for a user-namespace child to report in before giving up.
 _USERNS_TIMEOUT = 10.0
-
-#: statvfs f_flag bits (ST_*) have the same values as the MS_* flags for these four.
-_FLAG_OF_OPTION = {"ro": MS_RDONLY, "nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC}
 
 
 class LaunchError(Exception):
@@ -252,58 +242,13 @@ def _make_mount_point(
 
 
 def _apply_flags(fd: int, m: NineMount, target: str) -> None:
-    """Apply the mount's ro/nosuid/nodev/noexec to the new bind mount, and check them.
-
-    For an ``rbind`` the flags must cover every submount the bind carries (a read-only mount
-    whose tmpfs submount stays writable would be written through the root attach point), so
-    they are set with mount_setattr(AT_RECURSIVE); kernels without it (< 5.12) get one bind
-    remount per submount.  Each mount's existing flags are kept: a bind remount sets the flag
-    word whole, and clearing a locked flag fails in a user namespace.
-    """
-    procpath = f"/proc/self/fd/{fd}"
-    wanted = 0
-    for opt in m.options:
-        wanted |= _FLAG_OF_OPTION.get(opt, 0)
-    if not m.readonly:
-        wanted &= ~MS_RDONLY  # a later "rw" cancels "ro"
-    recursive = "rbind" in m.options
-    mounts = [target, *(_submounts(target) if recursive else [])]
-    if wanted:
-        try:
-            at_flags = AT_EMPTY_PATH | (AT_RECURSIVE if recursive else 0)
-            syscalls.mount_setattr(fd, "", at_flags, wanted)
-        except OSError as e:
-            if e.errno != errno.ENOSYS:
-                raise LaunchError(f"mount {m.destination}: {e.strerror}") from None
-            for i, path in enumerate(mounts):
-                where = procpath if i == 0 else path
-                have = os.statvfs(where).f_flag & (MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
-                try:
-                    syscalls.mount(None, where, None, MS_REMOUNT | MS_BIND | wanted | have)
-                except OSError as e2:
-                    raise LaunchError(
-                        f"mount {m.destination}: remount {path}: {e2.strerror}"
-                    ) from None
-    for i, path in enumerate(mounts):
-        got = os.statvfs(procpath if i == 0 else path).f_flag
-        if got & wanted != wanted:
-            raise LaunchError(
-                f"mount {m.destination}: {path} has flags {got:#x}, lacking {wanted & ~got:#x}"
-            )
-
-
-def _submounts(target: str) -> list[str]:
-    """Mount points strictly below ``target`` in this mount namespace, parents first."""
-    prefix = target.rstrip("/") + "/"
-    out = []
-    with open("/proc/self/mountinfo", "rb") as f:
-        for line in f:
-            raw = line.split()[4]
-            path = re.sub(rb"\\([0-7]{3})", lambda mo: bytes([int(mo[1], 8)]), raw)
-            p = os.fsdecode(path)
-            if p.startswith(prefix):
-                out.append(p)
-    return sorted(set(out), key=lambda p: p.count("/"))
+    """Apply the mount's ro/nosuid/nodev/noexec to the new bind mount, and check them
+    (:func:`gofer9p.mounts.apply_flags`; recursively for an ``rbind``)."""
+    wanted = option_flags(m.options, m.readonly)
+    try:
+        apply_flags(fd, wanted, target, recursive="rbind" in m.options, what=f"mount {m.destination}")
+    except MountError as e:
+        raise LaunchError(str(e)) from None
 
 
 # --- spawning the gofer ----------------------------------------------------------------------
@@ -341,10 +286,36 @@ class GoferProcess:
     proc: subprocess.Popen[bytes] | PidfdProcess
     sockets: list[socket.socket]
     undo: Undo = attrs.field(factory=Undo)
+    #: The read end of the gofer's ``--mounts-fd`` (``report_mounts=True``), until read.
+    mounts_fd: int = -1
+    _mounts: list[dict[str, Any]] | None = attrs.field(default=None, init=False)
 
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    def mounts(self, timeout: float = 30.0) -> list[dict[str, Any]]:
+        """What each socket serves, as the gofer resolved it (``report_mounts=True``): one
+        dict per socket, in order, with ``index``, ``fd`` (the gofer's), ``destination``
+        (inside the root, symlinks resolved), ``source`` and ``readonly``.
+
+        The gofer writes it once, before it serves; this waits for it (at most ``timeout``
+        seconds) the first time and keeps it.  :class:`LaunchError` if the gofer wrote
+        nothing (it did not get that far: its exit status and stderr say why).
+        """
+        if self._mounts is None:
+            if self.mounts_fd < 0:
+                raise LaunchError("the gofer was not asked for its mounts (report_mounts)")
+            try:
+                text = _read_to_eof(self.mounts_fd, timeout)
+            finally:
+                os.close(self.mounts_fd)
+                self.mounts_fd = -1
+            if not text:
+                why = "did not report" if text is None else "wrote none of"
+                raise LaunchError(f"the gofer {why} its mounts (did it start?)")
+            self._mounts = json.loads(text)
+        return self._mounts
 
     def stop(self, timeout: float = 5.0) -> int:
         """SIGTERM; SIGKILL after ``timeout``; reap; close the sandbox ends; undo the mounts.
@@ -358,6 +329,9 @@ class GoferProcess:
         finally:  # also when a fork-server died and the status is lost (ForkServerLost)
             for s in self.sockets:
                 s.close()
+            if self.mounts_fd >= 0:
+                os.close(self.mounts_fd)
+                self.mounts_fd = -1
             self.undo()
 
     def __enter__(self) -> GoferProcess:
@@ -374,12 +348,18 @@ def gofer_flags(
     seccomp: str,
     apply_caps: bool,
     extra_args: Sequence[str],
+    setup_root: bool = False,
+    landlock: str = "auto",
 ) -> list[str]:
-    """``gofer9p gofer``'s flags for these options, all but ``--io-fds`` (spawn or fork-server)."""
+    """``gofer9p gofer``'s flags for these options, all but those naming fds (``--io-fds``,
+    ``--spec-fd``, ``--mounts-fd``: the spawn and fork-server paths place fds differently)."""
     argv = ["--bundle", bundle]
     if panic_on_write:
         argv.append("--panic-on-write")
     argv += [f"--seccomp={seccomp}", f"--apply-caps={'true' if apply_caps else 'false'}"]
+    if setup_root:
+        argv.append("--setup-root")
+    argv.append(f"--landlock={landlock}")
     argv += list(extra_args)
     return argv
 
@@ -405,6 +385,103 @@ def idmap_flags(
     if squash_ids is not None:
         argv.append(f"--squash-ids={squash_ids[0]}:{squash_ids[1]}")
     return argv
+#: A spec a manager passes itself (``start_gofer(spec=...)``): the document, or its JSON bytes.
+SpecDoc = Mapping[str, Any] | bytes
+
+_F_ADD_SEALS, _F_SETPIPE_SZ = 1033, 1031
+_F_SEAL_ALL = 0x1 | 0x2 | 0x4 | 0x8  # F_SEAL_SEAL | SHRINK | GROW | WRITE
+
+
+@attrs.define
+class _FdFlags:
+    """The manager's side of ``--spec-fd`` and ``--mounts-fd`` for one gofer start.
+
+    ``spec_fd``: a sealed memfd holding the spec bytes the manager parsed (the gofer reads
+    exactly those; nobody can change them after).  ``mounts_w``/``mounts_r``: a pipe whose
+    write end the gofer gets (made 1 MiB large where allowed, so a gofer with many mounts does
+    not wait for a reader before it serves).  -1: not asked for.
+    """
+
+    spec: Spec | None
+    spec_fd: int = -1
+    mounts_r: int = -1
+    mounts_w: int = -1
+
+    @classmethod
+    def make(
+        cls,
+        bundle: str | os.PathLike[str],
+        doc: SpecDoc | None,
+        report_mounts: bool,
+        lenient: bool = False,
+    ) -> _FdFlags:
+        """Read (``doc`` None: ``bundle/config.json``) and parse the spec; make the fds.
+
+        ``lenient``: a bundle whose config.json is unusable gives ``spec`` None (the gofer
+        will say what is wrong with it in its own words) instead of :class:`LaunchError`.
+        """
+        try:
+            parsed: Spec | None = _parse_spec(bundle, doc)
+        except LaunchError:
+            if not lenient or doc is not None:
+                raise
+            parsed = None
+        out = cls(parsed)
+        try:
+            if doc is not None:
+                raw = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+                out.spec_fd = os.memfd_create("gofer9p-spec", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+                view = memoryview(raw)
+                while view:
+                    view = view[os.write(out.spec_fd, view) :]
+                fcntl.fcntl(out.spec_fd, _F_ADD_SEALS, _F_SEAL_ALL)
+            if report_mounts:
+                out.mounts_r, out.mounts_w = os.pipe2(os.O_CLOEXEC)
+                with contextlib.suppress(OSError):  # EPERM past /proc/sys/fs/pipe-max-size
+                    fcntl.fcntl(out.mounts_w, _F_SETPIPE_SZ, 1 << 20)
+        except BaseException:
+            out.close(keep_reader=False)
+            raise
+        return out
+
+    def roles(self) -> list[tuple[str, int]]:
+        """``(role, fd)`` of each fd the gofer gets (the fork-server's role names)."""
+        return [(r, fd) for r, fd in (("spec", self.spec_fd), ("mounts", self.mounts_w)) if fd >= 0]
+
+    def close(self, keep_reader: bool = True) -> None:
+        """Close what the gofer now holds (after the spawn or the request); the mounts pipe's
+        read end too unless ``keep_reader`` (it goes to :attr:`GoferProcess.mounts_fd`)."""
+        for name in ("spec_fd", "mounts_w", *(() if keep_reader else ("mounts_r",))):
+            fd = getattr(self, name)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, name, -1)
+
+
+def _read_to_eof(fd: int, timeout: float) -> bytes | None:
+    """All of a pipe up to EOF, or None if it is not there within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    chunks: list[bytes] = []
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            return None
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _parse_spec(bundle: str | os.PathLike[str], doc: SpecDoc | None) -> Spec:
+    """The spec as the manager reads it: ``bundle/config.json``, or ``doc`` (relative paths
+    anchored at ``bundle``); :class:`LaunchError` with its one line."""
+    try:
+        if doc is None:
+            return load_spec(bundle)
+        raw = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+        return load_spec_bytes(raw, bundle)
+    except SpecError as e:
+        raise LaunchError(str(e)) from None
 
 
 def _gofer_argv(
@@ -417,6 +494,9 @@ def _gofer_argv(
     seccomp: str,
     apply_caps: bool,
     extra_args: Sequence[str],
+    setup_root: bool,
+    landlock: str,
+    fd_flags: Sequence[str],
 ) -> list[str]:
     flags = gofer_flags(
         bundle,
@@ -424,9 +504,11 @@ def _gofer_argv(
         seccomp=seccomp,
         apply_caps=apply_caps,
         extra_args=extra_args,
+        setup_root=setup_root,
+        landlock=landlock,
     )
     io = [arg for i in range(n) for arg in ("--io-fds", str(3 + i))]
-    return [python, "-m", module, *flags[:2], *io, *flags[2:]]
+    return [python, "-m", module, *flags[:2], *io, *fd_flags, *flags[2:]]
 
 
 def _write_map(path: str, maps: Sequence[IdMapping]) -> None:
@@ -456,6 +538,10 @@ def start_gofer(
     map_uids: IdRanges = (),
     map_gids: IdRanges = (),
     squash_ids: tuple[int, int] | None = None,
+    spec: SpecDoc | None = None,
+    report_mounts: bool = False,
+    setup_root: bool = False,
+    landlock: str = "auto",
 ) -> GoferProcess:
     """Spawn a gofer for ``bundle``; return it with the sandbox ends of its connections.
 
@@ -471,12 +557,51 @@ def start_gofer(
     ``module`` lets tests run :mod:`gofer9p.testing.gofer_with_hooks` instead of the daemon.
     ``map_uids``, ``map_gids``, ``squash_ids``: the gofer's id mapping for a guest without a
     user namespace (``--map-uid``, ``--map-gid``, ``--squash-ids``; :func:`idmap_flags`).
+
+    ``spec``: the manager's own spec document (or its JSON bytes), passed to the gofer on a
+    sealed memfd (``--spec-fd``) instead of it reading ``bundle/config.json``; ``bundle`` then
+    only anchors relative paths.  ``report_mounts``: the gofer writes what each socket serves,
+    as resolved (``--mounts-fd``), read with :meth:`GoferProcess.mounts`.  ``setup_root``:
+    the gofer builds its own root and binds the mounts itself (``--setup-root``; not with
+    ``setup_mounts``).  ``landlock``: ``auto``, ``require`` or ``off`` (``--landlock``).
     """
     extra_args = [*idmap_flags(map_uids, map_gids, squash_ids), *extra_args]
+    if setup_root and setup_mounts:
+        raise LaunchError("setup_root binds the mounts in the gofer: leave setup_mounts off")
+    extra = _FdFlags.make(bundle, spec, report_mounts)
     try:
-        spec = load_spec(bundle)
-    except SpecError as e:
-        raise LaunchError(str(e)) from None
+        return _spawn_gofer(
+            bundle, extra, panic_on_write=panic_on_write, userns=userns, seccomp=seccomp,
+            apply_caps=apply_caps, extra_args=extra_args, python=python, module=module,
+            setup_mounts=setup_mounts, env=env, stdout=stdout, stderr=stderr,
+            setup_root=setup_root, landlock=landlock,
+        )
+    except BaseException:
+        extra.close(keep_reader=False)
+        raise
+
+
+def _spawn_gofer(
+    bundle: str | os.PathLike[str],
+    extra: _FdFlags,
+    *,
+    panic_on_write: bool,
+    userns: bool | None,
+    seccomp: str,
+    apply_caps: bool,
+    extra_args: Sequence[str],
+    python: str,
+    module: str,
+    setup_mounts: bool,
+    env: dict[str, str] | None,
+    stdout: int | IO[Any] | None,
+    stderr: int | IO[Any] | None,
+    setup_root: bool,
+    landlock: str,
+) -> GoferProcess:
+    """:func:`start_gofer` once the spec is read and the extra fds made."""
+    spec = extra.spec
+    assert spec is not None  # not lenient
     if userns is None:
         userns = bool(spec.uid_mappings or spec.gid_mappings)
     if userns and not (spec.uid_mappings and spec.gid_mappings):
@@ -487,6 +612,12 @@ def start_gofer(
     pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(n)]
     targets = list(range(3, 3 + n))
     high = [fcntl.fcntl(g.fileno(), fcntl.F_DUPFD_CLOEXEC, 3 + n) for _, g in pairs]
+    # --spec-fd/--mounts-fd: above the io targets too, kept at that number in the child
+    fd_flags: list[str] = []
+    for role, fd in extra.roles():
+        high.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3 + n))
+        fd_flags += ["--spec-fd" if role == "spec" else "--mounts-fd", str(high[-1])]
+    kept = high[n:]
     placeholders: list[int] = []
     for t in targets:
         try:
@@ -503,7 +634,7 @@ def start_gofer(
 
     def child_setup() -> None:
         # Runs in the child between fork and exec: only async-signal-safe-ish system calls.
-        for h, t in zip(high, targets, strict=True):
+        for h, t in zip(high[:n], targets, strict=True):
             os.dup2(h, t)  # the new fd is inheritable: it survives the exec
         if userns:
             # Close our copies of the parent's ends: a parent that gives up must give us EOF.
@@ -531,6 +662,9 @@ def start_gofer(
         seccomp=seccomp,
         apply_caps=apply_caps,
         extra_args=extra_args,
+        setup_root=setup_root,
+        landlock=landlock,
+        fd_flags=fd_flags,
     )
     result: list[subprocess.Popen[bytes] | BaseException] = []
 
@@ -539,7 +673,7 @@ def start_gofer(
             result.append(
                 subprocess.Popen(
                     argv,
-                    pass_fds=targets,
+                    pass_fds=[*targets, *kept],
                     close_fds=True,
                     preexec_fn=child_setup,
                     env=env,
@@ -603,7 +737,10 @@ def start_gofer(
             a.close()
         undo()
         raise LaunchError(f"cannot start the gofer: {out}") from out
-    return GoferProcess(proc=out, sockets=[a for a, _ in pairs], undo=undo)
+    extra.close()  # the gofer has its copies; the mounts pipe's read end is the caller's now
+    gp = GoferProcess(proc=out, sockets=[a for a, _ in pairs], undo=undo, mounts_fd=extra.mounts_r)
+    extra.mounts_r = -1
+    return gp
 
 
 # --- starting a gofer through a fork-server (gofer9p.forkserver) ----------------------------------------------------------------------
@@ -855,32 +992,65 @@ class ForkServer:
         map_uids: IdRanges = (),
         map_gids: IdRanges = (),
         squash_ids: tuple[int, int] | None = None,
+        spec: SpecDoc | None = None,
+        report_mounts: bool = False,
+        setup_root: bool = False,
+        landlock: str = "auto",
     ) -> GoferProcess:
         """Fork a gofer for ``bundle``; like :func:`gofer9p.launch.start_gofer`, but it returns
         once the gofer serves (or raises ``LaunchError`` with its one error line).
 
         The bundle is read here only for what the manager needs (how many sockets; the mounts
         when ``setup_mounts``, the id maps of a ``userns`` gofer, which this process writes as
-        :func:`~gofer9p.launch.start_gofer` does); the gofer reads it itself, the fork-server
-        never does.
+        :func:`~gofer9p.launch.start_gofer` does); the gofer reads it itself (or the ``spec``
+        given here, on a sealed memfd), the fork-server never does.  ``spec``,
+        ``report_mounts``, ``setup_root`` and ``landlock`` as for :func:`start_gofer`: the fds
+        go to the fork-server as the ``spec`` and ``mounts`` roles.
         """
         extra_args = [*idmap_flags(map_uids, map_gids, squash_ids), *extra_args]
         path = os.path.abspath(os.fspath(bundle))
+        if setup_root and setup_mounts:
+            raise LaunchError("setup_root binds the mounts in the gofer: leave setup_mounts off")
+        extra = _FdFlags.make(path, spec, report_mounts, lenient=not setup_mounts)
         try:
-            spec = load_spec(path)
+            return self._start_gofer(
+                path, extra, panic_on_write=panic_on_write, userns=userns, seccomp=seccomp,
+                apply_caps=apply_caps, extra_args=extra_args, setup_mounts=setup_mounts,
+                stdout=stdout, stderr=stderr, timeout=timeout, setup_root=setup_root,
+                landlock=landlock,
+            )
+        finally:
+            extra.close(keep_reader=False)  # _start_gofer took the reader if it served
+
+    def _start_gofer(
+        self,
+        path: str,
+        extra: _FdFlags,
+        *,
+        panic_on_write: bool,
+        userns: bool | None,
+        seccomp: str,
+        apply_caps: bool,
+        extra_args: Sequence[str],
+        setup_mounts: bool,
+        stdout: int | IO[Any] | None,
+        stderr: int | IO[Any] | None,
+        timeout: float,
+        setup_root: bool,
+        landlock: str,
+    ) -> GoferProcess:
+        """:meth:`start_gofer` once the spec is read and the extra fds made."""
+        spec = extra.spec
+        n = 1  # a bundle we cannot read: the gofer reports its fault itself, in its own words
+        if spec is not None:
             n = spec.attach_count
-        except SpecError as e:
-            if setup_mounts:
-                raise LaunchError(str(e)) from None
-            n = 1  # the gofer reports the bundle's fault itself, in its own words
-        else:
             if userns is None:
                 userns = bool(spec.uid_mappings or spec.gid_mappings)
             if userns and not (spec.uid_mappings and spec.gid_mappings):
                 raise LaunchError(
                     "userns needs both linux.uidMappings and linux.gidMappings in the spec"
                 )
-        undo = setup_fs(spec) if setup_mounts else Undo()
+        undo = setup_fs(spec) if setup_mounts and spec is not None else Undo()
         pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(n)]
         ours = [a for a, _ in pairs]
         args = gofer_flags(
@@ -889,9 +1059,14 @@ class ForkServer:
             seccomp=seccomp,
             apply_caps=apply_caps,
             extra_args=extra_args,
+            setup_root=setup_root,
+            landlock=landlock,
         )
         fds = [g.fileno() for _, g in pairs]
         roles = ["io"] * n
+        for role, efd in extra.roles():
+            fds.append(efd)
+            roles.append(role)
         for role, f in (("stdout", stdout), ("stderr", stderr)):
             fd = _fileno(f)
             if fd is not None:
@@ -911,6 +1086,7 @@ class ForkServer:
                     g.close()
                 if go_r >= 0:
                     os.close(go_r)
+                extra.close()  # the child has the spec and the mounts pipe's write end
             if "error" in rec:
                 raise LaunchError(f"fork-server: {rec['error']}")
             pidfd, start_r = got
@@ -918,7 +1094,7 @@ class ForkServer:
             lines = _Lines(start_r)
             try:
                 line = lines.next(timeout)
-                if userns and line == "userns":
+                if userns and line == "userns" and spec is not None:
                     try:  # as start_gofer's parent: the child waits for its maps
                         _write_map(f"/proc/{proc.pid}/uid_map", spec.uid_mappings)
                         _write_map(f"/proc/{proc.pid}/gid_map", spec.gid_mappings)
@@ -946,7 +1122,9 @@ class ForkServer:
                     proc.wait(timeout)
             undo()
             raise
-        return GoferProcess(proc=proc, sockets=ours, undo=undo)
+        gp = GoferProcess(proc=proc, sockets=ours, undo=undo, mounts_fd=extra.mounts_r)
+        extra.mounts_r = -1
+        return gp
 
     def stop(self, timeout: float = 5.0) -> int | None:
         """Close the connection; a fork-server we started then exits (its gofers keep serving).
@@ -1018,6 +1196,7 @@ def _build_parser(prog: str) -> argparse.ArgumentParser:
     )
     p.add_argument("--log-level", default="info")
     add_idmap_args(p)
+    add_confine_args(p)
     return p
 
 
@@ -1036,22 +1215,35 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "gofer9p launch") -> 
     """
     args = _build_parser(prog).parse_args(argv)
     try:
-        spec = load_spec(args.bundle)
-        enter_private_mount_namespace()
+        doc = None if args.spec_fd is None else read_spec_fd(args.spec_fd)
+        spec = _parse_spec(args.bundle, doc)
+        if not args.setup_root:
+            enter_private_mount_namespace()
         gofer = start_gofer(
             args.bundle,
             panic_on_write=args.panic_on_write,
             seccomp=args.seccomp,
             userns=args.userns,
-            setup_mounts=True,
+            setup_mounts=not args.setup_root,
             extra_args=["--log-level", args.log_level],
             map_uids=args.map_uid,
             map_gids=args.map_gid,
             squash_ids=args.squash_ids,
+            spec=doc,
+            report_mounts=args.mounts_fd is not None,
+            setup_root=args.setup_root,
+            landlock=args.landlock,
         )
     except (SpecError, LaunchError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
         return 2
+    if args.mounts_fd is not None:
+        try:
+            _relay_mounts(gofer, args.mounts_fd)
+        except (LaunchError, OSError) as e:
+            print(f"{prog}: error: --mounts-fd: {e}", file=sys.stderr, flush=True)
+            gofer.stop()
+            return 2
     sock_dir = args.socket_dir or tempfile.mkdtemp(prefix="gofer9p-launch-")
     dests = ["/", *(m.destination for m in spec.mounts)]
     paths = [os.path.join(sock_dir, _sock_name(i, d)) for i, d in enumerate(dests)]
@@ -1073,6 +1265,16 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "gofer9p launch") -> 
                 pass
     print(f"gofer exited with status {status}", flush=True)
     return 0
+
+
+def _relay_mounts(gofer: GoferProcess, fd: int) -> None:
+    """``gofer9p launch --mounts-fd N``: the gofer's resolved mounts, as it wrote them, to N."""
+    try:
+        data = memoryview(json.dumps(gofer.mounts(), separators=(",", ":")).encode() + b"\n")
+        while data:
+            data = data[os.write(fd, data) :]
+    finally:
+        os.close(fd)
 
 
 async def _serve_paths(gofer: GoferProcess, dests: list[str], paths: list[str]) -> None:

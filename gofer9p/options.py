@@ -1,4 +1,5 @@
-"""Command-line flags that ``gofer9p serve`` (cli.py) and ``gofer9p gofer`` (daemon.py) share.
+"""Command-line flags that ``gofer9p serve`` (cli.py), ``gofer9p gofer`` (daemon.py) and
+``gofer9p launch`` (launch.py) share.
 
 Defined once, so that their spelling, range, default and help cannot drift apart between the
 two front ends; each front end owns the rest of its parser.
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .attach import IdMap
 
-__all__ = ["add_idmap_args", "add_log_args", "add_poll_arg", "idmap_from_args"]
+__all__ = ["add_confine_args", "add_idmap_args", "add_log_args", "add_poll_arg", "idmap_from_args"]
 
 
 def _microseconds(v: str) -> int:
@@ -116,3 +117,40 @@ def idmap_from_args(args: argparse.Namespace) -> IdMap | None:
     uids: Sequence[tuple[int, int, int]] = args.map_uid
     gids: Sequence[tuple[int, int, int]] = args.map_gid
     return IdMap.build(uids, gids, args.squash_ids)
+def _fd(v: str) -> int:
+    n = int(v)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{v}: not a file descriptor number")
+    return n
+
+
+def add_confine_args(p: argparse.ArgumentParser) -> None:
+    """``--spec-fd``, ``--mounts-fd``, ``--setup-root``, ``--landlock``: where the spec comes
+    from, where the resolved mounts go, and the confinement beyond chroot and seccomp."""
+    p.add_argument(
+        "--spec-fd",
+        type=_fd,
+        metavar="N",
+        help="read the OCI spec from inherited fd N (a pipe, memfd or file: read to EOF, then "
+        "closed) instead of BUNDLE/config.json; --bundle then only anchors relative paths",
+    )
+    p.add_argument(
+        "--mounts-fd",
+        type=_fd,
+        metavar="N",
+        help="write the attach points as resolved to inherited fd N as one JSON array "
+        "(index, destination, source, readonly per io fd), then close it",
+    )
+    p.add_argument(
+        "--setup-root",
+        action="store_true",
+        help="pivot into an empty tmpfs root holding only the rootfs and the 9P mount sources "
+        "bound at their destinations, the old root detached (default: chroot into the rootfs)",
+    )
+    p.add_argument(
+        "--landlock",
+        choices=("auto", "require", "off"),
+        default="auto",
+        help="restrict the gofer to its attach points' trees with Landlock, write access only "
+        "beneath read-write ones (auto: if the kernel has it; require: fail without it)",
+    )

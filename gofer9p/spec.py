@@ -1,4 +1,5 @@
-"""Read an OCI bundle's ``config.json`` into what the gofer and its launcher need.
+"""Read an OCI bundle's ``config.json`` (or the spec a manager passes on an fd) into what the
+gofer and its launcher need.
 
 The gofer serves exactly the trees the bundle names, so this module is part of the trust boundary:
 it decides which spec mounts become 9P attach points and whether each one is read-only.  Everything
@@ -8,6 +9,8 @@ real runtimes add their own.
 Rules (design.md §1):
 
 * ``root.path`` is relative to the bundle directory unless absolute; it must be a directory.
+  A spec read from an fd (``--spec-fd``) is the manager's, already parsed and perhaps adjusted:
+  nothing of it is read again from the bundle, which only anchors relative paths.
   ``root.readonly`` makes the root attach point read-only.
 * A 9P mount is a spec mount of type ``bind`` or with a ``bind``/``rbind`` option whose
   destination is not under ``/proc``, ``/sys`` or ``/dev`` (the sandbox kernel's own filesystems).
@@ -21,19 +24,28 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import stat
 from typing import Any
 
 import attrs
 
 __all__ = [
+    "MAX_SPEC_BYTES",
     "IdMapping",
     "NineMount",
     "Spec",
     "SpecError",
     "is_nine_mount",
     "load_spec",
+    "load_spec_bytes",
+    "load_spec_fd",
     "parse_spec",
+    "read_spec_fd",
 ]
+
+#: The most a spec passed on an fd may hold (real config.json files are a few KiB to a few
+#: hundred KiB); more is refused rather than read into memory.
+MAX_SPEC_BYTES = 4 << 20
 
 #: Destinations under these belong to the sandbox kernel, never to the gofer.
 _KERNEL_FS_PREFIXES = ("/proc", "/sys", "/dev")
@@ -103,13 +115,80 @@ def load_spec(bundle: str | os.PathLike[str]) -> Spec:
         raise SpecError(f"bundle {bundle_s!r} has no config.json") from None
     except OSError as e:
         raise SpecError(f"cannot read {config_path!r}: {e.strerror}") from None
+    return _checked(_decode(raw, repr(config_path)), bundle_s)
+
+
+def load_spec_fd(fd: int, bundle: str | os.PathLike[str] | None) -> Spec:
+    """Read the spec from ``fd`` (a pipe, memfd or file the manager passed), then close it.
+
+    Nothing is read from the bundle directory: ``bundle`` only anchors a relative
+    ``root.path`` or mount source, and without it those are an error.  See
+    :func:`read_spec_fd` for how the fd is read.
+    """
+    return load_spec_bytes(read_spec_fd(fd), bundle, f"the spec on fd {fd}")
+
+
+def load_spec_bytes(
+    raw: bytes, bundle: str | os.PathLike[str] | None, where: str = "the spec"
+) -> Spec:
+    """:func:`load_spec_fd` on bytes already read (a manager holding the document)."""
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError(f"{where} is larger than {MAX_SPEC_BYTES} bytes")
+    base = "" if bundle is None else os.path.abspath(os.fspath(bundle))
+    return _checked(_decode(raw, where), base)
+
+
+def read_spec_fd(fd: int) -> bytes:
+    """Everything on ``fd`` (at most :data:`MAX_SPEC_BYTES`), then close it, whatever happens.
+
+    A regular file or memfd is read from offset 0 (the manager need not rewind what it
+    wrote), anything else to EOF (a pipe: the manager must close its write end).
+    """
     try:
-        doc = json.loads(raw)
+        return _read_capped(fd)
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _read_capped(fd: int) -> bytes:
+    """Everything on ``fd`` up to EOF, at most :data:`MAX_SPEC_BYTES` (SpecError past it)."""
+    try:
+        seekable = stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError as e:
+        raise SpecError(f"--spec-fd {fd}: {e.strerror}") from None
+    chunks: list[bytes] = []
+    got = 0
+    while True:
+        want = min(1 << 16, MAX_SPEC_BYTES + 1 - got)
+        try:
+            chunk = os.pread(fd, want, got) if seekable else os.read(fd, want)
+        except InterruptedError:
+            continue
+        except OSError as e:
+            raise SpecError(f"--spec-fd {fd}: {e.strerror}") from None
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        got += len(chunk)
+        if got > MAX_SPEC_BYTES:
+            raise SpecError(f"--spec-fd {fd}: the spec is larger than {MAX_SPEC_BYTES} bytes")
+
+
+def _decode(raw: bytes, where: str) -> Any:
+    try:
+        return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         # json's message can span lines only through the document; keep ours on one line.
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise SpecError(f"{config_path!r} is not valid JSON: {msg}") from None
-    spec = parse_spec(doc, bundle_s)
+        raise SpecError(f"{where} is not valid JSON: {msg}") from None
+
+
+def _checked(doc: Any, bundle: str) -> Spec:
+    """:func:`parse_spec`, then the one filesystem check: the root is a directory."""
+    spec = parse_spec(doc, bundle)
     if not os.path.isdir(spec.root_path):
         raise SpecError(f"root.path {spec.root_path!r} is not a directory")
     return spec
@@ -130,7 +209,7 @@ def parse_spec(doc: Any, bundle: str) -> Spec:
     if not isinstance(root_path, str) or not root_path:
         raise SpecError("config.json: 'root.path' must be a non-empty string")
     root_readonly = _bool(root.get("readonly", False), "root.readonly")
-    root_abs = os.path.normpath(os.path.join(bundle, root_path))
+    root_abs = _anchored(root_path, bundle, "root.path")
 
     mounts_doc = doc.get("mounts", [])
     if not isinstance(mounts_doc, list):
@@ -213,7 +292,7 @@ def _parse_mount(m: Any, i: int, bundle: str) -> NineMount | None:
     source = m.get("source")
     if not isinstance(source, str) or not source:
         raise SpecError(f"config.json: {where}.source must be a non-empty string")
-    source = os.path.normpath(os.path.join(bundle, source))
+    source = _anchored(source, bundle, f"{where}.source")
     readonly = False
     for o in options:
         if o == "ro":
@@ -221,6 +300,13 @@ def _parse_mount(m: Any, i: int, bundle: str) -> NineMount | None:
         elif o == "rw":
             readonly = False
     return NineMount(destination=dest, source=source, readonly=readonly, options=options)
+
+
+def _anchored(path: str, bundle: str, field: str) -> str:
+    """``path`` made absolute against ``bundle`` (``""``: no bundle, so it must be absolute)."""
+    if not bundle and not os.path.isabs(path):
+        raise SpecError(f"config.json: {field} {path!r} is relative and no --bundle was given")
+    return os.path.normpath(os.path.join(bundle, path))
 
 
 def _bool(v: Any, field: str) -> bool:

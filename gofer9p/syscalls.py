@@ -1,6 +1,7 @@
-"""Raw Linux system calls of the host glue (mounts, namespaces, prctl, seccomp), through ctypes.
+"""Raw Linux system calls of the host glue (mounts, namespaces, prctl, seccomp, Landlock), through ctypes.
 
-``os`` has no mount(2), umount2(2), unshare(2), mount_setattr(2), seccomp(2), and no prctl(2)
+``os`` has no mount(2), umount2(2), unshare(2), mount_setattr(2), pivot_root(2), seccomp(2),
+the landlock_*(2) calls, and no prctl(2)
 with the raw options confinement needs (PR_CAPBSET_DROP up to the running kernel's last cap,
 PR_CAP_AMBIENT, PR_SET_DUMPABLE).  confine.py, seccomp.py, launch.py and forkserver.py call them
 here, with their numbers and flags written once.  libc is loaded once, before any chroot (the
@@ -27,6 +28,7 @@ __all__ = [
     "AT_RECURSIVE",
     "CLONE_NEWNS",
     "CLONE_NEWUSER",
+    "LANDLOCK_CREATE_RULESET_VERSION",
     "MNT_DETACH",
     "MOUNT_ATTR_NODEV",
     "MOUNT_ATTR_NOSUID",
@@ -45,10 +47,15 @@ __all__ = [
     "ST_NODEV",
     "ST_NOSUID",
     "SYS_MOUNT_SETATTR",
+    "landlock_abi",
+    "landlock_add_path_rule",
+    "landlock_create_ruleset",
+    "landlock_restrict_self",
     "libc",
     "limit_capabilities",
     "mount",
     "mount_setattr",
+    "pivot_root",
     "prctl",
     "seccomp_set_filter",
     "umount",
@@ -70,6 +77,12 @@ CLONE_NEWNS, CLONE_NEWUSER = 0x00020000, 0x10000000
 SYS_MOUNT_SETATTR = 442
 SECCOMP_SET_MODE_FILTER = 1
 SECCOMP_FILTER_FLAG_TSYNC = 1
+# Landlock (Linux 5.13+): the same numbers on every architecture (generic table).
+SYS_LANDLOCK_CREATE_RULESET, SYS_LANDLOCK_ADD_RULE, SYS_LANDLOCK_RESTRICT_SELF = 444, 445, 446
+LANDLOCK_CREATE_RULESET_VERSION = 1
+_LANDLOCK_RULE_PATH_BENEATH = 1
+#: pivot_root(2) has no libc wrapper, and its number differs per architecture.
+_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
 
 _CLONE_NAMES = {CLONE_NEWNS: "CLONE_NEWNS", CLONE_NEWUSER: "CLONE_NEWUSER"}
 
@@ -85,7 +98,7 @@ def libc() -> ctypes.CDLL:
             ctypes.c_char_p,
             ctypes.c_char_p,
             ctypes.c_ulong,
-            ctypes.c_void_p,
+            ctypes.c_char_p,  # data: the file system's option string
         ]
         lib.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
         lib.unshare.argtypes = [ctypes.c_int]
@@ -103,9 +116,12 @@ def _b(s: str | None) -> bytes | None:
     return None if s is None else os.fsencode(s)
 
 
-def mount(source: str | None, target: str, fstype: str | None, flags: int) -> None:
-    """mount(2) with no data; ``OSError("mount SOURCE on TARGET: ...")`` on failure."""
-    if libc().mount(_b(source), _b(target), _b(fstype), flags, None) != 0:
+def mount(
+    source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None
+) -> None:
+    """mount(2) (``data``: the file system's options, e.g. tmpfs's ``mode=0755``);
+    ``OSError("mount SOURCE on TARGET: ...")`` on failure."""
+    if libc().mount(_b(source), _b(target), _b(fstype), flags, _b(data)) != 0:
         raise _fail(f"mount {source or ''} on {target}")
 
 
@@ -188,3 +204,68 @@ def seccomp_set_filter(nr: int, prog: bytes, flags: int) -> None:
         raise _fail("seccomp")
     if r > 0:
         raise OSError(0, f"seccomp: thread {r} could not be synchronised")
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    """pivot_root(2): ``new_root`` becomes this mount namespace's root, the old root goes to
+    ``put_old`` (``"."`` for both: the old root is stacked on the new one, to be detached)."""
+    nr = _SYS_PIVOT_ROOT.get(os.uname().machine)
+    if nr is None:
+        raise OSError(38, f"pivot_root: unknown on {os.uname().machine}")
+    if libc().syscall(ctypes.c_long(nr), _b(new_root), _b(put_old)) != 0:
+        raise _fail(f"pivot_root {new_root}")
+
+
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI version (1, 2, ...); 0 when it has none (ENOSYS: not built
+    in; EOPNOTSUPP: built in but not enabled at boot)."""
+    r = libc().syscall(
+        ctypes.c_long(SYS_LANDLOCK_CREATE_RULESET),
+        None,
+        ctypes.c_size_t(0),
+        ctypes.c_uint32(LANDLOCK_CREATE_RULESET_VERSION),
+    )
+    if r < 0:
+        e = ctypes.get_errno()
+        if e in (38, 95):  # ENOSYS, EOPNOTSUPP
+            return 0
+        raise OSError(e, f"landlock_create_ruleset(VERSION): {os.strerror(e)}")
+    return int(r)
+
+
+def landlock_create_ruleset(handled_fs: int, handled_net: int, scoped: int, size: int) -> int:
+    """A new Landlock ruleset (an fd) handling these rights.  ``size`` is how much of
+    ``struct landlock_ruleset_attr`` the running ABI knows: 8 (fs only, ABI 1-3), 16 (+ net,
+    ABI 4-5), 24 (+ scoped, ABI 6+); the fields past it must be 0."""
+    attr = ctypes.create_string_buffer(struct.pack("=QQQ", handled_fs, handled_net, scoped))
+    r = libc().syscall(
+        ctypes.c_long(SYS_LANDLOCK_CREATE_RULESET), attr, ctypes.c_size_t(size), ctypes.c_uint32(0)
+    )
+    if r < 0:
+        raise _fail("landlock_create_ruleset")
+    return int(r)
+
+
+def landlock_add_path_rule(ruleset_fd: int, allowed: int, parent_fd: int) -> None:
+    """Allow ``allowed`` (LANDLOCK_ACCESS_FS_*) beneath the file or directory ``parent_fd``
+    (an O_PATH fd is enough): a LANDLOCK_RULE_PATH_BENEATH rule."""
+    attr = ctypes.create_string_buffer(struct.pack("=Qi", allowed, parent_fd), 12)
+    r = libc().syscall(
+        ctypes.c_long(SYS_LANDLOCK_ADD_RULE),
+        ctypes.c_int(ruleset_fd),
+        ctypes.c_int(_LANDLOCK_RULE_PATH_BENEATH),
+        attr,
+        ctypes.c_uint32(0),
+    )
+    if r != 0:
+        raise _fail("landlock_add_rule")
+
+
+def landlock_restrict_self(ruleset_fd: int, flags: int = 0) -> None:
+    """Enforce the ruleset on this thread (and the threads it starts later), for good.
+    Needs no_new_privs (or CAP_SYS_ADMIN)."""
+    r = libc().syscall(
+        ctypes.c_long(SYS_LANDLOCK_RESTRICT_SELF), ctypes.c_int(ruleset_fd), ctypes.c_uint32(flags)
+    )
+    if r != 0:
+        raise _fail("landlock_restrict_self")

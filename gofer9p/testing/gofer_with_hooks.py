@@ -13,6 +13,19 @@ SIGUSR1 the confined process issues the syscall named by ``GOFER9P_TEST_FORBIDDE
 Under ``--seccomp=kill`` the process dies of SIGSYS; under ``log``/``off`` the call goes through (or
 fails normally) and the hook writes ``hook: <name> survived <result>`` to stderr.
 
+Two more hooks, each armed by its own variable, test the layers under seccomp:
+
+* ``GOFER9P_TEST_ESCAPE=DIR``: the hook keeps a directory fd opened before confinement (a dup
+  of the root attach point's own fd), and SIGUSR1 runs the classic chroot escape instead of
+  the forbidden call: ``chroot(DIR)`` (the gofer keeps CAP_SYS_CHROOT; only seccomp refuses
+  the call, so run it with ``--seccomp=off``), ``fchdir`` to the kept fd, now above the root,
+  ``chdir("..")`` 64 times, then list ``.``: ``hook: escape reached ["name", ...]`` or
+  ``hook: escape error EACCES`` on stderr.  Under plain chroot it lists the host's ``/``;
+  under ``--setup-root`` the tmpfs root (``["root"]``); Landlock refuses the listing.
+* ``GOFER9P_TEST_BYPASS_READONLY=1``: after confinement every attach point is marked
+  read-write, so gofer9p's own read-only check (the connection core's) lets mutating
+  requests through to the kernel: what stops them is Landlock (or a read-only mount).
+
 Why a separate module: the release path (``gofer9p gofer``, ``python -m gofer9p.daemon``) has no flag
 and reads no environment variable that could arm this; only running this module does, and a
 sandbox manager never runs it.
@@ -23,6 +36,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import json
 import os
 import signal
 import socket
@@ -30,10 +44,16 @@ import struct
 import sys
 from collections.abc import Callable, Sequence
 from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from gofer9p import daemon
 
+if TYPE_CHECKING:
+    from gofer9p.attach import AttachPoint
+
 ENV = "GOFER9P_TEST_FORBIDDEN_SYSCALL"
+ESCAPE_ENV = "GOFER9P_TEST_ESCAPE"
+BYPASS_ENV = "GOFER9P_TEST_BYPASS_READONLY"
 _SYS_CLONE3 = 435
 _TIOCGWINSZ = 0x5413
 
@@ -62,19 +82,48 @@ def _forbidden(name: str) -> str:
     raise ValueError(f"unknown {ENV} value {name!r}")
 
 
+def _escape(subdir: str, held: int) -> str:
+    """chroot(subdir), then climb from ``held`` (now above the root) and list what is there."""
+    os.chroot(subdir)
+    os.fchdir(held)
+    for _ in range(64):
+        os.chdir("..")
+    return "reached " + json.dumps(sorted(os.listdir(".")))
+
+
 def armed_hook() -> Callable[[], None]:
-    """The ``after_confine`` callback: install the SIGUSR1 handler that makes the call."""
+    """The ``after_confine`` callback: install the SIGUSR1 handler that makes the call (or
+    the escape); with the variables above, also keep the attach points as the daemon opens
+    them (:func:`gofer9p.daemon._open_attach_points`, before confinement)."""
     name = os.environ.get(ENV, "socket")
+    escape_dir = os.environ.get(ESCAPE_ENV, "")
+    bypass = os.environ.get(BYPASS_ENV) == "1"
     ctypes.CDLL(None)  # load now: after the chroot, dlopen could not find libc
+    points: list[AttachPoint] = []
+    held: list[int] = []
+    if escape_dir or bypass:
+        opened = daemon._open_attach_points
+
+        def keeping(*args: Any, **kw: Any) -> list[AttachPoint]:
+            got = opened(*args, **kw)
+            points[:] = got
+            if escape_dir:
+                held.append(os.dup(got[0].fd))  # the root's fd: inside the root, for now
+            return got
+
+        daemon._open_attach_points = keeping
 
     def on_usr1(signum: int, frame: FrameType | None) -> None:
+        what = "escape" if escape_dir else name
         try:
-            result = _forbidden(name)
+            result = _escape(escape_dir, held[0]) if escape_dir else _forbidden(name)
         except OSError as e:
             result = f"error {errno.errorcode.get(e.errno or 0, e.errno)}"
-        os.write(2, f"hook: {name} survived {result}\n".encode())
+        os.write(2, f"hook: {what} survived {result}\n".encode())
 
     def after_confine() -> None:
+        for p in points if bypass else ():
+            p.readonly = False
         signal.signal(signal.SIGUSR1, on_usr1)
 
     return after_confine

@@ -187,7 +187,12 @@ def test_malformed_requests_fork_nothing(fs: ForkServer) -> None:
             (b"not json", [], "request is not a JSON object"),
             (b'{"op": "start", "args": [], "fds": ["io"]}', [], '"fds" names 1 fds but 0'),
             (b'{"op": "start", "args": [1], "fds": []}', [], '"args" must be a list of strings'),
-            (b'{"op": "start", "args": [], "fds": ["spec"]}', [b.fileno()], "unknown fd role"),
+            (b'{"op": "start", "args": [], "fds": ["bogus"]}', [b.fileno()], "unknown fd role"),
+            (
+                b'{"op": "start", "args": ["--spec-fd", "3"], "fds": ["io"]}',
+                [b.fileno()],
+                'pass --spec-fd\'s fd as a "spec" fd',
+            ),
             (
                 b'{"op": "start", "args": ["--io-fds", "3"], "fds": ["io"]}',
                 [b.fileno()],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import select
 import signal
@@ -247,3 +248,47 @@ def test_launch_cli_bad_bundle(tmp_path: Path) -> None:
     )
     assert r.returncode == 2
     assert r.stderr.strip().startswith("gofer9p launch: error: bundle")
+
+
+def test_launch_cli_spec_fd_mounts_fd_setup_root(tmp_path: Path) -> None:
+    """``gofer9p launch --spec-fd --mounts-fd --setup-root --landlock=require``: the spec from
+    a pipe (config.json names another root), the gofer binds the source itself, and the
+    launcher copies the gofer's mounts report to its fd."""
+    src = tmp_path / "host-src"
+    src.mkdir()
+    (src / "data.txt").write_text("bound by the gofer\n")
+    bundle = make_bundle(tmp_path, extra={"root": {"path": "no-such-rootfs"}})
+    mount = {"destination": "/srv/data", "type": "bind", "source": str(src), "options": ["ro"]}
+    doc = {"root": {"path": "rootfs"}, "mounts": [mount]}
+    spec_r, spec_w = os.pipe()
+    os.write(spec_w, json.dumps(doc).encode())
+    os.close(spec_w)
+    mounts_r, mounts_w = os.pipe()
+    argv = [sys.executable, "-m", "gofer9p.launch", "--bundle", str(bundle), "--setup-root"]
+    argv += ["--spec-fd", str(spec_r), "--mounts-fd", str(mounts_w), "--landlock=require"]
+    proc = subprocess.Popen(
+        [*argv, "--socket-dir", str(tmp_path)],
+        cwd=REPO,
+        env=gofer_env(),
+        pass_fds=[spec_r, mounts_w],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    os.close(spec_r)
+    os.close(mounts_w)
+    try:
+        lines = _read_lines(proc, "ready")
+        with os.fdopen(mounts_r, "rb") as f:
+            report = json.loads(f.read())
+        assert [(m["destination"], m["source"], m["readonly"]) for m in report] == [
+            ("/", str(bundle / "rootfs"), False),
+            ("/srv/data", str(src), True),
+        ]
+        attach = dict(line.split()[1:3] for line in lines if line.startswith("attach "))
+        c = _connect(attach["/srv/data"].removeprefix("unix:"))
+        assert c.read_file(1, b"data.txt") == b"bound by the gofer\n"
+        assert not (bundle / "rootfs" / "srv" / "data" / "data.txt").exists()  # not on the host
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=20)
