@@ -32,10 +32,11 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from .logs import setup_logging
-from .options import add_log_args, add_poll_arg
+from .options import add_log_args, add_poll_arg, add_record_args
 
 if TYPE_CHECKING:
     from .attach import AttachPoint
+    from .recorder import Recording
     from .seccomp import SeccompMode
     from .server import ServerConfig
     from .spec import Spec
@@ -123,6 +124,7 @@ def build_parser(prog: str = "gofer9p gofer") -> argparse.ArgumentParser:
     p.add_argument("--seccomp", choices=("kill", "log", "off"), default="kill")
     add_poll_arg(p)
     add_log_args(p)
+    add_record_args(p, inherited=True)
     return p
 
 
@@ -191,6 +193,35 @@ def check_io_fd(fd: int) -> socket.socket:
         sock.detach()
         raise
     return sock
+
+
+def _open_recording(
+    fd: int | None, headers_only: bool, socks: list[socket.socket]
+) -> Recording | None:
+    """``--record-fd``'s recording (None without it).  The inherited fd must be open for
+    writing; the pcap file header is written to it now, before confinement, and the
+    confined gofer only ever ``write``s to it.  On an error the io sockets are detached
+    (left open, as :func:`check_io_fd` leaves them)."""
+    if fd is None and not headers_only:
+        return None
+    try:
+        if fd is None:
+            raise DaemonError("--record-headers-only needs --record-fd")
+        import fcntl
+
+        from .recorder import Recording
+        from .server import ServerConfig
+
+        try:
+            if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+                raise DaemonError(f"--record-fd: fd {fd} is not open for writing")
+            return Recording(fd, headers_only=headers_only, max_frame=ServerConfig().max_msize)
+        except OSError as e:
+            raise DaemonError(f"--record-fd: fd {fd}: {e.strerror or e}") from None
+    except DaemonError:
+        for s in socks:
+            s.detach()
+        raise
 
 
 def _open_attach_points(spec: Spec, panic_on_write: bool) -> list[AttachPoint]:
@@ -361,6 +392,7 @@ def _confined_start(argv: Sequence[str], after_confine: Callable[[], None] | Non
             f"got {len(socks)} --io-fds but the bundle has {spec.attach_count} attach points "
             f"(root + {len(spec.mounts)} 9P mounts)"
         )
+    record = _open_recording(args.record_fd, args.record_headers_only, socks)
     seccomp_mode: SeccompMode = args.seccomp
 
     try:
@@ -405,7 +437,9 @@ def _confined_start(argv: Sequence[str], after_confine: Callable[[], None] | Non
 
     from .server import ServerConfig
 
-    config = ServerConfig(poll_us=args.poll_us, connections=len(socks), fd_share=share)
+    config = ServerConfig(
+        poll_us=args.poll_us, connections=len(socks), fd_share=share, record=record
+    )
     return fds, socks, points, config, ready_line
 
 
@@ -425,12 +459,13 @@ async def _serve_all(
     """
     import trio
 
+    from .recorder import running as recording
     from .server import serve
 
     failed = False
     remaining = len(socks)
 
-    async with trio.open_nursery() as nursery:
+    async with recording(config.record), trio.open_nursery() as nursery:
 
         async def watch_signals(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
             with trio.open_signal_receiver(*_STOP_SIGNALS) as signals:

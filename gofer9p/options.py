@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["add_log_args", "add_poll_arg"]
+__all__ = ["add_log_args", "add_poll_arg", "add_record_args"]
 
 
 def _microseconds(v: str) -> int:
@@ -36,3 +36,29 @@ def add_log_args(p: argparse.ArgumentParser) -> None:
         "--log-level", choices=("debug", "info", "warning", "error", "critical"), default="info"
     )
     p.add_argument("--log-file", help="append the log here instead of stderr")
+
+
+def add_record_args(p: argparse.ArgumentParser, *, inherited: bool) -> None:
+    """``--record PATH`` (``serve``) or ``--record-fd N`` (``gofer``, ``inherited``: the
+    confined daemon opens nothing), and ``--record-headers-only`` (gofer9p.recorder)."""
+    if inherited:
+        p.add_argument(
+            "--record-fd",
+            type=int,
+            metavar="N",
+            help="record every connection's frames, both ways, as a pcap file written to this "
+            "inherited fd (open for writing, empty)",
+        )
+    else:
+        p.add_argument(
+            "--record",
+            metavar="PATH",
+            help="record every connection's frames, both ways, as a pcap file (created or "
+            "truncated) that Wireshark and tshark dissect as 9P",
+        )
+    p.add_argument(
+        "--record-headers-only",
+        action="store_true",
+        help="record sizes, types, tags, fids and other numbers only: names emptied, "
+        "file data and directory entries not captured",
+    )
