@@ -64,7 +64,7 @@ def _serve_main(args: argparse.Namespace) -> int:
             return 2
 
         async def one() -> None:
-            async with recording(record):
+            async with recording(record, stop_on_sigterm=True):
                 await serve(sock, point, config, name=f"fd{args.fd}")
 
         try:
@@ -137,7 +137,7 @@ def _serve_main(args: argparse.Namespace) -> int:
         count = 0
         # the accept loop waits for the listener through trio: quiet waits poll it too
         with watching(lsock):
-            async with recording(record), trio.open_nursery() as nursery:
+            async with recording(record, stop_on_sigterm=True), trio.open_nursery() as nursery:
                 while True:
                     try:
                         conn, _ = await lsock.accept()

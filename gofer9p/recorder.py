@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
@@ -115,14 +116,18 @@ class Recording:
             await self._room.park()
 
     @asynccontextmanager
-    async def running(self) -> AsyncIterator[Recording]:
+    async def running(self, *, stop_on_sigterm: bool = False) -> AsyncIterator[Recording]:
         """Run the writer while the body serves; then write what is left and close the fd.
 
         The last write is made in the loop's thread (the process is stopping); cancelling
-        the body (SIGTERM) loses nothing already recorded."""
+        the body loses nothing already recorded.  ``stop_on_sigterm``: SIGTERM cancels the
+        body (``serve``, which would otherwise die with the recording's last bytes unwritten;
+        the daemon handles its stop signals itself)."""
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer)
+                if stop_on_sigterm:
+                    nursery.start_soon(_cancel_on_sigterm, nursery.cancel_scope)
                 try:
                     yield self
                 finally:
@@ -214,6 +219,16 @@ class ConnectionRecording:
         self.recording.append(self.stream.close(time.time_ns()))
 
 
-def running(record: Recording | None) -> AbstractAsyncContextManager[object]:
+def running(
+    record: Recording | None, *, stop_on_sigterm: bool = False
+) -> AbstractAsyncContextManager[object]:
     """``record.running()`` around serving, or nothing without a recording."""
-    return nullcontext() if record is None else record.running()
+    return nullcontext() if record is None else record.running(stop_on_sigterm=stop_on_sigterm)
+
+
+async def _cancel_on_sigterm(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+        async for _ in signals:
+            log.info("SIGTERM received: closing the recording")
+            scope.cancel()
+            return
