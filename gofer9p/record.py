@@ -229,7 +229,8 @@ class TcpStream:
 
     ``open(ts)`` gives the three-way handshake, ``client(data, ts)`` / ``server(data, ts)``
     the segments of bytes that went each way, ``close(ts)`` the FIN exchange; ``ts`` is
-    nanoseconds since the epoch.  Sequence and acknowledgement numbers follow the bytes
+    nanoseconds since the epoch.  Each appends its pcap records to ``out`` when given (the
+    recorder's buffer: no intermediate copy) and returns the buffer.  Sequence and acknowledgement numbers follow the bytes
     in the stream (every segment acknowledges all the peer has sent), which is what lets
     Wireshark reassemble a frame split over segments.  With ``headers_only``, each
     direction goes through :func:`redact`, and a frame's data is in the sequence space but
@@ -245,38 +246,37 @@ class TcpStream:
         self._ipid = 0
         self._dirs = (_Frames(max_frame), _Frames(max_frame)) if headers_only else None
 
-    def open(self, ts: int) -> bytes:
-        """SYN, SYN-ACK, ACK."""
-        out = bytearray()
+    def open(self, ts: int, out: bytearray | None = None) -> bytearray:
+        """SYN, SYN-ACK, ACK (appended to ``out``, or to a new buffer; returned)."""
+        out = bytearray() if out is None else out
         self._segment(out, True, _SYN, b"", 0, ts)
         self._segment(out, False, _SYN | _ACK, b"", 0, ts)
         self._segment(out, True, _ACK, b"", 0, ts)
-        return bytes(out)
+        return out
 
-    def close(self, ts: int) -> bytes:
+    def close(self, ts: int, out: bytearray | None = None) -> bytearray:
         """FIN from the client, FIN-ACK from the server, the client's last ACK."""
-        out = bytearray()
+        out = bytearray() if out is None else out
         self._segment(out, True, _FIN | _ACK, b"", 0, ts)
         self._segment(out, False, _FIN | _ACK, b"", 0, ts)
         self._segment(out, True, _ACK, b"", 0, ts)
-        return bytes(out)
+        return out
 
-    def client(self, data: Buffer, ts: int) -> bytes:
-        """Records of bytes the client sent (``data`` is copied)."""
-        return self._data(True, data, ts)
+    def client(self, data: Buffer, ts: int, out: bytearray | None = None) -> bytearray:
+        """Records of bytes the client sent (``data`` is copied into ``out``)."""
+        return self._data(True, data, ts, bytearray() if out is None else out)
 
-    def server(self, data: Buffer, ts: int) -> bytes:
-        """Records of reply bytes the server sent (``data`` is copied)."""
-        return self._data(False, data, ts)
+    def server(self, data: Buffer, ts: int, out: bytearray | None = None) -> bytearray:
+        """Records of reply bytes the server sent (``data`` is copied into ``out``)."""
+        return self._data(False, data, ts, bytearray() if out is None else out)
 
-    def _data(self, from_client: bool, data: Buffer, ts: int) -> bytes:
-        out = bytearray()
+    def _data(self, from_client: bool, data: Buffer, ts: int, out: bytearray) -> bytearray:
         if self._dirs is None:
             self._span(out, from_client, data, 0, ts)
         else:
             for captured, uncaptured in self._dirs[0 if from_client else 1].feed(data):
                 self._span(out, from_client, captured, uncaptured, ts)
-        return bytes(out)
+        return out
 
     def _span(
         self, out: bytearray, from_client: bool, data: Buffer, uncaptured: int, ts: int

@@ -67,9 +67,9 @@ class Recording:
         self.bound = bound
         self.connections = 0
         self.written = 0  # bytes written to the file
-        self.dropped = 0  # bytes not written because the file failed
+        self.dropped = 0  # bytes recorded but not written because the file failed
         self.error: str | None = None
-        self._buf = bytearray()
+        self.buf = bytearray()  # pcap records not handed to the writer yet (hooks append)
         self._writing: bytes | bytearray = b""  # the chunk a worker thread is writing
         self._done = 0  # of it, written so far
         self._full = trio.lowlevel.ParkingLot()  # the writer, waiting for FLUSH_BYTES
@@ -92,21 +92,18 @@ class Recording:
             self.connections, headers_only=self.headers_only, max_frame=self.max_frame
         )
         self.connections += 1
-        self.append(stream.open(time.time_ns()))
+        if self.error is None:
+            stream.open(time.time_ns(), self.buf)
         return ConnectionRecording(self, stream)
 
     @property
     def pending(self) -> int:
         """Bytes recorded and not yet written."""
-        return len(self._buf) + len(self._writing) - self._done
+        return len(self.buf) + len(self._writing) - self._done
 
-    def append(self, data: bytes) -> None:
-        """Add recorded pcap bytes (dropped, counted, once the file has failed)."""
-        if self.error is not None:
-            self.dropped += len(data)
-            return
-        self._buf += data
-        if len(self._buf) >= FLUSH_BYTES:
+    def added(self) -> None:
+        """Pcap records were appended to the buffer: wake the writer at FLUSH_BYTES."""
+        if len(self.buf) >= FLUSH_BYTES:
             self._full.unpark()
 
     async def wait_room(self) -> None:
@@ -136,11 +133,11 @@ class Recording:
             if self.error is None:
                 try:
                     self._write_all(memoryview(self._writing)[self._done :])
-                    self._write_all(self._buf)
+                    self._write_all(self.buf)
                 except OSError as e:
                     self._failed(e)
             self._writing = b""
-            self._buf = bytearray()
+            self.buf = bytearray()
             os.close(self.fd)
             log.info(
                 "recording: %d connections, %d bytes written%s",
@@ -151,12 +148,12 @@ class Recording:
 
     async def _writer(self) -> None:
         while self.error is None:
-            if len(self._buf) < FLUSH_BYTES:
+            if len(self.buf) < FLUSH_BYTES:
                 with trio.move_on_after(FLUSH_SECONDS):
                     await self._full.park()
-            if not self._buf:
+            if not self.buf:
                 continue
-            self._writing, self._buf, self._done = self._buf, bytearray(), 0
+            self._writing, self.buf, self._done = self.buf, bytearray(), 0
             try:
                 await trio.to_thread.run_sync(self._write_chunk)
             except OSError as e:
@@ -182,7 +179,7 @@ class Recording:
     def _failed(self, e: OSError) -> None:
         self.error = e.strerror or str(e)
         self.dropped += self.pending
-        self._buf = bytearray()
+        self.buf = bytearray()
         log.error("recording stopped: cannot write it (%s); serving goes on", self.error)
         self._room.unpark_all()
 
@@ -199,24 +196,32 @@ class ConnectionRecording:
     async def received(self, data: memoryview) -> None:
         """Bytes that came off the socket (copied now: the receive buffer is reused)."""
         rec = self.recording
-        rec.append(self.stream.client(data, time.time_ns()))
+        if rec.error is not None:
+            return
+        self.stream.client(data, time.time_ns(), rec.buf)
+        rec.added()
         if rec.pending > rec.bound:
             await rec.wait_room()
 
     async def sent(self, bufs: Sequence[Any], n: int) -> None:
         """The first ``n`` bytes of ``bufs`` went out (one sendmsg)."""
+        rec = self.recording
+        if rec.error is not None:
+            return
         if len(bufs) == 1 or n <= len(bufs[0]):
             data = memoryview(bufs[0])[:n]
         else:
             data = memoryview(b"".join(bufs))[:n]
-        rec = self.recording
-        rec.append(self.stream.server(data, time.time_ns()))
+        self.stream.server(data, time.time_ns(), rec.buf)
+        rec.added()
         if rec.pending > rec.bound:
             await rec.wait_room()
 
     def close(self) -> None:
         """The connection ended: its FIN exchange."""
-        self.recording.append(self.stream.close(time.time_ns()))
+        rec = self.recording
+        if rec.error is None:
+            self.stream.close(time.time_ns(), rec.buf)
 
 
 def running(
