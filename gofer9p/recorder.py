@@ -42,7 +42,7 @@ __all__ = ["FLUSH_BYTES", "FLUSH_SECONDS", "ConnectionRecording", "Recording", "
 
 log = logging.getLogger("gofer9p.record")
 
-FLUSH_BYTES = 256 * 1024
+FLUSH_BYTES = 1 << 20
 """Buffered pcap bytes that wake the writer (fewer, larger writes: one thread hop each)."""
 FLUSH_SECONDS = 0.1
 """Longest a recorded byte waits in the buffer while the server is quiet."""
@@ -208,11 +208,13 @@ class ConnectionRecording:
         rec = self.recording
         if rec.error is not None:
             return
-        if len(bufs) == 1 or n <= len(bufs[0]):
-            data = memoryview(bufs[0])[:n]
-        else:
-            data = memoryview(b"".join(bufs))[:n]
-        self.stream.server(data, time.time_ns(), rec.buf)
+        ts = time.time_ns()
+        for b in bufs:  # piece by piece (a segment each): joining them would copy them all
+            if n <= 0:
+                break
+            piece = memoryview(b)[:n]
+            n -= len(piece)
+            self.stream.server(piece, ts, rec.buf)
         rec.added()
         if rec.pending > rec.bound:
             await rec.wait_room()
