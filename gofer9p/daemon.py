@@ -29,6 +29,7 @@ import socket
 import stat
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from .logs import setup_logging
@@ -459,13 +460,14 @@ async def _serve_all(
     """
     import trio
 
-    from .recorder import running as recording
     from .server import serve
 
+    # (gofer9p.recorder was imported before the chroot when there is a recording)
+    recording = nullcontext() if config.record is None else config.record.running()
     failed = False
     remaining = len(socks)
 
-    async with recording(config.record), trio.open_nursery() as nursery:
+    async with recording, trio.open_nursery() as nursery:
 
         async def watch_signals(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
             with trio.open_signal_receiver(*_STOP_SIGNALS) as signals:
