@@ -19,7 +19,7 @@ from gofer9p.protocol import constants as C
 from gofer9p.protocol import messages as M
 from gofer9p.record import read_frames, read_pcap
 from gofer9p.recorder import Recording
-from gofer9p.server import ServerConfig
+from gofer9p.server import ServerConfig, serve
 
 from .conftest import ConnectFn
 from .helpers import create_file, list_dir, read_path
@@ -28,6 +28,16 @@ TSHARK = shutil.which("tshark")
 SECRET_NAME = "zq-secret-name-4417"
 SECRET_DATA = b"zq-secret-content-9931 " * 40
 BIG = bytes(range(256)) * 1200  # 307200 bytes: an Rread of several TCP segments
+
+
+@pytest.fixture(autouse=True)
+def _served_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests check what the in-process server records (``ServerConfig.record``), which
+    ``gofer9p.testing.daemon_plugin`` does not pass to the daemon it serves through: they serve
+    in-process under it too (the daemon's recording: tests/daemon/test_record_fd.py)."""
+    from . import conftest
+
+    monkeypatch.setattr(conftest, "serve", serve)
 
 
 def _frames(path: Path) -> list[tuple[bool, M.Message]]:
