@@ -27,12 +27,12 @@ if TYPE_CHECKING:  # typing only: the serve path imports these lazily (start-up 
 def _serve_main(args: argparse.Namespace) -> int:
     import os
     import socket
+    from contextlib import nullcontext
 
     import trio
 
     from ._quietwait import watching
     from .attach import AttachPoint
-    from .recorder import running as recording
     from .server import ServerConfig, fd_share, serve
 
     try:
@@ -46,9 +46,13 @@ def _serve_main(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"gofer9p serve: cannot open {args.directory}: {e.strerror}", file=sys.stderr)
         return 2
-    record = _open_recording(args, args.msize or (FD_MSIZE if args.fd is not None else LISTEN_MSIZE))
+    record = _open_recording(
+        args, args.msize or (FD_MSIZE if args.fd is not None else LISTEN_MSIZE)
+    )
     if isinstance(record, int):
         return record
+    # the recording's writer runs around serving; SIGTERM then finishes the file
+    recording = nullcontext() if record is None else record.running(stop_on_sigterm=True)
     if args.fd is not None:
         config = ServerConfig(
             max_msize=args.msize or FD_MSIZE, poll_us=args.poll_us, connections=1, record=record
@@ -64,7 +68,7 @@ def _serve_main(args: argparse.Namespace) -> int:
             return 2
 
         async def one() -> None:
-            async with recording(record, stop_on_sigterm=True):
+            async with recording:
                 await serve(sock, point, config, name=f"fd{args.fd}")
 
         try:
@@ -137,7 +141,7 @@ def _serve_main(args: argparse.Namespace) -> int:
         count = 0
         # the accept loop waits for the listener through trio: quiet waits poll it too
         with watching(lsock):
-            async with recording(record, stop_on_sigterm=True), trio.open_nursery() as nursery:
+            async with recording, trio.open_nursery() as nursery:
                 while True:
                     try:
                         conn, _ = await lsock.accept()

@@ -31,14 +31,14 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
 
 from .record import FILE_HEADER, TcpStream
 
-__all__ = ["FLUSH_BYTES", "FLUSH_SECONDS", "ConnectionRecording", "Recording", "running"]
+__all__ = ["FLUSH_BYTES", "FLUSH_SECONDS", "ConnectionRecording", "Recording"]
 
 log = logging.getLogger("gofer9p.record")
 
@@ -224,13 +224,6 @@ class ConnectionRecording:
         rec = self.recording
         if rec.error is None:
             self.stream.close(time.time_ns(), rec.buf)
-
-
-def running(
-    record: Recording | None, *, stop_on_sigterm: bool = False
-) -> AbstractAsyncContextManager[object]:
-    """``record.running()`` around serving, or nothing without a recording."""
-    return nullcontext() if record is None else record.running(stop_on_sigterm=stop_on_sigterm)
 
 
 async def _cancel_on_sigterm(scope: trio.CancelScope) -> None:
