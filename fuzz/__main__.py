@@ -123,13 +123,22 @@ def _parser() -> argparse.ArgumentParser:
     common(d, live=False)
     d.add_argument("--engine", choices=["auto", "atheris", "hypothesis"], default="auto")
     r = sub.add_parser(
-        "replay", help="replay reproducers against a live server; exit 1 if any still fails"
+        "replay",
+        help="replay reproducers against a live server, or session recordings (.pcap) "
+        "against a scratch export; exit 1 if any still fails",
     )
     r.add_argument("files", nargs="+", type=Path)
     r.add_argument("--target", default="inproc")
     r.add_argument("--attach", default="rw", choices=["rw", "ro", "panic"])
     r.add_argument("--plant", default="", help=argparse.SUPPRESS)
     r.add_argument("--timeout", type=float, default=5.0)
+    r.add_argument(
+        "--export-from",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="session recordings (.pcap): the scratch export starts as a copy of DIR",
+    )
     cv = sub.add_parser(
         "coverage", help="run each target for a budget under branch coverage; per-module report"
     )
@@ -367,9 +376,12 @@ def _run(
 def _replay(args: argparse.Namespace) -> int:
     import json
 
+    from .recorded import is_recording, replay_files
     from .targets import make_target
     from .wire import MAGIC
 
+    if all(is_recording(p) for p in args.files):  # session recordings (fuzz/recorded.py)
+        return replay_files(args.files, export_from=args.export_from, timeout=args.timeout)
     bad = 0
     with make_target(args.target, plant=args.plant, attach=args.attach) as target:
         for path in args.files:

@@ -14,18 +14,20 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .logs import setup_logging
-from .options import add_idmap_args, add_log_args, add_poll_arg, idmap_from_args
+from .options import add_idmap_args, add_log_args, add_poll_arg, add_record_args, idmap_from_args
 
 if TYPE_CHECKING:  # typing only: the serve path imports these lazily (start-up time)
     import socket
 
     from .attach import AttachPoint
+    from .recorder import Recording
     from .server import ServerConfig
 
 
 def _serve_main(args: argparse.Namespace) -> int:
     import os
     import socket
+    from contextlib import nullcontext
 
     import trio
 
@@ -44,10 +46,17 @@ def _serve_main(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"gofer9p serve: cannot open {args.directory}: {e.strerror}", file=sys.stderr)
         return 2
+    record = _open_recording(
+        args, args.msize or (FD_MSIZE if args.fd is not None else LISTEN_MSIZE)
+    )
+    if isinstance(record, int):
+        return record
+    # the recording's writer runs around serving; SIGTERM then finishes the file
+    recording = nullcontext() if record is None else record.running(stop_on_sigterm=True)
     if args.fd is not None:
         config = ServerConfig(
             max_msize=args.msize or FD_MSIZE, poll_us=args.poll_us, connections=1,
-            idmap=idmap_from_args(args),
+            idmap=idmap_from_args(args), record=record,
         )
         try:
             os.fstat(args.fd)
@@ -60,7 +69,8 @@ def _serve_main(args: argparse.Namespace) -> int:
             return 2
 
         async def one() -> None:
-            await serve(sock, point, config, name=f"fd{args.fd}")
+            async with recording:
+                await serve(sock, point, config, name=f"fd{args.fd}")
 
         try:
             trio.run(one)
@@ -85,7 +95,7 @@ def _serve_main(args: argparse.Namespace) -> int:
         )
     config = ServerConfig(
         max_msize=args.msize or LISTEN_MSIZE, poll_us=args.poll_us, connections=max_conn,
-        idmap=idmap_from_args(args),
+        idmap=idmap_from_args(args), record=record,
     )
     limits = _Limits(max_conn, args.handshake_timeout)
 
@@ -130,7 +140,7 @@ def _serve_main(args: argparse.Namespace) -> int:
         count = 0
         # the accept loop waits for the listener through trio: quiet waits poll it too
         with watching(lsock):
-            async with trio.open_nursery() as nursery:
+            async with recording, trio.open_nursery() as nursery:
                 while True:
                     try:
                         conn, _ = await lsock.accept()
@@ -154,6 +164,24 @@ def _serve_main(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         log.info("interrupted, exiting")
     return 0
+
+
+def _open_recording(args: argparse.Namespace, max_frame: int) -> Recording | int | None:
+    """``--record PATH``'s recording (None without it), or 2 after saying why it cannot be."""
+    if args.record is None:
+        if args.record_headers_only:
+            print("gofer9p serve: --record-headers-only needs --record", file=sys.stderr)
+            return 2
+        return None
+    from .recorder import Recording
+
+    try:
+        return Recording.create(
+            args.record, headers_only=args.record_headers_only, max_frame=max_frame
+        )
+    except OSError as e:
+        print(f"gofer9p serve: --record {args.record!r}: {e.strerror}", file=sys.stderr)
+        return 2
 
 
 FD_MSIZE = 4 << 20
@@ -302,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_poll_arg(p)
     add_log_args(p)
     add_idmap_args(p)
+    add_record_args(p, inherited=False)
     p.set_defaults(func=_serve_main)
 
     sub.add_parser("gofer", help="serve an OCI bundle's mounts on inherited fds", add_help=False)

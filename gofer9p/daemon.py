@@ -30,14 +30,23 @@ import socket
 import stat
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from .logs import setup_logging
-from .options import add_confine_args, add_idmap_args, add_log_args, add_poll_arg, idmap_from_args
+from .options import (
+    add_confine_args,
+    add_idmap_args,
+    add_log_args,
+    add_poll_arg,
+    add_record_args,
+    idmap_from_args,
+)
 
 if TYPE_CHECKING:
     from .attach import AttachPoint
     from .confine import Tree
+    from .recorder import Recording
     from .seccomp import SeccompMode
     from .server import ServerConfig
     from .spec import Spec
@@ -132,6 +141,7 @@ def build_parser(prog: str = "gofer9p gofer") -> argparse.ArgumentParser:
     add_log_args(p)
     add_idmap_args(p)
     add_confine_args(p)
+    add_record_args(p, inherited=True)
     return p
 
 
@@ -200,6 +210,35 @@ def check_io_fd(fd: int) -> socket.socket:
         sock.detach()
         raise
     return sock
+
+
+def _open_recording(
+    fd: int | None, headers_only: bool, socks: list[socket.socket]
+) -> Recording | None:
+    """``--record-fd``'s recording (None without it).  The inherited fd must be open for
+    writing; the pcap file header is written to it now, before confinement, and the
+    confined gofer only ever ``write``s to it.  On an error the io sockets are detached
+    (left open, as :func:`check_io_fd` leaves them)."""
+    if fd is None and not headers_only:
+        return None
+    try:
+        if fd is None:
+            raise DaemonError("--record-headers-only needs --record-fd")
+        import fcntl
+
+        from .recorder import Recording
+        from .server import ServerConfig
+
+        try:
+            if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+                raise DaemonError(f"--record-fd: fd {fd} is not open for writing")
+            return Recording(fd, headers_only=headers_only, max_frame=ServerConfig().max_msize)
+        except OSError as e:
+            raise DaemonError(f"--record-fd: fd {fd}: {e.strerror or e}") from None
+    except DaemonError:
+        for s in socks:
+            s.detach()
+        raise
 
 
 def _open_attach_points(spec: Spec, panic_on_write: bool, tree: Tree) -> list[AttachPoint]:
@@ -437,6 +476,7 @@ def _confined_start(argv: Sequence[str], after_confine: Callable[[], None] | Non
             f"got {len(socks)} --io-fds but the bundle has {spec.attach_count} attach points "
             f"(root + {len(spec.mounts)} 9P mounts)"
         )
+    record = _open_recording(args.record_fd, args.record_headers_only, socks)
     seccomp_mode: SeccompMode = args.seccomp
 
     try:
@@ -498,7 +538,8 @@ def _confined_start(argv: Sequence[str], after_confine: Callable[[], None] | Non
     from .server import ServerConfig
 
     config = ServerConfig(
-        poll_us=args.poll_us, connections=len(socks), fd_share=share, idmap=idmap)
+        poll_us=args.poll_us, connections=len(socks), fd_share=share, idmap=idmap, record=record
+    )
     return fds, socks, points, config, ready_line
 
 
@@ -520,10 +561,12 @@ async def _serve_all(
 
     from .server import serve
 
+    # (gofer9p.recorder was imported before the chroot when there is a recording)
+    recording = nullcontext() if config.record is None else config.record.running()
     failed = False
     remaining = len(socks)
 
-    async with trio.open_nursery() as nursery:
+    async with recording, trio.open_nursery() as nursery:
 
         async def watch_signals(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
             with trio.open_signal_receiver(*_STOP_SIGNALS) as signals:

@@ -14,7 +14,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .attach import IdMap
 
-__all__ = ["add_confine_args", "add_idmap_args", "add_log_args", "add_poll_arg", "idmap_from_args"]
+__all__ = [
+    "add_confine_args",
+    "add_idmap_args",
+    "add_log_args",
+    "add_poll_arg",
+    "add_record_args",
+    "idmap_from_args",
+]
 
 
 def _microseconds(v: str) -> int:
@@ -153,4 +160,30 @@ def add_confine_args(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="restrict the gofer to its attach points' trees with Landlock, write access only "
         "beneath read-write ones (auto: if the kernel has it; require: fail without it)",
+    )
+
+
+def add_record_args(p: argparse.ArgumentParser, *, inherited: bool) -> None:
+    """``--record PATH`` (``serve``) or ``--record-fd N`` (``gofer``, ``inherited``: the
+    confined daemon opens nothing), and ``--record-headers-only`` (gofer9p.recorder)."""
+    if inherited:
+        p.add_argument(
+            "--record-fd",
+            type=int,
+            metavar="N",
+            help="record every connection's frames, both ways, as a pcap file written to this "
+            "inherited fd (open for writing, empty)",
+        )
+    else:
+        p.add_argument(
+            "--record",
+            metavar="PATH",
+            help="record every connection's frames, both ways, as a pcap file (created or "
+            "truncated) that Wireshark and tshark dissect as 9P",
+        )
+    p.add_argument(
+        "--record-headers-only",
+        action="store_true",
+        help="record sizes, types, tags, fids and other numbers only: names emptied, "
+        "file data and directory entries not captured",
     )

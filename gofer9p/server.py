@@ -62,7 +62,7 @@ import logging
 import math
 import os
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -86,6 +86,9 @@ from .connection import (
     State,
     Versioned,
 )
+
+if TYPE_CHECKING:
+    from .recorder import ConnectionRecording, Recording
 
 log = logging.getLogger("gofer9p.server")
 
@@ -152,6 +155,9 @@ class ServerConfig:
     idmap: IdMap | None = None
     """Guest <-> host id mapping of every connection (``--map-uid``, ``--map-gid``,
     ``--squash-ids``; see gofer9p/attach/_idmap.py); None: ids pass unchanged."""
+    record: Recording | None = None
+    """Where every connection's bytes are recorded (``--record``; gofer9p.recorder);
+    a recording turns splicing off, so that reply data passes through our memory."""
 
 
 _malloc_tuned = False
@@ -306,12 +312,21 @@ class Connection:
             fd_share=config.fd_share or fd_share(config.connections),
             idmap=config.idmap,
         )
-        splice_max = _PIPE_BYTES - 4096 if config.splice and hasattr(os, "splice") else 0
+        self.rec: ConnectionRecording | None = None
+        if config.record is not None:
+            self.rec = config.record.connection()
+        splice_max = (
+            _PIPE_BYTES - 4096
+            if config.splice and self.rec is None and hasattr(os, "splice")
+            else 0
+        )
         limits = Limits(config.max_msize, config.flush_bytes, config.inflight_msizes, splice_max)
         self.core = ConnectionCore(self.session, limits, name)
         self.tasks: dict[int, _Task] = {}  # background requests by tag
         self.send_lock = trio.StrictFIFOLock()
-        self._sending = 0  # tasks in _send (holding or waiting for send_lock)
+        # tasks in _send (holding or waiting for send_lock); a recording counts one more
+        # for good, so that _send_now refuses and every reply goes through _sendmsg_all
+        self._sending = 0 if self.rec is None else 1
         self.inflight = trio.Semaphore(config.max_inflight)
         self._inbytes = 0  # payload and reply bytes of background requests in flight
         self._bytes_freed = trio.lowlevel.ParkingLot()
@@ -358,12 +373,15 @@ class Connection:
     async def _sendmsg_all(self, bufs: list[Any]) -> None:
         """sendmsg until every buffer is out, waiting for room (send lock held)."""
         sock = self.sock
+        rec = self.rec
         while bufs:
             try:
                 n = sock.sendmsg(bufs, (), _DONTWAIT)
             except BlockingIOError:
                 await trio.lowlevel.wait_writable(sock)
                 continue
+            if rec is not None:
+                await rec.sent(bufs, n)
             bufs = _unsent(bufs, n)
 
     def _send_now(self, bufs: list[Any]) -> list[Any] | None:
@@ -432,6 +450,8 @@ class Connection:
         finally:
             self.session.reset()
             self._drop_pipe()
+            if self.rec is not None:
+                self.rec.close()
             log.info(
                 "%s: connection end (%s) frames=%d polled=%d",
                 self.name,
@@ -452,6 +472,7 @@ class Connection:
         mv = memoryview(buf)
         start = end = 0
         recv_into = sock.recv_into
+        rec = self.rec
         send_now = self._send_now
         receive = core.receive
         wait_readable = trio.lowlevel.wait_readable
@@ -555,6 +576,8 @@ class Connection:
                 return "EOF"
             filled = got == room
             end += got
+            if rec is not None:
+                await rec.received(mv[end - got : end])
             first = core.frames
             # handle every complete frame in the buffer, carrying out the
             # core's actions (the replies it queued before one go out first)

@@ -30,7 +30,7 @@ async def _run(monkeypatch: pytest.MonkeyPatch, behaviours: list[str]) -> int:
             list(range(len(behaviours))),
             socks,
             [cast(Any, object())] * len(behaviours),
-            cast(Any, object()),
+            gofer9p.server.ServerConfig(),  # (_serve_all reads its recording, None here)
         )
     finally:
         for s in socks:
