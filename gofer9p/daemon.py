@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from .logs import setup_logging
-from .options import add_log_args, add_poll_arg
+from .options import add_fd_budget_arg, add_log_args, add_poll_arg
 
 if TYPE_CHECKING:
     from .attach import AttachPoint
@@ -123,6 +123,7 @@ def build_parser(prog: str = "gofer9p gofer") -> argparse.ArgumentParser:
     p.add_argument("--seccomp", choices=("kill", "log", "off"), default="kill")
     add_poll_arg(p)
     add_log_args(p)
+    add_fd_budget_arg(p)
     return p
 
 
@@ -378,11 +379,11 @@ def _confined_start(argv: Sequence[str], after_confine: Callable[[], None] | Non
         # while we still hold CAP_SYS_RESOURCE: a cache=loose client keeps a fid
         # (host fds) per cached dentry, far beyond the usual 1024-20000; then each
         # connection (attach point) gets an
-        # equal share of it, less a reserve (server.fd_share), so that one client that
+        # equal share of the fd budget (server.fd_budget), so that one client that
         # exhausts its share leaves the others able to attach, walk and open
-        from .server import fd_share
+        from .server import fd_budget
 
-        share = fd_share(len(socks))
+        budget = fd_budget(len(socks), args.fd_budget)
         root = confine.private_mount_root(spec.root_path)
         confine.chroot_into(root)
         points = _open_attach_points(spec, args.panic_on_write)
@@ -405,7 +406,7 @@ def _confined_start(argv: Sequence[str], after_confine: Callable[[], None] | Non
 
     from .server import ServerConfig
 
-    config = ServerConfig(poll_us=args.poll_us, connections=len(socks), fd_share=share)
+    config = ServerConfig(poll_us=args.poll_us, connections=len(socks), fd_budget=budget)
     return fds, socks, points, config, ready_line
 
 

@@ -36,3 +36,26 @@ def add_log_args(p: argparse.ArgumentParser) -> None:
         "--log-level", choices=("debug", "info", "warning", "error", "critical"), default="info"
     )
     p.add_argument("--log-file", help="append the log here instead of stderr")
+
+
+def _fd_budget(v: str) -> int:
+    n = int(v)
+    if not 64 <= n <= 1 << 30:
+        raise argparse.ArgumentTypeError(f"{v}: want 64 or more host fds")
+    return n
+
+
+def add_fd_budget_arg(p: argparse.ArgumentParser) -> None:
+    """``--fd-budget`` (``server.fd_budget``; 0 = derived from RLIMIT_NOFILE)."""
+    p.add_argument(
+        "--fd-budget",
+        type=_fd_budget,
+        default=0,
+        metavar="N",
+        help="host fds the process may hold, shared evenly by its connections; idle fids' "
+        "fds are reclaimed and reopened on demand, and past the budget an open is EMFILE "
+        "(default: RLIMIT_NOFILE, raised as far as allowed, less a reserve of 256)",
+    )
+
+
+__all__ += ["add_fd_budget_arg"]

@@ -6,9 +6,11 @@ connection's fid table and the host operations on its fids, with plain values
 in and out; ``Session`` (``session.py``, the protocol side) turns T-messages
 into backend calls and their results into R-messages (see ``backend.py`` for
 the security model).  ``is_blocking(m)`` tells the server which requests
-deserve a worker thread.
+deserve a worker thread.  ``FdBudget`` (``_budget.py``) is a process's host-fd
+budget, shared by its connections' sessions.
 """
 
+from gofer9p.attach._budget import FD_OVERHEAD, FdBudget
 from gofer9p.attach.backend import FDS_PER_FID, Backend, FileSystem
 from gofer9p.attach.point import AttachPoint
 from gofer9p.attach.session import (
@@ -22,9 +24,11 @@ from gofer9p.attach.session import (
 __all__ = [
     "BLOCKING_IO_THRESHOLD",
     "FDS_PER_FID",
+    "FD_OVERHEAD",
     "XATTR_MAX",
     "AttachPoint",
     "Backend",
+    "FdBudget",
     "FileSystem",
     "Session",
     "is_blocking",

@@ -44,9 +44,17 @@ class FileIO(Xattrs, Attrs):
             fmt = f.fmt
             if fmt == _DIR and flags & (C.L_O_ACCMODE | C.L_O_TRUNC):
                 raise _err(errno.EISDIR)
-            ofd = self._reopen(f, hflags)
+            self._charge_fid(f, 1)  # EMFILE past the share: an open fd is never reclaimed
+            try:
+                ofd = self._reopen(f, hflags)
+            except BaseException:
+                self._uncharge_fid(f, 1)
+                raise
             with self._lock:
                 taken = f.ofd >= 0
+                if taken:
+                    self._fd_used -= 1
+                    f.nfds -= 1
                 if not taken:
                     f.ofd = ofd
                     f.oacc = flags & C.L_O_ACCMODE

@@ -101,16 +101,26 @@ def test_take_removes_at_once_and_unknown_fids_are_ebadf(b: Backend) -> None:
 
 
 def test_fid_limit_and_fd_share(root: Path) -> None:
+    """The fid limit is EMFILE; the fd share counts the fds fids really hold (1 for an
+    unopened directory, 2 for a file and its directory, +1 open); at the share idle
+    fids' fds are reclaimed first, and what is pinned (open) is refused past it."""
     p = AttachPoint.open(str(root))
     try:
-        be = Backend(p, max_fids=2, fd_share=6)
+        be = Backend(p, max_fids=2, fd_share=4)
         be.attach(ROOT, 0, b"")
-        be.walk(ROOT, 1)
-        assert _errno(be.walk, ROOT, 2) == errno.EMFILE
-        assert not be.charge_fds(1)  # 2 fids x 3 fds: the share is full
+        be.walk(ROOT, 1, [b"f"])
+        assert _errno(be.walk, ROOT, 2) == errno.EMFILE  # the fid limit
+        assert be.fds_charged() == 3
+        be.open(1, C.L_O_RDONLY)
+        assert be.fds_charged() == 4  # the share is full
+        assert be.charge_fds(1)  # the idle root's fd is reclaimed for it
+        assert not be.charge_fds(1)  # all that is left is pinned: the open file
+        assert _errno(be.getattr, ROOT, C.GETATTR_BASIC) == errno.EMFILE  # no room to reopen
+        be.release_fds(1)
+        assert be.getattr(ROOT, C.GETATTR_BASIC)[0] == C.GETATTR_BASIC  # reopened
+        assert be.fd_budget.reclaims == 1 and be.fd_budget.reopens == 1
         be.clunk(1)
-        assert be.charge_fds(3)
-        be.release_fds(3)
+        assert be.fds_charged() == 1
         be.reset()
         assert be.fds_charged() == 0
     finally:
