@@ -97,6 +97,7 @@ class _Fid:
     """
 
     __slots__ = (
+        "birth",
         "dbuf",
         "dead",
         "dev",
@@ -149,6 +150,7 @@ class _Fid:
         self.nfds = (fd >= 0) + (parent >= 0)
         self.idle = False
         self.used = True
+        self.birth = 0  # birth time (ns) taken when its fds were reclaimed; 0: unknown
         # Open for writing by an unprivileged uid: the next write checks (one fstat) for
         # set-id bits it must clear, as the kernel does for such a writer (see _kill_privs).
         self.killpriv = False
@@ -261,25 +263,34 @@ class FidTable:
         """Take ``n`` fds of the share for something the connection holds (the splice
         pipe, a lock description), reclaiming idle fids' fds if needed; False, taking
         nothing, if they do not fit."""
-        with self._lock:
-            if self._fd_used + n > self.fd_share and not self._reclaim(n):
-                return False
-            self._fd_used += n
-            return True
+        return self._charge(n, None)
 
     def release_fds(self, n: int) -> None:
         """Give back what :meth:`charge_fds` took, once those fds are closed."""
         with self._lock:
             self._fd_used -= n
 
+    def _charge(self, n: int, f: _Fid | None) -> bool:
+        """Charge ``n`` fds (to ``f``'s ``nfds`` too, if given), reclaiming idle fids'
+        fds when the share is full; False, charging nothing, if they still do not fit.
+        Called without the table lock (a reclaim takes it twice)."""
+        for reclaimed in (False, True):
+            with self._lock:
+                if self._fd_used + n <= self.fd_share:
+                    self._fd_used += n
+                    if f is not None:
+                        f.nfds += n
+                    return True
+            if reclaimed:
+                return False
+            self._reclaim(n)
+        return False  # not reached
+
     def _charge_fid(self, f: _Fid, n: int) -> None:
         """Charge ``n`` more fds to ``f`` (about to open them; the caller holds a
         reference): EMFILE if they do not fit even after reclaiming."""
-        with self._lock:
-            if self._fd_used + n > self.fd_share and not self._reclaim(n):
-                raise _err(errno.EMFILE)
-            self._fd_used += n
-            f.nfds += n
+        if not self._charge(n, f):
+            raise _err(errno.EMFILE)
 
     def _uncharge_fid(self, f: _Fid, n: int) -> None:
         """Give back ``n`` fds :meth:`_charge_fid` charged that ``f`` did not keep."""
@@ -289,9 +300,7 @@ class FidTable:
 
     def trim(self) -> None:
         """Reclaim idle fds down to the share (the budget's call when shares shrink)."""
-        with self._lock:
-            if self._fd_used > self.fd_share:
-                self._reclaim(0)
+        self._reclaim(0)
 
     def close(self) -> None:
         """The connection ended: clunk every fid and give the share back to the budget."""
@@ -316,50 +325,93 @@ class FidTable:
             self._forget_locks(f)
             f.close()
 
-    def _reclaim(self, n: int) -> bool:
-        """Close idle fids' fds until ``n`` more fit in the share (caller holds
-        ``_lock``); whether they fit now.
+    @staticmethod
+    def _reclaimable(f: _Fid) -> bool:
+        """Nothing can be using ``f``'s fds: not open (which also rules out locks and
+        unlinked-but-open files), no xattr state, nothing retired, in the table."""
+        return f.ofd < 0 and not f.xmode and not f.retired and not f.dead
 
-        An fid is idle when nothing can be using its fds: no reference, not open
-        (which also rules out locks and unlinked-but-open files), no xattr state,
-        nothing retired.  Least recently used first: one CLOCK sweep over the
-        holders clears the ``used`` bits it passes and moves those fids to the
-        back, a second reclaims.  A sweep frees at least a sixteenth of the share
-        when it can, so that a client walking past its share sweeps once per
-        many walks, not once per walk.  Only ``close`` runs under the lock."""
-        need = self._fd_used + n - self.fd_share
-        target = max(need, self.fd_share >> 4)
-        holders = self._holders
-        freed = count = 0
-        for _ in range(2):
-            for f in list(holders):
-                if f.refs or f.ofd >= 0 or f.xmode or f.retired or f.dead:
-                    continue
-                if f.used:
-                    f.used = False
+    def _reclaim(self, n: int) -> None:
+        """Close idle fids' fds so that ``n`` more fit in the share, if they can be
+        found (called without the table lock).
+
+        Least recently used first: a CLOCK sweep over the holders clears the
+        ``used`` bits it passes and moves those fids to the back; a second
+        sweep takes the rest.  A reclaim frees at least a sixteenth of the
+        share when it can, so that a client walking past its share reclaims
+        once per many walks, not once per walk.  The victims are pinned (a
+        reference each) while their birth times are read outside the lock
+        (their identity with st_dev and st_ino: see :meth:`_revive`); a victim
+        someone referenced meanwhile is kept."""
+        with self._lock:
+            need = self._fd_used + n - self.fd_share
+            if need <= 0:
+                return
+            target = max(need, self.fd_share >> 4)
+            holders = self._holders
+            victims: list[_Fid] = []
+            found = 0
+            for _ in range(2):
+                for f in list(holders):
+                    if f.refs or not self._reclaimable(f):
+                        continue
+                    if f.used:
+                        f.used = False
+                        del holders[f]
+                        holders[f] = None
+                        continue
                     del holders[f]
-                    holders[f] = None
-                    continue
-                del holders[f]
-                fd, parent = f.fd, f.parent
-                freed += f.nfds
-                count += 1
-                f.fd = f.parent = -1
-                f.pident = None
-                f.nfds = 0
-                f.idle = True
-                if fd >= 0:
-                    _close(fd)
-                if parent >= 0:
-                    _close(parent)
-                if freed >= target:
+                    f.refs += 1  # pinned: its fds stay open until the second pass
+                    victims.append(f)
+                    found += f.nfds
+                    if found >= target:
+                        break
+                if found >= need:
                     break
-            if freed >= need:
-                break
-        self._fd_used -= freed
+        if not victims:
+            return
+        births = []
+        for f in victims:
+            try:
+                births.append(_sys.birth_time(f.fd))
+            except OSError:
+                births.append(-1)
+        closing: list[_Fid] = []
+        count = 0
+        with self._lock:
+            for f, birth in zip(victims, births):
+                f.refs -= 1
+                if f.refs or birth < 0 or not self._reclaimable(f):
+                    if f.dead and not f.refs:  # clunked meanwhile: the last reference
+                        self._fd_used -= f.nfds
+                        f.nfds = 0
+                        closing.append(f)
+                    elif not f.dead:
+                        self._holders[f] = None
+                    continue
+                self._fd_used -= f.nfds
+                self._idle(f, birth)
+                count += 1
+        for f in closing:
+            self._forget_locks(f)
+            f.close()
         if count:
             self.fd_budget.count(count, 0)
-        return self._fd_used + n <= self.fd_share
+
+    @staticmethod
+    def _idle(f: _Fid, birth: int) -> None:
+        """Close ``f``'s fds, keeping its identity (caller holds the lock and has
+        released the fds' charge)."""
+        fd, parent = f.fd, f.parent
+        f.fd = f.parent = -1
+        f.pident = None
+        f.nfds = 0
+        f.idle = True
+        f.birth = birth
+        if fd >= 0:
+            _close(fd)
+        if parent >= 0:
+            _close(parent)
 
     def _revive(self, f: _Fid) -> None:
         """Reopen the fds of ``f``, an idle fid the caller holds a reference on.
@@ -367,20 +419,19 @@ class FidTable:
         Walks ``f``'s path from the attach root, one name at a time with
         Twalk's own step (``openat(O_PATH|O_NOFOLLOW)`` relative to the
         directory before, no mount into a pseudo file system); the file
-        found must have ``f``'s (st_dev, st_ino), else ESTALE: a name that
-        leads elsewhere now (renamed, replaced, swapped for a symlink on the
-        host) never gives another file.  EMFILE when the share has no room
-        even after reclaiming other fids.  A concurrent revive of the same fid
-        wins once; the other's fds are closed.
+        found must have ``f``'s st_dev, st_ino and birth time, else ESTALE: a
+        name that leads elsewhere now (renamed, replaced, swapped for a
+        symlink on the host, deleted and its inode number reused) never gives
+        another file.  EMFILE when the share has no room even after
+        reclaiming other fids.  A concurrent revive of the same fid wins once;
+        the other's fds are closed.
         """
         point = self.point
         n = 1 if f.fmt == _DIR else 2
-        with self._lock:
-            if not f.idle:
-                return
-            if self._fd_used + n > self.fd_share and not self._reclaim(n):
-                raise _err(errno.EMFILE)
-            self._fd_used += n
+        if not f.idle:
+            return
+        if not self._charge(n, None):
+            raise _err(errno.EMFILE)
         try:
             if not f.path:  # the root (a file root keeps its directory)
                 fd, parent = _dup_with_parent(point.fd, point.parent_fd if n == 2 else -1)
@@ -388,8 +439,7 @@ class FidTable:
             else:
                 fd, parent, pident = self._walk_path(f)
         except BaseException:
-            with self._lock:
-                self._fd_used -= n
+            self.release_fds(n)
             raise
         with self._lock:
             won = f.idle
@@ -429,7 +479,7 @@ class FidTable:
                 prev, prev_owned, pdev, pino = cur, cur_owned, dev, ino
                 cur, cur_owned = nfd, True
                 dev, ino = st.st_dev, st.st_ino
-            if ino != f.ino or dev != f.dev:
+            if ino != f.ino or dev != f.dev or (f.birth and _sys.birth_time(cur) != f.birth):
                 raise _err(errno.ESTALE)
             if f.fmt == _DIR:
                 fd, cur_owned = cur, False
@@ -512,33 +562,39 @@ class FidTable:
         want of fds, an open does.  When it cannot go in (EBADF: the number is
         taken; EMFILE: the fid limit), ``nf``'s fds are closed."""
         n = nf.nfds
-        with self._lock:
-            cur = self._fids.get(fid)
-            if cur is not None and cur is not replacing:
-                code = errno.EBADF
-            elif cur is None and len(self._fids) >= self.max_fids:
-                code = errno.EMFILE
-            else:
-                # A fid replacing itself (walk to its own number) is not refused:
-                # the old one's fds are closed when this request ends.
-                self._fids[fid] = nf
-                if cur is not None:
-                    cur.dead = True
-                if not n:
-                    return
-                if cur is not None or self._fd_used + n <= self.fd_share or self._reclaim(n):
-                    self._fd_used += n
-                    self._holders[nf] = None
-                    return
-                fd, parent = nf.fd, nf.parent
-                nf.fd = nf.parent = -1
-                nf.pident = None
-                nf.nfds = 0
-                nf.idle = True
-                _close(fd)
-                if parent >= 0:
-                    _close(parent)
-                return
+        birth = 0
+        for full in (False, True):
+            with self._lock:
+                cur = self._fids.get(fid)
+                if cur is not None and cur is not replacing:
+                    code = errno.EBADF
+                elif cur is None and len(self._fids) >= self.max_fids:
+                    code = errno.EMFILE
+                elif birth < 0:
+                    code = errno.EMFILE  # idle without an identity: no
+                else:
+                    fits = self._fd_used + n <= self.fd_share
+                    if fits or full:
+                        # A fid replacing itself (walk to its own number) is not refused:
+                        # the old one's fds are closed when this request ends.
+                        self._fids[fid] = nf
+                        if cur is not None:
+                            cur.dead = True
+                        if fits:
+                            self._fd_used += n
+                            if n:
+                                self._holders[nf] = None
+                        else:
+                            self._idle(nf, birth)
+                        return
+                    code = 0
+            if code:
+                break
+            self._reclaim(n)  # the share is full: make room, else go in idle
+            try:
+                birth = _sys.birth_time(nf.fd)
+            except OSError:
+                birth = -1
         nf.close()
         raise _err(code)
 

@@ -179,6 +179,30 @@ def open_child(dirfd: int, name: bytes, dev: int) -> tuple[int, os.stat_result]:
     return nfd, st
 
 
+_statx = _libc.statx
+_statx.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p]
+_statx.restype = ctypes.c_int
+_STATX_BTIME = 0x800
+_STATX_HEAD = struct.Struct("@I")  # stx_mask
+_STATX_BTIME_AT = struct.Struct("@qI")  # stx_btime (tv_sec, tv_nsec) at offset 80
+
+
+def birth_time(fd: int) -> int:
+    """The birth time (ns) of the inode ``fd`` (an O_PATH fd will do) refers to, from
+    statx(AT_EMPTY_PATH, STATX_BTIME); 0 where the file system keeps none.
+
+    With (st_dev, st_ino) it tells a file from a new one that reused its inode
+    number after it was deleted (ext4, xfs, btrfs and tmpfs reuse them at once).
+    """
+    buf = ctypes.create_string_buffer(256)  # sizeof(struct statx)
+    if _statx(fd, b"", AT_EMPTY_PATH, _STATX_BTIME, buf) < 0:
+        _raise()
+    if not _STATX_HEAD.unpack_from(buf, 0)[0] & _STATX_BTIME:
+        return 0
+    sec, nsec = _STATX_BTIME_AT.unpack_from(buf, 80)
+    return int(sec) * 1_000_000_000 + int(nsec) or 1
+
+
 def futimens(fd: int, atime: tuple[int, int], mtime: tuple[int, int]) -> None:
     """futimens(3) on an open (not O_PATH) fd; times as for :func:`utimensat`."""
     times = _Times(_Timespec(atime[0], atime[1]), _Timespec(mtime[0], mtime[1]))

@@ -97,18 +97,13 @@ class Walk(Paths):
                     raise _err(errno.EMFILE)
                 else:
                     n = 2 if f.parent >= 0 else 1
-                    fits = self._fd_used + n <= self.fd_share
-                    if not fits:
-                        f.refs += 1  # under the lock: the reclaim must not take f's own fds
-                        fits = self._reclaim(n)
-                        f.refs -= 1
-                    if fits:
+                    if self._fd_used + n <= self.fd_share:
                         fids[newfid] = g = self._dup_fid(f)
                         self._holders[g] = None
                         self._fd_used += n
                         f.used = True
                         return []
-                    # no room even after reclaiming: the general path makes it idle
+                    # the share is full: the general path reclaims (or makes it idle)
         if len(names) > C.MAXWELEM:
             raise _err(errno.E2BIG)
         f = self._ref(fid)
