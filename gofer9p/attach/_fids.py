@@ -379,7 +379,7 @@ class FidTable:
         closing: list[_Fid] = []
         count = 0
         with self._lock:
-            for f, birth in zip(victims, births):
+            for f, birth in zip(victims, births, strict=True):
                 f.refs -= 1
                 if f.refs or birth < 0 or not self._reclaimable(f):
                     if f.dead and not f.refs:  # clunked meanwhile: the last reference
