@@ -31,7 +31,7 @@ def _serve_main(args: argparse.Namespace) -> int:
 
     from ._quietwait import watching
     from .attach import AttachPoint
-    from .server import ServerConfig, fd_budget, serve
+    from .server import GUEST_MAX_FIDS, ServerConfig, fd_budget, serve
 
     try:
         setup_logging(args.log_level, args.log_file)
@@ -47,7 +47,7 @@ def _serve_main(args: argparse.Namespace) -> int:
     if args.fd is not None:
         config = ServerConfig(
             max_msize=args.msize or FD_MSIZE, poll_us=args.poll_us, connections=1,
-            fd_budget=fd_budget(1, args.fd_budget),
+            fd_budget=fd_budget(1, args.fd_budget), max_fids=GUEST_MAX_FIDS,
         )
         try:
             os.fstat(args.fd)

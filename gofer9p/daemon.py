@@ -404,9 +404,11 @@ def _confined_start(argv: Sequence[str], after_confine: Callable[[], None] | Non
     if after_confine is not None:
         after_confine()
 
-    from .server import ServerConfig
+    from .server import GUEST_MAX_FIDS, ServerConfig
 
-    config = ServerConfig(poll_us=args.poll_us, connections=len(socks), fd_budget=budget)
+    config = ServerConfig(
+        poll_us=args.poll_us, connections=len(socks), fd_budget=budget, max_fids=GUEST_MAX_FIDS
+    )
     return fds, socks, points, config, ready_line
 
 

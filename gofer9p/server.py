@@ -196,6 +196,13 @@ FD_SHARE_MIN = 64
 connection limit rather than give a connection less."""
 
 
+GUEST_MAX_FIDS = 1 << 17
+"""``max_fids`` of ``serve --fd`` and the daemon: one client per connection, often a guest
+kernel, and a Linux client mounted with cache=loose keeps a fid per cached dentry (an ``ls -l``
+of a 100,000-entry directory holds 100,000 fids).  Their host fds are bounded by the fd budget
+(idle fids' fds are reclaimed), their memory by docs/RESOURCES.md (F x FID_BYTES)."""
+
+
 def fd_budget(connections: int, limit: int = 0) -> FdBudget:
     """The process's host-fd budget when serving up to ``connections`` connections.
 
@@ -209,7 +216,7 @@ def fd_budget(connections: int, limit: int = 0) -> FdBudget:
     """
     soft = raise_fd_limit()
     want = min(limit, soft) if limit else soft - FD_RESERVE
-    return FdBudget(max(FD_SHARE_MIN, want), FD_OVERHEAD + connections)
+    return FdBudget(max(FD_SHARE_MIN, want), FD_OVERHEAD + connections, connections)
 
 
 _process_budget: list[FdBudget] = []  # the default budget (ServerConfig.fd_budget None)

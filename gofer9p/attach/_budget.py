@@ -6,10 +6,14 @@ must not be (virtiofsd and QEMU's 9p server hit RLIMIT_NOFILE the same way).
 One ``FdBudget`` per process says how many host fds the gofer may hold for its
 clients' fids, lock descriptions and splice pipes; every connection's fid
 table (``_fids.FidTable``) registers with it and gets an equal share of it
-(``share``, re-split whenever a connection comes or goes).  A table at its
-share reclaims its own idle fids' fds, least recently used first, and reopens
-them on demand (``_fids``); what cannot be reclaimed (files open for I/O,
-locks, in-flight requests) is refused past the share with EMFILE/ENOLCK.
+(``fd_share``, re-split whenever a connection comes or goes; tables above
+their new share give back idle fds at once).  A table at its share reclaims
+its own idle fids' fds, least recently used first, and reopens them on demand
+(``_fids``).  What cannot be reclaimed (files open for I/O, locks, the splice
+pipe) is capped per connection at ``pin_share``, the pool split between the
+connections the process expects (``connections``: ``serve --listen``'s limit,
+the daemon's attach points), so that connections which came first cannot pin
+the fds of one that comes later; past it an open is EMFILE (a lock ENOLCK).
 
 ``limit`` counts every fd of the process; ``reserve`` of them are kept out of
 the shares for what the process holds for itself (stdio, the log, trio's
@@ -40,6 +44,7 @@ class _Table(Protocol):
     """What the budget asks of a connection's fid table (``_fids.FidTable``)."""
 
     fd_share: int
+    pin_share: int
 
     def fds_charged(self) -> int: ...
     def trim(self) -> None: ...
@@ -48,10 +53,12 @@ class _Table(Protocol):
 class FdBudget:
     """Host fds one process may hold for its clients (see the module docstring)."""
 
-    def __init__(self, limit: int, reserve: int = 0) -> None:
+    def __init__(self, limit: int, reserve: int = 0, connections: int = 1) -> None:
         self.limit = limit
         self.reserve = reserve
         """Fds of ``limit`` no share takes (FD_OVERHEAD plus the expected connections' sockets)."""
+        self.connections = connections
+        """Connections the process expects at most (``pin_share`` is the pool split by them)."""
         self.reclaims = 0
         self.reopens = 0
         self._tables: list[_Table] = []
@@ -92,8 +99,10 @@ class FdBudget:
 
     def _reshare(self, tables: list[_Table]) -> None:
         share = self.share()
+        pin = max(1, self.pool // max(self.connections, len(tables)))
         for t in tables:
             t.fd_share = share
+            t.pin_share = pin
 
     def count(self, reclaims: int, reopens: int) -> None:
         """Add to the counters (tables of different connections count concurrently)."""

@@ -110,11 +110,11 @@ class Entries(Attrs):
             if f.fmt != _DIR:
                 raise _err(errno.ENOTDIR)
             dfd = f.fd
-            self._charge_fid(f, 1)  # the created file's fd; the directory's becomes its parent
+            pin = self._charge_fid(f, 1)  # the new file's fd; the directory's becomes its parent
             try:
                 ofd = os.open(name, hflags, mode & _CREATE_BITS, dir_fd=dfd)
             except BaseException:
-                self._uncharge_fid(f, 1)
+                self._uncharge_fid(f, 1, pin)
                 raise
             try:
                 st = _fstat(ofd)
@@ -129,7 +129,7 @@ class Entries(Attrs):
                     os.fchmod(ofd, want)
             except BaseException:
                 _close(ofd)
-                self._uncharge_fid(f, 1)
+                self._uncharge_fid(f, 1, pin)
                 try:
                     os.unlink(name, dir_fd=dfd)
                 except OSError:
@@ -153,7 +153,7 @@ class Entries(Attrs):
                     f.dev, f.ino, f.fmt, f.qid = st.st_dev, st.st_ino, _REG, qid
             if not ok:  # the fid changed meanwhile (a concurrent request): undo the create
                 _close(ofd)
-                self._uncharge_fid(f, 1)
+                self._uncharge_fid(f, 1, pin)
                 try:
                     os.unlink(name, dir_fd=dfd)
                 except OSError:

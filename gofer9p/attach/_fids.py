@@ -90,7 +90,8 @@ class _Fid:
     still is ``parent`` (see ``Paths._inside``).  ``nfds`` is the number of
     host fds it holds and charges (``fd``, ``parent``, a distinct ``ofd``,
     ``retired``); ``idle`` says its fds were reclaimed (``fd`` and ``parent``
-    are -1 until a reference reopens them); ``used`` is its CLOCK bit.
+    are -1 until a reference reopens them); ``used`` is its CLOCK bit; ``pin``
+    the fds it counts against the table's ``pin_share`` since it was opened.
 
     A fid returned by :meth:`FidTable._ref` or :meth:`FidTable._take` is a
     reference: ``with`` it, and leaving the block drops the reference.
@@ -114,6 +115,7 @@ class _Fid:
         "parent",
         "path",
         "pident",
+        "pin",
         "qid",
         "refs",
         "retired",
@@ -148,6 +150,7 @@ class _Fid:
         self.ofd = -1
         self.oacc = 0
         self.nfds = (fd >= 0) + (parent >= 0)
+        self.pin = 0
         self.idle = False
         self.used = True
         self.birth = 0  # birth time (ns) taken when its fds were reclaimed; 0: unknown
@@ -238,10 +241,14 @@ class FidTable:
         ``nfds`` of its fids (from the moment one enters the table until its fds are
         closed, which may be after a clunk when an in-flight request still uses it),
         one per extra lock description, and whatever the server charges (the splice
-        pipe).  At it, idle fids' fds are reclaimed; past it: EMFILE (ENOLCK for a
-        lock), on this connection only, so that no connection can take the fds the
+        pipe).  At it, idle fids' fds are reclaimed."""
+        self.pin_share = 0
+        """Of those, the most that cannot be reclaimed (open fids' fds, lock
+        descriptions, the splice pipe), set by the budget; past it: EMFILE (ENOLCK for
+        a lock), on this connection only, so that no connection can pin the fds the
         others need."""
         self._fd_used = 0  # charged against fd_share; guarded by _lock
+        self._pinned = 0  # charged against pin_share; guarded by _lock
         self._fids: dict[int, _Fid] = {}
         # Fids holding fds (not idle), oldest first: the CLOCK of _reclaim; guarded by _lock
         self._holders: dict[_Fid, None] = {}
@@ -260,43 +267,54 @@ class FidTable:
         return self._fd_used
 
     def charge_fds(self, n: int) -> bool:
-        """Take ``n`` fds of the share for something the connection holds (the splice
-        pipe, a lock description), reclaiming idle fids' fds if needed; False, taking
-        nothing, if they do not fit."""
-        return self._charge(n, None)
+        """Take ``n`` pinned fds of the share for something the connection holds (the
+        splice pipe, a lock description), reclaiming idle fids' fds if needed; False,
+        taking nothing, if they do not fit."""
+        return self._charge(n, None, n)
 
     def release_fds(self, n: int) -> None:
         """Give back what :meth:`charge_fds` took, once those fds are closed."""
         with self._lock:
             self._fd_used -= n
+            self._pinned -= n
 
-    def _charge(self, n: int, f: _Fid | None) -> bool:
-        """Charge ``n`` fds (to ``f``'s ``nfds`` too, if given), reclaiming idle fids'
-        fds when the share is full; False, charging nothing, if they still do not fit.
-        Called without the table lock (a reclaim takes it twice)."""
+    def _charge(self, n: int, f: _Fid | None, pin: int = 0) -> bool:
+        """Charge ``n`` fds (to ``f``'s ``nfds`` too, if given) of which ``pin`` more are
+        pinned, reclaiming idle fids' fds when the share is full; False, charging
+        nothing, if they still do not fit.  Called without the table lock (a reclaim
+        takes it twice)."""
         for reclaimed in (False, True):
             with self._lock:
+                if pin and self._pinned + pin > self.pin_share:
+                    return False  # no reclaim makes room for more pinned fds
                 if self._fd_used + n <= self.fd_share:
                     self._fd_used += n
+                    self._pinned += pin
                     if f is not None:
                         f.nfds += n
+                        f.pin += pin
                     return True
             if reclaimed:
                 return False
             self._reclaim(n)
         return False  # not reached
 
-    def _charge_fid(self, f: _Fid, n: int) -> None:
-        """Charge ``n`` more fds to ``f`` (about to open them; the caller holds a
-        reference): EMFILE if they do not fit even after reclaiming."""
-        if not self._charge(n, f):
+    def _charge_fid(self, f: _Fid, n: int) -> int:
+        """Charge ``n`` more fds to ``f``, which is being opened (the caller holds a
+        reference): from now on all its fds are pinned.  EMFILE if they do not fit even
+        after reclaiming.  Returns the pin taken, for :meth:`_uncharge_fid`."""
+        pin = n if f.pin else n + f.nfds
+        if not self._charge(n, f, pin):
             raise _err(errno.EMFILE)
+        return pin
 
-    def _uncharge_fid(self, f: _Fid, n: int) -> None:
-        """Give back ``n`` fds :meth:`_charge_fid` charged that ``f`` did not keep."""
+    def _uncharge_fid(self, f: _Fid, n: int, pin: int) -> None:
+        """Give back what :meth:`_charge_fid` charged when ``f`` did not keep it."""
         with self._lock:
             self._fd_used -= n
+            self._pinned -= pin
             f.nfds -= n
+            f.pin -= pin
 
     def trim(self) -> None:
         """Reclaim idle fds down to the share (the budget's call when shares shrink)."""
@@ -319,7 +337,8 @@ class FidTable:
             holders = self._holders
             for f in idle:
                 self._fd_used -= f.nfds
-                f.nfds = 0
+                self._pinned -= f.pin
+                f.nfds = f.pin = 0
                 holders.pop(f, None)
         for f in idle:
             self._forget_locks(f)
@@ -384,7 +403,8 @@ class FidTable:
                 if f.refs or birth < 0 or not self._reclaimable(f):
                     if f.dead and not f.refs:  # clunked meanwhile: the last reference
                         self._fd_used -= f.nfds
-                        f.nfds = 0
+                        self._pinned -= f.pin
+                        f.nfds = f.pin = 0
                         closing.append(f)
                     elif not f.dead:
                         self._holders[f] = None
@@ -439,7 +459,8 @@ class FidTable:
             else:
                 fd, parent, pident = self._walk_path(f)
         except BaseException:
-            self.release_fds(n)
+            with self._lock:
+                self._fd_used -= n
             raise
         with self._lock:
             won = f.idle
@@ -532,7 +553,8 @@ class FidTable:
             else:
                 retired = None
                 self._fd_used -= f.nfds  # closed below
-                f.nfds = 0
+                self._pinned -= f.pin
+                f.nfds = f.pin = 0
                 self._holders.pop(f, None)
         if retired is None:
             self._forget_locks(f)

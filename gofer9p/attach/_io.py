@@ -44,17 +44,14 @@ class FileIO(Xattrs, Attrs):
             fmt = f.fmt
             if fmt == _DIR and flags & (C.L_O_ACCMODE | C.L_O_TRUNC):
                 raise _err(errno.EISDIR)
-            self._charge_fid(f, 1)  # EMFILE past the share: an open fd is never reclaimed
+            pin = self._charge_fid(f, 1)  # EMFILE past the share: open fds are pinned
             try:
                 ofd = self._reopen(f, hflags)
             except BaseException:
-                self._uncharge_fid(f, 1)
+                self._uncharge_fid(f, 1, pin)
                 raise
             with self._lock:
                 taken = f.ofd >= 0
-                if taken:
-                    self._fd_used -= 1
-                    f.nfds -= 1
                 if not taken:
                     f.ofd = ofd
                     f.oacc = flags & C.L_O_ACCMODE
@@ -64,6 +61,7 @@ class FileIO(Xattrs, Attrs):
                         f.dirlock = threading.Lock()
             if taken:
                 _close(ofd)
+                self._uncharge_fid(f, 1, pin)
                 raise _err(errno.EINVAL)
             if flags & C.L_O_TRUNC and fmt == _REG and f.uid != 0:
                 self._kill_privs(f)  # open(O_TRUNC) by that uid clears them locally
