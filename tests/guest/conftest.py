@@ -57,10 +57,8 @@ COMBOS = [
     # cache=mmap: read-write shared mappings go through the page cache, the rest is uncached
     # (the fsx check's mapped writes run here and with cache=loose).
     Combo("gofer9p-serve", "mmap", big=_FULL, many=_FULL),
-    # The 10k-entry listing runs with cache=none: with cache=loose the Linux client keeps a fid
-    # per cached dentry and gofer9p holds host fds per fid, so a 10k-entry directory needs a
-    # RLIMIT_NOFILE above ~60k (the daemon raises it when it has CAP_SYS_RESOURCE, which the
-    # CI VMs withhold: their hard limit is 20000). See tests/guest/README.md.
+    # The 10k-entry listing runs with cache=none here (a cache=loose listing of a large
+    # directory under an fd budget is test_fd_budget.py's). See tests/guest/README.md.
     Combo("gofer9p-gofer", "loose", many=_FULL),
     Combo("gofer9p-gofer", "none", big=False),
 ]
