@@ -76,6 +76,8 @@ def _serve_main(args: argparse.Namespace) -> int:
 
     budget = fd_budget(args.max_connections, args.fd_budget)
     max_conn = connections_for_fds(args.max_connections, budget)
+    if max_conn < args.max_connections:  # the budget's pinned shares split by what is served
+        budget = fd_budget(max_conn, args.fd_budget)
     if max_conn < args.max_connections:
         log.warning(
             "the fd limit leaves room for %d connections, not %d: serving at most %d "
