@@ -158,6 +158,8 @@ def fs_magic(fd: int) -> int:
 
 
 _O_PATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+_open = os.open  # bound once: a walk calls these per name, through a module global
+_fstat = os.fstat
 
 
 def open_child(dirfd: int, name: bytes, dev: int) -> tuple[int, os.stat_result]:
@@ -168,9 +170,9 @@ def open_child(dirfd: int, name: bytes, dev: int) -> tuple[int, os.stat_result]:
     another device that is a kernel pseudo file system (a mount crossed into
     proc, sysfs, ...) is EACCES, whatever put the mount there.
     """
-    nfd = os.open(name, _O_PATH, dir_fd=dirfd)
+    nfd = _open(name, _O_PATH, dir_fd=dirfd)
     try:
-        st = os.fstat(nfd)
+        st = _fstat(nfd)
         if st.st_dev != dev and fs_magic(nfd) in PSEUDO_FS_MAGICS:
             raise OSError(13, os.strerror(13))  # EACCES
     except BaseException:
