@@ -14,7 +14,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .logs import setup_logging
-from .options import add_idmap_args, add_log_args, add_poll_arg, add_record_args, idmap_from_args
+from .options import (
+    add_fd_budget_arg,
+    add_idmap_args,
+    add_log_args,
+    add_poll_arg,
+    add_record_args,
+    idmap_from_args,
+)
 
 if TYPE_CHECKING:  # typing only: the serve path imports these lazily (start-up time)
     import socket
@@ -33,7 +40,7 @@ def _serve_main(args: argparse.Namespace) -> int:
 
     from ._quietwait import watching
     from .attach import AttachPoint
-    from .server import ServerConfig, fd_share, serve
+    from .server import GUEST_MAX_FIDS, ServerConfig, fd_budget, serve
 
     try:
         setup_logging(args.log_level, args.log_file)
@@ -57,6 +64,7 @@ def _serve_main(args: argparse.Namespace) -> int:
         config = ServerConfig(
             max_msize=args.msize or FD_MSIZE, poll_us=args.poll_us, connections=1,
             idmap=idmap_from_args(args), record=record,
+            fd_budget=fd_budget(1, args.fd_budget), max_fids=GUEST_MAX_FIDS,
         )
         try:
             os.fstat(args.fd)
@@ -84,7 +92,10 @@ def _serve_main(args: argparse.Namespace) -> int:
     addr: str = args.listen
     from .server import connections_for_fds
 
-    max_conn = connections_for_fds(args.max_connections)
+    budget = fd_budget(args.max_connections, args.fd_budget)
+    max_conn = connections_for_fds(args.max_connections, budget)
+    if max_conn < args.max_connections:  # the budget's pinned shares split by what is served
+        budget = fd_budget(max_conn, args.fd_budget)
     if max_conn < args.max_connections:
         log.warning(
             "the fd limit leaves room for %d connections, not %d: serving at most %d "
@@ -95,7 +106,7 @@ def _serve_main(args: argparse.Namespace) -> int:
         )
     config = ServerConfig(
         max_msize=args.msize or LISTEN_MSIZE, poll_us=args.poll_us, connections=max_conn,
-        idmap=idmap_from_args(args), record=record,
+        idmap=idmap_from_args(args), record=record, fd_budget=budget,
     )
     limits = _Limits(max_conn, args.handshake_timeout)
 
@@ -129,13 +140,13 @@ def _serve_main(args: argparse.Namespace) -> int:
         if publish is not None:
             os.rename(*publish)
         log.info(
-            "serving %s on %s%s: at most %d connections, msize <= %d, %d fds each",
+            "serving %s on %s%s: at most %d connections, msize <= %d, fd budget %d",
             args.directory,
             addr,
             " (read-only)" if args.read_only else "",
             max_conn,
             config.max_msize,
-            fd_share(max_conn),
+            budget.limit,
         )
         count = 0
         # the accept loop waits for the listener through trio: quiet waits poll it too
@@ -331,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_log_args(p)
     add_idmap_args(p)
     add_record_args(p, inherited=False)
+    add_fd_budget_arg(p)
     p.set_defaults(func=_serve_main)
 
     sub.add_parser("gofer", help="serve an OCI bundle's mounts on inherited fds", add_help=False)

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 from .logs import setup_logging
 from .options import (
     add_confine_args,
+    add_fd_budget_arg,
     add_idmap_args,
     add_log_args,
     add_poll_arg,
@@ -142,6 +143,7 @@ def build_parser(prog: str = "gofer9p gofer") -> argparse.ArgumentParser:
     add_idmap_args(p)
     add_confine_args(p)
     add_record_args(p, inherited=True)
+    add_fd_budget_arg(p)
     return p
 
 
@@ -494,11 +496,11 @@ def _confined_start(argv: Sequence[str], after_confine: Callable[[], None] | Non
         # while we still hold CAP_SYS_RESOURCE: a cache=loose client keeps a fid
         # (host fds) per cached dentry, far beyond the usual 1024-20000; then each
         # connection (attach point) gets an
-        # equal share of it, less a reserve (server.fd_share), so that one client that
+        # equal share of the fd budget (server.fd_budget), so that one client that
         # exhausts its share leaves the others able to attach, walk and open
-        from .server import fd_share
+        from .server import fd_budget
 
-        share = fd_share(len(socks))
+        budget = fd_budget(len(socks), args.fd_budget)
         # The root: chroot into a private bind of the rootfs, or (--setup-root) pivot into
         # an empty tmpfs holding only the served binds; then the attach points, from the fds
         # the tree was resolved with (nothing is looked up by name again).
@@ -535,10 +537,11 @@ def _confined_start(argv: Sequence[str], after_confine: Callable[[], None] | Non
     if after_confine is not None:
         after_confine()
 
-    from .server import ServerConfig
+    from .server import GUEST_MAX_FIDS, ServerConfig
 
     config = ServerConfig(
-        poll_us=args.poll_us, connections=len(socks), fd_share=share, idmap=idmap, record=record
+        poll_us=args.poll_us, connections=len(socks), fd_budget=budget, max_fids=GUEST_MAX_FIDS,
+        idmap=idmap, record=record,
     )
     return fds, socks, points, config, ready_line
 

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "add_confine_args",
+    "add_fd_budget_arg",
     "add_idmap_args",
     "add_log_args",
     "add_poll_arg",
@@ -187,3 +188,24 @@ def add_record_args(p: argparse.ArgumentParser, *, inherited: bool) -> None:
         help="record sizes, types, tags, fids and other numbers only: names emptied, "
         "file data and directory entries not captured",
     )
+
+
+def _fd_budget(v: str) -> int:
+    n = int(v)
+    if not 64 <= n <= 1 << 30:
+        raise argparse.ArgumentTypeError(f"{v}: want 64 or more host fds")
+    return n
+
+
+def add_fd_budget_arg(p: argparse.ArgumentParser) -> None:
+    """``--fd-budget`` (``server.fd_budget``; 0 = derived from RLIMIT_NOFILE)."""
+    p.add_argument(
+        "--fd-budget",
+        type=_fd_budget,
+        default=0,
+        metavar="N",
+        help="host fds the process may hold, shared evenly by its connections; idle fids' "
+        "fds are reclaimed and reopened on demand, and past the budget an open is EMFILE "
+        "(default: RLIMIT_NOFILE, raised as far as allowed, less a reserve of 256)",
+    )
+

@@ -68,8 +68,7 @@ import attrs
 import trio
 
 from ._quietwait import QuietWait
-from .attach import AttachPoint, IdMap, Session, session_memory_bound
-from .attach.session import FDS_PER_FID
+from .attach import FD_OVERHEAD, AttachPoint, FdBudget, IdMap, Session, session_memory_bound
 from .connection import (
     DRAINED,
     MIN_MSIZE,
@@ -135,12 +134,17 @@ class ServerConfig:
     256 KiB pipe) by ``splice``: file pages -> pipe -> socket, no copy
     through our memory (see Connection._send_spliced)."""
     connections: int = 2
-    """Connections expected to share the process's fd table: each gets
-    :func:`fd_share` of it (``serve --fd``: 1, ``serve --listen``: the
-    connection limit, the daemon: its attach points)."""
+    """Connections expected to share the process's fd table (``serve --fd``: 1,
+    ``serve --listen``: the connection limit, the daemon: its attach points):
+    the default budget keeps a socket's fd for each (:func:`fd_budget`)."""
+    fd_budget: FdBudget | None = None
+    """The process's host-fd budget, split evenly between the connections being
+    served (fids, lock descriptions, splice pipes; idle fids' fds are reclaimed
+    at a connection's share); None: one budget per process, made on first use
+    with :func:`fd_budget` (``--fd-budget``: cli.py, daemon.py)."""
     fd_share: int = 0
-    """Host fds a connection may hold (fids, lock descriptions, the splice
-    pipe); 0: ``fd_share(connections)``."""
+    """When not 0: a budget of this many fds for each connection alone instead
+    (the fork server's warm-up, tests)."""
     inflight_msizes: int = 2
     """Byte budget of background requests, in msizes: the payloads they hold and
     the reply buffers of threaded Treads, from admission until the reply is
@@ -201,30 +205,42 @@ FD_SHARE_MIN = 64
 connection limit rather than give a connection less."""
 
 
-def fd_share(connections: int) -> int:
-    """Host fds one of ``connections`` connections may hold (``Session.fd_share``).
+GUEST_MAX_FIDS = 1 << 17
+"""``max_fids`` of ``serve --fd`` and the daemon: one client per connection, often a guest
+kernel, and a Linux client mounted with cache=loose keeps a fid per cached dentry (an ``ls -l``
+of a 100,000-entry directory holds 100,000 fids).  Their host fds are bounded by the fd budget
+(idle fids' fds are reclaimed), their memory by docs/RESOURCES.md (F x FID_BYTES)."""
+
+
+def fd_budget(connections: int, limit: int = 0) -> FdBudget:
+    """The process's host-fd budget when serving up to ``connections`` connections.
 
     All connections of a gofer share one process fd table (the daemon serves the
     root and every 9P mount from one process).  The fd limit is raised first
-    (:func:`raise_fd_limit`); then :data:`FD_RESERVE` is set apart and the rest
-    split evenly, less each connection's own socket.  ``connections`` connections
-    at their share therefore leave the reserve free.  At least
-    :data:`FD_SHARE_MIN`, whatever the limit (callers that accept connections
-    bound their number with :func:`connections_for_fds` first).
+    (:func:`raise_fd_limit`); the budget is ``limit`` fds (``--fd-budget``; no more
+    than the fd limit), by default the fd limit less :data:`FD_RESERVE`, as
+    virtiofsd keeps a reserve.  Of it, :data:`~gofer9p.attach.FD_OVERHEAD` and a
+    socket per connection are kept for the process itself, and the rest is split
+    evenly between the connections being served (``attach/_budget.py``).
     """
     soft = raise_fd_limit()
-    return max(FD_SHARE_MIN, (soft - FD_RESERVE) // max(1, connections) - 1)
+    want = min(limit, soft) if limit else soft - FD_RESERVE
+    return FdBudget(max(FD_SHARE_MIN, want), FD_OVERHEAD + connections, connections)
 
 
-def connections_for_fds(wanted: int) -> int:
-    """How many of ``wanted`` connections the fd limit gives at least FD_SHARE_MIN fds each."""
-    soft = raise_fd_limit()
-    return max(1, min(wanted, (soft - FD_RESERVE) // (FD_SHARE_MIN + 1)))
+_process_budget: list[FdBudget] = []  # the default budget (ServerConfig.fd_budget None)
 
 
-def fid_cap(max_fids: int, connections: int = 2) -> int:
-    """Fids a connection may hold when it holds nothing else (no lock descriptions, no pipe)."""
-    return min(max_fids, fd_share(connections) // FDS_PER_FID)
+def process_fd_budget(connections: int) -> FdBudget:
+    """The budget of connections whose config names none: one per process."""
+    if not _process_budget:
+        _process_budget.append(fd_budget(connections))
+    return _process_budget[0]
+
+
+def connections_for_fds(wanted: int, budget: FdBudget) -> int:
+    """How many of ``wanted`` connections ``budget`` gives at least FD_SHARE_MIN fds each."""
+    return max(1, min(wanted, (budget.limit - FD_OVERHEAD) // (FD_SHARE_MIN + 1)))
 
 
 FD_LIMIT_GOAL = 1 << 20
@@ -309,7 +325,9 @@ class Connection:
             point,
             max_fids=config.max_fids,
             msize=config.max_msize,
-            fd_share=config.fd_share or fd_share(config.connections),
+            fd_share=config.fd_share,
+            fd_budget=None if config.fd_share else (
+                config.fd_budget or process_fd_budget(config.connections)),
             idmap=config.idmap,
         )
         self.rec: ConnectionRecording | None = None
@@ -448,7 +466,7 @@ class Connection:
                     for t in list(self.tasks.values()):
                         t.scope.cancel()
         finally:
-            self.session.reset()
+            self.session.close()
             self._drop_pipe()
             if self.rec is not None:
                 self.rec.close()

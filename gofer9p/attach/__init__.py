@@ -7,9 +7,11 @@ in and out; ``Session`` (``session.py``, the protocol side) turns T-messages
 into backend calls and their results into R-messages (see ``backend.py`` for
 the security model), translating ids at that edge when the export has an
 ``IdMap`` (``_idmap.py``).  ``is_blocking(m)`` tells the server which requests
-deserve a worker thread.
+deserve a worker thread.  ``FdBudget`` (``_budget.py``) is a process's host-fd
+budget, shared by its connections' sessions.
 """
 
+from gofer9p.attach._budget import FD_OVERHEAD, FdBudget
 from gofer9p.attach._idmap import IdMap
 from gofer9p.attach.backend import FDS_PER_FID, Backend, FileSystem
 from gofer9p.attach.point import AttachPoint
@@ -24,9 +26,11 @@ from gofer9p.attach.session import (
 __all__ = [
     "BLOCKING_IO_THRESHOLD",
     "FDS_PER_FID",
+    "FD_OVERHEAD",
     "XATTR_MAX",
     "AttachPoint",
     "Backend",
+    "FdBudget",
     "FileSystem",
     "IdMap",
     "Session",

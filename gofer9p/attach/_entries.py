@@ -117,7 +117,12 @@ class Entries(Attrs):
                 raise _err(errno.ENOTDIR)
             _owner(f)
             dfd = f.fd
-            ofd = os.open(name, hflags, mode & _CREATE_BITS, dir_fd=dfd)
+            pin = self._charge_fid(f, 1)  # the new file's fd; the directory's becomes its parent
+            try:
+                ofd = os.open(name, hflags, mode & _CREATE_BITS, dir_fd=dfd)
+            except BaseException:
+                self._uncharge_fid(f, 1, pin)
+                raise
             try:
                 st = _fstat(ofd)
                 if self.point.can_chown:
@@ -131,6 +136,7 @@ class Entries(Attrs):
                     os.fchmod(ofd, want)
             except BaseException:
                 _close(ofd)
+                self._uncharge_fid(f, 1, pin)
                 try:
                     os.unlink(name, dir_fd=dfd)
                 except OSError:
@@ -154,6 +160,7 @@ class Entries(Attrs):
                     f.dev, f.ino, f.fmt, f.qid = st.st_dev, st.st_ino, _REG, qid
             if not ok:  # the fid changed meanwhile (a concurrent request): undo the create
                 _close(ofd)
+                self._uncharge_fid(f, 1, pin)
                 try:
                     os.unlink(name, dir_fd=dfd)
                 except OSError:
@@ -251,6 +258,8 @@ class Entries(Attrs):
         try:  # not ``with``: a hot entry (see FidTable._ref)
             if f.xmode == _XREAD:
                 raise _err(errno.EBADF)
+            if f.idle:
+                self._revive(f)
             pfd, name, owned = self._locate(f, mutating=True)
             try:
                 if f.fmt == _DIR:

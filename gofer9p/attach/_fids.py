@@ -1,4 +1,4 @@
-"""The fid table: what each fid holds, references to it, and the host fds it charges.
+"""The fid table: what each fid holds, references to it, the host fds it charges and their reclaim.
 
 A fid is a ``_Fid`` in the table of one connection's backend.  Every operation
 takes a reference (``with self._ref(fid) as f:``) for as long as it uses the
@@ -8,6 +8,20 @@ fd is never closed (and its number reused) under an in-flight call from
 another thread (virtiofsd's ``inode_store`` with RAII references).  The table
 lock guards the table, the reference counts and the fd charge only; no
 system call other than ``dup``/``close`` runs under it.
+
+Host fds.  A fid charges the fds it holds (``nfds``) to the connection's
+share of the process's fd budget (``_budget.FdBudget``).  A table at its
+share reclaims the fds of its idle fids (no reference, not open, no lock, no
+xattr state), least recently used first (a CLOCK: every reference sets the
+fid's ``used`` bit, a sweep over the fids holding fds gives a used fid a
+second chance), keeping their identity (path from the attach root, st_dev,
+st_ino); the next reference reopens such a fid by walking its path from the
+attach root, one ``openat(O_PATH|O_NOFOLLOW)`` per name relative to the
+directory before (``_sys.open_child``, Twalk's own step), and accepts it only
+if the file found has the fid's (st_dev, st_ino): a file replaced, renamed or
+unlinked on the host meanwhile is ESTALE, never another file.  What cannot be
+reclaimed counts against the share too; past it a walk, open or create is
+EMFILE (a lock ENOLCK), on that connection only.
 
 Also here, because a fid going away releases them: the lock descriptions its
 lock owners hold (their fds are charged to the same share) and the xattr
@@ -22,13 +36,15 @@ import threading
 from types import TracebackType
 
 from gofer9p.attach import _sys
-from gofer9p.attach._common import _close, _err
+from gofer9p.attach._budget import FdBudget
+from gofer9p.attach._common import _DIR, _close, _err
 from gofer9p.attach.point import AttachPoint
 from gofer9p.protocol.messages import Qid
 
 FDS_PER_FID = 3
-"""Host fds one fid may hold at once: its O_PATH fd, its parent's O_PATH fd, its open fd
-(after Txattrcreate the open fd is retired, not added; after Tlcreate one fd is both)."""
+"""Most host fds one fid holds at once: its O_PATH fd, its parent's O_PATH fd, its open fd
+(after Txattrcreate the open fd is retired, not added; after Tlcreate one fd is both).
+A directory fid holds one fd until it is opened, a reclaimed fid none (``_Fid.nfds``)."""
 FID_BYTES = 8 * 1024
 """Python memory of one fid, bounded for paths up to ~256 levels deep: its
 _Fid (~500 bytes), its path hint (a tuple of the names from the attach root:
@@ -71,32 +87,41 @@ class _Fid:
     ``ofd`` close it once.  ``pident`` is
     ``(fd, st_dev, st_ino)`` of a parent fd whose identity is known (an fd's
     inode never changes), or None; it is only believed while its fd number
-    still is ``parent`` (see ``Paths._inside``).
+    still is ``parent`` (see ``Paths._inside``).  ``nfds`` is the number of
+    host fds it holds and charges (``fd``, ``parent``, a distinct ``ofd``,
+    ``retired``); ``idle`` says its fds were reclaimed (``fd`` and ``parent``
+    are -1 until a reference reopens them); ``used`` is its CLOCK bit; ``pin``
+    the fds it counts against the table's ``pin_share`` since it was opened.
 
     A fid returned by :meth:`FidTable._ref` or :meth:`FidTable._take` is a
     reference: ``with`` it, and leaving the block drops the reference.
     """
 
     __slots__ = (
+        "birth",
         "dbuf",
         "dead",
         "dev",
         "dirlock",
         "fd",
         "fmt",
+        "idle",
         "ino",
         "killpriv",
         "lockers",
+        "nfds",
         "oacc",
         "ofd",
         "parent",
         "path",
         "pident",
+        "pin",
         "qid",
         "refs",
         "retired",
         "table",
         "uid",
+        "used",
         "xacct",
         "xbuf",
         "xcharge",
@@ -124,6 +149,11 @@ class _Fid:
         self.qid = qid
         self.ofd = -1
         self.oacc = 0
+        self.nfds = (fd >= 0) + (parent >= 0)
+        self.pin = 0
+        self.idle = False
+        self.used = True
+        self.birth = 0  # birth time (ns) taken when its fds were reclaimed; 0: unknown
         # Open for writing by an unprivileged uid: the next write checks (one fstat) for
         # set-id bits it must clear, as the kernel does for such a writer (see _kill_privs).
         self.killpriv = False
@@ -194,25 +224,40 @@ class FidTable:
     """One connection's fids, the references to them and the host fds they charge.
 
     The base of the backend (``backend.Backend``): every other backend module
-    reaches fids through ``_ref``/``_take``/``_install``.
+    reaches fids through ``_ref``/``_take``/``_install``.  ``fd_budget`` is the
+    process's budget this table takes its share of (a private one of
+    ``fd_share`` fds when None); :meth:`close` gives the share back.
     """
 
-    def __init__(self, point: AttachPoint, *, max_fids: int, fd_share: int) -> None:
+    def __init__(
+        self, point: AttachPoint, *, max_fids: int, fd_share: int = 1 << 62,
+        fd_budget: FdBudget | None = None,
+    ) -> None:
         self.point = point
         self.max_fids = max_fids
-        self.fd_share = fd_share
-        """Host fds this session may hold: FDS_PER_FID per fid (from the moment it enters
-        the table until its fds are closed, which may be after a clunk when an in-flight
-        request still uses it), one per extra lock description, and whatever the server
-        charges (the splice pipe).  Past it: EMFILE (ENOLCK for a lock), on this
-        connection only, so that no connection can take the fds the others need."""
+        self.fd_budget = fd_budget if fd_budget is not None else FdBudget(fd_share)
+        self.fd_share = 0
+        """Host fds this session may hold, set by the budget (its equal share): the
+        ``nfds`` of its fids (from the moment one enters the table until its fds are
+        closed, which may be after a clunk when an in-flight request still uses it),
+        one per extra lock description, and whatever the server charges (the splice
+        pipe).  At it, idle fids' fds are reclaimed."""
+        self.pin_share = 0
+        """Of those, the most that cannot be reclaimed (open fids' fds, lock
+        descriptions, the splice pipe), set by the budget; past it: EMFILE (ENOLCK for
+        a lock), on this connection only, so that no connection can pin the fds the
+        others need."""
         self._fd_used = 0  # charged against fd_share; guarded by _lock
+        self._pinned = 0  # charged against pin_share; guarded by _lock
         self._fids: dict[int, _Fid] = {}
+        # Fids holding fds (not idle), oldest first: the CLOCK of _reclaim; guarded by _lock
+        self._holders: dict[_Fid, None] = {}
         self._lock = threading.Lock()
         self._locks_lock = threading.Lock()  # lock owners (``lockers``) and the two below
         self._lock_fds = 0
         self._lock_ranges = 0  # ranges in every owner's ``held`` (MAX_SESSION_LOCK_RANGES)
         self._xacct = [0]  # bytes charged by xattr fids, see XATTR_SESSION_MAX
+        self.fd_budget.register(self)
 
     def fid_count(self) -> int:
         return len(self._fids)
@@ -222,18 +267,70 @@ class FidTable:
         return self._fd_used
 
     def charge_fds(self, n: int) -> bool:
-        """Take ``n`` fds of the share for something the connection holds (the splice
-        pipe, a lock description); False, taking nothing, if they do not fit."""
-        with self._lock:
-            if self._fd_used + n > self.fd_share:
-                return False
-            self._fd_used += n
-            return True
+        """Take ``n`` pinned fds of the share for something the connection holds (the
+        splice pipe, a lock description), reclaiming idle fids' fds if needed; False,
+        taking nothing, if they do not fit."""
+        return self._charge(n, None, n)
 
     def release_fds(self, n: int) -> None:
         """Give back what :meth:`charge_fds` took, once those fds are closed."""
         with self._lock:
             self._fd_used -= n
+            self._pinned -= n
+
+    def _charge(self, n: int, f: _Fid | None, pin: int = 0) -> bool:
+        """Charge ``n`` fds (to ``f``'s ``nfds`` too, if given) of which ``pin`` more are
+        pinned, reclaiming idle fids' fds when the share is full; False, charging
+        nothing, if they still do not fit.  Called without the table lock (a reclaim
+        takes it twice)."""
+        for reclaimed in (False, True):
+            with self._lock:
+                if pin and self._pinned + pin > self.pin_share:
+                    return False  # no reclaim makes room for more pinned fds
+                if self._fd_used + n <= self.fd_share:
+                    self._fd_used += n
+                    self._pinned += pin
+                    if f is not None:
+                        f.nfds += n
+                        f.pin += pin
+                    return True
+            if reclaimed:
+                return False
+            self._reclaim(n)
+        return False  # not reached
+
+    def _charge_fid(self, f: _Fid, n: int) -> int:
+        """Charge ``n`` more fds to ``f``, which is being opened (the caller holds a
+        reference): from now on all its fds are pinned.  EMFILE if they do not fit even
+        after reclaiming.  Returns the pin taken, for :meth:`_uncharge_fid`."""
+        pin = n if f.pin else n + f.nfds
+        with self._lock:  # the common case, without _charge's call (Tlcreate is a hot entry)
+            if self._pinned + pin <= self.pin_share and self._fd_used + n <= self.fd_share:
+                self._fd_used += n
+                self._pinned += pin
+                f.nfds += n
+                f.pin += pin
+                return pin
+        if not self._charge(n, f, pin):
+            raise _err(errno.EMFILE)
+        return pin
+
+    def _uncharge_fid(self, f: _Fid, n: int, pin: int) -> None:
+        """Give back what :meth:`_charge_fid` charged when ``f`` did not keep it."""
+        with self._lock:
+            self._fd_used -= n
+            self._pinned -= pin
+            f.nfds -= n
+            f.pin -= pin
+
+    def trim(self) -> None:
+        """Reclaim idle fds down to the share (the budget's call when shares shrink)."""
+        self._reclaim(0)
+
+    def close(self) -> None:
+        """The connection ended: clunk every fid and give the share back to the budget."""
+        self.reset()
+        self.fd_budget.unregister(self)
 
     def reset(self) -> None:
         """Clunk every fid (Tversion, disconnect) and release every lock this session
@@ -244,13 +341,191 @@ class FidTable:
             for f in fids:
                 f.dead = True
             idle = [f for f in fids if f.refs == 0]
-            self._fd_used -= FDS_PER_FID * len(idle)
+            holders = self._holders
+            for f in idle:
+                self._fd_used -= f.nfds
+                self._pinned -= f.pin
+                f.nfds = f.pin = 0
+                holders.pop(f, None)
         for f in idle:
             self._forget_locks(f)
             f.close()
 
+    @staticmethod
+    def _reclaimable(f: _Fid) -> bool:
+        """Nothing can be using ``f``'s fds: not open (which also rules out locks and
+        unlinked-but-open files), no xattr state, nothing retired, in the table."""
+        return f.ofd < 0 and not f.xmode and not f.retired and not f.dead
+
+    def _reclaim(self, n: int) -> None:
+        """Close idle fids' fds so that ``n`` more fit in the share, if they can be
+        found (called without the table lock).
+
+        Least recently used first: a CLOCK sweep over the holders clears the
+        ``used`` bits it passes and moves those fids to the back; a second
+        sweep takes the rest.  A reclaim frees at least a sixteenth of the
+        share when it can, so that a client walking past its share reclaims
+        once per many walks, not once per walk.  The victims are pinned (a
+        reference each) while their birth times are read outside the lock
+        (their identity with st_dev and st_ino: see :meth:`_revive`); a victim
+        someone referenced meanwhile is kept."""
+        with self._lock:
+            need = self._fd_used + n - self.fd_share
+            if need <= 0:
+                return
+            target = max(need, self.fd_share >> 4)
+            holders = self._holders
+            victims: list[_Fid] = []
+            found = 0
+            for _ in range(2):
+                for f in list(holders):
+                    if f.refs or not self._reclaimable(f):
+                        continue
+                    if f.used:
+                        f.used = False
+                        del holders[f]
+                        holders[f] = None
+                        continue
+                    del holders[f]
+                    f.refs += 1  # pinned: its fds stay open until the second pass
+                    victims.append(f)
+                    found += f.nfds
+                    if found >= target:
+                        break
+                if found >= need:
+                    break
+        if not victims:
+            return
+        births = []
+        for f in victims:
+            try:
+                births.append(_sys.birth_time(f.fd))
+            except OSError:
+                births.append(-1)
+        closing: list[_Fid] = []
+        count = 0
+        with self._lock:
+            for f, birth in zip(victims, births, strict=True):
+                f.refs -= 1
+                if f.refs or birth < 0 or not self._reclaimable(f):
+                    if f.dead and not f.refs:  # clunked meanwhile: the last reference
+                        self._fd_used -= f.nfds
+                        self._pinned -= f.pin
+                        f.nfds = f.pin = 0
+                        closing.append(f)
+                    elif not f.dead:
+                        self._holders[f] = None
+                    continue
+                self._fd_used -= f.nfds
+                self._idle(f, birth)
+                count += 1
+        for f in closing:
+            self._forget_locks(f)
+            f.close()
+        if count:
+            self.fd_budget.count(count, 0)
+
+    @staticmethod
+    def _idle(f: _Fid, birth: int) -> None:
+        """Close ``f``'s fds, keeping its identity (caller holds the lock and has
+        released the fds' charge)."""
+        fd, parent = f.fd, f.parent
+        f.fd = f.parent = -1
+        f.pident = None
+        f.nfds = 0
+        f.idle = True
+        f.birth = birth
+        if fd >= 0:
+            _close(fd)
+        if parent >= 0:
+            _close(parent)
+
+    def _revive(self, f: _Fid) -> None:
+        """Reopen the fds of ``f``, an idle fid the caller holds a reference on.
+
+        Walks ``f``'s path from the attach root, one name at a time with
+        Twalk's own step (``openat(O_PATH|O_NOFOLLOW)`` relative to the
+        directory before, no mount into a pseudo file system); the file
+        found must have ``f``'s st_dev, st_ino and birth time, else ESTALE: a
+        name that leads elsewhere now (renamed, replaced, swapped for a
+        symlink on the host, deleted and its inode number reused) never gives
+        another file.  EMFILE when the share has no room even after
+        reclaiming other fids.  A concurrent revive of the same fid wins once;
+        the other's fds are closed.
+        """
+        point = self.point
+        n = 1 if f.fmt == _DIR else 2
+        if not f.idle:
+            return
+        if not self._charge(n, None):
+            raise _err(errno.EMFILE)
+        try:
+            if not f.path:  # the root (a file root keeps its directory)
+                fd, parent = _dup_with_parent(point.fd, point.parent_fd if n == 2 else -1)
+                pident = None
+            else:
+                fd, parent, pident = self._walk_path(f)
+        except BaseException:
+            with self._lock:
+                self._fd_used -= n
+            raise
+        with self._lock:
+            won = f.idle
+            if won:
+                f.fd, f.parent, f.pident = fd, parent, pident
+                f.nfds = n
+                f.idle = False
+                f.used = True
+                if not f.dead:
+                    self._holders[f] = None
+            else:
+                self._fd_used -= n
+        if won:
+            self.fd_budget.count(0, 1)
+        else:
+            _close(fd)
+            if parent >= 0:
+                _close(parent)
+
+    def _walk_path(self, f: _Fid) -> tuple[int, int, tuple[int, int, int] | None]:
+        """``(fd, parent, pident)`` of ``f``'s file found again by its path (see
+        :meth:`_revive`); the parent is the directory it was found in (-1 for a
+        directory).  ESTALE if the path no longer leads to ``f``'s inode."""
+        point = self.point
+        cur, cur_owned = point.fd, False
+        prev, prev_owned = -1, False
+        dev, ino = point.root_dev, point.root_ino
+        pdev = pino = 0
+        try:
+            for name in f.path:
+                try:
+                    nfd, st = _sys.open_child(cur, name, dev)
+                except OSError as e:
+                    raise _err(errno.EACCES if e.errno == errno.EACCES else errno.ESTALE) from None
+                if prev_owned:
+                    _close(prev)
+                prev, prev_owned, pdev, pino = cur, cur_owned, dev, ino
+                cur, cur_owned = nfd, True
+                dev, ino = st.st_dev, st.st_ino
+            if ino != f.ino or dev != f.dev or (f.birth and _sys.birth_time(cur) != f.birth):
+                raise _err(errno.ESTALE)
+            if f.fmt == _DIR:
+                fd, cur_owned = cur, False
+                return fd, -1, None
+            if not prev_owned:
+                prev, prev_owned = os.dup(prev), True
+            fd, parent = cur, prev
+            cur_owned = prev_owned = False
+            return fd, parent, (parent, pdev, pino)
+        finally:
+            if prev_owned:
+                _close(prev)
+            if cur_owned:
+                _close(cur)
+
     def _ref(self, fid: int) -> _Fid:
         """A reference to ``fid`` (EBADF if it is not in the table): ``with`` it.
+        An idle fid is reopened first (ESTALE, EMFILE: see :meth:`_revive`).
 
         The hot entries (getattr, read, write, walk, clunk, lcreate, remove: one per
         request of a busy client) pair it with ``try: ... finally: self._put(f)`` instead, the same
@@ -260,6 +535,13 @@ class FidTable:
             if f is None:
                 raise _err(errno.EBADF)
             f.refs += 1
+            f.used = True
+        if f.idle:
+            try:
+                self._revive(f)
+            except BaseException:
+                self._put(f)
+                raise
         return f
 
     def _put(self, f: _Fid) -> None:
@@ -273,9 +555,14 @@ class FidTable:
                 if not f.retired:
                     return
                 retired, f.retired = f.retired, []
+                self._fd_used -= len(retired)  # closed below
+                f.nfds -= len(retired)
             else:
                 retired = None
-                self._fd_used -= FDS_PER_FID  # closed below
+                self._fd_used -= f.nfds  # closed below
+                self._pinned -= f.pin
+                f.nfds = f.pin = 0
+                self._holders.pop(f, None)
         if retired is None:
             self._forget_locks(f)
             f.close()
@@ -284,7 +571,9 @@ class FidTable:
                 _close(fd)
 
     def _take(self, fid: int) -> _Fid:
-        """Remove ``fid`` from the table, returning a reference to it (``with`` it)."""
+        """Remove ``fid`` from the table, returning a reference to it (``with`` it).
+        An idle fid stays idle (a clunk needs no fd): reopen it with :meth:`_revive`
+        if its fds are needed."""
         with self._lock:
             f = self._fids.pop(fid, None)
             if f is None:
@@ -296,26 +585,45 @@ class FidTable:
     def _install(self, fid: int, nf: _Fid, replacing: _Fid | None) -> None:
         """Put ``nf`` in the table as ``fid``; ``replacing`` is the fid's current
         object when a walk/xattrwalk reuses its own fid number (the caller holds
-        a reference to it, so its fds are closed when that is dropped).  When it
-        cannot (EBADF: the number is taken; EMFILE: the fid limit or fd share),
-        ``nf``'s fds are closed."""
-        with self._lock:
-            cur = self._fids.get(fid)
-            if cur is not None and cur is not replacing:
-                code = errno.EBADF
-            elif cur is None and (
-                len(self._fids) >= self.max_fids
-                or self._fd_used + FDS_PER_FID > self.fd_share
-            ):
-                code = errno.EMFILE
-            else:
-                # A fid replacing itself (walk to its own number) is not refused:
-                # the old one's fds are closed when this request ends.
-                self._fids[fid] = nf
-                self._fd_used += FDS_PER_FID
-                if cur is not None:
-                    cur.dead = True
-                return
+        a reference to it, so its fds are closed when that is dropped).  When
+        its fds do not fit in the share even after reclaiming idle fids, ``nf``
+        goes in idle (its fds closed, reopened when used): a walk never fails for
+        want of fds, an open does.  When it cannot go in (EBADF: the number is
+        taken; EMFILE: the fid limit), ``nf``'s fds are closed."""
+        n = nf.nfds
+        birth = 0
+        for full in (False, True):
+            with self._lock:
+                cur = self._fids.get(fid)
+                if cur is not None and cur is not replacing:
+                    code = errno.EBADF
+                elif cur is None and len(self._fids) >= self.max_fids:
+                    code = errno.EMFILE
+                elif birth < 0:
+                    code = errno.EMFILE  # idle without an identity: no
+                else:
+                    fits = self._fd_used + n <= self.fd_share
+                    if fits or full:
+                        # A fid replacing itself (walk to its own number) is not refused:
+                        # the old one's fds are closed when this request ends.
+                        self._fids[fid] = nf
+                        if cur is not None:
+                            cur.dead = True
+                        if fits:
+                            self._fd_used += n
+                            if n:
+                                self._holders[nf] = None
+                        else:
+                            self._idle(nf, birth)
+                        return
+                    code = 0
+            if code:
+                break
+            self._reclaim(n)  # the share is full: make room, else go in idle
+            try:
+                birth = _sys.birth_time(nf.fd)
+            except OSError:
+                birth = -1
         nf.close()
         raise _err(code)
 

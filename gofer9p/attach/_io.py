@@ -44,7 +44,12 @@ class FileIO(Xattrs, Attrs):
             fmt = f.fmt
             if fmt == _DIR and flags & (C.L_O_ACCMODE | C.L_O_TRUNC):
                 raise _err(errno.EISDIR)
-            ofd = self._reopen(f, hflags)
+            pin = self._charge_fid(f, 1)  # EMFILE past the share: open fds are pinned
+            try:
+                ofd = self._reopen(f, hflags)
+            except BaseException:
+                self._uncharge_fid(f, 1, pin)
+                raise
             with self._lock:
                 taken = f.ofd >= 0
                 if not taken:
@@ -56,6 +61,7 @@ class FileIO(Xattrs, Attrs):
                         f.dirlock = threading.Lock()
             if taken:
                 _close(ofd)
+                self._uncharge_fid(f, 1, pin)
                 raise _err(errno.EINVAL)
             if flags & C.L_O_TRUNC and fmt == _REG and f.uid != 0:
                 self._kill_privs(f)  # open(O_TRUNC) by that uid clears them locally

@@ -179,7 +179,9 @@ class Paths(FidTable):
                         except OSError:
                             continue
                         if g.refs:
-                            g.retired.append(g.parent)
+                            g.retired.append(g.parent)  # charged until closed
+                            g.nfds += 1
+                            self._fd_used += 1
                         else:
                             stale.append(g.parent)
                         g.pident = None  # newdir's identity is not known here

@@ -13,10 +13,10 @@ import os
 import pwd
 from collections.abc import Sequence
 
-from gofer9p.attach import _sys
-from gofer9p.attach._common import _DIR, _O_PATH, _O_PATH_DIR, _S_IFMT, _close, _err, _fstat
-from gofer9p.attach._fids import FDS_PER_FID, _dup_with_parent, _Fid
+from gofer9p.attach._common import _DIR, _S_IFMT, _close, _err, _fstat
+from gofer9p.attach._fids import _dup_with_parent, _Fid
 from gofer9p.attach._paths import Paths
+from gofer9p.attach._sys import open_child
 from gofer9p.protocol import constants as C
 from gofer9p.protocol.messages import Qid
 
@@ -90,12 +90,20 @@ class Walk(Paths):
             with self._lock:
                 f = fids.get(fid)
                 if f is None or f.xmode or f.fd < 0 or newfid in fids:
-                    raise _err(errno.EBADF)
-                if len(fids) >= self.max_fids or self._fd_used + FDS_PER_FID > self.fd_share:
+                    if f is None or not f.idle:
+                        raise _err(errno.EBADF)
+                    # an idle fid: the general path below reopens it
+                elif len(fids) >= self.max_fids:
                     raise _err(errno.EMFILE)
-                fids[newfid] = self._dup_fid(f)
-                self._fd_used += FDS_PER_FID
-            return []
+                else:
+                    n = 2 if f.parent >= 0 else 1
+                    if self._fd_used + n <= self.fd_share:
+                        fids[newfid] = g = self._dup_fid(f)
+                        self._holders[g] = None
+                        self._fd_used += n
+                        f.used = True
+                        return []
+                    # the share is full: the general path reclaims (or makes it idle)
         if len(names) > C.MAXWELEM:
             raise _err(errno.E2BIG)
         f = self._ref(fid)
@@ -151,30 +159,24 @@ class Walk(Paths):
                             continue
                         if fmt != _DIR:
                             raise _err(errno.ENOTDIR)
-                        nfd = os.open(b"..", _O_PATH_DIR, dir_fd=cur)
+                        nfd, st = open_child(cur, b"..", dev)
                         try:
-                            inside = self._inside(nfd)
+                            if not self._inside(nfd, (nfd, st.st_dev, st.st_ino)):
+                                # Only if the host moved us out of the tree: clamp.
+                                _close(nfd)
+                                nfd = -1
+                                nfd = os.dup(point.fd)
+                                st = _fstat(nfd)
                         except BaseException:
-                            _close(nfd)
+                            if nfd >= 0:
+                                _close(nfd)
                             raise
-                        if not inside:
-                            # Only if the host moved us out of the tree: clamp.
-                            _close(nfd)
-                            nfd = os.dup(point.fd)
                     else:
                         if fmt != _DIR:
                             raise _err(errno.ENOTDIR)
                         if not name or name == b"." or 0x2F in name or 0 in name:  # "/", NUL
                             raise _err(errno.EINVAL)
-                        nfd = os.open(name, _O_PATH, dir_fd=cur)
-                    try:
-                        st = _fstat(nfd)
-                        if st.st_dev != dev and _sys.fs_magic(nfd) in _sys.PSEUDO_FS_MAGICS:
-                            # A mount crossed into a kernel pseudo file system.
-                            raise _err(errno.EACCES)
-                    except BaseException:
-                        _close(nfd)
-                        raise
+                        nfd, st = open_child(cur, name, dev)
                 except OSError:
                     if i == 0 or not partial:
                         raise

@@ -6,7 +6,8 @@ return plain values (qids, stat fields, byte counts) or raise ``OSError``; it
 knows no message.  It is put together from one module per concern:
 
 - ``_fids``: the fid table, references (``with self._ref(fid) as f``), the fds
-  and bytes fids charge;
+  and bytes fids charge, the reclaim of idle fids' fds and their reopening;
+- ``_budget``: the process's host-fd budget, split between its connections;
 - ``_paths``: attach-root containment and the names fids are linked under;
 - ``_reopen``: an fd for I/O on a fid's file;
 - ``_walk``: attach, walk and clone;
@@ -85,6 +86,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from gofer9p.attach._budget import FdBudget
 from gofer9p.attach._dircache import MAX_LISTING, MAX_TOTAL, DirCache
 from gofer9p.attach._dirs import Dirs
 from gofer9p.attach._entries import Entries
@@ -131,8 +133,10 @@ class FileSystem(Protocol):
     """
 
     msize: int
+    fd_budget: FdBudget
 
     def set_msize(self, msize: int) -> None: ...
+    def close(self) -> None: ...
     def fid_count(self) -> int: ...
     def fds_charged(self) -> int: ...
     def charge_fds(self, n: int) -> bool: ...
@@ -192,9 +196,9 @@ class Backend(FileIO, Entries, Locks, Walk, Dirs):
 
     def __init__(
         self, point: AttachPoint, *, max_fids: int = 16384, msize: int = 4 << 20,
-        fd_share: int = 1 << 62,
+        fd_share: int = 1 << 62, fd_budget: FdBudget | None = None,
     ) -> None:
-        super().__init__(point, max_fids=max_fids, fd_share=fd_share)
+        super().__init__(point, max_fids=max_fids, fd_share=fd_share, fd_budget=fd_budget)
         self._dirs = DirCache()
         self.msize = msize
         self._iomax = 0

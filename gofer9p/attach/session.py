@@ -25,6 +25,7 @@ from __future__ import annotations
 import errno
 from collections.abc import Callable
 
+from gofer9p.attach._budget import FdBudget
 from gofer9p.attach._common import _err
 from gofer9p.attach._idmap import UNMAPPED, IdMap
 from gofer9p.attach._walk import Walk
@@ -151,23 +152,28 @@ class Session:
     another fid), ``write_regular(fid, offset, data)`` (-1: not an open regular
     file on a read-write attach, see :meth:`write`), ``read_into(fid, offset, view)``,
     ``read_size``, ``read_blocks``, ``charge_fds``, ``release_fds``,
-    ``set_msize``, ``reset``, ``fid_count``, ``fds_charged``.
-    ``backend`` is the ``FileSystem`` itself.
+    ``set_msize``, ``reset``, ``fid_count``, ``fds_charged``, ``close`` (the
+    connection ended: its share of the fd budget goes back).
+    ``backend`` is the ``FileSystem`` itself; ``fd_budget`` the process's host-fd
+    budget it takes a share of (``fd_budget``, else a private one of ``fd_share``
+    fds): ``limit``, ``in_use``, ``reclaims``, ``reopens``.
 
     ``idmap``: the export's id mapping (see the module docstring), None for none.
     """
 
     def __init__(
         self, point: AttachPoint, *, max_fids: int = 16384, msize: int = 4 << 20,
-        fd_share: int = 1 << 62, idmap: IdMap | None = None,
+        fd_share: int = 1 << 62, fd_budget: FdBudget | None = None, idmap: IdMap | None = None,
     ) -> None:
         self.point = point
-        b: FileSystem = Backend(point, max_fids=max_fids, msize=msize, fd_share=fd_share)
+        b: FileSystem = Backend(
+            point, max_fids=max_fids, msize=msize, fd_share=fd_share, fd_budget=fd_budget)
         self.backend = b
         self.idmap = idmap
         self.getattr_fields: Callable[[int, int], tuple[int, ...]] = (
             idmap.getattr_mapper(b.getattr) if idmap is not None and idmap.maps_replies
             else b.getattr)
+        self.fd_budget: FdBudget = b.fd_budget
         self.clunk_fid: Callable[[int], None] = b.clunk
         self.remove_fid: Callable[[int], None] = b.remove
         self.clone_fid: Callable[[int, int], object] = b.walk
@@ -181,6 +187,7 @@ class Session:
         self.reset: Callable[[], None] = b.reset
         self.fid_count: Callable[[], int] = b.fid_count
         self.fds_charged: Callable[[], int] = b.fds_charged
+        self.close: Callable[[], None] = b.close
         T = C.MsgType
         self.handlers: dict[int, Callable[..., Message]] = {
             T.TATTACH: self.attach, T.TAUTH: self.auth, T.TWALK: self.walk,

@@ -10,7 +10,8 @@ so every request goes through the chroot, the dropped capabilities and the secco
 A gofer killed by SIGSYS fails the test.  ``GOFER9P_DAEMON_SECCOMP=log|kill`` (default kill).
 
 Expected differences (the confinement, not bugs): ``ServerConfig`` limits given by a test are
-not passed on (the daemon uses its defaults; its id map is, as ``--map-uid``/... flags); device nodes cannot be created (no CAP_MKNOD);
+not passed on (the daemon uses its defaults), but for ``fd_budget`` (``--fd-budget``) and the id
+map (``--map-uid``/... flags); device nodes cannot be created (no CAP_MKNOD);
 user names resolve in the served root's /etc/passwd, not the host's.
 """
 
@@ -48,6 +49,9 @@ async def daemon_serve(
         idmap = getattr(config, "idmap", None)
         if idmap is not None:
             argv += idmap.describe().split()
+        budget = getattr(config, "fd_budget", None)
+        if budget is not None:  # the one limit passed on: the reclaim tests need the same budget
+            argv += ["--fd-budget", str(budget.limit)]
         proc = await trio.lowlevel.open_process(argv, pass_fds=[fd])
         try:
             rc = await proc.wait()

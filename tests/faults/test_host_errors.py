@@ -18,7 +18,6 @@ import pytest
 
 import gofer9p.attach._attrs as attrs_mod
 import gofer9p.attach._io as io_mod
-import gofer9p.attach._walk as walk_mod
 from gofer9p.attach import _sys
 from gofer9p.client import P9Error
 from gofer9p.protocol import constants as C
@@ -263,7 +262,7 @@ async def test_metadata_eio(served: Served, monkeypatch: pytest.MonkeyPatch) -> 
     calls: list[str] = []
     failing = _failing(errno.EIO, calls)
     monkeypatch.setattr(attrs_mod, "_fstat", failing)  # getattr
-    monkeypatch.setattr(walk_mod, "_fstat", failing)  # the walk
+    monkeypatch.setattr(_sys, "_fstat", failing)  # the walk's step (_sys.open_child)
     for coro in (c.getattr(served.root), c.walk(served.root, [b"f"])):
         with pytest.raises(P9Error) as ei:
             await coro

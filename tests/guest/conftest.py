@@ -15,14 +15,14 @@ import functools
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from . import guestvm
-from .servers import SERVERS, write_bundle
+from .servers import SERVERS, Server, write_bundle
 
 HERE = Path(__file__).resolve().parent
 
@@ -57,10 +57,8 @@ COMBOS = [
     # cache=mmap: read-write shared mappings go through the page cache, the rest is uncached
     # (the fsx check's mapped writes run here and with cache=loose).
     Combo("gofer9p-serve", "mmap", big=_FULL, many=_FULL),
-    # The 10k-entry listing runs with cache=none: with cache=loose the Linux client keeps a fid
-    # per cached dentry and gofer9p holds host fds per fid, so a 10k-entry directory needs a
-    # RLIMIT_NOFILE above ~60k (the daemon raises it when it has CAP_SYS_RESOURCE, which the
-    # CI VMs withhold: their hard limit is 20000). See tests/guest/README.md.
+    # The 10k-entry listing runs with cache=none here (a cache=loose listing of a large
+    # directory under an fd budget is test_fd_budget.py's). See tests/guest/README.md.
     Combo("gofer9p-gofer", "loose", many=_FULL),
     Combo("gofer9p-gofer", "none", big=False),
 ]
@@ -170,7 +168,9 @@ def _prepare(combo: Combo, workdir: Path) -> tuple[list[guestvm.Mount], Path, Pa
     return mounts, rw, ro, None
 
 
-def _guest_files(combo: Combo, mounts: list[guestvm.Mount], has_root: bool) -> dict[str, bytes]:
+def _guest_files(
+    combo: Combo, mounts: list[guestvm.Mount], has_root: bool, extra: dict[str, str]
+) -> dict[str, bytes]:
     check_timeout = int(_env_float("GOFER9P_GUEST_CHECK_TIMEOUT", 180))
     env = {
         "CACHE": combo.cache,
@@ -184,6 +184,7 @@ def _guest_files(combo: Combo, mounts: list[guestvm.Mount], has_root: bool) -> d
         "CHECK_TIMEOUT": str(check_timeout),
         "DEVNODES": "1" if SERVERS[combo.server].device_nodes else "0",
         "ONLY": os.environ.get("GOFER9P_GUEST_ONLY", ""),
+        **extra,
     }
     env_text = "".join(f"{k}='{v}'\n" for k, v in env.items())
     conf = "".join(
@@ -197,37 +198,59 @@ def _guest_files(combo: Combo, mounts: list[guestvm.Mount], has_root: bool) -> d
     }
 
 
-@pytest.fixture(scope="session", params=COMBOS, ids=[c.id for c in COMBOS])
-def boot(request: pytest.FixtureRequest) -> Iterator[Boot]:
-    """Boot the guest once for this combo and hand the finished run to every test of it."""
-    combo: Combo = request.param
+def run_boot(
+    combo: Combo,
+    name: str,
+    *,
+    server: Server | None = None,
+    env: dict[str, str] | None = None,
+    populate: Callable[[Path], None] | None = None,
+    start: guestvm.ServerStarter | None = None,
+    timeout: float | None = None,
+) -> Boot:
+    """Boot the guest once for ``combo`` in the work dir ``name`` and return the finished run
+    (skips when the tier or the server cannot run here).  ``server`` replaces the combo's
+    (e.g. with extra flags), ``env`` adds to the guest's environment, ``populate`` fills the
+    read-write export before boot, ``start`` wraps the server's start (to watch its processes),
+    ``timeout`` replaces GOFER9P_GUEST_TIMEOUT."""
     reason = guestvm.unavailable_reason()
     if reason:
         pytest.skip(f"guest tier unavailable: {reason}")
-    server = SERVERS[combo.server]
+    server = server or SERVERS[combo.server]
     reason = server.unavailable()
     if reason:
         pytest.skip(f"{combo.server}: {reason}")
     kernel = guestvm.find_kernel()
     assert kernel is not None
-    workdir = _session_dir() / combo.id
+    workdir = _session_dir() / name
     mounts, rw, ro, root = _prepare(combo, workdir)
+    if populate is not None:
+        populate(rw)
     initrd = workdir / "initrd.gz"
     guestvm.build_initramfs(
         initrd,
         kernel,
         (HERE / "init.sh").read_text(),
-        _guest_files(combo, mounts, server.has_root),
+        _guest_files(combo, mounts, server.has_root, env or {}),
         tools_dir=_session_dir().parent / "tools",
     )
-    timeout = _env_float("GOFER9P_GUEST_TIMEOUT", 420)
+    if timeout is None:
+        timeout = _env_float("GOFER9P_GUEST_TIMEOUT", 420)
     t0 = time.monotonic()
-    run = guestvm.run_guest(workdir, kernel, initrd, mounts, server.start, timeout=timeout)
+    run = guestvm.run_guest(workdir, kernel, initrd, mounts, start or server.start, timeout=timeout)
     wl = run.values().get("workload_seconds", "?")
-    _TIMINGS[combo.id] = f"{time.monotonic() - t0:.1f}s wall (guest workload {wl}s)" + (
+    _TIMINGS[name] = f"{time.monotonic() - t0:.1f}s wall (guest workload {wl}s)" + (
         " TIMED OUT" if run.timed_out else ""
     )
-    yield Boot(combo, run, workdir, rw, ro, root)
+    return Boot(combo, run, workdir, rw, ro, root)
+
+
+@pytest.fixture(scope="session", params=COMBOS, ids=[c.id for c in COMBOS])
+def boot(request: pytest.FixtureRequest) -> Iterator[Boot]:
+    """Boot the guest once for this combo and hand the finished run to every test of it."""
+    combo: Combo = request.param
+    b = run_boot(combo, combo.id)
+    yield b
     # Keep logs and small files for a post-mortem; drop the bulky parts.
-    (rw / "big.bin").unlink(missing_ok=True)
-    shutil.rmtree(rw / "many", ignore_errors=True)
+    (b.rw / "big.bin").unlink(missing_ok=True)
+    shutil.rmtree(b.rw / "many", ignore_errors=True)

@@ -26,6 +26,9 @@
  *   g9tool mkfiles DIR N                        create DIR/f00001 .. DIR/fN (open O_CREAT|O_EXCL,
  *                                               close): one process instead of thousands of
  *                                               touch calls, which cost minutes under TCG
+ *   g9tool readall DIR                          open and read every entry of DIR but . and ..
+ *                                               (readdir order), print "FILES BYTES": reads
+ *                                               each file of a huge directory in one process
  *   g9tool statloop PATH N                      stat(2) PATH N times, print microseconds per call:
  *                                               the round-trip latency the whole tier pays
  *   g9tool mkmode KIND PATH MODE [UID GID]      umask 0, then create PATH with exactly MODE (octal):
@@ -51,6 +54,7 @@
  * With nc a 16 MiB read took minutes under TCG; with this bridge it takes seconds.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -309,6 +313,39 @@ static int do_mkfiles(const char *dir, const char *count)
         close(fd);
     }
     printf("OK\n");
+    return 0;
+}
+
+static int do_readall(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return fail(dir);
+    static char buf[65536];
+    char path[4096];
+    long files = 0, bytes = 0;
+    struct dirent *e;
+    errno = 0;
+    while ((e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        int fd = open(path, O_RDONLY);
+        if (fd < 0)
+            return fail(path);
+        ssize_t r;
+        while ((r = read(fd, buf, sizeof buf)) > 0)
+            bytes += r;
+        if (r < 0)
+            return fail(path);
+        close(fd);
+        files++;
+        errno = 0;
+    }
+    if (errno)
+        return fail("readdir");
+    closedir(d);
+    printf("%ld %ld\n", files, bytes);
     return 0;
 }
 
@@ -699,6 +736,8 @@ int main(int argc, char **argv)
     }
     if (argc == 4 && strcmp(argv[1], "mkfiles") == 0)
         return do_mkfiles(argv[2], argv[3]);
+    if (argc == 3 && strcmp(argv[1], "readall") == 0)
+        return do_readall(argv[2]);
     if (argc == 4 && strcmp(argv[1], "statloop") == 0)
         return do_statloop(argv[2], argv[3]);
     if ((argc == 5 || argc == 7) && strcmp(argv[1], "mkmode") == 0)
@@ -707,6 +746,6 @@ int main(int argc, char **argv)
         return do_fsx(argv[2], argv[3], argv[4], argv[5]);
     if (argc == 4 && strcmp(argv[1], "bridge") == 0)
         return do_bridge(argv[2], argv[3]);
-    fprintf(stderr, "usage: g9tool utimens|truncate|ftruncate|flock|fcntl|fsync|mmap|xattr|setxattr|mkfiles|statloop|mkmode|fsx|bridge ...\n");
+    fprintf(stderr, "usage: g9tool utimens|truncate|ftruncate|flock|fcntl|fsync|mmap|xattr|setxattr|mkfiles|readall|statloop|mkmode|fsx|bridge ...\n");
     return 2;
 }

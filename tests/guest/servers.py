@@ -72,6 +72,8 @@ class Server:
     has_root: bool = False
     #: whether mknod of a device node must work (the confined gofer has no CAP_MKNOD).
     device_nodes: bool = True
+    #: more command-line flags for the server (gofer9p only; e.g. --fd-budget N).
+    extra_args: tuple[str, ...] = ()
 
     def unavailable(self) -> str | None:
         """Why this server cannot run here, or None."""
@@ -142,7 +144,7 @@ class GoferServe(Server):
         procs = []
         for i, (s, m) in enumerate(zip(socks, mounts, strict=True)):
             fd = s.fileno()
-            argv = [sys.executable, "-m", "gofer9p", "serve", "--fd", str(fd)]
+            argv = [sys.executable, "-m", "gofer9p", "serve", "--fd", str(fd), *self.extra_args]
             if m.readonly:
                 if "--read-only" in h:
                     argv.append("--read-only")
@@ -221,6 +223,7 @@ class GoferDaemon(Server):
         bundle = root.export.parent
         fds = [s.fileno() for s in socks]
         gofer = [sys.executable, "-m", "gofer9p", "gofer", "--bundle", str(bundle)]
+        gofer += self.extra_args
         for fd in fds:
             gofer += ["--io-fds", str(fd)]
         binds = " && ".join(

@@ -491,6 +491,17 @@ t_ro_read() {
     expect nested "$(cat "$O/sub/nested.txt")" nested
 }
 
+t_fd_budget_dir() {
+    # Only in the fd-budget boots (tests/guest/test_fd_budget.py), by ONLY=fd_budget_dir: fdd/
+    # holds FDDIR files made on the host, each holding its 6-digit number and a newline. With
+    # cache=loose the client keeps a fid per entry listed: far more fids than the server's
+    # --fd-budget, so the listing and the reads work only if idle fids' fds are reclaimed.
+    [ -n "$FDDIR" ] || { echo "FDDIR unset in this run"; return 77; }
+    ls -l "$R/fdd" >/tmp/fdd.ls || return 1
+    expect ls_l_files "$(grep -c '^-' /tmp/fdd.ls)" "$FDDIR" || return 1
+    expect readall "$(g9tool readall "$R/fdd")" "$FDDIR $((FDDIR * 7))"
+}
+
 t_ro_write_fails() {
     ro="Read-only file system"
     expect_fail create "$ro" sh -c "echo x >'$O/new.txt'" || return 1

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import gofer9p.attach as attach_pkg
-from gofer9p.attach import AttachPoint, Backend, Session
+from gofer9p.attach import AttachPoint, Backend, FdBudget, Session
 from gofer9p.protocol import constants as C
 from gofer9p.protocol.messages import Qid
 
@@ -101,18 +101,57 @@ def test_take_removes_at_once_and_unknown_fids_are_ebadf(b: Backend) -> None:
 
 
 def test_fid_limit_and_fd_share(root: Path) -> None:
+    """The fid limit is EMFILE; the fd share counts the fds fids really hold (1 for an
+    unopened directory, 2 for a file and its directory, +1 open); at the share idle
+    fids' fds are reclaimed first, and what is pinned (open) is refused past it."""
     p = AttachPoint.open(str(root))
     try:
-        be = Backend(p, max_fids=2, fd_share=6)
+        be = Backend(p, max_fids=2, fd_share=4)
         be.attach(ROOT, 0, b"")
-        be.walk(ROOT, 1)
-        assert _errno(be.walk, ROOT, 2) == errno.EMFILE
-        assert not be.charge_fds(1)  # 2 fids x 3 fds: the share is full
+        be.walk(ROOT, 1, [b"f"])
+        assert _errno(be.walk, ROOT, 2) == errno.EMFILE  # the fid limit
+        assert be.fds_charged() == 3
+        be.open(1, C.L_O_RDONLY)
+        assert be.fds_charged() == 4  # the share is full
+        assert be.charge_fds(1)  # the idle root's fd is reclaimed for it
+        assert not be.charge_fds(1)  # all that is left is pinned: the open file
+        assert _errno(be.getattr, ROOT, C.GETATTR_BASIC) == errno.EMFILE  # no room to reopen
+        be.release_fds(1)
+        assert be.getattr(ROOT, C.GETATTR_BASIC)[0] == C.GETATTR_BASIC  # reopened
+        assert be.fd_budget.reclaims == 1 and be.fd_budget.reopens == 1
         be.clunk(1)
-        assert be.charge_fds(3)
-        be.release_fds(3)
+        assert be.fds_charged() == 1
         be.reset()
         assert be.fds_charged() == 0
+    finally:
+        p.close()
+
+
+def test_budget_is_split_between_sessions(root: Path) -> None:
+    """One FdBudget, two sessions: the first alone has the whole pool; when the second
+    registers, the first gives back idle fds down to its new half at once; when the second
+    leaves, the first has the whole pool again.  The counters add up across sessions."""
+    p = AttachPoint.open(str(root))
+    try:
+        budget = FdBudget(40, reserve=0, connections=2)
+        a = Backend(p, fd_budget=budget)
+        assert a.fd_share == 40 and a.pin_share == 20
+        a.attach(ROOT, 0, b"")
+        for fid in range(1, 31):
+            a.walk(ROOT, fid)  # clones of the root: one fd each, idle
+        assert a.fds_charged() == budget.in_use == 31
+        b = Backend(p, fd_budget=budget)
+        assert a.fd_share == b.fd_share == 20
+        assert a.fds_charged() <= 20 and budget.reclaims >= 11
+        b.attach(ROOT, 0, b"")
+        assert budget.in_use == a.fds_charged() + b.fds_charged() <= 40
+        b.close()
+        assert a.fd_share == 40 and a.pin_share == 20
+        for fid in range(31):  # every fid still answers: reopened as needed
+            assert a.getattr(fid, C.GETATTR_BASIC)[0] == C.GETATTR_BASIC
+        assert budget.reopens == budget.reclaims
+        a.close()
+        assert budget.in_use == 0
     finally:
         p.close()
 
