@@ -335,7 +335,7 @@ def _preload() -> None:
     """
     import grp
     import pwd
-    import resource  # noqa: F401  (server.fid_cap imports it per connection; a C extension)
+    import resource  # noqa: F401  (server.fd_budget imports it; a C extension)
 
     import trio  # noqa: F401
 
