@@ -40,12 +40,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gofer9p.protocol import constants as C
 from gofer9p.protocol import messages as M
 
 from .common import STOP, Known, Report, budget_spent, run_deadline, save_failure, split_problem
 from .targets import Target
-from .wire import Failure, RawConn, Transcript
+from .wire import Failure, RawConn, Transcript, attach_requests
 
 NAMES = [b"a", b"b", b"d1", b"d2", b"f"]
 CANARY = "fz-canary"
@@ -263,13 +262,24 @@ def _remove(d: int, name: str) -> None:
 
 
 # --------------------------------------------------------------------- client
-def _client(conn: RawConn, rng: random.Random, ops: int, problems: list[str]) -> None:
-    """Random requests over the agent's names; every reply must be a valid reply."""
+def _client(
+    conn: RawConn,
+    rng: random.Random,
+    ops: int,
+    problems: list[str],
+    prefix: tuple[bytes, ...] | None = (),
+) -> None:
+    """Random requests over the agent's names; every reply must be a valid reply.
+
+    ``prefix``: the walk from the connection's attach root to the export (the daemon's second
+    client is its root connection).
+    """
     try:
         conn.handshake(65536)
         uname = rng.choice((b"root", b"nobody", b""))
         n_uname = rng.choice((0, 0, 65534, 1000))
-        conn.rpc(M.Tattach(tag=0, fid=0, afid=C.NOFID, uname=uname, aname=b"", n_uname=n_uname))
+        for req in attach_requests(prefix, uname=uname, n_uname=n_uname):
+            conn.rpc(req)
         for i in range(ops):
             if STOP.is_set():
                 return
@@ -377,10 +387,7 @@ def run_case(target: Target, seed: int, ops: int, *, timeout: float = 5.0) -> Ra
     threads = []
     try:
         try:
-            if target.per_connection_process:
-                links = list(target.open_pair())
-            else:
-                links = [target.open(), target.open()]
+            links = list(target.open_pair())  # two clients of the export, one process
         except OSError as e:
             out.problems.append(f"crash: cannot connect to the server: {e}")
             links = []
@@ -391,7 +398,7 @@ def run_case(target: Target, seed: int, ops: int, *, timeout: float = 5.0) -> Ra
             conn = RawConn(link.sock, t, timeout)
             th = threading.Thread(
                 target=_client,
-                args=(conn, random.Random(rng.randrange(1 << 30)), ops, out.problems),
+                args=(conn, random.Random(rng.randrange(1 << 30)), ops, out.problems, link.prefix),
                 daemon=True,
             )
             th.start()

@@ -103,10 +103,16 @@ def empty_dir(path: Path) -> None:
 
 
 class Link:
-    """One connection to a target: a connected socket plus what the target can tell."""
+    """One connection to a target: a connected socket plus what the target can tell.
 
-    def __init__(self, sock: socket.socket) -> None:
+    ``prefix``: the names a client walks from this connection's attach root to the export
+    (empty: the attach root is the export; ``None``: the export is not below it).  Only the
+    daemon's extra connections have one (see :class:`DaemonTarget`).
+    """
+
+    def __init__(self, sock: socket.socket, prefix: tuple[bytes, ...] | None = ()) -> None:
         self.sock = sock
+        self.prefix = prefix
 
     def fid_count(self) -> int | None:
         """Fids the server holds for this connection, when visible (in-process)."""
@@ -150,8 +156,31 @@ class Target:
         return True
 
     def open_pair(self) -> tuple[Link, Link]:
-        """Two connections to the same server process: one to misbehave, one to probe latency."""
+        """Two connections to the same server process, both reaching the export: one to
+        misbehave (or a second client of the export), one to probe latency."""
         return self.open(), self.open()
+
+    def open_more(self, n: int) -> list[Link]:
+        """Up to ``n`` more connections to the process serving the last :meth:`open_pair`.
+
+        For a server that takes any number of connections, ``n`` new ones (a refused connect,
+        the listen backlog full, is retried for a few seconds, then the list ends short); for
+        the daemon, its spare attach points; for one process per connection, none.
+        """
+        if self.per_connection_process:
+            return []
+        out: list[Link] = []
+        for _ in range(n):
+            deadline = time.monotonic() + 5.0
+            while True:
+                try:
+                    out.append(self.open())
+                    break
+                except (BlockingIOError, ConnectionRefusedError, TimeoutError):
+                    if time.monotonic() > deadline:
+                        return out
+                    time.sleep(0.01)
+        return out
 
     def restart(self) -> None:
         """Start over after the server died (unattended runs keep going)."""
@@ -723,13 +752,21 @@ class DaemonTarget(Target):
 
     Started with :func:`gofer9p.launch.start_gofer`, as a sandbox manager does: chroot into the
     bundle root, capabilities dropped, no_new_privs, the seccomp whitelist in kill mode.  The
-    bundle has three attach points: the root (held, unused), ``/export`` (the fuzz connection;
-    ``self.export`` is its host directory) and ``/probe`` (a second connection to the same
-    process, for the latency oracle).  A daemon serves each attach point on one connection only,
-    so every :meth:`open` after the first starts a fresh daemon; the previous one is retired:
+    bundle has ``2 + SPARE`` attach points, one connection each: the root, ``/export`` (the fuzz
+    connection; ``self.export`` is its host directory) and ``/c1`` ... (spare connections, each
+    its own empty directory).  A daemon serves each attach point on one connection only, so
+    every :meth:`open` or :meth:`open_pair` starts a fresh daemon; the previous one is retired:
     every socket closed, its exit status judged (0 is right; a death by SIGSYS is a seccomp
     whitelist gap reached by the requests just sent; 70 is ``--panic-on-write`` doing its job).
+
+    :meth:`open` gives the export's connection alone (the others get EOF at once, so the daemon
+    closes it at our EOF, as the other targets do).  :meth:`open_pair` gives the export's and
+    the root's (prefix ``export``: a second client of the same files, and the latency probe),
+    and keeps the spare ones for :meth:`open_more`: several connections of one confined
+    process, for the pressure cases that need them.
     """
+
+    SPARE = 6
 
     name = "daemon"
     per_connection_process = True
@@ -758,6 +795,7 @@ class DaemonTarget(Target):
         """How the daemons ended (exit status or -signal), for reports and tests."""
         self._judged: set[int] = set()
         self._pending: list[str] = []
+        self._spare: list[socket.socket] = []
         self.started = 0
 
     def start(self) -> None:
@@ -768,14 +806,15 @@ class DaemonTarget(Target):
         self._tmp = Path(tempfile.mkdtemp(prefix="gofer9p-fuzz-daemon-"))
         self.bundle = self._tmp / "bundle"
         rootfs = self.bundle / "rootfs"
-        for d in ("export", "probe"):
+        spares = [f"c{i}" for i in range(1, self.SPARE + 1)]
+        for d in ("export", *spares):
             (rootfs / d).mkdir(parents=True)
         rootfs.chmod(0o755)
         self.export = rootfs / "export"
         self.export.chmod(0o755)
         doc = {
             "ociVersion": "1.0.2",
-            "root": {"path": "rootfs", "readonly": False},
+            "root": {"path": "rootfs", "readonly": self.readonly},
             "mounts": [
                 {
                     "destination": "/export",
@@ -783,7 +822,10 @@ class DaemonTarget(Target):
                     "source": "rootfs/export",
                     "options": ["ro" if self.readonly else "rw"],
                 },
-                {"destination": "/probe", "type": "bind", "source": "rootfs/probe"},
+                *(
+                    {"destination": f"/{d}", "type": "bind", "source": f"rootfs/{d}"}
+                    for d in spares
+                ),
             ],
         }
         (self.bundle / "config.json").write_text(json.dumps(doc))
@@ -848,25 +890,33 @@ class DaemonTarget(Target):
             return [f"crash: the confined gofer was killed by signal {-rc}"]
         return [f"crash: the confined gofer exited with status {rc}"]
 
-    def _fresh(self, probe: bool) -> Any:
+    def _fresh(self, pair: bool) -> Any:
         if self.gp is not None:
             self._pending += self._retire(self.gp, 10.0)
             self.gp = None
         self.gp = gp = self._spawn()
         # The daemon owns its sockets until it exits (server.serve does not close them), and it
-        # exits once every connection ended: the attach points we do not use get EOF now, so
-        # our EOF on the last one is answered by a close, as with the other targets.
-        for sk in gp.sockets[:1] + ([] if probe else gp.sockets[2:]):
-            sk.shutdown(socket.SHUT_WR)
+        # exits once every connection ended.  A lone connection (open): the other attach
+        # points get EOF now, so our EOF on it is answered by a close, as with the other
+        # targets.  A pair: the spares wait for open_more; _retire ends them all.
+        self._spare = list(gp.sockets[2:]) if pair else []
+        if not pair:
+            for sk in [gp.sockets[0], *gp.sockets[2:]]:
+                sk.shutdown(socket.SHUT_WR)
         return gp
 
     def open(self) -> Link:
-        gp = self._fresh(probe=False)
+        gp = self._fresh(pair=False)
         return _DaemonLink(gp.sockets[1], self, gp)
 
     def open_pair(self) -> tuple[Link, Link]:
-        gp = self._fresh(probe=True)
-        return _DaemonLink(gp.sockets[1], self, gp), Link(gp.sockets[2])
+        gp = self._fresh(pair=True)
+        return _DaemonLink(gp.sockets[1], self, gp), Link(gp.sockets[0], prefix=(b"export",))
+
+    def open_more(self, n: int) -> list[Link]:
+        out = [Link(sk, prefix=None) for sk in self._spare[:n]]
+        del self._spare[:n]
+        return out
 
     def pid(self) -> int | None:
         if self.gp is None or self.gp.proc.poll() is not None:

@@ -415,3 +415,25 @@ def frame_header(frame: bytes) -> tuple[int, int, int] | None:
         return None
     size, mtype, tag = _HDR.unpack_from(frame)
     return size, mtype, tag
+
+
+PREFIX_FID = 0xFFFFFF00
+"""The fid a connection attaches with when it must first walk to the export (then clunked)."""
+
+
+def attach_requests(
+    prefix: tuple[bytes, ...] | None, *, uname: bytes = b"root", n_uname: int = 0, fid: int = 0
+) -> list[M.Message]:
+    """The requests that make ``fid`` the export's root on a connection (``Link.prefix``).
+
+    A connection attached at the export is one Tattach; one attached above it (the daemon's root
+    connection) attaches another fid, walks it down to the export and clunks it.  ``None`` (the
+    export is not below this attach root): ``fid`` is the attach root itself.
+    """
+    if not prefix:
+        return [M.Tattach(tag=0, fid=fid, afid=C.NOFID, uname=uname, aname=b"", n_uname=n_uname)]
+    return [
+        M.Tattach(tag=0, fid=PREFIX_FID, afid=C.NOFID, uname=uname, aname=b"", n_uname=n_uname),
+        M.Twalk(tag=0, fid=PREFIX_FID, newfid=fid, wnames=list(prefix)),
+        M.Tclunk(tag=0, fid=PREFIX_FID),
+    ]

@@ -1,7 +1,7 @@
 """Each fuzz oracle shown to fire: a defect is planted, the harness finds, minimizes and replays it.
 
 The defects live in :mod:`gofer9p.testing.plant` (never imported by the release code): a buffer
-kept per request (memory oracle), a Treadlink that follows the link on the host (canary oracle of
+kept per request (memory oracle), an fd kept per Tlopen (fd oracle), a Treadlink that follows the link on the host (canary oracle of
 the host-side agent), a syscall off the seccomp whitelist in the confined daemon (SIGSYS), an
 exception in a handler (log oracle, crash buckets, in-process target), a handler that stalls the
 event loop (latency oracle).  Each test also replays the saved finding against the same server
@@ -53,6 +53,30 @@ def test_memory_oracle_finds_a_buffer_kept_per_request(tmp_path: Path) -> None:
         t.restart()
         again = pressure.replay_case(meta_path, t)
         assert any("server memory grew" in p for p in again), again
+    with ServeTarget() as clean:
+        assert pressure.replay_case(meta_path, clean) == []
+
+
+def test_fd_oracle_finds_an_fd_kept_per_open(tmp_path: Path) -> None:
+    """A Tlopen that leaves a host fd behind: the server's fd count does not settle back after
+    the case; the case is minimized (halved on a restarted server while it still leaks, down
+    to one open if the budget allows) and its replay fails with the defect and passes
+    without it."""
+    report = Report(fuzzer="pressure", target="serve", seed=5)
+    with ServeTarget(plant="fdleak") as t:
+        pressure.run(
+            t, report, seed=5, time_budget=60, max_cases=1, crash_dir=tmp_path,
+            scenario="fids", size=16,
+        )
+        assert report.leaks, report.summary()
+        assert "fds after the case's connections closed" in report.leaks[0]["message"]
+        (meta_path,) = _bucket_files(tmp_path, "pressure-leak-fids-server-holds")
+        meta = json.loads(meta_path.read_text())
+        assert meta["case"]["n"] < 16, "not minimized"
+        assert meta["original_case"]["n"] == 16
+        t.restart()
+        again = pressure.replay_case(meta_path, t)
+        assert any("fds after the case's connections closed" in p for p in again), again
     with ServeTarget() as clean:
         assert pressure.replay_case(meta_path, clean) == []
 
