@@ -271,6 +271,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0 if report.ok else 1
 
 
+_EXAMPLES_KW = {
+    "stateful": "max_examples",
+    "frames": "max_frames",
+    "pressure": "max_cases",
+    "race": "max_cases",
+    "decode": "max_inputs",
+}
+"""What each fuzzer's ``run`` calls its ``--examples`` budget (sequences, frames, cases, inputs)."""
+
+
 def _run(
     args: argparse.Namespace,
     report: Report,
@@ -278,90 +288,39 @@ def _run(
     time_budget: float | None,
     examples: int | None,
 ) -> None:
+    """Run the chosen fuzzer with the options every fuzzer takes, plus its own."""
+    import importlib
+
     if args.corpus is not None:
         args.corpus.mkdir(parents=True, exist_ok=True)
         args.crash_dir = args.corpus / "crashes"
+    kwargs: dict[str, object] = {
+        "seed": seed,
+        "time_budget": time_budget,
+        _EXAMPLES_KW[args.fuzzer]: examples,
+        "crash_dir": args.crash_dir,
+    }
     if args.fuzzer == "decode":
         from .atheris_decode import run as run_decode
 
-        run_decode(
-            report,
-            seed=seed,
-            time_budget=time_budget,
-            max_inputs=examples,
-            engine=args.engine,
-            crash_dir=args.crash_dir,
-            corpus_dir=args.corpus,
-        )
+        run_decode(report, engine=args.engine, corpus_dir=args.corpus, **kwargs)  # type: ignore[arg-type]
+        return
+    from .common import Known
+    from .targets import make_target
+
+    kwargs["known"] = Known.load() if args.ignore_known else Known()
+    kwargs["shrink"] = not args.no_shrink
+    if args.fuzzer == "pressure":
+        kwargs.update(latency=args.latency, msize=args.msize, scenario=args.scenario)
     else:
-        from .common import Known
-        from .targets import make_target
-
-        known = Known.load() if args.ignore_known else Known()
-        target = make_target(
-            args.target, max_msize=args.msize, plant=args.plant, attach=args.attach
-        )
-        with target:
-            if args.fuzzer == "pressure":
-                from .pressure import run as run_pressure
-
-                run_pressure(
-                    target,
-                    report,
-                    seed=seed,
-                    time_budget=time_budget,
-                    max_cases=examples,
-                    crash_dir=args.crash_dir,
-                    latency=args.latency,
-                    msize=args.msize,
-                    scenario=args.scenario,
-                    known=known,
-                    shrink=not args.no_shrink,
-                )
-            elif args.fuzzer == "race":
-                from .race import run as run_race
-
-                run_race(
-                    target,
-                    report,
-                    seed=seed,
-                    time_budget=time_budget,
-                    max_cases=examples,
-                    crash_dir=args.crash_dir,
-                    timeout=args.timeout,
-                    known=known,
-                    shrink=not args.no_shrink,
-                )
-            elif args.fuzzer == "frames":
-                from .frames import run as run_frames
-
-                run_frames(
-                    target,
-                    report,
-                    seed=seed,
-                    time_budget=time_budget,
-                    max_frames=examples,
-                    crash_dir=args.crash_dir,
-                    timeout=args.timeout,
-                    known=known,
-                    shrink=not args.no_shrink,
-                )
-            else:
-                from .stateful import run as run_stateful
-
-                run_stateful(
-                    target,
-                    report,
-                    seed=seed,
-                    time_budget=time_budget,
-                    max_examples=examples,
-                    steps=args.steps,
-                    crash_dir=args.crash_dir,
-                    timeout=args.timeout,
-                    shrink=not args.no_shrink,
-                    known=known,
-                    database=args.corpus / "hypothesis" if args.corpus is not None else None,
-                )
+        kwargs["timeout"] = args.timeout
+    if args.fuzzer == "stateful":
+        kwargs["steps"] = args.steps
+        kwargs["database"] = args.corpus / "hypothesis" if args.corpus is not None else None
+    run = importlib.import_module(f".{args.fuzzer}", __package__).run
+    target = make_target(args.target, max_msize=args.msize, plant=args.plant, attach=args.attach)
+    with target:
+        run(target, report, **kwargs)
 
 
 def _replay(args: argparse.Namespace) -> int:
