@@ -143,7 +143,8 @@ def _parser() -> argparse.ArgumentParser:
     cv.add_argument(
         "--targets",
         default="inproc,serve",
-        help="comma-separated targets (default inproc,serve; daemon is run, not measured)",
+        help="comma-separated targets (default inproc,serve; daemon: measured with seccomp "
+        "in log mode)",
     )
     cv.add_argument("--seed", type=int, default=1)
     cv.add_argument(

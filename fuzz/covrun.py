@@ -8,13 +8,16 @@ are measured too: a ``sitecustomize`` on their ``PYTHONPATH`` calls
 ``sigterm = true`` saves the data of a server stopped with SIGTERM.  The codec fuzzer (decode)
 runs once, for a share of the first target's budget.
 
-Not measured: the confined daemon (``--targets daemon`` runs it, for its findings): its data file
-would have to be written from inside its chroot, through its seccomp whitelist.  It serves with
-the same server and attach code as ``serve``; what it adds (confine.py, daemon.py) is not what
-this measures.
+The confined daemon is measured too: it starts coverage before it chroots (the same
+``sitecustomize``), and writes its data when it exits, inside its chroot, where the target made
+the data directory's path inside the bundle's rootfs (``DaemonTarget._collect`` moves the files
+out).  Under coverage the daemon's seccomp filter is in **log** mode, not kill: coverage's own
+writes at exit are not on the whitelist.  So a daemon run under ``coverage`` measures, it does
+not look for whitelist gaps; run ``--target daemon`` without coverage for those.
 
-Prints lines and branches per module of ``protocol/``, ``server.py`` and ``attach/``, the
-combined figure of ``server.py`` + ``attach/`` (the issue's goal: >= 95% lines, >= 85%
+Prints lines and branches per module of ``protocol/``, ``server.py``, ``connection.py`` and
+``attach/``, the combined figure of the server (``server.py``, the trio layer, with
+``connection.py``, its sans-IO core) and ``attach/`` (the issue's goal: >= 95% lines, >= 85%
 branches with a 30-minute budget), and the functions with the most lines never run.
 """
 
@@ -41,6 +44,9 @@ PLAN: list[tuple[str, list[str], float]] = [
     ("stateful", ["--attach", "ro"], 0.15),
 ]
 """(fuzzer, extra flags, share of a target's budget)."""
+
+GOAL = "server.py + connection.py + attach/"
+"""The group the coverage goal is about (>= 95% lines, >= 85% branches)."""
 
 
 def _rc(tmp: Path) -> Path:
@@ -158,9 +164,12 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
     groups = {
         "protocol/": [f for f in files if f.startswith("protocol/")],
         "server.py": [f for f in files if f == "server.py"],
+        "connection.py": [f for f in files if f == "connection.py"],
         "attach/": [f for f in files if f.startswith("attach/")],
     }
     groups["server.py + attach/"] = groups["server.py"] + groups["attach/"]
+    # the issue's goal: the server was split into server.py (trio) and connection.py (sans-IO)
+    groups[GOAL] = groups["server.py"] + groups["connection.py"] + groups["attach/"]
 
     def pct(files_: list[str]) -> dict[str, Any]:
         s = sum(files[f]["summary"]["num_statements"] for f in files_)
@@ -178,7 +187,7 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
 
     modules = {f: pct([f]) for f in sorted(files) if any(f in g for g in groups.values())}
     gaps: list[tuple[int, str]] = []
-    for f in groups["server.py + attach/"] + groups["protocol/"]:
+    for f in groups[GOAL] + groups["protocol/"]:
         for name, fn in files[f].get("functions", {}).items():
             missing = len(fn.get("missing_lines", []))
             if missing and name:

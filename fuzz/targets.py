@@ -731,6 +731,23 @@ class UnixTarget(Target):
         pass
 
 
+def _coverage_data_dir() -> Path | None:
+    """The data file's directory of a ``python -m fuzz coverage`` run (None: not measured).
+
+    A measured daemon starts coverage before it chroots and writes its data when it exits,
+    inside the chroot: the same absolute path made inside the bundle's rootfs receives it.
+    """
+    rc = os.environ.get("COVERAGE_PROCESS_START")
+    if not rc:
+        return None
+    import configparser
+
+    cp = configparser.ConfigParser()
+    cp.read(rc)
+    data_file = cp.get("run", "data_file", fallback="")
+    return Path(data_file).parent if data_file.startswith("/") else None
+
+
 class _DaemonLink(Link):
     def __init__(self, sock: socket.socket, target: DaemonTarget, gp: Any) -> None:
         super().__init__(sock)
@@ -796,6 +813,7 @@ class DaemonTarget(Target):
         self._judged: set[int] = set()
         self._pending: list[str] = []
         self._spare: list[socket.socket] = []
+        self._cov_dir: Path | None = None
         self.started = 0
 
     def start(self) -> None:
@@ -829,6 +847,10 @@ class DaemonTarget(Target):
             ],
         }
         (self.bundle / "config.json").write_text(json.dumps(doc))
+        self._cov_dir = _coverage_data_dir()
+        if self._cov_dir is not None:
+            # the data file's directory, at the same path inside the chroot (see _collect)
+            (rootfs / self._cov_dir.relative_to("/")).mkdir(parents=True, exist_ok=True)
         self.log_path = self._tmp / "gofer.log"
         self.log_path.touch()
         self._scanner = _LogScanner(self.log_path)
@@ -838,12 +860,15 @@ class DaemonTarget(Target):
 
         assert self.bundle is not None and self.log_path is not None
         env = _env(self.plant)
-        # (python -m fuzz coverage: a daemon could not write its data from inside its chroot)
-        env.pop("COVERAGE_PROCESS_START", None)
+        seccomp = self.seccomp
+        if self._cov_dir is not None:
+            seccomp = "log"  # coverage's own writes at exit are not on the whitelist
+        else:
+            env.pop("COVERAGE_PROCESS_START", None)
         with open(self.log_path, "ab") as log:
             gp = start_gofer(
                 self.bundle,
-                seccomp=self.seccomp,
+                seccomp=seccomp,
                 panic_on_write=self.panic_on_write,
                 module="gofer9p.testing.plant" if self.plant else "gofer9p.daemon",
                 extra_args=["--log-level", "error", "--log-file", str(self.log_path)],
@@ -951,8 +976,18 @@ class DaemonTarget(Target):
             self.gp.stop(5.0)
             self.gp = None
         if self._tmp is not None:
+            self._collect()
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
+
+    def _collect(self) -> None:
+        """Move the daemons' coverage data out of the chroot, to where ``coverage combine``
+        looks (``python -m fuzz coverage``)."""
+        if self._cov_dir is None or self.bundle is None:
+            return
+        inside = self.bundle / "rootfs" / self._cov_dir.relative_to("/")
+        for f in inside.glob(".coverage*"):
+            shutil.move(str(f), str(self._cov_dir / f.name))
 
 
 TARGETS = ("inproc", "serve", "serve-fd", "daemon", "unix:PATH")
