@@ -202,14 +202,15 @@ class Transcript:
 
 
 def save_reproducer(
-    directory: Path, name: str, transcript: Transcript, meta: dict[str, Any]
+    directory: Path, name: str, transcript: Transcript | bytes, meta: dict[str, Any]
 ) -> Path:
     """Write ``<name>.bin`` and its ``.json`` description; return the .bin path.
 
     ``name`` is the finding's bucket: when the bucket exists, the smaller transcript is kept
     and the ``.json`` is updated (``hits`` + 1, ``last_found``), so one bug is one file.
+    ``bytes``: a decode finding, the raw input (no transcript).
     """
-    data = transcript.to_bytes()
+    data = transcript if isinstance(transcript, bytes) else transcript.to_bytes()
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{name}.bin"
     meta_path = path.with_suffix(".json")

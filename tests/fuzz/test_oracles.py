@@ -202,3 +202,32 @@ def test_buckets_one_file_per_bug(tmp_path: Path) -> None:
     assert Transcript.from_bytes(p1.read_bytes()).frames_sent() == 2
     assert json.loads(p1.with_suffix(".json").read_text())["hits"] == 2
     assert len(list(tmp_path.glob("*.bin"))) == 1
+
+
+def test_decode_finding_is_bucketed_minimized_and_replayed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A decode failure: bucketed by exception and function, minimized to the bytes that
+    matter, saved raw; replay fails while the defect is there and passes without it."""
+    from fuzz import atheris_decode
+
+    real = atheris_decode.check_input
+
+    def planted_decode(data: bytes) -> None:
+        if b"\xde\xad" in data:
+            raise IndexError("planted decode defect")
+        real(data)
+
+    monkeypatch.setattr(atheris_decode, "check_input", planted_decode)
+    report = Report(fuzzer="decode", target="codec", seed=1)
+    big = bytes(range(100)) + b"\xde\xad" + bytes(100)
+    path = atheris_decode.save_crash(report, tmp_path, big)
+    again = atheris_decode.save_crash(report, tmp_path, b"\x01" + big)
+    assert path is not None and path == again, "one bug, one file"
+    assert path.name == "decode-crash-IndexError-test_oracles.planted_decode.bin"
+    assert path.read_bytes() == b"\xde\xad"
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["hits"] == 2 and meta["minimized"] == "202 -> 2 bytes"
+    assert atheris_decode.replay_input(path)
+    monkeypatch.setattr(atheris_decode, "check_input", real)
+    assert atheris_decode.replay_input(path) == []
