@@ -195,6 +195,32 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+_REACH = {
+    "rule_counts": "rules run",
+    "mutations": "mutations",
+    "cases_by_scenario": "cases",
+    "most_connections_by_scenario": "most connections of one process",
+    "agent_ops": "host agent operations",
+}
+"""What each fuzzer reached, from its report's details, for the end-of-run summary."""
+
+
+def _print_reach(details: dict[str, object]) -> None:
+    """The summary's second part: restarts survived and what the run exercised (the decode
+    engine's coverage edges; the other fuzzers' rules, mutations, cases and agent operations)."""
+    print(f"restarts: {details.get('restarts', 0)}")
+    if "coverage_edges" in details:
+        print(f"coverage: {details['coverage_edges']} edges, {details.get('corpus_entries')} "
+              f"corpus entries ({details.get('engine')})")
+    for key, label in _REACH.items():
+        counts = details.get(key)
+        if isinstance(counts, dict) and counts:
+            items = sorted(counts.items(), key=lambda kv: -kv[1])
+            print(f"{label}: " + ", ".join(f"{k}={v}" for k, v in items))
+        elif isinstance(counts, int):
+            print(f"{label}: {counts}")
+
+
 def _budget(args: argparse.Namespace) -> tuple[float | None, int | None]:
     if args.time is None and args.examples is None:
         return 60.0, None
@@ -258,6 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         report.write(reports / f"{stamp}-{report.fuzzer}-{report.target.replace('/', '_')}.json")
     print(report.summary())
+    _print_reach(report.details)
     by_bucket = report.details.get("findings_by_bucket", {})
     files = report.details.get("bucket_files", {})
     if by_bucket:

@@ -118,15 +118,23 @@ def test_daemon_under_coverage_hands_its_data_out_of_the_chroot(tmp_path: Path) 
     ],
     ids=lambda a: a[0],
 )
-def test_cli_runs_each_fuzzer(argv: list[str], tmp_path: Path) -> None:
-    """``python -m fuzz F``: each fuzzer gets its own options and the common ones, and writes
-    its report (a wrong keyword would raise TypeError here)."""
+def test_cli_runs_each_fuzzer(
+    argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``python -m fuzz F``: each fuzzer gets its own options and the common ones, writes its
+    report (a wrong keyword would raise TypeError here) and prints its summary: restarts and
+    what it exercised."""
     report = tmp_path / "r.json"
     rc = fuzz_main.main([*argv, "--seed", "1", "--crash-dir", str(tmp_path), "--report", str(report)])
     data = json.loads(report.read_text())
     assert data["fuzzer"] == argv[0]
     assert data["examples_run"] >= 1
     assert rc == 0, data
+    out = capsys.readouterr().out
+    assert "restarts: 0" in out
+    reached = {"stateful": "rules run: ", "frames": "mutations: ", "pressure": "cases: idle=1",
+               "race": "host agent operations: "}.get(argv[0])
+    assert reached is None or reached in out, out
 
 
 def test_cli_corpus_dir_keeps_reports(tmp_path: Path) -> None:
