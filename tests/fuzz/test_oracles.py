@@ -17,6 +17,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,49 +37,48 @@ def _bucket_files(crash_dir: Path, prefix: str) -> list[Path]:
     return sorted(crash_dir.glob(f"{prefix}*.json"))
 
 
-def test_memory_oracle_finds_a_buffer_kept_per_request(tmp_path: Path) -> None:
+def _pressure_finding(
+    tmp_path: Path, *, plant: str, scenario: str, size: int, bucket: str, says: str
+) -> dict[str, Any]:
+    """Run one pressure case of ``size`` against a server with ``plant``: it must be found
+    (a leak whose message ``says``...), saved in ``bucket``, minimized (a smaller case), and
+    replayed: failing with the defect, passing on a server without it.  Returns the .json."""
     report = Report(fuzzer="pressure", target="serve", seed=5)
-    with ServeTarget(plant="leak") as t:
+    with ServeTarget(plant=plant) as t:
         pressure.run(
             t, report, seed=5, time_budget=60, max_cases=1, crash_dir=tmp_path,
-            scenario="mix", size=4000,
+            scenario=scenario, size=size,
         )
         assert report.leaks, report.summary()
-        assert "server memory grew" in report.leaks[0]["message"]
-        (meta_path,) = _bucket_files(tmp_path, "pressure-leak-mix-server-memory")
-        meta = json.loads(meta_path.read_text())
-        assert meta["case"]["n"] < 4000, "the finding was not minimized"
-        assert meta["original_case"]["n"] == 4000
-        assert meta["measured"]["growth_kb"] > meta["measured"]["bound_kb"]
+        assert says in report.leaks[0]["message"]
+        (meta_path,) = _bucket_files(tmp_path, f"pressure-{bucket}")
+        meta: dict[str, Any] = json.loads(meta_path.read_text())
+        assert meta["case"]["n"] < size, "the finding was not minimized"
+        assert meta["original_case"]["n"] == size
         t.restart()
         again = pressure.replay_case(meta_path, t)
-        assert any("server memory grew" in p for p in again), again
+        assert any(says in p for p in again), again
     with ServeTarget() as clean:
         assert pressure.replay_case(meta_path, clean) == []
+    return meta
+
+
+def test_memory_oracle_finds_a_buffer_kept_per_request(tmp_path: Path) -> None:
+    meta = _pressure_finding(
+        tmp_path, plant="leak", scenario="mix", size=4000,
+        bucket="leak-mix-server-memory", says="server memory grew",
+    )
+    measured = meta["measured"]
+    assert measured["growth_kb"] > measured["bound_kb"]
 
 
 def test_fd_oracle_finds_an_fd_kept_per_open(tmp_path: Path) -> None:
     """A Tlopen that leaves a host fd behind: the server's fd count does not settle back after
-    the case; the case is minimized (halved on a restarted server while it still leaks, down
-    to one open if the budget allows) and its replay fails with the defect and passes
-    without it."""
-    report = Report(fuzzer="pressure", target="serve", seed=5)
-    with ServeTarget(plant="fdleak") as t:
-        pressure.run(
-            t, report, seed=5, time_budget=60, max_cases=1, crash_dir=tmp_path,
-            scenario="fids", size=16,
-        )
-        assert report.leaks, report.summary()
-        assert "fds after the case's connections closed" in report.leaks[0]["message"]
-        (meta_path,) = _bucket_files(tmp_path, "pressure-leak-fids-server-holds")
-        meta = json.loads(meta_path.read_text())
-        assert meta["case"]["n"] < 16, "not minimized"
-        assert meta["original_case"]["n"] == 16
-        t.restart()
-        again = pressure.replay_case(meta_path, t)
-        assert any("fds after the case's connections closed" in p for p in again), again
-    with ServeTarget() as clean:
-        assert pressure.replay_case(meta_path, clean) == []
+    the case; minimized by halving the case on a restarted server while it still leaks."""
+    _pressure_finding(
+        tmp_path, plant="fdleak", scenario="fids", size=16,
+        bucket="leak-fids-server-holds", says="fds after the case's connections closed",
+    )
 
 
 def test_latency_oracle_finds_a_stalled_event_loop(tmp_path: Path) -> None:
