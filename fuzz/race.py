@@ -9,9 +9,13 @@ its use.  Each case here runs, for a few seconds:
   rename over each other, replace a file or a directory by a symlink to a **canary** outside the
   export (absolute, relative ``../..``, and ``/fz-canary`` for the confined daemon, whose root
   is the bundle rootfs), replace a file by a new one, swap two directories;
-* two **clients** (9P connections) doing random requests over the same names: multi-name walks,
-  open (read, write, truncate), read, write, readdir, getattr, setattr, create, mkdir, mknod,
-  symlink, link, rename, renameat, unlinkat, readlink, xattrs, statfs.
+* two **clients** (9P connections of one server process) doing random requests over the same
+  names: multi-name walks, open (read, write, truncate), read, write, readdir, getattr, setattr,
+  create, mkdir, mknod, symlink, link, rename, renameat, unlinkat, readlink, xattrs, statfs.
+  For the confined daemon the second client is its root connection walked down to ``export``
+  (``Link.prefix``): the canary beside the export is then inside that attach point, but the
+  clients never name it (no ``..``, no canary name), so any access to it is still the server
+  following a link.
 
 Oracles: every reply is a valid reply to its request (tag, type, errno); the server's log has no
 error and the process is alive; and the canaries: an inotify watch on each canary directory and
