@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .common import CRASH_DIR, Report, replay
+from .targets import ATTACH
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,8 +69,9 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument(
                 "--attach",
                 default="rw",
-                choices=["rw", "ro", "panic"],
-                help="the attach point: read-write, read-only, or --panic-on-write (daemon)",
+                choices=ATTACH,
+                help="the attach point: read-write, read-only, --panic-on-write (daemon), or a "
+                "regular file as the root (frames only: the other fuzzers work in a directory)",
             )
             sp.add_argument("--plant", default="", help=argparse.SUPPRESS)  # tests only
             sp.add_argument(
@@ -127,7 +129,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     r.add_argument("files", nargs="+", type=Path)
     r.add_argument("--target", default="inproc")
-    r.add_argument("--attach", default="rw", choices=["rw", "ro", "panic"])
+    r.add_argument("--attach", default="rw", choices=ATTACH)
     r.add_argument("--plant", default="", help=argparse.SUPPRESS)
     r.add_argument("--timeout", type=float, default=5.0)
     cv = sub.add_parser(
@@ -255,6 +257,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             json_out=args.json,
         )
         return 0
+    if getattr(args, "attach", "rw") == "file" and args.fuzzer != "frames":
+        print(f"--attach file: {args.fuzzer} needs a directory as the attach point; use frames")
+        return 2
     seed = args.seed if args.seed is not None else random.randrange(1 << 32)
     time_budget, examples = _budget(args)
     report = Report(

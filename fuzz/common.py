@@ -260,6 +260,11 @@ def liveness(
         c.rpc(M.Twalk(tag=0, fid=root, newfid=root + 1, wnames=[]), outcome=1)
         c.rpc(M.Tgetattr(tag=0, fid=root + 1, request_mask=0x7FF), outcome=1)
         c.rpc(M.Tclunk(tag=0, fid=root + 1), outcome=1)
+        if exercise:
+            # the root opened once: a file root is re-opened by handle (next comment)
+            c.rpc(M.Twalk(tag=0, fid=root, newfid=root + 4, wnames=[]), outcome=1)
+            c.rpc(M.Tlopen(tag=0, fid=root + 4, flags=0), outcome=1)
+            c.rpc(M.Tclunk(tag=0, fid=root + 4), outcome=1)
         if exercise and not getattr(target, "readonly", False):
             # re-open a file by handle once: the attach point caches one fd per
             # mount for open_by_handle_at on first use (bounded, not a leak),

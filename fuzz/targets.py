@@ -134,6 +134,16 @@ class Target:
     export: Path | None = None
     """The exported host directory, when the fuzzer may look at it."""
     per_connection_process = False
+    file_root = False
+    """The attach point is the regular file ``FILE_ROOT`` in the export (``--attach file``: a
+    file bind mount, as a sandbox's /etc/resolv.conf), not the export directory itself."""
+
+    @property
+    def served(self) -> Path | None:
+        """The host path the server is given: the export, or its file root."""
+        if self.export is None or not self.file_root:
+            return self.export
+        return self.export / FILE_ROOT
 
     def start(self) -> None:
         pass
@@ -193,14 +203,22 @@ class Target:
         The root itself is reset too: a fuzz case may have changed its mode
         or set xattrs on it, and the next case's model starts from scratch.
         """
-        if self.export is not None:
-            empty_dir(self.export)
-            os.chmod(self.export, 0o755)
-            for name in os.listxattr(self.export):
-                try:
-                    os.removexattr(self.export, name)
-                except OSError:
-                    pass
+        root = self.served
+        if root is None:
+            return
+        if self.file_root:
+            # the server holds this very inode: reset it in place, never replace it
+            with open(root, "r+b") as f:
+                f.truncate(0)
+                f.write(FILE_ROOT_DATA)
+        else:
+            empty_dir(root)
+        os.chmod(root, 0o644 if self.file_root else 0o755)
+        for name in os.listxattr(root):
+            try:
+                os.removexattr(root, name)
+            except OSError:
+                pass
 
     def __enter__(self) -> Target:
         self.start()
@@ -210,11 +228,18 @@ class Target:
         self.stop()
 
 
-def _make_export() -> tuple[Path, Path]:
+FILE_ROOT = "root-file"
+FILE_ROOT_DATA = b"a file served as the attach point\n" * 100
+
+
+def _make_export(file_root: bool = False) -> tuple[Path, Path]:
     tmp = Path(tempfile.mkdtemp(prefix="gofer9p-fuzz-"))
     export = tmp / "export"
     export.mkdir()
     export.chmod(0o755)
+    if file_root:
+        (export / FILE_ROOT).write_bytes(FILE_ROOT_DATA)
+        (export / FILE_ROOT).chmod(0o644)
     return tmp, export
 
 
@@ -260,11 +285,17 @@ class InprocTarget(Target):
     name = "inproc"
 
     def __init__(
-        self, *, max_msize: int = 1 << 20, readonly: bool = False, plant: str = ""
+        self,
+        *,
+        max_msize: int = 1 << 20,
+        readonly: bool = False,
+        plant: str = "",
+        file_root: bool = False,
     ) -> None:
         self.max_msize = max_msize
         self.readonly = readonly
         self.plant = plant
+        self.file_root = file_root
         self._unplant: Any = None
         self._thread: threading.Thread | None = None
         self._token: Any = None
@@ -289,9 +320,9 @@ class InprocTarget(Target):
         # modes); so does this server, or a Tmkdir of 1777 comes out 1755 and
         # the stateful model, which expects the daemon's behaviour, disagrees.
         self._old_umask = os.umask(0)
-        self._tmp, self.export = _make_export()
+        self._tmp, self.export = _make_export(self.file_root)
         # (no panic-on-write here: AttachPoint.panic would _exit the fuzzer; the daemon has it)
-        self.point = AttachPoint.open(str(self.export), readonly=self.readonly)
+        self.point = AttachPoint.open(str(self.served), readonly=self.readonly)
         if self.plant:
             from gofer9p.testing.plant import apply
 
@@ -481,11 +512,17 @@ class ServeTarget(Target):
     name = "serve"
 
     def __init__(
-        self, *, max_msize: int = 1 << 20, readonly: bool = False, plant: str = ""
+        self,
+        *,
+        max_msize: int = 1 << 20,
+        readonly: bool = False,
+        plant: str = "",
+        file_root: bool = False,
     ) -> None:
         self.max_msize = max_msize
         self.readonly = readonly
         self.plant = plant
+        self.file_root = file_root
         self.proc: subprocess.Popen[bytes] | None = None
         self._tmp: Path | None = None
         self.sock_path: Path | None = None
@@ -496,13 +533,13 @@ class ServeTarget(Target):
     def start(self) -> None:
         if self.proc is not None:
             return
-        self._tmp, self.export = _make_export()
+        self._tmp, self.export = _make_export(self.file_root)
         self.sock_path = self._tmp / "gofer.sock"
         self.log_path = self._tmp / "gofer.log"
         cmd = [
             *_gofer_cmd(self.plant),
             "serve",
-            str(self.export),
+            str(self.served),
             "--listen",
             f"unix:{self.sock_path}",
             "--msize",
@@ -617,11 +654,17 @@ class ServeFdTarget(Target):
     per_connection_process = True
 
     def __init__(
-        self, *, max_msize: int = 1 << 20, readonly: bool = False, plant: str = ""
+        self,
+        *,
+        max_msize: int = 1 << 20,
+        readonly: bool = False,
+        plant: str = "",
+        file_root: bool = False,
     ) -> None:
         self.max_msize = max_msize
         self.readonly = readonly
         self.plant = plant
+        self.file_root = file_root
         self._tmp: Path | None = None
         self.log_path: Path | None = None
         self._scanner: _LogScanner | None = None
@@ -629,7 +672,7 @@ class ServeFdTarget(Target):
 
     def start(self) -> None:
         if self._tmp is None:
-            self._tmp, self.export = _make_export()
+            self._tmp, self.export = _make_export(self.file_root)
             self.log_path = self._tmp / "gofer.log"
             self.log_path.touch()
             self._scanner = _LogScanner(self.log_path)
@@ -644,7 +687,7 @@ class ServeFdTarget(Target):
         cmd = [
             *_gofer_cmd(self.plant),
             "serve",
-            str(self.export),
+            str(self.served),
             "--fd",
             str(a.fileno()),
             "--msize",
@@ -991,6 +1034,8 @@ class DaemonTarget(Target):
 
 
 TARGETS = ("inproc", "serve", "serve-fd", "daemon", "unix:PATH")
+ATTACH = ("rw", "ro", "panic", "file")
+"""``--attach``: read-write, read-only, panic-on-write (daemon), a file as the root."""
 
 
 def make_target(
@@ -999,20 +1044,26 @@ def make_target(
     """``inproc`` | ``serve`` | ``serve-fd`` | ``daemon`` | ``unix:PATH``.
 
     ``attach``: ``rw`` (default), ``ro`` (a read-only attach point: every mutating request must
-    get EROFS) or ``panic`` (daemon only: ``--panic-on-write``, the daemon exits 70 on the first
-    mutating request).  ``plant`` names test-only defects (gofer9p.testing.plant).
+    get EROFS), ``panic`` (daemon only: ``--panic-on-write``, the daemon exits 70 on the first
+    mutating request) or ``file`` (a regular file is the attach point; not the daemon).
+    ``plant`` names test-only defects (gofer9p.testing.plant).
     """
-    if attach not in ("rw", "ro", "panic"):
-        raise ValueError(f"--attach must be rw, ro or panic, not {attach!r}")
-    ro = attach != "rw"
+    if attach not in ATTACH:
+        raise ValueError(f"--attach must be one of {', '.join(ATTACH)}, not {attach!r}")
+    ro = attach in ("ro", "panic")
     if attach == "panic" and spec != "daemon":
         raise ValueError("--attach panic needs --target daemon (it ends the server process)")
-    if spec == "inproc":
-        return InprocTarget(max_msize=max_msize, readonly=ro, plant=plant)
-    if spec == "serve":
-        return ServeTarget(max_msize=max_msize, readonly=ro, plant=plant)
-    if spec == "serve-fd":
-        return ServeFdTarget(max_msize=max_msize, readonly=ro, plant=plant)
+    if attach == "file" and spec not in ("inproc", "serve", "serve-fd"):
+        raise ValueError("--attach file needs --target inproc, serve or serve-fd")
+    kinds: dict[str, type[InprocTarget] | type[ServeTarget] | type[ServeFdTarget]] = {
+        "inproc": InprocTarget,
+        "serve": ServeTarget,
+        "serve-fd": ServeFdTarget,
+    }
+    if spec in kinds:
+        return kinds[spec](
+            max_msize=max_msize, readonly=ro, plant=plant, file_root=attach == "file"
+        )
     if spec == "daemon":
         return DaemonTarget(
             max_msize=max_msize, readonly=ro, panic_on_write=attach == "panic", plant=plant

@@ -149,3 +149,19 @@ def test_cli_corpus_dir_keeps_reports(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     (rep,) = list((corpus / "reports").glob("*-frames-inproc.json"))
     assert json.loads(rep.read_text())["examples_run"] >= 20
+
+
+def test_file_root_attach_point_is_fuzzed_clean(tmp_path: Path) -> None:
+    """``--attach file``: a regular file is the attach point (a file bind mount); the frame
+    fuzzer runs on it, and the warm-up re-opens the root so the attach point's per-mount
+    handle fd (cached on the first re-open) is not called a leak."""
+    from fuzz import frames
+    from fuzz.common import Report
+    from fuzz.targets import InprocTarget
+
+    report = Report(fuzzer="frames", target="inproc", seed=3)
+    with InprocTarget(file_root=True) as t:
+        assert t.served is not None and t.served.is_file()
+        frames.run(t, report, seed=3, time_budget=20, max_frames=600, crash_dir=tmp_path)
+    assert report.ok, report.summary()
+    assert report.fd_growth == 0, report.summary()
