@@ -774,6 +774,25 @@ class UnixTarget(Target):
         pass
 
 
+CONFINE_WAIT_S = 60.0
+"""How long a daemon may take to start and confine itself (python's start, a loaded machine,
+coverage's tracing) before the fuzzer's first request is timed."""
+
+
+def _wait_confined(pid: int, proc: subprocess.Popen[bytes]) -> None:
+    """Wait until the daemon installed its seccomp filter (its last step before serving), so
+    that ``--timeout`` times the server's replies, not the process's start."""
+    deadline = time.monotonic() + CONFINE_WAIT_S
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                if any(line.split() == ["Seccomp:", "2"] for line in f):
+                    return
+        except OSError:
+            return
+        time.sleep(0.01)
+
+
 def _coverage_data_dir() -> Path | None:
     """The data file's directory of a ``python -m fuzz coverage`` run (None: not measured).
 
@@ -920,6 +939,8 @@ class DaemonTarget(Target):
             )
         _limit(gp.pid)
         self.started += 1
+        if seccomp != "off":
+            _wait_confined(gp.pid, gp.proc)
         return gp
 
     def _retire(self, gp: Any, timeout: float) -> list[str]:

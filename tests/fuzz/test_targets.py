@@ -39,12 +39,16 @@ def _create(link: Link, name: bytes) -> None:
 
 @root_only
 def test_daemon_serves_several_connections_of_one_process() -> None:
-    """open_pair: two connections of one daemon that both reach the export (the second is the
-    root's, walked down); open_more: the spare attach points of the same process."""
+    """open_pair: two connections of one daemon, returned once it is confined, that both reach
+    the export (the second is the root's, walked down); open_more: the spare attach points of
+    the same process."""
     with DaemonTarget() as t:
         assert t.export is not None
         a, b = t.open_pair()
         assert a.pid() == t.pid()
+        # returned once confined: --timeout then times replies, not python's start
+        status = Path(f"/proc/{a.pid()}/status").read_text()
+        assert "\nSeccomp:\t2\n" in status, status
         assert b.prefix == (b"export",)
         _create(a, b"from-a")
         _create(b, b"from-b")
