@@ -7,7 +7,8 @@ process while a **probe** connection (another client of the same process) keeps 
 round trips:
 
 * ``treads``: pipelined Treads asking for ~msize bytes that fail or hit EOF (unknown fid,
-  unopened fid, offset past the end), the client not reading its replies;
+  unopened fid, offset past the end), or reads of a real file in the spliced size range (the
+  data waits in the connection's pipe), the client not reading its replies;
 * ``flushes``: large Treads of a real file fill the reply path (the client stops reading), then
   a stream of Tflush for them and for unknown tags;
 * ``headers``: several connections announce msize-sized frames before Tversion and trickle the
@@ -225,7 +226,7 @@ def random_case(rng: random.Random, scenario: str | None = None) -> Case:
             sc,
             rng.choice((64, 256, 1000, 4000)),
             seed,
-            {"how": rng.choice(("unknown", "unopened", "eof"))},
+            {"how": rng.choice(("unknown", "unopened", "eof", "spliced"))},
         )
     if sc == "flushes":
         return Case(sc, rng.choice((1000, 10000, 100000)), seed, {"reads": rng.choice((1, 8, 32))})
@@ -380,16 +381,31 @@ def run_case(target: Target, case: Case, *, latency: float = 10.0, msize: int = 
             how = case.params.get("how", "unknown")
             fid = 0xDEAD
             offset = 0
-            if how in ("unopened", "eof"):
+            if how in ("unopened", "eof", "spliced"):
                 s.rpc(M.Twalk(tag=0, fid=0, newfid=1, wnames=[b"pz-data"]))
                 fid = 1
-                if how == "eof":
+                if how != "unopened":
                     s.rpc(M.Tlopen(tag=0, fid=1, flags=0))
-                    offset = 1 << 40
-            frames = [
-                encode(M.Tread(tag=1 + i % 60000, fid=fid, offset=offset, count=m - 11))
-                for i in range(case.n)
-            ]
+                    offset = 1 << 40 if how == "eof" else 0
+            if how == "spliced":
+                # reads of a real file in the spliced size range (32 KiB up to the pipe): the
+                # data waits in the connection's pipe while the socket is full
+                frames = [
+                    encode(
+                        M.Tread(
+                            tag=1 + i % 60000,
+                            fid=fid,
+                            offset=rng.randrange(4 << 20),
+                            count=min(m - 11, rng.choice((32768, 65536, 200000))),
+                        )
+                    )
+                    for i in range(case.n)
+                ]
+            else:
+                frames = [
+                    encode(M.Tread(tag=1 + i % 60000, fid=fid, offset=offset, count=m - 11))
+                    for i in range(case.n)
+                ]
             _paced(s, frames)
         elif sc == "flushes":
             # Replies stuck behind a client that stopped reading: large Treads of a file fill
