@@ -10,8 +10,9 @@ its use.  Each case here runs, for a few seconds:
   export (absolute, relative ``../..``, and ``/fz-canary`` for the confined daemon, whose root
   is the bundle rootfs), replace a file by a new one, swap two directories;
 * two **clients** (9P connections of one server process) doing random requests over the same
-  names: multi-name walks, open (read, write, truncate), read, write, readdir, getattr, setattr,
-  create, mkdir, mknod, symlink, link, rename, renameat, unlinkat, readlink, xattrs, statfs.
+  names: multi-name walks (``..`` too), open (read, write, truncate), read, write, readdir,
+  getattr, setattr, create, mkdir, mknod, symlink, link, rename, renameat, unlinkat, readlink,
+  xattrs, statfs, byte-range locks of two owners on one file.
   For the confined daemon the second client is its root connection walked down to ``export``
   (``Link.prefix``): the canary beside the export is then inside that attach point, but the
   clients never name it (no ``..``, no canary name), so any access to it is still the server
@@ -284,15 +285,18 @@ def _client(
         n_uname = rng.choice((0, 0, 65534, 1000))
         for req in attach_requests(prefix, uname=uname, n_uname=n_uname):
             conn.rpc(req)
+        # ".." too (clamped at the attach root, and found again after the agent moved a
+        # directory), but not by a client attached above the export: it would leave it
+        walk_names = NAMES if prefix else [*NAMES, b".."]
         for i in range(ops):
             if STOP.is_set():
                 return
             fid = 1 + i % 8
             conn.rpc(M.Tclunk(tag=0, fid=fid))
-            path = [rng.choice(NAMES) for _ in range(rng.randrange(0, 3))]
+            path = [rng.choice(walk_names) for _ in range(rng.randrange(0, 3))]
             conn.rpc(M.Twalk(tag=0, fid=0, newfid=fid, wnames=path))
             name = rng.choice(NAMES)
-            op = rng.randrange(16)
+            op = rng.randrange(17)
             if op == 0:
                 conn.rpc(M.Tlopen(tag=0, fid=fid, flags=rng.choice((0, 2, 0o1002, 0o200000))))
                 count = rng.choice((64, 4096, 40000, 65000))  # 32 KiB+: the splice path
@@ -359,8 +363,19 @@ def _client(
                         gid=0,
                     )
                 )
-            else:
+            elif op == 15:
                 conn.rpc(M.Tstatfs(tag=0, fid=fid))
+            else:
+                # byte-range locks of two owners on one open file (the second owner gets an
+                # fd of its own), a test for a conflicting one, then both unlocked
+                conn.rpc(M.Tlopen(tag=0, fid=fid, flags=2))
+                for proc_id, ltype in ((1, 0), (2, rng.choice((0, 1))), (1, 2), (2, 2)):
+                    conn.rpc(M.Tlock(tag=0, fid=fid, type=ltype, flags=0, start=0,
+                                     length=rng.choice((0, 100)), proc_id=proc_id,
+                                     client_id=b"race"))
+                    if proc_id == 2 and ltype != 2:
+                        conn.rpc(M.Tgetlock(tag=0, fid=fid, type=1, start=0, length=0,
+                                            proc_id=3, client_id=b"race"))
     except Failure as f:
         problems.append(f"{f.kind}: client: {f.message}")
     except OSError as e:
