@@ -1,6 +1,6 @@
 """Where the server under fuzz runs, and how its health is measured.
 
-Three kinds, chosen with ``--target``:
+The kinds, chosen with ``--target``:
 
 * ``inproc`` (default): ``gofer9p.server.Connection`` in a trio loop on a
   background thread of this process, one socketpair per connection.  Fastest;
@@ -12,8 +12,14 @@ Three kinds, chosen with ``--target``:
   many connections; its error log is scanned for crashes.
   ``serve-fd``: one ``gofer9p serve --fd N DIR`` process per connection, the
   way a sandbox manager runs a gofer: it must also exit 0 at EOF.
+* ``daemon``: the confined ``gofer9p gofer`` (chroot, capabilities, seccomp in kill mode),
+  started as a sandbox manager does; several connections of one daemon (see
+  :class:`DaemonTarget`); a death by SIGSYS is a finding.
 * ``unix:PATH``: an already running server.  The export directory is unknown
   (no host-side comparison); the process is found with ``SO_PEERCRED``.
+
+The attach point is the export directory, read-write or read-only, or (``file_root``) a
+regular file in it.
 
 Every wait is bounded: starting a server, connecting, and the end of a
 connection (``Link.finish``).
