@@ -768,6 +768,7 @@ def run(
                 final_out,
                 crash_dir=crash_dir,
                 original=case if final is not case else None,
+                latency=latency,
             )
             report.notes.extend(problems[1:4])
         if not target.per_connection_process and (not target.alive() or problems):
@@ -790,8 +791,11 @@ def save_case(
     *,
     crash_dir: Path | None,
     original: Case | None = None,
+    latency: float = 10.0,
 ) -> Path | None:
-    """Save a pressure finding: the case (for ``replay``) and its first connection's bytes."""
+    """Save a pressure finding: the case (for ``replay``) and its first connection's bytes.
+
+    ``latency``: the run's deadline for the probe, kept so the replay judges by the same one."""
     kind, msg = split_problem(problem)
     extra = {
         "case": case.to_json(),
@@ -803,6 +807,7 @@ def save_case(
             "fd_peak_growth": out.fd_peak_growth,
             "probe_worst_s": out.probe_worst_s,
         },
+        "latency_s": latency,
         "replay": "python -m fuzz replay <this .json> --target " + target.name,
     }
     if original is not None:
@@ -818,9 +823,13 @@ def save_case(
     )
 
 
-def replay_case(path: Path, target: Target, *, latency: float = 10.0) -> list[str]:
-    """Re-run a saved pressure case with every oracle; [] means it passes now."""
+def replay_case(path: Path, target: Target, *, latency: float | None = None) -> list[str]:
+    """Re-run a saved pressure case with every oracle; [] means it passes now.
+
+    ``latency``: the probe's deadline; by default the one of the run that found it."""
     meta = json.loads(path.read_text())
+    if latency is None:
+        latency = float(meta.get("latency_s", 10.0))
     case = Case.from_json(meta["case"])
     _fresh(target)  # a warmed-up server, as the run had: its first-use caches are no leak
     return judge_case(target, case, latency=latency).problems

@@ -82,14 +82,26 @@ def test_fd_oracle_finds_an_fd_kept_per_open(tmp_path: Path) -> None:
 
 
 def test_latency_oracle_finds_a_stalled_event_loop(tmp_path: Path) -> None:
+    """A handler that blocks the event loop: another connection's round trips miss their
+    deadline; the case is minimized, and its replay judges by the run's deadline (saved with
+    it): failing with the defect, passing without."""
+    says = "another connection of the same server"
     report = Report(fuzzer="pressure", target="serve", seed=6)
     with ServeTarget(plant="stall") as t:
         pressure.run(
-            t, report, seed=6, time_budget=40, max_cases=1, crash_dir=tmp_path,
-            scenario="mix", size=300, latency=1.0, shrink=False,
+            t, report, seed=6, time_budget=60, max_cases=1, crash_dir=tmp_path,
+            scenario="mix", size=300, latency=1.0,
         )
         hangs = [h["message"] for h in report.hangs]
-        assert any("another connection of the same server" in h for h in hangs), report.summary()
+        assert any(says in h for h in hangs), report.summary()
+        (meta_path,) = _bucket_files(tmp_path, "pressure-hang-mix")
+        meta = json.loads(meta_path.read_text())
+        assert meta["latency_s"] == 1.0
+        assert meta["case"]["n"] < 300, "the finding was not minimized"
+        t.restart()
+        assert any(says in p for p in pressure.replay_case(meta_path, t)), "replay missed it"
+    with ServeTarget() as clean:
+        assert pressure.replay_case(meta_path, clean) == []
 
 
 def test_canary_oracle_finds_a_read_that_follows_a_symlink(tmp_path: Path) -> None:
