@@ -124,7 +124,8 @@ def test_canary_oracle_finds_a_read_that_follows_a_symlink(tmp_path: Path) -> No
 def test_seccomp_oracle_finds_a_syscall_off_the_whitelist(tmp_path: Path) -> None:
     report = Report(fuzzer="frames", target="daemon", seed=2)
     with DaemonTarget(plant="syscall") as t:
-        frames.run(t, report, seed=2, time_budget=25, max_frames=150, crash_dir=tmp_path)
+        # (each minimizing replay starts a daemon: 60 s holds on a loaded machine)
+        frames.run(t, report, seed=2, time_budget=60, max_frames=150, crash_dir=tmp_path)
         assert any("SIGSYS" in c["message"] for c in report.crashes), report.summary()
         (path,) = sorted(tmp_path.glob("frames-crash-SIGSYS-TSTATFS.bin"))
         t_min = Transcript.from_bytes(path.read_bytes())
