@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .common import CRASH_DIR, Report, replay
+from .targets import ATTACH
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,8 +69,9 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument(
                 "--attach",
                 default="rw",
-                choices=["rw", "ro", "panic"],
-                help="the attach point: read-write, read-only, or --panic-on-write (daemon)",
+                choices=ATTACH,
+                help="the attach point: read-write, read-only, --panic-on-write (daemon), or a "
+                "regular file as the root (frames only: the other fuzzers work in a directory)",
             )
             sp.add_argument("--plant", default="", help=argparse.SUPPRESS)  # tests only
             sp.add_argument(
@@ -129,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     r.add_argument("files", nargs="+", type=Path)
     r.add_argument("--target", default="inproc")
-    r.add_argument("--attach", default="rw", choices=["rw", "ro", "panic"])
+    r.add_argument("--attach", default="rw", choices=ATTACH)
     r.add_argument("--plant", default="", help=argparse.SUPPRESS)
     r.add_argument("--timeout", type=float, default=5.0)
     r.add_argument(
@@ -152,7 +154,8 @@ def _parser() -> argparse.ArgumentParser:
     cv.add_argument(
         "--targets",
         default="inproc,serve",
-        help="comma-separated targets (default inproc,serve; daemon is run, not measured)",
+        help="comma-separated targets (default inproc,serve; daemon: measured with seccomp "
+        "in log mode)",
     )
     cv.add_argument("--seed", type=int, default=1)
     cv.add_argument(
@@ -203,6 +206,32 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+_REACH = {
+    "rule_counts": "rules run",
+    "mutations": "mutations",
+    "cases_by_scenario": "cases",
+    "most_connections_by_scenario": "most connections of one process",
+    "agent_ops": "host agent operations",
+}
+"""What each fuzzer reached, from its report's details, for the end-of-run summary."""
+
+
+def _print_reach(details: dict[str, object]) -> None:
+    """The summary's second part: restarts survived and what the run exercised (the decode
+    engine's coverage edges; the other fuzzers' rules, mutations, cases and agent operations)."""
+    print(f"restarts: {details.get('restarts', 0)}")
+    if "coverage_edges" in details:
+        print(f"coverage: {details['coverage_edges']} edges, {details.get('corpus_entries')} "
+              f"corpus entries ({details.get('engine')})")
+    for key, label in _REACH.items():
+        counts = details.get(key)
+        if isinstance(counts, dict) and counts:
+            items = sorted(counts.items(), key=lambda kv: -kv[1])
+            print(f"{label}: " + ", ".join(f"{k}={v}" for k, v in items))
+        elif isinstance(counts, int):
+            print(f"{label}: {counts}")
+
+
 def _budget(args: argparse.Namespace) -> tuple[float | None, int | None]:
     if args.time is None and args.examples is None:
         return 60.0, None
@@ -237,6 +266,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             json_out=args.json,
         )
         return 0
+    if getattr(args, "attach", "rw") == "file" and args.fuzzer != "frames":
+        print(f"--attach file: {args.fuzzer} needs a directory as the attach point; use frames")
+        return 2
     seed = args.seed if args.seed is not None else random.randrange(1 << 32)
     time_budget, examples = _budget(args)
     report = Report(
@@ -266,6 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         report.write(reports / f"{stamp}-{report.fuzzer}-{report.target.replace('/', '_')}.json")
     print(report.summary())
+    _print_reach(report.details)
     by_bucket = report.details.get("findings_by_bucket", {})
     files = report.details.get("bucket_files", {})
     if by_bucket:
@@ -280,6 +313,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0 if report.ok else 1
 
 
+_EXAMPLES_KW = {
+    "stateful": "max_examples",
+    "frames": "max_frames",
+    "pressure": "max_cases",
+    "race": "max_cases",
+    "decode": "max_inputs",
+}
+"""What each fuzzer's ``run`` calls its ``--examples`` budget (sequences, frames, cases, inputs)."""
+
+
 def _run(
     args: argparse.Namespace,
     report: Report,
@@ -287,90 +330,39 @@ def _run(
     time_budget: float | None,
     examples: int | None,
 ) -> None:
+    """Run the chosen fuzzer with the options every fuzzer takes, plus its own."""
+    import importlib
+
     if args.corpus is not None:
         args.corpus.mkdir(parents=True, exist_ok=True)
         args.crash_dir = args.corpus / "crashes"
+    kwargs: dict[str, object] = {
+        "seed": seed,
+        "time_budget": time_budget,
+        _EXAMPLES_KW[args.fuzzer]: examples,
+        "crash_dir": args.crash_dir,
+    }
     if args.fuzzer == "decode":
         from .atheris_decode import run as run_decode
 
-        run_decode(
-            report,
-            seed=seed,
-            time_budget=time_budget,
-            max_inputs=examples,
-            engine=args.engine,
-            crash_dir=args.crash_dir,
-            corpus_dir=args.corpus,
-        )
+        run_decode(report, engine=args.engine, corpus_dir=args.corpus, **kwargs)  # type: ignore[arg-type]
+        return
+    from .common import Known
+    from .targets import make_target
+
+    kwargs["known"] = Known.load() if args.ignore_known else Known()
+    kwargs["shrink"] = not args.no_shrink
+    if args.fuzzer == "pressure":
+        kwargs.update(latency=args.latency, msize=args.msize, scenario=args.scenario)
     else:
-        from .common import Known
-        from .targets import make_target
-
-        known = Known.load() if args.ignore_known else Known()
-        target = make_target(
-            args.target, max_msize=args.msize, plant=args.plant, attach=args.attach
-        )
-        with target:
-            if args.fuzzer == "pressure":
-                from .pressure import run as run_pressure
-
-                run_pressure(
-                    target,
-                    report,
-                    seed=seed,
-                    time_budget=time_budget,
-                    max_cases=examples,
-                    crash_dir=args.crash_dir,
-                    latency=args.latency,
-                    msize=args.msize,
-                    scenario=args.scenario,
-                    known=known,
-                    shrink=not args.no_shrink,
-                )
-            elif args.fuzzer == "race":
-                from .race import run as run_race
-
-                run_race(
-                    target,
-                    report,
-                    seed=seed,
-                    time_budget=time_budget,
-                    max_cases=examples,
-                    crash_dir=args.crash_dir,
-                    timeout=args.timeout,
-                    known=known,
-                    shrink=not args.no_shrink,
-                )
-            elif args.fuzzer == "frames":
-                from .frames import run as run_frames
-
-                run_frames(
-                    target,
-                    report,
-                    seed=seed,
-                    time_budget=time_budget,
-                    max_frames=examples,
-                    crash_dir=args.crash_dir,
-                    timeout=args.timeout,
-                    known=known,
-                    shrink=not args.no_shrink,
-                )
-            else:
-                from .stateful import run as run_stateful
-
-                run_stateful(
-                    target,
-                    report,
-                    seed=seed,
-                    time_budget=time_budget,
-                    max_examples=examples,
-                    steps=args.steps,
-                    crash_dir=args.crash_dir,
-                    timeout=args.timeout,
-                    shrink=not args.no_shrink,
-                    known=known,
-                    database=args.corpus / "hypothesis" if args.corpus is not None else None,
-                )
+        kwargs["timeout"] = args.timeout
+    if args.fuzzer == "stateful":
+        kwargs["steps"] = args.steps
+        kwargs["database"] = args.corpus / "hypothesis" if args.corpus is not None else None
+    run = importlib.import_module(f".{args.fuzzer}", __package__).run
+    target = make_target(args.target, max_msize=args.msize, plant=args.plant, attach=args.attach)
+    with target:
+        run(target, report, **kwargs)
 
 
 def _replay(args: argparse.Namespace) -> int:

@@ -21,8 +21,10 @@ Engines:
   message, then mutated), bounded by count and time.  Not coverage-guided;
   the report says which engine ran.
 
-A crashing input is saved as ``fuzz/corpus/crashes/decode-crash-<hash>.bin``
-(the raw frame); ``python -m fuzz replay FILE`` re-runs ``check_input`` on it.
+A failing input is minimized (bytes dropped while it fails in the same bucket: the exception
+type and innermost codec function) and saved in its bucket as
+``<crash-dir>/decode-<bucket>.bin`` (the raw frame) with a ``.json`` (message, hits, the input
+before minimization); ``python -m fuzz replay FILE`` re-runs ``check_input`` on it.
 """
 
 from __future__ import annotations
@@ -126,13 +128,72 @@ def seed_persistent_corpus(corpus: Path) -> None:
                 (corpus / f"session-{hashlib.sha1(payload).hexdigest()[:16]}").write_bytes(payload)
 
 
-def save_crash(crash_dir: Path | None, data: bytes) -> Path | None:
-    if crash_dir is None:
-        return None
-    crash_dir.mkdir(parents=True, exist_ok=True)
-    path = crash_dir / f"decode-crash-{hashlib.sha1(data).hexdigest()[:12]}.bin"
-    path.write_bytes(data)
-    return path
+MINIMIZE_S = 10.0
+"""At most this long minimizing one decode input (inputs are at most 4096 bytes)."""
+
+
+def _problem(data: bytes) -> str | None:
+    """``check_input``'s exception with its traceback, or None when ``data`` passes."""
+    try:
+        check_input(data)
+    except Exception:
+        return traceback.format_exc()
+    return None
+
+
+def minimize_input(data: bytes, want: str, deadline: float) -> bytes:
+    """Drop chunks of ``data`` (halves, quarters, ... single bytes) while it still fails in
+    bucket ``want``; stops at ``deadline`` with the smallest failing input found."""
+    from .common import bucket
+
+    def fails(cand: bytes) -> bool:
+        tb = _problem(cand)
+        return tb is not None and bucket("crash", tb) == want
+
+    size = max(1, len(data) // 2)
+    while size >= 1 and time.monotonic() < deadline:
+        start, shrunk = 0, False
+        while start < len(data) and time.monotonic() < deadline:
+            cand = data[:start] + data[start + size :]
+            if cand and fails(cand):
+                data, shrunk = cand, True
+            else:
+                start += size
+        if not shrunk:
+            size //= 2
+    return data
+
+
+def save_crash(
+    report: Report,
+    crash_dir: Path | None,
+    data: bytes,
+    *,
+    kind: str = "crash",
+    message: str = "",
+    deadline: float | None = None,
+) -> Path | None:
+    """Record a failing input: bucketed by its exception and innermost function, minimized
+    (time-boxed by ``deadline`` and MINIMIZE_S), saved raw as ``decode-<bucket>.bin``."""
+    from .common import bucket, save_failure
+    from .wire import Failure
+
+    tb = _problem(data)
+    text = tb or message
+    extra: dict[str, object] = {
+        "original_input": data.hex(),
+        "replay": "python -m fuzz replay <this .bin> (runs the decode property)",
+    }
+    if tb is not None:
+        end = time.monotonic() + MINIMIZE_S
+        small = minimize_input(data, bucket(kind, tb), min(end, deadline or end))
+        extra["minimized"] = f"{len(data)} -> {len(small)} bytes"
+        data, text = small, _problem(small) or tb
+    extra["input"] = data.hex()
+    return save_failure(
+        report, "decode", Failure(kind, f"decode input {data[:64].hex()}: {text}"), data,
+        crash_dir=crash_dir, extra=extra,
+    )
 
 
 def replay_input(path: Path) -> list[str]:
@@ -242,11 +303,8 @@ def run_atheris(
         report.details["coverage_edges"] = cov
         report.details["corpus_entries"] = len(list(corpus.iterdir()))
         for art in sorted(artifacts.iterdir()):
-            data = art.read_bytes()
-            path = save_crash(crash_dir, data)
-            tail = output[-3000:]
             kind = "hang" if art.name.startswith("timeout") else "crash"
-            report.add_failure(kind, f"decode input {data[:64].hex()}: {tail}", path)
+            save_crash(report, crash_dir, art.read_bytes(), kind=kind, message=output[-3000:])
         if rc not in (0, -1) and not list(artifacts.iterdir()):
             report.add_failure("crash", f"atheris child exited {rc}: {output[-3000:]}")
     finally:
@@ -324,10 +382,8 @@ def run_hypothesis(
         try:
             prop()
         except Exception:
-            data, tb = failures[-1]
-            path = save_crash(crash_dir, data)
-            report.add_failure("crash", f"decode input {data[:64].hex()}: {tb}", path)
-            break
+            # saved in its bucket; the run goes on (a bucket hit again counts its hits)
+            save_crash(report, crash_dir, failures[-1][0], deadline=deadline)
     report.examples_run = count
     report.details["engine"] = "hypothesis"
 

@@ -260,6 +260,11 @@ def liveness(
         c.rpc(M.Twalk(tag=0, fid=root, newfid=root + 1, wnames=[]), outcome=1)
         c.rpc(M.Tgetattr(tag=0, fid=root + 1, request_mask=0x7FF), outcome=1)
         c.rpc(M.Tclunk(tag=0, fid=root + 1), outcome=1)
+        if exercise:
+            # the root opened once: a file root is re-opened by handle (next comment)
+            c.rpc(M.Twalk(tag=0, fid=root, newfid=root + 4, wnames=[]), outcome=1)
+            c.rpc(M.Tlopen(tag=0, fid=root + 4, flags=0), outcome=1)
+            c.rpc(M.Tclunk(tag=0, fid=root + 4), outcome=1)
         if exercise and not getattr(target, "readonly", False):
             # re-open a file by handle once: the attach point caches one fd per
             # mount for open_by_handle_at on first use (bounded, not a leak),
@@ -375,6 +380,8 @@ def replay_transcript(t: Transcript, target: Target, *, timeout: float = 5.0) ->
     return problems
 
 
+_PKG = str(Path(M.__file__).resolve().parents[1]) + os.sep
+"""The gofer9p package directory: its frames name a crash's bucket."""
 _TB_FILE = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
 _EXC_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Warning))\b", re.M)
 
@@ -412,7 +419,8 @@ def bucket(kind: str, message: str, transcript: Transcript | None = None, hint: 
     """
     frames = _TB_FILE.findall(message)
     if frames:
-        ours = [f for f in frames if "gofer9p" in f[0]] or frames
+        # (a frame of the package, not any path with "gofer9p" in it: the checkout's own name)
+        ours = [f for f in frames if f[0].startswith(_PKG)] or frames
         path, _line, func = ours[-1]
         excs = _EXC_LINE.findall(message)
         exc = excs[-1].rsplit(".", 1)[-1] if excs else "Exception"
@@ -436,7 +444,7 @@ def save_failure(
     report: Report,
     fuzzer: str,
     failure: Failure,
-    transcript: Transcript,
+    transcript: Transcript | bytes,
     *,
     crash_dir: Path | None,
     extra: dict[str, Any] | None = None,
@@ -448,7 +456,8 @@ def save_failure(
     the bucket was hit (``hits``) and when (``first_found``, ``last_found``).
     """
     path = None
-    name = bucket(failure.kind, failure.message, transcript, bucket_hint)
+    sent = transcript if isinstance(transcript, Transcript) else None  # (bytes: a decode input)
+    name = bucket(failure.kind, failure.message, sent, bucket_hint)
     counts = report.details.setdefault("findings_by_bucket", {})
     counts[name] = counts.get(name, 0) + 1
     if crash_dir is not None:
@@ -460,8 +469,8 @@ def save_failure(
             "message": failure.message,
             "target": report.target,
             "seed": report.seed,
-            "frames": transcript.frames_sent(),
-            "last_request": last_request(transcript),
+            "frames": sent.frames_sent() if sent is not None else 1,
+            "last_request": last_request(sent),
             "first_found": now,
             "last_found": now,
             "hits": 1,

@@ -7,7 +7,8 @@ process while a **probe** connection (another client of the same process) keeps 
 round trips:
 
 * ``treads``: pipelined Treads asking for ~msize bytes that fail or hit EOF (unknown fid,
-  unopened fid, offset past the end), the client not reading its replies;
+  unopened fid, offset past the end), or reads of a real file in the spliced size range (the
+  data waits in the connection's pipe), the client not reading its replies;
 * ``flushes``: large Treads of a real file fill the reply path (the client stops reading), then
   a stream of Tflush for them and for unknown tags;
 * ``headers``: several connections announce msize-sized frames before Tversion and trickle the
@@ -60,7 +61,7 @@ from gofer9p.protocol.codec import encode
 
 from .common import STOP, Known, Report, budget_spent, run_deadline, save_failure, split_problem
 from .targets import Link, Target, fd_count, fd_targets, rss_kb
-from .wire import Failure, RawConn, Transcript
+from .wire import Failure, RawConn, Transcript, attach_requests
 
 SCENARIOS = ("treads", "flushes", "headers", "idle", "fifo", "fids", "mix", "bigdir")
 
@@ -225,7 +226,7 @@ def random_case(rng: random.Random, scenario: str | None = None) -> Case:
             sc,
             rng.choice((64, 256, 1000, 4000)),
             seed,
-            {"how": rng.choice(("unknown", "unopened", "eof"))},
+            {"how": rng.choice(("unknown", "unopened", "eof", "spliced"))},
         )
     if sc == "flushes":
         return Case(sc, rng.choice((1000, 10000, 100000)), seed, {"reads": rng.choice((1, 8, 32))})
@@ -333,10 +334,12 @@ def _host_setup(target: Target) -> None:
             (big / f"entry-{i:05d}-{'x' * (i % 40)}").touch()
 
 
-def _attach(s: _Sender, msize: int) -> int:
+def _attach(s: _Sender, msize: int, prefix: tuple[bytes, ...] | None = ()) -> int:
+    """Tversion, then fid 0 at the export (``Link.prefix``); the msize the server chose."""
     r = s.rpc(M.Tversion(tag=C.NOTAG, msize=msize, version=C.VERSION_9P2000L))
     got = _U32.unpack_from(r, 7)[0]
-    s.rpc(M.Tattach(tag=0, fid=0, afid=C.NOFID, uname=b"root", aname=b"", n_uname=0))
+    for req in attach_requests(prefix):
+        s.rpc(req)
     return int(got)
 
 
@@ -378,16 +381,31 @@ def run_case(target: Target, case: Case, *, latency: float = 10.0, msize: int = 
             how = case.params.get("how", "unknown")
             fid = 0xDEAD
             offset = 0
-            if how in ("unopened", "eof"):
+            if how in ("unopened", "eof", "spliced"):
                 s.rpc(M.Twalk(tag=0, fid=0, newfid=1, wnames=[b"pz-data"]))
                 fid = 1
-                if how == "eof":
+                if how != "unopened":
                     s.rpc(M.Tlopen(tag=0, fid=1, flags=0))
-                    offset = 1 << 40
-            frames = [
-                encode(M.Tread(tag=1 + i % 60000, fid=fid, offset=offset, count=m - 11))
-                for i in range(case.n)
-            ]
+                    offset = 1 << 40 if how == "eof" else 0
+            if how == "spliced":
+                # reads of a real file in the spliced size range (32 KiB up to the pipe): the
+                # data waits in the connection's pipe while the socket is full
+                frames = [
+                    encode(
+                        M.Tread(
+                            tag=1 + i % 60000,
+                            fid=fid,
+                            offset=rng.randrange(4 << 20),
+                            count=min(m - 11, rng.choice((32768, 65536, 200000))),
+                        )
+                    )
+                    for i in range(case.n)
+                ]
+            else:
+                frames = [
+                    encode(M.Tread(tag=1 + i % 60000, fid=fid, offset=offset, count=m - 11))
+                    for i in range(case.n)
+                ]
             _paced(s, frames)
         elif sc == "flushes":
             # Replies stuck behind a client that stopped reading: large Treads of a file fill
@@ -418,46 +436,49 @@ def run_case(target: Target, case: Case, *, latency: float = 10.0, msize: int = 
         elif sc == "fids":
             conns = int(case.params.get("conns", 2))
             senders = [s]
-            for _ in range(conns - 1):
-                link = target.open() if not target.per_connection_process else None
-                if link is None:
-                    break
+            for link in target.open_more(conns - 1):
                 links.append(link)
                 extra = _Sender(link, out.transcript, out, watch, out.bound_kb)
-                _attach(extra, msize)
+                _attach(extra, msize, link.prefix)
                 senders.append(extra)
             versioned = len(senders) + 1
-            for snd in senders:
+            drains: list[threading.Thread] = []
+            for snd, link in zip(senders, links, strict=True):
+                # (a connection that cannot reach the export opens its attach root instead)
+                wnames = [b"pz-data"] if link.prefix is not None else []
                 frames = []
                 for i in range(case.n):
                     fid = 10 + i
-                    frames.append(encode(M.Twalk(tag=1, fid=0, newfid=fid, wnames=[b"pz-data"])))
+                    frames.append(encode(M.Twalk(tag=1, fid=0, newfid=fid, wnames=wnames)))
                     frames.append(encode(M.Tlopen(tag=2, fid=fid, flags=0)))
                 snd.sock.settimeout(10)
-                # these replies are read (a real client that opens files), in bulk at the end
-                drain = threading.Thread(target=_drain, args=(snd.sock,), daemon=True)
+                # these replies are read (a real client that opens files), in bulk, and
+                # awaited: every open was served before the case closes the connection
+                drain = threading.Thread(
+                    target=_drain, args=(snd.sock, len(frames)), daemon=True
+                )
                 drain.start()
+                drains.append(drain)
                 _paced(snd, frames, chunk=64)
+            for drain in drains:
+                drain.join(10)
         elif sc == "headers" or sc == "idle":
             versioned, unversioned = 1, case.n  # the probe; the case's connections
             out.bound_kb = memory_bound_kb(msize=msize, versioned=2, unversioned=case.n)
             s.bound_kb = out.bound_kb
-            if target.per_connection_process:
-                case_n = 1
-            else:
-                case_n = case.n
             senders = [s]
-            for _ in range(case_n - 1):
+            for _ in range(case.n - 1):
                 if STOP.is_set() or s.over():
                     break
-                link = _connect(target)
-                if link is None:
-                    out.problems.append(
-                        f"hang: the server stopped accepting connections after {len(links)}"
-                    )
-                    break
-                links.append(link)
-                senders.append(_Sender(link, Transcript(), out, watch, out.bound_kb))
+                more = target.open_more(1)
+                if not more:
+                    if not target.per_connection_process:
+                        out.problems.append(
+                            f"hang: the server stopped accepting connections after {len(links)}"
+                        )
+                    break  # (a daemon: its spare attach points are used up)
+                links += more
+                senders.append(_Sender(more[0], Transcript(), out, watch, out.bound_kb))
             out.conns = len(senders)
             if sc == "idle" and case.params.get("version"):
                 for snd in senders:
@@ -577,27 +598,40 @@ def _bigdir(target: Target, link: Link, case: Case, rng: random.Random, out: Out
     return problems
 
 
-def _connect(target: Target, wait: float = 5.0) -> Link | None:
-    """A new connection; a full listen backlog is retried (the server accepts asynchronously)."""
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            return target.open()
-        except (BlockingIOError, ConnectionRefusedError, TimeoutError):
-            if time.monotonic() > deadline:
-                return None
-            time.sleep(0.01)
-
-
-def _drain(sock: socket.socket) -> None:
+def _drain(sock: socket.socket, replies: int) -> None:
+    """Read and drop ``replies`` reply frames (or until EOF, an error or the socket's timeout)."""
+    buf = b""
     try:
-        while sock.recv(1 << 16):
-            pass
+        while replies > 0:
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                return
+            buf += chunk
+            while len(buf) >= 4 and len(buf) >= _U32.unpack_from(buf)[0] >= 4:
+                buf = buf[_U32.unpack_from(buf)[0] :]
+                replies -= 1
     except OSError:
         pass
 
 
 # ----------------------------------------------------------------- the fuzzer
+def judge_case(
+    target: Target, case: Case, *, latency: float = 10.0, msize: int = 1 << 20
+) -> Outcome:
+    """:func:`run_case`, then the fd oracle: once the case's connections are closed the
+    server's fd count must settle back to what it was before the case (a long-lived server
+    process; a per-connection process is judged by its exit instead).  What the run, the
+    minimizer and ``replay`` all judge a case by."""
+    pid = None if target.per_connection_process else target.pid()
+    base = fd_count(pid) if pid is not None else None
+    out = run_case(target, case, latency=latency, msize=msize)
+    if not out.problems:
+        p = _settle_fds(target, base)
+        if p:
+            out.problems.append(p)
+    return out
+
+
 def _settle_fds(target: Target, base: int | None, settle: float = 5.0) -> str | None:
     pid = target.pid()
     if pid is None or base is None:
@@ -636,7 +670,7 @@ def minimize(
     while best.n > 1 and time.monotonic() < deadline and not STOP.is_set():
         smaller = Case(best.scenario, max(1, best.n // 2), best.seed, dict(best.params))
         _fresh(target)
-        o = run_case(target, smaller, latency=latency, msize=msize)
+        o = judge_case(target, smaller, latency=latency, msize=msize)
         robust = (
             o.growth_kb >= 1.5 * o.bound_kb if first.startswith("leak: server memory") else True
         )
@@ -698,10 +732,10 @@ def run(
     deadline = run_deadline(start, time_budget, max_cases)
     counts: dict[str, int] = {}
     worst: dict[str, int] = {}
+    most_conns: dict[str, int] = {}
     _fresh(target)
     pid = target.pid()
-    base_fds = fd_count(pid) if pid is not None else None
-    report.fd_baseline = base_fds
+    report.fd_baseline = fd_count(pid) if pid is not None else None
     report.rss_baseline_kb = rss_kb(pid) if pid is not None else None
     while not STOP.is_set():
         if budget_spent(deadline, report.examples_run, max_cases):
@@ -709,21 +743,18 @@ def run(
         case = random_case(rng, scenario)
         if size is not None:
             case.n = size
-        out = run_case(target, case, latency=latency, msize=msize)
+        out = judge_case(target, case, latency=latency, msize=msize)
         report.examples_run += 1
         report.frames_sent += out.frames
         report.connections += out.conns + 1
         counts[case.scenario] = counts.get(case.scenario, 0) + 1
         worst[case.scenario] = max(worst.get(case.scenario, 0), out.growth_kb)
-        if not out.problems and not target.per_connection_process:
-            p = _settle_fds(target, base_fds)
-            if p:
-                out.problems.append(p)
+        most_conns[case.scenario] = max(most_conns.get(case.scenario, 0), out.conns + 1)
         problems = [p for p in out.problems if not known.match(report, p)]
         if problems:
             first = problems[0]
             final, final_out = case, out
-            if shrink and first.startswith(("leak: server memory", "crash", "hang")):
+            if shrink:
                 budget_end = deadline if deadline is not None else time.monotonic() + 120
                 final, final_out = minimize(
                     target, case, out, first, deadline=budget_end, latency=latency, msize=msize
@@ -737,16 +768,16 @@ def run(
                 final_out,
                 crash_dir=crash_dir,
                 original=case if final is not case else None,
+                latency=latency,
             )
             report.notes.extend(problems[1:4])
         if not target.per_connection_process and (not target.alive() or problems):
             # unattended: a dead or wounded server is restarted and the run goes on
             report.details["restarts"] = report.details.get("restarts", 0) + 1
             _fresh(target)
-            pid = target.pid()
-            base_fds = fd_count(pid) if pid is not None else None
     report.details["cases_by_scenario"] = counts
     report.details["peak_rss_growth_kb_by_scenario"] = worst
+    report.details["most_connections_by_scenario"] = most_conns
     report.duration_s = round(time.monotonic() - start, 2)
     return report
 
@@ -760,8 +791,11 @@ def save_case(
     *,
     crash_dir: Path | None,
     original: Case | None = None,
+    latency: float = 10.0,
 ) -> Path | None:
-    """Save a pressure finding: the case (for ``replay``) and its first connection's bytes."""
+    """Save a pressure finding: the case (for ``replay``) and its first connection's bytes.
+
+    ``latency``: the run's deadline for the probe, kept so the replay judges by the same one."""
     kind, msg = split_problem(problem)
     extra = {
         "case": case.to_json(),
@@ -773,6 +807,7 @@ def save_case(
             "fd_peak_growth": out.fd_peak_growth,
             "probe_worst_s": out.probe_worst_s,
         },
+        "latency_s": latency,
         "replay": "python -m fuzz replay <this .json> --target " + target.name,
     }
     if original is not None:
@@ -788,15 +823,13 @@ def save_case(
     )
 
 
-def replay_case(path: Path, target: Target, *, latency: float = 10.0) -> list[str]:
-    """Re-run a saved pressure case with every oracle; [] means it passes now."""
+def replay_case(path: Path, target: Target, *, latency: float | None = None) -> list[str]:
+    """Re-run a saved pressure case with every oracle; [] means it passes now.
+
+    ``latency``: the probe's deadline; by default the one of the run that found it."""
     meta = json.loads(path.read_text())
+    if latency is None:
+        latency = float(meta.get("latency_s", 10.0))
     case = Case.from_json(meta["case"])
-    out = run_case(target, case, latency=latency)
-    problems = list(out.problems)
-    if not problems and not target.per_connection_process:
-        pid = target.pid()
-        p = _settle_fds(target, fd_count(pid) if pid else None)
-        if p:
-            problems.append(p)
-    return problems
+    _fresh(target)  # a warmed-up server, as the run had: its first-use caches are no leak
+    return judge_case(target, case, latency=latency).problems

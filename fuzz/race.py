@@ -9,9 +9,14 @@ its use.  Each case here runs, for a few seconds:
   rename over each other, replace a file or a directory by a symlink to a **canary** outside the
   export (absolute, relative ``../..``, and ``/fz-canary`` for the confined daemon, whose root
   is the bundle rootfs), replace a file by a new one, swap two directories;
-* two **clients** (9P connections) doing random requests over the same names: multi-name walks,
-  open (read, write, truncate), read, write, readdir, getattr, setattr, create, mkdir, mknod,
-  symlink, link, rename, renameat, unlinkat, readlink, xattrs, statfs.
+* two **clients** (9P connections of one server process) doing random requests over the same
+  names: multi-name walks (``..`` too), open (read, write, truncate), read, write, readdir,
+  getattr, setattr, create, mkdir, mknod, symlink, link, rename, renameat, unlinkat, readlink,
+  xattrs, statfs, byte-range locks of two owners on one file.
+  For the confined daemon the second client is its root connection walked down to ``export``
+  (``Link.prefix``): the canary beside the export is then inside that attach point, but the
+  clients never name it (no ``..``, no canary name), so any access to it is still the server
+  following a link.
 
 Oracles: every reply is a valid reply to its request (tag, type, errno); the server's log has no
 error and the process is alive; and the canaries: an inotify watch on each canary directory and
@@ -40,12 +45,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gofer9p.protocol import constants as C
 from gofer9p.protocol import messages as M
 
 from .common import STOP, Known, Report, budget_spent, run_deadline, save_failure, split_problem
 from .targets import Target
-from .wire import Failure, RawConn, Transcript
+from .wire import Failure, RawConn, Transcript, attach_requests
 
 NAMES = [b"a", b"b", b"d1", b"d2", b"f"]
 CANARY = "fz-canary"
@@ -263,22 +267,36 @@ def _remove(d: int, name: str) -> None:
 
 
 # --------------------------------------------------------------------- client
-def _client(conn: RawConn, rng: random.Random, ops: int, problems: list[str]) -> None:
-    """Random requests over the agent's names; every reply must be a valid reply."""
+def _client(
+    conn: RawConn,
+    rng: random.Random,
+    ops: int,
+    problems: list[str],
+    prefix: tuple[bytes, ...] | None = (),
+) -> None:
+    """Random requests over the agent's names; every reply must be a valid reply.
+
+    ``prefix``: the walk from the connection's attach root to the export (the daemon's second
+    client is its root connection).
+    """
     try:
         conn.handshake(65536)
         uname = rng.choice((b"root", b"nobody", b""))
         n_uname = rng.choice((0, 0, 65534, 1000))
-        conn.rpc(M.Tattach(tag=0, fid=0, afid=C.NOFID, uname=uname, aname=b"", n_uname=n_uname))
+        for req in attach_requests(prefix, uname=uname, n_uname=n_uname):
+            conn.rpc(req)
+        # ".." too (clamped at the attach root, and found again after the agent moved a
+        # directory), but not by a client attached above the export: it would leave it
+        walk_names = NAMES if prefix else [*NAMES, b".."]
         for i in range(ops):
             if STOP.is_set():
                 return
             fid = 1 + i % 8
             conn.rpc(M.Tclunk(tag=0, fid=fid))
-            path = [rng.choice(NAMES) for _ in range(rng.randrange(0, 3))]
+            path = [rng.choice(walk_names) for _ in range(rng.randrange(0, 3))]
             conn.rpc(M.Twalk(tag=0, fid=0, newfid=fid, wnames=path))
             name = rng.choice(NAMES)
-            op = rng.randrange(16)
+            op = rng.randrange(17)
             if op == 0:
                 conn.rpc(M.Tlopen(tag=0, fid=fid, flags=rng.choice((0, 2, 0o1002, 0o200000))))
                 count = rng.choice((64, 4096, 40000, 65000))  # 32 KiB+: the splice path
@@ -345,8 +363,19 @@ def _client(conn: RawConn, rng: random.Random, ops: int, problems: list[str]) ->
                         gid=0,
                     )
                 )
-            else:
+            elif op == 15:
                 conn.rpc(M.Tstatfs(tag=0, fid=fid))
+            else:
+                # byte-range locks of two owners on one open file (the second owner gets an
+                # fd of its own), a test for a conflicting one, then both unlocked
+                conn.rpc(M.Tlopen(tag=0, fid=fid, flags=2))
+                for proc_id, ltype in ((1, 0), (2, rng.choice((0, 1))), (1, 2), (2, 2)):
+                    conn.rpc(M.Tlock(tag=0, fid=fid, type=ltype, flags=0, start=0,
+                                     length=rng.choice((0, 100)), proc_id=proc_id,
+                                     client_id=b"race"))
+                    if proc_id == 2 and ltype != 2:
+                        conn.rpc(M.Tgetlock(tag=0, fid=fid, type=1, start=0, length=0,
+                                            proc_id=3, client_id=b"race"))
     except Failure as f:
         problems.append(f"{f.kind}: client: {f.message}")
     except OSError as e:
@@ -377,10 +406,7 @@ def run_case(target: Target, seed: int, ops: int, *, timeout: float = 5.0) -> Ra
     threads = []
     try:
         try:
-            if target.per_connection_process:
-                links = list(target.open_pair())
-            else:
-                links = [target.open(), target.open()]
+            links = list(target.open_pair())  # two clients of the export, one process
         except OSError as e:
             out.problems.append(f"crash: cannot connect to the server: {e}")
             links = []
@@ -391,7 +417,7 @@ def run_case(target: Target, seed: int, ops: int, *, timeout: float = 5.0) -> Ra
             conn = RawConn(link.sock, t, timeout)
             th = threading.Thread(
                 target=_client,
-                args=(conn, random.Random(rng.randrange(1 << 30)), ops, out.problems),
+                args=(conn, random.Random(rng.randrange(1 << 30)), ops, out.problems, link.prefix),
                 daemon=True,
             )
             th.start()

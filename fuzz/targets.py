@@ -1,6 +1,6 @@
 """Where the server under fuzz runs, and how its health is measured.
 
-Three kinds, chosen with ``--target``:
+The kinds, chosen with ``--target``:
 
 * ``inproc`` (default): ``gofer9p.server.Connection`` in a trio loop on a
   background thread of this process, one socketpair per connection.  Fastest;
@@ -12,8 +12,14 @@ Three kinds, chosen with ``--target``:
   many connections; its error log is scanned for crashes.
   ``serve-fd``: one ``gofer9p serve --fd N DIR`` process per connection, the
   way a sandbox manager runs a gofer: it must also exit 0 at EOF.
+* ``daemon``: the confined ``gofer9p gofer`` (chroot, capabilities, seccomp in kill mode),
+  started as a sandbox manager does; several connections of one daemon (see
+  :class:`DaemonTarget`); a death by SIGSYS is a finding.
 * ``unix:PATH``: an already running server.  The export directory is unknown
   (no host-side comparison); the process is found with ``SO_PEERCRED``.
+
+The attach point is the export directory, read-write or read-only, or (``file_root``) a
+regular file in it.
 
 Every wait is bounded: starting a server, connecting, and the end of a
 connection (``Link.finish``).
@@ -103,10 +109,16 @@ def empty_dir(path: Path) -> None:
 
 
 class Link:
-    """One connection to a target: a connected socket plus what the target can tell."""
+    """One connection to a target: a connected socket plus what the target can tell.
 
-    def __init__(self, sock: socket.socket) -> None:
+    ``prefix``: the names a client walks from this connection's attach root to the export
+    (empty: the attach root is the export; ``None``: the export is not below it).  Only the
+    daemon's extra connections have one (see :class:`DaemonTarget`).
+    """
+
+    def __init__(self, sock: socket.socket, prefix: tuple[bytes, ...] | None = ()) -> None:
         self.sock = sock
+        self.prefix = prefix
 
     def fid_count(self) -> int | None:
         """Fids the server holds for this connection, when visible (in-process)."""
@@ -128,6 +140,16 @@ class Target:
     export: Path | None = None
     """The exported host directory, when the fuzzer may look at it."""
     per_connection_process = False
+    file_root = False
+    """The attach point is the regular file ``FILE_ROOT`` in the export (``--attach file``: a
+    file bind mount, as a sandbox's /etc/resolv.conf), not the export directory itself."""
+
+    @property
+    def served(self) -> Path | None:
+        """The host path the server is given: the export, or its file root."""
+        if self.export is None or not self.file_root:
+            return self.export
+        return self.export / FILE_ROOT
 
     def start(self) -> None:
         pass
@@ -150,8 +172,31 @@ class Target:
         return True
 
     def open_pair(self) -> tuple[Link, Link]:
-        """Two connections to the same server process: one to misbehave, one to probe latency."""
+        """Two connections to the same server process, both reaching the export: one to
+        misbehave (or a second client of the export), one to probe latency."""
         return self.open(), self.open()
+
+    def open_more(self, n: int) -> list[Link]:
+        """Up to ``n`` more connections to the process serving the last :meth:`open_pair`.
+
+        For a server that takes any number of connections, ``n`` new ones (a refused connect,
+        the listen backlog full, is retried for a few seconds, then the list ends short); for
+        the daemon, its spare attach points; for one process per connection, none.
+        """
+        if self.per_connection_process:
+            return []
+        out: list[Link] = []
+        for _ in range(n):
+            deadline = time.monotonic() + 5.0
+            while True:
+                try:
+                    out.append(self.open())
+                    break
+                except (BlockingIOError, ConnectionRefusedError, TimeoutError):
+                    if time.monotonic() > deadline:
+                        return out
+                    time.sleep(0.01)
+        return out
 
     def restart(self) -> None:
         """Start over after the server died (unattended runs keep going)."""
@@ -164,14 +209,22 @@ class Target:
         The root itself is reset too: a fuzz case may have changed its mode
         or set xattrs on it, and the next case's model starts from scratch.
         """
-        if self.export is not None:
-            empty_dir(self.export)
-            os.chmod(self.export, 0o755)
-            for name in os.listxattr(self.export):
-                try:
-                    os.removexattr(self.export, name)
-                except OSError:
-                    pass
+        root = self.served
+        if root is None:
+            return
+        if self.file_root:
+            # the server holds this very inode: reset it in place, never replace it
+            with open(root, "r+b") as f:
+                f.truncate(0)
+                f.write(FILE_ROOT_DATA)
+        else:
+            empty_dir(root)
+        os.chmod(root, 0o644 if self.file_root else 0o755)
+        for name in os.listxattr(root):
+            try:
+                os.removexattr(root, name)
+            except OSError:
+                pass
 
     def __enter__(self) -> Target:
         self.start()
@@ -181,11 +234,18 @@ class Target:
         self.stop()
 
 
-def _make_export() -> tuple[Path, Path]:
+FILE_ROOT = "root-file"
+FILE_ROOT_DATA = b"a file served as the attach point\n" * 100
+
+
+def _make_export(file_root: bool = False) -> tuple[Path, Path]:
     tmp = Path(tempfile.mkdtemp(prefix="gofer9p-fuzz-"))
     export = tmp / "export"
     export.mkdir()
     export.chmod(0o755)
+    if file_root:
+        (export / FILE_ROOT).write_bytes(FILE_ROOT_DATA)
+        (export / FILE_ROOT).chmod(0o644)
     return tmp, export
 
 
@@ -231,11 +291,17 @@ class InprocTarget(Target):
     name = "inproc"
 
     def __init__(
-        self, *, max_msize: int = 1 << 20, readonly: bool = False, plant: str = ""
+        self,
+        *,
+        max_msize: int = 1 << 20,
+        readonly: bool = False,
+        plant: str = "",
+        file_root: bool = False,
     ) -> None:
         self.max_msize = max_msize
         self.readonly = readonly
         self.plant = plant
+        self.file_root = file_root
         self._unplant: Any = None
         self._thread: threading.Thread | None = None
         self._token: Any = None
@@ -260,9 +326,9 @@ class InprocTarget(Target):
         # modes); so does this server, or a Tmkdir of 1777 comes out 1755 and
         # the stateful model, which expects the daemon's behaviour, disagrees.
         self._old_umask = os.umask(0)
-        self._tmp, self.export = _make_export()
+        self._tmp, self.export = _make_export(self.file_root)
         # (no panic-on-write here: AttachPoint.panic would _exit the fuzzer; the daemon has it)
-        self.point = AttachPoint.open(str(self.export), readonly=self.readonly)
+        self.point = AttachPoint.open(str(self.served), readonly=self.readonly)
         if self.plant:
             from gofer9p.testing.plant import apply
 
@@ -452,11 +518,17 @@ class ServeTarget(Target):
     name = "serve"
 
     def __init__(
-        self, *, max_msize: int = 1 << 20, readonly: bool = False, plant: str = ""
+        self,
+        *,
+        max_msize: int = 1 << 20,
+        readonly: bool = False,
+        plant: str = "",
+        file_root: bool = False,
     ) -> None:
         self.max_msize = max_msize
         self.readonly = readonly
         self.plant = plant
+        self.file_root = file_root
         self.proc: subprocess.Popen[bytes] | None = None
         self._tmp: Path | None = None
         self.sock_path: Path | None = None
@@ -467,13 +539,13 @@ class ServeTarget(Target):
     def start(self) -> None:
         if self.proc is not None:
             return
-        self._tmp, self.export = _make_export()
+        self._tmp, self.export = _make_export(self.file_root)
         self.sock_path = self._tmp / "gofer.sock"
         self.log_path = self._tmp / "gofer.log"
         cmd = [
             *_gofer_cmd(self.plant),
             "serve",
-            str(self.export),
+            str(self.served),
             "--listen",
             f"unix:{self.sock_path}",
             "--msize",
@@ -588,11 +660,17 @@ class ServeFdTarget(Target):
     per_connection_process = True
 
     def __init__(
-        self, *, max_msize: int = 1 << 20, readonly: bool = False, plant: str = ""
+        self,
+        *,
+        max_msize: int = 1 << 20,
+        readonly: bool = False,
+        plant: str = "",
+        file_root: bool = False,
     ) -> None:
         self.max_msize = max_msize
         self.readonly = readonly
         self.plant = plant
+        self.file_root = file_root
         self._tmp: Path | None = None
         self.log_path: Path | None = None
         self._scanner: _LogScanner | None = None
@@ -600,7 +678,7 @@ class ServeFdTarget(Target):
 
     def start(self) -> None:
         if self._tmp is None:
-            self._tmp, self.export = _make_export()
+            self._tmp, self.export = _make_export(self.file_root)
             self.log_path = self._tmp / "gofer.log"
             self.log_path.touch()
             self._scanner = _LogScanner(self.log_path)
@@ -615,7 +693,7 @@ class ServeFdTarget(Target):
         cmd = [
             *_gofer_cmd(self.plant),
             "serve",
-            str(self.export),
+            str(self.served),
             "--fd",
             str(a.fileno()),
             "--msize",
@@ -702,6 +780,42 @@ class UnixTarget(Target):
         pass
 
 
+CONFINE_WAIT_S = 60.0
+"""How long a daemon may take to start and confine itself (python's start, a loaded machine,
+coverage's tracing) before the fuzzer's first request is timed."""
+
+
+def _wait_confined(pid: int, proc: subprocess.Popen[bytes]) -> None:
+    """Wait until the daemon installed its seccomp filter (its last step before serving), so
+    that ``--timeout`` times the server's replies, not the process's start."""
+    deadline = time.monotonic() + CONFINE_WAIT_S
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                if any(line.split() == ["Seccomp:", "2"] for line in f):
+                    return
+        except OSError:
+            return
+        time.sleep(0.01)
+
+
+def _coverage_data_dir() -> Path | None:
+    """The data file's directory of a ``python -m fuzz coverage`` run (None: not measured).
+
+    A measured daemon starts coverage before it chroots and writes its data when it exits,
+    inside the chroot: the same absolute path made inside the bundle's rootfs receives it.
+    """
+    rc = os.environ.get("COVERAGE_PROCESS_START")
+    if not rc:
+        return None
+    import configparser
+
+    cp = configparser.ConfigParser()
+    cp.read(rc)
+    data_file = cp.get("run", "data_file", fallback="")
+    return Path(data_file).parent if data_file.startswith("/") else None
+
+
 class _DaemonLink(Link):
     def __init__(self, sock: socket.socket, target: DaemonTarget, gp: Any) -> None:
         super().__init__(sock)
@@ -723,13 +837,21 @@ class DaemonTarget(Target):
 
     Started with :func:`gofer9p.launch.start_gofer`, as a sandbox manager does: chroot into the
     bundle root, capabilities dropped, no_new_privs, the seccomp whitelist in kill mode.  The
-    bundle has three attach points: the root (held, unused), ``/export`` (the fuzz connection;
-    ``self.export`` is its host directory) and ``/probe`` (a second connection to the same
-    process, for the latency oracle).  A daemon serves each attach point on one connection only,
-    so every :meth:`open` after the first starts a fresh daemon; the previous one is retired:
+    bundle has ``2 + SPARE`` attach points, one connection each: the root, ``/export`` (the fuzz
+    connection; ``self.export`` is its host directory) and ``/c1`` ... (spare connections, each
+    its own empty directory).  A daemon serves each attach point on one connection only, so
+    every :meth:`open` or :meth:`open_pair` starts a fresh daemon; the previous one is retired:
     every socket closed, its exit status judged (0 is right; a death by SIGSYS is a seccomp
     whitelist gap reached by the requests just sent; 70 is ``--panic-on-write`` doing its job).
+
+    :meth:`open` gives the export's connection alone (the others get EOF at once, so the daemon
+    closes it at our EOF, as the other targets do).  :meth:`open_pair` gives the export's and
+    the root's (prefix ``export``: a second client of the same files, and the latency probe),
+    and keeps the spare ones for :meth:`open_more`: several connections of one confined
+    process, for the pressure cases that need them.
     """
+
+    SPARE = 6
 
     name = "daemon"
     per_connection_process = True
@@ -758,6 +880,8 @@ class DaemonTarget(Target):
         """How the daemons ended (exit status or -signal), for reports and tests."""
         self._judged: set[int] = set()
         self._pending: list[str] = []
+        self._spare: list[socket.socket] = []
+        self._cov_dir: Path | None = None
         self.started = 0
 
     def start(self) -> None:
@@ -768,14 +892,15 @@ class DaemonTarget(Target):
         self._tmp = Path(tempfile.mkdtemp(prefix="gofer9p-fuzz-daemon-"))
         self.bundle = self._tmp / "bundle"
         rootfs = self.bundle / "rootfs"
-        for d in ("export", "probe"):
+        spares = [f"c{i}" for i in range(1, self.SPARE + 1)]
+        for d in ("export", *spares):
             (rootfs / d).mkdir(parents=True)
         rootfs.chmod(0o755)
         self.export = rootfs / "export"
         self.export.chmod(0o755)
         doc = {
             "ociVersion": "1.0.2",
-            "root": {"path": "rootfs", "readonly": False},
+            "root": {"path": "rootfs", "readonly": self.readonly},
             "mounts": [
                 {
                     "destination": "/export",
@@ -783,10 +908,17 @@ class DaemonTarget(Target):
                     "source": "rootfs/export",
                     "options": ["ro" if self.readonly else "rw"],
                 },
-                {"destination": "/probe", "type": "bind", "source": "rootfs/probe"},
+                *(
+                    {"destination": f"/{d}", "type": "bind", "source": f"rootfs/{d}"}
+                    for d in spares
+                ),
             ],
         }
         (self.bundle / "config.json").write_text(json.dumps(doc))
+        self._cov_dir = _coverage_data_dir()
+        if self._cov_dir is not None:
+            # the data file's directory, at the same path inside the chroot (see _collect)
+            (rootfs / self._cov_dir.relative_to("/")).mkdir(parents=True, exist_ok=True)
         self.log_path = self._tmp / "gofer.log"
         self.log_path.touch()
         self._scanner = _LogScanner(self.log_path)
@@ -796,12 +928,15 @@ class DaemonTarget(Target):
 
         assert self.bundle is not None and self.log_path is not None
         env = _env(self.plant)
-        # (python -m fuzz coverage: a daemon could not write its data from inside its chroot)
-        env.pop("COVERAGE_PROCESS_START", None)
+        seccomp = self.seccomp
+        if self._cov_dir is not None:
+            seccomp = "log"  # coverage's own writes at exit are not on the whitelist
+        else:
+            env.pop("COVERAGE_PROCESS_START", None)
         with open(self.log_path, "ab") as log:
             gp = start_gofer(
                 self.bundle,
-                seccomp=self.seccomp,
+                seccomp=seccomp,
                 panic_on_write=self.panic_on_write,
                 module="gofer9p.testing.plant" if self.plant else "gofer9p.daemon",
                 extra_args=["--log-level", "error", "--log-file", str(self.log_path)],
@@ -810,6 +945,8 @@ class DaemonTarget(Target):
             )
         _limit(gp.pid)
         self.started += 1
+        if seccomp != "off":
+            _wait_confined(gp.pid, gp.proc)
         return gp
 
     def _retire(self, gp: Any, timeout: float) -> list[str]:
@@ -848,25 +985,33 @@ class DaemonTarget(Target):
             return [f"crash: the confined gofer was killed by signal {-rc}"]
         return [f"crash: the confined gofer exited with status {rc}"]
 
-    def _fresh(self, probe: bool) -> Any:
+    def _fresh(self, pair: bool) -> Any:
         if self.gp is not None:
             self._pending += self._retire(self.gp, 10.0)
             self.gp = None
         self.gp = gp = self._spawn()
         # The daemon owns its sockets until it exits (server.serve does not close them), and it
-        # exits once every connection ended: the attach points we do not use get EOF now, so
-        # our EOF on the last one is answered by a close, as with the other targets.
-        for sk in gp.sockets[:1] + ([] if probe else gp.sockets[2:]):
-            sk.shutdown(socket.SHUT_WR)
+        # exits once every connection ended.  A lone connection (open): the other attach
+        # points get EOF now, so our EOF on it is answered by a close, as with the other
+        # targets.  A pair: the spares wait for open_more; _retire ends them all.
+        self._spare = list(gp.sockets[2:]) if pair else []
+        if not pair:
+            for sk in [gp.sockets[0], *gp.sockets[2:]]:
+                sk.shutdown(socket.SHUT_WR)
         return gp
 
     def open(self) -> Link:
-        gp = self._fresh(probe=False)
+        gp = self._fresh(pair=False)
         return _DaemonLink(gp.sockets[1], self, gp)
 
     def open_pair(self) -> tuple[Link, Link]:
-        gp = self._fresh(probe=True)
-        return _DaemonLink(gp.sockets[1], self, gp), Link(gp.sockets[2])
+        gp = self._fresh(pair=True)
+        return _DaemonLink(gp.sockets[1], self, gp), Link(gp.sockets[0], prefix=(b"export",))
+
+    def open_more(self, n: int) -> list[Link]:
+        out = [Link(sk, prefix=None) for sk in self._spare[:n]]
+        del self._spare[:n]
+        return out
 
     def pid(self) -> int | None:
         if self.gp is None or self.gp.proc.poll() is not None:
@@ -901,11 +1046,23 @@ class DaemonTarget(Target):
             self.gp.stop(5.0)
             self.gp = None
         if self._tmp is not None:
+            self._collect()
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
 
+    def _collect(self) -> None:
+        """Move the daemons' coverage data out of the chroot, to where ``coverage combine``
+        looks (``python -m fuzz coverage``)."""
+        if self._cov_dir is None or self.bundle is None:
+            return
+        inside = self.bundle / "rootfs" / self._cov_dir.relative_to("/")
+        for f in inside.glob(".coverage*"):
+            shutil.move(str(f), str(self._cov_dir / f.name))
+
 
 TARGETS = ("inproc", "serve", "serve-fd", "daemon", "unix:PATH")
+ATTACH = ("rw", "ro", "panic", "file")
+"""``--attach``: read-write, read-only, panic-on-write (daemon), a file as the root."""
 
 
 def make_target(
@@ -914,20 +1071,26 @@ def make_target(
     """``inproc`` | ``serve`` | ``serve-fd`` | ``daemon`` | ``unix:PATH``.
 
     ``attach``: ``rw`` (default), ``ro`` (a read-only attach point: every mutating request must
-    get EROFS) or ``panic`` (daemon only: ``--panic-on-write``, the daemon exits 70 on the first
-    mutating request).  ``plant`` names test-only defects (gofer9p.testing.plant).
+    get EROFS), ``panic`` (daemon only: ``--panic-on-write``, the daemon exits 70 on the first
+    mutating request) or ``file`` (a regular file is the attach point; not the daemon).
+    ``plant`` names test-only defects (gofer9p.testing.plant).
     """
-    if attach not in ("rw", "ro", "panic"):
-        raise ValueError(f"--attach must be rw, ro or panic, not {attach!r}")
-    ro = attach != "rw"
+    if attach not in ATTACH:
+        raise ValueError(f"--attach must be one of {', '.join(ATTACH)}, not {attach!r}")
+    ro = attach in ("ro", "panic")
     if attach == "panic" and spec != "daemon":
         raise ValueError("--attach panic needs --target daemon (it ends the server process)")
-    if spec == "inproc":
-        return InprocTarget(max_msize=max_msize, readonly=ro, plant=plant)
-    if spec == "serve":
-        return ServeTarget(max_msize=max_msize, readonly=ro, plant=plant)
-    if spec == "serve-fd":
-        return ServeFdTarget(max_msize=max_msize, readonly=ro, plant=plant)
+    if attach == "file" and spec not in ("inproc", "serve", "serve-fd"):
+        raise ValueError("--attach file needs --target inproc, serve or serve-fd")
+    kinds: dict[str, type[InprocTarget] | type[ServeTarget] | type[ServeFdTarget]] = {
+        "inproc": InprocTarget,
+        "serve": ServeTarget,
+        "serve-fd": ServeFdTarget,
+    }
+    if spec in kinds:
+        return kinds[spec](
+            max_msize=max_msize, readonly=ro, plant=plant, file_root=attach == "file"
+        )
     if spec == "daemon":
         return DaemonTarget(
             max_msize=max_msize, readonly=ro, panic_on_write=attach == "panic", plant=plant

@@ -202,14 +202,15 @@ class Transcript:
 
 
 def save_reproducer(
-    directory: Path, name: str, transcript: Transcript, meta: dict[str, Any]
+    directory: Path, name: str, transcript: Transcript | bytes, meta: dict[str, Any]
 ) -> Path:
     """Write ``<name>.bin`` and its ``.json`` description; return the .bin path.
 
     ``name`` is the finding's bucket: when the bucket exists, the smaller transcript is kept
     and the ``.json`` is updated (``hits`` + 1, ``last_found``), so one bug is one file.
+    ``bytes``: a decode finding, the raw input (no transcript).
     """
-    data = transcript.to_bytes()
+    data = transcript if isinstance(transcript, bytes) else transcript.to_bytes()
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{name}.bin"
     meta_path = path.with_suffix(".json")
@@ -415,3 +416,25 @@ def frame_header(frame: bytes) -> tuple[int, int, int] | None:
         return None
     size, mtype, tag = _HDR.unpack_from(frame)
     return size, mtype, tag
+
+
+PREFIX_FID = 0xFFFFFF00
+"""The fid a connection attaches with when it must first walk to the export (then clunked)."""
+
+
+def attach_requests(
+    prefix: tuple[bytes, ...] | None, *, uname: bytes = b"root", n_uname: int = 0, fid: int = 0
+) -> list[M.Message]:
+    """The requests that make ``fid`` the export's root on a connection (``Link.prefix``).
+
+    A connection attached at the export is one Tattach; one attached above it (the daemon's root
+    connection) attaches another fid, walks it down to the export and clunks it.  ``None`` (the
+    export is not below this attach root): ``fid`` is the attach root itself.
+    """
+    if not prefix:
+        return [M.Tattach(tag=0, fid=fid, afid=C.NOFID, uname=uname, aname=b"", n_uname=n_uname)]
+    return [
+        M.Tattach(tag=0, fid=PREFIX_FID, afid=C.NOFID, uname=uname, aname=b"", n_uname=n_uname),
+        M.Twalk(tag=0, fid=PREFIX_FID, newfid=fid, wnames=list(prefix)),
+        M.Tclunk(tag=0, fid=PREFIX_FID),
+    ]

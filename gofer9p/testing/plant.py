@@ -6,6 +6,8 @@ Nothing in the release code path imports this module.  A defect is planted only 
 the defects (comma-separated) for the ``-m`` entry point:
 
 * ``leak``: every request keeps a 1 MiB buffer forever (the memory oracle must fire);
+* ``fdleak``: every Tlopen also opens the process's root directory and never closes it (the fd
+  oracle: the server's fd count must settle back once the connections are closed);
 * ``follow``: a Treadlink also opens and reads what the link points at, following symlinks
   (the canary oracle of the host-side agent must fire when a link points outside the export);
 * ``syscall``: a Tstatfs first creates an AF_INET socket, a syscall off the daemon's seccomp
@@ -31,6 +33,8 @@ from typing import Any
 ENV = "GOFER9P_TEST_PLANT"
 KEPT: list[bytearray] = []
 """What the ``leak`` defect keeps (module-level: never freed)."""
+KEPT_FDS: list[int] = []
+"""The fds the ``fdleak`` defect keeps open (closed only by :func:`apply`'s remover)."""
 
 LEAK_BYTES = 1 << 20
 STALL_S = 2.0
@@ -64,6 +68,18 @@ def _leak(patch: Callable[[Any, str, Any], None]) -> None:
     # every request: the table's entries, and what the guards send to handle
     patch(ConnectionCore, "_build_table", leaky_table)
     patch(ConnectionCore, "handle", leaky_handle)
+
+
+def _fdleak(patch: Callable[[Any, str, Any], None]) -> None:
+    from gofer9p.attach.session import Session
+
+    lopen = Session.lopen
+
+    def leaky_lopen(self: Any, m: Any) -> Any:
+        KEPT_FDS.append(os.open("/", os.O_PATH | os.O_CLOEXEC))
+        return lopen(self, m)
+
+    patch(Session, "lopen", leaky_lopen)
 
 
 def _follow(patch: Callable[[Any, str, Any], None]) -> None:
@@ -119,6 +135,8 @@ def apply(names: Iterable[str]) -> Callable[[], None]:
             continue
         if name == "leak":
             _leak(patch)
+        elif name == "fdleak":
+            _fdleak(patch)
         elif name == "follow":
             _follow(patch)
         elif name in ("syscall", "crash", "stall"):
@@ -130,6 +148,8 @@ def apply(names: Iterable[str]) -> Callable[[], None]:
         for u in reversed(undo):
             u()
         KEPT.clear()
+        while KEPT_FDS:
+            os.close(KEPT_FDS.pop())
 
     return remove
 

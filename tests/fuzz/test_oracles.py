@@ -1,7 +1,7 @@
 """Each fuzz oracle shown to fire: a defect is planted, the harness finds, minimizes and replays it.
 
 The defects live in :mod:`gofer9p.testing.plant` (never imported by the release code): a buffer
-kept per request (memory oracle), a Treadlink that follows the link on the host (canary oracle of
+kept per request (memory oracle), an fd kept per Tlopen (fd oracle), a Treadlink that follows the link on the host (canary oracle of
 the host-side agent), a syscall off the seccomp whitelist in the confined daemon (SIGSYS), an
 exception in a handler (log oracle, crash buckets, in-process target), a handler that stalls the
 event loop (latency oracle).  Each test also replays the saved finding against the same server
@@ -17,6 +17,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,36 +37,71 @@ def _bucket_files(crash_dir: Path, prefix: str) -> list[Path]:
     return sorted(crash_dir.glob(f"{prefix}*.json"))
 
 
-def test_memory_oracle_finds_a_buffer_kept_per_request(tmp_path: Path) -> None:
+def _pressure_finding(
+    tmp_path: Path, *, plant: str, scenario: str, size: int, bucket: str, says: str
+) -> dict[str, Any]:
+    """Run one pressure case of ``size`` against a server with ``plant``: it must be found
+    (a leak whose message ``says``...), saved in ``bucket``, minimized (a smaller case), and
+    replayed: failing with the defect, passing on a server without it.  Returns the .json."""
     report = Report(fuzzer="pressure", target="serve", seed=5)
-    with ServeTarget(plant="leak") as t:
+    with ServeTarget(plant=plant) as t:
         pressure.run(
             t, report, seed=5, time_budget=60, max_cases=1, crash_dir=tmp_path,
-            scenario="mix", size=4000,
+            scenario=scenario, size=size,
         )
         assert report.leaks, report.summary()
-        assert "server memory grew" in report.leaks[0]["message"]
-        (meta_path,) = _bucket_files(tmp_path, "pressure-leak-mix-server-memory")
-        meta = json.loads(meta_path.read_text())
-        assert meta["case"]["n"] < 4000, "the finding was not minimized"
-        assert meta["original_case"]["n"] == 4000
-        assert meta["measured"]["growth_kb"] > meta["measured"]["bound_kb"]
+        assert says in report.leaks[0]["message"]
+        (meta_path,) = _bucket_files(tmp_path, f"pressure-{bucket}")
+        meta: dict[str, Any] = json.loads(meta_path.read_text())
+        assert meta["case"]["n"] < size, "the finding was not minimized"
+        assert meta["original_case"]["n"] == size
         t.restart()
         again = pressure.replay_case(meta_path, t)
-        assert any("server memory grew" in p for p in again), again
+        assert any(says in p for p in again), again
     with ServeTarget() as clean:
         assert pressure.replay_case(meta_path, clean) == []
+    return meta
+
+
+def test_memory_oracle_finds_a_buffer_kept_per_request(tmp_path: Path) -> None:
+    meta = _pressure_finding(
+        tmp_path, plant="leak", scenario="mix", size=4000,
+        bucket="leak-mix-server-memory", says="server memory grew",
+    )
+    measured = meta["measured"]
+    assert measured["growth_kb"] > measured["bound_kb"]
+
+
+def test_fd_oracle_finds_an_fd_kept_per_open(tmp_path: Path) -> None:
+    """A Tlopen that leaves a host fd behind: the server's fd count does not settle back after
+    the case; minimized by halving the case on a restarted server while it still leaks."""
+    _pressure_finding(
+        tmp_path, plant="fdleak", scenario="fids", size=16,
+        bucket="leak-fids-server-holds", says="fds after the case's connections closed",
+    )
 
 
 def test_latency_oracle_finds_a_stalled_event_loop(tmp_path: Path) -> None:
+    """A handler that blocks the event loop: another connection's round trips miss their
+    deadline; the case is minimized, and its replay judges by the run's deadline (saved with
+    it): failing with the defect, passing without."""
+    says = "another connection of the same server"
     report = Report(fuzzer="pressure", target="serve", seed=6)
     with ServeTarget(plant="stall") as t:
         pressure.run(
-            t, report, seed=6, time_budget=40, max_cases=1, crash_dir=tmp_path,
-            scenario="mix", size=300, latency=1.0, shrink=False,
+            t, report, seed=6, time_budget=60, max_cases=1, crash_dir=tmp_path,
+            scenario="mix", size=300, latency=1.0,
         )
         hangs = [h["message"] for h in report.hangs]
-        assert any("another connection of the same server" in h for h in hangs), report.summary()
+        assert any(says in h for h in hangs), report.summary()
+        (meta_path,) = _bucket_files(tmp_path, "pressure-hang-mix")
+        meta = json.loads(meta_path.read_text())
+        assert meta["latency_s"] == 1.0
+        assert meta["case"]["n"] < 300, "the finding was not minimized"
+        t.restart()
+        assert any(says in p for p in pressure.replay_case(meta_path, t)), "replay missed it"
+    with ServeTarget() as clean:
+        assert pressure.replay_case(meta_path, clean) == []
 
 
 def test_canary_oracle_finds_a_read_that_follows_a_symlink(tmp_path: Path) -> None:
@@ -88,7 +124,8 @@ def test_canary_oracle_finds_a_read_that_follows_a_symlink(tmp_path: Path) -> No
 def test_seccomp_oracle_finds_a_syscall_off_the_whitelist(tmp_path: Path) -> None:
     report = Report(fuzzer="frames", target="daemon", seed=2)
     with DaemonTarget(plant="syscall") as t:
-        frames.run(t, report, seed=2, time_budget=25, max_frames=150, crash_dir=tmp_path)
+        # (each minimizing replay starts a daemon: 60 s holds on a loaded machine)
+        frames.run(t, report, seed=2, time_budget=60, max_frames=150, crash_dir=tmp_path)
         assert any("SIGSYS" in c["message"] for c in report.crashes), report.summary()
         (path,) = sorted(tmp_path.glob("frames-crash-SIGSYS-TSTATFS.bin"))
         t_min = Transcript.from_bytes(path.read_bytes())
@@ -178,3 +215,32 @@ def test_buckets_one_file_per_bug(tmp_path: Path) -> None:
     assert Transcript.from_bytes(p1.read_bytes()).frames_sent() == 2
     assert json.loads(p1.with_suffix(".json").read_text())["hits"] == 2
     assert len(list(tmp_path.glob("*.bin"))) == 1
+
+
+def test_decode_finding_is_bucketed_minimized_and_replayed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A decode failure: bucketed by exception and function, minimized to the bytes that
+    matter, saved raw; replay fails while the defect is there and passes without it."""
+    from fuzz import atheris_decode
+
+    real = atheris_decode.check_input
+
+    def planted_decode(data: bytes) -> None:
+        if b"\xde\xad" in data:
+            raise IndexError("planted decode defect")
+        real(data)
+
+    monkeypatch.setattr(atheris_decode, "check_input", planted_decode)
+    report = Report(fuzzer="decode", target="codec", seed=1)
+    big = bytes(range(100)) + b"\xde\xad" + bytes(100)
+    path = atheris_decode.save_crash(report, tmp_path, big)
+    again = atheris_decode.save_crash(report, tmp_path, b"\x01" + big)
+    assert path is not None and path == again, "one bug, one file"
+    assert path.name == "decode-crash-IndexError-test_oracles.planted_decode.bin"
+    assert path.read_bytes() == b"\xde\xad"
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["hits"] == 2 and meta["minimized"] == "202 -> 2 bytes"
+    assert atheris_decode.replay_input(path)
+    monkeypatch.setattr(atheris_decode, "check_input", real)
+    assert atheris_decode.replay_input(path) == []
