@@ -69,8 +69,9 @@ FIRST_BIT = 10
 BUCKETS = 26
 """Latency buckets: 25 bounded ones (2**10 .. 2**34 ns) and the one above."""
 MAX_ERROR_KEYS = 512
-"""Distinct (type, errno) pairs kept per connection; more go to errno 0 (never
-reached by a real export: a few errnos per type; the bound is for memory)."""
+"""Distinct (type, errno) pairs kept per connection; past it, new pairs count under
+errno 0 of their type (at most COLUMNS keys more).  A real export never gets near:
+a few errnos per type; the bound is for memory."""
 CONNECTION_STATS_BYTES = 160 * 1024
 """Most memory one connection's counters hold: 29 lists of COLUMNS slots and, in
 the worst case, one int object (32 bytes) in each, plus the error table."""
