@@ -62,8 +62,10 @@ __all__ = [
 
 log = logging.getLogger("gofer9p.stats")
 
-ACCEPT_INTERVAL = 0.05
-"""Seconds between two looks for a new client."""
+ACCEPT_INTERVAL = 0.1
+"""Seconds between two looks for a new client.  Each look is a timer: a quiet wait
+whose sleep it would cut short (within ``_quietwait.BLOCK_S``, 10 ms: one wait in
+ten) polls instead of sleeping in one ``recv``."""
 IO_INTERVAL = 0.002
 """Seconds between two tries to read a client's request or write its answer."""
 MAX_CLIENTS = 4

@@ -467,6 +467,7 @@ class Connection:
         send_now = self._send_now
         receive = core.receive
         replied = self.stats.replied
+        clock = _clock
         wait_readable = trio.lowlevel.wait_readable
         drained = False  # the last recv left the socket empty: wait before the next
         busy = 0  # chunks handled since this task last yielded to the scheduler
@@ -566,7 +567,7 @@ class Connection:
                     return "reset by peer"
             if got == 0:
                 return "EOF"
-            t0 = _clock()  # the arrival of the frames this chunk completes
+            t0 = clock()  # the arrival of the frames this chunk completes
             filled = got == room
             end += got
             first = core.frames
