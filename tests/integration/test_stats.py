@@ -30,6 +30,15 @@ from gofer9p.top import fetch, table
 from .conftest import ConnectFn
 
 
+@pytest.fixture(autouse=True)
+def _in_process(request: pytest.FixtureRequest) -> None:
+    """These tests read the in-process server's registry (``ServerConfig(stats=...)``); the
+    daemon plugin serves through a separate process, whose endpoint
+    tests/daemon/test_stats_endpoint.py checks instead."""
+    if request.config.pluginmanager.has_plugin("gofer9p.testing.daemon_plugin"):
+        pytest.skip("statistics of an in-process server (the daemon's: tests/daemon)")
+
+
 def _size(msg: M.Message) -> int:
     return len(encode(msg))
 
