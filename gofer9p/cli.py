@@ -1,4 +1,4 @@
-"""Command line: ``gofer9p serve|gofer|launch|forkserver|client``.
+"""Command line: ``gofer9p serve|gofer|launch|forkserver|client|stats|top``.
 
 Kept light on imports: the start-up time of ``gofer9p gofer``/``serve`` is a
 measured target, so trio and the server are imported only by the commands that
@@ -20,6 +20,7 @@ from .options import (
     add_log_args,
     add_poll_arg,
     add_record_args,
+    add_stats_args,
     idmap_from_args,
 )
 
@@ -53,6 +54,15 @@ def _serve_main(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"gofer9p serve: cannot open {args.directory}: {e.strerror}", file=sys.stderr)
         return 2
+    from .control import StatsEndpoint, bind_unix, running
+
+    stats = None
+    if args.stats is not None:
+        try:
+            stats = StatsEndpoint(bind_unix(args.stats))
+        except OSError as e:
+            print(f"gofer9p serve: --stats unix:{args.stats}: {e.strerror}", file=sys.stderr)
+            return 2
     record = _open_recording(
         args, args.msize or (FD_MSIZE if args.fd is not None else LISTEN_MSIZE)
     )
@@ -66,6 +76,8 @@ def _serve_main(args: argparse.Namespace) -> int:
             idmap=idmap_from_args(args), record=record,
             fd_budget=fd_budget(1, args.fd_budget), max_fids=GUEST_MAX_FIDS,
         )
+        if stats is not None:
+            stats.probe.fd_budget = config.fd_budget  # published as gofer9p_fd_budget_*
         try:
             os.fstat(args.fd)
             sock = socket.socket(fileno=args.fd)
@@ -77,7 +89,7 @@ def _serve_main(args: argparse.Namespace) -> int:
             return 2
 
         async def one() -> None:
-            async with recording:
+            async with recording, running(stats):
                 await serve(sock, point, config, name=f"fd{args.fd}")
 
         try:
@@ -108,6 +120,8 @@ def _serve_main(args: argparse.Namespace) -> int:
         max_msize=args.msize or LISTEN_MSIZE, poll_us=args.poll_us, connections=max_conn,
         idmap=idmap_from_args(args), record=record, fd_budget=budget,
     )
+    if stats is not None:
+        stats.probe.fd_budget = budget
     limits = _Limits(max_conn, args.handshake_timeout)
 
     async def listen() -> None:
@@ -151,7 +165,7 @@ def _serve_main(args: argparse.Namespace) -> int:
         count = 0
         # the accept loop waits for the listener through trio: quiet waits poll it too
         with watching(lsock):
-            async with recording, trio.open_nursery() as nursery:
+            async with recording, running(stats), trio.open_nursery() as nursery:
                 while True:
                     try:
                         conn, _ = await lsock.accept()
@@ -304,6 +318,25 @@ def _client_main(args: argparse.Namespace) -> int:
     return run_client_command(args)
 
 
+def _stats_main(args: argparse.Namespace) -> int:
+    from .top import run_stats
+
+    return run_stats(args)
+
+
+def _top_main(args: argparse.Namespace) -> int:
+    from .top import run_top
+
+    return run_top(args)
+
+
+def _interval(v: str) -> float:
+    t = float(v)
+    if not 0 <= t <= 3600:
+        raise argparse.ArgumentTypeError(f"{v}: want 0 <= seconds <= 3600")
+    return t
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gofer9p", description="A 9P2000.L file server (gofer) for sandboxes."
@@ -343,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_idmap_args(p)
     add_record_args(p, inherited=False)
     add_fd_budget_arg(p)
+    add_stats_args(p, inherited=False)
     p.set_defaults(func=_serve_main)
 
     sub.add_parser("gofer", help="serve an OCI bundle's mounts on inherited fds", add_help=False)
@@ -359,6 +393,32 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("path", nargs="?", default="")
     c.add_argument("--uid", type=int, default=0, help="n_uname to attach as")
     c.set_defaults(func=_client_main)
+
+    st = sub.add_parser("stats", help="print a gofer's statistics (its --stats endpoint)")
+    st.add_argument("address", help="unix:PATH of the statistics endpoint")
+    st.add_argument(
+        "--interval",
+        type=_interval,
+        default=0.0,
+        metavar="SECONDS",
+        help="rates and latencies over this long (default 0: since the gofer started)",
+    )
+    st.add_argument("--json", action="store_true", help="print the snapshot as JSON")
+    st.set_defaults(func=_stats_main)
+
+    tp = sub.add_parser("top", help="a gofer's statistics, refreshed live (q quits)")
+    tp.add_argument("address", help="unix:PATH of the statistics endpoint")
+    tp.add_argument(
+        "--delay", type=_seconds, default=1.0, metavar="SECONDS", help="between refreshes (1)"
+    )
+    tp.add_argument(
+        "--iterations",
+        type=_positive_int,
+        default=0,
+        metavar="N",
+        help="stop after N tables (default: until q or Ctrl-C)",
+    )
+    tp.set_defaults(func=_top_main)
     return parser
 
 

@@ -71,11 +71,13 @@ from .protocol.codec import (
 from .protocol.framing import FRAMING_ERROR, next_frame
 from .protocol.messages import Message, Rflush, Rversion, Tread
 from .protocol.policy import ORDERED, POLICY, WRITE_FLAGS
+from .stats import COLUMNS, ConnStats
 
 log = logging.getLogger("gofer9p.server")
 
 T = C.MsgType
 _T_VERSION = int(T.TVERSION)
+_T_FLUSH = int(T.TFLUSH)
 _T_READ = int(T.TREAD)
 _T_WRITE = int(T.TWRITE)
 _R_GETATTR = int(T.RGETATTR)
@@ -219,7 +221,9 @@ def _rflush(tag: int) -> bytes:
 class ConnectionCore:
     """The sans-IO state of one connection (see the module docstring)."""
 
-    def __init__(self, session: Session, limits: Limits, name: str) -> None:
+    def __init__(
+        self, session: Session, limits: Limits, name: str, stats: ConnStats | None = None
+    ) -> None:
         self.session = session
         # the session's own point: the policy applied here is the one of the files it serves
         self.point: AttachPoint = session.point
@@ -248,6 +252,12 @@ class ConnectionCore:
         """Write end of the splice pipe (the I/O layer opens it); -1: none."""
         self.splice_max = limits.splice_max
         self.table = self._build_table()
+        self.stats = stats if stats is not None else ConnStats(name, self.gauges)
+        """This connection's counters (gofer9p.stats): the core adds the bytes of each
+        frame and reply and each error; the I/O layer the latencies once it sent the
+        replies (``ConnStats.replied``)."""
+        self.rx = self.stats.rx
+        self.tx = self.stats.tx
 
     # ------------------------------------------------------------ the input
     def receive(self, mv: memoryview, start: int, end: int) -> Action:
@@ -271,6 +281,8 @@ class ConnectionCore:
         out = self.out
         queued = 0  # the I/O layer took (and sent) out before this call
         frames = self.frames
+        rx = self.rx
+        tx = self.tx
         held: Any = None
         try:
             while True:
@@ -291,14 +303,18 @@ class ConnectionCore:
                 entry = table.get(mtype)
                 if entry is None or tag in inflight:
                     r = self.handle(mtype, tag, frame)
+                    if mtype >= COLUMNS:
+                        mtype = 0
                 else:
                     try:
                         r = entry(tag, frame)
                     except Exception as e:
                         r = self._failed(tag, mtype, e)
+                rx[mtype] += size
                 if isinstance(r, Action):
                     return r
                 n = len(r)
+                tx[mtype] += n
                 if n >= flush_bytes and held is None:
                     held = r
                     continue
@@ -343,23 +359,37 @@ class ConnectionCore:
             return self._failed(tag, mtype, e)
         if mtype not in self.table:
             log.warning("%s: tag=%d unsupported message type %d", self.name, tag, mtype)
-            return rlerror(tag, errno.EOPNOTSUPP)
+            return self._error(tag, mtype, errno.EOPNOTSUPP)
         if self.state is not _SERVING:
             log.warning("%s: tag=%d type %d before Tversion", self.name, tag, mtype)
-            return rlerror(tag, errno.EPROTO)
+            return self._error(tag, mtype, errno.EPROTO)
         log.warning("%s: tag=%d already in flight (duplicate tag)", self.name, tag)
-        return rlerror(tag, errno.EINVAL)
+        return self._error(tag, mtype, errno.EINVAL)
 
     def _failed(self, tag: int, mtype: int, e: Exception) -> bytes:
         """The Rlerror of a request whose entry raised ``e``: a host error's errno,
         EINVAL for a malformed frame, EIO (and a logged traceback) for a bug."""
         if isinstance(e, OSError):
-            return rlerror(tag, e.errno or errno.EIO)
+            return self._error(tag, mtype, e.errno or errno.EIO)
         if isinstance(e, ProtocolError):
             log.warning("%s: tag=%d malformed frame: %s", self.name, tag, e)
-            return rlerror(tag, errno.EINVAL)
+            return self._error(tag, mtype, errno.EINVAL)
         log.error("%s: tag=%d internal error handling type %d", self.name, tag, mtype, exc_info=e)
-        return rlerror(tag, errno.EIO)
+        return self._error(tag, mtype, errno.EIO)
+
+    def _error(self, tag: int, mtype: int, err: int) -> bytes:
+        """The Rlerror ``err`` of a ``mtype`` request, counted (queued by
+        :meth:`receive`, so its type goes to ``errk`` too: see ``ConnStats.replied``)."""
+        stats = self.stats
+        stats.error(mtype, err)
+        stats.errk.append(mtype if mtype < COLUMNS else 0)
+        return rlerror(tag, err)
+
+    def gauges(self) -> tuple[int, int, int]:
+        """Fids, requests in flight (background ones and the Tflushes waiting for
+        them) and host fds charged to the session, for a statistics snapshot."""
+        s = self.session
+        return s.fid_count(), len(self.inflight), s.fds_charged()
 
     # ------------------------------------------------------- dispatch table
     def _build_table(self) -> dict[int, Callable[[int, memoryview], Any]]:
@@ -645,7 +675,7 @@ class ConnectionCore:
         the caller gives the slot back)."""
         p = self.inflight.get(act.oldtag)
         if p is None or p.answered:
-            self.out.append(_rflush(act.tag))
+            self._queue(_T_FLUSH, _rflush(act.tag))
             return -1
         p.flushes.append(act.tag)
         self.inflight[act.tag] = p
@@ -698,7 +728,12 @@ class ConnectionCore:
     def version_done(self, act: Versioned) -> None:
         """The reset of ``act`` is done: the Rversion is queued and the new session starts."""
         self.state = _SERVING if self.msize else State.AWAITING_VERSION
-        self.out.append(act.reply)
+        self._queue(_T_VERSION, act.reply)
+
+    def _queue(self, mtype: int, reply: bytes) -> None:
+        """Queue the reply to a ``mtype`` request outside :meth:`receive`'s loop."""
+        self.out.append(reply)
+        self.tx[mtype] += len(reply)
 
 
 __all__ = [

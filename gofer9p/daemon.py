@@ -41,12 +41,14 @@ from .options import (
     add_log_args,
     add_poll_arg,
     add_record_args,
+    add_stats_args,
     idmap_from_args,
 )
 
 if TYPE_CHECKING:
     from .attach import AttachPoint
     from .confine import Tree
+    from .control import StatsEndpoint
     from .recorder import Recording
     from .seccomp import SeccompMode
     from .server import ServerConfig
@@ -71,8 +73,10 @@ _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 log = logging.getLogger("gofer9p")
 
 #: :func:`_serve_all`'s arguments as :func:`_confined_start` leaves them: io fds, their
-#: sockets, attach points, server config, ready line.
-_Started = tuple[list[int], list[socket.socket], "list[AttachPoint]", "ServerConfig", str]
+#: sockets, attach points, server config, ready line, statistics endpoint (or None).
+_Started = tuple[
+    list[int], list[socket.socket], "list[AttachPoint]", "ServerConfig", str, "StatsEndpoint | None"
+]
 
 
 class DaemonError(Exception):
@@ -144,6 +148,7 @@ def build_parser(prog: str = "gofer9p gofer") -> argparse.ArgumentParser:
     add_confine_args(p)
     add_record_args(p, inherited=True)
     add_fd_budget_arg(p)
+    add_stats_args(p, inherited=True)
     return p
 
 
@@ -433,8 +438,10 @@ def _run(
 
 async def _serve_started(start: _Started, report: StartReport | None) -> int:
     """Serve what :func:`_confined_start` prepared; the exit status (an internal error: 1)."""
+    fds, socks, points, config, ready_line, stats = start
+    on_ready = None if report is None else report.ready
     try:
-        status = await _serve_all(*start, None if report is None else report.ready)
+        status = await _serve_all(fds, socks, points, config, ready_line, on_ready, stats)
     except Exception:
         log.critical("internal error", exc_info=True)
         return EXIT_IO_ERROR
@@ -488,6 +495,8 @@ def _confined_start(argv: Sequence[str], after_confine: Callable[[], None] | Non
         raise DaemonError(f"cannot load the server: {e}") from None
     except (confine.ConfineError, seccomp.SeccompError) as e:
         raise DaemonError(str(e)) from None
+    # before the chroot: the endpoint's process probe opens /proc/self/status
+    stats = None if args.stats_fd is None else _stats_endpoint(args.stats_fd)
     try:
         confine.assert_single_threaded()
         # First: from here on no process of our uid (a sibling gofer, the manager) can
@@ -501,6 +510,8 @@ def _confined_start(argv: Sequence[str], after_confine: Callable[[], None] | Non
         from .server import fd_budget
 
         budget = fd_budget(len(socks), args.fd_budget)
+        if stats is not None:
+            stats.probe.fd_budget = budget  # published as gofer9p_fd_budget_*
         # The root: chroot into a private bind of the rootfs, or (--setup-root) pivot into
         # an empty tmpfs holding only the served binds; then the attach points, from the fds
         # the tree was resolved with (nothing is looked up by name again).
@@ -543,7 +554,22 @@ def _confined_start(argv: Sequence[str], after_confine: Callable[[], None] | Non
         poll_us=args.poll_us, connections=len(socks), fd_budget=budget, max_fids=GUEST_MAX_FIDS,
         idmap=idmap, record=record,
     )
-    return fds, socks, points, config, ready_line
+    return fds, socks, points, config, ready_line, stats
+
+
+def _stats_endpoint(fd: int) -> StatsEndpoint:
+    """The statistics endpoint on the inherited listening socket ``fd`` (``--stats-fd``)."""
+    from .control import StatsEndpoint, check_listening
+
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as e:
+        raise DaemonError(f"--stats-fd: fd {fd}: {e.strerror}") from None
+    why = check_listening(sock)
+    if why is not None:
+        sock.detach()
+        raise DaemonError(f"--stats-fd: fd {fd} is {why}")
+    return StatsEndpoint(sock)
 
 
 async def _serve_all(
@@ -553,8 +579,10 @@ async def _serve_all(
     config: ServerConfig,
     ready_line: str = "serving",
     on_ready: Callable[[], None] | None = None,
+    stats: StatsEndpoint | None = None,
 ) -> int:
     """One server task per connection in one nursery; SIGTERM/SIGINT cancel them all.
+    ``stats``: the statistics endpoint, served beside them until they end.
 
     ``ready_line`` is logged (and ``on_ready`` called) once the signal receiver is in place and
     the held stop signals are unblocked: from then on the daemon is serving and a stop request
@@ -570,6 +598,8 @@ async def _serve_all(
     remaining = len(socks)
 
     async with recording, trio.open_nursery() as nursery:
+        if stats is not None:
+            nursery.start_soon(stats.serve)  # cancelled with the nursery, below
 
         async def watch_signals(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
             with trio.open_signal_receiver(*_STOP_SIGNALS) as signals:
@@ -603,6 +633,8 @@ async def _serve_all(
             on_ready()
         for fd, sock, point in zip(fds, socks, points, strict=True):
             nursery.start_soon(serve_one, fd, sock, point)
+    if stats is not None:
+        stats.close()
     return EXIT_IO_ERROR if failed else EXIT_OK
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "add_log_args",
     "add_poll_arg",
     "add_record_args",
+    "add_stats_args",
     "idmap_from_args",
 ]
 
@@ -209,3 +210,36 @@ def add_fd_budget_arg(p: argparse.ArgumentParser) -> None:
         "(default: RLIMIT_NOFILE, raised as far as allowed, less a reserve of 256)",
     )
 
+
+def _unix_address(v: str) -> str:
+    if not v.startswith("unix:") or len(v) == 5:
+        raise argparse.ArgumentTypeError(f"{v}: want unix:PATH")
+    return v[5:]
+
+
+def _fd_number(v: str) -> int:
+    n = int(v)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{v}: want a file descriptor number")
+    return n
+
+
+def add_stats_args(p: argparse.ArgumentParser, *, inherited: bool) -> None:
+    """The statistics endpoint (gofer9p.control): ``--stats unix:PATH`` for ``serve``
+    (it binds the socket), ``--stats-fd N`` for ``gofer`` (``inherited``: a listening
+    unix socket its manager bound, so the confined gofer opens nothing)."""
+    if inherited:
+        p.add_argument(
+            "--stats-fd",
+            type=_fd_number,
+            metavar="N",
+            help="answer statistics (GET /metrics, /json) on this inherited listening unix "
+            "stream socket",
+        )
+    else:
+        p.add_argument(
+            "--stats",
+            type=_unix_address,
+            metavar="unix:PATH",
+            help="answer statistics (GET /metrics, /json) on a unix socket bound at PATH",
+        )

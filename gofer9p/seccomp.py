@@ -104,6 +104,7 @@ def _one_of(index: int, values: tuple[int, ...], mask: int = 0) -> tuple[Rule, .
 
 
 _AF_UNIX = 1
+_SOCK_CLOEXEC = 0o2000000
 # fcntl commands: fd flags, status flags, dup, POSIX and OFD record locks, F_SETPIPE_SZ (1031:
 # the splice pipe).  Not F_SETOWN/F_SETSIG/F_SETLEASE/F_NOTIFY & co., which would let a bug aim
 # signals or leases at other processes.  F_DUPFD .. F_SETLKW, F_SETPIPE_SZ/F_GETPIPE_SZ,
@@ -177,6 +178,11 @@ POLICY: dict[str, tuple[Rule, ...]] = {
     # pthread_kill/raise pass our own tgid; getrlimit/setrlimit pass pid 0.
     "tgkill": (_allow_if(Arg(0, EQ, OWN_PID)),),
     "prlimit64": (_allow_if(Arg(0, EQ, 0)),),
+    # stats (control.py): accepting a client on the --stats-fd listener the manager bound;
+    # CPython's socket.accept passes exactly SOCK_CLOEXEC.  The io fds are connected
+    # sockets, on which accept fails (EINVAL); the gofer makes no listener of its own
+    # (socket() is refused below).
+    "accept4": (_allow_if(Arg(3, EQ, _SOCK_CLOEXEC)),),
     # --- answered with an errno, never run ---
     # glibc's user lookups (Tattach by user name) first try nscd / systemd-userdb over a unix
     # socket; make that fail softly so they fall back to the chroot's /etc/passwd.  Any other

@@ -62,6 +62,7 @@ import logging
 import math
 import os
 import socket
+import time
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -85,6 +86,8 @@ from .connection import (
     State,
     Versioned,
 )
+from .protocol import constants as C
+from .stats import CONNECTION_STATS_BYTES, REGISTRY, Registry
 
 if TYPE_CHECKING:
     from .recorder import ConnectionRecording, Recording
@@ -93,6 +96,10 @@ log = logging.getLogger("gofer9p.server")
 
 _DONTWAIT = socket.MSG_DONTWAIT  # the socket may be in blocking mode (see _quietwait)
 _CLOSED = State.CLOSED
+_clock = time.monotonic_ns  # the arrival of a chunk's frames (gofer9p.stats)
+_T_READ = int(C.MsgType.TREAD)
+_T_FLUSH = int(C.MsgType.TFLUSH)
+_R_LERROR = int(C.MsgType.RLERROR)
 
 _SMALL_BUF = 1 << 18
 """Receive buffer kept by an idle connection that pipelined (an idle release
@@ -162,6 +169,8 @@ class ServerConfig:
     record: Recording | None = None
     """Where every connection's bytes are recorded (``--record``; gofer9p.recorder);
     a recording turns splicing off, so that reply data passes through our memory."""
+    stats: Registry = REGISTRY
+    """Where the connections' statistics are summed (gofer9p.stats; tests give their own)."""
 
 
 _malloc_tuned = False
@@ -340,6 +349,8 @@ class Connection:
         )
         limits = Limits(config.max_msize, config.flush_bytes, config.inflight_msizes, splice_max)
         self.core = ConnectionCore(self.session, limits, name)
+        self.stats = self.core.stats
+        self._flush_t0: dict[int, int] = {}  # arrival of the Tflushes waiting for a request
         self.tasks: dict[int, _Task] = {}  # background requests by tag
         self.send_lock = trio.StrictFIFOLock()
         # tasks in _send (holding or waiting for send_lock); a recording counts one more
@@ -436,11 +447,13 @@ class Connection:
         if self.core.lent:
             self.core.returned()
 
-    async def _send_out(self) -> None:
-        """Send the replies the core queued (none stays referenced here)."""
+    async def _send_out(self, t0: int) -> None:
+        """Send the replies the core queued (none stays referenced here); their
+        frames arrived at ``t0``."""
         out = self.core.take()
         if out:
             await self._send_batched(out)
+            self.stats.replied(out, t0)
 
     # -------------------------------------------------------------- serving
     async def run(self) -> None:
@@ -454,6 +467,8 @@ class Connection:
         peer = _peer_name(sock)
         log.info("%s: connection start peer=%s", self.name, peer)
         reason = "EOF"
+        registry = self.config.stats
+        registry.add(self.stats)
         try:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
@@ -468,6 +483,7 @@ class Connection:
         finally:
             self.session.close()
             self._drop_pipe()
+            registry.remove(self.stats)
             if self.rec is not None:
                 self.rec.close()
             log.info(
@@ -493,6 +509,8 @@ class Connection:
         rec = self.rec
         send_now = self._send_now
         receive = core.receive
+        replied = self.stats.replied
+        clock = _clock
         wait_readable = trio.lowlevel.wait_readable
         drained = False  # the last recv left the socket empty: wait before the next
         busy = 0  # chunks handled since this task last yielded to the scheduler
@@ -592,6 +610,7 @@ class Connection:
                     return "reset by peer"
             if got == 0:
                 return "EOF"
+            t0 = clock()  # the arrival of the frames this chunk completes
             filled = got == room
             end += got
             if rec is not None:
@@ -605,17 +624,19 @@ class Connection:
                 if isinstance(act, Close):
                     # the replies made before the bad frame still go out (the
                     # core is closed already, so past the closed-state check)
+                    out = core.take()
                     await self._lock_send()
                     try:
-                        await self._sendmsg_all(core.take())
+                        await self._sendmsg_all(out)
                     finally:
                         self._unlock_send()
+                    replied(out, t0)
                     return "framing error"
                 if act is not SEND:
-                    await self._send_out()
-                    await self._act(act)
+                    await self._send_out(t0)
+                    await self._act(act, t0)
                 else:
-                    await self._send_out()
+                    await self._send_out(t0)
                 act = receive(mv, start, end)
             start = core.start
             out = core.take()
@@ -627,6 +648,7 @@ class Connection:
                     await self._send_batched(out)
                 elif rest:
                     await self._send(rest)
+                replied(out, t0)
             drained = got < room and core.frames - first <= 1
             busy += 1
             if busy >= 8 and not drained:
@@ -635,14 +657,16 @@ class Connection:
                 busy = 0
                 await trio.lowlevel.checkpoint()
 
-    async def _act(self, act: Action) -> None:
-        """Carry out one of the core's actions (see gofer9p.connection)."""
+    async def _act(self, act: Action, t0: int) -> None:
+        """Carry out one of the core's actions (see gofer9p.connection), for a
+        frame that arrived at ``t0``."""
         if isinstance(act, Background):
-            await self._start_background(act)
+            await self._start_background(act, t0)
         elif isinstance(act, Splice):
             await self._send_spliced(act.header, act.n)
+            self.stats.replied_one(_T_READ, t0, len(act.header) + act.n)
         elif isinstance(act, FlushWait):
-            await self._join_flush(act)
+            await self._join_flush(act, t0)
         elif isinstance(act, Versioned):
             await self._version(act)
         else:  # pragma: no cover - every action is one of the above
@@ -764,7 +788,7 @@ class Connection:
     # a Tflush of a background request waits in an in-flight slot, with no
     # task of its own, and is answered right after that request's reply was
     # sent or dropped.
-    async def _join_flush(self, act: FlushWait) -> None:
+    async def _join_flush(self, act: FlushWait, t0: int) -> None:
         """Wait for an in-flight slot (the loop stops reading meanwhile), then
         make the Tflush wait for its old request, cancelling that request."""
         await self.inflight.acquire()
@@ -772,6 +796,7 @@ class Connection:
         if tag < 0:  # done while we waited for the slot: answered at once
             self.inflight.release()
             return
+        self._flush_t0[act.tag] = t0
         t = self.tasks.get(tag)
         if t is not None:
             t.scope.cancel()
@@ -784,11 +809,14 @@ class Connection:
                 rflush = core.next_flush(p)
                 if rflush is None:
                     break
+                t0 = self._flush_t0.pop(p.flushes[0])
                 if core.state is not _CLOSED:
                     try:
                         await self._send([rflush])
                     except OSError as e:
                         log.info("%s: tag=%d Rflush not sent: %s", self.name, p.flushes[0], e)
+                    else:
+                        self.stats.replied_one(_T_FLUSH, t0, len(rflush))
                 core.flush_answered(p)
                 self.inflight.release()
         finally:
@@ -796,7 +824,7 @@ class Connection:
                 self.inflight.release()
 
     # ----------------------------------------------------- background tasks
-    async def _start_background(self, act: Background) -> None:
+    async def _start_background(self, act: Background, t0: int) -> None:
         """Admit a background request: an in-flight slot, then its bytes in the
         byte budget (payload, and for a Tread its reply buffer); the loop
         stops reading until both are free.  A request is always admitted when
@@ -816,14 +844,21 @@ class Connection:
         self.tasks[p.tag] = t
         Connection.threaded += 1
         assert self.nursery is not None
-        self.nursery.start_soon(self._background, act, p, t)
+        self.nursery.start_soon(self._background, act, p, t, t0)
+
+    def _count_background(self, mtype: int, reply: Any, t0: int) -> None:
+        """Count the reply of a background request (made in a worker thread, counted
+        here in the trio thread, so the counters need no lock)."""
+        if reply[4] == _R_LERROR:
+            self.stats.error(mtype, int.from_bytes(reply[7:11], "little"))
+        self.stats.replied_one(mtype, t0, len(reply))
 
     def _release_bytes(self, n: int) -> None:
         if n:
             self._inbytes -= n
             self._bytes_freed.unpark_all()
 
-    async def _background(self, act: Background, p: InFlight, t: _Task) -> None:
+    async def _background(self, act: Background, p: InFlight, t: _Task, t0: int) -> None:
         msg = act.msg
         tag = p.tag
         payload = act.payload
@@ -846,6 +881,8 @@ class Connection:
                     await self._send([reply])
                 except OSError as e:
                     log.info("%s: tag=%d reply not sent: %s", self.name, tag, e)
+                else:
+                    self._count_background(msg.TYPE, reply, t0)
         finally:
             reply = None
             core.finished(tag)
@@ -915,6 +952,7 @@ def memory_bound(config: ServerConfig, connections: int = 1) -> int:
     * the request being handled: 2 x M (a reply built and its encoding);
     * background requests: B + I x REQUEST_BYTES (flush waiters share the I slots);
     * the session: ``attach.session_memory_bound(F)``;
+    * its statistics: ``stats.CONNECTION_STATS_BYTES``;
     * the rest: CONNECTION_BYTES.
     """
     m = config.max_msize
@@ -927,6 +965,7 @@ def memory_bound(config: ServerConfig, connections: int = 1) -> int:
         + config.inflight_msizes * m
         + config.max_inflight * REQUEST_BYTES
         + session_memory_bound(config.max_fids)
+        + CONNECTION_STATS_BYTES
         + CONNECTION_BYTES
     )
     return connections * per_connection
