@@ -97,7 +97,7 @@ async def test_serve_listen_stats_json(tmp_path: Path) -> None:
     listen = tmp_path / "9p.sock"
     proc = subprocess.Popen(
         [sys.executable, "-m", "gofer9p", "serve", str(export), "--listen", f"unix:{listen}",
-         "--stats", f"unix:{stats}"],
+         "--stats", f"unix:{stats}", "--fd-budget", "777"],
         env=_env(),
     )  # fmt: skip
     try:
@@ -117,6 +117,9 @@ async def test_serve_listen_stats_json(tmp_path: Path) -> None:
         assert snap["ops"]["Tgetattr"]["count"] == 2
         assert snap["ops"]["Tattach"]["count"] == 2
         assert snap["connections"] == []
+        # the process's host-fd budget (#14) is published: --fd-budget's limit, none held now
+        budget = snap["process"]["fd_budget"]
+        assert budget is not None and budget["limit"] == 777 and budget["in_use"] == 0
     finally:
         proc.terminate()
         proc.wait(timeout=30)
