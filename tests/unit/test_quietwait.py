@@ -40,6 +40,20 @@ def long_block(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
 
 
+PREEMPTIONS = [0]
+"""What ``_quietwait._switches`` returns in these tests: the thread's involuntary
+context switches, which a test bumps to say "this turn was preempted"."""
+
+
+@pytest.fixture(autouse=True)
+def no_preemption(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Turns are never preempted unless a test says so: on a loaded machine a real
+    preemption would turn a test's poll window off (the shared-CPU rule)."""
+    PREEMPTIONS[0] = 0
+    monkeypatch.setattr(_quietwait, "_switches", lambda: PREEMPTIONS[0])
+    yield
+
+
 def _pair() -> tuple[socket.socket, socket.socket]:
     a, b = socket.socketpair()
     a.setblocking(False)
@@ -759,3 +773,68 @@ async def test_poll_window_looks_with_recv_when_alone(
         assert n == 4 and took < EARLY
         assert q.hits == 2
         assert polls[0] == before
+
+
+# ------------------------------------------------------------ a CPU shared with the client
+
+
+def _turn(q: QuietWait, b: socket.socket) -> int:
+    """One request whose data is there when the wait starts."""
+    b.send(b"x")
+    return q.recv_into(_buf(), True)
+
+
+async def test_poll_window_turns_off_on_a_shared_cpu(long_block: None) -> None:
+    """A preempted turn (the client ran on our CPU) turns the window off, and short
+    sleeps do not turn it on again until enough measured turns were not preempted."""
+    a, b = _pair()
+    with a, b:
+        q = await _ready(a, poll_s=0.3)
+        assert _turn(q, b) == 1  # the first turn is measured
+        assert q.window == 0.3
+        PREEMPTIONS[0] += 1  # ... and preempted: our reply's send let the client run
+        assert _turn(q, b) == 1
+        assert q.window == 0.0
+        threading.Timer(0.005, b.send, (b"x",)).start()  # a sleep well within the cap
+        assert q.recv_into(_buf(), True) == 1
+        assert q.window == 0.0  # (on a CPU of our own it turns the window on)
+        on = []
+        for i in range(4, 4 + _quietwait._CHECK_EVERY * _quietwait._SHARED_TURNS):
+            assert _turn(q, b) == 1
+            if q.window:
+                on.append(i)
+                break
+        # measured turns end at waits 10, 18, 26: the third without preemption ends it
+        assert on == [2 + _quietwait._CHECK_EVERY * _quietwait._SHARED_TURNS], on
+
+
+async def test_a_preempted_turn_restarts_the_count(long_block: None) -> None:
+    """While shared, a preempted turn needs ``_SHARED_TURNS`` clean ones again."""
+    a, b = _pair()
+    with a, b:
+        q = await _ready(a, poll_s=0.3)
+        _turn(q, b)
+        PREEMPTIONS[0] += 1
+        _turn(q, b)  # wait 2 ends a preempted turn: shared
+        assert q.window == 0.0
+        on = []
+        for i in range(3, 60):
+            if i == 18:
+                PREEMPTIONS[0] += 1  # in the turn that wait 17 starts and wait 18 ends
+            _turn(q, b)
+            if q.window:
+                on.append(i)
+                break
+        assert on == [18 + _quietwait._CHECK_EVERY * _quietwait._SHARED_TURNS], on
+
+
+async def test_no_turn_is_measured_without_a_poll_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    def never() -> int:
+        raise AssertionError("getrusage without a poll window")
+
+    a, b = _pair()
+    with a, b:
+        q = await _ready(a)
+        monkeypatch.setattr(_quietwait, "_switches", never)
+        for _ in range(3 * _quietwait._CHECK_EVERY):
+            assert _turn(q, b) == 1
