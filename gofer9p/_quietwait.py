@@ -93,7 +93,9 @@ turn (from one wait to the next: handling it, sending the reply) is preempted,
 which on a CPU of our own practically never happens (a turn is tens of
 microseconds, a time slice milliseconds).  So every ``_CHECK_EVERY`` waits, one
 turn is measured with ``getrusage(RUSAGE_THREAD)``'s involuntary context
-switches; a preempted turn marks the CPU *shared*: the window turns off, and
+switches; a preempted turn has the next one measured at once, and two preempted
+turns in a row mark the CPU *shared* (one alone may be another process taking
+our CPU for a moment, on a busy host): the window turns off, and
 neither short sleeps (on a shared CPU every sleep is short: the client runs the
 moment we sleep) nor probes turn it on until ``_SHARED_TURNS`` measured turns in
 a row were not preempted (about one turn in eight is not, on a shared CPU: the
@@ -307,6 +309,7 @@ class QuietWait:
         "_run",
         "_shared",
         "_sock",
+        "_suspect",
         "_version",
         "hits",
         "window",
@@ -330,6 +333,7 @@ class QuietWait:
         self._probe_in = _PROBE_MIN
         self._check_in = 2 if self._max else _NEVER  # measure the first turn
         self._mark = 0  # involuntary switches at the start of a measured turn
+        self._suspect = False  # the last measured turn was preempted
         self._shared = 0
         """Non-zero: the CPU looks shared with the client (the window stays off) for
         this many more measured turns without preemption."""
@@ -532,13 +536,20 @@ class QuietWait:
         if self._check_in == 1:
             self._mark = _switches()
             return
-        self._check_in = _CHECK_EVERY
         if _switches() != self._mark:
+            if not (self._suspect or self._shared):
+                self._suspect = True
+                self._check_in = 2  # measure the next turn too
+                return
+            self._suspect = False
             self._shared = _SHARED_TURNS
             if self.window:
                 self._off()
-        elif self._shared:
-            self._shared -= 1
+        else:
+            self._suspect = False
+            if self._shared:
+                self._shared -= 1
+        self._check_in = _CHECK_EVERY
 
     def _off(self) -> None:
         """Window off; after a window that caught (almost) nothing, probe less often."""
