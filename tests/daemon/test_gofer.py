@@ -7,6 +7,7 @@ A secret file sits next to the rootfs, on the host, where no walk may reach.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -20,7 +21,7 @@ import pytest
 
 from gofer9p.confine import KEEP_CAPS_MASK
 
-from .conftest import Gofer, make_bundle, proc_status
+from .conftest import Gofer, client_beside, make_bundle, proc_status
 from .ninep import O_RDONLY, O_RDWR, NineP
 
 SERVING = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z gofer9p INFO serving bundle "
@@ -199,23 +200,17 @@ def test_poll_window_under_seccomp(tmp_path: Path, bundle: Path, poll_us: int, v
     this client are pinned to different CPUs: on a CPU it shares with its client (where the
     scheduler often wakes an unpinned client) the window turns itself off (_quietwait.py).
     """
-    cpus = sorted(os.sched_getaffinity(0))
-    if poll_us and len(cpus) < 2:
-        pytest.skip("polling catches requests only with the client on another CPU")
     g = Gofer(tmp_path, bundle, via=via, extra_args=["--poll-us", str(poll_us)])
     try:
-        if poll_us:
-            os.sched_setaffinity(g.pid, {cpus[1]})
-            os.sched_setaffinity(0, {cpus[0]})
-        cs = _clients(g)
-        for _ in range(300):
-            assert cs[2].getattr(1)["mode"]
-        assert cs[2].read_file(1, b"rw.txt") == b"read write tree\n"
-        for c in cs:
-            c.sock.close()
-        assert g.wait() == 0
+        with client_beside(g.pid) if poll_us else contextlib.nullcontext():
+            cs = _clients(g)
+            for _ in range(300):
+                assert cs[2].getattr(1)["mode"]
+            assert cs[2].read_file(1, b"rw.txt") == b"read write tree\n"
+            for c in cs:
+                c.sock.close()
+            assert g.wait() == 0
     finally:
-        os.sched_setaffinity(0, cpus)
         g.stop()
     ends = re.findall(r"connection end \(EOF\) frames=\d+ polled=(\d+)", g.log())
     polled = [int(n) for n in ends]
