@@ -51,6 +51,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 import attrs
+from mypy_extensions import mypyc_attr
 
 from .attach import AttachPoint, Session
 from .protocol import constants as C
@@ -232,6 +233,7 @@ def _rflush(tag: int) -> bytes:
     return ENCODERS[Rflush](Rflush(tag=tag))
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # (testing/plant.py's leak derives from it)
 class ConnectionCore:
     """The sans-IO state of one connection (see the module docstring)."""
 
