@@ -3,7 +3,10 @@
 p9bench reports the server's CPU per unit of work as one number; this splits it
 into user and system time (from /proc/PID/stat), which is what tells Python
 overhead from kernel work (syscalls, wake-ups).  Client pinned to CPU 0, server
-to CPU 1 (``--server-cpu 0``: both on CPU 0), tmpfs export; run the servers alternately several times, the VM is noisy.
+to CPU 1 (``--server-cpu 0``: both on CPU 0), tmpfs export; run the servers alternately
+several times, the VM is noisy.  ``QD1_WRAP`` in the environment (e.g. a script running
+``perf stat -e task-clock,syscalls:sys_enter_recvfrom -o FILE "$@"``) prefixes gofer9p's
+command: exact CPU time and syscall counts instead of /proc's 100 Hz ticks.
 
     python benchmarks/qd1.py gofer9p|diod [--op getattr|read4k|create] [--ops N]
         [--poll-us US] [--think-us US] [--server-cpu 0|1]
