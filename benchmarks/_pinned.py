@@ -47,13 +47,15 @@ def tmpfs_export() -> Iterator[str]:
 def spawn_pinned(
     argv_for_fd: Callable[[int], list[str]],
     stderr: int | IO[bytes] = subprocess.DEVNULL,
+    server_cpu: int = 1,
 ) -> tuple[socket.socket, subprocess.Popen[bytes]]:
-    """Start ``argv_for_fd(fd)`` on CPU 1 with the server end of a socketpair at
+    """Start ``argv_for_fd(fd)`` on CPU ``server_cpu`` (1 by default; 0 shares this
+    process's CPU, where every wait sleeps) with the server end of a socketpair at
     ``fd`` (its stderr to ``stderr``, discarded by default), pin this process to
     CPU 0; our end and the process."""
     c, s = socket.socketpair()
     p = subprocess.Popen(
-        ["taskset", "-c", "1", *argv_for_fd(s.fileno())],
+        ["taskset", "-c", str(server_cpu), *argv_for_fd(s.fileno())],
         pass_fds=[s.fileno()],
         stderr=stderr,
     )

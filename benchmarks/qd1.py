@@ -3,10 +3,13 @@
 p9bench reports the server's CPU per unit of work as one number; this splits it
 into user and system time (from /proc/PID/stat), which is what tells Python
 overhead from kernel work (syscalls, wake-ups).  Client pinned to CPU 0, server
-to CPU 1, tmpfs export; run the servers alternately several times, the VM is noisy.
+to CPU 1 (``--server-cpu 0``: both on CPU 0), tmpfs export; run the servers alternately
+several times, the VM is noisy.  ``QD1_WRAP`` in the environment (e.g. a script running
+``perf stat -e task-clock,syscalls:sys_enter_recvfrom -o FILE "$@"``) prefixes gofer9p's
+command: exact CPU time and syscall counts instead of /proc's 100 Hz ticks.
 
     python benchmarks/qd1.py gofer9p|diod [--op getattr|read4k|create] [--ops N]
-        [--poll-us US] [--think-us US]
+        [--poll-us US] [--think-us US] [--server-cpu 0|1]
 
 ``create`` is p9bench's create cycle (Twalk clone, Tlcreate, Twrite 4 KiB,
 Tremove); its figures are per file (4 requests).  ``--think-us`` makes the
@@ -45,6 +48,13 @@ def main() -> int:
         help="client pause between requests (busy-waited, microseconds): "
         "what the poll window costs when the client is slower",
     )
+    ap.add_argument(
+        "--server-cpu",
+        type=int,
+        default=1,
+        help="the server's CPU (the client is on 0; 0 pins both together, as p9bench's "
+        "--server-cpus 0: what a QD1 request costs when every wait sleeps)",
+    )
     a = ap.parse_args()
     with tmpfs_export() as exp:
         return _run(a, exp)
@@ -59,10 +69,10 @@ def _run(a: argparse.Namespace, exp: str) -> int:
         if a.server == "diod":
             return ["diod", "-f", "-n", "-r", str(fd), "-w", str(fd), "-e", exp, "-L", "stderr"]
         poll = [] if a.poll_us is None else ["--poll-us", str(a.poll_us)]
-        return [GOFER, "serve", "--fd", str(fd), exp, *poll]
+        return [*os.environ.get("QD1_WRAP", "").split(), GOFER, "serve", "--fd", str(fd), exp, *poll]
 
     log = tempfile.TemporaryFile()
-    c, p = spawn_pinned(argv, stderr=log)
+    c, p = spawn_pinned(argv, stderr=log, server_cpu=a.server_cpu)
 
     def rpc(t: int, tag: int, body: bytes) -> bytes:
         c.sendall(struct.pack("<IBH", 7 + len(body), t, tag) + body)

@@ -82,6 +82,25 @@ probe turns it on with little credit (one miss ends it); probes that catch
 nothing come less and less often (16 -> 1024 waits), so an idle or slow client
 costs almost nothing.
 
+Polling only pays if the client runs *beside* us.  With the client on our CPU
+(p9bench's ``--server-cpus 0``, a host with more sandboxes than CPUs) a caught
+request was already there (the client ran when our reply's ``send`` woke it and
+preempted us), and when the client was not so quick the window spun its whole
+length while the client, on our CPU, could not run: with 88% of the waits
+"caught", the window cost some 9 us more server CPU per QD1 Tgetattr than
+sleeping (benchmarks/README.md, #17).  That case has a sure sign: a request's
+turn (from one wait to the next: handling it, sending the reply) is preempted,
+which on a CPU of our own practically never happens (a turn is tens of
+microseconds, a time slice milliseconds).  So every ``_CHECK_EVERY`` waits, one
+turn is measured with ``getrusage(RUSAGE_THREAD)``'s involuntary context
+switches; a preempted turn has the next one measured at once, and two preempted
+turns in a row mark the CPU *shared* (one alone may be another process taking
+our CPU for a moment, on a busy host): the window turns off, and
+neither short sleeps (on a shared CPU every sleep is short: the client runs the
+moment we sleep) nor probes turn it on until ``_SHARED_TURNS`` measured turns in
+a row were not preempted (about one turn in eight is not, on a shared CPU: the
+client did not preempt our ``send``; one such turn must not turn polling on).
+
 Guest mode (``trio.lowlevel.start_guest_run``) is not supported: the wait would
 hold the host loop's thread.  gofer9p never runs trio as a guest.
 """
@@ -89,6 +108,7 @@ hold the host loop's thread.  gofer9p never runs trio as a guest.
 from __future__ import annotations
 
 import math
+import resource
 import select
 import socket
 import struct
@@ -125,9 +145,21 @@ _PROBE_CREDIT = 2
 _PROBE_MIN = 16
 _PROBE_MAX = 1024
 """Waits between probes while the window is off (doubling while probes fail)."""
+_CHECK_EVERY = 8
+"""Waits per measured turn (two ``getrusage`` calls) while a poll window is configured."""
+_SHARED_TURNS = 3
+"""Measured turns in a row without preemption that end a shared CPU."""
+_NEVER = 1 << 62
+"""``_check_in`` without a poll window: no turn is ever measured."""
 _WARM_PASSES = 2
 """Run-loop passes after which every scheduled task was seen by the instrument."""
 _now = time.perf_counter
+
+
+def _switches() -> int:
+    """Involuntary context switches of the calling thread so far (preemptions)."""
+    return resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw
+
 
 
 class _Run(trio.abc.Instrument):
@@ -258,6 +290,7 @@ class QuietWait:
         "_alone",
         "_block",
         "_blocking",
+        "_check_in",
         "_clock",
         "_credit",
         "_deadline",
@@ -265,6 +298,7 @@ class QuietWait:
         "_fixed",
         "_fresh_until",
         "_gen",
+        "_mark",
         "_max",
         "_on_hits",
         "_parked",
@@ -273,7 +307,9 @@ class QuietWait:
         "_probe_in",
         "_recv",
         "_run",
+        "_shared",
         "_sock",
+        "_suspect",
         "_version",
         "hits",
         "window",
@@ -295,6 +331,12 @@ class QuietWait:
         self._on_hits = 0
         self._probe_every = _PROBE_MIN
         self._probe_in = _PROBE_MIN
+        self._check_in = 2 if self._max else _NEVER  # measure the first turn
+        self._mark = 0  # involuntary switches at the start of a measured turn
+        self._suspect = False  # the last measured turn was preempted
+        self._shared = 0
+        """Non-zero: the CPU looks shared with the client (the window stays off) for
+        this many more measured turns without preemption."""
         self._block = BLOCK_S
         self._clock: Any = None
         self._poll: Any = None
@@ -331,6 +373,9 @@ class QuietWait:
         take only data already there (requests are in worker threads, whose
         completions this wait cannot see).  Connection errors propagate.
         """
+        self._check_in -= 1
+        if self._check_in <= 1:
+            self._measure_turn()
         run = self._run
         if run is None:
             return -1
@@ -486,6 +531,33 @@ class QuietWait:
         if mine:
             self._version = run.version
 
+    def _measure_turn(self) -> None:
+        """Start a measured turn, or end it: was it preempted (the CPU is shared)?"""
+        if self._check_in == 1:
+            self._mark = _switches()
+            return
+        if _switches() != self._mark:
+            if not (self._suspect or self._shared):
+                self._suspect = True
+                self._check_in = 2  # measure the next turn too
+                return
+            self._suspect = False
+            self._shared = _SHARED_TURNS
+            if self.window:
+                self._off()
+        else:
+            self._suspect = False
+            if self._shared:
+                self._shared -= 1
+        self._check_in = _CHECK_EVERY
+
+    def _off(self) -> None:
+        """Window off; after a window that caught (almost) nothing, probe less often."""
+        few = self._on_hits < 4
+        self._probe_every = min(2 * self._probe_every, _PROBE_MAX) if few else _PROBE_MIN
+        self._probe_in = self._probe_every
+        self.window = 0.0
+
     def _caught(self) -> None:
         self.hits += 1
         self._on_hits += 1
@@ -497,12 +569,10 @@ class QuietWait:
         if self.window:
             self._credit -= 2
             if self._credit <= 0:
-                # a probe that caught (almost) nothing: probe less often
-                few = self._on_hits < 4
-                self._probe_every = min(2 * self._probe_every, _PROBE_MAX) if few else _PROBE_MIN
-                self._probe_in = self._probe_every
-                self.window = 0.0
+                self._off()
             return
+        if self._shared:
+            return  # (until a measured turn says otherwise)
         self._probe_in -= 1
         if waited <= self._max or self._probe_in <= 0:
             # The client answered within the cap even with our wake-up in the

@@ -51,6 +51,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 import attrs
+from mypy_extensions import mypyc_attr
 
 from .attach import AttachPoint, Session
 from .protocol import constants as C
@@ -139,50 +140,66 @@ SEND: Action = _Signal("SEND")
 an ordered request behind a held-back large reply)."""
 
 
-@attrs.define(slots=True, eq=False)
+# The actions are plain classes with __slots__ (not attrs classes): mypyc compiles
+# this module (setup.py), and compiled attrs classes may not derive from Action.
+
+
 class Background(Action):
     """Run ``msg`` in a worker thread (``handler`` None: a Tread).
 
     ``payload`` (Twrite data) and ``reply`` (a Tread's reply buffer) are its
     bytes in the connection's byte budget."""
 
-    msg: Any
-    handler: Callable[[Any], Message] | None
-    payload: int
-    reply: int
+    __slots__ = ("handler", "msg", "payload", "reply")
+
+    def __init__(
+        self, msg: Any, handler: Callable[[Any], Message] | None, payload: int, reply: int
+    ) -> None:
+        self.msg = msg
+        self.handler = handler
+        self.payload = payload
+        self.reply = reply
 
 
-@attrs.define(slots=True, eq=False)
 class Splice(Action):
     """Send ``header``, then the ``n`` bytes waiting in the splice pipe, with nothing between."""
 
-    header: bytes
-    n: int
+    __slots__ = ("header", "n")
+
+    def __init__(self, header: bytes, n: int) -> None:
+        self.header = header
+        self.n = n
 
 
-@attrs.define(slots=True, eq=False)
 class FlushWait(Action):
     """The Tflush ``tag`` of the in-flight ``oldtag``: take an in-flight slot, then
     :meth:`ConnectionCore.join_flush`."""
 
-    tag: int
-    oldtag: int
+    __slots__ = ("oldtag", "tag")
+
+    def __init__(self, tag: int, oldtag: int) -> None:
+        self.tag = tag
+        self.oldtag = oldtag
 
 
-@attrs.define(slots=True, eq=False)
 class Versioned(Action):
     """A Tversion's reply, sent by :meth:`ConnectionCore.version_done` after the reset."""
 
-    reply: bytes
-    reset: bool
-    open_pipe: bool
+    __slots__ = ("open_pipe", "reply", "reset")
+
+    def __init__(self, reply: bytes, reset: bool, open_pipe: bool) -> None:
+        self.reply = reply
+        self.reset = reset
+        self.open_pipe = open_pipe
 
 
-@attrs.define(slots=True, eq=False)
 class Close(Action):
     """A frame size outside ``[7, max_frame]``: the stream cannot be trusted any more."""
 
-    size: int
+    __slots__ = ("size",)
+
+    def __init__(self, size: int) -> None:
+        self.size = size
 
 
 class InFlight:
@@ -218,6 +235,7 @@ def _rflush(tag: int) -> bytes:
     return ENCODERS[Rflush](Rflush(tag=tag))
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # (testing/plant.py's leak derives from it)
 class ConnectionCore:
     """The sans-IO state of one connection (see the module docstring)."""
 

@@ -166,6 +166,9 @@ POLICY: dict[str, tuple[Rule, ...]] = {
     # small process queries CPython and glibc make
     "uname": ALLOW, "getuid": ALLOW, "geteuid": ALLOW, "getgid": ALLOW, "getegid": ALLOW,
     "sysinfo": ALLOW, "getcwd": ALLOW,
+    # the quiet wait's check that its poll window is not spinning on the CPU its client
+    # needs (getrusage(RUSAGE_THREAD).ru_nivcsw, _quietwait.py; perf17, issue #17)
+    "getrusage": ALLOW,
     # --- with argument rules ---
     "fcntl": _one_of(1, _FCNTL_CMDS),
     "ioctl": _one_of(1, _IOCTL_REQS, mask=0xFFFFFFFF),

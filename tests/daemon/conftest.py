@@ -8,7 +8,8 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,24 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.daemon)
             if os.geteuid() != 0:
                 item.add_marker(pytest.mark.skip(reason="daemon tests need root"))
+
+
+@contextmanager
+def client_beside(pid: int) -> Iterator[None]:
+    """Pin the gofer ``pid`` and this process (its client) to two different CPUs for the block.
+
+    The poll window turns itself off on a CPU that the gofer shares with its client
+    (gofer9p/_quietwait.py), and an unpinned client is often woken on the gofer's CPU: a test
+    of what the window catches needs the client beside the gofer."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("the poll window catches requests only with the client on another CPU")
+    os.sched_setaffinity(pid, {cpus[1]})
+    os.sched_setaffinity(0, {cpus[0]})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, cpus)
 
 
 def gofer_env() -> dict[str, str]:

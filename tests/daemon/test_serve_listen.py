@@ -14,7 +14,7 @@ from pathlib import Path
 from gofer9p.protocol.codec import encode
 from gofer9p.protocol.messages import Tversion
 
-from .conftest import gofer_env
+from .conftest import client_beside, gofer_env
 from .ninep import NineP
 
 
@@ -64,7 +64,8 @@ def test_socket_path_appears_only_once_listening(tmp_path: Path) -> None:
 def test_listen_connections_take_the_quiet_wait(tmp_path: Path) -> None:
     """A connection of ``serve --listen`` waits for its QD1 requests without a scheduler pass,
     although the accept loop waits for the listener through trio (``_quietwait.watching``):
-    most of 300 back-to-back requests are caught by the poll window (``polled=`` in the log)."""
+    most of 300 back-to-back requests are caught by the poll window (``polled=`` in the log),
+    with the client on another CPU (``client_beside``)."""
     export = tmp_path / "export"
     export.mkdir()
     path = tmp_path / "g.sock"
@@ -79,14 +80,15 @@ def test_listen_connections_take_the_quiet_wait(tmp_path: Path) -> None:
         while not path.exists():
             assert time.monotonic() < deadline and proc.poll() is None, "never listened"
             time.sleep(0.02)
-        s = socket.socket(socket.AF_UNIX)
-        s.connect(str(path))
-        c = NineP(s)
-        c.version()
-        c.attach(1)
-        for _ in range(300):
-            assert c.getattr(1)["mode"]
-        s.close()
+        with client_beside(proc.pid):
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(str(path))
+            c = NineP(s)
+            c.version()
+            c.attach(1)
+            for _ in range(300):
+                assert c.getattr(1)["mode"]
+            s.close()
         ends: list[int] = []
         while not ends:
             assert time.monotonic() < deadline, log.read_text()

@@ -40,6 +40,20 @@ def long_block(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
 
 
+PREEMPTIONS = [0]
+"""What ``_quietwait._switches`` returns in these tests: the thread's involuntary
+context switches, which a test bumps to say "this turn was preempted"."""
+
+
+@pytest.fixture(autouse=True)
+def no_preemption(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Turns are never preempted unless a test says so: on a loaded machine a real
+    preemption would turn a test's poll window off (the shared-CPU rule)."""
+    PREEMPTIONS[0] = 0
+    monkeypatch.setattr(_quietwait, "_switches", lambda: PREEMPTIONS[0])
+    yield
+
+
 def _pair() -> tuple[socket.socket, socket.socket]:
     a, b = socket.socketpair()
     a.setblocking(False)
@@ -759,3 +773,83 @@ async def test_poll_window_looks_with_recv_when_alone(
         assert n == 4 and took < EARLY
         assert q.hits == 2
         assert polls[0] == before
+
+
+# ------------------------------------------------------------ a CPU shared with the client
+
+
+def _turn(q: QuietWait, b: socket.socket) -> int:
+    """One request whose data is there when the wait starts."""
+    b.send(b"x")
+    return q.recv_into(_buf(), True)
+
+
+def _until_on(q: QuietWait, b: socket.socket, first: int, last: int) -> list[int]:
+    """Waits ``first``..``last`` with data there, up to the one after which the window is on."""
+    for i in range(first, last + 1):
+        assert _turn(q, b) == 1
+        if q.window:
+            return [i]
+    return []
+
+
+async def test_poll_window_turns_off_on_a_shared_cpu(long_block: None) -> None:
+    """Two preempted turns in a row (the client ran on our CPU) turn the window off, and
+    short sleeps do not turn it on again until enough measured turns were not preempted."""
+    a, b = _pair()
+    with a, b:
+        q = await _ready(a, poll_s=0.3)
+        assert _turn(q, b) == 1  # wait 1 starts a measured turn
+        PREEMPTIONS[0] += 1  # ... which is preempted: our reply's send let the client run
+        assert _turn(q, b) == 1  # wait 2 ends it: the next turn is measured too
+        assert _turn(q, b) == 1
+        assert q.window == 0.3
+        PREEMPTIONS[0] += 1
+        assert _turn(q, b) == 1  # wait 4 ends the second preempted turn: shared
+        assert q.window == 0.0
+        threading.Timer(0.005, b.send, (b"x",)).start()  # wait 5: a sleep well within the cap
+        assert q.recv_into(_buf(), True) == 1
+        assert q.window == 0.0  # (on a CPU of our own it turns the window on)
+        # measured turns end at waits 12, 20, 28: the third without preemption ends it
+        every, turns = _quietwait._CHECK_EVERY, _quietwait._SHARED_TURNS
+        assert _until_on(q, b, 6, 60) == [4 + every * turns]
+
+
+async def test_one_preempted_turn_leaves_the_window_on(long_block: None) -> None:
+    """Another process may take our CPU for a moment: one preempted turn is not enough."""
+    a, b = _pair()
+    with a, b:
+        q = await _ready(a, poll_s=0.3)
+        for i in range(1, 40):
+            if i == 2:
+                PREEMPTIONS[0] += 1  # in the turn that wait 1 starts and wait 2 ends
+            assert _turn(q, b) == 1
+            assert q.window == 0.3, i
+
+
+async def test_a_preempted_turn_restarts_the_count(long_block: None) -> None:
+    """While shared, one preempted turn needs ``_SHARED_TURNS`` clean ones again."""
+    a, b = _pair()
+    with a, b:
+        q = await _ready(a, poll_s=0.3)
+        for i in (1, 2, 3, 4):
+            if i in (2, 4):
+                PREEMPTIONS[0] += 1
+            _turn(q, b)
+        assert q.window == 0.0  # shared since wait 4; measured turns end at 12, 20, ...
+        every, turns = _quietwait._CHECK_EVERY, _quietwait._SHARED_TURNS
+        _until_on(q, b, 5, 11)
+        PREEMPTIONS[0] += 1  # in the turn that wait 12 ends
+        assert _until_on(q, b, 12, 80) == [12 + every * turns]
+
+
+async def test_no_turn_is_measured_without_a_poll_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    def never() -> int:
+        raise AssertionError("getrusage without a poll window")
+
+    a, b = _pair()
+    with a, b:
+        q = await _ready(a)
+        monkeypatch.setattr(_quietwait, "_switches", never)
+        for _ in range(3 * _quietwait._CHECK_EVERY):
+            assert _turn(q, b) == 1

@@ -1,0 +1,185 @@
+"""A real client's workload through v9fs, timed phase by phase, against gofer9p and diod.
+
+Boots the guest tier's VM (tests/guest: a Debian kernel + busybox initramfs under qemu, TCG
+unless GOFER9P_GUEST_ACCEL=kvm) once per server and cache mode, back to back, with one
+read-write 9P mount served by ``gofer9p serve --fd`` (this tree, or ``--gofer-path``) or by
+``diod``.  In the guest, per run: untar a source tree (this checkout's tracked files,
+``--copies`` copies, from a tarball in the guest's RAM, so only the extraction goes through
+9P), ``ls -lR`` it, read every file (``find -type f -exec cat``), ``rm -rf`` it.  Phase times
+come from the guest's /proc/uptime (10 ms resolution), so the host's load between boots
+only moves them through the guest's own speed.  Slow under TCG (minutes per boot):
+
+    python benchmarks/guest_workload.py [--cache none,loose] [--runs 2] [--copies 4] [--rounds 1]
+
+Not a test and not run by CI (issue #17's guest workload); prints one table per cache mode
+with the median per phase and each server's ratio to diod (>1: gofer9p faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.guest import guestvm, servers  # noqa: E402
+
+PHASES = ("untar", "ls_lR", "read_all", "rm_rf")
+
+WORKLOAD = r"""#!/bin/sh
+# benchmarks/guest_workload.py's guest side: time each phase RUNS times on the mount $RW.
+R=${RW:-/mnt/rw}
+now() { cut -d' ' -f1 /proc/uptime; }
+phase() {
+    name=$1
+    shift
+    a=$(now)
+    "$@" >/dev/null 2>/tmp/err
+    rc=$?
+    b=$(now)
+    echo "VALUE ${name}_${run} $a $b $rc" >&9
+    [ $rc -eq 0 ] || echo "RESULT ${name}_${run} FAIL $(head -c 300 /tmp/err)" >&9
+}
+run=1
+while [ $run -le ${RUNS:-1} ]; do
+    mkdir "$R/t"
+    phase untar tar -xf /src.tar -C "$R/t"
+    phase ls_lR ls -lR "$R/t"
+    phase read_all find "$R/t" -type f -exec cat {} +
+    phase rm_rf rm -rf "$R/t"
+    run=$((run + 1))
+done
+echo "RESULT bench PASS" >&9
+"""
+
+
+def source_tar(copies: int) -> bytes:
+    """This checkout's tracked files, ``copies`` times under c1/ .. cN/."""
+    names = subprocess.run(
+        ["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for c in range(1, copies + 1):
+            for n in names:
+                p = REPO / n
+                if p.is_file() and not p.is_symlink():
+                    tar.add(p, arcname=f"c{c}/{n}", recursive=False)
+    return out.getvalue()
+
+
+@dataclass(frozen=True)
+class _Gofer(servers.GoferServe):
+    """``gofer9p serve --fd`` of the tree at ``path`` (on PYTHONPATH), with this interpreter."""
+
+    path: Path = REPO
+
+    def start(
+        self, socks: Sequence[socket.socket], mounts: Sequence[guestvm.Mount], workdir: Path
+    ) -> list[subprocess.Popen[bytes]]:
+        procs = []
+        for i, (s, m) in enumerate(zip(socks, mounts, strict=True)):
+            fd = s.fileno()
+            argv = [sys.executable, "-m", "gofer9p", "serve", "--fd", str(fd), str(m.export)]
+            env = dict(os.environ, PYTHONPATH=str(self.path))
+            procs.append(guestvm.spawn_with_fd(argv, [fd], workdir / f"server{i}.log", env=env))
+        return procs
+
+
+def boot_once(
+    server: servers.Server, cache: str, runs: int, tar: bytes, kernel: guestvm.Kernel, work: Path
+) -> dict[str, list[float]]:
+    """One boot: phase -> seconds per run."""
+    export = work / "export"
+    shutil.rmtree(export, ignore_errors=True)
+    export.mkdir(parents=True)
+    mounts = [guestvm.Mount(export, "/mnt/rw", aname=server.aname(export))]
+    env = {
+        "CACHE": cache,
+        "MSIZE": "262144",
+        "EXTRA_OPTS": server.mount_options(),
+        "RW": "/mnt/rw",
+        "RUNS": str(runs),
+    }
+    files = {
+        "workload.sh": WORKLOAD.encode(),
+        "src.tar": tar,
+        "etc/guest.env": "".join(f"{k}='{v}'\n" for k, v in env.items()).encode(),
+        "etc/mounts.conf": b"0 /mnt/rw rw " + (mounts[0].aname or "-").encode() + b"\n",
+    }
+    initrd = work / "initrd.gz"
+    init = (REPO / "tests" / "guest" / "init.sh").read_text()
+    guestvm.build_initramfs(initrd, kernel, init, files, tools_dir=work.parent / "tools")
+    run = guestvm.run_guest(work, kernel, initrd, mounts, server.start, timeout=3600)
+    fails = {k: v for k, v in run.result_map().items() if v[0] != "PASS"}
+    if run.timed_out or fails or "bench" not in run.result_map():
+        raise RuntimeError(f"{server.name} cache={cache}: {fails or 'no result'}\n{run.diagnostics()}")
+    out: dict[str, list[float]] = {p: [] for p in PHASES}
+    for key, val in run.values().items():
+        name, _, _ = key.rpartition("_")
+        if name not in out:
+            continue  # (init.sh's own values: workload_seconds)
+        a, b, rc = val.split()
+        if rc == "0":
+            out[name].append(float(b) - float(a))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cache", default="none,loose", help="v9fs cache modes, comma-separated")
+    ap.add_argument("--runs", type=int, default=2, help="workload runs per boot")
+    ap.add_argument("--copies", type=int, default=4, help="copies of the source tree in the tarball")
+    ap.add_argument("--rounds", type=int, default=1, help="boots per server and cache mode (alternating)")
+    ap.add_argument("--gofer-path", type=Path, default=REPO, help="the gofer9p tree to serve with")
+    a = ap.parse_args()
+    reason = guestvm.unavailable_reason()
+    kernel = guestvm.find_kernel()
+    if reason or kernel is None:
+        print(f"guest tier unavailable: {reason}", file=sys.stderr)
+        return 2
+    diod = servers.Diod("diod")
+    if diod.unavailable():
+        print(diod.unavailable(), file=sys.stderr)
+        return 2
+    tar = source_tar(a.copies)
+    order: list[servers.Server] = [_Gofer("gofer9p", path=a.gofer_path), diod]
+    base = Path(tempfile.mkdtemp(prefix="gofer9p-guestbench-"))
+    try:
+        for cache in a.cache.split(","):
+            got: dict[str, dict[str, list[float]]] = {s.name: {p: [] for p in PHASES} for s in order}
+            for r in range(a.rounds):
+                for s in order if r % 2 == 0 else order[::-1]:
+                    t0 = time.monotonic()
+                    res = boot_once(s, cache, a.runs, tar, kernel, base / f"{s.name}-{cache}-{r}")
+                    for p in PHASES:
+                        got[s.name][p] += res[p]
+                    print(f"# {s.name} cache={cache} round {r}: {time.monotonic() - t0:.0f} s, "
+                          + ", ".join(f"{p} {res[p]}" for p in PHASES), flush=True)
+            print(f"\ncache={cache}, {a.copies} copies of {REPO.name}'s tracked files, "
+                  f"{a.runs} runs x {a.rounds} boots each (median s; gofer9p/diod: diod's time / ours)")
+            print("| phase | gofer9p | diod | ratio |\n|---|---:|---:|---:|")
+            for p in PHASES:
+                g, d = statistics.median(got["gofer9p"][p]), statistics.median(got["diod"][p])
+                print(f"| {p} | {g:.2f} | {d:.2f} | {d / g:.2f}x |")
+            print(flush=True)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

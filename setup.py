@@ -1,0 +1,83 @@
+"""Build gofer9p: the sans-IO core compiled with mypyc where a C compiler is present.
+
+Everything else (metadata, packages, the console script) is in pyproject.toml; this file
+only adds the compiled extension modules, and every way they can be missing leaves the
+pure-Python package, which is complete on its own (the compiled modules are the same source):
+
+* ``GOFER9P_PURE=1`` in the environment: no compilation;
+* an editable install (``pip install -e``, as scripts/setup.sh makes for development): no
+  compilation.  Compiled modules built in place would sit next to their sources and be
+  imported instead of them, so an edited ``.py`` would silently not run;
+* mypyc not importable (a build without build isolation and without mypy): pure, with a
+  warning;
+* the C compiler or the Python headers missing, or any compile error: the build goes on
+  pure, with a warning, and leaves none of the compiled modules in the build (they share one
+  runtime library: half of them would not import).
+
+Which modules: the protocol's wire layer and framing and the connection core, which every
+request goes through (issue #17; benchmarks/README.md measures what it saves).  Not the
+message classes or the generated codec (attrs classes and untyped generated code, which
+mypyc compiles wrongly or not at all), and not the trio layer, the attach layer or the quiet
+wait, whose tests replace module functions and methods (compiled code binds them early).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tomllib
+from typing import Any
+
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "pyproject.toml"), "rb") as _f:
+    COMPILED: list[str] = tomllib.load(_f)["tool"]["gofer9p"]["compiled"]
+"""The modules mypyc compiles (pyproject's [tool.gofer9p]; tests/unit/test_build.py reads it too)."""
+
+
+def _say(msg: str) -> None:
+    print(f"gofer9p setup: {msg}", file=sys.stderr)
+
+
+def _editable() -> bool:
+    """Whether setuptools is building an editable install (PEP 660: ``editable_wheel``)."""
+    return any(a in ("editable_wheel", "develop") for a in sys.argv[1:])
+
+
+class OptionalBuildExt(build_ext):
+    """build_ext that falls back to the pure-Python package when compiling fails."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as e:  # no compiler, no Python.h, a compile or link error
+            self._drop_outputs()
+            _say(f"compiling the core failed ({e!r}): installing pure Python")
+
+    def _drop_outputs(self) -> None:
+        for ext in self.extensions:
+            path = self.get_ext_fullpath(ext.name)
+            if os.path.exists(path):
+                os.unlink(path)
+
+
+def _ext_modules() -> list[Any]:
+    if os.environ.get("GOFER9P_PURE") == "1":
+        _say("GOFER9P_PURE=1: pure Python")
+        return []
+    if _editable():
+        return []
+    try:
+        from mypyc.build import mypycify
+    except ImportError:
+        _say("mypyc is not installed: pure Python")
+        return []
+    try:
+        return list(mypycify(COMPILED, opt_level="3"))
+    except BaseException as e:  # mypy's type check failed (SystemExit), or mypyc itself
+        _say(f"mypyc could not compile the core ({e!r}): pure Python")
+        return []
+
+
+setup(ext_modules=_ext_modules(), cmdclass={"build_ext": OptionalBuildExt})
