@@ -677,7 +677,7 @@ def _warm_up() -> list[int]:
 
     import trio
 
-    from . import confine, daemon, landlock, logs, mounts, seccomp, server, spec
+    from . import confine, daemon, landlock, logs, mounts, seccomp, server, spec, stats
 
     flags = "--bundle / --seccomp=kill --apply-caps=true --log-level info --io-fds 0"
     args = daemon._parser().parse_args(flags.split())
@@ -712,6 +712,7 @@ def _warm_up() -> list[int]:
         replies = b""
         while chunk := ours.recv(4096):  # the gofer closed its end: EOF after the replies
             replies += chunk
+        stats.REGISTRY.reset()  # the gofer this child becomes counts from zero (--stats-fd)
     finally:
         ours.close()
         for p in points:
