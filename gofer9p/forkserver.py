@@ -29,8 +29,8 @@ Control protocol: a unix ``SOCK_SEQPACKET`` socket, one JSON object per record.
   user namespace, says ``userns`` on its start pipe and waits for one byte ``g`` there once
   the requester has written its id maps, as :func:`gofer9p.launch.start_gofer` does),
   ``spec``, ``mounts``, ``stats`` (a bound, listening unix stream socket) and ``record`` (an
-  fd open for writing) (the child gets them as ``--spec-fd N`` / ``--mounts-fd N`` /
-  ``--stats-fd N`` / ``--record-fd N``; see :data:`_ROLE_FLAGS`).
+  fd open for writing), at most one each: the child gets them as ``--spec-fd N`` /
+  ``--mounts-fd N`` / ``--stats-fd N`` / ``--record-fd N`` (see :data:`_ROLE_FLAGS`).
   ``args`` are ``gofer9p gofer``'s flags minus ``--io-fds`` and those four; flags without
   fds (``--setup-root``, ``--landlock``, ``--record-headers-only``) pass through ``args``
   as they are.
