@@ -28,10 +28,12 @@ Control protocol: a unix ``SOCK_SEQPACKET`` socket, one JSON object per record.
   each; default: the fork-server's own), ``userns`` (a pipe's read end: the child unshares a
   user namespace, says ``userns`` on its start pipe and waits for one byte ``g`` there once
   the requester has written its id maps, as :func:`gofer9p.launch.start_gofer` does),
-  ``spec`` and ``mounts`` (the child gets them as ``--spec-fd N`` / ``--mounts-fd N``).
-  ``args`` are ``gofer9p gofer``'s flags minus ``--io-fds``, ``--spec-fd`` and
-  ``--mounts-fd``; flags without fds (``--setup-root``, ``--landlock``) pass through
-  ``args`` as they are.
+  ``spec``, ``mounts``, ``stats`` (a bound, listening unix stream socket) and ``record`` (an
+  fd open for writing), at most one each: the child gets them as ``--spec-fd N`` /
+  ``--mounts-fd N`` / ``--stats-fd N`` / ``--record-fd N`` (see :data:`_ROLE_FLAGS`).
+  ``args`` are ``gofer9p gofer``'s flags minus ``--io-fds`` and those four; flags without
+  fds (``--setup-root``, ``--landlock``, ``--record-headers-only``) pass through ``args``
+  as they are.
 * reply, one per request, in order: ``{"pid": P}`` with a pidfd of the child and the read end of
   its *start pipe* attached, or ``{"error": "one line"}`` (a malformed request; nothing forked).
   The child writes one line to the start pipe: ``ok`` once it serves, or the gofer's one error
@@ -87,9 +89,15 @@ __all__ = ["main", "run"]
 #: Largest request record and most fds one request may pass (SCM_MAX_FD is 253).
 MAX_REQUEST = 64 * 1024
 MAX_FDS = 128
-_ROLES_ONCE = ("stdout", "stderr", "userns", "spec", "mounts")
-#: Roles whose fd the gofer gets through a flag (the fd stays where it landed in the child).
-_ROLE_FLAGS = {"spec": "--spec-fd", "mounts": "--mounts-fd"}
+#: Roles whose fd the gofer gets through a flag (the fd stays where it landed in the child);
+#: the flags themselves are refused in a request's ``args``.  launch.py names them from here.
+_ROLE_FLAGS = {
+    "spec": "--spec-fd",
+    "mounts": "--mounts-fd",
+    "stats": "--stats-fd",
+    "record": "--record-fd",
+}
+_ROLES_ONCE = ("stdout", "stderr", "userns", *_ROLE_FLAGS)
 #: The pool of pre-forked children is refilled after this long without an event (s), so a
 #: refill never competes with a request or a gofer that is starting.
 _REFILL_AFTER = 0.01
@@ -669,7 +677,7 @@ def _warm_up() -> list[int]:
 
     import trio
 
-    from . import confine, daemon, landlock, logs, mounts, seccomp, server, spec
+    from . import confine, daemon, landlock, logs, mounts, seccomp, server, spec, stats
 
     flags = "--bundle / --seccomp=kill --apply-caps=true --log-level info --io-fds 0"
     args = daemon._parser().parse_args(flags.split())
@@ -704,6 +712,7 @@ def _warm_up() -> list[int]:
         replies = b""
         while chunk := ours.recv(4096):  # the gofer closed its end: EOF after the replies
             replies += chunk
+        stats.REGISTRY.reset()  # the gofer this child becomes counts from zero (--stats-fd)
     finally:
         ours.close()
         for p in points:

@@ -43,7 +43,7 @@ from typing import IO, Any, Protocol
 import attrs
 
 from . import syscalls
-from .forkserver import MAX_REQUEST, _parse_address, _record
+from .forkserver import _ROLE_FLAGS, MAX_REQUEST, _parse_address, _record
 from .mounts import MountError, apply_flags, option_flags
 from .options import add_confine_args, add_idmap_args
 from .spec import IdMapping, NineMount, Spec, SpecError, load_spec, load_spec_bytes, read_spec_fd
@@ -352,7 +352,8 @@ def gofer_flags(
     landlock: str = "auto",
 ) -> list[str]:
     """``gofer9p gofer``'s flags for these options, all but those naming fds (``--io-fds``,
-    ``--spec-fd``, ``--mounts-fd``: the spawn and fork-server paths place fds differently)."""
+    ``--spec-fd``, ``--mounts-fd``, ``--stats-fd``, ``--record-fd``: the spawn and
+    fork-server paths place fds differently)."""
     argv = ["--bundle", bundle]
     if panic_on_write:
         argv.append("--panic-on-write")
@@ -392,20 +393,50 @@ _F_ADD_SEALS, _F_SETPIPE_SZ = 1033, 1031
 _F_SEAL_ALL = 0x1 | 0x2 | 0x4 | 0x8  # F_SEAL_SEAL | SHRINK | GROW | WRITE
 
 
+#: ``start_gofer(stats_socket=...)``: a bound, listening unix stream socket, or its fd.
+StatsSocket = socket.socket | int
+
+
+def _record_flags(record_fd: int | None, headers_only: bool) -> list[str]:
+    """``--record-headers-only`` when asked for, which needs a ``record_fd``."""
+    if headers_only and record_fd is None:
+        raise LaunchError("record_headers_only needs record_fd")
+    return ["--record-headers-only"] if headers_only else []
+
+
+def _lent_fd(role: str, fd: int | None) -> list[tuple[str, int]]:
+    """``[(role, fd)]`` for an fd the manager lends the gofer (``[]`` for None), once it is
+    known to be open: a closed one is a :class:`LaunchError` here, not an ``OSError`` from a
+    ``dup`` or ``sendmsg``.  What else is wrong with it (not listening, read-only) the gofer
+    says in its one error line, as it does for ``--stats-fd``/``--record-fd`` on its command
+    line."""
+    if fd is None:
+        return []
+    try:
+        fcntl.fcntl(fd, fcntl.F_GETFD)
+    except OSError:
+        raise LaunchError(f"{_ROLE_FLAGS[role]}: fd {fd} is not open") from None
+    return [(role, fd)]
+
+
 @attrs.define
 class _FdFlags:
-    """The manager's side of ``--spec-fd`` and ``--mounts-fd`` for one gofer start.
+    """The manager's side of the fd-taking gofer flags (``--spec-fd``, ``--mounts-fd``,
+    ``--stats-fd``, ``--record-fd``) for one gofer start.
 
     ``spec_fd``: a sealed memfd holding the spec bytes the manager parsed (the gofer reads
     exactly those; nobody can change them after).  ``mounts_w``/``mounts_r``: a pipe whose
     write end the gofer gets (made 1 MiB large where allowed, so a gofer with many mounts does
-    not wait for a reader before it serves).  -1: not asked for.
+    not wait for a reader before it serves).  -1: not asked for.  ``lent``: ``(role, fd)``
+    of the manager's own fds (the stats socket, the recording), which the gofer gets a copy
+    of and this class never closes: they stay the manager's.
     """
 
     spec: Spec | None
     spec_fd: int = -1
     mounts_r: int = -1
     mounts_w: int = -1
+    lent: list[tuple[str, int]] = attrs.Factory(list)
 
     @classmethod
     def make(
@@ -414,19 +445,25 @@ class _FdFlags:
         doc: SpecDoc | None,
         report_mounts: bool,
         lenient: bool = False,
+        *,
+        stats_socket: StatsSocket | None = None,
+        record_fd: int | None = None,
     ) -> _FdFlags:
         """Read (``doc`` None: ``bundle/config.json``) and parse the spec; make the fds.
 
         ``lenient``: a bundle whose config.json is unusable gives ``spec`` None (the gofer
         will say what is wrong with it in its own words) instead of :class:`LaunchError`.
         """
+        if isinstance(stats_socket, socket.socket):
+            stats_socket = stats_socket.fileno()
+        lent = _lent_fd("stats", stats_socket) + _lent_fd("record", record_fd)
         try:
             parsed: Spec | None = _parse_spec(bundle, doc)
         except LaunchError:
             if not lenient or doc is not None:
                 raise
             parsed = None
-        out = cls(parsed)
+        out = cls(parsed, lent=lent)
         try:
             if doc is not None:
                 raw = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
@@ -446,11 +483,13 @@ class _FdFlags:
 
     def roles(self) -> list[tuple[str, int]]:
         """``(role, fd)`` of each fd the gofer gets (the fork-server's role names)."""
-        return [(r, fd) for r, fd in (("spec", self.spec_fd), ("mounts", self.mounts_w)) if fd >= 0]
+        made = [(r, fd) for r, fd in (("spec", self.spec_fd), ("mounts", self.mounts_w)) if fd >= 0]
+        return made + self.lent
 
     def close(self, keep_reader: bool = True) -> None:
         """Close what the gofer now holds (after the spawn or the request); the mounts pipe's
-        read end too unless ``keep_reader`` (it goes to :attr:`GoferProcess.mounts_fd`)."""
+        read end too unless ``keep_reader`` (it goes to :attr:`GoferProcess.mounts_fd`).
+        Never the ``lent`` fds: the manager owns those."""
         for name in ("spec_fd", "mounts_w", *(() if keep_reader else ("mounts_r",))):
             fd = getattr(self, name)
             if fd >= 0:
@@ -542,6 +581,9 @@ def start_gofer(
     report_mounts: bool = False,
     setup_root: bool = False,
     landlock: str = "auto",
+    stats_socket: StatsSocket | None = None,
+    record_fd: int | None = None,
+    record_headers_only: bool = False,
 ) -> GoferProcess:
     """Spawn a gofer for ``bundle``; return it with the sandbox ends of its connections.
 
@@ -564,11 +606,25 @@ def start_gofer(
     as resolved (``--mounts-fd``), read with :meth:`GoferProcess.mounts`.  ``setup_root``:
     the gofer builds its own root and binds the mounts itself (``--setup-root``; not with
     ``setup_mounts``).  ``landlock``: ``auto``, ``require`` or ``off`` (``--landlock``).
+
+    ``stats_socket``: a bound, listening unix stream socket (or its fd) on which the gofer
+    answers statistics (``--stats-fd``; ``gofer9p stats``/``top``, :func:`gofer9p.top.fetch`).
+    ``record_fd``: an fd open for writing to which the gofer records its connections as pcap
+    (``--record-fd``; ``record_headers_only``: ``--record-headers-only``).  Both stay the
+    caller's: the gofer gets its own copy, this function never closes them, and the caller
+    may close its copy as soon as this returns (the gofer's stays open until it exits; the
+    recording is complete then).  The socket's path, if any, is the caller's to unlink.
     """
-    extra_args = [*idmap_flags(map_uids, map_gids, squash_ids), *extra_args]
+    extra_args = [
+        *idmap_flags(map_uids, map_gids, squash_ids),
+        *_record_flags(record_fd, record_headers_only),
+        *extra_args,
+    ]
     if setup_root and setup_mounts:
         raise LaunchError("setup_root binds the mounts in the gofer: leave setup_mounts off")
-    extra = _FdFlags.make(bundle, spec, report_mounts)
+    extra = _FdFlags.make(
+        bundle, spec, report_mounts, stats_socket=stats_socket, record_fd=record_fd
+    )
     try:
         return _spawn_gofer(
             bundle, extra, panic_on_write=panic_on_write, userns=userns, seccomp=seccomp,
@@ -612,11 +668,12 @@ def _spawn_gofer(
     pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(n)]
     targets = list(range(3, 3 + n))
     high = [fcntl.fcntl(g.fileno(), fcntl.F_DUPFD_CLOEXEC, 3 + n) for _, g in pairs]
-    # --spec-fd/--mounts-fd: above the io targets too, kept at that number in the child
+    # --spec-fd/--mounts-fd/--stats-fd/--record-fd: above the io targets too (copies: the
+    # caller's own fds stay where they are), kept at that number in the child
     fd_flags: list[str] = []
     for role, fd in extra.roles():
         high.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3 + n))
-        fd_flags += ["--spec-fd" if role == "spec" else "--mounts-fd", str(high[-1])]
+        fd_flags += [_ROLE_FLAGS[role], str(high[-1])]
     kept = high[n:]
     placeholders: list[int] = []
     for t in targets:
@@ -996,6 +1053,9 @@ class ForkServer:
         report_mounts: bool = False,
         setup_root: bool = False,
         landlock: str = "auto",
+        stats_socket: StatsSocket | None = None,
+        record_fd: int | None = None,
+        record_headers_only: bool = False,
     ) -> GoferProcess:
         """Fork a gofer for ``bundle``; like :func:`gofer9p.launch.start_gofer`, but it returns
         once the gofer serves (or raises ``LaunchError`` with its one error line).
@@ -1004,14 +1064,23 @@ class ForkServer:
         when ``setup_mounts``, the id maps of a ``userns`` gofer, which this process writes as
         :func:`~gofer9p.launch.start_gofer` does); the gofer reads it itself (or the ``spec``
         given here, on a sealed memfd), the fork-server never does.  ``spec``,
-        ``report_mounts``, ``setup_root`` and ``landlock`` as for :func:`start_gofer`: the fds
-        go to the fork-server as the ``spec`` and ``mounts`` roles.
+        ``report_mounts``, ``setup_root``, ``landlock``, ``stats_socket``, ``record_fd`` and
+        ``record_headers_only`` as for :func:`start_gofer`: the fds go to the fork-server as
+        the ``spec``, ``mounts``, ``stats`` and ``record`` roles (SCM_RIGHTS copies: the
+        stats socket and the record fd stay the caller's, never closed here).
         """
-        extra_args = [*idmap_flags(map_uids, map_gids, squash_ids), *extra_args]
+        extra_args = [
+            *idmap_flags(map_uids, map_gids, squash_ids),
+            *_record_flags(record_fd, record_headers_only),
+            *extra_args,
+        ]
         path = os.path.abspath(os.fspath(bundle))
         if setup_root and setup_mounts:
             raise LaunchError("setup_root binds the mounts in the gofer: leave setup_mounts off")
-        extra = _FdFlags.make(path, spec, report_mounts, lenient=not setup_mounts)
+        extra = _FdFlags.make(
+            path, spec, report_mounts, lenient=not setup_mounts,
+            stats_socket=stats_socket, record_fd=record_fd,
+        )
         try:
             return self._start_gofer(
                 path, extra, panic_on_write=panic_on_write, userns=userns, seccomp=seccomp,

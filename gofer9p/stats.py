@@ -233,6 +233,12 @@ class Registry:
     counters go to the totals); :meth:`snapshot` sums them all."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything counted so far, as if the process started now: a fork-server's
+        pre-forked child serves a throw-away warm-up connection whose requests must not show
+        in the statistics of the gofer it becomes."""
         self.live: dict[int, ConnStats] = {}
         self.ended = _Totals()
         self.connections_ended = 0

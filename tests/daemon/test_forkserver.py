@@ -194,6 +194,26 @@ def test_malformed_requests_fork_nothing(fs: ForkServer) -> None:
                 'pass --spec-fd\'s fd as a "spec" fd',
             ),
             (
+                b'{"op": "start", "args": ["--stats-fd", "3"], "fds": ["io"]}',
+                [b.fileno()],
+                'pass --stats-fd\'s fd as a "stats" fd',
+            ),
+            (
+                b'{"op": "start", "args": ["--record-fd=3"], "fds": ["io"]}',
+                [b.fileno()],
+                'pass --record-fd\'s fd as a "record" fd',
+            ),
+            (
+                b'{"op": "start", "args": [], "fds": ["io", "stats", "stats"]}',
+                [b.fileno(), b.fileno(), b.fileno()],
+                "fd role 'stats' given twice",
+            ),
+            (
+                b'{"op": "start", "args": [], "fds": ["io", "record", "record"]}',
+                [b.fileno(), b.fileno(), b.fileno()],
+                "fd role 'record' given twice",
+            ),
+            (
                 b'{"op": "start", "args": ["--io-fds", "3"], "fds": ["io"]}',
                 [b.fileno()],
                 "pass the io sockets as",
