@@ -63,7 +63,7 @@ def test_guest_session_recording_replays_with_the_same_replies(
         initrd,
         kernel,
         (HERE / "init.sh").read_text(),
-        _guest_files(combo, mounts, False),
+        _guest_files(combo, mounts, False, {}),
         tools_dir=_session_dir().parent / "tools",
     )
     run = run_guest(workdir, kernel, initrd, mounts, start_servers, timeout=300)
