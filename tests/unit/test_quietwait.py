@@ -570,14 +570,20 @@ async def test_never_sleeps_while_work_is_in_threads(long_block: None) -> None:
     a, b = _pair()
     with a, b:
         q = await _ready(a, poll_s=LONG)
+        # the worker thread runs until the checks are done (a fixed sleep could end
+        # between them on a slow moment, and its completion is then trio's pending work)
+        release = threading.Event()
         async with trio.open_nursery() as n:
-            n.start_soon(trio.to_thread.run_sync, time.sleep, 0.3)
-            await trio.sleep(0.001)  # the thread is running, its task waits for it
-            n_, took = _timed(q, may_block=False)
-            assert n_ == -1
-            assert took < EARLY
-            b.send(b"x")
-            assert q.recv_into(_buf(), False) == 1
+            n.start_soon(trio.to_thread.run_sync, release.wait)
+            try:
+                await trio.sleep(0.001)  # the thread is running, its task waits for it
+                n_, took = _timed(q, may_block=False)
+                assert n_ == -1
+                assert took < EARLY
+                b.send(b"x")
+                assert q.recv_into(_buf(), False) == 1
+            finally:
+                release.set()
 
 
 async def test_a_finished_thread_goes_first(long_block: None) -> None:
