@@ -397,11 +397,28 @@ _F_SEAL_ALL = 0x1 | 0x2 | 0x4 | 0x8  # F_SEAL_SEAL | SHRINK | GROW | WRITE
 StatsSocket = socket.socket | int
 
 
-def _record_flags(record_fd: int | None, headers_only: bool) -> list[str]:
-    """``--record-headers-only`` when asked for, which needs a ``record_fd``."""
-    if headers_only and record_fd is None:
+def _start_flags(
+    extra_args: Sequence[str],
+    map_uids: IdRanges,
+    map_gids: IdRanges,
+    squash_ids: tuple[int, int] | None,
+    record_fd: int | None,
+    record_headers_only: bool,
+    setup_root: bool,
+    setup_mounts: bool,
+) -> list[str]:
+    """The gofer flags :func:`start_gofer` and :meth:`ForkServer.start_gofer` add to
+    ``extra_args`` (the id map, ``--record-headers-only``), with the checks both make before
+    anything is opened or spawned: each a :class:`LaunchError`."""
+    if record_headers_only and record_fd is None:
         raise LaunchError("record_headers_only needs record_fd")
-    return ["--record-headers-only"] if headers_only else []
+    if setup_root and setup_mounts:
+        raise LaunchError("setup_root binds the mounts in the gofer: leave setup_mounts off")
+    return [
+        *idmap_flags(map_uids, map_gids, squash_ids),
+        *(["--record-headers-only"] if record_headers_only else []),
+        *extra_args,
+    ]
 
 
 def _lent_fd(role: str, fd: int | None) -> list[tuple[str, int]]:
@@ -615,13 +632,10 @@ def start_gofer(
     may close its copy as soon as this returns (the gofer's stays open until it exits; the
     recording is complete then).  The socket's path, if any, is the caller's to unlink.
     """
-    extra_args = [
-        *idmap_flags(map_uids, map_gids, squash_ids),
-        *_record_flags(record_fd, record_headers_only),
-        *extra_args,
-    ]
-    if setup_root and setup_mounts:
-        raise LaunchError("setup_root binds the mounts in the gofer: leave setup_mounts off")
+    extra_args = _start_flags(
+        extra_args, map_uids, map_gids, squash_ids, record_fd, record_headers_only,
+        setup_root, setup_mounts,
+    )
     extra = _FdFlags.make(
         bundle, spec, report_mounts, stats_socket=stats_socket, record_fd=record_fd
     )
@@ -1069,14 +1083,11 @@ class ForkServer:
         the ``spec``, ``mounts``, ``stats`` and ``record`` roles (SCM_RIGHTS copies: the
         stats socket and the record fd stay the caller's, never closed here).
         """
-        extra_args = [
-            *idmap_flags(map_uids, map_gids, squash_ids),
-            *_record_flags(record_fd, record_headers_only),
-            *extra_args,
-        ]
+        extra_args = _start_flags(
+            extra_args, map_uids, map_gids, squash_ids, record_fd, record_headers_only,
+            setup_root, setup_mounts,
+        )
         path = os.path.abspath(os.fspath(bundle))
-        if setup_root and setup_mounts:
-            raise LaunchError("setup_root binds the mounts in the gofer: leave setup_mounts off")
         extra = _FdFlags.make(
             path, spec, report_mounts, lenient=not setup_mounts,
             stats_socket=stats_socket, record_fd=record_fd,
