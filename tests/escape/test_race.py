@@ -11,6 +11,7 @@ changed or been read, and no reply may carry outside data.
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -30,14 +31,16 @@ RACE_SECONDS = 2.0
 MAX_CYCLES = 200_000
 
 SWAPPER = r"""
-import ctypes, os, sys, time
+import ctypes, os, signal, sys, time
+stop = []
+signal.signal(signal.SIGUSR1, lambda *_: stop.append(1))  # Swapper.finish: the client is done
 libc = ctypes.CDLL(None, use_errno=True)
 AT_FDCWD, RENAME_EXCHANGE = -100, 2
 a, b, seconds, limit = sys.argv[1].encode(), sys.argv[2].encode(), float(sys.argv[3]), int(sys.argv[4])
 sys.stdout.write("ready\n"); sys.stdout.flush()
 end = time.monotonic() + seconds
 n = errors = 0
-while n < limit and (n & 255 or time.monotonic() < end):
+while n < limit and not stop and (n & 255 or time.monotonic() < end):
     if libc.renameat2(AT_FDCWD, a, AT_FDCWD, b, RENAME_EXCHANGE) != 0:
         errors += 1
         if errors > 1000:
@@ -51,7 +54,8 @@ print(n, errors)
 
 
 class Swapper:
-    """The swapping process: started, then waited for (bounded) after the client is done."""
+    """The swapping process: started, then told to stop and waited for (bounded) once the
+    client is done, so a run that needed longer under load is not cut short."""
 
     def __init__(self, a: Path, b: Path, seconds: float) -> None:
         self.proc = subprocess.Popen(
@@ -63,6 +67,8 @@ class Swapper:
         assert self.proc.stdout.readline().strip() == "ready"
 
     def finish(self) -> tuple[int, int]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGUSR1)
         try:
             out, _ = self.proc.communicate(timeout=20)
         except subprocess.TimeoutExpired:
