@@ -15,7 +15,7 @@ the fork-server's fd cleanup; it stops reading minor faults once seccomp is load
 getrusage is not on the whitelist).  The wrappers cost a few microseconds per step, so the
 total is slightly above benchmarks/forkserver.py's.  Root needed.
 
-    python benchmarks/forkserver_breakdown.py [-n 30] [--prefork 1] [--rounds]
+    python benchmarks/forkserver_breakdown.py [-n 30] [--prefork 1] [--rounds] [--detail]
 """
 
 from __future__ import annotations
@@ -64,8 +64,9 @@ def _wrap(owner: Any, name: str, label: str) -> None:
     setattr(owner, name, w)
 
 
-def _patch_server() -> None:
-    """The fork-server's and its children's steps (this runs in the fork-server)."""
+def _patch_server(detail: bool) -> None:
+    """The fork-server's and its children's steps (this runs in the fork-server); ``detail``:
+    also the steps between the seccomp load and the first request (trio's part)."""
     import trio
 
     from gofer9p import confine, daemon, forkserver, landlock, seccomp, server, spec
@@ -109,8 +110,7 @@ def _patch_server() -> None:
     _wrap(landlock, "restrict", "child.landlock")
     _wrap(trio, "run", "child.trio_run")
     _wrap(forkserver._StartPipe, "ready", "child.ready")
-    import os as _o
-    if _o.environ.get("BD_EXTRA"):
+    if detail:
         _wrap(daemon, "_serve_started", "child._serve_started")
         _wrap(trio, "open_signal_receiver", "child.open_signal_receiver")
         _wrap(daemon.signal, "pthread_sigmask", "child.sigmask")
@@ -143,14 +143,14 @@ def _patch_server() -> None:
     forkserver.socket.recv_fds = traced_recv_fds  # type: ignore[attr-defined]
 
 
-def serve_main(fd: int, trace: int, prefork: int) -> int:
+def serve_main(fd: int, trace: int, prefork: int, detail: bool) -> int:
     global _TRACE
     # Above the fds a pre-forked child holds for io sockets (3 .. 3 + MAX_FDS - 1).
     _TRACE = fcntl.fcntl(trace, fcntl.F_DUPFD, 512)
     os.close(trace)
     from gofer9p import forkserver
 
-    _patch_server()
+    _patch_server(detail)
     return forkserver.run(["--fd", str(fd), f"--prefork={prefork}"])
 
 
@@ -159,7 +159,7 @@ def _minflt(pid: int) -> int:
         return int(f.read().rsplit(")", 1)[1].split()[7])
 
 
-def _drive(n: int, prefork: int, show_rounds: bool) -> None:
+def _drive(n: int, prefork: int, show_rounds: bool, detail: bool) -> None:
     global _TRACE
     from gofer9p import launch
     from gofer9p.launch import ForkServer
@@ -171,7 +171,10 @@ def _drive(n: int, prefork: int, show_rounds: bool) -> None:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve", str(theirs.fileno()), str(trace_w), str(prefork)],
+        [
+            sys.executable, __file__, "--serve", str(theirs.fileno()), str(trace_w),
+            str(prefork), str(int(detail)),
+        ],
         pass_fds=[theirs.fileno(), trace_w],
         env=env,
     )
@@ -293,17 +296,20 @@ def _report(rounds: list[list[tuple[int, str, int, int]]]) -> None:
 
 
 def main() -> int:
-    if len(sys.argv) == 5 and sys.argv[1] == "--serve":
-        return serve_main(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+    if len(sys.argv) == 6 and sys.argv[1] == "--serve":
+        return serve_main(*map(int, sys.argv[2:5]), sys.argv[5] == "1")
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-n", type=int, default=30, help="starts (default 30)")
     ap.add_argument("--prefork", type=int, default=1, help="the fork-server's pool (default 1)")
     ap.add_argument("--rounds", action="store_true", help="also print each start's timeline")
+    ap.add_argument(
+        "--detail", action="store_true", help="also time trio's steps up to the first request"
+    )
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("benchmarks/forkserver_breakdown.py: needs root")
         return 2
-    _drive(args.n, args.prefork, args.rounds)
+    _drive(args.n, args.prefork, args.rounds, args.detail)
     return 0
 
 
