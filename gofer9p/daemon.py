@@ -31,7 +31,7 @@ import stat
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, NoReturn, Protocol
 
 from .logs import setup_logging
 from .options import (
@@ -586,7 +586,8 @@ async def _serve_all(
 
     ``ready_line`` is logged (and ``on_ready`` called) once the signal receiver is in place and
     the held stop signals are unblocked: from then on the daemon is serving and a stop request
-    is handled cleanly.
+    is handled cleanly (a signal that arrives before ``watch_signals`` first runs waits in the
+    receiver).
     """
     import trio
 
@@ -597,42 +598,43 @@ async def _serve_all(
     failed = False
     remaining = len(socks)
 
-    async with recording, trio.open_nursery() as nursery:
-        if stats is not None:
-            nursery.start_soon(stats.serve)  # cancelled with the nursery, below
+    # The stop signals' receiver is entered here, not in a task the nursery starts: the
+    # gofer serves (and says so) without first waiting for trio to schedule that task.
+    with trio.open_signal_receiver(*_STOP_SIGNALS) as signals:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # pending ones arrive
+        async with recording, trio.open_nursery() as nursery:
+            if stats is not None:
+                nursery.start_soon(stats.serve)  # cancelled with the nursery, below
 
-        async def watch_signals(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-            with trio.open_signal_receiver(*_STOP_SIGNALS) as signals:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # pending ones arrive
-                task_status.started()
+            async def watch_signals() -> None:
                 async for signum in signals:
                     log.info("%s received: closing all connections", signal.Signals(signum).name)
                     nursery.cancel_scope.cancel()
                     return
 
-        async def serve_one(fd: int, sock: socket.socket, point: AttachPoint) -> None:
-            nonlocal failed, remaining
-            try:
-                await serve(sock, point, config, name=f"fd{fd}")
-            except OSError as e:
-                failed = True
-                log.error("fd%d: connection ended on an I/O error: %s", fd, e)
-            else:
-                log.debug("fd%d: connection closed", fd)
-            finally:
-                # ours from here on: the client sees its connection end now, not
-                # when the last attach point's connection ends too
-                sock.close()
-                remaining -= 1
-                if remaining == 0:
-                    nursery.cancel_scope.cancel()  # stops watch_signals
+            async def serve_one(fd: int, sock: socket.socket, point: AttachPoint) -> None:
+                nonlocal failed, remaining
+                try:
+                    await serve(sock, point, config, name=f"fd{fd}")
+                except OSError as e:
+                    failed = True
+                    log.error("fd%d: connection ended on an I/O error: %s", fd, e)
+                else:
+                    log.debug("fd%d: connection closed", fd)
+                finally:
+                    # ours from here on: the client sees its connection end now, not
+                    # when the last attach point's connection ends too
+                    sock.close()
+                    remaining -= 1
+                    if remaining == 0:
+                        nursery.cancel_scope.cancel()  # stops watch_signals
 
-        await nursery.start(watch_signals)
-        log.info("%s", ready_line)
-        if on_ready is not None:
-            on_ready()
-        for fd, sock, point in zip(fds, socks, points, strict=True):
-            nursery.start_soon(serve_one, fd, sock, point)
+            nursery.start_soon(watch_signals)
+            log.info("%s", ready_line)
+            if on_ready is not None:
+                on_ready()
+            for fd, sock, point in zip(fds, socks, points, strict=True):
+                nursery.start_soon(serve_one, fd, sock, point)
     if stats is not None:
         stats.close()
     return EXIT_IO_ERROR if failed else EXIT_OK
