@@ -329,6 +329,9 @@ def _check_extra_fd(fd: int | None, flag: str, taken: list[int]) -> None:
     taken.append(fd)
 
 
+_preloaded: list[bool] = []
+
+
 def _preload() -> None:
     """Import everything serving needs while the host's Python library is still reachable.
 
@@ -337,7 +340,14 @@ def _preload() -> None:
     this, the first Tattach by user name would read the *sandbox's* /etc/nsswitch.conf and could
     dlopen a library from the sandbox-controlled root into the gofer.  Later lookups still read
     the chroot's /etc/passwd (the "files" source), which is the right namespace for 9P unames.
+
+    Done once per process image: a gofer forked by :mod:`gofer9p.forkserver` inherits the
+    fork-server's loaded modules and NSS state (the server ran this before it forked), and
+    glibc, seeing the child's chroot, keeps that state as it keeps a spawned gofer's
+    (tests/escape/test_daemon_nss.py starts the gofer each way).
     """
+    if _preloaded:
+        return
     import grp
     import pwd
     import resource  # noqa: F401  (server.fd_budget imports it; a C extension)
@@ -351,6 +361,7 @@ def _preload() -> None:
             lookup("root")
         except KeyError:
             pass
+    _preloaded.append(True)
 
 
 class _LateImportWarner:
