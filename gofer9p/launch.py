@@ -375,6 +375,8 @@ def idmap_flags(
     """The gofer flags of an id mapping (``--map-uid``, ``--map-gid``, ``--squash-ids``),
     checked here (overlaps, ranges) so that a bad one is a ``LaunchError`` before anything
     is spawned."""
+    if not map_uids and not map_gids and squash_ids is None:
+        return []  # no mapping: nothing to check (and attach's import spared)
     from .attach import IdMap
 
     try:
@@ -465,8 +467,10 @@ class _FdFlags:
         *,
         stats_socket: StatsSocket | None = None,
         record_fd: int | None = None,
+        specs: _SpecCache | None = None,
     ) -> _FdFlags:
-        """Read (``doc`` None: ``bundle/config.json``) and parse the spec; make the fds.
+        """Read (``doc`` None: ``bundle/config.json``, through ``specs`` if given) and parse
+        the spec; make the fds.
 
         ``lenient``: a bundle whose config.json is unusable gives ``spec`` None (the gofer
         will say what is wrong with it in its own words) instead of :class:`LaunchError`.
@@ -475,7 +479,11 @@ class _FdFlags:
             stats_socket = stats_socket.fileno()
         lent = _lent_fd("stats", stats_socket) + _lent_fd("record", record_fd)
         try:
-            parsed: Spec | None = _parse_spec(bundle, doc)
+            parsed: Spec | None = (
+                specs.load(os.fspath(bundle))
+                if specs is not None and doc is None
+                else _parse_spec(bundle, doc)
+            )
         except LaunchError:
             if not lenient or doc is not None:
                 raise
@@ -512,6 +520,47 @@ class _FdFlags:
             if fd >= 0:
                 os.close(fd)
                 setattr(self, name, -1)
+
+
+#: Bundles whose parsed spec a :class:`ForkServer` keeps (the least recently read goes first).
+_SPEC_CACHE_SIZE = 64
+
+
+@attrs.define
+class _SpecCache:
+    """A :class:`ForkServer`'s parsed ``config.json`` per bundle path, kept while the file's
+    identity (device, inode, size, mtime, ctime) is unchanged: starting another gofer for a
+    bundle costs one ``stat`` instead of reading and parsing the spec again.
+
+    The manager reads the spec only for what it needs before the request (how many sockets,
+    the id maps of a user-namespace gofer, the mounts of ``setup_mounts``); the gofer reads
+    the bundle itself.  A file rewritten with the same size inside one timestamp tick would
+    go unseen: the gofer, reading the new one, then refuses a wrong socket count in its one
+    error line.  Errors are never kept: a bundle that cannot be read is read again next time.
+    """
+
+    entries: dict[str, tuple[tuple[int, ...], Spec]] = attrs.Factory(dict)
+    lock: threading.Lock = attrs.Factory(threading.Lock)
+
+    def load(self, bundle: str) -> Spec:
+        """:func:`_parse_spec` of ``bundle`` (absolute), or the kept one if still current."""
+        try:
+            st = os.stat(os.path.join(bundle, "config.json"))
+        except OSError:
+            return _parse_spec(bundle, None)  # it says what is wrong, in its words
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        with self.lock:
+            kept = self.entries.get(bundle)
+        if kept is not None and kept[0] == key:
+            spec = kept[1]
+        else:
+            spec = _parse_spec(bundle, None)
+        with self.lock:
+            self.entries.pop(bundle, None)
+            self.entries[bundle] = (key, spec)  # now the most recently read
+            while len(self.entries) > _SPEC_CACHE_SIZE:
+                del self.entries[next(iter(self.entries))]
+        return spec
 
 
 def _read_to_eof(fd: int, timeout: float) -> bytes | None:
@@ -924,6 +973,7 @@ class ForkServer:
         # One start request in flight per connection: the server answers in order.
         self._request_lock = threading.Lock()
         self._lost = False
+        self._specs = _SpecCache()
 
     @classmethod
     def start(
@@ -1076,7 +1126,8 @@ class ForkServer:
 
         The bundle is read here only for what the manager needs (how many sockets; the mounts
         when ``setup_mounts``, the id maps of a ``userns`` gofer, which this process writes as
-        :func:`~gofer9p.launch.start_gofer` does); the gofer reads it itself (or the ``spec``
+        :func:`~gofer9p.launch.start_gofer` does), and kept for the next start of the same
+        bundle while its config.json is unchanged (:class:`_SpecCache`); the gofer reads it itself (or the ``spec``
         given here, on a sealed memfd), the fork-server never does.  ``spec``,
         ``report_mounts``, ``setup_root``, ``landlock``, ``stats_socket``, ``record_fd`` and
         ``record_headers_only`` as for :func:`start_gofer`: the fds go to the fork-server as
@@ -1090,7 +1141,7 @@ class ForkServer:
         path = os.path.abspath(os.fspath(bundle))
         extra = _FdFlags.make(
             path, spec, report_mounts, lenient=not setup_mounts,
-            stats_socket=stats_socket, record_fd=record_fd,
+            stats_socket=stats_socket, record_fd=record_fd, specs=self._specs,
         )
         try:
             return self._start_gofer(
