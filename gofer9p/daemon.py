@@ -86,9 +86,11 @@ class DaemonError(Exception):
 class StartReport(Protocol):
     """Where a gofer started by :mod:`gofer9p.forkserver` says how its start went.
 
-    Exactly one of the two is called, once: ``ready()`` when it serves (after confinement,
-    with its stop-signal receiver in place), ``failed(line)`` with the one stderr line when it
-    could not start (before exiting 2).
+    Exactly one of the two is called, once: ``ready()`` as soon as it is confined (every step
+    of :func:`_confined_start` done), ``failed(line)`` with the one stderr line when it could
+    not start (before exiting 2).  From ``ready()`` on, what a client sends is read by the
+    serving loop, which the gofer sets up while its requester wakes (on another CPU); a stop
+    signal sent meanwhile waits, blocked, until the loop's receiver takes it (exit 0).
     """
 
     def ready(self) -> None: ...
@@ -416,7 +418,9 @@ async def run_in_loop(
         start = _confined_start(argv, after_confine)
     except DaemonError as e:
         return _setup_failed(e, report)
-    return await _serve_started(start, report)
+    if report is not None:
+        report.ready()
+    return await _serve_started(start)
 
 
 def _setup_failed(e: DaemonError, report: StartReport | None) -> int:
@@ -441,18 +445,19 @@ def _run(
     report: StartReport | None,
 ) -> int:
     start = _confined_start(list(sys.argv[1:] if argv is None else argv), after_confine)
+    if report is not None:
+        report.ready()  # trio's start (~0.7 ms) then overlaps the requester's wake-up
 
     import trio
 
-    return trio.run(_serve_started, start, report)
+    return trio.run(_serve_started, start)
 
 
-async def _serve_started(start: _Started, report: StartReport | None) -> int:
+async def _serve_started(start: _Started) -> int:
     """Serve what :func:`_confined_start` prepared; the exit status (an internal error: 1)."""
     fds, socks, points, config, ready_line, stats = start
-    on_ready = None if report is None else report.ready
     try:
-        status = await _serve_all(fds, socks, points, config, ready_line, on_ready, stats)
+        status = await _serve_all(fds, socks, points, config, ready_line, stats)
     except Exception:
         log.critical("internal error", exc_info=True)
         return EXIT_IO_ERROR
@@ -589,13 +594,12 @@ async def _serve_all(
     points: list[AttachPoint],
     config: ServerConfig,
     ready_line: str = "serving",
-    on_ready: Callable[[], None] | None = None,
     stats: StatsEndpoint | None = None,
 ) -> int:
     """One server task per connection in one nursery; SIGTERM/SIGINT cancel them all.
     ``stats``: the statistics endpoint, served beside them until they end.
 
-    ``ready_line`` is logged (and ``on_ready`` called) once the signal receiver is in place and
+    ``ready_line`` is logged once the signal receiver is in place and
     the held stop signals are unblocked: from then on the daemon is serving and a stop request
     is handled cleanly (a signal that arrives before ``watch_signals`` first runs waits in the
     receiver).
@@ -642,8 +646,6 @@ async def _serve_all(
 
             nursery.start_soon(watch_signals)
             log.info("%s", ready_line)
-            if on_ready is not None:
-                on_ready()
             for fd, sock, point in zip(fds, socks, points, strict=True):
                 nursery.start_soon(serve_one, fd, sock, point)
     if stats is not None:

@@ -36,7 +36,8 @@ Control protocol: a unix ``SOCK_SEQPACKET`` socket, one JSON object per record.
   as they are.
 * reply, one per request, in order: ``{"pid": P}`` with a pidfd of the child and the read end of
   its *start pipe* attached, or ``{"error": "one line"}`` (a malformed request; nothing forked).
-  The child writes one line to the start pipe: ``ok`` once it serves, or the gofer's one error
+  The child writes one line to the start pipe: ``ok`` once it is confined (it reads what a
+  client sends from then on; see :class:`gofer9p.daemon.StartReport`), or the gofer's one error
   line (``gofer9p gofer: error: ...``) before it exits 2 (after ``userns`` for a user-namespace
   gofer); EOF without a line means it died first.
 * later, on the same connection: ``{"pid": P, "exit": N}`` when that child has exited, ``N`` as
@@ -708,7 +709,7 @@ def _warm_up() -> list[int]:
         config = server.ServerConfig(
             poll_us=args.poll_us, connections=1, fd_share=server.FD_SHARE_MIN
         )
-        trio.run(daemon._serve_all, [sock.fileno()], [sock], points, config, "warm-up", None)
+        trio.run(daemon._serve_all, [sock.fileno()], [sock], points, config, "warm-up")
         replies = b""
         while chunk := ours.recv(4096):  # the gofer closed its end: EOF after the replies
             replies += chunk
