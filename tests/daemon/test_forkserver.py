@@ -669,3 +669,29 @@ def test_wait_in_one_thread_start_in_another(tmp_path: Path, fs: ForkServer) -> 
     finally:
         waiter.join(30)
         first.stop()
+
+
+@pytest.mark.parametrize("prefork", [0, 1])
+def test_a_stop_right_after_ok_is_a_clean_exit(tmp_path: Path, prefork: int) -> None:
+    """A forked gofer says ok once confined, before its serving loop (and the loop's signal
+    receiver) is set up: a SIGTERM sent the moment start_gofer returns waits, blocked, for
+    that receiver, and the gofer exits 0 saying so; then a fresh start still serves."""
+    fs = ForkServer.start(env=gofer_env(), prefork=prefork)
+    log = tmp_path / "gofer.log"
+    try:
+        b = make_bundle(tmp_path)
+        with open(log, "wb") as err:
+            for _ in range(5):
+                if prefork:
+                    wait_for_idle_child(fs)
+                gp = fs.start_gofer(b, stderr=err)
+                gp.proc.send_signal(signal.SIGTERM)
+                assert gp.proc.wait(15) == 0, log.read_text()
+                for s in gp.sockets:
+                    s.close()
+            gp = fs.start_gofer(b, stderr=err)
+            assert _serves(gp.sockets[0]) == b"hello from root\n"
+            assert gp.stop() == 0
+        assert log.read_text().count("SIGTERM received: closing all connections") == 6
+    finally:
+        fs.stop()
