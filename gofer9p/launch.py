@@ -43,7 +43,7 @@ from typing import IO, Any, Protocol
 import attrs
 
 from . import syscalls
-from .forkserver import _ROLE_FLAGS, MAX_REQUEST, _parse_address, _record
+from .forkproto import MAX_REQUEST, ROLE_FLAGS, parse_address, record
 from .mounts import MountError, apply_flags, option_flags
 from .options import add_confine_args, add_idmap_args
 from .spec import IdMapping, NineMount, Spec, SpecError, load_spec, load_spec_bytes, read_spec_fd
@@ -434,7 +434,7 @@ def _lent_fd(role: str, fd: int | None) -> list[tuple[str, int]]:
     try:
         fcntl.fcntl(fd, fcntl.F_GETFD)
     except OSError:
-        raise LaunchError(f"{_ROLE_FLAGS[role]}: fd {fd} is not open") from None
+        raise LaunchError(f"{ROLE_FLAGS[role]}: fd {fd} is not open") from None
     return [(role, fd)]
 
 
@@ -736,7 +736,7 @@ def _spawn_gofer(
     fd_flags: list[str] = []
     for role, fd in extra.roles():
         high.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3 + n))
-        fd_flags += [_ROLE_FLAGS[role], str(high[-1])]
+        fd_flags += [ROLE_FLAGS[role], str(high[-1])]
     kept = high[n:]
     placeholders: list[int] = []
     for t in targets:
@@ -1015,7 +1015,7 @@ class ForkServer:
         """Connect to a running ``gofer9p forkserver --socket unix:PATH``."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            sock.connect(_parse_address(address))
+            sock.connect(parse_address(address))
         except BaseException:
             sock.close()
             raise
@@ -1084,7 +1084,7 @@ class ForkServer:
                 raise ForkServerLost("the fork-server connection is closed")
             try:
                 socket.send_fds(
-                    self.sock, [_record({"op": "start", "args": args, "fds": roles})], fds
+                    self.sock, [record({"op": "start", "args": args, "fds": roles})], fds
                 )
             except OSError as e:
                 self._lost = True
