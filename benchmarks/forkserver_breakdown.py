@@ -183,7 +183,7 @@ def _drive(n: int, prefork: int, show_rounds: bool, detail: bool) -> None:
     _wrap(launch, "load_spec", "req.load_spec")  # the name start_gofer calls
     _wrap(launch._SpecCache, "load", "req.spec_cache")
     _wrap(fs, "_request", "req.request")
-    _wrap(launch, "_start_flags", "req.start_flags")
+    _wrap(launch, "_options", "req.options")
     _wrap(fs, "_start_gofer", "req._start_gofer")
     _wrap(launch, "_Lines", "req.start_pipe_open")
     buf = b""
