@@ -13,12 +13,22 @@ Start-up, interleaved (one round = one start of each kind, in turn), root needed
 * ``diod``: ``diod -f -n -r FD -w FD -e EXPORT -L stderr`` on a socketpair (as p9bench and
   benchmarks/compare.sh start it), the same two requests.
 
-Times run from just before the start call / the spawn to the reply.  Then memory: N gofers
+Times run from just before the start call / the spawn to the reply.  Beside them, the CPU
+time a start costs up to the Rattach, on every CPU: the requester's thread
+(:func:`time.thread_time_ns`), the fork-server and the gofer (or diod: all its threads), from
+``/proc/PID/task/*/schedstat`` (a pre-forked child's warm-up, done before the request, is not
+counted; a forked child's whole life is).  On a shared machine the wall-clock times swing with
+what else runs; the CPU time much less (cold caches still inflate it).  Then memory: N gofers
 started through the fork-server, each serving one attached connection, and
 ``/proc/PID/smaps_rollup`` of each: private = Private_Clean + Private_Dirty, and the total PSS
 (which shares every page among the processes mapping it).
 
-    python benchmarks/forkserver.py [-n 20] [--gofers 100] [--no-diod] [--settle 0.05]
+    python benchmarks/forkserver.py [-n 20] [--gofers 100] [--no-diod] [--no-spawn] [--no-fork]
+        [--settle 0.05] [--base DIR]
+
+``--base DIR`` adds a kind ``base``: ``pool`` through a fork-server (and its children) that
+imports gofer9p from the checkout at DIR (say, the main branch) instead of this one, in the
+same rounds; the requester's side (:mod:`gofer9p.launch`) is this checkout's for both.
 """
 
 from __future__ import annotations
@@ -74,36 +84,80 @@ def _reply(sock: socket.socket, want: int) -> bytes:
     return buf
 
 
-def _version_attach(sock: socket.socket, t0: float, aname: bytes) -> tuple[float, float]:
+def _oncpu(pid: int) -> int:
+    """ns that the threads of ``pid`` alive now have run (``/proc/PID/task/*/schedstat``)."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError):
+            pass
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    """Live children of ``pid`` (a fork-server's pre-forked one, before a request)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
+#: One start: seconds to Rversion, seconds to Rattach, CPU seconds spent on the way to
+#: Rattach by the requester (this thread), the fork-server and the gofer (or diod).
+Sample = tuple[float, float, float]
+
+
+def _version_attach(
+    sock: socket.socket, t0: float, aname: bytes, cpu0: int, gofer: int, others: int
+) -> Sample:
+    """Tversion, Tattach; ``cpu0``: this thread's CPU ns at the start, ``others``: the CPU ns
+    that ``gofer`` and the fork-server had then (read again after the Rattach)."""
     sock.sendall(tversion())
     _reply(sock, 101)
     t1 = time.perf_counter()
     sock.sendall(tattach(aname))
     _reply(sock, 105)
-    return t1 - t0, time.perf_counter() - t0
+    t2 = time.perf_counter()
+    cpu = time.thread_time_ns() - cpu0
+    return t1 - t0, t2 - t0, (cpu + _oncpu(gofer) - others) / 1e9
 
 
-def one_fork(fs: ForkServer, bundle: str) -> tuple[float, float]:
+def one_fork(fs: ForkServer, bundle: str) -> Sample:
+    assert fs.proc is not None
+    server = fs.proc.pid
+    idle = {pid: _oncpu(pid) for pid in _children(server)}  # the pre-forked child's warm-up
+    others = _oncpu(server)
+    cpu0 = time.thread_time_ns()
     t0 = time.perf_counter()
     gp = fs.start_gofer(bundle, extra_args=["--log-level", "warning"])
     try:
-        return _version_attach(gp.sockets[0], t0, b"")
+        others -= _oncpu(server)  # the server's part, made negative: subtracted below
+        return _version_attach(gp.sockets[0], t0, b"", cpu0, gp.pid, idle.get(gp.pid, 0) + others)
     finally:
         gp.stop()
 
 
-def one_spawn(bundle: str, env: dict[str, str]) -> tuple[float, float]:
+def one_spawn(bundle: str, env: dict[str, str]) -> Sample:
+    cpu0 = time.thread_time_ns()
     t0 = time.perf_counter()
     gp = start_gofer(bundle, env=env, extra_args=["--log-level", "warning"])
     try:
-        return _version_attach(gp.sockets[0], t0, b"")
+        return _version_attach(gp.sockets[0], t0, b"", cpu0, gp.pid, 0)
     finally:
         gp.stop()
 
 
-def one_diod(diod: str, export: str) -> tuple[float, float]:
+def one_diod(diod: str, export: str) -> Sample:
     a, b = socket.socketpair()
     fd = b.fileno()
+    cpu0 = time.thread_time_ns()
     t0 = time.perf_counter()
     p = subprocess.Popen(
         [diod, "-f", "-n", "-r", str(fd), "-w", str(fd), "-e", export, "-L", "stderr"],
@@ -112,7 +166,7 @@ def one_diod(diod: str, export: str) -> tuple[float, float]:
     )
     b.close()
     try:
-        return _version_attach(a, t0, export.encode())
+        return _version_attach(a, t0, export.encode(), cpu0, p.pid, 0)
     finally:
         a.close()
         try:
@@ -144,7 +198,7 @@ def memory(fs: ForkServer, bundle: str, n: int) -> None:
         for _ in range(n):
             gp = fs.start_gofer(bundle, extra_args=["--log-level", "warning"])
             s = gp.sockets[0]
-            _version_attach(s, time.perf_counter(), b"")
+            _version_attach(s, time.perf_counter(), b"", 0, gp.pid, 0)
             gps.append(gp)
         time.sleep(0.5)
         rolls = [smaps(gp.pid) for gp in gps]
@@ -175,6 +229,9 @@ def main() -> int:
     ap.add_argument("-n", type=int, default=20, help="interleaved rounds (default 20)")
     ap.add_argument("--gofers", type=int, default=100, help="gofers in the memory test (0: skip)")
     ap.add_argument("--no-diod", action="store_true")
+    ap.add_argument("--no-spawn", action="store_true", help="leave out the direct spawn")
+    ap.add_argument("--no-fork", action="store_true", help="leave out fork-on-request")
+    ap.add_argument("--base", metavar="DIR", help="also pool starts from gofer9p at DIR")
     ap.add_argument(
         "--settle",
         type=float,
@@ -198,46 +255,55 @@ def main() -> int:
         Path(bundle, "config.json").write_text('{"root": {"path": "rootfs"}}')
         # not realpath: a venv's python is a symlink that finds its venv by its own path
         py = sys.executable
-        fs = ForkServer.start(env=env, python=py)
-        fs0 = ForkServer.start(env=env, python=py, prefork=0)
+        servers = [fs := ForkServer.start(env=env, python=py)]
+        kinds: dict[str, Callable[[], Sample]] = {"pool": lambda: one_fork(fs, bundle)}
+        if args.base:
+            base_env = dict(os.environ)
+            base_env["PYTHONPATH"] = args.base + os.pathsep + env.get("PYTHONPATH", "")
+            servers.append(fsb := ForkServer.start(env=base_env, python=py))
+            kinds["base"] = lambda: one_fork(fsb, bundle)
+        if not args.no_fork:
+            servers.append(fs0 := ForkServer.start(env=env, python=py, prefork=0))
+            kinds["fork"] = lambda: one_fork(fs0, bundle)
+        if not args.no_spawn:
+            kinds["spawn"] = lambda: one_spawn(bundle, env)
         try:
-            kinds: dict[str, Callable[[], tuple[float, float]]] = {
-                "pool": lambda: one_fork(fs, bundle),
-                "fork": lambda: one_fork(fs0, bundle),
-                "spawn": lambda: one_spawn(bundle, env),
-            }
             if diod:
                 kinds["diod"] = lambda: one_diod(diod, export)
             for f in kinds.values():  # warm: the fork-server's imports, page cache
                 f()
-            res: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in kinds}
+            res: dict[str, tuple[list[float], list[float], list[float]]] = {
+                k: ([], [], []) for k in kinds
+            }
             load0 = os.getloadavg()
             for _ in range(args.n):
                 for k, f in kinds.items():
                     time.sleep(args.settle)  # the last start's aftermath (a pool refill) is over
-                    v, a = f()
-                    res[k][0].append(v)
-                    res[k][1].append(a)
+                    for got, x in zip(res[k], f(), strict=True):
+                        got.append(x)
             print(
                 f"start-up, {args.n} interleaved rounds, ms (load average before "
                 f"{load0[0]:.2f}, after {os.getloadavg()[0]:.2f})"
             )
-            for k, (v, a) in res.items():
+            for k, (v, a, c) in res.items():
                 print(f"  {k:5s} -> Rversion  {_stats(v)}")
                 print(f"  {k:5s} -> Rattach   {_stats(a)}")
+                print(f"  {k:5s} CPU to Rattach {_stats(c)}")
             if diod:
                 dv = statistics.median(res["diod"][0])
                 da = statistics.median(res["diod"][1])
-                for k in ("pool", "fork", "spawn"):
+                dc = statistics.median(res["diod"][2])
+                for k in [k for k in kinds if k != "diod"]:
                     print(
                         f"  {k}/diod medians: Rversion {statistics.median(res[k][0]) / dv:.2f}x"
                         f"  Rattach {statistics.median(res[k][1]) / da:.2f}x"
+                        f"  CPU {statistics.median(res[k][2]) / dc:.2f}x"
                     )
             if args.gofers:
                 memory(fs, bundle, args.gofers)
         finally:
-            fs.stop()
-            fs0.stop()
+            for f in servers:
+                f.stop()
     return 0
 
 

@@ -4,7 +4,7 @@ benchmarks/forkserver.py times a start from outside; this one puts timestamps
 (CLOCK_MONOTONIC, shared by all processes) on the steps in between, by wrapping the functions
 that do them in all three processes, and prints each step's median over the rounds:
 
-* requester: ``start_gofer`` (its ``load_spec``, the request round trip, the wait for the start
+* requester: ``start_gofer`` (its spec, read or kept, the request round trip, the wait for the start
   pipe's ``ok``), then Tversion -> Rversion and Tattach -> Rattach;
 * fork-server: the request read, the hand-over to the pre-forked child, the reply;
 * child (pre-forked, so its fork and warm-up are not in the timeline): every step of
@@ -15,7 +15,7 @@ the fork-server's fd cleanup; it stops reading minor faults once seccomp is load
 getrusage is not on the whitelist).  The wrappers cost a few microseconds per step, so the
 total is slightly above benchmarks/forkserver.py's.  Root needed.
 
-    python benchmarks/forkserver_breakdown.py [-n 30] [--prefork 1]
+    python benchmarks/forkserver_breakdown.py [-n 30] [--prefork 1] [--rounds] [--detail]
 """
 
 from __future__ import annotations
@@ -64,11 +64,12 @@ def _wrap(owner: Any, name: str, label: str) -> None:
     setattr(owner, name, w)
 
 
-def _patch_server() -> None:
-    """The fork-server's and its children's steps (this runs in the fork-server)."""
+def _patch_server(detail: bool) -> None:
+    """The fork-server's and its children's steps (this runs in the fork-server); ``detail``:
+    also the steps between the seccomp load and the first request (trio's part)."""
     import trio
 
-    from gofer9p import confine, daemon, forkserver, seccomp, server, spec
+    from gofer9p import confine, daemon, forkserver, landlock, seccomp, server, spec
 
     srv = forkserver._Server
     detach = srv._detach
@@ -78,14 +79,17 @@ def _patch_server() -> None:
     _wrap(srv, "_send", "server.reply")
     _wrap(forkserver, "_take_request", "child.take_request")
     _wrap(forkserver, "_place_fds", "child.place_fds")
-    for name in ("setup_logging", "check_io_fd", "_preload", "_open_attach_points"):
+    for name in ("_confined_start", "setup_logging", "check_io_fd", "_preload", "_open_attach_points"):
         _wrap(daemon, name, f"child.{name}")
     _wrap(spec, "load_spec", "child.load_spec")
     for name in (
         "preload",
         "assert_single_threaded",
         "set_not_dumpable",
+        "chroot_tree",
         "private_mount_root",
+        "_private_namespace",
+        "_harden",
         "chroot_into",
         "drop_capabilities",
         "set_no_new_privs",
@@ -102,9 +106,21 @@ def _patch_server() -> None:
             mark("child.install_seccomp-")
 
     seccomp.install_seccomp = install_seccomp
-    _wrap(server, "fd_share", "child.fd_share")
+    _wrap(server, "fd_budget", "child.fd_budget")
+    _wrap(landlock, "restrict", "child.landlock")
     _wrap(trio, "run", "child.trio_run")
     _wrap(forkserver._StartPipe, "ready", "child.ready")
+    if detail:
+        _wrap(daemon, "_serve_started", "child._serve_started")
+        _wrap(trio, "open_signal_receiver", "child.open_signal_receiver")
+        _wrap(daemon.signal, "pthread_sigmask", "child.sigmask")
+        _wrap(daemon.log, "info", "child.log_info")
+        _wrap(seccomp, "own_pid_written", "child.own_pid_written")
+        _wrap(server.Connection, "__init__", "child.conn_init")
+        _wrap(server.Connection, "_open_pipe", "child.open_pipe")
+        from gofer9p import _quietwait
+        _wrap(_quietwait.QuietWait, "__init__", "child.quiet_init")
+        _wrap(server.ServerConfig, "__init__", "child.config_init")
     parser = daemon._parser()
     _wrap(parser, "parse_args", "child.parse_args")
     serve = server.serve
@@ -127,14 +143,14 @@ def _patch_server() -> None:
     forkserver.socket.recv_fds = traced_recv_fds  # type: ignore[attr-defined]
 
 
-def serve_main(fd: int, trace: int, prefork: int) -> int:
+def serve_main(fd: int, trace: int, prefork: int, detail: bool) -> int:
     global _TRACE
     # Above the fds a pre-forked child holds for io sockets (3 .. 3 + MAX_FDS - 1).
     _TRACE = fcntl.fcntl(trace, fcntl.F_DUPFD, 512)
     os.close(trace)
     from gofer9p import forkserver
 
-    _patch_server()
+    _patch_server(detail)
     return forkserver.run(["--fd", str(fd), f"--prefork={prefork}"])
 
 
@@ -143,7 +159,7 @@ def _minflt(pid: int) -> int:
         return int(f.read().rsplit(")", 1)[1].split()[7])
 
 
-def _drive(n: int, prefork: int) -> None:
+def _drive(n: int, prefork: int, show_rounds: bool, detail: bool) -> None:
     global _TRACE
     from gofer9p import launch
     from gofer9p.launch import ForkServer
@@ -155,14 +171,21 @@ def _drive(n: int, prefork: int) -> None:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve", str(theirs.fileno()), str(trace_w), str(prefork)],
+        [
+            sys.executable, __file__, "--serve", str(theirs.fileno()), str(trace_w),
+            str(prefork), str(int(detail)),
+        ],
         pass_fds=[theirs.fileno(), trace_w],
         env=env,
     )
     theirs.close()
     fs = ForkServer(mine, proc)
     _wrap(launch, "load_spec", "req.load_spec")  # the name start_gofer calls
+    _wrap(launch._SpecCache, "load", "req.spec_cache")
     _wrap(fs, "_request", "req.request")
+    _wrap(launch, "_options", "req.options")
+    _wrap(fs, "_start_gofer", "req._start_gofer")
+    _wrap(launch, "_Lines", "req.start_pipe_open")
     buf = b""
     rounds: list[list[tuple[int, str, int, int]]] = []
     with tempfile.TemporaryDirectory(prefix="gofer9p-bench-") as tmp:
@@ -204,7 +227,20 @@ def _drive(n: int, prefork: int) -> None:
                     rounds.append(evs)
         finally:
             fs.stop()
+    if show_rounds:
+        _print_rounds(rounds)
     _report(rounds)
+
+
+def _print_rounds(rounds: list[list[tuple[int, str, int, int]]]) -> None:
+    """``--rounds``: each start's events in time order, ms from req.start+ (no medians mixing
+    steps of different rounds)."""
+    for i, evs in enumerate(rounds):
+        t0 = next(ns for _p, label, ns, _f in evs if label == "req.start+")
+        print(f"round {i + 1}")
+        for _pid, label, ns, flt in sorted(evs, key=lambda e: e[2]):
+            if not label.startswith("gofer."):
+                print(f"  {(ns - t0) / 1e6:8.3f}  {label}{f'  ({flt})' if flt >= 0 else ''}")
 
 
 def _report(rounds: list[list[tuple[int, str, int, int]]]) -> None:
@@ -260,16 +296,20 @@ def _report(rounds: list[list[tuple[int, str, int, int]]]) -> None:
 
 
 def main() -> int:
-    if len(sys.argv) == 5 and sys.argv[1] == "--serve":
-        return serve_main(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+    if len(sys.argv) == 6 and sys.argv[1] == "--serve":
+        return serve_main(*map(int, sys.argv[2:5]), sys.argv[5] == "1")
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-n", type=int, default=30, help="starts (default 30)")
     ap.add_argument("--prefork", type=int, default=1, help="the fork-server's pool (default 1)")
+    ap.add_argument("--rounds", action="store_true", help="also print each start's timeline")
+    ap.add_argument(
+        "--detail", action="store_true", help="also time trio's steps up to the first request"
+    )
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("benchmarks/forkserver_breakdown.py: needs root")
         return 2
-    _drive(args.n, args.prefork)
+    _drive(args.n, args.prefork, args.rounds, args.detail)
     return 0
 
 

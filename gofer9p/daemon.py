@@ -31,7 +31,7 @@ import stat
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, NoReturn, Protocol
 
 from .logs import setup_logging
 from .options import (
@@ -86,9 +86,11 @@ class DaemonError(Exception):
 class StartReport(Protocol):
     """Where a gofer started by :mod:`gofer9p.forkserver` says how its start went.
 
-    Exactly one of the two is called, once: ``ready()`` when it serves (after confinement,
-    with its stop-signal receiver in place), ``failed(line)`` with the one stderr line when it
-    could not start (before exiting 2).
+    Exactly one of the two is called, once: ``ready()`` as soon as it is confined (every step
+    of :func:`_confined_start` done), ``failed(line)`` with the one stderr line when it could
+    not start (before exiting 2).  From ``ready()`` on, what a client sends is read by the
+    serving loop, which the gofer sets up while its requester wakes (on another CPU); a stop
+    signal sent meanwhile waits, blocked, until the loop's receiver takes it (exit 0).
     """
 
     def ready(self) -> None: ...
@@ -329,6 +331,9 @@ def _check_extra_fd(fd: int | None, flag: str, taken: list[int]) -> None:
     taken.append(fd)
 
 
+_preloaded: list[bool] = []
+
+
 def _preload() -> None:
     """Import everything serving needs while the host's Python library is still reachable.
 
@@ -337,7 +342,14 @@ def _preload() -> None:
     this, the first Tattach by user name would read the *sandbox's* /etc/nsswitch.conf and could
     dlopen a library from the sandbox-controlled root into the gofer.  Later lookups still read
     the chroot's /etc/passwd (the "files" source), which is the right namespace for 9P unames.
+
+    Done once per process image: a gofer forked by :mod:`gofer9p.forkserver` inherits the
+    fork-server's loaded modules and NSS state (the server ran this before it forked), and
+    glibc, seeing the child's chroot, keeps that state as it keeps a spawned gofer's
+    (tests/escape/test_daemon_nss.py starts the gofer each way).
     """
+    if _preloaded:
+        return
     import grp
     import pwd
     import resource  # noqa: F401  (server.fd_budget imports it; a C extension)
@@ -351,6 +363,7 @@ def _preload() -> None:
             lookup("root")
         except KeyError:
             pass
+    _preloaded.append(True)
 
 
 class _LateImportWarner:
@@ -405,7 +418,9 @@ async def run_in_loop(
         start = _confined_start(argv, after_confine)
     except DaemonError as e:
         return _setup_failed(e, report)
-    return await _serve_started(start, report)
+    if report is not None:
+        report.ready()
+    return await _serve_started(start)
 
 
 def _setup_failed(e: DaemonError, report: StartReport | None) -> int:
@@ -430,18 +445,19 @@ def _run(
     report: StartReport | None,
 ) -> int:
     start = _confined_start(list(sys.argv[1:] if argv is None else argv), after_confine)
+    if report is not None:
+        report.ready()  # trio's start (~0.7 ms) then overlaps the requester's wake-up
 
     import trio
 
-    return trio.run(_serve_started, start, report)
+    return trio.run(_serve_started, start)
 
 
-async def _serve_started(start: _Started, report: StartReport | None) -> int:
+async def _serve_started(start: _Started) -> int:
     """Serve what :func:`_confined_start` prepared; the exit status (an internal error: 1)."""
     fds, socks, points, config, ready_line, stats = start
-    on_ready = None if report is None else report.ready
     try:
-        status = await _serve_all(fds, socks, points, config, ready_line, on_ready, stats)
+        status = await _serve_all(fds, socks, points, config, ready_line, stats)
     except Exception:
         log.critical("internal error", exc_info=True)
         return EXIT_IO_ERROR
@@ -578,15 +594,15 @@ async def _serve_all(
     points: list[AttachPoint],
     config: ServerConfig,
     ready_line: str = "serving",
-    on_ready: Callable[[], None] | None = None,
     stats: StatsEndpoint | None = None,
 ) -> int:
     """One server task per connection in one nursery; SIGTERM/SIGINT cancel them all.
     ``stats``: the statistics endpoint, served beside them until they end.
 
-    ``ready_line`` is logged (and ``on_ready`` called) once the signal receiver is in place and
+    ``ready_line`` is logged once the signal receiver is in place and
     the held stop signals are unblocked: from then on the daemon is serving and a stop request
-    is handled cleanly.
+    is handled cleanly (a signal that arrives before ``watch_signals`` first runs waits in the
+    receiver).
     """
     import trio
 
@@ -597,42 +613,41 @@ async def _serve_all(
     failed = False
     remaining = len(socks)
 
-    async with recording, trio.open_nursery() as nursery:
-        if stats is not None:
-            nursery.start_soon(stats.serve)  # cancelled with the nursery, below
+    # The stop signals' receiver is entered here, not in a task the nursery starts: the
+    # gofer serves (and says so) without first waiting for trio to schedule that task.
+    with trio.open_signal_receiver(*_STOP_SIGNALS) as signals:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # pending ones arrive
+        async with recording, trio.open_nursery() as nursery:
+            if stats is not None:
+                nursery.start_soon(stats.serve)  # cancelled with the nursery, below
 
-        async def watch_signals(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-            with trio.open_signal_receiver(*_STOP_SIGNALS) as signals:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # pending ones arrive
-                task_status.started()
+            async def watch_signals() -> None:
                 async for signum in signals:
                     log.info("%s received: closing all connections", signal.Signals(signum).name)
                     nursery.cancel_scope.cancel()
                     return
 
-        async def serve_one(fd: int, sock: socket.socket, point: AttachPoint) -> None:
-            nonlocal failed, remaining
-            try:
-                await serve(sock, point, config, name=f"fd{fd}")
-            except OSError as e:
-                failed = True
-                log.error("fd%d: connection ended on an I/O error: %s", fd, e)
-            else:
-                log.debug("fd%d: connection closed", fd)
-            finally:
-                # ours from here on: the client sees its connection end now, not
-                # when the last attach point's connection ends too
-                sock.close()
-                remaining -= 1
-                if remaining == 0:
-                    nursery.cancel_scope.cancel()  # stops watch_signals
+            async def serve_one(fd: int, sock: socket.socket, point: AttachPoint) -> None:
+                nonlocal failed, remaining
+                try:
+                    await serve(sock, point, config, name=f"fd{fd}")
+                except OSError as e:
+                    failed = True
+                    log.error("fd%d: connection ended on an I/O error: %s", fd, e)
+                else:
+                    log.debug("fd%d: connection closed", fd)
+                finally:
+                    # ours from here on: the client sees its connection end now, not
+                    # when the last attach point's connection ends too
+                    sock.close()
+                    remaining -= 1
+                    if remaining == 0:
+                        nursery.cancel_scope.cancel()  # stops watch_signals
 
-        await nursery.start(watch_signals)
-        log.info("%s", ready_line)
-        if on_ready is not None:
-            on_ready()
-        for fd, sock, point in zip(fds, socks, points, strict=True):
-            nursery.start_soon(serve_one, fd, sock, point)
+            nursery.start_soon(watch_signals)
+            log.info("%s", ready_line)
+            for fd, sock, point in zip(fds, socks, points, strict=True):
+                nursery.start_soon(serve_one, fd, sock, point)
     if stats is not None:
         stats.close()
     return EXIT_IO_ERROR if failed else EXIT_OK

@@ -20,7 +20,8 @@ competes with a start; the server then re-faults its own request path, :func:`_r
 With the pool empty a request forks on the spot.  Both kinds place the request's
 fds with the same :func:`_place_fds`.
 
-Control protocol: a unix ``SOCK_SEQPACKET`` socket, one JSON object per record.
+Control protocol (its constants and record encoding: :mod:`gofer9p.forkproto`): a unix
+``SOCK_SEQPACKET`` socket, one JSON object per record.
 
 * request: ``{"op": "start", "args": [gofer flags], "fds": ["io", "io", "stderr"]}`` with the fds
   attached (SCM_RIGHTS) in the order ``fds`` names their roles: ``io`` (one per attach point, in
@@ -30,13 +31,14 @@ Control protocol: a unix ``SOCK_SEQPACKET`` socket, one JSON object per record.
   the requester has written its id maps, as :func:`gofer9p.launch.start_gofer` does),
   ``spec``, ``mounts``, ``stats`` (a bound, listening unix stream socket) and ``record`` (an
   fd open for writing), at most one each: the child gets them as ``--spec-fd N`` /
-  ``--mounts-fd N`` / ``--stats-fd N`` / ``--record-fd N`` (see :data:`_ROLE_FLAGS`).
+  ``--mounts-fd N`` / ``--stats-fd N`` / ``--record-fd N`` (see :data:`gofer9p.forkproto.ROLE_FLAGS`).
   ``args`` are ``gofer9p gofer``'s flags minus ``--io-fds`` and those four; flags without
   fds (``--setup-root``, ``--landlock``, ``--record-headers-only``) pass through ``args``
   as they are.
 * reply, one per request, in order: ``{"pid": P}`` with a pidfd of the child and the read end of
   its *start pipe* attached, or ``{"error": "one line"}`` (a malformed request; nothing forked).
-  The child writes one line to the start pipe: ``ok`` once it serves, or the gofer's one error
+  The child writes one line to the start pipe: ``ok`` once it is confined (it reads what a
+  client sends from then on; see :class:`gofer9p.daemon.StartReport`), or the gofer's one error
   line (``gofer9p gofer: error: ...``) before it exits 2 (after ``userns`` for a user-namespace
   gofer); EOF without a line means it died first.
 * later, on the same connection: ``{"pid": P, "exit": N}`` when that child has exited, ``N`` as
@@ -84,20 +86,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from .forkproto import MAX_FDS, MAX_REQUEST, ROLE_FLAGS, ROLES_ONCE, parse_address, record
+
 __all__ = ["main", "run"]
 
-#: Largest request record and most fds one request may pass (SCM_MAX_FD is 253).
-MAX_REQUEST = 64 * 1024
-MAX_FDS = 128
-#: Roles whose fd the gofer gets through a flag (the fd stays where it landed in the child);
-#: the flags themselves are refused in a request's ``args``.  launch.py names them from here.
-_ROLE_FLAGS = {
-    "spec": "--spec-fd",
-    "mounts": "--mounts-fd",
-    "stats": "--stats-fd",
-    "record": "--record-fd",
-}
-_ROLES_ONCE = ("stdout", "stderr", "userns", *_ROLE_FLAGS)
 #: The pool of pre-forked children is refilled after this long without an event (s), so a
 #: refill never competes with a request or a gofer that is starting.
 _REFILL_AFTER = 0.01
@@ -128,14 +120,14 @@ def _parse_request(data: bytes, nfds: int) -> tuple[list[str], list[str]]:
     if len(roles) != nfds:
         raise _RequestError(f'"fds" names {len(roles)} fds but {nfds} were passed')
     for r in roles:
-        if r not in ("io", *_ROLES_ONCE):
-            raise _RequestError(f"unknown fd role {r!r} (io, {', '.join(_ROLES_ONCE)})")
-    for r in _ROLES_ONCE:
+        if r not in ("io", *ROLES_ONCE):
+            raise _RequestError(f"unknown fd role {r!r} (io, {', '.join(ROLES_ONCE)})")
+    for r in ROLES_ONCE:
         if roles.count(r) > 1:
             raise _RequestError(f"fd role {r!r} given twice")
     if any(a == "--io-fds" or a.startswith("--io-fds=") for a in args):
         raise _RequestError('pass the io sockets as "io" fds, not --io-fds')
-    for role, flag in _ROLE_FLAGS.items():
+    for role, flag in ROLE_FLAGS.items():
         if any(a == flag or a.startswith(flag + "=") for a in args):
             raise _RequestError(f'pass {flag}\'s fd as a "{role}" fd, not as a flag')
     return args, roles
@@ -152,23 +144,19 @@ def _rehearse() -> None:
     """
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
-        req = _record({"op": "start", "args": ["--bundle", "/"], "fds": ["io"]})
+        req = record({"op": "start", "args": ["--bundle", "/"], "fds": ["io"]})
         socket.send_fds(a, [req], [a.fileno()])
         data, fds, _flags, _ = socket.recv_fds(b, MAX_REQUEST, MAX_FDS, socket.MSG_CMSG_CLOEXEC)
         for fd in fds:
             os.close(fd)
         args, roles = _parse_request(data, len(fds))
-        _record({"args": args, "fds": roles})
-        _record({"pid": os.getpid()})
+        record({"args": args, "fds": roles})
+        record({"pid": os.getpid()})
     except (OSError, _RequestError):
         pass  # only a rehearsal: the real request reports its own errors
     finally:
         a.close()
         b.close()
-
-
-def _record(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
 
 
 class _StartPipe:
@@ -236,7 +224,7 @@ class _Server:
             )
             _log(f"refused a connection: {line}")
             with contextlib.suppress(OSError):
-                conn.send(_record({"error": line}))
+                conn.send(record({"error": line}))
             conn.close()
             if self.exit_with_conn:
                 self.stopping = True  # the only connection it would ever have
@@ -328,7 +316,7 @@ class _Server:
 
     def _send(self, conn: socket.socket, obj: dict[str, Any], fds: Sequence[int] = ()) -> None:
         try:
-            socket.send_fds(conn, [_record(obj)], list(fds))
+            socket.send_fds(conn, [record(obj)], list(fds))
         except OSError as e:  # a requester that stopped reading loses its connection
             _log(f"reply to a requester failed ({e.strerror or e}): closing its connection")
             self._close(conn)
@@ -375,7 +363,7 @@ class _Server:
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
         try:
             try:
-                req = _record({"args": args, "fds": roles})
+                req = record({"args": args, "fds": roles})
                 socket.send_fds(idle.sock, [req], [*fds, status_w])
             except OSError:
                 return False  # it died; _reap collects it
@@ -595,8 +583,8 @@ def _place_fds(
             io.append(3 + len(io))
         elif role == "userns":
             go = fd
-        elif role in _ROLE_FLAGS:
-            flags += [_ROLE_FLAGS[role], str(fd)]
+        elif role in ROLE_FLAGS:
+            flags += [ROLE_FLAGS[role], str(fd)]
         else:
             os.dup2(fd, _STDIO_TARGET[role])
             os.close(fd)
@@ -708,7 +696,7 @@ def _warm_up() -> list[int]:
         config = server.ServerConfig(
             poll_us=args.poll_us, connections=1, fd_share=server.FD_SHARE_MIN
         )
-        trio.run(daemon._serve_all, [sock.fileno()], [sock], points, config, "warm-up", None)
+        trio.run(daemon._serve_all, [sock.fileno()], [sock], points, config, "warm-up")
         replies = b""
         while chunk := ours.recv(4096):  # the gofer closed its end: EOF after the replies
             replies += chunk
@@ -749,13 +737,6 @@ def _preload() -> None:
     landlock.abi()  # asked once here, for every child
     ctypes.CDLL(None, use_errno=True)
     daemon._parser()  # built once for every child (and argparse's lazy imports)
-
-
-def _parse_address(addr: str) -> str:
-    """``unix:PATH`` -> ``PATH`` (ValueError otherwise)."""
-    if not addr.startswith("unix:") or len(addr) <= 5:
-        raise ValueError(f"a fork-server address is unix:PATH, not {addr!r}")
-    return addr[5:]
 
 
 def build_parser(prog: str = "gofer9p forkserver") -> argparse.ArgumentParser:
@@ -832,7 +813,7 @@ def run(
             what = f"fd {args.fd} (one connection)"
     else:
         try:
-            path = _parse_address(args.socket)
+            path = parse_address(args.socket)
         except ValueError as e:
             _log(f"--socket: {e}")
             return 2

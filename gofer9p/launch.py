@@ -38,12 +38,12 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, TypedDict, Unpack
 
 import attrs
 
 from . import syscalls
-from .forkserver import _ROLE_FLAGS, MAX_REQUEST, _parse_address, _record
+from .forkproto import MAX_REQUEST, ROLE_FLAGS, parse_address, record
 from .mounts import MountError, apply_flags, option_flags
 from .options import add_confine_args, add_idmap_args
 from .spec import IdMapping, NineMount, Spec, SpecError, load_spec, load_spec_bytes, read_spec_fd
@@ -58,6 +58,8 @@ from .syscalls import (
 __all__ = [
     "ForkServer",
     "ForkServerLost",
+    "GoferKwargs",
+    "GoferOptions",
     "GoferProcess",
     "LaunchError",
     "PidfdProcess",
@@ -375,6 +377,8 @@ def idmap_flags(
     """The gofer flags of an id mapping (``--map-uid``, ``--map-gid``, ``--squash-ids``),
     checked here (overlaps, ranges) so that a bad one is a ``LaunchError`` before anything
     is spawned."""
+    if not map_uids and not map_gids and squash_ids is None:
+        return []  # no mapping: nothing to check (and attach's import spared)
     from .attach import IdMap
 
     try:
@@ -397,28 +401,125 @@ _F_SEAL_ALL = 0x1 | 0x2 | 0x4 | 0x8  # F_SEAL_SEAL | SHRINK | GROW | WRITE
 StatsSocket = socket.socket | int
 
 
-def _start_flags(
-    extra_args: Sequence[str],
-    map_uids: IdRanges,
-    map_gids: IdRanges,
-    squash_ids: tuple[int, int] | None,
-    record_fd: int | None,
-    record_headers_only: bool,
-    setup_root: bool,
-    setup_mounts: bool,
-) -> list[str]:
-    """The gofer flags :func:`start_gofer` and :meth:`ForkServer.start_gofer` add to
-    ``extra_args`` (the id map, ``--record-headers-only``), with the checks both make before
-    anything is opened or spawned: each a :class:`LaunchError`."""
-    if record_headers_only and record_fd is None:
-        raise LaunchError("record_headers_only needs record_fd")
-    if setup_root and setup_mounts:
-        raise LaunchError("setup_root binds the mounts in the gofer: leave setup_mounts off")
-    return [
-        *idmap_flags(map_uids, map_gids, squash_ids),
-        *(["--record-headers-only"] if record_headers_only else []),
-        *extra_args,
-    ]
+class GoferKwargs(TypedDict, total=False):
+    """:class:`GoferOptions`'s fields as keyword arguments: :func:`start_gofer` and
+    :meth:`ForkServer.start_gofer` take them beside (or instead of) a ``GoferOptions``."""
+
+    panic_on_write: bool
+    userns: bool | None
+    seccomp: str
+    apply_caps: bool
+    extra_args: Sequence[str]
+    setup_mounts: bool
+    stdout: int | IO[Any] | None
+    stderr: int | IO[Any] | None
+    map_uids: IdRanges
+    map_gids: IdRanges
+    squash_ids: tuple[int, int] | None
+    spec: SpecDoc | None
+    report_mounts: bool
+    setup_root: bool
+    landlock: str
+    stats_socket: StatsSocket | None
+    record_fd: int | None
+    record_headers_only: bool
+
+
+def _strings(v: Sequence[str]) -> tuple[str, ...]:
+    return tuple(v)
+
+
+def _ranges(v: IdRanges) -> tuple[tuple[int, int, int], ...]:
+    return tuple((g, h, n) for g, h, n in v)
+
+
+@attrs.frozen(kw_only=True)
+class GoferOptions:
+    """How to start a gofer, spawned (:func:`start_gofer`) or forked
+    (:meth:`ForkServer.start_gofer`): both take one, or its fields as keyword arguments
+    (which build one), and it renders the gofer's flags (:meth:`flags`).
+
+    ``userns``: True runs the gofer in a new user namespace with the spec's
+    ``linux.uidMappings``/``gidMappings`` (written by the starting process, which must be
+    privileged); None means "if the spec has mappings".  ``setup_mounts`` runs :func:`setup_fs`
+    first (the caller must already be in a private mount namespace) and makes ``stop()`` undo
+    it.  ``map_uids``, ``map_gids``, ``squash_ids``: the gofer's id mapping for a guest
+    without a user namespace (``--map-uid``, ``--map-gid``, ``--squash-ids``;
+    :func:`idmap_flags`).  ``stdout``/``stderr``: the gofer's (default: the caller's).
+
+    ``spec``: the manager's own spec document (or its JSON bytes), passed to the gofer on a
+    sealed memfd (``--spec-fd``) instead of it reading ``bundle/config.json``; ``bundle`` then
+    only anchors relative paths.  ``report_mounts``: the gofer writes what each socket serves,
+    as resolved (``--mounts-fd``), read with :meth:`GoferProcess.mounts`.  ``setup_root``:
+    the gofer builds its own root and binds the mounts itself (``--setup-root``; not with
+    ``setup_mounts``).  ``landlock``: ``auto``, ``require`` or ``off`` (``--landlock``).
+
+    ``stats_socket``: a bound, listening unix stream socket (or its fd) on which the gofer
+    answers statistics (``--stats-fd``; ``gofer9p stats``/``top``, :func:`gofer9p.top.fetch`).
+    ``record_fd``: an fd open for writing to which the gofer records its connections as pcap
+    (``--record-fd``; ``record_headers_only``: ``--record-headers-only``).  Both stay the
+    caller's: the gofer gets its own copy, starting it never closes them, and the caller
+    may close its copy as soon as the start returns (the gofer's stays open until it exits;
+    the recording is complete then).  The socket's path, if any, is the caller's to unlink.
+
+    Building one makes the checks due before anything is opened or spawned, each a
+    :class:`LaunchError`: ``record_headers_only`` needs ``record_fd``, ``setup_root``
+    excludes ``setup_mounts``, and the id map must be valid (:func:`idmap_flags`).
+    """
+
+    panic_on_write: bool = False
+    userns: bool | None = None
+    seccomp: str = "kill"
+    apply_caps: bool = True
+    extra_args: tuple[str, ...] = attrs.field(default=(), converter=_strings)
+    setup_mounts: bool = False
+    stdout: int | IO[Any] | None = None
+    stderr: int | IO[Any] | None = None
+    map_uids: tuple[tuple[int, int, int], ...] = attrs.field(default=(), converter=_ranges)
+    map_gids: tuple[tuple[int, int, int], ...] = attrs.field(default=(), converter=_ranges)
+    squash_ids: tuple[int, int] | None = None
+    spec: SpecDoc | None = None
+    report_mounts: bool = False
+    setup_root: bool = False
+    landlock: str = "auto"
+    stats_socket: StatsSocket | None = None
+    record_fd: int | None = None
+    record_headers_only: bool = False
+    #: the id map's flags, rendered (and so checked) once, when the options are built
+    _idmap: tuple[str, ...] = attrs.field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.record_headers_only and self.record_fd is None:
+            raise LaunchError("record_headers_only needs record_fd")
+        if self.setup_root and self.setup_mounts:
+            raise LaunchError("setup_root binds the mounts in the gofer: leave setup_mounts off")
+        idmap = tuple(idmap_flags(self.map_uids, self.map_gids, self.squash_ids))
+        object.__setattr__(self, "_idmap", idmap)  # frozen: set once, here
+
+    def flags(self, bundle: str) -> list[str]:
+        """``gofer9p gofer``'s flags for ``bundle`` with these options: :func:`gofer_flags`
+        with the id map and ``--record-headers-only`` before ``extra_args`` (so all but the
+        flags naming fds, which the spawn and the fork-server place differently)."""
+        return gofer_flags(
+            bundle,
+            panic_on_write=self.panic_on_write,
+            seccomp=self.seccomp,
+            apply_caps=self.apply_caps,
+            extra_args=[
+                *self._idmap,
+                *(["--record-headers-only"] if self.record_headers_only else []),
+                *self.extra_args,
+            ],
+            setup_root=self.setup_root,
+            landlock=self.landlock,
+        )
+
+
+def _options(options: GoferOptions | None, kwargs: GoferKwargs) -> GoferOptions:
+    """``options`` with ``kwargs`` over it (a keyword given beside the object wins)."""
+    if options is None:
+        return GoferOptions(**kwargs)
+    return attrs.evolve(options, **kwargs) if kwargs else options
 
 
 def _lent_fd(role: str, fd: int | None) -> list[tuple[str, int]]:
@@ -432,7 +533,7 @@ def _lent_fd(role: str, fd: int | None) -> list[tuple[str, int]]:
     try:
         fcntl.fcntl(fd, fcntl.F_GETFD)
     except OSError:
-        raise LaunchError(f"{_ROLE_FLAGS[role]}: fd {fd} is not open") from None
+        raise LaunchError(f"{ROLE_FLAGS[role]}: fd {fd} is not open") from None
     return [(role, fd)]
 
 
@@ -465,8 +566,10 @@ class _FdFlags:
         *,
         stats_socket: StatsSocket | None = None,
         record_fd: int | None = None,
+        specs: _SpecCache | None = None,
     ) -> _FdFlags:
-        """Read (``doc`` None: ``bundle/config.json``) and parse the spec; make the fds.
+        """Read (``doc`` None: ``bundle/config.json``, through ``specs`` if given) and parse
+        the spec; make the fds.
 
         ``lenient``: a bundle whose config.json is unusable gives ``spec`` None (the gofer
         will say what is wrong with it in its own words) instead of :class:`LaunchError`.
@@ -475,7 +578,11 @@ class _FdFlags:
             stats_socket = stats_socket.fileno()
         lent = _lent_fd("stats", stats_socket) + _lent_fd("record", record_fd)
         try:
-            parsed: Spec | None = _parse_spec(bundle, doc)
+            parsed: Spec | None = (
+                specs.load(os.fspath(bundle))
+                if specs is not None and doc is None
+                else _parse_spec(bundle, doc)
+            )
         except LaunchError:
             if not lenient or doc is not None:
                 raise
@@ -514,6 +621,47 @@ class _FdFlags:
                 setattr(self, name, -1)
 
 
+#: Bundles whose parsed spec a :class:`ForkServer` keeps (the least recently read goes first).
+_SPEC_CACHE_SIZE = 64
+
+
+@attrs.define
+class _SpecCache:
+    """A :class:`ForkServer`'s parsed ``config.json`` per bundle path, kept while the file's
+    identity (device, inode, size, mtime, ctime) is unchanged: starting another gofer for a
+    bundle costs one ``stat`` instead of reading and parsing the spec again.
+
+    The manager reads the spec only for what it needs before the request (how many sockets,
+    the id maps of a user-namespace gofer, the mounts of ``setup_mounts``); the gofer reads
+    the bundle itself.  A file rewritten with the same size inside one timestamp tick would
+    go unseen: the gofer, reading the new one, then refuses a wrong socket count in its one
+    error line.  Errors are never kept: a bundle that cannot be read is read again next time.
+    """
+
+    entries: dict[str, tuple[tuple[int, ...], Spec]] = attrs.Factory(dict)
+    lock: threading.Lock = attrs.Factory(threading.Lock)
+
+    def load(self, bundle: str) -> Spec:
+        """:func:`_parse_spec` of ``bundle`` (absolute), or the kept one if still current."""
+        try:
+            st = os.stat(os.path.join(bundle, "config.json"))
+        except OSError:
+            return _parse_spec(bundle, None)  # it says what is wrong, in its words
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        with self.lock:
+            kept = self.entries.get(bundle)
+        if kept is not None and kept[0] == key:
+            spec = kept[1]
+        else:
+            spec = _parse_spec(bundle, None)
+        with self.lock:
+            self.entries.pop(bundle, None)
+            self.entries[bundle] = (key, spec)  # now the most recently read
+            while len(self.entries) > _SPEC_CACHE_SIZE:
+                del self.entries[next(iter(self.entries))]
+        return spec
+
+
 def _read_to_eof(fd: int, timeout: float) -> bytes | None:
     """All of a pipe up to EOF, or None if it is not there within ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -541,28 +689,10 @@ def _parse_spec(bundle: str | os.PathLike[str], doc: SpecDoc | None) -> Spec:
 
 
 def _gofer_argv(
-    python: str,
-    module: str,
-    bundle: str,
-    n: int,
-    *,
-    panic_on_write: bool,
-    seccomp: str,
-    apply_caps: bool,
-    extra_args: Sequence[str],
-    setup_root: bool,
-    landlock: str,
-    fd_flags: Sequence[str],
+    python: str, module: str, flags: list[str], n: int, fd_flags: Sequence[str]
 ) -> list[str]:
-    flags = gofer_flags(
-        bundle,
-        panic_on_write=panic_on_write,
-        seccomp=seccomp,
-        apply_caps=apply_caps,
-        extra_args=extra_args,
-        setup_root=setup_root,
-        landlock=landlock,
-    )
+    """A spawned gofer's command line: ``flags`` (:meth:`GoferOptions.flags`, ``--bundle B``
+    first) with the io fds 3 .. 3 + n - 1 and ``fd_flags`` after the bundle."""
     io = [arg for i in range(n) for arg in ("--io-fds", str(3 + i))]
     return [python, "-m", module, *flags[:2], *io, *fd_flags, *flags[2:]]
 
@@ -579,104 +709,55 @@ def _write_map(path: str, maps: Sequence[IdMapping]) -> None:
 
 def start_gofer(
     bundle: str | os.PathLike[str],
+    options: GoferOptions | None = None,
     *,
-    panic_on_write: bool = False,
-    userns: bool | None = None,
-    seccomp: str = "kill",
-    apply_caps: bool = True,
-    extra_args: Sequence[str] = (),
     python: str = sys.executable,
     module: str = "gofer9p.daemon",
-    setup_mounts: bool = False,
     env: dict[str, str] | None = None,
-    stdout: int | IO[Any] | None = None,
-    stderr: int | IO[Any] | None = None,
-    map_uids: IdRanges = (),
-    map_gids: IdRanges = (),
-    squash_ids: tuple[int, int] | None = None,
-    spec: SpecDoc | None = None,
-    report_mounts: bool = False,
-    setup_root: bool = False,
-    landlock: str = "auto",
-    stats_socket: StatsSocket | None = None,
-    record_fd: int | None = None,
-    record_headers_only: bool = False,
+    **kwargs: Unpack[GoferKwargs],
 ) -> GoferProcess:
-    """Spawn a gofer for ``bundle``; return it with the sandbox ends of its connections.
+    """Spawn a gofer for ``bundle`` with ``options`` (:class:`GoferOptions`, or its fields as
+    keyword arguments: they build one, or change the one given); return it with the sandbox
+    ends of its connections.
 
     The gofer ends of the socketpairs become fds 3, 4, ... in the child (``--io-fds 3 --io-fds 4
     ...``): they are first duplicated above that range in the parent, so the child-side ``dup2``
     can never overwrite one with another, and the target numbers are held open in the parent while
     spawning so subprocess's own error pipe cannot land on them.
 
-    ``userns``: True runs the gofer in a new user namespace with the spec's
-    ``linux.uidMappings``/``gidMappings`` (written by this parent process, which must be
-    privileged); None means "if the spec has mappings".  ``setup_mounts`` runs :func:`setup_fs`
-    first (the caller must already be in a private mount namespace) and makes ``stop()`` undo it.
-    ``module`` lets tests run :mod:`gofer9p.testing.gofer_with_hooks` instead of the daemon.
-    ``map_uids``, ``map_gids``, ``squash_ids``: the gofer's id mapping for a guest without a
-    user namespace (``--map-uid``, ``--map-gid``, ``--squash-ids``; :func:`idmap_flags`).
-
-    ``spec``: the manager's own spec document (or its JSON bytes), passed to the gofer on a
-    sealed memfd (``--spec-fd``) instead of it reading ``bundle/config.json``; ``bundle`` then
-    only anchors relative paths.  ``report_mounts``: the gofer writes what each socket serves,
-    as resolved (``--mounts-fd``), read with :meth:`GoferProcess.mounts`.  ``setup_root``:
-    the gofer builds its own root and binds the mounts itself (``--setup-root``; not with
-    ``setup_mounts``).  ``landlock``: ``auto``, ``require`` or ``off`` (``--landlock``).
-
-    ``stats_socket``: a bound, listening unix stream socket (or its fd) on which the gofer
-    answers statistics (``--stats-fd``; ``gofer9p stats``/``top``, :func:`gofer9p.top.fetch`).
-    ``record_fd``: an fd open for writing to which the gofer records its connections as pcap
-    (``--record-fd``; ``record_headers_only``: ``--record-headers-only``).  Both stay the
-    caller's: the gofer gets its own copy, this function never closes them, and the caller
-    may close its copy as soon as this returns (the gofer's stays open until it exits; the
-    recording is complete then).  The socket's path, if any, is the caller's to unlink.
+    ``python -m module`` runs it (``module`` lets tests run
+    :mod:`gofer9p.testing.gofer_with_hooks` instead of the daemon), with ``env``.
     """
-    extra_args = _start_flags(
-        extra_args, map_uids, map_gids, squash_ids, record_fd, record_headers_only,
-        setup_root, setup_mounts,
-    )
+    opts = _options(options, kwargs)
+    flags = opts.flags(os.path.abspath(os.fspath(bundle)))
     extra = _FdFlags.make(
-        bundle, spec, report_mounts, stats_socket=stats_socket, record_fd=record_fd
+        bundle, opts.spec, opts.report_mounts, stats_socket=opts.stats_socket,
+        record_fd=opts.record_fd,
     )
     try:
-        return _spawn_gofer(
-            bundle, extra, panic_on_write=panic_on_write, userns=userns, seccomp=seccomp,
-            apply_caps=apply_caps, extra_args=extra_args, python=python, module=module,
-            setup_mounts=setup_mounts, env=env, stdout=stdout, stderr=stderr,
-            setup_root=setup_root, landlock=landlock,
-        )
+        return _spawn_gofer(extra, opts, flags, python, module, env)
     except BaseException:
         extra.close(keep_reader=False)
         raise
 
 
 def _spawn_gofer(
-    bundle: str | os.PathLike[str],
     extra: _FdFlags,
-    *,
-    panic_on_write: bool,
-    userns: bool | None,
-    seccomp: str,
-    apply_caps: bool,
-    extra_args: Sequence[str],
+    opts: GoferOptions,
+    flags: list[str],
     python: str,
     module: str,
-    setup_mounts: bool,
     env: dict[str, str] | None,
-    stdout: int | IO[Any] | None,
-    stderr: int | IO[Any] | None,
-    setup_root: bool,
-    landlock: str,
 ) -> GoferProcess:
-    """:func:`start_gofer` once the spec is read and the extra fds made."""
+    """:func:`start_gofer` once the spec is read, the flags rendered and the extra fds made."""
     spec = extra.spec
     assert spec is not None  # not lenient
+    userns = opts.userns
     if userns is None:
         userns = bool(spec.uid_mappings or spec.gid_mappings)
     if userns and not (spec.uid_mappings and spec.gid_mappings):
         raise LaunchError("userns needs both linux.uidMappings and linux.gidMappings in the spec")
-    undo = setup_fs(spec) if setup_mounts else Undo()
+    undo = setup_fs(spec) if opts.setup_mounts else Undo()
 
     n = spec.attach_count
     pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(n)]
@@ -687,7 +768,7 @@ def _spawn_gofer(
     fd_flags: list[str] = []
     for role, fd in extra.roles():
         high.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3 + n))
-        fd_flags += [_ROLE_FLAGS[role], str(high[-1])]
+        fd_flags += [ROLE_FLAGS[role], str(high[-1])]
     kept = high[n:]
     placeholders: list[int] = []
     for t in targets:
@@ -724,19 +805,7 @@ def _spawn_gofer(
             os.setresgid(0, 0, 0)
             os.setresuid(0, 0, 0)
 
-    argv = _gofer_argv(
-        python,
-        module,
-        os.path.abspath(os.fspath(bundle)),
-        n,
-        panic_on_write=panic_on_write,
-        seccomp=seccomp,
-        apply_caps=apply_caps,
-        extra_args=extra_args,
-        setup_root=setup_root,
-        landlock=landlock,
-        fd_flags=fd_flags,
-    )
+    argv = _gofer_argv(python, module, flags, n, fd_flags)
     result: list[subprocess.Popen[bytes] | BaseException] = []
 
     def spawn() -> None:
@@ -748,8 +817,8 @@ def _spawn_gofer(
                     close_fds=True,
                     preexec_fn=child_setup,
                     env=env,
-                    stdout=stdout,
-                    stderr=stderr,
+                    stdout=opts.stdout,
+                    stderr=opts.stderr,
                     stdin=subprocess.DEVNULL,
                 )
             )
@@ -924,6 +993,7 @@ class ForkServer:
         # One start request in flight per connection: the server answers in order.
         self._request_lock = threading.Lock()
         self._lost = False
+        self._specs = _SpecCache()
 
     @classmethod
     def start(
@@ -965,7 +1035,7 @@ class ForkServer:
         """Connect to a running ``gofer9p forkserver --socket unix:PATH``."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            sock.connect(_parse_address(address))
+            sock.connect(parse_address(address))
         except BaseException:
             sock.close()
             raise
@@ -1034,7 +1104,7 @@ class ForkServer:
                 raise ForkServerLost("the fork-server connection is closed")
             try:
                 socket.send_fds(
-                    self.sock, [_record({"op": "start", "args": args, "fds": roles})], fds
+                    self.sock, [record({"op": "start", "args": args, "fds": roles})], fds
                 )
             except OSError as e:
                 self._lost = True
@@ -1050,77 +1120,44 @@ class ForkServer:
     def start_gofer(
         self,
         bundle: str | os.PathLike[str],
+        options: GoferOptions | None = None,
         *,
-        panic_on_write: bool = False,
-        userns: bool | None = None,
-        seccomp: str = "kill",
-        apply_caps: bool = True,
-        extra_args: Sequence[str] = (),
-        setup_mounts: bool = False,
-        stdout: int | IO[Any] | None = None,
-        stderr: int | IO[Any] | None = None,
         timeout: float = 30.0,
-        map_uids: IdRanges = (),
-        map_gids: IdRanges = (),
-        squash_ids: tuple[int, int] | None = None,
-        spec: SpecDoc | None = None,
-        report_mounts: bool = False,
-        setup_root: bool = False,
-        landlock: str = "auto",
-        stats_socket: StatsSocket | None = None,
-        record_fd: int | None = None,
-        record_headers_only: bool = False,
+        **kwargs: Unpack[GoferKwargs],
     ) -> GoferProcess:
-        """Fork a gofer for ``bundle``; like :func:`gofer9p.launch.start_gofer`, but it returns
-        once the gofer serves (or raises ``LaunchError`` with its one error line).
+        """Fork a gofer for ``bundle`` with ``options`` (or its fields as keyword arguments),
+        as :func:`gofer9p.launch.start_gofer` spawns one, but it returns once the gofer is
+        confined and serving (or raises ``LaunchError`` with its one error line); each wait
+        for the fork-server or the gofer lasts at most ``timeout`` seconds.
 
         The bundle is read here only for what the manager needs (how many sockets; the mounts
         when ``setup_mounts``, the id maps of a ``userns`` gofer, which this process writes as
-        :func:`~gofer9p.launch.start_gofer` does); the gofer reads it itself (or the ``spec``
-        given here, on a sealed memfd), the fork-server never does.  ``spec``,
-        ``report_mounts``, ``setup_root``, ``landlock``, ``stats_socket``, ``record_fd`` and
-        ``record_headers_only`` as for :func:`start_gofer`: the fds go to the fork-server as
-        the ``spec``, ``mounts``, ``stats`` and ``record`` roles (SCM_RIGHTS copies: the
-        stats socket and the record fd stay the caller's, never closed here).
+        :func:`~gofer9p.launch.start_gofer` does), and kept for the next start of the same
+        bundle while its config.json is unchanged (:class:`_SpecCache`); the gofer reads it
+        itself (or the ``spec`` given here, on a sealed memfd), the fork-server never does.
+        The fds of ``spec``, ``report_mounts``, ``stats_socket`` and ``record_fd`` go to the
+        fork-server as the ``spec``, ``mounts``, ``stats`` and ``record`` roles (SCM_RIGHTS
+        copies: the stats socket and the record fd stay the caller's, never closed here).
         """
-        extra_args = _start_flags(
-            extra_args, map_uids, map_gids, squash_ids, record_fd, record_headers_only,
-            setup_root, setup_mounts,
-        )
+        opts = _options(options, kwargs)
         path = os.path.abspath(os.fspath(bundle))
+        args = opts.flags(path)
         extra = _FdFlags.make(
-            path, spec, report_mounts, lenient=not setup_mounts,
-            stats_socket=stats_socket, record_fd=record_fd,
+            path, opts.spec, opts.report_mounts, lenient=not opts.setup_mounts,
+            stats_socket=opts.stats_socket, record_fd=opts.record_fd, specs=self._specs,
         )
         try:
-            return self._start_gofer(
-                path, extra, panic_on_write=panic_on_write, userns=userns, seccomp=seccomp,
-                apply_caps=apply_caps, extra_args=extra_args, setup_mounts=setup_mounts,
-                stdout=stdout, stderr=stderr, timeout=timeout, setup_root=setup_root,
-                landlock=landlock,
-            )
+            return self._start_gofer(extra, opts, args, timeout)
         finally:
             extra.close(keep_reader=False)  # _start_gofer took the reader if it served
 
     def _start_gofer(
-        self,
-        path: str,
-        extra: _FdFlags,
-        *,
-        panic_on_write: bool,
-        userns: bool | None,
-        seccomp: str,
-        apply_caps: bool,
-        extra_args: Sequence[str],
-        setup_mounts: bool,
-        stdout: int | IO[Any] | None,
-        stderr: int | IO[Any] | None,
-        timeout: float,
-        setup_root: bool,
-        landlock: str,
+        self, extra: _FdFlags, opts: GoferOptions, args: list[str], timeout: float
     ) -> GoferProcess:
-        """:meth:`start_gofer` once the spec is read and the extra fds made."""
+        """:meth:`start_gofer` once the spec is read, the flags rendered and the extra fds
+        made."""
         spec = extra.spec
+        userns = opts.userns
         n = 1  # a bundle we cannot read: the gofer reports its fault itself, in its own words
         if spec is not None:
             n = spec.attach_count
@@ -1130,24 +1167,15 @@ class ForkServer:
                 raise LaunchError(
                     "userns needs both linux.uidMappings and linux.gidMappings in the spec"
                 )
-        undo = setup_fs(spec) if setup_mounts and spec is not None else Undo()
+        undo = setup_fs(spec) if opts.setup_mounts and spec is not None else Undo()
         pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(n)]
         ours = [a for a, _ in pairs]
-        args = gofer_flags(
-            path,
-            panic_on_write=panic_on_write,
-            seccomp=seccomp,
-            apply_caps=apply_caps,
-            extra_args=extra_args,
-            setup_root=setup_root,
-            landlock=landlock,
-        )
         fds = [g.fileno() for _, g in pairs]
         roles = ["io"] * n
         for role, efd in extra.roles():
             fds.append(efd)
             roles.append(role)
-        for role, f in (("stdout", stdout), ("stderr", stderr)):
+        for role, f in (("stdout", opts.stdout), ("stderr", opts.stderr)):
             fd = _fileno(f)
             if fd is not None:
                 fds.append(fd)

@@ -7,7 +7,9 @@ sandbox's ``/etc/nsswitch.conf`` and dlopens ``libnss_<service>.so.2`` from the 
 
 The planted module's constructor creates ``/PWNED-BY-NSS``.  A control run (a plain chrooted
 Python doing the same lookup) proves the module really loads when nothing prevents it; the real
-daemon must never open it.
+daemon must never open it: spawned, forked by a fork-server on request, or handed the request
+as a pre-forked child (the forked ones make no lookup of their own before the chroot: they
+inherit the fork-server's loaded NSS state, and this shows glibc keeps using it).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import trio
 
 from gofer9p.client import P9Error, stream_from_socket
 from gofer9p.protocol import constants as C
+from tests.daemon.conftest import wait_for_idle_child
 
 from .conftest import open_scanned_client
 from .test_devices import OpenWatch
@@ -77,8 +80,9 @@ def _build(tmp: Path) -> Path:
     return so
 
 
-async def test_sandbox_nss_module_never_loads_in_the_gofer(tmp_path: Path) -> None:
-    from gofer9p.launch import start_gofer
+@pytest.mark.parametrize("via", ["spawn", "fork", "pool"])
+async def test_sandbox_nss_module_never_loads_in_the_gofer(tmp_path: Path, via: str) -> None:
+    from gofer9p.launch import ForkServer, start_gofer
 
     so = _build(tmp_path)
     # control: a naive chrooted lookup loads the sandbox's module
@@ -106,7 +110,14 @@ async def test_sandbox_nss_module_never_loads_in_the_gofer(tmp_path: Path) -> No
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     log = open(tmp_path / "gofer.log", "wb")  # closed below
-    gp = start_gofer(bundle, env=env, stderr=log)
+    fs = None
+    if via == "spawn":
+        gp = start_gofer(bundle, env=env, stderr=log)
+    else:
+        fs = ForkServer.start(env=env, prefork=1 if via == "pool" else 0)
+        if via == "pool":
+            wait_for_idle_child(fs)
+        gp = fs.start_gofer(bundle, stderr=log)
     try:
         async with open_scanned_client(stream_from_socket(gp.sockets[0]), msize=65536) as c:
             for uname in (b"root", b"nobody-here", b"daemon", b"1000", b"evil"):
@@ -128,6 +139,8 @@ async def test_sandbox_nss_module_never_loads_in_the_gofer(tmp_path: Path) -> No
         if gp.proc.poll() is None:
             gp.proc.kill()
             gp.proc.wait()
+        if fs is not None:
+            fs.stop()
         log.close()
         events = watch.events()
         watch.close()
