@@ -13,18 +13,19 @@ passes ``--fd-budget``).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 
 import pytest
 
-from gofer9p.client import Client
+from gofer9p.client import Client, P9Error
 from gofer9p.protocol import constants as C
 from gofer9p.server import ServerConfig, fd_budget
 
 from .conftest import OUTSIDE_X, PWN, ConnectFn, World, expect_error
 
-PUSH = 80  # clones of the root: with a share of 31, every fid idle before is reclaimed
+PUSH = 80  # fids of one fd each: with a share of 31, every fid idle before is reclaimed
 
 
 def _config() -> ServerConfig:
@@ -32,8 +33,12 @@ def _config() -> ServerConfig:
 
 
 async def _push_out(c: Client, root: int) -> None:
+    """Walk PUSH fids to a directory "push" (made first) and clunk them.  Each holds an fd
+    of its own; clones of the root would not (they share the root's fd)."""
+    with contextlib.suppress(P9Error):
+        await c.mkdir(root, b"push")
     for i in range(PUSH):
-        await c.walk(root, [], 60_000 + i)
+        await c.walk(root, [b"push"], 60_000 + i)
         await c.getattr(60_000 + i)
     for i in range(PUSH):
         await c.clunk(60_000 + i)

@@ -9,6 +9,7 @@ checked the same way.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from pathlib import Path
@@ -22,7 +23,7 @@ from gofer9p.server import ServerConfig, fd_budget
 from .conftest import ConnectFn
 
 BUDGET = 64
-PUSH = 80  # clones of the root that push every older idle fid out of a share of 31
+PUSH = 80  # fids of one fd each that push every older idle fid out of a share of 31
 
 
 def _config() -> ServerConfig:
@@ -38,9 +39,13 @@ def _host_fds() -> int:
 
 
 async def _push_out(c: Client, root: int, base: int = 50_000) -> None:
-    """Walk PUSH clones of the root and clunk them: every fid idle before is reclaimed."""
+    """Walk PUSH fids to a directory "push" (made first) and clunk them: every fid idle
+    before is reclaimed.  Each such walk holds one fd of its own; clones of the root would
+    hold none (they share the root's fd)."""
+    with contextlib.suppress(P9Error):
+        await c.mkdir(root, b"push")
     for i in range(PUSH):
-        await c.walk(root, [], base + i)
+        await c.walk(root, [b"push"], base + i)
         await c.getattr(base + i)
     for i in range(PUSH):
         await c.clunk(base + i)
