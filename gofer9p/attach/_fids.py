@@ -33,7 +33,13 @@ walk came from, never an identity looked up by (st_dev, st_ino): the same
 inode reached through another (bind) mount is another fd with that mount's
 flags.  A holder is charged once, while it is open; its fd is closed when
 the last fid holding it lets go (clunk, reclaim, a rename through this
-session that moves the fid to another directory's holder).
+session that moves the fid to another directory's holder).  A reclaimed fid
+being reopened shares the holder of its directory too when one is open: the
+table knows each holder by the path it was reached by (``_dirfds``, a hint
+like a fid's path), and the reopen accepts it only if the fid's name in it
+is still the fid's file (st_dev, st_ino, birth time), else it walks from the
+attach root.  What that trusts is what a fid that was never reclaimed
+trusts: the directory fd it holds.
 
 Also here, because a fid going away releases them: the lock descriptions its
 lock owners hold (their fds are charged to the same share) and the xattr
@@ -95,12 +101,13 @@ class _DirFd:
     inode never changes); ``refs`` counts the fids holding it (and fids that
     retired it while a request was using them); ``charged`` says its fd is
     counted in the table's ``_fd_used`` (a walk makes holders before the new fid
-    is installed, and ``_install`` charges them).  ``refs`` and ``charged`` are
-    guarded by the table lock; the fd is closed by :meth:`FidTable._let_go` when
-    ``refs`` reaches 0.
+    is installed, and ``_install`` charges them); ``key`` the path it is known
+    by in the table's ``_dirfds`` (None: not there).  ``refs``, ``charged`` and
+    ``key`` are guarded by the table lock; the fd is closed by
+    :meth:`FidTable._unshare` when ``refs`` reaches 0.
     """
 
-    __slots__ = ("charged", "dev", "fd", "ino", "refs")
+    __slots__ = ("charged", "dev", "fd", "ino", "key", "refs")
 
     def __init__(self, fd: int, dev: int, ino: int) -> None:
         self.fd = fd
@@ -108,6 +115,7 @@ class _DirFd:
         self.ino = ino
         self.refs = 1
         self.charged = False
+        self.key: tuple[bytes, ...] | None = None
 
 
 class _Fid:
@@ -254,6 +262,8 @@ class FidTable:
         self._fids: dict[int, _Fid] = {}
         # Fids holding fds (not idle), oldest first: the CLOCK of _reclaim; guarded by _lock
         self._holders: dict[_Fid, None] = {}
+        # Open directory holders by the path they were reached by (see _revive); guarded by _lock
+        self._dirfds: dict[tuple[bytes, ...], _DirFd] = {}
         self._lock = threading.Lock()
         self._locks_lock = threading.Lock()  # lock owners (``lockers``) and the two below
         self._lock_fds = 0
@@ -452,13 +462,8 @@ class FidTable:
         f.nfds = f.pin = 0
         f.fd = f.ofd = -1
         f.dirh = None
-        if h is not None:  # _unshare, inline: every clunk comes here
-            h.refs -= 1
-            if not h.refs:
-                fds.append(h.fd)
-                if h.charged:
-                    self._fd_used -= 1
-                    h.charged = False
+        if h is not None:
+            self._unshare(h, fds)
         if f.retired:
             for r in f.retired:
                 if isinstance(r, _DirFd):
@@ -477,6 +482,23 @@ class FidTable:
             if h.charged:
                 self._fd_used -= 1
                 h.charged = False
+            key = h.key
+            if key is not None and self._dirfds.get(key) is h:
+                del self._dirfds[key]
+
+    def _known(self, f: _Fid, h: _DirFd) -> None:
+        """Make ``h``, the new holder of ``f`` (a directory's own, another file's
+        parent), known by its path if no other is (caller holds the lock).  A file
+        root's directory is outside the tree: never."""
+        if f.fd == h.fd:
+            key = f.path
+        elif f.path:
+            key = f.path[:-1]
+        else:
+            return
+        if h.ino >= 0 and key not in self._dirfds:
+            self._dirfds[key] = h
+            h.key = key
 
     def _close_fid(self, f: _Fid, fds: list[int]) -> None:
         """After :meth:`_let_go` of a fid going away: its lock descriptions, its
@@ -503,9 +525,11 @@ class FidTable:
         symlink on the host, deleted and its inode number reused) never gives
         another file.  EMFILE when the share has no room even after
         reclaiming other fids.  A concurrent revive of the same fid wins once;
-        the other's fds are closed.  The directory holder it gets is its own
-        (charged with it): a revived fid shares it only with what is walked
-        from it later.
+        the other's fds are closed.
+
+        First, when a holder of the fid's directory (a directory fid's own)
+        is open, it is shared instead (:meth:`_from_known`): no walk from the
+        root, no directory fd of its own.
         """
         n = 1 if f.fmt == _DIR else 2
         if not f.idle:
@@ -513,7 +537,11 @@ class FidTable:
         if not self._charge(n, None):
             raise _err(errno.EMFILE)
         try:
-            if not f.path:  # the root (a file root keeps its directory)
+            found = self._from_known(f)
+            shared = found is not None
+            if found is not None:
+                fd, h = found
+            elif not f.path:  # the root (a file root keeps its directory)
                 fd, h = self._root_fds(f.fmt)
             else:
                 fd, h = self._walk_path(f)
@@ -521,24 +549,75 @@ class FidTable:
             with self._lock:
                 self._fd_used -= n
             raise
+        fds: list[int] = []
         with self._lock:
             won = f.idle
             if won:
-                h.charged = True  # with the fid's own fd, if any: the n charged above
                 f.fd, f.dirh = fd, h
                 f.nfds = n - 1
                 f.idle = False
                 f.used = True
+                if shared:
+                    self._fd_used -= 1  # the holder is charged already
+                else:
+                    h.charged = True  # with the fid's own fd, if any: the n charged above
+                    self._known(f, h)
                 if not f.dead:
                     self._holders[f] = None
             else:
                 self._fd_used -= n
+                if fd != h.fd:
+                    fds.append(fd)
+                self._unshare(h, fds)
         if won:
             self.fd_budget.count(0, 1)
+        for fd in fds:
+            _close(fd)
+
+    def _from_known(self, f: _Fid) -> tuple[int, _DirFd] | None:
+        """``(fd, dirh)`` for the idle ``f`` from an open holder known by its path
+        (``_dirfds``), with a reference to it taken, or None.  A directory fid: the
+        holder of its path if it is its inode (st_dev, st_ino and birth time: the
+        holder's inode is alive, but the fid's may have been deleted and its number
+        reused); another file: its name opened in the holder of its directory's
+        path (Twalk's step), accepted if it is its file (same three)."""
+        if f.fmt == _DIR:
+            key = f.path
+        elif f.path:
+            key = f.path[:-1]
         else:
-            if fd != h.fd:
-                _close(fd)
-            _close(h.fd)
+            return None  # a file root's directory is not in the tree
+        with self._lock:
+            h = self._dirfds.get(key)
+            if h is None:
+                return None
+            h.refs += 1
+        nfd = -1
+        try:
+            if f.fmt == _DIR:
+                if h.ino == f.ino and h.dev == f.dev and (
+                        not f.birth or _sys.birth_time(h.fd) == f.birth):
+                    return h.fd, h
+            else:
+                nfd, st = _sys.open_child(h.fd, f.path[-1], h.dev)
+                if st.st_ino == f.ino and st.st_dev == f.dev and (
+                        not f.birth or _sys.birth_time(nfd) == f.birth):
+                    return nfd, h
+        except OSError:
+            pass  # not there now: the walk from the root says what it is
+        except BaseException:
+            self._forget_known(h, nfd)
+            raise
+        self._forget_known(h, nfd)
+        return None
+
+    def _forget_known(self, h: _DirFd, nfd: int) -> None:
+        """Undo :meth:`_from_known`'s reference to ``h`` and close ``nfd`` (-1: none)."""
+        fds = [nfd] if nfd >= 0 else []
+        with self._lock:
+            self._unshare(h, fds)
+        for fd in fds:
+            _close(fd)
 
     def _root_fds(self, fmt: int) -> tuple[int, _DirFd]:
         """New fds of the attach root, as a fid of it holds them: ``(fd, dirh)``, a
@@ -689,7 +768,9 @@ class FidTable:
                         else:
                             self._fd_used += n
                             if h is not None:
-                                h.charged = True
+                                if not h.charged:
+                                    h.charged = True
+                                    self._known(nf, h)
                                 self._holders[nf] = None
                             elif n:
                                 self._holders[nf] = None

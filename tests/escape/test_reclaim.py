@@ -133,3 +133,39 @@ async def test_file_replaced_by_another_of_the_same_name_while_reclaimed(
             os.unlink(x)
             world.age_and_freeze()
     esc.assert_contained()
+
+
+@pytest.mark.parametrize("target", ["absolute", "relative"])
+async def test_directory_swapped_while_its_fd_is_held_by_an_open_fid(
+    world: World, connect: ConnectFn, target: str
+) -> None:
+    """The reclaimed directory and file fids are reopened through the directory fd an open
+    fid of that directory still holds (no walk from the root: the holder known by the path
+    "d").  The host swapped the name "d" for a symlink to the outside meanwhile: both fids are
+    still the inside directory (now export/d.old) and its file, every operation through them
+    stays inside, and a new walk through the name "d" is refused."""
+    _inside_dir(world)
+    async with connect(config=_config()) as esc:
+        c = esc.client
+        dfid, _ = await c.walk(esc.root, [b"d"])
+        ffid, _ = await c.walk(dfid, [b"x"])
+        vfid, _ = await c.walk(dfid, [b"victim"])
+        await c.lopen(vfid, C.L_O_RDONLY)  # never reclaimed: it keeps d's fd open
+        await c.getattr(ffid)
+        await _push_out(c, esc.root)
+        os.rename(world.export / "d", world.export / "d.old")
+        link = str(world.outdir) if target == "absolute" else "../outside/dir"
+        os.symlink(link, world.export / "d")
+        assert (await c.getattr(dfid)).qid.type & C.QidType.DIR
+        await c.lopen(ffid, C.L_O_RDONLY)
+        assert await c.read(ffid, 0, 100) == b"inside x"
+        xfid, _ = await c.walk(dfid, [b"x"])
+        await c.lopen(xfid, C.L_O_RDONLY)
+        assert await c.read(xfid, 0, 100) == b"inside x"
+        _, qids = await c.walk(esc.root, [b"d", b"x"])  # the name "d" is the symlink now
+        assert len(qids) == 1 and qids[0].type & C.QidType.SYMLINK
+        await c.unlinkat(dfid, b"victim", 0)
+        assert not (world.export / "d.old" / "victim").exists()
+        await c.lcreate(dfid, PWN.encode(), C.L_O_RDWR, 0o644)
+        assert (world.export / "d.old" / PWN).exists()
+    esc.assert_contained()

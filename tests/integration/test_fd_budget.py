@@ -180,6 +180,35 @@ async def test_host_changes_while_reclaimed_are_estale(
             assert await c.read(11, 0, 10) == b"new"
 
 
+async def test_reopen_through_a_held_directory_checks_the_file(
+    connect_export: ConnectFn, export: Path
+) -> None:
+    """A reclaimed file fid whose directory's fd is still held (by an open fid) is reopened
+    by its name in that directory, no walk from the root: the same file (a host rename of the
+    directory changes nothing) and a file replaced on the host under its name is ESTALE."""
+    (export / "d").mkdir()
+    (export / "d" / "f").write_bytes(b"old")
+    (export / "d" / "g").write_bytes(b"g")
+    (export / "d" / "keep").write_bytes(b"")
+    async with connect_export(config=_config()) as s:
+        c = s.client
+        await c.walk(s.root, [b"d"], 9)
+        await c.walk(9, [b"keep"], 8)
+        await c.lopen(8, C.L_O_RDONLY)  # never reclaimed: it keeps d's fd open
+        await c.walk(9, [b"f"], 10)
+        await c.walk(9, [b"g"], 11)
+        q = (await c.getattr(10)).qid
+        await _push_out(c, s.root)
+        os.rename(export / "d", export / "d2")  # the held fd follows the directory
+        assert (await c.getattr(11)).size == 1
+        (export / "d2" / "new").write_bytes(b"new")
+        os.rename(export / "d2" / "new", export / "d2" / "f")
+        assert await _errno(c.getattr(10)) == errno.ESTALE
+        assert await _errno(c.lopen(10, C.L_O_RDONLY)) == errno.ESTALE
+        await c.walk(9, [b"f"], 12)
+        assert (await c.getattr(12)).qid != q
+
+
 async def test_open_unlinked_file_is_never_reclaimed(
     connect_export: ConnectFn, export: Path
 ) -> None:

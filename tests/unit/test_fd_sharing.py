@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -173,3 +174,32 @@ def test_charge_equals_fds_held_under_reclaim(point: AttachPoint) -> None:
     assert _held(be, base) == 0
     be.close()
     assert _open_fds() == base
+
+
+def test_reopened_files_share_their_directory_fd(point: AttachPoint) -> None:
+    """Files reclaimed and reopened while their directory fid is open share its fd again
+    (found by the path it was reached by, the name checked in it), with no walk from the
+    root; a directory fid reopened while its fd is held by its files shares it too."""
+    base = _open_fds()
+    be = Backend(point, fd_share=16)
+    be.attach(ROOT, 0, b"")
+    be.walk(ROOT, 1, [b"d"])
+    be.walk(1, 2, [b"f0"])
+    be.open(2, C.L_O_RDONLY)  # never reclaimed: d's fd stays open
+    for i in range(1, 60):
+        be.walk(1, 100 + i, [f"f{i}".encode()])
+    for i in range(1, 60):
+        assert be.getattr(100 + i, C.GETATTR_SIZE)[9] == len(str(i))
+        assert be.getattr(1, C.GETATTR_BASIC)[4]  # the directory fid, reopened as needed
+        assert _held(be, base) <= 16
+    assert be.fd_budget.reclaims >= 40 and be.fd_budget.reopens >= 40
+    with be._ref(1) as d:
+        dfd = d.fd
+    parents = set()
+    for f in list(be._fids.values()):
+        if not f.idle and f.fmt != stat.S_IFDIR:
+            parents.add(f.parent)
+    assert parents == {dfd}  # one directory fd for all of them
+    be.reset()
+    assert _held(be, base) == 0 and not be._dirfds
+    be.close()
