@@ -18,6 +18,7 @@ from .options import (
     add_fd_budget_arg,
     add_idmap_args,
     add_log_args,
+    add_max_fids_arg,
     add_poll_arg,
     add_record_args,
     add_stats_args,
@@ -49,6 +50,11 @@ def _serve_main(args: argparse.Namespace) -> int:
         print(f"gofer9p serve: --log-file {args.log_file!r}: {e.strerror}", file=sys.stderr)
         return 2
     log = logging.getLogger("gofer9p.serve")
+    listen_fids = ServerConfig().max_fids  # a --listen connection's default and most
+    if args.fd is None and args.max_fids > listen_fids:
+        print(f"gofer9p serve: --max-fids {args.max_fids}: at most {listen_fids} with --listen",
+              file=sys.stderr)
+        return 2
     try:
         point = AttachPoint.open(args.directory, readonly=args.read_only)
     except OSError as e:
@@ -74,7 +80,7 @@ def _serve_main(args: argparse.Namespace) -> int:
         config = ServerConfig(
             max_msize=args.msize or FD_MSIZE, poll_us=args.poll_us, connections=1,
             idmap=idmap_from_args(args), record=record,
-            fd_budget=fd_budget(1, args.fd_budget), max_fids=GUEST_MAX_FIDS,
+            fd_budget=fd_budget(1, args.fd_budget), max_fids=args.max_fids or GUEST_MAX_FIDS,
         )
         if stats is not None:
             stats.probe.fd_budget = config.fd_budget  # published as gofer9p_fd_budget_*
@@ -119,6 +125,7 @@ def _serve_main(args: argparse.Namespace) -> int:
     config = ServerConfig(
         max_msize=args.msize or LISTEN_MSIZE, poll_us=args.poll_us, connections=max_conn,
         idmap=idmap_from_args(args), record=record, fd_budget=budget,
+        max_fids=args.max_fids or listen_fids,
     )
     if stats is not None:
         stats.probe.fd_budget = budget
@@ -376,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_idmap_args(p)
     add_record_args(p, inherited=False)
     add_fd_budget_arg(p)
+    add_max_fids_arg(p)
     add_stats_args(p, inherited=False)
     p.set_defaults(func=_serve_main)
 

@@ -39,6 +39,7 @@ from .options import (
     add_fd_budget_arg,
     add_idmap_args,
     add_log_args,
+    add_max_fids_arg,
     add_poll_arg,
     add_record_args,
     add_stats_args,
@@ -150,6 +151,7 @@ def build_parser(prog: str = "gofer9p gofer") -> argparse.ArgumentParser:
     add_confine_args(p)
     add_record_args(p, inherited=True)
     add_fd_budget_arg(p)
+    add_max_fids_arg(p)
     add_stats_args(p, inherited=True)
     return p
 
@@ -567,8 +569,8 @@ def _confined_start(argv: Sequence[str], after_confine: Callable[[], None] | Non
     from .server import GUEST_MAX_FIDS, ServerConfig
 
     config = ServerConfig(
-        poll_us=args.poll_us, connections=len(socks), fd_budget=budget, max_fids=GUEST_MAX_FIDS,
-        idmap=idmap, record=record,
+        poll_us=args.poll_us, connections=len(socks), fd_budget=budget,
+        max_fids=args.max_fids or GUEST_MAX_FIDS, idmap=idmap, record=record,
     )
     return fds, socks, points, config, ready_line, stats
 

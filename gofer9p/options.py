@@ -19,6 +19,7 @@ __all__ = [
     "add_fd_budget_arg",
     "add_idmap_args",
     "add_log_args",
+    "add_max_fids_arg",
     "add_poll_arg",
     "add_record_args",
     "add_stats_args",
@@ -243,3 +244,28 @@ def add_stats_args(p: argparse.ArgumentParser, *, inherited: bool) -> None:
             metavar="unix:PATH",
             help="answer statistics (GET /metrics, /json) on a unix socket bound at PATH",
         )
+
+
+def _max_fids(v: str) -> int:
+    from .server import GUEST_MAX_FIDS  # the most fids any connection is given
+
+    n = int(v)
+    if not 1 <= n <= GUEST_MAX_FIDS:
+        raise argparse.ArgumentTypeError(f"{v}: want 1 to {GUEST_MAX_FIDS} fids")
+    return n
+
+
+def add_max_fids_arg(p: argparse.ArgumentParser) -> None:
+    """``--max-fids`` (``ServerConfig.max_fids``; 0 = the default of the way the process
+    serves, which is also the most it allows: a manager lowers the fid term F of the
+    memory bound in docs/RESOURCES.md with it, never raises it)."""
+    p.add_argument(
+        "--max-fids",
+        type=_max_fids,
+        default=0,
+        metavar="N",
+        help="fids one connection may hold at once; a walk or attach past it is EMFILE. "
+        "Bounds the memory a client can make the process hold (docs/RESOURCES.md) "
+        "(default, and the most: 131072 for a guest's connection, serve --fd and gofer; "
+        "16384 for each serve --listen connection)",
+    )

@@ -24,14 +24,14 @@ echo "== tests (default tiers)"
 "$PY" -m pytest -q "$@" || status=1
 # The same integration suite through the real confined daemon (chroot, dropped caps, seccomp
 # kill mode): proves the syscall whitelist is complete. Deselected: tests whose premise the
-# confinement changes on purpose (per-test ServerConfig limits are not passed to the daemon,
+# confinement changes on purpose (per-test ServerConfig limits but fd_budget and a lowered
+# max_fids are not passed to the daemon,
 # no CAP_MKNOD, user names resolve in the served root's /etc/passwd).
 echo "== integration suite against the confined daemon"
 "$PY" -m pytest -q -p gofer9p.testing.daemon_plugin tests/integration \
     --deselect tests/integration/test_ops_attach.py::test_nonuname_with_user_name \
     --deselect tests/integration/test_ops_create.py::test_mknod_char_device \
-    --deselect tests/integration/test_server.py::test_version_negotiates_msize_down \
-    --deselect tests/integration/test_server.py::test_fid_limit_is_emfile || status=1
+    --deselect tests/integration/test_server.py::test_version_negotiates_msize_down || status=1
 # The compiled build (mypyc; what `pip install .` gives with a C compiler) under the unit and
 # integration tiers, in-process and through the confined daemon: .venv/'s editable install
 # is always pure, so nothing above imports a compiled module.

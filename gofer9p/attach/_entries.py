@@ -84,8 +84,9 @@ class Entries(Attrs):
                 if fmt != _LNK:  # Linux symlinks have no mode of their own
                     want = _exact_mode(fmt, mode, st.st_mode)
                     if stat.S_IMODE(st.st_mode) != want:
-                        nf = _Fid(self, nfd, dfd if fmt != _DIR else -1, (*d.path, name), uid,
-                                  st.st_dev, st.st_ino, fmt, self.point.qid(st))
+                        # d's holder without a reference: nf is dropped unreleased
+                        nf = _Fid(self, nfd, d.dirh if fmt != _DIR else None, (*d.path, name),
+                                  uid, st.st_dev, st.st_ino, fmt, self.point.qid(st))
                         self._chmod(nf, want)
             except OSError:
                 try:
@@ -117,7 +118,7 @@ class Entries(Attrs):
                 raise _err(errno.ENOTDIR)
             _owner(f)
             dfd = f.fd
-            pin = self._charge_fid(f, 1)  # the new file's fd; the directory's becomes its parent
+            pin = self._charge_fid(f, 1)  # the new file's fd; the directory's holder its parent
             try:
                 ofd = os.open(name, hflags, mode & _CREATE_BITS, dir_fd=dfd)
             except BaseException:
@@ -146,10 +147,7 @@ class Entries(Attrs):
             with self._lock:
                 ok = f.ofd < 0 and f.fmt == _DIR and f.fd == dfd
                 if ok:
-                    if f.parent >= 0:
-                        f.retired.append(f.parent)
-                    f.parent = dfd
-                    f.pident = (dfd, f.dev, f.ino)  # dfd is this directory fid's own fd
+                    # f.dirh, the holder of dfd, stays: from now on the file's parent
                     f.fd = f.ofd = ofd  # one fd for both (see _Fid): no dup, no extra close
                     f.oacc = flags & C.L_O_ACCMODE
                     # a later write by this uid clears set-id bits the mode gives
@@ -224,7 +222,7 @@ class Entries(Attrs):
             finally:
                 if owned:
                     _close(pfd)
-            self._renamed(f.path, (*d.path, name), f.dev, f.ino, d.fd)
+            self._renamed(f.path, (*d.path, name), f.dev, f.ino, d.dirh)
 
     def renameat(self, olddirfid: int, oldname: bytes, newdirfid: int, newname: bytes) -> None:
         _check_name(oldname)
@@ -237,7 +235,7 @@ class Entries(Attrs):
                 pass
             else:
                 self._renamed(
-                    (*od.path, oldname), (*nd.path, newname), st.st_dev, st.st_ino, nd.fd
+                    (*od.path, oldname), (*nd.path, newname), st.st_dev, st.st_ino, nd.dirh
                 )
 
     def unlinkat(self, dirfid: int, name: bytes, flags: int) -> None:

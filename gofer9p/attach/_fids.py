@@ -23,6 +23,24 @@ unlinked on the host meanwhile is ESTALE, never another file.  What cannot be
 reclaimed counts against the share too; past it a walk, open or create is
 EMFILE (a lock ENOLCK), on that connection only.
 
+Directory fds are shared.  A directory's ``O_PATH`` fd is a ``_DirFd``, a
+reference-counted holder: a directory fid holds the one of its own fd, a
+non-directory fid the one of the directory it was walked from (for ``*at``
+calls on its name).  A clone of a directory fid, and every file walked from
+it (or from its clones), holds that same holder, so 10,000 files walked from
+one directory hold 10,001 host fds, not 20,000.  Sharing follows the fd the
+walk came from, never an identity looked up by (st_dev, st_ino): the same
+inode reached through another (bind) mount is another fd with that mount's
+flags.  A holder is charged once, while it is open; its fd is closed when
+the last fid holding it lets go (clunk, reclaim, a rename through this
+session that moves the fid to another directory's holder).  A reclaimed fid
+being reopened shares the holder of its directory too when one is open: the
+table knows each holder by the path it was reached by (``_dirfds``, a hint
+like a fid's path), and the reopen accepts it only if the fid's name in it
+is still the fid's file (st_dev, st_ino, birth time), else it walks from the
+attach root.  What that trusts is what a fid that was never reclaimed
+trusts: the directory fd it holds.
+
 Also here, because a fid going away releases them: the lock descriptions its
 lock owners hold (their fds are charged to the same share) and the xattr
 bytes it buffers (``XATTR_SESSION_MAX``).
@@ -44,7 +62,9 @@ from gofer9p.protocol.messages import Qid
 FDS_PER_FID = 3
 """Most host fds one fid holds at once: its O_PATH fd, its parent's O_PATH fd, its open fd
 (after Txattrcreate the open fd is retired, not added; after Tlcreate one fd is both).
-A directory fid holds one fd until it is opened, a reclaimed fid none (``_Fid.nfds``)."""
+The parent's fd is shared by every file walked from that directory fid and its clones,
+and a directory fid's own fd by its clones (``_DirFd``), so an unopened file fid adds one
+fd, an unopened clone of a directory none; a reclaimed fid holds none."""
 FID_BYTES = 8 * 1024
 """Python memory of one fid, bounded for paths up to ~256 levels deep: its
 _Fid (~500 bytes), its path hint (a tuple of the names from the attach root:
@@ -74,25 +94,50 @@ class _LockOwner:
         self.held: list[tuple[int, int]] = []  # sorted, disjoint [start, end) ranges
 
 
+class _DirFd:
+    """An O_PATH fd of a directory, shared by the fids that hold it (see the module docstring).
+
+    ``dev``/``ino`` are the directory's identity (``ino`` -1: unknown; an fd's
+    inode never changes); ``refs`` counts the fids holding it (and fids that
+    retired it while a request was using them); ``charged`` says its fd is
+    counted in the table's ``_fd_used`` (a walk makes holders before the new fid
+    is installed, and ``_install`` charges them); ``key`` the path it is known
+    by in the table's ``_dirfds`` (None: not there).  ``refs``, ``charged`` and
+    ``key`` are guarded by the table lock; the fd is closed by
+    :meth:`FidTable._unshare` when ``refs`` reaches 0.
+    """
+
+    __slots__ = ("charged", "dev", "fd", "ino", "key", "refs")
+
+    def __init__(self, fd: int, dev: int, ino: int) -> None:
+        self.fd = fd
+        self.dev = dev
+        self.ino = ino
+        self.refs = 1
+        self.charged = False
+        self.key: tuple[bytes, ...] | None = None
+
+
 class _Fid:
     """What a fid stands for.  Plain slots: it is created on every walk.
 
-    ``fd`` is an O_PATH fd of the file (-1 for an xattr-read fid), ``parent``
-    an O_PATH fd of the directory it was reached from (non-directories only,
-    else -1), ``path`` the names from the attach root (a hint, see
-    ``backend.py``), ``ofd`` the open fd after Tlopen/Tlcreate.  After Tlcreate
-    ``fd`` and ``ofd`` are the same fd (the created file's open fd also
-    serves as its handle: fstat, file-handle re-open and *at calls with an
-    empty path accept any fd); ``close`` and xattrcreate's retiring of
-    ``ofd`` close it once.  ``pident`` is
-    ``(fd, st_dev, st_ino)`` of a parent fd whose identity is known (an fd's
-    inode never changes), or None; it is only believed while its fd number
-    still is ``parent`` (see ``Paths._inside``).  ``nfds`` is the number of
-    host fds it holds and charges (``fd``, ``parent``, a distinct ``ofd``,
-    ``retired``); ``idle`` says its fds were reclaimed (``fd`` and ``parent``
-    are -1 until a reference reopens them); ``used`` is its CLOCK bit; ``pin``
-    the fds it counts against the table's ``pin_share`` since it was opened.
+    ``fd`` is an O_PATH fd of the file (-1 for an xattr-read fid), ``dirh``
+    the directory holder it holds: for a directory fid the holder of ``fd``
+    itself, for another fid the holder of the directory it was reached from
+    (``parent``), None for an xattr-read fid.  ``path`` the names from the
+    attach root (a hint, see ``backend.py``), ``ofd`` the open fd after
+    Tlopen/Tlcreate.  After Tlcreate ``fd`` and ``ofd`` are the same fd (the
+    created file's open fd also serves as its handle: fstat, file-handle
+    re-open and *at calls with an empty path accept any fd), and the
+    directory fid's holder, kept, becomes the file's parent; the fid's fds
+    are closed once.  ``nfds`` is the number of host fds it holds alone and
+    charges (``fd`` unless it is ``dirh``'s, a distinct ``ofd``, ``retired``
+    fds; holders are charged by themselves); ``idle`` says its fds were
+    reclaimed (``fd`` is -1 and ``dirh`` None until a reference reopens
+    them); ``used`` is its CLOCK bit; ``pin`` the fds it counts against the
+    table's ``pin_share`` since it was opened.
 
+    The constructor takes over one reference of ``dirh`` from the caller.
     A fid returned by :meth:`FidTable._ref` or :meth:`FidTable._take` is a
     reference: ``with`` it, and leaving the block drops the reference.
     """
@@ -102,6 +147,7 @@ class _Fid:
         "dbuf",
         "dead",
         "dev",
+        "dirh",
         "dirlock",
         "fd",
         "fmt",
@@ -112,9 +158,7 @@ class _Fid:
         "nfds",
         "oacc",
         "ofd",
-        "parent",
         "path",
-        "pident",
         "pin",
         "qid",
         "refs",
@@ -133,14 +177,12 @@ class _Fid:
     )
 
     def __init__(
-        self, table: FidTable, fd: int, parent: int, path: tuple[bytes, ...], uid: int,
+        self, table: FidTable, fd: int, dirh: _DirFd | None, path: tuple[bytes, ...], uid: int,
         dev: int, ino: int, fmt: int, qid: Qid,
-        pident: tuple[int, int, int] | None = None,
     ) -> None:
         self.table = table
         self.fd = fd
-        self.parent = parent
-        self.pident = pident
+        self.dirh = dirh
         self.path = path
         self.uid = uid
         self.dev = dev
@@ -149,7 +191,7 @@ class _Fid:
         self.qid = qid
         self.ofd = -1
         self.oacc = 0
-        self.nfds = (fd >= 0) + (parent >= 0)
+        self.nfds = int(fd >= 0 and (dirh is None or dirh.fd != fd))
         self.pin = 0
         self.idle = False
         self.used = True
@@ -159,7 +201,7 @@ class _Fid:
         self.killpriv = False
         self.refs = 0
         self.dead = False
-        self.retired: list[int] = []
+        self.retired: list[int | _DirFd] = []
         self.dirlock: threading.Lock | None = None
         self.dbuf: _sys.DirentBuffer | None = None
         # POSIX lock owners (proc_id, client_id) holding locks through this fid
@@ -173,6 +215,12 @@ class _Fid:
         self.xlen = 0
         self.xflags = 0
 
+    @property
+    def parent(self) -> int:
+        """The O_PATH fd of the directory a non-directory fid was reached from, else -1."""
+        h = self.dirh
+        return -1 if h is None or h.fd == self.fd else h.fd
+
     def __enter__(self) -> _Fid:
         return self
 
@@ -180,44 +228,6 @@ class _Fid:
         self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.table._put(self)
-
-    def close(self) -> None:
-        if self.xcharge:
-            self.xacct[0] -= self.xcharge
-            self.xcharge = 0
-            self.xbuf = b""
-        ofd = self.ofd if self.ofd != self.fd else -1  # lcreate: one fd is both
-        fds = (self.fd, self.parent, ofd, *self.retired) if self.retired else (
-            self.fd, self.parent, ofd)
-        self.fd = self.parent = self.ofd = -1
-        self.retired = []
-        for fd in fds:
-            if fd >= 0:
-                try:
-                    _close(fd)
-                except OSError:
-                    pass
-
-
-def _dup_with_parent(fd: int, parent: int) -> tuple[int, int]:
-    """New fds for a fid: a dup of ``fd`` and one of ``parent`` (-1: none);
-    nothing is left open if either dup fails."""
-    nparent = os.dup(parent) if parent >= 0 else -1
-    try:
-        return os.dup(fd), nparent
-    except BaseException:
-        if nparent >= 0:
-            _close(nparent)
-        raise
-
-
-def _redup(
-    pident: tuple[int, int, int] | None, old: int, new: int
-) -> tuple[int, int, int] | None:
-    """The ``pident`` of a parent fd ``new`` dup'ed from ``old`` (same inode)."""
-    if pident is not None and pident[0] == old:
-        return (new, pident[1], pident[2])
-    return None
 
 
 class FidTable:
@@ -252,6 +262,8 @@ class FidTable:
         self._fids: dict[int, _Fid] = {}
         # Fids holding fds (not idle), oldest first: the CLOCK of _reclaim; guarded by _lock
         self._holders: dict[_Fid, None] = {}
+        # Open directory holders by the path they were reached by (see _revive); guarded by _lock
+        self._dirfds: dict[tuple[bytes, ...], _DirFd] = {}
         self._lock = threading.Lock()
         self._locks_lock = threading.Lock()  # lock owners (``lockers``) and the two below
         self._lock_fds = 0
@@ -301,9 +313,11 @@ class FidTable:
 
     def _charge_fid(self, f: _Fid, n: int) -> int:
         """Charge ``n`` more fds to ``f``, which is being opened (the caller holds a
-        reference): from now on all its fds are pinned.  EMFILE if they do not fit even
-        after reclaiming.  Returns the pin taken, for :meth:`_uncharge_fid`."""
-        pin = n if f.pin else n + f.nfds
+        reference): from now on all its fds are pinned, its directory holder's counted
+        as if it were its own (it is shared, but an open fid keeps it open).  EMFILE if
+        they do not fit even after reclaiming.  Returns the pin taken, for
+        :meth:`_uncharge_fid`."""
+        pin = n if f.pin else n + f.nfds + (f.dirh is not None)
         with self._lock:  # the common case, without _charge's call (Tlcreate is a hot entry)
             if self._pinned + pin <= self.pin_share and self._fd_used + n <= self.fd_share:
                 self._fd_used += n
@@ -342,14 +356,12 @@ class FidTable:
                 f.dead = True
             idle = [f for f in fids if f.refs == 0]
             holders = self._holders
+            closing = []
             for f in idle:
-                self._fd_used -= f.nfds
-                self._pinned -= f.pin
-                f.nfds = f.pin = 0
                 holders.pop(f, None)
-        for f in idle:
-            self._forget_locks(f)
-            f.close()
+                closing.append(self._let_go(f))
+        for f, fds in zip(idle, closing, strict=True):
+            self._close_fid(f, fds)
 
     @staticmethod
     def _reclaimable(f: _Fid) -> bool:
@@ -389,7 +401,8 @@ class FidTable:
                     del holders[f]
                     f.refs += 1  # pinned: its fds stay open until the second pass
                     victims.append(f)
-                    found += f.nfds
+                    h = f.dirh
+                    found += f.nfds + (h is not None and h.refs == 1)
                     if found >= target:
                         break
                 if found >= need:
@@ -402,43 +415,104 @@ class FidTable:
                 births.append(_sys.birth_time(f.fd))
             except OSError:
                 births.append(-1)
-        closing: list[_Fid] = []
+        closing: list[tuple[_Fid, list[int]]] = []
+        idled: list[int] = []
         count = 0
         with self._lock:
             for f, birth in zip(victims, births, strict=True):
                 f.refs -= 1
                 if f.refs or birth < 0 or not self._reclaimable(f):
                     if f.dead and not f.refs:  # clunked meanwhile: the last reference
-                        self._fd_used -= f.nfds
-                        self._pinned -= f.pin
-                        f.nfds = f.pin = 0
-                        closing.append(f)
+                        closing.append((f, self._let_go(f)))
                     elif not f.dead:
                         self._holders[f] = None
                     continue
-                self._fd_used -= f.nfds
-                self._idle(f, birth)
+                idled += self._idle(f, birth)
                 count += 1
-        for f in closing:
-            self._forget_locks(f)
-            f.close()
+        for f, fds in closing:
+            self._close_fid(f, fds)
+        for fd in idled:
+            _close(fd)
         if count:
             self.fd_budget.count(count, 0)
 
-    @staticmethod
-    def _idle(f: _Fid, birth: int) -> None:
-        """Close ``f``'s fds, keeping its identity (caller holds the lock and has
-        released the fds' charge)."""
-        fd, parent = f.fd, f.parent
-        f.fd = f.parent = -1
-        f.pident = None
-        f.nfds = 0
+    def _idle(self, f: _Fid, birth: int, charged: bool = True) -> list[int]:
+        """Let go of ``f``'s fds, keeping its identity; the fds to close (the caller
+        holds the lock and closes them after it).  ``charged``: see :meth:`_let_go`."""
+        fds = self._let_go(f, charged)
         f.idle = True
         f.birth = birth
-        if fd >= 0:
-            _close(fd)
-        if parent >= 0:
-            _close(parent)
+        return fds
+
+    def _let_go(self, f: _Fid, charged: bool = True) -> list[int]:
+        """Take ``f``'s fds from it and give back their charge (its own, the pin, its
+        directory holder's if it was the last to hold it); the fds to close.  The
+        caller holds the lock and closes them after it (``_close_fid``).
+        ``charged`` False: ``f`` never went into the table, its own fds were never
+        charged (its holder says for itself)."""
+        h = f.dirh
+        fd = f.fd
+        ofd = f.ofd if f.ofd != fd else -1  # lcreate: one fd is both
+        fds = [fd] if fd >= 0 and (h is None or fd != h.fd) else []
+        if ofd >= 0:
+            fds.append(ofd)
+        if charged:
+            self._fd_used -= f.nfds
+            self._pinned -= f.pin
+        f.nfds = f.pin = 0
+        f.fd = f.ofd = -1
+        f.dirh = None
+        if h is not None:
+            self._unshare(h, fds)
+        if f.retired:
+            for r in f.retired:
+                if isinstance(r, _DirFd):
+                    self._unshare(r, fds)
+                else:
+                    fds.append(r)  # charged in nfds
+            f.retired = []
+        return fds
+
+    def _unshare(self, h: _DirFd, fds: list[int]) -> None:
+        """Drop one reference to ``h`` (caller holds the lock); at the last, its fd
+        joins ``fds`` to be closed and its charge is given back."""
+        h.refs -= 1
+        if not h.refs:
+            fds.append(h.fd)
+            if h.charged:
+                self._fd_used -= 1
+                h.charged = False
+            key = h.key
+            if key is not None and self._dirfds.get(key) is h:
+                del self._dirfds[key]
+
+    def _known(self, f: _Fid, h: _DirFd) -> None:
+        """Make ``h``, the new holder of ``f`` (a directory's own, another file's
+        parent), known by its path if no other is (caller holds the lock).  A file
+        root's directory is outside the tree: never."""
+        if f.fd == h.fd:
+            key = f.path
+        elif f.path:
+            key = f.path[:-1]
+        else:
+            return
+        if h.ino >= 0 and key not in self._dirfds:
+            self._dirfds[key] = h
+            h.key = key
+
+    def _close_fid(self, f: _Fid, fds: list[int]) -> None:
+        """After :meth:`_let_go` of a fid going away: its lock descriptions, its
+        xattr bytes and ``fds`` (outside the lock)."""
+        self._forget_locks(f)
+        if f.xcharge:
+            f.xacct[0] -= f.xcharge
+            f.xcharge = 0
+            f.xbuf = b""
+        for fd in fds:
+            try:
+                _close(fd)
+            except OSError:
+                pass
 
     def _revive(self, f: _Fid) -> None:
         """Reopen the fds of ``f``, an idle fid the caller holds a reference on.
@@ -452,45 +526,118 @@ class FidTable:
         another file.  EMFILE when the share has no room even after
         reclaiming other fids.  A concurrent revive of the same fid wins once;
         the other's fds are closed.
+
+        First, when a holder of the fid's directory (a directory fid's own)
+        is open, it is shared instead (:meth:`_from_known`): no walk from the
+        root, no directory fd of its own.
         """
-        point = self.point
         n = 1 if f.fmt == _DIR else 2
         if not f.idle:
             return
         if not self._charge(n, None):
             raise _err(errno.EMFILE)
         try:
-            if not f.path:  # the root (a file root keeps its directory)
-                fd, parent = _dup_with_parent(point.fd, point.parent_fd if n == 2 else -1)
-                pident = None
+            found = self._from_known(f)
+            shared = found is not None
+            if found is not None:
+                fd, h = found
+            elif not f.path:  # the root (a file root keeps its directory)
+                fd, h = self._root_fds(f.fmt)
             else:
-                fd, parent, pident = self._walk_path(f)
+                fd, h = self._walk_path(f)
         except BaseException:
             with self._lock:
                 self._fd_used -= n
             raise
+        fds: list[int] = []
         with self._lock:
             won = f.idle
             if won:
-                f.fd, f.parent, f.pident = fd, parent, pident
-                f.nfds = n
+                f.fd, f.dirh = fd, h
+                f.nfds = n - 1
                 f.idle = False
                 f.used = True
+                if shared:
+                    self._fd_used -= 1  # the holder is charged already
+                else:
+                    h.charged = True  # with the fid's own fd, if any: the n charged above
+                    self._known(f, h)
                 if not f.dead:
                     self._holders[f] = None
             else:
                 self._fd_used -= n
+                if fd != h.fd:
+                    fds.append(fd)
+                self._unshare(h, fds)
         if won:
             self.fd_budget.count(0, 1)
-        else:
+        for fd in fds:
             _close(fd)
-            if parent >= 0:
-                _close(parent)
 
-    def _walk_path(self, f: _Fid) -> tuple[int, int, tuple[int, int, int] | None]:
-        """``(fd, parent, pident)`` of ``f``'s file found again by its path (see
-        :meth:`_revive`); the parent is the directory it was found in (-1 for a
-        directory).  ESTALE if the path no longer leads to ``f``'s inode."""
+    def _from_known(self, f: _Fid) -> tuple[int, _DirFd] | None:
+        """``(fd, dirh)`` for the idle ``f`` from an open holder known by its path
+        (``_dirfds``), with a reference to it taken, or None.  A directory fid: the
+        holder of its path if it is its inode (st_dev, st_ino and birth time: the
+        holder's inode is alive, but the fid's may have been deleted and its number
+        reused); another file: its name opened in the holder of its directory's
+        path (Twalk's step), accepted if it is its file (same three)."""
+        if f.fmt == _DIR:
+            key = f.path
+        elif f.path:
+            key = f.path[:-1]
+        else:
+            return None  # a file root's directory is not in the tree
+        with self._lock:
+            h = self._dirfds.get(key)
+            if h is None:
+                return None
+            h.refs += 1
+        nfd = -1
+        try:
+            if f.fmt == _DIR:
+                if h.ino == f.ino and h.dev == f.dev and (
+                        not f.birth or _sys.birth_time(h.fd) == f.birth):
+                    return h.fd, h
+            else:
+                nfd, st = _sys.open_child(h.fd, f.path[-1], h.dev)
+                if st.st_ino == f.ino and st.st_dev == f.dev and (
+                        not f.birth or _sys.birth_time(nfd) == f.birth):
+                    return nfd, h
+        except OSError:
+            pass  # not there now: the walk from the root says what it is
+        except BaseException:
+            self._forget_known(h, nfd)
+            raise
+        self._forget_known(h, nfd)
+        return None
+
+    def _forget_known(self, h: _DirFd, nfd: int) -> None:
+        """Undo :meth:`_from_known`'s reference to ``h`` and close ``nfd`` (-1: none)."""
+        fds = [nfd] if nfd >= 0 else []
+        with self._lock:
+            self._unshare(h, fds)
+        for fd in fds:
+            _close(fd)
+
+    def _root_fds(self, fmt: int) -> tuple[int, _DirFd]:
+        """New fds of the attach root, as a fid of it holds them: ``(fd, dirh)``, a
+        directory root's fd being its holder's, a file root's holder its directory's
+        (identity unknown).  Uncharged."""
+        point = self.point
+        fd = os.dup(point.fd)
+        if fmt == _DIR:
+            return fd, _DirFd(fd, point.root_dev, point.root_ino)
+        try:
+            return fd, _DirFd(os.dup(point.parent_fd), 0, -1)
+        except BaseException:
+            _close(fd)
+            raise
+
+    def _walk_path(self, f: _Fid) -> tuple[int, _DirFd]:
+        """``(fd, dirh)`` of ``f``'s file found again by its path (see
+        :meth:`_revive`), as a fid holds them: a directory's holder is of ``fd``
+        itself, another file's of the directory it was found in.  Uncharged.
+        ESTALE if the path no longer leads to ``f``'s inode."""
         point = self.point
         cur, cur_owned = point.fd, False
         prev, prev_owned = -1, False
@@ -511,12 +658,12 @@ class FidTable:
                 raise _err(errno.ESTALE)
             if f.fmt == _DIR:
                 fd, cur_owned = cur, False
-                return fd, -1, None
+                return fd, _DirFd(fd, dev, ino)
             if not prev_owned:
                 prev, prev_owned = os.dup(prev), True
             fd, parent = cur, prev
             cur_owned = prev_owned = False
-            return fd, parent, (parent, pdev, pino)
+            return fd, _DirFd(parent, pdev, pino)
         finally:
             if prev_owned:
                 _close(prev)
@@ -555,19 +702,22 @@ class FidTable:
                 if not f.retired:
                     return
                 retired, f.retired = f.retired, []
-                self._fd_used -= len(retired)  # closed below
-                f.nfds -= len(retired)
+                fds: list[int] = []
+                for r in retired:
+                    if isinstance(r, _DirFd):
+                        self._unshare(r, fds)
+                    else:
+                        fds.append(r)  # closed below
+                        self._fd_used -= 1
+                        f.nfds -= 1
             else:
-                retired = None
-                self._fd_used -= f.nfds  # closed below
-                self._pinned -= f.pin
-                f.nfds = f.pin = 0
                 self._holders.pop(f, None)
+                fds = self._let_go(f)
+                retired = None
         if retired is None:
-            self._forget_locks(f)
-            f.close()
+            self._close_fid(f, fds)
         else:
-            for fd in retired:
+            for fd in fds:
                 _close(fd)
 
     def _take(self, fid: int) -> _Fid:
@@ -589,10 +739,13 @@ class FidTable:
         its fds do not fit in the share even after reclaiming idle fids, ``nf``
         goes in idle (its fds closed, reopened when used): a walk never fails for
         want of fds, an open does.  When it cannot go in (EBADF: the number is
-        taken; EMFILE: the fid limit), ``nf``'s fds are closed."""
-        n = nf.nfds
+        taken; EMFILE: the fid limit), ``nf``'s fds are closed.  A directory holder
+        ``nf`` brings that is not charged yet (a walk's new one) is charged with it."""
+        h = nf.dirh
+        n = nf.nfds + (h is not None and not h.charged)
         birth = 0
         for full in (False, True):
+            idled: list[int] | None = None
             with self._lock:
                 cur = self._fids.get(fid)
                 if cur is not None and cur is not replacing:
@@ -602,6 +755,7 @@ class FidTable:
                 elif birth < 0:
                     code = errno.EMFILE  # idle without an identity: no
                 else:
+                    code = 0
                     fits = self._fd_used + n <= self.fd_share
                     if fits or full:
                         # A fid replacing itself (walk to its own number) is not refused:
@@ -609,14 +763,22 @@ class FidTable:
                         self._fids[fid] = nf
                         if cur is not None:
                             cur.dead = True
-                        if fits:
-                            self._fd_used += n
-                            if n:
-                                self._holders[nf] = None
+                        if not fits:
+                            idled = self._idle(nf, birth, charged=False)
                         else:
-                            self._idle(nf, birth)
-                        return
-                    code = 0
+                            self._fd_used += n
+                            if h is not None:
+                                if not h.charged:
+                                    h.charged = True
+                                    self._known(nf, h)
+                                self._holders[nf] = None
+                            elif n:
+                                self._holders[nf] = None
+                            return
+            if idled is not None:
+                for fd in idled:
+                    _close(fd)
+                return
             if code:
                 break
             self._reclaim(n)  # the share is full: make room, else go in idle
@@ -624,7 +786,9 @@ class FidTable:
                 birth = _sys.birth_time(nf.fd)
             except OSError:
                 birth = -1
-        nf.close()
+        with self._lock:
+            fds = self._let_go(nf, charged=False)
+        self._close_fid(nf, fds)
         raise _err(code)
 
     def _in_use(self, newfid: int, fid: int) -> None:
@@ -633,11 +797,16 @@ class FidTable:
             raise _err(errno.EBADF)
 
     def _dup_fid(self, f: _Fid) -> _Fid:
-        """A new, unopened fid for the same file as ``f``, with its own dups of
-        ``f``'s fd and parent fd (the parent's known identity carried over)."""
-        fd, parent = _dup_with_parent(f.fd, f.parent)
-        pident = _redup(f.pident, f.parent, parent) if parent >= 0 else None
-        return _Fid(self, fd, parent, f.path, f.uid, f.dev, f.ino, f.fmt, f.qid, pident)
+        """A new, unopened fid for the same file as ``f`` (caller holds the lock):
+        it shares ``f``'s directory holder, and has a dup of ``f``'s fd unless that
+        is the holder's (a directory: a clone of it holds no fd of its own)."""
+        h = f.dirh
+        fd = f.fd
+        if h is None or fd != h.fd:
+            fd = os.dup(fd)
+        if h is not None:
+            h.refs += 1
+        return _Fid(self, fd, h, f.path, f.uid, f.dev, f.ino, f.fmt, f.qid)
 
     def _is_root(self, f: _Fid) -> bool:
         return f.ino == self.point.root_ino and f.dev == self.point.root_dev
@@ -668,7 +837,7 @@ class FidTable:
 
     def _charge_xattr(self, f: _Fid, size: int) -> None:
         """Charge ``size`` bytes of xattr buffer held by ``f`` to the session (ENOMEM past
-        the cap); ``f.close`` gives them back."""
+        the cap); ``_close_fid`` gives them back."""
         acct = self._xacct
         if acct[0] + size > XATTR_SESSION_MAX:
             raise _err(errno.ENOMEM)

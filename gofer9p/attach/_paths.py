@@ -13,7 +13,7 @@ import errno
 import os
 
 from gofer9p.attach._common import _DIR, _O_DIR_READ, _O_PATH_DIR, _close, _err, _fstat
-from gofer9p.attach._fids import FidTable, _Fid
+from gofer9p.attach._fids import FidTable, _DirFd, _Fid
 
 _UP = tuple(b"/".join([b".."] * k) for k in range(1, 33))  # "..", "../..", ... (see _inside)
 
@@ -21,7 +21,7 @@ _UP = tuple(b"/".join([b".."] * k) for k in range(1, 33))  # "..", "../..", ... 
 class Paths(FidTable):
     """Attach-root containment and name lookup of fids (no operation of its own)."""
 
-    def _inside(self, dfd: int, ident: tuple[int, int, int] | None = None) -> bool:
+    def _inside(self, dfd: int, dev: int = 0, ino: int = -1) -> bool:
         """Whether directory ``dfd`` is the attach root or below it.
 
         Walks up the chain of parents until it meets the root (True) or the
@@ -41,17 +41,11 @@ class Paths(FidTable):
         strong as walking up with an fd per level, for one system call per
         level instead of three (open, fstat, close).
 
-        ``ident``: a fid's ``pident``, ``(fd, st_dev, st_ino)`` from an fstat
-        of that fd or of the one it was dup'ed from; it spares the fstat of
-        ``dfd`` when its fd is ``dfd``.  The caller holds a reference on the
-        fid, so that fd number cannot have been closed and reused meanwhile
-        (an fid's replaced fds are retired until the last reference goes),
-        and every assignment to ``parent`` sets or clears ``pident``.
+        ``dev``/``ino``: ``dfd``'s identity when known (a ``_DirFd``'s; ``ino``
+        -1: unknown), which spares its fstat.
         """
         rdev, rino = self.point.root_dev, self.point.root_ino
-        if ident is not None and ident[0] == dfd:
-            _, dev, ino = ident
-        else:
+        if ino < 0:
             st = _fstat(dfd)
             dev, ino = st.st_dev, st.st_ino
         if ino == rino and dev == rdev:
@@ -103,27 +97,29 @@ class Paths(FidTable):
         root's inode: ESTALE if the host swapped the entry (a symlink, another
         file), so a mutation is never redirected.
         """
+        parent = f.parent
         if self._is_root(f):
-            if not inode or f.parent < 0:
+            if not inode or parent < 0:
                 raise _err(errno.EBUSY)
             name = self.point.name
             try:
-                st = os.stat(name, dir_fd=f.parent, follow_symlinks=False)
+                st = os.stat(name, dir_fd=parent, follow_symlinks=False)
             except OSError:
                 raise _err(errno.ESTALE) from None
             if st.st_ino != f.ino or st.st_dev != f.dev:
                 raise _err(errno.ESTALE)
-            return f.parent, name, False
-        ident = None
-        if f.parent >= 0:
-            pfd, owned, ident = f.parent, False, f.pident
+            return parent, name, False
+        pdev, pino = 0, -1
+        h = f.dirh
+        if parent >= 0 and h is not None:
+            pfd, owned, pdev, pino = parent, False, h.dev, h.ino
         elif f.fmt == _DIR and f.fd >= 0:
             pfd, owned = os.open(b"..", _O_PATH_DIR, dir_fd=f.fd), True
         else:
             raise _err(errno.EBADF)
         try:
             checked = owned or mutating
-            if checked and not self._inside(pfd, ident):
+            if checked and not self._inside(pfd, pdev, pino):
                 raise _err(errno.ENOENT)
             name = f.path[-1] if f.path else b""
             if name:
@@ -133,7 +129,7 @@ class Paths(FidTable):
                         return pfd, name, owned
                 except OSError:
                     pass
-            if not checked and not self._inside(pfd, ident):
+            if not checked and not self._inside(pfd, pdev, pino):
                 raise _err(errno.ENOENT)
             name = self._find_name(pfd, f)
             f.path = (*f.path[:-1], name)
@@ -163,9 +159,13 @@ class Paths(FidTable):
         raise _err(errno.ENOENT)
 
     def _renamed(
-        self, old: tuple[bytes, ...], new: tuple[bytes, ...], dev: int, ino: int, newdir: int
+        self, old: tuple[bytes, ...], new: tuple[bytes, ...], dev: int, ino: int,
+        newdir: _DirFd | None,
     ) -> None:
-        """Update the path hints (and non-directories' parent fds) after a rename."""
+        """Update the path hints (and non-directories' parent holders) after a rename
+        into the directory fid whose holder is ``newdir``: a non-directory fid of the
+        renamed file shares ``newdir`` from now on.  The holder it had is let go when
+        no request uses the fid any more (retired until then)."""
         n = len(old)
         stale: list[int] = []
         with self._lock:
@@ -173,19 +173,15 @@ class Paths(FidTable):
                 p = g.path
                 if len(p) >= n and p[:n] == old:
                     g.path = new + p[n:]
-                    if len(p) == n and g.parent >= 0 and g.ino == ino and g.dev == dev:
-                        try:
-                            nfd = os.dup(newdir)
-                        except OSError:
-                            continue
+                    h = g.dirh
+                    if (len(p) == n and g.ino == ino and g.dev == dev and newdir is not None
+                            and h is not None and h.fd != g.fd and h is not newdir):
+                        newdir.refs += 1
+                        g.dirh = newdir
                         if g.refs:
-                            g.retired.append(g.parent)  # charged until closed
-                            g.nfds += 1
-                            self._fd_used += 1
+                            g.retired.append(h)  # in use: let go of at the last reference
                         else:
-                            stale.append(g.parent)
-                        g.pident = None  # newdir's identity is not known here
-                        g.parent = nfd
+                            self._unshare(h, stale)
         for fd in stale:
             _close(fd)
 

@@ -14,7 +14,7 @@ import pwd
 from collections.abc import Sequence
 
 from gofer9p.attach._common import _DIR, _S_IFMT, _close, _err, _fstat
-from gofer9p.attach._fids import _dup_with_parent, _Fid
+from gofer9p.attach._fids import _DirFd, _Fid
 from gofer9p.attach._paths import Paths
 from gofer9p.attach._sys import open_child
 from gofer9p.protocol import constants as C
@@ -44,8 +44,8 @@ class Walk(Paths):
         fmt = point.root_fmt
         # A file root's fid keeps its directory, as every non-directory fid does
         # (see _locate for why that directory, outside the tree, is trusted).
-        fd, parent = _dup_with_parent(point.fd, point.parent_fd if fmt != _DIR else -1)
-        root = _Fid(self, fd, parent, (), uid, point.root_dev, point.root_ino, fmt, point.root_qid)
+        fd, h = self._root_fds(fmt)
+        root = _Fid(self, fd, h, (), uid, point.root_dev, point.root_ino, fmt, point.root_qid)
         self._install(fid, root, None)
         return root.qid
 
@@ -79,7 +79,9 @@ class Walk(Paths):
         commonest walk; the server calls this as ``clone_fid``): one pass under
         the table lock, where the fid cannot lose its fds while it is in the
         table (only ``dup`` runs under it), so no reference is taken, and
-        ``fd``, ``parent`` and the rest are read consistently.
+        ``fd``, ``dirh`` and the rest are read consistently.  A clone shares the
+        fid's directory holder (see ``_fids``): a directory's clone holds no fd
+        of its own, a file's one (a dup of the file's).
         Walking from an opened fid is allowed (QEMU allows it, and Linux walks
         from open fids of unlinked files); the new fid is not opened.
         ``newfid`` in use by another fid: EBADF.  A name after the first that
@@ -96,7 +98,8 @@ class Walk(Paths):
                 elif len(fids) >= self.max_fids:
                     raise _err(errno.EMFILE)
                 else:
-                    n = 2 if f.parent >= 0 else 1
+                    h = f.dirh
+                    n = 0 if h is not None and h.fd == f.fd else 1
                     if self._fd_used + n <= self.fd_share:
                         fids[newfid] = g = self._dup_fid(f)
                         self._holders[g] = None
@@ -114,7 +117,8 @@ class Walk(Paths):
             if not same and newfid in self._fids:
                 raise _err(errno.EBADF)
             if not names:
-                nf: _Fid | None = self._dup_fid(f)
+                with self._lock:
+                    nf: _Fid | None = self._dup_fid(f)
                 qids: list[Qid] = []
             else:
                 qids, nf = self._walk_names(f, names)
@@ -137,15 +141,20 @@ class Walk(Paths):
         point = self.point
         rdev, rino = point.root_dev, point.root_ino
         qids: list[Qid] = []
-        cur, cur_owned = f.fd, False
+        # cur is the file reached, prev the directory before it; curh/prevh their
+        # holders while they are f's fds (shared with the new fid, not dup'ed).
         # A walk that never moves (only ".." at a file root) clones f, parent included.
-        prev, prev_owned = f.parent, False
-        # prev's identity (pino -1: unknown), as (dev, ino) is cur's
-        pident = f.pident
-        if pident is not None and pident[0] == prev:
-            _, pdev, pino = pident
+        cur, cur_owned = f.fd, False
+        h = f.dirh
+        curh: _DirFd | None
+        prevh: _DirFd | None
+        if h is not None and h.fd == cur:
+            curh, prevh, prev = h, None, -1
         else:
-            pdev, pino = 0, -1
+            curh, prevh, prev = None, h, -1 if h is None else h.fd
+        prev_owned = False
+        # prev's identity (pino -1: unknown), as (dev, ino) is cur's
+        pdev, pino = (0, -1) if h is None else (h.dev, h.ino)
         dev, ino, fmt, qid = f.dev, f.ino, f.fmt, f.qid
         path = list(f.path)
         try:
@@ -161,7 +170,7 @@ class Walk(Paths):
                             raise _err(errno.ENOTDIR)
                         nfd, st = open_child(cur, b"..", dev)
                         try:
-                            if not self._inside(nfd, (nfd, st.st_dev, st.st_ino)):
+                            if not self._inside(nfd, st.st_dev, st.st_ino):
                                 # Only if the host moved us out of the tree: clamp.
                                 _close(nfd)
                                 nfd = -1
@@ -183,9 +192,9 @@ class Walk(Paths):
                     return qids, None
                 if prev_owned:
                     _close(prev)
-                prev, prev_owned = cur, cur_owned
+                prev, prev_owned, prevh = cur, cur_owned, curh
                 pdev, pino = dev, ino
-                cur, cur_owned = nfd, True
+                cur, cur_owned, curh = nfd, True, None
                 dev, ino, fmt = st.st_dev, st.st_ino, st.st_mode & _S_IFMT
                 if name != b"..":
                     path.append(name)
@@ -195,25 +204,23 @@ class Walk(Paths):
                     path.pop()
                 qid = point.qid(st)
                 qids.append(qid)
-            # Build the new fid; it takes over cur (and prev as parent of a non-directory).
-            parent = -1
-            if fmt != _DIR:
-                # The last step was a name (".." always yields a directory): prev
-                # is the directory holding it.
-                if prev_owned:
-                    parent, prev_owned = prev, False
-                else:
-                    parent = os.dup(prev)
-            if not cur_owned:
-                try:
-                    cur = os.dup(cur)
-                except BaseException:
-                    if parent >= 0:
-                        _close(parent)
-                    raise
-                cur_owned = True
-            pident = (parent, pdev, pino) if parent >= 0 and pino >= 0 else None
-            nf = _Fid(self, cur, parent, tuple(path), f.uid, dev, ino, fmt, qid, pident)
+            # Build the new fid.  A directory: its fd is its holder's, f's own if the
+            # walk did not move.  Another file: its own fd (cur), and as its parent
+            # (the last step was a name: ".." always yields a directory) the holder
+            # of prev, the directory holding it: f's if prev is f's fd.
+            if not cur_owned and (fmt != _DIR or curh is None):
+                cur, cur_owned = os.dup(cur), True
+            dh: _DirFd | None
+            if fmt == _DIR:
+                dh = _DirFd(cur, dev, ino) if cur_owned else curh
+            elif prev_owned:
+                dh, prev_owned = _DirFd(prev, pdev, pino), False
+            else:
+                dh = prevh
+            if dh is not None and (dh is curh or dh is prevh):
+                with self._lock:
+                    dh.refs += 1
+            nf = _Fid(self, cur, dh, tuple(path), f.uid, dev, ino, fmt, qid)
             cur_owned = False
             return qids, nf
         finally:

@@ -72,7 +72,7 @@ class Xattrs(Reopen):
                     _close(fd)
             if len(data) > XATTR_MAX:
                 raise _err(errno.E2BIG)
-            nf = _Fid(self, -1, -1, f.path, f.uid, f.dev, f.ino, f.fmt, f.qid)
+            nf = _Fid(self, -1, None, f.path, f.uid, f.dev, f.ino, f.fmt, f.qid)
             nf.xmode = _XREAD
             self._charge_xattr(nf, len(data))
             nf.xbuf = data

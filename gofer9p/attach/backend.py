@@ -57,8 +57,9 @@ cannot be re-opened directly: a file is re-opened (Tlopen, truncate, xattrs)
 through a file handle of the fid's own fd where the kernel allows it (no
 name involved), else by name.  Some operations need the name anyway (Tremove,
 Tlink, Trename).  So a non-directory fid keeps an ``O_PATH`` fd of the
-directory it was walked from plus its name; a directory fid keeps no parent
-fd (it can always reach its parent with ``openat(fd, "..")``).  The
+directory it was walked from plus its name (that fd is shared by every fid
+walked from the same directory fid, see ``_fids``); a directory fid keeps no
+parent fd (it can always reach its parent with ``openat(fd, "..")``).  The
 remembered name is a hint, verified by (st_dev, st_ino) before use; when it is
 stale (renamed behind our back) the parent directory is scanned for the
 inode.  Renames done through this session update the hints of every fid they

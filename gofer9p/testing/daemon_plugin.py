@@ -10,7 +10,8 @@ so every request goes through the chroot, the dropped capabilities and the secco
 A gofer killed by SIGSYS fails the test.  ``GOFER9P_DAEMON_SECCOMP=log|kill`` (default kill).
 
 Expected differences (the confinement, not bugs): ``ServerConfig`` limits given by a test are
-not passed on (the daemon uses its defaults), but for ``fd_budget`` (``--fd-budget``) and the id
+not passed on (the daemon uses its defaults), but for ``fd_budget`` (``--fd-budget``), a
+``max_fids`` lowered below ``ServerConfig``'s default (``--max-fids``) and the id
 map (``--map-uid``/... flags); device nodes cannot be created (no CAP_MKNOD);
 user names resolve in the served root's /etc/passwd, not the host's.
 """
@@ -52,6 +53,9 @@ async def daemon_serve(
         budget = getattr(config, "fd_budget", None)
         if budget is not None:  # the one limit passed on: the reclaim tests need the same budget
             argv += ["--fd-budget", str(budget.limit)]
+        max_fids = getattr(config, "max_fids", None)
+        if max_fids is not None and max_fids < type(config)().max_fids:  # a test's lower cap
+            argv += ["--max-fids", str(max_fids)]
         proc = await trio.lowlevel.open_process(argv, pass_fds=[fd])
         try:
             rc = await proc.wait()

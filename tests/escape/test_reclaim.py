@@ -13,18 +13,19 @@ passes ``--fd-budget``).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 
 import pytest
 
-from gofer9p.client import Client
+from gofer9p.client import Client, P9Error
 from gofer9p.protocol import constants as C
 from gofer9p.server import ServerConfig, fd_budget
 
 from .conftest import OUTSIDE_X, PWN, ConnectFn, World, expect_error
 
-PUSH = 80  # clones of the root: with a share of 31, every fid idle before is reclaimed
+PUSH = 80  # fids of one fd each: with a share of 31, every fid idle before is reclaimed
 
 
 def _config() -> ServerConfig:
@@ -32,8 +33,12 @@ def _config() -> ServerConfig:
 
 
 async def _push_out(c: Client, root: int) -> None:
+    """Walk PUSH fids to a directory "push" (made first) and clunk them.  Each holds an fd
+    of its own; clones of the root would not (they share the root's fd)."""
+    with contextlib.suppress(P9Error):
+        await c.mkdir(root, b"push")
     for i in range(PUSH):
-        await c.walk(root, [], 60_000 + i)
+        await c.walk(root, [b"push"], 60_000 + i)
         await c.getattr(60_000 + i)
     for i in range(PUSH):
         await c.clunk(60_000 + i)
@@ -127,4 +132,40 @@ async def test_file_replaced_by_another_of_the_same_name_while_reclaimed(
         if replacement == "hardlink":
             os.unlink(x)
             world.age_and_freeze()
+    esc.assert_contained()
+
+
+@pytest.mark.parametrize("target", ["absolute", "relative"])
+async def test_directory_swapped_while_its_fd_is_held_by_an_open_fid(
+    world: World, connect: ConnectFn, target: str
+) -> None:
+    """The reclaimed directory and file fids are reopened through the directory fd an open
+    fid of that directory still holds (no walk from the root: the holder known by the path
+    "d").  The host swapped the name "d" for a symlink to the outside meanwhile: both fids are
+    still the inside directory (now export/d.old) and its file, every operation through them
+    stays inside, and a new walk through the name "d" is refused."""
+    _inside_dir(world)
+    async with connect(config=_config()) as esc:
+        c = esc.client
+        dfid, _ = await c.walk(esc.root, [b"d"])
+        ffid, _ = await c.walk(dfid, [b"x"])
+        vfid, _ = await c.walk(dfid, [b"victim"])
+        await c.lopen(vfid, C.L_O_RDONLY)  # never reclaimed: it keeps d's fd open
+        await c.getattr(ffid)
+        await _push_out(c, esc.root)
+        os.rename(world.export / "d", world.export / "d.old")
+        link = str(world.outdir) if target == "absolute" else "../outside/dir"
+        os.symlink(link, world.export / "d")
+        assert (await c.getattr(dfid)).qid.type & C.QidType.DIR
+        await c.lopen(ffid, C.L_O_RDONLY)
+        assert await c.read(ffid, 0, 100) == b"inside x"
+        xfid, _ = await c.walk(dfid, [b"x"])
+        await c.lopen(xfid, C.L_O_RDONLY)
+        assert await c.read(xfid, 0, 100) == b"inside x"
+        _, qids = await c.walk(esc.root, [b"d", b"x"])  # the name "d" is the symlink now
+        assert len(qids) == 1 and qids[0].type & C.QidType.SYMLINK
+        await c.unlinkat(dfid, b"victim", 0)
+        assert not (world.export / "d.old" / "victim").exists()
+        await c.lcreate(dfid, PWN.encode(), C.L_O_RDWR, 0o644)
+        assert (world.export / "d.old" / PWN).exists()
     esc.assert_contained()

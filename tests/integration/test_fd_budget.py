@@ -9,6 +9,7 @@ checked the same way.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from pathlib import Path
@@ -22,7 +23,7 @@ from gofer9p.server import ServerConfig, fd_budget
 from .conftest import ConnectFn
 
 BUDGET = 64
-PUSH = 80  # clones of the root that push every older idle fid out of a share of 31
+PUSH = 80  # fids of one fd each that push every older idle fid out of a share of 31
 
 
 def _config() -> ServerConfig:
@@ -38,9 +39,13 @@ def _host_fds() -> int:
 
 
 async def _push_out(c: Client, root: int, base: int = 50_000) -> None:
-    """Walk PUSH clones of the root and clunk them: every fid idle before is reclaimed."""
+    """Walk PUSH fids to a directory "push" (made first) and clunk them: every fid idle
+    before is reclaimed.  Each such walk holds one fd of its own; clones of the root would
+    hold none (they share the root's fd)."""
+    with contextlib.suppress(P9Error):
+        await c.mkdir(root, b"push")
     for i in range(PUSH):
-        await c.walk(root, [], base + i)
+        await c.walk(root, [b"push"], base + i)
         await c.getattr(base + i)
     for i in range(PUSH):
         await c.clunk(base + i)
@@ -173,6 +178,35 @@ async def test_host_changes_while_reclaimed_are_estale(
             assert (await c.getattr(11)).qid != q
             await c.lopen(11, C.L_O_RDONLY)
             assert await c.read(11, 0, 10) == b"new"
+
+
+async def test_reopen_through_a_held_directory_checks_the_file(
+    connect_export: ConnectFn, export: Path
+) -> None:
+    """A reclaimed file fid whose directory's fd is still held (by an open fid) is reopened
+    by its name in that directory, no walk from the root: the same file (a host rename of the
+    directory changes nothing) and a file replaced on the host under its name is ESTALE."""
+    (export / "d").mkdir()
+    (export / "d" / "f").write_bytes(b"old")
+    (export / "d" / "g").write_bytes(b"g")
+    (export / "d" / "keep").write_bytes(b"")
+    async with connect_export(config=_config()) as s:
+        c = s.client
+        await c.walk(s.root, [b"d"], 9)
+        await c.walk(9, [b"keep"], 8)
+        await c.lopen(8, C.L_O_RDONLY)  # never reclaimed: it keeps d's fd open
+        await c.walk(9, [b"f"], 10)
+        await c.walk(9, [b"g"], 11)
+        q = (await c.getattr(10)).qid
+        await _push_out(c, s.root)
+        os.rename(export / "d", export / "d2")  # the held fd follows the directory
+        assert (await c.getattr(11)).size == 1
+        (export / "d2" / "new").write_bytes(b"new")
+        os.rename(export / "d2" / "new", export / "d2" / "f")
+        assert await _errno(c.getattr(10)) == errno.ESTALE
+        assert await _errno(c.lopen(10, C.L_O_RDONLY)) == errno.ESTALE
+        await c.walk(9, [b"f"], 12)
+        assert (await c.getattr(12)).qid != q
 
 
 async def test_open_unlinked_file_is_never_reclaimed(

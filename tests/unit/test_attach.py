@@ -1042,7 +1042,7 @@ def test_lock_descriptions_released(s: Session, root: Path) -> None:
     assert fd_count() == base + 9
     # clunk releases every description (and lock) of the fid
     clunk(s, 1)
-    assert fd_count() == base - 3  # and the fid's own three (O_PATH, parent, open)
+    assert fd_count() == base - 2  # and the fid's own two (O_PATH, open; the parent is shared)
     assert _lock(s, 2, C.LOCK_TYPE_WRLCK, 0, 0) == C.LOCK_SUCCESS
     # and so does reset
     walk(s, 3, b"f")

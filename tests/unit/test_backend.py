@@ -71,7 +71,7 @@ def test_ref_holds_fds_past_clunk_until_the_block_ends(b: Backend) -> None:
         ofd = f.ofd
     assert f.ofd == -1
     assert _errno(os.fstat, ofd) == errno.EBADF
-    assert b.fds_charged() == charged - 3
+    assert b.fds_charged() == charged - 2  # its fd and open fd; the parent is the root's
 
 
 def test_ref_is_dropped_when_the_block_raises(b: Backend) -> None:
@@ -102,13 +102,15 @@ def test_take_removes_at_once_and_unknown_fids_are_ebadf(b: Backend) -> None:
 
 def test_fid_limit_and_fd_share(root: Path) -> None:
     """The fid limit is EMFILE; the fd share counts the fds fids really hold (1 for an
-    unopened directory, 2 for a file and its directory, +1 open); at the share idle
-    fids' fds are reclaimed first, and what is pinned (open) is refused past it."""
+    unopened directory, 1 for a file plus 1 for the directory it was walked from, which
+    only it holds here, +1 open); at the share idle fids' fds are reclaimed first, and
+    what is pinned (open) is refused past it."""
+    (root / "d" / "g").write_bytes(b"")
     p = AttachPoint.open(str(root))
     try:
         be = Backend(p, max_fids=2, fd_share=4)
         be.attach(ROOT, 0, b"")
-        be.walk(ROOT, 1, [b"f"])
+        be.walk(ROOT, 1, [b"d", b"g"])  # its directory's fd is not the root's: its own
         assert _errno(be.walk, ROOT, 2) == errno.EMFILE  # the fid limit
         assert be.fds_charged() == 3
         be.open(1, C.L_O_RDONLY)
@@ -138,7 +140,7 @@ def test_budget_is_split_between_sessions(root: Path) -> None:
         assert a.fd_share == 40 and a.pin_share == 20
         a.attach(ROOT, 0, b"")
         for fid in range(1, 31):
-            a.walk(ROOT, fid)  # clones of the root: one fd each, idle
+            a.walk(ROOT, fid, [b"d"])  # a directory walked 30 times: one fd each, idle
         assert a.fds_charged() == budget.in_use == 31
         b = Backend(p, fd_budget=budget)
         assert a.fd_share == b.fd_share == 20
