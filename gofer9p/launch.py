@@ -423,6 +423,7 @@ class GoferKwargs(TypedDict, total=False):
     stats_socket: StatsSocket | None
     record_fd: int | None
     record_headers_only: bool
+    max_fids: int
 
 
 def _strings(v: Sequence[str]) -> tuple[str, ...]:
@@ -461,6 +462,8 @@ class GoferOptions:
     caller's: the gofer gets its own copy, starting it never closes them, and the caller
     may close its copy as soon as the start returns (the gofer's stays open until it exits;
     the recording is complete then).  The socket's path, if any, is the caller's to unlink.
+    ``max_fids``: fids one connection may hold (``--max-fids``; 0: the gofer's default, which
+    is also the most), the fid term of the memory bound in docs/RESOURCES.md.
 
     Building one makes the checks due before anything is opened or spawned, each a
     :class:`LaunchError`: ``record_headers_only`` needs ``record_fd``, ``setup_root``
@@ -485,6 +488,7 @@ class GoferOptions:
     stats_socket: StatsSocket | None = None
     record_fd: int | None = None
     record_headers_only: bool = False
+    max_fids: int = 0
     #: the id map's flags, rendered (and so checked) once, when the options are built
     _idmap: tuple[str, ...] = attrs.field(init=False, eq=False, repr=False)
 
@@ -493,6 +497,8 @@ class GoferOptions:
             raise LaunchError("record_headers_only needs record_fd")
         if self.setup_root and self.setup_mounts:
             raise LaunchError("setup_root binds the mounts in the gofer: leave setup_mounts off")
+        if self.max_fids < 0:  # too many is the gofer's to refuse (its one error line)
+            raise LaunchError(f"max_fids: {self.max_fids}: want a count, or 0 for the default")
         idmap = tuple(idmap_flags(self.map_uids, self.map_gids, self.squash_ids))
         object.__setattr__(self, "_idmap", idmap)  # frozen: set once, here
 
@@ -508,6 +514,7 @@ class GoferOptions:
             extra_args=[
                 *self._idmap,
                 *(["--record-headers-only"] if self.record_headers_only else []),
+                *([f"--max-fids={self.max_fids}"] if self.max_fids else []),
                 *self.extra_args,
             ],
             setup_root=self.setup_root,

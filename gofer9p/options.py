@@ -259,6 +259,8 @@ def add_max_fids_arg(p: argparse.ArgumentParser) -> None:
     """``--max-fids`` (``ServerConfig.max_fids``; 0 = the default of the way the process
     serves, which is also the most it allows: a manager lowers the fid term F of the
     memory bound in docs/RESOURCES.md with it, never raises it)."""
+    from .server import GUEST_MAX_FIDS, ServerConfig  # the defaults the help states
+
     p.add_argument(
         "--max-fids",
         type=_max_fids,
@@ -266,6 +268,6 @@ def add_max_fids_arg(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="fids one connection may hold at once; a walk or attach past it is EMFILE. "
         "Bounds the memory a client can make the process hold (docs/RESOURCES.md) "
-        "(default, and the most: 131072 for a guest's connection, serve --fd and gofer; "
-        "16384 for each serve --listen connection)",
+        f"(default, and the most: {GUEST_MAX_FIDS} for a guest's connection, serve --fd and "
+        f"gofer; {ServerConfig().max_fids} for each serve --listen connection)",
     )

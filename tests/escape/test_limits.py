@@ -226,7 +226,7 @@ async def test_ten_thousand_opens_stay_inside_limits(world: World) -> None:
             warm, _ = await _open_many(c, root, 1, 900)
             await c.clunk(warm[0])
             base = fd_count(proc.pid)
-            with trio.fail_after(45):
+            with trio.fail_after(300):  # a hang guard, not a timing check
                 opened, errors = await _open_many(c, root, 10_000, 1000)
             peak = fd_count(proc.pid)
             assert set(errors) <= {errno.EMFILE, errno.ENFILE}, errors
@@ -267,7 +267,7 @@ async def test_fd_exhaustion_does_not_kill_a_listening_gofer(world: World) -> No
         s1.connect(path)
         async with open_scanned_client(stream_from_socket(s1), msize=65536) as c1:
             root = await c1.attach(1, uname=b"root", n_uname=0)
-            with trio.fail_after(45):
+            with trio.fail_after(300):  # a hang guard, not a timing check
                 opened, errors = await _open_many(c1, root, 10_000, 1000)
             assert errors, "10k opens did not exhaust the gofer's fds; raise the count"
             s2 = socket.socket(socket.AF_UNIX)
@@ -327,7 +327,7 @@ async def test_one_connection_cannot_starve_the_others_of_fds(world: World) -> N
                 open_scanned_client(stream_from_socket(s2), msize=65536) as other:
             r1 = await hog.attach(1, uname=b"root", n_uname=0)
             r2 = await other.attach(1, uname=b"root", n_uname=0)
-            with trio.fail_after(45):
+            with trio.fail_after(300):  # a hang guard, not a timing check
                 opened, errors = await _open_many(hog, r1, 10_000, 1000)
             got, errors2 = await _open_many(other, r2, 5, 50_000)
             assert len(got) == 5, (

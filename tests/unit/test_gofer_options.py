@@ -25,6 +25,7 @@ FULL: dict[str, Any] = {
     "squash_ids": (1000, 1000),
     "record_fd": 9,
     "record_headers_only": True,
+    "max_fids": 64,
     "extra_args": ["--log-level", "debug"],
 }
 
@@ -34,7 +35,7 @@ def test_flags_in_the_gofers_order() -> None:
         "--bundle", "/b", "--panic-on-write", "--seccomp=log", "--apply-caps=false",
         "--setup-root", "--landlock=off",
         "--map-uid=0:1000:1", "--map-gid=0:1000:1", "--squash-ids=1000:1000",
-        "--record-headers-only", "--log-level", "debug",
+        "--record-headers-only", "--max-fids=64", "--log-level", "debug",
     ]  # fmt: skip
     assert GoferOptions().flags("/b") == [
         "--bundle", "/b", "--seccomp=kill", "--apply-caps=true", "--landlock=auto"
@@ -47,6 +48,7 @@ def test_flags_in_the_gofers_order() -> None:
         ({"record_headers_only": True}, "record_headers_only needs record_fd"),
         ({"setup_root": True, "setup_mounts": True}, "setup_root binds the mounts"),
         ({"map_uids": [(0, 1000, 10), (5, 2000, 1)]}, "overlap"),
+        ({"max_fids": -1}, "max_fids: -1"),
     ],
 )
 def test_checked_when_built(kw: dict[str, Any], line: str) -> None:
