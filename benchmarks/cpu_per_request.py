@@ -9,8 +9,9 @@ which is exact up to the quiet wait's polling (its poll window spins while the c
 thread answers) and the most telling number for a per-message path; ``--by-function``
 lists them per function (those called at least once every ten units).  Workloads:
 getattr (Tgetattr), read4k (4 KiB Tread at random offsets), create (p9bench's create
-cycle: Twalk clone, Tlcreate, Twrite 4 KiB, Tclunk, Tremove of a walked name; counted
-per file).
+cycle as it was first written here: Twalk clone, Tlcreate, Twrite 4 KiB, Tclunk, a named
+Twalk, Tremove; counted per file), remove (p9bench's create_remove cycle exactly: Twalk clone,
+Tlcreate, Twrite 4 KiB, Tremove; per file).
 
 With ``--tree NAME=PATH`` (repeatable) each tree runs in its own subprocess with
 PYTHONPATH=PATH, alternating over ``--runs`` rounds, and the median per tree is printed:
@@ -45,7 +46,7 @@ from typing import Any
 
 BY: dict[str, int] | None = None
 """Calls per function, when ``--by-function`` asks for them."""
-WORKLOADS = ("getattr", "read4k", "create")
+WORKLOADS = ("getattr", "read4k", "create", "remove")
 
 
 def _exchange(sock: socket.socket, buf: bytearray, frame: bytes) -> None:
@@ -88,6 +89,16 @@ def _client(sock: socket.socket, workload: str, n: int, marks: list[int], go: th
             units.append([M.Tgetattr(tag=1, fid=0, request_mask=C.GETATTR_BASIC)])
         elif workload == "read4k":
             units.append([M.Tread(tag=1, fid=1, offset=rng.randrange(4096) * 4096, count=4096)])
+        elif workload == "remove":
+            name = b"c%06d" % i
+            units.append(
+                [
+                    M.Twalk(tag=1, fid=0, newfid=2, wnames=[]),
+                    M.Tlcreate(tag=1, fid=2, name=name, flags=0o1101, mode=0o644, gid=0),
+                    M.Twrite(tag=1, fid=2, offset=0, data=payload),
+                    M.Tremove(tag=1, fid=2),
+                ]
+            )
         else:
             name = b"c%06d" % i
             units.append(
@@ -201,7 +212,7 @@ def _drive(
     unit = "calls" if calls else "us"
     scale: Callable[[float], float] = (lambda v: v) if calls else (lambda v: v / 1000)
     for wl in workloads:
-        per = "file" if wl == "create" else "request"
+        per = "file" if wl in ("create", "remove") else "request"
         for name, _ in trees:
             vals = sorted(scale(v) for v in results[(wl, name)])
             print(
@@ -240,7 +251,7 @@ def main() -> None:
         _drive(trees, a.workload, a.n or 0, a.runs, a.calls, a.poll_us, mapped)  # type: ignore[arg-type]
         return
     for wl in a.workload:
-        n = a.n or (4000 if wl == "create" else 20000)
+        n = a.n or (4000 if wl in ("create", "remove") else 20000)
         if a.calls:
             n = min(n, 2000)
         value = run_one(wl, n, a.calls, a.poll_us, a.map_ids)
