@@ -402,7 +402,8 @@ class QuietWait:
             left = limit
         if left <= 0:
             return self._defer(run)
-        poll = self._poll.poll
+        # (self._poll.poll is looked up where it is called: bound once per wait it
+        # made a method object per request, for a wait that sleeps in recv)
         window = self.window
         if window and may_block and self._alone:
             # Our socket is all the poll set holds: the window looks with recv
@@ -423,7 +424,7 @@ class QuietWait:
             window = 0.0  # (spent: on to the sleep)
             events = _NONE
         else:
-            events = poll(0) if window or not may_block else _NONE
+            events = self._poll.poll(0) if window or not may_block else _NONE
         slept = False
         if not events:
             if not may_block:
@@ -431,7 +432,7 @@ class QuietWait:
             if window:
                 end = now + (window if window < left else left)
                 while not events and _now() < end:
-                    events = poll(0)
+                    events = self._poll.poll(0)
                 left -= _now() - now  # (without a window, no time to speak of went by)
             if not events:
                 if not looked and not self._fixed:
@@ -459,7 +460,7 @@ class QuietWait:
                         return got if got >= 0 else self._defer(run)
                 # (a deadline already due: one last look, and the window's miss
                 # counted; poll rounds a fraction of a millisecond up)
-                events = poll(left * 1000 if left > 0 else 0)
+                events = self._poll.poll(left * 1000 if left > 0 else 0)
                 slept = True
                 if self._max:
                     self._slept(_now() - now)
