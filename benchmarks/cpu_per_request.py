@@ -17,7 +17,7 @@ With ``--tree NAME=PATH`` (repeatable) each tree runs in its own subprocess with
 PYTHONPATH=PATH, alternating over ``--runs`` rounds, and the median per tree is printed:
 
     python benchmarks/cpu_per_request.py --tree base=/work/base --tree tree=. --runs 5
-    python benchmarks/cpu_per_request.py --tree base=/work/base --tree tree=. --calls
+    python benchmarks/cpu_per_request.py --tree base=/work/base --tree tree=. --calls [--opcodes]
     python benchmarks/cpu_per_request.py --tree off=. --tree-mapped on=. getattr
 
 ``--tree-mapped NAME=PATH`` runs that tree with an id map (``--map-ids``: uids and gids
@@ -46,6 +46,10 @@ from typing import Any
 
 BY: dict[str, int] | None = None
 """Calls per function, when ``--by-function`` asks for them."""
+OPCODES = False
+"""``--opcodes``: with ``--calls``, count the bytecodes the server thread executes instead of
+its calls (``sys.settrace`` opcode events; per function with ``--by-function``): the Python
+work itself, which a call count weighs equally whatever the function does."""
 WORKLOADS = ("getattr", "read4k", "create", "remove")
 
 
@@ -162,11 +166,35 @@ def run_one(workload: str, n: int, calls: bool, poll_us: int, mapped: bool = Fal
                         key = "C:" + getattr(arg, "__qualname__", str(arg))
                     BY[key] = BY.get(key, 0) + 1
 
+        def ops(frame: Any, event: str, arg: Any) -> Any:
+            frame.f_trace_opcodes = True
+            if event == "opcode":
+                count[0] += 1
+                if BY is not None:
+                    key = f"{frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.f_code.co_name}"
+                    BY[key] = BY.get(key, 0) + 1
+            return ops
+
         async def watch() -> None:
             # Stamp the clock once the client has finished its set-up, then start it.
             await trio.to_thread.run_sync(go.wait)
             start[0] = time.thread_time_ns()
-            if calls:
+            if calls and OPCODES:
+                import gc
+                import types
+
+                from gofer9p.server import Connection
+
+                # the receive loop is running already (a new trace function sees only
+                # frames called from now on): trace its frame too
+                for o in gc.get_objects():
+                    if isinstance(o, types.CoroutineType) and o.cr_frame is not None and (
+                        o.cr_code is Connection._receive_loop.__code__
+                    ):
+                        o.cr_frame.f_trace = ops
+                        o.cr_frame.f_trace_opcodes = True
+                sys.settrace(ops)
+            elif calls:
                 sys.setprofile(prof)
             marks[0] = 1
 
@@ -178,6 +206,7 @@ def run_one(workload: str, n: int, calls: bool, poll_us: int, mapped: bool = Fal
         t.start()
         trio.run(main)
         sys.setprofile(None)
+        sys.settrace(None)
         used = time.thread_time_ns() - start[0]
         t.join()
         if len(marks) != 2:
@@ -205,11 +234,13 @@ def _drive(
                 cmd += ["--poll-us", str(poll_us)]
                 if calls:
                     cmd.append("--calls")
+                if OPCODES:
+                    cmd.append("--opcodes")
                 if name in mapped:
                     cmd.append("--map-ids")
                 out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
                 results.setdefault((wl, name), []).append(json.loads(out)["value"])
-    unit = "calls" if calls else "us"
+    unit = ("opcodes" if OPCODES else "calls") if calls else "us"
     scale: Callable[[float], float] = (lambda v: v) if calls else (lambda v: v / 1000)
     for wl in workloads:
         per = "file" if wl in ("create", "remove") else "request"
@@ -228,6 +259,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--calls", action="store_true", help="count Python calls instead of CPU time")
     ap.add_argument("--by-function", action="store_true", help="with --calls, one tree: calls per function")
+    ap.add_argument("--opcodes", action="store_true", help="with --calls: bytecodes executed, not calls")
     ap.add_argument("--tree", action="append", default=[], metavar="NAME=PATH")
     ap.add_argument("--tree-mapped", action="append", default=[], metavar="NAME=PATH",
                     help="a tree run with --map-ids")
@@ -242,9 +274,10 @@ def main() -> None:
     a.workload = a.workload or list(WORKLOADS)
     if set(a.workload) - set(WORKLOADS):
         ap.error(f"workloads are {WORKLOADS}")
+    global BY, OPCODES
     if a.by_function:
-        global BY
         BY = {}
+    OPCODES = a.opcodes
     if a.tree or a.tree_mapped:
         trees = [tuple(t.split("=", 1)) for t in a.tree + a.tree_mapped]
         mapped = frozenset(t.split("=", 1)[0] for t in a.tree_mapped)
@@ -258,7 +291,7 @@ def main() -> None:
         if a.json:
             print(json.dumps({"value": value}))
         else:
-            print(f"{wl}: {value / (1 if a.calls else 1000):.2f} {'calls' if a.calls else 'us'}")
+            print(f"{wl}: {value / (1 if a.calls else 1000):.2f} {('opcodes' if OPCODES else 'calls') if a.calls else 'us'}")
 
 
 if __name__ == "__main__":
