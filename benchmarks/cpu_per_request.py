@@ -9,14 +9,15 @@ which is exact up to the quiet wait's polling (its poll window spins while the c
 thread answers) and the most telling number for a per-message path; ``--by-function``
 lists them per function (those called at least once every ten units).  Workloads:
 getattr (Tgetattr), read4k (4 KiB Tread at random offsets), create (p9bench's create
-cycle: Twalk clone, Tlcreate, Twrite 4 KiB, Tclunk, Tremove of a walked name; counted
-per file).
+cycle as it was first written here: Twalk clone, Tlcreate, Twrite 4 KiB, Tclunk, a named
+Twalk, Tremove; counted per file), remove (p9bench's create_remove cycle exactly: Twalk clone,
+Tlcreate, Twrite 4 KiB, Tremove; per file).
 
 With ``--tree NAME=PATH`` (repeatable) each tree runs in its own subprocess with
 PYTHONPATH=PATH, alternating over ``--runs`` rounds, and the median per tree is printed:
 
     python benchmarks/cpu_per_request.py --tree base=/work/base --tree tree=. --runs 5
-    python benchmarks/cpu_per_request.py --tree base=/work/base --tree tree=. --calls
+    python benchmarks/cpu_per_request.py --tree base=/work/base --tree tree=. --calls [--opcodes]
     python benchmarks/cpu_per_request.py --tree off=. --tree-mapped on=. getattr
 
 ``--tree-mapped NAME=PATH`` runs that tree with an id map (``--map-ids``: uids and gids
@@ -45,7 +46,11 @@ from typing import Any
 
 BY: dict[str, int] | None = None
 """Calls per function, when ``--by-function`` asks for them."""
-WORKLOADS = ("getattr", "read4k", "create")
+OPCODES = False
+"""``--opcodes``: with ``--calls``, count the bytecodes the server thread executes instead of
+its calls (``sys.settrace`` opcode events; per function with ``--by-function``): the Python
+work itself, which a call count weighs equally whatever the function does."""
+WORKLOADS = ("getattr", "read4k", "create", "remove")
 
 
 def _exchange(sock: socket.socket, buf: bytearray, frame: bytes) -> None:
@@ -88,6 +93,16 @@ def _client(sock: socket.socket, workload: str, n: int, marks: list[int], go: th
             units.append([M.Tgetattr(tag=1, fid=0, request_mask=C.GETATTR_BASIC)])
         elif workload == "read4k":
             units.append([M.Tread(tag=1, fid=1, offset=rng.randrange(4096) * 4096, count=4096)])
+        elif workload == "remove":
+            name = b"c%06d" % i
+            units.append(
+                [
+                    M.Twalk(tag=1, fid=0, newfid=2, wnames=[]),
+                    M.Tlcreate(tag=1, fid=2, name=name, flags=0o1101, mode=0o644, gid=0),
+                    M.Twrite(tag=1, fid=2, offset=0, data=payload),
+                    M.Tremove(tag=1, fid=2),
+                ]
+            )
         else:
             name = b"c%06d" % i
             units.append(
@@ -151,11 +166,35 @@ def run_one(workload: str, n: int, calls: bool, poll_us: int, mapped: bool = Fal
                         key = "C:" + getattr(arg, "__qualname__", str(arg))
                     BY[key] = BY.get(key, 0) + 1
 
+        def ops(frame: Any, event: str, arg: Any) -> Any:
+            frame.f_trace_opcodes = True
+            if event == "opcode":
+                count[0] += 1
+                if BY is not None:
+                    key = f"{frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.f_code.co_name}"
+                    BY[key] = BY.get(key, 0) + 1
+            return ops
+
         async def watch() -> None:
             # Stamp the clock once the client has finished its set-up, then start it.
             await trio.to_thread.run_sync(go.wait)
             start[0] = time.thread_time_ns()
-            if calls:
+            if calls and OPCODES:
+                import gc
+                import types
+
+                from gofer9p.server import Connection
+
+                # the receive loop is running already (a new trace function sees only
+                # frames called from now on): trace its frame too
+                for o in gc.get_objects():
+                    if isinstance(o, types.CoroutineType) and o.cr_frame is not None and (
+                        o.cr_code is Connection._receive_loop.__code__
+                    ):
+                        o.cr_frame.f_trace = ops
+                        o.cr_frame.f_trace_opcodes = True
+                sys.settrace(ops)
+            elif calls:
                 sys.setprofile(prof)
             marks[0] = 1
 
@@ -167,6 +206,7 @@ def run_one(workload: str, n: int, calls: bool, poll_us: int, mapped: bool = Fal
         t.start()
         trio.run(main)
         sys.setprofile(None)
+        sys.settrace(None)
         used = time.thread_time_ns() - start[0]
         t.join()
         if len(marks) != 2:
@@ -194,14 +234,16 @@ def _drive(
                 cmd += ["--poll-us", str(poll_us)]
                 if calls:
                     cmd.append("--calls")
+                if OPCODES:
+                    cmd.append("--opcodes")
                 if name in mapped:
                     cmd.append("--map-ids")
                 out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
                 results.setdefault((wl, name), []).append(json.loads(out)["value"])
-    unit = "calls" if calls else "us"
+    unit = ("opcodes" if OPCODES else "calls") if calls else "us"
     scale: Callable[[float], float] = (lambda v: v) if calls else (lambda v: v / 1000)
     for wl in workloads:
-        per = "file" if wl == "create" else "request"
+        per = "file" if wl in ("create", "remove") else "request"
         for name, _ in trees:
             vals = sorted(scale(v) for v in results[(wl, name)])
             print(
@@ -217,6 +259,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--calls", action="store_true", help="count Python calls instead of CPU time")
     ap.add_argument("--by-function", action="store_true", help="with --calls, one tree: calls per function")
+    ap.add_argument("--opcodes", action="store_true", help="with --calls: bytecodes executed, not calls")
     ap.add_argument("--tree", action="append", default=[], metavar="NAME=PATH")
     ap.add_argument("--tree-mapped", action="append", default=[], metavar="NAME=PATH",
                     help="a tree run with --map-ids")
@@ -231,23 +274,24 @@ def main() -> None:
     a.workload = a.workload or list(WORKLOADS)
     if set(a.workload) - set(WORKLOADS):
         ap.error(f"workloads are {WORKLOADS}")
+    global BY, OPCODES
     if a.by_function:
-        global BY
         BY = {}
+    OPCODES = a.opcodes
     if a.tree or a.tree_mapped:
         trees = [tuple(t.split("=", 1)) for t in a.tree + a.tree_mapped]
         mapped = frozenset(t.split("=", 1)[0] for t in a.tree_mapped)
         _drive(trees, a.workload, a.n or 0, a.runs, a.calls, a.poll_us, mapped)  # type: ignore[arg-type]
         return
     for wl in a.workload:
-        n = a.n or (4000 if wl == "create" else 20000)
+        n = a.n or (4000 if wl in ("create", "remove") else 20000)
         if a.calls:
             n = min(n, 2000)
         value = run_one(wl, n, a.calls, a.poll_us, a.map_ids)
         if a.json:
             print(json.dumps({"value": value}))
         else:
-            print(f"{wl}: {value / (1 if a.calls else 1000):.2f} {'calls' if a.calls else 'us'}")
+            print(f"{wl}: {value / (1 if a.calls else 1000):.2f} {('opcodes' if OPCODES else 'calls') if a.calls else 'us'}")
 
 
 if __name__ == "__main__":

@@ -91,8 +91,8 @@ length while the client, on our CPU, could not run: with 88% of the waits
 sleeping (benchmarks/README.md, #17).  That case has a sure sign: a request's
 turn (from one wait to the next: handling it, sending the reply) is preempted,
 which on a CPU of our own practically never happens (a turn is tens of
-microseconds, a time slice milliseconds).  So every ``_CHECK_EVERY`` waits, one
-turn is measured with ``getrusage(RUSAGE_THREAD)``'s involuntary context
+microseconds, a time slice milliseconds).  So every ``_CHECK_EVERY`` waits
+(``_CHECK_SHARED`` while marked shared), one turn is measured with ``getrusage(RUSAGE_THREAD)``'s involuntary context
 switches; a preempted turn has the next one measured at once, and two preempted
 turns in a row mark the CPU *shared* (one alone may be another process taking
 our CPU for a moment, on a busy host): the window turns off, and
@@ -147,6 +147,10 @@ _PROBE_MAX = 1024
 """Waits between probes while the window is off (doubling while probes fail)."""
 _CHECK_EVERY = 8
 """Waits per measured turn (two ``getrusage`` calls) while a poll window is configured."""
+_CHECK_SHARED = 32
+"""Waits per measured turn while the CPU is marked shared: nothing but the end of the
+sharing is to be found then, which may take a few more waits to see (issue #17: the
+measuring was a ``getrusage`` every four requests of a QD1 client on our CPU)."""
 _SHARED_TURNS = 3
 """Measured turns in a row without preemption that end a shared CPU."""
 _NEVER = 1 << 62
@@ -398,7 +402,8 @@ class QuietWait:
             left = limit
         if left <= 0:
             return self._defer(run)
-        poll = self._poll.poll
+        # (self._poll.poll is looked up where it is called: bound once per wait it
+        # made a method object per request, for a wait that sleeps in recv)
         window = self.window
         if window and may_block and self._alone:
             # Our socket is all the poll set holds: the window looks with recv
@@ -419,7 +424,7 @@ class QuietWait:
             window = 0.0  # (spent: on to the sleep)
             events = _NONE
         else:
-            events = poll(0) if window or not may_block else _NONE
+            events = self._poll.poll(0) if window or not may_block else _NONE
         slept = False
         if not events:
             if not may_block:
@@ -427,7 +432,7 @@ class QuietWait:
             if window:
                 end = now + (window if window < left else left)
                 while not events and _now() < end:
-                    events = poll(0)
+                    events = self._poll.poll(0)
                 left -= _now() - now  # (without a window, no time to speak of went by)
             if not events:
                 if not looked and not self._fixed:
@@ -449,12 +454,13 @@ class QuietWait:
                             got = self._recv(view)
                         except BlockingIOError:
                             got = -1
-                        if self._max:
+                        if self._max and (self.window or not self._shared):
+                            # (while shared and off, _slept changes nothing)
                             self._slept(_now() - now)
                         return got if got >= 0 else self._defer(run)
                 # (a deadline already due: one last look, and the window's miss
                 # counted; poll rounds a fraction of a millisecond up)
-                events = poll(left * 1000 if left > 0 else 0)
+                events = self._poll.poll(left * 1000 if left > 0 else 0)
                 slept = True
                 if self._max:
                     self._slept(_now() - now)
@@ -549,7 +555,7 @@ class QuietWait:
             self._suspect = False
             if self._shared:
                 self._shared -= 1
-        self._check_in = _CHECK_EVERY
+        self._check_in = _CHECK_SHARED if self._shared else _CHECK_EVERY
 
     def _off(self) -> None:
         """Window off; after a window that caught (almost) nothing, probe less often."""

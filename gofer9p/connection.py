@@ -36,10 +36,11 @@ message type -> one entry that decodes, applies the policy of
 handler runs), calls the session and encodes.  The guards (state, duplicate tag)
 are checked once per frame, in :meth:`ConnectionCore.receive` (what fails them
 goes to :meth:`ConnectionCore.handle`).  The commonest requests (Tgetattr,
-Tclunk, Tremove, a Twalk clone, Tread, a Twrite to a regular file) have entries
-that unpack and pack the codec's fixed layouts with no message objects; the
-other cases of Twalk and Twrite fall through to the general decoder inside the
-same entry, so one path answers each message.
+Tclunk, Tremove, a Twalk clone or of one name, Tlcreate, Tread, a Twrite to a
+regular file) have entries that unpack and pack the codec's fixed layouts with
+no message objects; the other cases of Twalk, Tlcreate and Twrite (and every
+malformed frame of theirs) fall through to the general decoder inside the same
+entry, so one path answers each message.
 """
 
 from __future__ import annotations
@@ -61,16 +62,21 @@ from .protocol.codec import (
     ENCODERS,
     FID_BODY,
     HEADER_U32,
+    NAME_LEN,
     RGETATTR,
+    RLCREATE,
     RWALK_EMPTY,
+    RWALK_ONE,
     TGETATTR_BODY,
     TIO_HEAD,
+    TLCREATE_HEAD,
+    TLCREATE_TAIL,
     TLOPEN_BODY,
     TWALK_HEAD,
     ProtocolError,
 )
 from .protocol.framing import FRAMING_ERROR, next_frame
-from .protocol.messages import Message, Rflush, Rversion, Tread
+from .protocol.messages import Message, Rflush, Rversion, Rwalk, Tread
 from .protocol.policy import ORDERED, POLICY, WRITE_FLAGS
 from .stats import COLUMNS, ConnStats
 
@@ -85,6 +91,7 @@ _R_GETATTR = int(T.RGETATTR)
 _R_CLUNK = int(T.RCLUNK)
 _R_REMOVE = int(T.RREMOVE)
 _R_WALK = int(T.RWALK)
+_R_LCREATE = int(T.RLCREATE)
 _R_WRITE = int(T.RWRITE)
 _R_READ = int(T.RREAD)
 _RGETATTR_SIZE = RGETATTR.size
@@ -433,6 +440,7 @@ class ConnectionCore:
         table[T.TCLUNK] = self._clunk
         table[T.TREMOVE] = self._remove
         table[T.TWALK] = self._walk_entry(DECODERS[T.TWALK], s.handlers[T.TWALK])
+        table[T.TLCREATE] = self._lcreate_entry(DECODERS[T.TLCREATE], s.handlers[T.TLCREATE])
         table[T.TWRITE] = self._write_entry(DECODERS[T.TWRITE], s.handlers[T.TWRITE])
         table[T.TREAD] = self._read
         table[T.TFLUSH] = self._flush_entry(DECODERS[T.TFLUSH])
@@ -531,14 +539,46 @@ class ConnectionCore:
         self, dec: Callable[[Any, int], Message], walk: Callable[[Any], Message]
     ) -> Callable[[int, memoryview], Any]:
         clone_fid = self.session.clone_fid
+        walk_fid = self.session.walk_fid
 
         def entry(tag: int, frame: memoryview) -> Any:
-            if len(frame) == 17:
+            n = len(frame)
+            if n == 17:
                 fid, newfid, nwname = TWALK_HEAD.unpack_from(frame, 7)
                 if nwname == 0 and newfid != fid:  # a clone: the whole reply is fixed
                     clone_fid(fid, newfid)
                     return RWALK_EMPTY.pack(9, _R_WALK, tag, 0)
+            elif n > 19:
+                fid, newfid, nwname = TWALK_HEAD.unpack_from(frame, 7)
+                # one name (a lookup: the Linux client's commonest named walk) that
+                # fills the frame exactly; anything else goes to the decoder below
+                if nwname == 1 and NAME_LEN.unpack_from(frame, 17)[0] == n - 19:
+                    qids = walk_fid(fid, newfid, [bytes(frame[19:])])
+                    if len(qids) == 1:
+                        q = qids[0]
+                        return RWALK_ONE.pack(22, _R_WALK, tag, 1, q.type, q.version, q.path)
+                    return ENCODERS[Rwalk](Rwalk(tag, qids))
             reply = walk(dec(frame[7:], tag))
+            return ENCODERS[type(reply)](reply)
+
+        return entry
+
+    def _lcreate_entry(
+        self, dec: Callable[[Any, int], Message], lcreate: Callable[[Any], Message]
+    ) -> Callable[[int, memoryview], Any]:
+        """Tlcreate: a frame whose name fills it exactly is unpacked in place, its
+        Rlcreate packed whole (the qid of a new file, iounit 0)."""
+        create_file = self.session.create_file
+
+        def entry(tag: int, frame: memoryview) -> Any:
+            n = len(frame)
+            if n >= 25:
+                fid, ln = TLCREATE_HEAD.unpack_from(frame, 7)
+                if ln == n - 25:
+                    flags, mode, gid = TLCREATE_TAIL.unpack_from(frame, 13 + ln)
+                    q = create_file(fid, bytes(frame[13 : 13 + ln]), flags, mode, gid)
+                    return RLCREATE.pack(24, _R_LCREATE, tag, q.type, q.version, q.path, 0)
+            reply = lcreate(dec(frame[7:], tag))
             return ENCODERS[type(reply)](reply)
 
         return entry

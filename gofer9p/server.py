@@ -508,6 +508,7 @@ class Connection:
         recv_into = sock.recv_into
         rec = self.rec
         send_now = self._send_now
+        sock_send = sock.send
         receive = core.receive
         replied = self.stats.replied
         clock = _clock
@@ -639,16 +640,36 @@ class Connection:
                     await self._send_out(t0)
                 act = receive(mv, start, end)
             start = core.start
-            out = core.take()
+            out = core.out
             if out:
-                # _send_batched's fast path without a coroutine (the QD1 case);
-                # lent pool buffers need _send_batched's return to the pool
-                rest = None if core.lent else send_now(out)
-                if rest is None:
-                    await self._send_batched(out)
-                elif rest:
-                    await self._send(rest)
-                replied(out, t0)
+                if len(out) == 1 and not self._sending and not core.lent:
+                    # One reply (QD1) and nothing being sent: _send_now's fast path
+                    # written out (no call, no _unsent), and the core's queue, sent
+                    # whole, is emptied for the next reply instead of replaced
+                    # (core.take) by a new list.  (Not closed: a framing error
+                    # returned above, and core.close() ends this loop first.)
+                    r = out[0]
+                    try:
+                        n = sock_send(r, _DONTWAIT)
+                    except BlockingIOError:
+                        n = 0
+                    if n == len(r):
+                        replied(out, t0)
+                        out.clear()
+                    else:
+                        core.out = []
+                        await self._send([memoryview(r)[n:]])
+                        replied(out, t0)
+                else:
+                    core.out = []  # (core.take(), without the call)
+                    # _send_batched's fast path without a coroutine; lent pool
+                    # buffers need _send_batched's return to the pool
+                    rest = None if core.lent else send_now(out)
+                    if rest is None:
+                        await self._send_batched(out)
+                    elif rest:
+                        await self._send(rest)
+                    replied(out, t0)
             drained = got < room and core.frames - first <= 1
             busy += 1
             if busy >= 8 and not drained:

@@ -133,7 +133,7 @@ class Entries(Attrs):
                     if st.st_uid != uid or (ngid != -1 and st.st_gid != ngid):
                         os.fchown(ofd, uid, ngid)
                 want = mode & 0o7777
-                if stat.S_IMODE(st.st_mode) != want:  # set-id bits, or the umask narrowed it
+                if st.st_mode & 0o7777 != want:  # set-id bits, or the umask narrowed it
                     os.fchmod(ofd, want)
             except BaseException:
                 _close(ofd)

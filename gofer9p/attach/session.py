@@ -149,7 +149,9 @@ class Session:
     mask)`` (Rgetattr's fields after the tag; with an id map, translated by
     ``IdMap.getattr_mapper``), ``clunk_fid(fid)``,
     ``remove_fid(fid)``, ``clone_fid(fid, newfid)`` (Twalk with no names to
-    another fid), ``write_regular(fid, offset, data)`` (-1: not an open regular
+    another fid), ``walk_fid(fid, newfid, names)`` (any Twalk: the qids),
+    ``create_file(fid, name, flags, mode, gid)`` (Tlcreate: the qid; with an id map,
+    the gid translated first), ``write_regular(fid, offset, data)`` (-1: not an open regular
     file on a read-write attach, see :meth:`write`), ``read_into(fid, offset, view)``,
     ``read_size``, ``read_blocks``, ``charge_fds``, ``release_fds``,
     ``set_msize``, ``reset``, ``fid_count``, ``fds_charged``, ``close`` (the
@@ -177,6 +179,9 @@ class Session:
         self.clunk_fid: Callable[[int], None] = b.clunk
         self.remove_fid: Callable[[int], None] = b.remove
         self.clone_fid: Callable[[int, int], object] = b.walk
+        self.walk_fid: Callable[[int, int, list[bytes]], list[Qid]] = b.walk
+        self.create_file: Callable[[int, bytes, int, int, int], Qid] = (
+            b.lcreate if idmap is None else self._create_mapped)
         self.write_regular: Callable[[int, int, memoryview], int] = b.write
         self.read_into: Callable[[int, int, memoryview], int] = b.read
         self.read_size: Callable[[int, int, int], int] = b.read_size
@@ -294,8 +299,11 @@ class Session:
 
     # Each create translates its gid only with a map: no call without one.
     def lcreate(self, m: Tlcreate) -> Rlcreate:
-        gid = m.gid if self.idmap is None else self._host_gid(m.gid)
-        return Rlcreate(m.tag, self.backend.lcreate(m.fid, m.name, m.flags, m.mode, gid), 0)
+        return Rlcreate(m.tag, self.create_file(m.fid, m.name, m.flags, m.mode, m.gid), 0)
+
+    def _create_mapped(self, fid: int, name: bytes, flags: int, mode: int, gid: int) -> Qid:
+        """``create_file`` with an id map: the backend's lcreate with the host gid."""
+        return self.backend.lcreate(fid, name, flags, mode, self._host_gid(gid))
 
     def mkdir(self, m: Tmkdir) -> Rmkdir:
         gid = m.gid if self.idmap is None else self._host_gid(m.gid)

@@ -55,7 +55,8 @@ TGETATTR_BODY = struct.Struct("<IQ")
 
 # Fixed layouts of the commonest requests and replies, unpacked and packed
 # whole (one struct call, no message objects): the dispatch table's entries
-# for Tgetattr, Tclunk, Tremove, Twalk clones, Tread and Twrite use them.
+# for Tgetattr, Tclunk, Tremove, Twalk (a clone, one name), Tlcreate, Tread
+# and Twrite use them.
 FID_BODY = struct.Struct("<I")
 """Tclunk's and Tremove's body: the fid."""
 TLOPEN_BODY = struct.Struct("<II")
@@ -64,6 +65,16 @@ TWALK_HEAD = struct.Struct("<IIH")
 """Twalk's fixed part (fid, newfid, nwname); with nwname 0 the whole body (a clone)."""
 RWALK_EMPTY = struct.Struct("<IBHH")
 """The whole Rwalk of a clone: header and nwqid 0."""
+NAME_LEN = struct.Struct("<H")
+"""A string's length prefix: Twalk's one name starts after TWALK_HEAD with it."""
+RWALK_ONE = struct.Struct("<IBHHBIQ")
+"""The whole Rwalk of a one-name walk: header (size 22), nwqid 1, the qid."""
+TLCREATE_HEAD = struct.Struct("<IH")
+"""Tlcreate's fid and its name's length; the name follows, then TLCREATE_TAIL."""
+TLCREATE_TAIL = struct.Struct("<III")
+"""Tlcreate's flags, mode and gid, after the name."""
+RLCREATE: struct.Struct = _generated._E_Rlcreate
+"""The whole Rlcreate frame: size (24), type, tag, qid type/version/path, iounit."""
 TIO_HEAD = struct.Struct("<IQI")
 """Tread's body and Twrite's head: fid, offset, count."""
 HEADER_U32 = struct.Struct("<IBHI")

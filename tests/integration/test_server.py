@@ -347,9 +347,11 @@ async def test_clone_clunk_remove_fast_paths(
     export: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Twalk clones, Tclunk and Tremove skip the message objects and answer as the
-    general path does (errors included); a walk with names is decoded as before."""
+    general path does (errors included); a walk of two names is decoded as before."""
     decoded = _count_decodes(monkeypatch, C.MsgType.TWALK, C.MsgType.TCLUNK, C.MsgType.TREMOVE)
     (export / "gone").write_bytes(b"x")
+    (export / "d").mkdir()
+    (export / "d" / "e").write_bytes(b"")
     b = await _raw_session(export, nursery)
     b.sendall(
         encode(M.Twalk(tag=10, fid=1, newfid=3, wnames=[]))  # clone
@@ -357,20 +359,67 @@ async def test_clone_clunk_remove_fast_paths(
         + encode(M.Twalk(tag=12, fid=99, newfid=4, wnames=[]))  # unknown fid: EBADF
         + encode(M.Tclunk(tag=13, fid=3))
         + encode(M.Tclunk(tag=14, fid=3))  # already clunked: EBADF
-        + encode(M.Twalk(tag=15, fid=1, newfid=5, wnames=[b"gone"]))  # decoded
+        + encode(M.Twalk(tag=15, fid=1, newfid=5, wnames=[b"gone"]))  # one name: fast too
         + encode(M.Tremove(tag=16, fid=5))
         + encode(M.Tremove(tag=17, fid=5))  # already gone: EBADF
         + encode(M.Tgetattr(tag=18, fid=1, request_mask=C.GETATTR_BASIC))
+        + encode(M.Twalk(tag=19, fid=1, newfid=6, wnames=[b"d", b"e"]))  # decoded
     )
-    got = {m.tag: m for m in await _frames_until(b, set(range(10, 19)))}
+    got = {m.tag: m for m in await _frames_until(b, set(range(10, 20)))}
     assert isinstance(got[10], M.Rwalk) and got[10].wqids == []
     assert isinstance(got[13], M.Rclunk) and isinstance(got[16], M.Rremove)
     assert isinstance(got[15], M.Rwalk) and len(got[15].wqids) == 1
+    assert isinstance(got[19], M.Rwalk) and len(got[19].wqids) == 2
     for tag in (11, 12, 14, 17):
         r = got[tag]
         assert isinstance(r, M.Rlerror) and r.ecode == errno.EBADF, (tag, r)
     assert not (export / "gone").exists()
-    assert decoded == [15]
+    assert decoded == [19]
+    b.close()
+
+
+async def test_one_name_walk_and_lcreate_fast_paths(
+    export: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Twalk of one name and a Tlcreate whose name fills the frame skip the message
+    objects and answer as the general path does: the same qids, the same errors; a
+    frame whose name length does not fit it goes to the decoder (EINVAL)."""
+    decoded = _count_decodes(monkeypatch, C.MsgType.TWALK, C.MsgType.TLCREATE)
+    (export / "d").mkdir()
+    b = await _raw_session(export, nursery)
+    flags = C.L_O_RDWR | C.L_O_CREAT
+    b.sendall(
+        encode(M.Twalk(tag=10, fid=1, newfid=3, wnames=[b"d"]))
+        + encode(M.Tlcreate(tag=11, fid=3, name=b"new", flags=flags, mode=0o640, gid=0))
+        + encode(M.Tlcreate(tag=12, fid=3, name=b"again", flags=flags, mode=0o640, gid=0))
+        + encode(M.Twalk(tag=13, fid=1, newfid=4, wnames=[b"nothere"]))  # ENOENT
+        + encode(M.Twalk(tag=14, fid=1, newfid=4, wnames=[b"d"]))
+        + encode(M.Tlcreate(tag=15, fid=4, name=b"a/b", flags=flags, mode=0o640, gid=0))
+        + encode(M.Twalk(tag=16, fid=4, newfid=5, wnames=[b"new"]))
+        + encode(M.Tgetattr(tag=17, fid=5, request_mask=C.GETATTR_BASIC))
+    )
+    got = {m.tag: m for m in await _frames_until(b, set(range(10, 18)))}
+    walked, created, new, attr = got[10], got[11], got[16], got[17]
+    assert isinstance(walked, M.Rwalk) and len(walked.wqids) == 1
+    assert walked.wqids[0].type == C.QidType.DIR
+    assert isinstance(created, M.Rlcreate) and created.iounit == 0
+    assert isinstance(new, M.Rwalk) and new.wqids == [created.qid]
+    assert isinstance(attr, M.Rgetattr) and attr.qid == created.qid and attr.mode & 0o7777 == 0o640
+    for tag, code in ((12, errno.EINVAL), (13, errno.ENOENT), (15, errno.EINVAL)):
+        r = got[tag]
+        assert isinstance(r, M.Rlerror) and r.ecode == code, (tag, r)
+    assert decoded == []
+    bad = bytearray(encode(M.Tlcreate(tag=18, fid=5, name=b"xy", flags=flags, mode=0o640, gid=0)))
+    struct.pack_into("<H", bad, 11, 1)  # name length 1: a trailing byte
+    walk = bytearray(encode(M.Twalk(tag=19, fid=1, newfid=6, wnames=[b"d"])))
+    struct.pack_into("<H", walk, 17, 2)  # name length 2, one byte there
+    b.sendall(bytes(bad) + bytes(walk))
+    got = {m.tag: m for m in await _frames_until(b, {18, 19})}
+    for tag in (18, 19):
+        r = got[tag]
+        assert isinstance(r, M.Rlerror) and r.ecode == errno.EINVAL, (tag, r)
+    assert decoded == [18, 19]
+    assert sorted(p.name for p in (export / "d").iterdir()) == ["new"]
     b.close()
 
 

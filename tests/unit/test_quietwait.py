@@ -816,9 +816,10 @@ async def test_poll_window_turns_off_on_a_shared_cpu(long_block: None) -> None:
         threading.Timer(0.005, b.send, (b"x",)).start()  # wait 5: a sleep well within the cap
         assert q.recv_into(_buf(), True) == 1
         assert q.window == 0.0  # (on a CPU of our own it turns the window on)
-        # measured turns end at waits 12, 20, 28: the third without preemption ends it
-        every, turns = _quietwait._CHECK_EVERY, _quietwait._SHARED_TURNS
-        assert _until_on(q, b, 6, 60) == [4 + every * turns]
+        # measured turns end at waits 36, 68, 100 (one in _CHECK_SHARED while
+        # shared): the third without preemption ends it
+        every, turns = _quietwait._CHECK_SHARED, _quietwait._SHARED_TURNS
+        assert _until_on(q, b, 6, 4 + every * turns + 10) == [4 + every * turns]
 
 
 async def test_one_preempted_turn_leaves_the_window_on(long_block: None) -> None:
@@ -842,11 +843,13 @@ async def test_a_preempted_turn_restarts_the_count(long_block: None) -> None:
             if i in (2, 4):
                 PREEMPTIONS[0] += 1
             _turn(q, b)
-        assert q.window == 0.0  # shared since wait 4; measured turns end at 12, 20, ...
-        every, turns = _quietwait._CHECK_EVERY, _quietwait._SHARED_TURNS
-        _until_on(q, b, 5, 11)
-        PREEMPTIONS[0] += 1  # in the turn that wait 12 ends
-        assert _until_on(q, b, 12, 80) == [12 + every * turns]
+        # shared since wait 4; measured turns end at 4 + every, 4 + 2 * every, ...
+        assert q.window == 0.0
+        every, turns = _quietwait._CHECK_SHARED, _quietwait._SHARED_TURNS
+        first = 4 + every
+        assert _until_on(q, b, 5, first - 1) == []
+        PREEMPTIONS[0] += 1  # in the turn that wait ``first`` ends
+        assert _until_on(q, b, first, first + every * turns + 10) == [first + every * turns]
 
 
 async def test_no_turn_is_measured_without_a_poll_window(monkeypatch: pytest.MonkeyPatch) -> None:
