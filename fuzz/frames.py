@@ -494,6 +494,7 @@ class FrameFuzzer:
         server_max: int | None = None,
         known: Known | None = None,
         shrink: bool = True,
+        shrink_s: float = 60.0,
     ) -> None:
         self.known = known or Known()
         self.target = target
@@ -512,6 +513,7 @@ class FrameFuzzer:
         self.kinds: dict[str, int] = {}
         self.dead = False
         self.shrink = shrink
+        self.shrink_s = shrink_s
         self.minimized: set[str] = set()
         self.deadline: float | None = None
 
@@ -698,7 +700,8 @@ class FrameFuzzer:
         return sent
 
     def _save(self, failure: Failure, t: Transcript) -> None:
-        """Minimize (time-boxed: the run's deadline, at most 60 s) and save in its bucket."""
+        """Minimize (time-boxed: the run's deadline, at most ``shrink_s``) and save in its
+        bucket."""
         from .common import bucket
 
         # (signal buckets without their request: it is only known once minimized)
@@ -706,7 +709,7 @@ class FrameFuzzer:
         final = t
         if self.shrink and family not in self.minimized and len(transcript_units(t)) > 2:
             self.minimized.add(family)
-            end = time.monotonic() + 60
+            end = time.monotonic() + self.shrink_s
             if self.deadline is not None:
                 end = min(end, max(self.deadline, time.monotonic() + 5))
             final, tries = minimize_transcript(
@@ -815,8 +818,13 @@ def run(
     timeout: float = 5.0,
     known: Known | None = None,
     shrink: bool = True,
+    shrink_s: float = 60.0,
 ) -> Report:
-    """Run the frame fuzzer until the time or frame budget is spent."""
+    """Run the frame fuzzer until the time or frame budget is spent.
+
+    ``shrink_s``: the most one finding's minimization may take (less if the run's time
+    budget ends first); a test that needs the smallest reproducer gives it the time to
+    converge on a loaded machine."""
     return FrameFuzzer(
         target,
         report,
@@ -825,4 +833,5 @@ def run(
         timeout=timeout,
         known=known,
         shrink=shrink,
+        shrink_s=shrink_s,
     ).run(time_budget=time_budget, max_frames=max_frames)
