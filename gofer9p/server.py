@@ -469,6 +469,7 @@ class Connection:
         reason = "EOF"
         registry = self.config.stats
         registry.add(self.stats)
+        failed: OSError | None = None
         try:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
@@ -476,6 +477,12 @@ class Connection:
                     reason = await self._receive_loop()
                 except (BrokenPipeError, ConnectionResetError) as e:
                     reason = f"peer closed ({e.strerror})"
+                except OSError as e:
+                    # the socket failed otherwise (ENOBUFS or ENOMEM under memory pressure):
+                    # raised here it would leave the nursery as an ExceptionGroup, which the
+                    # callers' ``except OSError`` (one connection's I/O error) does not catch
+                    reason = f"I/O error ({e.strerror})"
+                    failed = e
                 finally:
                     self.core.close()
                     for t in list(self.tasks.values()):
@@ -493,6 +500,8 @@ class Connection:
                 self.core.frames,
                 self.quiet.hits if self.quiet else 0,
             )
+        if failed is not None:
+            raise failed
 
     async def _receive_loop(self) -> str:
         sock = self.sock

@@ -67,3 +67,50 @@ def test_reopen_by_name_closes_the_fd_when_its_fstat_fails(
     assert opened, "the re-open by name was not reached"
     assert _fds() == before, "the re-opened fd was left open"
     lopen(s, 1)  # and the fid can still be opened
+
+
+def test_a_send_error_ends_the_connection_with_a_plain_oserror(tmp_path: Path) -> None:
+    """A send that fails with ENOBUFS (a unix socket under memory pressure) ends that
+    connection with the OSError itself, which the callers catch as one connection's I/O
+    error (cli.py, daemon.py): it left run() inside an ExceptionGroup, past their
+    ``except OSError``, and would have ended every other connection of the process."""
+    import socket
+
+    import trio
+
+    from gofer9p.protocol import constants as C
+    from gofer9p.protocol.codec import encode
+    from gofer9p.protocol.messages import Tversion
+    from gofer9p.server import Connection, ServerConfig
+
+    class NoBufs(socket.socket):
+        __slots__ = ()
+
+        def send(self, *a: Any, **kw: Any) -> int:
+            raise OSError(errno.ENOBUFS, "no buffer space")
+
+        def sendmsg(self, *a: Any, **kw: Any) -> int:
+            raise OSError(errno.ENOBUFS, "no buffer space")
+
+    point = AttachPoint.open(str(tmp_path))
+    a, b = socket.socketpair()
+    server_end = NoBufs(fileno=a.detach())
+    conn = Connection(server_end, point, ServerConfig(), "nobufs")
+    b.sendall(encode(Tversion(C.NOTAG, 8192, C.VERSION_9P2000L)))
+    raised: list[BaseException] = []
+
+    async def main() -> None:
+        try:
+            await conn.run()
+        except BaseException as e:
+            raised.append(e)
+
+    try:
+        trio.run(main)
+    finally:
+        server_end.close()
+        b.close()
+        point.close()
+    assert len(raised) == 1 and type(raised[0]) is OSError, raised
+    assert raised[0].errno == errno.ENOBUFS
+    assert conn.session.fid_count() == 0
