@@ -889,7 +889,13 @@ class Connection:
                 try:
                     await self._send([reply])
                 except OSError as e:
-                    log.info("%s: tag=%d reply not sent: %s", self.name, tag, e)
+                    # the stream has lost a reply (or part of one): the client would wait
+                    # for it for ever, so the connection ends (the loop sees EOF)
+                    log.info("%s: tag=%d reply not sent: %s; closing", self.name, tag, e)
+                    try:
+                        self.sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
                 else:
                     self._count_background(msg.TYPE, reply, t0)
         finally:

@@ -114,3 +114,61 @@ def test_a_send_error_ends_the_connection_with_a_plain_oserror(tmp_path: Path) -
     assert len(raised) == 1 and type(raised[0]) is OSError, raised
     assert raised[0].errno == errno.ENOBUFS
     assert conn.session.fid_count() == 0
+
+
+def test_a_background_reply_that_cannot_be_sent_ends_the_connection(tmp_path: Path) -> None:
+    """A threaded request's reply whose send fails (ENOBUFS): the stream lost a reply, so
+    the connection must end (the client sees EOF), not go on without it (the client waited
+    for that tag for ever)."""
+    import socket
+    import threading
+
+    import trio
+
+    from gofer9p.protocol import constants as C
+    from gofer9p.protocol.codec import encode
+    from gofer9p.protocol.messages import Tfsync, Tversion
+    from gofer9p.server import Connection, ServerConfig
+
+    class NoBufsMsg(socket.socket):
+        """send() works (the inline replies); sendmsg() fails (the background path's)."""
+
+        __slots__ = ()
+
+        def sendmsg(self, *a: Any, **kw: Any) -> int:
+            raise OSError(errno.ENOBUFS, "no buffer space")
+
+    point = AttachPoint.open(str(tmp_path))
+    a, b = socket.socketpair()
+    server_end = NoBufsMsg(fileno=a.detach())
+    conn = Connection(server_end, point, ServerConfig(), "nobufs")
+    b.settimeout(10)
+    b.sendall(encode(Tversion(C.NOTAG, 8192, C.VERSION_9P2000L)))
+    # a Tfsync is always run in a worker thread (may block): its reply is a background one
+    b.sendall(encode(Tfsync(5, 1, 0)))
+    got = bytearray()
+
+    def read_until_eof() -> None:
+        while chunk := b.recv(65536):
+            got.extend(chunk)
+
+    reader = threading.Thread(target=read_until_eof)
+    reader.start()
+
+    ended: list[bool] = []
+
+    async def main() -> None:
+        with trio.move_on_after(10) as scope:
+            await conn.run()
+        ended.append(not scope.cancelled_caught)
+
+    try:
+        trio.run(main)
+        reader.join(10)
+    finally:
+        server_end.close()
+        b.close()
+        point.close()
+    assert ended == [True], "the connection went on without the lost reply"
+    assert not reader.is_alive(), "the client still waits: the connection did not end"
+    assert got[4] == 101, "the Rversion came first"  # and then EOF, no Rfsync
