@@ -48,6 +48,13 @@ PLAN: list[tuple[str, list[str], float]] = [
 """(fuzzer, extra flags, share of a target's budget).  The daemon has no file root: its
 share goes to the frames fuzzer on its directory export."""
 
+FAULT_PLAN: list[tuple[str, list[str], float]] = [
+    ("frames", [], 0.5),
+    ("pressure", [], 0.2),
+    ("race", [], 0.3),
+]
+"""The ``fault`` target's plan: the stateful model expects a healthy host."""
+
 LATENCY_UNDER_COVERAGE = 60.0
 """The pressure fuzzer's probe deadline under coverage (seconds; 10 without)."""
 
@@ -103,7 +110,7 @@ def run(
     started = time.monotonic()
     try:
         for ti, target in enumerate(targets):
-            plan = list(PLAN)
+            plan = list(FAULT_PLAN if target.split(":")[0] == "fault" else PLAN)
             if ti == 0:
                 plan.append(("decode", [], 0.05))
             for fuzzer, extra, share in plan:

@@ -53,7 +53,7 @@ from gofer9p.protocol import messages as M
 
 from .common import STOP, Known, Report, budget_spent, run_deadline, save_failure, split_problem
 from .targets import Target
-from .wire import Failure, RawConn, Transcript, attach_requests
+from .wire import Closed, Failure, RawConn, Transcript, attach_requests
 
 NAMES = [b"a", b"b", b"d1", b"d2", b"f"]
 CANARY = "fz-canary"
@@ -186,16 +186,21 @@ class Agent:
         self.rng.shuffle(names)
         links = self.links()
         e = os.open(self.export, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        # (a name that stays, a mount point of the fault target, keeps what it is)
+        for n in names:
+            _remove(e, n)
+        free = [n for n in names if not _exists(e, n)]
         try:
-            for n in names:
-                _remove(e, n)
-            os.symlink(self.rng.choice(links[:2]), names[0], dir_fd=e)
-            os.symlink(self.rng.choice(links[4:6]), names[1], dir_fd=e)
-            os.symlink(self.rng.choice(links[2:4]), names[2], dir_fd=e)
-            os.mkdir(names[3], dir_fd=e)
-            with _dir(e, names[3]) as d:
-                _write(d, "x", b"inside\n")
-            _write(e, names[4], b"host file\n")
+            for n, make in zip(free, (0, 1, 2, 3, 4), strict=False):
+                if make < 3:
+                    kinds = (links[:2], links[4:6], links[2:4])[make]
+                    os.symlink(self.rng.choice(kinds), n, dir_fd=e)
+                elif make == 3:
+                    os.mkdir(n, dir_fd=e)
+                    with _dir(e, n) as d:
+                        _write(d, "x", b"inside\n")
+                else:
+                    _write(e, n, b"host file\n")
         finally:
             os.close(e)
 
@@ -291,6 +296,14 @@ def _remove(d: int, name: str) -> None:
         os.rmdir(name, dir_fd=d)
     except OSError:
         pass
+
+
+def _exists(d: int, name: str) -> bool:
+    try:
+        os.lstat(name, dir_fd=d)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 # --------------------------------------------------------------------- client
@@ -428,6 +441,8 @@ def _client(
                     if proc_id == 2 and ltype != 2:
                         conn.rpc(M.Tgetlock(tag=0, fid=fid, type=1, start=0, length=0,
                                             proc_id=3, client_id=b"race"))
+    except Closed:
+        pass  # a connection with injected faults may end (RawConn.faults)
     except Failure as f:
         problems.append(f"{f.kind}: client: {f.message}")
     except OSError as e:
@@ -466,7 +481,7 @@ def run_case(target: Target, seed: int, ops: int, *, timeout: float = 5.0) -> Ra
         surveyed = threading.Semaphore(0)
         for i, link in enumerate(links):
             t = out.transcript if i == 0 else Transcript()
-            conn = RawConn(link.sock, t, timeout)
+            conn = RawConn(link.sock, t, timeout, faults=link.faults)
             th = threading.Thread(
                 target=_client,
                 args=(
