@@ -42,7 +42,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -986,7 +986,13 @@ CONFINE_WAIT_S = 60.0
 coverage's tracing) before the fuzzer's first request is timed."""
 
 
-def _wait_confined(pid: int, proc: subprocess.Popen[bytes]) -> None:
+class _Polled(Protocol):
+    """A child process as launch gives it (``Popen`` or a fork server's ``PidfdProcess``)."""
+
+    def poll(self) -> int | None: ...
+
+
+def _wait_confined(pid: int, proc: _Polled) -> None:
     """Wait until the daemon installed its seccomp filter (its last step before serving), so
     that ``--timeout`` times the server's replies, not the process's start."""
     deadline = time.monotonic() + CONFINE_WAIT_S
