@@ -12,18 +12,18 @@ send, receive and option calls on a connection's socket.
 Which calls fail is a function of the request being handled, not of time or of call order
 across connections: a call fails when a hash of (the schedule's seed, the request's frame
 bytes salted with the connection's Tversion frame, the call's name, how many calls of that
-name the request made before) falls under the rate.  So replaying the same frames fails the same calls, and minimizing a finding keeps
-its faults.  Calls made outside a request (opening the attach point, a connection's start)
+name the request made before) falls under the rate.  So replaying the same frames fails the
+same calls, and minimizing a finding keeps its faults.  Calls made outside a request (opening the attach point, a connection's start)
 never fail.  A request is marked by a subclass of the connection core whose dispatch-table
 entries set a context variable (a request's worker thread and the sends after it see it too).
 
 Nothing in the release code imports this module, and there is no flag, option or environment
-variable that turns it on in a gofer: the fuzz harness's ``fault`` target (fuzz/targets.py,
-the server in its own process) calls :func:`apply`, and the returned function undoes it.
-Calls that make fds fail before the call (no fd is made); ``close`` of a regular file open
-for writing fails after closing, as Linux does (the fd is gone whatever close reports; other
-fds' closes never fail).  EINTR is never injected: ``os`` retries
-it (PEP 475), so a server never sees it.
+variable that turns it on in a gofer: the fuzz harness's ``fault`` target (fuzz/targets.py:
+the in-process server, in the fuzzer's own process) calls :func:`apply`, and the returned
+function undoes it.  Calls that make fds fail before the call (no fd is made); ``close`` of
+a regular file open for writing fails after closing, as Linux does (the fd is gone whatever
+close reports; other fds' closes never fail).  EINTR is never injected: ``os`` retries it
+(PEP 475), so a server never sees it.
 """
 
 from __future__ import annotations
