@@ -875,7 +875,8 @@ class ServeFdTarget(Target):
         self._tmp: Path | None = None
         self.log_path: Path | None = None
         self._scanner: _LogScanner | None = None
-        self.current: _ProcLink | None = None
+        self.current: list[_ProcLink] = []
+        """The processes of the last :meth:`open` (one) or :meth:`open_pair` (two)."""
 
     def start(self) -> None:
         if self._tmp is None:
@@ -885,11 +886,27 @@ class ServeFdTarget(Target):
             self._scanner = _LogScanner(self.log_path)
 
     def open(self) -> Link:
+        self._end_current()
+        self.current = [self._spawn()]
+        return self.current[0]
+
+    def open_pair(self) -> tuple[Link, Link]:
+        """Two processes serving the same export, as two sandboxes sharing a directory (one
+        process serves one connection: a second ``open`` would end the first)."""
+        self._end_current()
+        self.current = [self._spawn(), self._spawn()]
+        return self.current[0], self.current[1]
+
+    def _end_current(self) -> None:
+        """Kill what is left of the last connections' processes (they exit at EOF)."""
+        for link in self.current:
+            if link.proc is not None and link.proc.poll() is None:
+                link.proc.kill()
+                link.proc.wait(10)
+        self.current = []
+
+    def _spawn(self) -> _ProcLink:
         assert self.log_path is not None
-        if self.current is not None and self.current.proc is not None:
-            if self.current.proc.poll() is None:
-                self.current.proc.kill()
-                self.current.proc.wait(10)
         a, b = socket.socketpair()
         cmd = [
             *_gofer_cmd(self.plant),
@@ -918,8 +935,7 @@ class ServeFdTarget(Target):
             )
         _limit(proc.pid)
         a.close()
-        self.current = _ProcLink(b, proc.pid, proc)
-        return self.current
+        return _ProcLink(b, proc.pid, proc)
 
     def problems(self) -> list[str]:
         return self._scanner.new_problems() if self._scanner else []
@@ -928,10 +944,7 @@ class ServeFdTarget(Target):
         return True
 
     def stop(self) -> None:
-        if self.current is not None and self.current.proc is not None:
-            if self.current.proc.poll() is None:
-                self.current.proc.kill()
-                self.current.proc.wait(10)
+        self._end_current()
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
