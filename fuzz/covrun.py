@@ -46,7 +46,9 @@ PLAN: list[tuple[str, list[str], float]] = [
     ("frames", ["--attach", "file"], 0.1),
 ]
 """(fuzzer, extra flags, share of a target's budget).  The daemon has no file root: its
-share goes to the frames fuzzer on its directory export."""
+share goes to the frames fuzzer on its directory export; and a read-only daemon cannot
+write its coverage data (its root is read-only): that share goes to the stateful machine
+on its read-write export."""
 
 FAULT_PLAN: list[tuple[str, list[str], float]] = [
     ("frames", [], 0.5),
@@ -114,7 +116,7 @@ def run(
             if ti == 0:
                 plan.append(("decode", [], 0.05))
             for fuzzer, extra, share in plan:
-                if target == "daemon" and "file" in extra:
+                if target == "daemon" and ("file" in extra or "ro" in extra):
                     extra = []
                 secs = max(5.0, budget * share)
                 cmd = [sys.executable, "-m", "fuzz", fuzzer, "--time", f"{secs:.0f}"]
