@@ -164,7 +164,7 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         metavar="DIR",
-        help="keep coverage.json and an HTML report here",
+        help="keep coverage.json, an HTML report and the runs' findings (crashes/) here",
     )
     cv.add_argument("--json", type=Path, default=None, help="write the summary as JSON here")
     sh = sub.add_parser("show", help="print a reproducer's records, frames decoded")

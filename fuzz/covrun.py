@@ -156,6 +156,8 @@ def run(
         if keep is not None:
             keep.mkdir(parents=True, exist_ok=True)
             shutil.copy(out_json, keep / "coverage.json")
+            if (tmp / "crashes").is_dir():  # what the runs found, to read and replay
+                shutil.copytree(tmp / "crashes", keep / "crashes", dirs_exist_ok=True)
             cov.html_report(directory=str(keep / "html"))
     finally:
         if keep is None:
