@@ -64,7 +64,8 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument(
                 "--target",
                 default="inproc",
-                help="inproc (default) | serve | serve-fd | daemon | unix:PATH",
+                help="inproc (default) | serve | serve-fd | daemon | fault[:SEED[:RATE]] "
+                "(in-process, syscalls failing on a schedule seeded by --seed) | unix:PATH",
             )
             sp.add_argument(
                 "--attach",
@@ -163,7 +164,7 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         metavar="DIR",
-        help="keep coverage.json and an HTML report here",
+        help="keep coverage.json, an HTML report and the runs' findings (crashes/) here",
     )
     cv.add_argument("--json", type=Path, default=None, help="write the summary as JSON here")
     sh = sub.add_parser("show", help="print a reproducer's records, frames decoded")
@@ -212,6 +213,7 @@ _REACH = {
     "cases_by_scenario": "cases",
     "most_connections_by_scenario": "most connections of one process",
     "agent_ops": "host agent operations",
+    "faults_injected": "faults injected",
 }
 """What each fuzzer reached, from its report's details, for the end-of-run summary."""
 
@@ -268,6 +270,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if getattr(args, "attach", "rw") == "file" and args.fuzzer != "frames":
         print(f"--attach file: {args.fuzzer} needs a directory as the attach point; use frames")
+        return 2
+    if args.fuzzer == "stateful" and args.target.split(":")[0] == "fault":
+        print("--target fault: the stateful model expects a healthy host; use frames, pressure "
+              "or race")
         return 2
     seed = args.seed if args.seed is not None else random.randrange(1 << 32)
     time_budget, examples = _budget(args)
@@ -360,9 +366,17 @@ def _run(
         kwargs["steps"] = args.steps
         kwargs["database"] = args.corpus / "hypothesis" if args.corpus is not None else None
     run = importlib.import_module(f".{args.fuzzer}", __package__).run
-    target = make_target(args.target, max_msize=args.msize, plant=args.plant, attach=args.attach)
+    target = make_target(
+        args.target, max_msize=args.msize, plant=args.plant, attach=args.attach, seed=seed
+    )
+    report.target = getattr(target, "spec", report.target)  # fault:SEED:RATE, to replay with
     with target:
-        run(target, report, **kwargs)
+        try:
+            run(target, report, **kwargs)
+        finally:
+            injected = getattr(target, "injected", None)
+            if injected is not None:
+                report.details["faults_injected"] = injected()
 
 
 def _replay(args: argparse.Namespace) -> int:

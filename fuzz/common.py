@@ -20,7 +20,16 @@ from gofer9p.protocol import messages as M
 from gofer9p.protocol.constants import NOFID
 
 from .targets import Target, fd_count, fd_targets, rss_kb
-from .wire import ANY, Failure, RawConn, Transcript, check_reply, parse_expect, save_reproducer
+from .wire import (
+    ANY,
+    Closed,
+    Failure,
+    RawConn,
+    Transcript,
+    check_reply,
+    parse_expect,
+    save_reproducer,
+)
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 
@@ -246,7 +255,7 @@ def liveness(
     """
     t = transcript or Transcript()
     try:
-        link = target.open()
+        link = target.open_quiet()
     except OSError as e:
         raise Failure("crash", f"liveness: cannot connect to the server: {e}") from None
     c = RawConn(link.sock, t, timeout)
@@ -331,7 +340,7 @@ def replay_transcript(t: Transcript, target: Target, *, timeout: float = 5.0) ->
             if op == b"N":
                 end_conn()
                 link = target.open()
-                conn = RawConn(link.sock, scratch, timeout)
+                conn = RawConn(link.sock, scratch, timeout, faults=link.faults)
                 continue
             if conn is None:
                 raise Failure("invariant", f"reproducer record {op!r} before any N record")
@@ -341,7 +350,8 @@ def replay_transcript(t: Transcript, target: Target, *, timeout: float = 5.0) ->
                 tag, ttype, outcome, data = parse_expect(payload)
                 frame = conn.recv_frame()
                 reply = check_reply(
-                    frame, tag=tag, ttype=ttype, msize=conn.msize or None, outcome=outcome
+                    frame, tag=tag, ttype=ttype, msize=conn.msize or None,
+                    outcome=conn.expected(outcome),
                 )
                 if isinstance(reply, M.Rversion) and reply.version == b"9P2000.L":
                     conn.msize = reply.msize
@@ -357,7 +367,8 @@ def replay_transcript(t: Transcript, target: Target, *, timeout: float = 5.0) ->
                 end_conn()
         end_conn()
     except Failure as f:
-        problems.append(f"{f.kind}: {f.message}")
+        if not isinstance(f, Closed):
+            problems.append(f"{f.kind}: {f.message}")
         if conn is not None:
             conn.sock.close()
         if link is not None:

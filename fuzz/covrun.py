@@ -46,7 +46,16 @@ PLAN: list[tuple[str, list[str], float]] = [
     ("frames", ["--attach", "file"], 0.1),
 ]
 """(fuzzer, extra flags, share of a target's budget).  The daemon has no file root: its
-share goes to the frames fuzzer on its directory export."""
+share goes to the frames fuzzer on its directory export; and a read-only daemon cannot
+write its coverage data (its root is read-only): that share goes to the stateful machine
+on its read-write export."""
+
+FAULT_PLAN: list[tuple[str, list[str], float]] = [
+    ("frames", [], 0.5),
+    ("pressure", [], 0.2),
+    ("race", [], 0.3),
+]
+"""The ``fault`` target's plan: the stateful model expects a healthy host."""
 
 LATENCY_UNDER_COVERAGE = 60.0
 """The pressure fuzzer's probe deadline under coverage (seconds; 10 without)."""
@@ -103,11 +112,11 @@ def run(
     started = time.monotonic()
     try:
         for ti, target in enumerate(targets):
-            plan = list(PLAN)
+            plan = list(FAULT_PLAN if target.split(":")[0] == "fault" else PLAN)
             if ti == 0:
                 plan.append(("decode", [], 0.05))
             for fuzzer, extra, share in plan:
-                if target == "daemon" and "file" in extra:
+                if target == "daemon" and ("file" in extra or "ro" in extra):
                     extra = []
                 secs = max(5.0, budget * share)
                 cmd = [sys.executable, "-m", "fuzz", fuzzer, "--time", f"{secs:.0f}"]
@@ -147,6 +156,8 @@ def run(
         if keep is not None:
             keep.mkdir(parents=True, exist_ok=True)
             shutil.copy(out_json, keep / "coverage.json")
+            if (tmp / "crashes").is_dir():  # what the runs found, to read and replay
+                shutil.copytree(tmp / "crashes", keep / "crashes", dirs_exist_ok=True)
             cov.html_report(directory=str(keep / "html"))
     finally:
         if keep is None:

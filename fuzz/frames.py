@@ -50,7 +50,15 @@ from .common import (
     transcript_units,
 )
 from .targets import Target
-from .wire import Failure, RawConn, Transcript, check_reply, expect_record, expected_reply_types
+from .wire import (
+    Closed,
+    Failure,
+    RawConn,
+    Transcript,
+    check_reply,
+    expect_record,
+    expected_reply_types,
+)
 
 _U32 = struct.Struct("<I")
 _U16 = struct.Struct("<H")
@@ -494,6 +502,7 @@ class FrameFuzzer:
         server_max: int | None = None,
         known: Known | None = None,
         shrink: bool = True,
+        shrink_s: float = 60.0,
     ) -> None:
         self.known = known or Known()
         self.target = target
@@ -512,13 +521,16 @@ class FrameFuzzer:
         self.kinds: dict[str, int] = {}
         self.dead = False
         self.shrink = shrink
+        self.shrink_s = shrink_s
         self.minimized: set[str] = set()
         self.deadline: float | None = None
 
     # ---------------------------------------------------------------- setup
     def _setup(self, c: RawConn) -> None:
         """Version, attach, and fids 1 (open file), 2 (clone of root), 3 (subdirectory)."""
-        c.handshake(self.rng.choice((4096, 8192, 65536, 65536, 1 << 20)))
+        # (any msize now and then: a fault target's schedule is salted by the Tversion)
+        rng = self.rng
+        c.handshake(rng.choice((4096, 8192, 65536, 65536, 1 << 20, rng.randrange(4096, 1 << 20))))
         c.rpc(
             M.Tattach(tag=0, fid=ROOT, afid=C.NOFID, uname=b"root", aname=b"", n_uname=0), outcome=1
         )
@@ -636,7 +648,7 @@ class FrameFuzzer:
         t = Transcript()
         link = self.target.open()
         self.report.connections += 1
-        c = RawConn(link.sock, t, self.timeout)
+        c = RawConn(link.sock, t, self.timeout, faults=link.faults)
         sent = 0
         broke = False
         failure: Failure | None = None
@@ -663,7 +675,7 @@ class FrameFuzzer:
                 if rest:
                     raise Failure("invariant", f"{len(rest)} unexpected frames at EOF")
         except Failure as f:
-            failure = f
+            failure = None if isinstance(f, Closed) else f
             broke = True
         finally:
             c.sock.close()
@@ -698,7 +710,8 @@ class FrameFuzzer:
         return sent
 
     def _save(self, failure: Failure, t: Transcript) -> None:
-        """Minimize (time-boxed: the run's deadline, at most 60 s) and save in its bucket."""
+        """Minimize (time-boxed: the run's deadline, at most ``shrink_s``) and save in its
+        bucket."""
         from .common import bucket
 
         # (signal buckets without their request: it is only known once minimized)
@@ -706,7 +719,7 @@ class FrameFuzzer:
         final = t
         if self.shrink and family not in self.minimized and len(transcript_units(t)) > 2:
             self.minimized.add(family)
-            end = time.monotonic() + 60
+            end = time.monotonic() + self.shrink_s
             if self.deadline is not None:
                 end = min(end, max(self.deadline, time.monotonic() + 5))
             final, tries = minimize_transcript(
@@ -815,8 +828,13 @@ def run(
     timeout: float = 5.0,
     known: Known | None = None,
     shrink: bool = True,
+    shrink_s: float = 60.0,
 ) -> Report:
-    """Run the frame fuzzer until the time or frame budget is spent."""
+    """Run the frame fuzzer until the time or frame budget is spent.
+
+    ``shrink_s``: the most one finding's minimization may take (less if the run's time
+    budget ends first); a test that needs the smallest reproducer gives it the time to
+    converge on a loaded machine."""
     return FrameFuzzer(
         target,
         report,
@@ -825,4 +843,5 @@ def run(
         timeout=timeout,
         known=known,
         shrink=shrink,
+        shrink_s=shrink_s,
     ).run(time_budget=time_budget, max_frames=max_frames)

@@ -8,9 +8,13 @@ its use.  Each case here runs, for a few seconds:
 * an **agent** thread (on the host, seeded) over a small pool of names in the export: create,
   rename over each other, replace a file or a directory by a symlink to a **canary** outside the
   export (absolute, relative ``../..``, and ``/fz-canary`` for the confined daemon, whose root
-  is the bundle rootfs), replace a file by a new one, swap two directories;
-* two **clients** (9P connections of one server process) doing random requests over the same
-  names: multi-name walks (``..`` too), open (read, write, truncate), read, write, readdir,
+  is the bundle rootfs), replace a file by a new one, swap two directories.  Before the
+  clients start, it lays the names out (seeded): a link to a canary of each form, a
+  directory, a file;
+* two **clients** (9P connections of one server process).  Each first surveys the layout
+  (walk, getattr, readlink, open and read of every name) and the agent starts only once both
+  surveys are done, so every case reads through each link at least once, whatever the timing;
+  then random requests over the same names: multi-name walks (``..`` too), open (read, write, truncate), read, write, readdir,
   getattr, setattr, create, mkdir, mknod, symlink, link, rename, renameat, unlinkat, readlink,
   xattrs, statfs, byte-range locks of two owners on one file.
   For the confined daemon the second client is its root connection walked down to ``export``
@@ -49,7 +53,7 @@ from gofer9p.protocol import messages as M
 
 from .common import STOP, Known, Report, budget_spent, run_deadline, save_failure, split_problem
 from .targets import Target
-from .wire import Failure, RawConn, Transcript, attach_requests
+from .wire import Closed, Failure, RawConn, Transcript, attach_requests
 
 NAMES = [b"a", b"b", b"d1", b"d2", b"f"]
 CANARY = "fz-canary"
@@ -172,6 +176,34 @@ class Agent:
             "/",
         ]
 
+    def setup(self) -> None:
+        """The seeded layout a case starts from, made before the clients start: one name a
+        link to a canary by a host path, one by the confined daemon's root (``/fz-canary``),
+        one by a relative path, one a directory, one a file.  So every case begins with the
+        export already swapped (each client's survey then reads through every link once,
+        whatever the timing of the agent's later changes)."""
+        names = [os.fsdecode(n) for n in NAMES]
+        self.rng.shuffle(names)
+        links = self.links()
+        e = os.open(self.export, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        # (a name that stays, a mount point of the fault target, keeps what it is)
+        for n in names:
+            _remove(e, n)
+        free = [n for n in names if not _exists(e, n)]
+        try:
+            for n, make in zip(free, (0, 1, 2, 3, 4), strict=False):
+                if make < 3:
+                    kinds = (links[:2], links[4:6], links[2:4])[make]
+                    os.symlink(self.rng.choice(kinds), n, dir_fd=e)
+                elif make == 3:
+                    os.mkdir(n, dir_fd=e)
+                    with _dir(e, n) as d:
+                        _write(d, "x", b"inside\n")
+                else:
+                    _write(e, n, b"host file\n")
+        finally:
+            os.close(e)
+
     def step(self) -> None:
         """One host-side change.  The agent itself must never follow a symlink (the clients
         make them too): everything below the export is done relative to directory fds
@@ -266,25 +298,58 @@ def _remove(d: int, name: str) -> None:
         pass
 
 
+def _exists(d: int, name: str) -> bool:
+    try:
+        os.lstat(name, dir_fd=d)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 # --------------------------------------------------------------------- client
+def _survey(conn: RawConn) -> None:
+    """Visit every name of the agent's layout once: walk, getattr, readlink, open and read.
+
+    Run before the agent starts changing the export, so the first requests of every case
+    read through each link the layout made (a server that follows one is caught on every
+    case, not only when the random requests happen to meet a swapped name in time)."""
+    fid = 1
+    for name in NAMES:
+        conn.rpc(M.Tclunk(tag=0, fid=fid))
+        conn.rpc(M.Twalk(tag=0, fid=0, newfid=fid, wnames=[name]))
+        conn.rpc(M.Tgetattr(tag=0, fid=fid, request_mask=0x3FFF))
+        conn.rpc(M.Treadlink(tag=0, fid=fid))
+        conn.rpc(M.Tlopen(tag=0, fid=fid, flags=0))
+        conn.rpc(M.Tread(tag=0, fid=fid, offset=0, count=4096))
+    conn.rpc(M.Tclunk(tag=0, fid=fid))
+
+
 def _client(
     conn: RawConn,
     rng: random.Random,
     ops: int,
     problems: list[str],
     prefix: tuple[bytes, ...] | None = (),
+    surveyed: threading.Semaphore | None = None,
 ) -> None:
-    """Random requests over the agent's names; every reply must be a valid reply.
+    """The survey, then random requests over the agent's names; every reply must be a valid
+    reply.
 
     ``prefix``: the walk from the connection's attach root to the export (the daemon's second
-    client is its root connection).
+    client is its root connection).  ``surveyed`` is released once the survey is done (or the
+    client gave up before it): the agent starts changing the export after every client's.
     """
     try:
-        conn.handshake(65536)
-        uname = rng.choice((b"root", b"nobody", b""))
-        n_uname = rng.choice((0, 0, 65534, 1000))
-        for req in attach_requests(prefix, uname=uname, n_uname=n_uname):
-            conn.rpc(req)
+        try:
+            conn.handshake(65536)
+            uname = rng.choice((b"root", b"nobody", b""))
+            n_uname = rng.choice((0, 0, 65534, 1000))
+            for req in attach_requests(prefix, uname=uname, n_uname=n_uname):
+                conn.rpc(req)
+            _survey(conn)
+        finally:
+            if surveyed is not None:
+                surveyed.release()
         # ".." too (clamped at the attach root, and found again after the agent moved a
         # directory), but not by a client attached above the export: it would leave it
         walk_names = NAMES if prefix else [*NAMES, b".."]
@@ -376,6 +441,8 @@ def _client(
                     if proc_id == 2 and ltype != 2:
                         conn.rpc(M.Tgetlock(tag=0, fid=fid, type=1, start=0, length=0,
                                             proc_id=3, client_id=b"race"))
+    except Closed:
+        pass  # a connection with injected faults may end (RawConn.faults)
     except Failure as f:
         problems.append(f"{f.kind}: client: {f.message}")
     except OSError as e:
@@ -402,6 +469,7 @@ def run_case(target: Target, seed: int, ops: int, *, timeout: float = 5.0) -> Ra
     watch = Watch([c for c in canaries] + [c / "sub" for c in canaries])
     rng = random.Random(seed)
     agent = Agent(target.export, canaries, random.Random(rng.randrange(1 << 30)))
+    agent.setup()
     links = []
     threads = []
     try:
@@ -410,18 +478,29 @@ def run_case(target: Target, seed: int, ops: int, *, timeout: float = 5.0) -> Ra
         except OSError as e:
             out.problems.append(f"crash: cannot connect to the server: {e}")
             links = []
-        if links:
-            agent.start()
+        surveyed = threading.Semaphore(0)
         for i, link in enumerate(links):
             t = out.transcript if i == 0 else Transcript()
-            conn = RawConn(link.sock, t, timeout)
+            conn = RawConn(link.sock, t, timeout, faults=link.faults)
             th = threading.Thread(
                 target=_client,
-                args=(conn, random.Random(rng.randrange(1 << 30)), ops, out.problems, link.prefix),
+                args=(
+                    conn,
+                    random.Random(rng.randrange(1 << 30)),
+                    ops,
+                    out.problems,
+                    link.prefix,
+                    surveyed,
+                ),
                 daemon=True,
             )
             th.start()
             threads.append((th, conn))
+        # (each survey is a bounded number of requests, each bounded by ``timeout``)
+        for _ in links:
+            surveyed.acquire(timeout=timeout * 8 * len(NAMES))
+        if links:
+            agent.start()
         for th, _ in threads:
             th.join(timeout * ops + 30)
     finally:

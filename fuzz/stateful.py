@@ -191,6 +191,8 @@ class GoferMachine(RuleBasedStateMachine):
     """See the module docstring.  ``ctx`` is set by :func:`run` before use."""
 
     ctx: ClassVar[Ctx]
+    fids: dict[int, Fid]
+    """The model's fids (``link`` is a rule, Tlink: the connection is ``server``)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -220,11 +222,11 @@ class GoferMachine(RuleBasedStateMachine):
         pid = target.pid()
         if pid is not None and not target.per_connection_process:
             self.fd_pre = fd_count(pid)
-        self.link: Link = target.open()
+        self.server: Link = target.open()
         ctx.report.connections += 1
-        self.c = RawConn(self.link.sock, self.t, ctx.timeout)
+        self.c = RawConn(self.server.sock, self.t, ctx.timeout)
         self.root = self._node("dir", None, b"")
-        self.fids: dict[int, Fid] = {}
+        self.fids = {}
         self.qids: dict[int, Node] = {}
         self.aliases: dict[int, list[Node]] = {}
         self.next_fid = 1
@@ -321,7 +323,7 @@ class GoferMachine(RuleBasedStateMachine):
     def _start(self) -> None:
         self.c.handshake(65536)
         self.versioned = True
-        pid = self.link.pid()
+        pid = self.server.pid()
         self.fd_base = fd_count(pid) if pid is not None else None
         self.fd_names = fd_targets(pid) if pid is not None else {}
         if not self.host:
@@ -342,8 +344,8 @@ class GoferMachine(RuleBasedStateMachine):
     def _pick(self, data: st.DataObject, *, bogus: float = 0.05) -> int:
         """An existing fid (or, sometimes, one the server never saw)."""
         if not self.fids or data.draw(st.floats(0, 1)) < bogus:
-            return data.draw(st.sampled_from([0xDEAD, C.NOFID, self.next_fid + 50]))
-        return data.draw(st.sampled_from(sorted(self.fids)))
+            return int(data.draw(st.sampled_from([0xDEAD, C.NOFID, self.next_fid + 50])))
+        return int(data.draw(st.sampled_from(sorted(self.fids))))
 
     def _bind(self, node: Node | None, qid: M.Qid) -> None:
         """Check and remember a node's qid: one file one path, two live files two paths."""
@@ -1434,7 +1436,7 @@ class GoferMachine(RuleBasedStateMachine):
     def server_fids_match_model(self) -> None:
         if self.failed or self.noop:
             return
-        n = self.link.fid_count()
+        n = self.server.fid_count()
         if n is not None and n != len(self.fids):
             self.failed = True
             f = Failure(
@@ -1478,7 +1480,7 @@ class GoferMachine(RuleBasedStateMachine):
             if self.host and self.ctx.target.export is not None:
                 self._compare_host(self.ctx.target.export, self.root)
             self.c.sock.close()
-            for p in self.link.finish(self.ctx.timeout):
+            for p in self.server.finish(self.ctx.timeout):
                 kind, msg = split_problem(p)
                 raise Failure(kind, msg)
             status = getattr(self.ctx.target, "last_status", 70)
@@ -1491,13 +1493,13 @@ class GoferMachine(RuleBasedStateMachine):
                 r = self.rpc(M.Tclunk(tag=0, fid=fid), ANY if f.xwrite is not None else OK)
                 self._commit(f, isinstance(r, M.Rclunk))
             self.fids.clear()
-            n = self.link.fid_count()
+            n = self.server.fid_count()
             if n:
                 raise Failure("leak", f"server holds {n} fids after every fid was clunked")
-            pid = self.link.pid()
+            pid = self.server.pid()
             if pid is not None and self.fd_base is not None:
                 now = fd_count(pid)
-                if now is not None and now > self.fd_base and not self.link.fid_count():
+                if now is not None and now > self.fd_base and not self.server.fid_count():
                     new = sorted(
                         f"{fd}->{t}"
                         for fd, t in fd_targets(pid).items()
@@ -1514,7 +1516,7 @@ class GoferMachine(RuleBasedStateMachine):
         if rest:
             raise Failure("invariant", f"{len(rest)} unexpected frames at EOF")
         self.c.sock.close()
-        for p in self.link.finish(self.ctx.timeout):
+        for p in self.server.finish(self.ctx.timeout):
             kind, msg = split_problem(p)
             raise Failure(kind, msg)
         pid = self.ctx.target.pid()
@@ -1642,7 +1644,7 @@ def run(
         )
         factory = hseed(rng.randrange(1 << 32))(machine)
         try:
-            run_state_machine_as_test(factory, settings=s)  # type: ignore[no-untyped-call]
+            run_state_machine_as_test(factory, settings=s)
         except BaseException as e:
             if isinstance(e, (KeyboardInterrupt, SystemExit)) or STOP.is_set():
                 raise KeyboardInterrupt from e  # Ctrl-C / SIGTERM: not a finding
@@ -1765,7 +1767,7 @@ def replay_program(meta: dict[str, Any], target: Target, *, timeout: float = 5.0
     )
     try:
         liveness(target, timeout=timeout, exercise=True)
-        run_state_machine_as_test(factory, settings=s)  # type: ignore[no-untyped-call]
+        run_state_machine_as_test(factory, settings=s)
     except Failure as f:
         return [f"{f.kind}: {f.message}"]
     except DidNotReproduce:

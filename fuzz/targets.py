@@ -15,6 +15,8 @@ The kinds, chosen with ``--target``:
 * ``daemon``: the confined ``gofer9p gofer`` (chroot, capabilities, seccomp in kill mode),
   started as a sandbox manager does; several connections of one daemon (see
   :class:`DaemonTarget`); a death by SIGSYS is a finding.
+* ``fault``: the in-process server whose syscalls fail on a seeded schedule
+  (:class:`FaultTarget`, :mod:`gofer9p.testing.faults`): the error and clean-up paths.
 * ``unix:PATH``: an already running server.  The export directory is unknown
   (no host-side comparison); the process is found with ``SO_PEERCRED``.
 
@@ -40,7 +42,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -116,6 +118,10 @@ class Link:
     daemon's extra connections have one (see :class:`DaemonTarget`).
     """
 
+    faults = False
+    """The server fails some of this connection's syscalls on purpose (:class:`FaultTarget`):
+    its requests need a valid reply, not a success."""
+
     def __init__(self, sock: socket.socket, prefix: tuple[bytes, ...] | None = ()) -> None:
         self.sock = sock
         self.prefix = prefix
@@ -175,6 +181,11 @@ class Target:
         """Two connections to the same server process, both reaching the export: one to
         misbehave (or a second client of the export), one to probe latency."""
         return self.open(), self.open()
+
+    def open_quiet(self) -> Link:
+        """A connection for the harness's own checks (liveness, the warm-up): one no
+        injected fault touches (see :class:`FaultTarget`); any other target's :meth:`open`."""
+        return self.open()
 
     def open_more(self, n: int) -> list[Link]:
         """Up to ``n`` more connections to the process serving the last :meth:`open_pair`.
@@ -316,6 +327,8 @@ class InprocTarget(Target):
         self._tmp: Path | None = None
         self.point: Any = None
         self.count = 0
+        self.config: dict[str, Any] = {}
+        """More ServerConfig fields for every connection (:class:`FaultTarget`'s)."""
 
     def start(self) -> None:
         if self._thread is not None:
@@ -360,19 +373,25 @@ class InprocTarget(Target):
                 self._errors.append("crash: server loop died\n" + traceback.format_exc())
 
     def open(self) -> Link:
+        return self._open_named("fuzz")
+
+    def _open_named(self, prefix: str) -> Link:
         import trio
 
         from gofer9p.server import Connection, ServerConfig
 
         self.count += 1
         a, b = socket.socketpair()
-        config = ServerConfig(max_msize=self.max_msize)
-        conn = Connection(a, self.point, config, f"fuzz{self.count}")
+        a = self._server_socket(a, prefix)
+        config = ServerConfig(max_msize=self.max_msize, **self.config)
+        conn = Connection(a, self.point, config, f"{prefix}{self.count}")
         done = threading.Event()
 
         async def serve_one() -> None:
             try:
                 await conn.run()
+            except OSError:
+                pass  # the connection's socket failed: it ends alone (cli.py, daemon.py)
             except BaseException as e:
                 if not isinstance(e, trio.Cancelled):
                     with self._lock:
@@ -388,8 +407,19 @@ class InprocTarget(Target):
         def spawn() -> None:
             self._nursery.start_soon(serve_one)
 
-        trio.from_thread.run_sync(spawn, trio_token=self._token)
+        try:
+            trio.from_thread.run_sync(spawn, trio_token=self._token)
+        except trio.RunFinishedError:
+            a.close()
+            b.close()
+            # (the loop died of an exception a connection raised: problems() has it, and
+            # the fuzzer restarts the target as it would a dead server process)
+            raise ConnectionRefusedError("the in-process server's loop has exited") from None
         return _InprocLink(b, conn, done)
+
+    def _server_socket(self, sock: socket.socket, prefix: str) -> socket.socket:
+        """The server's end of a new connection named ``prefix``N (see :class:`FaultTarget`)."""
+        return sock
 
     def pid(self) -> int | None:
         return os.getpid()
@@ -431,6 +461,177 @@ class InprocTarget(Target):
         if self._unplant is not None:
             self._unplant()
             self._unplant = None
+
+
+class FaultTarget(InprocTarget):
+    """The in-process server with its syscalls failing on a seeded schedule, and a host
+    layout that reaches the rest of what a plain export never does.
+
+    :mod:`gofer9p.testing.faults` makes the server's and the attach layer's syscalls fail
+    (EMFILE from an open or a pipe, EIO from a read or a close, EINVAL from a splice, ENOSYS
+    from fchmodat2, EPIPE or EAGAIN from the connection socket's send, ...) at ``rate`` per
+    call, as a function of ``seed`` and of the request's
+    bytes: replaying a finding's frames fails the same calls.  The error and clean-up paths a
+    healthy host never runs are judged by the usual oracles: every reply is a valid reply
+    (an injected errno is one the call can return), the connection ends cleanly, no
+    internal error is logged, no fd is left behind once the connections closed, memory
+    stays within its bounds.  The stateful model expects a healthy host: run the frames,
+    pressure and race fuzzers against this target.  ``--target fault:SEED:RATE`` replays
+    a finding with the schedule it was found with (its ``.json`` says which).
+
+    Beside the faults, every connection has an id map (:data:`IDMAP`: guest root is host
+    root, guest 1000.. are host 2000.., every other id unmapped) and a small fd share
+    (:data:`FD_SHARE`: idle fids' fds are reclaimed and revived); as root, in a mount
+    namespace of this process's own (the mounts go with it), the export's ``d1`` and
+    ``fz-dir`` (names the race and frame fuzzers use) are tmpfs mount points, after
+    :data:`OVERFLOW_MOUNTS` other tmpfs mounts were met, so their files' qids take the
+    overflow path of a 256th device.
+    """
+
+    name = "fault"
+
+    IDMAP = {"uids": [(0, 0, 1), (1000, 2000, 100)], "gids": [(0, 0, 1), (1000, 3000, 100)]}
+    FD_SHARE = 40
+    MOUNTED = ("d1", "fz-dir")
+    OVERFLOW_MOUNTS = 255
+
+    def __init__(self, *, seed: int = 1, rate: float | None = None, **kwargs: Any) -> None:
+        from gofer9p.testing.faults import DEFAULT_RATE
+
+        super().__init__(**kwargs)
+        self.seed = seed
+        self.rate = DEFAULT_RATE if rate is None else rate
+        self.schedule: Any = None
+        self._unfault: Any = None
+        self.mounts: list[Path] = []
+        """The tmpfs mount points in the export (empty: not root, or no mount namespace)."""
+
+    @property
+    def spec(self) -> str:
+        """``fault:SEED:RATE``: the ``--target`` that replays this target's schedule."""
+        return f"fault:{self.seed}:{self.rate:g}"
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        from gofer9p.attach import IdMap
+
+        self.config = {"idmap": IdMap(**self.IDMAP), "fd_share": self.FD_SHARE}  # type: ignore[arg-type]
+        # (before the server's threads start: they share the namespace of the thread that
+        # starts them)
+        private = os.geteuid() == 0 and not self.file_root and _private_mounts()
+        super().start()
+        if private:
+            self._mount()
+        from gofer9p.testing.faults import apply
+
+        self.schedule, self._unfault = apply(self.seed, self.rate)
+
+    def _mount(self) -> None:
+        """The tmpfs mount points (see the class doc); nothing where mounting is refused."""
+        assert self.export is not None and self._tmp is not None
+        extra = self._tmp / "mounts"
+        extra.mkdir()
+        others = [extra / f"m{i}" for i in range(self.OVERFLOW_MOUNTS)]
+        wanted = [*others, *(self.export / n for n in self.MOUNTED)]
+        for p in wanted:
+            p.mkdir()
+            if not _mount_tmpfs(p):
+                break
+            self.mounts.append(p)
+        # the server meets every other device first (as a walk onto it would), so the
+        # export's mount points are devices 256 and on; then the others go away
+        for p in self.mounts:
+            st = os.stat(p)
+            self.point.qid_path(st.st_dev, st.st_ino)
+        for p in others:
+            if p in self.mounts:
+                _umount(p)
+                self.mounts.remove(p)
+        # A file re-opened by handle needs one fd of its mount, kept by the attach point from
+        # first use on (bounded: one per mount): made now, or a fuzzer would call it a leak.
+        from gofer9p.attach._sys import file_handle
+
+        for p in [self.export, *self.mounts]:
+            fd = os.open(p, os.O_PATH | os.O_CLOEXEC)
+            try:
+                self.point.mount_fd(file_handle(fd)[1], fd)
+            finally:
+                os.close(fd)
+
+    def reset_export(self) -> None:
+        super().reset_export()
+        for p in self.mounts:
+            os.chmod(p, 0o755)  # (a mount point's own mode survives the reset's removal)
+
+    def open(self) -> Link:
+        link = super().open()
+        link.faults = True
+        return link
+
+    def _server_socket(self, sock: socket.socket, prefix: str) -> socket.socket:
+        from gofer9p.testing.faults import QUIET, faulty_socket
+
+        if prefix == QUIET or self.schedule is None:
+            return sock
+        return faulty_socket(self.schedule, sock)
+
+    def open_quiet(self) -> Link:
+        from gofer9p.testing.faults import QUIET
+
+        return self._open_named(QUIET)
+
+    def open_pair(self) -> tuple[Link, Link]:
+        """The second connection (the latency probe, the race's second client) is quiet: a
+        probe's round trips must succeed, and faults on it would be no finding."""
+        return self.open(), self.open_quiet()
+
+    def injected(self) -> dict[str, int]:
+        """How many calls of each name were made to fail so far."""
+        return dict(self.schedule.injected) if self.schedule is not None else {}
+
+    def stop(self) -> None:
+        if self._unfault is not None:
+            self._unfault()
+            self._unfault = None
+        super().stop()
+        for p in self.mounts:
+            _umount(p)
+        self.mounts = []
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)  # the mount points, now plain dirs
+
+
+_MS_REC, _MS_PRIVATE, _CLONE_NEWNS, _MNT_DETACH = 0x4000, 0x40000, 0x20000, 2
+_own_mount_ns: list[bool] = []
+
+
+def _private_mounts() -> bool:
+    """Move this process into a mount namespace of its own (once): mounts made for a fuzz
+    target then vanish with the process, however it ends, and are seen by nobody else.
+    Threads started later share it; false where the kernel refuses."""
+    import ctypes
+
+    if not _own_mount_ns:
+        libc = ctypes.CDLL(None, use_errno=True)
+        ok = libc.unshare(_CLONE_NEWNS) == 0 and libc.mount(
+            None, b"/", None, _MS_REC | _MS_PRIVATE, None) == 0
+        _own_mount_ns.append(ok)
+    return _own_mount_ns[0]
+
+
+def _mount_tmpfs(path: Path) -> bool:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    return bool(libc.mount(b"gofer9p-fuzz", os.fsencode(path), b"tmpfs", 0,
+                           b"size=4m,nr_inodes=4096,mode=0755") == 0)
+
+
+def _umount(path: Path) -> None:
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).umount2(os.fsencode(path), _MNT_DETACH)
 
 
 # ------------------------------------------------------------------ processes
@@ -674,7 +875,8 @@ class ServeFdTarget(Target):
         self._tmp: Path | None = None
         self.log_path: Path | None = None
         self._scanner: _LogScanner | None = None
-        self.current: _ProcLink | None = None
+        self.current: list[_ProcLink] = []
+        """The processes of the last :meth:`open` (one) or :meth:`open_pair` (two)."""
 
     def start(self) -> None:
         if self._tmp is None:
@@ -684,11 +886,27 @@ class ServeFdTarget(Target):
             self._scanner = _LogScanner(self.log_path)
 
     def open(self) -> Link:
+        self._end_current()
+        self.current = [self._spawn()]
+        return self.current[0]
+
+    def open_pair(self) -> tuple[Link, Link]:
+        """Two processes serving the same export, as two sandboxes sharing a directory (one
+        process serves one connection: a second ``open`` would end the first)."""
+        self._end_current()
+        self.current = [self._spawn(), self._spawn()]
+        return self.current[0], self.current[1]
+
+    def _end_current(self) -> None:
+        """Kill what is left of the last connections' processes (they exit at EOF)."""
+        for link in self.current:
+            if link.proc is not None and link.proc.poll() is None:
+                link.proc.kill()
+                link.proc.wait(10)
+        self.current = []
+
+    def _spawn(self) -> _ProcLink:
         assert self.log_path is not None
-        if self.current is not None and self.current.proc is not None:
-            if self.current.proc.poll() is None:
-                self.current.proc.kill()
-                self.current.proc.wait(10)
         a, b = socket.socketpair()
         cmd = [
             *_gofer_cmd(self.plant),
@@ -717,8 +935,7 @@ class ServeFdTarget(Target):
             )
         _limit(proc.pid)
         a.close()
-        self.current = _ProcLink(b, proc.pid, proc)
-        return self.current
+        return _ProcLink(b, proc.pid, proc)
 
     def problems(self) -> list[str]:
         return self._scanner.new_problems() if self._scanner else []
@@ -727,10 +944,7 @@ class ServeFdTarget(Target):
         return True
 
     def stop(self) -> None:
-        if self.current is not None and self.current.proc is not None:
-            if self.current.proc.poll() is None:
-                self.current.proc.kill()
-                self.current.proc.wait(10)
+        self._end_current()
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
@@ -785,7 +999,13 @@ CONFINE_WAIT_S = 60.0
 coverage's tracing) before the fuzzer's first request is timed."""
 
 
-def _wait_confined(pid: int, proc: subprocess.Popen[bytes]) -> None:
+class _Polled(Protocol):
+    """A child process as launch gives it (``Popen`` or a fork server's ``PidfdProcess``)."""
+
+    def poll(self) -> int | None: ...
+
+
+def _wait_confined(pid: int, proc: _Polled) -> None:
     """Wait until the daemon installed its seccomp filter (its last step before serving), so
     that ``--timeout`` times the server's replies, not the process's start."""
     deadline = time.monotonic() + CONFINE_WAIT_S
@@ -1060,15 +1280,19 @@ class DaemonTarget(Target):
             shutil.move(str(f), str(self._cov_dir / f.name))
 
 
-TARGETS = ("inproc", "serve", "serve-fd", "daemon", "unix:PATH")
+TARGETS = ("inproc", "serve", "serve-fd", "daemon", "fault", "unix:PATH")
 ATTACH = ("rw", "ro", "panic", "file")
 """``--attach``: read-write, read-only, panic-on-write (daemon), a file as the root."""
 
 
 def make_target(
-    spec: str, *, max_msize: int = 1 << 20, plant: str = "", attach: str = "rw"
+    spec: str, *, max_msize: int = 1 << 20, plant: str = "", attach: str = "rw", seed: int = 1
 ) -> Target:
-    """``inproc`` | ``serve`` | ``serve-fd`` | ``daemon`` | ``unix:PATH``.
+    """``inproc`` | ``serve`` | ``serve-fd`` | ``daemon`` | ``fault[:SEED[:RATE]]`` |
+    ``unix:PATH``.
+
+    ``fault``: the in-process server with failing syscalls (:class:`FaultTarget`), its
+    schedule seeded with ``seed`` unless the spec names one.
 
     ``attach``: ``rw`` (default), ``ro`` (a read-only attach point: every mutating request must
     get EROFS), ``panic`` (daemon only: ``--panic-on-write``, the daemon exits 70 on the first
@@ -1082,6 +1306,15 @@ def make_target(
         raise ValueError("--attach panic needs --target daemon (it ends the server process)")
     if attach == "file" and spec not in ("inproc", "serve", "serve-fd"):
         raise ValueError("--attach file needs --target inproc, serve or serve-fd")
+    if spec == "fault" or spec.startswith("fault:"):
+        parts = spec.split(":")
+        if len(parts) > 3:
+            raise ValueError(f"--target fault[:SEED[:RATE]], not {spec!r}")
+        return FaultTarget(
+            seed=int(parts[1]) if len(parts) > 1 else seed,
+            rate=float(parts[2]) if len(parts) > 2 else None,
+            max_msize=max_msize, readonly=ro, plant=plant,
+        )
     kinds: dict[str, type[InprocTarget] | type[ServeTarget] | type[ServeFdTarget]] = {
         "inproc": InprocTarget,
         "serve": ServeTarget,
@@ -1097,4 +1330,6 @@ def make_target(
         )
     if spec.startswith("unix:"):
         return UnixTarget(spec[5:])
-    raise ValueError(f"--target must be inproc, serve, serve-fd, daemon or unix:PATH, not {spec!r}")
+    raise ValueError(
+        f"--target must be inproc, serve, serve-fd, daemon, fault or unix:PATH, not {spec!r}"
+    )

@@ -106,6 +106,15 @@ class Failure(Exception):
         self.message = message
 
 
+class Closed(Failure):
+    """The server closed a connection with injected faults (``RawConn.faults``) while a
+    reply was due: allowed there (a spliced Rread whose data could not follow its header
+    ends the connection), so no finding; a crash it came with is one (the target's log)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("closed", message)
+
+
 def expected_reply_types(ttype: int) -> frozenset[int]:
     """Types a server may answer a request of type ``ttype`` with.
 
@@ -242,8 +251,14 @@ class RawConn:
     must never close the connection).
     """
 
-    def __init__(self, sock: socket.socket, transcript: Transcript, timeout: float = 5.0) -> None:
+    def __init__(
+        self, sock: socket.socket, transcript: Transcript, timeout: float = 5.0,
+        *, faults: bool = False,
+    ) -> None:
         self.sock = sock
+        self.faults = faults
+        """The server may fail any request of this connection on purpose (an injected
+        fault, ``Link.faults``): a success is not required, only a valid reply."""
         self.transcript = transcript
         self.timeout = timeout
         self.msize = 0
@@ -307,11 +322,12 @@ class RawConn:
             if frame is not None:
                 return frame
             if not self._fill(deadline):
-                raise Failure(
-                    "invariant",
-                    "server closed the connection while a reply was expected"
-                    + (f" ({len(self.buf)} stray bytes)" if self.buf else ""),
+                msg = "server closed the connection while a reply was expected" + (
+                    f" ({len(self.buf)} stray bytes)" if self.buf else ""
                 )
+                if self.faults:
+                    raise Closed(msg)
+                raise Failure("invariant", msg)
 
     def expect_close(self, *, half_close: bool) -> list[bytes]:
         """Wait for the server to close; return any frames it sent first."""
@@ -359,9 +375,15 @@ class RawConn:
         self.send(encode(msg))
         return self.expect_reply(tag, msg.TYPE, outcome=outcome, data=data)
 
+    def expected(self, outcome: int) -> int:
+        """The outcome a reply must have: a success may be an error where faults are
+        injected (``faults``); an expected error stays one."""
+        return ANY if self.faults and outcome == OK else outcome
+
     def expect_reply(
         self, tag: int, ttype: int, *, outcome: int = ANY, data: bytes | None = None
     ) -> M.Message:
+        outcome = self.expected(outcome)
         rec = _EXPECT.pack(tag, ttype, outcome) + (b"D" + data if data is not None else b"")
         frame = self.recv_frame(record=rec)
         reply = check_reply(frame, tag=tag, ttype=ttype, msize=self.msize or None, outcome=outcome)

@@ -469,6 +469,7 @@ class Connection:
         reason = "EOF"
         registry = self.config.stats
         registry.add(self.stats)
+        failed: OSError | None = None
         try:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
@@ -476,6 +477,12 @@ class Connection:
                     reason = await self._receive_loop()
                 except (BrokenPipeError, ConnectionResetError) as e:
                     reason = f"peer closed ({e.strerror})"
+                except OSError as e:
+                    # the socket failed otherwise (ENOBUFS or ENOMEM under memory pressure):
+                    # raised here it would leave the nursery as an ExceptionGroup, which the
+                    # callers' ``except OSError`` (one connection's I/O error) does not catch
+                    reason = f"I/O error ({e.strerror})"
+                    failed = e
                 finally:
                     self.core.close()
                     for t in list(self.tasks.values()):
@@ -493,6 +500,8 @@ class Connection:
                 self.core.frames,
                 self.quiet.hits if self.quiet else 0,
             )
+        if failed is not None:
+            raise failed
 
     async def _receive_loop(self) -> str:
         sock = self.sock
@@ -901,7 +910,13 @@ class Connection:
                 try:
                     await self._send([reply])
                 except OSError as e:
-                    log.info("%s: tag=%d reply not sent: %s", self.name, tag, e)
+                    # the stream has lost a reply (or part of one): the client would wait
+                    # for it for ever, so the connection ends (the loop sees EOF)
+                    log.info("%s: tag=%d reply not sent: %s; closing", self.name, tag, e)
+                    try:
+                        self.sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
                 else:
                     self._count_background(msg.TYPE, reply, t0)
         finally:

@@ -72,7 +72,11 @@ class Reopen(Paths):
         finally:
             if owned:
                 _close(pfd)
-        st = _fstat(fd)
+        try:
+            st = _fstat(fd)
+        except BaseException:
+            _close(fd)
+            raise
         if st.st_ino != f.ino or st.st_dev != f.dev:
             _close(fd)
             raise _err(errno.ESTALE)

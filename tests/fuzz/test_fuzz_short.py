@@ -52,7 +52,7 @@ def inproc() -> Iterator[Target]:
 
 def test_stateful_short(inproc: Target, tmp_path: Path) -> None:
     report = Report(fuzzer="stateful", target="inproc", seed=1)
-    stateful.run(inproc, report, seed=1, time_budget=40, max_examples=60, steps=25,
+    stateful.run(inproc, report, seed=1, time_budget=None, max_examples=60, steps=25,
                  crash_dir=tmp_path, shrink=False, known=Known.load())
     _assert_clean(report)
     assert report.examples_run >= 20, report.summary()
@@ -60,7 +60,7 @@ def test_stateful_short(inproc: Target, tmp_path: Path) -> None:
 
 def test_frames_short(inproc: Target, tmp_path: Path) -> None:
     report = Report(fuzzer="frames", target="inproc", seed=2)
-    frames.run(inproc, report, seed=2, time_budget=30, max_frames=3000, crash_dir=tmp_path,
+    frames.run(inproc, report, seed=2, time_budget=None, max_frames=3000, crash_dir=tmp_path,
                known=Known.load())
     _assert_clean(report)
     assert report.details["type_sweep_done"], "every type byte 0-255 must be sent"

@@ -7,8 +7,11 @@ exception in a handler (log oracle, crash buckets, in-process target), a handler
 event loop (latency oracle).  Each test also replays the saved finding against the same server
 without the defect, where it must pass: ``replay`` says pass/fail, it does not just resend bytes.
 
-The server processes here are real (``gofer9p serve``, the confined daemon); the whole module
-stays well under a minute on the 2-core CI machine.
+The server processes here are real (``gofer9p serve``, the confined daemon); each test takes
+under a minute on the 2-core CI machine (3 minutes for the module at load 2).  Every run here is bounded by a count
+(examples, frames, cases), not by time, and each planted defect is reached within it whatever
+the timing: what a test asserts must not depend on how loaded the machine is (a time budget
+failed on a loaded CI machine more than once).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ def _pressure_finding(
     report = Report(fuzzer="pressure", target="serve", seed=5)
     with ServeTarget(plant=plant) as t:
         pressure.run(
-            t, report, seed=5, time_budget=60, max_cases=1, crash_dir=tmp_path,
+            t, report, seed=5, time_budget=None, max_cases=1, crash_dir=tmp_path,
             scenario=scenario, size=size,
         )
         assert report.leaks, report.summary()
@@ -89,7 +92,7 @@ def test_latency_oracle_finds_a_stalled_event_loop(tmp_path: Path) -> None:
     report = Report(fuzzer="pressure", target="serve", seed=6)
     with ServeTarget(plant="stall") as t:
         pressure.run(
-            t, report, seed=6, time_budget=60, max_cases=1, crash_dir=tmp_path,
+            t, report, seed=6, time_budget=None, max_cases=1, crash_dir=tmp_path,
             scenario="mix", size=300, latency=1.0,
         )
         hangs = [h["message"] for h in report.hangs]
@@ -105,17 +108,18 @@ def test_latency_oracle_finds_a_stalled_event_loop(tmp_path: Path) -> None:
 
 
 def test_canary_oracle_finds_a_read_that_follows_a_symlink(tmp_path: Path) -> None:
+    """The first case finds it, whatever the timing: every case starts from the agent's
+    layout (links to the canary) and each client's survey reads through every link before
+    the agent starts; so the case is found, minimized and replayed on the first try."""
     report = Report(fuzzer="race", target="serve", seed=7)
     with ServeTarget(plant="follow") as t:
-        race.run(t, report, seed=7, time_budget=60, max_cases=15, crash_dir=tmp_path)
+        race.run(t, report, seed=7, time_budget=None, max_cases=1, crash_dir=tmp_path)
         msgs = [c["message"] for c in report.crashes]
         assert any("outside the export was touched" in m and "OPEN" in m for m in msgs), msgs
         (meta_path,) = _bucket_files(tmp_path, "race-crash-outside-the-export")
         meta = json.loads(meta_path.read_text())
-        assert meta["case"]["ops"] <= meta["case"]["original_ops"]
-        # (a race: replay runs the case until it fails, up to 40 times; the minimized case
-        # can lose the race often: 10 tries missed once in 8 runs)
-        assert race.replay_case(meta_path, t, tries=40), "replay did not reproduce it"
+        assert meta["case"]["ops"] < meta["case"]["original_ops"], "not minimized"
+        assert race.replay_case(meta_path, t, tries=1), "replay did not reproduce it"
     with ServeTarget() as clean:
         assert race.replay_case(meta_path, clean, tries=1) == []
 
@@ -124,8 +128,11 @@ def test_canary_oracle_finds_a_read_that_follows_a_symlink(tmp_path: Path) -> No
 def test_seccomp_oracle_finds_a_syscall_off_the_whitelist(tmp_path: Path) -> None:
     report = Report(fuzzer="frames", target="daemon", seed=2)
     with DaemonTarget(plant="syscall") as t:
-        # (each minimizing replay starts a daemon: 60 s holds on a loaded machine)
-        frames.run(t, report, seed=2, time_budget=60, max_frames=150, crash_dir=tmp_path)
+        # A frame budget, no time budget: the type sweep reaches Tstatfs whatever the load.
+        # Minimizing took 15 replays (each starts a daemon, ~1 s idle): 300 s lets it converge
+        # on a loaded machine rather than be cut short.
+        frames.run(t, report, seed=2, time_budget=None, max_frames=150, crash_dir=tmp_path,
+                   shrink_s=300)
         assert any("SIGSYS" in c["message"] for c in report.crashes), report.summary()
         (path,) = sorted(tmp_path.glob("frames-crash-SIGSYS-TSTATFS.bin"))
         t_min = Transcript.from_bytes(path.read_bytes())
@@ -139,7 +146,8 @@ def test_seccomp_oracle_finds_a_syscall_off_the_whitelist(tmp_path: Path) -> Non
 def test_log_oracle_in_process_crash_is_bucketed_and_the_fuzzer_survives(tmp_path: Path) -> None:
     report = Report(fuzzer="frames", target="inproc", seed=3)
     with InprocTarget(plant="crash") as t:
-        frames.run(t, report, seed=3, time_budget=20, max_frames=600, crash_dir=tmp_path)
+        frames.run(t, report, seed=3, time_budget=None, max_frames=600, crash_dir=tmp_path,
+                   shrink_s=300)
     buckets = report.details.get("findings_by_bucket", {})
     assert "crash-ZeroDivisionError-plant.bad_statfs" in buckets, buckets
     # one bug, one file, however many times it was hit
@@ -156,8 +164,10 @@ def test_stateful_finding_is_replayed_with_the_model(tmp_path: Path) -> None:
     """A model-checked finding keeps hypothesis's program; replay re-runs it, checks and all."""
     report = Report(fuzzer="stateful", target="inproc", seed=4)
     with InprocTarget(plant="crash") as t:
+        # an example budget, no time budget (120 s was not always enough under load): the
+        # seeded examples reach Tstatfs and shrinking ends by itself (29 s idle)
         stateful.run(
-            t, report, seed=4, time_budget=120, max_examples=200, steps=20, crash_dir=tmp_path,
+            t, report, seed=4, time_budget=None, max_examples=200, steps=20, crash_dir=tmp_path,
             database=tmp_path / "db", max_failures=1,
         )
         assert report.crashes, report.summary()
@@ -175,7 +185,7 @@ def test_read_only_attach_point_in_the_model(tmp_path: Path) -> None:
     a server that let one through would be a model mismatch."""
     report = Report(fuzzer="stateful", target="inproc", seed=8)
     with InprocTarget(readonly=True) as t:
-        stateful.run(t, report, seed=8, time_budget=20, max_examples=40, steps=20,
+        stateful.run(t, report, seed=8, time_budget=None, max_examples=40, steps=20,
                      crash_dir=tmp_path, shrink=False)
     assert report.ok, report.summary()
     rules = report.details["rule_counts"]
@@ -186,7 +196,7 @@ def test_read_only_attach_point_in_the_model(tmp_path: Path) -> None:
 def test_panic_on_write_daemon_in_the_model(tmp_path: Path) -> None:
     report = Report(fuzzer="stateful", target="daemon", seed=9)
     with DaemonTarget(panic_on_write=True) as t:
-        stateful.run(t, report, seed=9, time_budget=20, max_examples=8, steps=10,
+        stateful.run(t, report, seed=9, time_budget=None, max_examples=8, steps=10,
                      crash_dir=tmp_path, shrink=False)
         assert t.exit_counts.get(70), t.exit_counts  # sessions ended by the panic, as expected
     assert report.ok, report.summary()

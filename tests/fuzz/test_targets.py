@@ -169,3 +169,23 @@ def test_file_root_attach_point_is_fuzzed_clean(tmp_path: Path) -> None:
         frames.run(t, report, seed=3, time_budget=20, max_frames=600, crash_dir=tmp_path)
     assert report.ok, report.summary()
     assert report.fd_growth == 0, report.summary()
+
+
+def test_serve_fd_race_case_has_two_live_clients(tmp_path: Path) -> None:
+    """serve-fd runs one process per connection: a race case's two clients are two
+    processes on one export (the second open killed the first, and every case of a race
+    run on serve-fd was a false 'server closed the connection')."""
+    from fuzz import race
+    from fuzz.common import Report
+    from fuzz.targets import ServeFdTarget
+
+    with ServeFdTarget() as t:
+        a, b = t.open_pair()
+        assert a.pid() != b.pid()
+        assert all(link.proc is not None and link.proc.poll() is None for link in t.current)
+        a.sock.close()
+        b.sock.close()
+        assert a.finish(10) == [] and b.finish(10) == []
+        report = Report(fuzzer="race", target="serve-fd", seed=5)
+        race.run(t, report, seed=5, time_budget=None, max_cases=1, crash_dir=tmp_path)
+    assert report.ok, report.summary()
