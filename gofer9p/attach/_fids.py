@@ -191,7 +191,7 @@ class _Fid:
         self.qid = qid
         self.ofd = -1
         self.oacc = 0
-        self.nfds = int(fd >= 0 and (dirh is None or dirh.fd != fd))
+        self.nfds = 1 if fd >= 0 and (dirh is None or dirh.fd != fd) else 0
         self.pin = 0
         self.idle = False
         self.used = True
@@ -201,7 +201,9 @@ class _Fid:
         self.killpriv = False
         self.refs = 0
         self.dead = False
-        self.retired: list[int | _DirFd] = []
+        # fds it let go of while in use (closed at its last reference); a tuple, replaced
+        # on the rare retire, so that a new fid allocates no list
+        self.retired: tuple[int | _DirFd, ...] = ()
         self.dirlock: threading.Lock | None = None
         self.dbuf: _sys.DirentBuffer | None = None
         # POSIX lock owners (proc_id, client_id) holding locks through this fid
@@ -452,9 +454,9 @@ class FidTable:
         charged (its holder says for itself)."""
         h = f.dirh
         fd = f.fd
-        ofd = f.ofd if f.ofd != fd else -1  # lcreate: one fd is both
         fds = [fd] if fd >= 0 and (h is None or fd != h.fd) else []
-        if ofd >= 0:
+        ofd = f.ofd
+        if ofd >= 0 and ofd != fd:  # lcreate: one fd is both
             fds.append(ofd)
         if charged:
             self._fd_used -= f.nfds
@@ -470,7 +472,7 @@ class FidTable:
                     self._unshare(r, fds)
                 else:
                     fds.append(r)  # charged in nfds
-            f.retired = []
+            f.retired = ()
         return fds
 
     def _unshare(self, h: _DirFd, fds: list[int]) -> None:
@@ -503,7 +505,8 @@ class FidTable:
     def _close_fid(self, f: _Fid, fds: list[int]) -> None:
         """After :meth:`_let_go` of a fid going away: its lock descriptions, its
         xattr bytes and ``fds`` (outside the lock)."""
-        self._forget_locks(f)
+        if f.lockers is not None:  # tested here: most fids never lock (a call spared)
+            self._forget_locks(f)
         if f.xcharge:
             f.xacct[0] -= f.xcharge
             f.xcharge = 0
@@ -701,7 +704,7 @@ class FidTable:
             if not f.dead:
                 if not f.retired:
                     return
-                retired, f.retired = f.retired, []
+                retired, f.retired = f.retired, ()
                 fds: list[int] = []
                 for r in retired:
                     if isinstance(r, _DirFd):

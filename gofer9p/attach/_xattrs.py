@@ -98,7 +98,7 @@ class Xattrs(Reopen):
                     if f.ofd >= 0:
                         # The fid is an xattr fid now: no more file I/O through it.
                         if f.ofd != f.fd:
-                            f.retired.append(f.ofd)  # closed: its locks go with it
+                            f.retired = (*f.retired, f.ofd)  # closed: its locks go with it
                         else:
                             # After Tlcreate that fd is also the fid's own fd and
                             # stays open: drop the locks taken through it instead.
