@@ -76,8 +76,6 @@ XATTR_SESSION_MAX = 8 << 20
 buffers of Txattrwalk, announced sizes of Txattrcreate).  Past it: ENOMEM.
 Without it a client could pin XATTR_MAX bytes per fid times the fid limit."""
 
-_NO_ACCT: list[int] = [0]  # placeholder cell for fids that never charge
-
 _XNONE = 0
 _XREAD = 1  # Txattrwalk result: holds a value (or name list) for Tread
 _XWRITE = 2  # after Txattrcreate: collects Twrites, commits on Tclunk
@@ -92,6 +90,27 @@ class _LockOwner:
         self.fd = fd
         self.own = own  # a description of its own (else the fid's open fd, not ours to close)
         self.held: list[tuple[int, int]] = []  # sorted, disjoint [start, end) ranges
+
+
+class _Xattr:
+    """What an xattr fid holds (``_Fid.xattr``), made by Txattrwalk/Txattrcreate only, so
+    that the fids every walk makes carry one field for it, not seven.
+
+    ``buf`` the value read (Txattrwalk) or being written; for a write ``name``,
+    ``size`` (announced), ``end`` (bytes written up to) and ``flags`` (setxattr's);
+    ``charge`` the bytes charged to the session's xattr budget
+    (``FidTable._charge_xattr``), given back when the fid goes away.
+    """
+
+    __slots__ = ("buf", "charge", "end", "flags", "name", "size")
+
+    def __init__(self, buf: bytes | bytearray, name: bytes = b"", size: int = 0, flags: int = 0) -> None:
+        self.buf = buf
+        self.name = name
+        self.size = size
+        self.end = 0
+        self.flags = flags
+        self.charge = 0
 
 
 class _DirFd:
@@ -166,14 +185,8 @@ class _Fid:
         "table",
         "uid",
         "used",
-        "xacct",
-        "xbuf",
-        "xcharge",
-        "xflags",
-        "xlen",
+        "xattr",
         "xmode",
-        "xname",
-        "xsize",
     )
 
     def __init__(
@@ -208,14 +221,8 @@ class _Fid:
         self.dbuf: _sys.DirentBuffer | None = None
         # POSIX lock owners (proc_id, client_id) holding locks through this fid
         self.lockers: dict[tuple[int, bytes], _LockOwner] | None = None
-        self.xmode = _XNONE
-        self.xname = b""
-        self.xbuf: bytes | bytearray = b""
-        self.xcharge = 0  # bytes of xbuf charged to the session's xattr budget
-        self.xacct: list[int] = _NO_ACCT
-        self.xsize = 0
-        self.xlen = 0
-        self.xflags = 0
+        self.xmode = _XNONE  # tested by every walk and open: a field of its own
+        self.xattr: _Xattr | None = None  # the xattr state of an xattr fid
 
     @property
     def parent(self) -> int:
@@ -507,10 +514,12 @@ class FidTable:
         xattr bytes and ``fds`` (outside the lock)."""
         if f.lockers is not None:  # tested here: most fids never lock (a call spared)
             self._forget_locks(f)
-        if f.xcharge:
-            f.xacct[0] -= f.xcharge
-            f.xcharge = 0
-            f.xbuf = b""
+        x = f.xattr
+        if x is not None:
+            f.xattr = None
+            if x.charge:
+                self._xacct[0] -= x.charge
+                x.charge = 0
         for fd in fds:
             try:
                 _close(fd)
@@ -838,15 +847,14 @@ class FidTable:
                 for key in list(lockers):
                     self._drop_owner(lockers, key)
 
-    def _charge_xattr(self, f: _Fid, size: int) -> None:
-        """Charge ``size`` bytes of xattr buffer held by ``f`` to the session (ENOMEM past
-        the cap); ``_close_fid`` gives them back."""
+    def _charge_xattr(self, x: _Xattr, size: int) -> None:
+        """Charge ``size`` bytes of xattr buffer held by ``x`` to the session (ENOMEM past
+        the cap); ``_close_fid`` gives them back when its fid goes away."""
         acct = self._xacct
         if acct[0] + size > XATTR_SESSION_MAX:
             raise _err(errno.ENOMEM)
         acct[0] += size
-        f.xcharge += size
-        f.xacct = acct
+        x.charge += size
 
 
 __all__ = ["FDS_PER_FID", "FID_BYTES", "XATTR_SESSION_MAX", "FidTable"]
