@@ -78,6 +78,9 @@ the worst case, one int object (32 bytes) in each, plus the error table."""
 
 _clock = time.monotonic_ns
 _TLERROR = int(MsgType.TLERROR)
+_BUCKET_OF = tuple(min(b, BUCKETS - 1) for b in range(128 - FIRST_BIT + 1))
+"""The bucket of a latency ``dt`` (ns, below 2**128) is ``_BUCKET_OF[(dt >> FIRST_BIT).bit_length()]``:
+one index where a comparison and a branch would run per reply."""
 
 
 class FdBudget(Protocol):
@@ -146,8 +149,7 @@ class ConnStats:
         counted in column 6 first (Tlerror, which no client sends: no branch per
         reply) and moved to their requests' types from ``errk``."""
         dt = _clock() - t0
-        b = (dt >> FIRST_BIT).bit_length()
-        row = self.hist[b if b < BUCKETS else BUCKETS - 1]
+        row = self.hist[_BUCKET_OF[(dt >> FIRST_BIT).bit_length()]]
         if row is None:
             row = self._row(dt)
         lsum = self.lsum
@@ -155,8 +157,8 @@ class ConnStats:
             k = r[4] - 1
             row[k] += 1
             lsum[k] += dt
-        errk = self.errk
-        if errk:
+        if self.errk:  # loaded again below: the common case (no Rlerror) stores nothing
+            errk = self.errk
             for k in errk:
                 row[k] += 1
                 lsum[k] += dt
@@ -176,9 +178,7 @@ class ConnStats:
 
     def _row(self, dt: int) -> list[int]:
         """The histogram row of latency ``dt`` (ns), made on first use."""
-        b = (dt >> FIRST_BIT).bit_length()
-        if b >= BUCKETS:
-            b = BUCKETS - 1
+        b = _BUCKET_OF[(dt >> FIRST_BIT).bit_length()]
         row = self.hist[b]
         if row is None:
             row = self.hist[b] = [0] * COLUMNS

@@ -38,6 +38,10 @@ _O_CREATE = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 #: root's with them must not exist, even for a moment).
 _CREATE_BITS = 0o1777
 
+_SETID = stat.S_ISUID | stat.S_ISGID
+_ACCMODE = C.L_O_ACCMODE
+_WRITERS = (C.L_O_WRONLY, C.L_O_RDWR)  # the 9P access modes that write
+
 
 def _exact_mode(fmt: int, mode: int, got: int) -> int:
     """The mode a new entry must end with: exactly the client's (``mode & 0o7777``), whatever
@@ -124,9 +128,10 @@ class Entries(Attrs):
             except BaseException:
                 self._uncharge_fid(f, 1, pin)
                 raise
+            point = self.point
             try:
                 st = _fstat(ofd)
-                if self.point.can_chown:
+                if point.can_chown:
                     uid, ngid = f.uid, _gid(gid)
                     # Skipped when the kernel already gave the file those ids: a
                     # chown to the same ids changes nothing but the ctime.
@@ -143,19 +148,20 @@ class Entries(Attrs):
                 except OSError:
                     pass
                 raise
-            qid = Qid(0, 0, self.point.qid_path(st.st_dev, st.st_ino))  # a new regular file
+            dev, ino = st.st_dev, st.st_ino
+            qid = Qid(0, 0, point.qid_path(dev, ino))  # a new regular file
+            oacc = flags & _ACCMODE
+            # a later write by this uid clears set-id bits the mode gives
+            killpriv = (want & _SETID) != 0 and f.uid != 0 and oacc in _WRITERS
             with self._lock:
                 ok = f.ofd < 0 and f.fmt == _DIR and f.fd == dfd
                 if ok:
                     # f.dirh, the holder of dfd, stays: from now on the file's parent
                     f.fd = f.ofd = ofd  # one fd for both (see _Fid): no dup, no extra close
-                    f.oacc = flags & C.L_O_ACCMODE
-                    # a later write by this uid clears set-id bits the mode gives
-                    f.killpriv = (
-                        bool(want & (stat.S_ISUID | stat.S_ISGID)) and f.uid != 0
-                        and f.oacc in (C.L_O_WRONLY, C.L_O_RDWR))
+                    f.oacc = oacc
+                    f.killpriv = killpriv
                     f.path = (*f.path, name)
-                    f.dev, f.ino, f.fmt, f.qid = st.st_dev, st.st_ino, _REG, qid
+                    f.dev, f.ino, f.fmt, f.qid = dev, ino, _REG, qid
             if not ok:  # the fid changed meanwhile (a concurrent request): undo the create
                 _close(ofd)
                 self._uncharge_fid(f, 1, pin)

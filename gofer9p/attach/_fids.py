@@ -76,8 +76,6 @@ XATTR_SESSION_MAX = 8 << 20
 buffers of Txattrwalk, announced sizes of Txattrcreate).  Past it: ENOMEM.
 Without it a client could pin XATTR_MAX bytes per fid times the fid limit."""
 
-_NO_ACCT: list[int] = [0]  # placeholder cell for fids that never charge
-
 _XNONE = 0
 _XREAD = 1  # Txattrwalk result: holds a value (or name list) for Tread
 _XWRITE = 2  # after Txattrcreate: collects Twrites, commits on Tclunk
@@ -92,6 +90,27 @@ class _LockOwner:
         self.fd = fd
         self.own = own  # a description of its own (else the fid's open fd, not ours to close)
         self.held: list[tuple[int, int]] = []  # sorted, disjoint [start, end) ranges
+
+
+class _Xattr:
+    """What an xattr fid holds (``_Fid.xattr``), made by Txattrwalk/Txattrcreate only, so
+    that the fids every walk makes carry one field for it, not seven.
+
+    ``buf`` the value read (Txattrwalk) or being written; for a write ``name``,
+    ``size`` (announced), ``end`` (bytes written up to) and ``flags`` (setxattr's);
+    ``charge`` the bytes charged to the session's xattr budget
+    (``FidTable._charge_xattr``), given back when the fid goes away.
+    """
+
+    __slots__ = ("buf", "charge", "end", "flags", "name", "size")
+
+    def __init__(self, buf: bytes | bytearray, name: bytes = b"", size: int = 0, flags: int = 0) -> None:
+        self.buf = buf
+        self.name = name
+        self.size = size
+        self.end = 0
+        self.flags = flags
+        self.charge = 0
 
 
 class _DirFd:
@@ -166,14 +185,8 @@ class _Fid:
         "table",
         "uid",
         "used",
-        "xacct",
-        "xbuf",
-        "xcharge",
-        "xflags",
-        "xlen",
+        "xattr",
         "xmode",
-        "xname",
-        "xsize",
     )
 
     def __init__(
@@ -191,7 +204,7 @@ class _Fid:
         self.qid = qid
         self.ofd = -1
         self.oacc = 0
-        self.nfds = int(fd >= 0 and (dirh is None or dirh.fd != fd))
+        self.nfds = 1 if fd >= 0 and (dirh is None or dirh.fd != fd) else 0
         self.pin = 0
         self.idle = False
         self.used = True
@@ -201,19 +214,15 @@ class _Fid:
         self.killpriv = False
         self.refs = 0
         self.dead = False
-        self.retired: list[int | _DirFd] = []
+        # fds it let go of while in use (closed at its last reference); a tuple, replaced
+        # on the rare retire, so that a new fid allocates no list
+        self.retired: tuple[int | _DirFd, ...] = ()
         self.dirlock: threading.Lock | None = None
         self.dbuf: _sys.DirentBuffer | None = None
         # POSIX lock owners (proc_id, client_id) holding locks through this fid
         self.lockers: dict[tuple[int, bytes], _LockOwner] | None = None
-        self.xmode = _XNONE
-        self.xname = b""
-        self.xbuf: bytes | bytearray = b""
-        self.xcharge = 0  # bytes of xbuf charged to the session's xattr budget
-        self.xacct: list[int] = _NO_ACCT
-        self.xsize = 0
-        self.xlen = 0
-        self.xflags = 0
+        self.xmode = _XNONE  # tested by every walk and open: a field of its own
+        self.xattr: _Xattr | None = None  # the xattr state of an xattr fid
 
     @property
     def parent(self) -> int:
@@ -452,9 +461,9 @@ class FidTable:
         charged (its holder says for itself)."""
         h = f.dirh
         fd = f.fd
-        ofd = f.ofd if f.ofd != fd else -1  # lcreate: one fd is both
         fds = [fd] if fd >= 0 and (h is None or fd != h.fd) else []
-        if ofd >= 0:
+        ofd = f.ofd
+        if ofd >= 0 and ofd != fd:  # lcreate: one fd is both
             fds.append(ofd)
         if charged:
             self._fd_used -= f.nfds
@@ -470,7 +479,7 @@ class FidTable:
                     self._unshare(r, fds)
                 else:
                     fds.append(r)  # charged in nfds
-            f.retired = []
+            f.retired = ()
         return fds
 
     def _unshare(self, h: _DirFd, fds: list[int]) -> None:
@@ -503,11 +512,14 @@ class FidTable:
     def _close_fid(self, f: _Fid, fds: list[int]) -> None:
         """After :meth:`_let_go` of a fid going away: its lock descriptions, its
         xattr bytes and ``fds`` (outside the lock)."""
-        self._forget_locks(f)
-        if f.xcharge:
-            f.xacct[0] -= f.xcharge
-            f.xcharge = 0
-            f.xbuf = b""
+        if f.lockers is not None:  # tested here: most fids never lock (a call spared)
+            self._forget_locks(f)
+        x = f.xattr
+        if x is not None:
+            f.xattr = None
+            if x.charge:
+                self._xacct[0] -= x.charge
+                x.charge = 0
         for fd in fds:
             try:
                 _close(fd)
@@ -701,7 +713,7 @@ class FidTable:
             if not f.dead:
                 if not f.retired:
                     return
-                retired, f.retired = f.retired, []
+                retired, f.retired = f.retired, ()
                 fds: list[int] = []
                 for r in retired:
                     if isinstance(r, _DirFd):
@@ -835,15 +847,14 @@ class FidTable:
                 for key in list(lockers):
                     self._drop_owner(lockers, key)
 
-    def _charge_xattr(self, f: _Fid, size: int) -> None:
-        """Charge ``size`` bytes of xattr buffer held by ``f`` to the session (ENOMEM past
-        the cap); ``_close_fid`` gives them back."""
+    def _charge_xattr(self, x: _Xattr, size: int) -> None:
+        """Charge ``size`` bytes of xattr buffer held by ``x`` to the session (ENOMEM past
+        the cap); ``_close_fid`` gives them back when its fid goes away."""
         acct = self._xacct
         if acct[0] + size > XATTR_SESSION_MAX:
             raise _err(errno.ENOMEM)
         acct[0] += size
-        f.xcharge += size
-        f.xacct = acct
+        x.charge += size
 
 
 __all__ = ["FDS_PER_FID", "FID_BYTES", "XATTR_SESSION_MAX", "FidTable"]

@@ -91,8 +91,9 @@ class FileIO(Xattrs, Attrs):
         with self._ref(fid) as f:
             ofd = f.ofd
             if ofd < 0:
-                if f.xmode == _XREAD:
-                    return max(0, min(count, len(f.xbuf) - offset))
+                x = f.xattr
+                if f.xmode == _XREAD and x is not None:
+                    return max(0, min(count, len(x.buf) - offset))
                 raise _err(errno.EBADF)
             fmt = f.fmt
             if fmt == _DIR:
@@ -128,8 +129,9 @@ class FileIO(Xattrs, Attrs):
                 except (OSError, OverflowError):
                     return -1
             if ofd < 0:
-                if f.xmode == _XREAD:
-                    buf = f.xbuf
+                x = f.xattr
+                if f.xmode == _XREAD and x is not None:
+                    buf = x.buf
                     if offset >= len(buf):
                         return 0
                     n = min(len(view), len(buf) - offset)

@@ -97,11 +97,14 @@ class Paths(FidTable):
         root's inode: ESTALE if the host swapped the entry (a symlink, another
         file), so a mutation is never redirected.
         """
-        parent = f.parent
-        if self._is_root(f):
+        # f.parent and self._is_root(f), written out (Tremove's hot path: two calls)
+        h = f.dirh
+        parent = -1 if h is None or h.fd == f.fd else h.fd
+        point = self.point
+        if f.ino == point.root_ino and f.dev == point.root_dev:
             if not inode or parent < 0:
                 raise _err(errno.EBUSY)
-            name = self.point.name
+            name = point.name
             try:
                 st = os.stat(name, dir_fd=parent, follow_symlinks=False)
             except OSError:
@@ -110,8 +113,7 @@ class Paths(FidTable):
                 raise _err(errno.ESTALE)
             return parent, name, False
         pdev, pino = 0, -1
-        h = f.dirh
-        if parent >= 0 and h is not None:
+        if h is not None and parent >= 0:
             pfd, owned, pdev, pino = parent, False, h.dev, h.ino
         elif f.fmt == _DIR and f.fd >= 0:
             pfd, owned = os.open(b"..", _O_PATH_DIR, dir_fd=f.fd), True
@@ -179,7 +181,7 @@ class Paths(FidTable):
                         newdir.refs += 1
                         g.dirh = newdir
                         if g.refs:
-                            g.retired.append(h)  # in use: let go of at the last reference
+                            g.retired = (*g.retired, h)  # in use: let go of at the last reference
                         else:
                             self._unshare(h, stale)
         for fd in stale:

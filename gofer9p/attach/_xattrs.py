@@ -15,7 +15,7 @@ import os
 
 from gofer9p.attach import _sys
 from gofer9p.attach._common import _DIR, _FIFO, _REG, _close, _err
-from gofer9p.attach._fids import _XREAD, _XWRITE, _Fid
+from gofer9p.attach._fids import _XREAD, _XWRITE, _Fid, _Xattr
 from gofer9p.attach._reopen import Reopen
 from gofer9p.protocol import constants as C
 
@@ -74,8 +74,8 @@ class Xattrs(Reopen):
                 raise _err(errno.E2BIG)
             nf = _Fid(self, -1, None, f.path, f.uid, f.dev, f.ino, f.fmt, f.qid)
             nf.xmode = _XREAD
-            self._charge_xattr(nf, len(data))
-            nf.xbuf = data
+            x = nf.xattr = _Xattr(data)
+            self._charge_xattr(x, len(data))
             self._install(newfid, nf, f if newfid == fid else None)
             return len(data)
 
@@ -98,7 +98,7 @@ class Xattrs(Reopen):
                     if f.ofd >= 0:
                         # The fid is an xattr fid now: no more file I/O through it.
                         if f.ofd != f.fd:
-                            f.retired.append(f.ofd)  # closed: its locks go with it
+                            f.retired = (*f.retired, f.ofd)  # closed: its locks go with it
                         else:
                             # After Tlcreate that fd is also the fid's own fd and
                             # stays open: drop the locks taken through it instead.
@@ -107,43 +107,45 @@ class Xattrs(Reopen):
                             except OSError:
                                 pass
                         f.ofd = -1
-                    self._charge_xattr(f, attr_size)
+                    # the buffer grows with the writes: announcing costs nothing
+                    x = _Xattr(bytearray(), name, attr_size, flags)
+                    self._charge_xattr(x, attr_size)
                     f.xmode = _XWRITE
-                    f.xname = name
-                    f.xsize = attr_size
-                    f.xbuf = bytearray()  # grows with the writes: announcing costs nothing
-                    f.xlen = 0
-                    f.xflags = flags
+                    f.xattr = x
             if not ok:
                 raise _err(errno.EBADF)
             self._forget_locks(f)  # its open fd is retired: so are the locks held on it
 
     def _xattr_write(self, f: _Fid, offset: int, data: bytes | bytearray | memoryview) -> int:
         """A Twrite to an xattrcreate fid: ``data`` into its buffer at ``offset``."""
+        x = f.xattr
+        assert x is not None  # xmode _XWRITE
         n = len(data)
         end = offset + n
-        if end > f.xsize:
+        if end > x.size:
             raise _err(errno.ERANGE)
-        buf = f.xbuf
+        buf = x.buf
         assert isinstance(buf, bytearray)
         if offset > len(buf):
             buf.extend(bytes(offset - len(buf)))
         buf[offset:end] = data
-        if end > f.xlen:
-            f.xlen = end
+        if end > x.end:
+            x.end = end
         return n
 
     def _xattr_commit(self, f: _Fid) -> None:
-        if f.xlen != f.xsize:
+        x = f.xattr
+        assert x is not None  # xmode _XWRITE
+        if x.end != x.size:
             raise _err(errno.EINVAL)
         fd, owned = self._xattr_fd(f)
         if fd < 0:
             raise _err(errno.EOPNOTSUPP)
         try:
-            if f.xsize == 0:
-                os.removexattr(fd, f.xname)
+            if x.size == 0:
+                os.removexattr(fd, x.name)
             else:
-                os.setxattr(fd, f.xname, bytes(f.xbuf), f.xflags)
+                os.setxattr(fd, x.name, bytes(x.buf), x.flags)
         finally:
             if owned:
                 _close(fd)

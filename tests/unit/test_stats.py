@@ -18,7 +18,7 @@ def _conn() -> stats.ConnStats:
 
 @pytest.mark.parametrize(
     ("dt", "bucket"),
-    [(0, 0), (1023, 0), (1024, 1), (2047, 1), (2048, 2), (2**34 - 1, 24), (2**34, 25), (10**12, 25)],
+    [(0, 0), (1023, 0), (1024, 1), (2047, 1), (2048, 2), (2**34 - 1, 24), (2**34, 25), (10**12, 25), (2**100, 25)],
 )
 def test_latency_bucket(monkeypatch: pytest.MonkeyPatch, dt: int, bucket: int) -> None:
     monkeypatch.setattr(stats, "_clock", lambda: 10**15 + dt)
