@@ -142,6 +142,19 @@ def pytest_sessionfinish() -> None:
         _shared_forkservers.popitem()[1].stop()
 
 
+def is_pool_child(server: int, pid: int) -> bool:
+    """Whether ``pid`` (a child of the fork-server ``server``) is a pre-forked child: not
+    chrooted (a gofer is), and the server's own program.  A process the server runs (pyseccomp's
+    ``ldconfig -p`` at import) is a child with root ``/`` too, for a moment: taking it for the
+    pool child made test_prefork_pool_under_a_low_fd_limit fail under load."""
+    try:
+        return os.readlink(f"/proc/{pid}/root") == "/" and os.readlink(
+            f"/proc/{pid}/exe"
+        ) == os.readlink(f"/proc/{server}/exe")
+    except OSError:
+        return False
+
+
 def wait_for_idle_child(fs: ForkServer, timeout: float = 15) -> None:
     """Until the fork-server has a pre-forked child (alive, not chrooted) waiting."""
     assert fs.proc is not None
@@ -154,7 +167,7 @@ def wait_for_idle_child(fs: ForkServer, timeout: float = 15) -> None:
                 with open(f"/proc/{name}/stat") as f:
                     fields = f.read().rpartition(")")[2].split()
                 if int(fields[1]) == fs.proc.pid and fields[0] != "Z":
-                    if os.readlink(f"/proc/{name}/root") == "/":
+                    if is_pool_child(fs.proc.pid, int(name)):
                         return
             except OSError:
                 continue

@@ -25,7 +25,7 @@ import pytest
 
 from gofer9p.launch import ForkServer, ForkServerLost, LaunchError, start_gofer
 
-from .conftest import REPO, gofer_env, make_bundle, wait_for_idle_child
+from .conftest import REPO, gofer_env, is_pool_child, make_bundle, wait_for_idle_child
 from .ninep import NineP
 
 
@@ -328,9 +328,8 @@ def _idle(server: int) -> list[int]:
     """The server's pre-forked children: alive, not chrooted (a gofer is)."""
     out = []
     for pid, state in _children(server):
-        with contextlib.suppress(OSError):
-            if state != "Z" and os.readlink(f"/proc/{pid}/root") == "/":
-                out.append(pid)
+        if state != "Z" and is_pool_child(server, pid):
+            out.append(pid)
     return out
 
 
