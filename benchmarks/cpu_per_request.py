@@ -93,28 +93,16 @@ def _client(sock: socket.socket, workload: str, n: int, marks: list[int], go: th
             units.append([M.Tgetattr(tag=1, fid=0, request_mask=C.GETATTR_BASIC)])
         elif workload == "read4k":
             units.append([M.Tread(tag=1, fid=1, offset=rng.randrange(4096) * 4096, count=4096)])
-        elif workload == "remove":
+        else:  # remove, create: a clone made a new file, written, then removed
             name = b"c%06d" % i
-            units.append(
-                [
-                    M.Twalk(tag=1, fid=0, newfid=2, wnames=[]),
-                    M.Tlcreate(tag=1, fid=2, name=name, flags=0o1101, mode=0o644, gid=0),
-                    M.Twrite(tag=1, fid=2, offset=0, data=payload),
-                    M.Tremove(tag=1, fid=2),
-                ]
-            )
-        else:
-            name = b"c%06d" % i
-            units.append(
-                [
-                    M.Twalk(tag=1, fid=0, newfid=2, wnames=[]),
-                    M.Tlcreate(tag=1, fid=2, name=name, flags=0o1101, mode=0o644, gid=0),
-                    M.Twrite(tag=1, fid=2, offset=0, data=payload),
-                    M.Tclunk(tag=1, fid=2),
-                    M.Twalk(tag=1, fid=0, newfid=2, wnames=[name]),
-                    M.Tremove(tag=1, fid=2),
-                ]
-            )
+            cycle: list[M.Message] = [
+                M.Twalk(tag=1, fid=0, newfid=2, wnames=[]),
+                M.Tlcreate(tag=1, fid=2, name=name, flags=0o1101, mode=0o644, gid=0),
+                M.Twrite(tag=1, fid=2, offset=0, data=payload),
+            ]
+            if workload == "create":  # the six-request cycle removes a name walked again
+                cycle += [M.Tclunk(tag=1, fid=2), M.Twalk(tag=1, fid=0, newfid=2, wnames=[name])]
+            units.append([*cycle, M.Tremove(tag=1, fid=2)])
     frames = [[encode(m) for m in u] for u in units]
     marks.append(0)
     go.set()
