@@ -32,6 +32,7 @@ from gofer9p.protocol import constants as C
 from gofer9p.protocol.messages import Qid
 
 _O_CREATE = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_NOT_DIRECTORY = ~os.O_DIRECTORY  # Tlcreate's host flags drop O_DIRECTORY
 
 #: The mode bits a create asks the kernel for: permissions and sticky.  Set-id bits are set
 #: after the chown to the client's ids (a chown strips them, even as root; and a new file of
@@ -113,7 +114,7 @@ class Entries(Attrs):
         whatever the process umask (see ``_exact_mode``).
         """
         _check_name(name)
-        hflags = (_sys.host_open_flags(flags) & ~os.O_DIRECTORY) | _O_CREATE
+        hflags = (_sys.host_open_flags(flags) & _NOT_DIRECTORY) | _O_CREATE
         # A hot entry: the reference and the fd charge (the new file's fd; the directory's
         # holder becomes its parent) are taken in one lock section, and given back with the
         # fid's update in another (see below), for a directory fid in the table that may
