@@ -11,7 +11,8 @@ lists them per function (those called at least once every ten units).  Workloads
 getattr (Tgetattr), read4k (4 KiB Tread at random offsets), create (p9bench's create
 cycle as it was first written here: Twalk clone, Tlcreate, Twrite 4 KiB, Tclunk, a named
 Twalk, Tremove; counted per file), remove (p9bench's create_remove cycle exactly: Twalk clone,
-Tlcreate, Twrite 4 KiB, Tremove; per file).
+Tlcreate, Twrite 4 KiB, Tremove; per file).  Both create in a subdirectory of the export, as
+p9bench does (so Tremove's check that the directory is inside the export walks one level up).
 
 With ``--tree NAME=PATH`` (repeatable) each tree runs in its own subprocess with
 PYTHONPATH=PATH, alternating over ``--runs`` rounds, and the median per tree is printed:
@@ -85,6 +86,7 @@ def _client(sock: socket.socket, workload: str, n: int, marks: list[int], go: th
     rpc(M.Tattach(tag=1, fid=0, afid=C.NOFID, uname=b"root", aname=b"", n_uname=0))
     rpc(M.Twalk(tag=1, fid=0, newfid=1, wnames=[b"file"]))
     rpc(M.Tlopen(tag=2, fid=1, flags=0))
+    rpc(M.Twalk(tag=1, fid=0, newfid=3, wnames=[b"scratch"]))  # p9bench creates in a subdirectory
     rng = random.Random(1)
     payload = b"x" * 4096
     units: list[list[M.Message]] = []
@@ -96,12 +98,12 @@ def _client(sock: socket.socket, workload: str, n: int, marks: list[int], go: th
         else:  # remove, create: a clone made a new file, written, then removed
             name = b"c%06d" % i
             cycle: list[M.Message] = [
-                M.Twalk(tag=1, fid=0, newfid=2, wnames=[]),
+                M.Twalk(tag=1, fid=3, newfid=2, wnames=[]),
                 M.Tlcreate(tag=1, fid=2, name=name, flags=0o1101, mode=0o644, gid=0),
                 M.Twrite(tag=1, fid=2, offset=0, data=payload),
             ]
             if workload == "create":  # the six-request cycle removes a name walked again
-                cycle += [M.Tclunk(tag=1, fid=2), M.Twalk(tag=1, fid=0, newfid=2, wnames=[name])]
+                cycle += [M.Tclunk(tag=1, fid=2), M.Twalk(tag=1, fid=3, newfid=2, wnames=[name])]
             units.append([*cycle, M.Tremove(tag=1, fid=2)])
     frames = [[encode(m) for m in u] for u in units]
     marks.append(0)
@@ -136,6 +138,7 @@ def run_one(workload: str, n: int, calls: bool, poll_us: int, mapped: bool = Fal
     try:
         with open(os.path.join(export, "file"), "wb") as f:
             f.write(os.urandom(16 << 20))
+        os.mkdir(os.path.join(export, "scratch"))
         a, b = socket.socketpair()
         marks: list[int] = []
         go = threading.Event()

@@ -238,6 +238,11 @@ def rlerror(tag: int, err: int) -> bytes:
     return HEADER_U32.pack(11, T.RLERROR, tag, err)
 
 
+def _blocking_read(tag: int, fid: int, offset: int, count: int) -> Background:
+    """A Tread to run in a worker thread (a FIFO's), its whole reply in the byte budget."""
+    return Background(Tread(tag=tag, fid=fid, offset=offset, count=count), None, 0, 11 + count)
+
+
 def _rflush(tag: int) -> bytes:
     return ENCODERS[Rflush](Rflush(tag=tag))
 
@@ -615,8 +620,10 @@ class ConnectionCore:
         if count > limit:
             count = limit
         session = self.session
-        if session.read_blocks(fid):
-            return Background(Tread(tag=tag, fid=fid, offset=offset, count=count), None, 0, 11 + count)
+        # A FIFO's read goes to a worker thread (_blocking_read): a small one is answered
+        # BLOCKS by the inline read itself (fill_rread: None; no call of its own for the
+        # common Tread), a large one is asked first, before a buffer is taken.  (Splicing
+        # refuses a FIFO.)
         if self.pipe_w >= 0 and SPLICE_MIN <= count <= self.splice_max:
             n = session.splice_read(fid, offset, count, self.pipe_w)
             if n > 0:
@@ -625,7 +632,10 @@ class ConnectionCore:
                 return HEADER_U32.pack(11, _R_READ, tag, 0)
         if count < BIG_READ:
             # at most 64 KiB, freed at once if the read fails
-            return self.fill_rread(bytearray(11 + count), tag, fid, offset, count)
+            r = self.fill_rread(bytearray(11 + count), tag, fid, offset, count, False, True)
+            return r if r is not None else _blocking_read(tag, fid, offset, count)
+        if session.read_blocks(fid):
+            return _blocking_read(tag, fid, offset, count)
         # Memory only for work that can succeed: the fid is checked and the
         # count clamped to what the file can give before any buffer is taken.
         count = session.read_size(fid, offset, count)
@@ -649,15 +659,21 @@ class ConnectionCore:
         return r
 
     def fill_rread(
-        self, rb: bytearray, tag: int, fid: int, offset: int, count: int, pooled: bool = False
+        self, rb: bytearray, tag: int, fid: int, offset: int, count: int, pooled: bool = False,
+        inline: bool = False,
     ) -> Any:
         """Read into ``rb`` after its 11-byte header; the Rread frame.
 
         After a short read the unused tail is given back (``rb`` is cut to the
         reply), so that a queued reply holds no more memory than it sends; a
-        ``pooled`` buffer is kept whole and a view of it returned."""
+        ``pooled`` buffer is kept whole and a view of it returned.  ``inline``
+        (on the event loop): None, nothing read, for a fid whose reads belong in a
+        worker thread (a FIFO: the backend's ``BLOCKS``)."""
         mv = memoryview(rb)
-        n = self.session.read_into(fid, offset, mv[11 : 11 + count])
+        n = self.session.read_into(fid, offset, mv[11 : 11 + count], -1, 0, inline)
+        if n < 0:  # BLOCKS (only inline: a read into a buffer otherwise returns n >= 0)
+            mv.release()
+            return None
         HEADER_U32.pack_into(rb, 0, 11 + n, _R_READ, tag, n)
         if n != len(rb) - 11:
             if pooled:

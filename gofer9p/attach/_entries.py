@@ -32,6 +32,7 @@ from gofer9p.protocol import constants as C
 from gofer9p.protocol.messages import Qid
 
 _O_CREATE = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_NOT_DIRECTORY = ~os.O_DIRECTORY  # Tlcreate's host flags drop O_DIRECTORY
 
 #: The mode bits a create asks the kernel for: permissions and sticky.  Set-id bits are set
 #: after the chown to the client's ids (a chown strips them, even as root; and a new file of
@@ -113,16 +114,28 @@ class Entries(Attrs):
         whatever the process umask (see ``_exact_mode``).
         """
         _check_name(name)
-        hflags = (_sys.host_open_flags(flags) & ~os.O_DIRECTORY) | _O_CREATE
-        f = self._ref(fid)
-        try:  # not ``with``: a hot entry (see FidTable._ref)
-            if f.xmode or f.ofd >= 0:
-                raise _err(errno.EINVAL)
-            if f.fmt != _DIR:
-                raise _err(errno.ENOTDIR)
-            _owner(f)
+        hflags = (_sys.host_open_flags(flags) & _NOT_DIRECTORY) | _O_CREATE
+        # A hot entry: the reference and the fd charge (the new file's fd; the directory's
+        # holder becomes its parent) are taken in one lock section, and given back with the
+        # fid's update in another (see below), for a directory fid in the table that may
+        # create and a share with room.  Every other case (an error, an idle fid to reopen,
+        # a full share to reclaim in) takes the general path, _create_ref.
+        pin = -1
+        with self._lock:
+            g = self._fids.get(fid)
+            if (g is not None and not g.idle and not g.xmode and g.ofd < 0 and g.fmt == _DIR
+                    and g.uid >= 0):
+                pin = self._charge_held(g, 1)
+                if pin >= 0:
+                    g.refs += 1
+                    g.used = True
+        if pin >= 0 and g is not None:
+            f = g
+        else:
+            f, pin = self._create_ref(fid)
+        released = False
+        try:
             dfd = f.fd
-            pin = self._charge_fid(f, 1)  # the new file's fd; the directory's holder its parent
             try:
                 ofd = os.open(name, hflags, mode & _CREATE_BITS, dir_fd=dfd)
             except BaseException:
@@ -162,6 +175,13 @@ class Entries(Attrs):
                     f.killpriv = killpriv
                     f.path = (*f.path, name)
                     f.dev, f.ino, f.fmt, f.qid = dev, ino, _REG, qid
+                    # The reference dropped here too: FidTable._put's common case (not
+                    # the last one, or the last of a fid with nothing to let go of); the
+                    # rest is _put's, in the finally below.
+                    f.refs -= 1
+                    released = f.refs > 0 or not (f.dead or f.retired)
+                    if not released:
+                        f.refs += 1
             if not ok:  # the fid changed meanwhile (a concurrent request): undo the create
                 _close(ofd)
                 self._uncharge_fid(f, 1, pin)
@@ -172,7 +192,25 @@ class Entries(Attrs):
                 raise _err(errno.EINVAL)
             return qid
         finally:
+            if not released:
+                self._put(f)
+
+    def _create_ref(self, fid: int) -> tuple[_Fid, int]:
+        """Tlcreate's reference to ``fid`` and its fd charge, the general way (see
+        :meth:`lcreate`): EBADF for an unknown fid, an idle one reopened, EINVAL for an
+        xattr or opened fid, ENOTDIR, EPERM (``_owner``), EMFILE for a full share after
+        reclaiming.  Returns the reference and the pin taken (``_charge_fid``)."""
+        f = self._ref(fid)
+        try:
+            if f.xmode or f.ofd >= 0:
+                raise _err(errno.EINVAL)
+            if f.fmt != _DIR:
+                raise _err(errno.ENOTDIR)
+            _owner(f)
+            return f, self._charge_fid(f, 1)
+        except BaseException:
             self._put(f)
+            raise
 
     def mkdir(self, dfid: int, name: bytes, mode: int, gid: int) -> Qid:
         _check_name(name)

@@ -326,17 +326,28 @@ class FidTable:
         as if it were its own (it is shared, but an open fid keeps it open).  EMFILE if
         they do not fit even after reclaiming.  Returns the pin taken, for
         :meth:`_uncharge_fid`."""
-        pin = n if f.pin else n + f.nfds + (f.dirh is not None)
-        with self._lock:  # the common case, without _charge's call (Tlcreate is a hot entry)
-            if self._pinned + pin <= self.pin_share and self._fd_used + n <= self.fd_share:
-                self._fd_used += n
-                self._pinned += pin
-                f.nfds += n
-                f.pin += pin
-                return pin
-        if not self._charge(n, f, pin):
+        with self._lock:
+            pin = self._charge_held(f, n)
+        if pin >= 0:
+            return pin
+        pin = -1 - pin
+        if not self._charge(n, f, pin):  # the share is full: reclaim idle fids' fds
             raise _err(errno.EMFILE)
         return pin
+
+    def _charge_held(self, f: _Fid, n: int) -> int:
+        """:meth:`_charge_fid`'s common case, the caller holding the lock (Tlcreate takes
+        its reference in the same section): the pin taken, or ``-1 - pin`` when the share
+        has no room without reclaiming (nothing taken; :meth:`_charge_fid` then reclaims,
+        without the lock)."""
+        pin = n if f.pin else n + f.nfds + (f.dirh is not None)
+        if self._pinned + pin <= self.pin_share and self._fd_used + n <= self.fd_share:
+            self._fd_used += n
+            self._pinned += pin
+            f.nfds += n
+            f.pin += pin
+            return pin
+        return -1 - pin
 
     def _uncharge_fid(self, f: _Fid, n: int, pin: int) -> None:
         """Give back what :meth:`_charge_fid` charged when ``f`` did not keep it."""
@@ -472,7 +483,10 @@ class FidTable:
         f.fd = f.ofd = -1
         f.dirh = None
         if h is not None:
-            self._unshare(h, fds)
+            if h.refs > 1:  # _unshare's common case without its call: not the last holder
+                h.refs -= 1
+            else:
+                self._unshare(h, fds)
         if f.retired:
             for r in f.retired:
                 if isinstance(r, _DirFd):

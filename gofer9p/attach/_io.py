@@ -26,6 +26,9 @@ _preadv = os.preadv
 _pwrite = os.pwrite
 _splice = os.splice
 
+BLOCKS = -2
+"""What :meth:`FileIO.read` answers an ``inline`` read of a FIFO: read it in a worker thread."""
+
 
 class FileIO(Xattrs, Attrs):
     """Tlopen, Tread, Twrite and Tfsync on fids."""
@@ -105,9 +108,15 @@ class FileIO(Xattrs, Attrs):
             return max(0, min(count, _fstat(ofd).st_size - offset))
 
     def read(
-        self, fid: int, offset: int, view: memoryview, pipe_w: int = -1, count: int = 0
+        self, fid: int, offset: int, view: memoryview, pipe_w: int = -1, count: int = 0,
+        inline: bool = False,
     ) -> int:
         """Tread of the fid at ``offset``: fill ``view`` (preadv, no copy); bytes read.
+
+        ``inline`` (the server's event loop reading): an open file that is neither a
+        regular file nor a directory (a FIFO, see :meth:`read_blocks`) is not read but
+        answered with :data:`BLOCKS`, so that the server runs the read in a worker
+        thread; the check costs the common Tread no call of its own.
 
         With a pipe (``pipe_w`` >= 0; ``view`` is not used), move up to ``count`` bytes of
         an open regular file into it instead (splice: page references, no copy;
@@ -139,10 +148,14 @@ class FileIO(Xattrs, Attrs):
                     return n
                 raise _err(errno.EBADF)
             fmt = f.fmt
-            if fmt == _FIFO:
-                return os.readv(ofd, [view])
+            if fmt == _REG:
+                return _preadv(ofd, [view], offset)
             if fmt == _DIR:  # the kernel says EISDIR too, but not for a 0-byte read
                 raise _err(errno.EISDIR)
+            if inline:
+                return BLOCKS
+            if fmt == _FIFO:
+                return os.readv(ofd, [view])
             return _preadv(ofd, [view], offset)
         except OverflowError:
             raise _err(errno.EINVAL) from None

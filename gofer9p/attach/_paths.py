@@ -16,6 +16,7 @@ from gofer9p.attach._common import _DIR, _O_DIR_READ, _O_PATH_DIR, _close, _err,
 from gofer9p.attach._fids import FidTable, _DirFd, _Fid
 
 _UP = tuple(b"/".join([b".."] * k) for k in range(1, 33))  # "..", "../..", ... (see _inside)
+_UP_RUNS = 4096 // len(_UP)  # runs of _UP before _inside gives up (4096 levels)
 
 
 class Paths(FidTable):
@@ -52,7 +53,7 @@ class Paths(FidTable):
             return True
         cur, owned = dfd, False
         try:
-            for _ in range(4096 // len(_UP)):
+            for _ in range(_UP_RUNS):
                 for up in _UP:
                     st = os.stat(up, dir_fd=cur, follow_symlinks=False)
                     if st.st_ino == rino and st.st_dev == rdev:

@@ -170,7 +170,8 @@ class FileSystem(Protocol):
     def read_blocks(self, fid: int) -> bool: ...
     def read_size(self, fid: int, offset: int, count: int) -> int: ...
     def read(
-        self, fid: int, offset: int, view: memoryview, pipe_w: int = -1, count: int = 0
+        self, fid: int, offset: int, view: memoryview, pipe_w: int = -1, count: int = 0,
+        inline: bool = False,
     ) -> int: ...
     def write(
         self, fid: int, offset: int, data: bytes | bytearray | memoryview, general: bool = False

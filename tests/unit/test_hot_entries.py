@@ -1,0 +1,161 @@
+"""The hot entries' shortcuts give what the general paths give (#17, session 9).
+
+Tlcreate takes its fid reference and its fd charge in one lock section and drops the
+reference with the fid's update (``_entries.lcreate``); every other case goes the general
+way (``_create_ref``), and the last reference of a fid clunked meanwhile is still let go
+of.  A small Tread asks the backend's inline read, which answers ``BLOCKS`` for a FIFO
+instead of a separate ``read_blocks`` call per Tread; the FIFO's read then goes to a
+worker thread as before, large or small, with nothing read inline.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from corepeer import MSIZE, Peer, serving
+
+from gofer9p.attach import AttachPoint, Backend
+from gofer9p.attach._io import BLOCKS
+from gofer9p.connection import BIG_READ, Background
+from gofer9p.protocol import constants as C
+from gofer9p.protocol import messages as M
+from gofer9p.protocol.codec import encode
+
+ROOT = 0
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    d = tmp_path / "root"
+    d.mkdir()
+    (d / "d").mkdir()
+    (d / "f").write_bytes(b"hello")
+    return d
+
+
+@pytest.fixture
+def point(root: Path) -> Iterator[AttachPoint]:
+    p = AttachPoint.open(str(root))
+    yield p
+    p.close()
+
+
+def _errno(fn, *args) -> int:  # type: ignore[no-untyped-def]
+    with pytest.raises(OSError) as e:
+        fn(*args)
+    return e.value.errno
+
+
+def test_lcreate_of_a_fid_clunked_meanwhile_lets_it_go(
+    point: AttachPoint, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tlcreate's reference is the last of its fid when a clunk took the fid out of the
+    table while the file was being created: the update's lock section hands it to
+    ``_put``, which closes the new file's fd and gives back its charge (none leaks)."""
+    be = Backend(point)
+    be.attach(ROOT, 0, b"")
+    be.walk(ROOT, 1, [b"d"])
+    base_fds, base_charged = _open_fds(), be.fds_charged()
+    be.walk(1, 2)  # the clone the create turns into the file
+    real_open = os.open
+
+    def open_and_clunk(*args, **kwargs):  # type: ignore[no-untyped-def]
+        fd = real_open(*args, **kwargs)
+        if args[0] == b"new":
+            be.clunk(2)  # (another thread's Tclunk, in a real server)
+        return fd
+
+    monkeypatch.setattr(os, "open", open_and_clunk)
+    q = be.lcreate(2, b"new", C.L_O_RDWR, 0o640, C.NONUNAME)
+    monkeypatch.undo()
+    assert q.path and (root / "d" / "new").stat().st_mode & 0o777 == 0o640
+    assert be.fid_count() == 2 and _errno(be.clunk, 2) == errno.EBADF
+    assert _open_fds() == base_fds and be.fds_charged() == base_charged
+    be.close()
+
+
+def test_lcreate_errors_take_no_charge(point: AttachPoint) -> None:
+    """The cases the one-section path leaves to the general one answer what they
+    answered, and charge nothing: an unknown fid, a file, an opened directory, an xattr
+    fid; and a fid whose fds were reclaimed is reopened, then created in."""
+    be = Backend(point, fd_share=64)
+    be.attach(ROOT, 0, b"")
+    be.walk(ROOT, 1, [b"f"])
+    be.walk(ROOT, 2, [b"d"])
+    be.open(2, C.L_O_RDONLY)
+    be.xattrwalk(ROOT, 3, b"")
+    charged = be.fds_charged()
+    assert _errno(be.lcreate, 99, b"x", C.L_O_RDWR, 0o600, 0) == errno.EBADF
+    assert _errno(be.lcreate, 1, b"x", C.L_O_RDWR, 0o600, 0) == errno.ENOTDIR
+    assert _errno(be.lcreate, 2, b"x", C.L_O_RDWR, 0o600, 0) == errno.EINVAL
+    assert _errno(be.lcreate, 3, b"x", C.L_O_RDWR, 0o600, 0) == errno.EINVAL
+    assert be.fds_charged() == charged
+    be.walk(ROOT, 4, [b"d"])
+    with be._lock:  # reclaim fid 4's fds as a full share would
+        f = be._fids[4]
+        be._holders.pop(f)
+        fds = be._idle(f, 0)
+    for fd in fds:
+        os.close(fd)
+    assert f.idle
+    be.lcreate(4, b"x", C.L_O_RDWR, 0o600, C.NONUNAME)  # the general path reopens it
+    assert not f.idle and be.write(4, 0, b"abc") == 3
+    be.close()
+    assert be.fds_charged() == 0
+
+
+def test_inline_read_of_a_fifo_answers_blocks(point: AttachPoint, root: Path) -> None:
+    """``read(..., inline=True)`` reads a regular file as before and answers BLOCKS for a
+    FIFO without reading it; without ``inline`` (a worker thread's read) it reads it."""
+    os.mkfifo(root / "p")
+    w = os.open(root / "p", os.O_RDWR | os.O_NONBLOCK)
+    be = Backend(point)
+    try:
+        be.attach(ROOT, 0, b"")
+        be.walk(ROOT, 1, [b"f"])
+        be.open(1, C.L_O_RDONLY)
+        buf = bytearray(8)
+        assert be.read(1, 1, memoryview(buf), -1, 0, True) == 4 and buf[:4] == b"ello"
+        be.walk(ROOT, 2, [b"p"])
+        be.open(2, C.L_O_RDONLY)
+        os.write(w, b"fifo")
+        assert be.read(2, 0, memoryview(buf), -1, 0, True) == BLOCKS
+        assert be.read(2, 0, memoryview(buf)) == 4 and buf[:4] == b"fifo"
+    finally:
+        os.close(w)
+        be.close()
+
+
+@pytest.fixture
+def peer(point: AttachPoint) -> Iterator[Peer]:
+    p = serving(point, 1)
+    yield p
+    p.core.session.reset()
+
+
+@pytest.mark.parametrize("count", [100, BIG_READ, MSIZE])
+def test_treads_of_a_fifo_go_to_a_worker_thread(peer: Peer, root: Path, count: int) -> None:
+    """A Tread of an open FIFO, small (the inline read's BLOCKS) or large (asked before a
+    buffer is taken), is a Background request with its whole reply in the byte budget,
+    and nothing is read from the FIFO inline."""
+    os.mkfifo(root / "p")
+    w = os.open(root / "p", os.O_RDWR | os.O_NONBLOCK)
+    try:
+        assert isinstance(peer.call(M.Twalk(tag=2, fid=1, newfid=2, wnames=[b"p"])), M.Rwalk)
+        assert isinstance(peer.call(M.Tlopen(tag=3, fid=2, flags=C.L_O_RDONLY)), M.Rlopen)
+        os.write(w, b"fifo")
+        act = peer.feed(encode(M.Tread(tag=4, fid=2, offset=0, count=count)))
+        assert isinstance(act, Background) and act.handler is None
+        n = min(count, MSIZE - C.IOHDRSZ)
+        assert act.msg.count == n and act.reply == 11 + n and not peer.core.pool
+        assert os.read(w, 10) == b"fifo"  # still there: not read inline
+    finally:
+        os.close(w)
