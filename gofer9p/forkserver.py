@@ -94,6 +94,7 @@ __all__ = ["main", "run"]
 #: refill never competes with a request or a gofer that is starting.
 _REFILL_AFTER = 0.01
 _STDIO_TARGET = {"stdout": 1, "stderr": 2}
+_PR_SET_PDEATHSIG = 1
 
 
 def _log(msg: str) -> None:
@@ -104,12 +105,18 @@ class _RequestError(Exception):
     """A malformed request; ``str(err)`` is the one line sent back."""
 
 
-def _parse_request(data: bytes, nfds: int) -> tuple[list[str], list[str]]:
-    """``(args, roles)`` of a start request; the parent looks at nothing else in it."""
+def _parse_request(data: bytes, nfds: int) -> tuple[list[str], list[str]] | None:
+    """``(args, roles)`` of a start request, None for a claim; the parent looks at nothing
+    else in it.  A pre-forked child checks the request it receives with it too (one from a
+    requester that claimed it never passed the server)."""
     try:
         req = json.loads(data)
     except (ValueError, UnicodeDecodeError):
         raise _RequestError("request is not a JSON object") from None
+    if isinstance(req, dict) and req.get("op") == "claim":
+        if nfds:
+            raise _RequestError("a claim passes no fds")
+        return None
     if not isinstance(req, dict) or req.get("op") != "start":
         raise _RequestError('request must be {"op": "start", "args": [...], "fds": [...]}')
     args, roles = req.get("args"), req.get("fds")
@@ -149,8 +156,8 @@ def _rehearse() -> None:
         data, fds, _flags, _ = socket.recv_fds(b, MAX_REQUEST, MAX_FDS, socket.MSG_CMSG_CLOEXEC)
         for fd in fds:
             os.close(fd)
-        args, roles = _parse_request(data, len(fds))
-        record({"args": args, "fds": roles})
+        args, roles = _parse_request(data, len(fds)) or ([], [])
+        record({"op": "start", "args": args, "fds": roles})
         record({"pid": os.getpid()})
     except (OSError, _RequestError):
         pass  # only a rehearsal: the real request reports its own errors
@@ -199,6 +206,7 @@ class _Server:
         self.listener: socket.socket | None = None
         self.conns: set[socket.socket] = set()
         self.owner: dict[int, socket.socket] = {}  # live child pid -> requesting connection
+        self.claims: list[socket.socket] = []  # connections waiting for a claimed child
         self.exit_with_conn = False  # --fd given a connection: its EOF ends the server
         self.stopping = False
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -283,6 +291,8 @@ class _Server:
         self.add_conn(conn)
 
     def _close(self, conn: socket.socket) -> None:
+        if conn in self.claims:
+            self.claims.remove(conn)
         if conn in self.conns:
             self.conns.discard(conn)
             self.sel.unregister(conn)
@@ -306,8 +316,11 @@ class _Server:
                 return
             if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
                 raise _RequestError(f"request larger than {MAX_REQUEST} bytes or {MAX_FDS} fds")
-            args, roles = _parse_request(data, len(fds))
-            self._start(conn, args, roles, fds)
+            parsed = _parse_request(data, len(fds))
+            if parsed is None:
+                self._claim(conn)
+            else:
+                self._start(conn, *parsed, fds)
         except _RequestError as e:
             self._send(conn, {"error": str(e)})
         finally:
@@ -363,7 +376,7 @@ class _Server:
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
         try:
             try:
-                req = record({"args": args, "fds": roles})
+                req = record({"op": "start", "args": args, "fds": roles})
                 socket.send_fds(idle.sock, [req], [*fds, status_w])
             except OSError:
                 return False  # it died; _reap collects it
@@ -375,16 +388,43 @@ class _Server:
             os.close(status_r)
             os.close(status_w)
 
+    def _claim(self, conn: socket.socket) -> None:
+        """A claim: the oldest pre-forked child's socket and pidfd go to ``conn`` (now, or once
+        the pool has one: ``{"claim": null, "later": true}`` says so first); no pool: null."""
+        if conn in self.claims:
+            self._send(conn, {"claim": None, "error": "a claim of this connection is pending"})
+            return
+        self.claims.append(conn)
+        self._serve_claims()
+        if conn in self.claims:
+            self._send(conn, {"claim": None, "later": True})
+
+    def _serve_claims(self) -> None:
+        """Hand pre-forked children to the waiting claims, oldest first; with no pool (none
+        kept, or forking failed) answer them null."""
+        while self.claims and (self.idle or not self.prefork):
+            conn = self.claims.pop(0)
+            if not self.idle:
+                self._send(conn, {"claim": None})
+                continue
+            idle = self.idle.pop(0)
+            try:
+                self.owner[idle.pid] = conn  # it reports the exit, as for a start
+                self._send(conn, {"claim": idle.pid}, [idle.pidfd, idle.sock.fileno()])
+            finally:
+                idle.close()  # ours closed: the requester's end is the child's only peer
+
     def _prefork(self) -> None:
         """Fork one child that waits (warm) for a request."""
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        server = os.getpid()
         try:
             gc.collect()
             gc.freeze()
             pid = os.fork()
             if pid == 0:
                 mine.detach()  # the fd goes with the others in _detach; the object forgets it
-                self._idle_child(theirs)  # never returns
+                self._idle_child(theirs, server)  # never returns
             try:
                 pidfd = os.pidfd_open(pid)
             except OSError:
@@ -394,10 +434,12 @@ class _Server:
             mine.close()
             _log(f"cannot pre-fork a gofer: {e.strerror or e}")
             self.prefork = len(self.idle)  # stop trying; requests fork on demand
+            self._serve_claims()
             return
         finally:
             theirs.close()
         self.idle.append(_Idle(pid, pidfd, mine))
+        self._serve_claims()
 
     def _reap(self) -> None:
         while True:
@@ -434,7 +476,7 @@ class _Server:
         finally:
             _exit(rc)
 
-    def _idle_child(self, sock: socket.socket) -> NoReturn:
+    def _idle_child(self, sock: socket.socket, server: int) -> NoReturn:
         """Forked ahead of a request: drop the server's fds, warm up, wait for the request.
 
         The warm-up (:func:`_warm_up`) runs the generic part of a gofer's start, serving
@@ -442,12 +484,20 @@ class _Server:
         gofer's trio run and waits inside it (:meth:`_serve_when_asked`): the request finds
         the loop running, ~0.7 ms of a start.  Its fds 3, 4, ... are held for the io sockets
         by :func:`_reserve_low_fds` first, so trio's own fds sit above them.  EOF on ``sock``
-        (the server stopped or died) ends it.
+        (the server stopped or died while it held the other end) ends it; until its request
+        arrives it is also killed when the server dies (``PR_SET_PDEATHSIG``), so a child
+        claimed by a requester (:meth:`_claim`: the requester holds that end) never outlives
+        the server unused.
         """
         rc = 1
         report = _StartPipe(-1)
         try:
             self._detach({sock.fileno()})
+            from . import syscalls
+
+            syscalls.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != server:  # it died before the line above took effect
+                _exit(0)
             with contextlib.suppress(Exception):  # a failed warm-up only makes the start slower
                 _warm_up()
             if _reserve_low_fds(sock.fileno()):
@@ -540,16 +590,36 @@ def _reserve_low_fds(keep: int) -> bool:
 def _take_request(sock: socket.socket, report: _StartPipe, reserved: bool) -> list[str] | int:
     """A pre-forked child's request: receive it, close ``sock`` and (``reserved``) the fds
     :func:`_reserve_low_fds` held that the request does not fill, and place its fds
-    (:func:`_place_fds`).  The gofer's argv, or an exit status (0: EOF, the server is gone).
+    (:func:`_place_fds`).  The gofer's argv, or an exit status (0: EOF, its requester or the
+    server is gone; 2: a malformed request, said on the start pipe as the server says it).
+
+    The request comes from the server or, for a claimed child, straight from the requester
+    the server handed this child's socket to; either way the last fd is the start pipe's
+    write end, and the request is checked as the server checks one (:func:`_parse_request`).
     """
-    data, fds, _flags, _ = socket.recv_fds(sock, MAX_REQUEST, MAX_FDS + 1)
+    data, fds, flags, _ = socket.recv_fds(sock, MAX_REQUEST, MAX_FDS + 1)
     sock.close()
-    if not data:
-        return 0
+    from . import syscalls
+    from .daemon import EXIT_SETUP
+
+    syscalls.prctl(_PR_SET_PDEATHSIG, 0)  # a gofer keeps serving when the server dies
+    if not data or not fds or flags & socket.MSG_CTRUNC:
+        for fd in fds:  # no start pipe to answer on (our requester never sends these)
+            os.close(fd)
+        return 0 if not data and not fds else EXIT_SETUP
     *fds, report.fd = fds
-    req = json.loads(data)
-    args: list[str] = req["args"]
-    roles: list[str] = req["fds"]
+    try:
+        if flags & socket.MSG_TRUNC:
+            raise _RequestError(f"request larger than {MAX_REQUEST} bytes or {MAX_FDS} fds")
+        parsed = _parse_request(data, len(fds))
+        if parsed is None:
+            raise _RequestError("a pre-forked child takes a start request, not a claim")
+    except _RequestError as e:
+        for fd in fds:
+            os.close(fd)
+        report.failed(f"fork-server: {e}")
+        return EXIT_SETUP
+    args, roles = parsed
     if reserved:
         # The request's fds arrived above the held range (``sock`` was the only other fd in
         # it, now closed): what is left there past the io sockets' numbers is placeholders.
