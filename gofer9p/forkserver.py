@@ -37,10 +37,22 @@ Control protocol (its constants and record encoding: :mod:`gofer9p.forkproto`): 
   as they are.
 * reply, one per request, in order: ``{"pid": P}`` with a pidfd of the child and the read end of
   its *start pipe* attached, or ``{"error": "one line"}`` (a malformed request; nothing forked).
-  The child writes one line to the start pipe: ``ok`` once it is confined (it reads what a
-  client sends from then on; see :class:`gofer9p.daemon.StartReport`), or the gofer's one error
-  line (``gofer9p gofer: error: ...``) before it exits 2 (after ``userns`` for a user-namespace
-  gofer); EOF without a line means it died first.
+  The child writes one line to the start pipe: ``ok`` once its bundle, fds, root and attach
+  points are set up and checked (it drops its capabilities, sets no_new_privs, Landlock and
+  seccomp next, and reads no client byte before; see :class:`gofer9p.daemon.StartReport`), or
+  the gofer's one error line (``gofer9p gofer: error: ...``) before it exits 2 (after
+  ``userns`` for a user-namespace gofer); EOF without a line means it died first.
+* claim: ``{"op": "claim"}`` (no fds).  The server hands the oldest pre-forked child to the
+  connection: ``{"claim": P}`` with a pidfd of it and the server's end of its socket attached
+  (the server keeps no end), or first ``{"claim": null, "later": true}`` when its pool is
+  empty and then that record once it has forked one (the pool refills as after a start); at
+  most one claim per connection waits.  ``{"claim": null}``: no pool (``--prefork 0``, or
+  forking failed).  The requester later sends a start request, the same record with the same
+  fds plus the start pipe's write end last, straight to that socket: the child checks it as
+  the server would (an error is ``fork-server: ...`` on the start pipe, exit 2) and starts
+  as a handed-over request does; the server still reaps it and reports its exit on the
+  claiming connection.  Closing the socket unused ends the child (exit 0), and until its
+  request arrives a pre-forked child is killed with the server (``PR_SET_PDEATHSIG``).
 * later, on the same connection: ``{"pid": P, "exit": N}`` when that child has exited, ``N`` as
   :attr:`subprocess.Popen.returncode` (negative: killed by that signal).  The server is the
   children's parent and reaps them (SIGCHLD wakes its loop through

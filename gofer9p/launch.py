@@ -999,7 +999,8 @@ class ForkServer:
 
     ``start_gofer`` takes :func:`gofer9p.launch.start_gofer`'s arguments and returns the same
     :class:`~gofer9p.launch.GoferProcess`, its ``proc`` a :class:`PidfdProcess`; it returns once
-    the gofer serves, and raises :class:`~gofer9p.launch.LaunchError` with the gofer's one error
+    the gofer has set up what its request decides (it is confined before it reads a byte), and
+    raises :class:`~gofer9p.launch.LaunchError` with the gofer's one error
     line when it could not start (after the child has exited and been reaped).  Thread-safe.
 
     With ``claim`` (the default) the connection keeps one of the server's pre-forked children
@@ -1245,9 +1246,11 @@ class ForkServer:
         **kwargs: Unpack[GoferKwargs],
     ) -> GoferProcess:
         """Fork a gofer for ``bundle`` with ``options`` (or its fields as keyword arguments),
-        as :func:`gofer9p.launch.start_gofer` spawns one, but it returns once the gofer is
-        confined and serving (or raises ``LaunchError`` with its one error line); each wait
-        for the fork-server or the gofer lasts at most ``timeout`` seconds.
+        as :func:`gofer9p.launch.start_gofer` spawns one, but it returns once the gofer has
+        checked and set up everything the request decides (bundle, fds, root, attach points:
+        it then only drops its capabilities and loads its filters, before it reads a byte;
+        :class:`gofer9p.daemon.StartReport`), or raises ``LaunchError`` with its one error
+        line; each wait for the fork-server or the gofer lasts at most ``timeout`` seconds.
 
         The bundle is read here only for what the manager needs (how many sockets; the mounts
         when ``setup_mounts``, the id maps of a ``userns`` gofer, which this process writes as
