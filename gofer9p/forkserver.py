@@ -158,8 +158,8 @@ def _rehearse() -> None:
     A fork makes every page of the server copy-on-write again (the new child shares them), so
     the next request's own code would take ~70 page-copy faults in the server (~0.1 ms of
     every start).  This takes the same faults now: a record with an fd through a socketpair,
-    :func:`_parse_request`, the records of a hand-over and a reply.  Nothing leaves the
-    process.
+    :func:`_parse_request`, the records of a hand-over and a reply, and a claim's (its
+    request and answers).  Nothing leaves the process.
     """
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
@@ -171,6 +171,9 @@ def _rehearse() -> None:
         args, roles = _parse_request(data, len(fds)) or ([], [])
         record({"op": "start", "args": args, "fds": roles})
         record({"pid": os.getpid()})
+        _parse_request(record({"op": "claim"}), 0)
+        record({"claim": None, "later": True})
+        record({"claim": os.getpid()})
     except (OSError, _RequestError):
         pass  # only a rehearsal: the real request reports its own errors
     finally:
@@ -726,9 +729,9 @@ def _warm_up() -> list[int]:
     """Run, without lasting effects, the generic code a gofer runs next: its pages get copied
     (and its bytecode specialised) now, while the child waits, not after the request.
 
-    This is :func:`gofer9p.daemon.run`'s path with nothing of a sandbox in it: the flags
-    parser, the log setup (then undone), the spec reader (as far as a bundle without
-    ``config.json`` goes) and parser, ``realpath``, ``check_io_fd`` on a socketpair, the
+    This is :func:`gofer9p.daemon.run`'s path with nothing of a sandbox in it: the request
+    check (:func:`_parse_request`), the flags parser, the log setup (then undone), the spec
+    reader (as far as a bundle without ``config.json`` goes) and parser, ``realpath``, ``check_io_fd`` on a socketpair, the
     resolution of a 9P mount's destination (:func:`gofer9p.mounts.resolve`), a Landlock
     ruleset (built, never enforced: :func:`gofer9p.landlock.make_ruleset`), the attach points of a spec whose root is ``/`` (read-only; opened and closed here, never
     chrooted into), the capability bound read, the seccomp program with this child's pid
@@ -749,8 +752,8 @@ def _warm_up() -> list[int]:
 
     from . import confine, daemon, landlock, logs, mounts, seccomp, server, spec, stats
 
-    flags = "--bundle / --seccomp=kill --apply-caps=true --log-level info --io-fds 0"
-    args = daemon._parser().parse_args(flags.split())
+    flags = "--bundle / --seccomp=kill --apply-caps=true --landlock=auto --log-level info".split()
+    args = daemon._parser().parse_args([*flags, "--io-fds", "0"])
     log = logging.getLogger("gofer9p")
     saved = (log.handlers[:], log.level, log.propagate)
     logs.setup_logging("critical", None)
@@ -764,6 +767,7 @@ def _warm_up() -> list[int]:
             os.close(landlock.make_ruleset([(root, True, True)], landlock.abi()))
     tree = confine.Tree(root, [])
     points = daemon._open_attach_points(spec.parse_spec(doc, "/"), False, tree)
+    _parse_request(record({"op": "start", "args": flags, "fds": ["io"]}), 1)
     with contextlib.suppress(spec.SpecError):
         spec.load_spec("/proc/self/fdinfo")  # a directory without config.json: its error path
     os.path.realpath("/proc/self/fdinfo")  # as private_mount_root resolves the root
