@@ -313,3 +313,28 @@ def test_no_pool_no_claims_and_an_old_server(tmp_path: Path) -> None:
             assert _serves(gp.sockets[0]) == b"hello from root\n"
             assert gp.stop() == 0
         assert _children(plain.proc.pid) == []  # no child forked ahead, none claimed
+
+
+def test_a_claimed_child_that_died_is_passed_over(tmp_path: Path) -> None:
+    """The child a connection holds is killed before its start: the start goes through the
+    server instead (its exit is reported as any child's), and serves."""
+    fs = ForkServer.start(env=gofer_env(), prefork=1)
+    assert fs.proc is not None
+    server = fs.proc.pid
+    b = make_bundle(tmp_path)
+    try:
+        fs.start_gofer(b).stop()  # the connection claims its next child
+        deadline = time.monotonic() + 15
+        while len(waiting := [p for p, _ in _children(server) if is_pool_child(server, p)]) < 2:
+            assert time.monotonic() < deadline, "no claimed child and pool beside it"
+            time.sleep(0.02)
+        for pid in waiting:  # the claimed one and the pool's
+            os.kill(pid, signal.SIGKILL)
+        for pid in waiting:
+            _wait_gone(pid)
+        gp = fs.start_gofer(b)
+        assert gp.pid not in waiting
+        assert _serves(gp.sockets[0]) == b"hello from root\n"
+        assert gp.stop() == 0
+    finally:
+        fs.stop()
