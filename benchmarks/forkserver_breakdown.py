@@ -15,7 +15,7 @@ the fork-server's fd cleanup; it stops reading minor faults once seccomp is load
 getrusage is not on the whitelist).  The wrappers cost a few microseconds per step, so the
 total is slightly above benchmarks/forkserver.py's.  Root needed.
 
-    python benchmarks/forkserver_breakdown.py [-n 30] [--prefork 1] [--rounds] [--detail]
+    python benchmarks/forkserver_breakdown.py [-n 30] [--prefork 1] [--rounds] [--detail] [--hand]
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ def _minflt(pid: int) -> int:
         return int(f.read().rsplit(")", 1)[1].split()[7])
 
 
-def _drive(n: int, prefork: int, show_rounds: bool, detail: bool) -> None:
+def _drive(n: int, prefork: int, show_rounds: bool, detail: bool, claim: bool) -> None:
     global _TRACE
     from gofer9p import launch
     from gofer9p.launch import ForkServer
@@ -186,7 +186,7 @@ def _drive(n: int, prefork: int, show_rounds: bool, detail: bool) -> None:
         env=env,
     )
     theirs.close()
-    fs = ForkServer(mine, proc)
+    fs = ForkServer(mine, proc, claim=claim)
     _wrap(launch, "load_spec", "req.load_spec")  # the name start_gofer calls
     _wrap(launch._SpecCache, "load", "req.spec_cache")
     _wrap(fs, "_request", "req.request")
@@ -316,11 +316,14 @@ def main() -> int:
     ap.add_argument(
         "--detail", action="store_true", help="also time trio's steps up to the first request"
     )
+    ap.add_argument(
+        "--hand", action="store_true", help="no claims: every request through the server"
+    )
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("benchmarks/forkserver_breakdown.py: needs root")
         return 2
-    _drive(args.n, args.prefork, args.rounds, args.detail)
+    _drive(args.n, args.prefork, args.rounds, args.detail, not args.hand)
     return 0
 
 

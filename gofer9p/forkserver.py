@@ -98,6 +98,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from . import syscalls
+from .daemon import EXIT_SETUP
 from .forkproto import MAX_FDS, MAX_REQUEST, ROLE_FLAGS, ROLES_ONCE, parse_address, record
 
 __all__ = ["main", "run"]
@@ -508,8 +510,6 @@ class _Server:
         report = _StartPipe(-1)
         try:
             self._detach({sock.fileno()})
-            from . import syscalls
-
             syscalls.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
             if os.getppid() != server:  # it died before the line above took effect
                 _exit(0)
@@ -614,9 +614,6 @@ def _take_request(sock: socket.socket, report: _StartPipe, reserved: bool) -> li
     """
     data, fds, flags, _ = socket.recv_fds(sock, MAX_REQUEST, MAX_FDS + 1)
     sock.close()
-    from . import syscalls
-    from .daemon import EXIT_SETUP
-
     syscalls.prctl(_PR_SET_PDEATHSIG, 0)  # a gofer keeps serving when the server dies
     if not data or not fds or flags & socket.MSG_CTRUNC:
         for fd in fds:  # no start pipe to answer on (our requester never sends these)
@@ -687,8 +684,6 @@ def _enter_user_namespace(go: int, status_w: int) -> bool:
     :func:`gofer9p.launch.start_gofer` does between fork and exec, with the manager writing the
     maps (the fork-server never reads the spec that holds them).  False: the requester gave up.
     """
-    from . import syscalls
-
     syscalls.unshare(syscalls.CLONE_NEWUSER)
     os.write(status_w, b"userns\n")
     try:
