@@ -260,6 +260,9 @@ def main() -> int:
     diod = None if args.no_diod else shutil.which("diod")
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    # `python -m` puts the working directory first on sys.path: run from a checkout, every
+    # server would import that checkout's gofer9p, --base's too (as it did before this line).
+    env["PYTHONSAFEPATH"] = "1"
     with tempfile.TemporaryDirectory(prefix="gofer9p-bench-") as tmp:
         bundle = os.path.join(tmp, "bundle")
         export = os.path.join(bundle, "rootfs")
@@ -274,8 +277,8 @@ def main() -> int:
             servers.append(fsh := ForkServer.start(env=env, python=py, claim=False))
             kinds["hand"] = lambda: one_fork(fsh, bundle)
         if args.base:
-            base_env = dict(os.environ)
-            base_env["PYTHONPATH"] = args.base + os.pathsep + env.get("PYTHONPATH", "")
+            base_env = dict(env)
+            base_env["PYTHONPATH"] = args.base + os.pathsep + os.environ.get("PYTHONPATH", "")
             servers.append(fsb := ForkServer.start(env=base_env, python=py))
             kinds["base"] = lambda: one_fork(fsb, bundle)
         if not args.no_fork:
