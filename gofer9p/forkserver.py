@@ -515,6 +515,10 @@ class _Server:
                 _exit(0)
             with contextlib.suppress(Exception):  # a failed warm-up only makes the start slower
                 _warm_up()
+            from . import confine
+
+            with contextlib.suppress(confine.ConfineError):  # then the gofer drops them all
+                confine.drop_bounding_ahead()
             if _reserve_low_fds(sock.fileno()):
                 import trio
 
@@ -684,7 +688,10 @@ def _enter_user_namespace(go: int, status_w: int) -> bool:
     :func:`gofer9p.launch.start_gofer` does between fork and exec, with the manager writing the
     maps (the fork-server never reads the spec that holds them).  False: the requester gave up.
     """
+    from . import confine
+
     syscalls.unshare(syscalls.CLONE_NEWUSER)
+    confine.forget_bounding_ahead()  # the namespace's bounding set is whole
     os.write(status_w, b"userns\n")
     try:
         if os.read(go, 1) != b"g":
