@@ -12,7 +12,8 @@ it never reads a bundle and never chroots; a request is an argument list and fds
 fds, runs the generic part of a gofer's start (:func:`_warm_up`: the flags, log and spec
 parsers, attach points, the seccomp program with its pid written in, and a throw-away gofer
 serving Tversion/Tattach/Tclunk on a socketpair: their copy-on-write faults and first runs are
-most of a forked start), then starts the gofer's trio run and waits in it on its own
+most of a forked start), drops from its bounding set what the gofer will
+(:func:`gofer9p.confine.drop_bounding_ahead`), then starts the gofer's trio run and waits in it on its own
 socketpair (:meth:`_Server._serve_when_asked`: the request finds the loop running, and
 :func:`gofer9p.daemon.run_in_loop` does the whole confined start there before any client
 byte is read); a request goes to the oldest, with its fds, and the pool is refilled once the server has been idle for 10 ms (a refill never
@@ -733,14 +734,16 @@ def _warm_up() -> list[int]:
 
     This is :func:`gofer9p.daemon.run`'s path with nothing of a sandbox in it: the request
     check (:func:`_parse_request`), the flags parser, the log setup (then undone), the spec
-    reader (as far as a bundle without ``config.json`` goes) and parser, ``realpath``, ``check_io_fd`` on a socketpair, the
-    resolution of a 9P mount's destination (:func:`gofer9p.mounts.resolve`), a Landlock
-    ruleset (built, never enforced: :func:`gofer9p.landlock.make_ruleset`), the attach points of a spec whose root is ``/`` (read-only; opened and closed here, never
-    chrooted into), the capability bound read, the seccomp program with this child's pid
+    reader (as far as a bundle without ``config.json`` goes) and parser, ``realpath``,
+    ``check_io_fd`` on a socketpair, the resolution of a 9P mount's destination
+    (:func:`gofer9p.mounts.resolve`), a Landlock ruleset (built, never enforced:
+    :func:`gofer9p.landlock.make_ruleset`), the attach points of a spec whose root is ``/``
+    (read-only; opened and closed here, never chrooted into), the capability bound read, the seccomp program with this child's pid
     written in (:func:`gofer9p.seccomp.prepare_seccomp`), and the serving loop itself
     (``daemon._serve_all`` in a ``trio.run``) answering :data:`_WARM_REQUESTS` on the
     socketpair.  The steps with effects (mount namespace, chroot, capabilities, seccomp) are
-    left to the gofer: they need the request, and a mount namespace made now would miss mounts
+    left to the gofer (but for the bounding-set drops the caller makes after this,
+    :func:`gofer9p.confine.drop_bounding_ahead`): they need the request, and a mount namespace made now would miss mounts
     the manager makes before its request.  The process's fd limit is not touched either.
     Everything it allocates is collected before the child waits, and what is left is frozen
     (:func:`gc.freeze`: the gofer's collections skip it, as they skip the server's).  Returns
