@@ -4,13 +4,15 @@ benchmarks/forkserver.py times a start from outside; this one puts timestamps
 (CLOCK_MONOTONIC, shared by all processes) on the steps in between, by wrapping the functions
 that do them in all three processes, and prints each step's median over the rounds:
 
-* requester: ``start_gofer`` (its spec, read or kept, the request round trip, the wait for the start
-  pipe's ``ok``), then Tversion -> Rversion and Tattach -> Rattach;
-* fork-server: the request read, the hand-over to the pre-forked child, the reply;
+* requester: ``start_gofer`` (its spec, read or kept, the request sent to its claimed child or
+  through the server (``--hand``), the wait for the start pipe's ``ok``), then Tversion ->
+  Rversion and Tattach -> Rattach;
+* fork-server: the request read (a claim, or a start request: the hand-over to the
+  pre-forked child and the reply);
 * child (pre-forked, so its fork and warm-up are not in the timeline): every step of
   :func:`gofer9p.daemon.run` up to ``ok``, then its first request.
 
-Each process writes ``pid label ns minflt`` lines to one pipe (the child keeps its end through
+Each process writes ``pid label ns minflt cpu`` lines to one pipe (the child keeps its end through
 the fork-server's fd cleanup; it stops reading minor faults once seccomp is loaded, since
 getrusage is not on the whitelist).  The wrappers cost a few microseconds per step, so the
 total is slightly above benchmarks/forkserver.py's.  Root needed.
