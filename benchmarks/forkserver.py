@@ -24,11 +24,21 @@ started through the fork-server, each serving one attached connection, and
 (which shares every page among the processes mapping it).
 
     python benchmarks/forkserver.py [-n 20] [--gofers 100] [--no-diod] [--no-spawn] [--no-fork]
-        [--settle 0.05] [--base DIR]
+        [--settle 0.05] [--base DIR] [--hand]
 
 ``--base DIR`` adds a kind ``base``: ``pool`` through a fork-server (and its children) that
 imports gofer9p from the checkout at DIR (say, the main branch) instead of this one, in the
-same rounds; the requester's side (:mod:`gofer9p.launch`) is this checkout's for both.
+same rounds; the requester's side (:mod:`gofer9p.launch`) is this checkout's for both (a
+server that predates claims answers the first one with an error, and every ``base`` start
+then goes through it).  ``--hand`` adds ``hand``: ``pool`` with ``claim=False``, every
+request handed to the pre-forked child by the server (what a claim saves).
+
+The CPU column is the sum of per-process times (the kernel's ``sum_exec_runtime`` of each
+thread, as ``getrusage`` and ``perf stat`` report them), not wall time: two processes that
+pass a byte back and forth after sleeping show a few tens of microseconds of CPU each per
+round trip here however long the trip took.  A start is a chain (requester, server, child;
+requester, exec'd diod) in which mostly one process runs at a time, so on a quiet machine
+its CPU sum lands close to its wall time, for every kind.
 """
 
 from __future__ import annotations
@@ -233,6 +243,9 @@ def main() -> int:
     ap.add_argument("--no-fork", action="store_true", help="leave out fork-on-request")
     ap.add_argument("--base", metavar="DIR", help="also pool starts from gofer9p at DIR")
     ap.add_argument(
+        "--hand", action="store_true", help="also pool starts without claims (through the server)"
+    )
+    ap.add_argument(
         "--settle",
         type=float,
         default=0.05,
@@ -247,6 +260,9 @@ def main() -> int:
     diod = None if args.no_diod else shutil.which("diod")
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    # `python -m` puts the working directory first on sys.path: run from a checkout, every
+    # server would import that checkout's gofer9p, --base's too (as it did before this line).
+    env["PYTHONSAFEPATH"] = "1"
     with tempfile.TemporaryDirectory(prefix="gofer9p-bench-") as tmp:
         bundle = os.path.join(tmp, "bundle")
         export = os.path.join(bundle, "rootfs")
@@ -257,9 +273,12 @@ def main() -> int:
         py = sys.executable
         servers = [fs := ForkServer.start(env=env, python=py)]
         kinds: dict[str, Callable[[], Sample]] = {"pool": lambda: one_fork(fs, bundle)}
+        if args.hand:
+            servers.append(fsh := ForkServer.start(env=env, python=py, claim=False))
+            kinds["hand"] = lambda: one_fork(fsh, bundle)
         if args.base:
-            base_env = dict(os.environ)
-            base_env["PYTHONPATH"] = args.base + os.pathsep + env.get("PYTHONPATH", "")
+            base_env = dict(env)
+            base_env["PYTHONPATH"] = args.base + os.pathsep + os.environ.get("PYTHONPATH", "")
             servers.append(fsb := ForkServer.start(env=base_env, python=py))
             kinds["base"] = lambda: one_fork(fsb, bundle)
         if not args.no_fork:

@@ -4,24 +4,27 @@ benchmarks/forkserver.py times a start from outside; this one puts timestamps
 (CLOCK_MONOTONIC, shared by all processes) on the steps in between, by wrapping the functions
 that do them in all three processes, and prints each step's median over the rounds:
 
-* requester: ``start_gofer`` (its spec, read or kept, the request round trip, the wait for the start
-  pipe's ``ok``), then Tversion -> Rversion and Tattach -> Rattach;
-* fork-server: the request read, the hand-over to the pre-forked child, the reply;
+* requester: ``start_gofer`` (its spec, read or kept, the request sent to its claimed child or
+  through the server (``--hand``), the wait for the start pipe's ``ok``), then Tversion ->
+  Rversion and Tattach -> Rattach;
+* fork-server: the request read (a claim, or a start request: the hand-over to the
+  pre-forked child and the reply);
 * child (pre-forked, so its fork and warm-up are not in the timeline): every step of
   :func:`gofer9p.daemon.run` up to ``ok``, then its first request.
 
-Each process writes ``pid label ns minflt`` lines to one pipe (the child keeps its end through
+Each process writes ``pid label ns minflt cpu`` lines to one pipe (the child keeps its end through
 the fork-server's fd cleanup; it stops reading minor faults once seccomp is loaded, since
 getrusage is not on the whitelist).  The wrappers cost a few microseconds per step, so the
 total is slightly above benchmarks/forkserver.py's.  Root needed.
 
-    python benchmarks/forkserver_breakdown.py [-n 30] [--prefork 1] [--rounds] [--detail]
+    python benchmarks/forkserver_breakdown.py [-n 30] [--prefork 1] [--rounds] [--detail] [--hand]
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import ctypes
 import fcntl
 import functools
 import os
@@ -42,12 +45,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from forkserver import _reply, tattach, tversion  # noqa: E402
 
 _TRACE = -1
+#: One mark: pid, label, CLOCK_MONOTONIC ns, minor faults (-1: unreadable), CPU number.
+Event = tuple[int, str, int, int, int]
 _counting = [True]  # minor faults read until seccomp is loaded (no getrusage after)
+
+
+_getcpu = ctypes.CDLL(None).sched_getcpu  # glibc: rseq or the vDSO, no system call
 
 
 def mark(label: str) -> None:
     flt = resource.getrusage(resource.RUSAGE_SELF).ru_minflt if _counting[0] else -1
-    os.write(_TRACE, f"{os.getpid()} {label} {time.monotonic_ns()} {flt}\n".encode())
+    os.write(_TRACE, f"{os.getpid()} {label} {time.monotonic_ns()} {flt} {_getcpu()}\n".encode())
 
 
 def _wrap(owner: Any, name: str, label: str) -> None:
@@ -76,6 +84,7 @@ def _patch_server(detail: bool) -> None:
     srv._detach = lambda self, keep: detach(self, {*keep, _TRACE})  # type: ignore[method-assign]
     _wrap(srv, "_on_conn", "server.request")
     _wrap(srv, "_hand_over", "server.hand_over")
+    _wrap(srv, "_claim", "server.claim")
     _wrap(srv, "_send", "server.reply")
     _wrap(forkserver, "_take_request", "child.take_request")
     _wrap(forkserver, "_place_fds", "child.place_fds")
@@ -159,7 +168,7 @@ def _minflt(pid: int) -> int:
         return int(f.read().rsplit(")", 1)[1].split()[7])
 
 
-def _drive(n: int, prefork: int, show_rounds: bool, detail: bool) -> None:
+def _drive(n: int, prefork: int, show_rounds: bool, detail: bool, claim: bool) -> None:
     global _TRACE
     from gofer9p import launch
     from gofer9p.launch import ForkServer
@@ -179,15 +188,17 @@ def _drive(n: int, prefork: int, show_rounds: bool, detail: bool) -> None:
         env=env,
     )
     theirs.close()
-    fs = ForkServer(mine, proc)
+    fs = ForkServer(mine, proc, claim=claim)
     _wrap(launch, "load_spec", "req.load_spec")  # the name start_gofer calls
     _wrap(launch._SpecCache, "load", "req.spec_cache")
     _wrap(fs, "_request", "req.request")
+    _wrap(fs, "_next_claim", "req.next_claim")
+    _wrap(fs, "_start_claimed", "req.start_claimed")
     _wrap(launch, "_options", "req.options")
     _wrap(fs, "_start_gofer", "req._start_gofer")
     _wrap(launch, "_Lines", "req.start_pipe_open")
     buf = b""
-    rounds: list[list[tuple[int, str, int, int]]] = []
+    rounds: list[list[Event]] = []
     with tempfile.TemporaryDirectory(prefix="gofer9p-bench-") as tmp:
         bundle = os.path.join(tmp, "bundle")
         os.makedirs(os.path.join(bundle, "rootfs"))
@@ -221,8 +232,8 @@ def _drive(n: int, prefork: int, show_rounds: bool, detail: bool) -> None:
                 buf = lines.pop()
                 evs = []
                 for line in lines:
-                    pid, label, ns, flt_s = line.decode().split()
-                    evs.append((int(pid), label, int(ns), int(flt_s)))
+                    pid, label, ns, flt_s, cpu = line.decode().split()
+                    evs.append((int(pid), label, int(ns), int(flt_s), int(cpu)))
                 if i:  # the first is a warm-up
                     rounds.append(evs)
         finally:
@@ -232,18 +243,18 @@ def _drive(n: int, prefork: int, show_rounds: bool, detail: bool) -> None:
     _report(rounds)
 
 
-def _print_rounds(rounds: list[list[tuple[int, str, int, int]]]) -> None:
+def _print_rounds(rounds: list[list[Event]]) -> None:
     """``--rounds``: each start's events in time order, ms from req.start+ (no medians mixing
     steps of different rounds)."""
     for i, evs in enumerate(rounds):
-        t0 = next(ns for _p, label, ns, _f in evs if label == "req.start+")
-        print(f"round {i + 1}")
-        for _pid, label, ns, flt in sorted(evs, key=lambda e: e[2]):
+        t0 = next(ns for _p, label, ns, _f, _c in evs if label == "req.start+")
+        print(f"round {i + 1} (ms from the start call, CPU, label, minor faults)")
+        for _pid, label, ns, flt, cpu in sorted(evs, key=lambda e: e[2]):
             if not label.startswith("gofer."):
-                print(f"  {(ns - t0) / 1e6:8.3f}  {label}{f'  ({flt})' if flt >= 0 else ''}")
+                print(f"  {(ns - t0) / 1e6:8.3f} {cpu} {label}{f'  ({flt})' if flt >= 0 else ''}")
 
 
-def _report(rounds: list[list[tuple[int, str, int, int]]]) -> None:
+def _report(rounds: list[list[Event]]) -> None:
     """Per step: median start offset from req.start+, duration, minor faults."""
     offs: dict[str, list[float]] = collections.defaultdict(list)
     durs: dict[str, list[float]] = collections.defaultdict(list)
@@ -251,10 +262,12 @@ def _report(rounds: list[list[tuple[int, str, int, int]]]) -> None:
     order: list[str] = []
     gofer_flt: list[list[int]] = []
     for evs in rounds:
-        t0 = next(ns for _p, label, ns, _f in evs if label == "req.start+")
-        gofer = next(int(label[10:]) for _p, label, _n, _f in evs if label.startswith("gofer.pid="))
+        t0 = next(ns for _p, label, ns, _f, _c in evs if label == "req.start+")
+        gofer = next(
+            int(label[10:]) for _p, label, _n, _f, _c in evs if label.startswith("gofer.pid=")
+        )
         open_: dict[str, tuple[int, int]] = {}
-        for pid, label, ns, flt in evs:
+        for pid, label, ns, flt, _cpu in evs:
             if label.startswith("gofer.minflt="):
                 gofer_flt.append([int(x) for x in label.split("=")[1].split(",")])
                 continue
@@ -305,11 +318,14 @@ def main() -> int:
     ap.add_argument(
         "--detail", action="store_true", help="also time trio's steps up to the first request"
     )
+    ap.add_argument(
+        "--hand", action="store_true", help="no claims: every request through the server"
+    )
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("benchmarks/forkserver_breakdown.py: needs root")
         return 2
-    _drive(args.n, args.prefork, args.rounds, args.detail)
+    _drive(args.n, args.prefork, args.rounds, args.detail, not args.hand)
     return 0
 
 

@@ -87,10 +87,16 @@ class DaemonError(Exception):
 class StartReport(Protocol):
     """Where a gofer started by :mod:`gofer9p.forkserver` says how its start went.
 
-    Exactly one of the two is called, once: ``ready()`` as soon as it is confined (every step
-    of :func:`_confined_start` done), ``failed(line)`` with the one stderr line when it could
-    not start (before exiting 2).  From ``ready()`` on, what a client sends is read by the
-    serving loop, which the gofer sets up while its requester wakes (on another CPU); a stop
+    ``ready()`` once everything its request decides is done and checked: flags, spec, io
+    fds, the chroot (or pivoted root) and the attach points (a bad bundle fails there), the
+    mounts report, and whether Landlock can be had as asked.  ``failed(line)`` (with the one
+    stderr line, before exiting 2) when one of those fails; only one of the two is called.
+    What is left after ``ready()`` are kernel calls that do not depend on the request
+    (capabilities, no_new_privs, Landlock, seccomp: ~0.5 ms) and the serving loop's setup,
+    all before the first byte of a client is read; they run while the requester wakes up and
+    returns (on this VM a wake-up of an idle CPU costs 0.3-1 ms), so its first request is
+    usually there when the loop reads.  Should one of those calls fail (the kernel refusing
+    one: nothing a request can cause), the gofer exits 2 with its line on stderr only.  A stop
     signal sent meanwhile waits, blocked, until the loop's receiver takes it (exit 0).
     """
 
@@ -417,11 +423,9 @@ async def run_in_loop(
     nothing from either.  Same exit statuses and report lines as :func:`run`.
     """
     try:
-        start = _confined_start(argv, after_confine)
+        start = _confined_start(argv, after_confine, report)
     except DaemonError as e:
         return _setup_failed(e, report)
-    if report is not None:
-        report.ready()
     return await _serve_started(start)
 
 
@@ -446,9 +450,7 @@ def _run(
     after_confine: Callable[[], None] | None,
     report: StartReport | None,
 ) -> int:
-    start = _confined_start(list(sys.argv[1:] if argv is None else argv), after_confine)
-    if report is not None:
-        report.ready()  # trio's start (~0.7 ms) then overlaps the requester's wake-up
+    start = _confined_start(list(sys.argv[1:] if argv is None else argv), after_confine, report)
 
     import trio
 
@@ -467,10 +469,13 @@ async def _serve_started(start: _Started) -> int:
     return status
 
 
-def _confined_start(argv: Sequence[str], after_confine: Callable[[], None] | None) -> _Started:
+def _confined_start(
+    argv: Sequence[str], after_confine: Callable[[], None] | None, report: StartReport | None
+) -> _Started:
     """Everything before serving, in order: flags, logging, spec, fd checks, preloads, then
-    confinement (not-dumpable, chroot, attach points, caps, no_new_privs, seccomp).  Returns
-    :func:`_serve_all`'s arguments; raises :class:`DaemonError` with the one line."""
+    confinement (not-dumpable, chroot, attach points, caps, no_new_privs, seccomp); ``ok`` on
+    ``report`` before the caps, once what the request decides is done (:class:`StartReport`).
+    Returns :func:`_serve_all`'s arguments; raises :class:`DaemonError` with the one line."""
     args = _parser().parse_args(list(argv))
     # Hold SIGTERM/SIGINT until the serving loop's receiver is installed (_serve_all unblocks
     # them): a stop request during start-up is then a clean exit 0, never a half-confined
@@ -540,14 +545,19 @@ def _confined_start(argv: Sequence[str], after_confine: Callable[[], None] | Non
             tree.close()
         if args.mounts_fd is not None:
             _write_mounts(args.mounts_fd, spec, points, fds)
+        fence = [(p.fd, p.readonly, p.root_fmt == stat.S_IFDIR) for p in points]
+        if report is not None:
+            # What the request decides is done and checked: the requester may hand the
+            # sockets out while the rest (kernel calls only) runs before any byte is read.
+            if args.landlock != "off":
+                landlock.unavailable(fence, args.landlock, landlock.abi())
+            report.ready()
         if args.apply_caps:
             confine.drop_capabilities()
         confine.set_no_new_privs()
         # Landlock needs no_new_privs and the attach points' fds; seccomp comes last (its
         # whitelist has no landlock calls).
-        fenced = landlock.restrict(
-            [(p.fd, p.readonly, p.root_fmt == stat.S_IFDIR) for p in points], args.landlock
-        )
+        fenced = landlock.restrict(fence, args.landlock)
         allowed = seccomp.install_seccomp(seccomp_mode)
     except (confine.ConfineError, seccomp.SeccompError, landlock.LandlockError) as e:
         raise DaemonError(str(e)) from None

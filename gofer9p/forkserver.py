@@ -12,7 +12,8 @@ it never reads a bundle and never chroots; a request is an argument list and fds
 fds, runs the generic part of a gofer's start (:func:`_warm_up`: the flags, log and spec
 parsers, attach points, the seccomp program with its pid written in, and a throw-away gofer
 serving Tversion/Tattach/Tclunk on a socketpair: their copy-on-write faults and first runs are
-most of a forked start), then starts the gofer's trio run and waits in it on its own
+most of a forked start), drops from its bounding set what the gofer will
+(:func:`gofer9p.confine.drop_bounding_ahead`), then starts the gofer's trio run and waits in it on its own
 socketpair (:meth:`_Server._serve_when_asked`: the request finds the loop running, and
 :func:`gofer9p.daemon.run_in_loop` does the whole confined start there before any client
 byte is read); a request goes to the oldest, with its fds, and the pool is refilled once the server has been idle for 10 ms (a refill never
@@ -37,10 +38,22 @@ Control protocol (its constants and record encoding: :mod:`gofer9p.forkproto`): 
   as they are.
 * reply, one per request, in order: ``{"pid": P}`` with a pidfd of the child and the read end of
   its *start pipe* attached, or ``{"error": "one line"}`` (a malformed request; nothing forked).
-  The child writes one line to the start pipe: ``ok`` once it is confined (it reads what a
-  client sends from then on; see :class:`gofer9p.daemon.StartReport`), or the gofer's one error
-  line (``gofer9p gofer: error: ...``) before it exits 2 (after ``userns`` for a user-namespace
-  gofer); EOF without a line means it died first.
+  The child writes one line to the start pipe: ``ok`` once its bundle, fds, root and attach
+  points are set up and checked (it drops its capabilities, sets no_new_privs, Landlock and
+  seccomp next, and reads no client byte before; see :class:`gofer9p.daemon.StartReport`), or
+  the gofer's one error line (``gofer9p gofer: error: ...``) before it exits 2 (after
+  ``userns`` for a user-namespace gofer); EOF without a line means it died first.
+* claim: ``{"op": "claim"}`` (no fds).  The server hands the oldest pre-forked child to the
+  connection: ``{"claim": P}`` with a pidfd of it and the server's end of its socket attached
+  (the server keeps no end), or first ``{"claim": null, "later": true}`` when its pool is
+  empty and then that record once it has forked one (the pool refills as after a start); at
+  most one claim per connection waits.  ``{"claim": null}``: no pool (``--prefork 0``, or
+  forking failed).  The requester later sends a start request, the same record with the same
+  fds plus the start pipe's write end last, straight to that socket: the child checks it as
+  the server would (an error is ``fork-server: ...`` on the start pipe, exit 2) and starts
+  as a handed-over request does; the server still reaps it and reports its exit on the
+  claiming connection.  Closing the socket unused ends the child (exit 0), and until its
+  request arrives a pre-forked child is killed with the server (``PR_SET_PDEATHSIG``).
 * later, on the same connection: ``{"pid": P, "exit": N}`` when that child has exited, ``N`` as
   :attr:`subprocess.Popen.returncode` (negative: killed by that signal).  The server is the
   children's parent and reaps them (SIGCHLD wakes its loop through
@@ -86,6 +99,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from . import syscalls
+from .daemon import EXIT_SETUP
 from .forkproto import MAX_FDS, MAX_REQUEST, ROLE_FLAGS, ROLES_ONCE, parse_address, record
 
 __all__ = ["main", "run"]
@@ -94,6 +109,7 @@ __all__ = ["main", "run"]
 #: refill never competes with a request or a gofer that is starting.
 _REFILL_AFTER = 0.01
 _STDIO_TARGET = {"stdout": 1, "stderr": 2}
+_PR_SET_PDEATHSIG = 1
 
 
 def _log(msg: str) -> None:
@@ -104,12 +120,18 @@ class _RequestError(Exception):
     """A malformed request; ``str(err)`` is the one line sent back."""
 
 
-def _parse_request(data: bytes, nfds: int) -> tuple[list[str], list[str]]:
-    """``(args, roles)`` of a start request; the parent looks at nothing else in it."""
+def _parse_request(data: bytes, nfds: int) -> tuple[list[str], list[str]] | None:
+    """``(args, roles)`` of a start request, None for a claim; the parent looks at nothing
+    else in it.  A pre-forked child checks the request it receives with it too (one from a
+    requester that claimed it never passed the server)."""
     try:
         req = json.loads(data)
     except (ValueError, UnicodeDecodeError):
         raise _RequestError("request is not a JSON object") from None
+    if isinstance(req, dict) and req.get("op") == "claim":
+        if nfds:
+            raise _RequestError("a claim passes no fds")
+        return None
     if not isinstance(req, dict) or req.get("op") != "start":
         raise _RequestError('request must be {"op": "start", "args": [...], "fds": [...]}')
     args, roles = req.get("args"), req.get("fds")
@@ -139,8 +161,8 @@ def _rehearse() -> None:
     A fork makes every page of the server copy-on-write again (the new child shares them), so
     the next request's own code would take ~70 page-copy faults in the server (~0.1 ms of
     every start).  This takes the same faults now: a record with an fd through a socketpair,
-    :func:`_parse_request`, the records of a hand-over and a reply.  Nothing leaves the
-    process.
+    :func:`_parse_request`, the records of a hand-over and a reply, and a claim's (its
+    request and answers).  Nothing leaves the process.
     """
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
@@ -149,9 +171,12 @@ def _rehearse() -> None:
         data, fds, _flags, _ = socket.recv_fds(b, MAX_REQUEST, MAX_FDS, socket.MSG_CMSG_CLOEXEC)
         for fd in fds:
             os.close(fd)
-        args, roles = _parse_request(data, len(fds))
-        record({"args": args, "fds": roles})
+        args, roles = _parse_request(data, len(fds)) or ([], [])
+        record({"op": "start", "args": args, "fds": roles})
         record({"pid": os.getpid()})
+        _parse_request(record({"op": "claim"}), 0)
+        record({"claim": None, "later": True})
+        record({"claim": os.getpid()})
     except (OSError, _RequestError):
         pass  # only a rehearsal: the real request reports its own errors
     finally:
@@ -199,6 +224,7 @@ class _Server:
         self.listener: socket.socket | None = None
         self.conns: set[socket.socket] = set()
         self.owner: dict[int, socket.socket] = {}  # live child pid -> requesting connection
+        self.claims: list[socket.socket] = []  # connections waiting for a claimed child
         self.exit_with_conn = False  # --fd given a connection: its EOF ends the server
         self.stopping = False
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -283,6 +309,8 @@ class _Server:
         self.add_conn(conn)
 
     def _close(self, conn: socket.socket) -> None:
+        if conn in self.claims:
+            self.claims.remove(conn)
         if conn in self.conns:
             self.conns.discard(conn)
             self.sel.unregister(conn)
@@ -306,8 +334,11 @@ class _Server:
                 return
             if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
                 raise _RequestError(f"request larger than {MAX_REQUEST} bytes or {MAX_FDS} fds")
-            args, roles = _parse_request(data, len(fds))
-            self._start(conn, args, roles, fds)
+            parsed = _parse_request(data, len(fds))
+            if parsed is None:
+                self._claim(conn)
+            else:
+                self._start(conn, *parsed, fds)
         except _RequestError as e:
             self._send(conn, {"error": str(e)})
         finally:
@@ -363,7 +394,7 @@ class _Server:
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
         try:
             try:
-                req = record({"args": args, "fds": roles})
+                req = record({"op": "start", "args": args, "fds": roles})
                 socket.send_fds(idle.sock, [req], [*fds, status_w])
             except OSError:
                 return False  # it died; _reap collects it
@@ -375,16 +406,43 @@ class _Server:
             os.close(status_r)
             os.close(status_w)
 
+    def _claim(self, conn: socket.socket) -> None:
+        """A claim: the oldest pre-forked child's socket and pidfd go to ``conn`` (now, or once
+        the pool has one: ``{"claim": null, "later": true}`` says so first); no pool: null."""
+        if conn in self.claims:
+            self._send(conn, {"claim": None, "error": "a claim of this connection is pending"})
+            return
+        self.claims.append(conn)
+        self._serve_claims()
+        if conn in self.claims:
+            self._send(conn, {"claim": None, "later": True})
+
+    def _serve_claims(self) -> None:
+        """Hand pre-forked children to the waiting claims, oldest first; with no pool (none
+        kept, or forking failed) answer them null."""
+        while self.claims and (self.idle or not self.prefork):
+            conn = self.claims.pop(0)
+            if not self.idle:
+                self._send(conn, {"claim": None})
+                continue
+            idle = self.idle.pop(0)
+            try:
+                self.owner[idle.pid] = conn  # it reports the exit, as for a start
+                self._send(conn, {"claim": idle.pid}, [idle.pidfd, idle.sock.fileno()])
+            finally:
+                idle.close()  # ours closed: the requester's end is the child's only peer
+
     def _prefork(self) -> None:
         """Fork one child that waits (warm) for a request."""
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        server = os.getpid()
         try:
             gc.collect()
             gc.freeze()
             pid = os.fork()
             if pid == 0:
                 mine.detach()  # the fd goes with the others in _detach; the object forgets it
-                self._idle_child(theirs)  # never returns
+                self._idle_child(theirs, server)  # never returns
             try:
                 pidfd = os.pidfd_open(pid)
             except OSError:
@@ -394,10 +452,12 @@ class _Server:
             mine.close()
             _log(f"cannot pre-fork a gofer: {e.strerror or e}")
             self.prefork = len(self.idle)  # stop trying; requests fork on demand
+            self._serve_claims()
             return
         finally:
             theirs.close()
         self.idle.append(_Idle(pid, pidfd, mine))
+        self._serve_claims()
 
     def _reap(self) -> None:
         while True:
@@ -434,7 +494,7 @@ class _Server:
         finally:
             _exit(rc)
 
-    def _idle_child(self, sock: socket.socket) -> NoReturn:
+    def _idle_child(self, sock: socket.socket, server: int) -> NoReturn:
         """Forked ahead of a request: drop the server's fds, warm up, wait for the request.
 
         The warm-up (:func:`_warm_up`) runs the generic part of a gofer's start, serving
@@ -442,14 +502,24 @@ class _Server:
         gofer's trio run and waits inside it (:meth:`_serve_when_asked`): the request finds
         the loop running, ~0.7 ms of a start.  Its fds 3, 4, ... are held for the io sockets
         by :func:`_reserve_low_fds` first, so trio's own fds sit above them.  EOF on ``sock``
-        (the server stopped or died) ends it.
+        (the server stopped or died while it held the other end) ends it; until its request
+        arrives it is also killed when the server dies (``PR_SET_PDEATHSIG``), so a child
+        claimed by a requester (:meth:`_claim`: the requester holds that end) never outlives
+        the server unused.
         """
         rc = 1
         report = _StartPipe(-1)
         try:
             self._detach({sock.fileno()})
+            syscalls.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != server:  # it died before the line above took effect
+                _exit(0)
             with contextlib.suppress(Exception):  # a failed warm-up only makes the start slower
                 _warm_up()
+            from . import confine
+
+            with contextlib.suppress(confine.ConfineError):  # then the gofer drops them all
+                confine.drop_bounding_ahead()
             if _reserve_low_fds(sock.fileno()):
                 import trio
 
@@ -540,16 +610,33 @@ def _reserve_low_fds(keep: int) -> bool:
 def _take_request(sock: socket.socket, report: _StartPipe, reserved: bool) -> list[str] | int:
     """A pre-forked child's request: receive it, close ``sock`` and (``reserved``) the fds
     :func:`_reserve_low_fds` held that the request does not fill, and place its fds
-    (:func:`_place_fds`).  The gofer's argv, or an exit status (0: EOF, the server is gone).
+    (:func:`_place_fds`).  The gofer's argv, or an exit status (0: EOF, its requester or the
+    server is gone; 2: a malformed request, said on the start pipe as the server says it).
+
+    The request comes from the server or, for a claimed child, straight from the requester
+    the server handed this child's socket to; either way the last fd is the start pipe's
+    write end, and the request is checked as the server checks one (:func:`_parse_request`).
     """
-    data, fds, _flags, _ = socket.recv_fds(sock, MAX_REQUEST, MAX_FDS + 1)
+    data, fds, flags, _ = socket.recv_fds(sock, MAX_REQUEST, MAX_FDS + 1)
     sock.close()
-    if not data:
-        return 0
+    syscalls.prctl(_PR_SET_PDEATHSIG, 0)  # a gofer keeps serving when the server dies
+    if not data or not fds or flags & socket.MSG_CTRUNC:
+        for fd in fds:  # no start pipe to answer on (our requester never sends these)
+            os.close(fd)
+        return 0 if not data and not fds else EXIT_SETUP
     *fds, report.fd = fds
-    req = json.loads(data)
-    args: list[str] = req["args"]
-    roles: list[str] = req["fds"]
+    try:
+        if flags & socket.MSG_TRUNC:
+            raise _RequestError(f"request larger than {MAX_REQUEST} bytes or {MAX_FDS} fds")
+        parsed = _parse_request(data, len(fds))
+        if parsed is None:
+            raise _RequestError("a pre-forked child takes a start request, not a claim")
+    except _RequestError as e:
+        for fd in fds:
+            os.close(fd)
+        report.failed(f"fork-server: {e}")
+        return EXIT_SETUP
+    args, roles = parsed
     if reserved:
         # The request's fds arrived above the held range (``sock`` was the only other fd in
         # it, now closed): what is left there past the io sockets' numbers is placeholders.
@@ -602,9 +689,10 @@ def _enter_user_namespace(go: int, status_w: int) -> bool:
     :func:`gofer9p.launch.start_gofer` does between fork and exec, with the manager writing the
     maps (the fork-server never reads the spec that holds them).  False: the requester gave up.
     """
-    from . import syscalls
+    from . import confine
 
     syscalls.unshare(syscalls.CLONE_NEWUSER)
+    confine.forget_bounding_ahead()  # the namespace's bounding set is whole
     os.write(status_w, b"userns\n")
     try:
         if os.read(go, 1) != b"g":
@@ -644,16 +732,18 @@ def _warm_up() -> list[int]:
     """Run, without lasting effects, the generic code a gofer runs next: its pages get copied
     (and its bytecode specialised) now, while the child waits, not after the request.
 
-    This is :func:`gofer9p.daemon.run`'s path with nothing of a sandbox in it: the flags
-    parser, the log setup (then undone), the spec reader (as far as a bundle without
-    ``config.json`` goes) and parser, ``realpath``, ``check_io_fd`` on a socketpair, the
-    resolution of a 9P mount's destination (:func:`gofer9p.mounts.resolve`), a Landlock
-    ruleset (built, never enforced: :func:`gofer9p.landlock.make_ruleset`), the attach points of a spec whose root is ``/`` (read-only; opened and closed here, never
-    chrooted into), the capability bound read, the seccomp program with this child's pid
+    This is :func:`gofer9p.daemon.run`'s path with nothing of a sandbox in it: the request
+    check (:func:`_parse_request`), the flags parser, the log setup (then undone), the spec
+    reader (as far as a bundle without ``config.json`` goes) and parser, ``realpath``,
+    ``check_io_fd`` on a socketpair, the resolution of a 9P mount's destination
+    (:func:`gofer9p.mounts.resolve`), a Landlock ruleset (built, never enforced:
+    :func:`gofer9p.landlock.make_ruleset`), the attach points of a spec whose root is ``/``
+    (read-only; opened and closed here, never chrooted into), the capability bound read, the seccomp program with this child's pid
     written in (:func:`gofer9p.seccomp.prepare_seccomp`), and the serving loop itself
     (``daemon._serve_all`` in a ``trio.run``) answering :data:`_WARM_REQUESTS` on the
     socketpair.  The steps with effects (mount namespace, chroot, capabilities, seccomp) are
-    left to the gofer: they need the request, and a mount namespace made now would miss mounts
+    left to the gofer (but for the bounding-set drops the caller makes after this,
+    :func:`gofer9p.confine.drop_bounding_ahead`): they need the request, and a mount namespace made now would miss mounts
     the manager makes before its request.  The process's fd limit is not touched either.
     Everything it allocates is collected before the child waits, and what is left is frozen
     (:func:`gc.freeze`: the gofer's collections skip it, as they skip the server's).  Returns
@@ -667,8 +757,8 @@ def _warm_up() -> list[int]:
 
     from . import confine, daemon, landlock, logs, mounts, seccomp, server, spec, stats
 
-    flags = "--bundle / --seccomp=kill --apply-caps=true --log-level info --io-fds 0"
-    args = daemon._parser().parse_args(flags.split())
+    flags = "--bundle / --seccomp=kill --apply-caps=true --landlock=auto --log-level info".split()
+    args = daemon._parser().parse_args([*flags, "--io-fds", "0"])
     log = logging.getLogger("gofer9p")
     saved = (log.handlers[:], log.level, log.propagate)
     logs.setup_logging("critical", None)
@@ -682,6 +772,7 @@ def _warm_up() -> list[int]:
             os.close(landlock.make_ruleset([(root, True, True)], landlock.abi()))
     tree = confine.Tree(root, [])
     points = daemon._open_attach_points(spec.parse_spec(doc, "/"), False, tree)
+    _parse_request(record({"op": "start", "args": flags, "fds": ["io"]}), 1)
     with contextlib.suppress(spec.SpecError):
         spec.load_spec("/proc/self/fdinfo")  # a directory without config.json: its error path
     os.path.realpath("/proc/self/fdinfo")  # as private_mount_root resolves the root

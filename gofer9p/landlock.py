@@ -118,14 +118,8 @@ def restrict(
     if mode == "off":
         return "landlock off"
     v = abi() if version is None else version
-    why = ""
-    if v == 0:
-        why = "this kernel has no Landlock"
-    elif v < 2 and any(not ro for _, ro, _ in points):
-        why = "Landlock ABI 1 would refuse renames across directories on read-write points"
+    why = unavailable(points, mode, v)
     if why:
-        if mode == "require":
-            raise LandlockError(f"--landlock=require: {why}")
         log.warning("%s: going on without it (--landlock=require makes this fatal)", why)
         return "landlock unavailable"
     ruleset = make_ruleset(points, v)
@@ -137,6 +131,21 @@ def restrict(
     finally:
         os.close(ruleset)
     return f"landlock ABI {v} ({len(points)} rules)"
+
+
+def unavailable(points: Sequence[tuple[int, bool, bool]], mode: LandlockMode, version: int) -> str:
+    """Why Landlock (ABI ``version``) cannot fence ``points`` ("" if it can): with ``mode``
+    ``require`` that is :class:`LandlockError`.  :func:`restrict` asks; a forked gofer asks
+    before it says ``ok`` too, so that this failure, which depends on its request, is still
+    its one error line to the requester (:class:`gofer9p.daemon.StartReport`)."""
+    why = ""
+    if version == 0:
+        why = "this kernel has no Landlock"
+    elif version < 2 and any(not ro for _, ro, _ in points):
+        why = "Landlock ABI 1 would refuse renames across directories on read-write points"
+    if why and mode == "require":
+        raise LandlockError(f"--landlock=require: {why}")
+    return why
 
 
 def make_ruleset(points: Sequence[tuple[int, bool, bool]], version: int) -> int:

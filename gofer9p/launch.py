@@ -43,7 +43,7 @@ from typing import IO, Any, Protocol, TypedDict, Unpack
 import attrs
 
 from . import syscalls
-from .forkproto import MAX_REQUEST, ROLE_FLAGS, parse_address, record
+from .forkproto import MAX_FDS, MAX_REQUEST, ROLE_FLAGS, parse_address, record
 from .mounts import MountError, apply_flags, option_flags
 from .options import add_confine_args, add_idmap_args
 from .spec import IdMapping, NineMount, Spec, SpecError, load_spec, load_spec_bytes, read_spec_fd
@@ -979,16 +979,42 @@ def _fileno(f: int | IO[Any] | None) -> int | None:
     return f.fileno()
 
 
+class _Claim:
+    """A pre-forked child the fork-server handed to this connection for its next start: its
+    pid, a pidfd, and the socket its request goes to (the server kept no end of it)."""
+
+    def __init__(self, pid: int, pidfd: int, sock: socket.socket) -> None:
+        self.pid, self.pidfd, self.sock = pid, pidfd, sock
+
+    def close(self) -> None:
+        """Close both; the child sees EOF and exits (its status comes from the server)."""
+        self.sock.close()
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+
+
 class ForkServer:
     """A connection to a fork-server, which it may also own (:meth:`start`).
 
     ``start_gofer`` takes :func:`gofer9p.launch.start_gofer`'s arguments and returns the same
     :class:`~gofer9p.launch.GoferProcess`, its ``proc`` a :class:`PidfdProcess`; it returns once
-    the gofer serves, and raises :class:`~gofer9p.launch.LaunchError` with the gofer's one error
+    the gofer has set up what its request decides (it is confined before it reads a byte), and
+    raises :class:`~gofer9p.launch.LaunchError` with the gofer's one error
     line when it could not start (after the child has exited and been reaped).  Thread-safe.
+
+    With ``claim`` (the default) the connection keeps one of the server's pre-forked children
+    claimed ahead of its next start (``{"op": "claim"}``, see :mod:`gofer9p.forkserver`): a
+    start sends its request straight to that child, not through the server (one process hop
+    less on the way to the gofer's ``ok``), then claims the next.  A server without a pool
+    (``--prefork 0``), or one that predates claims, answers that it has none, and every start
+    goes through it as with ``claim=False``.  A claimed child costs an idle child's memory
+    (~5 MiB private) until it is used or :meth:`stop` closes it.
     """
 
-    def __init__(self, sock: socket.socket, proc: subprocess.Popen[bytes] | None = None) -> None:
+    def __init__(
+        self, sock: socket.socket, proc: subprocess.Popen[bytes] | None = None, *, claim: bool = True
+    ) -> None:
         self.sock = sock
         self.proc = proc
         # One thread at a time reads the socket, for every waiter: the exit statuses and
@@ -1001,6 +1027,14 @@ class ForkServer:
         self._request_lock = threading.Lock()
         self._lost = False
         self._specs = _SpecCache()
+        # Claims (under _cond): the child held for the next start; None until the server
+        # answered the first claim, False once it said it hands out none; a claim sent and not
+        # answered yet (the server answers each at once); answered "later" (a child follows
+        # once its pool has one).
+        self._claim: _Claim | None = None
+        self._claims: bool | None = None if claim else False
+        self._asked = False
+        self._later = False
 
     @classmethod
     def start(
@@ -1012,11 +1046,12 @@ class ForkServer:
         env: dict[str, str] | None = None,
         stderr: int | IO[Any] | None = None,
         prefork: int = 1,
+        claim: bool = True,
     ) -> ForkServer:
         """Spawn a fork-server on one end of a socketpair; it exits when :meth:`stop` closes it.
 
-        ``prefork``: children kept forked and warm ahead of requests.  ``module`` lets tests
-        run :mod:`gofer9p.testing.forkserver_with_hooks`.
+        ``prefork``: children kept forked and warm ahead of requests; ``claim``: see the class.
+        ``module`` lets tests run :mod:`gofer9p.testing.forkserver_with_hooks`.
         """
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         argv = [python, "-m", module, "--fd", str(theirs.fileno()), f"--prefork={prefork}"]
@@ -1035,10 +1070,10 @@ class ForkServer:
             raise
         finally:
             theirs.close()
-        return cls(mine, proc)
+        return cls(mine, proc, claim=claim)
 
     @classmethod
-    def connect(cls, address: str) -> ForkServer:
+    def connect(cls, address: str, *, claim: bool = True) -> ForkServer:
         """Connect to a running ``gofer9p forkserver --socket unix:PATH``."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
@@ -1046,7 +1081,7 @@ class ForkServer:
         except BaseException:
             sock.close()
             raise
-        return cls(sock)
+        return cls(sock, claim=claim)
 
     # --- records ----------------------------------------------------------------------------
 
@@ -1065,15 +1100,19 @@ class ForkServer:
         return rec, fds
 
     def _pump(self, done: Callable[[], bool], timeout: float | None) -> bool:
-        """Read records until ``done()`` (checked under ``_cond``); False after ``timeout``."""
+        """Read records until ``done()`` (checked under ``_cond``); False after ``timeout``.
+        With ``timeout`` 0, read only what is there already (if no other thread reads)."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        drained = False  # a read found nothing waiting
         with self._cond:
             while not done():
                 if self._lost:
                     raise ForkServerLost("the fork-server connection is closed")
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
-                    return False
+                    if drained or self._reading:
+                        return False
+                    left = 0.0
                 if self._reading:
                     self._cond.wait(left)  # the reader notifies after each record
                     continue
@@ -1086,15 +1125,83 @@ class ForkServer:
                     self._reading = False
                     self._cond.notify_all()
                 if got is None:
+                    drained = True
                     continue
                 rec, fds = got
                 if "exit" in rec:
                     self._exits[int(rec["pid"])] = int(rec["exit"])
                     for fd in fds:
                         os.close(fd)
+                elif "claim" in rec:
+                    self._on_claim(rec, fds)
                 else:
                     self._replies.append(got)
             return True
+
+    def _on_claim(self, rec: dict[str, Any], fds: list[int]) -> None:
+        """File the server's answer to a claim (under ``_cond``)."""
+        pid = rec["claim"]
+        self._asked = False
+        self._later = pid is None and bool(rec.get("later"))
+        self._claims = pid is not None or self._later
+        if pid is None or len(fds) != 2 or self._claim is not None:
+            for fd in fds:
+                os.close(fd)
+            return
+        self._claim = _Claim(int(pid), fds[0], socket.socket(fileno=fds[1]))
+
+    def _ask(self) -> None:
+        """Claim a pre-forked child for the next start; the answer is read with other records."""
+        with self._cond:
+            self._asked = True
+            try:
+                self.sock.send(record({"op": "claim"}))
+            except OSError:
+                self._asked = False
+                self._lost = True  # the next start says so; a gofer started now still is
+
+    def _next_claim(self, timeout: float) -> _Claim | None:
+        """The claimed child for this start (under ``_request_lock``), or None: then the
+        request goes through the server.  Asks for the first claim of the connection; reads
+        what has arrived and waits only for an answer the server still owes."""
+        if self._claims is False:
+            return None
+        if self._claims is None and not self._asked:
+            self._ask()
+        if self._asked:
+            # Answered at once; by the server of an older version with an error reply (nothing
+            # else can be a reply now: no start is in flight).
+            if not self._pump(lambda: not self._asked or bool(self._replies), timeout):
+                self._lost = True
+                raise ForkServerLost(f"the fork-server did not answer within {timeout} s")
+        elif self._later and self._claim is None:
+            self._pump(lambda: not self._later, 0.0)  # it may have come since
+        with self._cond:
+            if self._asked and self._replies:
+                for fd in self._replies.popleft()[1]:
+                    os.close(fd)
+                self._asked = False
+                self._claims = False
+            claim, self._claim = self._claim, None
+        return claim
+
+    def _start_claimed(
+        self, claim: _Claim, req: bytes, fds: list[int]
+    ) -> tuple[dict[str, Any], list[int]] | None:
+        """Send the request straight to ``claim``: the server's reply it stands for (its pid;
+        its pidfd and the start pipe's read end), or None if the child is gone."""
+        status_r, status_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            socket.send_fds(claim.sock, [req], [*fds, status_w])
+        except OSError:  # it died before its request (the server reports its exit)
+            os.close(status_r)
+            claim.close()
+            return None
+        finally:
+            os.close(status_w)
+            claim.sock.close()
+        self._ask()  # the next start's child, while this one starts
+        return {"pid": claim.pid}, [claim.pidfd, status_r]
 
     def _exit_of(self, pid: int, timeout: float | None) -> int | None:
         """``pid``'s exit status once the server reported it; None if not within ``timeout``."""
@@ -1109,10 +1216,16 @@ class ForkServer:
         with self._request_lock:
             if self._lost:
                 raise ForkServerLost("the fork-server connection is closed")
+            req = record({"op": "start", "args": args, "fds": roles})
+            claim = None
+            if len(req) <= MAX_REQUEST and len(fds) <= MAX_FDS:  # else the server says why
+                claim = self._next_claim(timeout)
+            if claim is not None:
+                got = self._start_claimed(claim, req, fds)
+                if got is not None:
+                    return got
             try:
-                socket.send_fds(
-                    self.sock, [record({"op": "start", "args": args, "fds": roles})], fds
-                )
+                socket.send_fds(self.sock, [req], fds)
             except OSError as e:
                 self._lost = True
                 raise ForkServerLost(f"the fork-server is gone: {e.strerror or e}") from None
@@ -1133,9 +1246,11 @@ class ForkServer:
         **kwargs: Unpack[GoferKwargs],
     ) -> GoferProcess:
         """Fork a gofer for ``bundle`` with ``options`` (or its fields as keyword arguments),
-        as :func:`gofer9p.launch.start_gofer` spawns one, but it returns once the gofer is
-        confined and serving (or raises ``LaunchError`` with its one error line); each wait
-        for the fork-server or the gofer lasts at most ``timeout`` seconds.
+        as :func:`gofer9p.launch.start_gofer` spawns one, but it returns once the gofer has
+        checked and set up everything the request decides (bundle, fds, root, attach points:
+        it then only drops its capabilities and loads its filters, before it reads a byte;
+        :class:`gofer9p.daemon.StartReport`), or raises ``LaunchError`` with its one error
+        line; each wait for the fork-server or the gofer lasts at most ``timeout`` seconds.
 
         The bundle is read here only for what the manager needs (how many sockets; the mounts
         when ``setup_mounts``, the id maps of a ``userns`` gofer, which this process writes as
@@ -1247,7 +1362,11 @@ class ForkServer:
         Returns its exit status (None for one we only connected to).
         """
         self.sock.close()
-        self._lost = True
+        with self._cond:
+            self._lost = True
+            claim, self._claim = self._claim, None
+        if claim is not None:
+            claim.close()  # its child exits
         if self.proc is None:
             return None
         return reap(self.proc, timeout)
