@@ -114,11 +114,12 @@ import socket
 import struct
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
 import trio
+from mypy_extensions import mypyc_attr
 
 __all__ = ["BLOCK_S", "QuietWait", "available", "watching"]
 
@@ -160,9 +161,14 @@ _WARM_PASSES = 2
 _now = time.perf_counter
 
 
-def _switches() -> int:
+def _thread_switches() -> int:
     """Involuntary context switches of the calling thread so far (preemptions)."""
     return resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw
+
+
+_switches: Callable[[], int] = _thread_switches
+"""What measures a turn: a variable, not a ``def``, so that a compiled build looks it up
+at each call (mypyc binds calls to a module's own functions early) and tests can replace it."""
 
 
 
@@ -171,7 +177,7 @@ class _Run(trio.abc.Instrument):
 
     ``pending``: tasks scheduled and not yet stepped (trusted once ``warm``).
     ``gen``: counts schedulings, so a wait can tell that some task ran since it
-    last read trio's statistics.  ``waits``: this run's QuietWaits (weak: a
+    last read trio's statistics.  ``waits``: its QuietWaits' registry entries (weak: a
     connection that ends and is dropped leaves it); those that went back to
     trio are *parked* (``parked`` counts them), and ``version`` changes whenever
     one parks or unparks.  ``watched``: other sockets a task waits on through
@@ -184,7 +190,7 @@ class _Run(trio.abc.Instrument):
         self.pending: set[trio.lowlevel.Task] = set()
         self.gen = 0
         self.warm = False
-        self.waits: weakref.WeakSet[QuietWait] = weakref.WeakSet()
+        self.waits: weakref.WeakSet[_Entry] = weakref.WeakSet()
         self.parked = 0
         self.watched: dict[_HasFileno, None] = {}
         self.version = 0
@@ -195,6 +201,28 @@ class _Run(trio.abc.Instrument):
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
         self.pending.discard(task)
+
+
+@mypyc_attr(native_class=False)  # (compiled classes take no weak references)
+class _Entry:
+    """A QuietWait's place in its run's registry (``_Run.waits``): its socket and
+    whether it is parked.
+
+    Only its QuietWait holds it, so it leaves the registry with its wait, and a
+    wait dropped while parked (a connection that ended after going back to trio)
+    stops counting as a parked reader."""
+
+    __slots__ = ("__weakref__", "parked", "run", "sock")
+
+    def __init__(self, run: _Run, sock: socket.socket) -> None:
+        self.run = run
+        self.sock = sock
+        self.parked = False
+
+    def __del__(self) -> None:
+        if self.parked:
+            self.run.parked -= 1
+            self.run.version += 1
 
 
 class _Warmup(trio.abc.Instrument):
@@ -290,7 +318,6 @@ class QuietWait:
     """
 
     __slots__ = (
-        "__weakref__",
         "_alone",
         "_block",
         "_blocking",
@@ -298,6 +325,7 @@ class QuietWait:
         "_clock",
         "_credit",
         "_deadline",
+        "_entry",
         "_fd",
         "_fixed",
         "_fresh_until",
@@ -350,9 +378,11 @@ class QuietWait:
         self._fresh_until = 0.0
         self._deadline = 0.0
         self._blocking = False  # the socket sleeps in a blocking recv (see the module docstring)
+        self._entry: _Entry | None = None
         if available():
             self._run = run = _current_run()
-            run.waits.add(self)
+            self._entry = entry = _Entry(run, sock)
+            run.waits.add(entry)
             self._clock = trio.lowlevel.current_clock().current_time
             usec = int(self._block * 1e6)
             try:
@@ -500,7 +530,7 @@ class QuietWait:
         """A new poll set: our socket and every other parked one still open."""
         p = select.poll()
         p.register(self._fd, _POLLIN)
-        socks = [q._sock for q in run.waits if q._parked and q is not self]
+        socks = [e.sock for e in run.waits if e.parked and e is not self._entry]
         alone = True
         for s in [*socks, *run.watched]:
             fd = s.fileno()
@@ -515,20 +545,18 @@ class QuietWait:
         """Wait through trio: parked (polled by the others' waits) until the next call."""
         if not self._parked:
             self._parked = True
+            assert self._entry is not None  # (made with self._run)
+            self._entry.parked = True
             run.parked += 1
             self._bump(run)
         return -1
 
     def _unpark(self, run: _Run) -> None:
         self._parked = False
+        assert self._entry is not None
+        self._entry.parked = False
         run.parked -= 1
         self._bump(run)
-
-    def __del__(self) -> None:
-        run = self._run
-        if run is not None and self._parked:  # a connection dropped after going back to trio
-            run.parked -= 1
-            run.version += 1
 
     def _bump(self, run: _Run) -> None:
         """Tell the other waits that the parked set changed (our own poll set did not)."""
