@@ -101,6 +101,22 @@ moment we sleep) nor probes turn it on until ``_SHARED_TURNS`` measured turns in
 a row were not preempted (about one turn in eight is not, on a shared CPU: the
 client did not preempt our ``send``; one such turn must not turn polling on).
 
+Even beside the client, polling must pay in CPU, not only in latency: a caught
+request saves a sleep and a wake-up (on this project's VM some 10-15 us of
+kernel time on a CPU that went idle: benchmarks/README.md, "#17, session 9"),
+but the window spins until the client's next request, which a client slower
+than that (p9bench's Python harness) makes the dearer of the two.  Only the
+thread's own CPU time can tell, so the same ``getrusage`` that measures a turn
+also reads it: while the window is on, every ``_TRIAL_EVERY`` measured turns
+(and ``_TRIAL_FIRST`` after it turns on) a *trial* alternates blocks (measured
+turn to measured turn, ``_CHECK_EVERY`` waits) with the window on and off,
+``_TRIAL_PAIRS`` of each, and compares the CPU per wait.  If polling cost more,
+the window turns off and is *held* off (no short sleep or probe turns it on)
+for ``_HOLD_MIN`` measured turns, twice as long after each trial it loses again
+(up to ``_HOLD_MAX``: about 8,000 waits), so that polling which does not pay
+costs a trial's 32 polled waits in thousands.  A trial ends without a verdict
+when the window goes off by itself (misses, a shared CPU).
+
 Guest mode (``trio.lowlevel.start_guest_run``) is not supported: the wait would
 hold the host loop's thread.  gofer9p never runs trio as a guest.
 """
@@ -161,6 +177,18 @@ _WARM_PASSES = 2
 _now = time.perf_counter
 
 
+_TRIAL_PAIRS = 4
+"""Blocks with the window on, and as many with it off, that a CPU trial compares."""
+_TRIAL_FIRST = 2
+"""Measured turns with the window on before a trial (at the start, after a hold)."""
+_TRIAL_EVERY = 128
+"""Measured turns (about 1,000 waits) between trials while polling pays for itself."""
+_HOLD_MIN = 64
+_HOLD_MAX = 1024
+"""Measured turns the window stays off after a trial it lost (about 500 -> 8,000
+waits, doubling while trials keep losing)."""
+
+
 def _thread_switches() -> int:
     """Involuntary context switches of the calling thread so far (preemptions)."""
     return resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw
@@ -169,6 +197,10 @@ def _thread_switches() -> int:
 _switches: Callable[[], int] = _thread_switches
 """What measures a turn: a variable, not a ``def``, so that a compiled build looks it up
 at each call (mypyc binds calls to a module's own functions early) and tests can replace it."""
+_cpu_ns: Callable[[], int] = time.thread_time_ns
+"""The thread's CPU time, which a CPU trial compares (a variable for the same reasons).
+Not ``getrusage``'s: that leaves out the running thread's time since the scheduler last
+accounted it (up to a tick), which a spinning window's blocks would hand to the next."""
 
 
 
@@ -323,6 +355,9 @@ class QuietWait:
         "_blocking",
         "_check_in",
         "_clock",
+        "_cost_off",
+        "_cost_on",
+        "_cpu",
         "_credit",
         "_deadline",
         "_entry",
@@ -330,6 +365,8 @@ class QuietWait:
         "_fixed",
         "_fresh_until",
         "_gen",
+        "_held",
+        "_hold_next",
         "_mark",
         "_max",
         "_on_hits",
@@ -341,8 +378,13 @@ class QuietWait:
         "_run",
         "_shared",
         "_sock",
+        "_span",
         "_suspect",
+        "_trial",
+        "_trial_in",
         "_version",
+        "_waits_off",
+        "_waits_on",
         "hits",
         "window",
     )
@@ -364,11 +406,21 @@ class QuietWait:
         self._probe_every = _PROBE_MIN
         self._probe_in = _PROBE_MIN
         self._check_in = 2 if self._max else _NEVER  # measure the first turn
+        self._span = 2  # waits from one measured turn's start to the next one's
         self._mark = 0  # involuntary switches at the start of a measured turn
         self._suspect = False  # the last measured turn was preempted
         self._shared = 0
         """Non-zero: the CPU looks shared with the client (the window stays off) for
         this many more measured turns without preemption."""
+        self._cpu = 0  # thread CPU time (ns) at the last measured turn's start, in a trial
+        self._trial = 0
+        """Non-zero: a CPU trial is on, with this many blocks (measured turn to measured
+        turn) to go; even: the current block polls, odd: it sleeps."""
+        self._trial_in = _TRIAL_FIRST
+        self._cost_on = self._cost_off = self._waits_on = self._waits_off = 0
+        self._held = 0
+        """Non-zero: polling lost a trial, the window stays off for this many measured turns."""
+        self._hold_next = _HOLD_MIN
         self._block = BLOCK_S
         self._clock: Any = None
         self._poll: Any = None
@@ -484,8 +536,8 @@ class QuietWait:
                             got = self._recv(view)
                         except BlockingIOError:
                             got = -1
-                        if self._max and (self.window or not self._shared):
-                            # (while shared and off, _slept changes nothing)
+                        if self._max and (self.window or not (self._shared or self._held)):
+                            # (while shared or held and off, _slept changes nothing)
                             self._slept(_now() - now)
                         return got if got >= 0 else self._defer(run)
                 # (a deadline already due: one last look, and the window's miss
@@ -569,11 +621,15 @@ class QuietWait:
         """Start a measured turn, or end it: was it preempted (the CPU is shared)?"""
         if self._check_in == 1:
             self._mark = _switches()
+            if self._trial or (self.window and self._trial_in <= 1) or self._held:
+                self._account()
+            elif self.window and not self._shared:
+                self._trial_in -= 1
             return
         if _switches() != self._mark:
             if not (self._suspect or self._shared):
                 self._suspect = True
-                self._check_in = 2  # measure the next turn too
+                self._check_in = self._span = 2  # measure the next turn too
                 return
             self._suspect = False
             self._shared = _SHARED_TURNS
@@ -583,7 +639,52 @@ class QuietWait:
             self._suspect = False
             if self._shared:
                 self._shared -= 1
-        self._check_in = _CHECK_SHARED if self._shared else _CHECK_EVERY
+        self._check_in = self._span = _CHECK_SHARED if self._shared else _CHECK_EVERY
+
+    def _account(self) -> None:
+        """At a measured turn's start, in or at the start of a CPU trial or a hold (see
+        the module docstring).
+
+        The thread's CPU time since the last measured turn's start (``_span`` waits)
+        goes to the block that just ended; blocks alternate between polling and not."""
+        if self._held:
+            self._held -= 1
+            return
+        t = self._trial
+        if not t:
+            if self.window and not self._shared:
+                self._trial = 2 * _TRIAL_PAIRS  # the block starting now polls
+                self._cost_on = self._cost_off = self._waits_on = self._waits_off = 0
+                self._cpu = _cpu_ns()
+            return
+        cpu = _cpu_ns()
+        used = cpu - self._cpu
+        self._cpu = cpu
+        if self._shared or (not t & 1 and not self.window):
+            # the window went off by itself (misses, a shared CPU): no verdict
+            self._trial = 0
+            self._trial_in = _TRIAL_FIRST
+            return
+        if t & 1:
+            self._cost_off += used
+            self._waits_off += self._span
+            self.window = self._max
+        else:
+            self._cost_on += used
+            self._waits_on += self._span
+            self.window = 0.0  # the next block sleeps
+        self._trial = t - 1
+        if t > 1:
+            return
+        if self._cost_on * self._waits_off > self._cost_off * self._waits_on:
+            # per wait, polling cost more CPU than sleeping: off, for a while
+            self._off()
+            self._held = self._hold_next
+            self._hold_next = min(2 * self._hold_next, _HOLD_MAX)
+            self._trial_in = _TRIAL_FIRST
+        else:
+            self._hold_next = _HOLD_MIN
+            self._trial_in = _TRIAL_EVERY
 
     def _off(self) -> None:
         """Window off; after a window that caught (almost) nothing, probe less often."""
@@ -605,7 +706,7 @@ class QuietWait:
             if self._credit <= 0:
                 self._off()
             return
-        if self._shared:
+        if self._shared or self._held or self._trial:
             return  # (until a measured turn says otherwise)
         self._probe_in -= 1
         if waited <= self._max or self._probe_in <= 0:

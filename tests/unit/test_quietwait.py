@@ -43,14 +43,27 @@ def long_block(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 PREEMPTIONS = [0]
 """What ``_quietwait._switches`` returns in these tests: the thread's involuntary
 context switches, which a test bumps to say "this turn was preempted"."""
+CPU = [0]
+"""What ``_quietwait._cpu_ns`` returns: the thread's CPU time, which a test advances."""
 
 
 @pytest.fixture(autouse=True)
 def no_preemption(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Turns are never preempted unless a test says so: on a loaded machine a real
-    preemption would turn a test's poll window off (the shared-CPU rule)."""
-    PREEMPTIONS[0] = 0
+    preemption would turn a test's poll window off (the shared-CPU rule).  Nor is
+    there a CPU trial unless a test asks for one (``cpu_trials``): its blocks with
+    the window off would change what the other tests count."""
+    PREEMPTIONS[0] = CPU[0] = 0
     monkeypatch.setattr(_quietwait, "_switches", lambda: PREEMPTIONS[0])
+    monkeypatch.setattr(_quietwait, "_cpu_ns", lambda: CPU[0])
+    monkeypatch.setattr(_quietwait, "_TRIAL_FIRST", 1 << 40)
+    yield
+
+
+@pytest.fixture
+def cpu_trials(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """CPU trials from the first measured turn with the window on."""
+    monkeypatch.setattr(_quietwait, "_TRIAL_FIRST", 1)
     yield
 
 
@@ -862,3 +875,74 @@ async def test_no_turn_is_measured_without_a_poll_window(monkeypatch: pytest.Mon
         monkeypatch.setattr(_quietwait, "_switches", never)
         for _ in range(3 * _quietwait._CHECK_EVERY):
             assert _turn(q, b) == 1
+
+
+# ------------------------------------------------------------ polling must pay in CPU
+
+
+def _costed_turns(q: QuietWait, b: socket.socket, n: int, on_ns: int, off_ns: int) -> list[bool]:
+    """``n`` requests whose data is there when the wait starts, each costing the thread
+    ``on_ns`` of CPU if the window was on for it, else ``off_ns``; whether it was on."""
+    seen = []
+    for _ in range(n):
+        assert _turn(q, b) == 1
+        on = bool(q.window)
+        CPU[0] += on_ns if on else off_ns
+        seen.append(on)
+    return seen
+
+
+def _trial_pattern() -> list[bool]:
+    """The window in a CPU trial's blocks: on, off, on, off, ... (a measured turn apart)."""
+    every, pairs = _quietwait._CHECK_EVERY, _quietwait._TRIAL_PAIRS
+    return [k % 2 == 0 for k in range(2 * pairs) for _ in range(every)]
+
+
+async def test_poll_window_that_costs_more_cpu_than_it_saves_turns_off(
+    long_block: None, cpu_trials: None
+) -> None:
+    """A trial measures the thread's CPU per wait with the window on and off, block by
+    block; polling that cost more than the sleeps it saved turns off and stays off for
+    ``_HOLD_MIN`` measured turns, short sleeps notwithstanding."""
+    a, b = _pair()
+    with a, b:
+        q = await _ready(a, poll_s=0.3)
+        pattern = _trial_pattern()
+        assert _costed_turns(q, b, len(pattern), 30, 10) == pattern
+        assert _costed_turns(q, b, 1, 30, 10) == [False]  # the verdict: polling lost
+        threading.Timer(0.005, b.send, (b"x",)).start()
+        assert q.recv_into(_buf(), True) == 1
+        assert q.window == 0.0  # (a sleep within the cap: no reason while held)
+        held = _quietwait._HOLD_MIN * _quietwait._CHECK_EVERY
+        assert not any(_costed_turns(q, b, held - 2, 30, 10))
+        threading.Timer(0.005, b.send, (b"x",)).start()  # the hold's last turn is over
+        assert q.recv_into(_buf(), True) == 1
+        assert q.window == 0.3
+
+
+async def test_poll_window_that_saves_cpu_stays_on(long_block: None, cpu_trials: None) -> None:
+    """Polling that costs less CPU per wait than sleeping stays on after the trial, and
+    the next trial is ``_TRIAL_EVERY`` measured turns away."""
+    a, b = _pair()
+    with a, b:
+        q = await _ready(a, poll_s=0.3)
+        pattern = _trial_pattern()
+        assert _costed_turns(q, b, len(pattern) + 200, 10, 30) == pattern + [True] * 200
+        assert q.hits == len(pattern) // 2 + 200
+
+
+async def test_a_lost_trial_holds_the_window_off_longer_each_time(
+    long_block: None, cpu_trials: None
+) -> None:
+    a, b = _pair()
+    with a, b:
+        q = await _ready(a, poll_s=0.3)
+        pattern = _trial_pattern()
+        every, first = _quietwait._CHECK_EVERY, _quietwait._HOLD_MIN
+        for hold in (first, 2 * first):
+            assert _costed_turns(q, b, len(pattern), 30, 10) == pattern
+            assert not any(_costed_turns(q, b, hold * every, 30, 10))
+            threading.Timer(0.005, b.send, (b"x",)).start()  # on again: the next trial
+            assert q.recv_into(_buf(), True) == 1
+            assert q.window == 0.3
+            assert _costed_turns(q, b, every - 1, 30, 10) == [True] * (every - 1)
