@@ -385,6 +385,7 @@ class QuietWait:
         "_version",
         "_waits_off",
         "_waits_on",
+        "deferred",
         "hits",
         "window",
     )
@@ -401,6 +402,8 @@ class QuietWait:
         """Current poll window in seconds: ``poll_s`` while polling is on, else 0."""
         self.hits = 0
         """Waits that ended within the poll window (without sleeping)."""
+        self.deferred = 0
+        """Waits that sent the caller through trio (returned -1)."""
         self._credit = _PROBE_CREDIT
         self._on_hits = 0
         self._probe_every = _PROBE_MIN
@@ -464,6 +467,7 @@ class QuietWait:
             self._measure_turn()
         run = self._run
         if run is None:
+            self.deferred += 1
             return -1
         if self._parked:
             self._unpark(run)
@@ -595,6 +599,7 @@ class QuietWait:
 
     def _defer(self, run: _Run) -> int:
         """Wait through trio: parked (polled by the others' waits) until the next call."""
+        self.deferred += 1
         if not self._parked:
             self._parked = True
             assert self._entry is not None  # (made with self._run)

@@ -219,6 +219,21 @@ async def test_defers_to_a_runnable_task(nursery: trio.Nursery) -> None:
         assert q.recv_into(_buf(), True) == -1
 
 
+async def test_deferred_counts_the_waits_sent_through_trio(nursery: trio.Nursery) -> None:
+    """``deferred`` (the server logs it as ``trio=``) counts the -1 returns, and only them."""
+    a, b = _pair()
+    with a, b:
+        q = await _ready(a)
+        b.send(b"x")
+        assert q.recv_into(_buf(), True) == 1
+        assert q.deferred == 0
+        nursery.start_soon(trio.sleep, 0)
+        b.send(b"y")
+        assert q.recv_into(_buf(), True) == -1
+        assert q.recv_into(_buf(), True) == -1
+        assert q.deferred == 2
+
+
 async def test_defers_to_the_rest_of_the_batch() -> None:
     """Two tasks woken in the same pass: the one that runs first must not take the
     thread; the last one may (the first went back to trio, its socket is polled)."""
