@@ -112,9 +112,10 @@ also reads it: while the window is on, every ``_TRIAL_EVERY`` measured turns
 turn to measured turn, ``_CHECK_EVERY`` waits) with the window on and off,
 ``_TRIAL_PAIRS`` of each, and compares the CPU per wait.  If polling cost more,
 the window turns off and is *held* off (no short sleep or probe turns it on)
-for ``_HOLD_MIN`` measured turns, twice as long after each trial it loses again
-(up to ``_HOLD_MAX``: about 8,000 waits), so that polling which does not pay
-costs a trial's 32 polled waits in thousands.  A trial ends without a verdict
+for ``_HOLD_MIN`` measured turns (one in ``_CHECK_SHARED`` waits while held: 512
+waits), twice as long after each trial it loses again (up to ``_HOLD_MAX``: 8,192
+waits), so that polling which does not pay costs a trial's 32 polled waits in
+thousands.  A trial ends without a verdict
 when the window goes off by itself (misses, a shared CPU).
 
 Guest mode (``trio.lowlevel.start_guest_run``) is not supported: the wait would
@@ -165,8 +166,8 @@ _PROBE_MAX = 1024
 _CHECK_EVERY = 8
 """Waits per measured turn (two ``getrusage`` calls) while a poll window is configured."""
 _CHECK_SHARED = 32
-"""Waits per measured turn while the CPU is marked shared: nothing but the end of the
-sharing is to be found then, which may take a few more waits to see (issue #17: the
+"""Waits per measured turn while the CPU is marked shared (or the window is held off
+after a CPU trial): nothing but the end of the sharing is to be found then, which may take a few more waits to see (issue #17: the
 measuring was a ``getrusage`` every four requests of a QD1 client on our CPU)."""
 _SHARED_TURNS = 3
 """Measured turns in a row without preemption that end a shared CPU."""
@@ -183,10 +184,10 @@ _TRIAL_FIRST = 2
 """Measured turns with the window on before a trial (at the start, after a hold)."""
 _TRIAL_EVERY = 128
 """Measured turns (about 1,000 waits) between trials while polling pays for itself."""
-_HOLD_MIN = 64
-_HOLD_MAX = 1024
-"""Measured turns the window stays off after a trial it lost (about 500 -> 8,000
-waits, doubling while trials keep losing)."""
+_HOLD_MIN = 16
+_HOLD_MAX = 256
+"""Measured turns the window stays off after a trial it lost, one in ``_CHECK_SHARED``
+waits while held (about 500 -> 8,000 waits, doubling while trials keep losing)."""
 
 
 def _thread_switches() -> int:
@@ -644,7 +645,8 @@ class QuietWait:
             self._suspect = False
             if self._shared:
                 self._shared -= 1
-        self._check_in = self._span = _CHECK_SHARED if self._shared else _CHECK_EVERY
+        # (while held, as while shared, the window is off: turns are measured less often)
+        self._check_in = self._span = _CHECK_SHARED if self._shared or self._held else _CHECK_EVERY
 
     def _account(self) -> None:
         """At a measured turn's start, in or at the start of a CPU trial or a hold (see

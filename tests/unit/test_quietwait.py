@@ -928,7 +928,7 @@ async def test_poll_window_that_costs_more_cpu_than_it_saves_turns_off(
         threading.Timer(0.005, b.send, (b"x",)).start()
         assert q.recv_into(_buf(), True) == 1
         assert q.window == 0.0  # (a sleep within the cap: no reason while held)
-        held = _quietwait._HOLD_MIN * _quietwait._CHECK_EVERY
+        held = _quietwait._HOLD_MIN * _quietwait._CHECK_SHARED  # (measured turns while held)
         assert not any(_costed_turns(q, b, held - 2, 30, 10))
         threading.Timer(0.005, b.send, (b"x",)).start()  # the hold's last turn is over
         assert q.recv_into(_buf(), True) == 1
@@ -956,8 +956,30 @@ async def test_a_lost_trial_holds_the_window_off_longer_each_time(
         every, first = _quietwait._CHECK_EVERY, _quietwait._HOLD_MIN
         for hold in (first, 2 * first):
             assert _costed_turns(q, b, len(pattern), 30, 10) == pattern
-            assert not any(_costed_turns(q, b, hold * every, 30, 10))
+            assert not any(_costed_turns(q, b, hold * _quietwait._CHECK_SHARED, 30, 10))
             threading.Timer(0.005, b.send, (b"x",)).start()  # on again: the next trial
             assert q.recv_into(_buf(), True) == 1
             assert q.window == 0.3
             assert _costed_turns(q, b, every - 1, 30, 10) == [True] * (every - 1)
+
+
+async def test_turns_are_measured_less_often_while_the_window_is_held_off(
+    long_block: None, cpu_trials: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A held window is off like a shared CPU's: one turn in ``_CHECK_SHARED`` waits is
+    measured (two ``getrusage`` calls), not one in ``_CHECK_EVERY``."""
+    calls = [0]
+
+    def counted() -> int:
+        calls[0] += 1
+        return PREEMPTIONS[0]
+
+    a, b = _pair()
+    with a, b:
+        q = await _ready(a, poll_s=0.3)
+        pattern = _trial_pattern()
+        assert _costed_turns(q, b, len(pattern), 30, 10) == pattern  # polling lost
+        monkeypatch.setattr(_quietwait, "_switches", counted)
+        every = _quietwait._CHECK_SHARED
+        assert not any(_costed_turns(q, b, 4 * every, 30, 10))
+        assert calls[0] == 2 * 4
