@@ -983,3 +983,19 @@ async def test_turns_are_measured_less_often_while_the_window_is_held_off(
         every = _quietwait._CHECK_SHARED
         assert not any(_costed_turns(q, b, 4 * every, 30, 10))
         assert calls[0] == 2 * 4
+
+
+async def test_a_trial_judges_polling_that_misses(cpu_trials: None) -> None:
+    """Misses do not end a trial's polling blocks (one miss would turn a fresh window
+    off and leave polling that flaps on and off unjudged): the trial reaches its verdict."""
+    a, b = _pair()
+    with a, b:
+        q = await _ready(a, poll_s=0.001)
+        seen = []
+        for _ in range(len(_trial_pattern()) + 1):
+            _miss(q, 0.003)  # the window spins in vain, then the wait sleeps to its limit
+            on = bool(q.window)
+            CPU[0] += 30 if on else 10
+            seen.append(on)
+        assert seen == [*_trial_pattern(), False]  # and then held off
+        assert q.hits == 0
