@@ -106,8 +106,8 @@ request saves a sleep and a wake-up (on this project's VM some 10-15 us of
 kernel time on a CPU that went idle: benchmarks/README.md, "#17, session 9"),
 but the window spins until the client's next request, which a client slower
 than that (p9bench's Python harness) makes the dearer of the two.  Only the
-thread's own CPU time can tell, so the same ``getrusage`` that measures a turn
-also reads it: while the window is on, every ``_TRIAL_EVERY`` measured turns
+thread's own CPU time can tell (``time.thread_time_ns``, read at measured turns'
+starts during a trial only): while the window is on, every ``_TRIAL_EVERY`` measured turns
 (and ``_TRIAL_FIRST`` after it turns on) a *trial* alternates blocks (measured
 turn to measured turn, ``_CHECK_EVERY`` waits) with the window on and off,
 ``_TRIAL_PAIRS`` of each, and compares the CPU per wait.  If polling cost more,
@@ -169,8 +169,9 @@ _CHECK_EVERY = 8
 """Waits per measured turn (two ``getrusage`` calls) while a poll window is configured."""
 _CHECK_SHARED = 32
 """Waits per measured turn while the CPU is marked shared (or the window is held off
-after a CPU trial): nothing but the end of the sharing is to be found then, which may take a few more waits to see (issue #17: the
-measuring was a ``getrusage`` every four requests of a QD1 client on our CPU)."""
+after a CPU trial): nothing but the end of the sharing is to be found then, which may
+take a few more waits to see (issue #17: the measuring was a ``getrusage`` every four
+requests of a QD1 client on our CPU)."""
 _SHARED_TURNS = 3
 """Measured turns in a row without preemption that end a shared CPU."""
 _NEVER = 1 << 62
