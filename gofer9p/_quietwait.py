@@ -104,17 +104,18 @@ client did not preempt our ``send``; one such turn must not turn polling on).
 Even beside the client, polling must pay in CPU, not only in latency: a caught
 request saves a sleep and a wake-up (on this project's VM some 10-15 us of
 kernel time on a CPU that went idle: benchmarks/README.md, "#17, session 9"),
-but the window spins until the client's next request, which a client slower
-than that (p9bench's Python harness) makes the dearer of the two.  Only the
-thread's own CPU time can tell (``time.thread_time_ns``, read at measured turns'
-starts during a trial only): while the window is on, every ``_TRIAL_EVERY`` measured turns
-(and ``_TRIAL_FIRST`` after it turns on) a *trial* alternates blocks (measured
+but the window spins until the client's next request, and which of the two
+is dearer depends on the client and on what else the CPUs run (the README
+measured it both ways with the same Python client).  Only the thread's own CPU
+time can tell (``time.thread_time_ns``, read at measured turns' starts during a
+trial only): while the window is on, every ``_TRIAL_EVERY`` measured turns (and
+``_TRIAL_FIRST`` after it turns on) a *trial* alternates blocks (measured
 turn to measured turn, ``_CHECK_EVERY`` waits) with the window on and off,
 ``_TRIAL_PAIRS`` of each, and compares the CPU per wait.  If polling cost more,
 the window turns off and is *held* off (no short sleep or probe turns it on)
 for ``_HOLD_MIN`` measured turns (one in ``_CHECK_SHARED`` waits while held: 512
 waits), twice as long after each trial it loses again (up to ``_HOLD_MAX``: 8,192
-waits), so that polling which does not pay costs a trial's 32 polled waits in
+waits), so that polling which does not pay costs a trial's 64 polled waits in
 thousands.  Misses do not turn the window off during a trial (a client that
 the window misses now and then would otherwise end every trial before its
 verdict, and polling that flaps on and off by misses and short sleeps would
@@ -181,12 +182,14 @@ _WARM_PASSES = 2
 _now = time.perf_counter
 
 
-_TRIAL_PAIRS = 4
-"""Blocks with the window on, and as many with it off, that a CPU trial compares."""
-_TRIAL_FIRST = 2
-"""Measured turns with the window on before a trial (at the start, after a hold)."""
-_TRIAL_EVERY = 128
-"""Measured turns (about 1,000 waits) between trials while polling pays for itself."""
+_TRIAL_PAIRS = 8
+"""Blocks with the window on, and as many with it off, that a CPU trial compares (a
+block's CPU moves +-30% with what the client did meanwhile: fewer misjudge)."""
+_TRIAL_FIRST = 16
+"""Measured turns with the window on before a trial (at the start, after a hold): not
+the connection's first waits, whose CPU is its warming up as much as the window's."""
+_TRIAL_EVERY = 256
+"""Measured turns (about 2,000 waits) between trials while polling pays for itself."""
 _HOLD_MIN = 16
 _HOLD_MAX = 256
 """Measured turns the window stays off after a trial it lost, one in ``_CHECK_SHARED``
