@@ -116,10 +116,11 @@ the window turns off and is *held* off (no short sleep or probe turns it on)
 for ``_HOLD_MIN`` measured turns (one in ``_CHECK_SHARED`` waits while held: 512
 waits), twice as long after each trial it loses again (up to ``_HOLD_MAX``: 8,192
 waits), so that polling which does not pay costs a trial's 64 polled waits in
-thousands.  Misses do not turn the window off during a trial (a client that
-the window misses now and then would otherwise end every trial before its
-verdict, and polling that flaps on and off by misses and short sleeps would
-never be judged); a shared CPU ends a trial without a verdict.
+thousands.  A polling block is polling as it goes, misses included: misses may
+turn the window off within it (and each polling block turns it on again, as a
+probe does), but do not end the trial (a client that the window misses now and
+then would otherwise end every trial before its verdict, and polling that flaps
+on and off would never be judged); a shared CPU ends a trial without a verdict.
 
 Guest mode (``trio.lowlevel.start_guest_run``) is not supported: the wait would
 hold the host loop's thread.  gofer9p never runs trio as a guest.
@@ -673,15 +674,18 @@ class QuietWait:
         cpu = _cpu_ns()
         used = cpu - self._cpu
         self._cpu = cpu
-        if self._shared or (not t & 1 and not self.window):
-            # the window went off by itself (a shared CPU): no verdict
+        if self._shared:  # (the window is off): no verdict
             self._trial = 0
             self._trial_in = _TRIAL_FIRST
             return
         if t & 1:
             self._cost_off += used
             self._waits_off += self._span
+            # on again, as a probe turns it on (misses may have turned it off in the
+            # last polling block: the trial measures polling as it goes, misses included)
             self.window = self._max
+            self._credit = _PROBE_CREDIT
+            self._on_hits = 0
         else:
             self._cost_on += used
             self._waits_on += self._span
@@ -715,8 +719,6 @@ class QuietWait:
     def _slept(self, waited: float) -> None:
         """Account for a wait that slept (after polling in vain, if the window was on)."""
         if self.window:
-            if self._trial:
-                return  # (a trial's polling blocks poll, misses or not: the trial judges them)
             self._credit -= 2
             if self._credit <= 0:
                 self._off()
