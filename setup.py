@@ -14,11 +14,13 @@ pure-Python package, which is complete on its own (the compiled modules are the 
   pure, with a warning, and leaves none of the compiled modules in the build (they share one
   runtime library: half of them would not import).
 
-Which modules: the protocol's wire layer and framing and the connection core, which every
-request goes through (issue #17; benchmarks/README.md measures what it saves).  Not the
-message classes or the generated codec (attrs classes and untyped generated code, which
-mypyc compiles wrongly or not at all), and not the trio layer, the attach layer or the quiet
-wait, whose tests replace module functions and methods (compiled code binds them early).
+Which modules: the protocol's wire layer and framing, the connection core, the quiet wait
+and the statistics, which every request goes through (issue #17; benchmarks/README.md
+measures what it saves).  Not the message classes or the generated codec (attrs classes and
+untyped generated code, which mypyc compiles wrongly or not at all), and not the trio layer
+or the attach layer, whose tests replace module functions and methods (compiled code binds
+calls to a module's own functions early: what a compiled module's tests replace is a module
+variable, as ``_quietwait._switches``, and a class that needs weak references is not native).
 """
 
 from __future__ import annotations

@@ -101,6 +101,27 @@ moment we sleep) nor probes turn it on until ``_SHARED_TURNS`` measured turns in
 a row were not preempted (about one turn in eight is not, on a shared CPU: the
 client did not preempt our ``send``; one such turn must not turn polling on).
 
+Even beside the client, polling must pay in CPU, not only in latency: a caught
+request saves a sleep and a wake-up (on this project's VM some 10-15 us of
+kernel time on a CPU that went idle: benchmarks/README.md, "#17, session 9"),
+but the window spins until the client's next request, and which of the two
+is dearer depends on the client and on what else the CPUs run (the README
+measured it both ways with the same Python client).  Only the thread's own CPU
+time can tell (``time.thread_time_ns``, read at measured turns' starts during a
+trial only): while the window is on, every ``_TRIAL_EVERY`` measured turns (and
+``_TRIAL_FIRST`` after it turns on) a *trial* alternates blocks (measured
+turn to measured turn, ``_CHECK_EVERY`` waits) with the window on and off,
+``_TRIAL_PAIRS`` of each, and compares the CPU per wait.  If polling cost more,
+the window turns off and is *held* off (no short sleep or probe turns it on)
+for ``_HOLD_MIN`` measured turns (one in ``_CHECK_SHARED`` waits while held: 512
+waits), twice as long after each trial it loses again (up to ``_HOLD_MAX``: 8,192
+waits), so that polling which does not pay costs a trial's 64 polled waits in
+thousands.  A polling block is polling as it goes, misses included: misses may
+turn the window off within it (and each polling block turns it on again, as a
+probe does), but do not end the trial (a client that the window misses now and
+then would otherwise end every trial before its verdict, and polling that flaps
+on and off would never be judged); a shared CPU ends a trial without a verdict.
+
 Guest mode (``trio.lowlevel.start_guest_run``) is not supported: the wait would
 hold the host loop's thread.  gofer9p never runs trio as a guest.
 """
@@ -114,11 +135,12 @@ import socket
 import struct
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
 import trio
+from mypy_extensions import mypyc_attr
 
 __all__ = ["BLOCK_S", "QuietWait", "available", "watching"]
 
@@ -148,9 +170,10 @@ _PROBE_MAX = 1024
 _CHECK_EVERY = 8
 """Waits per measured turn (two ``getrusage`` calls) while a poll window is configured."""
 _CHECK_SHARED = 32
-"""Waits per measured turn while the CPU is marked shared: nothing but the end of the
-sharing is to be found then, which may take a few more waits to see (issue #17: the
-measuring was a ``getrusage`` every four requests of a QD1 client on our CPU)."""
+"""Waits per measured turn while the CPU is marked shared (or the window is held off
+after a CPU trial): nothing but the end of the sharing is to be found then, which may
+take a few more waits to see (issue #17: the measuring was a ``getrusage`` every four
+requests of a QD1 client on our CPU)."""
 _SHARED_TURNS = 3
 """Measured turns in a row without preemption that end a shared CPU."""
 _NEVER = 1 << 62
@@ -160,9 +183,32 @@ _WARM_PASSES = 2
 _now = time.perf_counter
 
 
-def _switches() -> int:
+_TRIAL_PAIRS = 8
+"""Blocks with the window on, and as many with it off, that a CPU trial compares (a
+block's CPU moves +-30% with what the client did meanwhile: fewer misjudge)."""
+_TRIAL_FIRST = 16
+"""Measured turns with the window on before a trial (at the start, after a hold): not
+the connection's first waits, whose CPU is its warming up as much as the window's."""
+_TRIAL_EVERY = 256
+"""Measured turns (about 2,000 waits) between trials while polling pays for itself."""
+_HOLD_MIN = 16
+_HOLD_MAX = 256
+"""Measured turns the window stays off after a trial it lost, one in ``_CHECK_SHARED``
+waits while held (about 500 -> 8,000 waits, doubling while trials keep losing)."""
+
+
+def _thread_switches() -> int:
     """Involuntary context switches of the calling thread so far (preemptions)."""
     return resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw
+
+
+_switches: Callable[[], int] = _thread_switches
+"""What measures a turn: a variable, not a ``def``, so that a compiled build looks it up
+at each call (mypyc binds calls to a module's own functions early) and tests can replace it."""
+_cpu_ns: Callable[[], int] = time.thread_time_ns
+"""The thread's CPU time, which a CPU trial compares (a variable for the same reasons).
+Not ``getrusage``'s: that leaves out the running thread's time since the scheduler last
+accounted it (up to a tick), which a spinning window's blocks would hand to the next."""
 
 
 
@@ -171,7 +217,7 @@ class _Run(trio.abc.Instrument):
 
     ``pending``: tasks scheduled and not yet stepped (trusted once ``warm``).
     ``gen``: counts schedulings, so a wait can tell that some task ran since it
-    last read trio's statistics.  ``waits``: this run's QuietWaits (weak: a
+    last read trio's statistics.  ``waits``: its QuietWaits' registry entries (weak: a
     connection that ends and is dropped leaves it); those that went back to
     trio are *parked* (``parked`` counts them), and ``version`` changes whenever
     one parks or unparks.  ``watched``: other sockets a task waits on through
@@ -184,7 +230,7 @@ class _Run(trio.abc.Instrument):
         self.pending: set[trio.lowlevel.Task] = set()
         self.gen = 0
         self.warm = False
-        self.waits: weakref.WeakSet[QuietWait] = weakref.WeakSet()
+        self.waits: weakref.WeakSet[_Entry] = weakref.WeakSet()
         self.parked = 0
         self.watched: dict[_HasFileno, None] = {}
         self.version = 0
@@ -195,6 +241,28 @@ class _Run(trio.abc.Instrument):
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
         self.pending.discard(task)
+
+
+@mypyc_attr(native_class=False)  # (compiled classes take no weak references)
+class _Entry:
+    """A QuietWait's place in its run's registry (``_Run.waits``): its socket and
+    whether it is parked.
+
+    Only its QuietWait holds it, so it leaves the registry with its wait, and a
+    wait dropped while parked (a connection that ended after going back to trio)
+    stops counting as a parked reader."""
+
+    __slots__ = ("__weakref__", "parked", "run", "sock")
+
+    def __init__(self, run: _Run, sock: socket.socket) -> None:
+        self.run = run
+        self.sock = sock
+        self.parked = False
+
+    def __del__(self) -> None:
+        if self.parked:
+            self.run.parked -= 1
+            self.run.version += 1
 
 
 class _Warmup(trio.abc.Instrument):
@@ -290,18 +358,23 @@ class QuietWait:
     """
 
     __slots__ = (
-        "__weakref__",
         "_alone",
         "_block",
         "_blocking",
         "_check_in",
         "_clock",
+        "_cost_off",
+        "_cost_on",
+        "_cpu",
         "_credit",
         "_deadline",
+        "_entry",
         "_fd",
         "_fixed",
         "_fresh_until",
         "_gen",
+        "_held",
+        "_hold_next",
         "_mark",
         "_max",
         "_on_hits",
@@ -313,8 +386,14 @@ class QuietWait:
         "_run",
         "_shared",
         "_sock",
+        "_span",
         "_suspect",
+        "_trial",
+        "_trial_in",
         "_version",
+        "_waits_off",
+        "_waits_on",
+        "deferred",
         "hits",
         "window",
     )
@@ -331,16 +410,28 @@ class QuietWait:
         """Current poll window in seconds: ``poll_s`` while polling is on, else 0."""
         self.hits = 0
         """Waits that ended within the poll window (without sleeping)."""
+        self.deferred = 0
+        """Waits that sent the caller through trio (returned -1)."""
         self._credit = _PROBE_CREDIT
         self._on_hits = 0
         self._probe_every = _PROBE_MIN
         self._probe_in = _PROBE_MIN
         self._check_in = 2 if self._max else _NEVER  # measure the first turn
+        self._span = 2  # waits from one measured turn's start to the next one's
         self._mark = 0  # involuntary switches at the start of a measured turn
         self._suspect = False  # the last measured turn was preempted
         self._shared = 0
         """Non-zero: the CPU looks shared with the client (the window stays off) for
         this many more measured turns without preemption."""
+        self._cpu = 0  # thread CPU time (ns) at the last measured turn's start, in a trial
+        self._trial = 0
+        """Non-zero: a CPU trial is on, with this many blocks (measured turn to measured
+        turn) to go; even: the current block polls, odd: it sleeps."""
+        self._trial_in = _TRIAL_FIRST
+        self._cost_on = self._cost_off = self._waits_on = self._waits_off = 0
+        self._held = 0
+        """Non-zero: polling lost a trial, the window stays off for this many measured turns."""
+        self._hold_next = _HOLD_MIN
         self._block = BLOCK_S
         self._clock: Any = None
         self._poll: Any = None
@@ -350,9 +441,11 @@ class QuietWait:
         self._fresh_until = 0.0
         self._deadline = 0.0
         self._blocking = False  # the socket sleeps in a blocking recv (see the module docstring)
+        self._entry: _Entry | None = None
         if available():
             self._run = run = _current_run()
-            run.waits.add(self)
+            self._entry = entry = _Entry(run, sock)
+            run.waits.add(entry)
             self._clock = trio.lowlevel.current_clock().current_time
             usec = int(self._block * 1e6)
             try:
@@ -382,6 +475,7 @@ class QuietWait:
             self._measure_turn()
         run = self._run
         if run is None:
+            self.deferred += 1
             return -1
         if self._parked:
             self._unpark(run)
@@ -454,8 +548,8 @@ class QuietWait:
                             got = self._recv(view)
                         except BlockingIOError:
                             got = -1
-                        if self._max and (self.window or not self._shared):
-                            # (while shared and off, _slept changes nothing)
+                        if self._max and (self.window or not (self._shared or self._held)):
+                            # (while shared or held and off, _slept changes nothing)
                             self._slept(_now() - now)
                         return got if got >= 0 else self._defer(run)
                 # (a deadline already due: one last look, and the window's miss
@@ -500,7 +594,7 @@ class QuietWait:
         """A new poll set: our socket and every other parked one still open."""
         p = select.poll()
         p.register(self._fd, _POLLIN)
-        socks = [q._sock for q in run.waits if q._parked and q is not self]
+        socks = [e.sock for e in run.waits if e.parked and e is not self._entry]
         alone = True
         for s in [*socks, *run.watched]:
             fd = s.fileno()
@@ -513,22 +607,21 @@ class QuietWait:
 
     def _defer(self, run: _Run) -> int:
         """Wait through trio: parked (polled by the others' waits) until the next call."""
+        self.deferred += 1
         if not self._parked:
             self._parked = True
+            assert self._entry is not None  # (made with self._run)
+            self._entry.parked = True
             run.parked += 1
             self._bump(run)
         return -1
 
     def _unpark(self, run: _Run) -> None:
         self._parked = False
+        assert self._entry is not None
+        self._entry.parked = False
         run.parked -= 1
         self._bump(run)
-
-    def __del__(self) -> None:
-        run = self._run
-        if run is not None and self._parked:  # a connection dropped after going back to trio
-            run.parked -= 1
-            run.version += 1
 
     def _bump(self, run: _Run) -> None:
         """Tell the other waits that the parked set changed (our own poll set did not)."""
@@ -541,11 +634,15 @@ class QuietWait:
         """Start a measured turn, or end it: was it preempted (the CPU is shared)?"""
         if self._check_in == 1:
             self._mark = _switches()
+            if self._trial or (self.window and self._trial_in <= 1) or self._held:
+                self._account()
+            elif self.window and not self._shared:
+                self._trial_in -= 1
             return
         if _switches() != self._mark:
             if not (self._suspect or self._shared):
                 self._suspect = True
-                self._check_in = 2  # measure the next turn too
+                self._check_in = self._span = 2  # measure the next turn too
                 return
             self._suspect = False
             self._shared = _SHARED_TURNS
@@ -555,7 +652,56 @@ class QuietWait:
             self._suspect = False
             if self._shared:
                 self._shared -= 1
-        self._check_in = _CHECK_SHARED if self._shared else _CHECK_EVERY
+        # (while held, as while shared, the window is off: turns are measured less often)
+        self._check_in = self._span = _CHECK_SHARED if self._shared or self._held else _CHECK_EVERY
+
+    def _account(self) -> None:
+        """At a measured turn's start, in or at the start of a CPU trial or a hold (see
+        the module docstring).
+
+        The thread's CPU time since the last measured turn's start (``_span`` waits)
+        goes to the block that just ended; blocks alternate between polling and not."""
+        if self._held:
+            self._held -= 1
+            return
+        t = self._trial
+        if not t:
+            if self.window and not self._shared:
+                self._trial = 2 * _TRIAL_PAIRS  # the block starting now polls
+                self._cost_on = self._cost_off = self._waits_on = self._waits_off = 0
+                self._cpu = _cpu_ns()
+            return
+        cpu = _cpu_ns()
+        used = cpu - self._cpu
+        self._cpu = cpu
+        if self._shared:  # (the window is off): no verdict
+            self._trial = 0
+            self._trial_in = _TRIAL_FIRST
+            return
+        if t & 1:
+            self._cost_off += used
+            self._waits_off += self._span
+            # on again, as a probe turns it on (misses may have turned it off in the
+            # last polling block: the trial measures polling as it goes, misses included)
+            self.window = self._max
+            self._credit = _PROBE_CREDIT
+            self._on_hits = 0
+        else:
+            self._cost_on += used
+            self._waits_on += self._span
+            self.window = 0.0  # the next block sleeps
+        self._trial = t - 1
+        if t > 1:
+            return
+        if self._cost_on * self._waits_off > self._cost_off * self._waits_on:
+            # per wait, polling cost more CPU than sleeping: off, for a while
+            self._off()
+            self._held = self._hold_next
+            self._hold_next = min(2 * self._hold_next, _HOLD_MAX)
+            self._trial_in = _TRIAL_FIRST
+        else:
+            self._hold_next = _HOLD_MIN
+            self._trial_in = _TRIAL_EVERY
 
     def _off(self) -> None:
         """Window off; after a window that caught (almost) nothing, probe less often."""
@@ -577,7 +723,7 @@ class QuietWait:
             if self._credit <= 0:
                 self._off()
             return
-        if self._shared:
+        if self._shared or self._held or self._trial:
             return  # (until a measured turn says otherwise)
         self._probe_in -= 1
         if waited <= self._max or self._probe_in <= 0:

@@ -494,11 +494,12 @@ class Connection:
             if self.rec is not None:
                 self.rec.close()
             log.info(
-                "%s: connection end (%s) frames=%d polled=%d",
+                "%s: connection end (%s) frames=%d polled=%d trio=%d",
                 self.name,
                 reason,
                 self.core.frames,
                 self.quiet.hits if self.quiet else 0,
+                self.quiet.deferred if self.quiet else 0,
             )
         if failed is not None:
             raise failed

@@ -43,14 +43,27 @@ def long_block(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 PREEMPTIONS = [0]
 """What ``_quietwait._switches`` returns in these tests: the thread's involuntary
 context switches, which a test bumps to say "this turn was preempted"."""
+CPU = [0]
+"""What ``_quietwait._cpu_ns`` returns: the thread's CPU time, which a test advances."""
 
 
 @pytest.fixture(autouse=True)
 def no_preemption(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Turns are never preempted unless a test says so: on a loaded machine a real
-    preemption would turn a test's poll window off (the shared-CPU rule)."""
-    PREEMPTIONS[0] = 0
+    preemption would turn a test's poll window off (the shared-CPU rule).  Nor is
+    there a CPU trial unless a test asks for one (``cpu_trials``): its blocks with
+    the window off would change what the other tests count."""
+    PREEMPTIONS[0] = CPU[0] = 0
     monkeypatch.setattr(_quietwait, "_switches", lambda: PREEMPTIONS[0])
+    monkeypatch.setattr(_quietwait, "_cpu_ns", lambda: CPU[0])
+    monkeypatch.setattr(_quietwait, "_TRIAL_FIRST", 1 << 40)
+    yield
+
+
+@pytest.fixture
+def cpu_trials(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """CPU trials from the first measured turn with the window on."""
+    monkeypatch.setattr(_quietwait, "_TRIAL_FIRST", 1)
     yield
 
 
@@ -204,6 +217,21 @@ async def test_defers_to_a_runnable_task(nursery: trio.Nursery) -> None:
         nursery.start_soon(trio.sleep, 0)  # now in the run queue
         b.send(b"x")
         assert q.recv_into(_buf(), True) == -1
+
+
+async def test_deferred_counts_the_waits_sent_through_trio(nursery: trio.Nursery) -> None:
+    """``deferred`` (the server logs it as ``trio=``) counts the -1 returns, and only them."""
+    a, b = _pair()
+    with a, b:
+        q = await _ready(a)
+        b.send(b"x")
+        assert q.recv_into(_buf(), True) == 1
+        assert q.deferred == 0
+        nursery.start_soon(trio.sleep, 0)
+        b.send(b"y")
+        assert q.recv_into(_buf(), True) == -1
+        assert q.recv_into(_buf(), True) == -1
+        assert q.deferred == 2
 
 
 async def test_defers_to_the_rest_of_the_batch() -> None:
@@ -862,3 +890,111 @@ async def test_no_turn_is_measured_without_a_poll_window(monkeypatch: pytest.Mon
         monkeypatch.setattr(_quietwait, "_switches", never)
         for _ in range(3 * _quietwait._CHECK_EVERY):
             assert _turn(q, b) == 1
+
+
+# ------------------------------------------------------------ polling must pay in CPU
+
+
+def _costed_turns(q: QuietWait, b: socket.socket, n: int, on_ns: int, off_ns: int) -> list[bool]:
+    """``n`` requests whose data is there when the wait starts, each costing the thread
+    ``on_ns`` of CPU if the window was on for it, else ``off_ns``; whether it was on."""
+    seen = []
+    for _ in range(n):
+        assert _turn(q, b) == 1
+        on = bool(q.window)
+        CPU[0] += on_ns if on else off_ns
+        seen.append(on)
+    return seen
+
+
+def _trial_pattern() -> list[bool]:
+    """The window in a CPU trial's blocks: on, off, on, off, ... (a measured turn apart)."""
+    every, pairs = _quietwait._CHECK_EVERY, _quietwait._TRIAL_PAIRS
+    return [k % 2 == 0 for k in range(2 * pairs) for _ in range(every)]
+
+
+async def test_poll_window_that_costs_more_cpu_than_it_saves_turns_off(
+    long_block: None, cpu_trials: None
+) -> None:
+    """A trial measures the thread's CPU per wait with the window on and off, block by
+    block; polling that cost more than the sleeps it saved turns off and stays off for
+    ``_HOLD_MIN`` measured turns, short sleeps notwithstanding."""
+    a, b = _pair()
+    with a, b:
+        q = await _ready(a, poll_s=0.3)
+        pattern = _trial_pattern()
+        assert _costed_turns(q, b, len(pattern), 30, 10) == pattern
+        assert _costed_turns(q, b, 1, 30, 10) == [False]  # the verdict: polling lost
+        threading.Timer(0.005, b.send, (b"x",)).start()
+        assert q.recv_into(_buf(), True) == 1
+        assert q.window == 0.0  # (a sleep within the cap: no reason while held)
+        held = _quietwait._HOLD_MIN * _quietwait._CHECK_SHARED  # (measured turns while held)
+        assert not any(_costed_turns(q, b, held - 2, 30, 10))
+        threading.Timer(0.005, b.send, (b"x",)).start()  # the hold's last turn is over
+        assert q.recv_into(_buf(), True) == 1
+        assert q.window == 0.3
+
+
+async def test_poll_window_that_saves_cpu_stays_on(long_block: None, cpu_trials: None) -> None:
+    """Polling that costs less CPU per wait than sleeping stays on after the trial, and
+    the next trial is ``_TRIAL_EVERY`` measured turns away."""
+    a, b = _pair()
+    with a, b:
+        q = await _ready(a, poll_s=0.3)
+        pattern = _trial_pattern()
+        assert _costed_turns(q, b, len(pattern) + 200, 10, 30) == pattern + [True] * 200
+        assert q.hits == len(pattern) // 2 + 200
+
+
+async def test_a_lost_trial_holds_the_window_off_longer_each_time(
+    long_block: None, cpu_trials: None
+) -> None:
+    a, b = _pair()
+    with a, b:
+        q = await _ready(a, poll_s=0.3)
+        pattern = _trial_pattern()
+        every, first = _quietwait._CHECK_EVERY, _quietwait._HOLD_MIN
+        for hold in (first, 2 * first):
+            assert _costed_turns(q, b, len(pattern), 30, 10) == pattern
+            assert not any(_costed_turns(q, b, hold * _quietwait._CHECK_SHARED, 30, 10))
+            threading.Timer(0.005, b.send, (b"x",)).start()  # on again: the next trial
+            assert q.recv_into(_buf(), True) == 1
+            assert q.window == 0.3
+            assert _costed_turns(q, b, every - 1, 30, 10) == [True] * (every - 1)
+
+
+async def test_turns_are_measured_less_often_while_the_window_is_held_off(
+    long_block: None, cpu_trials: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A held window is off like a shared CPU's: one turn in ``_CHECK_SHARED`` waits is
+    measured (two ``getrusage`` calls), not one in ``_CHECK_EVERY``."""
+    calls = [0]
+
+    def counted() -> int:
+        calls[0] += 1
+        return PREEMPTIONS[0]
+
+    a, b = _pair()
+    with a, b:
+        q = await _ready(a, poll_s=0.3)
+        pattern = _trial_pattern()
+        assert _costed_turns(q, b, len(pattern), 30, 10) == pattern  # polling lost
+        monkeypatch.setattr(_quietwait, "_switches", counted)
+        every = _quietwait._CHECK_SHARED
+        assert not any(_costed_turns(q, b, 4 * every, 30, 10))
+        assert calls[0] == 2 * 4
+
+
+async def test_a_trial_judges_polling_that_misses(cpu_trials: None) -> None:
+    """Misses turn the window off within a trial's polling block (polling as it goes)
+    but do not end the trial, and each polling block turns it on again: the trial
+    reaches its verdict on polling that flaps on and off."""
+    a, b = _pair()
+    with a, b:
+        q = await _ready(a, poll_s=0.001)
+        every = _quietwait._CHECK_EVERY
+        for i in range(len(_trial_pattern()) + 1):
+            _miss(q, 0.003)  # the window spins in vain, then the wait sleeps to its limit
+            CPU[0] += 30 if i % (2 * every) < every else 10  # (polling blocks cost more)
+        assert q.hits == 0
+        assert q.window == 0.0 and q._held == _quietwait._HOLD_MIN  # polling lost
