@@ -727,7 +727,8 @@ def run(
     shrink: bool = True,
     size: int | None = None,
 ) -> Report:
-    """Run random cases until the budget is spent; a dead server is restarted and the run goes on.
+    """Run cases until the budget is spent (each scenario once, in order, then random ones); a
+    dead server is restarted and the run goes on.
 
     ``size`` fixes every case's ``n`` (frames or connections) instead of a random choice.
     """
@@ -745,7 +746,10 @@ def run(
     while not STOP.is_set():
         if budget_spent(deadline, report.examples_run, max_cases):
             break
-        case = random_case(rng, scenario)
+        # every scenario once first, in order (a short or loaded run still reaches each), then
+        # random ones
+        order = SCENARIOS[report.examples_run] if report.examples_run < len(SCENARIOS) else None
+        case = random_case(rng, scenario or order)
         if size is not None:
             case.n = size
         out = judge_case(target, case, latency=latency, msize=msize)
