@@ -18,7 +18,7 @@ round trips:
 * ``fids``: two connections walk and open as many fids as they are allowed;
 * ``mix``: a random pipelined mix of well-formed requests from the frame fuzzer's templates;
 * ``bigdir``: a directory of thousands of entries (made on the host, old enough for the
-  server's listing cache) read in random-sized Treaddirs, twice, then with cookies it never
+  server's listing cache; or one whose listing, over 1 MiB, is too big for it) read in random-sized Treaddirs, twice, then with cookies it never
   returned, while the host adds and removes entries: the first pass must list exactly what
   the host holds.
 
@@ -239,7 +239,8 @@ def random_case(rng: random.Random, scenario: str | None = None) -> Case:
     if sc == "fids":
         return Case(sc, rng.choice((500, 2000, 8000)), seed, {"conns": 2})
     if sc == "bigdir":
-        return Case(sc, rng.choice((2, 4)), seed, {"count": rng.choice((200, 1000, 8192, 65000))})
+        return Case(sc, rng.choice((2, 4)), seed, {"count": rng.choice((200, 1000, 8192, 65000)),
+                                                   "dir": rng.choice(("pz-big", "pz-huge"))})
     return Case("mix", rng.choice((200, 2000, 10000)), seed, {})
 
 
@@ -260,6 +261,9 @@ class Outcome:
 
 _U32 = struct.Struct("<I")
 BIGDIR = 3000
+HUGEDIR = 4500
+"""Entries of ``pz-huge``, names of 246 bytes: a listing of more than 1 MiB, which the
+server's listing cache does not keep (it reads such a directory from the host every time)."""
 
 
 class _Sender:
@@ -332,6 +336,11 @@ def _host_setup(target: Target) -> None:
         big.mkdir()
         for i in range(BIGDIR):
             (big / f"entry-{i:05d}-{'x' * (i % 40)}").touch()
+    huge = target.export / "pz-huge"
+    if not huge.exists():
+        huge.mkdir()
+        for i in range(HUGEDIR):
+            (huge / f"{i:05d}-{'h' * 240}").touch()
 
 
 def _attach(s: _Sender, msize: int, prefix: tuple[bytes, ...] | None = ()) -> int:
@@ -556,18 +565,21 @@ def _bigdir(target: Target, link: Link, case: Case, rng: random.Random, out: Out
     c = RawConn(link.sock, out.transcript, 10.0, faults=link.faults)
     c.handshake(1 << 20)
     c.rpc(M.Tattach(tag=0, fid=0, afid=C.NOFID, uname=b"root", aname=b"", n_uname=0), outcome=1)
-    c.rpc(M.Twalk(tag=0, fid=0, newfid=1, wnames=[b"pz-big"]), outcome=1)
+    dirname = str(case.params.get("dir", "pz-big"))
+    c.rpc(M.Twalk(tag=0, fid=0, newfid=1, wnames=[dirname.encode()]), outcome=1)
     c.rpc(M.Tlopen(tag=0, fid=1, flags=0o200000), outcome=1)
-    count = int(case.params.get("count", 8192))
-    big = target.export / "pz-big" if target.export is not None else None
+    # a Treaddir count must hold one entry (else EINVAL, as getdents): pz-huge's are 270 bytes
+    low = 128 if dirname == "pz-big" else 300
+    count = max(int(case.params.get("count", 8192)), 2 * low)
+    big = target.export / dirname if target.export is not None else None
     problems: list[str] = []
     cookies: list[int] = []
     for n in range(case.n):
         names: list[bytes] = []
         offset = 0
         mutate = n > 0 and big is not None
-        for _ in range(BIGDIR * 2):
-            r = c.rpc(M.Treaddir(tag=0, fid=1, offset=offset, count=rng.randrange(128, count)))
+        for _ in range(max(BIGDIR, HUGEDIR) * 2):
+            r = c.rpc(M.Treaddir(tag=0, fid=1, offset=offset, count=rng.randrange(low, count)))
             if not isinstance(r, M.Rreaddir):
                 if c.faults:
                     return problems  # an injected fault: a valid error, the case ends here
