@@ -355,7 +355,13 @@ def surface_sweep() -> list[list[M.Message]]:
     * an xattr set on a symlink (no fd to set it through: EOPNOTSUPP at the clunk);
     * two truncating opens of one fid pipelined (both go to worker threads: one wins);
     * a non-root attach (uid 1000) that creates a set-uid, set-gid file, writes to it and
-      truncates it through another fid (set-id bits cleared as a write by that uid does).
+      truncates it through another fid (set-id bits cleared as a write by that uid does);
+    * 400 reads of 64 KiB of a 128 KiB file (spliced: file -> pipe -> socket), and 300 mode
+      changes of a file, a directory and a FIFO: on the ``fault`` target, enough calls that
+      its schedule makes a splice fail with EINVAL (the copying fall-back) and fchmodat2 with
+      ENOSYS (the older kernel's path) in every run;
+    * 2,048 walks of 32 bytes each in one burst: the server's receive buffer is filled to the
+      byte, frame after frame, so it grows (a pipelining client).
     """
     f9, f10, f11, f12, f13 = 9, 10, 11, 12, 13
 
@@ -369,6 +375,7 @@ def surface_sweep() -> list[list[M.Message]]:
 
     wr, rd, un = C.LOCK_TYPE_WRLCK, C.LOCK_TYPE_RDLCK, 2
     big = b"x" * 3000
+    modes = [(OPENED, 0o640), (SUBDIR, 0o750), (f9, 0o620)]
     return [
         [
             M.Twalk(tag=0, fid=ROOT, newfid=f9, wnames=[FILE]),
@@ -441,6 +448,22 @@ def surface_sweep() -> list[list[M.Message]]:
             M.Tunlinkat(tag=0, dirfid=f11, name=b"sweep-setid", flags=0),
             M.Tclunk(tag=0, fid=f11),
         ],
+        [
+            M.Twrite(tag=0, fid=OPENED, offset=0, data=bytes(range(256)) * 512),
+            *(M.Tread(tag=0, fid=OPENED, offset=(i * 4096) % 65536, count=65536)
+              for i in range(400)),
+            setattr(OPENED, C.SETATTR_SIZE, size=48),
+        ],
+        [
+            M.Tmknod(tag=0, dfid=ROOT, name=b"sweep-fifo", mode=0o10644, major=0, minor=0,
+                     gid=0),
+            M.Twalk(tag=0, fid=ROOT, newfid=f9, wnames=[b"sweep-fifo"]),
+            *(setattr(fid, C.SETATTR_MODE, mode=mode ^ (i & 1) << 2)
+              for i in range(100) for fid, mode in modes),
+            M.Tclunk(tag=0, fid=f9),
+            M.Tunlinkat(tag=0, dirfid=ROOT, name=b"sweep-fifo", flags=0),
+        ],
+        [M.Twalk(tag=0, fid=ROOT, newfid=f9, wnames=[b"no-such-name1"]) for _ in range(2048)],
     ]
 
 

@@ -59,8 +59,17 @@ from gofer9p.protocol import constants as C
 from gofer9p.protocol import messages as M
 from gofer9p.protocol.codec import encode
 
-from .common import STOP, Known, Report, budget_spent, run_deadline, save_failure, split_problem
-from .targets import InprocTarget, Link, Target, fd_count, fd_targets, rss_kb
+from .common import (
+    STOP,
+    Known,
+    Report,
+    budget_spent,
+    run_deadline,
+    save_failure,
+    settle_fds,
+    split_problem,
+)
+from .targets import InprocTarget, Link, Target, fd_count, rss_kb
 from .wire import Closed, Failure, RawConn, Transcript, attach_requests
 
 SCENARIOS = ("treads", "flushes", "headers", "idle", "fifo", "fids", "mix", "bigdir")
@@ -643,28 +652,10 @@ def judge_case(
     base = fd_count(pid) if pid is not None else None
     out = run_case(target, case, latency=latency, msize=msize)
     if not out.problems:
-        p = _settle_fds(target, base)
+        p = settle_fds(target, base)
         if p:
             out.problems.append(p)
     return out
-
-
-def _settle_fds(target: Target, base: int | None, settle: float = 5.0) -> str | None:
-    pid = target.pid()
-    if pid is None or base is None:
-        return None
-    deadline = time.monotonic() + settle
-    n = fd_count(pid)
-    while n is not None and n > base and time.monotonic() < deadline:
-        time.sleep(0.05)
-        n = fd_count(pid)
-    if n is not None and n > base:
-        names = sorted(set(fd_targets(pid).values()))
-        return (
-            f"leak: server holds {n} fds after the case's connections closed, {base} before; "
-            f"open: {', '.join(names[-12:])}"
-        )
-    return None
 
 
 def minimize(

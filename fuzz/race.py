@@ -27,7 +27,8 @@ its use.  Each case here runs, for a few seconds:
   following a link.
 
 Oracles: every reply is a valid reply to its request (tag, type, errno); the server's log has no
-error and the process is alive; and the canaries: an inotify watch on each canary directory and
+error and the process is alive; its fd count comes back to what it was before the case once the
+clients closed (a process serving many connections); and the canaries: an inotify watch on each canary directory and
 file must see **no event at all** during the case (no open, read, write, attribute change,
 create, delete or rename by anyone), and their contents, modes, owners and times are unchanged
 afterwards.  ``stat`` by the checker does not generate inotify events; the checker reads the
@@ -55,8 +56,18 @@ from typing import Any
 
 from gofer9p.protocol import messages as M
 
-from .common import STOP, Known, Report, budget_spent, run_deadline, save_failure, split_problem
-from .targets import Target
+from .common import (
+    STOP,
+    Known,
+    Report,
+    budget_spent,
+    liveness,
+    run_deadline,
+    save_failure,
+    settle_fds,
+    split_problem,
+)
+from .targets import Target, fd_count
 from .wire import Closed, Failure, RawConn, Transcript, attach_requests
 
 NAMES = [b"a", b"b", b"d1", b"d2", b"f"]
@@ -370,6 +381,8 @@ def _survey(conn: RawConn) -> None:
     conn.rpc(M.Twalk(tag=0, fid=0, newfid=DEEP_FID, wnames=down[:16]))
     for i in range(16, len(down), 16):
         conn.rpc(M.Twalk(tag=0, fid=DEEP_FID, newfid=DEEP_FID, wnames=down[i:i + 16]))
+    conn.rpc(M.Twalk(tag=0, fid=DEEP_FID, newfid=DEEP_FID2, wnames=[b".."]))  # 70 levels up
+    conn.rpc(M.Tclunk(tag=0, fid=DEEP_FID2))
 
 
 def _deep(conn: RawConn, rng: random.Random, up: bool) -> None:
@@ -392,7 +405,9 @@ def _deep(conn: RawConn, rng: random.Random, up: bool) -> None:
         conn.rpc(M.Tlopen(tag=0, fid=DEEP_FID2, flags=0))
         conn.rpc(M.Tread(tag=0, fid=DEEP_FID2, offset=0, count=64))
     elif op == 4:
-        conn.rpc(M.Trenameat(tag=0, olddirfid=DEEP_FID, oldname=b"leaf", newdirfid=DEEP_FID,
+        conn.rpc(M.Twalk(tag=0, fid=DEEP_FID, newfid=DEEP_FID2, wnames=[b"leaf"]))
+        conn.rpc(M.Trename(tag=0, fid=DEEP_FID2, dfid=DEEP_FID, name=b"leaf2"))
+        conn.rpc(M.Trenameat(tag=0, olddirfid=DEEP_FID, oldname=b"leaf2", newdirfid=DEEP_FID,
                              newname=b"leaf"))
     else:
         conn.rpc(M.Twalk(tag=0, fid=DEEP_FID, newfid=DEEP_FID2,
@@ -417,7 +432,7 @@ def _client(
     """
     try:
         try:
-            conn.handshake(65536)
+            conn.handshake(rng.choice((65536, 1 << 20)))  # 1 MiB: pooled big reads too
             uname = rng.choice((b"root", b"nobody", b""))
             n_uname = rng.choice((0, 0, 65534, 1000))
             for req in attach_requests(prefix, uname=uname, n_uname=n_uname):
@@ -442,7 +457,8 @@ def _client(
                 _deep(conn, rng, up=not prefix)
             elif op == 0:
                 conn.rpc(M.Tlopen(tag=0, fid=fid, flags=rng.choice((0, 2, 0o1002, 0o200000))))
-                count = rng.choice((64, 4096, 40000, 65000))  # 32 KiB+: the splice path
+                # 32 KiB+: the splice path; 1 MiB (clamped to msize): a pooled reply buffer
+                count = rng.choice((64, 4096, 40000, 65000, 1 << 20))
                 conn.rpc(M.Tread(tag=0, fid=fid, offset=rng.choice((0, 100)), count=count))
             elif op == 1:
                 conn.rpc(M.Tlopen(tag=0, fid=fid, flags=rng.choice((1, 2, 0o1001))))
@@ -542,12 +558,19 @@ def run_case(target: Target, seed: int, ops: int, *, timeout: float = 5.0) -> Ra
     out = RaceOutcome()
     if not target.per_connection_process:
         target.reset_export()
+        try:  # the warm-up before the fd baseline (caches the server fills on first use)
+            liveness(target, timeout=timeout, exercise=True)
+        except Failure as f:
+            out.problems.append(f"{f.kind}: {f.message}")
+            return out
     canaries = make_canaries(target)
     before = {c: _fingerprint(c) for c in canaries}
     watch = Watch([c for c in canaries] + [c / "sub" for c in canaries])
     rng = random.Random(seed)
     agent = Agent(target.export, canaries, random.Random(rng.randrange(1 << 30)))
     agent.setup()
+    pid = target.pid()
+    fd_base = fd_count(pid) if pid is not None else None
     links = []
     threads = []
     try:
@@ -590,6 +613,9 @@ def run_case(target: Target, seed: int, ops: int, *, timeout: float = 5.0) -> Ra
             link.sock.close()
         for link in links:
             out.problems += link.finish(10.0)
+        leak = settle_fds(target, fd_base) if links and target.alive() else None
+        if leak:
+            out.problems.append(leak)
         time.sleep(0.05)
         events = watch.events()
         watch.close()
