@@ -17,6 +17,11 @@ round trips:
 * ``fifo``: pipelined msize Twrites to a FIFO nobody reads (threaded requests whose replies wait);
 * ``fids``: two connections walk and open as many fids as they are allowed;
 * ``mix``: a random pipelined mix of well-formed requests from the frame fuzzer's templates;
+* ``contend``: msize Twrites to a FIFO (each goes to a worker thread, and together they are
+  more bytes than the server lets into flight: it stops reading until some are done), then
+  msize Treads whose replies fill the socket of a client that does not read, then Tfsyncs
+  (worker threads too) and a Tflush of each: the threads' replies wait for the send lock
+  the read replies hold;
 * ``bigdir``: a directory of thousands of entries (made on the host, old enough for the
   server's listing cache; or one whose listing, over 1 MiB, is too big for it) read in random-sized Treaddirs, twice, then with cookies it never
   returned, while the host adds and removes entries: the first pass must list exactly what
@@ -72,7 +77,7 @@ from .common import (
 from .targets import InprocTarget, Link, Target, fd_count, rss_kb
 from .wire import Closed, Failure, RawConn, Transcript, attach_requests
 
-SCENARIOS = ("treads", "flushes", "headers", "idle", "fifo", "fids", "mix", "bigdir")
+SCENARIOS = ("treads", "flushes", "headers", "idle", "fifo", "fids", "mix", "bigdir", "contend")
 
 # ----------------------------------------------------------------- the bound
 SLACK_KB = 48 * 1024
@@ -247,6 +252,8 @@ def random_case(rng: random.Random, scenario: str | None = None) -> Case:
         return Case(sc, rng.choice((8, 36, 100)), seed, {})
     if sc == "fids":
         return Case(sc, rng.choice((500, 2000, 8000)), seed, {"conns": 2})
+    if sc == "contend":
+        return Case(sc, rng.choice((8, 16, 40)), seed, {"reads": rng.choice((12, 40))})
     if sc == "bigdir":
         return Case(sc, rng.choice((2, 4)), seed, {"count": rng.choice((200, 1000, 8192, 65000)),
                                                    "dir": rng.choice(("pz-big", "pz-huge"))})
@@ -393,7 +400,7 @@ def run_case(target: Target, case: Case, *, latency: float = 10.0, msize: int = 
     try:
         probe.start()
         sc = case.scenario
-        if sc in ("treads", "flushes", "fifo", "fids", "mix"):
+        if sc in ("treads", "flushes", "fifo", "fids", "mix", "contend"):
             m = _attach(s, msize)
         if sc == "treads":
             how = case.params.get("how", "unknown")
@@ -443,6 +450,19 @@ def run_case(target: Target, case: Case, *, latency: float = 10.0, msize: int = 
                 for i in range(case.n)
             ]
             _paced(s, frames, chunk=256)
+        elif sc == "contend":
+            s.rpc(M.Twalk(tag=0, fid=0, newfid=1, wnames=[b"pz-data"]))
+            s.rpc(M.Tlopen(tag=0, fid=1, flags=0))
+            s.rpc(M.Twalk(tag=0, fid=0, newfid=2, wnames=[b"pz-fifo"]))
+            s.rpc(M.Tlopen(tag=0, fid=2, flags=os.O_RDWR))
+            payload = b"c" * (m - 23)
+            n = case.n
+            writes = [encode(M.Twrite(tag=1 + i, fid=2, offset=0, data=payload)) for i in range(n)]
+            reads = [encode(M.Tread(tag=5000 + i, fid=1, offset=0, count=m - 11))
+                     for i in range(int(case.params.get("reads", 12)))]
+            syncs = [encode(M.Tfsync(tag=7000 + i, fid=1, datasync=i & 1)) for i in range(n)]
+            flushes = [encode(M.Tflush(tag=9000 + i, oldtag=7000 + i)) for i in range(n)]
+            _paced(s, writes + reads + syncs + flushes, chunk=8)
         elif sc == "fifo":
             s.rpc(M.Twalk(tag=0, fid=0, newfid=1, wnames=[b"pz-fifo"]))
             s.rpc(M.Tlopen(tag=0, fid=1, flags=os.O_RDWR))

@@ -486,17 +486,20 @@ class FaultTarget(InprocTarget):
     Beside the faults, every connection has an id map (:data:`IDMAP`: guest root is host
     root, guest 1000.. are host 2000.., every other id unmapped) and a small fd share
     (:data:`FD_SHARE`: idle fids' fds are reclaimed and revived); as root, in a mount
-    namespace of this process's own (the mounts go with it), the export's ``d1`` and
-    ``fz-dir`` (names the race and frame fuzzers use) are tmpfs mount points, after
-    :data:`OVERFLOW_MOUNTS` other tmpfs mounts were met, so their files' qids take the
-    overflow path of a 256th device.
+    namespace of this process's own (the mounts go with it), the export's ``d1``,
+    ``fz-dir`` and ``d2`` (names the race and frame fuzzers use) are tmpfs mount points,
+    ``d2`` read-only, after :data:`OVERFLOW_MOUNTS` other tmpfs mounts were met, so their
+    files' qids take the overflow path of a 256th device.
     """
 
     name = "fault"
 
     IDMAP = {"uids": [(0, 0, 1), (1000, 2000, 100)], "gids": [(0, 0, 1), (1000, 3000, 100)]}
     FD_SHARE = 40
-    MOUNTED = ("d1", "fz-dir")
+    MOUNTED = ("d1", "fz-dir", "d2")
+    READ_ONLY = ("d2",)
+    """Of :data:`MOUNTED`, the read-only mounts (a sandbox's read-only bind mount inside a
+    read-write export: a mode, owner or time change on them fails in the kernel, EROFS)."""
     OVERFLOW_MOUNTS = 255
 
     def __init__(self, *, seed: int = 1, rate: float | None = None, **kwargs: Any) -> None:
@@ -541,7 +544,7 @@ class FaultTarget(InprocTarget):
         wanted = [*others, *(self.export / n for n in self.MOUNTED)]
         for p in wanted:
             p.mkdir()
-            if not _mount_tmpfs(p):
+            if not _mount_tmpfs(p, read_only=p.name in self.READ_ONLY and p.parent == self.export):
                 break
             self.mounts.append(p)
         # the server meets every other device first (as a walk onto it would), so the
@@ -567,7 +570,10 @@ class FaultTarget(InprocTarget):
     def reset_export(self) -> None:
         super().reset_export()
         for p in self.mounts:
-            os.chmod(p, 0o755)  # (a mount point's own mode survives the reset's removal)
+            try:
+                os.chmod(p, 0o755)  # (a mount point's own mode survives the reset's removal)
+            except OSError:
+                pass  # (a read-only one)
 
     def open(self) -> Link:
         link = super().open()
@@ -625,12 +631,12 @@ def _private_mounts() -> bool:
     return _own_mount_ns[0]
 
 
-def _mount_tmpfs(path: Path) -> bool:
+def _mount_tmpfs(path: Path, read_only: bool = False) -> bool:
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
-    return bool(libc.mount(b"gofer9p-fuzz", os.fsencode(path), b"tmpfs", 0,
-                           b"size=4m,nr_inodes=4096,mode=0755") == 0)
+    return bool(libc.mount(b"gofer9p-fuzz", os.fsencode(path), b"tmpfs", 1 if read_only else 0,
+                           b"size=4m,nr_inodes=4096,mode=0755") == 0)  # (1: MS_RDONLY)
 
 
 def _umount(path: Path) -> None:

@@ -191,6 +191,18 @@ def test_pressure_runs_every_scenario_once_first(monkeypatch: pytest.MonkeyPatch
     assert seen[: len(pressure.SCENARIOS)] == list(pressure.SCENARIOS)
 
 
+def test_pressure_contend_case_is_clean(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gofer9p.attach._io import FileIO
+
+    background = _spy(monkeypatch, FileIO, "write")  # (FIFO writes go to worker threads)
+    with InprocTarget() as t:
+        pressure._host_setup(t)
+        pressure._fresh(t)
+        out = pressure.judge_case(t, pressure.Case("contend", 8, 1, {"reads": 12}), latency=60.0)
+    assert out.problems == []
+    assert background
+
+
 def test_pressure_bigdir_reads_a_listing_too_big_for_the_cache(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
