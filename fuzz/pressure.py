@@ -458,11 +458,11 @@ def run_case(target: Target, case: Case, *, latency: float = 10.0, msize: int = 
             payload = b"c" * (m - 23)
             n = case.n
             writes = [encode(M.Twrite(tag=1 + i, fid=2, offset=0, data=payload)) for i in range(n)]
-            reads = [encode(M.Tread(tag=5000 + i, fid=1, offset=0, count=m - 11))
+            fills = [encode(M.Tread(tag=5000 + i, fid=1, offset=0, count=m - 11))
                      for i in range(int(case.params.get("reads", 12)))]
             syncs = [encode(M.Tfsync(tag=7000 + i, fid=1, datasync=i & 1)) for i in range(n)]
             flushes = [encode(M.Tflush(tag=9000 + i, oldtag=7000 + i)) for i in range(n)]
-            _paced(s, writes + reads + syncs + flushes, chunk=8)
+            _paced(s, writes + fills + syncs + flushes, chunk=8)
         elif sc == "fifo":
             s.rpc(M.Twalk(tag=0, fid=0, newfid=1, wnames=[b"pz-fifo"]))
             s.rpc(M.Tlopen(tag=0, fid=1, flags=os.O_RDWR))
