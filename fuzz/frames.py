@@ -356,12 +356,13 @@ def surface_sweep() -> list[list[M.Message]]:
     * two truncating opens of one fid pipelined (both go to worker threads: one wins);
     * a non-root attach (uid 1000) that creates a set-uid, set-gid file, writes to it and
       truncates it through another fid (set-id bits cleared as a write by that uid does);
-    * 400 reads of 64 KiB of a 128 KiB file (spliced: file -> pipe -> socket), and 300 mode
+    * 1,000 reads of 64 KiB of a 128 KiB file (spliced: file -> pipe -> socket), and 300 mode
       changes of a file, a directory and a FIFO: on the ``fault`` target, enough calls that
       its schedule makes a splice fail with EINVAL (the copying fall-back) and fchmodat2 with
       ENOSYS (the older kernel's path) in every run;
     * 2,048 walks of 32 bytes each in one burst: the server's receive buffer is filled to the
-      byte, frame after frame, so it grows (a pipelining client).
+      byte, frame after frame, so it grows (a pipelining client);
+    * 130 xattr buffers of 64 KiB on one connection: past the session's 8 MiB (ENOMEM).
     """
     f9, f10, f11, f12, f13 = 9, 10, 11, 12, 13
 
@@ -451,7 +452,7 @@ def surface_sweep() -> list[list[M.Message]]:
         [
             M.Twrite(tag=0, fid=OPENED, offset=0, data=bytes(range(256)) * 512),
             *(M.Tread(tag=0, fid=OPENED, offset=(i * 4096) % 65536, count=65536)
-              for i in range(400)),
+              for i in range(1000)),
             setattr(OPENED, C.SETATTR_SIZE, size=48),
         ],
         [
@@ -464,6 +465,12 @@ def surface_sweep() -> list[list[M.Message]]:
             M.Tunlinkat(tag=0, dirfid=ROOT, name=b"sweep-fifo", flags=0),
         ],
         [M.Twalk(tag=0, fid=ROOT, newfid=f9, wnames=[b"no-such-name1"]) for _ in range(2048)],
+        [
+            *(M.Twalk(tag=0, fid=ROOT, newfid=100 + i, wnames=[FILE]) for i in range(130)),
+            *(M.Txattrcreate(tag=0, fid=100 + i, name=b"user.cap", attr_size=65536, flags=0)
+              for i in range(130)),
+            *(M.Tclunk(tag=0, fid=100 + i) for i in range(130)),
+        ],
     ]
 
 

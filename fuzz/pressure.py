@@ -78,6 +78,12 @@ from .targets import InprocTarget, Link, Target, fd_count, rss_kb
 from .wire import Closed, Failure, RawConn, Transcript, attach_requests
 
 SCENARIOS = ("treads", "flushes", "headers", "idle", "fifo", "fids", "mix", "bigdir", "contend")
+FIRST = ("treads", "contend", "flushes", "bigdir", "fifo", "headers", "bigdir", "idle", "fids",
+         "mix")
+"""The first cases of every run, in this order (a short or loaded run still reaches each
+scenario): ``bigdir`` twice, ``pz-big`` (a listing the cache keeps) then ``pz-huge`` (too big
+for it), each at least a second after the run made them (the cache takes a directory once it
+has been unchanged for a second)."""
 
 # ----------------------------------------------------------------- the bound
 SLACK_KB = 48 * 1024
@@ -750,8 +756,8 @@ def run(
     shrink: bool = True,
     size: int | None = None,
 ) -> Report:
-    """Run cases until the budget is spent (each scenario once, in order, then random ones); a
-    dead server is restarted and the run goes on.
+    """Run cases until the budget is spent (:data:`FIRST`, then random ones); a dead server is
+    restarted and the run goes on.
 
     ``size`` fixes every case's ``n`` (frames or connections) instead of a random choice.
     """
@@ -769,10 +775,12 @@ def run(
     while not STOP.is_set():
         if budget_spent(deadline, report.examples_run, max_cases):
             break
-        # every scenario once first, in order (a short or loaded run still reaches each), then
-        # random ones
-        order = SCENARIOS[report.examples_run] if report.examples_run < len(SCENARIOS) else None
+        # every scenario first, in order (FIRST), then random ones
+        i = report.examples_run
+        order = FIRST[i] if i < len(FIRST) else None
         case = random_case(rng, scenario or order)
+        if order == "bigdir" and scenario is None:
+            case.params["dir"] = "pz-huge" if "bigdir" in FIRST[:i] else "pz-big"
         if size is not None:
             case.n = size
         out = judge_case(target, case, latency=latency, msize=msize)

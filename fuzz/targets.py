@@ -735,8 +735,8 @@ def _shell_fd_limit() -> None:
 
 
 class ServeTarget(Target):
-    """``gofer9p serve DIR --listen unix:SOCK`` spawned once, many connections (started with a
-    login shell's soft fd limit, which it raises).  ``record``: with ``--record`` (every
+    """``gofer9p serve DIR --listen unix:SOCK`` spawned once, many connections (started as from
+    a login shell: umask 022, soft fd limit 1024, which it raises).  ``record``: with ``--record`` (every
     connection's frames written to ``session.pcap`` in the target's directory; splicing off)."""
 
     name = "serve"
@@ -786,15 +786,15 @@ class ServeTarget(Target):
         if self.record:
             cmd += ["--record", str(self._tmp / "session.pcap")]
         with open(self.log_path, "ab") as log:
-            # umask 0 like the daemon (confine.py): the client sends full modes, and the
-            # stateful model expects them on the host
+            # a login shell's umask (022): the client sends full modes and the server must
+            # give new files exactly those whatever its umask (the stateful model checks)
             self.proc = subprocess.Popen(
                 cmd,
                 env=_env(self.plant),
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
                 stderr=log,
-                umask=0,
+                umask=0o022,
                 preexec_fn=_shell_fd_limit,
             )
         _limit(self.proc.pid)

@@ -178,17 +178,22 @@ def test_frames_surface_sweep_reaches_its_areas(
 # ---------------------------------------------------------------- pressure
 def test_pressure_runs_every_scenario_once_first(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[str] = []
+    dirs: list[str] = []
 
     def judge(target: Any, case: pressure.Case, **kw: Any) -> pressure.Outcome:
         seen.append(case.scenario)
+        if case.scenario == "bigdir":
+            dirs.append(case.params["dir"])
         return pressure.Outcome()
 
     monkeypatch.setattr(pressure, "judge_case", judge)
     monkeypatch.setattr(pressure, "_fresh", lambda target: None)
     report = Report(fuzzer="pressure", target="inproc", seed=9)
     pressure.run(InprocTarget(), report, seed=9, time_budget=None,
-                 max_cases=len(pressure.SCENARIOS) + 3, crash_dir=None)
-    assert seen[: len(pressure.SCENARIOS)] == list(pressure.SCENARIOS)
+                 max_cases=len(pressure.FIRST) + 3, crash_dir=None)
+    assert seen[: len(pressure.FIRST)] == list(pressure.FIRST)
+    assert set(pressure.FIRST) == set(pressure.SCENARIOS)
+    assert dirs[:2] == ["pz-big", "pz-huge"]
 
 
 def test_pressure_contend_case_is_clean(monkeypatch: pytest.MonkeyPatch) -> None:
