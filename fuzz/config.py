@@ -194,8 +194,7 @@ def _readlinks(fds: set[int]) -> list[str]:
 def _rmtree(tmp: Path) -> None:
     import shutil
 
-    for m in (tmp / "mnt", tmp / "d" / "mnt"):
-        _umount(m)
+    _umount(tmp / "mnt")  # (the file mount point, see _mount_file)
     shutil.rmtree(tmp, ignore_errors=True)
 
 
