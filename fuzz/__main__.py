@@ -88,6 +88,21 @@ def _parser() -> argparse.ArgumentParser:
                 help="server max msize for the targets we start",
             )
             sp.add_argument(
+                "--fd-share",
+                type=int,
+                default=0,
+                metavar="N",
+                help="in-process targets: host fds each connection may hold (default: the "
+                "server's); a small share (8) makes the server reclaim idle fids' fds and reopen "
+                "them on use, all the time",
+            )
+            sp.add_argument(
+                "--record",
+                action="store_true",
+                help="serve target: the server records its connections (gofer9p serve --record;"
+                " splicing off), as a sandbox manager that keeps sessions runs it",
+            )
+            sp.add_argument(
                 "--ignore-known",
                 action="store_true",
                 help="count failures matching an open bug in the crash corpus "
@@ -122,6 +137,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     common(ra)
     ra.add_argument("--no-shrink", action="store_true", help="do not minimize findings")
+    cf = sub.add_parser(
+        "config", help="attach points of every node kind and id maps, against a reference"
+    )
+    common(cf, live=False)
     d = sub.add_parser("decode", help="coverage-guided codec.decode (atheris, else hypothesis)")
     common(d, live=False)
     d.add_argument("--engine", choices=["auto", "atheris", "hypothesis"], default="auto")
@@ -279,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     time_budget, examples = _budget(args)
     report = Report(
         fuzzer=args.fuzzer,
-        target=getattr(args, "target", "codec"),
+        target=getattr(args, "target", "in-process" if args.fuzzer == "config" else "codec"),
         seed=seed,
         started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         time_budget_s=time_budget,
@@ -325,6 +344,7 @@ _EXAMPLES_KW = {
     "pressure": "max_cases",
     "race": "max_cases",
     "decode": "max_inputs",
+    "config": "max_cases",
 }
 """What each fuzzer's ``run`` calls its ``--examples`` budget (sequences, frames, cases, inputs)."""
 
@@ -353,6 +373,11 @@ def _run(
 
         run_decode(report, engine=args.engine, corpus_dir=args.corpus, **kwargs)  # type: ignore[arg-type]
         return
+    if args.fuzzer == "config":
+        from .config import run as run_config
+
+        run_config(report, **kwargs)  # type: ignore[arg-type]
+        return
     from .common import Known
     from .targets import make_target
 
@@ -367,7 +392,8 @@ def _run(
         kwargs["database"] = args.corpus / "hypothesis" if args.corpus is not None else None
     run = importlib.import_module(f".{args.fuzzer}", __package__).run
     target = make_target(
-        args.target, max_msize=args.msize, plant=args.plant, attach=args.attach, seed=seed
+        args.target, max_msize=args.msize, plant=args.plant, attach=args.attach, seed=seed,
+        fd_share=args.fd_share, record=args.record,
     )
     report.target = getattr(target, "spec", report.target)  # fault:SEED:RATE, to replay with
     with target:
@@ -401,6 +427,10 @@ def _replay(args: argparse.Namespace) -> int:
                 from .race import replay_case as replay_race
 
                 problems = replay_race(meta_path, target, timeout=args.timeout)
+            elif meta.get("fuzzer") == "config" and "case" in meta:
+                from .config import replay_case as replay_config
+
+                problems = replay_config(meta_path)
             elif meta.get("fuzzer") == "stateful" and meta.get("blob"):
                 from .stateful import replay_program
 

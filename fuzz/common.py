@@ -239,6 +239,27 @@ class Health:
         return out
 
 
+def settle_fds(target: Target, base: int | None, settle: float = 5.0) -> str | None:
+    """A leak problem if the server's fd count does not come back to ``base`` (taken before a
+    case's connections) within ``settle`` seconds after they closed; None if it does or
+    cannot be told (one process per connection)."""
+    pid = target.pid()
+    if pid is None or base is None:
+        return None
+    deadline = time.monotonic() + settle
+    n = fd_count(pid)
+    while n is not None and n > base and time.monotonic() < deadline:
+        time.sleep(0.05)
+        n = fd_count(pid)
+    if n is not None and n > base:
+        names = sorted(set(fd_targets(pid).values()))
+        return (
+            f"leak: server holds {n} fds after the case's connections closed, {base} before; "
+            f"open: {', '.join(names[-12:])}"
+        )
+    return None
+
+
 def liveness(
     target: Target,
     *,

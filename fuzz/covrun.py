@@ -7,7 +7,8 @@ process under coverage.py with branch coverage.  Processes the fuzzers spawn (``
 are measured too: a ``sitecustomize`` on their ``PYTHONPATH`` calls
 ``coverage.process_startup()`` when ``COVERAGE_PROCESS_START`` names the run's rc file, and
 ``sigterm = true`` saves the data of a server stopped with SIGTERM.  The codec fuzzer (decode)
-runs once, for a share of the first target's budget.
+and the configuration fuzzer (config: attach points and id maps, in-process) run once, for a
+share of the first target's budget.
 
 The confined daemon is measured too: it starts coverage before it chroots (the same
 ``sitecustomize``), and writes its data when it exits, inside its chroot, where the target made
@@ -38,22 +39,26 @@ REPO = Path(__file__).resolve().parents[1]
 PKG = REPO / "gofer9p"
 
 PLAN: list[tuple[str, list[str], float]] = [
-    ("stateful", [], 0.3),
+    ("stateful", [], 0.25),
     ("frames", [], 0.15),
     ("pressure", [], 0.15),
-    ("race", [], 0.2),
-    ("stateful", ["--attach", "ro"], 0.1),
+    ("race", [], 0.15),
+    ("race", ["--fd-share", "8"], 0.1),
+    ("stateful", ["--attach", "ro", "--record"], 0.1),
     ("frames", ["--attach", "file"], 0.1),
 ]
-"""(fuzzer, extra flags, share of a target's budget).  The daemon has no file root: its
-share goes to the frames fuzzer on its directory export; and a read-only daemon cannot
-write its coverage data (its root is read-only): that share goes to the stateful machine
-on its read-write export."""
+"""(fuzzer, extra flags, share of a target's budget).  Flags a target does not take are
+dropped (:func:`_flags`): the daemon has no file root (its share goes to the frames fuzzer
+on its directory export), a read-only daemon cannot write its coverage data (its root is
+read-only: that share goes to the stateful machine on its read-write export), only the
+in-process targets take ``--fd-share`` (idle fids' fds reclaimed and reopened all the time)
+and only ``serve`` ``--record``."""
 
 FAULT_PLAN: list[tuple[str, list[str], float]] = [
     ("frames", [], 0.5),
     ("pressure", [], 0.2),
-    ("race", [], 0.3),
+    ("race", [], 0.2),
+    ("race", ["--fd-share", "8"], 0.1),
 ]
 """The ``fault`` target's plan: the stateful model expects a healthy host."""
 
@@ -62,6 +67,26 @@ LATENCY_UNDER_COVERAGE = 60.0
 
 GOAL = "server.py + connection.py + attach/"
 """The group the coverage goal is about (>= 95% lines, >= 85% branches)."""
+
+
+def _flags(target: str, extra: list[str]) -> list[str]:
+    """``extra`` without the flags ``target`` does not take (see :data:`PLAN`)."""
+    kind = target.split(":")[0]
+    if kind == "daemon" and ("file" in extra or "ro" in extra):
+        return []
+    out: list[str] = []
+    i = 0
+    while i < len(extra):
+        flag = extra[i]
+        if flag == "--fd-share" and kind not in ("inproc", "fault"):
+            i += 2
+            continue
+        if flag == "--record" and kind != "serve":
+            i += 1
+            continue
+        out.append(flag)
+        i += 1
+    return out
 
 
 def _rc(tmp: Path) -> Path:
@@ -114,16 +139,15 @@ def run(
         for ti, target in enumerate(targets):
             plan = list(FAULT_PLAN if target.split(":")[0] == "fault" else PLAN)
             if ti == 0:
-                plan.append(("decode", [], 0.05))
+                plan += [("decode", [], 0.05), ("config", [], 0.02)]
             for fuzzer, extra, share in plan:
-                if target == "daemon" and ("file" in extra or "ro" in extra):
-                    extra = []
+                extra = _flags(target, extra)
                 secs = max(5.0, budget * share)
                 cmd = [sys.executable, "-m", "fuzz", fuzzer, "--time", f"{secs:.0f}"]
                 cmd += ["--seed", str(seed), "--crash-dir", str(tmp / "crashes")]
                 report = tmp / f"report-{len(runs)}.json"
                 cmd += ["--report", str(report)]
-                if fuzzer != "decode":
+                if fuzzer not in ("decode", "config"):
                     cmd += ["--target", target, "--ignore-known", *extra]
                 if fuzzer == "pressure":
                     # tracing slows the server several-fold: the latency oracle's failure

@@ -7,7 +7,8 @@ ten skips it and talks before Tversion), then sends up to 64 mutated frames:
 bit flips, interesting bytes, truncated or extended bodies with a fixed-up
 size, lying size / count / string-length / nwname fields, huge counts,
 splices of two messages, random type bytes and bodies, every type byte 0-255
-(a systematic sweep first), pipelined bursts, oversized or undersized size
+(a systematic sweep first, then every flag bit and :func:`surface_sweep`), pipelined
+bursts, oversized or undersized size
 fields, and partial frames followed by EOF.
 
 Expectations are computed from the bytes exactly as the server frames them:
@@ -341,6 +342,138 @@ def flag_sweep() -> list[list[M.Message]]:
     return out
 
 
+def surface_sweep() -> list[list[M.Message]]:
+    """Pipelined groups that reach what random frames seldom do, sent after the flag sweep on
+    every run (each request must still get a valid reply):
+
+    * an xattr of a few KB written, then read back with the largest counts (the reply sized
+      from the buffer: an msize of 64 KiB or more takes the big-read path), past its end too;
+    * a directory opened and read with ``Tread`` (EISDIR) and with cookies past 2**63;
+    * byte-range locks of one owner that merge, split and release ranges; a read lock on a
+      write-only open and a write lock on a read-only one (EBADF); 1,100 disjoint ranges of
+      one owner (past the per-owner bound: ENOLCK); a second owner on one open fid;
+    * an xattr set on a symlink (no fd to set it through: EOPNOTSUPP at the clunk);
+    * two truncating opens of one fid pipelined (both go to worker threads: one wins);
+    * a non-root attach (uid 1000) that creates a set-uid, set-gid file, writes to it and
+      truncates it through another fid (set-id bits cleared as a write by that uid does);
+    * 1,000 reads of 64 KiB of a 128 KiB file (spliced: file -> pipe -> socket), and 300 mode
+      changes of a file, a directory and a FIFO: on the ``fault`` target, enough calls that
+      its schedule makes a splice fail with EINVAL (the copying fall-back) and fchmodat2 with
+      ENOSYS (the older kernel's path) in every run;
+    * 2,048 walks of 32 bytes each in one burst: the server's receive buffer is filled to the
+      byte, frame after frame, so it grows (a pipelining client);
+    * 130 xattr buffers of 64 KiB on one connection: past the session's 8 MiB (ENOMEM).
+    """
+    f9, f10, f11, f12, f13 = 9, 10, 11, 12, 13
+
+    def setattr(fid: int, valid: int, mode: int = 0o644, size: int = 0) -> M.Message:
+        return M.Tsetattr(tag=0, fid=fid, valid=valid, mode=mode, uid=0, gid=0, size=size,
+                          atime_sec=0, atime_nsec=0, mtime_sec=0, mtime_nsec=0)
+
+    def lock(fid: int, ltype: int, start: int, length: int, proc: int = 7) -> M.Message:
+        return M.Tlock(tag=0, fid=fid, type=ltype, flags=0, start=start, length=length,
+                       proc_id=proc, client_id=b"sweep")
+
+    wr, rd, un = C.LOCK_TYPE_WRLCK, C.LOCK_TYPE_RDLCK, 2
+    big = b"x" * 3000
+    modes = [(OPENED, 0o640), (SUBDIR, 0o750), (f9, 0o620)]
+    return [
+        [
+            M.Twalk(tag=0, fid=ROOT, newfid=f9, wnames=[FILE]),
+            M.Txattrcreate(tag=0, fid=f9, name=b"user.big", attr_size=len(big), flags=0),
+            M.Twrite(tag=0, fid=f9, offset=0, data=big),
+            M.Tclunk(tag=0, fid=f9),
+            M.Twalk(tag=0, fid=ROOT, newfid=f9, wnames=[FILE]),
+            M.Txattrwalk(tag=0, fid=f9, newfid=f10, name=b"user.big"),
+            M.Tread(tag=0, fid=f10, offset=0, count=0xFFFFFFFF),
+            M.Tread(tag=0, fid=f10, offset=100, count=70000),
+            M.Tread(tag=0, fid=f10, offset=5000, count=0xFFFFFFFF),
+            M.Tclunk(tag=0, fid=f10),
+            M.Tclunk(tag=0, fid=f9),
+        ],
+        [
+            M.Twalk(tag=0, fid=ROOT, newfid=f9, wnames=[]),
+            M.Tlopen(tag=0, fid=f9, flags=C.L_O_DIRECTORY),
+            M.Tread(tag=0, fid=f9, offset=0, count=0xFFFFFFFF),
+            M.Treaddir(tag=0, fid=f9, offset=1 << 63, count=4000),
+            M.Treaddir(tag=0, fid=f9, offset=(1 << 64) - 1, count=4000),
+            M.Tclunk(tag=0, fid=f9),
+        ],
+        [
+            M.Twalk(tag=0, fid=ROOT, newfid=f9, wnames=[FILE]),
+            M.Tlopen(tag=0, fid=f9, flags=C.L_O_RDWR),
+            lock(f9, wr, 0, 100), lock(f9, wr, 200, 100), lock(f9, wr, 50, 100),
+            lock(f9, un, 20, 250), lock(f9, un, 400, 10), lock(f9, rd, 10, 5),
+            lock(f9, wr, 500, 10, proc=8), lock(f9, un, 0, 0, proc=8), lock(f9, un, 0, 0),
+            M.Tclunk(tag=0, fid=f9),
+            M.Twalk(tag=0, fid=ROOT, newfid=f9, wnames=[FILE]),
+            M.Tlopen(tag=0, fid=f9, flags=C.L_O_WRONLY),
+            lock(f9, rd, 0, 10),
+            M.Tclunk(tag=0, fid=f9),
+            M.Twalk(tag=0, fid=ROOT, newfid=f9, wnames=[FILE]),
+            M.Tlopen(tag=0, fid=f9, flags=C.L_O_RDONLY),
+            lock(f9, wr, 0, 10),
+            M.Tclunk(tag=0, fid=f9),
+        ],
+        [
+            M.Twalk(tag=0, fid=ROOT, newfid=f9, wnames=[FILE]),
+            M.Tlopen(tag=0, fid=f9, flags=C.L_O_RDWR),
+            *(lock(f9, rd, 2 * i, 1) for i in range(1100)),
+            M.Tclunk(tag=0, fid=f9),
+        ],
+        [
+            M.Tsymlink(tag=0, fid=ROOT, name=b"sweep-link", symtgt=b"t", gid=0),
+            M.Twalk(tag=0, fid=ROOT, newfid=f9, wnames=[b"sweep-link"]),
+            M.Txattrcreate(tag=0, fid=f9, name=b"user.l", attr_size=1, flags=0),
+            M.Twrite(tag=0, fid=f9, offset=0, data=b"l"),
+            M.Tclunk(tag=0, fid=f9),
+            M.Tunlinkat(tag=0, dirfid=ROOT, name=b"sweep-link", flags=0),
+        ],
+        [
+            M.Twalk(tag=0, fid=ROOT, newfid=f9, wnames=[FILE]),
+            M.Tlopen(tag=0, fid=f9, flags=C.L_O_RDWR | C.L_O_TRUNC),
+            M.Tlopen(tag=0, fid=f9, flags=C.L_O_RDWR | C.L_O_TRUNC),
+            M.Tclunk(tag=0, fid=f9),
+        ],
+        [
+            M.Tattach(tag=0, fid=f11, afid=C.NOFID, uname=b"sweep", aname=b"", n_uname=1000),
+            M.Twalk(tag=0, fid=f11, newfid=f12, wnames=[]),
+            M.Tlcreate(tag=0, fid=f12, name=b"sweep-setid", flags=C.L_O_RDWR, mode=0o6775, gid=0),
+            setattr(f12, C.SETATTR_MODE, mode=0o6775),
+            M.Twrite(tag=0, fid=f12, offset=0, data=b"clears set-id"),
+            setattr(f12, C.SETATTR_MODE, mode=0o6775),
+            M.Twalk(tag=0, fid=f11, newfid=f13, wnames=[b"sweep-setid"]),
+            setattr(f13, C.SETATTR_SIZE, size=3),
+            M.Tclunk(tag=0, fid=f13),
+            M.Tclunk(tag=0, fid=f12),
+            M.Tunlinkat(tag=0, dirfid=f11, name=b"sweep-setid", flags=0),
+            M.Tclunk(tag=0, fid=f11),
+        ],
+        [
+            M.Twrite(tag=0, fid=OPENED, offset=0, data=bytes(range(256)) * 512),
+            *(M.Tread(tag=0, fid=OPENED, offset=(i * 4096) % 65536, count=65536)
+              for i in range(1000)),
+            setattr(OPENED, C.SETATTR_SIZE, size=48),
+        ],
+        [
+            M.Tmknod(tag=0, dfid=ROOT, name=b"sweep-fifo", mode=0o10644, major=0, minor=0,
+                     gid=0),
+            M.Twalk(tag=0, fid=ROOT, newfid=f9, wnames=[b"sweep-fifo"]),
+            *(setattr(fid, C.SETATTR_MODE, mode=mode ^ (i & 1) << 2)
+              for i in range(100) for fid, mode in modes),
+            M.Tclunk(tag=0, fid=f9),
+            M.Tunlinkat(tag=0, dirfid=ROOT, name=b"sweep-fifo", flags=0),
+        ],
+        [M.Twalk(tag=0, fid=ROOT, newfid=f9, wnames=[b"no-such-name1"]) for _ in range(2048)],
+        [
+            *(M.Twalk(tag=0, fid=ROOT, newfid=100 + i, wnames=[FILE]) for i in range(130)),
+            *(M.Txattrcreate(tag=0, fid=100 + i, name=b"user.cap", attr_size=65536, flags=0)
+              for i in range(130)),
+            *(M.Tclunk(tag=0, fid=100 + i) for i in range(130)),
+        ],
+    ]
+
+
 def _fix_size(frame: bytearray | bytes) -> bytes:
     b = bytearray(frame)
     if len(b) >= 4:
@@ -515,7 +648,7 @@ class FrameFuzzer:
         )
         self.known_max = hasattr(target, "max_msize")
         self.sweep = list(range(256))
-        self.flags = flag_sweep()
+        self.flags = flag_sweep() + surface_sweep()
         self.health = Health(target, report)
         self.mutated = 0
         self.kinds: dict[str, int] = {}
@@ -530,7 +663,9 @@ class FrameFuzzer:
         """Version, attach, and fids 1 (open file), 2 (clone of root), 3 (subdirectory)."""
         # (any msize now and then: a fault target's schedule is salted by the Tversion)
         rng = self.rng
-        c.handshake(rng.choice((4096, 8192, 65536, 65536, 1 << 20, rng.randrange(4096, 1 << 20))))
+        msize = rng.choice((4096, 8192, 65536, 65536, 1 << 20, rng.randrange(4096, 1 << 20)))
+        # (the sweeps' big reads need 64 KiB and more; the random frames any msize)
+        c.handshake(max(msize, 1 << 20) if self.flags else msize)
         c.rpc(
             M.Tattach(tag=0, fid=ROOT, afid=C.NOFID, uname=b"root", aname=b"", n_uname=0), outcome=1
         )

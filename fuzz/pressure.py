@@ -17,8 +17,13 @@ round trips:
 * ``fifo``: pipelined msize Twrites to a FIFO nobody reads (threaded requests whose replies wait);
 * ``fids``: two connections walk and open as many fids as they are allowed;
 * ``mix``: a random pipelined mix of well-formed requests from the frame fuzzer's templates;
+* ``contend``: msize Twrites to a FIFO (each goes to a worker thread, and together they are
+  more bytes than the server lets into flight: it stops reading until some are done), then
+  msize Treads whose replies fill the socket of a client that does not read, then Tfsyncs
+  (worker threads too) and a Tflush of each: the threads' replies wait for the send lock
+  the read replies hold;
 * ``bigdir``: a directory of thousands of entries (made on the host, old enough for the
-  server's listing cache) read in random-sized Treaddirs, twice, then with cookies it never
+  server's listing cache; or one whose listing, over 1 MiB, is too big for it) read in random-sized Treaddirs, twice, then with cookies it never
   returned, while the host adds and removes entries: the first pass must list exactly what
   the host holds.
 
@@ -59,11 +64,26 @@ from gofer9p.protocol import constants as C
 from gofer9p.protocol import messages as M
 from gofer9p.protocol.codec import encode
 
-from .common import STOP, Known, Report, budget_spent, run_deadline, save_failure, split_problem
-from .targets import InprocTarget, Link, Target, fd_count, fd_targets, rss_kb
+from .common import (
+    STOP,
+    Known,
+    Report,
+    budget_spent,
+    run_deadline,
+    save_failure,
+    settle_fds,
+    split_problem,
+)
+from .targets import InprocTarget, Link, Target, fd_count, rss_kb
 from .wire import Closed, Failure, RawConn, Transcript, attach_requests
 
-SCENARIOS = ("treads", "flushes", "headers", "idle", "fifo", "fids", "mix", "bigdir")
+SCENARIOS = ("treads", "flushes", "headers", "idle", "fifo", "fids", "mix", "bigdir", "contend")
+FIRST = ("treads", "contend", "flushes", "bigdir", "fifo", "headers", "bigdir", "idle", "fids",
+         "mix")
+"""The first cases of every run, in this order (a short or loaded run still reaches each
+scenario): ``bigdir`` twice, ``pz-big`` (a listing the cache keeps) then ``pz-huge`` (too big
+for it), each at least a second after the run made them (the cache takes a directory once it
+has been unchanged for a second)."""
 
 # ----------------------------------------------------------------- the bound
 SLACK_KB = 48 * 1024
@@ -238,8 +258,11 @@ def random_case(rng: random.Random, scenario: str | None = None) -> Case:
         return Case(sc, rng.choice((8, 36, 100)), seed, {})
     if sc == "fids":
         return Case(sc, rng.choice((500, 2000, 8000)), seed, {"conns": 2})
+    if sc == "contend":
+        return Case(sc, rng.choice((8, 16, 40)), seed, {"reads": rng.choice((12, 40))})
     if sc == "bigdir":
-        return Case(sc, rng.choice((2, 4)), seed, {"count": rng.choice((200, 1000, 8192, 65000))})
+        return Case(sc, rng.choice((2, 4)), seed, {"count": rng.choice((200, 1000, 8192, 65000)),
+                                                   "dir": rng.choice(("pz-big", "pz-huge"))})
     return Case("mix", rng.choice((200, 2000, 10000)), seed, {})
 
 
@@ -260,6 +283,9 @@ class Outcome:
 
 _U32 = struct.Struct("<I")
 BIGDIR = 3000
+HUGEDIR = 4500
+"""Entries of ``pz-huge``, names of 246 bytes: a listing of more than 1 MiB, which the
+server's listing cache does not keep (it reads such a directory from the host every time)."""
 
 
 class _Sender:
@@ -332,6 +358,11 @@ def _host_setup(target: Target) -> None:
         big.mkdir()
         for i in range(BIGDIR):
             (big / f"entry-{i:05d}-{'x' * (i % 40)}").touch()
+    huge = target.export / "pz-huge"
+    if not huge.exists():
+        huge.mkdir()
+        for i in range(HUGEDIR):
+            (huge / f"{i:05d}-{'h' * 240}").touch()
 
 
 def _attach(s: _Sender, msize: int, prefix: tuple[bytes, ...] | None = ()) -> int:
@@ -375,7 +406,7 @@ def run_case(target: Target, case: Case, *, latency: float = 10.0, msize: int = 
     try:
         probe.start()
         sc = case.scenario
-        if sc in ("treads", "flushes", "fifo", "fids", "mix"):
+        if sc in ("treads", "flushes", "fifo", "fids", "mix", "contend"):
             m = _attach(s, msize)
         if sc == "treads":
             how = case.params.get("how", "unknown")
@@ -425,6 +456,19 @@ def run_case(target: Target, case: Case, *, latency: float = 10.0, msize: int = 
                 for i in range(case.n)
             ]
             _paced(s, frames, chunk=256)
+        elif sc == "contend":
+            s.rpc(M.Twalk(tag=0, fid=0, newfid=1, wnames=[b"pz-data"]))
+            s.rpc(M.Tlopen(tag=0, fid=1, flags=0))
+            s.rpc(M.Twalk(tag=0, fid=0, newfid=2, wnames=[b"pz-fifo"]))
+            s.rpc(M.Tlopen(tag=0, fid=2, flags=os.O_RDWR))
+            payload = b"c" * (m - 23)
+            n = case.n
+            writes = [encode(M.Twrite(tag=1 + i, fid=2, offset=0, data=payload)) for i in range(n)]
+            fills = [encode(M.Tread(tag=5000 + i, fid=1, offset=0, count=m - 11))
+                     for i in range(int(case.params.get("reads", 12)))]
+            syncs = [encode(M.Tfsync(tag=7000 + i, fid=1, datasync=i & 1)) for i in range(n)]
+            flushes = [encode(M.Tflush(tag=9000 + i, oldtag=7000 + i)) for i in range(n)]
+            _paced(s, writes + fills + syncs + flushes, chunk=8)
         elif sc == "fifo":
             s.rpc(M.Twalk(tag=0, fid=0, newfid=1, wnames=[b"pz-fifo"]))
             s.rpc(M.Tlopen(tag=0, fid=1, flags=os.O_RDWR))
@@ -556,18 +600,21 @@ def _bigdir(target: Target, link: Link, case: Case, rng: random.Random, out: Out
     c = RawConn(link.sock, out.transcript, 10.0, faults=link.faults)
     c.handshake(1 << 20)
     c.rpc(M.Tattach(tag=0, fid=0, afid=C.NOFID, uname=b"root", aname=b"", n_uname=0), outcome=1)
-    c.rpc(M.Twalk(tag=0, fid=0, newfid=1, wnames=[b"pz-big"]), outcome=1)
+    dirname = str(case.params.get("dir", "pz-big"))
+    c.rpc(M.Twalk(tag=0, fid=0, newfid=1, wnames=[dirname.encode()]), outcome=1)
     c.rpc(M.Tlopen(tag=0, fid=1, flags=0o200000), outcome=1)
-    count = int(case.params.get("count", 8192))
-    big = target.export / "pz-big" if target.export is not None else None
+    # a Treaddir count must hold one entry (else EINVAL, as getdents): pz-huge's are 270 bytes
+    low = 128 if dirname == "pz-big" else 300
+    count = max(int(case.params.get("count", 8192)), 2 * low)
+    big = target.export / dirname if target.export is not None else None
     problems: list[str] = []
     cookies: list[int] = []
     for n in range(case.n):
         names: list[bytes] = []
         offset = 0
         mutate = n > 0 and big is not None
-        for _ in range(BIGDIR * 2):
-            r = c.rpc(M.Treaddir(tag=0, fid=1, offset=offset, count=rng.randrange(128, count)))
+        for _ in range(max(BIGDIR, HUGEDIR) * 2):
+            r = c.rpc(M.Treaddir(tag=0, fid=1, offset=offset, count=rng.randrange(low, count)))
             if not isinstance(r, M.Rreaddir):
                 if c.faults:
                     return problems  # an injected fault: a valid error, the case ends here
@@ -631,28 +678,10 @@ def judge_case(
     base = fd_count(pid) if pid is not None else None
     out = run_case(target, case, latency=latency, msize=msize)
     if not out.problems:
-        p = _settle_fds(target, base)
+        p = settle_fds(target, base)
         if p:
             out.problems.append(p)
     return out
-
-
-def _settle_fds(target: Target, base: int | None, settle: float = 5.0) -> str | None:
-    pid = target.pid()
-    if pid is None or base is None:
-        return None
-    deadline = time.monotonic() + settle
-    n = fd_count(pid)
-    while n is not None and n > base and time.monotonic() < deadline:
-        time.sleep(0.05)
-        n = fd_count(pid)
-    if n is not None and n > base:
-        names = sorted(set(fd_targets(pid).values()))
-        return (
-            f"leak: server holds {n} fds after the case's connections closed, {base} before; "
-            f"open: {', '.join(names[-12:])}"
-        )
-    return None
 
 
 def minimize(
@@ -727,7 +756,8 @@ def run(
     shrink: bool = True,
     size: int | None = None,
 ) -> Report:
-    """Run random cases until the budget is spent; a dead server is restarted and the run goes on.
+    """Run cases until the budget is spent (:data:`FIRST`, then random ones); a dead server is
+    restarted and the run goes on.
 
     ``size`` fixes every case's ``n`` (frames or connections) instead of a random choice.
     """
@@ -745,7 +775,12 @@ def run(
     while not STOP.is_set():
         if budget_spent(deadline, report.examples_run, max_cases):
             break
-        case = random_case(rng, scenario)
+        # every scenario first, in order (FIRST), then random ones
+        i = report.examples_run
+        order = FIRST[i] if i < len(FIRST) else None
+        case = random_case(rng, scenario or order)
+        if order == "bigdir" and scenario is None:
+            case.params["dir"] = "pz-huge" if "bigdir" in FIRST[:i] else "pz-big"
         if size is not None:
             case.n = size
         out = judge_case(target, case, latency=latency, msize=msize)

@@ -8,13 +8,17 @@ its use.  Each case here runs, for a few seconds:
 * an **agent** thread (on the host, seeded) over a small pool of names in the export: create,
   rename over each other, replace a file or a directory by a symlink to a **canary** outside the
   export (absolute, relative ``../..``, and ``/fz-canary`` for the confined daemon, whose root
-  is the bundle rootfs), replace a file by a new one, swap two directories.  Before the
+  is the bundle rootfs), replace a file by a new one, swap two directories, move the top of a
+  70-level directory chain (``dz/z/z/...``) out of the export (``fz-out``, beside it) and back.  Before the
   clients start, it lays the names out (seeded): a link to a canary of each form, a
   directory, a file;
 * two **clients** (9P connections of one server process).  Each first surveys the layout
   (walk, getattr, readlink, open and read of every name) and the agent starts only once both
   surveys are done, so every case reads through each link at least once, whatever the timing;
-  then random requests over the same names: multi-name walks (``..`` too), open (read, write, truncate), read, write, readdir,
+  each also walks to the bottom of the deep chain and keeps that fid; then random requests over
+  the same names (and on the deep fid: getattr, readdir, mkdir, open and read, rename, and
+  ``..`` walks, which make the server look for the attach root more than 32 levels up, and
+  clamp the walk there when the chain was moved out): multi-name walks (``..`` too), open (read, write, truncate), read, write, readdir,
   getattr, setattr, create, mkdir, mknod, symlink, link, rename, renameat, unlinkat, readlink,
   xattrs, statfs, byte-range locks of two owners on one file.
   For the confined daemon the second client is its root connection walked down to ``export``
@@ -23,7 +27,8 @@ its use.  Each case here runs, for a few seconds:
   following a link.
 
 Oracles: every reply is a valid reply to its request (tag, type, errno); the server's log has no
-error and the process is alive; and the canaries: an inotify watch on each canary directory and
+error and the process is alive; its fd count comes back to what it was before the case once the
+clients closed (a process serving many connections); and the canaries: an inotify watch on each canary directory and
 file must see **no event at all** during the case (no open, read, write, attribute change,
 create, delete or rename by anyone), and their contents, modes, owners and times are unchanged
 afterwards.  ``stat`` by the checker does not generate inotify events; the checker reads the
@@ -51,12 +56,28 @@ from typing import Any
 
 from gofer9p.protocol import messages as M
 
-from .common import STOP, Known, Report, budget_spent, run_deadline, save_failure, split_problem
-from .targets import Target
+from .common import (
+    STOP,
+    Known,
+    Report,
+    budget_spent,
+    liveness,
+    run_deadline,
+    save_failure,
+    settle_fds,
+    split_problem,
+)
+from .targets import Target, fd_count
 from .wire import Closed, Failure, RawConn, Transcript, attach_requests
 
 NAMES = [b"a", b"b", b"d1", b"d2", b"f"]
 CANARY = "fz-canary"
+DEEP, LEVEL, DEPTH = "dz", "z", 70
+"""A chain ``export/dz/z/z/...`` of DEPTH directories, a file ``leaf`` at its bottom: deeper
+than the server's containment check looks in one system call (32 levels), twice over."""
+OUTSIDE = "fz-out"
+"""Beside the export: where the agent moves the top of the chain, and back."""
+DEEP_FID, DEEP_FID2 = 30, 31
 SECRET = b"canary: nothing outside the export may be read, created or changed\n"
 
 # ------------------------------------------------------------------- inotify
@@ -159,6 +180,7 @@ class Agent:
         self.canaries = canaries
         self.rng = rng
         self.ops = 0
+        self.moved = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fuzz-agent", daemon=True)
 
@@ -185,7 +207,23 @@ class Agent:
         names = [os.fsdecode(n) for n in NAMES]
         self.rng.shuffle(names)
         links = self.links()
+        out = self.export.parent / OUTSIDE
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir()
         e = os.open(self.export, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            _remove(e, DEEP)
+            os.mkdir(DEEP, dir_fd=e)
+            d = os.open(DEEP, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=e)
+            for _ in range(DEPTH):
+                os.mkdir(LEVEL, dir_fd=d)
+                nd = os.open(LEVEL, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=d)
+                os.close(d)
+                d = nd
+            _write(d, "leaf", b"at the bottom\n")
+            os.close(d)
+        except OSError:
+            pass  # (a full tmpfs of the fault target: the chain is shorter)
         # (a name that stays, a mount point of the fault target, keeps what it is)
         for n in names:
             _remove(e, n)
@@ -211,7 +249,7 @@ class Agent:
         rng = self.rng
         a = os.fsdecode(rng.choice(NAMES))
         b = os.fsdecode(rng.choice(NAMES))
-        op = rng.randrange(8)
+        op = rng.randrange(9)
         e = os.open(self.export, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         try:
             if op == 0:
@@ -237,6 +275,8 @@ class Agent:
             elif op == 6:
                 with _dir(e, "d2") as d:
                     os.rename(a, "moved", src_dir_fd=e, dst_dir_fd=d)
+            elif op == 8:
+                self._move_chain(e)
             else:
                 os.rename(a, b, src_dir_fd=e, dst_dir_fd=e)
                 os.symlink(rng.choice(self.links()), a, dir_fd=e)
@@ -245,6 +285,20 @@ class Agent:
         finally:
             os.close(e)
         self.ops += 1
+
+    def _move_chain(self, e: int) -> None:
+        """Move the deep chain's top directory out of the export (``fz-out``, beside it), or
+        back: the clients' fids below it are then outside the tree, 70 levels down."""
+        out = os.open(self.export.parent / OUTSIDE, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            with _dir(e, DEEP) as d:
+                if self.moved:
+                    os.rename(LEVEL, LEVEL, src_dir_fd=out, dst_dir_fd=d)
+                else:
+                    os.rename(LEVEL, LEVEL, src_dir_fd=d, dst_dir_fd=out)
+                self.moved = not self.moved
+        finally:
+            os.close(out)
 
     def _run(self) -> None:
         while not self._stop.wait(self.rng.random() * 0.004):
@@ -322,6 +376,43 @@ def _survey(conn: RawConn) -> None:
         conn.rpc(M.Tlopen(tag=0, fid=fid, flags=0))
         conn.rpc(M.Tread(tag=0, fid=fid, offset=0, count=4096))
     conn.rpc(M.Tclunk(tag=0, fid=fid))
+    # the deep chain: DEEP_FID at its bottom, kept for the whole case (see _deep)
+    down = [DEEP.encode(), *[LEVEL.encode()] * DEPTH]
+    conn.rpc(M.Twalk(tag=0, fid=0, newfid=DEEP_FID, wnames=down[:16]))
+    for i in range(16, len(down), 16):
+        conn.rpc(M.Twalk(tag=0, fid=DEEP_FID, newfid=DEEP_FID, wnames=down[i:i + 16]))
+    conn.rpc(M.Twalk(tag=0, fid=DEEP_FID, newfid=DEEP_FID2, wnames=[b".."]))  # 70 levels up
+    conn.rpc(M.Tclunk(tag=0, fid=DEEP_FID2))
+
+
+def _deep(conn: RawConn, rng: random.Random, up: bool) -> None:
+    """One request on the fid at the bottom of the deep chain (``up``: ".." may be walked:
+    the server then looks for the attach root more than 32 levels up, and clamps the walk
+    there if the agent moved the chain out)."""
+    conn.rpc(M.Tclunk(tag=0, fid=DEEP_FID2))
+    op = rng.randrange(6 if up else 5)
+    if op == 0:
+        conn.rpc(M.Tgetattr(tag=0, fid=DEEP_FID, request_mask=0x3FFF))
+    elif op == 1:
+        conn.rpc(M.Twalk(tag=0, fid=DEEP_FID, newfid=DEEP_FID2, wnames=[]))
+        conn.rpc(M.Tlopen(tag=0, fid=DEEP_FID2, flags=0o200000))
+        conn.rpc(M.Treaddir(tag=0, fid=DEEP_FID2, offset=0, count=4096))
+    elif op == 2:
+        conn.rpc(M.Tmkdir(tag=0, dfid=DEEP_FID, name=b"m", mode=0o755, gid=0))
+        conn.rpc(M.Tunlinkat(tag=0, dirfid=DEEP_FID, name=b"m", flags=0x200))
+    elif op == 3:
+        conn.rpc(M.Twalk(tag=0, fid=DEEP_FID, newfid=DEEP_FID2, wnames=[b"leaf"]))
+        conn.rpc(M.Tlopen(tag=0, fid=DEEP_FID2, flags=0))
+        conn.rpc(M.Tread(tag=0, fid=DEEP_FID2, offset=0, count=64))
+    elif op == 4:
+        conn.rpc(M.Twalk(tag=0, fid=DEEP_FID, newfid=DEEP_FID2, wnames=[b"leaf"]))
+        conn.rpc(M.Trename(tag=0, fid=DEEP_FID2, dfid=DEEP_FID, name=b"leaf2"))
+        conn.rpc(M.Trenameat(tag=0, olddirfid=DEEP_FID, oldname=b"leaf2", newdirfid=DEEP_FID,
+                             newname=b"leaf"))
+    else:
+        conn.rpc(M.Twalk(tag=0, fid=DEEP_FID, newfid=DEEP_FID2,
+                         wnames=[b".."] * rng.choice((1, 2, 16))))
+        conn.rpc(M.Tgetattr(tag=0, fid=DEEP_FID2, request_mask=0x3FFF))
 
 
 def _client(
@@ -341,7 +432,7 @@ def _client(
     """
     try:
         try:
-            conn.handshake(65536)
+            conn.handshake(rng.choice((65536, 1 << 20)))  # 1 MiB: pooled big reads too
             uname = rng.choice((b"root", b"nobody", b""))
             n_uname = rng.choice((0, 0, 65534, 1000))
             for req in attach_requests(prefix, uname=uname, n_uname=n_uname):
@@ -361,10 +452,13 @@ def _client(
             path = [rng.choice(walk_names) for _ in range(rng.randrange(0, 3))]
             conn.rpc(M.Twalk(tag=0, fid=0, newfid=fid, wnames=path))
             name = rng.choice(NAMES)
-            op = rng.randrange(17)
-            if op == 0:
+            op = rng.randrange(18)
+            if op == 17:
+                _deep(conn, rng, up=not prefix)
+            elif op == 0:
                 conn.rpc(M.Tlopen(tag=0, fid=fid, flags=rng.choice((0, 2, 0o1002, 0o200000))))
-                count = rng.choice((64, 4096, 40000, 65000))  # 32 KiB+: the splice path
+                # 32 KiB+: the splice path; 1 MiB (clamped to msize): a pooled reply buffer
+                count = rng.choice((64, 4096, 40000, 65000, 1 << 20))
                 conn.rpc(M.Tread(tag=0, fid=fid, offset=rng.choice((0, 100)), count=count))
             elif op == 1:
                 conn.rpc(M.Tlopen(tag=0, fid=fid, flags=rng.choice((1, 2, 0o1001))))
@@ -464,12 +558,19 @@ def run_case(target: Target, seed: int, ops: int, *, timeout: float = 5.0) -> Ra
     out = RaceOutcome()
     if not target.per_connection_process:
         target.reset_export()
+        try:  # the warm-up before the fd baseline (caches the server fills on first use)
+            liveness(target, timeout=timeout, exercise=True)
+        except Failure as f:
+            out.problems.append(f"{f.kind}: {f.message}")
+            return out
     canaries = make_canaries(target)
     before = {c: _fingerprint(c) for c in canaries}
     watch = Watch([c for c in canaries] + [c / "sub" for c in canaries])
     rng = random.Random(seed)
     agent = Agent(target.export, canaries, random.Random(rng.randrange(1 << 30)))
     agent.setup()
+    pid = target.pid()
+    fd_base = fd_count(pid) if pid is not None else None
     links = []
     threads = []
     try:
@@ -512,6 +613,9 @@ def run_case(target: Target, seed: int, ops: int, *, timeout: float = 5.0) -> Ra
             link.sock.close()
         for link in links:
             out.problems += link.finish(10.0)
+        leak = settle_fds(target, fd_base) if links and target.alive() else None
+        if leak:
+            out.problems.append(leak)
         time.sleep(0.05)
         events = watch.events()
         watch.close()

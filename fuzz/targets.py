@@ -308,11 +308,15 @@ class InprocTarget(Target):
         readonly: bool = False,
         plant: str = "",
         file_root: bool = False,
+        fd_share: int = 0,
     ) -> None:
         self.max_msize = max_msize
         self.readonly = readonly
         self.plant = plant
         self.file_root = file_root
+        self.fd_share = fd_share
+        """Host fds each connection may hold (0: the server's default): a small share makes
+        the server reclaim idle fids' fds and reopen them on use (``--fd-share``)."""
         self._unplant: Any = None
         self._thread: threading.Thread | None = None
         self._token: Any = None
@@ -327,8 +331,8 @@ class InprocTarget(Target):
         self._tmp: Path | None = None
         self.point: Any = None
         self.count = 0
-        self.config: dict[str, Any] = {}
-        """More ServerConfig fields for every connection (:class:`FaultTarget`'s)."""
+        self.config: dict[str, Any] = {"fd_share": fd_share} if fd_share else {}
+        """More ServerConfig fields for every connection (``fd_share``; :class:`FaultTarget`'s)."""
 
     def start(self) -> None:
         if self._thread is not None:
@@ -482,17 +486,20 @@ class FaultTarget(InprocTarget):
     Beside the faults, every connection has an id map (:data:`IDMAP`: guest root is host
     root, guest 1000.. are host 2000.., every other id unmapped) and a small fd share
     (:data:`FD_SHARE`: idle fids' fds are reclaimed and revived); as root, in a mount
-    namespace of this process's own (the mounts go with it), the export's ``d1`` and
-    ``fz-dir`` (names the race and frame fuzzers use) are tmpfs mount points, after
-    :data:`OVERFLOW_MOUNTS` other tmpfs mounts were met, so their files' qids take the
-    overflow path of a 256th device.
+    namespace of this process's own (the mounts go with it), the export's ``d1``,
+    ``fz-dir`` and ``d2`` (names the race and frame fuzzers use) are tmpfs mount points,
+    ``d2`` read-only, after :data:`OVERFLOW_MOUNTS` other tmpfs mounts were met, so their
+    files' qids take the overflow path of a 256th device.
     """
 
     name = "fault"
 
     IDMAP = {"uids": [(0, 0, 1), (1000, 2000, 100)], "gids": [(0, 0, 1), (1000, 3000, 100)]}
     FD_SHARE = 40
-    MOUNTED = ("d1", "fz-dir")
+    MOUNTED = ("d1", "fz-dir", "d2")
+    READ_ONLY = ("d2",)
+    """Of :data:`MOUNTED`, the read-only mounts (a sandbox's read-only bind mount inside a
+    read-write export: a mode, owner or time change on them fails in the kernel, EROFS)."""
     OVERFLOW_MOUNTS = 255
 
     def __init__(self, *, seed: int = 1, rate: float | None = None, **kwargs: Any) -> None:
@@ -516,7 +523,8 @@ class FaultTarget(InprocTarget):
             return
         from gofer9p.attach import IdMap
 
-        self.config = {"idmap": IdMap(**self.IDMAP), "fd_share": self.FD_SHARE}  # type: ignore[arg-type]
+        self.config = {"idmap": IdMap(**self.IDMAP),  # type: ignore[arg-type]
+                       "fd_share": self.fd_share or self.FD_SHARE}
         # (before the server's threads start: they share the namespace of the thread that
         # starts them)
         private = os.geteuid() == 0 and not self.file_root and _private_mounts()
@@ -536,7 +544,7 @@ class FaultTarget(InprocTarget):
         wanted = [*others, *(self.export / n for n in self.MOUNTED)]
         for p in wanted:
             p.mkdir()
-            if not _mount_tmpfs(p):
+            if not _mount_tmpfs(p, read_only=p.name in self.READ_ONLY and p.parent == self.export):
                 break
             self.mounts.append(p)
         # the server meets every other device first (as a walk onto it would), so the
@@ -562,7 +570,10 @@ class FaultTarget(InprocTarget):
     def reset_export(self) -> None:
         super().reset_export()
         for p in self.mounts:
-            os.chmod(p, 0o755)  # (a mount point's own mode survives the reset's removal)
+            try:
+                os.chmod(p, 0o755)  # (a mount point's own mode survives the reset's removal)
+            except OSError:
+                pass  # (a read-only one)
 
     def open(self) -> Link:
         link = super().open()
@@ -620,12 +631,12 @@ def _private_mounts() -> bool:
     return _own_mount_ns[0]
 
 
-def _mount_tmpfs(path: Path) -> bool:
+def _mount_tmpfs(path: Path, read_only: bool = False) -> bool:
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
-    return bool(libc.mount(b"gofer9p-fuzz", os.fsencode(path), b"tmpfs", 0,
-                           b"size=4m,nr_inodes=4096,mode=0755") == 0)
+    return bool(libc.mount(b"gofer9p-fuzz", os.fsencode(path), b"tmpfs", 1 if read_only else 0,
+                           b"size=4m,nr_inodes=4096,mode=0755") == 0)  # (1: MS_RDONLY)
 
 
 def _umount(path: Path) -> None:
@@ -713,8 +724,20 @@ class _LogScanner:
         return out
 
 
+def _shell_fd_limit() -> None:
+    """In a spawned server, before it runs: the soft fd limit a login shell gives (1024), which
+    the server raises itself (``server.raise_fd_limit``), as it does when a person starts it."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft > 1024:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+
+
 class ServeTarget(Target):
-    """``gofer9p serve DIR --listen unix:SOCK`` spawned once, many connections."""
+    """``gofer9p serve DIR --listen unix:SOCK`` spawned once, many connections (started as from
+    a login shell: umask 022, soft fd limit 1024, which it raises).  ``record``: with ``--record`` (every
+    connection's frames written to ``session.pcap`` in the target's directory; splicing off)."""
 
     name = "serve"
 
@@ -725,11 +748,13 @@ class ServeTarget(Target):
         readonly: bool = False,
         plant: str = "",
         file_root: bool = False,
+        record: bool = False,
     ) -> None:
         self.max_msize = max_msize
         self.readonly = readonly
         self.plant = plant
         self.file_root = file_root
+        self.record = record
         self.proc: subprocess.Popen[bytes] | None = None
         self._tmp: Path | None = None
         self.sock_path: Path | None = None
@@ -758,16 +783,19 @@ class ServeTarget(Target):
         ]
         if self.readonly:
             cmd.append("--read-only")
+        if self.record:
+            cmd += ["--record", str(self._tmp / "session.pcap")]
         with open(self.log_path, "ab") as log:
-            # umask 0 like the daemon (confine.py): the client sends full modes, and the
-            # stateful model expects them on the host
+            # a login shell's umask (022): the client sends full modes and the server must
+            # give new files exactly those whatever its umask (the stateful model checks)
             self.proc = subprocess.Popen(
                 cmd,
                 env=_env(self.plant),
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
                 stderr=log,
-                umask=0,
+                umask=0o022,
+                preexec_fn=_shell_fd_limit,
             )
         _limit(self.proc.pid)
         self._reported_death = False
@@ -1286,7 +1314,14 @@ ATTACH = ("rw", "ro", "panic", "file")
 
 
 def make_target(
-    spec: str, *, max_msize: int = 1 << 20, plant: str = "", attach: str = "rw", seed: int = 1
+    spec: str,
+    *,
+    max_msize: int = 1 << 20,
+    plant: str = "",
+    attach: str = "rw",
+    seed: int = 1,
+    fd_share: int = 0,
+    record: bool = False,
 ) -> Target:
     """``inproc`` | ``serve`` | ``serve-fd`` | ``daemon`` | ``fault[:SEED[:RATE]]`` |
     ``unix:PATH``.
@@ -1297,7 +1332,10 @@ def make_target(
     ``attach``: ``rw`` (default), ``ro`` (a read-only attach point: every mutating request must
     get EROFS), ``panic`` (daemon only: ``--panic-on-write``, the daemon exits 70 on the first
     mutating request) or ``file`` (a regular file is the attach point; not the daemon).
-    ``plant`` names test-only defects (gofer9p.testing.plant).
+    ``plant`` names test-only defects (gofer9p.testing.plant).  ``fd_share`` (in-process
+    targets only): the host fds each connection may hold, so that a small one makes the server
+    reclaim and reopen idle fids' fds all the time.  ``record`` (serve only): the server records
+    its connections (``--record``).
     """
     if attach not in ATTACH:
         raise ValueError(f"--attach must be one of {', '.join(ATTACH)}, not {attach!r}")
@@ -1306,6 +1344,10 @@ def make_target(
         raise ValueError("--attach panic needs --target daemon (it ends the server process)")
     if attach == "file" and spec not in ("inproc", "serve", "serve-fd"):
         raise ValueError("--attach file needs --target inproc, serve or serve-fd")
+    if fd_share and spec != "inproc" and spec.split(":")[0] != "fault":
+        raise ValueError("--fd-share needs an in-process target (inproc or fault)")
+    if record and spec != "serve":
+        raise ValueError("--record needs --target serve")
     if spec == "fault" or spec.startswith("fault:"):
         parts = spec.split(":")
         if len(parts) > 3:
@@ -1313,13 +1355,15 @@ def make_target(
         return FaultTarget(
             seed=int(parts[1]) if len(parts) > 1 else seed,
             rate=float(parts[2]) if len(parts) > 2 else None,
-            max_msize=max_msize, readonly=ro, plant=plant,
+            max_msize=max_msize, readonly=ro, plant=plant, fd_share=fd_share,
         )
-    kinds: dict[str, type[InprocTarget] | type[ServeTarget] | type[ServeFdTarget]] = {
-        "inproc": InprocTarget,
-        "serve": ServeTarget,
-        "serve-fd": ServeFdTarget,
-    }
+    kinds: dict[str, type[ServeFdTarget]] = {"serve-fd": ServeFdTarget}
+    if spec == "inproc":
+        return InprocTarget(max_msize=max_msize, readonly=ro, plant=plant,
+                            file_root=attach == "file", fd_share=fd_share)
+    if spec == "serve":
+        return ServeTarget(max_msize=max_msize, readonly=ro, plant=plant,
+                           file_root=attach == "file", record=record)
     if spec in kinds:
         return kinds[spec](
             max_msize=max_msize, readonly=ro, plant=plant, file_root=attach == "file"

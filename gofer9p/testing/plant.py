@@ -14,6 +14,9 @@ the defects (comma-separated) for the ``-m`` entry point:
   whitelist (the confined daemon target must report the SIGSYS and the request behind it);
 * ``crash``: a Tstatfs raises an unexpected exception (an internal error: the log oracle and
   the crash bucketing must fire);
+* ``deepleak``: the attach root's containment check leaves one fd open whenever it looks at a
+  directory more than 64 levels below ``/`` (the fd oracle of the race fuzzer, whose clients
+  work at the bottom of a 70-level chain, must fire);
 * ``stall``: a Tstatfs blocks the event loop for ``STALL_S`` seconds (the latency oracle: another
   connection's round trips must stay within their deadline).
 
@@ -120,6 +123,27 @@ def _statfs(patch: Callable[[Any, str, Any], None], kind: str) -> None:
     patch(Session, "statfs", bad_statfs)
 
 
+DEEP_LEVELS = 64
+
+
+def _deepleak(patch: Callable[[Any, str, Any], None]) -> None:
+    from gofer9p.attach._paths import Paths
+
+    inside = Paths.__dict__["_inside"]
+    up = b"/".join([b".."] * DEEP_LEVELS)
+
+    def leaky(self: Any, dfd: int, dev: int = 0, ino: int = -1) -> bool:
+        try:
+            far, top = os.stat(up, dir_fd=dfd), os.stat(up + b"/..", dir_fd=dfd)
+            if (far.st_dev, far.st_ino) != (top.st_dev, top.st_ino):  # not at "/" yet
+                KEPT_FDS.append(os.open(up, os.O_PATH | os.O_CLOEXEC, dir_fd=dfd))
+        except OSError:
+            pass
+        return bool(inside(self, dfd, dev, ino))
+
+    patch(Paths, "_inside", leaky)
+
+
 def apply(names: Iterable[str]) -> Callable[[], None]:
     """Plant the named defects in this process; return a function that removes them."""
     undo: list[Callable[[], None]] = []
@@ -139,6 +163,8 @@ def apply(names: Iterable[str]) -> Callable[[], None]:
             _fdleak(patch)
         elif name == "follow":
             _follow(patch)
+        elif name == "deepleak":
+            _deepleak(patch)
         elif name in ("syscall", "crash", "stall"):
             _statfs(patch, name)
         else:

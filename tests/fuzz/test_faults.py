@@ -82,6 +82,8 @@ def test_fault_target_mounts_a_256th_device_and_cleans_up() -> None:
     with t:
         assert [p.name for p in t.mounts] == list(FaultTarget.MOUNTED)
         assert all(os.path.ismount(p) for p in t.mounts)
+        ro = [p.name for p in t.mounts if os.statvfs(p).f_flag & os.ST_RDONLY]
+        assert ro == list(FaultTarget.READ_ONLY)
         tmp = t.export.parent if t.export is not None else None
     assert tmp is not None and not tmp.exists()
 
