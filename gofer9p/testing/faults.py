@@ -12,9 +12,10 @@ send, receive and option calls on a connection's socket.
 Which calls fail is a function of the request being handled, not of time or of call order
 across connections: a call fails when a hash of (the schedule's seed, the request's frame
 bytes salted with the connection's Tversion frame, the call's name, how many calls of that
-name the request made before) falls under the rate.  So replaying the same frames fails the
-same calls, and minimizing a finding keeps its faults.  Calls made outside a request (opening the attach point, a connection's start)
-never fail.  A request is marked by a subclass of the connection core whose dispatch-table
+name the request made before, not counting calls that found the socket not ready) falls
+under the rate.  So replaying the same frames fails the same calls, and minimizing a finding
+keeps its faults.  Calls made outside a request (opening the attach point, a connection's
+start) never fail.  A request is marked by a subclass of the connection core whose dispatch-table
 entries set a context variable (a request's worker thread and the sends after it see it too).
 
 Nothing in the release code imports this module, and there is no flag, option or environment
@@ -121,6 +122,16 @@ class Schedule:
             return 0
         return errnos[h[7] % len(errnos)]
 
+    def uncount(self, name: str) -> None:
+        """The last call of ``name`` did not happen as far as the schedule goes: it found
+        the socket not ready (a real EAGAIN).  How many of those a request meets is a
+        matter of timing (whether the client's next frame or the room to send had arrived
+        yet, whether the poll window spun), so counting them would make the schedule a
+        function of time: the same frames would fail different calls on a replay."""
+        req = _REQUEST.get()
+        if req is not None and self.rate > 0:
+            req.counts[name] -= 1
+
     def count(self, name: str) -> None:
         """One more call of ``name`` failed."""
         with self._mu:
@@ -134,7 +145,11 @@ def _faulty(schedule: Schedule, name: str, fn: Callable[..., Any],
     def call(*args: Any, **kwargs: Any) -> Any:
         err = schedule.errno_for(name, errnos, scale)
         if not err:
-            return fn(*args, **kwargs)
+            try:
+                return fn(*args, **kwargs)
+            except BlockingIOError:
+                schedule.uncount(name)  # (not ready: timing, not the request; see uncount)
+                raise
         if after:
             # Only the close of a file open for writing reports an error (a write-back
             # failure on NFS or FUSE); Linux never fails the close of an O_PATH fd, a
