@@ -10,6 +10,12 @@ come from the guest's /proc/uptime (10 ms resolution), so the host's load betwee
 only moves them through the guest's own speed.  Slow under TCG (minutes per boot):
 
     python benchmarks/guest_workload.py [--cache none,loose] [--runs 2] [--copies 4] [--rounds 1]
+        [--gofer NAME=PATH ...]
+
+``--gofer NAME=PATH`` (repeatable) serves with the gofer9p found at PATH (a checkout: the
+pure build; a ``pip install --target`` directory of a wheel built with a compiler: the
+compiled build, which is what ``pip install`` gives on such a machine), each booted in turn
+beside diod; the default is this checkout (pure).
 
 Not a test and not run by CI (issue #17's guest workload); prints one table per cache mode
 with the median per phase and each server's ratio to diod (>1: gofer9p faster).
@@ -144,8 +150,19 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=2, help="workload runs per boot")
     ap.add_argument("--copies", type=int, default=4, help="copies of the source tree in the tarball")
     ap.add_argument("--rounds", type=int, default=1, help="boots per server and cache mode (alternating)")
-    ap.add_argument("--gofer-path", type=Path, default=REPO, help="the gofer9p tree to serve with")
+    ap.add_argument("--gofer-path", type=Path, default=None,
+                    help="the gofer9p tree to serve with (same as --gofer gofer9p=PATH)")
+    ap.add_argument("--gofer", action="append", default=[], metavar="NAME=PATH",
+                    help="a gofer9p tree or install directory to serve with (repeatable)")
     a = ap.parse_args()
+    gofers: list[servers.Server] = []
+    for spec in a.gofer:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or name == "diod":
+            ap.error(f"--gofer wants NAME=PATH (NAME not diod), got {spec!r}")
+        gofers.append(_Gofer(name, path=Path(path).resolve()))
+    if a.gofer_path is not None or not gofers:
+        gofers.insert(0, _Gofer("gofer9p", path=(a.gofer_path or REPO).resolve()))
     reason = guestvm.unavailable_reason()
     kernel = guestvm.find_kernel()
     if reason or kernel is None:
@@ -156,7 +173,7 @@ def main() -> int:
         print(diod.unavailable(), file=sys.stderr)
         return 2
     tar = source_tar(a.copies)
-    order: list[servers.Server] = [_Gofer("gofer9p", path=a.gofer_path), diod]
+    order: list[servers.Server] = [*gofers, diod]
     base = Path(tempfile.mkdtemp(prefix="gofer9p-guestbench-"))
     try:
         for cache in a.cache.split(","):
@@ -169,12 +186,17 @@ def main() -> int:
                         got[s.name][p] += res[p]
                     print(f"# {s.name} cache={cache} round {r}: {time.monotonic() - t0:.0f} s, "
                           + ", ".join(f"{p} {res[p]}" for p in PHASES), flush=True)
+            names = [g.name for g in gofers]
             print(f"\ncache={cache}, {a.copies} copies of {REPO.name}'s tracked files, "
-                  f"{a.runs} runs x {a.rounds} boots each (median s; gofer9p/diod: diod's time / ours)")
-            print("| phase | gofer9p | diod | ratio |\n|---|---:|---:|---:|")
+                  f"{a.runs} runs x {a.rounds} boots each (median s; ratio: diod's time / ours)")
+            print("| phase | " + " | ".join(names) + " | diod | "
+                  + " | ".join(f"{n} ratio" for n in names) + " |")
+            print("|---|" + "---:|" * (2 * len(names) + 1))
             for p in PHASES:
-                g, d = statistics.median(got["gofer9p"][p]), statistics.median(got["diod"][p])
-                print(f"| {p} | {g:.2f} | {d:.2f} | {d / g:.2f}x |")
+                d = statistics.median(got["diod"][p])
+                g = [statistics.median(got[n][p]) for n in names]
+                print(f"| {p} | " + " | ".join(f"{x:.2f}" for x in g) + f" | {d:.2f} | "
+                      + " | ".join(f"{d / x:.2f}x" for x in g) + " |")
             print(flush=True)
     finally:
         shutil.rmtree(base, ignore_errors=True)
