@@ -100,7 +100,9 @@ class _Gofer(servers.GoferServe):
         for i, (s, m) in enumerate(zip(socks, mounts, strict=True)):
             fd = s.fileno()
             argv = [sys.executable, "-m", "gofer9p", "serve", "--fd", str(fd), str(m.export)]
-            env = dict(os.environ, PYTHONPATH=str(self.path))
+            # PYTHONSAFEPATH: ``-m`` would put the cwd first on sys.path, and from a
+            # checkout's root that is the checkout's own (pure) gofer9p, whatever PATH says
+            env = dict(os.environ, PYTHONPATH=str(self.path), PYTHONSAFEPATH="1")
             procs.append(guestvm.spawn_with_fd(argv, [fd], workdir / f"server{i}.log", env=env))
         return procs
 
