@@ -159,3 +159,33 @@ def test_treads_of_a_fifo_go_to_a_worker_thread(peer: Peer, root: Path, count: i
         assert os.read(w, 10) == b"fifo"  # still there: not read inline
     finally:
         os.close(w)
+
+
+def test_tlopen_without_trunc_makes_no_message(peer: Peer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Tlopen without O_TRUNC is opened inline by its entry (the backend's open, no
+    message decoded or encoded): the session's general handler is never called, and its
+    Rlopen is the one the general path encodes.  With O_TRUNC it is a Background
+    request for a worker thread, as before; a malformed frame is EINVAL."""
+    core = peer.core
+    general = core.session.handlers[C.MsgType.TLOPEN]
+
+    def refuse(m: M.Message) -> M.Message:
+        raise AssertionError("the general Tlopen handler was called")
+
+    monkeypatch.setitem(core.session.handlers, C.MsgType.TLOPEN, refuse)
+    core.table = core._build_table()
+    assert isinstance(peer.call(M.Twalk(tag=2, fid=1, newfid=2, wnames=[b"f"])), M.Rwalk)
+    r = peer.call(M.Tlopen(tag=3, fid=2, flags=C.L_O_RDONLY))
+    assert isinstance(r, M.Rlopen) and r.iounit == 0
+    assert isinstance(peer.call(M.Tlopen(tag=4, fid=2, flags=C.L_O_RDONLY)), M.Rlerror)
+    monkeypatch.setitem(core.session.handlers, C.MsgType.TLOPEN, general)
+    core.table = core._build_table()
+    assert isinstance(peer.call(M.Twalk(tag=2, fid=1, newfid=3, wnames=[b"f"])), M.Rwalk)
+    assert peer.call(M.Tlopen(tag=5, fid=3, flags=C.L_O_RDONLY)) == M.Rlopen(5, r.qid, 0)
+    assert isinstance(peer.call(M.Twalk(tag=2, fid=1, newfid=4, wnames=[b"f"])), M.Rwalk)
+    act = peer.feed(encode(M.Tlopen(tag=6, fid=4, flags=C.L_O_WRONLY | C.L_O_TRUNC)))
+    assert isinstance(act, Background) and act.handler is general
+    bad = encode(M.Tlopen(tag=7, fid=4, flags=0)) + b"x"
+    peer.feed(len(bad).to_bytes(4, "little") + bad[4:])
+    (e,) = peer.replies()
+    assert isinstance(e, M.Rlerror) and e.ecode == errno.EINVAL
