@@ -33,7 +33,7 @@ With ``--tree NAME=PATH`` (repeatable) each tree runs in its own subprocess with
 PYTHONPATH=PATH, alternating over ``--runs`` rounds, and the median per tree is printed:
 
     python benchmarks/cpu_per_request.py --tree base=/work/base --tree tree=. --runs 5
-    python benchmarks/cpu_per_request.py --tree base=/work/base --tree tree=. --calls [--opcodes]
+    python benchmarks/cpu_per_request.py --tree base=/work/base --tree tree=. --calls [--opcodes] [--own]
     python benchmarks/cpu_per_request.py --tree off=. --tree-mapped on=. getattr
 
 ``--tree-mapped NAME=PATH`` runs that tree with an id map (``--map-ids``: uids and gids
@@ -66,6 +66,19 @@ OPCODES = False
 """``--opcodes``: with ``--calls``, count the bytecodes the server thread executes instead of
 its calls (``sys.settrace`` opcode events; per function with ``--by-function``): the Python
 work itself, which a call count weighs equally whatever the function does."""
+OWN = False
+"""``--own``: with ``--calls``, count the requests' own work, not trio's scheduler (trio,
+outcome), the quiet wait (``_quietwait``) or the statistics (``stats``: latency samples
+folded in by time), whose share depends on how the two threads' timing falls (whether a
+wait finds the next request already there): exact from run to run.  What the handlers call
+in other libraries (ctypes, attrs' generated methods) is counted."""
+_NOT_OWN = ("trio", "outcome", "/_quietwait.py", "/gofer9p/stats.py", "/contextlib.py", "/enum.py")
+
+
+def _own(code: Any) -> bool:
+    """Whether ``code`` is counted with ``--own``."""
+    f = code.co_filename
+    return not any(p in f for p in _NOT_OWN)
 WORKLOADS = ("getattr", "read4k", "create", "remove", "lookup", "cat", "listdir")
 TREE_FILES = 100
 """Files in ``tree/``, the directory lookup, cat and listdir work in."""
@@ -250,6 +263,8 @@ def run_one(workload: str, n: int, calls: bool, poll_us: int, mapped: bool = Fal
         start = [0]
 
         def prof(frame: Any, event: str, arg: Any) -> None:
+            if OWN and not _own(frame.f_code):
+                return
             if event == "call" or event == "c_call":
                 count[0] += 1
                 if BY is not None:
@@ -261,7 +276,7 @@ def run_one(workload: str, n: int, calls: bool, poll_us: int, mapped: bool = Fal
 
         def ops(frame: Any, event: str, arg: Any) -> Any:
             frame.f_trace_opcodes = True
-            if event == "opcode":
+            if event == "opcode" and (not OWN or _own(frame.f_code)):
                 count[0] += 1
                 if BY is not None:
                     key = f"{frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.f_code.co_name}"
@@ -329,6 +344,8 @@ def _drive(
                     cmd.append("--calls")
                 if OPCODES:
                     cmd.append("--opcodes")
+                if OWN:
+                    cmd.append("--own")
                 if name in mapped:
                     cmd.append("--map-ids")
                 out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
@@ -354,6 +371,7 @@ def main() -> None:
     ap.add_argument("--calls", action="store_true", help="count Python calls instead of CPU time")
     ap.add_argument("--by-function", action="store_true", help="with --calls, one tree: calls per function")
     ap.add_argument("--opcodes", action="store_true", help="with --calls: bytecodes executed, not calls")
+    ap.add_argument("--own", action="store_true", help="with --calls: in gofer9p's code only (OWN)")
     ap.add_argument("--tree", action="append", default=[], metavar="NAME=PATH")
     ap.add_argument("--tree-mapped", action="append", default=[], metavar="NAME=PATH",
                     help="a tree run with --map-ids")
@@ -368,10 +386,11 @@ def main() -> None:
     a.workload = a.workload or list(WORKLOADS)
     if set(a.workload) - set(WORKLOADS):
         ap.error(f"workloads are {WORKLOADS}")
-    global BY, OPCODES
+    global BY, OPCODES, OWN
     if a.by_function:
         BY = {}
     OPCODES = a.opcodes
+    OWN = a.own
     if a.tree or a.tree_mapped:
         trees = [tuple(t.split("=", 1)) for t in a.tree + a.tree_mapped]
         mapped = frozenset(t.split("=", 1)[0] for t in a.tree_mapped)
