@@ -189,3 +189,45 @@ def test_tlopen_without_trunc_makes_no_message(peer: Peer, monkeypatch: pytest.M
     peer.feed(len(bad).to_bytes(4, "little") + bad[4:])
     (e,) = peer.replies()
     assert isinstance(e, M.Rlerror) and e.ecode == errno.EINVAL
+
+
+def test_clunk_of_an_unused_fid_is_one_section(point: AttachPoint, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Tclunk of a fid no request is using lets it go in the section that takes it out
+    of the table (no ``_take``, no ``_put``): its fd is closed and its charge given back."""
+    be = Backend(point)
+    be.attach(ROOT, 0, b"")
+    base_fds, base_charged = _open_fds(), be.fds_charged()
+    be.walk(ROOT, 1, [b"f"])
+    assert _open_fds() == base_fds + 1
+    for name in ("_take", "_put"):
+        monkeypatch.setattr(be, name, lambda *a, name=name: pytest.fail(f"{name} called"))
+    be.clunk(1)
+    monkeypatch.undo()
+    assert _open_fds() == base_fds and be.fds_charged() == base_charged
+    assert _errno(be.clunk, 1) == errno.EBADF
+    be.close()
+
+
+def test_clunk_of_a_fid_in_use_closes_at_the_last_reference(point: AttachPoint) -> None:
+    """A fid an in-flight request holds is out of the table at its Tclunk, but its fds
+    are closed only when that request drops its reference; an xattrcreate fid's clunk
+    still commits the value."""
+    be = Backend(point)
+    be.attach(ROOT, 0, b"")
+    be.walk(ROOT, 3, [b"f"])
+    be.open(3, C.L_O_RDONLY)  # the point caches a mount fd for re-opens (kept)
+    be.clunk(3)
+    base_fds, base_charged = _open_fds(), be.fds_charged()
+    be.walk(ROOT, 1, [b"f"])
+    f = be._ref(1)  # (a worker thread's request, in a real server)
+    be.clunk(1)
+    assert be.fid_count() == 1 and _open_fds() == base_fds + 1
+    be._put(f)
+    assert _open_fds() == base_fds and be.fds_charged() == base_charged
+    be.walk(ROOT, 2, [b"f"])
+    be.xattrcreate(2, b"user.k", 3, 0)
+    assert be.write(2, 0, b"abc", True) == 3
+    be.clunk(2)
+    assert os.getxattr(point.path + "/f", "user.k") == b"abc"
+    assert _open_fds() == base_fds and be.fds_charged() == base_charged
+    be.close()
