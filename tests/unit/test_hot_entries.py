@@ -231,3 +231,31 @@ def test_clunk_of_a_fid_in_use_closes_at_the_last_reference(point: AttachPoint) 
     assert os.getxattr(point.path + "/f", "user.k") == b"abc"
     assert _open_fds() == base_fds and be.fds_charged() == base_charged
     be.close()
+
+
+def test_syscall_buffers_need_no_create_string_buffer(
+    point: AttachPoint, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file handle of a Tlopen's re-open, a birth time and a file system's magic are
+    read into buffers of array types made once (no ``create_string_buffer`` call each),
+    and give what they gave (the reads of the first lines, and an open by handle)."""
+    from gofer9p.attach import _sys
+
+    fd = os.open(root / "f", os.O_PATH)
+    try:
+        before = _sys.file_handle(fd)
+        birth, magic = _sys.birth_time(fd), _sys.fs_magic(fd)
+        monkeypatch.setattr(
+            _sys.ctypes, "create_string_buffer", lambda *a: pytest.fail("create_string_buffer"))
+        h, mount_id = _sys.file_handle(fd)
+        assert bytes(h) == bytes(before[0]) and mount_id == before[1]
+        assert _sys.birth_time(fd) == birth and _sys.fs_magic(fd) == magic
+        be = Backend(point)
+        be.attach(ROOT, 0, b"")
+        be.walk(ROOT, 1, [b"f"])
+        be.open(1, C.L_O_RDONLY)
+        buf = bytearray(5)
+        assert be.read(1, 0, memoryview(buf)) == 5 and buf == b"hello"
+        be.close()
+    finally:
+        os.close(fd)
