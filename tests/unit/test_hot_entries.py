@@ -259,3 +259,89 @@ def test_syscall_buffers_need_no_create_string_buffer(
         be.close()
     finally:
         os.close(fd)
+
+
+def test_open_takes_its_reference_and_charge_in_one_section(
+    point: AttachPoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Tlopen of a fid in the table with room in the share takes its reference and fd
+    charge in one lock section and gives the reference back with the fid's update (no
+    ``_ref``, ``_charge_fid`` or ``_put``), for a file and a directory alike."""
+    be = Backend(point)
+    be.attach(ROOT, 0, b"")
+    be.walk(ROOT, 1, [b"f"])
+    be.walk(ROOT, 2, [b"d"])
+    charged = be.fds_charged()
+    for name in ("_ref", "_charge_fid", "_put"):
+        monkeypatch.setattr(be, name, lambda *a, name=name: pytest.fail(f"{name} called"))
+    assert be.open(1, C.L_O_RDONLY).type == 0
+    assert be.open(2, C.L_O_RDONLY | C.L_O_DIRECTORY).type == 0x80
+    monkeypatch.undo()
+    assert be.fds_charged() == charged + 2 and be._fids[1].refs == be._fids[2].refs == 0
+    buf = bytearray(5)
+    assert be.read(1, 0, memoryview(buf)) == 5 and buf == b"hello"
+    be.close()
+    assert be.fds_charged() == 0
+
+
+def test_open_errors_take_no_charge(point: AttachPoint) -> None:
+    """The cases the one-section path leaves to the general one answer what they
+    answered and charge nothing: an unknown fid, an opened fid, an xattr fid, a
+    directory opened to write; and a fid whose fds were reclaimed is reopened, then
+    opened."""
+    be = Backend(point, fd_share=64)
+    be.attach(ROOT, 0, b"")
+    be.walk(ROOT, 1, [b"f"])
+    be.open(1, C.L_O_RDONLY)
+    be.walk(ROOT, 2, [b"d"])
+    be.xattrwalk(ROOT, 3, b"")
+    charged = be.fds_charged()
+    assert _errno(be.open, 99, C.L_O_RDONLY) == errno.EBADF
+    assert _errno(be.open, 1, C.L_O_RDONLY) == errno.EINVAL
+    assert _errno(be.open, 3, C.L_O_RDONLY) == errno.EINVAL
+    assert _errno(be.open, 2, C.L_O_WRONLY) == errno.EISDIR
+    assert _errno(be.open, 2, C.L_O_RDONLY | C.L_O_TRUNC) == errno.EISDIR
+    assert be.fds_charged() == charged and all(f.refs == 0 for f in be._fids.values())
+    be.walk(ROOT, 4, [b"f"])
+    with be._lock:  # reclaim fid 4's fds as a full share would
+        f = be._fids[4]
+        be._holders.pop(f)
+        fds = be._idle(f, 0)
+    for fd in fds:
+        os.close(fd)
+    assert f.idle
+    be.open(4, C.L_O_RDONLY)  # the general path reopens it
+    buf = bytearray(5)
+    assert not f.idle and be.read(4, 0, memoryview(buf)) == 5 and buf == b"hello"
+    be.close()
+    assert be.fds_charged() == 0
+
+
+def test_open_of_a_fid_clunked_meanwhile_lets_it_go(
+    point: AttachPoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tlopen's reference is the last of its fid when a clunk took the fid out of the
+    table while the file was being opened: the update's lock section hands it to
+    ``_put``, which closes the open fd with the fid's and gives back their charge."""
+    from gofer9p.attach import _reopen
+
+    be = Backend(point)
+    be.attach(ROOT, 0, b"")
+    be.walk(ROOT, 3, [b"f"])
+    be.open(3, C.L_O_RDONLY)  # the point caches a mount fd for re-opens (kept)
+    be.clunk(3)
+    base_fds, base_charged = _open_fds(), be.fds_charged()
+    be.walk(ROOT, 1, [b"f"])
+    real = _reopen.Reopen._reopen
+
+    def reopen_and_clunk(self, f, hflags):  # type: ignore[no-untyped-def]
+        fd = real(self, f, hflags)
+        be.clunk(1)  # (another thread's Tclunk, in a real server)
+        return fd
+
+    monkeypatch.setattr(_reopen.Reopen, "_reopen", reopen_and_clunk)
+    assert be.open(1, C.L_O_RDONLY).type == 0
+    monkeypatch.undo()
+    assert _errno(be.clunk, 1) == errno.EBADF
+    assert _open_fds() == base_fds and be.fds_charged() == base_charged
+    be.close()
