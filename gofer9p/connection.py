@@ -37,7 +37,7 @@ handler runs), calls the session and encodes.  The guards (state, duplicate tag)
 are checked once per frame, in :meth:`ConnectionCore.receive` (what fails them
 goes to :meth:`ConnectionCore.handle`).  The commonest requests (Tgetattr,
 Tclunk, Tremove, a Twalk clone or of one name, Tlcreate, a Tlopen that does not
-truncate, Tread, a Twrite to a regular file) have entries that unpack and pack
+truncate, Tread, Treaddir, a Twrite to a regular file) have entries that unpack and pack
 the codec's fixed layouts with no message objects; the other cases of Twalk,
 Tlcreate, Tlopen and Twrite (and every malformed frame of theirs) fall through
 to the general decoder inside the same entry, so one path answers each message.
@@ -94,6 +94,7 @@ _R_REMOVE = int(T.RREMOVE)
 _R_WALK = int(T.RWALK)
 _R_LCREATE = int(T.RLCREATE)
 _R_LOPEN = int(T.RLOPEN)
+_R_READDIR = int(T.RREADDIR)
 _L_O_TRUNC = C.L_O_TRUNC
 _R_WRITE = int(T.RWRITE)
 _R_READ = int(T.RREAD)
@@ -452,6 +453,7 @@ class ConnectionCore:
         table[T.TLOPEN] = self._lopen_entry(DECODERS[T.TLOPEN], s.handlers[T.TLOPEN])
         table[T.TWRITE] = self._write_entry(DECODERS[T.TWRITE], s.handlers[T.TWRITE])
         table[T.TREAD] = self._read
+        table[T.TREADDIR] = self._readdir
         table[T.TFLUSH] = self._flush_entry(DECODERS[T.TFLUSH])
         if self.point.readonly:
             for t, policy in POLICY.items():
@@ -537,6 +539,14 @@ class ConnectionCore:
             raise ProtocolError("Tclunk", "size", f"frame of {len(frame)} bytes, expected 11")
         self.session.clunk_fid(FID_BODY.unpack_from(frame, 7)[0])
         return HEADER.pack(7, _R_CLUNK, tag)
+
+    def _readdir(self, tag: int, frame: memoryview) -> bytes:
+        if len(frame) != 23:
+            raise ProtocolError("Treaddir", "size", f"frame of {len(frame)} bytes, expected 23")
+        fid, offset, count = TIO_HEAD.unpack_from(frame, 7)
+        data = self.session.read_dir(fid, offset, count)
+        n = len(data)
+        return HEADER_U32.pack(11 + n, _R_READDIR, tag, n) + data
 
     def _remove(self, tag: int, frame: memoryview) -> bytes:
         if len(frame) != 11:

@@ -345,3 +345,42 @@ def test_open_of_a_fid_clunked_meanwhile_lets_it_go(
     assert _errno(be.clunk, 1) == errno.EBADF
     assert _open_fds() == base_fds and be.fds_charged() == base_charged
     be.close()
+
+
+def test_treaddir_makes_no_message(peer: Peer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Treaddir is answered by its fixed-layout entry (the backend's readdir, no message
+    decoded or encoded): the session's general handler is never called, and the Rreaddir
+    is the one it made, from cookie 0 and from a cookie of the listing, to the empty one
+    at the end; a malformed frame is EINVAL."""
+    core = peer.core
+    general = core.session.handlers[C.MsgType.TREADDIR]
+    monkeypatch.setitem(
+        core.session.handlers, C.MsgType.TREADDIR, lambda m: pytest.fail("general Treaddir"))
+    core.table = core._build_table()
+    assert isinstance(peer.call(M.Twalk(tag=2, fid=1, newfid=2, wnames=[])), M.Rwalk)
+    assert isinstance(peer.call(M.Tlopen(tag=3, fid=2, flags=C.L_O_DIRECTORY)), M.Rlopen)
+    offset, replies = 0, []
+    while True:
+        r = peer.call(M.Treaddir(tag=4, fid=2, offset=offset, count=40))
+        assert isinstance(r, M.Rreaddir)
+        replies.append(bytes(r.data))
+        if not r.data:
+            break
+        offset = _last_cookie(bytes(r.data))
+    assert len(replies) >= 3  # ".", "..", "d", "f": 40 bytes hold one or two
+    expected = [bytes(general(M.Treaddir(tag=4, fid=2, offset=o, count=40)).data)  # type: ignore[attr-defined]
+                for o in [0, *(_last_cookie(d) for d in replies[:-1])]]
+    assert replies == expected
+    bad = encode(M.Treaddir(tag=5, fid=2, offset=0, count=40)) + b"x"
+    peer.feed(len(bad).to_bytes(4, "little") + bad[4:])
+    (e,) = peer.replies()
+    assert isinstance(e, M.Rlerror) and e.ecode == errno.EINVAL
+
+
+def _last_cookie(data: bytes) -> int:
+    """The cookie (offset) of the last 9P dirent in ``data``."""
+    pos = last = 0
+    while pos < len(data):
+        last = int.from_bytes(data[pos + 13 : pos + 21], "little")
+        pos += 24 + int.from_bytes(data[pos + 22 : pos + 24], "little")
+    return last
