@@ -36,11 +36,11 @@ message type -> one entry that decodes, applies the policy of
 handler runs), calls the session and encodes.  The guards (state, duplicate tag)
 are checked once per frame, in :meth:`ConnectionCore.receive` (what fails them
 goes to :meth:`ConnectionCore.handle`).  The commonest requests (Tgetattr,
-Tclunk, Tremove, a Twalk clone or of one name, Tlcreate, Tread, a Twrite to a
-regular file) have entries that unpack and pack the codec's fixed layouts with
-no message objects; the other cases of Twalk, Tlcreate and Twrite (and every
-malformed frame of theirs) fall through to the general decoder inside the same
-entry, so one path answers each message.
+Tclunk, Tremove, a Twalk clone or of one name, Tlcreate, a Tlopen that does not
+truncate, Tread, Treaddir, a Twrite to a regular file) have entries that unpack and pack
+the codec's fixed layouts with no message objects; the other cases of Twalk,
+Tlcreate, Tlopen and Twrite (and every malformed frame of theirs) fall through
+to the general decoder inside the same entry, so one path answers each message.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ from .protocol.codec import (
     NAME_LEN,
     RGETATTR,
     RLCREATE,
+    RLOPEN,
     RWALK_EMPTY,
     RWALK_ONE,
     TGETATTR_BODY,
@@ -92,6 +93,9 @@ _R_CLUNK = int(T.RCLUNK)
 _R_REMOVE = int(T.RREMOVE)
 _R_WALK = int(T.RWALK)
 _R_LCREATE = int(T.RLCREATE)
+_R_LOPEN = int(T.RLOPEN)
+_R_READDIR = int(T.RREADDIR)
+_L_O_TRUNC = C.L_O_TRUNC
 _R_WRITE = int(T.RWRITE)
 _R_READ = int(T.RREAD)
 _RGETATTR_SIZE = RGETATTR.size
@@ -446,8 +450,10 @@ class ConnectionCore:
         table[T.TREMOVE] = self._remove
         table[T.TWALK] = self._walk_entry(DECODERS[T.TWALK], s.handlers[T.TWALK])
         table[T.TLCREATE] = self._lcreate_entry(DECODERS[T.TLCREATE], s.handlers[T.TLCREATE])
+        table[T.TLOPEN] = self._lopen_entry(DECODERS[T.TLOPEN], s.handlers[T.TLOPEN])
         table[T.TWRITE] = self._write_entry(DECODERS[T.TWRITE], s.handlers[T.TWRITE])
         table[T.TREAD] = self._read
+        table[T.TREADDIR] = self._readdir
         table[T.TFLUSH] = self._flush_entry(DECODERS[T.TFLUSH])
         if self.point.readonly:
             for t, policy in POLICY.items():
@@ -534,6 +540,14 @@ class ConnectionCore:
         self.session.clunk_fid(FID_BODY.unpack_from(frame, 7)[0])
         return HEADER.pack(7, _R_CLUNK, tag)
 
+    def _readdir(self, tag: int, frame: memoryview) -> bytes:
+        if len(frame) != 23:
+            raise ProtocolError("Treaddir", "size", f"frame of {len(frame)} bytes, expected 23")
+        fid, offset, count = TIO_HEAD.unpack_from(frame, 7)
+        data = self.session.read_dir(fid, offset, count)
+        n = len(data)
+        return HEADER_U32.pack(11 + n, _R_READDIR, tag, n) + data
+
     def _remove(self, tag: int, frame: memoryview) -> bytes:
         if len(frame) != 11:
             raise ProtocolError("Tremove", "size", f"frame of {len(frame)} bytes, expected 11")
@@ -585,6 +599,26 @@ class ConnectionCore:
                     return RLCREATE.pack(24, _R_LCREATE, tag, q.type, q.version, q.path, 0)
             reply = lcreate(dec(frame[7:], tag))
             return ENCODERS[type(reply)](reply)
+
+        return entry
+
+    def _lopen_entry(
+        self, dec: Callable[[Any, int], Message], lopen: Callable[[Any], Message]
+    ) -> Callable[[int, memoryview], Any]:
+        """Tlopen: a frame of its one valid size without O_TRUNC opens inline, its
+        Rlopen packed whole (the qid, iounit 0); a truncating open (a worker
+        thread's, see ``session.is_blocking``) and a malformed frame go the
+        threadable way."""
+        open_fid = self.session.open_fid
+        general = self._threadable(dec, lopen)
+
+        def entry(tag: int, frame: memoryview) -> Any:
+            if len(frame) == 15:
+                fid, flags = TLOPEN_BODY.unpack_from(frame, 7)
+                if not flags & _L_O_TRUNC:
+                    q = open_fid(fid, flags)
+                    return RLOPEN.pack(24, _R_LOPEN, tag, q.type, q.version, q.path, 0)
+            return general(tag, frame)
 
         return entry
 

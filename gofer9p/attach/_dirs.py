@@ -42,18 +42,22 @@ class Dirs(FidTable):
         EINVAL (as getdents64 does), so a small buffer is never mistaken for
         the end of the directory.
         """
-        with self._ref(fid) as f:
+        f = self._ref(fid)
+        try:  # not ``with``: a hot entry (see FidTable._ref)
             if f.fmt != _DIR:
                 raise _err(errno.ENOTDIR)
             lock = f.dirlock
             if f.ofd < 0 or lock is None:
                 raise _err(errno.EBADF)
-            count = min(count, self._iomax)
+            if count > self._iomax:
+                count = self._iomax
             with lock:
                 # Unchanged directories are answered from a cached encoded listing
                 # (see _dircache.py); self._readdir is the uncached path.
                 return self._dirs.read(
                     f.ofd, offset, count, lambda o, c: self._readdir(f, o, c))
+        finally:
+            self._put(f)
 
     def _readdir(self, f: _Fid, offset: int, count: int) -> bytearray:
         ofd = f.ofd

@@ -700,9 +700,10 @@ class FidTable:
         """A reference to ``fid`` (EBADF if it is not in the table): ``with`` it.
         An idle fid is reopened first (ESTALE, EMFILE: see :meth:`_revive`).
 
-        The hot entries (getattr, read, write, walk, clunk, lcreate, remove: one per
-        request of a busy client) pair it with ``try: ... finally: self._put(f)`` instead, the same
-        release without the ``with`` protocol's two extra calls."""
+        The hot entries (getattr, read, readdir, write, walk, clunk, lcreate, remove: one
+        per request of a busy client) pair it with ``try: ... finally: self._put(f)`` instead,
+        the same release without the ``with`` protocol's two extra calls (open and lcreate
+        take theirs in a section of their own, see ``_io.open``)."""
         with self._lock:
             f = self._fids.get(fid)
             if f is None:

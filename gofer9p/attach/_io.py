@@ -16,7 +16,7 @@ import threading
 from gofer9p.attach import _sys
 from gofer9p.attach._attrs import Attrs
 from gofer9p.attach._common import _DIR, _FIFO, _OFF_MAX, _REG, _close, _err, _fstat
-from gofer9p.attach._fids import _XREAD, _XWRITE
+from gofer9p.attach._fids import _XREAD, _XWRITE, _Fid
 from gofer9p.attach._xattrs import Xattrs
 from gofer9p.protocol import constants as C
 from gofer9p.protocol.messages import Qid
@@ -25,6 +25,9 @@ from gofer9p.protocol.messages import Qid
 _preadv = os.preadv
 _pwrite = os.pwrite
 _splice = os.splice
+
+_DIR_REFUSED = C.L_O_ACCMODE | C.L_O_TRUNC
+"""Tlopen flags a directory refuses (EISDIR)."""
 
 BLOCKS = -2
 """What :meth:`FileIO.read` answers an ``inline`` read of a FIFO: read it in a worker thread."""
@@ -41,18 +44,35 @@ class FileIO(Xattrs, Attrs):
         symlink is ELOOP.
         """
         hflags = _sys.host_open_flags(flags)
-        with self._ref(fid) as f:
-            if f.xmode or f.ofd >= 0:
-                raise _err(errno.EINVAL)
-            fmt = f.fmt
-            if fmt == _DIR and flags & (C.L_O_ACCMODE | C.L_O_TRUNC):
-                raise _err(errno.EISDIR)
-            pin = self._charge_fid(f, 1)  # EMFILE past the share: open fds are pinned
+        # A hot entry, as Tlcreate (_entries.lcreate): the reference and the fd charge are
+        # taken in one lock section and the reference given back with the fid's update in
+        # another, for a fid in the table that may be opened so and a share with room.
+        # Every other case (an error, an idle fid to reopen, a full share to reclaim in)
+        # takes the general path, _open_ref.
+        pin = -1
+        with self._lock:
+            g = self._fids.get(fid)
+            if (g is not None and not g.idle and not g.xmode and g.ofd < 0
+                    and (g.fmt != _DIR or not flags & _DIR_REFUSED)):
+                pin = self._charge_held(g, 1)
+                if pin >= 0:
+                    g.refs += 1
+                    g.used = True
+        if pin >= 0 and g is not None:
+            f = g
+        else:
+            f, pin = self._open_ref(fid, flags)
+        released = False
+        try:
             try:
                 ofd = self._reopen(f, hflags)
             except BaseException:
                 self._uncharge_fid(f, 1, pin)
                 raise
+            fmt = f.fmt
+            # open(O_TRUNC) by an unprivileged uid clears set-id bits locally: after the
+            # update, still holding the reference
+            kill = flags & C.L_O_TRUNC and fmt == _REG and f.uid != 0
             with self._lock:
                 taken = f.ofd >= 0
                 if not taken:
@@ -62,13 +82,40 @@ class FileIO(Xattrs, Attrs):
                         C.L_O_WRONLY, C.L_O_RDWR)
                     if fmt == _DIR:
                         f.dirlock = threading.Lock()
+                    qid = f.qid
+                    if not kill:
+                        # FidTable._put's common case, as in lcreate; the rest is _put's
+                        f.refs -= 1
+                        released = f.refs > 0 or not (f.dead or f.retired)
+                        if not released:
+                            f.refs += 1
             if taken:
                 _close(ofd)
                 self._uncharge_fid(f, 1, pin)
                 raise _err(errno.EINVAL)
-            if flags & C.L_O_TRUNC and fmt == _REG and f.uid != 0:
-                self._kill_privs(f)  # open(O_TRUNC) by that uid clears them locally
-            return f.qid
+            if kill:
+                self._kill_privs(f)
+            return qid
+        finally:
+            if not released:
+                self._put(f)
+
+    def _open_ref(self, fid: int, flags: int) -> tuple[_Fid, int]:
+        """Tlopen's reference to ``fid`` and its fd charge, the general way (see
+        :meth:`open`): EBADF for an unknown fid, an idle one reopened, EINVAL for an
+        xattr or opened fid, EISDIR for a directory opened to write or truncate, EMFILE
+        for a full share after reclaiming.  Returns the reference and the pin taken
+        (``_charge_fid``)."""
+        f = self._ref(fid)
+        try:
+            if f.xmode or f.ofd >= 0:
+                raise _err(errno.EINVAL)
+            if f.fmt == _DIR and flags & _DIR_REFUSED:
+                raise _err(errno.EISDIR)
+            return f, self._charge_fid(f, 1)  # EMFILE past the share: open fds are pinned
+        except BaseException:
+            self._put(f)
+            raise
 
     def read_blocks(self, fid: int) -> bool:
         """Whether a Tread or Twrite of ``fid`` should go to a worker thread whatever its size.

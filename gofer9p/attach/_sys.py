@@ -75,6 +75,11 @@ def utimensat(
 
 MAX_HANDLE_SZ = 128
 _HANDLE_HDR = struct.Struct("=Ii")
+# The buffers' array types, made once: ``T()`` is a zeroed buffer, as
+# ``create_string_buffer(n)`` gives, without its Python-level checks (every Tlopen of
+# a file makes a handle buffer).
+_HandleBuf = ctypes.c_char * (_HANDLE_HDR.size + MAX_HANDLE_SZ)
+_Buf256 = ctypes.c_char * 256
 
 _name_to_handle_at = _libc.name_to_handle_at
 _name_to_handle_at.argtypes = [
@@ -94,7 +99,7 @@ def file_handle(fd: int) -> tuple[ctypes.Array[ctypes.c_char], int]:
     Raises OSError (EOPNOTSUPP for file systems without handles, EPERM under
     the daemon's seccomp filter, ...).
     """
-    buf = ctypes.create_string_buffer(_HANDLE_HDR.size + MAX_HANDLE_SZ)
+    buf = _HandleBuf()
     _HANDLE_HDR.pack_into(buf, 0, MAX_HANDLE_SZ, 0)
     mount_id = ctypes.c_int(0)
     if _name_to_handle_at(fd, b"", buf, ctypes.byref(mount_id), AT_EMPTY_PATH) < 0:
@@ -151,7 +156,7 @@ _STATFS_TYPE = struct.Struct("@l")  # f_type is the first field of struct statfs
 
 def fs_magic(fd: int) -> int:
     """f_type of the file system ``fd`` (an O_PATH fd will do) is on (fstatfs)."""
-    buf = ctypes.create_string_buffer(256)  # > sizeof(struct statfs) (120 on 64-bit)
+    buf = _Buf256()  # > sizeof(struct statfs) (120 on 64-bit)
     if _fstatfs(fd, buf) < 0:
         _raise()
     return int(_STATFS_TYPE.unpack_from(buf, 0)[0]) & 0xFFFFFFFF
@@ -196,7 +201,7 @@ def birth_time(fd: int) -> int:
     With (st_dev, st_ino) it tells a file from a new one that reused its inode
     number after it was deleted (ext4, xfs, btrfs and tmpfs reuse them at once).
     """
-    buf = ctypes.create_string_buffer(256)  # sizeof(struct statx)
+    buf = _Buf256()  # sizeof(struct statx)
     if _statx(fd, b"", AT_EMPTY_PATH, _STATX_BTIME, buf) < 0:
         _raise()
     if not _STATX_HEAD.unpack_from(buf, 0)[0] & _STATX_BTIME:

@@ -150,10 +150,12 @@ class Session:
     ``IdMap.getattr_mapper``), ``clunk_fid(fid)``,
     ``remove_fid(fid)``, ``clone_fid(fid, newfid)`` (Twalk with no names to
     another fid), ``walk_fid(fid, newfid, names)`` (any Twalk: the qids),
+    ``open_fid(fid, flags)`` (Tlopen: the qid; one without O_TRUNC, inline),
     ``create_file(fid, name, flags, mode, gid)`` (Tlcreate: the qid; with an id map,
     the gid translated first), ``write_regular(fid, offset, data)`` (-1: not an open regular
     file on a read-write attach, see :meth:`write`), ``read_into(fid, offset, view)``
     (the backend's ``read``; the server passes ``inline``: ``BLOCKS`` for a FIFO),
+    ``read_dir(fid, offset, count)`` (Treaddir: Rreaddir's data),
     ``read_size``, ``read_blocks``, ``charge_fds``, ``release_fds``,
     ``set_msize``, ``reset``, ``fid_count``, ``fds_charged``, ``close`` (the
     connection ended: its share of the fd budget goes back).
@@ -181,10 +183,12 @@ class Session:
         self.remove_fid: Callable[[int], None] = b.remove
         self.clone_fid: Callable[[int, int], object] = b.walk
         self.walk_fid: Callable[[int, int, list[bytes]], list[Qid]] = b.walk
+        self.open_fid: Callable[[int, int], Qid] = b.open
         self.create_file: Callable[[int, bytes, int, int, int], Qid] = (
             b.lcreate if idmap is None else self._create_mapped)
         self.write_regular: Callable[[int, int, memoryview], int] = b.write
         self.read_into = b.read  # (fid, offset, view, -1, 0, inline): FileSystem.read
+        self.read_dir: Callable[[int, int, int], bytes | bytearray | memoryview] = b.readdir
         self.read_size: Callable[[int, int, int], int] = b.read_size
         self.read_blocks: Callable[[int], bool] = b.read_blocks
         self.charge_fds: Callable[[int], bool] = b.charge_fds

@@ -55,12 +55,12 @@ TGETATTR_BODY = struct.Struct("<IQ")
 
 # Fixed layouts of the commonest requests and replies, unpacked and packed
 # whole (one struct call, no message objects): the dispatch table's entries
-# for Tgetattr, Tclunk, Tremove, Twalk (a clone, one name), Tlcreate, Tread
-# and Twrite use them.
+# for Tgetattr, Tclunk, Tremove, Twalk (a clone, one name), Tlcreate, Tlopen,
+# Tread, Treaddir and Twrite use them.
 FID_BODY = struct.Struct("<I")
 """Tclunk's and Tremove's body: the fid."""
 TLOPEN_BODY = struct.Struct("<II")
-"""Tlopen's body: fid, flags (read in place by the read-only policy)."""
+"""Tlopen's body: fid, flags (read in place by its entry and the read-only policy)."""
 TWALK_HEAD = struct.Struct("<IIH")
 """Twalk's fixed part (fid, newfid, nwname); with nwname 0 the whole body (a clone)."""
 RWALK_EMPTY = struct.Struct("<IBHH")
@@ -75,10 +75,13 @@ TLCREATE_TAIL = struct.Struct("<III")
 """Tlcreate's flags, mode and gid, after the name."""
 RLCREATE: struct.Struct = _generated._E_Rlcreate
 """The whole Rlcreate frame: size (24), type, tag, qid type/version/path, iounit."""
+RLOPEN: struct.Struct = _generated._E_Rlopen
+"""The whole Rlopen frame: size (24), type, tag, qid type/version/path, iounit."""
 TIO_HEAD = struct.Struct("<IQI")
-"""Tread's body and Twrite's head: fid, offset, count."""
+"""Tread's and Treaddir's body and Twrite's head: fid, offset, count."""
 HEADER_U32 = struct.Struct("<IBHI")
-"""A header and one u32: Rread's count (its data follows), Rwrite's count, Rlerror's ecode."""
+"""A header and one u32: Rread's and Rreaddir's count (the data follows), Rwrite's count,
+Rlerror's ecode."""
 
 
 def decode_body(mtype: int, tag: int, body: Buffer) -> Message:

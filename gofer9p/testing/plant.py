@@ -74,15 +74,17 @@ def _leak(patch: Callable[[Any, str, Any], None]) -> None:
 
 
 def _fdleak(patch: Callable[[Any, str, Any], None]) -> None:
-    from gofer9p.attach.session import Session
+    # The backend's open, which every Tlopen reaches (the server's Tlopen entry calls it
+    # without Session.lopen): patched in the class before a session binds it.
+    from gofer9p.attach._io import FileIO
 
-    lopen = Session.lopen
+    open_ = FileIO.open
 
-    def leaky_lopen(self: Any, m: Any) -> Any:
+    def leaky_open(self: Any, fid: int, flags: int) -> Any:
         KEPT_FDS.append(os.open("/", os.O_PATH | os.O_CLOEXEC))
-        return lopen(self, m)
+        return open_(self, fid, flags)
 
-    patch(Session, "lopen", leaky_lopen)
+    patch(FileIO, "open", leaky_open)
 
 
 def _follow(patch: Callable[[Any, str, Any], None]) -> None:
