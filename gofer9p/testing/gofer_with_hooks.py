@@ -99,9 +99,10 @@ def _escape(subdir: str, held: int) -> str:
     return "reached " + json.dumps(sorted(os.listdir(".")))
 
 
-def _steady_poll() -> None:
+def steady_poll() -> None:
     """``GOFER9P_TEST_STEADY_POLL`` (see the module doc): the measuring functions of
-    :mod:`gofer9p._quietwait` make their system calls and report nothing."""
+    :mod:`gofer9p._quietwait` make their system calls and report nothing (also called by
+    tests that start ``gofer9p serve`` through ``python -c``)."""
     from gofer9p import _quietwait
 
     switches, cpu_ns = _quietwait._switches, _quietwait._cpu_ns
@@ -123,7 +124,7 @@ def armed_hook() -> Callable[[], None]:
     the escape); with the variables above, also keep the attach points as the daemon opens
     them (:func:`gofer9p.daemon._open_attach_points`, before confinement)."""
     if os.environ.get(STEADY_POLL_ENV) == "1":
-        _steady_poll()
+        steady_poll()
     name = os.environ.get(ENV, "socket")
     escape_dir = os.environ.get(ESCAPE_ENV, "")
     bypass = os.environ.get(BYPASS_ENV) == "1"
