@@ -308,21 +308,34 @@ class _Sender:
         return self.watch is not None and self.watch.growth_kb > self.bound_kb
 
     def rpc(self, msg: M.Message, tag: int = 0) -> bytes:
-        """A synchronous request during set-up (the reply is read)."""
+        """A synchronous request during set-up (the reply is read).
+
+        The server closing the connection is a finding, but on a connection with injected
+        faults (``Link.faults``) it is a valid end (an injected EPIPE or ECONNRESET on the
+        server's socket): :class:`Closed`, and the case ends there."""
         data = encode(msg)
         self.t.add(b"S", data)
         self.sock.settimeout(10)
-        self.sock.sendall(data)
-        hdr = self._recvn(4)
-        (size,) = _U32.unpack(hdr)
-        return hdr + self._recvn(size - 4)
+        try:
+            self.sock.sendall(data)
+            hdr = self._recvn(4)
+            (size,) = _U32.unpack(hdr)
+            return hdr + self._recvn(size - 4)
+        except (BrokenPipeError, ConnectionResetError, EOFError):
+            pass  # (a reset: the server closed with bytes of ours unread, a close all the same)
+        except TimeoutError:
+            raise Failure("hang", "no reply within 10s during the case's set-up") from None
+        what = "server closed during the case's set-up"
+        if self.link.faults:
+            raise Closed(what)
+        raise Failure("invariant", what)
 
     def _recvn(self, n: int) -> bytes:
         buf = b""
         while len(buf) < n:
             chunk = self.sock.recv(n - len(buf))
             if not chunk:
-                raise Failure("invariant", "server closed during the case's set-up")
+                raise EOFError  # (see rpc)
             buf += chunk
         return buf
 
@@ -556,6 +569,8 @@ def run_case(target: Target, case: Case, *, latency: float = 10.0, msize: int = 
         time.sleep(0.2)
         if watch is not None:
             watch.sample()
+    except Closed:
+        pass  # a set-up request's connection ended by an injected fault (_Sender.rpc)
     except Failure as f:
         out.problems.append(f"{f.kind}: {f.message}")
     finally:

@@ -25,6 +25,13 @@ Two more hooks, each armed by its own variable, test the layers under seccomp:
 * ``GOFER9P_TEST_BYPASS_READONLY=1``: after confinement every attach point is marked
   read-write, so gofer9p's own read-only check (the connection core's) lets mutating
   requests through to the kernel: what stops them is Landlock (or a read-only mount).
+* ``GOFER9P_TEST_STEADY_POLL=1``: the poll window's measurements (``getrusage`` for a
+  preempted turn, the thread's CPU clock for a CPU trial) are still made, under seccomp,
+  but read as "never preempted" and "no CPU spent": the window turns itself off only for
+  misses, not because other processes load the host (a test of what the window catches
+  would otherwise fail on a busy machine, where it rightly turns off).
+
+(The first hooks are armed by SIGUSR1; the last two from the start.)
 
 Why a separate module: the release path (``gofer9p gofer``, ``python -m gofer9p.daemon``) has no flag
 and reads no environment variable that could arm this; only running this module does, and a
@@ -54,6 +61,7 @@ if TYPE_CHECKING:
 ENV = "GOFER9P_TEST_FORBIDDEN_SYSCALL"
 ESCAPE_ENV = "GOFER9P_TEST_ESCAPE"
 BYPASS_ENV = "GOFER9P_TEST_BYPASS_READONLY"
+STEADY_POLL_ENV = "GOFER9P_TEST_STEADY_POLL"
 _SYS_CLONE3 = 435
 _TIOCGWINSZ = 0x5413
 
@@ -91,10 +99,32 @@ def _escape(subdir: str, held: int) -> str:
     return "reached " + json.dumps(sorted(os.listdir(".")))
 
 
+def steady_poll() -> None:
+    """``GOFER9P_TEST_STEADY_POLL`` (see the module doc): the measuring functions of
+    :mod:`gofer9p._quietwait` make their system calls and report nothing (also called by
+    tests that start ``gofer9p serve`` through ``python -c``)."""
+    from gofer9p import _quietwait
+
+    switches, cpu_ns = _quietwait._switches, _quietwait._cpu_ns
+
+    def never_preempted() -> int:
+        switches()
+        return 0
+
+    def no_cpu() -> int:
+        cpu_ns()
+        return 0
+
+    _quietwait._switches = never_preempted
+    _quietwait._cpu_ns = no_cpu
+
+
 def armed_hook() -> Callable[[], None]:
     """The ``after_confine`` callback: install the SIGUSR1 handler that makes the call (or
     the escape); with the variables above, also keep the attach points as the daemon opens
     them (:func:`gofer9p.daemon._open_attach_points`, before confinement)."""
+    if os.environ.get(STEADY_POLL_ENV) == "1":
+        steady_poll()
     name = os.environ.get(ENV, "socket")
     escape_dir = os.environ.get(ESCAPE_ENV, "")
     bypass = os.environ.get(BYPASS_ENV) == "1"

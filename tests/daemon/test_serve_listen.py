@@ -62,19 +62,33 @@ def test_socket_path_appears_only_once_listening(tmp_path: Path) -> None:
             path.unlink(missing_ok=True)
 
 
+STEADY_SERVE = (
+    "import sys\n"
+    "from gofer9p.testing.gofer_with_hooks import steady_poll\n"
+    "steady_poll()\n"
+    "from gofer9p.cli import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+"""``python -c STEADY_SERVE serve ...``: ``gofer9p serve`` with the quiet wait's measuring
+read as no preemption and no cost (gofer9p.testing.gofer_with_hooks.steady_poll)."""
+
+
 def test_listen_connections_take_the_quiet_wait(tmp_path: Path) -> None:
     """A connection of ``serve --listen`` waits for its QD1 requests without a scheduler pass,
     although the accept loop waits for the listener through trio (``_quietwait.watching``):
     most of 300 back-to-back requests are waited for without trio (``trio=`` in the log counts
     the waits that went through it), and the poll window catches requests (``polled=``) until
     a CPU trial finds that it does not pay (at least its first block's), with the client on
-    another CPU (``client_beside``)."""
+    another CPU (``client_beside``).  The server's quiet wait measures but reads no
+    preemption and no CPU cost (``steady_poll``, as test_gofer's test_poll_window_under_seccomp
+    does): on a loaded host the window rightly turns itself off, and what it catches would be
+    the host's load."""
     export = tmp_path / "export"
     export.mkdir()
     path = tmp_path / "g.sock"
     log = tmp_path / "serve.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gofer9p", "serve", str(export), "--listen", f"unix:{path}",
+        [sys.executable, "-c", STEADY_SERVE, "serve", str(export), "--listen", f"unix:{path}",
          "--poll-us", "20000", "--log-file", str(log)],
         env=gofer_env(),
     )

@@ -6,6 +6,7 @@ own tests in tests/unit/test_fault_paths.py)."""
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -17,8 +18,8 @@ if str(REPO) not in sys.path:
 
 from fuzz import frames, pressure, race  # noqa: E402
 from fuzz.common import Report  # noqa: E402
-from fuzz.targets import FaultTarget, make_target  # noqa: E402
-from fuzz.wire import Closed, RawConn, Transcript  # noqa: E402
+from fuzz.targets import FaultTarget, Link, make_target  # noqa: E402
+from fuzz.wire import Closed, Failure, RawConn, Transcript  # noqa: E402
 from gofer9p.protocol import constants as C  # noqa: E402
 from gofer9p.protocol import messages as M  # noqa: E402
 
@@ -103,3 +104,33 @@ def test_fuzzers_run_clean_against_the_fault_target(tmp_path: Path) -> None:
         pressure.run(t, report, seed=13, time_budget=None, max_cases=3, crash_dir=tmp_path)
         assert report.ok, report.summary()
         assert sum(t.injected().values()) > 100, t.injected()
+
+
+@pytest.mark.parametrize("faults", [True, False])
+def test_pressure_setup_request_on_a_closed_connection(faults: bool) -> None:
+    """A set-up request of the pressure fuzzer whose connection the server ended (here
+    before the request: EPIPE, as after an injected ECONNRESET or EPIPE on the server's
+    socket) is a valid end where faults are injected (Closed: the case ends, no finding)
+    and a finding elsewhere; never an exception out of the fuzzer (the fault target's
+    pressure run raised ConnectionResetError from a set-up request that the schedule
+    failed)."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        link = Link(ours)
+        link.faults = faults
+        s = pressure._Sender(link, Transcript(), pressure.Outcome(), None, 0)
+        theirs.close()
+        tversion = M.Tversion(tag=C.NOTAG, msize=8192, version=C.VERSION_9P2000L)
+        with pytest.raises(Failure) as e:
+            s.rpc(tversion)
+        assert isinstance(e.value, Closed) == faults, e.value
+        assert faults or e.value.kind == "invariant"
+
+
+def test_pressure_runs_clean_when_a_fault_ends_its_set_up() -> None:
+    """The schedule (seed 115) ends the first case's connection during its set-up (seed 117):
+    the case ends there, the run goes on, nothing is reported."""
+    with FaultTarget(seed=115, rate=0.05) as t:
+        report = Report(fuzzer="pressure", target=t.spec, seed=117)
+        pressure.run(t, report, seed=117, time_budget=None, max_cases=1, crash_dir=None)
+        assert report.ok, report.summary()

@@ -604,7 +604,10 @@ async def test_never_sleeps_while_work_is_in_threads(long_block: None) -> None:
         async with trio.open_nursery() as n:
             n.start_soon(trio.to_thread.run_sync, release.wait)
             try:
-                await trio.sleep(0.001)  # the thread is running, its task waits for it
+                # the thread is running, its task waits for it: not a fixed sleep, after
+                # which (on a loaded machine) the task may still be between its steps
+                # (scheduled, not stepped: the wait rightly defers, -1, to every call)
+                await trio.testing.wait_all_tasks_blocked()
                 n_, took = _timed(q, may_block=False)
                 assert n_ == -1
                 assert took < EARLY
