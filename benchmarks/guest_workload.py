@@ -12,10 +12,11 @@ only moves them through the guest's own speed.  Slow under TCG (minutes per boot
     python benchmarks/guest_workload.py [--cache none,loose] [--runs 2] [--copies 4] [--rounds 1]
         [--gofer NAME=PATH ...]
 
-``--gofer NAME=PATH`` (repeatable) serves with the gofer9p found at PATH (a checkout: the
+``--gofer NAME=PATH[,ARG...]`` (repeatable) serves with the gofer9p found at PATH (a checkout: the
 pure build; a ``pip install --target`` directory of a wheel built with a compiler: the
-compiled build, which is what ``pip install`` gives on such a machine), each booted in turn
-beside diod; the default is this checkout (pure).
+compiled build, which is what ``pip install`` gives on such a machine) and the ARGs given to
+``serve`` (``--poll-us=0``), each booted in turn beside diod; the default is this checkout
+(pure).
 
 Not a test and not run by CI (issue #17's guest workload); prints one table per cache mode
 with the median per phase and each server's ratio to diod (>1: gofer9p faster).
@@ -99,7 +100,8 @@ class _Gofer(servers.GoferServe):
         procs = []
         for i, (s, m) in enumerate(zip(socks, mounts, strict=True)):
             fd = s.fileno()
-            argv = [sys.executable, "-m", "gofer9p", "serve", "--fd", str(fd), str(m.export)]
+            argv = [sys.executable, "-m", "gofer9p", "serve", "--fd", str(fd),
+                    *self.extra_args, str(m.export)]
             # PYTHONSAFEPATH: ``-m`` would put the cwd first on sys.path, and from a
             # checkout's root that is the checkout's own (pure) gofer9p, whatever PATH says
             env = dict(os.environ, PYTHONPATH=str(self.path), PYTHONSAFEPATH="1")
@@ -154,15 +156,20 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=1, help="boots per server and cache mode (alternating)")
     ap.add_argument("--gofer-path", type=Path, default=None,
                     help="the gofer9p tree to serve with (same as --gofer gofer9p=PATH)")
-    ap.add_argument("--gofer", action="append", default=[], metavar="NAME=PATH",
-                    help="a gofer9p tree or install directory to serve with (repeatable)")
+    ap.add_argument("--gofer", action="append", default=[], metavar="NAME=PATH[,ARG...]",
+                    help="a gofer9p tree or install directory to serve with, and serve's "
+                         "own arguments (e.g. c0=SITE,--poll-us=0; repeatable)")
+    ap.add_argument("--keep-logs", type=Path, default=None,
+                    help="copy each boot's server logs here (the connection-end lines say "
+                         "how the quiet wait went: polled=, trio=)")
     a = ap.parse_args()
     gofers: list[servers.Server] = []
     for spec in a.gofer:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or name == "diod":
-            ap.error(f"--gofer wants NAME=PATH (NAME not diod), got {spec!r}")
-        gofers.append(_Gofer(name, path=Path(path).resolve()))
+        name, sep, rest = spec.partition("=")
+        path, *args = rest.split(",")
+        if not sep or not name or not path or name == "diod":
+            ap.error(f"--gofer wants NAME=PATH[,ARG...] (NAME not diod), got {spec!r}")
+        gofers.append(_Gofer(name, extra_args=tuple(args), path=Path(path).resolve()))
     if a.gofer_path is not None or not gofers:
         gofers.insert(0, _Gofer("gofer9p", path=(a.gofer_path or REPO).resolve()))
     reason = guestvm.unavailable_reason()
@@ -186,6 +193,11 @@ def main() -> int:
                     res = boot_once(s, cache, a.runs, tar, kernel, base / f"{s.name}-{cache}-{r}")
                     for p in PHASES:
                         got[s.name][p] += res[p]
+                    if a.keep_logs is not None:
+                        boot = base / f"{s.name}-{cache}-{r}"
+                        a.keep_logs.mkdir(parents=True, exist_ok=True)
+                        for log in boot.glob("server*.log"):
+                            shutil.copy(log, a.keep_logs / f"{boot.name}-{log.name}")
                     print(f"# {s.name} cache={cache} round {r}: {time.monotonic() - t0:.0f} s, "
                           + ", ".join(f"{p} {res[p]}" for p in PHASES), flush=True)
             names = [g.name for g in gofers]
