@@ -20,8 +20,7 @@ coroutines like any others) and the attach layer's backend and session, which ev
 goes through
 (issue #17; benchmarks/README.md measures what it saves).  Not the message classes or the
 generated codec (attrs classes and untyped generated code, which mypyc compiles wrongly or
-not at all), not ``attach/_sys.py`` (ctypes structures) or ``attach/point.py`` (its tests
-replace a point's ``panic``).  Compiled code binds its calls early
+not at all), not ``attach/_sys.py`` (ctypes structures).  Compiled code binds its calls early
 (an imported module is a static of the extension; a native class's methods cannot be
 replaced), so what replaces functions or methods at run time needs the pure build: the
 fault target and the planted defects (gofer9p.testing refuses a compiled build), and the
