@@ -63,7 +63,7 @@ import math
 import os
 import socket
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 import trio
@@ -314,7 +314,7 @@ class Connection:
     :class:`~gofer9p.connection.ConnectionCore`'s (``self.core``); this class
     carries out its actions.  See the module docstring for the contract."""
 
-    threaded = 0
+    threaded: ClassVar[int] = 0
     """Requests of every connection now in worker threads: while there are
     any, no receive may hold the thread in a blocking wait (their replies are
     delivered through trio's wake-up socket, which that wait does not watch)."""

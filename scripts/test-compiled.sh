@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The compiled build (what `pip install .` gives where a C compiler is present: setup.py
-# compiles the sans-IO core with mypyc) under the unit and integration tiers, and the
-# integration tier again through the confined daemon.
+# compiles the sans-IO core, the server loop and the attach layer with mypyc) under the unit,
+# integration, escape and daemon tiers (the containment and serving code is compiled too), and the integration
+# tier again through the confined daemon.
 #
 #   scripts/test-compiled.sh [pytest args]     (after scripts/setup.sh; scripts/test.sh runs it)
 #
@@ -32,7 +33,7 @@ echo "test-compiled: wheel built and installed in $((SECONDS - start)) s" >&2
 
 cd "$tmp/run"
 export GOFER9P_EXPECT=compiled PYTHONPATH=$tmp/site PYTHONDONTWRITEBYTECODE=1
-"$py" -m pytest -q -p no:cacheprovider tests/unit tests/integration "$@"
+"$py" -m pytest -q -p no:cacheprovider tests/unit tests/integration tests/escape "$@"
 # the integration tier through the confined daemon (chroot, caps, seccomp kill), compiled
 mapfile -t deselect < <(sed -n 's/^ *--deselect \([^ ]*\).*/\1/p' scripts/test.sh)
 "$py" -m pytest -q -p no:cacheprovider -p gofer9p.testing.daemon_plugin tests/integration \

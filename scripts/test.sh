@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install everything, then run the checks and the whole test suite:
 #   lint (ruff, mypy --strict, lint-imports: the layering of docs/CONTRACTS.md), the default
-#   tiers (unit, integration, daemon, escape, faults, short fuzz), the compiled build's unit and
-#   integration tiers (scripts/test-compiled.sh), then the guest tier (Linux
+#   tiers (unit, integration, daemon, escape, faults, short fuzz), the compiled build's unit,
+#   integration and escape tiers (scripts/test-compiled.sh), then the guest tier (Linux
 #   v9fs in a qemu guest, TCG).
 #   scripts/test.sh [--no-guest] [pytest args...]
 # Everything runs with the checkout's own venv (.venv/, made by scripts/setup.sh; PYTHON= picks
@@ -32,8 +32,8 @@ echo "== integration suite against the confined daemon"
     --deselect tests/integration/test_ops_attach.py::test_nonuname_with_user_name \
     --deselect tests/integration/test_ops_create.py::test_mknod_char_device \
     --deselect tests/integration/test_server.py::test_version_negotiates_msize_down || status=1
-# The compiled build (mypyc; what `pip install .` gives with a C compiler) under the unit and
-# integration tiers, in-process and through the confined daemon: .venv/'s editable install
+# The compiled build (mypyc; what `pip install .` gives with a C compiler) under the unit,
+# integration and escape tiers, in-process and through the confined daemon: .venv/'s editable install
 # is always pure, so nothing above imports a compiled module.
 echo "== compiled build (mypyc core)"
 scripts/test-compiled.sh || status=1

@@ -25,7 +25,7 @@ from gofer9p.attach._common import (
     _gid,
 )
 from gofer9p.attach._fids import _Fid
-from gofer9p.attach._reopen import Reopen
+from gofer9p.attach._locks import Locks
 from gofer9p.protocol import constants as C
 
 _NS = 1_000_000_000
@@ -52,7 +52,7 @@ def _own_fd_first(call: str, do: Callable[[], object], fallback: tuple[int, ...]
     return True
 
 
-class Attrs(Reopen):
+class Attrs(Locks):
     """Tgetattr, Tsetattr, Tstatfs and Treadlink on fids."""
 
     def getattr(self, fid: int, request_mask: int) -> tuple[int, ...]:

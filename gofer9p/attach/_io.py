@@ -14,7 +14,6 @@ import os
 import threading
 
 from gofer9p.attach import _sys
-from gofer9p.attach._attrs import Attrs
 from gofer9p.attach._common import _DIR, _FIFO, _OFF_MAX, _REG, _close, _err, _fstat
 from gofer9p.attach._fids import _XREAD, _XWRITE, _Fid
 from gofer9p.attach._xattrs import Xattrs
@@ -33,7 +32,7 @@ BLOCKS = -2
 """What :meth:`FileIO.read` answers an ``inline`` read of a FIFO: read it in a worker thread."""
 
 
-class FileIO(Xattrs, Attrs):
+class FileIO(Xattrs):
     """Tlopen, Tread, Twrite and Tfsync on fids."""
 
     def open(self, fid: int, flags: int) -> Qid:

@@ -13,13 +13,14 @@ import errno
 import os
 
 from gofer9p.attach._common import _DIR, _O_DIR_READ, _O_PATH_DIR, _close, _err, _fstat
-from gofer9p.attach._fids import FidTable, _DirFd, _Fid
+from gofer9p.attach._dirs import Dirs
+from gofer9p.attach._fids import _DirFd, _Fid
 
 _UP = tuple(b"/".join([b".."] * k) for k in range(1, 33))  # "..", "../..", ... (see _inside)
 _UP_RUNS = 4096 // len(_UP)  # runs of _UP before _inside gives up (4096 levels)
 
 
-class Paths(FidTable):
+class Paths(Dirs):
     """Attach-root containment and name lookup of fids (no operation of its own)."""
 
     def _inside(self, dfd: int, dev: int = 0, ino: int = -1) -> bool:

@@ -13,7 +13,7 @@ import os
 from gofer9p.attach import _sys
 from gofer9p.attach._common import _BLK, _CHR, _DIR, _FIFO, _LNK, _REG, _close, _err, _fstat
 from gofer9p.attach._fids import _Fid
-from gofer9p.attach._paths import Paths
+from gofer9p.attach._walk import Walk
 
 _O_REOPEN = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
@@ -24,7 +24,7 @@ _HANDLE_UNSUPPORTED = frozenset(
 )
 
 
-class Reopen(Paths):
+class Reopen(Walk):
     """``_reopen``: an fd for I/O on a fid's file (no operation of its own)."""
 
     def _reopen(self, f: _Fid, hflags: int) -> int:

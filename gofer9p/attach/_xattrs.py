@@ -15,8 +15,8 @@ import os
 
 from gofer9p.attach import _sys
 from gofer9p.attach._common import _DIR, _FIFO, _REG, _close, _err
+from gofer9p.attach._entries import Entries
 from gofer9p.attach._fids import _XREAD, _XWRITE, _Fid, _Xattr
-from gofer9p.attach._reopen import Reopen
 from gofer9p.protocol import constants as C
 
 XATTR_MAX = 64 * 1024
@@ -27,7 +27,7 @@ _XATTR_NS_STR = "user."
 _UNLOCK_ALL = _sys.FLOCK.pack(C.LOCK_TYPE_UNLCK, os.SEEK_SET, 0, 0, 0)  # the whole file
 
 
-class Xattrs(Reopen):
+class Xattrs(Entries):
     """Txattrwalk and Txattrcreate on fids, and the xattr fid's reads, writes and commit."""
 
     def _xattr_fd(self, f: _Fid) -> tuple[int, bool]:

@@ -22,6 +22,7 @@ import logging
 import os
 import stat
 import threading
+from collections.abc import Callable
 from typing import NoReturn
 
 from gofer9p.attach import _sys
@@ -64,7 +65,7 @@ class AttachPoint:
     ``name`` (its name there); a directory root has -1 and ``b""``.
 
     ``readonly`` makes every mutating request fail with EROFS; with
-    ``panic_on_write`` such a request instead calls :meth:`panic` (a mutating
+    ``panic_on_write`` such a request instead calls ``panic`` (a mutating
     request on a read-only mount is a bug in the sandbox's overlay, and the
     gofer must not keep serving a sandbox that is misbehaving that way).  Both
     are applied by the connection core (``gofer9p.connection``, from
@@ -99,6 +100,10 @@ class AttachPoint:
         self.name = b""
         self.readonly = readonly
         self.panic_on_write = panic_on_write
+        self.panic: Callable[[str], NoReturn] = self._panic
+        """Log a reason as critical and end the process (:meth:`_panic`); an attribute,
+        not a method, so that tests can replace it on an instance in the compiled build too
+        (a native class's methods cannot be replaced)."""
         st = os.fstat(fd)
         fmt = st.st_mode & _S_IFMT
         if fmt == _S_IFREG:
@@ -205,7 +210,7 @@ class AttachPoint:
         os.close(fd)
         return cur
 
-    def panic(self, reason: str) -> NoReturn:
+    def _panic(self, reason: str) -> NoReturn:
         """Log ``reason`` as critical and end the process at once with status 70.
 
         ``os._exit``, not an exception: the point is to stop serving the

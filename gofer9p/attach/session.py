@@ -211,7 +211,11 @@ class Session:
             T.TCLUNK: self.clunk, T.TREMOVE: self.remove, T.TSTATFS: self.statfs,
         }
 
-    is_blocking = staticmethod(is_blocking)
+    @staticmethod
+    def is_blocking(m: Message) -> bool:
+        """:func:`is_blocking`, as the server's core asks its session (a method, not a
+        class attribute bound to the function: the compiled class has no such attribute)."""
+        return is_blocking(m)
 
     @property
     def msize(self) -> int:

@@ -46,6 +46,7 @@ from typing import Any
 
 from gofer9p.connection import ConnectionCore
 from gofer9p.protocol.constants import MsgType
+from gofer9p.testing import require_interpreted
 
 _FD = (E.EMFILE, E.ENFILE, E.ENOMEM, E.EACCES, E.EIO)
 _IO = (E.EIO, E.EAGAIN, E.EINVAL, E.ENOSPC, E.EFBIG)
@@ -232,6 +233,7 @@ def apply(seed: int, rate: float = DEFAULT_RATE) -> tuple[Schedule, Callable[[],
     from gofer9p import server
     from gofer9p.attach import _sys
 
+    require_interpreted(_modules(), "the fault target")
     schedule = Schedule(seed, rate)
     undo: list[Callable[[], None]] = []
 

@@ -30,8 +30,11 @@ import os
 import socket
 import sys
 import time
+import types
 from collections.abc import Callable, Iterable
 from typing import Any
+
+from gofer9p.testing import require_interpreted
 
 ENV = "GOFER9P_TEST_PLANT"
 KEPT: list[bytearray] = []
@@ -151,6 +154,8 @@ def apply(names: Iterable[str]) -> Callable[[], None]:
     undo: list[Callable[[], None]] = []
 
     def patch(cls: Any, attr: str, new: Any) -> None:
+        mod = cls if isinstance(cls, types.ModuleType) else sys.modules[cls.__module__]
+        require_interpreted([mod], f"the planted defect {name!r}")
         old = cls.__dict__[attr]
         setattr(cls, attr, new)
         undo.append(lambda: setattr(cls, attr, old))

@@ -78,3 +78,34 @@ def test_a_compiled_module_is_the_installed_source(name: str) -> None:
     }
     mod = importlib.import_module(name)
     assert names <= set(vars(mod)), names - set(vars(mod))
+
+
+def test_run_time_replacements_refuse_compiled_modules() -> None:
+    """The fault target and the planted defects replace what a module calls; on compiled
+    code that would silently do nothing, so they refuse it (and accept pure code)."""
+    import types
+
+    from gofer9p.testing import require_interpreted
+
+    pure = types.ModuleType("gofer9p.attach.fake_pure")
+    pure.__file__ = "/x/gofer9p/attach/fake_pure.py"
+    native = types.ModuleType("gofer9p.attach.fake_native")
+    native.__file__ = "/x/gofer9p/attach/fake_native.cpython-311-x86_64-linux-gnu.so"
+    require_interpreted([pure], "a test")
+    with pytest.raises(RuntimeError, match=r"fake_native.*pure build"):
+        require_interpreted([pure, native], "a test")
+
+
+def test_the_fault_target_and_planted_defects_run_only_where_they_can() -> None:
+    """On the pure build they apply and undo; on a compiled attach layer they refuse."""
+    from gofer9p.testing import faults, plant
+
+    if _is_compiled("gofer9p.attach._fids"):
+        with pytest.raises(RuntimeError, match="pure build"):
+            faults.apply(1)
+        with pytest.raises(RuntimeError, match="pure build"):
+            plant.apply(["follow"])
+        return
+    _, undo = faults.apply(1)
+    undo()
+    plant.apply(["follow"])()
