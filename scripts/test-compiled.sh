@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The compiled build (what `pip install .` gives where a C compiler is present: setup.py
 # compiles the sans-IO core, the server loop and the attach layer with mypyc) under the unit,
-# integration, escape and daemon tiers (the containment and serving code is compiled too), and the integration
-# tier again through the confined daemon.
+# integration, escape and daemon tiers (the containment and serving code is compiled too),
+# the integration tier again through the confined daemon, and with GOFER9P_COMPILED_GUEST=1
+# the guest tier.
 #
-#   scripts/test-compiled.sh [pytest args]     (after scripts/setup.sh; scripts/test.sh runs it)
+#   [GOFER9P_COMPILED_GUEST=1] scripts/test-compiled.sh [pytest args]
+#                                   (after scripts/setup.sh; scripts/test.sh runs it)
 #
 # Why a separate run: .venv/ holds an editable install, which is always pure Python (an edited
 # .py must run), so the default tiers never import a compiled module.  Here a wheel is built
@@ -33,8 +35,14 @@ echo "test-compiled: wheel built and installed in $((SECONDS - start)) s" >&2
 
 cd "$tmp/run"
 export GOFER9P_EXPECT=compiled PYTHONPATH=$tmp/site PYTHONDONTWRITEBYTECODE=1
-"$py" -m pytest -q -p no:cacheprovider tests/unit tests/integration tests/escape "$@"
+"$py" -m pytest -q -p no:cacheprovider tests/unit tests/integration tests/escape tests/daemon "$@"
 # the integration tier through the confined daemon (chroot, caps, seccomp kill), compiled
 mapfile -t deselect < <(sed -n 's/^ *--deselect \([^ ]*\).*/\1/p' scripts/test.sh)
 "$py" -m pytest -q -p no:cacheprovider -p gofer9p.testing.daemon_plugin tests/integration \
     "${deselect[@]/#/--deselect=}" "$@"
+# GOFER9P_COMPILED_GUEST=1 (scripts/test.sh sets it unless --no-guest): the guest tier too,
+# Linux v9fs against the compiled server, as a user who installed with a compiler runs it
+if [[ "${GOFER9P_COMPILED_GUEST:-0}" == 1 ]]; then
+    echo "test-compiled: the guest tier against the compiled build" >&2
+    "$py" -m pytest -q -p no:cacheprovider -m guest tests/guest -rs "$@"
+fi

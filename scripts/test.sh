@@ -2,8 +2,8 @@
 # Install everything, then run the checks and the whole test suite:
 #   lint (ruff, mypy --strict, lint-imports: the layering of docs/CONTRACTS.md), the default
 #   tiers (unit, integration, daemon, escape, faults, short fuzz), the compiled build's unit,
-#   integration and escape tiers (scripts/test-compiled.sh), then the guest tier (Linux
-#   v9fs in a qemu guest, TCG).
+#   integration, escape, daemon and guest tiers (scripts/test-compiled.sh), then the guest
+#   tier (Linux v9fs in a qemu guest, TCG) on the pure build.
 #   scripts/test.sh [--no-guest] [pytest args...]
 # Everything runs with the checkout's own venv (.venv/, made by scripts/setup.sh; PYTHON= picks
 # the interpreter it is made from), which is put first on PATH for the tests' children too.
@@ -33,10 +33,11 @@ echo "== integration suite against the confined daemon"
     --deselect tests/integration/test_ops_create.py::test_mknod_char_device \
     --deselect tests/integration/test_server.py::test_version_negotiates_msize_down || status=1
 # The compiled build (mypyc; what `pip install .` gives with a C compiler) under the unit,
-# integration and escape tiers, in-process and through the confined daemon: .venv/'s editable install
-# is always pure, so nothing above imports a compiled module.
+# integration, escape and daemon tiers, in-process and through the confined daemon, and the
+# guest tier unless --no-guest: .venv/'s editable install is always pure, so nothing above
+# imports a compiled module.
 echo "== compiled build (mypyc core)"
-scripts/test-compiled.sh || status=1
+GOFER9P_COMPILED_GUEST=$guest scripts/test-compiled.sh || status=1
 if ((guest)); then
     echo "== guest tier (Linux v9fs in qemu)"
     "$PY" -m pytest -q -m guest tests/guest -rs || status=1
