@@ -6,6 +6,11 @@ from collections.abc import Iterable
 from types import ModuleType
 
 
+def is_compiled(module: ModuleType) -> bool:
+    """Whether ``module`` was compiled by mypyc (an extension module, not its ``.py``)."""
+    return not str(module.__file__).endswith(".py")
+
+
 def require_interpreted(modules: Iterable[ModuleType], what: str) -> None:
     """Refuse to go on when one of ``modules`` is compiled (mypyc).
 
@@ -17,7 +22,7 @@ def require_interpreted(modules: Iterable[ModuleType], what: str) -> None:
     there.  Better to say so: these tools need the pure build (an editable install, as
     scripts/setup.sh makes, or ``GOFER9P_PURE=1 pip install .``).
     """
-    compiled = sorted(m.__name__ for m in modules if not str(m.__file__).endswith(".py"))
+    compiled = sorted(m.__name__ for m in modules if is_compiled(m))
     if compiled:
         raise RuntimeError(
             f"{what} replaces what {', '.join(compiled)} call, and this build compiled "

@@ -233,7 +233,8 @@ def apply(seed: int, rate: float = DEFAULT_RATE) -> tuple[Schedule, Callable[[],
     from gofer9p import server
     from gofer9p.attach import _sys
 
-    require_interpreted(_modules(), "the fault target")
+    mods = _modules()
+    require_interpreted(mods, "the fault target")
     schedule = Schedule(seed, rate)
     undo: list[Callable[[], None]] = []
 
@@ -250,7 +251,7 @@ def apply(seed: int, rate: float = DEFAULT_RATE) -> tuple[Schedule, Callable[[],
     by_id.update({id(getattr(fcntl, n)): f for n, f in fcntl_calls.items()})
     by_id.update({id(getattr(_sys, n)): f for n, f in sys_calls.items()})
     os_proxy, fcntl_proxy = _Proxy(os, os_calls), _Proxy(fcntl, fcntl_calls)
-    for mod in _modules():
+    for mod in mods:
         for attr, value in list(vars(mod).items()):
             if value is os:
                 patch(mod, attr, os_proxy)

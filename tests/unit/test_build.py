@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import gofer9p
+from gofer9p.testing import is_compiled
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = ROOT if (ROOT / "gofer9p").is_dir() else Path(gofer9p.__file__).parent.parent
@@ -31,7 +32,7 @@ def _compiled_modules() -> list[str]:
 
 
 def _is_compiled(name: str) -> bool:
-    return not str(importlib.import_module(name).__file__).endswith(".py")
+    return is_compiled(importlib.import_module(name))
 
 
 def test_the_compiled_list_names_existing_modules() -> None:

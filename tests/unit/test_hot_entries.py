@@ -25,11 +25,12 @@ from gofer9p.connection import BIG_READ, Background
 from gofer9p.protocol import constants as C
 from gofer9p.protocol import messages as M
 from gofer9p.protocol.codec import encode
+from gofer9p.testing import is_compiled
 
 ROOT = 0
 
 replaces_methods = pytest.mark.skipif(
-    not str(_fids_module.__file__).endswith(".py"),
+    is_compiled(_fids_module),
     reason="sees which backend methods a path calls by replacing them; the compiled "
     "backend binds its own calls (the default tier runs it on the pure build)",
 )
