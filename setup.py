@@ -16,11 +16,10 @@ pure-Python package, which is complete on its own (the compiled modules are the 
 
 Which modules: the protocol's wire layer and framing, the connection core, the quiet wait,
 the statistics, the server's connection loop (``server.py``: trio runs its compiled
-coroutines like any others) and the attach layer's backend and session, which every request
-goes through
-(issue #17; benchmarks/README.md measures what it saves).  Not the message classes or the
-generated codec (attrs classes and untyped generated code, which mypyc compiles wrongly or
-not at all), not ``attach/_sys.py`` (ctypes structures).  Compiled code binds its calls early
+coroutines like any others) and the attach layer, which every request goes through (issue
+#17; benchmarks/README.md measures what it saves).  Not the message classes or the generated
+codec (attrs classes and untyped generated code, which mypyc compiles wrongly or not at
+all), and not ``attach/_sys.py`` (ctypes structures).  Compiled code binds its calls early
 (an imported module is a static of the extension; a native class's methods cannot be
 replaced), so what replaces functions or methods at run time needs the pure build: the
 fault target and the planted defects (gofer9p.testing refuses a compiled build), and the
