@@ -137,7 +137,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import trio
 from mypy_extensions import mypyc_attr
@@ -148,51 +148,51 @@ BLOCK_S = 0.01
 """Longest one wait sleeps, and longest the statistics are trusted (read when a
 QuietWait is made)."""
 
-_TRIO_READERS = 1
+_TRIO_READERS: Final = 1
 """Fd readers that are trio's own: the ``run_sync_soon`` task on its wake-up socket.
 
 Not a documented number: if a trio release changes it, the counts never match,
 the shortcut is never taken (correct, slower) and tests/unit/test_quietwait.py
 fails."""
 
-_DONTWAIT = socket.MSG_DONTWAIT
-_POLLIN = select.POLLIN
-_POLLNVAL = select.POLLNVAL
-_INF = math.inf
+_DONTWAIT: Final = socket.MSG_DONTWAIT
+_POLLIN: Final = select.POLLIN
+_POLLNVAL: Final = select.POLLNVAL
+_INF: Final = math.inf
 _NONE: list[tuple[int, int]] = []
-_CREDIT_MAX = 16
+_CREDIT_MAX: Final = 16
 """Most credit the poll window holds: this many net misses turn it off."""
-_PROBE_CREDIT = 2
+_PROBE_CREDIT: Final = 2
 """Credit of a window turned on by a probe or a short sleep (one miss ends it)."""
-_PROBE_MIN = 16
-_PROBE_MAX = 1024
+_PROBE_MIN: Final = 16
+_PROBE_MAX: Final = 1024
 """Waits between probes while the window is off (doubling while probes fail)."""
-_CHECK_EVERY = 8
+_CHECK_EVERY: Final = 8
 """Waits per measured turn (two ``getrusage`` calls) while a poll window is configured."""
-_CHECK_SHARED = 32
+_CHECK_SHARED: Final = 32
 """Waits per measured turn while the CPU is marked shared (or the window is held off
 after a CPU trial): nothing but the end of the sharing is to be found then, which may
 take a few more waits to see (issue #17: the measuring was a ``getrusage`` every four
 requests of a QD1 client on our CPU)."""
-_SHARED_TURNS = 3
+_SHARED_TURNS: Final = 3
 """Measured turns in a row without preemption that end a shared CPU."""
-_NEVER = 1 << 62
+_NEVER: Final = 1 << 62
 """``_check_in`` without a poll window: no turn is ever measured."""
-_WARM_PASSES = 2
+_WARM_PASSES: Final = 2
 """Run-loop passes after which every scheduled task was seen by the instrument."""
 _now = time.perf_counter
 
 
-_TRIAL_PAIRS = 8
+_TRIAL_PAIRS: Final = 8
 """Blocks with the window on, and as many with it off, that a CPU trial compares (a
 block's CPU moves +-30% with what the client did meanwhile: fewer misjudge)."""
 _TRIAL_FIRST = 16
 """Measured turns with the window on before a trial (at the start, after a hold): not
 the connection's first waits, whose CPU is its warming up as much as the window's."""
-_TRIAL_EVERY = 256
+_TRIAL_EVERY: Final = 256
 """Measured turns (about 2,000 waits) between trials while polling pays for itself."""
-_HOLD_MIN = 16
-_HOLD_MAX = 256
+_HOLD_MIN: Final = 16
+_HOLD_MAX: Final = 256
 """Measured turns the window stays off after a trial it lost, one in ``_CHECK_SHARED``
 waits while held (about 500 -> 8,000 waits, doubling while trials keep losing)."""
 

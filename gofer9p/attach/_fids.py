@@ -52,6 +52,7 @@ import errno
 import os
 import threading
 from types import TracebackType
+from typing import Final
 
 from gofer9p.attach import _sys
 from gofer9p.attach._budget import FdBudget
@@ -59,26 +60,26 @@ from gofer9p.attach._common import _DIR, _close, _err
 from gofer9p.attach.point import AttachPoint
 from gofer9p.protocol.messages import Qid
 
-FDS_PER_FID = 3
+FDS_PER_FID: Final = 3
 """Most host fds one fid holds at once: its O_PATH fd, its parent's O_PATH fd, its open fd
 (after Txattrcreate the open fd is retired, not added; after Tlcreate one fd is both).
 The parent's fd is shared by every file walked from that directory fid and its clones,
 and a directory fid's own fd by its clones (``_DirFd``), so an unopened file fid adds one
 fd, an unopened clone of a directory none; a reclaimed fid holds none."""
-FID_BYTES = 8 * 1024
+FID_BYTES: Final = 8 * 1024
 """Python memory of one fid, bounded for paths up to ~256 levels deep: its
 _Fid (~500 bytes), its path hint (a tuple of the names from the attach root:
 a walk adds up to 16 names of up to 255 bytes, ~5 KB; the rest of the tuple is
 shared references, 8 bytes a level) and its table entry.  Measured: 760 bytes
 for a fid walked two levels down with short names."""
-XATTR_SESSION_MAX = 8 << 20
+XATTR_SESSION_MAX: Final = 8 << 20
 """Bytes of xattr values one session may hold in xattr fids at once (read
 buffers of Txattrwalk, announced sizes of Txattrcreate).  Past it: ENOMEM.
 Without it a client could pin XATTR_MAX bytes per fid times the fid limit."""
 
-_XNONE = 0
-_XREAD = 1  # Txattrwalk result: holds a value (or name list) for Tread
-_XWRITE = 2  # after Txattrcreate: collects Twrites, commits on Tclunk
+_XNONE: Final = 0
+_XREAD: Final = 1  # Txattrwalk result: holds a value (or name list) for Tread
+_XWRITE: Final = 2  # after Txattrcreate: collects Twrites, commits on Tclunk
 
 
 class _LockOwner:
