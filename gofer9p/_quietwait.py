@@ -180,7 +180,7 @@ _NEVER: Final = 1 << 62
 """``_check_in`` without a poll window: no turn is ever measured."""
 _WARM_PASSES: Final = 2
 """Run-loop passes after which every scheduled task was seen by the instrument."""
-_now = time.perf_counter
+_now: Final = time.perf_counter
 
 
 _TRIAL_PAIRS: Final = 8

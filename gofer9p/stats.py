@@ -148,13 +148,15 @@ class ConnStats:
         A reply's type byte is its request's plus one, except an Rlerror's: those are
         counted in column 6 first (Tlerror, which no client sends: no branch per
         reply) and moved to their requests' types from ``errk``."""
-        dt = _clock() - t0
-        row = self.hist[_BUCKET_OF[(dt >> FIRST_BIT).bit_length()]]
-        if row is None:
-            row = self._row(dt)
+        dt: int = _clock() - t0
+        made = self.hist[_BUCKET_OF[(dt >> FIRST_BIT).bit_length()]]
+        # (declared types: compiled, list[int] indexed by an int is a direct list
+        # operation; an index or a row of an inferred Any or union type went through
+        # the generic PyObject_GetItem/SetItem, five of them per reply)
+        row: list[int] = self._row(dt) if made is None else made
         lsum = self.lsum
         for r in out:
-            k = r[4] - 1
+            k: int = r[4] - 1
             row[k] += 1
             lsum[k] += dt
         if self.errk:  # loaded again below: the common case (no Rlerror) stores nothing
