@@ -224,7 +224,7 @@ def main() -> int:
                          "own arguments (e.g. c0=SITE,--poll-us=0; repeatable)")
     ap.add_argument("--keep-logs", type=Path, default=None,
                     help="copy each boot's server logs here (the connection-end lines say "
-                         "how the quiet wait went: polled=, trio=)")
+                         "how the quiet wait went: polled=, trio=, stats_reads=)")
     a = ap.parse_args()
     gofers: list[servers.Server] = []
     for spec in a.gofer:

@@ -494,12 +494,13 @@ class Connection:
             if self.rec is not None:
                 self.rec.close()
             log.info(
-                "%s: connection end (%s) frames=%d polled=%d trio=%d",
+                "%s: connection end (%s) frames=%d polled=%d trio=%d stats_reads=%d",
                 self.name,
                 reason,
                 self.core.frames,
                 self.quiet.hits if self.quiet else 0,
                 self.quiet.deferred if self.quiet else 0,
+                self.quiet.refreshes if self.quiet else 0,
             )
         if failed is not None:
             raise failed
@@ -517,10 +518,11 @@ class Connection:
         start = end = 0
         recv_into = sock.recv_into
         rec = self.rec
-        send_now = self._send_now
         sock_send = sock.send
-        receive = core.receive
-        stats = self.stats  # (its method called on it: a direct call when compiled)
+        # (the core's, the stats' and this object's own methods are called on their
+        # objects, not through bound methods kept in locals: compiled, such a call is a
+        # direct C call, where a bound method goes through vectorcall and argument parsing)
+        stats = self.stats
         clock = _clock
         wait_readable = trio.lowlevel.wait_readable
         drained = False  # the last recv left the socket empty: wait before the next
@@ -629,7 +631,7 @@ class Connection:
             first = core.frames
             # handle every complete frame in the buffer, carrying out the
             # core's actions (the replies it queued before one go out first)
-            act = receive(mv, start, end)
+            act = core.receive(mv, start, end)
             while act is not DRAINED:
                 start = core.start
                 if isinstance(act, Close):
@@ -648,7 +650,7 @@ class Connection:
                     await self._act(act, t0)
                 else:
                     await self._send_out(t0)
-                act = receive(mv, start, end)
+                act = core.receive(mv, start, end)
             start = core.start
             out = core.out
             if out:
@@ -674,7 +676,7 @@ class Connection:
                     core.out = []  # (core.take(), without the call)
                     # _send_batched's fast path without a coroutine; lent pool
                     # buffers need _send_batched's return to the pool
-                    rest = None if core.lent else send_now(out)
+                    rest = None if core.lent else self._send_now(out)
                     if rest is None:
                         await self._send_batched(out)
                     elif rest:
