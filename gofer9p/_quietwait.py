@@ -30,10 +30,10 @@ that from trio's public API only:
   wake-up that arrives while the statistics are not being read (a worker
   thread finishing, a signal such as the daemon's SIGTERM, whose handler queues
   a ``run_sync_soon`` callback) waits: they are read again whenever another
-  task ran and at least every ``BLOCK_S`` (also while requests keep arriving:
+  task ran and at least every ``FRESH_S`` (also while requests keep arriving:
   else a client that never pauses would starve trio), and no wait sleeps
-  longer than ``BLOCK_S``, so such a wake-up waits at most about twice
-  ``BLOCK_S``.  The caller passes ``may_block=False`` while it has requests in
+  longer than ``BLOCK_S``, so such a wake-up waits at most about ``BLOCK_S +
+  FRESH_S`` (60 ms).  The caller passes ``may_block=False`` while it has requests in
   worker threads: then every wait reads the statistics, takes only data
   already there and never sleeps, so their replies are not delayed.  A
   ``wait_all_tasks_blocked`` waiter is invisible too; it wakes once a wait
@@ -142,11 +142,17 @@ from typing import Any, Final, Protocol
 import trio
 from mypy_extensions import mypyc_attr
 
-__all__ = ["BLOCK_S", "QuietWait", "available", "watching"]
+__all__ = ["BLOCK_S", "FRESH_S", "QuietWait", "available", "watching"]
 
 BLOCK_S = 0.01
-"""Longest one wait sleeps, and longest the statistics are trusted (read when a
-QuietWait is made)."""
+"""Longest one wait sleeps (read when a QuietWait is made)."""
+FRESH_S = 0.05
+"""Longest a reading of trio's statistics is trusted while nothing else ran (read when a
+QuietWait is made; at least ``BLOCK_S``).  A reading is interpreted code in trio, some
+30,000 instructions: as much as a whole Tgetattr.  With 10 ms, a client sending a
+request every 0.5-2 ms (the guest workload through v9fs under TCG) had one read every
+13 requests, about 7% of the server's instructions; what it bounds is how long a
+signal's handler (the daemon's SIGTERM) waits while a client keeps the loop busy."""
 
 _TRIO_READERS: Final = 1
 """Fd readers that are trio's own: the ``run_sync_soon`` task on its wake-up socket.
@@ -371,6 +377,7 @@ class QuietWait:
         "_entry",
         "_fd",
         "_fixed",
+        "_fresh",
         "_fresh_until",
         "_gen",
         "_held",
@@ -437,6 +444,7 @@ class QuietWait:
         """Non-zero: polling lost a trial, the window stays off for this many measured turns."""
         self._hold_next = _HOLD_MIN
         self._block = BLOCK_S
+        self._fresh = max(FRESH_S, BLOCK_S)
         self._clock: Any = None
         self._poll: Any = None
         self._alone = False  # the poll set is our socket only
@@ -592,7 +600,7 @@ class QuietWait:
             self._rebuild(run)  # (only now: it costs a syscall per socket)
         self._deadline = now + st.seconds_to_next_deadline
         self._gen = run.gen
-        self._fresh_until = now + self._block
+        self._fresh_until = now + self._fresh
         return True
 
     def _rebuild(self, run: _Run) -> None:
