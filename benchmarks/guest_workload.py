@@ -19,7 +19,10 @@ compiled build, which is what ``pip install`` gives on such a machine) and the A
 (pure).
 
 Not a test and not run by CI (issue #17's guest workload); prints one table per cache mode
-with the median per phase and each server's ratio to diod (>1: gofer9p faster).
+with the median per phase and each server's ratio to diod (>1: gofer9p faster), and a last
+row with each server's CPU time over the whole boot (user + system, all its threads, from
+/proc/PID/stat; ratio >1: gofer9p spent less): what the host paid for the same work.
+The phase times move 5-20% between back-to-back boots on this project's VM.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,6 +49,8 @@ sys.path.insert(0, str(REPO))
 from tests.guest import guestvm, servers  # noqa: E402
 
 PHASES = ("untar", "ls_lR", "read_all", "rm_rf")
+CPU = ("server_user", "server_sys")
+"""Besides the phases: the server's CPU seconds over the whole boot (all its threads)."""
 
 WORKLOAD = r"""#!/bin/sh
 # benchmarks/guest_workload.py's guest side: time each phase RUNS times on the mount $RW.
@@ -109,10 +115,50 @@ class _Gofer(servers.GoferServe):
         return procs
 
 
+class _CpuWatch:
+    """The CPU time (user, system seconds) of the processes a boot's servers run as.
+
+    Sampled from /proc/PID/stat every ``PERIOD`` until the process is gone: a process
+    that exited keeps its totals there until it is reaped, so the last sample is its
+    whole run (but for what it spent in its last ``PERIOD``, after the guest's power-off:
+    idle).  Not rusage: run_guest reaps the servers with ``Popen.wait``, which drops it,
+    and the servers may be anything (diod's threads are in its process's totals too)."""
+
+    PERIOD = 0.05
+
+    def __init__(self) -> None:
+        self.last: dict[int, tuple[float, float]] = {}
+        self.threads: list[threading.Thread] = []
+
+    def follow(self, procs: Sequence[subprocess.Popen[bytes]]) -> None:
+        for p in procs:
+            t = threading.Thread(target=self._sample, args=(p.pid,), daemon=True)
+            t.start()
+            self.threads.append(t)
+
+    def _sample(self, pid: int) -> None:
+        tick = os.sysconf("SC_CLK_TCK")
+        while True:
+            try:
+                with open(f"/proc/{pid}/stat") as fh:
+                    f = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                return
+            self.last[pid] = (int(f[11]) / tick, int(f[12]) / tick)
+            if f[0] in ("Z", "X"):
+                return
+            time.sleep(self.PERIOD)
+
+    def total(self) -> tuple[float, float]:
+        for t in self.threads:
+            t.join(5)
+        return (sum(u for u, _ in self.last.values()), sum(s for _, s in self.last.values()))
+
+
 def boot_once(
     server: servers.Server, cache: str, runs: int, tar: bytes, kernel: guestvm.Kernel, work: Path
 ) -> dict[str, list[float]]:
-    """One boot: phase -> seconds per run."""
+    """One boot: phase -> seconds per run, and CPU -> the servers' seconds (one value)."""
     export = work / "export"
     shutil.rmtree(export, ignore_errors=True)
     export.mkdir(parents=True)
@@ -133,11 +179,21 @@ def boot_once(
     initrd = work / "initrd.gz"
     init = (REPO / "tests" / "guest" / "init.sh").read_text()
     guestvm.build_initramfs(initrd, kernel, init, files, tools_dir=work.parent / "tools")
-    run = guestvm.run_guest(work, kernel, initrd, mounts, server.start, timeout=3600)
+    watch = _CpuWatch()
+
+    def start(
+        socks: Sequence[socket.socket], ms: Sequence[guestvm.Mount], workdir: Path
+    ) -> list[subprocess.Popen[bytes]]:
+        procs = server.start(socks, ms, workdir)
+        watch.follow(procs)
+        return procs
+
+    run = guestvm.run_guest(work, kernel, initrd, mounts, start, timeout=3600)
     fails = {k: v for k, v in run.result_map().items() if v[0] != "PASS"}
     if run.timed_out or fails or "bench" not in run.result_map():
         raise RuntimeError(f"{server.name} cache={cache}: {fails or 'no result'}\n{run.diagnostics()}")
     out: dict[str, list[float]] = {p: [] for p in PHASES}
+    out["server_user"], out["server_sys"] = ([x] for x in watch.total())
     for key, val in run.values().items():
         name, _, _ = key.rpartition("_")
         if name not in out:
@@ -146,6 +202,13 @@ def boot_once(
         if rc == "0":
             out[name].append(float(b) - float(a))
     return out
+
+
+def _cpu_median(got: dict[str, list[float]]) -> float:
+    """Median over boots of a server's CPU seconds (user + system)."""
+    return statistics.median(
+        u + y for u, y in zip(got["server_user"], got["server_sys"], strict=True)
+    )
 
 
 def main() -> int:
@@ -161,7 +224,7 @@ def main() -> int:
                          "own arguments (e.g. c0=SITE,--poll-us=0; repeatable)")
     ap.add_argument("--keep-logs", type=Path, default=None,
                     help="copy each boot's server logs here (the connection-end lines say "
-                         "how the quiet wait went: polled=, trio=)")
+                         "how the quiet wait went: polled=, trio=, stats_reads=)")
     a = ap.parse_args()
     gofers: list[servers.Server] = []
     for spec in a.gofer:
@@ -186,12 +249,14 @@ def main() -> int:
     base = Path(tempfile.mkdtemp(prefix="gofer9p-guestbench-"))
     try:
         for cache in a.cache.split(","):
-            got: dict[str, dict[str, list[float]]] = {s.name: {p: [] for p in PHASES} for s in order}
+            got: dict[str, dict[str, list[float]]] = {
+                s.name: {p: [] for p in (*PHASES, *CPU)} for s in order
+            }
             for r in range(a.rounds):
                 for s in order if r % 2 == 0 else order[::-1]:
                     t0 = time.monotonic()
                     res = boot_once(s, cache, a.runs, tar, kernel, base / f"{s.name}-{cache}-{r}")
-                    for p in PHASES:
+                    for p in (*PHASES, *CPU):
                         got[s.name][p] += res[p]
                     if a.keep_logs is not None:
                         boot = base / f"{s.name}-{cache}-{r}"
@@ -199,7 +264,9 @@ def main() -> int:
                         for log in boot.glob("server*.log"):
                             shutil.copy(log, a.keep_logs / f"{boot.name}-{log.name}")
                     print(f"# {s.name} cache={cache} round {r}: {time.monotonic() - t0:.0f} s, "
-                          + ", ".join(f"{p} {res[p]}" for p in PHASES), flush=True)
+                          + ", ".join(f"{p} {res[p]}" for p in PHASES)
+                          + f", server CPU user {res['server_user'][0]:.2f} s"
+                          f" sys {res['server_sys'][0]:.2f} s", flush=True)
             names = [g.name for g in gofers]
             print(f"\ncache={cache}, {a.copies} copies of {REPO.name}'s tracked files, "
                   f"{a.runs} runs x {a.rounds} boots each (median s; ratio: diod's time / ours)")
@@ -211,6 +278,12 @@ def main() -> int:
                 g = [statistics.median(got[n][p]) for n in names]
                 print(f"| {p} | " + " | ".join(f"{x:.2f}" for x in g) + f" | {d:.2f} | "
                       + " | ".join(f"{d / x:.2f}x" for x in g) + " |")
+            # the servers' CPU per boot (user + system, median over boots): what the
+            # host paid for the same workload
+            d = _cpu_median(got["diod"])
+            g = [_cpu_median(got[n]) for n in names]
+            print("| server CPU per boot | " + " | ".join(f"{x:.2f}" for x in g)
+                  + f" | {d:.2f} | " + " | ".join(f"{d / x:.2f}x" for x in g) + " |")
             print(flush=True)
     finally:
         shutil.rmtree(base, ignore_errors=True)

@@ -30,10 +30,10 @@ that from trio's public API only:
   wake-up that arrives while the statistics are not being read (a worker
   thread finishing, a signal such as the daemon's SIGTERM, whose handler queues
   a ``run_sync_soon`` callback) waits: they are read again whenever another
-  task ran and at least every ``BLOCK_S`` (also while requests keep arriving:
+  task ran and at least every ``FRESH_S`` (also while requests keep arriving:
   else a client that never pauses would starve trio), and no wait sleeps
-  longer than ``BLOCK_S``, so such a wake-up waits at most about twice
-  ``BLOCK_S``.  The caller passes ``may_block=False`` while it has requests in
+  longer than ``BLOCK_S``, so such a wake-up waits at most about ``BLOCK_S +
+  FRESH_S`` (60 ms).  The caller passes ``may_block=False`` while it has requests in
   worker threads: then every wait reads the statistics, takes only data
   already there and never sleeps, so their replies are not delayed.  A
   ``wait_all_tasks_blocked`` waiter is invisible too; it wakes once a wait
@@ -137,62 +137,68 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import trio
 from mypy_extensions import mypyc_attr
 
-__all__ = ["BLOCK_S", "QuietWait", "available", "watching"]
+__all__ = ["BLOCK_S", "FRESH_S", "QuietWait", "available", "watching"]
 
 BLOCK_S = 0.01
-"""Longest one wait sleeps, and longest the statistics are trusted (read when a
-QuietWait is made)."""
+"""Longest one wait sleeps (read when a QuietWait is made)."""
+FRESH_S = 0.05
+"""Longest a reading of trio's statistics is trusted while nothing else ran (read when a
+QuietWait is made; at least ``BLOCK_S``).  A reading is interpreted code in trio, some
+30,000 instructions: as much as a whole Tgetattr.  With 10 ms, a client sending a
+request every 0.5-2 ms (the guest workload through v9fs under TCG) had one read every
+13 requests, about 7% of the server's instructions; what it bounds is how long a
+signal's handler (the daemon's SIGTERM) waits while a client keeps the loop busy."""
 
-_TRIO_READERS = 1
+_TRIO_READERS: Final = 1
 """Fd readers that are trio's own: the ``run_sync_soon`` task on its wake-up socket.
 
 Not a documented number: if a trio release changes it, the counts never match,
 the shortcut is never taken (correct, slower) and tests/unit/test_quietwait.py
 fails."""
 
-_DONTWAIT = socket.MSG_DONTWAIT
-_POLLIN = select.POLLIN
-_POLLNVAL = select.POLLNVAL
-_INF = math.inf
+_DONTWAIT: Final = socket.MSG_DONTWAIT
+_POLLIN: Final = select.POLLIN
+_POLLNVAL: Final = select.POLLNVAL
+_INF: Final = math.inf
 _NONE: list[tuple[int, int]] = []
-_CREDIT_MAX = 16
+_CREDIT_MAX: Final = 16
 """Most credit the poll window holds: this many net misses turn it off."""
-_PROBE_CREDIT = 2
+_PROBE_CREDIT: Final = 2
 """Credit of a window turned on by a probe or a short sleep (one miss ends it)."""
-_PROBE_MIN = 16
-_PROBE_MAX = 1024
+_PROBE_MIN: Final = 16
+_PROBE_MAX: Final = 1024
 """Waits between probes while the window is off (doubling while probes fail)."""
-_CHECK_EVERY = 8
+_CHECK_EVERY: Final = 8
 """Waits per measured turn (two ``getrusage`` calls) while a poll window is configured."""
-_CHECK_SHARED = 32
+_CHECK_SHARED: Final = 32
 """Waits per measured turn while the CPU is marked shared (or the window is held off
 after a CPU trial): nothing but the end of the sharing is to be found then, which may
 take a few more waits to see (issue #17: the measuring was a ``getrusage`` every four
 requests of a QD1 client on our CPU)."""
-_SHARED_TURNS = 3
+_SHARED_TURNS: Final = 3
 """Measured turns in a row without preemption that end a shared CPU."""
-_NEVER = 1 << 62
+_NEVER: Final = 1 << 62
 """``_check_in`` without a poll window: no turn is ever measured."""
-_WARM_PASSES = 2
+_WARM_PASSES: Final = 2
 """Run-loop passes after which every scheduled task was seen by the instrument."""
-_now = time.perf_counter
+_now: Final = time.perf_counter
 
 
-_TRIAL_PAIRS = 8
+_TRIAL_PAIRS: Final = 8
 """Blocks with the window on, and as many with it off, that a CPU trial compares (a
 block's CPU moves +-30% with what the client did meanwhile: fewer misjudge)."""
 _TRIAL_FIRST = 16
 """Measured turns with the window on before a trial (at the start, after a hold): not
 the connection's first waits, whose CPU is its warming up as much as the window's."""
-_TRIAL_EVERY = 256
+_TRIAL_EVERY: Final = 256
 """Measured turns (about 2,000 waits) between trials while polling pays for itself."""
-_HOLD_MIN = 16
-_HOLD_MAX = 256
+_HOLD_MIN: Final = 16
+_HOLD_MAX: Final = 256
 """Measured turns the window stays off after a trial it lost, one in ``_CHECK_SHARED``
 waits while held (about 500 -> 8,000 waits, doubling while trials keep losing)."""
 
@@ -371,6 +377,7 @@ class QuietWait:
         "_entry",
         "_fd",
         "_fixed",
+        "_fresh",
         "_fresh_until",
         "_gen",
         "_held",
@@ -395,6 +402,7 @@ class QuietWait:
         "_waits_on",
         "deferred",
         "hits",
+        "refreshes",
         "window",
     )
 
@@ -412,6 +420,9 @@ class QuietWait:
         """Waits that ended within the poll window (without sleeping)."""
         self.deferred = 0
         """Waits that sent the caller through trio (returned -1)."""
+        self.refreshes = 0
+        """Reads of trio's statistics (interpreted code in trio: the costliest part of a
+        wait that takes them, some 30,000 instructions; the server logs the count)."""
         self._credit = _PROBE_CREDIT
         self._on_hits = 0
         self._probe_every = _PROBE_MIN
@@ -433,6 +444,7 @@ class QuietWait:
         """Non-zero: polling lost a trial, the window stays off for this many measured turns."""
         self._hold_next = _HOLD_MIN
         self._block = BLOCK_S
+        self._fresh = max(FRESH_S, BLOCK_S)
         self._clock: Any = None
         self._poll: Any = None
         self._alone = False  # the poll set is our socket only
@@ -572,6 +584,7 @@ class QuietWait:
 
     def _refresh(self, run: _Run, now: float) -> bool:
         """Read trio's statistics: may this task wait for the socket itself?"""
+        self.refreshes += 1
         st = trio.lowlevel.current_statistics()
         io: Any = st.io_statistics
         if (
@@ -587,7 +600,7 @@ class QuietWait:
             self._rebuild(run)  # (only now: it costs a syscall per socket)
         self._deadline = now + st.seconds_to_next_deadline
         self._gen = run.gen
-        self._fresh_until = now + self._block
+        self._fresh_until = now + self._fresh
         return True
 
     def _rebuild(self, run: _Run) -> None:

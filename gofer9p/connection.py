@@ -49,7 +49,7 @@ import enum
 import errno
 import logging
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn
 
 import attrs
 from mypy_extensions import mypyc_attr
@@ -83,33 +83,33 @@ from .stats import COLUMNS, ConnStats
 
 log = logging.getLogger("gofer9p.server")
 
-T = C.MsgType
-_T_VERSION = int(T.TVERSION)
-_T_FLUSH = int(T.TFLUSH)
-_T_READ = int(T.TREAD)
-_T_WRITE = int(T.TWRITE)
-_R_GETATTR = int(T.RGETATTR)
-_R_CLUNK = int(T.RCLUNK)
-_R_REMOVE = int(T.RREMOVE)
-_R_WALK = int(T.RWALK)
-_R_LCREATE = int(T.RLCREATE)
-_R_LOPEN = int(T.RLOPEN)
-_R_READDIR = int(T.RREADDIR)
-_L_O_TRUNC = C.L_O_TRUNC
-_R_WRITE = int(T.RWRITE)
-_R_READ = int(T.RREAD)
-_RGETATTR_SIZE = RGETATTR.size
+T: Final = C.MsgType
+_T_VERSION: Final = int(T.TVERSION)
+_T_FLUSH: Final = int(T.TFLUSH)
+_T_READ: Final = int(T.TREAD)
+_T_WRITE: Final = int(T.TWRITE)
+_R_GETATTR: Final = int(T.RGETATTR)
+_R_CLUNK: Final = int(T.RCLUNK)
+_R_REMOVE: Final = int(T.RREMOVE)
+_R_WALK: Final = int(T.RWALK)
+_R_LCREATE: Final = int(T.RLCREATE)
+_R_LOPEN: Final = int(T.RLOPEN)
+_R_READDIR: Final = int(T.RREADDIR)
+_L_O_TRUNC: Final = C.L_O_TRUNC
+_R_WRITE: Final = int(T.RWRITE)
+_R_READ: Final = int(T.RREAD)
+_RGETATTR_SIZE: Final = RGETATTR.size
 
-PRE_VERSION_FRAME = 8 * 1024
+PRE_VERSION_FRAME: Final = 8 * 1024
 """Largest frame accepted before a Tversion is granted: any Tversion fits
 (its version string is a few bytes), and an unversioned peer cannot make the
 receive buffer grow past this (a larger header closes the connection)."""
-MIN_MSIZE = 4096
+MIN_MSIZE: Final = 4096
 """Smaller msizes leave no room for a useful readdir or walk reply."""
 
-BIG_READ = 64 * 1024
+BIG_READ: Final = 64 * 1024
 """Read replies at least this large use pooled buffers (no zero-fill, no mmap)."""
-SPLICE_MIN = 32 * 1024
+SPLICE_MIN: Final = 32 * 1024
 """Smallest Tread count whose data is spliced (page references) instead of copied."""
 
 
@@ -122,8 +122,8 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
-_SERVING = State.SERVING
-_CLOSED = State.CLOSED
+_SERVING: Final = State.SERVING
+_CLOSED: Final = State.CLOSED
 _NO_ENTRIES: dict[int, Callable[[int, memoryview], Any]] = {}
 """The table outside SERVING: every frame goes to ``handle``."""
 

@@ -63,7 +63,7 @@ import math
 import os
 import socket
 import time
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import attrs
 import trio
@@ -94,27 +94,27 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gofer9p.server")
 
-_DONTWAIT = socket.MSG_DONTWAIT  # the socket may be in blocking mode (see _quietwait)
-_CLOSED = State.CLOSED
+_DONTWAIT: Final = socket.MSG_DONTWAIT  # the socket may be in blocking mode (see _quietwait)
+_CLOSED: Final = State.CLOSED
 _clock = time.monotonic_ns  # the arrival of a chunk's frames (gofer9p.stats)
-_T_READ = int(C.MsgType.TREAD)
-_T_FLUSH = int(C.MsgType.TFLUSH)
-_R_LERROR = int(C.MsgType.RLERROR)
+_T_READ: Final = int(C.MsgType.TREAD)
+_T_FLUSH: Final = int(C.MsgType.TFLUSH)
+_R_LERROR: Final = int(C.MsgType.RLERROR)
 
-_SMALL_BUF = 1 << 18
+_SMALL_BUF: Final = 1 << 18
 """Receive buffer kept by an idle connection that pipelined (an idle release
 shrinks larger buffers to this)."""
-_FIRST_BUF = 8 * 1024
+_FIRST_BUF: Final = 8 * 1024
 """Receive buffer of a new connection; it doubles only when received bytes
 fill it (a partial frame, or a recv that filled the room), see _receive_loop."""
-_BUF_SLACK = 1 << 16
+_BUF_SLACK: Final = 1 << 16
 """Room kept past the largest frame a grown receive buffer must hold, so the
 next frames' bytes arrive in the same recv."""
 
-_PIPE_BYTES = 256 * 1024
+_PIPE_BYTES: Final = 256 * 1024
 """Pipe size for spliced reads: counts up to this less one page fit (a count at an
 unaligned offset spans one page more than its size)."""
-_F_SETPIPE_SZ = 1031
+_F_SETPIPE_SZ: Final = 1031
 
 
 @attrs.define
@@ -198,7 +198,7 @@ def _tune_malloc() -> None:
     mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
 
 
-FD_RESERVE = 256
+FD_RESERVE: Final = 256
 """Fds of the process's limit that no connection's share may take.
 
 What they keep working when every connection holds its whole share: ``accept``
@@ -209,12 +209,12 @@ trio's wake-up fds, and the short-lived fds of requests in progress (an
 inline request opens a few at a time for the whole process; worker threads,
 at most trio's 40, one or two each)."""
 
-FD_SHARE_MIN = 64
+FD_SHARE_MIN: Final = 64
 """Smallest useful share (about 20 fids): ``serve --listen`` lowers its
 connection limit rather than give a connection less."""
 
 
-GUEST_MAX_FIDS = 1 << 17
+GUEST_MAX_FIDS: Final = 1 << 17
 """``max_fids`` of ``serve --fd`` and the daemon: one client per connection, often a guest
 kernel, and a Linux client mounted with cache=loose keeps a fid per cached dentry (an ``ls -l``
 of a 100,000-entry directory holds 100,000 fids).  Their host fds are bounded by the fd budget
@@ -252,7 +252,7 @@ def connections_for_fds(wanted: int, budget: FdBudget) -> int:
     return max(1, min(wanted, (budget.limit - FD_OVERHEAD) // (FD_SHARE_MIN + 1)))
 
 
-FD_LIMIT_GOAL = 1 << 20
+FD_LIMIT_GOAL: Final = 1 << 20
 """RLIMIT_NOFILE we try to reach (Linux's default fs.nr_open).
 
 A Linux client mounted with cache=loose keeps a fid per cached dentry, so an
@@ -494,12 +494,13 @@ class Connection:
             if self.rec is not None:
                 self.rec.close()
             log.info(
-                "%s: connection end (%s) frames=%d polled=%d trio=%d",
+                "%s: connection end (%s) frames=%d polled=%d trio=%d stats_reads=%d",
                 self.name,
                 reason,
                 self.core.frames,
                 self.quiet.hits if self.quiet else 0,
                 self.quiet.deferred if self.quiet else 0,
+                self.quiet.refreshes if self.quiet else 0,
             )
         if failed is not None:
             raise failed
@@ -517,10 +518,11 @@ class Connection:
         start = end = 0
         recv_into = sock.recv_into
         rec = self.rec
-        send_now = self._send_now
         sock_send = sock.send
-        receive = core.receive
-        replied = self.stats.replied
+        # (the core's, the stats' and this object's own methods are called on their
+        # objects, not through bound methods kept in locals: compiled, such a call is a
+        # direct C call, where a bound method goes through vectorcall and argument parsing)
+        stats = self.stats
         clock = _clock
         wait_readable = trio.lowlevel.wait_readable
         drained = False  # the last recv left the socket empty: wait before the next
@@ -629,7 +631,7 @@ class Connection:
             first = core.frames
             # handle every complete frame in the buffer, carrying out the
             # core's actions (the replies it queued before one go out first)
-            act = receive(mv, start, end)
+            act = core.receive(mv, start, end)
             while act is not DRAINED:
                 start = core.start
                 if isinstance(act, Close):
@@ -641,14 +643,14 @@ class Connection:
                         await self._sendmsg_all(out)
                     finally:
                         self._unlock_send()
-                    replied(out, t0)
+                    stats.replied(out, t0)
                     return "framing error"
                 if act is not SEND:
                     await self._send_out(t0)
                     await self._act(act, t0)
                 else:
                     await self._send_out(t0)
-                act = receive(mv, start, end)
+                act = core.receive(mv, start, end)
             start = core.start
             out = core.out
             if out:
@@ -664,22 +666,22 @@ class Connection:
                     except BlockingIOError:
                         n = 0
                     if n == len(r):
-                        replied(out, t0)
+                        stats.replied(out, t0)
                         out.clear()
                     else:
                         core.out = []
                         await self._send([memoryview(r)[n:]])
-                        replied(out, t0)
+                        stats.replied(out, t0)
                 else:
                     core.out = []  # (core.take(), without the call)
                     # _send_batched's fast path without a coroutine; lent pool
                     # buffers need _send_batched's return to the pool
-                    rest = None if core.lent else send_now(out)
+                    rest = None if core.lent else self._send_now(out)
                     if rest is None:
                         await self._send_batched(out)
                     elif rest:
                         await self._send(rest)
-                    replied(out, t0)
+                    stats.replied(out, t0)
             drained = got < room and core.frames - first <= 1
             busy += 1
             if busy >= 8 and not drained:
@@ -961,17 +963,17 @@ async def serve(
 
 
 # ------------------------------------------------------------------ the bound
-REQUEST_BYTES = 16 * 1024
+REQUEST_BYTES: Final = 16 * 1024
 """Python memory of one background request or flush waiter besides the bytes
 the budget counts: its task, cancel scope, event, message and worker-thread
 hand-off (about 6 KB measured for a threaded Tread)."""
-CONNECTION_BYTES = 128 * 1024
+CONNECTION_BYTES: Final = 128 * 1024
 """A connection's fixed state: Connection, Session, handler tables, its task,
 its QuietWait, the log line objects in flight."""
-_REPLY_BYTES = 64
+_REPLY_BYTES: Final = 64
 """Python memory of a queued reply beyond twice its wire size (object header,
 list slot); a cut Rread buffer may keep up to twice its size."""
-_MIN_REPLY = 7  # Rflush: the smallest reply
+_MIN_REPLY: Final = 7  # Rflush: the smallest reply
 
 
 def memory_bound(config: ServerConfig, connections: int = 1) -> int:

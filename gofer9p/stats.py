@@ -44,7 +44,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from .protocol.constants import MsgType
 
@@ -61,24 +61,24 @@ __all__ = [
     "quantile",
 ]
 
-COLUMNS = 128
+COLUMNS: Final = 128
 """Message types counted one by one (every 9P2000.L T-message is below 128); a
 frame of a larger type is counted in column 0 (``other``)."""
-FIRST_BIT = 10
+FIRST_BIT: Final = 10
 """Bucket 0 holds latencies below 2**FIRST_BIT ns (1.024 us)."""
-BUCKETS = 26
+BUCKETS: Final = 26
 """Latency buckets: 25 bounded ones (2**10 .. 2**34 ns) and the one above."""
-MAX_ERROR_KEYS = 512
+MAX_ERROR_KEYS: Final = 512
 """Distinct (type, errno) pairs kept per connection; past it, new pairs count under
 errno 0 of their type (at most COLUMNS keys more).  A real export never gets near:
 a few errnos per type; the bound is for memory."""
-CONNECTION_STATS_BYTES = 160 * 1024
+CONNECTION_STATS_BYTES: Final = 160 * 1024
 """Most memory one connection's counters hold: 29 lists of COLUMNS slots and, in
 the worst case, one int object (32 bytes) in each, plus the error table."""
 
 _clock = time.monotonic_ns
-_TLERROR = int(MsgType.TLERROR)
-_BUCKET_OF = tuple(min(b, BUCKETS - 1) for b in range(128 - FIRST_BIT + 1))
+_TLERROR: Final = int(MsgType.TLERROR)
+_BUCKET_OF: Final = tuple(min(b, BUCKETS - 1) for b in range(128 - FIRST_BIT + 1))
 """The bucket of a latency ``dt`` (ns, below 2**128) is ``_BUCKET_OF[(dt >> FIRST_BIT).bit_length()]``:
 one index where a comparison and a branch would run per reply."""
 
@@ -148,13 +148,15 @@ class ConnStats:
         A reply's type byte is its request's plus one, except an Rlerror's: those are
         counted in column 6 first (Tlerror, which no client sends: no branch per
         reply) and moved to their requests' types from ``errk``."""
-        dt = _clock() - t0
-        row = self.hist[_BUCKET_OF[(dt >> FIRST_BIT).bit_length()]]
-        if row is None:
-            row = self._row(dt)
+        dt: int = _clock() - t0
+        made = self.hist[_BUCKET_OF[(dt >> FIRST_BIT).bit_length()]]
+        # (declared types: compiled, list[int] indexed by an int is a direct list
+        # operation; an index or a row of an inferred Any or union type went through
+        # the generic PyObject_GetItem/SetItem, five of them per reply)
+        row: list[int] = self._row(dt) if made is None else made
         lsum = self.lsum
         for r in out:
-            k = r[4] - 1
+            k: int = r[4] - 1
             row[k] += 1
             lsum[k] += dt
         if self.errk:  # loaded again below: the common case (no Rlerror) stores nothing
@@ -292,7 +294,7 @@ class Registry:
         }
 
 
-REGISTRY = Registry()
+REGISTRY: Final = Registry()
 """The process's registry: every server connection is in it unless its
 ``ServerConfig.stats`` names another (tests)."""
 

@@ -11,6 +11,7 @@ import errno
 import os
 import stat
 from collections.abc import Callable
+from typing import Final
 
 from gofer9p.attach import _sys
 from gofer9p.attach._common import (
@@ -28,12 +29,12 @@ from gofer9p.attach._fids import _Fid
 from gofer9p.attach._locks import Locks
 from gofer9p.protocol import constants as C
 
-_NS = 1_000_000_000
+_NS: Final = 1_000_000_000
 
 # Whether utimensat/fchmodat2 accept AT_EMPTY_PATH on this kernel; learnt on first use.
 _empty_path_ok = {"utimensat": True, "fchmodat2": True}
-_CHMOD_FALLBACK = (errno.ENOSYS, errno.EINVAL)
-_UTIMES_FALLBACK = (errno.ENOENT, errno.EINVAL)
+_CHMOD_FALLBACK: Final = (errno.ENOSYS, errno.EINVAL)
+_UTIMES_FALLBACK: Final = (errno.ENOENT, errno.EINVAL)
 
 
 def _own_fd_first(call: str, do: Callable[[], object], fallback: tuple[int, ...]) -> bool:

@@ -29,11 +29,11 @@ reclaimed), ``reopens`` (fids reopened after a reclaim).
 from __future__ import annotations
 
 import threading
-from typing import Protocol
+from typing import Final, Protocol
 
 __all__ = ["FD_OVERHEAD", "FdBudget"]
 
-FD_OVERHEAD = 32
+FD_OVERHEAD: Final = 32
 """Fds of a budget kept for the process itself besides one socket per connection:
 stdio (3), the log (1), trio's epoll and wake-up fds (3), the attach points'
 fds and their mount fds, the few fds the inline request opens, one or two for

@@ -10,29 +10,30 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from typing import Final
 
 from gofer9p.protocol import constants as C
 
-_MASK64 = (1 << 64) - 1
-_OFF_MAX = (1 << 63) - 1  # largest file offset (off_t); 9P offsets are u64
+_MASK64: Final = (1 << 64) - 1
+_OFF_MAX: Final = (1 << 63) - 1  # largest file offset (off_t); 9P offsets are u64
 
-_S_IFMT = 0o170000
-_DIR = stat.S_IFDIR
-_REG = stat.S_IFREG
-_LNK = stat.S_IFLNK
-_FIFO = stat.S_IFIFO
-_CHR = stat.S_IFCHR
-_BLK = stat.S_IFBLK
+_S_IFMT: Final = 0o170000
+_DIR: Final = stat.S_IFDIR
+_REG: Final = stat.S_IFREG
+_LNK: Final = stat.S_IFLNK
+_FIFO: Final = stat.S_IFIFO
+_CHR: Final = stat.S_IFCHR
+_BLK: Final = stat.S_IFBLK
 
-_O_PATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
-_O_PATH_DIR = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
-_O_DIR_READ = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_O_PATH: Final = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+_O_PATH_DIR: Final = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+_O_DIR_READ: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 # Bound once: the hot paths call these through a module global, not an attribute chain.
 _fstat = os.fstat
 _close = os.close
 
-_ACC_HOST = (os.O_RDONLY, os.O_WRONLY, os.O_RDWR, os.O_RDONLY)  # by 9P access mode
+_ACC_HOST: Final = (os.O_RDONLY, os.O_WRONLY, os.O_RDWR, os.O_RDONLY)  # by 9P access mode
 
 
 def _err(code: int) -> OSError:

@@ -36,20 +36,21 @@ import threading
 import time
 from bisect import bisect_right
 from collections.abc import Callable
+from typing import Final
 
 SETTLE_NS = 1_000_000_000
 """A directory changed less than this long ago is listed without the cache."""
-MAX_LISTING = 1 << 20
+MAX_LISTING: Final = 1 << 20
 """Largest encoded listing kept (about 30k entries of 10-byte names)."""
-MAX_TOTAL = 4 << 20
+MAX_TOTAL: Final = 4 << 20
 """Bytes of listings kept per session, their indexes counted (INDEX_BYTES per entry)."""
-INDEX_BYTES = 144
+INDEX_BYTES: Final = 144
 """Python memory of one entry's index: its end in ``ends`` (a list slot and an
 int) and its cookie in ``index`` (a dict entry, an int key and value); a
 listing of one-letter names is 25 bytes per entry, so without counting this
 the cache could hold about 7 x MAX_TOTAL."""
 
-_ENTRY_MAX = 24 + 255  # a 9P dirent with the longest name
+_ENTRY_MAX: Final = 24 + 255  # a 9P dirent with the longest name
 
 
 class _Listing:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from typing import Final
 
 from gofer9p.attach import _sys
 from gofer9p.attach._common import _BLK, _CHR, _DIR, _FIFO, _LNK, _REG, _S_IFMT, _err
@@ -15,11 +16,11 @@ from gofer9p.attach._dircache import DirCache
 from gofer9p.attach._fids import FidTable, _Fid
 from gofer9p.protocol import constants as C
 
-_DIRENT_BUFSIZE = 32 * 1024
+_DIRENT_BUFSIZE: Final = 32 * 1024
 # qid type by d_type (indexable by any byte value)
-_DT_QTYPES = bytes(0x80 if t == C.DT_DIR else 0x02 if t == C.DT_LNK else 0 for t in range(256))
-_INO_LIMIT = 1 << 56
-_FMT_DT = {
+_DT_QTYPES: Final = bytes(0x80 if t == C.DT_DIR else 0x02 if t == C.DT_LNK else 0 for t in range(256))
+_INO_LIMIT: Final = 1 << 56
+_FMT_DT: Final = {
     _DIR: C.DT_DIR, _REG: C.DT_REG, _LNK: C.DT_LNK, _FIFO: C.DT_FIFO,
     _CHR: C.DT_CHR, _BLK: C.DT_BLK, stat.S_IFSOCK: C.DT_SOCK,
 }

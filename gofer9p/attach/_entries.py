@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from typing import Final
 
 from gofer9p.attach import _sys
 from gofer9p.attach._attrs import Attrs
@@ -31,17 +32,17 @@ from gofer9p.attach._fids import _XREAD, _Fid
 from gofer9p.protocol import constants as C
 from gofer9p.protocol.messages import Qid
 
-_O_CREATE = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_NOT_DIRECTORY = ~os.O_DIRECTORY  # Tlcreate's host flags drop O_DIRECTORY
+_O_CREATE: Final = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_NOT_DIRECTORY: Final = ~os.O_DIRECTORY  # Tlcreate's host flags drop O_DIRECTORY
 
 #: The mode bits a create asks the kernel for: permissions and sticky.  Set-id bits are set
 #: after the chown to the client's ids (a chown strips them, even as root; and a new file of
 #: root's with them must not exist, even for a moment).
-_CREATE_BITS = 0o1777
+_CREATE_BITS: Final = 0o1777
 
-_SETID = stat.S_ISUID | stat.S_ISGID
-_ACCMODE = C.L_O_ACCMODE
-_WRITERS = (C.L_O_WRONLY, C.L_O_RDWR)  # the 9P access modes that write
+_SETID: Final = stat.S_ISUID | stat.S_ISGID
+_ACCMODE: Final = C.L_O_ACCMODE
+_WRITERS: Final = (C.L_O_WRONLY, C.L_O_RDWR)  # the 9P access modes that write
 
 
 def _exact_mode(fmt: int, mode: int, got: int) -> int:

@@ -30,17 +30,18 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from itertools import pairwise
+from typing import Final
 
 __all__ = ["ID_MAX", "OVERFLOW_ID", "UNMAPPED", "IdMap", "IdTable"]
 
-ID_MAX = 0xFFFFFFFE
+ID_MAX: Final = 0xFFFFFFFE
 """Largest id a range may hold: 2**32 - 1 is no id ((uid_t)-1, 9P's NONUNAME)."""
-OVERFLOW_ID = 65534
+OVERFLOW_ID: Final = 65534
 """What the kernel reports for an id its user namespace cannot map (overflowuid)."""
-UNMAPPED = -1
+UNMAPPED: Final = -1
 """What ``to_host`` answers for a guest id no range holds: the caller refuses (EPERM), and
 a Tattach of such a uid makes a fid that may own nothing."""
-MEMO_MAX = 1024
+MEMO_MAX: Final = 1024
 """Host ids whose guest id a table remembers (``IdTable.memo``): a Tgetattr of a known
 owner then costs no call (the lookups are a dict hit each), and the memo stays bounded
 whatever owners the export holds."""

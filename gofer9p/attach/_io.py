@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+from typing import Final
 
 from gofer9p.attach import _sys
 from gofer9p.attach._common import _DIR, _FIFO, _OFF_MAX, _REG, _close, _err, _fstat
@@ -25,10 +26,10 @@ _preadv = os.preadv
 _pwrite = os.pwrite
 _splice = os.splice
 
-_DIR_REFUSED = C.L_O_ACCMODE | C.L_O_TRUNC
+_DIR_REFUSED: Final = C.L_O_ACCMODE | C.L_O_TRUNC
 """Tlopen flags a directory refuses (EISDIR)."""
 
-BLOCKS = -2
+BLOCKS: Final = -2
 """What :meth:`FileIO.read` answers an ``inline`` read of a FIFO: read it in a worker thread."""
 
 

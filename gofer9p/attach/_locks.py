@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+from typing import Final
 
 from gofer9p.attach import _sys
 from gofer9p.attach._common import _ACC_HOST, _close, _err
@@ -18,13 +19,13 @@ from gofer9p.attach._fids import _LockOwner
 from gofer9p.attach._reopen import Reopen
 from gofer9p.protocol import constants as C
 
-_LOCK_EOF = 1 << 64  # "to the end of the file" (length 0), beyond any real offset
-_MAX_LOCK_FDS = 1024  # per session: extra descriptions for further owners of one fid
-_MAX_LOCK_RANGES = 1024  # per owner and file
+_LOCK_EOF: Final = 1 << 64  # "to the end of the file" (length 0), beyond any real offset
+_MAX_LOCK_FDS: Final = 1024  # per session: extra descriptions for further owners of one fid
+_MAX_LOCK_RANGES: Final = 1024  # per owner and file
 MAX_SESSION_LOCK_RANGES = 32768
 """Lock ranges tracked per session (all fids and owners): ~130 bytes each, so
 about 4 MiB at most; past it Tlock is ENOLCK."""
-LOCK_RANGE_BYTES = 160
+LOCK_RANGE_BYTES: Final = 160
 """Python memory of one tracked lock range (a tuple of two ints in a list)."""
 
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import errno
 import os
+from typing import Final
 
 from gofer9p.attach._common import _DIR, _O_DIR_READ, _O_PATH_DIR, _close, _err, _fstat
 from gofer9p.attach._dirs import Dirs
 from gofer9p.attach._fids import _DirFd, _Fid
 
-_UP = tuple(b"/".join([b".."] * k) for k in range(1, 33))  # "..", "../..", ... (see _inside)
-_UP_RUNS = 4096 // len(_UP)  # runs of _UP before _inside gives up (4096 levels)
+_UP: Final = tuple(b"/".join([b".."] * k) for k in range(1, 33))  # "..", "../..", ... (see _inside)
+_UP_RUNS: Final = 4096 // len(_UP)  # runs of _UP before _inside gives up (4096 levels)
 
 
 class Paths(Dirs):

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import errno
 import os
+from typing import Final
 
 from gofer9p.attach import _sys
 from gofer9p.attach._common import _BLK, _CHR, _DIR, _FIFO, _LNK, _REG, _close, _err, _fstat
 from gofer9p.attach._fids import _Fid
 from gofer9p.attach._walk import Walk
 
-_O_REOPEN = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_O_REOPEN: Final = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 # Whether re-opening by file handle may work (False once it failed for lack of privilege).
 _handles_ok = {"reopen": True}
-_HANDLE_UNSUPPORTED = frozenset(
+_HANDLE_UNSUPPORTED: Final = frozenset(
     {errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EOVERFLOW, errno.ESTALE, errno.EINVAL}
 )
 

@@ -12,6 +12,7 @@ import errno
 import os
 import pwd
 from collections.abc import Sequence
+from typing import Final
 
 from gofer9p.attach._common import _DIR, _S_IFMT, _close, _err, _fstat
 from gofer9p.attach._fids import _DirFd, _Fid
@@ -20,7 +21,7 @@ from gofer9p.attach._sys import open_child
 from gofer9p.protocol import constants as C
 from gofer9p.protocol.messages import Qid
 
-_NOBODY = 65534  # the kernel's overflow uid
+_NOBODY: Final = 65534  # the kernel's overflow uid
 
 
 class Walk(Paths):

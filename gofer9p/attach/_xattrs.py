@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+from typing import Final
 
 from gofer9p.attach import _sys
 from gofer9p.attach._common import _DIR, _FIFO, _REG, _close, _err
@@ -19,12 +20,12 @@ from gofer9p.attach._entries import Entries
 from gofer9p.attach._fids import _XREAD, _XWRITE, _Fid, _Xattr
 from gofer9p.protocol import constants as C
 
-XATTR_MAX = 64 * 1024
+XATTR_MAX: Final = 64 * 1024
 """Largest xattr value or name list we hold for a client (the kernel's own limit)."""
 
-_XATTR_NS = b"user."
-_XATTR_NS_STR = "user."
-_UNLOCK_ALL = _sys.FLOCK.pack(C.LOCK_TYPE_UNLCK, os.SEEK_SET, 0, 0, 0)  # the whole file
+_XATTR_NS: Final = b"user."
+_XATTR_NS_STR: Final = "user."
+_UNLOCK_ALL: Final = _sys.FLOCK.pack(C.LOCK_TYPE_UNLCK, os.SEEK_SET, 0, 0, 0)  # the whole file
 
 
 class Xattrs(Entries):

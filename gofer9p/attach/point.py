@@ -23,20 +23,20 @@ import os
 import stat
 import threading
 from collections.abc import Callable
-from typing import NoReturn
+from typing import Final, NoReturn
 
 from gofer9p.attach import _sys
 from gofer9p.protocol.messages import Qid
 
 log = logging.getLogger("gofer9p.attach")
 
-_S_IFMT = 0o170000
-_S_IFDIR = stat.S_IFDIR
-_S_IFLNK = stat.S_IFLNK
-_S_IFREG = stat.S_IFREG
-_INO_BITS = 56
-_INO_LIMIT = 1 << _INO_BITS
-_OVERFLOW_DEV = 0xFF  # device index reserved for (dev, ino) pairs that do not fit
+_S_IFMT: Final = 0o170000
+_S_IFDIR: Final = stat.S_IFDIR
+_S_IFLNK: Final = stat.S_IFLNK
+_S_IFREG: Final = stat.S_IFREG
+_INO_BITS: Final = 56
+_INO_LIMIT: Final = 1 << _INO_BITS
+_OVERFLOW_DEV: Final = 0xFF  # device index reserved for (dev, ino) pairs that do not fit
 
 
 def qid_type(mode: int) -> int:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Callable
+from typing import Final
 
 from gofer9p.attach._budget import FdBudget
 from gofer9p.attach._common import _err
@@ -105,10 +106,10 @@ __all__ = [
     "session_memory_bound",
 ]
 
-BLOCKING_IO_THRESHOLD = 64 * 1024
+BLOCKING_IO_THRESHOLD: Final = 64 * 1024
 """Reads/writes larger than this are worth a worker thread (see :func:`is_blocking`)."""
 
-_NO_VIEW = memoryview(b"")  # a spliced read fills no buffer
+_NO_VIEW: Final = memoryview(b"")  # a spliced read fills no buffer
 
 
 def is_blocking(m: Message) -> bool:

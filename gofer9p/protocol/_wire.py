@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import struct
+from typing import Final
 
-HEADER = struct.Struct("<IBH")
-_U16 = struct.Struct("<H")
-_U32 = struct.Struct("<I")
-_QID = struct.Struct("<BIQ")
+HEADER: Final = struct.Struct("<IBH")
+_U16: Final = struct.Struct("<H")
+_U32: Final = struct.Struct("<I")
+_QID: Final = struct.Struct("<BIQ")
 
 
 class ProtocolError(Exception):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from . import _generated  # specialised per-message code, see _codegen.py
 from . import constants as C
@@ -30,8 +30,8 @@ from .messages import Message, Qid
 
 Buffer = bytes | bytearray | memoryview
 
-_DIRENT = struct.Struct("<BIQQBH")
-DIRENT_FIXED = _DIRENT.size  # 24 bytes before the name
+_DIRENT: Final = struct.Struct("<BIQQBH")
+DIRENT_FIXED: Final = _DIRENT.size  # 24 bytes before the name
 
 
 class Dirent(NamedTuple):
@@ -50,36 +50,36 @@ RGETATTR: struct.Struct = _generated._E_Rgetattr
 """The whole Rgetattr frame as one fixed layout: size (160), type, tag, valid,
 qid type/version/path, then the attribute fields in wire order.  The server's
 Tgetattr fast path packs it directly from a stat (no message objects)."""
-TGETATTR_BODY = struct.Struct("<IQ")
+TGETATTR_BODY: Final = struct.Struct("<IQ")
 """Tgetattr's body (fid, request_mask); a frame of any other size is malformed."""
 
 # Fixed layouts of the commonest requests and replies, unpacked and packed
 # whole (one struct call, no message objects): the dispatch table's entries
 # for Tgetattr, Tclunk, Tremove, Twalk (a clone, one name), Tlcreate, Tlopen,
 # Tread, Treaddir and Twrite use them.
-FID_BODY = struct.Struct("<I")
+FID_BODY: Final = struct.Struct("<I")
 """Tclunk's and Tremove's body: the fid."""
-TLOPEN_BODY = struct.Struct("<II")
+TLOPEN_BODY: Final = struct.Struct("<II")
 """Tlopen's body: fid, flags (read in place by its entry and the read-only policy)."""
-TWALK_HEAD = struct.Struct("<IIH")
+TWALK_HEAD: Final = struct.Struct("<IIH")
 """Twalk's fixed part (fid, newfid, nwname); with nwname 0 the whole body (a clone)."""
-RWALK_EMPTY = struct.Struct("<IBHH")
+RWALK_EMPTY: Final = struct.Struct("<IBHH")
 """The whole Rwalk of a clone: header and nwqid 0."""
-NAME_LEN = struct.Struct("<H")
+NAME_LEN: Final = struct.Struct("<H")
 """A string's length prefix: Twalk's one name starts after TWALK_HEAD with it."""
-RWALK_ONE = struct.Struct("<IBHHBIQ")
+RWALK_ONE: Final = struct.Struct("<IBHHBIQ")
 """The whole Rwalk of a one-name walk: header (size 22), nwqid 1, the qid."""
-TLCREATE_HEAD = struct.Struct("<IH")
+TLCREATE_HEAD: Final = struct.Struct("<IH")
 """Tlcreate's fid and its name's length; the name follows, then TLCREATE_TAIL."""
-TLCREATE_TAIL = struct.Struct("<III")
+TLCREATE_TAIL: Final = struct.Struct("<III")
 """Tlcreate's flags, mode and gid, after the name."""
 RLCREATE: struct.Struct = _generated._E_Rlcreate
 """The whole Rlcreate frame: size (24), type, tag, qid type/version/path, iounit."""
 RLOPEN: struct.Struct = _generated._E_Rlopen
 """The whole Rlopen frame: size (24), type, tag, qid type/version/path, iounit."""
-TIO_HEAD = struct.Struct("<IQI")
+TIO_HEAD: Final = struct.Struct("<IQI")
 """Tread's and Treaddir's body and Twrite's head: fid, offset, count."""
-HEADER_U32 = struct.Struct("<IBHI")
+HEADER_U32: Final = struct.Struct("<IBHI")
 """A header and one u32: Rread's and Rreaddir's count (the data follows), Rwrite's count,
 Rlerror's ecode."""
 

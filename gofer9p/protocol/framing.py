@@ -26,17 +26,19 @@ that a peer cannot park a hostile header in a buffer sized for it.
 
 from __future__ import annotations
 
+from typing import Final
+
 from ._wire import _U32, HEADER
 
-HEADER_SIZE = 7
+HEADER_SIZE: Final = 7
 """size[4] type[1] tag[2]: the smallest frame."""
 
-NEED_DATA = -1
+NEED_DATA: Final = -1
 """``mtype`` of :func:`next_frame`'s answer when the frame at ``start`` is incomplete."""
-FRAMING_ERROR = -2
+FRAMING_ERROR: Final = -2
 """``mtype`` of :func:`next_frame`'s answer when the size field is outside ``[7, max_frame]``."""
 
-_UNKNOWN = (0, NEED_DATA, 0)
+_UNKNOWN: Final = (0, NEED_DATA, 0)
 """Fewer than four bytes: not even the size is known."""
 
 Buffer = bytes | bytearray | memoryview

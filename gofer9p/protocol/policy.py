@@ -20,11 +20,13 @@ One row per T-message the server answers (the dispatch table of
 
 from __future__ import annotations
 
+from typing import Final
+
 import attrs
 
 from . import constants as C
 
-T = C.MsgType
+T: Final = C.MsgType
 
 
 @attrs.frozen
@@ -36,8 +38,8 @@ class Policy:
     ordered: bool = False
 
 
-_RO = Policy()
-_MUT = Policy(mutates=True)
+_RO: Final = Policy()
+_MUT: Final = Policy(mutates=True)
 
 POLICY: dict[int, Policy] = {
     T.TVERSION: Policy(ordered=True),
@@ -71,11 +73,11 @@ POLICY: dict[int, Policy] = {
 }
 """Every request the server answers; any other type is ``EOPNOTSUPP``."""
 
-WRITE_FLAGS = C.L_O_ACCMODE | C.L_O_TRUNC
+WRITE_FLAGS: Final = C.L_O_ACCMODE | C.L_O_TRUNC
 """Tlopen flags that make it a mutating request: open for writing, or truncate."""
 
 
-ORDERED = frozenset(int(t) for t, p in POLICY.items() if p.ordered)
+ORDERED: Final = frozenset(int(t) for t, p in POLICY.items() if p.ordered)
 """Types before which a held-back large reply is sent (plain ints: the hot path tests them)."""
 
 __all__ = ["ORDERED", "POLICY", "WRITE_FLAGS", "Policy"]

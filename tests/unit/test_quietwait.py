@@ -234,6 +234,48 @@ async def test_deferred_counts_the_waits_sent_through_trio(nursery: trio.Nursery
         assert q.deferred == 2
 
 
+async def test_refreshes_counts_the_reads_of_trios_statistics(long_block: None) -> None:
+    """``refreshes`` (the server logs it as ``stats_reads=``) counts the reads of trio's
+    statistics: once for a wait after a task ran, not again for the next wait while
+    nothing else ran and the reading is fresh (``FRESH_S``)."""
+    a, b = _pair()
+    with a, b:
+        q = await _ready(a)
+        assert q.refreshes == 0
+        b.send(b"x")
+        assert q.recv_into(_buf(), True) == 1
+        assert q.refreshes == 1
+        b.send(b"y")
+        assert q.recv_into(_buf(), True) == 1
+        assert q.refreshes == 1
+        await trio.sleep(0)  # this task ran through the scheduler: read them again
+        b.send(b"z")
+        assert q.recv_into(_buf(), True) == 1
+        assert q.refreshes == 2
+
+
+async def test_a_reading_is_trusted_for_fresh_s_not_block_s(monkeypatch: pytest.MonkeyPatch) -> None:
+    """How long a reading of trio's statistics stays fresh is ``FRESH_S``, not the
+    longest sleep (``BLOCK_S``): a wait ``BLOCK_S`` after the last reading, nothing else
+    having run, does not read them again; one after ``FRESH_S`` does."""
+    monkeypatch.setattr(_quietwait, "BLOCK_S", 0.01)
+    monkeypatch.setattr(_quietwait, "FRESH_S", LONG)
+    a, b = _pair()
+    with a, b:
+        q = await _ready(a)
+        b.send(b"x")
+        assert q.recv_into(_buf(), True) == 1
+        assert q.refreshes == 1
+        time.sleep(0.05)  # (the thread, not the task: nothing is scheduled)
+        b.send(b"y")
+        assert q.recv_into(_buf(), True) == 1
+        assert q.refreshes == 1
+        q._fresh_until = 0.0  # as if FRESH_S had gone by
+        b.send(b"z")
+        assert q.recv_into(_buf(), True) == 1
+        assert q.refreshes == 2
+
+
 async def test_defers_to_the_rest_of_the_batch() -> None:
     """Two tasks woken in the same pass: the one that runs first must not take the
     thread; the last one may (the first went back to trio, its socket is polled)."""
