@@ -24,7 +24,7 @@ shutdown.  Units (the export: 500 files of 100 bytes on /var/tmp's file system):
 --target`` directory of a wheel: the compiled build), with this interpreter.  gofer9p's
 quiet wait reads trio's statistics every 10 ms of wall time and measures a turn every few
 requests; under valgrind a request takes about 1 ms, so those parts weigh more here than at
-full speed, and move a count by 2-4% between runs.
+full speed, and move a count by 2-8% between runs.
 """
 
 from __future__ import annotations
