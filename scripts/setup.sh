@@ -31,8 +31,9 @@ apt_install() {
 
 # libseccomp (pyseccomp loads it), libcap-dev (python-prctl builds against it), diod (the
 # reference server for benchmarks and the guest tier), strace (seccomp whitelist tooling),
-# tshark (tests/integration/test_record.py checks that it dissects session recordings as 9P).
-pkgs=(libseccomp2 libcap-dev gcc python3-dev diod strace tshark)
+# tshark (tests/integration/test_record.py checks that it dissects session recordings as 9P),
+# valgrind (benchmarks/instructions.py counts instructions per request with cachegrind).
+pkgs=(libseccomp2 libcap-dev gcc python3-dev diod strace tshark valgrind)
 need=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need+=("$p")
