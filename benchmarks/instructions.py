@@ -147,7 +147,7 @@ def main() -> int:
     ap.add_argument("--diod", action="store_true", help="count diod too")
     a = ap.parse_args()
     if shutil.which("valgrind") is None:
-        print("valgrind not installed (apt-get install valgrind)", file=sys.stderr)
+        print("valgrind not installed (scripts/setup.sh installs it)", file=sys.stderr)
         return 2
     servers: list[tuple[str, Callable[[int, str], list[str]], dict[str, str]]] = []
     for spec in a.tree or [f"gofer9p={Path(__file__).resolve().parent.parent}"]:
