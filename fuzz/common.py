@@ -239,10 +239,13 @@ class Health:
         return out
 
 
-def settle_fds(target: Target, base: int | None, settle: float = 5.0) -> str | None:
+def settle_fds(
+    target: Target, base: int | None, settle: float = 5.0, before: dict[int, str] | None = None
+) -> str | None:
     """A leak problem if the server's fd count does not come back to ``base`` (taken before a
     case's connections) within ``settle`` seconds after they closed; None if it does or
-    cannot be told (one process per connection)."""
+    cannot be told (one process per connection).  ``before``: the fds' targets when ``base``
+    was taken, so that the problem names the fds that are new, not only the last names."""
     pid = target.pid()
     if pid is None or base is None:
         return None
@@ -252,11 +255,13 @@ def settle_fds(target: Target, base: int | None, settle: float = 5.0) -> str | N
         time.sleep(0.05)
         n = fd_count(pid)
     if n is not None and n > base:
-        names = sorted(set(fd_targets(pid).values()))
-        return (
-            f"leak: server holds {n} fds after the case's connections closed, {base} before; "
-            f"open: {', '.join(names[-12:])}"
-        )
+        now = fd_targets(pid)
+        if before is not None:
+            new = sorted(f"{fd}->{t}" for fd, t in now.items() if before.get(fd) != t)
+            what = f"new: {', '.join(new[:20])}"
+        else:
+            what = f"open: {', '.join(sorted(set(now.values()))[-12:])}"
+        return f"leak: server holds {n} fds after the case's connections closed, {base} before; {what}"
     return None
 
 

@@ -67,7 +67,7 @@ from .common import (
     settle_fds,
     split_problem,
 )
-from .targets import Target, fd_count
+from .targets import Target, fd_count, fd_targets
 from .wire import Closed, Failure, RawConn, Transcript, attach_requests
 
 NAMES = [b"a", b"b", b"d1", b"d2", b"f"]
@@ -571,6 +571,7 @@ def run_case(target: Target, seed: int, ops: int, *, timeout: float = 5.0) -> Ra
     agent.setup()
     pid = target.pid()
     fd_base = fd_count(pid) if pid is not None else None
+    fd_before = fd_targets(pid) if pid is not None else None
     links = []
     threads = []
     try:
@@ -613,7 +614,7 @@ def run_case(target: Target, seed: int, ops: int, *, timeout: float = 5.0) -> Ra
             link.sock.close()
         for link in links:
             out.problems += link.finish(10.0)
-        leak = settle_fds(target, fd_base) if links and target.alive() else None
+        leak = settle_fds(target, fd_base, before=fd_before) if links and target.alive() else None
         if leak:
             out.problems.append(leak)
         time.sleep(0.05)
