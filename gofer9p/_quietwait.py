@@ -444,7 +444,7 @@ class QuietWait:
         """Non-zero: polling lost a trial, the window stays off for this many measured turns."""
         self._hold_next = _HOLD_MIN
         self._block = BLOCK_S
-        self._fresh = max(FRESH_S, BLOCK_S)
+        self._fresh = max(FRESH_S, self._block)
         self._clock: Any = None
         self._poll: Any = None
         self._alone = False  # the poll set is our socket only

@@ -39,10 +39,11 @@ def add_poll_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--poll-us",
         type=_microseconds,
-        default=50,
+        default=0,
         metavar="US",
-        help="poll up to this long (adaptive) for the next request before sleeping; "
-        "0 never polls (default 50: saves a wake-up per request at one request in flight)",
+        help="poll up to this long (adaptive) for the next request before sleeping "
+        "(default 0: never; a window such as 50 can save a wake-up per request at one "
+        "request in flight where wake-ups are dear, for CPU: benchmarks/README.md)",
     )
 
 

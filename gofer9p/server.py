@@ -157,12 +157,15 @@ class ServerConfig:
     the reply buffers of threaded Treads, from admission until the reply is
     sent.  Past it the loop stops reading (one request is always admitted when
     nothing else is in flight)."""
-    poll_us: int = 50
+    poll_us: int = 0
     """Longest adaptive poll (microseconds) for the next request before the
-    loop sleeps, when it has nothing else to do (0: never poll).  Saves the
-    wake-up that dominated a QD1 round trip; a client that keeps pausing longer
-    than this turns it off for that connection within a few requests
-    (see _quietwait.py)."""
+    loop sleeps, when it has nothing else to do (0: never poll).  It can save
+    the wake-up of a QD1 round trip where a wake-up is dear; a client that keeps
+    pausing longer than this turns it off for that connection within a few
+    requests (see _quietwait.py).  Off by default: on the VMs this project is
+    measured on, a window of 50 us cost 1-14 us more server CPU per QD1 request
+    than none and bought no latency (p9bench, session 13), and v9fs guests never
+    let it catch a request (benchmarks/README.md, "#17")."""
     idmap: IdMap | None = None
     """Guest <-> host id mapping of every connection (``--map-uid``, ``--map-gid``,
     ``--squash-ids``; see gofer9p/attach/_idmap.py); None: ids pass unchanged."""

@@ -1043,3 +1043,17 @@ async def test_a_trial_judges_polling_that_misses(cpu_trials: None) -> None:
             CPU[0] += 30 if i % (2 * every) < every else 10  # (polling blocks cost more)
         assert q.hits == 0
         assert q.window == 0.0 and q._held == _quietwait._HOLD_MIN  # polling lost
+
+
+def test_the_poll_window_is_off_unless_asked_for() -> None:
+    """Every way to start a server polls for no request by default (session 13's p9bench: a
+    50 us window cost 2-13 us more server CPU per QD1 request than none and bought no
+    latency), and ``--poll-us`` still turns a window on."""
+    from gofer9p import cli, daemon
+    from gofer9p.server import ServerConfig
+
+    assert ServerConfig().poll_us == 0
+    assert cli.build_parser().parse_args(["serve", "/tmp", "--fd", "3"]).poll_us == 0
+    assert daemon.build_parser().parse_args(["--bundle", "b", "--io-fds", "3"]).poll_us == 0
+    on = daemon.build_parser().parse_args(["--bundle", "b", "--io-fds", "3", "--poll-us", "50"])
+    assert on.poll_us == 50
