@@ -15,16 +15,9 @@ from typing import TYPE_CHECKING, ClassVar
 
 import attrs
 
+from ._wire import Qid as Qid  # (re-exported: every message with a qid names it from here)
+
 Buffer = bytes | bytearray | memoryview
-
-
-@attrs.define(slots=True)
-class Qid:
-    """Server's unique id for a file: type (QidType bits), version, path."""
-
-    type: int
-    version: int
-    path: int
 
 
 @attrs.define(slots=True, eq=False, repr=False)
