@@ -359,6 +359,7 @@ def _argv(case: dict[str, Any]) -> list[str]:
 def _idmap_case(case: dict[str, Any]) -> list[str]:
     from gofer9p.attach import IdMap
     from gofer9p.attach._idmap import MEMO_MAX, OVERFLOW_ID, UNMAPPED
+    from gofer9p.protocol.codec import RGETATTR
 
     uids, gids, squash = case["uids"], case["gids"], case["squash"]
     ok = _ref_ok(uids) and _ref_ok(gids) and (
@@ -393,7 +394,9 @@ def _idmap_case(case: dict[str, Any]) -> list[str]:
     for g, h, n in uids + gids:
         probes += [g - 1, g, g + n - 1, g + n, h - 1, h, h + n - 1, h + n]
     probes += [rng.randrange(1 << 32) for _ in range(rng.choice((20, MEMO_MAX + 50)))]
-    mapper = built.getattr_mapper(lambda fid, mask: (1, 2, 3, 4, 5, fid, mask, 8))
+    # the backend's Rgetattr frame, its owner the probe (uid = fid, gid = mask)
+    mapper = built.getattr_mapper(
+        lambda tag, fid, mask: RGETATTR.pack(160, 25, tag, 1, 2, 3, 4, 5, fid, mask, *range(15)))
     for x in probes:
         if x < 0:
             continue
@@ -406,7 +409,12 @@ def _idmap_case(case: dict[str, Any]) -> list[str]:
             want = _ref(ranges, x, 1, OVERFLOW_ID)
             if table.to_guest(x) != want:
                 problems.append(f"invariant: host id {x} -> guest {table.to_guest(x)}, not {want}")
-        u, gg = mapper(x, x)[5:7]
+        if x > 0xFFFFFFFF:  # (no host id: a stat's owner is 32 bits)
+            continue
+        frame = RGETATTR.unpack(mapper(9, x, x))
+        u, gg = frame[8:10]
+        if frame[:8] != (160, 25, 9, 1, 2, 3, 4, 5) or frame[10:] != tuple(range(15)):
+            problems.append(f"invariant: Rgetattr of owner {x}:{x} changed beyond its owner")
         if (u, gg) != (_ref(uids, x, 1, OVERFLOW_ID), _ref(gids, x, 1, OVERFLOW_ID)):
             problems.append(f"invariant: Rgetattr owner {x}:{x} reported as {u}:{gg}")
         if len(problems) > 5:

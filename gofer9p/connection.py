@@ -63,7 +63,6 @@ from .protocol.codec import (
     FID_BODY,
     HEADER_U32,
     NAME_LEN,
-    RGETATTR,
     RLCREATE,
     RLOPEN,
     RWALK_EMPTY,
@@ -88,7 +87,6 @@ _T_VERSION: Final = int(T.TVERSION)
 _T_FLUSH: Final = int(T.TFLUSH)
 _T_READ: Final = int(T.TREAD)
 _T_WRITE: Final = int(T.TWRITE)
-_R_GETATTR: Final = int(T.RGETATTR)
 _R_CLUNK: Final = int(T.RCLUNK)
 _R_REMOVE: Final = int(T.RREMOVE)
 _R_WALK: Final = int(T.RWALK)
@@ -98,7 +96,6 @@ _R_READDIR: Final = int(T.RREADDIR)
 _L_O_TRUNC: Final = C.L_O_TRUNC
 _R_WRITE: Final = int(T.RWRITE)
 _R_READ: Final = int(T.RREAD)
-_RGETATTR_SIZE: Final = RGETATTR.size
 
 PRE_VERSION_FRAME: Final = 8 * 1024
 """Largest frame accepted before a Tversion is granted: any Tversion fits
@@ -532,7 +529,7 @@ class ConnectionCore:
         if len(frame) != 19:
             raise ProtocolError("Tgetattr", "size", f"frame of {len(frame)} bytes, expected 19")
         fid, mask = TGETATTR_BODY.unpack_from(frame, 7)
-        return RGETATTR.pack(_RGETATTR_SIZE, _R_GETATTR, tag, *self.session.getattr_fields(fid, mask))
+        return self.session.getattr_frame(tag, fid, mask)
 
     def _clunk(self, tag: int, frame: memoryview) -> bytes:
         if len(frame) != 11:

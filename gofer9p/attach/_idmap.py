@@ -27,12 +27,18 @@ hold ids, are not).
 
 from __future__ import annotations
 
+import struct
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from itertools import pairwise
 from typing import Final
 
 __all__ = ["ID_MAX", "OVERFLOW_ID", "UNMAPPED", "IdMap", "IdTable"]
+
+_RGETATTR_IDS: Final = struct.Struct("<II")
+_RGETATTR_IDS_AT: Final = 32
+"""Where Rgetattr's uid and gid are in its frame: after size[4] type[1] tag[2] valid[8]
+qid[13] mode[4] (tests/unit/test_idmap.py checks it against the codec)."""
 
 ID_MAX: Final = 0xFFFFFFFE
 """Largest id a range may hold: 2**32 - 1 is no id ((uid_t)-1, 9P's NONUNAME)."""
@@ -183,22 +189,26 @@ class IdMap:
         return self.uids.mapped or self.gids.mapped
 
     def getattr_mapper(
-        self, getattr: Callable[[int, int], tuple[int, ...]]
-    ) -> Callable[[int, int], tuple[int, ...]]:
-        """``getattr`` (the backend's: Rgetattr's fields after the tag, uid at 5 and gid
-        at 6) with the owner translated host -> guest.  One closure per session, chosen
-        once, so a session without a map calls the backend's method directly."""
+        self, getattr_frame: Callable[[int, int, int], bytes]
+    ) -> Callable[[int, int, int], bytes]:
+        """``getattr_frame`` (the backend's: ``(tag, fid, mask)`` -> the whole Rgetattr
+        frame) with the owner translated host -> guest: the uid and gid at their fixed
+        place in the frame are replaced.  One closure per session, chosen once, so a
+        session without a map calls the backend's method directly."""
         umemo, uslow = self.uids.memo, self.uids.to_guest
         gmemo, gslow = self.gids.memo, self.gids.to_guest
+        ids, at = _RGETATTR_IDS, _RGETATTR_IDS_AT
 
-        def fields(fid: int, mask: int) -> tuple[int, ...]:
-            v = getattr(fid, mask)
-            u = v[5]
-            g = v[6]
-            return (v[0], v[1], v[2], v[3], v[4], umemo[u] if u in umemo else uslow(u),
-                    gmemo[g] if g in gmemo else gslow(g), *v[7:])
+        def frame(tag: int, fid: int, mask: int) -> bytes:
+            b = getattr_frame(tag, fid, mask)
+            u, g = ids.unpack_from(b, at)
+            gu = umemo[u] if u in umemo else uslow(u)
+            gg = gmemo[g] if g in gmemo else gslow(g)
+            if gu == u and gg == g:
+                return b
+            return b[:at] + ids.pack(gu, gg) + b[at + ids.size:]
 
-        return fields
+        return frame
 
     def describe(self) -> str:
         """The options as flags, for the gofer's ready line."""

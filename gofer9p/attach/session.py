@@ -4,11 +4,12 @@
 each handler takes a T-message, calls the fid-level backend
 (``backend.Backend``, through its ``FileSystem`` interface) with plain values,
 and makes the R-message from what it returns.  The server calls the backend's
-plain entries for its commonest requests directly (``getattr_fields``,
+plain entries for its commonest requests directly (``getattr_frame``,
 ``clunk_fid``, ``clone_fid``, ``write_regular``, ``read_into``,
 ``splice_read``, ...): they are the backend's own methods, so each request
 has one implementation.  Nothing under ``attach/`` but this module knows a
-message.
+message; one reply's frame is packed by the backend itself (Rgetattr, with
+``codec.RGETATTR``: ``Attrs.getattr_frame`` says why).
 
 The security model (what the backend enforces, and how) is in ``backend.py``.
 
@@ -17,7 +18,7 @@ applied here, at the edge: the ids in Tattach, Tsetattr and the create
 requests are translated guest -> host before the backend sees them, and
 Rgetattr's host -> guest after it answers; the backend only ever sees host
 ids.  A session without a map takes the un-mapped paths, chosen once in
-``__init__`` (``getattr_fields`` is then the backend's own method).
+``__init__`` (``getattr_frame`` is then the backend's own method).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from gofer9p.attach.backend import (
 )
 from gofer9p.attach.point import AttachPoint
 from gofer9p.protocol import constants as C
+from gofer9p.protocol.codec import RGETATTR
 from gofer9p.protocol.messages import (
     Message,
     Qid,
@@ -146,8 +148,8 @@ class Session:
     which the server owns (Tread through :attr:`read_into`).
 
     The plain entries the server calls without message objects are the
-    backend's own bound methods (no layer between): ``getattr_fields(fid,
-    mask)`` (Rgetattr's fields after the tag; with an id map, translated by
+    backend's own bound methods (no layer between): ``getattr_frame(tag, fid,
+    mask)`` (the whole Rgetattr frame; with an id map, its owner translated by
     ``IdMap.getattr_mapper``), ``clunk_fid(fid)``,
     ``remove_fid(fid)``, ``clone_fid(fid, newfid)`` (Twalk with no names to
     another fid), ``walk_fid(fid, newfid, names)`` (any Twalk: the qids),
@@ -176,9 +178,9 @@ class Session:
             point, max_fids=max_fids, msize=msize, fd_share=fd_share, fd_budget=fd_budget)
         self.backend = b
         self.idmap = idmap
-        self.getattr_fields: Callable[[int, int], tuple[int, ...]] = (
-            idmap.getattr_mapper(b.getattr) if idmap is not None and idmap.maps_replies
-            else b.getattr)
+        self.getattr_frame: Callable[[int, int, int], bytes] = (
+            idmap.getattr_mapper(b.getattr_frame) if idmap is not None and idmap.maps_replies
+            else b.getattr_frame)
         self.fd_budget: FdBudget = b.fd_budget
         self.clunk_fid: Callable[[int], None] = b.clunk
         self.remove_fid: Callable[[int], None] = b.remove
@@ -267,8 +269,8 @@ class Session:
         return Rremove(m.tag)
 
     def getattr(self, m: Tgetattr) -> Rgetattr:
-        v = self.getattr_fields(m.fid, m.request_mask)
-        return Rgetattr(m.tag, v[0], Qid(v[1], v[2], v[3]), *v[4:])
+        v = RGETATTR.unpack(self.getattr_frame(m.tag, m.fid, m.request_mask))
+        return Rgetattr(m.tag, v[3], Qid(v[4], v[5], v[6]), *v[7:])
 
     def setattr(self, m: Tsetattr) -> Rsetattr:
         """The backend's setattr; with an id map, a chown's ids are the guest's

@@ -254,16 +254,16 @@ async def test_mkdir_in_a_setgid_directory_keeps_the_host_group(mapped: Served) 
 # --- the session's paths ----------------------------------------------------------------------
 
 
-def test_without_a_map_getattr_fields_is_the_backends_own_method(export: Path) -> None:
+def test_without_a_map_getattr_frame_is_the_backends_own_method(export: Path) -> None:
     """Mapping off costs nothing per Tgetattr: the server's fast entry is the backend's
     method itself (also with a squash alone, which changes no reply)."""
     point = AttachPoint.open(str(export))
     try:
         for idmap in (None, IdMap(squash=SQUASH)):
             s = Session(point, idmap=idmap)
-            assert s.getattr_fields == s.backend.getattr
+            assert s.getattr_frame == s.backend.getattr_frame
         s = Session(point, idmap=MAPPED)
-        assert s.getattr_fields != s.backend.getattr
+        assert s.getattr_frame != s.backend.getattr_frame
     finally:
         point.close()
 

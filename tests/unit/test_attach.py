@@ -436,6 +436,24 @@ def test_setattr_mode_size_times(
     err(errno.EINVAL, _setattr, s, 1, C.SETATTR_MTIME | C.SETATTR_MTIME_SET, mtime_nsec=2 * 10**9)
 
 
+@pytest.mark.parametrize(
+    ("ns", "sec", "nsec"),
+    [(1_700_000_000_123_456_789, 1_700_000_000, 123_456_789), (0, 0, 0),
+     (-1_500_000_000, (1 << 64) - 2, 500_000_000), (-1, (1 << 64) - 1, 999_999_999)],
+)
+def test_getattr_times_floor_to_seconds_and_nanoseconds(
+    s: Session, root: Path, ns: int, sec: int, nsec: int
+) -> None:
+    """Rgetattr's (sec, nsec) is the stat's time floored: nsec stays in [0, 1e9) for times
+    before 1970 too, and sec goes on the wire as its 64-bit two's complement."""
+    f = root / "t"
+    f.write_bytes(b"")
+    os.utime(f, ns=(ns, ns))
+    walk(s, 2, b"t")
+    r = s.getattr(Tgetattr(1, 2, C.GETATTR_ALL))
+    assert (r.atime_sec, r.atime_nsec, r.mtime_sec, r.mtime_nsec) == (sec, nsec, sec, nsec)
+
+
 def test_setattr_directory_and_symlink(
     s: Session, root: Path, empty_path: bool, by_handle: bool
 ) -> None:

@@ -278,7 +278,7 @@ def test_session_hot_entries_are_the_backends_own_methods(root: Path) -> None:
         s = Session(p)
         be = s.backend
         for entry, method in [
-            (s.getattr_fields, be.getattr), (s.clunk_fid, be.clunk),
+            (s.getattr_frame, be.getattr_frame), (s.clunk_fid, be.clunk),
             (s.remove_fid, be.remove), (s.clone_fid, be.walk),
             (s.write_regular, be.write), (s.read_into, be.read),
         ]:

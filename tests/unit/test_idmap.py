@@ -13,6 +13,7 @@ from gofer9p import cli, daemon, launch
 from gofer9p.attach import IdMap
 from gofer9p.attach._idmap import ID_MAX, MEMO_MAX, OVERFLOW_ID, UNMAPPED, IdTable
 from gofer9p.options import add_idmap_args, idmap_from_args
+from gofer9p.protocol import codec
 
 
 def test_lookups_at_the_edges_of_each_range() -> None:
@@ -48,11 +49,15 @@ def test_lookups_agree_with_a_linear_scan() -> None:
 
 def test_the_memo_stays_bounded_and_the_mapper_uses_it() -> None:
     m = IdMap([(0, 100000, 65536)], [])
-    fields = m.getattr_mapper(lambda fid, mask: (0, 0, 0, 0, 0o644, fid, mask, 1))
+
+    def frame(uid: int, gid: int) -> bytes:
+        return codec.RGETATTR.pack(160, 25, 3, 0, 0, 0, 0, 0o644, uid, gid, *[1] * 15)
+
+    frames = m.getattr_mapper(lambda tag, fid, mask: frame(fid, mask))
     for h in range(90000, 90000 + 3 * MEMO_MAX):
-        assert fields(h, h) == (0, 0, 0, 0, 0o644, 65534 if h < 100000 else h - 100000, h, 1)
+        assert frames(3, h, h) == frame(65534 if h < 100000 else h - 100000, h)
     assert len(m.uids.memo) == len(m.gids.memo) == MEMO_MAX
-    assert fields(100005, 7) == (0, 0, 0, 0, 0o644, 5, 7, 1)  # past the memo: still right
+    assert frames(3, 100005, 7) == frame(5, 7)  # past the memo: still right
 
 
 def test_no_ranges_is_identity() -> None:
@@ -118,3 +123,12 @@ def test_launch_api_refuses_an_overlap_before_spawning() -> None:
     with pytest.raises(launch.LaunchError, match=re.escape(WANT)):
         launch.start_gofer("/nonexistent-bundle", map_gids=[(0, 100, 10), (20, 105, 1)])
     assert launch.idmap_flags([(0, 1, 2)], [], (3, 4)) == ["--map-uid=0:1:2", "--squash-ids=3:4"]
+
+
+def test_rgetattr_ids_are_where_the_mapper_replaces_them() -> None:
+    """The mapper patches the uid and gid at a fixed place in the backend's Rgetattr frame:
+    that place is the codec's."""
+    from gofer9p.attach import _idmap
+
+    frame = codec.RGETATTR.pack(160, 25, 7, 0, 0, 0, 0, 0o644, 1234, 5678, *[0] * 15)
+    assert _idmap._RGETATTR_IDS.unpack_from(frame, _idmap._RGETATTR_IDS_AT) == (1234, 5678)
