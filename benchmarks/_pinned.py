@@ -1,5 +1,6 @@
-"""What qd1.py and overtake.py share: a tmpfs export, a server pinned to CPU 1
-on one end of a socketpair with this process pinned to CPU 0, and 9P strings."""
+"""What the QD1 benchmarks share: a tmpfs export, a server pinned to CPU 1 on one end of
+a socketpair with this process pinned to CPU 0, 9P strings, a blocking round trip, and a
+process's CPU time from /proc (qd1.py, overtake.py, instructions.py, guest_workload.py)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,25 @@ the base interpreter, which has no gofer9p), else the base's (not a pyenv shim: 
 def s9(b: bytes) -> bytes:
     """A 9P string: u16 length, then the bytes."""
     return struct.pack("<H", len(b)) + b
+
+
+def rpc(c: socket.socket, t: int, tag: int, body: bytes) -> bytes:
+    """Send one request of type ``t`` on blocking socket ``c``, wait for its reply: the
+    reply's body (OSError for an Rlerror).  One request in flight: the reply is ours."""
+    c.sendall(struct.pack("<IBH", 7 + len(body), t, tag) + body)
+    size, rt, _ = struct.unpack("<IBH", c.recv(7, socket.MSG_WAITALL))
+    rest = c.recv(size - 7, socket.MSG_WAITALL) if size > 7 else b""
+    if rt == 7:
+        raise OSError(struct.unpack("<I", rest)[0], "Rlerror")
+    return rest
+
+
+def proc_cpu(pid: int) -> tuple[int, int, str]:
+    """Process ``pid``'s user and system CPU time in clock ticks (``SC_CLK_TCK``), all its
+    threads, and its state letter, from /proc/PID/stat (OSError once it was reaped)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        f = fh.read().rsplit(")", 1)[1].split()  # (the name in parentheses may hold spaces)
+    return int(f[11]), int(f[12]), f[0]
 
 
 @contextmanager

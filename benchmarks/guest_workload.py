@@ -46,6 +46,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from _pinned import proc_cpu  # noqa: E402  (benchmarks/ is on sys.path: the script's own directory)
+
 from tests.guest import guestvm, servers  # noqa: E402
 
 PHASES = ("untar", "ls_lR", "read_all", "rm_rf")
@@ -140,12 +142,11 @@ class _CpuWatch:
         tick = os.sysconf("SC_CLK_TCK")
         while True:
             try:
-                with open(f"/proc/{pid}/stat") as fh:
-                    f = fh.read().rsplit(")", 1)[1].split()
+                user, system, state = proc_cpu(pid)
             except OSError:
                 return
-            self.last[pid] = (int(f[11]) / tick, int(f[12]) / tick)
-            if f[0] in ("Z", "X"):
+            self.last[pid] = (user / tick, system / tick)
+            if state in ("Z", "X"):
                 return
             time.sleep(self.PERIOD)
 

@@ -42,19 +42,14 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from _pinned import s9
+from _pinned import rpc, s9
 
 UNITS = ("getattr", "read4k", "lookup", "create")
 FILES = 500
 
 
 def _rpc(c: socket.socket, t: int, body: bytes) -> bytes:
-    c.sendall(struct.pack("<IBH", 7 + len(body), t, 1) + body)
-    size, rt, _ = struct.unpack("<IBH", c.recv(7, socket.MSG_WAITALL))
-    rest = c.recv(size - 7, socket.MSG_WAITALL) if size > 7 else b""
-    if rt == 7:
-        raise OSError(struct.unpack("<I", rest)[0], "Rlerror")
-    return rest
+    return rpc(c, t, 1, body)
 
 
 def _unit(c: socket.socket, unit: str) -> Callable[[int], None]:
@@ -102,8 +97,13 @@ def _unit(c: socket.socket, unit: str) -> Callable[[int], None]:
     return create
 
 
-def count(argv: Callable[[int, str], list[str]], env: dict[str, str], unit: str, n: int) -> int:
-    """Instructions (Ir) of one server run doing ``n`` units, start-up and shutdown included."""
+def count(
+    argv: Callable[[int, str], list[str]], env: dict[str, str], unit: str, n: int, keep: Path | None = None,
+) -> int:
+    """Instructions (Ir) of one server run doing ``n`` units, start-up and shutdown included.
+    With ``keep``: run under callgrind instead, instrumenting only the units
+    (by function and caller; start-up and shutdown left out), and keep its output there, for
+    ``callgrind_annotate``."""
     work = Path(tempfile.mkdtemp(prefix="gofer9p-instr-", dir="/var/tmp"))
     exp = work / "export"
     exp.mkdir()
@@ -111,10 +111,11 @@ def count(argv: Callable[[int, str], list[str]], env: dict[str, str], unit: str,
         (exp / f"f{k:04d}").write_bytes(b"x" * 100)
     (exp / "big").write_bytes(os.urandom(1 << 20))
     (exp / "scratch").mkdir()
-    out = work / "cg.out"
+    out = keep or work / "cg.out"
     c, s = socket.socketpair()
     try:
-        vg = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "-q", f"--cachegrind-out-file={out}"]
+        vg = (["valgrind", "--tool=callgrind", "-q", "--instr-atstart=no", f"--callgrind-out-file={out}"] if keep else
+              ["valgrind", "--tool=cachegrind", "--cache-sim=no", "-q", f"--cachegrind-out-file={out}"])
         p = subprocess.Popen(
             vg + argv(s.fileno(), str(exp)), pass_fds=[s.fileno()], env=env, cwd=work,
             stderr=subprocess.DEVNULL,
@@ -124,11 +125,15 @@ def count(argv: Callable[[int, str], list[str]], env: dict[str, str], unit: str,
         _rpc(c, 104, struct.pack("<II", 0, 0xFFFFFFFF) + s9(b"root") + s9(str(exp).encode())
              + struct.pack("<I", 0))
         do = _unit(c, unit)
+        if keep:  # the profile holds the units only: start-up and session set-up left out
+            subprocess.run(["callgrind_control", "-i", "on", str(p.pid)], check=True, capture_output=True)
         for i in range(n):
             do(i)
+        if keep:
+            subprocess.run(["callgrind_control", "-i", "off", str(p.pid)], check=True, capture_output=True)
         c.close()
         p.wait(600)
-        m = re.search(r"^summary: (\d+)", out.read_text(), re.M)
+        m = re.search(r"^(?:summary|totals): (\d+)", out.read_text(), re.M)
         if m is None:
             raise RuntimeError(f"no cachegrind summary in {out}")
         return int(m[1])
@@ -145,6 +150,9 @@ def main() -> int:
     ap.add_argument("--tree", action="append", default=[], metavar="NAME=PATH",
                     help="a gofer9p checkout or install directory (repeatable; default: this checkout)")
     ap.add_argument("--diod", action="store_true", help="count diod too")
+    ap.add_argument("--callgrind", metavar="DIR", type=Path,
+                    help="also profile each server doing N2 units under callgrind, into DIR/NAME-UNIT.out "
+                         "(read with callgrind_annotate --inclusive=yes)")
     a = ap.parse_args()
     if shutil.which("valgrind") is None:
         print("valgrind not installed (scripts/setup.sh installs it)", file=sys.stderr)
@@ -163,8 +171,11 @@ def main() -> int:
     print("|---|" + "---:|" * len(servers))
     for u in units:
         cells = []
-        for _, argv, env in servers:
+        for name, argv, env in servers:
             lo, hi = count(argv, env, u, a.n1), count(argv, env, u, a.n2)
+            if a.callgrind:
+                a.callgrind.mkdir(parents=True, exist_ok=True)
+                count(argv, env, u, a.n2, a.callgrind.resolve() / f"{name}-{u}.out")
             cells.append(f"{(hi - lo) / (a.n2 - a.n1):,.0f}")
         print(f"| {u} | " + " | ".join(cells) + " |", flush=True)
     return 0

@@ -30,7 +30,8 @@ import tempfile
 import time
 from typing import IO
 
-from _pinned import GOFER, s9, spawn_pinned, tmpfs_export
+from _pinned import GOFER, proc_cpu, s9, spawn_pinned, tmpfs_export
+from _pinned import rpc as _rpc
 
 
 def main() -> int:
@@ -75,12 +76,7 @@ def _run(a: argparse.Namespace, exp: str) -> int:
     c, p = spawn_pinned(argv, stderr=log, server_cpu=a.server_cpu)
 
     def rpc(t: int, tag: int, body: bytes) -> bytes:
-        c.sendall(struct.pack("<IBH", 7 + len(body), t, tag) + body)
-        size, rt, _ = struct.unpack("<IBH", c.recv(7, socket.MSG_WAITALL))
-        rest = c.recv(size - 7, socket.MSG_WAITALL) if size > 7 else b""
-        if rt == 7:
-            raise OSError(struct.unpack("<I", rest)[0], "Rlerror")
-        return rest
+        return _rpc(c, t, tag, body)
 
     rpc(100, 0xFFFF, struct.pack("<I", 65536) + s9(b"9P2000.L"))
     rpc(104, 1, struct.pack("<II", 0, 0xFFFFFFFF) + s9(b"root") + s9(exp.encode()) + struct.pack("<I", 0))
@@ -105,9 +101,8 @@ def _run(a: argparse.Namespace, exp: str) -> int:
             ]
 
     def cpu() -> tuple[int, int]:
-        with open(f"/proc/{p.pid}/stat") as fh:
-            f = fh.read().rsplit(")", 1)[1].split()
-        return int(f[11]), int(f[12])
+        user, system, _ = proc_cpu(p.pid)
+        return user, system
 
     think = a.think_us / 1e6
     clock = time.perf_counter
