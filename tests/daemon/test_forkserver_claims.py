@@ -22,7 +22,7 @@ from gofer9p.forkproto import record
 from gofer9p.launch import ForkServer, LaunchError
 
 from .conftest import gofer_env, is_pool_child, make_bundle, wait_for_idle_child
-from .test_forkserver import _children, _listen, _serves, _state, _wait_gone
+from .test_forkserver import _children, _fds, _listen, _serves, _state, _wait_gone
 
 
 @pytest.fixture
@@ -178,7 +178,7 @@ def _wait_waiting(pid: int) -> None:
     """Until the pre-forked child ``pid`` waits in its trio run (an epoll fd, asleep)."""
     deadline = time.monotonic() + 30
     while True:
-        fds = [os.readlink(f"/proc/{pid}/fd/{n}") for n in os.listdir(f"/proc/{pid}/fd")]
+        fds = list(_fds(pid).values())  # (skips a fd that closes while it is listed)
         if "anon_inode:[eventpoll]" in fds and _state(pid) == "S":
             return
         assert time.monotonic() < deadline, fds
