@@ -14,8 +14,9 @@ pure-Python package, which is complete on its own (the compiled modules are the 
   pure, with a warning, and leaves none of the compiled modules in the build (they share one
   runtime library: half of them would not import).
 
-Which modules: the protocol's wire layer and framing, the connection core, the quiet wait,
-the statistics, the server's connection loop (``server.py``: trio runs its compiled
+Which modules: besides ``gofer9p/attach/_cstat.c`` (two stat calls without a
+``stat_result``, with Python twins in ``attach/_stat.py``), the protocol's wire layer and
+framing, the connection core, the quiet wait, the statistics, the server's connection loop (``server.py``: trio runs its compiled
 coroutines like any others) and the attach layer, which every request goes through (issue
 #17; benchmarks/README.md measures what it saves).  Not the message classes or the generated
 codec (attrs classes and untyped generated code, which mypyc compiles wrongly or not at
@@ -33,12 +34,17 @@ import sys
 import tomllib
 from typing import Any
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "pyproject.toml"), "rb") as _f:
     COMPILED: list[str] = tomllib.load(_f)["tool"]["gofer9p"]["compiled"]
 """The modules mypyc compiles (pyproject's [tool.gofer9p]; tests/unit/test_build.py reads it too)."""
+
+
+CSTAT = "gofer9p.attach._cstat"
+CSTAT_SOURCE = "gofer9p/attach/_cstat.c"
+"""The one hand-written C module: built with the mypyc modules, and dropped with them."""
 
 
 def _say(msg: str) -> None:
@@ -79,10 +85,12 @@ def _ext_modules() -> list[Any]:
         _say("mypyc is not installed: pure Python")
         return []
     try:
-        return list(mypycify(COMPILED, opt_level="3"))
+        modules = list(mypycify(COMPILED, opt_level="3"))
     except BaseException as e:  # mypy's type check failed (SystemExit), or mypyc itself
         _say(f"mypyc could not compile the core ({e!r}): pure Python")
         return []
+    # The stat calls of the hot requests, in C (gofer9p/attach/_stat.py says why).
+    return [*modules, Extension(CSTAT, [CSTAT_SOURCE], extra_compile_args=["-O2", "-Wall"])]
 
 
 setup(ext_modules=_ext_modules(), cmdclass={"build_ext": OptionalBuildExt})

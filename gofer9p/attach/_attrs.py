@@ -11,7 +11,7 @@ import errno
 import os
 import stat
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Final
 
 from gofer9p.attach import _sys
 from gofer9p.attach._common import (
@@ -27,12 +27,11 @@ from gofer9p.attach._common import (
 )
 from gofer9p.attach._fids import _Fid
 from gofer9p.attach._locks import Locks
+from gofer9p.attach._stat import rgetattr
 from gofer9p.protocol import constants as C
 from gofer9p.protocol.codec import RGETATTR
 
-_NS: Final = 1_000_000_000
-_RGETATTR_SIZE: Final = RGETATTR.size
-_R_GETATTR: Final = int(C.MsgType.RGETATTR)
+_BASIC: Final = C.GETATTR_BASIC
 
 # Whether utimensat/fchmodat2 accept AT_EMPTY_PATH on this kernel; learnt on first use.
 _empty_path_ok = {"utimensat": True, "fchmodat2": True}
@@ -64,27 +63,16 @@ class Attrs(Locks):
         ``valid`` = request_mask & BASIC (as gVisor; btime/gen/data_version are not
         available and never reported valid).
 
-        Packed here, from the stat, in one call: the server's Tgetattr answers with
-        this frame as it is.  A tuple of the fields (what ``getattr`` returns) cost a
-        compiled build some 4,000 instructions more per request: each field taken out
-        of the stat as a C integer and boxed again, and a star-call to pack them.  The
-        stat is ``Any`` so that mypyc passes its fields on as the objects they are."""
+        Packed from the stat in one call (``_stat.rgetattr``: C in a compiled build, no
+        ``stat_result``), and the server's Tgetattr answers with this frame as it is.
+        A tuple of the fields (what ``getattr`` returns) cost a compiled build some
+        4,000 instructions more per request, the ``stat_result`` another 5,000."""
         f = self._ref(fid)
         try:  # not ``with``: a hot entry (see FidTable._ref)
-            st: Any = _fstat(f.fd)
             qid = f.qid
+            return rgetattr(f.fd, tag, request_mask & _BASIC, qid.type, qid.version, qid.path)
         finally:
             self._put(f)
-        a, an = divmod(st.st_atime_ns, _NS)  # floor: pre-1970 times keep nsec in [0, 1e9)
-        m, mn = divmod(st.st_mtime_ns, _NS)
-        c, cn = divmod(st.st_ctime_ns, _NS)
-        return RGETATTR.pack(
-            _RGETATTR_SIZE, _R_GETATTR, tag,
-            request_mask & C.GETATTR_BASIC, qid.type, qid.version, qid.path,
-            st.st_mode, st.st_uid, st.st_gid, st.st_nlink, st.st_rdev, st.st_size,
-            st.st_blksize, st.st_blocks, a & _MASK64, an, m & _MASK64, mn, c & _MASK64, cn,
-            0, 0, 0, 0,
-        )
 
     def getattr(self, fid: int, request_mask: int) -> tuple[int, ...]:
         """``getattr_frame``'s fields after the tag, flat and in wire order (qid as

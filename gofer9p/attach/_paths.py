@@ -16,6 +16,7 @@ from typing import Final
 from gofer9p.attach._common import _DIR, _O_DIR_READ, _O_PATH_DIR, _close, _err, _fstat
 from gofer9p.attach._dirs import Dirs
 from gofer9p.attach._fids import _DirFd, _Fid
+from gofer9p.attach._stat import ident_at
 
 _UP: Final = tuple(b"/".join([b".."] * k) for k in range(1, 33))  # "..", "../..", ... (see _inside)
 _UP_RUNS: Final = 4096 // len(_UP)  # runs of _UP before _inside gives up (4096 levels)
@@ -57,12 +58,12 @@ class Paths(Dirs):
         try:
             for _ in range(_UP_RUNS):
                 for up in _UP:
-                    st = os.stat(up, dir_fd=cur, follow_symlinks=False)
-                    if st.st_ino == rino and st.st_dev == rdev:
+                    sdev, sino = ident_at(cur, up)
+                    if sino == rino and sdev == rdev:
                         return True
-                    if st.st_ino == ino and st.st_dev == dev:
+                    if sino == ino and sdev == dev:
                         return False  # "/" (or the chroot's root) is its own parent
-                    dev, ino = st.st_dev, st.st_ino
+                    dev, ino = sdev, sino
                 # Neither within len(_UP) levels: go on from that directory's fd.
                 nfd = os.open(_UP[-1], _O_PATH_DIR, dir_fd=cur)
                 if owned:
@@ -109,10 +110,10 @@ class Paths(Dirs):
                 raise _err(errno.EBUSY)
             name = point.name
             try:
-                st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+                sdev, sino = ident_at(parent, name)
             except OSError:
                 raise _err(errno.ESTALE) from None
-            if st.st_ino != f.ino or st.st_dev != f.dev:
+            if sino != f.ino or sdev != f.dev:
                 raise _err(errno.ESTALE)
             return parent, name, False
         pdev, pino = 0, -1
@@ -129,8 +130,8 @@ class Paths(Dirs):
             name = f.path[-1] if f.path else b""
             if name:
                 try:
-                    st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
-                    if st.st_ino == f.ino and st.st_dev == f.dev:
+                    sdev, sino = ident_at(pfd, name)
+                    if sino == f.ino and sdev == f.dev:
                         return pfd, name, owned
                 except OSError:
                     pass

@@ -50,6 +50,17 @@ def test_all_or_none_of_the_core_is_compiled() -> None:
         assert all(kinds.values()) == (expect == "compiled"), (expect, kinds)
 
 
+def test_the_c_stat_module_comes_with_the_compiled_core() -> None:
+    """``attach/_cstat.c`` is built and dropped with the mypyc modules (setup.py): a
+    compiled build answers its hot stats in C, a pure one with ``_stat``'s Python twins."""
+    from gofer9p.attach import _stat
+
+    compiled = _is_compiled("gofer9p.protocol._wire")
+    assert _stat.COMPILED == compiled
+    assert (_stat.rgetattr is _stat.rgetattr_py) == (not compiled)
+    assert (_stat.ident_at is _stat.ident_at_py) == (not compiled)
+
+
 def test_a_source_checkout_holds_no_compiled_module() -> None:
     """A compiled module next to its source in a checkout (an in-place build) would be
     imported instead of it, so an edited ``.py`` would silently not run: setup.py never
@@ -58,7 +69,7 @@ def test_a_source_checkout_holds_no_compiled_module() -> None:
     if not (pkg / "pyproject.toml").exists():
         return  # an installed package (site-packages): its sources are never edited
     found = []
-    for name in _compiled_modules():
+    for name in [*_compiled_modules(), "gofer9p.attach._cstat"]:
         src = pkg / (name.replace(".", "/") + ".py")
         found += [str(so) for so in src.parent.glob(src.stem + ".*.so")]
     assert not found, f"compiled modules in a source checkout: {found}"

@@ -1,0 +1,112 @@
+"""``attach/_cstat.c`` against its Python twins in ``attach/_stat.py``: the same answers,
+the same errors.  Runs where the C module was built (the compiled build; the CI's compiled
+tier), skipped in a pure build, where the twins are what the backend calls."""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gofer9p.attach import _stat
+from gofer9p.protocol.codec import RGETATTR
+
+cstat = pytest.importorskip("gofer9p.attach._cstat")
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Iterator[int]:
+    """A directory fd holding a file, a subdirectory, a symlink, a dangling one, a FIFO."""
+    (tmp_path / "f").write_bytes(b"x" * 5000)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "e").mkdir()
+    (tmp_path / "l").symlink_to("f")
+    (tmp_path / "dangling").symlink_to("nowhere")
+    os.mkfifo(tmp_path / "p")
+    fd = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
+    yield fd
+    os.close(fd)
+
+
+def _same_error(f1: object, f2: object, *args: object) -> type[BaseException]:
+    kinds: list[tuple[type[BaseException], object]] = []
+    for f in (f1, f2):
+        with pytest.raises(Exception) as e:
+            f(*args)  # type: ignore[operator]
+        kinds.append((type(e.value), getattr(e.value, "errno", None)))
+    assert kinds[0] == kinds[1], kinds
+    return kinds[0][0]
+
+
+@pytest.mark.parametrize("name", [b"f", b"d", b"l", b"dangling", b"p", b".", b"..", b"d/e/../.."])
+def test_ident_at_is_lstat_s_identity(tree: int, name: bytes) -> None:
+    assert cstat.ident_at(tree, name) == _stat.ident_at_py(tree, name)
+    st = os.stat(name, dir_fd=tree, follow_symlinks=False)
+    assert cstat.ident_at(tree, name) == (st.st_dev, st.st_ino)
+
+
+def test_ident_at_fails_as_os_stat_does(tree: int) -> None:
+    assert _same_error(cstat.ident_at, _stat.ident_at_py, tree, b"missing") is FileNotFoundError
+    assert _same_error(cstat.ident_at, _stat.ident_at_py, tree, b"f/x") is NotADirectoryError
+    assert _same_error(cstat.ident_at, _stat.ident_at_py, tree, b"a\0b") is ValueError
+    bad = os.open("/", os.O_RDONLY)
+    os.close(bad)
+    with pytest.raises(OSError) as e:
+        cstat.ident_at(bad, b"f")
+    assert e.value.errno == errno.EBADF
+    with pytest.raises(TypeError):
+        cstat.ident_at(tree, "f")
+
+
+@pytest.mark.parametrize(
+    "ns", [1_700_000_000_123_456_789, 0, -1, -1_500_000_000, (1 << 62) + 7, -(1 << 62)]
+)
+@pytest.mark.parametrize("name", ["f", "d", "l", "p"])
+def test_rgetattr_packs_what_python_packs(tmp_path: Path, ns: int, name: str) -> None:
+    (tmp_path / "f").write_bytes(b"y" * 12345)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "l").symlink_to("f")
+    os.mkfifo(tmp_path / "p")
+    try:
+        os.utime(tmp_path / name, ns=(ns, ns), follow_symlinks=False)
+    except OSError as e:  # a time this file system cannot hold
+        pytest.skip(f"utime: {e}")
+    fd = os.open(tmp_path / name, os.O_PATH | os.O_NOFOLLOW)
+    try:
+        for args in [(0, 0, 0, 0, 0), (0xFFFF, 0x7FF, 0x80, 0xFFFFFFFF, (1 << 64) - 1),
+                     (17, 0x17, 2, 3, 1 << 56 | 42)]:
+            c = cstat.rgetattr(fd, *args)
+            assert c == _stat.rgetattr_py(fd, *args)
+            assert len(c) == RGETATTR.size
+    finally:
+        os.close(fd)
+
+
+def test_rgetattr_of_a_device(tmp_path: Path) -> None:
+    fd = os.open("/dev/null", os.O_PATH)
+    try:
+        c = cstat.rgetattr(fd, 1, 0x7FF, 0, 0, 9)
+        assert c == _stat.rgetattr_py(fd, 1, 0x7FF, 0, 0, 9)
+        assert RGETATTR.unpack(c)[11] == os.stat("/dev/null").st_rdev
+    finally:
+        os.close(fd)
+
+
+def test_rgetattr_fails_as_os_fstat_does(tmp_path: Path) -> None:
+    bad = os.open(tmp_path, os.O_RDONLY)
+    os.close(bad)
+    assert _same_error(cstat.rgetattr, _stat.rgetattr_py, bad, 1, 0, 0, 0, 0) is OSError
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        for args in [(1 << 16, 0, 0, 0, 0), (0, 1 << 64, 0, 0, 0), (0, 0, 256, 0, 0),
+                     (0, 0, 0, 1 << 32, 0), (0, 0, 0, 0, 1 << 64), (-1, 0, 0, 0, 0)]:
+            with pytest.raises(OverflowError):
+                cstat.rgetattr(fd, *args)
+            with pytest.raises(struct.error):
+                _stat.rgetattr_py(fd, *args)
+    finally:
+        os.close(fd)
