@@ -3,10 +3,11 @@
  * Why C: os.stat/os.fstat build a stat_result of 20 fields, three of them floats
  * and three nanosecond ints made by multiplying Python ints; in a compiled
  * build that is 4,600-5,000 of a request's instructions, for each stat.  The
- * callers here need two fields (an identity check: dev and inode) or one frame
- * (Rgetattr, packed from the stat).  Each function is the same system call as
- * the os function it replaces (fstatat with AT_SYMLINK_NOFOLLOW, fstat), with
- * the GIL released around it as os does, and raises the same OSError.
+ * callers here need two or three fields (an identity check: dev and inode; a
+ * walk's step: and the mode) or one frame (Rgetattr, packed from the stat).  Each
+ * function makes the same system calls as the os functions it replaces (fstatat
+ * with AT_SYMLINK_NOFOLLOW; openat and fstat; fstat), with the GIL released around
+ * them as os does, and raises the same OSError.
  *
  * Optional: setup.py builds it beside the mypyc modules; where it is missing
  * gofer9p/attach/_common.py falls back to the same functions in Python (the
@@ -17,7 +18,9 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <errno.h>
 #include <fcntl.h>
+#include <unistd.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -62,6 +65,20 @@ static int arg_fd(PyObject *o, int *out) {
     return 0;
 }
 
+/* A name as os.stat takes bytes: TypeError if not bytes, ValueError with a NUL. */
+static int check_name(PyObject *o, char **out) {
+    if (!PyBytes_Check(o)) {
+        PyErr_SetString(PyExc_TypeError, "name must be bytes");
+        return -1;
+    }
+    *out = PyBytes_AS_STRING(o);
+    if ((Py_ssize_t)strlen(*out) != PyBytes_GET_SIZE(o)) {
+        PyErr_SetString(PyExc_ValueError, "embedded null byte");
+        return -1;
+    }
+    return 0;
+}
+
 PyDoc_STRVAR(ident_at_doc,
 "ident_at(dirfd, name) -> (st_dev, st_ino)\n\n"
 "os.stat(name, dir_fd=dirfd, follow_symlinks=False)'s device and inode.");
@@ -70,29 +87,53 @@ static PyObject *ident_at(PyObject *self, PyObject *const *args, Py_ssize_t narg
     (void)self;
     int dirfd;
     char *name;
-    Py_ssize_t len;
     struct stat st;
     int r;
     if (nargs != 2) {
         PyErr_SetString(PyExc_TypeError, "ident_at(dirfd, name) takes 2 arguments");
         return NULL;
     }
-    if (arg_fd(args[0], &dirfd) < 0) return NULL;
-    if (!PyBytes_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "ident_at: name must be bytes");
-        return NULL;
-    }
-    name = PyBytes_AS_STRING(args[1]);
-    len = PyBytes_GET_SIZE(args[1]);
-    if ((Py_ssize_t)strlen(name) != len) {
-        PyErr_SetString(PyExc_ValueError, "embedded null byte");
-        return NULL;
-    }
+    if (arg_fd(args[0], &dirfd) < 0 || check_name(args[1], &name) < 0) return NULL;
     Py_BEGIN_ALLOW_THREADS
     r = fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW);
     Py_END_ALLOW_THREADS
     if (r != 0) return PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, args[1]);
     return Py_BuildValue("(KK)", (unsigned long long)st.st_dev, (unsigned long long)st.st_ino);
+}
+
+PyDoc_STRVAR(open_at_doc,
+"open_at(dirfd, name) -> (fd, st_dev, st_ino, st_mode)\n\n"
+"openat(dirfd, name, O_PATH|O_NOFOLLOW|O_CLOEXEC) and the new fd's fstat: one step\n"
+"of a walk (a symlink is opened as itself).  The fd is closed if the fstat fails.");
+
+static PyObject *open_at(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    int dirfd, fd, r = 0;
+    char *name;
+    struct stat st;
+    PyObject *out;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "open_at(dirfd, name) takes 2 arguments");
+        return NULL;
+    }
+    if (arg_fd(args[0], &dirfd) < 0 || check_name(args[1], &name) < 0) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    fd = openat(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    if (fd >= 0) {
+        r = fstat(fd, &st);
+        if (r != 0) {
+            int e = errno;
+            close(fd);
+            errno = e;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    if (fd < 0) return PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, args[1]);
+    if (r != 0) return PyErr_SetFromErrno(PyExc_OSError);
+    out = Py_BuildValue("(iKKI)", fd, (unsigned long long)st.st_dev,
+                        (unsigned long long)st.st_ino, (unsigned int)st.st_mode);
+    if (out == NULL) close(fd);
+    return out;
 }
 
 PyDoc_STRVAR(rgetattr_doc,
@@ -152,6 +193,7 @@ static PyObject *rgetattr(PyObject *self, PyObject *const *args, Py_ssize_t narg
 
 static PyMethodDef methods[] = {
     {"ident_at", (PyCFunction)(void (*)(void))ident_at, METH_FASTCALL, ident_at_doc},
+    {"open_at", (PyCFunction)(void (*)(void))open_at, METH_FASTCALL, open_at_doc},
     {"rgetattr", (PyCFunction)(void (*)(void))rgetattr, METH_FASTCALL, rgetattr_doc},
     {NULL, NULL, 0, NULL},
 };

@@ -17,7 +17,7 @@ fid's ``used`` bit, a sweep over the fids holding fds gives a used fid a
 second chance), keeping their identity (path from the attach root, st_dev,
 st_ino); the next reference reopens such a fid by walking its path from the
 attach root, one ``openat(O_PATH|O_NOFOLLOW)`` per name relative to the
-directory before (``_sys.open_child``, Twalk's own step), and accepts it only
+directory before (``open_child``, Twalk's own step), and accepts it only
 if the file found has the fid's (st_dev, st_ino): a file replaced, renamed or
 unlinked on the host meanwhile is ESTALE, never another file.  What cannot be
 reclaimed counts against the share too; past it a walk, open or create is
@@ -58,8 +58,30 @@ from typing import Final
 from gofer9p.attach import _sys
 from gofer9p.attach._budget import FdBudget
 from gofer9p.attach._common import _DIR, _close, _err
+from gofer9p.attach._stat import open_at
 from gofer9p.attach.point import AttachPoint
 from gofer9p.protocol.messages import Qid
+
+
+def open_child(dirfd: int, name: bytes, dev: int) -> tuple[int, int, int, int]:
+    """``openat(dirfd, name, O_PATH|O_NOFOLLOW)`` and its fstat: one step of a walk
+    (Twalk's, and a reclaimed fid's reopen); ``(fd, st_dev, st_ino, st_mode)``.
+
+    ``name`` is one checked component (or ``..``); a symlink is opened as itself,
+    never followed.  ``dev`` is the st_dev of ``dirfd``: a step onto another device
+    that is a kernel pseudo file system (a mount crossed into proc, sysfs, ...) is
+    EACCES, whatever put the mount there.  (``_stat.open_at``: C in a compiled build,
+    without a ``stat_result``.)
+    """
+    nfd, ndev, ino, mode = open_at(dirfd, name)
+    if ndev != dev:
+        try:
+            if _sys.fs_magic(nfd) in _sys.PSEUDO_FS_MAGICS:
+                raise _err(errno.EACCES)
+        except BaseException:
+            _close(nfd)
+            raise
+    return nfd, ndev, ino, mode
 
 FDS_PER_FID: Final = 3
 """Most host fds one fid holds at once: its O_PATH fd, its parent's O_PATH fd, its open fd
@@ -633,8 +655,8 @@ class FidTable:
                         not f.birth or _sys.birth_time(h.fd) == f.birth):
                     return h.fd, h
             else:
-                nfd, st = _sys.open_child(h.fd, f.path[-1], h.dev)
-                if st.st_ino == f.ino and st.st_dev == f.dev and (
+                nfd, sdev, sino, _ = open_child(h.fd, f.path[-1], h.dev)
+                if sino == f.ino and sdev == f.dev and (
                         not f.birth or _sys.birth_time(nfd) == f.birth):
                     return nfd, h
         except OSError:
@@ -680,14 +702,14 @@ class FidTable:
         try:
             for name in f.path:
                 try:
-                    nfd, st = _sys.open_child(cur, name, dev)
+                    nfd, ndev, nino, _ = open_child(cur, name, dev)
                 except OSError as e:
                     raise _err(errno.EACCES if e.errno == errno.EACCES else errno.ESTALE) from None
                 if prev_owned:
                     _close(prev)
                 prev, prev_owned, pdev, pino = cur, cur_owned, dev, ino
                 cur, cur_owned = nfd, True
-                dev, ino = st.st_dev, st.st_ino
+                dev, ino = ndev, nino
             if ino != f.ino or dev != f.dev or (f.birth and _sys.birth_time(cur) != f.birth):
                 raise _err(errno.ESTALE)
             if f.fmt == _DIR:

@@ -3,6 +3,9 @@
 ``ident_at(dirfd, name) -> (st_dev, st_ino)`` is ``os.stat(name, dir_fd=dirfd,
 follow_symlinks=False)`` for callers that only compare identities (``_paths``: is
 this name still the fid's inode, is this parent the attach root).
+``open_at(dirfd, name) -> (fd, st_dev, st_ino, st_mode)`` is ``os.open(name,
+O_PATH | O_NOFOLLOW | O_CLOEXEC, dir_fd=dirfd)`` and the new fd's ``os.fstat`` (a
+walk's step, ``_fids.open_child``; the fd is closed if the fstat fails).
 ``rgetattr(fd, tag, valid, qtype, qversion, qpath) -> bytes`` is the whole Rgetattr
 frame of ``os.fstat(fd)`` (``_attrs.getattr_frame``).
 
@@ -38,11 +41,26 @@ def ident_at_py(dirfd: int, name: bytes) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
+_O_PATH: Final = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+_fstat = os.fstat  # (one name for the fstat of both twins: tests/faults make it fail)
+
+
+def open_at_py(dirfd: int, name: bytes) -> tuple[int, int, int, int]:
+    """``(fd, st_dev, st_ino, st_mode)`` of ``name`` in ``dirfd`` opened O_PATH, as itself."""
+    fd = os.open(name, _O_PATH, dir_fd=dirfd)
+    try:
+        st = _fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st.st_dev, st.st_ino, st.st_mode
+
+
 def rgetattr_py(fd: int, tag: int, valid: int, qtype: int, qversion: int, qpath: int) -> bytes:
     """The Rgetattr frame of ``os.fstat(fd)``: times floored to (sec, nsec), so that
     nsec stays in [0, 1e9) before 1970 too, sec in two's complement; btime, gen and
     data_version 0 (not available)."""
-    st = os.fstat(fd)
+    st = _fstat(fd)
     a, an = divmod(st.st_atime_ns, _NS)
     m, mn = divmod(st.st_mtime_ns, _NS)
     c, cn = divmod(st.st_ctime_ns, _NS)
@@ -55,10 +73,12 @@ def rgetattr_py(fd: int, tag: int, valid: int, qtype: int, qversion: int, qpath:
 
 
 ident_at: Callable[[int, bytes], tuple[int, int]]
+open_at: Callable[[int, bytes], tuple[int, int, int, int]]
 rgetattr: Callable[[int, int, int, int, int, int], bytes]
 try:
     from gofer9p.attach import _cstat
 except ImportError:  # the pure build
-    ident_at, rgetattr, COMPILED = ident_at_py, rgetattr_py, False
+    ident_at, open_at, rgetattr, COMPILED = ident_at_py, open_at_py, rgetattr_py, False
 else:
-    ident_at, rgetattr, COMPILED = _cstat.ident_at, _cstat.rgetattr, True
+    ident_at, open_at, rgetattr = _cstat.ident_at, _cstat.open_at, _cstat.rgetattr
+    COMPILED = True

@@ -7,8 +7,8 @@ and several calls only work on an ``O_PATH`` fd through ``AT_EMPTY_PATH``
 (``UTIME_OMIT``) or to set "now" (``UTIME_NOW``) without reading the clock in
 user space.  ``getdents64`` gives the kernel's own ``d_off`` cookies, which are
 the only directory offsets that stay valid while entries are created or removed
-between two Treaddir calls (``os.scandir`` hides them).  Also here: ``open_child``,
-the one step of every walk (Twalk's and a reclaimed fid's reopen).
+between two Treaddir calls (``os.scandir`` hides them).  ``fs_magic`` tells the
+pseudo file systems a walk may not step onto (``_fids.open_child``).
 
 ctypes foreign calls release the GIL, so these are as safe as ``os`` calls to
 use from worker threads.  Every wrapper raises ``OSError(errno)`` on failure.
@@ -160,30 +160,6 @@ def fs_magic(fd: int) -> int:
     if _fstatfs(fd, buf) < 0:
         _raise()
     return int(_STATFS_TYPE.unpack_from(buf, 0)[0]) & 0xFFFFFFFF
-
-
-_O_PATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
-_open = os.open  # bound once: a walk calls these per name, through a module global
-_fstat = os.fstat
-
-
-def open_child(dirfd: int, name: bytes, dev: int) -> tuple[int, os.stat_result]:
-    """``openat(dirfd, name, O_PATH|O_NOFOLLOW)`` and its fstat: one step of a walk.
-
-    ``name`` is one checked component (never ``..``); a symlink is opened as
-    itself, never followed.  ``dev`` is the st_dev of ``dirfd``: a step onto
-    another device that is a kernel pseudo file system (a mount crossed into
-    proc, sysfs, ...) is EACCES, whatever put the mount there.
-    """
-    nfd = _open(name, _O_PATH, dir_fd=dirfd)
-    try:
-        st = _fstat(nfd)
-        if st.st_dev != dev and fs_magic(nfd) in PSEUDO_FS_MAGICS:
-            raise OSError(13, os.strerror(13))  # EACCES
-    except BaseException:
-        os.close(nfd)
-        raise
-    return nfd, st
 
 
 _statx = _libc.statx

@@ -15,9 +15,8 @@ from collections.abc import Sequence
 from typing import Final
 
 from gofer9p.attach._common import _DIR, _S_IFMT, _close, _err, _fstat
-from gofer9p.attach._fids import _DirFd, _Fid
+from gofer9p.attach._fids import _DirFd, _Fid, open_child
 from gofer9p.attach._paths import Paths
-from gofer9p.attach._sys import open_child
 from gofer9p.protocol import constants as C
 from gofer9p.protocol.messages import Qid
 
@@ -169,14 +168,15 @@ class Walk(Paths):
                             continue
                         if fmt != _DIR:
                             raise _err(errno.ENOTDIR)
-                        nfd, st = open_child(cur, b"..", dev)
+                        nfd, ndev, nino, nmode = open_child(cur, b"..", dev)
                         try:
-                            if not self._inside(nfd, st.st_dev, st.st_ino):
+                            if not self._inside(nfd, ndev, nino):
                                 # Only if the host moved us out of the tree: clamp.
                                 _close(nfd)
                                 nfd = -1
                                 nfd = os.dup(point.fd)
                                 st = _fstat(nfd)
+                                ndev, nino, nmode = st.st_dev, st.st_ino, st.st_mode
                         except BaseException:
                             if nfd >= 0:
                                 _close(nfd)
@@ -186,7 +186,7 @@ class Walk(Paths):
                             raise _err(errno.ENOTDIR)
                         if not name or name == b"." or 0x2F in name or 0 in name:  # "/", NUL
                             raise _err(errno.EINVAL)
-                        nfd, st = open_child(cur, name, dev)
+                        nfd, ndev, nino, nmode = open_child(cur, name, dev)
                 except OSError:
                     if i == 0 or not partial:
                         raise
@@ -196,14 +196,14 @@ class Walk(Paths):
                 prev, prev_owned, prevh = cur, cur_owned, curh
                 pdev, pino = dev, ino
                 cur, cur_owned, curh = nfd, True, None
-                dev, ino, fmt = st.st_dev, st.st_ino, st.st_mode & _S_IFMT
+                dev, ino, fmt = ndev, nino, nmode & _S_IFMT
                 if name != b"..":
                     path.append(name)
                 elif ino == rino and dev == rdev:
                     path.clear()
                 elif path:
                     path.pop()
-                qid = point.qid(st)
+                qid = point.qid_of(nmode, ndev, nino)
                 qids.append(qid)
             # Build the new fid.  A directory: its fd is its holder's, f's own if the
             # walk did not move.  Another file: its own fd (cur), and as its parent

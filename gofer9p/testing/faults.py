@@ -68,7 +68,7 @@ OS_CALLS: dict[str, tuple[int, ...]] = {
 FCNTL_CALLS: dict[str, tuple[int, ...]] = {"fcntl": (E.EIO, E.ENOLCK, E.EPERM, E.EBUSY)}
 
 SYS_CALLS: dict[str, tuple[int, ...]] = {
-    "open_child": _FD, "utimensat": _META, "futimens": _META, "fchown_empty": _META,
+    "utimensat": _META, "futimens": _META, "fchown_empty": _META,
     "fchmod_empty": (E.ENOSYS, *_META), "file_handle": (E.EOPNOTSUPP, E.EPERM, E.EIO),
     "open_by_handle": (E.ESTALE, E.EPERM, *_FD), "fs_magic": _META, "birth_time": _META,
 }

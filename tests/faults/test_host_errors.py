@@ -16,9 +16,8 @@ from typing import Any
 
 import pytest
 
-import gofer9p.attach._attrs as attrs_mod
 import gofer9p.attach._io as io_mod
-from gofer9p.attach import _sys
+from gofer9p.attach import _stat, _sys
 from gofer9p.client import P9Error
 from gofer9p.protocol import constants as C
 
@@ -261,8 +260,7 @@ async def test_metadata_eio(served: Served, monkeypatch: pytest.MonkeyPatch) -> 
     (served.export / "f").write_bytes(b"f")
     calls: list[str] = []
     failing = _failing(errno.EIO, calls)
-    monkeypatch.setattr(attrs_mod, "_fstat", failing)  # getattr
-    monkeypatch.setattr(_sys, "_fstat", failing)  # the walk's step (_sys.open_child)
+    monkeypatch.setattr(_stat, "_fstat", failing)  # getattr, and the walk's step (open_at)
     for coro in (c.getattr(served.root), c.walk(served.root, [b"f"])):
         with pytest.raises(P9Error) as ei:
             await coro

@@ -5,6 +5,7 @@ tier), skipped in a pure build, where the twins are what the backend calls."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import struct
 from collections.abc import Iterator
@@ -110,3 +111,30 @@ def test_rgetattr_fails_as_os_fstat_does(tmp_path: Path) -> None:
                 _stat.rgetattr_py(fd, *args)
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("name", [b"f", b"d", b"l", b"dangling", b"p", b".", b".."])
+def test_open_at_opens_as_itself_and_says_what(tree: int, name: bytes) -> None:
+    got = []
+    for f in (cstat.open_at, _stat.open_at_py):
+        fd, dev, ino, mode = f(tree, name)
+        try:
+            st = os.fstat(fd)
+            assert (dev, ino, mode) == (st.st_dev, st.st_ino, st.st_mode)
+            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+            assert flags & os.O_PATH and fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+        finally:
+            os.close(fd)
+        got.append((dev, ino, mode))
+    assert got[0] == got[1]
+    lst = os.stat(name, dir_fd=tree, follow_symlinks=False)
+    assert got[0] == (lst.st_dev, lst.st_ino, lst.st_mode)  # a symlink itself, not its target
+
+
+def test_open_at_fails_as_os_open_does_and_leaks_no_fd(tree: int) -> None:
+    before = set(os.listdir("/proc/self/fd"))
+    assert _same_error(cstat.open_at, _stat.open_at_py, tree, b"missing") is FileNotFoundError
+    assert _same_error(cstat.open_at, _stat.open_at_py, tree, b"f/x") is NotADirectoryError
+    assert _same_error(cstat.open_at, _stat.open_at_py, tree, b"a\0b") is ValueError
+    assert _same_error(cstat.open_at, _stat.open_at_py, -1, b"f") is OSError
+    assert set(os.listdir("/proc/self/fd")) == before
