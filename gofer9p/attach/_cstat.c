@@ -4,7 +4,7 @@
  * and three nanosecond ints made by multiplying Python ints; in a compiled
  * build that is 4,600-5,000 of a request's instructions, for each stat.  The
  * callers here need two or three fields (an identity check: dev and inode; a
- * walk's step: and the mode) or one frame (Rgetattr, packed from the stat).  Each
+ * walk's step: and the mode; a new file: and its owner) or one frame (Rgetattr, packed from the stat).  Each
  * function makes the same system calls as the os functions it replaces (fstatat
  * with AT_SYMLINK_NOFOLLOW; openat and fstat; fstat), with the GIL released around
  * them as os does, and raises the same OSError.
@@ -136,6 +136,28 @@ static PyObject *open_at(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     return out;
 }
 
+PyDoc_STRVAR(fstat_ids_doc,
+"fstat_ids(fd) -> (st_dev, st_ino, st_mode, st_uid, st_gid)\n\n"
+"os.fstat(fd)'s identity, mode and owner (a new file's, Tlcreate; a re-opened one's).");
+
+static PyObject *fstat_ids(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    int fd, r;
+    struct stat st;
+    if (nargs != 1) {
+        PyErr_SetString(PyExc_TypeError, "fstat_ids(fd) takes 1 argument");
+        return NULL;
+    }
+    if (arg_fd(args[0], &fd) < 0) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    r = fstat(fd, &st);
+    Py_END_ALLOW_THREADS
+    if (r != 0) return PyErr_SetFromErrno(PyExc_OSError);
+    return Py_BuildValue("(KKIII)", (unsigned long long)st.st_dev, (unsigned long long)st.st_ino,
+                         (unsigned int)st.st_mode, (unsigned int)st.st_uid,
+                         (unsigned int)st.st_gid);
+}
+
 PyDoc_STRVAR(rgetattr_doc,
 "rgetattr(fd, tag, valid, qtype, qversion, qpath) -> bytes\n\n"
 "The whole Rgetattr frame (codec.RGETATTR) of fstat(fd): times as (sec, nsec)\n"
@@ -193,6 +215,7 @@ static PyObject *rgetattr(PyObject *self, PyObject *const *args, Py_ssize_t narg
 
 static PyMethodDef methods[] = {
     {"ident_at", (PyCFunction)(void (*)(void))ident_at, METH_FASTCALL, ident_at_doc},
+    {"fstat_ids", (PyCFunction)(void (*)(void))fstat_ids, METH_FASTCALL, fstat_ids_doc},
     {"open_at", (PyCFunction)(void (*)(void))open_at, METH_FASTCALL, open_at_doc},
     {"rgetattr", (PyCFunction)(void (*)(void))rgetattr, METH_FASTCALL, rgetattr_doc},
     {NULL, NULL, 0, NULL},

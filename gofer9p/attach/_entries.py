@@ -29,6 +29,7 @@ from gofer9p.attach._common import (
     _gid,
 )
 from gofer9p.attach._fids import _XREAD, _Fid
+from gofer9p.attach._stat import fstat_ids
 from gofer9p.protocol import constants as C
 from gofer9p.protocol.messages import Qid
 
@@ -144,15 +145,15 @@ class Entries(Attrs):
                 raise
             point = self.point
             try:
-                st = _fstat(ofd)
+                dev, ino, smode, suid, sgid = fstat_ids(ofd)  # (no stat_result: _stat.py)
                 if point.can_chown:
                     uid, ngid = f.uid, _gid(gid)
                     # Skipped when the kernel already gave the file those ids: a
                     # chown to the same ids changes nothing but the ctime.
-                    if st.st_uid != uid or (ngid != -1 and st.st_gid != ngid):
+                    if suid != uid or (ngid != -1 and sgid != ngid):
                         os.fchown(ofd, uid, ngid)
                 want = mode & 0o7777
-                if st.st_mode & 0o7777 != want:  # set-id bits, or the umask narrowed it
+                if smode & 0o7777 != want:  # set-id bits, or the umask narrowed it
                     os.fchmod(ofd, want)
             except BaseException:
                 _close(ofd)
@@ -162,7 +163,6 @@ class Entries(Attrs):
                 except OSError:
                     pass
                 raise
-            dev, ino = st.st_dev, st.st_ino
             qid = Qid(0, 0, point.qid_path(dev, ino))  # a new regular file
             oacc = flags & _ACCMODE
             # a later write by this uid clears set-id bits the mode gives

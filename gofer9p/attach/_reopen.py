@@ -12,8 +12,9 @@ import os
 from typing import Final
 
 from gofer9p.attach import _sys
-from gofer9p.attach._common import _BLK, _CHR, _DIR, _FIFO, _LNK, _REG, _close, _err, _fstat
+from gofer9p.attach._common import _BLK, _CHR, _DIR, _FIFO, _LNK, _REG, _close, _err
 from gofer9p.attach._fids import _Fid
+from gofer9p.attach._stat import fstat_ids
 from gofer9p.attach._walk import Walk
 
 _O_REOPEN: Final = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
@@ -74,11 +75,11 @@ class Reopen(Walk):
             if owned:
                 _close(pfd)
         try:
-            st = _fstat(fd)
+            sdev, sino, _, _, _ = fstat_ids(fd)  # (no stat_result: _stat.py)
         except BaseException:
             _close(fd)
             raise
-        if st.st_ino != f.ino or st.st_dev != f.dev:
+        if sino != f.ino or sdev != f.dev:
             _close(fd)
             raise _err(errno.ESTALE)
         if handle_err == errno.EPERM:

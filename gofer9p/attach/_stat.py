@@ -6,6 +6,8 @@ this name still the fid's inode, is this parent the attach root).
 ``open_at(dirfd, name) -> (fd, st_dev, st_ino, st_mode)`` is ``os.open(name,
 O_PATH | O_NOFOLLOW | O_CLOEXEC, dir_fd=dirfd)`` and the new fd's ``os.fstat`` (a
 walk's step, ``_fids.open_child``; the fd is closed if the fstat fails).
+``fstat_ids(fd) -> (st_dev, st_ino, st_mode, st_uid, st_gid)`` is ``os.fstat(fd)``'s
+(a new file's, ``_entries.lcreate``; a file re-opened by name, ``_reopen``).
 ``rgetattr(fd, tag, valid, qtype, qversion, qpath) -> bytes`` is the whole Rgetattr
 frame of ``os.fstat(fd)`` (``_attrs.getattr_frame``).
 
@@ -56,6 +58,12 @@ def open_at_py(dirfd: int, name: bytes) -> tuple[int, int, int, int]:
     return fd, st.st_dev, st.st_ino, st.st_mode
 
 
+def fstat_ids_py(fd: int) -> tuple[int, int, int, int, int]:
+    """``(st_dev, st_ino, st_mode, st_uid, st_gid)`` of ``os.fstat(fd)``."""
+    st = _fstat(fd)
+    return st.st_dev, st.st_ino, st.st_mode, st.st_uid, st.st_gid
+
+
 def rgetattr_py(fd: int, tag: int, valid: int, qtype: int, qversion: int, qpath: int) -> bytes:
     """The Rgetattr frame of ``os.fstat(fd)``: times floored to (sec, nsec), so that
     nsec stays in [0, 1e9) before 1970 too, sec in two's complement; btime, gen and
@@ -74,11 +82,13 @@ def rgetattr_py(fd: int, tag: int, valid: int, qtype: int, qversion: int, qpath:
 
 ident_at: Callable[[int, bytes], tuple[int, int]]
 open_at: Callable[[int, bytes], tuple[int, int, int, int]]
+fstat_ids: Callable[[int], tuple[int, int, int, int, int]]
 rgetattr: Callable[[int, int, int, int, int, int], bytes]
 try:
     from gofer9p.attach import _cstat
 except ImportError:  # the pure build
     ident_at, open_at, rgetattr, COMPILED = ident_at_py, open_at_py, rgetattr_py, False
+    fstat_ids = fstat_ids_py
 else:
     ident_at, open_at, rgetattr = _cstat.ident_at, _cstat.open_at, _cstat.rgetattr
-    COMPILED = True
+    fstat_ids, COMPILED = _cstat.fstat_ids, True

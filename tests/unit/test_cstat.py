@@ -138,3 +138,21 @@ def test_open_at_fails_as_os_open_does_and_leaks_no_fd(tree: int) -> None:
     assert _same_error(cstat.open_at, _stat.open_at_py, tree, b"a\0b") is ValueError
     assert _same_error(cstat.open_at, _stat.open_at_py, -1, b"f") is OSError
     assert set(os.listdir("/proc/self/fd")) == before
+
+
+@pytest.mark.parametrize("name", ["f", "d", "l", "p"])
+def test_fstat_ids_is_fstat_s_identity_mode_and_owner(tmp_path: Path, name: str) -> None:
+    (tmp_path / "f").write_bytes(b"z")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "l").symlink_to("f")
+    os.mkfifo(tmp_path / "p")
+    os.chown(tmp_path / name, 1234, 5678, follow_symlinks=False)
+    fd = os.open(tmp_path / name, os.O_PATH | os.O_NOFOLLOW)
+    try:
+        st = os.fstat(fd)
+        want = (st.st_dev, st.st_ino, st.st_mode, st.st_uid, st.st_gid)
+        assert cstat.fstat_ids(fd) == _stat.fstat_ids_py(fd) == want
+        assert want[3:] == (1234, 5678)
+    finally:
+        os.close(fd)
+    assert _same_error(cstat.fstat_ids, _stat.fstat_ids_py, fd) is OSError

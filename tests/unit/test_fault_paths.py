@@ -44,7 +44,7 @@ def test_reopen_by_name_closes_the_fd_when_its_fstat_fails(
     from gofer9p.attach import _reopen
 
     monkeypatch.setitem(_reopen._handles_ok, "reopen", False)
-    real = _reopen._fstat
+    real = _reopen.fstat_ids
     opened: list[int] = []
     real_open = os.open
 
@@ -53,7 +53,7 @@ def test_reopen_by_name_closes_the_fd_when_its_fstat_fails(
         opened.append(fd)
         return fd
 
-    def failing_fstat(fd: int) -> os.stat_result:
+    def failing_fstat(fd: int) -> tuple[int, int, int, int, int]:
         if fd in opened:
             raise OSError(errno.EIO, "injected")
         return real(fd)
@@ -61,7 +61,7 @@ def test_reopen_by_name_closes_the_fd_when_its_fstat_fails(
     walk(s, 1, b"f")
     before = _fds()
     monkeypatch.setattr(_reopen.os, "open", tracked_open)
-    monkeypatch.setattr(_reopen, "_fstat", failing_fstat)
+    monkeypatch.setattr(_reopen, "fstat_ids", failing_fstat)
     err(errno.EIO, lopen, s, 1)
     monkeypatch.undo()
     assert opened, "the re-open by name was not reached"
