@@ -83,6 +83,7 @@ def open_child(dirfd: int, name: bytes, dev: int) -> tuple[int, int, int, int]:
             raise
     return nfd, ndev, ino, mode
 
+
 FDS_PER_FID: Final = 3
 """Most host fds one fid holds at once: its O_PATH fd, its parent's O_PATH fd, its open fd
 (after Txattrcreate the open fd is retired, not added; after Tlcreate one fd is both).
