@@ -1022,6 +1022,9 @@ class ForkServer:
         self._cond = threading.Condition()
         self._reading = False
         self._exits: dict[int, int] = {}
+        # Children whose exit nobody will ask for (a claimed child that died before its
+        # start): their exit records are dropped as they come, not kept in _exits forever.
+        self._unwanted: set[int] = set()
         self._replies: collections.deque[tuple[dict[str, Any], list[int]]] = collections.deque()
         # One start request in flight per connection: the server answers in order.
         self._request_lock = threading.Lock()
@@ -1129,7 +1132,11 @@ class ForkServer:
                     continue
                 rec, fds = got
                 if "exit" in rec:
-                    self._exits[int(rec["pid"])] = int(rec["exit"])
+                    pid = int(rec["pid"])
+                    if pid in self._unwanted:
+                        self._unwanted.discard(pid)
+                    else:
+                        self._exits[pid] = int(rec["exit"])
                     for fd in fds:
                         os.close(fd)
                 elif "claim" in rec:
@@ -1196,6 +1203,9 @@ class ForkServer:
         except OSError:  # it died before its request (the server reports its exit)
             os.close(status_r)
             claim.close()
+            with self._cond:  # nobody waits for that exit: not kept once it is read
+                if self._exits.pop(claim.pid, None) is None:
+                    self._unwanted.add(claim.pid)
             return None
         finally:
             os.close(status_w)
