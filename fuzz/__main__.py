@@ -177,7 +177,9 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated targets (default inproc,serve; daemon: measured with seccomp "
         "in log mode)",
     )
-    cv.add_argument("--seed", type=int, default=1)
+    cv.add_argument(
+        "--seed", type=int, default=1, help="seed of the first run; run i is seeded seed + i"
+    )
     cv.add_argument(
         "--keep",
         type=Path,

@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,36 @@ def _rc(tmp: Path) -> Path:
     return rc
 
 
+def plan_commands(
+    targets: list[str], budget: float, seed: int, crash_dir: Path, report: str
+) -> Iterator[tuple[str, str, list[str], float, int, list[str]]]:
+    """Every run of the plan, in order: ``(target, fuzzer, flags, seconds, seed, command)``.
+
+    Run ``i`` is seeded ``seed + i``: one seed for every run replayed one random stream's
+    opening in each of them (a second ``race`` or ``frames`` entry retried what the first
+    had tried); the seed of each run is recorded, so any run can be repeated alone.
+    ``report`` is a path with ``{}`` for the run's index."""
+    i = 0
+    for ti, target in enumerate(targets):
+        plan = list(FAULT_PLAN if target.split(":")[0] == "fault" else PLAN)
+        if ti == 0:
+            plan += [("decode", [], 0.05), ("config", [], 0.02)]
+        for fuzzer, extra, share in plan:
+            extra = _flags(target, extra)
+            secs = max(5.0, budget * share)
+            cmd = [sys.executable, "-m", "fuzz", fuzzer, "--time", f"{secs:.0f}"]
+            cmd += ["--seed", str(seed + i), "--crash-dir", str(crash_dir)]
+            cmd += ["--report", report.format(i)]
+            if fuzzer not in ("decode", "config"):
+                cmd += ["--target", target, "--ignore-known", *extra]
+            if fuzzer == "pressure":
+                # tracing slows the server several-fold: the latency oracle's failure
+                # deadline is scaled with it (10 s -> LATENCY_UNDER_COVERAGE)
+                cmd += ["--latency", str(LATENCY_UNDER_COVERAGE)]
+            yield target, fuzzer, extra, secs, seed + i, cmd
+            i += 1
+
+
 def run(
     budget: float,
     targets: list[str],
@@ -136,41 +167,28 @@ def run(
     runs: list[dict[str, Any]] = []
     started = time.monotonic()
     try:
-        for ti, target in enumerate(targets):
-            plan = list(FAULT_PLAN if target.split(":")[0] == "fault" else PLAN)
-            if ti == 0:
-                plan += [("decode", [], 0.05), ("config", [], 0.02)]
-            for fuzzer, extra, share in plan:
-                extra = _flags(target, extra)
-                secs = max(5.0, budget * share)
-                cmd = [sys.executable, "-m", "fuzz", fuzzer, "--time", f"{secs:.0f}"]
-                cmd += ["--seed", str(seed), "--crash-dir", str(tmp / "crashes")]
-                report = tmp / f"report-{len(runs)}.json"
-                cmd += ["--report", str(report)]
-                if fuzzer not in ("decode", "config"):
-                    cmd += ["--target", target, "--ignore-known", *extra]
-                if fuzzer == "pressure":
-                    # tracing slows the server several-fold: the latency oracle's failure
-                    # deadline is scaled with it (10 s -> LATENCY_UNDER_COVERAGE)
-                    cmd += ["--latency", str(LATENCY_UNDER_COVERAGE)]
-                print(f"[coverage] {target}: {' '.join(cmd[3:6])} {' '.join(extra)}", flush=True)
-                t0 = time.monotonic()
-                proc = subprocess.run(
-                    cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=secs * 4 + 300
-                )
-                lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(f"{fuzzer} on ")]
-                summary = lines[-1] if lines else f"(no summary; exit {proc.returncode})"
-                runs.append(
-                    {
-                        "target": target,
-                        "fuzzer": fuzzer,
-                        "flags": extra,
-                        "seconds": round(time.monotonic() - t0, 1),
-                        "exit": proc.returncode,
-                        "summary": summary,
-                    }
-                )
-                print(f"[coverage]   {summary}", flush=True)
+        for target, fuzzer, extra, secs, run_seed, cmd in plan_commands(
+            targets, budget, seed, tmp / "crashes", str(tmp / "report-{}.json")
+        ):
+            print(f"[coverage] {target}: {' '.join(cmd[3:6])} {' '.join(extra)}", flush=True)
+            t0 = time.monotonic()
+            proc = subprocess.run(
+                cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=secs * 4 + 300
+            )
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(f"{fuzzer} on ")]
+            summary = lines[-1] if lines else f"(no summary; exit {proc.returncode})"
+            runs.append(
+                {
+                    "target": target,
+                    "fuzzer": fuzzer,
+                    "flags": extra,
+                    "seed": run_seed,
+                    "seconds": round(time.monotonic() - t0, 1),
+                    "exit": proc.returncode,
+                    "summary": summary,
+                }
+            )
+            print(f"[coverage]   {summary}", flush=True)
         cov = coverage.Coverage(config_file=str(rc), data_file=str(tmp / "data" / ".coverage"))
         cov.combine([str(tmp / "data")])
         cov.save()

@@ -20,6 +20,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from fuzz import __main__ as fuzz_main  # noqa: E402
+from fuzz import covrun  # noqa: E402
 from fuzz.targets import DaemonTarget, Link  # noqa: E402
 from fuzz.wire import OK, RawConn, Transcript, attach_requests  # noqa: E402
 from gofer9p.protocol import messages as M  # noqa: E402
@@ -189,3 +190,17 @@ def test_serve_fd_race_case_has_two_live_clients(tmp_path: Path) -> None:
         report = Report(fuzzer="race", target="serve-fd", seed=5)
         race.run(t, report, seed=5, time_budget=None, max_cases=1, crash_dir=tmp_path)
     assert report.ok, report.summary()
+
+
+def test_coverage_runs_each_get_their_own_recorded_seed(tmp_path: Path) -> None:
+    """``python -m fuzz coverage``: run i of the plan is seeded seed + i (one seed for all
+    replayed the same stream's opening in every run), and its report file is its own."""
+    got = list(covrun.plan_commands(["inproc", "fault"], 100.0, 7, tmp_path, "r-{}.json"))
+    n = len(covrun.PLAN) + 2 + len(covrun.FAULT_PLAN)  # (decode and config with the first)
+    assert len(got) == n
+    seeds = [s for *_, s, _ in got]
+    assert seeds == list(range(7, 7 + n))
+    for i, (*_, s, cmd) in enumerate(got):
+        assert cmd[cmd.index("--seed") + 1] == str(s)
+        assert cmd[cmd.index("--report") + 1] == f"r-{i}.json"
+    assert [t for t, *_ in got].count("fault") == len(covrun.FAULT_PLAN)
