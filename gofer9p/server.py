@@ -592,7 +592,8 @@ class Connection:
                 # client) more are likely there already: recv at once.
                 big = bufsize > _SMALL_BUF or bool(core.pool)
                 got = quiet.recv_into(
-                    mv[end:], not Connection.threaded, idle_release if big else math.inf
+                    mv if end == 0 else mv[end:], not Connection.threaded,
+                    idle_release if big else math.inf,
                 )
                 if got < 0:
                     if big:
@@ -618,7 +619,9 @@ class Connection:
             room = bufsize - end
             if got < 0:
                 try:
-                    got = recv_into(mv[end:], 0, _DONTWAIT)
+                    # (the whole buffer when it is empty, the common case: a slice is a
+                    # new memoryview, some 500 instructions)
+                    got = recv_into(mv if end == 0 else mv[end:], 0, _DONTWAIT)
                 except BlockingIOError:
                     drained = True
                     continue
