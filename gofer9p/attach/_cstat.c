@@ -3,14 +3,14 @@
  * Why C: os.stat/os.fstat build a stat_result of 20 fields, three of them floats
  * and three nanosecond ints made by multiplying Python ints; in a compiled
  * build that is 4,600-5,000 of a request's instructions, for each stat.  The
- * callers here need two or three fields (an identity check: dev and inode; a
- * walk's step: and the mode; a new file: and its owner) or one frame (Rgetattr, packed from the stat).  Each
- * function makes the same system calls as the os functions it replaces (fstatat
+ * callers here need two to five fields (an identity check: dev and inode; a
+ * walk's step: and the mode; a new file: and its owner) or one frame (Rgetattr,
+ * packed from the stat).  Each function makes the same system calls as the os functions it replaces (fstatat
  * with AT_SYMLINK_NOFOLLOW; openat and fstat; fstat), with the GIL released around
  * them as os does, and raises the same OSError.
  *
  * Optional: setup.py builds it beside the mypyc modules; where it is missing
- * gofer9p/attach/_common.py falls back to the same functions in Python (the
+ * gofer9p/attach/_stat.py falls back to the same functions in Python (the
  * pure build), and tests/unit/test_cstat.py holds the two to the same answers.
  * It takes plain integers and a name, parses nothing from a client, and keeps
  * no state.

@@ -252,7 +252,7 @@ class AttachPoint:
 
     def qid(self, st: os.stat_result) -> Qid:
         """The qid of a file from its (l)stat result."""
-        return Qid(qid_type(st.st_mode), 0, self.qid_path(st.st_dev, st.st_ino))
+        return self.qid_of(st.st_mode, st.st_dev, st.st_ino)
 
     def qid_of(self, mode: int, dev: int, ino: int) -> Qid:
         """The qid of a file from its mode, st_dev and st_ino (a walk's step)."""
